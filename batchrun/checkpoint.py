@@ -1,0 +1,94 @@
+"""The output file is the checkpoint: a request is done when its line is in the output.
+
+Each finished request is one `os.write` of one whole line to a file opened O_APPEND, so a crash
+leaves at most one torn last line, which `scan_output` cuts off before a run goes on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrun.errors import BatchrunError, InputError
+
+
+def scan_output(path: Path) -> set[str]:
+    """The custom_ids already in the output. Cuts off a torn last line left by a crash."""
+    done: set[str] = set()
+    try:
+        f = path.open("r+b")
+    except FileNotFoundError:
+        return done
+    except IsADirectoryError:
+        raise InputError(f"output {path} is a directory; give a file path with -o.") from None
+    except OSError as exc:
+        raise InputError(f"cannot open output {path}: {exc.strerror}.") from None
+    with f:
+        good_end = 0
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                break  # torn: the process died in the middle of this write
+            try:
+                cid = orjson.loads(raw).get("custom_id")
+            except (orjson.JSONDecodeError, AttributeError):
+                raise InputError(
+                    f"{path} is not a batchrun results file (line {raw[:60]!r}…); "
+                    "choose another output path with -o."
+                ) from None
+            if isinstance(cid, str):
+                done.add(cid)
+            good_end += len(raw)
+        if f.seek(0, os.SEEK_END) != good_end:
+            f.truncate(good_end)
+    return done
+
+
+def result_line(
+    custom_id: str,
+    status: int | None,
+    request_id: str,
+    body: Any,
+    error: tuple[str, str] | None,
+) -> bytes:
+    """One line of the OpenAI Batch API output format."""
+    response = None if status is None else {
+        "status_code": status, "request_id": request_id, "body": body,
+    }
+    line = {
+        "id": "batch_req_" + os.urandom(12).hex(),
+        "custom_id": custom_id,
+        "response": response,
+        "error": None if error is None else {"code": error[0], "message": error[1]},
+    }
+    return orjson.dumps(line) + b"\n"
+
+
+class OutputWriter:
+    """Appends whole lines, one write each, so no reader or crash ever sees half a line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the output {path}: {exc.strerror}. Choose a writable path with -o."
+            ) from None
+
+    def write(self, line: bytes) -> None:
+        view = memoryview(line)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise BatchrunError(
+                f"cannot write to {self.path}: {exc.strerror}. Results written so far are kept; "
+                "free space or fix permissions, then run the same command again to continue."
+            ) from None
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -1,0 +1,285 @@
+"""HTTP to an OpenAI-compatible API: where to send, how to authenticate, what a response means.
+
+`classify` is the table in DESIGN.md, as a pure function of status, headers and body; `ApiClient`
+owns the one aiohttp session of a run.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import orjson
+
+from batchrun.errors import InputError, redact
+from batchrun.jobs import EMBEDDINGS_URL, Request
+from batchrun.limiter import ServerState
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+AZURE_API_VERSION = "2024-10-21"
+# Codes that mean the account cannot pay or the key is not accepted: retrying cannot help.
+REFUSAL_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "account_deactivated",
+        "invalid_api_key",
+        "invalid_organization",
+    }
+)
+
+
+class Kind(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"  # 5xx, timeouts, dropped connections, unparseable bodies
+    RATE_MINUTE = "rate_minute"  # retry after the hint; not a failure
+    RATE_DAY = "rate_day"  # today's budget is spent: pause the job
+    REFUSED = "refused"  # bad key, no quota: stop the job
+    FAIL = "fail"  # other 4xx: record at once
+
+
+@dataclass(slots=True)
+class Outcome:
+    kind: Kind
+    status: int | None = None
+    body: Any = None
+    request_id: str = ""
+    server: ServerState | None = None
+    hint_s: float | None = None
+    code: str = ""
+    message: str = ""
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        usage = self.body.get("usage") if isinstance(self.body, dict) else None
+        if not isinstance(usage, dict):
+            return 0, 0
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_DURATION = re.compile(rf"(?:{_NUM}h)?(?:{_NUM}m(?!s))?(?:{_NUM}s)?(?:{_NUM}ms)?")
+_TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:h|ms|m|s))+)", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float | None:
+    """'1.574s', '6m0s', '20ms', '1h2m3s', or plain seconds '2' -> seconds."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _DURATION.fullmatch(text)
+    if not match or not any(match.groups()):
+        return None
+    h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
+    return h * 3600 + m * 60 + s + ms / 1000
+
+
+def retry_hint(headers: Mapping[str, str], message: str) -> float | None:
+    """How long the server asks us to wait, from whichever hint it gave."""
+    if "retry-after-ms" in headers:
+        try:
+            return float(headers["retry-after-ms"]) / 1000
+        except ValueError:
+            pass
+    if "retry-after" in headers:
+        seconds = parse_duration(headers["retry-after"])
+        if seconds is not None:
+            return seconds
+    match = _TRY_AGAIN.search(message)
+    if match:
+        return parse_duration(match.group(1))
+    resets = [
+        parse_duration(headers.get(f"x-ratelimit-reset-{kind}", ""))
+        for kind in ("requests", "tokens")
+    ]
+    known = [r for r in resets if r is not None]
+    return min(known) if known else None
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    try:
+        return int(float(headers[name]))
+    except (KeyError, ValueError):
+        return None
+
+
+def server_state(headers: Mapping[str, str]) -> ServerState | None:
+    state = ServerState(
+        limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
+        limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
+        remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
+        remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
+    )
+    return None if state == ServerState() else state
+
+
+def _error_fields(body: Any) -> tuple[str, str, str]:
+    """(code, type, message) of an OpenAI error body, or empty strings."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return "", "", ""
+    return str(err.get("code") or ""), str(err.get("type") or ""), str(err.get("message") or "")
+
+
+def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secret: str) -> Outcome:
+    """Decide what a response means. Pure: no I/O."""
+    request_id = headers.get("x-request-id") or headers.get("apim-request-id") or ""
+    try:
+        body: Any = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+    state = server_state(headers)
+    out = Outcome(Kind.OK, status, body, request_id, state)
+    if status == 200:
+        want = "data" if url == EMBEDDINGS_URL else "choices"
+        if isinstance(body, dict) and isinstance(body.get(want), list):
+            return out
+        out.kind, out.code = Kind.RETRY, "invalid_response"
+        out.message = f"the server answered 200 without {want!r} (truncated or not JSON)"
+        return out
+    code, etype, message = _error_fields(body)
+    message = redact(message, secret)
+    if not message:
+        snippet = redact(raw[:200].decode("utf-8", "replace"), secret).strip()
+        message = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+    out.code, out.message = code or etype or f"http_{status}", message
+    if code in REFUSAL_CODES or etype in REFUSAL_CODES or status in (401, 402, 403):
+        out.kind = Kind.REFUSED
+    elif status == 429:
+        daily = "per day" in message or "(TPD)" in message or "(RPD)" in message
+        out.kind = Kind.RATE_DAY if daily else Kind.RATE_MINUTE
+        out.hint_s = retry_hint(headers, message)
+    elif status in (408, 409) or status >= 500:
+        out.kind = Kind.RETRY
+    else:
+        out.kind = Kind.FAIL
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where requests go and how they authenticate. Holds the key's env var name, never the key."""
+
+    base_url: str = OPENAI_BASE_URL
+    azure: bool = False
+    api_version: str = AZURE_API_VERSION
+    key_env: str = "OPENAI_API_KEY"
+
+    @classmethod
+    def make(
+        cls,
+        base_url: str | None,
+        azure_endpoint: str | None,
+        key_env: str | None,
+        insecure: bool = False,
+    ) -> Endpoint:
+        azure = bool(azure_endpoint)
+        url = (azure_endpoint or base_url or OPENAI_BASE_URL).rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError(f"{url!r} is not an http(s) URL; give e.g. {OPENAI_BASE_URL}")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname) and not insecure:
+            raise InputError(
+                f"{url} is plain http to a host that is not this machine: the API key would cross "
+                "the network unencrypted. Use https, or pass --insecure if you really mean it."
+            )
+        return cls(
+            base_url=url,
+            azure=azure,
+            api_version=os.environ.get("OPENAI_API_VERSION") or AZURE_API_VERSION,
+            key_env=key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY"),
+        )
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).netloc
+
+    def url_for(self, request: Request) -> str:
+        # Request.url is always one of SUPPORTED_URLS, so no input line can choose the host.
+        path = request.url.removeprefix("/v1")
+        if self.azure:
+            deployment = quote(request.model, safe="")
+            return (
+                f"{self.base_url}/openai/deployments/{deployment}{path}"
+                f"?api-version={quote(self.api_version, safe='')}"
+            )
+        return self.base_url + path
+
+    def api_key(self) -> str:
+        key = os.environ.get(self.key_env, "").strip()
+        if not key:
+            raise InputError(
+                f"${self.key_env} is not set. Export your API key in that variable "
+                "(batchrun never takes the key as a flag), or use --simulate to try batchrun "
+                "without one."
+            )
+        return key
+
+
+class ApiClient:
+    """The run's one HTTP session: keep-alive, a per-request timeout, the key in a header."""
+
+    def __init__(
+        self, endpoint: Endpoint, api_key: str, timeout_s: float, max_connections: int
+    ) -> None:
+        self.endpoint = endpoint
+        self._key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+        auth = {"api-key": api_key} if endpoint.azure else {"Authorization": f"Bearer {api_key}"}
+        self._headers = {**auth, "Content-Type": "application/json"}
+
+    async def __aenter__(self) -> ApiClient:
+        connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, headers=self._headers
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def send(self, request: Request) -> Outcome:
+        assert self._session is not None, "use ApiClient in `async with`"
+        try:
+            async with self._session.post(
+                self.endpoint.url_for(request), data=orjson.dumps(request.body)
+            ) as resp:
+                raw = await resp.read()
+                return classify(resp.status, resp.headers, raw, request.url, self._key)
+        except TimeoutError:
+            return Outcome(Kind.RETRY, code="timeout", message="no answer within the timeout")
+        except aiohttp.ClientPayloadError as exc:
+            message = redact(str(exc), self._key)
+            return Outcome(Kind.RETRY, code="truncated_response", message=message)
+        except aiohttp.ClientError as exc:
+            message = redact(f"{type(exc).__name__}: {exc}", self._key)
+            return Outcome(Kind.RETRY, code="connection_error", message=message)

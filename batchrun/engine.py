@@ -1,0 +1,408 @@
+"""One job run: read the input, admit each request through its model's limiter, send, classify,
+write its result line. Progress and the summary are events; nothing here knows about terminals.
+
+    reader ──► lane per model (bounded queue, FIFO dispatcher: daily budget, then limiter)
+           ──► attempt task (HTTP) ──► classify ──► output line | retry | stop the job
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchrun.checkpoint import OutputWriter, result_line, scan_output
+from batchrun.client import ApiClient, Endpoint, Kind, Outcome
+from batchrun.errors import (
+    ApiRefused,
+    BadLine,
+    BadLinesError,
+    BatchrunError,
+    DailyLimitReached,
+    Interrupted,
+)
+from batchrun.events import (
+    AttemptEnded,
+    Event,
+    JobStarted,
+    Listener,
+    RequestFinished,
+    RequestSent,
+    StateChanged,
+    Throttled,
+)
+from batchrun.jobs import Request, read_jobs
+from batchrun.ledger import DailyBudget, utc_now
+from batchrun.limiter import Limiter, Ticket
+from batchrun.tiers import Limits, preset
+from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens
+
+QUEUE_PER_LANE = 1024
+# Until we have seen real answers, a request that sets no max_tokens is charged this much output.
+INITIAL_OUTPUT_GUESS = 256
+MAX_BACKOFF_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Everything that shapes a run. Holds the key's env var name (in endpoint), never the key."""
+
+    input: Path
+    output: Path
+    endpoint: Endpoint
+    model: str = "gpt-4o-mini"
+    tier: str = "tier1"
+    overrides: dict[str, int | None] = field(default_factory=dict)
+    concurrency: int | None = None
+    max_retries: int = 8
+    timeout_s: float = 600.0
+    on_bad_line: str = "fail"
+    drain_s: float = 10.0
+
+    def limits_for(self, model: str) -> Limits:
+        return (preset(model, self.tier) or Limits()).override(**self.overrides)
+
+
+@dataclass(slots=True)
+class InputReport:
+    total: int = 0
+    already_done: int = 0
+    bad_total: int = 0
+    bad: list[BadLine] = field(default_factory=list)
+    models: dict[str, int] = field(default_factory=dict)
+
+
+def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputReport:  # type: ignore[assignment]
+    """Read the whole file once: count requests per model, collect bad lines. Sends nothing."""
+    report = InputReport()
+    for item in read_jobs(path, model):
+        report.total += 1
+        if isinstance(item, BadLine):
+            report.bad_total += 1
+            if len(report.bad) < BadLinesError.SHOWN:
+                report.bad.append(item)
+            report.already_done += item.output_id in done
+        else:
+            report.models[item.model] = report.models.get(item.model, 0) + 1
+            report.already_done += item.custom_id in done
+    return report
+
+
+@dataclass(slots=True)
+class _Job:
+    request: Request
+    cost: int
+    attempts: int = 0
+    last: Outcome | None = None
+
+
+class _Lane:
+    """The queue, limiter and budget of one model."""
+
+    def __init__(self, model: str, limits: Limits, limiter: Limiter, budget: DailyBudget) -> None:
+        self.model = model
+        self.limits = limits
+        self.limiter = limiter
+        self.budget = budget
+        self.pending: deque[_Job] = deque()
+        self.retries: deque[_Job] = deque()
+        self.outstanding = 0  # accepted from the reader, not yet written
+        self.changed = asyncio.Event()
+        self.space = asyncio.Event()
+        self.mean_output = float(INITIAL_OUTPUT_GUESS)
+        self.seen_output = False
+
+    def next_job(self) -> _Job | None:
+        if self.retries:
+            return self.retries.popleft()
+        if self.pending:
+            self.space.set()
+            return self.pending.popleft()
+        return None
+
+    def learn_output(self, tokens_out: int) -> None:
+        if not self.seen_output:
+            self.mean_output, self.seen_output = float(tokens_out), True
+        else:
+            self.mean_output = 0.95 * self.mean_output + 0.05 * tokens_out
+
+
+class Engine:
+    def __init__(
+        self,
+        spec: JobSpec,
+        api_key: str,
+        listener: Listener,
+        clock: Callable[[], float] = time.monotonic,
+        now_utc: Callable[[], object] = utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.spec = spec
+        self._key = api_key
+        self._emit = listener
+        self._clock = clock
+        self._now_utc = now_utc
+        self._rng = rng or random.Random()
+        self._lanes: dict[str, _Lane] = {}
+        self._stop: BatchrunError | None = None
+        self._input_done = False
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._dispatchers: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._done = 0
+        self._total = 0
+        self._failed = 0
+
+    # -- public ---------------------------------------------------------------------------------
+
+    async def run(self) -> BatchrunError | None:
+        """Run the job to its end; return why it stopped early (None: every request has a line)."""
+        done = scan_output(self.spec.output)
+        report = check_input(self.spec.input, self.spec.model, done)
+        if report.bad_total and self.spec.on_bad_line == "fail":
+            raise BadLinesError(str(self.spec.input), report.bad, report.bad_total)
+        self._total, self._done = report.total, report.already_done
+        self._writer = OutputWriter(self.spec.output)
+        self._emit(JobStarted(
+            input=str(self.spec.input), output=str(self.spec.output), total=report.total,
+            already_done=report.already_done, bad_lines=report.bad_total,
+            limits={m: self.spec.limits_for(m) for m in report.models},
+            base_url=self.spec.endpoint.base_url,
+        ))
+        self._emit(StateChanged("running"))
+        max_conn = max(512, self.spec.concurrency or 0)
+        try:
+            async with (
+                ApiClient(self.spec.endpoint, self._key, self.spec.timeout_s, max_conn) as client,
+                asyncio.TaskGroup() as tg,
+            ):
+                self._client = client
+                self._tg = tg
+                tg.create_task(self._read(done))
+        finally:
+            for timer in self._timers:
+                timer.cancel()
+            self._writer.close()
+        self._emit(StateChanged("stopped" if self._stop else "done"))
+        return self._stop
+
+    def interrupt(self) -> None:
+        """Ctrl-C: the first stops admitting and drains; the second abandons in-flight requests."""
+        if isinstance(self._stop, Interrupted):
+            self._cancel_attempts()
+            return
+        self._halt(Interrupted(
+            f"Interrupted. {self._done:,} of {self._total:,} requests are done and kept in "
+            f"{self.spec.output}. Run the same command again to continue where this stopped."
+        ))
+
+    # -- reader ---------------------------------------------------------------------------------
+
+    async def _read(self, done: set[str]) -> None:
+        for n, item in enumerate(read_jobs(self.spec.input, self.spec.model)):
+            if self._stop:
+                break
+            if n % 256 == 0:
+                await asyncio.sleep(0)  # let answers in while a long file is read
+            if isinstance(item, BadLine):
+                if item.output_id not in done:
+                    self._record(item.output_id, "?", None, ("invalid_request_line", item.reason))
+                continue
+            if item.custom_id in done:
+                continue
+            lane = self._lane(item.model)
+            job = self._job(lane, item)
+            if lane.limiter.pacer.too_big(job.cost):
+                self._record(job.request.custom_id, lane.model, None, (
+                    "request_too_large",
+                    f"this request needs about {job.cost:,} tokens, more than the "
+                    f"{lane.limits.tpm:,} tokens/min limit of {lane.model}; shorten it or lower "
+                    "max_tokens",
+                ))
+                continue
+            while len(lane.pending) >= QUEUE_PER_LANE and not self._stop:
+                lane.space.clear()
+                await lane.space.wait()
+            lane.pending.append(job)
+            lane.outstanding += 1
+            lane.changed.set()
+        self._input_done = True
+        for lane in self._lanes.values():
+            lane.changed.set()
+
+    def _lane(self, model: str) -> _Lane:
+        lane = self._lanes.get(model)
+        if lane is None:
+            limits = self.spec.limits_for(model)
+            limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock)
+            budget = DailyBudget(limits.tpd, limits.rpd, self._now_utc)  # type: ignore[arg-type]
+            lane = self._lanes[model] = _Lane(model, limits, limiter, budget)
+            self._dispatchers.add(self._tg.create_task(self._dispatch(lane)))
+        return lane
+
+    def _job(self, lane: _Lane, request: Request) -> _Job:
+        prompt = max(prompt_tokens(request.url, request.body), char_estimate(request.body))
+        out = max_output_tokens(request.body)
+        if out is None and request.url.endswith("/chat/completions"):
+            out = round(lane.mean_output * int(request.body.get("n", 1)))
+        return _Job(request, prompt + (out or 0))
+
+    # -- dispatcher -----------------------------------------------------------------------------
+
+    async def _dispatch(self, lane: _Lane) -> None:
+        while not self._stop:
+            job = lane.next_job()
+            if job is None:
+                if self._input_done and lane.outstanding == 0:
+                    return
+                lane.changed.clear()
+                await lane.changed.wait()
+                continue
+            if not lane.budget.reserve(job.cost):
+                lane.retries.appendleft(job)
+                self._halt(self._daily_error(lane))
+                return
+            ticket = await lane.limiter.acquire(job.cost)
+            if self._stop:
+                lane.limiter.release(ticket, None)
+                lane.budget.settle(job.cost, 0)
+                return
+            self._emit(RequestSent(lane.model))
+            task = self._tg.create_task(self._attempt(lane, job, ticket))
+            self._attempts.add(task)
+            task.add_done_callback(self._attempts.discard)
+
+    async def _attempt(self, lane: _Lane, job: _Job, ticket: Ticket) -> None:
+        outcome = await self._client.send(job.request)
+        job.attempts += 1
+        job.last = outcome
+        kind = outcome.kind
+        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else outcome.server)
+        tokens_in, tokens_out = outcome.usage
+        lane.budget.settle(job.cost, tokens_in + tokens_out)
+        self._emit(AttemptEnded(lane.model, kind.value))
+        if kind is Kind.OK:
+            lane.learn_output(tokens_out)
+            self._finish(lane, job, ok=True)
+        elif kind is Kind.FAIL:
+            self._finish(lane, job, ok=False)
+        elif kind is Kind.RATE_DAY:
+            lane.budget.exhaust()
+            self._halt(self._daily_error(lane, outcome.message))
+        elif kind is Kind.REFUSED:
+            self._halt(ApiRefused(
+                f"The API refused the request: {outcome.message} ({outcome.code}, HTTP "
+                f"{outcome.status}). Check ${self.spec.endpoint.key_env}, the account's billing "
+                f"and quota, then run the same command again; the {self._done:,} finished "
+                f"results in {self.spec.output} are kept."
+            ))
+        elif job.attempts > self.spec.max_retries:
+            self._finish(lane, job, ok=False)
+        elif kind is Kind.RATE_MINUTE:
+            pause = lane.limiter.rate_limited(outcome.hint_s)
+            self._emit(Throttled(lane.model, pause))
+            lane.retries.append(job)
+            lane.changed.set()
+        else:
+            self._retry_later(lane, job, outcome.hint_s)
+
+    def _retry_later(self, lane: _Lane, job: _Job, hint_s: float | None) -> None:
+        backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (job.attempts - 1)) * self._rng.uniform(0.5, 1.5)
+        delay = max(backoff, min(hint_s or 0.0, MAX_BACKOFF_S))
+
+        def requeue() -> None:
+            self._timers.discard(handle)
+            lane.retries.append(job)
+            lane.changed.set()
+
+        handle = asyncio.get_running_loop().call_later(delay, requeue)
+        self._timers.add(handle)
+
+    # -- results --------------------------------------------------------------------------------
+
+    def _finish(self, lane: _Lane, job: _Job, ok: bool) -> None:
+        out = job.last
+        assert out is not None
+        error = None
+        if not ok:
+            reason = out.message or out.code
+            if out.kind in (Kind.RETRY, Kind.RATE_MINUTE):
+                reason = f"gave up after {job.attempts} attempts; last: {reason}"
+            error = (out.code or "request_failed", reason)
+        self._record(job.request.custom_id, lane.model, out, error)
+        lane.outstanding -= 1
+        if lane.outstanding == 0:
+            lane.changed.set()
+
+    def _record(
+        self, custom_id: str, model: str, out: Outcome | None, error: tuple[str, str] | None
+    ) -> None:
+        body = out.body if out is not None and out.status is not None else None
+        self._writer.write(result_line(
+            custom_id, out.status if out else None, out.request_id if out else "", body, error
+        ))
+        self._done += 1
+        self._failed += error is not None
+        tokens_in, tokens_out = out.usage if out else (0, 0)
+        self._emit(RequestFinished(
+            custom_id, model, error is None, tokens_in, tokens_out,
+            0 if out is None else 1, "" if error is None else error[1],
+        ))
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def _daily_error(self, lane: _Lane, server_message: str = "") -> DailyLimitReached:
+        what = lane.budget.describe()
+        said = f" The server said: {server_message}" if server_message else ""
+        return DailyLimitReached(
+            f"Daily budget reached for {lane.model}: {what}. {self._done:,} of {self._total:,} "
+            f"requests done.{said} Run the same command again after 00:00 UTC to continue."
+        )
+
+    def _halt(self, error: BatchrunError) -> None:
+        if self._stop is not None:
+            return
+        self._stop = error
+        self._emit(StateChanged("draining", error.message))
+        for lane in self._lanes.values():
+            lane.space.set()
+        for task in self._dispatchers:
+            # A dispatcher may be waiting out a cooldown in the limiter; it must not send again.
+            task.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers.add(loop.call_later(self.spec.drain_s, self._cancel_attempts))
+
+    def _cancel_attempts(self) -> None:
+        for task in list(self._attempts):
+            task.cancel()
+
+
+def emit_all(*listeners: Listener) -> Listener:
+    def fan_out(event: Event) -> None:
+        for listener in listeners:
+            listener(event)
+
+    return fan_out
+
+
+async def run_job(spec: JobSpec, api_key: str, listener: Listener) -> BatchrunError | None:
+    engine = Engine(spec, api_key, listener)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        import signal
+
+        loop.add_signal_handler(signal.SIGINT, engine.interrupt)
+        loop.add_signal_handler(signal.SIGTERM, engine.interrupt)
+    try:
+        return await engine.run()
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            import signal
+
+            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGTERM)

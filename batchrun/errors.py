@@ -1,0 +1,98 @@
+"""The one error tree. The CLI turns these into a message and an exit code in one place.
+
+    BatchrunError                 exit 1   anything batchrun understands
+    ├── InputError                exit 2   bad input file, bad option; nothing was sent
+    ├── DailyLimitReached         exit 3   today's token/request budget is spent; resume later
+    ├── ApiRefused                exit 4   bad key, no credit or quota; checkpoint kept
+    └── Interrupted               exit 130 Ctrl-C; checkpoint kept
+
+Every message says what happened and what to do next. None may contain the API key: messages
+that quote a server's words pass them through `redact` first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_INPUT = 2
+EXIT_DAILY = 3
+EXIT_REFUSED = 4
+EXIT_INTERRUPTED = 130
+
+# sk-..., sk-proj-..., Azure's 32-hex keys, bearer tokens: anything that looks like a secret.
+_KEY_LIKE = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{8,}|\b[0-9a-f]{32}\b|(?i:bearer)\s+[A-Za-z0-9._\-]{8,})"
+)
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """Remove the API key and anything key-shaped from text a server or OS handed us."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)
+
+
+class BatchrunError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """One input line that cannot become a request."""
+
+    line_no: int
+    custom_id: str | None
+    reason: str
+
+    @property
+    def output_id(self) -> str:
+        """The custom_id its failed output line carries."""
+        return self.custom_id or f"line-{self.line_no}"
+
+    def describe(self) -> str:
+        where = f"line {self.line_no}"
+        if self.custom_id is not None:
+            where += f" (id {self.custom_id!r})"
+        return f"{where}: {self.reason}"
+
+
+class InputError(BatchrunError):
+    exit_code = EXIT_INPUT
+
+
+class BadLinesError(InputError):
+    """The input has bad lines and --on-bad-line fail is in force: nothing was sent."""
+
+    SHOWN = 20
+
+    def __init__(self, path: str, bad: list[BadLine], total_bad: int) -> None:
+        plural = "s" if total_bad != 1 else ""
+        lines = [f"{path}: {total_bad:,} bad line{plural}; nothing was sent."]
+        lines += [f"  {b.describe()}" for b in bad[: self.SHOWN]]
+        if total_bad > self.SHOWN:
+            lines.append(f"  … and {total_bad - self.SHOWN:,} more")
+        lines.append(
+            "Fix these lines, or run with --on-bad-line skip to record them as failed and go on."
+        )
+        super().__init__("\n".join(lines))
+        self.bad = bad
+        self.total_bad = total_bad
+
+
+class DailyLimitReached(BatchrunError):
+    exit_code = EXIT_DAILY
+
+
+class ApiRefused(BatchrunError):
+    exit_code = EXIT_REFUSED
+
+
+class Interrupted(BatchrunError):
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,146 @@
+"""What the engine tells the world. The progress display and the summary subscribe to these;
+the engine knows nothing about terminals."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from batchrun.tiers import Limits, price
+
+
+@dataclass(frozen=True, slots=True)
+class JobStarted:
+    input: str
+    output: str
+    total: int
+    already_done: int
+    bad_lines: int
+    limits: dict[str, Limits]
+    base_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSent:
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnded:
+    """One HTTP attempt came back (any outcome); `kind` is the classifier's verdict."""
+
+    model: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFinished:
+    custom_id: str
+    model: str
+    ok: bool
+    tokens_in: int
+    tokens_out: int
+    attempts: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Throttled:
+    """A per-minute 429: the limiter pauses for `pause_s`."""
+
+    model: str
+    pause_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    state: str  # running | cooling | draining | paused-daily | stopped | done
+    detail: str = ""
+
+
+Event = JobStarted | RequestSent | AttemptEnded | RequestFinished | Throttled | StateChanged
+
+
+class Listener(Protocol):
+    def __call__(self, event: Event) -> None: ...
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counts everything needed for the summary; a Listener."""
+
+    started: float = field(default_factory=time.monotonic)
+    total: int = 0
+    already_done: int = 0
+    bad_lines: int = 0
+    ok: int = 0
+    failed: int = 0
+    sent: int = 0
+    throttled: int = 0
+    in_flight: int = 0
+    tokens_in: Counter[str] = field(default_factory=Counter)
+    tokens_out: Counter[str] = field(default_factory=Counter)
+    limits: dict[str, Limits] = field(default_factory=dict)
+    state: str = "starting"
+
+    def __call__(self, event: Event) -> None:
+        match event:
+            case RequestSent():
+                self.sent += 1
+                self.in_flight += 1
+            case AttemptEnded():
+                self.in_flight -= 1
+            case RequestFinished(ok=ok, model=model, tokens_in=tin, tokens_out=tout):
+                self.ok += ok
+                self.failed += not ok
+                self.tokens_in[model] += tin
+                self.tokens_out[model] += tout
+            case Throttled():
+                self.throttled += 1
+            case JobStarted():
+                self.started = time.monotonic()
+                self.total, self.already_done = event.total, event.already_done
+                self.bad_lines, self.limits = event.bad_lines, event.limits
+            case StateChanged(state=state):
+                self.state = state
+
+    @property
+    def done(self) -> int:
+        return self.already_done + self.ok + self.failed
+
+    def summary(self) -> dict[str, Any]:
+        wall = max(1e-9, time.monotonic() - self.started)
+        minutes = wall / 60
+        cost: float | None = 0.0
+        for model in set(self.tokens_in) | set(self.tokens_out):
+            p = price(model)
+            if p is None:
+                cost = None
+                break
+            cost = (cost or 0.0) + p.cost(self.tokens_in[model], self.tokens_out[model])
+        tokens_in, tokens_out = sum(self.tokens_in.values()), sum(self.tokens_out.values())
+        return {
+            "state": self.state,
+            "requests": {
+                "total": self.total,
+                "ok": self.ok,
+                "failed": self.failed,
+                "bad_lines": self.bad_lines,
+                "already_done": self.already_done,
+                "not_done": self.total - self.done,
+            },
+            "tokens": {"input": tokens_in, "output": tokens_out},
+            "cost_usd": None if cost is None else round(cost, 6),
+            "wall_seconds": round(wall, 3),
+            "achieved": {
+                "requests_per_min": round((self.ok + self.failed) / minutes, 1),
+                "tokens_per_min": round((tokens_in + tokens_out) / minutes, 1),
+            },
+            "limits": {
+                m: {"rpm": lim.rpm, "tpm": lim.tpm, "rpd": lim.rpd, "tpd": lim.tpd}
+                for m, lim in self.limits.items()
+            },
+            "rate_limited_429": self.throttled,
+        }

@@ -1,0 +1,247 @@
+"""Reading job files: three line shapes in, one validated Request (or a BadLine) out per line.
+
+Shapes (DESIGN.md): OpenAI Batch API lines; chat lines `{"id", "messages", ...body}`; prompt lines
+`{"id", "prompt"}`. The reader streams: it holds one line at a time plus the set of ids seen.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrun.errors import BadLine, InputError
+
+CHAT_URL = "/v1/chat/completions"
+EMBEDDINGS_URL = "/v1/embeddings"
+SUPPORTED_URLS = (CHAT_URL, EMBEDDINGS_URL)
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+# A single request can't usefully exceed this: the largest context window is ~1M tokens (~4 MB).
+MAX_LINE_BYTES = 8 * 1024 * 1024
+MAX_ID_CHARS = 512
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(slots=True)
+class Request:
+    """One request, ready to send: `body` always names its model."""
+
+    line_no: int
+    custom_id: str
+    url: str
+    body: dict[str, Any]
+
+    @property
+    def model(self) -> str:
+        return str(self.body["model"])
+
+
+class _Bad(Exception):
+    """Internal: the reason a line is bad; becomes a BadLine."""
+
+
+def _positive_int(body: dict[str, Any], key: str) -> None:
+    value = body.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _Bad(f"{key} must be a positive integer, got {orjson.dumps(value).decode()[:40]}")
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise _Bad("messages must be a non-empty list of {role, content} objects")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _Bad(f"{where} must be an object with role and content")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _Bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {role!r}")
+        content = message.get("content")
+        if content is None:
+            if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
+                continue
+            raise _Bad(f"{where} has no content")
+        if isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not content:
+            raise _Bad(f"{where}.content must be a string or a non-empty list of parts")
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _Bad(f"{where}.content[{j}] must be an object with a type")
+            if part["type"] == "text" and not isinstance(part.get("text"), str):
+                raise _Bad(f"{where}.content[{j}].text must be a string")
+        if "name" in message and not isinstance(message["name"], str):
+            raise _Bad(f"{where}.name must be a string")
+
+
+def _check_embedding_input(inp: Any) -> None:
+    if isinstance(inp, str):
+        if inp:
+            return
+        raise _Bad("input must not be empty")
+    ok = isinstance(inp, list) and bool(inp) and (
+        all(isinstance(x, str) and x for x in inp)
+        or all(isinstance(x, int) and not isinstance(x, bool) for x in inp)
+        or all(isinstance(x, list) and x and all(isinstance(t, int) for t in x) for x in inp)
+    )
+    if not ok:
+        raise _Bad("input must be a string, a list of strings, or token arrays")
+
+
+def _check_body(url: str, body: dict[str, Any]) -> None:
+    if not isinstance(body.get("model"), str) or not body["model"].strip():
+        raise _Bad("model must be a non-empty string")
+    if body.get("stream"):
+        raise _Bad("stream: true is not supported in a batch job; remove it")
+    if url == EMBEDDINGS_URL:
+        if "input" not in body:
+            raise _Bad("an embeddings request needs input")
+        _check_embedding_input(body["input"])
+        return
+    _check_messages(body.get("messages"))
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        _positive_int(body, key)
+
+
+def _take_id(obj: dict[str, Any], key: str, line_no: int) -> str:
+    if key not in obj:
+        return f"line-{line_no}"
+    value = obj[key]
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"{key} must be a non-empty string, got {orjson.dumps(value).decode()[:40]}")
+    if len(value) > MAX_ID_CHARS:
+        raise _Bad(f"{key} is {len(value)} characters long; the most is {MAX_ID_CHARS}")
+    return value
+
+
+def parse_line(obj: Any, line_no: int, default_model: str) -> Request:
+    """Turn one decoded JSON line into a Request, or raise _Bad with the reason."""
+    if not isinstance(obj, dict):
+        raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
+    if "custom_id" in obj or "body" in obj or "url" in obj:
+        custom_id = _take_id(obj, "custom_id", line_no)
+        if obj.get("method", "POST") != "POST":
+            raise _Bad(f"method must be POST, got {obj.get('method')!r}")
+        url = obj.get("url")
+        if url not in SUPPORTED_URLS:
+            raise _Bad(f"url must be one of {', '.join(SUPPORTED_URLS)}, got {url!r}")
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            raise _Bad("body must be a JSON object")
+        body = dict(body)
+    elif "messages" in obj or "prompt" in obj:
+        custom_id = _take_id(obj, "id", line_no)
+        body = {k: v for k, v in obj.items() if k not in ("id", "prompt")}
+        url = CHAT_URL
+        if "prompt" in obj:
+            if "messages" in obj:
+                raise _Bad("a line has either prompt or messages, not both")
+            if not isinstance(obj["prompt"], str) or not obj["prompt"]:
+                raise _Bad("prompt must be a non-empty string")
+            body["messages"] = [{"role": "user", "content": obj["prompt"]}]
+    else:
+        raise _Bad(
+            "unrecognised line: expected a Batch API line (custom_id, url, body), "
+            "a chat line (id, messages) or a prompt line (id, prompt)"
+        )
+    body.setdefault("model", default_model)
+    _check_body(url, body)
+    return Request(line_no=line_no, custom_id=custom_id, url=url, body=body)
+
+
+def _open(path: Path) -> Any:
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file. Check the path and try again.") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror}).") from None
+    if stat.S_ISDIR(mode):
+        raise InputError(f"{path} is a directory; give the path of a .jsonl file.")
+    if not stat.S_ISREG(mode):
+        raise InputError(
+            f"{path} is not a regular file (a pipe or device); batchrun reads the file twice "
+            "(check, then send), so save the input to a file first."
+        )
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror}).") from None
+
+
+def read_jobs(path: Path, default_model: str) -> Iterator[Request | BadLine]:
+    """Stream the file: yield a Request or a BadLine per non-blank line, in order.
+
+    Raises InputError only for the file as a whole (missing, a directory, empty).
+    """
+    seen: set[str] = set()
+    any_line = False
+    with _open(path) as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM) :]
+            if len(raw) > MAX_LINE_BYTES:
+                any_line = True
+                size = len(raw) / 1_000_000
+                yield BadLine(
+                    line_no, None,
+                    f"line is {size:.1f} MB; the most a request may be is "
+                    f"{MAX_LINE_BYTES // (1024 * 1024)} MB",
+                )
+                continue
+            if not raw.strip():
+                continue
+            any_line = True
+            try:
+                obj = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                yield BadLine(line_no, None, _json_reason(raw, exc))
+                continue
+            try:
+                req = parse_line(obj, line_no, default_model)
+            except _Bad as exc:
+                # A bad line still claims its id, so the output never holds two lines for one id.
+                guess = _guess_id(obj)
+                if guess is not None and guess in seen:
+                    guess = None
+                elif guess is not None:
+                    seen.add(guess)
+                yield BadLine(line_no, guess, str(exc))
+                continue
+            if req.custom_id in seen:
+                yield BadLine(line_no, None, f"duplicate id {req.custom_id!r}; ids must be unique")
+                continue
+            seen.add(req.custom_id)
+            yield req
+    if not any_line:
+        raise InputError(f"{path} has no requests (it is empty or only blank lines).")
+
+
+def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as ude:
+        return f"not valid UTF-8 (byte {ude.start + 1}); save the file as UTF-8"
+    if b"\x00" in raw:
+        return "contains a NUL byte; not valid JSON"
+    return f"not valid JSON: {exc.msg} at column {exc.colno}"
+
+
+def _guess_id(obj: Any) -> str | None:
+    if isinstance(obj, dict):
+        for key in ("custom_id", "id"):
+            if isinstance(obj.get(key), str):
+                return str(obj[key])
+    return None
+
+
+def file_fingerprint(path: Path) -> tuple[int, float]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime

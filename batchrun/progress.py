@@ -1,0 +1,155 @@
+"""What a user watches while a job runs: a live rich display on a terminal, plain lines elsewhere.
+
+A Listener of engine events; the CLI owns it. Nothing in the core imports this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import IO, Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from batchrun.events import (
+    Event,
+    JobStarted,
+    RequestFinished,
+    StateChanged,
+    Stats,
+    Throttled,
+)
+
+PLAIN_EVERY_S = 10.0
+RATE_WINDOW_S = 60.0
+
+
+class _Rates:
+    """Requests and tokens finished in the last minute (or since start, if shorter)."""
+
+    def __init__(self) -> None:
+        self._events: deque[tuple[float, int]] = deque()
+
+    def add(self, tokens: int) -> None:
+        self._events.append((time.monotonic(), tokens))
+
+    def last_minute(self) -> tuple[int, int]:
+        """Counted, not extrapolated: limits are per sliding minute, and so is this."""
+        now = time.monotonic()
+        while self._events and self._events[0][0] < now - RATE_WINDOW_S:
+            self._events.popleft()
+        return len(self._events), sum(t for _, t in self._events)
+
+
+def _fmt_limit(value: float, limit: int) -> str:
+    if not limit:
+        return f"{value:,.0f}"
+    return f"{value:,.0f} / {limit:,} ({value / limit:.0%})"
+
+
+class ProgressDisplay:
+    """Subscribe with `display(event)`; use as a context manager around the run."""
+
+    def __init__(self, stats: Stats, stream: IO[str], quiet: bool = False) -> None:
+        self.stats = stats
+        self.quiet = quiet
+        self.console = Console(file=stream, highlight=False)
+        if not self.console.is_terminal:
+            # A log file or pipe: one event, one line, however long.
+            self.console.soft_wrap = True
+        self.live_mode = self.console.is_terminal and not quiet
+        self._rates = _Rates()
+        self._last_plain = 0.0
+        self._detail = ""
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self._task = self._progress.add_task("batchrun", total=None)
+        self._live: Live | None = None
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.live_mode:
+            self._live = Live(self._render(), console=self.console, refresh_per_second=4,
+                              transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        match event:
+            case JobStarted():
+                self._started(event)
+            case RequestFinished(tokens_in=tin, tokens_out=tout):
+                self._rates.add(tin + tout)
+            case Throttled(pause_s=pause):
+                self._detail = f"cooling down {pause:.1f}s after a 429"
+            case StateChanged(state=state, detail=detail):
+                self._detail = detail.split(". ")[0] if state == "draining" else ""
+                if not self.live_mode:
+                    self._plain(force=True)
+        if self._live is not None:
+            self._progress.update(self._task, total=self.stats.total, completed=self.stats.done)
+            self._live.update(self._render())
+        elif not isinstance(event, JobStarted):
+            self._plain()
+
+    def _started(self, event: JobStarted) -> None:
+        self.console.print(
+            f"batchrun: {event.total:,} requests in {event.input} → {event.output}"
+            + (f" ({event.already_done:,} already done)" if event.already_done else "")
+        )
+        for model, limits in event.limits.items():
+            self.console.print(f"  {model}: {limits.describe()}")
+        self.console.print(f"  sending to {event.base_url}")
+
+    def _limits(self) -> tuple[int, int]:
+        rpm = sum(lim.rpm for lim in self.stats.limits.values())
+        tpm = sum(lim.tpm for lim in self.stats.limits.values())
+        return rpm, tpm
+
+    def _status_line(self) -> str:
+        s = self.stats
+        rpm, tpm = self._rates.last_minute()
+        rpm_limit, tpm_limit = self._limits()
+        state = s.state + (f" ({self._detail})" if self._detail else "")
+        return (
+            f"{state} · failed {s.failed:,} · in flight {s.in_flight:,} · "
+            f"last min {_fmt_limit(rpm, rpm_limit)} req, {_fmt_limit(tpm, tpm_limit)} tok · "
+            f"429s {s.throttled:,}"
+        )
+
+    def _render(self) -> Group:
+        return Group(self._progress, Text(self._status_line(), style="dim"))
+
+    def _plain(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_plain < PLAIN_EVERY_S:
+            return
+        self._last_plain = now
+        s = self.stats
+        self.console.print(f"[{s.done:,}/{s.total:,}] {self._status_line()}", markup=False)

@@ -1,0 +1,446 @@
+"""A local OpenAI-compatible API that enforces rate limits the way the real one does.
+
+Chat completions and embeddings, on OpenAI routes (/v1/...) and Azure routes
+(/openai/deployments/{name}/...?api-version=...). Per model it keeps a requests bucket and a tokens
+bucket that refill continuously and hold `window_s` seconds of the per-minute limit (60 = OpenAI's
+whole-minute bucket; 1 = a server that quantizes to one-second windows), plus daily counters. The
+charge at admission is the server's estimate: prompt characters / 4 plus n x max_tokens. Replies
+are deterministic in the request (see `reply_text`), so a test can tell each result is its own.
+
+    python -m batchrun.sim --port 8000 --rpm 500 --tpm 200000 --window 1 --latency 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from batchrun.tokens import char_estimate, prompt_tokens
+
+
+@dataclass(slots=True)
+class SimLimits:
+    rpm: int = 0
+    tpm: int = 0
+    rpd: int = 0
+    tpd: int = 0
+    window_s: float = 60.0
+
+
+@dataclass(slots=True)
+class Faults:
+    """Chances (0..1) that an admitted request meets each fault."""
+
+    error_500: float = 0.0
+    error_503: float = 0.0
+    drop: float = 0.0
+    hang: float = 0.0
+    truncate: float = 0.0
+    no_choices: float = 0.0
+    html: float = 0.0
+    hang_s: float = 3600.0
+
+
+@dataclass(slots=True)
+class SimConfig:
+    limits: SimLimits = field(default_factory=SimLimits)
+    latency_s: float = 0.0
+    jitter_s: float = 0.0
+    faults: Faults = field(default_factory=Faults)
+    api_key: str | None = None  # None: any non-empty key is accepted
+    insufficient_quota: bool = False
+    seed: int = 0
+    organization: str = "org-simulator"
+
+
+@dataclass(slots=True)
+class SimStats:
+    received: int = 0
+    ok: int = 0
+    rate_limited: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    attempts: Counter[str] = field(default_factory=Counter)  # by request_digest
+    admitted_at: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens charged)
+    rejected_at: list[tuple[float, str]] = field(default_factory=list)  # (time, which limit)
+
+
+def request_digest(body: dict[str, Any]) -> str:
+    """A stable fingerprint of what was asked (messages or input, and the model)."""
+    key = {"model": body.get("model"), "q": body.get("messages", body.get("input"))}
+    return hashlib.sha256(orjson.dumps(key, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def reply_text(body: dict[str, Any]) -> str:
+    return f"Simulated reply {request_digest(body)}"
+
+
+def _completion_tokens(body: dict[str, Any]) -> int:
+    wanted = 8 + int(request_digest(body)[:4], 16) % 8
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    return min(wanted, int(limit)) if limit else wanted
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{max(1, round(seconds * 1000))}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{secs:.0f}s"
+
+
+class _Bucket:
+    def __init__(self, per_minute: int, window_s: float, now: float) -> None:
+        self.limit = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = self.rate * window_s
+        self.level = self.capacity
+        self.updated = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def shortfall(self, amount: float) -> float:
+        """Seconds until `amount` fits; 0 if it fits now (a full bucket takes anything)."""
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+    def reset_s(self) -> float:
+        return max(0.0, (self.capacity - self.level) / self.rate)
+
+
+class _ModelState:
+    def __init__(self, limits: SimLimits, now: float) -> None:
+        self.limits = limits
+        self.requests = _Bucket(limits.rpm, limits.window_s, now) if limits.rpm else None
+        self.tokens = _Bucket(limits.tpm, limits.window_s, now) if limits.tpm else None
+        self.day: dt.date | None = None
+        self.day_tokens = 0
+        self.day_requests = 0
+
+
+class Simulator:
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        today: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.config = config or SimConfig()
+        self.stats = SimStats()
+        self._clock = clock
+        self._now_utc = today
+        self._models: dict[str, _ModelState] = {}
+        self._rng = random.Random(self.config.seed)
+        self._ids = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
+        return app
+
+    # -- handlers -----------------------------------------------------------------------------
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, embeddings=False)
+
+    async def _embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, embeddings=True)
+
+    async def _handle(self, request: web.Request, embeddings: bool) -> web.StreamResponse:
+        self.stats.received += 1
+        azure = "deployment" in request.match_info
+        if azure and "api-version" not in request.query:
+            return self._error(400, "missing api-version query parameter", "invalid_request_error")
+        key = request.headers.get("api-key", "") if azure else (
+            request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        )
+        if not key or (self.config.api_key is not None and key != self.config.api_key):
+            return self._error(
+                401, "Incorrect API key provided. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.", "invalid_request_error",
+                "invalid_api_key",
+            )
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self._error(400, "We could not parse the JSON body of your request.",
+                               "invalid_request_error")
+        if not isinstance(body, dict):
+            return self._error(400, "The body must be a JSON object.", "invalid_request_error")
+        model = request.match_info.get("deployment") or body.get("model")
+        if not isinstance(model, str) or not model:
+            return self._error(400, "you must provide a model parameter", "invalid_request_error")
+        body["model"] = model
+        field_name = "input" if embeddings else "messages"
+        if field_name not in body:
+            return self._error(400, f"'{field_name}' is a required property",
+                               "invalid_request_error")
+        self.stats.attempts[request_digest(body)] += 1
+        if self.config.insufficient_quota:
+            return self._error(
+                429, "You exceeded your current quota, please check your plan and billing "
+                "details.", "insufficient_quota", "insufficient_quota",
+            )
+        state = self._models.setdefault(model, _ModelState(self.config.limits, self._clock()))
+        out_max = 0 if embeddings else int(
+            body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        ) * int(body.get("n") or 1)
+        cost = char_estimate(body) + out_max
+        refusal = self._admit(state, model, cost)
+        headers = self._headers(state)
+        if refusal is not None:
+            self.stats.rate_limited += 1
+            self.stats.statuses[429] += 1
+            return refusal
+        if self.config.latency_s or self.config.jitter_s:
+            await asyncio.sleep(
+                max(0.0, self.config.latency_s + self._rng.uniform(-1, 1) * self.config.jitter_s)
+            )
+        fault = await self._fault(request)
+        if fault is not None:
+            return fault
+        payload = self._embedding_reply(body) if embeddings else self._chat_reply(body)
+        self.stats.ok += 1
+        self.stats.statuses[200] += 1
+        return web.Response(body=orjson.dumps(payload), headers=headers,
+                            content_type="application/json")
+
+    # -- limits -------------------------------------------------------------------------------
+
+    def _admit(self, state: _ModelState, model: str, cost: int) -> web.Response | None:
+        now = self._clock()
+        today = self._now_utc().date()
+        if state.day != today:
+            state.day, state.day_tokens, state.day_requests = today, 0, 0
+        limits = state.limits
+        until_midnight = (
+            dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC) - self._now_utc()
+        ).total_seconds()
+        if limits.rpd and state.day_requests + 1 > limits.rpd:
+            return self._limit_error(model, "requests per day (RPD)", limits.rpd,
+                                     state.day_requests, 1, until_midnight, "requests")
+        if limits.tpd and state.day_tokens + cost > limits.tpd:
+            return self._limit_error(model, "tokens per day (TPD)", limits.tpd,
+                                     state.day_tokens, cost, until_midnight, "tokens")
+        for bucket, amount, what, kind in (
+            (state.requests, 1, "requests per min (RPM)", "requests"),
+            (state.tokens, cost, "tokens per min (TPM)", "tokens"),
+        ):
+            if bucket is None:
+                continue
+            bucket.refill(now)
+            wait = bucket.shortfall(amount)
+            if wait > 0:
+                used = round(bucket.capacity - bucket.level)
+                return self._limit_error(model, what, bucket.limit, used, amount, wait, kind,
+                                         self._headers(state))
+        for bucket, amount in ((state.requests, 1), (state.tokens, cost)):
+            if bucket is not None:
+                bucket.level -= amount
+        state.day_tokens += cost
+        state.day_requests += 1
+        self.stats.admitted_at.append((now, cost))
+        return None
+
+    def _limit_error(
+        self, model: str, what: str, limit: int, used: int, requested: int, wait_s: float,
+        kind: str, headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        message = (
+            f"Rate limit reached for {model} in organization {self.config.organization} on "
+            f"{what}: Limit {limit}, Used {used}, Requested {requested}. Please try again in "
+            f"{_fmt_duration(wait_s)}. Visit https://platform.openai.com/account/rate-limits "
+            "to learn more."
+        )
+        self.stats.rejected_at.append((self._clock(), what))
+        return self._error(429, message, kind, "rate_limit_exceeded", headers)
+
+    def _headers(self, state: _ModelState) -> dict[str, str]:
+        self._ids += 1
+        headers = {"x-request-id": f"req_sim{self._ids:012d}"}
+        for name, bucket in (("requests", state.requests), ("tokens", state.tokens)):
+            if bucket is not None:
+                headers[f"x-ratelimit-limit-{name}"] = str(bucket.limit)
+                headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(bucket.level)))
+                headers[f"x-ratelimit-reset-{name}"] = _fmt_duration(bucket.reset_s())
+        return headers
+
+    # -- replies and faults -------------------------------------------------------------------
+
+    def _error(
+        self, status: int, message: str, etype: str, code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        if status != 429:
+            self.stats.statuses[status] += 1
+        body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+        return web.Response(status=status, body=orjson.dumps(body), headers=headers,
+                            content_type="application/json")
+
+    def _roll_fault(self) -> str | int | None:
+        f = self.config.faults
+        roll = self._rng.random()
+        for chance, kind in ((f.error_500, 500), (f.error_503, 503), (f.drop, "drop"),
+                             (f.hang, "hang"), (f.truncate, "truncate"),
+                             (f.no_choices, "no_choices"), (f.html, "html")):
+            if roll < chance:
+                return kind
+            roll -= chance
+        return None
+
+    async def _fault(self, request: web.Request) -> web.StreamResponse | None:
+        kind = self._roll_fault()
+        if kind is None:
+            return None
+        f = self.config.faults
+        if kind in (500, 503):
+            message = (
+                "The server had an error while processing your request. Sorry about that!"
+                if kind == 500
+                else "The engine is currently overloaded, please try again later"
+            )
+            return self._error(int(kind), message, "server_error", None,
+                               {"retry-after": "1"} if kind == 503 else None)
+        if kind == "html":
+            self.stats.statuses[502] += 1
+            return web.Response(status=502, content_type="text/html",
+                                text="<html><body><h1>502 Bad Gateway</h1></body></html>")
+        if kind == "no_choices":
+            self.stats.statuses[200] += 1
+            return web.Response(body=b'{"id": "chatcmpl-x", "object": "chat.completion"}',
+                                content_type="application/json")
+        if kind == "hang":
+            await asyncio.sleep(f.hang_s)
+        transport = request.transport
+        if kind == "truncate":
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            resp.content_length = 400
+            await resp.prepare(request)
+            await resp.write(b'{"id": "chatcmpl-trunc", "choices": [{"index": 0, "mess')
+        if transport is not None:
+            transport.close()
+        raise asyncio.CancelledError  # the connection is gone; aiohttp ends the handler quietly
+
+    def _chat_reply(self, body: dict[str, Any]) -> dict[str, Any]:
+        n = int(body.get("n") or 1)
+        completion = _completion_tokens(body) * n
+        prompt = prompt_tokens("/v1/chat/completions", body)
+        return {
+            "id": f"chatcmpl-sim{request_digest(body)}",
+            "object": "chat.completion",
+            "created": int(self._now_utc().timestamp()),
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": reply_text(body), "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+                for i in range(n)
+            ],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion},
+        }
+
+    def _embedding_reply(self, body: dict[str, Any]) -> dict[str, Any]:
+        inputs = body["input"]
+        count = len(inputs) if isinstance(inputs, list) and not all(
+            isinstance(x, int) for x in inputs) else 1
+        seed = int(request_digest(body)[:8], 16)
+        tokens = prompt_tokens("/v1/embeddings", body)
+        return {
+            "object": "list",
+            "model": body["model"],
+            "data": [
+                {"object": "embedding", "index": i,
+                 "embedding": [((seed >> k) % 1000) / 1000 for k in range(8)]}
+                for i in range(count)
+            ],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+
+class SimServer:
+    """The simulator on a real loopback socket, owned by `async with`."""
+
+    def __init__(self, simulator: Simulator | None = None, port: int = 0) -> None:
+        self.sim = simulator or Simulator()
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def azure_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> SimServer:
+        self._runner = web.AppRunner(self.sim.app(), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m batchrun.sim", description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, default=8000)
+    for name in ("rpm", "tpm", "rpd", "tpd"):
+        p.add_argument(f"--{name}", type=int, default=0, help="0 = unlimited")
+    p.add_argument("--window", type=float, default=60.0, help="seconds of budget a bucket holds")
+    p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--jitter", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    for name in ("error-500", "error-503", "drop", "hang", "truncate", "no-choices", "html"):
+        p.add_argument(f"--{name}", type=float, default=0.0, help="chance per request")
+    return p.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    faults = Faults(error_500=args.error_500, error_503=args.error_503, drop=args.drop,
+                    hang=args.hang, truncate=args.truncate, no_choices=args.no_choices,
+                    html=args.html)
+    limits = SimLimits(args.rpm, args.tpm, args.rpd, args.tpd, args.window)
+    config = SimConfig(limits=limits, latency_s=args.latency, jitter_s=args.jitter,
+                       faults=faults, seed=args.seed)
+    async with SimServer(Simulator(config), port=args.port) as server:
+        print(f"batchrun simulator listening on {server.base_url}", flush=True)  # noqa: T201
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(_parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Published rate-limit presets and list prices, per model family.
+
+Numbers are OpenAI's published tables (limits page and pricing page) as of PRICES_AS_OF. Every
+limit can be overridden on the command line; 0 means unlimited.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+PRICES_AS_OF = "2026-11-01"
+TIERS = ("free", "tier1", "tier2", "tier3", "tier4", "tier5")
+UNLIMITED = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-model limits in force. 0 means unlimited."""
+
+    rpm: int = UNLIMITED
+    tpm: int = UNLIMITED
+    rpd: int = UNLIMITED
+    tpd: int = UNLIMITED
+
+    def override(self, **values: int | None) -> Limits:
+        given = {k: v for k, v in values.items() if v is not None}
+        for key, value in given.items():
+            if value < 0:
+                raise ValueError(f"--{key} must be 0 (unlimited) or a positive number, not {value}")
+        return replace(self, **given)
+
+    def describe(self) -> str:
+        def fmt(v: int) -> str:
+            return "unlimited" if v == UNLIMITED else f"{v:,}"
+
+        return (
+            f"{fmt(self.rpm)} requests/min, {fmt(self.tpm)} tokens/min, "
+            f"{fmt(self.rpd)} requests/day, {fmt(self.tpd)} tokens/day"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """US dollars per 1M tokens at list price; the Batch API charges half."""
+
+    input: float
+    output: float
+
+    def cost(self, tokens_in: int, tokens_out: int) -> float:
+        return (tokens_in * self.input + tokens_out * self.output) / 1_000_000
+
+
+# family -> tier -> (rpm, rpd, tpm, tpd). tpd is the tier's batch-queue token figure.
+_L = Limits
+_MINI = {
+    "free": _L(rpm=3, rpd=200, tpm=40_000, tpd=200_000),
+    "tier1": _L(rpm=500, rpd=10_000, tpm=200_000, tpd=2_000_000),
+    "tier2": _L(rpm=5_000, tpm=2_000_000, tpd=20_000_000),
+    "tier3": _L(rpm=5_000, tpm=4_000_000, tpd=40_000_000),
+    "tier4": _L(rpm=10_000, tpm=10_000_000, tpd=1_000_000_000),
+    "tier5": _L(rpm=30_000, tpm=150_000_000, tpd=15_000_000_000),
+}
+_LARGE = {
+    "free": _L(rpm=3, rpd=200, tpm=10_000, tpd=90_000),
+    "tier1": _L(rpm=500, tpm=30_000, tpd=90_000),
+    "tier2": _L(rpm=5_000, tpm=450_000, tpd=1_350_000),
+    "tier3": _L(rpm=5_000, tpm=800_000, tpd=50_000_000),
+    "tier4": _L(rpm=10_000, tpm=2_000_000, tpd=200_000_000),
+    "tier5": _L(rpm=10_000, tpm=30_000_000, tpd=5_000_000_000),
+}
+_EMBED = {
+    "free": _L(rpm=100, rpd=2_000, tpm=40_000),
+    "tier1": _L(rpm=3_000, tpm=1_000_000, tpd=3_000_000),
+    "tier2": _L(rpm=5_000, tpm=1_000_000, tpd=20_000_000),
+    "tier3": _L(rpm=5_000, tpm=5_000_000, tpd=100_000_000),
+    "tier4": _L(rpm=10_000, tpm=5_000_000, tpd=500_000_000),
+    "tier5": _L(rpm=10_000, tpm=10_000_000, tpd=4_000_000_000),
+}
+_GPT35 = {
+    "free": _L(rpm=3, rpd=200, tpm=40_000, tpd=200_000),
+    "tier1": _L(rpm=3_500, rpd=10_000, tpm=200_000, tpd=2_000_000),
+    "tier2": _L(rpm=3_500, tpm=2_000_000, tpd=5_000_000),
+    "tier3": _L(rpm=3_500, tpm=4_000_000, tpd=50_000_000),
+    "tier4": _L(rpm=10_000, tpm=10_000_000, tpd=1_000_000_000),
+    "tier5": _L(rpm=10_000, tpm=50_000_000, tpd=10_000_000_000),
+}
+
+PRESETS: dict[str, dict[str, Limits]] = {
+    "gpt-4o-mini": _MINI,
+    "gpt-4.1-mini": _MINI,
+    "gpt-4.1-nano": _MINI,
+    "gpt-4o": _LARGE,
+    "gpt-4.1": _LARGE,
+    "gpt-3.5-turbo": _GPT35,
+    "text-embedding-3-small": _EMBED,
+    "text-embedding-3-large": _EMBED,
+    "text-embedding-ada-002": _EMBED,
+}
+
+PRICES: dict[str, Price] = {
+    "gpt-4o-mini": Price(0.15, 0.60),
+    "gpt-4o": Price(2.50, 10.00),
+    "gpt-4.1": Price(2.00, 8.00),
+    "gpt-4.1-mini": Price(0.40, 1.60),
+    "gpt-4.1-nano": Price(0.10, 0.40),
+    "gpt-3.5-turbo": Price(0.50, 1.50),
+    "text-embedding-3-small": Price(0.02, 0.0),
+    "text-embedding-3-large": Price(0.13, 0.0),
+    "text-embedding-ada-002": Price(0.10, 0.0),
+}
+
+# Context windows (prompt + output), for requests that can never run.
+CONTEXT_WINDOWS: dict[str, int] = {
+    "gpt-4o-mini": 128_000,
+    "gpt-4o": 128_000,
+    "gpt-4.1": 1_047_576,
+    "gpt-4.1-mini": 1_047_576,
+    "gpt-4.1-nano": 1_047_576,
+    "gpt-3.5-turbo": 16_385,
+    "text-embedding-3-small": 8_191,
+    "text-embedding-3-large": 8_191,
+    "text-embedding-ada-002": 8_191,
+}
+
+_DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+# Longest names first so gpt-4o-mini is not taken for gpt-4o.
+_FAMILIES = sorted(PRESETS, key=len, reverse=True)
+
+
+def family(model: str) -> str | None:
+    """Map a model name (dated snapshots included) to a known family, or None."""
+    name = _DATED.sub("", model.strip().lower())
+    if name in PRESETS:
+        return name
+    for fam in _FAMILIES:
+        if name.startswith(fam + "-"):
+            return fam
+    return None
+
+
+def preset(model: str, tier: str) -> Limits | None:
+    """The published limits for model at tier, or None for a model we have no table for."""
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+    fam = family(model)
+    return PRESETS[fam][tier] if fam else None
+
+
+def price(model: str) -> Price | None:
+    fam = family(model)
+    return PRICES.get(fam) if fam else None
