@@ -90,7 +90,8 @@ def submit(
     if tier not in TIERS:
         raise InputError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}.")
     if output is None:
-        output = jobs.with_name(jobs.name.removesuffix(".jsonl") + ".results.jsonl")
+        absolute = jobs.resolve()
+        output = absolute.with_name(absolute.name.removesuffix(".jsonl") + ".results.jsonl")
     spec = JobSpec(
         input=jobs,
         output=output,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 START_BURST_S = 1.0
@@ -65,7 +65,8 @@ class _Bucket:
     def wait(self, amount: float) -> float:
         # An amount above a full bucket waits for a full bucket, then goes into debt.
         need = min(amount, self.full)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+        # The tolerance keeps float rounding from producing waits too small to advance a clock.
+        return 0.0 if self.level >= need - 1e-6 else (need - self.level) / self.rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,8 +246,10 @@ class Limiter:
         tpm: int,
         concurrency: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self.pacer = Pacer(rpm, tpm, clock())
         self._fixed_concurrency = concurrency
         self._lock = asyncio.Lock()
@@ -280,7 +283,7 @@ class Limiter:
                 wait = self.pacer.delay(cost, now)
                 if wait <= 0:
                     break
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
             self.in_flight += 1
             self._mean_cost = cost if not self._mean_cost else 0.95 * self._mean_cost + 0.05 * cost
             return self.pacer.admit(cost, now)
