@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -f samples/jobs.results.jsonl
-	$(BIN)/batchrun submit samples/jobs.jsonl --simulate --rpm 600
+	$(BIN)/batchrun submit samples/jobs.jsonl --simulate
 
 test: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import random
 import time
 from collections import deque
@@ -139,7 +140,7 @@ class Engine:
         api_key: str,
         listener: Listener,
         clock: Callable[[], float] = time.monotonic,
-        now_utc: Callable[[], object] = utc_now,
+        now_utc: Callable[[], dt.datetime] = utc_now,
         rng: random.Random | None = None,
     ) -> None:
         self.spec = spec
@@ -184,6 +185,9 @@ class Engine:
                 self._client = client
                 self._tg = tg
                 tg.create_task(self._read(done))
+        except* BatchrunError as group:
+            # e.g. the disk filled up under a worker: report it as itself, not as a task group.
+            raise group.exceptions[0] from None
         finally:
             for timer in self._timers:
                 timer.cancel()
@@ -240,7 +244,7 @@ class Engine:
         if lane is None:
             limits = self.spec.limits_for(model)
             limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock)
-            budget = DailyBudget(limits.tpd, limits.rpd, self._now_utc)  # type: ignore[arg-type]
+            budget = DailyBudget(limits.tpd, limits.rpd, self._now_utc)
             lane = self._lanes[model] = _Lane(model, limits, limiter, budget)
             self._dispatchers.add(self._tg.create_task(self._dispatch(lane)))
         return lane
@@ -304,7 +308,7 @@ class Engine:
         elif job.attempts > self.spec.max_retries:
             self._finish(lane, job, ok=False)
         elif kind is Kind.RATE_MINUTE:
-            pause = lane.limiter.rate_limited(outcome.hint_s)
+            pause = lane.limiter.rate_limited(ticket, outcome.hint_s)
             self._emit(Throttled(lane.model, pause))
             lane.retries.append(job)
             lane.changed.set()

@@ -115,6 +115,8 @@ class Stats:
         minutes = wall / 60
         cost: float | None = 0.0
         for model in set(self.tokens_in) | set(self.tokens_out):
+            if not self.tokens_in[model] and not self.tokens_out[model]:
+                continue  # bad lines and failures cost nothing
             p = price(model)
             if p is None:
                 cost = None

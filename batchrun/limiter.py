@@ -99,6 +99,7 @@ class Pacer:
         self.burst_s = START_BURST_S
         self.growth_frozen = False
         self.cooldown_until = now
+        self._cooldown_started = -math.inf
         self.consecutive_429 = 0
         self._last_growth = now
         self._requests = _Bucket(rpm, self.burst_s, now) if rpm else None
@@ -198,9 +199,17 @@ class Pacer:
         bucket.capacity = bucket.rate * self.burst_s
         bucket.level = min(bucket.level, bucket.full)
 
-    def rate_limited(self, hint_s: float | None, now: float) -> float:
-        """A per-minute 429: one shared cooldown, even pacing from now on. Returns the pause."""
+    def rate_limited(self, ticket: Ticket, hint_s: float | None, now: float) -> float:
+        """A per-minute 429: one shared cooldown, even pacing from now on. Returns the pause.
+
+        Requests admitted before the current cooldown began are echoes of the same overload:
+        they may lengthen the pause to the server's hint but do not count as a new 429.
+        """
+        if ticket.at < self._cooldown_started:
+            self.cooldown_until = max(self.cooldown_until, now + min(hint_s or 0, MAX_COOLDOWN_S))
+            return max(0.0, self.cooldown_until - now)
         self.consecutive_429 += 1
+        self._cooldown_started = now
         # Server hints are optimistic during a storm: each 429 in a row doubles the pause.
         backoff = min(MAX_COOLDOWN_S, 0.5 * 2.0 ** (self.consecutive_429 - 1))
         pause = min(MAX_COOLDOWN_S, max(hint_s or 0.0, backoff))
@@ -297,5 +306,5 @@ class Limiter:
         if state is not None:
             self.pacer.observe(ticket, state, now)
 
-    def rate_limited(self, hint_s: float | None) -> float:
-        return self.pacer.rate_limited(hint_s, self._clock())
+    def rate_limited(self, ticket: Ticket, hint_s: float | None) -> float:
+        return self.pacer.rate_limited(ticket, hint_s, self._clock())

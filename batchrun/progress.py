@@ -18,7 +18,6 @@ from rich.progress import (
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -30,6 +29,7 @@ from batchrun.events import (
     Stats,
     Throttled,
 )
+from batchrun.tiers import Limits
 
 PLAIN_EVERY_S = 10.0
 RATE_WINDOW_S = 60.0
@@ -52,10 +52,30 @@ class _Rates:
         return len(self._events), sum(t for _, t in self._events)
 
 
-def _fmt_limit(value: float, limit: int) -> str:
+def compact(n: float) -> str:
+    """12,345 -> 12.3K; 2,000,000 -> 2M: short enough for an 80-column status line."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= size:
+            return f"{n / size:.1f}".rstrip("0").rstrip(".") + suffix
+    return f"{n:.0f}"
+
+
+def _against(value: float, limit: int, unit: str) -> str:
     if not limit:
-        return f"{value:,.0f}"
-    return f"{value:,.0f} / {limit:,} ({value / limit:.0%})"
+        return f"{compact(value)} {unit}"
+    return f"{compact(value)}/{compact(limit)} {unit} ({value / limit:.0%})"
+
+
+def _exact(n: int) -> str:
+    """Limits are shown exactly: 2M and 200K, but 123,456 as it was given."""
+    short = compact(n)
+    return short if short[-1].isdigit() or float(short[:-1]) * {
+        "K": 1e3, "M": 1e6, "B": 1e9}[short[-1]] == n else f"{n:,}"
+
+
+def describe_limits(limits: Limits) -> str:
+    parts = [(limits.rpm, "RPM"), (limits.tpm, "TPM"), (limits.rpd, "RPD"), (limits.tpd, "TPD")]
+    return " · ".join(f"{_exact(v) if v else 'unlimited'} {name}" for v, name in parts)
 
 
 class ProgressDisplay:
@@ -78,8 +98,6 @@ class ProgressDisplay:
             MofNCompleteColumn(),
             TaskProgressColumn(),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
             console=self.console,
         )
         self._task = self._progress.add_task("batchrun", total=None)
@@ -124,7 +142,7 @@ class ProgressDisplay:
             + (f" ({event.already_done:,} already done)" if event.already_done else "")
         )
         for model, limits in event.limits.items():
-            self.console.print(f"  {model}: {limits.describe()}")
+            self.console.print(f"  {model}: {describe_limits(limits)}")
         self.console.print(f"  sending to {event.base_url}")
 
     def _limits(self) -> tuple[int, int]:
@@ -132,19 +150,41 @@ class ProgressDisplay:
         tpm = sum(lim.tpm for lim in self.stats.limits.values())
         return rpm, tpm
 
-    def _status_line(self) -> str:
+    def _eta_s(self) -> float | None:
+        """Time left at the slower of what the limits allow and what we achieve now.
+
+        A rate-of-progress ETA is fooled by the opening burst; the limits are not.
+        """
         s = self.stats
-        rpm, tpm = self._rates.last_minute()
-        rpm_limit, tpm_limit = self._limits()
+        left = s.total - s.done
+        if left <= 0:
+            return 0.0
+        requests, tokens = self._rates.last_minute()
+        rates = [requests / 60] if requests else []
+        rpm, tpm = self._limits()
+        if rpm:
+            rates.append(rpm / 60)
+        if tpm and requests and tokens:
+            rates.append(tpm / 60 / (tokens / requests))
+        rate = min(rates, default=0.0)
+        return left / rate if rate > 0 else None
+
+    def _state_line(self) -> str:
+        s = self.stats
+        eta = self._eta_s()
+        eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
         state = s.state + (f" ({self._detail})" if self._detail else "")
-        return (
-            f"{state} · failed {s.failed:,} · in flight {s.in_flight:,} · "
-            f"last min {_fmt_limit(rpm, rpm_limit)} req, {_fmt_limit(tpm, tpm_limit)} tok · "
-            f"429s {s.throttled:,}"
-        )
+        return (f"{state} · ETA {eta_text} · in flight {s.in_flight:,} · failed {s.failed:,} · "
+                f"429s {s.throttled:,}")
+
+    def _rate_line(self) -> str:
+        requests, tokens = self._rates.last_minute()
+        rpm, tpm = self._limits()
+        return f"last minute: {_against(requests, rpm, 'req')} · {_against(tokens, tpm, 'tok')}"
 
     def _render(self) -> Group:
-        return Group(self._progress, Text(self._status_line(), style="dim"))
+        return Group(self._progress, Text(self._state_line()), Text(self._rate_line(),
+                                                                    style="dim"))
 
     def _plain(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -152,4 +192,5 @@ class ProgressDisplay:
             return
         self._last_plain = now
         s = self.stats
-        self.console.print(f"[{s.done:,}/{s.total:,}] {self._status_line()}", markup=False)
+        self.console.print(f"[{s.done:,}/{s.total:,}] {self._state_line()} · {self._rate_line()}",
+                           markup=False)

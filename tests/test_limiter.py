@@ -75,7 +75,7 @@ def test_whatever_the_server_says_no_window_exceeds_a_minute_plus_rate(
         ticket = pacer.admit(cost, now)
         admitted.append((now, cost))
         if is_429 and rem_tokens % 7 == 0:
-            pacer.rate_limited(None, now)
+            pacer.rate_limited(ticket, None, now)
         else:
             pacer.observe(ticket, ServerState(remaining_requests=rem_requests,
                                               remaining_tokens=rem_tokens), now)
@@ -118,7 +118,7 @@ def test_burst_grows_while_headers_show_room_and_falls_back_at_the_first_429() -
         sizes.append(pacer.burst_s)
     assert sizes[:4] == [1.0, 2.0, 4.0, 8.0]
     assert pacer.burst_s == MAX_BURST_S
-    pacer.rate_limited(1.5, now)
+    pacer.rate_limited(pacer.admit(1, now), 1.5, now)
     assert pacer.growth_frozen and pacer.burst_s == PACED_BURST_S
     assert pacer.delay(1, now) >= 1.5
 
@@ -146,9 +146,22 @@ def test_a_lower_server_limit_is_adopted() -> None:
 
 def test_consecutive_429s_lengthen_the_cooldown() -> None:
     pacer = Pacer(rpm=RPM, tpm=0, now=0.0)
-    pauses = [pacer.rate_limited(0.2, float(i)) for i in range(8)]
+    pauses = []
+    for i in range(8):
+        # Each request was sent after the previous cooldown began: the pause was not enough.
+        now = 100.0 * i
+        pauses.append(pacer.rate_limited(pacer.admit(1, now), 0.2, now + 0.1))
     assert pauses == sorted(pauses) and pauses[-1] == 60.0
     assert pauses[0] == pytest.approx(0.5)
+
+
+def test_429s_to_requests_sent_before_the_cooldown_do_not_escalate_it() -> None:
+    pacer = Pacer(rpm=RPM, tpm=0, now=0.0)
+    wave = [pacer.admit(1, 0.0) for _ in range(5)]
+    first = pacer.rate_limited(wave[0], 0.3, 0.3)
+    echoes = [pacer.rate_limited(t, 0.3, 0.31) for t in wave[1:]]
+    assert first == pytest.approx(0.5)
+    assert max(echoes) <= 0.5 and pacer.consecutive_429 == 1
 
 
 class FakeTime:

@@ -106,7 +106,7 @@ def test_limits_in_force_are_printed_at_start(sim: RunningSim, tmp_path: Path) -
     jobs = write_jsonl(tmp_path / "jobs.jsonl", mixed_rows(4)[:1])
     run = submit(sim, jobs, "--tier", "tier2", "--tpm", "123456")
     assert run.code == 0, run.stderr
-    assert "gpt-4o-mini: 5,000 requests/min, 123,456 tokens/min" in run.stderr
+    assert "gpt-4o-mini: 5K RPM · 123,456 TPM · unlimited RPD · 20M TPD" in run.stderr
 
 
 def test_bad_lines_fail_lists_them_and_sends_nothing(sim: RunningSim, tmp_path: Path) -> None:
@@ -319,3 +319,23 @@ def test_the_key_is_in_nothing_batchrun_leaves_behind(sim_factory: Any, tmp_path
             if path.is_file():
                 texts.append(path.read_bytes().decode("utf-8", "replace"))
     assert texts and not [t for t in texts if FAKE_KEY in t]
+
+
+def test_unwritable_output_is_a_clear_error(sim: RunningSim, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", mixed_rows(3))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    run = submit(sim, jobs, "-o", str(blocker / "out.jsonl"))
+    assert run.code == 2
+    assert "cannot open output" in run.stderr and "Traceback" not in run.stderr
+    assert sim.stats.received == 0
+
+
+def test_bad_lines_cost_nothing_in_the_summary(sim: RunningSim, tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id": "ok", "prompt": "x"}\n{oops\n')
+    run = submit(sim, jobs, "--on-bad-line", "skip", "--json")
+    assert run.code == 1
+    summary = orjson.loads(run.stdout)
+    assert summary["requests"]["bad_lines"] == 1 and summary["requests"]["failed"] == 1
+    assert summary["cost_usd"] is not None and summary["cost_usd"] > 0
