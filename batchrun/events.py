@@ -112,7 +112,8 @@ class Stats:
 
     def summary(self) -> dict[str, Any]:
         wall = max(1e-9, time.monotonic() - self.started)
-        minutes = wall / 60
+        # Limits are per minute: a job shorter than a minute is measured against one minute.
+        minutes = max(1.0, wall / 60)
         cost: float | None = 0.0
         for model in set(self.tokens_in) | set(self.tokens_out):
             if not self.tokens_in[model] and not self.tokens_out[model]:
