@@ -92,3 +92,37 @@ class OutputWriter:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def drop_failed(path: Path) -> int:
+    """Remove the lines of requests that failed for good, so a resume sends them again.
+
+    Written to a new file, fsynced, then renamed over the old one: a crash at any point leaves
+    either the old output or the new one, never a mix. Returns how many lines were dropped.
+    """
+    if not path.exists():
+        return 0
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    dropped = 0
+    try:
+        with path.open("rb") as src, tmp.open("wb") as dst:
+            for raw in src:
+                if not raw.endswith(b"\n"):
+                    break  # a torn last line is not a result
+                try:
+                    failed = orjson.loads(raw).get("error") is not None
+                except (orjson.JSONDecodeError, AttributeError):
+                    failed = False
+                if failed:
+                    dropped += 1
+                else:
+                    dst.write(raw)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BatchrunError(
+            f"cannot rewrite {path} to drop failed lines: {exc.strerror}."
+        ) from None
+    return dropped

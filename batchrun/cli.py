@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from batchrun import ledger, runner
 from batchrun.client import Endpoint
-from batchrun.engine import JobSpec, emit_all, run_job
+from batchrun.engine import JobSpec, emit_all
 from batchrun.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -26,7 +27,8 @@ from batchrun.errors import (
     BatchrunError,
     InputError,
 )
-from batchrun.events import Stats
+from batchrun.events import Listener, Stats
+from batchrun.jobstore import JobStore, Manifest
 from batchrun.progress import ProgressDisplay
 from batchrun.tiers import TIERS
 
@@ -37,8 +39,9 @@ app = typer.Typer(
     help="Run a JSONL of OpenAI-style requests at your account's rate limits; never lose or "
     "double-bill work.",
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# soft_wrap: messages are never hard-wrapped at 80 columns; the terminal wraps them.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
 
 
 @app.callback()
@@ -55,6 +58,16 @@ class OnBadLine(str, Enum):
 Limit = Annotated[int | None, typer.Option(min=0, show_default="preset", help="0 = unlimited")]
 
 
+Wait = Annotated[bool | None, typer.Option(
+    "--wait/--no-wait", show_default="--no-wait",
+    help="at the daily limit: sleep until 00:00 UTC and go on, or stop with exit 3")]
+Force = Annotated[bool, typer.Option(help="go on although the input changed since the job began")]
+Json = Annotated[bool, typer.Option("--json", help="print the summary as JSON")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress display")]
+Concurrency = Annotated[int | None, typer.Option(
+    min=1, show_default="from rate x latency", help="most requests in flight")]
+
+
 @app.command()
 def submit(
     jobs: Annotated[Path, typer.Argument(help="JSONL file of requests")],
@@ -67,8 +80,7 @@ def submit(
     tpm: Limit = None,
     rpd: Limit = None,
     tpd: Limit = None,
-    concurrency: Annotated[int | None, typer.Option(min=1, show_default="from rate × latency",
-                                                    help="most requests in flight")] = None,
+    concurrency: Concurrency = None,
     base_url: Annotated[str | None, typer.Option(envvar="OPENAI_BASE_URL",
                                                  help="any OpenAI-compatible API")] = None,
     azure_endpoint: Annotated[str | None, typer.Option(
@@ -77,14 +89,16 @@ def submit(
         help="name of the env var holding the key", show_default="OPENAI_API_KEY")] = None,
     max_retries: Annotated[int, typer.Option(min=0)] = 8,
     timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
+    wait: Wait = None,
     on_bad_line: Annotated[OnBadLine, typer.Option(
         help="fail: check the whole file first; skip: record bad lines as failed",
     )] = OnBadLine.fail,
     simulate: Annotated[bool, typer.Option(
         help="run against the built-in local simulator (no key, no network)")] = False,
     insecure: Annotated[bool, typer.Option(help="allow plain http:// to a remote host")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress display")] = False,
+    force: Force = False,
+    json_: Json = False,
+    quiet: Quiet = False,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     if tier not in TIERS:
@@ -103,30 +117,95 @@ def submit(
         max_retries=max_retries,
         timeout_s=timeout,
         on_bad_line=on_bad_line.value,
+        wait=bool(wait),
     )
+    store = JobStore()
+    manifest = runner.prepare(spec, simulate, store, force)
+    _launch(spec, manifest, store, simulate, json_, quiet)
+
+
+@app.command()
+def resume(
+    job: Annotated[str | None, typer.Argument(
+        help="job id, a unique prefix of it, or its output path",
+        show_default="the most recently updated unfinished job")] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        help="send the requests that failed for good again")] = False,
+    rpm: Limit = None,
+    tpm: Limit = None,
+    rpd: Limit = None,
+    tpd: Limit = None,
+    concurrency: Concurrency = None,
+    max_retries: Annotated[int | None, typer.Option(min=0)] = None,
+    timeout: Annotated[float | None, typer.Option(min=1)] = None,
+    wait: Wait = None,
+    force: Force = False,
+    json_: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Continue a paused, interrupted or crashed job where it stopped."""
+    store = JobStore()
+    if job is not None:
+        manifest = store.find(job)
+    else:
+        found = store.latest_unfinished()
+        if found is None:
+            err.print("No unfinished job to resume. Start one with: batchrun submit JOBS.jsonl")
+            raise typer.Exit(EXIT_OK)
+        manifest = found
+        err.print(f"Resuming {manifest.job_id}, the most recently updated unfinished job "
+                  f"({manifest.input} → {manifest.output}).", markup=False)
+    if manifest.finished and not (retry_failed and manifest.failed):
+        out.print(f"Job {manifest.job_id} is finished: {manifest.done:,} of {manifest.total:,} "
+                  f"requests have a result ({manifest.failed:,} failed). Results: "
+                  f"{manifest.output}", markup=False)
+        raise typer.Exit(EXIT_OK)
+    runner.check_input_unchanged(manifest, force)
+    if retry_failed:
+        dropped = runner.retry_failed(manifest)
+        manifest.failed = 0
+        err.print(f"Dropped {dropped:,} failed results from {manifest.output}; they are sent "
+                  "again now.", markup=False)
+    spec, simulate = runner.spec_from_manifest(manifest, {
+        "limits": {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
+        "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
+        "wait": wait,
+    })
+    _launch(spec, manifest, store, simulate, json_, quiet)
+
+
+def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,
+            quiet: bool) -> None:
     stats = Stats()
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_) as display:
-        stopped = asyncio.run(_run(spec, emit_all(stats, display), simulate))
+        stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, display), simulate))
     summary = stats.summary()
+    summary["job"] = manifest.job_id
     if json_:
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     else:
-        _print_summary(summary, spec.output)
+        _print_summary(summary, Path(manifest.output))
     if stopped is not None:
         raise stopped
-    raise typer.Exit(EXIT_SOME_FAILED if stats.failed else EXIT_OK)
+    raise typer.Exit(EXIT_SOME_FAILED if stats.failed or manifest.failed else EXIT_OK)
 
 
-async def _run(spec: JobSpec, listener: Any, simulate: bool) -> BatchrunError | None:
+async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Listener,
+               simulate: bool) -> BatchrunError | None:
     if not simulate:
-        return await run_job(spec, spec.endpoint.api_key(), listener)
+        key = spec.endpoint.api_key()
+        return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
+                                now_utc=ledger.utc_now)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
 
     lim = spec.limits_for(spec.model)
-    config = SimConfig(SimLimits(lim.rpm, lim.tpm, lim.rpd, lim.tpd), latency_s=0.3, jitter_s=0.1)
+    # The simulator keeps no daily count of its own: batchrun's ledger enforces --tpd/--rpd.
+    config = SimConfig(SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1)
     async with SimServer(Simulator(config)) as server:
         endpoint = Endpoint.make(server.base_url, None, None)
-        return await run_job(replace(spec, endpoint=endpoint), "sk-simulated", listener)
+        return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
+                                "sk-simulated", listener, runner.SIMULATOR_HOST,
+                                now_utc=ledger.utc_now)
 
 
 def _print_summary(s: dict[str, Any], output: Path) -> None:
@@ -146,17 +225,29 @@ def _print_summary(s: dict[str, Any], output: Path) -> None:
     out.print("\n".join(lines), markup=False)
 
 
-def main() -> None:
-    """Entry point: the one place errors turn into messages and exit codes."""
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code: the one place errors turn into messages."""
     try:
-        app()
+        result = app(args=argv, standalone_mode=False)
     except BatchrunError as exc:
         if os.environ.get("BATCHRUN_DEBUG"):
             raise
         # Text, not markup: messages quote ids and server words that may contain brackets.
         prefix = Text("error: ", style="bold red") if exc.exit_code == EXIT_INPUT else Text()
         err.print(prefix + Text(exc.message))
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted before anything was sent.")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        # Usage errors (click's, vendored or not, depending on typer's version) show themselves.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return code
+        raise
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run())

@@ -184,6 +184,7 @@ class Endpoint:
     azure: bool = False
     api_version: str = AZURE_API_VERSION
     key_env: str = "OPENAI_API_KEY"
+    insecure: bool = False
 
     @classmethod
     def make(
@@ -208,6 +209,7 @@ class Endpoint:
             azure=azure,
             api_version=os.environ.get("OPENAI_API_VERSION") or AZURE_API_VERSION,
             key_env=key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY"),
+            insecure=insecure,
         )
 
     @property

@@ -8,12 +8,11 @@ write its result line. Progress and the summary are events; nothing here knows a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from batchrun.events import (
     Throttled,
 )
 from batchrun.jobs import Request, read_jobs
-from batchrun.ledger import DailyBudget, utc_now
+from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
 from batchrun.limiter import Limiter, Ticket
 from batchrun.tiers import Limits, preset
 from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens
@@ -64,6 +63,8 @@ class JobSpec:
     timeout_s: float = 600.0
     on_bad_line: str = "fail"
     drain_s: float = 10.0
+    wait: bool = False  # at the daily limit: sleep until 00:00 UTC instead of stopping
+    resume_hint: str = "the same command"  # how the user continues, for messages
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)
@@ -100,6 +101,7 @@ class _Job:
     cost: int
     attempts: int = 0
     last: Outcome | None = None
+    day: dt.date | None = None  # the UTC day its budget reservation was made on
 
 
 class _Lane:
@@ -139,14 +141,18 @@ class Engine:
         spec: JobSpec,
         api_key: str,
         listener: Listener,
+        budget_for: Callable[[str, Limits], DailyBudget],
         clock: Callable[[], float] = time.monotonic,
         now_utc: Callable[[], dt.datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
         self.spec = spec
+        self._budget_for = budget_for
         self._key = api_key
         self._emit = listener
         self._clock = clock
+        self._sleep = sleep
         self._now_utc = now_utc
         self._rng = rng or random.Random()
         self._lanes: dict[str, _Lane] = {}
@@ -202,7 +208,7 @@ class Engine:
             return
         self._halt(Interrupted(
             f"Interrupted. {self._done:,} of {self._total:,} requests are done and kept in "
-            f"{self.spec.output}. Run the same command again to continue where this stopped."
+            f"{self.spec.output}. Continue with: {self.spec.resume_hint}"
         ))
 
     # -- reader ---------------------------------------------------------------------------------
@@ -244,7 +250,7 @@ class Engine:
         if lane is None:
             limits = self.spec.limits_for(model)
             limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock)
-            budget = DailyBudget(limits.tpd, limits.rpd, self._now_utc)
+            budget = self._budget_for(model, limits)
             lane = self._lanes[model] = _Lane(model, limits, limiter, budget)
             self._dispatchers.add(self._tg.create_task(self._dispatch(lane)))
         return lane
@@ -267,14 +273,18 @@ class Engine:
                 lane.changed.clear()
                 await lane.changed.wait()
                 continue
-            if not lane.budget.reserve(job.cost):
+            job.day = lane.budget.reserve(job.cost)
+            if job.day is None:
                 lane.retries.appendleft(job)
+                if self.spec.wait:
+                    await self._wait_for_reset(lane)
+                    continue
                 self._halt(self._daily_error(lane))
                 return
             ticket = await lane.limiter.acquire(job.cost)
             if self._stop:
                 lane.limiter.release(ticket, None)
-                lane.budget.settle(job.cost, 0)
+                lane.budget.settle(job.day, job.cost, 0)
                 return
             self._emit(RequestSent(lane.model))
             task = self._tg.create_task(self._attempt(lane, job, ticket))
@@ -288,7 +298,8 @@ class Engine:
         kind = outcome.kind
         lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else outcome.server)
         tokens_in, tokens_out = outcome.usage
-        lane.budget.settle(job.cost, tokens_in + tokens_out)
+        assert job.day is not None
+        lane.budget.settle(job.day, job.cost, tokens_in + tokens_out)
         self._emit(AttemptEnded(lane.model, kind.value))
         if kind is Kind.OK:
             lane.learn_output(tokens_out)
@@ -297,13 +308,17 @@ class Engine:
             self._finish(lane, job, ok=False)
         elif kind is Kind.RATE_DAY:
             lane.budget.exhaust()
-            self._halt(self._daily_error(lane, outcome.message))
+            if self.spec.wait:
+                lane.retries.appendleft(job)  # sent again after 00:00 UTC
+                lane.changed.set()
+            else:
+                self._halt(self._daily_error(lane, outcome.message))
         elif kind is Kind.REFUSED:
             self._halt(ApiRefused(
                 f"The API refused the request: {outcome.message} ({outcome.code}, HTTP "
                 f"{outcome.status}). Check ${self.spec.endpoint.key_env}, the account's billing "
-                f"and quota, then run the same command again; the {self._done:,} finished "
-                f"results in {self.spec.output} are kept."
+                f"and quota, then continue with: {self.spec.resume_hint} (the {self._done:,} "
+                f"finished results in {self.spec.output} are kept)."
             ))
         elif job.attempts > self.spec.max_retries:
             self._finish(lane, job, ok=False)
@@ -361,12 +376,25 @@ class Engine:
     # -- stopping -------------------------------------------------------------------------------
 
     def _daily_error(self, lane: _Lane, server_message: str = "") -> DailyLimitReached:
-        what = lane.budget.describe()
-        said = f" The server said: {server_message}" if server_message else ""
+        said = f" (The server said: {server_message})" if server_message else ""
+        wait = fmt_wait(until_midnight(self._now_utc()))
         return DailyLimitReached(
-            f"Daily budget reached for {lane.model}: {what}. {self._done:,} of {self._total:,} "
-            f"requests done.{said} Run the same command again after 00:00 UTC to continue."
+            f"{lane.budget.describe(server_message)}. {self._done:,} of {self._total:,} "
+            f"requests done.{said} "
+            f"Resume after 00:00 UTC (in {wait}) with: {self.spec.resume_hint}"
         )
+
+    async def _wait_for_reset(self, lane: _Lane) -> None:
+        """--wait: sleep until the UTC day turns, then carry on. Checks the clock every minute
+        so a suspended laptop or a changed clock wakes it at the right time."""
+        day = self._now_utc().date()
+        while self._now_utc().date() == day and not self._stop:
+            left = until_midnight(self._now_utc())
+            self._emit(StateChanged("paused-daily",
+                                    f"{lane.budget.describe()}; resuming at 00:00 UTC, in "
+                                    f"{fmt_wait(left)}"))
+            await self._sleep(min(60.0, left.total_seconds() + 0.5))
+        self._emit(StateChanged("running"))
 
     def _halt(self, error: BatchrunError) -> None:
         if self._stop is not None:
@@ -392,21 +420,3 @@ def emit_all(*listeners: Listener) -> Listener:
             listener(event)
 
     return fan_out
-
-
-async def run_job(spec: JobSpec, api_key: str, listener: Listener) -> BatchrunError | None:
-    engine = Engine(spec, api_key, listener)
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        import signal
-
-        loop.add_signal_handler(signal.SIGINT, engine.interrupt)
-        loop.add_signal_handler(signal.SIGTERM, engine.interrupt)
-    try:
-        return await engine.run()
-    finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            import signal
-
-            loop.remove_signal_handler(signal.SIGINT)
-            loop.remove_signal_handler(signal.SIGTERM)

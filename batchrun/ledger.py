@@ -1,66 +1,243 @@
-"""The daily token and request budget of one (key, model).
+"""The daily token and request budget, shared by every process that uses the same key and model.
 
-This run-local budget stops a run before it sends more than --tpd/--rpd in one UTC day. It is the
-interface the persistent SQLite ledger (shared by every process using the same key and model)
-will implement; until then, usage from earlier runs of the same day is not counted.
+SQLite in $BATCHRUN_HOME, one row per (API host, key fingerprint, model, UTC day). Before a
+request is sent its charge is reserved in one short write transaction; when the answer comes the
+reservation is settled to the real usage. Settlements are carried in memory and applied in the
+next reservation's transaction (or at close), so the hot path costs one transaction per request,
+and a crash can only leave the ledger over-counted, never under.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import math
+import os
+import sqlite3
+import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from batchrun.errors import BatchrunError
+
+BUSY_TIMEOUT_S = 30.0
+EXHAUSTED_CHECK_S = 5.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    host TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    day TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    exhausted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (host, key_fingerprint, model, day)
+)
+"""
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@dataclass(slots=True)
+def key_fingerprint(api_key: str) -> str:
+    """Enough to tell keys apart in `status`; the key cannot be recovered from it."""
+    return "key-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+def until_midnight(now: dt.datetime) -> dt.timedelta:
+    tomorrow = dt.datetime.combine(now.date() + dt.timedelta(days=1), dt.time(), dt.UTC)
+    return tomorrow - now
+
+
+def fmt_wait(delta: dt.timedelta) -> str:
+    minutes = max(1, round(delta.total_seconds() / 60))
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Whose budget: limits are per key and model at one API host."""
+
+    host: str
+    key_fingerprint: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
 class DayUsage:
     day: dt.date
-    tokens: int = 0
-    requests: int = 0
+    tokens: int
+    requests: int
+    exhausted: bool
+
+
+class Ledger:
+    """One connection to the shared ledger file. Not thread-safe; one per process."""
+
+    def __init__(self, path: Path, now: Callable[[], dt.datetime] = utc_now) -> None:
+        self.path = path
+        self._now = now
+        self._pending: defaultdict[tuple[Scope, str], int] = defaultdict(int)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise BatchrunError(
+                f"cannot open the usage ledger {path}: {exc}. Make $BATCHRUN_HOME writable "
+                "or point it elsewhere."
+            ) from None
+
+    def close(self) -> None:
+        self._flush()
+        self._db.close()
+
+    def today(self) -> dt.date:
+        return self._now().date()
+
+    def usage(self, scope: Scope, day: dt.date | None = None) -> DayUsage:
+        day = day or self.today()
+        row = self._db.execute(
+            "SELECT tokens, requests, exhausted FROM usage WHERE host=? AND key_fingerprint=? "
+            "AND model=? AND day=?",
+            (scope.host, scope.key_fingerprint, scope.model, day.isoformat()),
+        ).fetchone()
+        key = (scope, day.isoformat())
+        pending = self._pending.get(key, 0)
+        tokens, requests, exhausted = row or (0, 0, 0)
+        return DayUsage(day, tokens + pending, requests, bool(exhausted))
+
+    def usage_rows(self, day: dt.date) -> list[tuple[str, str, str, int, int, bool]]:
+        self._flush()
+        return list(self._db.execute(
+            "SELECT host, key_fingerprint, model, tokens, requests, exhausted FROM usage "
+            "WHERE day=? ORDER BY host, key_fingerprint, model", (day.isoformat(),)))
+
+    def _write(self, sql: str, args: tuple[object, ...]) -> None:
+        try:
+            self._db.execute(sql, args)
+        except sqlite3.OperationalError as exc:
+            raise BatchrunError(
+                f"the usage ledger {self.path} is busy or unusable ({exc}); another batchrun may "
+                "hold it. Results so far are kept; run the same command again."
+            ) from None
+
+    def reserve(self, scope: Scope, tokens: int, tpd: int, rpd: int) -> bool:
+        """Atomically take `tokens` and one request from today's budget; False if they don't fit."""
+        day = self.today().isoformat()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise BatchrunError(
+                f"the usage ledger {self.path} stayed locked for {BUSY_TIMEOUT_S:.0f}s ({exc}). "
+                "Another process holds it; results so far are kept, run the same command again."
+            ) from None
+        try:
+            self._apply_pending()
+            row = self._db.execute(
+                "SELECT tokens, requests, exhausted FROM usage WHERE host=? AND key_fingerprint=? "
+                "AND model=? AND day=?", (scope.host, scope.key_fingerprint, scope.model, day),
+            ).fetchone()
+            used_tokens, used_requests, exhausted = row or (0, 0, 0)
+            fits = not exhausted and not (tpd and used_tokens + tokens > tpd) and not (
+                rpd and used_requests + 1 > rpd)
+            if fits:
+                self._add(scope, day, tokens, 1)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return fits
+
+    def settle(self, scope: Scope, day: dt.date, reserved: int, actual: int) -> None:
+        """Replace a reservation made on `day` by the usage the API reported."""
+        self._pending[(scope, day.isoformat())] += actual - reserved
+
+    def exhaust(self, scope: Scope) -> None:
+        """The server says today's budget is spent: no process should try again today."""
+        self._write(
+            "INSERT INTO usage (host, key_fingerprint, model, day, exhausted) VALUES (?,?,?,?,1) "
+            "ON CONFLICT DO UPDATE SET exhausted=1",
+            (scope.host, scope.key_fingerprint, scope.model, self.today().isoformat()),
+        )
+
+    def _add(self, scope: Scope, day: str, tokens: int, requests: int) -> None:
+        self._db.execute(
+            "INSERT INTO usage (host, key_fingerprint, model, day, tokens, requests) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET tokens=tokens+excluded.tokens, "
+            "requests=requests+excluded.requests",
+            (scope.host, scope.key_fingerprint, scope.model, day, tokens, requests),
+        )
+
+    def _apply_pending(self) -> None:
+        for (scope, day), delta in self._pending.items():
+            if delta:
+                self._add(scope, day, delta, 0)
+        self._pending.clear()
+
+    def _flush(self) -> None:
+        if any(self._pending.values()):
+            self._write("BEGIN IMMEDIATE", ())
+            self._apply_pending()
+            self._db.execute("COMMIT")
+        self._pending.clear()
 
 
 class DailyBudget:
-    """Reserve a request's charge before sending; settle to the real usage after."""
+    """One model's budget within the shared ledger, as the engine sees it."""
 
-    def __init__(self, tpd: int, rpd: int, now: Callable[[], dt.datetime] = utc_now) -> None:
-        self.tpd, self.rpd = tpd, rpd
-        self._now = now
-        self.usage = DayUsage(now().date())
+    def __init__(self, ledger: Ledger, scope: Scope, tpd: int, rpd: int) -> None:
+        self.ledger, self.scope, self.tpd, self.rpd = ledger, scope, tpd, rpd
+        self._checked = -math.inf
+        self._checked_day: dt.date | None = None
+        self._exhausted = False
 
-    def _today(self) -> DayUsage:
-        today = self._now().date()
-        if self.usage.day != today:
-            self.usage = DayUsage(today)
-        return self.usage
+    @property
+    def limited(self) -> bool:
+        return bool(self.tpd or self.rpd)
 
-    def reserve(self, tokens: int) -> bool:
-        """Take `tokens` and one request from today's budget; False if they don't fit."""
-        usage = self._today()
-        if self.tpd and usage.tokens + tokens > self.tpd:
-            return False
-        if self.rpd and usage.requests + 1 > self.rpd:
-            return False
-        usage.tokens += tokens
-        usage.requests += 1
-        return True
+    def reserve(self, tokens: int) -> dt.date | None:
+        """The day the reservation was made on, or None if today's budget can't cover it."""
+        day = self.ledger.today()
+        if self.limited:
+            return day if self.ledger.reserve(self.scope, tokens, self.tpd, self.rpd) else None
+        # No local limit: only the API's own "per day" 429 can stop us. Look for it in the
+        # ledger now and then (another process may have met it), not on every request.
+        now = time.monotonic()
+        if now - self._checked >= EXHAUSTED_CHECK_S or day != self._checked_day:
+            self._checked, self._checked_day = now, day
+            self._exhausted = self.ledger.usage(self.scope).exhausted
+        return None if self._exhausted else day
 
-    def settle(self, reserved: int, actual: int) -> None:
-        """Replace a reservation by what the API reported it used (0 when nothing was billed)."""
-        self._today().tokens += actual - reserved
+    def settle(self, day: dt.date, reserved: int, actual: int) -> None:
+        if self.limited:
+            self.ledger.settle(self.scope, day, reserved, actual)
 
     def exhaust(self) -> None:
-        """The server says today's budget is spent, whatever our count says."""
-        usage = self._today()
-        usage.tokens = max(usage.tokens, self.tpd)
-        usage.requests = max(usage.requests, self.rpd)
+        self.ledger.exhaust(self.scope)
+        self._exhausted, self._checked_day = True, self.ledger.today()
 
-    def describe(self) -> str:
-        usage = self._today()
+    def describe(self, server_message: str = "") -> str:
+        """e.g. 'Daily token budget reached: 2,000,000 of 2,000,000 tokens used on 2026-11-27
+        (UTC)'."""
+        usage = self.ledger.usage(self.scope)
+        day = usage.day.isoformat()
+        if usage.exhausted and not self.limited:
+            what = "request" if "(RPD)" in server_message else "token"
+            return f"Daily {what} budget reached: the API's per-day limit is spent on {day} (UTC)"
+        if self.rpd and usage.requests >= self.rpd:
+            return (f"Daily request budget reached: {usage.requests:,} of {self.rpd:,} requests "
+                    f"used on {day} (UTC)")
         if self.tpd:
-            return (f"{usage.tokens:,} of {self.tpd:,} tokens used on {usage.day.isoformat()} "
-                    "(UTC)")
-        return f"{usage.requests:,} of {self.rpd:,} requests used on {usage.day.isoformat()} (UTC)"
+            used = self.tpd if usage.exhausted else usage.tokens
+            return (f"Daily token budget reached: {used:,} of {self.tpd:,} tokens used on "
+                    f"{day} (UTC)")
+        return f"Daily budget reached: the API's per-day limit is spent on {day} (UTC)"

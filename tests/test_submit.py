@@ -97,8 +97,9 @@ def test_json_summary(sim: RunningSim, tmp_path: Path) -> None:
     assert summary["cost_usd"] > 0
     assert summary["limits"]["gpt-4o-mini"] == {"rpm": 500, "tpm": 200_000, "rpd": 10_000,
                                                 "tpd": 2_000_000}
-    assert set(summary) == {"state", "requests", "tokens", "cost_usd", "wall_seconds",
+    assert set(summary) == {"job", "state", "requests", "tokens", "cost_usd", "wall_seconds",
                             "achieved", "limits", "rate_limited_429"}
+    assert summary["job"].startswith("jobs-")
     assert summary["state"] == "done"
 
 
@@ -195,8 +196,8 @@ def test_server_daily_limit_pauses_with_exit_3_and_keeps_results(sim_factory: An
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     run = submit(sim, jobs, *UNLIMITED, "--concurrency", "1")
     assert run.code == 3, run.stderr
-    assert "Daily budget reached" in run.stderr and "tokens per day (TPD)" in run.stderr
-    assert "after 00:00 UTC" in run.stderr
+    assert "Daily token budget reached" in run.stderr and "tokens per day (TPD)" in run.stderr
+    assert "Resume after 00:00 UTC" in run.stderr and "batchrun resume jobs-" in run.stderr
     done = read_results(tmp_path / "jobs.results.jsonl")
     assert 0 < len(done) < 30 and all(line["error"] is None for line in done.values())
 
@@ -206,7 +207,7 @@ def test_local_daily_budget_stops_before_sending_past_it(sim: RunningSim, tmp_pa
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     run = submit(sim, jobs, "--tpd", "300", "--concurrency", "1")
     assert run.code == 3, run.stderr
-    assert "Daily budget reached for gpt-4o-mini" in run.stderr
+    assert "Daily token budget reached:" in run.stderr and "of 300 tokens used on" in run.stderr
     assert sim.stats.rate_limited == 0  # we stopped ourselves; the server never had to say no
     assert 0 < sim.stats.received < 30
 
@@ -298,7 +299,7 @@ def test_ctrl_c_drains_exits_130_and_a_rerun_finishes(sim_factory: Any, tmp_path
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
-    assert "Interrupted" in stderr and "Run the same command again" in stderr
+    assert "Interrupted" in stderr and "Continue with: batchrun resume jobs-" in stderr
     partial = read_results(out)
     assert 0 < len(partial) < 400
     rerun = submit(sim, jobs, "--rpm", "0")

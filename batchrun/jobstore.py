@@ -1,0 +1,188 @@
+"""Job manifests under $BATCHRUN_HOME/jobs: what a job is, so `resume` can run it again.
+
+A manifest names the input (with a fingerprint to notice changes), the output, every option that
+shapes the run, and the job's state. It never holds the API key: only the name of the variable
+that does. Written atomically (temp file, fsync, rename), mode 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchrun.errors import InputError
+
+FINISHED = "done"
+STATES = ("running", "paused-daily", "interrupted", "stopped", FINISHED)
+_SAMPLE = 1024 * 1024
+
+
+def state_home() -> Path:
+    if os.environ.get("BATCHRUN_HOME"):
+        return Path(os.environ["BATCHRUN_HOME"])
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "batchrun"
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """Size, mtime and a hash of the first and last MiB: cheap for a 10 GB file, and any edit
+    that keeps the size and both ends also changes the mtime."""
+    st = path.stat()
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        digest.update(f.read(_SAMPLE))
+        if st.st_size > _SAMPLE:
+            f.seek(max(_SAMPLE, st.st_size - _SAMPLE))
+            digest.update(f.read(_SAMPLE))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_head_tail": digest.hexdigest()}
+
+
+def describe_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """What changed in the input since the job started, in words; None if nothing did."""
+    if before.get("size") != now["size"]:
+        return f"its size went from {before.get('size'):,} to {now['size']:,} bytes"
+    if before.get("sha256_head_tail") != now["sha256_head_tail"]:
+        return "its content changed"
+    if before.get("mtime_ns") != now["mtime_ns"]:
+        return "it was modified (same size, new modification time)"
+    return None
+
+
+def job_id_for(input_path: Path, output_path: Path) -> str:
+    """Readable and stable: the input's stem plus 6 hex of the output path."""
+    stem = input_path.name.removesuffix(".jsonl").replace(" ", "_")[:40] or "job"
+    return f"{stem}-{hashlib.sha256(str(output_path).encode()).hexdigest()[:6]}"
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(slots=True)
+class Manifest:
+    job_id: str
+    input: str
+    output: str
+    fingerprint: dict[str, Any]
+    options: dict[str, Any]
+    created: str = field(default_factory=_now_iso)
+    updated: str = field(default_factory=_now_iso)
+    state: str = "running"
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.state == FINISHED
+
+    @property
+    def resume_command(self) -> str:
+        return f"batchrun resume {self.job_id}"
+
+
+class JobStore:
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or state_home()
+        self.dir = self.home / "jobs"
+
+    def _ensure_dir(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise InputError(
+                f"cannot create {self.dir}: {exc.strerror}. Set $BATCHRUN_HOME to a writable "
+                "directory."
+            ) from None
+
+    def save(self, manifest: Manifest) -> None:
+        self._ensure_dir()
+        manifest.updated = _now_iso()
+        target = self.dir / f"{manifest.job_id}.json"
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        data = orjson.dumps(asdict(manifest), option=orjson.OPT_INDENT_2)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the job manifest {target}: {exc.strerror}. Set $BATCHRUN_HOME to "
+                "a writable directory."
+            ) from None
+
+    def load(self, path: Path) -> Manifest:
+        try:
+            return Manifest(**orjson.loads(path.read_bytes()))
+        except (OSError, orjson.JSONDecodeError, TypeError) as exc:
+            raise InputError(f"the job manifest {path} is unreadable ({exc}).") from None
+
+    def all(self) -> list[Manifest]:
+        if not self.dir.is_dir():
+            return []
+        manifests = [self.load(p) for p in self.dir.glob("*.json")]
+        return sorted(manifests, key=lambda m: m.updated, reverse=True)
+
+    def get(self, job_id: str) -> Manifest | None:
+        path = self.dir / f"{job_id}.json"
+        return self.load(path) if path.exists() else None
+
+    def find(self, ref: str) -> Manifest:
+        """A job by id, unique id prefix, or output path."""
+        jobs = self.all()
+        for m in jobs:
+            if m.job_id == ref:
+                return m
+        as_path = str(Path(ref).expanduser().resolve())
+        for m in jobs:
+            if m.output == as_path:
+                return m
+        matches = [m for m in jobs if m.job_id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            names = ", ".join(m.job_id for m in matches[:5])
+            raise InputError(f"{ref!r} matches several jobs ({names}); give more of the id.")
+        raise InputError(
+            f"no job {ref!r}. `batchrun status` lists the jobs; a job is named by its id, a "
+            "prefix of it, or its output path."
+        )
+
+    def latest_unfinished(self) -> Manifest | None:
+        return next((m for m in self.all() if not m.finished), None)
+
+    @contextlib.contextmanager
+    def lock(self, job_id: str) -> Iterator[None]:
+        """Only one process may run a job: two would both write its output."""
+        self._ensure_dir()
+        fd = os.open(self.dir / f"{job_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise InputError(
+                    f"job {job_id} is already running in another batchrun process; wait for it "
+                    "or stop it first."
+                ) from None
+            yield
+        finally:
+            os.close(fd)
