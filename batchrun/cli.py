@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,7 +29,7 @@ from batchrun.errors import (
 )
 from batchrun.events import Listener, Stats
 from batchrun.jobstore import JobStore, Manifest
-from batchrun.progress import ProgressDisplay
+from batchrun.progress import ProgressDisplay, render_status
 from batchrun.tiers import TIERS
 
 app = typer.Typer(
@@ -172,6 +172,28 @@ def resume(
         "wait": wait,
     })
     _launch(spec, manifest, store, simulate, json_, quiet)
+
+
+@app.command()
+def status(
+    job: Annotated[str | None, typer.Argument(help="one job: id, prefix or output path")] = None,
+    json_: Json = False,
+) -> None:
+    """Jobs, their progress, and today's usage per key and model."""
+    store = JobStore()
+    jobs = [store.find(job)] if job else store.all()
+    book = ledger.Ledger(store.home / "ledger.sqlite3", ledger.utc_now)
+    try:
+        today = book.today()
+        usage = book.usage_rows(today)
+    finally:
+        book.close()
+    rows = [{**asdict(m), "state": store.effective_state(m), "resume": m.resume_command}
+            for m in jobs]
+    if json_:
+        sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage}).decode() + "\n")
+        return
+    render_status(out, rows, usage, today.isoformat(), detail=job is not None)
 
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,

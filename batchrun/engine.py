@@ -117,6 +117,7 @@ class _Lane:
         self.outstanding = 0  # accepted from the reader, not yet written
         self.changed = asyncio.Event()
         self.space = asyncio.Event()
+        self.settled = asyncio.Event()  # an attempt came back and its reservation settled
         self.mean_output = float(INITIAL_OUTPUT_GUESS)
         self.seen_output = False
 
@@ -156,7 +157,9 @@ class Engine:
         self._now_utc = now_utc
         self._rng = rng or random.Random()
         self._lanes: dict[str, _Lane] = {}
-        self._stop: BatchrunError | None = None
+        # Why the run is stopping: the error is built when the run ends, so its counts are final.
+        self._stop: Callable[[], BatchrunError] | None = None
+        self._stop_kind: type[BatchrunError] | None = None
         self._input_done = False
         self._attempts: set[asyncio.Task[None]] = set()
         self._dispatchers: set[asyncio.Task[None]] = set()
@@ -199,14 +202,14 @@ class Engine:
                 timer.cancel()
             self._writer.close()
         self._emit(StateChanged("stopped" if self._stop else "done"))
-        return self._stop
+        return self._stop() if self._stop else None
 
     def interrupt(self) -> None:
         """Ctrl-C: the first stops admitting and drains; the second abandons in-flight requests."""
-        if isinstance(self._stop, Interrupted):
+        if self._stop_kind is Interrupted:
             self._cancel_attempts()
             return
-        self._halt(Interrupted(
+        self._halt(Interrupted, "interrupted: finishing requests in flight", lambda: Interrupted(
             f"Interrupted. {self._done:,} of {self._total:,} requests are done and kept in "
             f"{self.spec.output}. Continue with: {self.spec.resume_hint}"
         ))
@@ -276,10 +279,17 @@ class Engine:
             job.day = lane.budget.reserve(job.cost)
             if job.day is None:
                 lane.retries.appendleft(job)
+                if lane.limiter.in_flight:
+                    # In-flight reservations settle to real usage, usually far below their
+                    # max-output charge: see what is left once they have.
+                    lane.settled.clear()
+                    await lane.settled.wait()
+                    continue
                 if self.spec.wait:
                     await self._wait_for_reset(lane)
                     continue
-                self._halt(self._daily_error(lane))
+                self._halt(DailyLimitReached, "daily budget reached: finishing requests in "
+                           "flight", lambda: self._daily_error(lane))
                 return
             ticket = await lane.limiter.acquire(job.cost)
             if self._stop:
@@ -300,6 +310,7 @@ class Engine:
         tokens_in, tokens_out = outcome.usage
         assert job.day is not None
         lane.budget.settle(job.day, job.cost, tokens_in + tokens_out)
+        lane.settled.set()
         self._emit(AttemptEnded(lane.model, kind.value))
         if kind is Kind.OK:
             lane.learn_output(tokens_out)
@@ -312,9 +323,11 @@ class Engine:
                 lane.retries.appendleft(job)  # sent again after 00:00 UTC
                 lane.changed.set()
             else:
-                self._halt(self._daily_error(lane, outcome.message))
+                message = outcome.message
+                self._halt(DailyLimitReached, "the API's daily limit is reached: finishing "
+                           "requests in flight", lambda: self._daily_error(lane, message))
         elif kind is Kind.REFUSED:
-            self._halt(ApiRefused(
+            self._halt(ApiRefused, "the API refused the key or account", lambda: ApiRefused(
                 f"The API refused the request: {outcome.message} ({outcome.code}, HTTP "
                 f"{outcome.status}). Check ${self.spec.endpoint.key_env}, the account's billing "
                 f"and quota, then continue with: {self.spec.resume_hint} (the {self._done:,} "
@@ -396,11 +409,13 @@ class Engine:
             await self._sleep(min(60.0, left.total_seconds() + 0.5))
         self._emit(StateChanged("running"))
 
-    def _halt(self, error: BatchrunError) -> None:
+    def _halt(
+        self, kind: type[BatchrunError], detail: str, make: Callable[[], BatchrunError]
+    ) -> None:
         if self._stop is not None:
             return
-        self._stop = error
-        self._emit(StateChanged("draining", error.message))
+        self._stop, self._stop_kind = make, kind
+        self._emit(StateChanged("draining", detail))
         for lane in self._lanes.values():
             lane.space.set()
         for task in self._dispatchers:

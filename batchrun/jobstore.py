@@ -64,7 +64,7 @@ def job_id_for(input_path: Path, output_path: Path) -> str:
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(slots=True)
@@ -169,6 +169,26 @@ class JobStore:
 
     def latest_unfinished(self) -> Manifest | None:
         return next((m for m in self.all() if not m.finished), None)
+
+    def is_running(self, job_id: str) -> bool:
+        """True while some process holds the job's lock (a crashed one does not)."""
+        path = self.dir / f"{job_id}.lock"
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def effective_state(self, manifest: Manifest) -> str:
+        """A manifest left 'running' by a process that died is a crashed job."""
+        if manifest.state == "running" and not self.is_running(manifest.job_id):
+            return "crashed"
+        return manifest.state
 
     @contextlib.contextmanager
     def lock(self, job_id: str) -> Iterator[None]:

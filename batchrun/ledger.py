@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS usage (
     tokens INTEGER NOT NULL DEFAULT 0,
     requests INTEGER NOT NULL DEFAULT 0,
     exhausted INTEGER NOT NULL DEFAULT 0,
+    tpd INTEGER NOT NULL DEFAULT 0,  -- the budget the last reservation was checked against
+    rpd INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (host, key_fingerprint, model, day)
 )
 """
@@ -87,14 +89,27 @@ class Ledger:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute(_SCHEMA)
+            self._setup()
         except (OSError, sqlite3.Error) as exc:
             raise BatchrunError(
                 f"cannot open the usage ledger {path}: {exc}. Make $BATCHRUN_HOME writable "
                 "or point it elsewhere."
             ) from None
+
+    def _setup(self) -> None:
+        # Switching a new file to WAL needs an exclusive lock, and SQLite does not always wait
+        # for it under its busy timeout: two processes starting together can see "locked".
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._flush()
@@ -115,11 +130,14 @@ class Ledger:
         tokens, requests, exhausted = row or (0, 0, 0)
         return DayUsage(day, tokens + pending, requests, bool(exhausted))
 
-    def usage_rows(self, day: dt.date) -> list[tuple[str, str, str, int, int, bool]]:
+    def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
+        """Every (host, key, model) row of one UTC day, for `batchrun status`."""
         self._flush()
-        return list(self._db.execute(
-            "SELECT host, key_fingerprint, model, tokens, requests, exhausted FROM usage "
-            "WHERE day=? ORDER BY host, key_fingerprint, model", (day.isoformat(),)))
+        cursor = self._db.execute(
+            "SELECT host, key_fingerprint, model, day, tokens, requests, tpd, rpd, exhausted "
+            "FROM usage WHERE day=? ORDER BY host, key_fingerprint, model", (day.isoformat(),))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor]
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         try:
@@ -151,6 +169,9 @@ class Ledger:
                 rpd and used_requests + 1 > rpd)
             if fits:
                 self._add(scope, day, tokens, 1)
+                self._db.execute(
+                    "UPDATE usage SET tpd=?, rpd=? WHERE host=? AND key_fingerprint=? AND model=? "
+                    "AND day=?", (tpd, rpd, scope.host, scope.key_fingerprint, scope.model, day))
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")

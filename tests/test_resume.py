@@ -187,10 +187,8 @@ def test_two_processes_sharing_a_ledger_never_exceed_the_budget(sim: RunningSim,
     for name in ("a", "b"):
         jobs = write_jsonl(tmp_path / f"{name}.jsonl", prompts(200, prefix=name))
         procs.append(start_submit(sim, jobs, "--tpd", str(budget), "--concurrency", "4"))
-    for p in procs:
-        p.communicate(timeout=120)
-    codes = [p.returncode for p in procs]
-    assert codes == [3, 3]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [3, 3], errors
     used = 0
     for name in ("a", "b"):
         for line in read_results(tmp_path / f"{name}.results.jsonl").values():
