@@ -18,7 +18,7 @@ from rich.text import Text
 
 from batchrun import ledger, runner
 from batchrun.client import Endpoint
-from batchrun.engine import JobSpec, emit_all
+from batchrun.engine import JobSpec
 from batchrun.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -27,7 +27,7 @@ from batchrun.errors import (
     BatchrunError,
     InputError,
 )
-from batchrun.events import Listener, Stats
+from batchrun.events import Listener, Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.progress import ProgressDisplay, render_status
 from batchrun.tiers import TIERS

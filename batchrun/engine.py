@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import random
 import time
 from collections import deque
@@ -28,7 +29,7 @@ from batchrun.errors import (
 )
 from batchrun.events import (
     AttemptEnded,
-    Event,
+    BudgetUsed,
     JobStarted,
     Listener,
     RequestFinished,
@@ -36,7 +37,7 @@ from batchrun.events import (
     StateChanged,
     Throttled,
 )
-from batchrun.jobs import Request, read_jobs
+from batchrun.jobs import Request, check_input, read_jobs
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
 from batchrun.limiter import Limiter, Ticket
 from batchrun.tiers import Limits, preset
@@ -71,31 +72,6 @@ class JobSpec:
 
 
 @dataclass(slots=True)
-class InputReport:
-    total: int = 0
-    already_done: int = 0
-    bad_total: int = 0
-    bad: list[BadLine] = field(default_factory=list)
-    models: dict[str, int] = field(default_factory=dict)
-
-
-def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputReport:  # type: ignore[assignment]
-    """Read the whole file once: count requests per model, collect bad lines. Sends nothing."""
-    report = InputReport()
-    for item in read_jobs(path, model):
-        report.total += 1
-        if isinstance(item, BadLine):
-            report.bad_total += 1
-            if len(report.bad) < BadLinesError.SHOWN:
-                report.bad.append(item)
-            report.already_done += item.output_id in done
-        else:
-            report.models[item.model] = report.models.get(item.model, 0) + 1
-            report.already_done += item.custom_id in done
-    return report
-
-
-@dataclass(slots=True)
 class _Job:
     request: Request
     cost: int
@@ -118,6 +94,7 @@ class _Lane:
         self.changed = asyncio.Event()
         self.space = asyncio.Event()
         self.settled = asyncio.Event()  # an attempt came back and its reservation settled
+        self.budget_reported = -math.inf
         self.mean_output = float(INITIAL_OUTPUT_GUESS)
         self.seen_output = False
 
@@ -311,6 +288,7 @@ class Engine:
         assert job.day is not None
         lane.budget.settle(job.day, job.cost, tokens_in + tokens_out)
         lane.settled.set()
+        self._report_budget(lane)
         self._emit(AttemptEnded(lane.model, kind.value))
         if kind is Kind.OK:
             lane.learn_output(tokens_out)
@@ -354,6 +332,15 @@ class Engine:
 
         handle = asyncio.get_running_loop().call_later(delay, requeue)
         self._timers.add(handle)
+
+    def _report_budget(self, lane: _Lane) -> None:
+        now = self._clock()
+        if not lane.budget.limited or now - lane.budget_reported < 1.0:
+            return
+        lane.budget_reported = now
+        usage = lane.budget.ledger.usage(lane.budget.scope)
+        self._emit(BudgetUsed(lane.model, usage.tokens, lane.budget.tpd, usage.requests,
+                              lane.budget.rpd))
 
     # -- results --------------------------------------------------------------------------------
 
@@ -427,11 +414,3 @@ class Engine:
     def _cancel_attempts(self) -> None:
         for task in list(self._attempts):
             task.cancel()
-
-
-def emit_all(*listeners: Listener) -> Listener:
-    def fan_out(event: Event) -> None:
-        for listener in listeners:
-            listener(event)
-
-    return fan_out

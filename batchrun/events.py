@@ -55,12 +55,26 @@ class Throttled:
 
 
 @dataclass(frozen=True, slots=True)
+class BudgetUsed:
+    """Today's usage of one model's daily budget (sent at most about once a second)."""
+
+    model: str
+    tokens: int
+    tpd: int
+    requests: int
+    rpd: int
+
+
+@dataclass(frozen=True, slots=True)
 class StateChanged:
     state: str  # running | cooling | draining | paused-daily | stopped | done
     detail: str = ""
 
 
-Event = JobStarted | RequestSent | AttemptEnded | RequestFinished | Throttled | StateChanged
+Event = (
+    JobStarted | RequestSent | AttemptEnded | RequestFinished | Throttled | BudgetUsed
+    | StateChanged
+)
 
 
 class Listener(Protocol):
@@ -147,3 +161,11 @@ class Stats:
             },
             "rate_limited_429": self.throttled,
         }
+
+
+def emit_all(*listeners: Listener) -> Listener:
+    def fan_out(event: Event) -> None:
+        for listener in listeners:
+            listener(event)
+
+    return fan_out

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from batchrun.errors import BadLine, InputError
+from batchrun.errors import BadLine, BadLinesError, InputError
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -245,3 +245,28 @@ def _guess_id(obj: Any) -> str | None:
 def file_fingerprint(path: Path) -> tuple[int, float]:
     st = os.stat(path)
     return st.st_size, st.st_mtime
+
+
+@dataclass(slots=True)
+class InputReport:
+    total: int = 0
+    already_done: int = 0
+    bad_total: int = 0
+    bad: list[BadLine] = field(default_factory=list)
+    models: dict[str, int] = field(default_factory=dict)
+
+
+def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputReport:  # type: ignore[assignment]
+    """Read the whole file once: count requests per model, collect bad lines. Sends nothing."""
+    report = InputReport()
+    for item in read_jobs(path, model):
+        report.total += 1
+        if isinstance(item, BadLine):
+            report.bad_total += 1
+            if len(report.bad) < BadLinesError.SHOWN:
+                report.bad.append(item)
+            report.already_done += item.output_id in done
+        else:
+            report.models[item.model] = report.models.get(item.model, 0) + 1
+            report.already_done += item.custom_id in done
+    return report

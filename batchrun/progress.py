@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress import (
     BarColumn,
@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from batchrun.events import (
+    BudgetUsed,
     Event,
     JobStarted,
     RequestFinished,
@@ -76,6 +77,15 @@ def _exact(n: int) -> str:
         "K": 1e3, "M": 1e6, "B": 1e9}[short[-1]] == n else f"{n:,}"
 
 
+def _fmt_eta(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 def describe_limits(limits: Limits) -> str:
     parts = [(limits.rpm, "RPM"), (limits.tpm, "TPM"), (limits.rpd, "RPD"), (limits.tpd, "TPD")]
     return " · ".join(f"{_exact(v) if v else 'unlimited'} {name}" for v, name in parts)
@@ -84,10 +94,12 @@ def describe_limits(limits: Limits) -> str:
 class ProgressDisplay:
     """Subscribe with `display(event)`; use as a context manager around the run."""
 
-    def __init__(self, stats: Stats, stream: IO[str], quiet: bool = False) -> None:
+    def __init__(self, stats: Stats, stream: IO[str], quiet: bool = False,
+                 console: Console | None = None) -> None:
         self.stats = stats
         self.quiet = quiet
-        self.console = Console(file=stream, highlight=False)
+        self.console = console or Console(file=stream, highlight=False)
+        self._budgets: dict[str, BudgetUsed] = {}
         if not self.console.is_terminal:
             # A log file or pipe: one event, one line, however long.
             self.console.soft_wrap = True
@@ -108,14 +120,14 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self.live_mode:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4,
+            self._live = Live(self.render(), console=self.console, refresh_per_second=4,
                               transient=False)
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
-            self._live.update(self._render())
+            self._live.update(self.render())
             self._live.__exit__(None, None, None)
             self._live = None
 
@@ -127,15 +139,17 @@ class ProgressDisplay:
                 self._started(event)
             case RequestFinished(tokens_in=tin, tokens_out=tout):
                 self._rates.add(tin + tout)
+            case BudgetUsed(model=model):
+                self._budgets[model] = event
             case Throttled(pause_s=pause):
-                self._detail = f"cooling down {pause:.1f}s after a 429"
+                self._detail = f"cooling down {pause:.1f}s after a 429 (rate limit)"
             case StateChanged(state=state, detail=detail):
                 self._detail = detail if state in ("draining", "paused-daily") else ""
                 if not self.live_mode:
                     self._plain(force=True)
         if self._live is not None:
             self._progress.update(self._task, total=self.stats.total, completed=self.stats.done)
-            self._live.update(self._render())
+            self._live.update(self.render())
         elif not isinstance(event, JobStarted):
             self._plain()
 
@@ -175,19 +189,26 @@ class ProgressDisplay:
     def _state_line(self) -> str:
         s = self.stats
         eta = self._eta_s()
-        eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
-        state = s.state + (f" ({self._detail})" if self._detail else "")
-        return (f"{state} · ETA {eta_text} · in flight {s.in_flight:,} · failed {s.failed:,} · "
-                f"429s {s.throttled:,}")
+        eta_text = "?" if eta is None else _fmt_eta(eta)
+        return (f"{s.state} · ETA {eta_text} · in flight {s.in_flight:,} · "
+                f"failed {s.failed:,} · 429s {s.throttled:,}")
 
     def _rate_line(self) -> str:
         requests, tokens = self._rates.last_minute()
         rpm, tpm = self._limits()
-        return f"last minute: {_against(requests, rpm, 'req')} · {_against(tokens, tpm, 'tok')}"
+        line = f"last minute: {_against(requests, rpm, 'req')} · {_against(tokens, tpm, 'tok')}"
+        if self._budgets:
+            used = sum(b.tokens for b in self._budgets.values())
+            budget = sum(b.tpd for b in self._budgets.values())
+            line += f" · today {_against(used, budget, 'tok')}" if budget else ""
+        return line
 
-    def _render(self) -> Group:
-        return Group(self._progress, Text(self._state_line()), Text(self._rate_line(),
-                                                                    style="dim"))
+    def render(self) -> Group:
+        lines: list[RenderableType] = [
+            self._progress, Text(self._state_line()), Text(self._rate_line(), style="dim")]
+        if self._detail:
+            lines.append(Text(self._detail, style="yellow"))
+        return Group(*lines)
 
     def _plain(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -195,8 +216,9 @@ class ProgressDisplay:
             return
         self._last_plain = now
         s = self.stats
-        self.console.print(f"[{s.done:,}/{s.total:,}] {self._state_line()} · {self._rate_line()}",
-                           markup=False)
+        detail = f" · {self._detail}" if self._detail else ""
+        self.console.print(f"[{s.done:,}/{s.total:,}] {self._state_line()} · {self._rate_line()}"
+                           f"{detail}", markup=False)
 
 
 def render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dict[str, Any]],

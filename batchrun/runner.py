@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
+SAVE_EVERY_S = 2.0
 
 
 def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
@@ -61,7 +63,7 @@ class _ManifestUpdater:
 
     store: JobStore
     manifest: Manifest
-    failed: int = field(default=0)
+    saved_at: float = field(default_factory=time.monotonic)
 
     def __call__(self, event: Event) -> None:
         m = self.manifest
@@ -72,6 +74,10 @@ class _ManifestUpdater:
             case RequestFinished(ok=ok):
                 m.done += 1
                 m.failed += not ok
+                # Often enough for `status` to show progress; rare enough to cost nothing.
+                if time.monotonic() - self.saved_at >= SAVE_EVERY_S:
+                    self.store.save(m)
+                    self.saved_at = time.monotonic()
             case StateChanged(state=state, detail=detail) if state in ("running",
                                                                         "paused-daily"):
                 m.state, m.message = state, detail

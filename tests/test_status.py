@@ -66,3 +66,24 @@ def test_status_lists_paused_finished_and_crashed_jobs(sim: RunningSim, tmp_path
     one = run_cli("status", "paused")
     assert "paused-daily" in one.stdout and "resume  batchrun resume paused-" in one.stdout
     assert "Daily token budget reached" in one.stdout
+
+
+def test_status_shows_a_live_job_as_running(sim_factory: object, tmp_path: Path) -> None:
+    from batchrun.sim import SimConfig
+
+    sim = sim_factory(SimConfig(latency_s=1.0))  # type: ignore[operator]
+    jobs = write_jsonl(tmp_path / "live.jsonl", prompts(50))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
+         "--concurrency", "1", "-q"], env={**os.environ, **ENV}, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def job() -> dict[str, object]:
+            jobs = orjson.loads(run_cli("status", "--json").stdout)["jobs"]
+            return jobs[0] if jobs else {"done": 0}  # type: ignore[no-any-return]
+
+        wait_for(lambda: job()["done"] >= 2)  # progress is saved every few seconds
+        assert job()["state"] == "running"
+    finally:
+        proc.kill()
+        proc.wait()
