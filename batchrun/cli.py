@@ -244,6 +244,9 @@ def _print_summary(s: dict[str, Any], output: Path) -> None:
         f"{s['achieved']['tokens_per_min']:,.0f} tok/min · {s['rate_limited_429']:,} 429s",
         f"results: {output}",
     ]
+    if r["failed"]:
+        lines.append(f"{r['failed']:,} failed for good: each has its error in the results. "
+                     f"Send them again with: batchrun resume {s['job']} --retry-failed")
     out.print("\n".join(lines), markup=False)
 
 

@@ -221,7 +221,10 @@ def read_jobs(path: Path, default_model: str) -> Iterator[Request | BadLine]:
             seen.add(req.custom_id)
             yield req
     if not any_line:
-        raise InputError(f"{path} has no requests (it is empty or only blank lines).")
+        raise InputError(
+            f"{path} has no requests (it is empty or only blank lines). Put one JSON request "
+            "per line in it; samples/jobs.jsonl shows the three shapes."
+        )
 
 
 def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:

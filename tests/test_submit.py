@@ -141,6 +141,8 @@ def test_bad_lines_skip_records_them_as_failed(sim: RunningSim, tmp_path: Path) 
     assert results["line-2"]["response"] is None
     assert "max_tokens" in results["neg"]["error"]["message"]
     assert sim.stats.received == 1
+    assert "2 failed for good" in run.stdout
+    assert "batchrun resume jobs-" in run.stdout and "--retry-failed" in run.stdout
 
 
 @pytest.mark.parametrize("args", [
