@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
@@ -27,10 +28,12 @@ from batchrun.errors import (
     BatchrunError,
     InputError,
 )
+from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
-from batchrun.progress import ProgressDisplay, render_status
-from batchrun.tiers import TIERS
+from batchrun.progress import ProgressDisplay
+from batchrun.render import render_estimate, render_status
+from batchrun.tiers import TIERS, family
 
 app = typer.Typer(
     add_completion=False,
@@ -194,6 +197,55 @@ def status(
         sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage}).decode() + "\n")
         return
     render_status(out, rows, usage, today.isoformat(), detail=job is not None)
+
+
+@app.command()
+def estimate(
+    jobs: Annotated[Path, typer.Argument(help="JSONL file of requests")],
+    model: Annotated[str, typer.Option("-m", "--model",
+                                       help="model for lines that name none")] = "gpt-4o-mini",
+    tier: Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}")] = "tier1",
+    rpm: Limit = None,
+    tpm: Limit = None,
+    rpd: Limit = None,
+    tpd: Limit = None,
+    concurrency: Concurrency = None,
+    latency: Annotated[float, typer.Option(
+        min=0.01, help="expected seconds per request, for the concurrency bound")] = 2.0,
+    assume_output_tokens: Annotated[int, typer.Option(
+        min=0, help="output tokens assumed for requests that set no max_tokens")] = 256,
+    on_bad_line: Annotated[OnBadLine, typer.Option(
+        help="fail: list bad lines and stop; skip: estimate the rest")] = OnBadLine.fail,
+    json_: Json = False,
+) -> None:
+    """Tokens, cost and time to finish under the tier. Sends nothing."""
+    if tier not in TIERS:
+        raise InputError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}.")
+    used_today, known = _ledger_lookup()
+    result = estimate_job(
+        jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
+        concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
+        on_bad_line=on_bad_line.value, used_today=used_today, today_known=known,
+    )
+    if json_:
+        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    else:
+        render_estimate(out, result)
+
+
+def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:
+    """Today's usage per model for the key in the environment, if there is one."""
+    key = os.environ.get("OPENAI_API_KEY", "").strip()
+    path = JobStore().home / "ledger.sqlite3"
+    if not key or not path.exists():
+        return (lambda _model: (0, 0)), False
+    host = Endpoint.make(os.environ.get("OPENAI_BASE_URL"), None, None, insecure=True).host
+    book = ledger.Ledger(path, ledger.utc_now)
+    rows = {(r["model"]): (int(r["tokens"]), int(r["requests"]))  # type: ignore[call-overload]
+            for r in book.usage_rows(book.today())
+            if r["host"] == host and r["key_fingerprint"] == ledger.key_fingerprint(key)}
+    book.close()
+    return (lambda model: rows.get(family(model) or model, (0, 0))), True
 
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,

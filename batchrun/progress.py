@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from pathlib import Path
 from typing import IO, Any
 
-from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress import (
@@ -21,7 +19,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 from rich.text import Text
 
 from batchrun.events import (
@@ -219,47 +216,3 @@ class ProgressDisplay:
         detail = f" · {self._detail}" if self._detail else ""
         self.console.print(f"[{s.done:,}/{s.total:,}] {self._state_line()} · {self._rate_line()}"
                            f"{detail}", markup=False)
-
-
-def render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dict[str, Any]],
-                  day: str, detail: bool) -> None:
-    """`batchrun status`: the jobs, then today's usage against the daily budgets."""
-    if not jobs:
-        console.print("No jobs yet. Start one with: batchrun submit JOBS.jsonl")
-    elif detail:
-        j = jobs[0]
-        console.print(f"[bold]{j['job_id']}[/bold] · {j['state']}")
-        console.print(f"  input   {j['input']}", markup=False)
-        console.print(f"  output  {j['output']}", markup=False)
-        console.print(f"  done    {j['done']:,} of {j['total']:,} ({j['failed']:,} failed)")
-        console.print(f"  updated {j['updated']}")
-        if j["message"]:
-            console.print(f"  last    {j['message']}", markup=False)
-        if j["state"] != "done":
-            console.print(f"  resume  {j['resume']}", markup=False)
-    else:
-        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-        for name in ("job", "state", "done", "failed", "updated (UTC)", "output"):
-            table.add_column(name, no_wrap=name != "output",
-                             justify="right" if name in ("done", "failed") else "left")
-        for j in jobs:
-            table.add_row(j["job_id"], j["state"], f"{j['done']:,}/{j['total']:,}",
-                          f"{j['failed']:,}", j["updated"][:16].replace("T", " "),
-                          Path(j["output"]).name)
-        console.print(table)
-        unfinished = [j for j in jobs if j["state"] != "done"]
-        if unfinished:
-            console.print(f"Continue the latest unfinished job with: {unfinished[0]['resume']}")
-    for host in sorted({u["host"] for u in usage}):
-        table = Table(title=f"Usage on {day} (UTC) at {host}", box=box.SIMPLE_HEAD,
-                      pad_edge=False, title_justify="left")
-        for name in ("key", "model", "tokens", "of budget", "requests", "of budget "):
-            table.add_column(name, justify="left" if name in ("key", "model") else "right",
-                             no_wrap=True)
-        for u in (u for u in usage if u["host"] == host):
-            table.add_row(
-                u["key_fingerprint"], u["model"], f"{u['tokens']:,}",
-                "spent" if u["exhausted"] else (f"{u['tpd']:,}" if u["tpd"] else "-"),
-                f"{u['requests']:,}", f"{u['rpd']:,}" if u["rpd"] else "-",
-            )
-        console.print(table)

@@ -13,7 +13,6 @@ import hashlib
 import importlib.resources
 import math
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -75,59 +74,93 @@ def encoding_name_for(model: str) -> str:
     return "o200k_base"
 
 
-def _text_tokens(enc: tiktoken.Encoding, text: str) -> int:
-    # encode_ordinary: "<|endoftext|>" inside a prompt is text to count, not an error.
-    return len(enc.encode_ordinary(text))
-
-
-def _content_tokens(enc: tiktoken.Encoding, content: Any) -> int:
+def _content_pieces(content: Any, pieces: list[str]) -> int:
+    """Add a message content's texts to `pieces`; return the tokens it costs beyond them."""
     if content is None:
         return 0
     if isinstance(content, str):
-        return _text_tokens(enc, content)
-    total = 0
+        pieces.append(content)
+        return 0
+    fixed = 0
     for part in content:
         kind = part.get("type")
         if kind == "text":
-            total += _text_tokens(enc, part.get("text", ""))
+            pieces.append(part.get("text", ""))
         elif kind == "image_url":
             detail = (part.get("image_url") or {}).get("detail", "auto")
-            total += IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS_DEFAULT
+            fixed += IMAGE_TOKENS_LOW if detail == "low" else IMAGE_TOKENS_DEFAULT
         elif kind == "refusal":
-            total += _text_tokens(enc, part.get("refusal", ""))
-    return total
+            pieces.append(part.get("refusal", ""))
+    return fixed
 
 
-def chat_prompt_tokens(messages: list[dict[str, Any]], model: str) -> int:
-    """OpenAI's published formula: 3 per message, +1 per name, +3 priming the reply."""
-    enc = encoding(encoding_name_for(model))
-    total = REPLY_PRIMING
-    for message in messages:
-        total += TOKENS_PER_MESSAGE
+def prompt_pieces(url: str, body: dict[str, Any]) -> tuple[list[str], int]:
+    """The texts of a request's prompt to tokenize, and the tokens the format adds to them.
+
+    Chat: OpenAI's published formula, 3 per message, +1 per name, +3 priming the reply.
+    Embeddings: the input only (a string, strings, or token arrays counted as they are).
+    """
+    pieces: list[str] = []
+    if url.endswith("/embeddings"):
+        inp = body["input"]
+        if isinstance(inp, str):
+            return [inp], 0
+        if inp and all(isinstance(x, int) for x in inp):
+            return [], len(inp)
+        fixed = 0
+        for item in inp:
+            if isinstance(item, list):
+                fixed += len(item)
+            else:
+                pieces.append(item)
+        return pieces, fixed
+    fixed = REPLY_PRIMING
+    for message in body["messages"]:
+        fixed += TOKENS_PER_MESSAGE
         for key, value in message.items():
             if key == "content":
-                total += _content_tokens(enc, value)
+                fixed += _content_pieces(value, pieces)
             elif key == "name":
-                total += _text_tokens(enc, value) + TOKENS_PER_NAME
+                pieces.append(value)
+                fixed += TOKENS_PER_NAME
             elif isinstance(value, str):
-                total += _text_tokens(enc, value)
+                pieces.append(value)
             elif key == "tool_calls":
                 for call in value:
                     fn = call.get("function", {})
-                    total += _text_tokens(enc, str(fn.get("name", "")))
-                    total += _text_tokens(enc, str(fn.get("arguments", "")))
-    return total
+                    pieces += [str(fn.get("name", "")), str(fn.get("arguments", ""))]
+    return pieces, fixed
+
+
+def prompt_tokens(url: str, body: dict[str, Any]) -> int:
+    # encode_ordinary: "<|endoftext|>" inside a prompt is text to count, not an error.
+    enc = encoding(encoding_name_for(str(body.get("model", ""))))
+    pieces, fixed = prompt_pieces(url, body)
+    return fixed + sum(len(enc.encode_ordinary(p)) for p in pieces)
+
+
+def prompt_tokens_many(requests: list[tuple[str, dict[str, Any]]]) -> list[int]:
+    """prompt_tokens of many requests, tokenized in batches on tiktoken's thread pool."""
+    counts = [0] * len(requests)
+    by_encoding: dict[str, list[tuple[int, list[str]]]] = {}
+    for i, (url, body) in enumerate(requests):
+        pieces, counts[i] = prompt_pieces(url, body)
+        name = encoding_name_for(str(body.get("model", "")))
+        by_encoding.setdefault(name, []).append((i, pieces))
+    for name, items in by_encoding.items():
+        flat = [p for _, pieces in items for p in pieces]
+        lengths = iter(len(t) for t in encoding(name).encode_ordinary_batch(flat))
+        for i, pieces in items:
+            counts[i] += sum(next(lengths) for _ in pieces)
+    return counts
+
+
+def chat_prompt_tokens(messages: list[dict[str, Any]], model: str) -> int:
+    return prompt_tokens("/v1/chat/completions", {"model": model, "messages": messages})
 
 
 def embedding_input_tokens(inp: Any, model: str) -> int:
-    """Embeddings bill their input only: a string, a list of strings, or token arrays."""
-    if isinstance(inp, str):
-        return _text_tokens(encoding(encoding_name_for(model)), inp)
-    items = list(inp)
-    if items and all(isinstance(x, int) for x in items):
-        return len(items)
-    enc = encoding(encoding_name_for(model))
-    return sum(len(x) if isinstance(x, list) else _text_tokens(enc, x) for x in items)
+    return prompt_tokens("/v1/embeddings", {"model": model, "input": inp})
 
 
 def _chars(value: Any) -> int:
@@ -148,22 +181,9 @@ def char_estimate(body: dict[str, Any]) -> int:
     return math.ceil(_chars(prompt) / 4)
 
 
-def prompt_tokens(url: str, body: dict[str, Any]) -> int:
-    model = str(body.get("model", ""))
-    if url.endswith("/embeddings"):
-        return embedding_input_tokens(body["input"], model)
-    return chat_prompt_tokens(body["messages"], model)
-
-
 def max_output_tokens(body: dict[str, Any]) -> int | None:
     """n × max output tokens, or None when the request sets no maximum."""
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is None:
         return None
     return int(limit) * int(body.get("n", 1))
-
-
-def count_many(texts: Iterable[str], model: str) -> list[int]:
-    """Token counts of many texts at once (tiktoken's batch encoder uses its thread pool)."""
-    enc = encoding(encoding_name_for(model))
-    return [len(t) for t in enc.encode_ordinary_batch(list(texts))]

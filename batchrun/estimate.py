@@ -1,0 +1,190 @@
+"""batchrun estimate: tokens, cost and time to finish under the tier, before sending anything.
+
+Exact where exactness is possible (prompt tokens: tiktoken + the chat formula; request counts),
+and explicit where it is not (output tokens: the requests' max_tokens, or a stated assumption).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import BadLine, BadLinesError
+from batchrun.jobs import CHAT_URL, Request, read_jobs
+from batchrun.tiers import CONTEXT_WINDOWS, PRICES_AS_OF, Limits, family, preset, price
+from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens_many
+
+DEFAULT_ASSUMED_OUTPUT = 256
+CHUNK = 4096  # requests tokenized per batch
+SHOWN = 20
+MINUTES_PER_DAY = 24 * 60
+
+
+@dataclass(slots=True)
+class _Tally:
+    requests: int = 0
+    prompt_tokens: int = 0
+    max_output_tokens: int = 0  # from requests that set a maximum
+    requests_without_max: int = 0
+    assumed_output_tokens: int = 0  # for the requests that set none
+    charge_tokens: int = 0  # what the per-minute limiter counts
+
+    @property
+    def output_tokens(self) -> int:
+        return self.max_output_tokens + self.assumed_output_tokens
+
+
+@dataclass(slots=True)
+class _Report:
+    tallies: dict[str, _Tally] = field(default_factory=dict)
+    bad: list[BadLine] = field(default_factory=list)
+    bad_total: int = 0
+    never: list[dict[str, Any]] = field(default_factory=list)
+    never_total: int = 0
+
+
+def _chunks(path: Path, model: str, report: _Report) -> Iterator[list[Request]]:
+    chunk: list[Request] = []
+    for item in read_jobs(path, model):
+        if isinstance(item, BadLine):
+            report.bad_total += 1
+            if len(report.bad) < BadLinesError.SHOWN:
+                report.bad.append(item)
+            continue
+        chunk.append(item)
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _never_runs(report: _Report, request: Request, reason: str) -> None:
+    report.never_total += 1
+    if len(report.never) < SHOWN:
+        report.never.append({"line": request.line_no, "id": request.custom_id, "reason": reason})
+
+
+def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
+           assumed_output: int) -> _Report:
+    report = _Report()
+    for chunk in _chunks(path, model, report):
+        counts = prompt_tokens_many([(r.url, r.body) for r in chunk])
+        for request, prompt in zip(chunk, counts, strict=True):
+            t = report.tallies.setdefault(request.model, _Tally())
+            out = max_output_tokens(request.body)
+            assumed = 0
+            if out is None and request.url == CHAT_URL:
+                assumed = assumed_output * int(request.body.get("n", 1))
+                t.requests_without_max += 1
+            charge = max(prompt, char_estimate(request.body)) + (out or assumed)
+            t.requests += 1
+            t.prompt_tokens += prompt
+            t.max_output_tokens += out or 0
+            t.assumed_output_tokens += assumed
+            t.charge_tokens += charge
+            tpm = limits_for(request.model).tpm
+            window = CONTEXT_WINDOWS.get(family(request.model) or "")
+            if tpm and charge > tpm:
+                _never_runs(report, request, f"needs about {charge:,} tokens, more than the "
+                            f"{tpm:,} tokens/min limit")
+            elif window and prompt + (out or 0) > window:
+                _never_runs(report, request, f"prompt {prompt:,} + max output {out or 0:,} "
+                            f"tokens exceed the {window:,}-token context window")
+    return report
+
+
+def _days(needed: int, per_day: int, used_today: int) -> int:
+    """UTC days (today counts as the first) for `needed` against a daily budget."""
+    if not per_day:
+        return 1
+    left_today = max(0, per_day - used_today)
+    if needed <= left_today:
+        return 1
+    return 1 + math.ceil((needed - left_today) / per_day)
+
+
+def estimate(
+    path: Path,
+    model: str,
+    tier: str,
+    overrides: dict[str, int | None],
+    concurrency: int | None = None,
+    latency_s: float = 2.0,
+    assumed_output: int = DEFAULT_ASSUMED_OUTPUT,
+    on_bad_line: str = "fail",
+    used_today: Callable[[str], tuple[int, int]] = lambda model: (0, 0),
+    today_known: bool = False,
+) -> dict[str, Any]:
+    """The estimate as a plain dict (the --json schema). Sends nothing."""
+
+    def limits_for(m: str) -> Limits:
+        return (preset(m, tier) or Limits()).override(**overrides)
+
+    report = _tally(path, model, limits_for, assumed_output)
+    if report.bad_total and on_bad_line == "fail":
+        raise BadLinesError(str(path), report.bad, report.bad_total)
+    models: list[dict[str, Any]] = []
+    for name, t in sorted(report.tallies.items()):
+        lim = limits_for(name)
+        p = price(name)
+        cost = None if p is None else {
+            "input": round(p.cost(t.prompt_tokens, 0), 6),
+            "output": round(p.cost(0, t.output_tokens), 6),
+            "total": round(p.cost(t.prompt_tokens, t.output_tokens), 6),
+            "batch_api_total": round(p.cost(t.prompt_tokens, t.output_tokens) / 2, 6),
+        }
+        minutes = {
+            "by_rpm": round(t.requests / lim.rpm, 2) if lim.rpm else None,
+            "by_tpm": round(t.charge_tokens / lim.tpm, 2) if lim.tpm else None,
+            "by_concurrency": round(t.requests * latency_s / concurrency / 60, 2)
+            if concurrency else None,
+        }
+        known = {k: v for k, v in minutes.items() if v is not None}
+        binding = max(known, key=lambda k: known[k]).removeprefix("by_") if known else None
+        total_minutes = max(known.values(), default=0.0)
+        tokens_used, requests_used = used_today(name)
+        days = max(
+            _days(t.prompt_tokens + t.output_tokens, lim.tpd, tokens_used),
+            _days(t.requests, lim.rpd, requests_used),
+            math.ceil(total_minutes / MINUTES_PER_DAY) if total_minutes else 1,
+        )
+        models.append({
+            "model": name,
+            "known_model": p is not None,
+            "requests": t.requests,
+            "prompt_tokens": t.prompt_tokens,
+            "max_output_tokens": t.max_output_tokens,
+            "requests_without_max": t.requests_without_max,
+            "assumed_output_tokens_per_request": assumed_output,
+            "output_tokens": t.output_tokens,
+            "limit_tokens": t.charge_tokens,
+            "cost_usd": cost,
+            "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "rpd": lim.rpd, "tpd": lim.tpd},
+            "minutes": minutes,
+            "binding": binding,
+            "minutes_to_finish": round(total_minutes, 2),
+            "used_today": {"tokens": tokens_used, "requests": requests_used,
+                           "known": today_known},
+            "days": days,
+        })
+    costs = [m["cost_usd"] for m in models]
+    return {
+        "input": str(path),
+        "tier": tier,
+        "prices_as_of": PRICES_AS_OF,
+        "requests": sum(m["requests"] for m in models),
+        "bad_lines": report.bad_total,
+        "models": models,
+        "cost_usd": None if None in costs else round(sum(c["total"] for c in costs if c), 6),
+        "batch_api_cost_usd": None if None in costs else round(
+            sum(c["batch_api_total"] for c in costs if c), 6),
+        # Each model has its own limits and runs in parallel: the slowest decides.
+        "minutes_to_finish": max((m["minutes_to_finish"] for m in models), default=0.0),
+        "days": max((m["days"] for m in models), default=1),
+        "never_run": report.never,
+        "never_run_total": report.never_total,
+    }

@@ -1,0 +1,117 @@
+"""Tables for the commands that print a report: status and estimate (CLI side, rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from batchrun.progress import compact
+
+
+def _minutes(m: float) -> str:
+    if m < 1:
+        return f"{m * 60:.0f} s"
+    if m < 120:
+        return f"{m:,.1f} min"
+    return f"{m / 60:,.1f} h"
+
+
+def render_estimate(console: Console, e: dict[str, Any]) -> None:
+    plural = "s" if len(e["models"]) != 1 else ""
+    console.print(f"{e['input']}: {e['requests']:,} requests, {len(e['models'])} model{plural} "
+                  f"· {e['tier']} · list prices of {e['prices_as_of']}", markup=False)
+    if e["bad_lines"]:
+        console.print(f"{e['bad_lines']:,} bad lines skipped (they would be recorded as failed).")
+    for m in e["models"]:
+        table = Table(box=None, show_header=False, pad_edge=False, title=m["model"],
+                      title_justify="left", title_style="bold")
+        table.add_column(style="dim", no_wrap=True)
+        table.add_column()
+        table.add_row("requests", f"{m['requests']:,}")
+        table.add_row("prompt tokens", f"{m['prompt_tokens']:,} (exact)")
+        out = f"{m['max_output_tokens']:,} at most (max_tokens)"
+        if m["requests_without_max"]:
+            out = (f"{m['output_tokens']:,}: {m['max_output_tokens']:,} at most from max_tokens"
+                   f" + {m['requests_without_max']:,} requests with no max, assumed "
+                   f"{m['assumed_output_tokens_per_request']:,} each "
+                   "(--assume-output-tokens)")
+        table.add_row("output tokens", out)
+        c = m["cost_usd"]
+        if c is None:
+            table.add_row("cost", f"unknown: no list price for {m['model']}")
+        else:
+            table.add_row("cost", f"${c['input']:,.4f} input + ${c['output']:,.4f} output = "
+                          f"${c['total']:,.4f} · via the Batch API ${c['batch_api_total']:,.4f}")
+        lim = m["limits"]
+        table.add_row("limits", " · ".join(
+            f"{compact(lim[k]) if lim[k] else 'unlimited'} {k.upper()}" for k in lim))
+        mins = m["minutes"]
+        parts = [f"{_minutes(v)} by {k.removeprefix('by_').upper()}" for k, v in mins.items()
+                 if v is not None]
+        binds = f" → {_minutes(m['minutes_to_finish'])}, {m['binding'].upper()} binds" if (
+            m["binding"]) else " → no limit binds"
+        table.add_row("time", " · ".join(parts) + binds + " (at the steady rate; a full "
+                      "bucket at the start can save up to a minute)")
+        used = m["used_today"]
+        today = (f"{used['tokens']:,} tokens already used today" if used["known"]
+                 else "today counted as unused: set OPENAI_API_KEY to count its usage")
+        days = "1 UTC day" if m["days"] == 1 else f"{m['days']} UTC days"
+        table.add_row("days", f"{days} under the daily budget; {today}")
+        console.print(table)
+    if e["never_run_total"]:
+        console.print(f"[bold red]{e['never_run_total']:,} requests can never run[/]:")
+        for n in e["never_run"]:
+            console.print(f"  line {n['line']} (id {n['id']!r}): {n['reason']}", markup=False)
+        if e["never_run_total"] > len(e["never_run"]):
+            console.print(f"  … and {e['never_run_total'] - len(e['never_run']):,} more")
+    if e["cost_usd"] is not None and len(e["models"]) > 1:
+        console.print(f"total ${e['cost_usd']:,.4f} (Batch API ${e['batch_api_cost_usd']:,.4f})"
+                      f" · {_minutes(e['minutes_to_finish'])} · {e['days']} UTC day(s)")
+
+
+def render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dict[str, Any]],
+                  day: str, detail: bool) -> None:
+    """`batchrun status`: the jobs, then today's usage against the daily budgets."""
+    if not jobs:
+        console.print("No jobs yet. Start one with: batchrun submit JOBS.jsonl")
+    elif detail:
+        j = jobs[0]
+        console.print(f"[bold]{j['job_id']}[/bold] · {j['state']}")
+        console.print(f"  input   {j['input']}", markup=False)
+        console.print(f"  output  {j['output']}", markup=False)
+        console.print(f"  done    {j['done']:,} of {j['total']:,} ({j['failed']:,} failed)")
+        console.print(f"  updated {j['updated']}")
+        if j["message"]:
+            console.print(f"  last    {j['message']}", markup=False)
+        if j["state"] != "done":
+            console.print(f"  resume  {j['resume']}", markup=False)
+    else:
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for name in ("job", "state", "done", "failed", "updated (UTC)", "output"):
+            table.add_column(name, no_wrap=name != "output",
+                             justify="right" if name in ("done", "failed") else "left")
+        for j in jobs:
+            table.add_row(j["job_id"], j["state"], f"{j['done']:,}/{j['total']:,}",
+                          f"{j['failed']:,}", j["updated"][:16].replace("T", " "),
+                          Path(j["output"]).name)
+        console.print(table)
+        unfinished = [j for j in jobs if j["state"] != "done"]
+        if unfinished:
+            console.print(f"Continue the latest unfinished job with: {unfinished[0]['resume']}")
+    for host in sorted({u["host"] for u in usage}):
+        table = Table(title=f"Usage on {day} (UTC) at {host}", box=box.SIMPLE_HEAD,
+                      pad_edge=False, title_justify="left")
+        for name in ("key", "model", "tokens", "of budget", "requests", "of budget "):
+            table.add_column(name, justify="left" if name in ("key", "model") else "right",
+                             no_wrap=True)
+        for u in (u for u in usage if u["host"] == host):
+            table.add_row(
+                u["key_fingerprint"], u["model"], f"{u['tokens']:,}",
+                "spent" if u["exhausted"] else (f"{u['tpd']:,}" if u["tpd"] else "-"),
+                f"{u['requests']:,}", f"{u['rpd']:,}" if u["rpd"] else "-",
+            )
+        console.print(table)

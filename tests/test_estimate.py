@@ -1,0 +1,157 @@
+"""batchrun estimate: exact tokens, honest output figures, cost, time, days. Sends nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
+from batchrun.tokens import prompt_tokens
+from tests.conftest import FAKE_KEY, run_cli, write_jsonl
+from tests.test_resume import prompts
+
+
+def estimate(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    run = run_cli("estimate", *args, "--json", env=env)
+    assert run.code == 0, run.stderr
+    return orjson.loads(run.stdout)  # type: ignore[no-any-return]
+
+
+def test_prompt_tokens_are_exact_and_match_what_the_api_reports(tmp_path: Path) -> None:
+    parts = [{"type": "text", "text": "part one"}, {"type": "text", "text": "two"}]
+    rows = [{"id": "a", "prompt": "Hello world", "max_tokens": 5},
+            {"id": "b", "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "name": "ann", "content": "Hi <|endoftext|>"}]},
+            {"custom_id": "c", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "gpt-4o-mini", "max_completion_tokens": 7, "n": 2,
+                      "messages": [{"role": "user", "content": parts}]}}]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    e = estimate(str(jobs), "--assume-output-tokens", "100")
+    [m] = e["models"]
+    expected = sum(prompt_tokens("/v1/chat/completions", body) for body in (
+        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello world"}]},
+        {"model": "gpt-4o-mini", "messages": rows[1]["messages"]},
+        rows[2]["body"]))
+    assert m["prompt_tokens"] == expected
+    assert m["max_output_tokens"] == 5 + 7 * 2
+    assert m["requests_without_max"] == 1 and m["output_tokens"] == 5 + 14 + 100
+    # The simulator tokenizes with the same formula: the estimate equals the billed prompt.
+    run = run_cli("submit", str(jobs), "--simulate", "--json", "-q")
+    assert orjson.loads(run.stdout)["tokens"]["input"] == expected
+
+
+def test_cost_arithmetic_and_batch_price(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(100))
+    e = estimate(str(jobs), "-m", "gpt-4o-mini-2024-07-18")
+    [m] = e["models"]
+    cost = m["cost_usd"]
+    assert cost["input"] == pytest.approx(m["prompt_tokens"] * 0.15 / 1e6, abs=1e-6)
+    assert cost["output"] == pytest.approx(1000 * 0.60 / 1e6, abs=1e-6)  # 100 x max_tokens 10
+    assert cost["batch_api_total"] == pytest.approx(cost["total"] / 2, abs=1e-6)
+    assert e["prices_as_of"] == "2026-11-01"
+
+
+def test_unknown_model_gets_no_invented_price(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    e = estimate(str(jobs), "-m", "llama-3-70b")
+    assert e["models"][0]["cost_usd"] is None and e["cost_usd"] is None
+    text = run_cli("estimate", str(jobs), "-m", "llama-3-70b").stdout
+    assert "no list price for llama-3-70b" in text
+
+
+def test_time_by_each_limit_and_which_binds(tmp_path: Path) -> None:
+    rows = [{"id": f"r{i}", "prompt": "x", "max_tokens": 990} for i in range(600)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    m = estimate(str(jobs), "--tpd", "0")["models"][0]
+    assert m["minutes"]["by_rpm"] == pytest.approx(600 / 500)
+    assert m["minutes"]["by_tpm"] == pytest.approx(m["limit_tokens"] / 200_000, abs=0.01)
+    assert m["binding"] == "tpm" and m["minutes_to_finish"] == m["minutes"]["by_tpm"]
+    m = estimate(str(jobs), "--tpd", "0", "--concurrency", "2", "--latency", "3")["models"][0]
+    assert m["minutes"]["by_concurrency"] == pytest.approx(600 * 3 / 2 / 60)
+    assert m["binding"] == "concurrency"
+
+
+def test_days_count_what_the_ledger_already_used_today(tmp_path: Path,
+                                                       isolated_env: dict[str, str]) -> None:
+    rows = [{"id": f"r{i}", "prompt": "x", "max_tokens": 990} for i in range(1000)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    fresh = estimate(str(jobs))["models"][0]  # ~1M tokens under a 2M daily budget
+    assert fresh["days"] == 1 and fresh["used_today"]["known"] is False
+    ledger = Ledger(Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3")
+    scope = Scope("api.openai.com", key_fingerprint(FAKE_KEY), "gpt-4o-mini")
+    budget = DailyBudget(ledger, scope, tpd=2_000_000, rpd=0)
+    assert budget.reserve(1_500_000) == dt.datetime.now(dt.UTC).date()
+    ledger.close()
+    used = estimate(str(jobs), env={"OPENAI_API_KEY": FAKE_KEY})["models"][0]
+    assert used["used_today"] == {"tokens": 1_500_000, "requests": 1, "known": True}
+    assert used["days"] == 2  # 0.5M fit today, the rest tomorrow
+    small = estimate(str(jobs), "--tpd", "300000")["models"][0]
+    total = small["prompt_tokens"] + small["output_tokens"]  # ~1.01M: 300K a day
+    assert small["days"] == 1 + -(-(total - 300_000) // 300_000) == 4
+
+
+def test_requests_that_can_never_run_are_listed(tmp_path: Path) -> None:
+    rows = [{"id": "ok", "prompt": "x", "max_tokens": 10},
+            {"id": "too-big", "prompt": "x", "max_tokens": 300_000},
+            {"id": "ctx", "prompt": "x", "max_tokens": 20_000, "model": "gpt-3.5-turbo"}]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    e = estimate(str(jobs))
+    assert e["never_run_total"] == 2
+    by_id = {n["id"]: n for n in e["never_run"]}
+    assert by_id["too-big"]["line"] == 2
+    assert "200,000 tokens/min limit" in by_id["too-big"]["reason"]
+    assert by_id["ctx"]["line"] == 3 and "16,385-token context window" in by_id["ctx"]["reason"]
+    text = run_cli("estimate", str(jobs)).stdout
+    assert "2 requests can never run" in text and "line 2 (id 'too-big')" in text
+
+
+def test_bad_lines_get_the_same_report_as_submit(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id": "a", "prompt": "x"}\n{oops\n{"id": "b", "prompt": ""}\n')
+    run = run_cli("estimate", str(jobs))
+    assert run.code == 2
+    assert "2 bad lines; nothing was sent" in run.stderr and "line 2: not valid JSON" in run.stderr
+    skipped = estimate(str(jobs), "--on-bad-line", "skip")
+    assert skipped["bad_lines"] == 2 and skipped["requests"] == 1
+
+
+def test_json_schema_is_stable(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    e = estimate(str(jobs))
+    assert set(e) == {"input", "tier", "prices_as_of", "requests", "bad_lines", "models",
+                      "cost_usd", "batch_api_cost_usd", "minutes_to_finish", "days",
+                      "never_run", "never_run_total"}
+    assert set(e["models"][0]) == {
+        "model", "known_model", "requests", "prompt_tokens", "max_output_tokens",
+        "requests_without_max", "assumed_output_tokens_per_request", "output_tokens",
+        "limit_tokens", "cost_usd", "limits", "minutes", "binding", "minutes_to_finish",
+        "used_today", "days"}
+
+
+def test_estimate_works_with_the_network_blocked(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(5))
+    script = textwrap.dedent(f"""
+        import socket, sys
+        def refuse(*a, **k):
+            raise OSError("network blocked by test")
+        socket.socket.connect = refuse
+        socket.create_connection = refuse
+        socket.getaddrinfo = refuse
+        from batchrun.cli import run
+        sys.exit(run(["estimate", {str(jobs)!r}, "--json"]))
+    """)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty-cache"),
+           "BATCHRUN_HOME": str(tmp_path / "state")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(proc.stdout)["models"][0]["prompt_tokens"] > 0
