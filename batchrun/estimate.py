@@ -6,6 +6,7 @@ and explicit where it is not (output tokens: the requests' max_tokens, or a stat
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -71,6 +72,11 @@ def _never_runs(report: _Report, request: Request, reason: str) -> None:
 def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
            assumed_output: int) -> _Report:
     report = _Report()
+
+    @functools.cache
+    def model_facts(name: str) -> tuple[int, int | None]:
+        return limits_for(name).tpm, CONTEXT_WINDOWS.get(family(name) or "")
+
     for chunk in _chunks(path, model, report):
         counts = prompt_tokens_many([(r.url, r.body) for r in chunk])
         for request, prompt in zip(chunk, counts, strict=True):
@@ -86,8 +92,7 @@ def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
             t.max_output_tokens += out or 0
             t.assumed_output_tokens += assumed
             t.charge_tokens += charge
-            tpm = limits_for(request.model).tpm
-            window = CONTEXT_WINDOWS.get(family(request.model) or "")
+            tpm, window = model_facts(request.model)
             if tpm and charge > tpm:
                 _never_runs(report, request, f"needs about {charge:,} tokens, more than the "
                             f"{tpm:,} tokens/min limit")

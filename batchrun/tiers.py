@@ -6,6 +6,7 @@ limit can be overridden on the command line; 0 means unlimited.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, replace
 
@@ -128,6 +129,7 @@ _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 _FAMILIES = sorted(PRESETS, key=len, reverse=True)
 
 
+@functools.cache
 def family(model: str) -> str | None:
     """Map a model name (dated snapshots included) to a known family, or None."""
     name = _DATED.sub("", model.strip().lower())

@@ -13,6 +13,8 @@ import hashlib
 import importlib.resources
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +142,12 @@ def prompt_tokens(url: str, body: dict[str, Any]) -> int:
 
 
 def prompt_tokens_many(requests: list[tuple[str, dict[str, Any]]]) -> list[int]:
-    """prompt_tokens of many requests, tokenized in batches on tiktoken's thread pool."""
+    """prompt_tokens of many requests at once, for estimating large files.
+
+    tiktoken releases the GIL while it encodes, so two threads each loop over half the texts
+    (its own encode_batch submits one future per text, which costs more than the encoding).
+    Short strings (roles, names) repeat endlessly and are counted once.
+    """
     counts = [0] * len(requests)
     by_encoding: dict[str, list[tuple[int, list[str]]]] = {}
     for i, (url, body) in enumerate(requests):
@@ -148,11 +155,35 @@ def prompt_tokens_many(requests: list[tuple[str, dict[str, Any]]]) -> list[int]:
         name = encoding_name_for(str(body.get("model", "")))
         by_encoding.setdefault(name, []).append((i, pieces))
     for name, items in by_encoding.items():
-        flat = [p for _, pieces in items for p in pieces]
-        lengths = iter(len(t) for t in encoding(name).encode_ordinary_batch(flat))
+        enc = encoding(name)
+        short = _SHORT_CACHE.setdefault(name, {})
+        long_texts = [p for _, pieces in items for p in pieces if len(p) > _SHORT and p]
+        half = len(long_texts) // 2
+        halves = (long_texts[:half], long_texts[half:])
+        lengths = iter([n for part in _pool().map(partial(_lengths, enc), halves) for n in part])
         for i, pieces in items:
-            counts[i] += sum(next(lengths) for _ in pieces)
+            for p in pieces:
+                if len(p) > _SHORT:
+                    counts[i] += next(lengths)
+                elif p:
+                    if p not in short:
+                        short[p] = len(enc.encode_ordinary(p))
+                    counts[i] += short[p]
     return counts
+
+
+_SHORT = 24
+_SHORT_CACHE: dict[str, dict[str, int]] = {}
+
+
+def _lengths(enc: tiktoken.Encoding, texts: list[str]) -> list[int]:
+    return [len(enc.encode_ordinary(t)) for t in texts]
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    # Created on first use, not at import: only estimate needs it.
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="batchrun-tokens")
 
 
 def chat_prompt_tokens(messages: list[dict[str, Any]], model: str) -> int:
