@@ -18,8 +18,9 @@ from pathlib import Path
 
 import orjson
 
-WORDS = ("rate limits decide how long a batch job takes so the estimate must be exact about "
-         "tokens and honest about output while reading a large file quickly").split(" ")
+_TEXT = ("rate limits decide how long a batch job takes so the estimate must be exact about "
+         "tokens and honest about output while reading a large file quickly")
+WORDS = _TEXT.split(" ")
 
 
 def write_jobs(path: Path, lines: int) -> None:
