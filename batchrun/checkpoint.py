@@ -6,7 +6,9 @@ leaves at most one torn last line, which `scan_output` cuts off before a run goe
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,30 +69,87 @@ def result_line(
 
 
 class OutputWriter:
-    """Appends whole lines, one write each, so no reader or crash ever sees half a line."""
+    """Appends whole lines, one write each, so no reader or crash ever sees half a line.
+
+    It also notices, within a second, when something else deletes, replaces or truncates the
+    output under a running job: a deleted file is rebuilt from the still-open descriptor (so
+    nothing finished is lost), a truncated one stops the job with an error.
+    """
+
+    CHECK_EVERY_S = 0.5
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise InputError(
                 f"cannot write the output {path}: {exc.strerror}. Choose a writable path with -o."
             ) from None
+        st = os.fstat(self._fd)
+        self._inode, self._size = (st.st_dev, st.st_ino), st.st_size
+        self._checked = time.monotonic()
 
     def write(self, line: bytes) -> None:
+        now = time.monotonic()
+        if now - self._checked >= self.CHECK_EVERY_S:
+            self._checked = now
+            self.check()
         view = memoryview(line)
         try:
             while view:
-                view = view[os.write(self._fd, view) :]
+                written = os.write(self._fd, view)
+                self._size += written
+                view = view[written:]
         except OSError as exc:
             raise BatchrunError(
                 f"cannot write to {self.path}: {exc.strerror}. Results written so far are kept; "
                 "free space or fix permissions, then run the same command again to continue."
             ) from None
 
+    def check(self) -> None:
+        """Is the file at our path still the one we write, and whole?"""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self._rebuild()
+        elif st.st_size < self._size:
+            raise BatchrunError(
+                f"{self.path} was truncated by another program while batchrun wrote it: it holds "
+                f"{st.st_size:,} of the {self._size:,} bytes written. Stop whatever touches it; "
+                "then resume, and the requests whose lines were lost are sent again."
+            )
+
+    def _rebuild(self) -> None:
+        """The output was deleted or replaced: put back what we wrote, and go on writing there."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.rebuild")
+        try:
+            with tmp.open("wb") as dst:
+                offset = 0
+                while chunk := os.pread(self._fd, 1 << 20, offset):
+                    dst.write(chunk)
+                    offset += len(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, self.path)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        except OSError as exc:
+            raise BatchrunError(
+                f"{self.path} was deleted while batchrun ran, and putting it back failed "
+                f"({exc.strerror}). Results so far are lost from disk; resume to send them again."
+            ) from None
+        os.close(self._fd)
+        self._fd = fd
+        st = os.fstat(fd)
+        self._inode, self._size = (st.st_dev, st.st_ino), st.st_size
+
     def close(self) -> None:
+        with contextlib.suppress(BatchrunError):
+            self.check()
         os.close(self._fd)
 
 

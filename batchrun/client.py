@@ -132,6 +132,17 @@ def _error_fields(body: Any) -> tuple[str, str, str]:
     return str(err.get("code") or ""), str(err.get("type") or ""), str(err.get("message") or "")
 
 
+def _scrub(value: Any, secret: str, key_like: bool) -> Any:
+    """The body with the key (and, in error bodies, anything key-shaped) redacted."""
+    if isinstance(value, str):
+        return redact(value, secret) if key_like else value.replace(secret, "[redacted]")
+    if isinstance(value, dict):
+        return {k: _scrub(v, secret, key_like) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v, secret, key_like) for v in value]
+    return value
+
+
 def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secret: str) -> Outcome:
     """Decide what a response means. Pure: no I/O."""
     request_id = headers.get("x-request-id") or headers.get("apim-request-id") or ""
@@ -139,6 +150,10 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secr
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         body = None
+    # Error bodies are the server's words about our request and may quote the key; a model's
+    # answer is the user's data, touched only if it holds the very key.
+    if status != 200 or (secret and secret.encode() in raw):
+        body = _scrub(body, secret, key_like=status != 200)
     state = server_state(headers)
     out = Outcome(Kind.OK, status, body, request_id, state)
     if status == 200:

@@ -9,6 +9,7 @@ and a crash can only leave the ledger over-counted, never under.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import math
@@ -80,15 +81,21 @@ class DayUsage:
 class Ledger:
     """One connection to the shared ledger file. Not thread-safe; one per process."""
 
-    def __init__(self, path: Path, now: Callable[[], dt.datetime] = utc_now) -> None:
+    def __init__(
+        self,
+        path: Path,
+        now: Callable[[], dt.datetime] = utc_now,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+    ) -> None:
         self.path = path
+        self._busy_timeout_s = busy_timeout_s
         self._now = now
         self._pending: defaultdict[tuple[Scope, str], int] = defaultdict(int)
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             os.close(fd)
-            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
             self._setup()
         except (OSError, sqlite3.Error) as exc:
             raise BatchrunError(
@@ -99,7 +106,7 @@ class Ledger:
     def _setup(self) -> None:
         # Switching a new file to WAL needs an exclusive lock, and SQLite does not always wait
         # for it under its busy timeout: two processes starting together can see "locked".
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        deadline = time.monotonic() + self._busy_timeout_s
         while True:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
@@ -155,7 +162,8 @@ class Ledger:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise BatchrunError(
-                f"the usage ledger {self.path} stayed locked for {BUSY_TIMEOUT_S:.0f}s ({exc}). "
+                f"the usage ledger {self.path} stayed locked for {self._busy_timeout_s:.0f}s "
+                f"({exc}). "
                 "Another process holds it; results so far are kept, run the same command again."
             ) from None
         try:
@@ -173,6 +181,13 @@ class Ledger:
                     "UPDATE usage SET tpd=?, rpd=? WHERE host=? AND key_fingerprint=? AND model=? "
                     "AND day=?", (tpd, rpd, scope.host, scope.key_fingerprint, scope.model, day))
             self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise BatchrunError(
+                f"the usage ledger {self.path} failed ({exc}); the disk may be full. Results so "
+                "far are kept; fix it, then run the same command again."
+            ) from None
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
@@ -206,9 +221,17 @@ class Ledger:
 
     def _flush(self) -> None:
         if any(self._pending.values()):
-            self._write("BEGIN IMMEDIATE", ())
-            self._apply_pending()
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._apply_pending()
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise BatchrunError(
+                    f"the usage ledger {self.path} could not record the last settlements ({exc});"
+                    " it over-counts today's usage, which is safe. Results are kept."
+                ) from None
         self._pending.clear()
 
 

@@ -51,6 +51,7 @@ class Faults:
     no_choices: float = 0.0
     html: float = 0.0
     hang_s: float = 3600.0
+    retry_after_503: bool = True  # send a retry-after header with 503s
 
 
 @dataclass(slots=True)
@@ -61,6 +62,8 @@ class SimConfig:
     faults: Faults = field(default_factory=Faults)
     api_key: str | None = None  # None: any non-empty key is accepted
     insufficient_quota: bool = False
+    storm_until: float = 0.0  # clock time until which every request gets a per-minute 429
+    echo_key_in_errors: bool = False  # answer 400 quoting the key, as careless proxies do
     seed: int = 0
     organization: str = "org-simulator"
 
@@ -199,6 +202,13 @@ class Simulator:
                 429, "You exceeded your current quota, please check your plan and billing "
                 "details.", "insufficient_quota", "insufficient_quota",
             )
+        if self._clock() < self.config.storm_until:
+            self.stats.rate_limited += 1
+            self.stats.statuses[429] += 1
+            return self._limit_error(model, "tokens per min (TPM)", 1, 1, 1, 1.0, "tokens")
+        if self.config.echo_key_in_errors:
+            return self._error(400, f"Unsupported parameter for key {key}: 'frobnicate'.",
+                               "invalid_request_error")
         state = self._models.setdefault(model, _ModelState(self.config.limits, self._clock()))
         out_max = 0 if embeddings else int(
             body.get("max_completion_tokens") or body.get("max_tokens") or 0
@@ -317,8 +327,8 @@ class Simulator:
                 if kind == 500
                 else "The engine is currently overloaded, please try again later"
             )
-            return self._error(int(kind), message, "server_error", None,
-                               {"retry-after": "1"} if kind == 503 else None)
+            hint = {"retry-after": "1"} if kind == 503 and f.retry_after_503 else None
+            return self._error(int(kind), message, "server_error", None, hint)
         if kind == "html":
             self.stats.statuses[502] += 1
             return web.Response(status=502, content_type="text/html",

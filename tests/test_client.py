@@ -160,3 +160,14 @@ async def test_key_goes_in_the_bearer_header_for_openai_and_api_key_header_for_a
             async with ApiClient(endpoint, "sk-wrong-key-123456789", 5.0, 10) as client:
                 wrong = await client.send(REQ)
             assert wrong.kind is Kind.REFUSED and wrong.status == 401
+
+
+def test_error_bodies_are_scrubbed_but_answers_are_not() -> None:
+    body = err(f"bad key {KEY} and sk-proj-SOMEONEELSE1234567", code="whatever")
+    out = classify(400, {}, body, CHAT_URL, KEY)
+    assert KEY not in orjson.dumps(out.body).decode()
+    assert "sk-proj-SOMEONE" not in orjson.dumps(out.body).decode()
+    # A model may legitimately write key-shaped text; only the real key is ever removed.
+    answer = orjson.dumps({"choices": [{"message": {"content": "try sk-example-000000000000"}}]})
+    ok = classify(200, {}, answer, CHAT_URL, KEY)
+    assert ok.body["choices"][0]["message"]["content"] == "try sk-example-000000000000"

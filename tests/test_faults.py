@@ -1,0 +1,263 @@
+"""Whatever the API, the disk or the input does: every request ends in exactly one output line
+or in a clear error, and no request is sent more than --max-retries + 1 times."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchrun.errors import BatchrunError
+from batchrun.ledger import Ledger, Scope
+from batchrun.sim import Faults, SimConfig, request_digest
+from tests.conftest import FAKE_KEY, REPO, RunningSim, read_results, run_cli, write_jsonl
+from tests.test_resume import count_lines, prompts, wait_for
+from tests.test_submit import assert_all_answered, body_as_sent
+
+ENV = {"OPENAI_API_KEY": FAKE_KEY}
+FAST = ("--rpm", "0", "--tpm", "0", "--tpd", "0", "--rpd", "0", "--timeout", "2")
+
+# fault -> (the sim's settings, the error code a request gets when it meets the fault every time)
+API_FAULTS: dict[str, tuple[dict[str, Any], str]] = {
+    "500": ({"error_500": 1.0}, "server_error"),
+    "503 with retry-after": ({"error_503": 1.0}, "server_error"),
+    "503 without retry-after": ({"error_503": 1.0, "retry_after_503": False}, "server_error"),
+    "502 HTML page": ({"html": 1.0}, "http_502"),
+    "reset before headers": ({"drop": 1.0}, "connection_error"),
+    "reset after headers": ({"truncate": 1.0}, "truncated_response"),
+    "hang past the timeout": ({"hang": 1.0}, "timeout"),
+    "200 without choices": ({"no_choices": 1.0}, "invalid_response"),
+}
+
+
+def attempts_on_server(sim: RunningSim, rows: list[dict[str, Any]]) -> list[int]:
+    return [sim.stats.attempts[request_digest(body_as_sent(r))] for r in rows]
+
+
+@pytest.mark.parametrize("fault", list(API_FAULTS))
+def test_a_fault_every_time_fails_each_request_after_max_retries(
+    sim_factory: Any, tmp_path: Path, fault: str
+) -> None:
+    settings, code = API_FAULTS[fault]
+    sim = sim_factory(SimConfig(faults=Faults(**settings)))
+    rows = prompts(4)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, *FAST, "--max-retries", "2",
+                  env=ENV)
+    assert run.code == 1, run.stderr
+    results = read_results(tmp_path / "jobs.results.jsonl")
+    assert set(results) == {r["id"] for r in rows}
+    for line in results.values():
+        assert line["error"]["code"] == code, line
+        assert "gave up after 3 attempts" in line["error"]["message"]
+    assert attempts_on_server(sim, rows) == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("fault", list(API_FAULTS))
+def test_a_fault_now_and_then_is_retried_to_success(sim_factory: Any, tmp_path: Path,
+                                                    fault: str) -> None:
+    settings, _ = API_FAULTS[fault]
+    sim = sim_factory(SimConfig(faults=Faults(**{k: v * 0.3 if isinstance(v, float) else v
+                                                 for k, v in settings.items()}), seed=7))
+    rows = prompts(40)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, *FAST, env=ENV)
+    assert run.code == 0, run.stderr
+    assert_all_answered(rows, read_results(tmp_path / "jobs.results.jsonl"))
+    assert max(attempts_on_server(sim, rows)) <= 9
+
+
+def test_a_429_storm_of_30_seconds_is_waited_out_together(sim_factory: Any,
+                                                          tmp_path: Path) -> None:
+    sim = sim_factory(SimConfig())
+    sim.config.storm_until = time.monotonic() + 30
+    rows = prompts(20)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, *FAST, "--json", env=ENV)
+    assert run.code == 0, run.stderr
+    assert_all_answered(rows, read_results(tmp_path / "jobs.results.jsonl"))
+    assert max(attempts_on_server(sim, rows)) <= 9
+    # One shared cooldown, doubling: a handful of probes per request, not a storm of retries.
+    assert sim.stats.rate_limited <= 20 * 8
+    summary = orjson.loads(run.stdout)
+    assert summary["rate_limited_429"] == sim.stats.rate_limited
+
+
+def test_key_revoked_in_the_middle_stops_with_exit_4_and_keeps_results(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    sim = sim_factory(SimConfig(latency_s=0.05, api_key=FAKE_KEY))
+    rows = prompts(200)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    out = tmp_path / "jobs.results.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
+         *FAST, "--concurrency", "4", "-q"], env={**os.environ, **ENV}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: count_lines(out) >= 20)
+    sim.config.api_key = "sk-rotated-key-0000000000000"  # the key is revoked
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 4, stderr
+    assert "HTTP 401" in stderr and "batchrun resume jobs-" in stderr
+    done = read_results(out)
+    assert 20 <= len(done) < 200 and all(line["error"] is None for line in done.values())
+    assert FAKE_KEY not in stderr
+
+
+# -- faults on our side ----------------------------------------------------------------------
+
+
+def test_disk_full_is_a_clear_error_and_resume_finishes(sim: RunningSim, tmp_path: Path) -> None:
+    rows = prompts(200)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    out = tmp_path / "jobs.results.jsonl"
+    limit = 60_000  # bytes: the output fills up after ~100 lines
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG, not a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
+         *FAST, "-q"], env={**os.environ, **ENV}, cwd=REPO, capture_output=True, text=True,
+        preexec_fn=small_disk, timeout=120, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot write to" in proc.stderr and "File too large" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert 0 < out.stat().st_size <= limit
+    resumed = run_cli("resume", str(out), env=ENV)
+    assert resumed.code == 0, resumed.stderr
+    assert_all_answered(rows, read_results(out))  # the torn last line was cut, none lost
+
+
+def test_output_deleted_under_a_running_job_is_rebuilt(sim_factory: Any, tmp_path: Path) -> None:
+    sim = sim_factory(SimConfig(latency_s=0.02))
+    rows = prompts(300)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    out = tmp_path / "jobs.results.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
+         *FAST, "--concurrency", "4", "-q"], env={**os.environ, **ENV}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: count_lines(out) >= 30)
+    out.unlink()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert_all_answered(rows, read_results(out))
+
+
+def test_output_truncated_under_a_running_job_stops_and_resume_repairs(
+    sim_factory: Any, tmp_path: Path
+) -> None:
+    sim = sim_factory(SimConfig(latency_s=0.02))
+    rows = prompts(300)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    out = tmp_path / "jobs.results.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
+         *FAST, "--concurrency", "4", "-q"], env={**os.environ, **ENV}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: count_lines(out) >= 30)
+    os.truncate(out, 0)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr
+    assert "was truncated by another program" in stderr
+    resumed = run_cli("resume", str(out), env=ENV)
+    assert resumed.code == 0, resumed.stderr
+    assert_all_answered(rows, read_results(out))
+
+
+def test_batchrun_home_not_writable_is_a_clear_error(sim: RunningSim, tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "home-file"
+    not_a_dir.write_text("x")
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url,
+                  env={**ENV, "BATCHRUN_HOME": str(not_a_dir)})
+    assert run.code == 2
+    assert "Set $BATCHRUN_HOME to a writable directory" in run.stderr
+    assert "Traceback" not in run.stderr and sim.stats.received == 0
+
+
+def test_a_ledger_locked_briefly_is_waited_for(sim: RunningSim, tmp_path: Path,
+                                               isolated_env: dict[str, str]) -> None:
+    path = Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3"
+    Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(5))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
+         "-q"], env={**os.environ, **ENV}, cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (Path(isolated_env["BATCHRUN_HOME"]) / "jobs").exists())
+    assert sim.stats.received == 0  # nothing goes out before its budget is reserved
+    holder.execute("COMMIT")
+    holder.close()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+
+
+def test_a_ledger_locked_too_long_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    ledger = Ledger(path, busy_timeout_s=0.2)
+    with pytest.raises(BatchrunError, match=r"stayed locked .* Another process holds it"):
+        ledger.reserve(Scope("h", "k", "m"), 10, 100, 0)
+    holder.execute("COMMIT")
+    holder.close()
+    ledger.close()
+
+
+# -- security -------------------------------------------------------------------------------
+
+
+def test_a_key_echoed_by_the_server_is_redacted(sim_factory: Any, tmp_path: Path,
+                                                isolated_env: dict[str, str]) -> None:
+    sim = sim_factory(SimConfig(echo_key_in_errors=True))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, env=ENV)
+    assert run.code == 1
+    results = read_results(tmp_path / "jobs.results.jsonl")
+    for line in results.values():
+        assert "[redacted]" in line["error"]["message"]
+    leftovers = [p.read_bytes() for root in (tmp_path, Path(isolated_env["HOME"]))
+                 for p in root.rglob("*") if p.is_file()]
+    assert not [b for b in leftovers if FAKE_KEY.encode() in b]
+    assert FAKE_KEY not in run.stdout + run.stderr
+
+
+def test_input_lines_cannot_choose_the_host_or_the_output(sim: RunningSim,
+                                                          tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b"\n".join([
+        orjson.dumps({"custom_id": "../../etc/passwd", "method": "POST",
+                      "url": "/v1/chat/completions",
+                      "body": {"messages": [{"role": "user", "content": "x"}]}}),
+        orjson.dumps({"custom_id": "evil", "method": "POST",
+                      "url": "http://169.254.169.254/v1/chat/completions",
+                      "body": {"messages": [{"role": "user", "content": "x"}]}}),
+        orjson.dumps({"custom_id": "evil2", "method": "POST", "url": "/v1/chat/completions",
+                      "body": {"model": "../../admin", "messages": [
+                          {"role": "user", "content": "x"}]}}),
+    ]) + b"\n")
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--on-bad-line", "skip",
+                  env=ENV)
+    assert run.code == 1
+    results = read_results(tmp_path / "jobs.results.jsonl")
+    assert results["../../etc/passwd"]["error"] is None  # just a name in a JSON field
+    assert results["evil"]["error"]["code"] == "invalid_request_line"
+    assert not (Path("/etc") / "passwd.results.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "jobs.jsonl",
+                                                         "jobs.results.jsonl"]
+    assert sim.stats.received == 2  # the two requests for our own host, nothing elsewhere
