@@ -261,3 +261,31 @@ def test_input_lines_cannot_choose_the_host_or_the_output(sim: RunningSim,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "jobs.jsonl",
                                                          "jobs.results.jsonl"]
     assert sim.stats.received == 2  # the two requests for our own host, nothing elsewhere
+
+
+# -- load -----------------------------------------------------------------------------------
+
+LOAD_REQUESTS = int(os.environ.get("BATCHRUN_LOAD_REQUESTS", "100000"))
+
+
+def test_load_with_one_percent_of_every_fault_is_exactly_once(sim_factory: Any,
+                                                              tmp_path: Path) -> None:
+    """100,000 requests; 1 % each of 500, 503, dropped connection, hang, truncated body,
+    200 without choices and HTML error page. Every id ends with exactly one successful line."""
+    faults = Faults(error_500=0.01, error_503=0.01, drop=0.01, hang=0.01, truncate=0.01,
+                    no_choices=0.01, html=0.01)
+    sim = sim_factory(SimConfig(faults=faults, seed=11))
+    jobs = tmp_path / "jobs.jsonl"
+    with jobs.open("wb") as f:
+        for i in range(LOAD_REQUESTS):
+            f.write(orjson.dumps({"id": f"L{i}", "prompt": f"load {i}", "max_tokens": 5}) + b"\n")
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, *FAST, "--json",
+                  env=ENV, timeout=900)
+    assert run.code == 0, run.stderr
+    summary = orjson.loads(run.stdout)
+    assert summary["requests"]["ok"] == LOAD_REQUESTS
+    results = read_results(tmp_path / "jobs.results.jsonl")  # fails on any id twice
+    assert len(results) == LOAD_REQUESTS
+    assert all(line["error"] is None for line in results.values())
+    assert max(sim.stats.attempts.values()) <= 9
+    assert sum(sim.stats.attempts.values()) > LOAD_REQUESTS  # the faults really happened
