@@ -154,6 +154,7 @@ class Engine:
         if report.bad_total and self.spec.on_bad_line == "fail":
             raise BadLinesError(str(self.spec.input), report.bad, report.bad_total)
         self._total, self._done = report.total, report.already_done
+        self._ids = report.ids.replay()
         self._writer = OutputWriter(self.spec.output)
         self._emit(JobStarted(
             input=str(self.spec.input), output=str(self.spec.output), total=report.total,
@@ -194,7 +195,7 @@ class Engine:
     # -- reader ---------------------------------------------------------------------------------
 
     async def _read(self, done: set[str]) -> None:
-        for n, item in enumerate(read_jobs(self.spec.input, self.spec.model)):
+        for n, item in enumerate(read_jobs(self.spec.input, self.spec.model, self._ids)):
             if self._stop:
                 break
             if n % 256 == 0:

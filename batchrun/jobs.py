@@ -176,12 +176,46 @@ def _open(path: Path) -> Any:
         raise InputError(f"{path}: cannot read it ({exc.strerror}).") from None
 
 
-def read_jobs(path: Path, default_model: str) -> Iterator[Request | BadLine]:
+class IdTracker:
+    """Which lines find their id already taken by an earlier line.
+
+    The checking pass holds every id (about 75 MB for a million); it records its verdicts, and
+    the sending pass replays them holding none, so a run's memory does not grow with the file.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[str] | None = set()
+        self.duplicates: set[int] = set()  # lines whose id an earlier line took
+        self.unnamed: set[int] = set()  # bad lines whose id an earlier line took
+
+    def replay(self) -> IdTracker:
+        again = IdTracker()
+        again._seen, again.duplicates, again.unnamed = None, self.duplicates, self.unnamed
+        return again
+
+    def release(self) -> None:
+        self._seen = None
+
+    def claim(self, line_no: int, custom_id: str, bad: bool = False) -> bool:
+        """Take the id for this line; False if an earlier line has it."""
+        taken = self.unnamed if bad else self.duplicates
+        if self._seen is None:
+            return line_no not in taken
+        if custom_id in self._seen:
+            taken.add(line_no)
+            return False
+        self._seen.add(custom_id)
+        return True
+
+
+def read_jobs(
+    path: Path, default_model: str, ids: IdTracker | None = None
+) -> Iterator[Request | BadLine]:
     """Stream the file: yield a Request or a BadLine per non-blank line, in order.
 
     Raises InputError only for the file as a whole (missing, a directory, empty).
     """
-    seen: set[str] = set()
+    ids = ids or IdTracker()
     any_line = False
     with _open(path) as f:
         for line_no, raw in enumerate(f, start=1):
@@ -209,16 +243,13 @@ def read_jobs(path: Path, default_model: str) -> Iterator[Request | BadLine]:
             except _Bad as exc:
                 # A bad line still claims its id, so the output never holds two lines for one id.
                 guess = _guess_id(obj)
-                if guess is not None and guess in seen:
+                if guess is not None and not ids.claim(line_no, guess, bad=True):
                     guess = None
-                elif guess is not None:
-                    seen.add(guess)
                 yield BadLine(line_no, guess, str(exc))
                 continue
-            if req.custom_id in seen:
+            if not ids.claim(line_no, req.custom_id):
                 yield BadLine(line_no, None, f"duplicate id {req.custom_id!r}; ids must be unique")
                 continue
-            seen.add(req.custom_id)
             yield req
     if not any_line:
         raise InputError(
@@ -257,12 +288,13 @@ class InputReport:
     bad_total: int = 0
     bad: list[BadLine] = field(default_factory=list)
     models: dict[str, int] = field(default_factory=dict)
+    ids: IdTracker = field(default_factory=IdTracker)
 
 
 def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputReport:  # type: ignore[assignment]
     """Read the whole file once: count requests per model, collect bad lines. Sends nothing."""
     report = InputReport()
-    for item in read_jobs(path, model):
+    for item in read_jobs(path, model, report.ids):
         report.total += 1
         if isinstance(item, BadLine):
             report.bad_total += 1
@@ -272,4 +304,5 @@ def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputRe
         else:
             report.models[item.model] = report.models.get(item.model, 0) + 1
             report.already_done += item.custom_id in done
+    report.ids.release()
     return report

@@ -33,24 +33,30 @@ from batchrun.events import (
 from batchrun.tiers import Limits
 
 PLAIN_EVERY_S = 10.0
-RATE_WINDOW_S = 60.0
+RATE_WINDOW_S = 60
 
 
 class _Rates:
-    """Requests and tokens finished in the last minute (or since start, if shorter)."""
+    """Requests and tokens finished in the last minute, kept per second: memory and time stay
+    constant whatever the rate (a deque per event held 400,000 entries at 7,000 req/s)."""
 
     def __init__(self) -> None:
-        self._events: deque[tuple[float, int]] = deque()
+        self._seconds: deque[list[int]] = deque()  # [second, requests, tokens]
 
     def add(self, tokens: int) -> None:
-        self._events.append((time.monotonic(), tokens))
+        second = int(time.monotonic())
+        if self._seconds and self._seconds[-1][0] == second:
+            self._seconds[-1][1] += 1
+            self._seconds[-1][2] += tokens
+        else:
+            self._seconds.append([second, 1, tokens])
 
     def last_minute(self) -> tuple[int, int]:
         """Counted, not extrapolated: limits are per sliding minute, and so is this."""
-        now = time.monotonic()
-        while self._events and self._events[0][0] < now - RATE_WINDOW_S:
-            self._events.popleft()
-        return len(self._events), sum(t for _, t in self._events)
+        oldest = int(time.monotonic()) - RATE_WINDOW_S
+        while self._seconds and self._seconds[0][0] <= oldest:
+            self._seconds.popleft()
+        return sum(s[1] for s in self._seconds), sum(s[2] for s in self._seconds)
 
 
 def compact(n: float) -> str:
@@ -117,14 +123,15 @@ class ProgressDisplay:
 
     def __enter__(self) -> ProgressDisplay:
         if self.live_mode:
-            self._live = Live(self.render(), console=self.console, refresh_per_second=4,
-                              transient=False)
+            # Rendered at each refresh (4 a second), not at each event: thousands a second.
+            self._live = Live(console=self.console, refresh_per_second=4, transient=False,
+                              get_renderable=self.render)
             self._live.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._live is not None:
-            self._live.update(self.render())
+            self._live.refresh()
             self._live.__exit__(None, None, None)
             self._live = None
 
@@ -144,10 +151,7 @@ class ProgressDisplay:
                 self._detail = detail if state in ("draining", "paused-daily") else ""
                 if not self.live_mode:
                     self._plain(force=True)
-        if self._live is not None:
-            self._progress.update(self._task, total=self.stats.total, completed=self.stats.done)
-            self._live.update(self.render())
-        elif not isinstance(event, JobStarted):
+        if self._live is None and not isinstance(event, JobStarted):
             self._plain()
 
     def _started(self, event: JobStarted) -> None:
@@ -201,6 +205,8 @@ class ProgressDisplay:
         return line
 
     def render(self) -> Group:
+        self._progress.update(self._task, total=self.stats.total or None,
+                              completed=self.stats.done)
         lines: list[RenderableType] = [
             self._progress, Text(self._state_line()), Text(self._rate_line(), style="dim")]
         if self._detail:

@@ -182,3 +182,20 @@ def test_reader_never_raises_anything_but_input_error(tmp_path: Path, lines: lis
         return
     for item in items:
         assert isinstance(item, Request | BadLine)
+
+
+def test_the_sending_pass_replays_the_checking_pass_without_holding_ids(tmp_path: Path) -> None:
+    from batchrun.jobs import IdTracker
+
+    path = tmp_path / "j.jsonl"
+    path.write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": ""}\n'
+                     b'{"id": "a", "prompt": "y"}\n{"id": "b", "prompt": "z"}\n'
+                     b'{"id": "a", "prompt": 1}\n{"id": "c", "prompt": "w"}\n')
+    first = IdTracker()
+    checked = list(read_jobs(path, "m", first))
+    first.release()
+    replay = first.replay()
+    assert list(read_jobs(path, "m", replay)) == checked
+    assert replay._seen is None  # nothing held
+    assert [getattr(i, "output_id", None) or i.custom_id for i in checked] == [  # type: ignore[union-attr]
+        "a", "b", "line-3", "line-4", "line-5", "c"]
