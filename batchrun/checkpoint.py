@@ -33,19 +33,38 @@ def scan_output(path: Path) -> set[str]:
         for raw in f:
             if not raw.endswith(b"\n"):
                 break  # torn: the process died in the middle of this write
-            try:
-                cid = orjson.loads(raw).get("custom_id")
-            except (orjson.JSONDecodeError, AttributeError):
+            cid = _custom_id(raw)
+            if cid is None:
                 raise InputError(
                     f"{path} is not a batchrun results file (line {raw[:60]!r}…); "
                     "choose another output path with -o."
-                ) from None
-            if isinstance(cid, str):
-                done.add(cid)
+                )
+            done.add(cid)
             good_end += len(raw)
         if f.seek(0, os.SEEK_END) != good_end:
             f.truncate(good_end)
     return done
+
+
+_PREFIX = b'{"id":"batch_req_'
+_CID_AT = len(_PREFIX) + 24 + len(b'","custom_id":')
+
+
+def _custom_id(raw: bytes) -> str | None:
+    """A result line's custom_id. Our own lines have it at a fixed place, so a resume with a
+    million done lines decodes only the id (the whole line is parsed when that fails)."""
+    if raw.startswith(_PREFIX) and raw[_CID_AT : _CID_AT + 1] == b'"':
+        end = raw.find(b'","response":', _CID_AT + 1)
+        if end > 0:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                cid = orjson.loads(raw[_CID_AT : end + 1])
+                if isinstance(cid, str):
+                    return cid
+    try:
+        cid = orjson.loads(raw).get("custom_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return cid if isinstance(cid, str) else None
 
 
 def result_line(

@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from batchrun.checkpoint import OutputWriter, result_line, scan_output
 from batchrun.client import ApiClient, Endpoint, Kind, Outcome
@@ -37,7 +38,7 @@ from batchrun.events import (
     StateChanged,
     Throttled,
 )
-from batchrun.jobs import Request, check_input, read_jobs
+from batchrun.jobs import InputReport, Request, check_input, read_jobs
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
 from batchrun.limiter import Limiter, Ticket
 from batchrun.tiers import Limits, preset
@@ -124,8 +125,12 @@ class Engine:
         now_utc: Callable[[], dt.datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        checked: dict[str, Any] | None = None,
+        on_checked: Callable[[InputReport], None] = lambda report: None,
     ) -> None:
         self.spec = spec
+        self._checked = checked  # the checking pass of an earlier run of the same input
+        self._on_checked = on_checked
         self._budget_for = budget_for
         self._key = api_key
         self._emit = listener
@@ -150,7 +155,11 @@ class Engine:
     async def run(self) -> BatchrunError | None:
         """Run the job to its end; return why it stopped early (None: every request has a line)."""
         done = scan_output(self.spec.output)
-        report = check_input(self.spec.input, self.spec.model, done)
+        if self._checked is not None:
+            report = InputReport.from_dict(self._checked, done)
+        else:
+            report = check_input(self.spec.input, self.spec.model, done)
+            self._on_checked(report)
         if report.bad_total and self.spec.on_bad_line == "fail":
             raise BadLinesError(str(self.spec.input), report.bad, report.bad_total)
         self._total, self._done = report.total, report.already_done

@@ -283,12 +283,31 @@ def file_fingerprint(path: Path) -> tuple[int, float]:
 
 @dataclass(slots=True)
 class InputReport:
+    """What the checking pass found. Saved in the job's manifest, so a resume of an unchanged
+    input does not read a million lines twice before its first request."""
+
     total: int = 0
     already_done: int = 0
     bad_total: int = 0
     bad: list[BadLine] = field(default_factory=list)
     models: dict[str, int] = field(default_factory=dict)
     ids: IdTracker = field(default_factory=IdTracker)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total, "bad_total": self.bad_total, "models": self.models,
+            "bad": [[b.line_no, b.custom_id, b.reason] for b in self.bad],
+            "duplicates": sorted(self.ids.duplicates), "unnamed": sorted(self.ids.unnamed),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], done: set[str]) -> InputReport:
+        ids = IdTracker()
+        ids.release()
+        ids.duplicates, ids.unnamed = set(data["duplicates"]), set(data["unnamed"])
+        # The output is this job's own: every id in it is one of the file's.
+        return cls(total=data["total"], already_done=len(done), bad_total=data["bad_total"],
+                   bad=[BadLine(*b) for b in data["bad"]], models=dict(data["models"]), ids=ids)
 
 
 def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputReport:  # type: ignore[assignment]

@@ -81,6 +81,7 @@ class Manifest:
     done: int = 0
     failed: int = 0
     message: str = ""
+    checked: dict[str, Any] | None = None  # the input's checking pass, while it is unchanged
 
     @property
     def finished(self) -> bool:

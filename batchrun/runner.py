@@ -20,6 +20,7 @@ from batchrun.client import Endpoint
 from batchrun.engine import Engine, JobSpec
 from batchrun.errors import BatchrunError, DailyLimitReached, InputError, Interrupted
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
+from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.tiers import Limits, family
@@ -132,9 +133,11 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
             )
     manifest = existing or Manifest(job_id=job_id, input=str(spec.input.resolve()),
                                     output=str(output), fingerprint=print_, options={})
+    if manifest.options.get("model", spec.model) != spec.model:
+        manifest.checked = None  # lines that name no model now get another one
     manifest.options = spec_options(spec, simulate)
-    if force and print_:
-        manifest.fingerprint = print_
+    if force and print_ and describe_change(manifest.fingerprint, print_):
+        manifest.fingerprint, manifest.checked = print_, None
     return manifest
 
 
@@ -167,7 +170,11 @@ async def run(
             updater(event)
             listener(event)
 
-        engine = Engine(spec, api_key, fan_out, budget_for, now_utc=now_utc, sleep=sleep)
+        def remember(report: InputReport) -> None:
+            manifest.checked = report.to_dict()
+
+        engine = Engine(spec, api_key, fan_out, budget_for, now_utc=now_utc, sleep=sleep,
+                        checked=manifest.checked, on_checked=remember)
         stop: BatchrunError | None = None
         try:
             stop = await _drive(engine)
@@ -201,5 +208,5 @@ def check_input_unchanged(manifest: Manifest, force: bool) -> None:
             f"match. Restore the file, or add --force to resume against it as it is now."
         )
     if change:
-        manifest.fingerprint = now
+        manifest.fingerprint, manifest.checked = now, None
 

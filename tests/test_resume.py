@@ -111,6 +111,9 @@ def test_changed_input_is_refused_unless_forced(sim: RunningSim, tmp_path: Path)
     assert "size went from" in refused.stderr
     forced = run_cli("resume", job_id, "--force", "--tpd", "0", env=env)
     assert forced.code == 0, forced.stderr
+    # The input was checked again (the first run's count of 20 lines no longer holds).
+    [job] = orjson.loads(run_cli("status", "--json").stdout)["jobs"]
+    assert job["total"] == job["done"] == 21 and job["checked"]["total"] == 21
     assert_all_answered([*rows, {"id": "extra", "prompt": "one more", "max_tokens": 10}],
                         read_results(tmp_path / "jobs.results.jsonl"))
 
