@@ -25,6 +25,7 @@ from batchrun.errors import BatchrunError
 
 BUSY_TIMEOUT_S = 30.0
 EXHAUSTED_CHECK_S = 5.0
+LEASE_SHARE = 0.01  # of the daily budget, taken from the ledger at a time
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
     host TEXT NOT NULL,
@@ -90,7 +91,9 @@ class Ledger:
         self.path = path
         self._busy_timeout_s = busy_timeout_s
         self._now = now
-        self._pending: defaultdict[tuple[Scope, str], int] = defaultdict(int)
+        # Settlements and returned leases not yet written: (scope, day) -> [tokens, requests].
+        self._pending: defaultdict[tuple[Scope, str], list[int]] = defaultdict(lambda: [0, 0])
+        self._budgets: list[DailyBudget] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -119,6 +122,8 @@ class Ledger:
                 time.sleep(0.05)
 
     def close(self) -> None:
+        for budget in self._budgets:
+            budget.release()
         self._flush()
         self._db.close()
 
@@ -132,10 +137,9 @@ class Ledger:
             "AND model=? AND day=?",
             (scope.host, scope.key_fingerprint, scope.model, day.isoformat()),
         ).fetchone()
-        key = (scope, day.isoformat())
-        pending = self._pending.get(key, 0)
+        pending = self._pending.get((scope, day.isoformat()), [0, 0])
         tokens, requests, exhausted = row or (0, 0, 0)
-        return DayUsage(day, tokens + pending, requests, bool(exhausted))
+        return DayUsage(day, tokens + pending[0], requests + pending[1], bool(exhausted))
 
     def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
         """Every (host, key, model) row of one UTC day, for `batchrun status`."""
@@ -157,6 +161,12 @@ class Ledger:
 
     def reserve(self, scope: Scope, tokens: int, tpd: int, rpd: int) -> bool:
         """Atomically take `tokens` and one request from today's budget; False if they don't fit."""
+        return self.lease(scope, tokens, tokens, 1, tpd, rpd) != (0, 0)
+
+    def lease(self, scope: Scope, need_tokens: int, want_tokens: int, want_requests: int,
+              tpd: int, rpd: int) -> tuple[int, int]:
+        """Atomically take up to `want_tokens` and `want_requests` from today's budget, as long
+        as at least `need_tokens` and one request fit; (0, 0) when they don't."""
         day = self.today().isoformat()
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -173,10 +183,12 @@ class Ledger:
                 "AND model=? AND day=?", (scope.host, scope.key_fingerprint, scope.model, day),
             ).fetchone()
             used_tokens, used_requests, exhausted = row or (0, 0, 0)
-            fits = not exhausted and not (tpd and used_tokens + tokens > tpd) and not (
-                rpd and used_requests + 1 > rpd)
+            left_tokens = tpd - used_tokens if tpd else want_tokens
+            left_requests = rpd - used_requests if rpd else want_requests
+            fits = not exhausted and left_tokens >= need_tokens and left_requests >= 1
+            grant = (min(want_tokens, left_tokens), min(want_requests, left_requests))
             if fits:
-                self._add(scope, day, tokens, 1)
+                self._add(scope, day, *grant)
                 self._db.execute(
                     "UPDATE usage SET tpd=?, rpd=? WHERE host=? AND key_fingerprint=? AND model=? "
                     "AND day=?", (tpd, rpd, scope.host, scope.key_fingerprint, scope.model, day))
@@ -191,11 +203,17 @@ class Ledger:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return fits
+        return grant if fits else (0, 0)
 
     def settle(self, scope: Scope, day: dt.date, reserved: int, actual: int) -> None:
         """Replace a reservation made on `day` by the usage the API reported."""
-        self._pending[(scope, day.isoformat())] += actual - reserved
+        self._pending[(scope, day.isoformat())][0] += actual - reserved
+
+    def give_back(self, scope: Scope, day: dt.date, tokens: int, requests: int) -> None:
+        """Return the unused part of a lease."""
+        pending = self._pending[(scope, day.isoformat())]
+        pending[0] -= tokens
+        pending[1] -= requests
 
     def exhaust(self, scope: Scope) -> None:
         """The server says today's budget is spent: no process should try again today."""
@@ -214,13 +232,13 @@ class Ledger:
         )
 
     def _apply_pending(self) -> None:
-        for (scope, day), delta in self._pending.items():
-            if delta:
-                self._add(scope, day, delta, 0)
+        for (scope, day), (tokens, requests) in self._pending.items():
+            if tokens or requests:
+                self._add(scope, day, tokens, requests)
         self._pending.clear()
 
     def _flush(self) -> None:
-        if any(self._pending.values()):
+        if any(t or r for t, r in self._pending.values()):
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._apply_pending()
@@ -236,13 +254,23 @@ class Ledger:
 
 
 class DailyBudget:
-    """One model's budget within the shared ledger, as the engine sees it."""
+    """One model's budget within the shared ledger, as the engine sees it.
+
+    It takes budget from the ledger in leases of 1 % of the day's budget (or exactly what a
+    request needs, when that is more), so the hot path costs one SQLite transaction per lease,
+    not per request. Unused lease goes back when the run ends; a crash leaves at most one lease
+    counted as used, which only errs on the safe side.
+    """
 
     def __init__(self, ledger: Ledger, scope: Scope, tpd: int, rpd: int) -> None:
         self.ledger, self.scope, self.tpd, self.rpd = ledger, scope, tpd, rpd
         self._checked = -math.inf
         self._checked_day: dt.date | None = None
         self._exhausted = False
+        self._lease_day: dt.date | None = None
+        self._lease_tokens = 0
+        self._lease_requests = 0
+        ledger._budgets.append(self)
 
     @property
     def limited(self) -> bool:
@@ -252,7 +280,7 @@ class DailyBudget:
         """The day the reservation was made on, or None if today's budget can't cover it."""
         day = self.ledger.today()
         if self.limited:
-            return day if self.ledger.reserve(self.scope, tokens, self.tpd, self.rpd) else None
+            return day if self._from_lease(day, tokens) else None
         # No local limit: only the API's own "per day" 429 can stop us. Look for it in the
         # ledger now and then (another process may have met it), not on every request.
         now = time.monotonic()
@@ -260,6 +288,30 @@ class DailyBudget:
             self._checked, self._checked_day = now, day
             self._exhausted = self.ledger.usage(self.scope).exhausted
         return None if self._exhausted else day
+
+    def _from_lease(self, day: dt.date, tokens: int) -> bool:
+        if self._lease_day != day:
+            self.release()  # a new UTC day: what is left of yesterday's lease goes back
+            self._lease_day = day
+        if self._lease_tokens < tokens or self._lease_requests < 1:
+            want_tokens = max(tokens - self._lease_tokens, math.ceil(self.tpd * LEASE_SHARE))
+            want_requests = max(1, math.ceil(self.rpd * LEASE_SHARE)) if self.rpd else 64
+            got = self.ledger.lease(self.scope, tokens - self._lease_tokens, want_tokens,
+                                    want_requests, self.tpd, self.rpd)
+            if got == (0, 0):
+                return False
+            self._lease_tokens += got[0]
+            self._lease_requests += got[1]
+        self._lease_tokens -= tokens
+        self._lease_requests -= 1
+        return True
+
+    def release(self) -> None:
+        """Give the unused lease back to the ledger."""
+        if self._lease_day is not None and (self._lease_tokens or self._lease_requests):
+            self.ledger.give_back(self.scope, self._lease_day, self._lease_tokens,
+                                  self._lease_requests)
+        self._lease_tokens = self._lease_requests = 0
 
     def settle(self, day: dt.date, reserved: int, actual: int) -> None:
         if self.limited:
@@ -272,6 +324,7 @@ class DailyBudget:
     def describe(self, server_message: str = "") -> str:
         """e.g. 'Daily token budget reached: 2,000,000 of 2,000,000 tokens used on 2026-11-27
         (UTC)'."""
+        self.release()  # what this process holds but has not used is not "used"
         usage = self.ledger.usage(self.scope)
         day = usage.day.isoformat()
         if usage.exhausted and not self.limited:
