@@ -29,6 +29,9 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/resume_speed.py
+	$(BIN)/python bench/estimate_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
