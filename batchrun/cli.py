@@ -58,6 +58,9 @@ class OnBadLine(str, Enum):
     skip = "skip"
 
 
+Jobs = Annotated[Path, typer.Argument(help="JSONL file of requests")]
+Model = Annotated[str, typer.Option("-m", "--model", help="model for lines that name none")]
+Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}")]
 Limit = Annotated[int | None, typer.Option(min=0, show_default="preset", help="0 = unlimited")]
 
 
@@ -73,12 +76,11 @@ Concurrency = Annotated[int | None, typer.Option(
 
 @app.command()
 def submit(
-    jobs: Annotated[Path, typer.Argument(help="JSONL file of requests")],
+    jobs: Jobs,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="results JSONL",
                                                 show_default="JOBS.results.jsonl")] = None,
-    model: Annotated[str, typer.Option("-m", "--model",
-                                       help="model for lines that name none")] = "gpt-4o-mini",
-    tier: Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}")] = "tier1",
+    model: Model = "gpt-4o-mini",
+    tier: Tier = "tier1",
     rpm: Limit = None,
     tpm: Limit = None,
     rpd: Limit = None,
@@ -201,10 +203,9 @@ def status(
 
 @app.command()
 def estimate(
-    jobs: Annotated[Path, typer.Argument(help="JSONL file of requests")],
-    model: Annotated[str, typer.Option("-m", "--model",
-                                       help="model for lines that name none")] = "gpt-4o-mini",
-    tier: Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}")] = "tier1",
+    jobs: Jobs,
+    model: Model = "gpt-4o-mini",
+    tier: Tier = "tier1",
     rpm: Limit = None,
     tpm: Limit = None,
     rpd: Limit = None,

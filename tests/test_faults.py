@@ -20,7 +20,7 @@ from batchrun.errors import BatchrunError
 from batchrun.ledger import Ledger, Scope
 from batchrun.sim import Faults, SimConfig, request_digest
 from tests.conftest import FAKE_KEY, REPO, RunningSim, read_results, run_cli, write_jsonl
-from tests.test_resume import count_lines, prompts, wait_for
+from tests.test_resume import count_lines, prompts, start_submit, wait_for
 from tests.test_submit import assert_all_answered, body_as_sent
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
@@ -99,10 +99,7 @@ def test_key_revoked_in_the_middle_stops_with_exit_4_and_keeps_results(
     rows = prompts(200)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     out = tmp_path / "jobs.results.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
-         *FAST, "--concurrency", "4", "-q"], env={**os.environ, **ENV}, cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_submit(sim, jobs, "--timeout", "2", "--concurrency", "4")
     wait_for(lambda: count_lines(out) >= 20)
     sim.config.api_key = "sk-rotated-key-0000000000000"  # the key is revoked
     _, stderr = proc.communicate(timeout=60)
@@ -144,10 +141,7 @@ def test_output_deleted_under_a_running_job_is_rebuilt(sim_factory: Any, tmp_pat
     rows = prompts(300)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     out = tmp_path / "jobs.results.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
-         *FAST, "--concurrency", "4", "-q"], env={**os.environ, **ENV}, cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_submit(sim, jobs, "--timeout", "2", "--concurrency", "4")
     wait_for(lambda: count_lines(out) >= 30)
     out.unlink()
     _, stderr = proc.communicate(timeout=120)
@@ -162,10 +156,7 @@ def test_output_truncated_under_a_running_job_stops_and_resume_repairs(
     rows = prompts(300)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     out = tmp_path / "jobs.results.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
-         *FAST, "--concurrency", "4", "-q"], env={**os.environ, **ENV}, cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_submit(sim, jobs, "--timeout", "2", "--concurrency", "4")
     wait_for(lambda: count_lines(out) >= 30)
     os.truncate(out, 0)
     _, stderr = proc.communicate(timeout=120)
