@@ -17,7 +17,7 @@ import os
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,15 +168,7 @@ class Ledger:
         """Atomically take up to `want_tokens` and `want_requests` from today's budget, as long
         as at least `need_tokens` and one request fit; (0, 0) when they don't."""
         day = self.today().isoformat()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise BatchrunError(
-                f"the usage ledger {self.path} stayed locked for {self._busy_timeout_s:.0f}s "
-                f"({exc}). "
-                "Another process holds it; results so far are kept, run the same command again."
-            ) from None
-        try:
+        with self._transaction("failed"):
             self._apply_pending()
             row = self._db.execute(
                 "SELECT tokens, requests, exhausted FROM usage WHERE host=? AND key_fingerprint=? "
@@ -192,17 +184,6 @@ class Ledger:
                 self._db.execute(
                     "UPDATE usage SET tpd=?, rpd=? WHERE host=? AND key_fingerprint=? AND model=? "
                     "AND day=?", (tpd, rpd, scope.host, scope.key_fingerprint, scope.model, day))
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            raise BatchrunError(
-                f"the usage ledger {self.path} failed ({exc}); the disk may be full. Results so "
-                "far are kept; fix it, then run the same command again."
-            ) from None
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
         return grant if fits else (0, 0)
 
     def settle(self, scope: Scope, day: dt.date, reserved: int, actual: int) -> None:
@@ -239,18 +220,35 @@ class Ledger:
 
     def _flush(self) -> None:
         if any(t or r for t, r in self._pending.values()):
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._transaction("could not record the last settlements (so it over-counts "
+                                   "today's usage, which is safe)"):
                 self._apply_pending()
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
-                raise BatchrunError(
-                    f"the usage ledger {self.path} could not record the last settlements ({exc});"
-                    " it over-counts today's usage, which is safe. Results are kept."
-                ) from None
         self._pending.clear()
+
+    @contextlib.contextmanager
+    def _transaction(self, what_failed: str) -> Iterator[None]:
+        """One short write transaction; every SQLite failure becomes a clear BatchrunError."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise BatchrunError(
+                f"the usage ledger {self.path} stayed locked for {self._busy_timeout_s:.0f}s "
+                f"({exc}). Another process holds it; results so far are kept, run the same "
+                "command again."
+            ) from None
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise BatchrunError(
+                f"the usage ledger {self.path} {what_failed} ({exc}); the disk may be full. "
+                "Results so far are kept; fix it, then run the same command again."
+            ) from None
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
 
 class DailyBudget:
