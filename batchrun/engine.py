@@ -348,9 +348,8 @@ class Engine:
         if not lane.budget.limited or now - lane.budget_reported < 1.0:
             return
         lane.budget_reported = now
-        usage = lane.budget.ledger.usage(lane.budget.scope)
-        self._emit(BudgetUsed(lane.model, usage.tokens, lane.budget.tpd, usage.requests,
-                              lane.budget.rpd))
+        tokens, requests = lane.budget.used_today()
+        self._emit(BudgetUsed(lane.model, tokens, lane.budget.tpd, requests, lane.budget.rpd))
 
     # -- results --------------------------------------------------------------------------------
 

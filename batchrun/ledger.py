@@ -304,6 +304,11 @@ class DailyBudget:
         self._lease_requests -= 1
         return True
 
+    def used_today(self) -> tuple[int, int]:
+        """Tokens and requests used today by every process, less what this one holds unused."""
+        usage = self.ledger.usage(self.scope)
+        return usage.tokens - self._lease_tokens, usage.requests - self._lease_requests
+
     def release(self) -> None:
         """Give the unused lease back to the ledger."""
         if self._lease_day is not None and (self._lease_tokens or self._lease_requests):
