@@ -148,7 +148,6 @@ class Engine:
         self._timers: set[asyncio.TimerHandle] = set()
         self._done = 0
         self._total = 0
-        self._failed = 0
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -375,7 +374,6 @@ class Engine:
             custom_id, out.status if out else None, out.request_id if out else "", body, error
         ))
         self._done += 1
-        self._failed += error is not None
         tokens_in, tokens_out = out.usage if out else (0, 0)
         self._emit(RequestFinished(
             custom_id, model, error is None, tokens_in, tokens_out,
