@@ -6,7 +6,6 @@ Shapes (DESIGN.md): OpenAI Batch API lines; chat lines `{"id", "messages", ...bo
 
 from __future__ import annotations
 
-import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -274,11 +273,6 @@ def _guess_id(obj: Any) -> str | None:
             if isinstance(obj.get(key), str):
                 return str(obj[key])
     return None
-
-
-def file_fingerprint(path: Path) -> tuple[int, float]:
-    st = os.stat(path)
-    return st.st_size, st.st_mtime
 
 
 @dataclass(slots=True)

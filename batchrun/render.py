@@ -9,7 +9,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from batchrun.progress import compact
+from batchrun.progress import describe_limits
+from batchrun.tiers import Limits
 
 
 def _minutes(m: float) -> str:
@@ -46,9 +47,7 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
         else:
             table.add_row("cost", f"${c['input']:,.4f} input + ${c['output']:,.4f} output = "
                           f"${c['total']:,.4f} · via the Batch API ${c['batch_api_total']:,.4f}")
-        lim = m["limits"]
-        table.add_row("limits", " · ".join(
-            f"{compact(lim[k]) if lim[k] else 'unlimited'} {k.upper()}" for k in lim))
+        table.add_row("limits", describe_limits(Limits(**m["limits"])))
         mins = m["minutes"]
         parts = [f"{_minutes(v)} by {k.removeprefix('by_').upper()}" for k, v in mins.items()
                  if v is not None]

@@ -31,15 +31,6 @@ class Limits:
                 raise ValueError(f"--{key} must be 0 (unlimited) or a positive number, not {value}")
         return replace(self, **given)
 
-    def describe(self) -> str:
-        def fmt(v: int) -> str:
-            return "unlimited" if v == UNLIMITED else f"{v:,}"
-
-        return (
-            f"{fmt(self.rpm)} requests/min, {fmt(self.tpm)} tokens/min, "
-            f"{fmt(self.rpd)} requests/day, {fmt(self.tpd)} tokens/day"
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Price:

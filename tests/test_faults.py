@@ -136,13 +136,20 @@ def test_disk_full_is_a_clear_error_and_resume_finishes(sim: RunningSim, tmp_pat
     assert_all_answered(rows, read_results(out))  # the torn last line was cut, none lost
 
 
-def test_output_deleted_under_a_running_job_is_rebuilt(sim_factory: Any, tmp_path: Path) -> None:
+def running_job(sim_factory: Any, tmp_path: Path) -> tuple[list[dict[str, Any]], Path,
+                                                            subprocess.Popen[str]]:
+    """A 300-request job that has written at least 30 results and is still going."""
     sim = sim_factory(SimConfig(latency_s=0.02))
     rows = prompts(300)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     out = tmp_path / "jobs.results.jsonl"
     proc = start_submit(sim, jobs, "--timeout", "2", "--concurrency", "4")
     wait_for(lambda: count_lines(out) >= 30)
+    return rows, out, proc
+
+
+def test_output_deleted_under_a_running_job_is_rebuilt(sim_factory: Any, tmp_path: Path) -> None:
+    rows, out, proc = running_job(sim_factory, tmp_path)
     out.unlink()
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
@@ -152,12 +159,7 @@ def test_output_deleted_under_a_running_job_is_rebuilt(sim_factory: Any, tmp_pat
 def test_output_truncated_under_a_running_job_stops_and_resume_repairs(
     sim_factory: Any, tmp_path: Path
 ) -> None:
-    sim = sim_factory(SimConfig(latency_s=0.02))
-    rows = prompts(300)
-    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
-    out = tmp_path / "jobs.results.jsonl"
-    proc = start_submit(sim, jobs, "--timeout", "2", "--concurrency", "4")
-    wait_for(lambda: count_lines(out) >= 30)
+    rows, out, proc = running_job(sim_factory, tmp_path)
     os.truncate(out, 0)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 1, stderr

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from batchrun.progress import describe_limits
 from batchrun.tiers import Limits, family, preset, price
 
 
@@ -25,7 +26,7 @@ def test_published_tier1_numbers() -> None:
 def test_overrides_and_zero_means_unlimited() -> None:
     lim = Limits(rpm=500, tpm=200_000).override(rpm=0, tpm=None, tpd=5)
     assert lim == Limits(rpm=0, tpm=200_000, tpd=5)
-    assert "unlimited requests/min" in lim.describe()
+    assert describe_limits(lim) == "unlimited RPM · 200K TPM · unlimited RPD · 5 TPD"
     with pytest.raises(ValueError, match="must be 0"):
         Limits().override(rpm=-1)
 
