@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test test-all lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 	$(BIN)/batchrun submit samples/jobs.jsonl --simulate
 
 test: $(STAMP)
+	$(BIN)/ruff check batchrun tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not slow"
+
+test-all: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest

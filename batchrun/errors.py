@@ -4,6 +4,8 @@
     ├── InputError                exit 2   bad input file, bad option; nothing was sent
     ├── DailyLimitReached         exit 3   today's token/request budget is spent; resume later
     ├── ApiRefused                exit 4   bad key, no credit or quota; checkpoint kept
+    ├── StateError                exit 5   local state or I/O failed (disk full, output damaged,
+    │                                      ledger unusable); checkpoint kept: fix it, run again
     └── Interrupted               exit 130 Ctrl-C; checkpoint kept
 
 Every message says what happened and what to do next. None may contain the API key: messages
@@ -20,6 +22,7 @@ EXIT_SOME_FAILED = 1
 EXIT_INPUT = 2
 EXIT_DAILY = 3
 EXIT_REFUSED = 4
+EXIT_STATE = 5
 EXIT_INTERRUPTED = 130
 
 # sk-..., sk-proj-..., Azure's 32-hex keys, bearer tokens: anything that looks like a secret.
@@ -92,6 +95,13 @@ class DailyLimitReached(BatchrunError):
 
 class ApiRefused(BatchrunError):
     exit_code = EXIT_REFUSED
+
+
+class StateError(BatchrunError):
+    """Local state or I/O failed: the disk, the output file, the ledger. Not the requests' fault,
+    so scripts can tell "fix the machine and run again" from "look at the failed lines"."""
+
+    exit_code = EXIT_STATE
 
 
 class Interrupted(BatchrunError):

@@ -76,6 +76,7 @@ def test_a_fault_now_and_then_is_retried_to_success(sim_factory: Any, tmp_path: 
     assert max(attempts_on_server(sim, rows)) <= 9
 
 
+@pytest.mark.slow
 def test_a_429_storm_of_30_seconds_is_waited_out_together(sim_factory: Any,
                                                           tmp_path: Path) -> None:
     sim = sim_factory(SimConfig())
@@ -261,6 +262,7 @@ def test_input_lines_cannot_choose_the_host_or_the_output(sim: RunningSim,
 LOAD_REQUESTS = int(os.environ.get("BATCHRUN_LOAD_REQUESTS", "100000"))
 
 
+@pytest.mark.slow
 def test_load_with_one_percent_of_every_fault_is_exactly_once(sim_factory: Any,
                                                               tmp_path: Path) -> None:
     """100,000 requests; 1 % each of 500, 503, dropped connection, hang, truncated body,
