@@ -13,7 +13,6 @@ import orjson
 import pytest
 
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
-from batchrun.tokens import prompt_tokens
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl
 from tests.test_resume import prompts
 
@@ -24,7 +23,7 @@ def estimate(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     return orjson.loads(run.stdout)  # type: ignore[no-any-return]
 
 
-def test_prompt_tokens_are_exact_and_match_what_the_api_reports(tmp_path: Path) -> None:
+def test_prompt_tokens_are_exact(tmp_path: Path) -> None:
     parts = [{"type": "text", "text": "part one"}, {"type": "text", "text": "two"}]
     rows = [{"id": "a", "prompt": "Hello world", "max_tokens": 5},
             {"id": "b", "messages": [
@@ -36,16 +35,14 @@ def test_prompt_tokens_are_exact_and_match_what_the_api_reports(tmp_path: Path) 
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     e = estimate(str(jobs), "--assume-output-tokens", "100")
     [m] = e["models"]
-    expected = sum(prompt_tokens("/v1/chat/completions", body) for body in (
-        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello world"}]},
-        {"model": "gpt-4o-mini", "messages": rows[1]["messages"]},
-        rows[2]["body"]))
-    assert m["prompt_tokens"] == expected
+    # Counted by hand in o200k_base (3 per message, 1 per name, 3 priming the reply):
+    # a: 3 + user 1 + "Hello"," world" 2 + 3                                        =  9
+    # b: 3 + system 1 + "Be"," brief","." 3 + 3 + user 1 + ann 1 + 1
+    #    + "Hi"," <","|","end","of","text","|",">" 8 (special tokens are text here)  = 24
+    # c: 3 + user 1 + "part"," one" 2 + "two" 1 + 3                                 = 10
+    assert m["prompt_tokens"] == 9 + 24 + 10
     assert m["max_output_tokens"] == 5 + 7 * 2
     assert m["requests_without_max"] == 1 and m["output_tokens"] == 5 + 14 + 100
-    # The simulator tokenizes with the same formula: the estimate equals the billed prompt.
-    run = run_cli("submit", str(jobs), "--simulate", "--json", "-q")
-    assert orjson.loads(run.stdout)["tokens"]["input"] == expected
 
 
 def test_cost_arithmetic_and_batch_price(tmp_path: Path) -> None:
