@@ -168,7 +168,7 @@ class Engine:
             input=str(self.spec.input), output=str(self.spec.output), total=report.total,
             already_done=report.already_done, bad_lines=report.bad_total,
             limits={m: self.spec.limits_for(m) for m in report.models},
-            base_url=self.spec.endpoint.base_url,
+            base_url=self.spec.endpoint.base_url, models=dict(report.models),
         ))
         self._emit(StateChanged("running"))
         max_conn = max(512, self.spec.concurrency or 0)
@@ -282,7 +282,7 @@ class Engine:
                 lane.limiter.release(ticket, None)
                 lane.budget.settle(job.day, job.cost, 0)
                 return
-            self._emit(RequestSent(lane.model))
+            self._emit(RequestSent(lane.model, job.cost))
             task = self._tg.create_task(self._attempt(lane, job, ticket))
             self._attempts.add(task)
             task.add_done_callback(self._attempts.discard)

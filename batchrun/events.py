@@ -20,11 +20,14 @@ class JobStarted:
     bad_lines: int
     limits: dict[str, Limits]
     base_url: str
+    # Requests per model in the file (bad lines excluded), for a per-model ETA.
+    models: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class RequestSent:
     model: str
+    cost: int = 0  # tokens charged against the per-minute limit (prompt + max output)
 
 
 @dataclass(frozen=True, slots=True)

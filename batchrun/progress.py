@@ -5,8 +5,11 @@ A Listener of engine events; the CLI owns it. Nothing in the core imports this m
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 from rich.console import Console, Group, RenderableType
@@ -19,6 +22,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 from batchrun.events import (
@@ -26,10 +30,12 @@ from batchrun.events import (
     Event,
     JobStarted,
     RequestFinished,
+    RequestSent,
     StateChanged,
     Stats,
     Throttled,
 )
+from batchrun.ledger import fmt_wait, until_midnight, utc_now
 from batchrun.tiers import Limits
 
 PLAIN_EVERY_S = 10.0
@@ -40,11 +46,12 @@ class _Rates:
     """Requests and tokens finished in the last minute, kept per second: memory and time stay
     constant whatever the rate (a deque per event held 400,000 entries at 7,000 req/s)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
         self._seconds: deque[list[int]] = deque()  # [second, requests, tokens]
 
     def add(self, tokens: int) -> None:
-        second = int(time.monotonic())
+        second = int(self._clock())
         if self._seconds and self._seconds[-1][0] == second:
             self._seconds[-1][1] += 1
             self._seconds[-1][2] += tokens
@@ -53,10 +60,46 @@ class _Rates:
 
     def last_minute(self) -> tuple[int, int]:
         """Counted, not extrapolated: limits are per sliding minute, and so is this."""
-        oldest = int(time.monotonic()) - RATE_WINDOW_S
+        oldest = int(self._clock()) - RATE_WINDOW_S
         while self._seconds and self._seconds[0][0] <= oldest:
             self._seconds.popleft()
         return sum(s[1] for s in self._seconds), sum(s[2] for s in self._seconds)
+
+
+@dataclass(slots=True)
+class _Model:
+    """What the display knows of one model's share of the job."""
+
+    limits: Limits
+    rates: _Rates
+    total: int = 0
+    finished: int = 0
+    sent: int = 0
+    charged: int = 0  # tokens charged at admission, over `sent`
+
+
+def eta_s(left: int, limits: Limits, mean_charge: float | None, observed_per_s: float | None,
+          weight: float) -> float | None:
+    """Seconds to finish `left` requests of one model; None when nothing tells the rate yet.
+
+    The rate the limits allow (the estimate's arithmetic) carries the ETA at first: the rate
+    observed in the opening seconds is distorted by the burst a full bucket allows. The observed
+    rate takes over as `weight` (0..1) grows, capped at the limits' rate, so a job held back by
+    latency or 429s shows it, and a burst never promises more than the limits can sustain.
+    """
+    if left <= 0:
+        return 0.0
+    allowed = [limits.rpm / 60] if limits.rpm else []
+    if limits.tpm and mean_charge:
+        allowed.append(limits.tpm / 60 / mean_charge)
+    limit_rate = min(allowed, default=None)
+    if limit_rate is None:
+        rate = observed_per_s
+    elif observed_per_s is None:
+        rate = limit_rate
+    else:
+        rate = (1 - weight) * limit_rate + weight * min(observed_per_s, limit_rate)
+    return left / rate if rate else None
 
 
 def compact(n: float) -> str:
@@ -68,9 +111,10 @@ def compact(n: float) -> str:
 
 
 def _against(value: float, limit: int, unit: str) -> str:
+    unit = f" {unit}" if unit else ""
     if not limit:
-        return f"{compact(value)} {unit}"
-    return f"{compact(value)}/{compact(limit)} {unit} ({value / limit:.0%})"
+        return f"{compact(value)}{unit}"
+    return f"{compact(value)}/{compact(limit)}{unit} {value / limit:.0%}"
 
 
 def _exact(n: int) -> str:
@@ -98,8 +142,13 @@ class ProgressDisplay:
     """Subscribe with `display(event)`; use as a context manager around the run."""
 
     def __init__(self, stats: Stats, stream: IO[str], quiet: bool = False,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stats = stats
+        self._clock = clock
+        self._models: dict[str, _Model] = {}
+        self._started_at = clock()
+        self._cooling_until = 0.0
         self.quiet = quiet
         self.console = console or Console(file=stream, highlight=False)
         self._budgets: dict[str, BudgetUsed] = {}
@@ -107,8 +156,8 @@ class ProgressDisplay:
             # A log file or pipe: one event, one line, however long.
             self.console.soft_wrap = True
         self.live_mode = self.console.is_terminal and not quiet
-        self._rates = _Rates()
-        self._last_plain = 0.0
+        self._rates = _Rates(clock)
+        self._last_plain = -math.inf
         self._detail = ""
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -141,12 +190,19 @@ class ProgressDisplay:
         match event:
             case JobStarted():
                 self._started(event)
-            case RequestFinished(tokens_in=tin, tokens_out=tout):
+            case RequestSent(model=model, cost=cost):
+                m = self._model(model)
+                m.sent += 1
+                m.charged += cost
+            case RequestFinished(model=model, tokens_in=tin, tokens_out=tout):
                 self._rates.add(tin + tout)
+                m = self._model(model)
+                m.finished += 1
+                m.rates.add(tin + tout)
             case BudgetUsed(model=model):
                 self._budgets[model] = event
             case Throttled(pause_s=pause):
-                self._detail = f"cooling down {pause:.1f}s after a 429 (rate limit)"
+                self._cooling_until = max(self._cooling_until, self._clock() + pause)
             case StateChanged(state=state, detail=detail):
                 self._detail = detail if state in ("draining", "paused-daily") else ""
                 if not self.live_mode:
@@ -154,71 +210,136 @@ class ProgressDisplay:
         if self._live is None and not isinstance(event, JobStarted):
             self._plain()
 
+    def _model(self, name: str) -> _Model:
+        m = self._models.get(name)
+        if m is None:
+            limits = self.stats.limits.get(name, Limits())
+            m = self._models[name] = _Model(limits, _Rates(self._clock))
+        return m
+
     def _started(self, event: JobStarted) -> None:
-        self.console.print(
-            f"batchrun: {event.total:,} requests in {event.input} → {event.output}"
-            + (f" ({event.already_done:,} already done)" if event.already_done else "")
-        )
+        self._started_at = self._clock()
+        # Which model the already-done lines belong to is not known without reading them all:
+        # share them out in proportion, which is exact for one model and close for several.
+        valid = sum(event.models.values())
+        for name, count in event.models.items():
+            done = round(event.already_done * count / valid) if valid else 0
+            self._models[name] = _Model(event.limits.get(name, Limits()), _Rates(self._clock),
+                                        total=max(0, count - done))
+        done_note = f" ({event.already_done:,} already done)" if event.already_done else ""
+        self.console.print(f"batchrun: {event.total:,} requests{done_note} in {event.input}",
+                           markup=False)
+        self.console.print(f"  results → {event.output}", markup=False)
         for model, limits in event.limits.items():
             self.console.print(f"  {model}: {describe_limits(limits)}")
         self.console.print(f"  sending to {event.base_url}")
 
-    def _limits(self) -> tuple[int, int]:
-        rpm = sum(lim.rpm for lim in self.stats.limits.values())
-        tpm = sum(lim.tpm for lim in self.stats.limits.values())
-        return rpm, tpm
-
     def _eta_s(self) -> float | None:
-        """Time left at the slower of what the limits allow and what we achieve now.
+        """The job ends when its slowest model does: each runs in its own lane."""
+        elapsed = self._clock() - self._started_at
+        weight = min(1.0, elapsed / RATE_WINDOW_S)
+        etas: list[float] = []
+        for m in self._models.values():
+            if not m.total:
+                continue
+            requests, tokens = m.rates.last_minute()
+            observed = requests / max(1.0, min(elapsed, RATE_WINDOW_S)) if requests else None
+            mean = m.charged / m.sent if m.sent and m.charged else (
+                tokens / requests if requests else None)
+            eta = eta_s(m.total - m.finished, m.limits, mean, observed, weight)
+            if eta is None:
+                return None
+            etas.append(eta)
+        return max(etas, default=None)
 
-        A rate-of-progress ETA is fooled by the opening burst; the limits are not.
-        """
+    def _when(self) -> str:
         s = self.stats
-        left = s.total - s.done
-        if left <= 0:
-            return 0.0
-        requests, tokens = self._rates.last_minute()
-        rates = [requests / 60] if requests else []
-        rpm, tpm = self._limits()
-        if rpm:
-            rates.append(rpm / 60)
-        if tpm and requests and tokens:
-            rates.append(tpm / 60 / (tokens / requests))
-        rate = min(rates, default=0.0)
-        return left / rate if rate > 0 else None
+        if s.state == "paused-daily":
+            return f"resumes 00:00 UTC, in {fmt_wait(until_midnight(utc_now()))}"
+        if s.state in ("running", "cooling"):
+            eta = self._eta_s()
+            return "ETA ?" if eta is None else f"ETA {_fmt_eta(eta)}"
+        return ""
 
     def _state_line(self) -> str:
         s = self.stats
-        eta = self._eta_s()
-        eta_text = "?" if eta is None else _fmt_eta(eta)
-        return (f"{s.state} · ETA {eta_text} · in flight {s.in_flight:,} · "
-                f"failed {s.failed:,} · 429s {s.throttled:,}")
+        when = self._when()
+        return " · ".join(part for part in (
+            s.state, when, f"in flight {s.in_flight:,}", f"failed {s.failed:,}",
+            f"429s {s.throttled:,}") if part)
 
-    def _rate_line(self) -> str:
-        requests, tokens = self._rates.last_minute()
-        rpm, tpm = self._limits()
-        line = f"last minute: {_against(requests, rpm, 'req')} · {_against(tokens, tpm, 'tok')}"
-        if self._budgets:
-            used = sum(b.tokens for b in self._budgets.values())
-            budget = sum(b.tpd for b in self._budgets.values())
-            line += f" · today {_against(used, budget, 'tok')}" if budget else ""
-        return line
+    def _gauges(self, name: str, m: _Model, units: bool = True) -> tuple[str, str, str]:
+        """Requests and tokens of the last minute, and today's budget, against their limits."""
+        requests, tokens = m.rates.last_minute()
+        req, tok = ("req", "tok") if units else ("", "")
+        today = ""
+        budget = self._budgets.get(name)
+        if budget is not None and budget.tpd:
+            today = _against(budget.tokens, budget.tpd, tok)
+        elif budget is not None and budget.rpd:
+            today = _against(budget.requests, budget.rpd, "req")
+        return _against(requests, m.limits.rpm, req), _against(tokens, m.limits.tpm, tok), today
+
+    def _ranked(self) -> list[tuple[str, _Model]]:
+        """The models in the job, the busiest against its limits first. "?" holds bad input
+        lines: recorded, never sent, with no limits."""
+        models = [(n, m) for n, m in self._models.items()
+                  if n != "?" and (m.finished or m.sent or m.total)]
+
+        def load(item: tuple[str, _Model]) -> float:
+            m = item[1]
+            requests, tokens = m.rates.last_minute()
+            return max(requests / m.limits.rpm if m.limits.rpm else 0.0,
+                       tokens / m.limits.tpm if m.limits.tpm else 0.0)
+
+        return sorted(models, key=load, reverse=True)
+
+    def _rate_text(self) -> str:
+        """The gauges as one line: every model, named when there are several."""
+        ranked = self._ranked() or [("", _Model(Limits(), _Rates(self._clock)))]
+        parts = []
+        for name, m in ranked:
+            req, tok, today = self._gauges(name, m)
+            named = f"{name} " if len(ranked) > 1 else ""
+            parts.append(f"{named}{req} · {tok}" + (f" · today {today}" if today else ""))
+        return "last minute: " + " | ".join(parts)
+
+    def _rate_renderable(self) -> RenderableType:
+        """One line for one model; a row per model when there are several, so that each
+        model's gauges stay within 80 columns."""
+        ranked = self._ranked()
+        if len(ranked) <= 1:
+            return Text(self._rate_text(), style="dim")
+        table = Table(box=None, padding=(0, 2, 0, 0), pad_edge=False, show_edge=False,
+                      style="dim", header_style="dim")
+        for column in ("last minute", "requests", "tokens", "today (tokens)"):
+            table.add_column(column, no_wrap=True, overflow="ellipsis")
+        for name, m in ranked:
+            table.add_row(name, *self._gauges(name, m, units=False))
+        return table
+
+    def _detail_line(self) -> str:
+        left = self._cooling_until - self._clock()
+        if left > 0 and self.stats.state in ("running", "cooling"):
+            return f"cooling down {left:.1f}s after a 429 (rate limit)"
+        return self._detail
 
     def render(self) -> Group:
         self._progress.update(self._task, total=self.stats.total or None,
                               completed=self.stats.done)
-        lines: list[RenderableType] = [
-            self._progress, Text(self._state_line()), Text(self._rate_line(), style="dim")]
-        if self._detail:
-            lines.append(Text(self._detail, style="yellow"))
+        lines: list[RenderableType] = [self._progress, Text(self._state_line()),
+                                       self._rate_renderable()]
+        detail = self._detail_line()
+        if detail:
+            lines.append(Text(detail, style="yellow"))
         return Group(*lines)
 
     def _plain(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if not force and now - self._last_plain < PLAIN_EVERY_S:
             return
         self._last_plain = now
         s = self.stats
-        detail = f" · {self._detail}" if self._detail else ""
-        self.console.print(f"[{s.done:,}/{s.total:,}] {self._state_line()} · {self._rate_line()}"
-                           f"{detail}", markup=False)
+        detail = self._detail_line()
+        self.console.print(f"[{s.done:,}/{s.total:,}] {self._state_line()} · {self._rate_text()}"
+                           + (f" · {detail}" if detail else ""), markup=False)
