@@ -72,9 +72,29 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                       f" · {_minutes(e['minutes_to_finish'])} · {e['days']} UTC day(s)")
 
 
+# Through a pipe or into a file nothing is cut: rows are as wide as their contents.
+UNBOUNDED = 10_000
+
+
 def render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dict[str, Any]],
                   day: str, detail: bool) -> None:
-    """`batchrun status`: the jobs, then today's usage against the daily budgets."""
+    """`batchrun status`: the jobs, then today's usage against the daily budgets.
+
+    In a terminal, cells that don't fit fold onto a second line; elsewhere (a pipe, a file, a
+    script's grep) rows are never cut or folded.
+    """
+    if not console.is_terminal:
+        saved, console.width = console.width, UNBOUNDED
+        try:
+            _render_status(console, jobs, usage, day, detail)
+        finally:
+            console.width = saved
+    else:
+        _render_status(console, jobs, usage, day, detail)
+
+
+def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dict[str, Any]],
+                   day: str, detail: bool) -> None:
     if not jobs:
         console.print("No jobs yet. Start one with: batchrun submit JOBS.jsonl")
     elif detail:
@@ -91,7 +111,8 @@ def render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dict
     else:
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         for name in ("job", "state", "done", "failed", "updated (UTC)", "output"):
-            table.add_column(name, no_wrap=name != "output",
+            # Numbers, states and times never break; names fold when the terminal is narrow.
+            table.add_column(name, overflow="fold", no_wrap=name not in ("job", "output"),
                              justify="right" if name in ("done", "failed") else "left")
         for j in jobs:
             table.add_row(j["job_id"], j["state"], f"{j['done']:,}/{j['total']:,}",
@@ -106,7 +127,7 @@ def render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dict
                       pad_edge=False, title_justify="left")
         for name in ("key", "model", "tokens", "of budget", "requests", "of budget "):
             table.add_column(name, justify="left" if name in ("key", "model") else "right",
-                             no_wrap=True)
+                             overflow="fold", no_wrap=name != "model")
         for u in (u for u in usage if u["host"] == host):
             table.add_row(
                 u["key_fingerprint"], u["model"], f"{u['tokens']:,}",
