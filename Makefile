@@ -12,9 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# 300 requests at a demo limit of 200 a minute: a full bucket's burst, then a minute of pacing
+# with the gauges moving. Its own state dir keeps simulated usage out of your real ledger.
 demo: $(STAMP)
-	rm -f samples/jobs.results.jsonl
-	$(BIN)/batchrun submit samples/jobs.jsonl --simulate
+	rm -rf .demo-state samples/jobs.results.jsonl
+	BATCHRUN_HOME=.demo-state $(BIN)/batchrun submit samples/jobs.jsonl --simulate --rpm 200
 
 test: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
