@@ -132,6 +132,19 @@ def _error_fields(body: Any) -> tuple[str, str, str]:
     return str(err.get("code") or ""), str(err.get("type") or ""), str(err.get("message") or "")
 
 
+def without_userinfo(url: str) -> str:
+    """The URL with any `user:password@` shown as `***@`: for messages, never for sending.
+    Plain string work, so it cannot fail on a malformed URL a server handed us."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return scheme + sep + authority + rest[end:]
+
+
 def _scrub(value: Any, secret: str, key_like: bool) -> Any:
     """The body with the key (and, in error bodies, anything key-shaped) redacted."""
     if isinstance(value, str):
@@ -162,6 +175,17 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secr
             return out
         out.kind, out.code = Kind.RETRY, "invalid_response"
         out.message = f"the server answered 200 without {want!r} (truncated or not JSON)"
+        return out
+    if 300 <= status < 400:
+        # Following would carry the key (aiohttp keeps `api-key` across hosts) and the prompt to
+        # wherever the server pointed, and accept that host's answer as the result.
+        where = redact(without_userinfo(headers.get("location", "")), secret) or "nowhere"
+        out.kind, out.code = Kind.FAIL, "redirected"
+        out.message = (
+            f"the server answered HTTP {status}, redirecting to {where}; batchrun does not follow "
+            "redirects. If that is the API's real address, give it as --base-url "
+            "(or --azure-endpoint)."
+        )
         return out
     code, etype, message = _error_fields(body)
     message = redact(message, secret)
@@ -288,7 +312,9 @@ class ApiClient:
         assert self._session is not None, "use ApiClient in `async with`"
         try:
             async with self._session.post(
-                self.endpoint.url_for(request), data=orjson.dumps(request.body)
+                self.endpoint.url_for(request),
+                data=orjson.dumps(request.body),
+                allow_redirects=False,
             ) as resp:
                 raw = await resp.read()
                 return classify(resp.status, resp.headers, raw, request.url, self._key)
