@@ -215,6 +215,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_url(url: str, what: str, key_env: str) -> str:
+    """The URL if requests can be built on it; else an InputError that never echoes credentials."""
+    shown = without_userinfo(url)
+    example = f"give e.g. {OPENAI_BASE_URL}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: it raises on a bad one
+    except ValueError as exc:
+        problem = "has an invalid port" if "port" in str(exc).lower() else "is not a valid URL"
+        raise InputError(f"{what} {shown!r} {problem}; {example}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"{what} {shown!r} is not an http(s) URL; {example}")
+    if parts.username is not None or parts.password is not None:
+        # URLs are printed, stored in the job's manifest and shown by `status`; keys are not.
+        raise InputError(
+            f"{what} {shown!r} holds a user name or password (user:…@). batchrun takes no "
+            "credentials in URLs, since it prints and stores the URL. Remove them and export the "
+            f"key in ${key_env} (or the variable you name with --api-key-env)."
+        )
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise InputError(f"{what} {shown!r} holds a space or control character; {example}")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise InputError(
+            f"{what} {shown!r} has a query (?…) or fragment (#…); batchrun appends the API's "
+            f"paths to it, so {example}"
+        )
+    return url
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where requests go and how they authenticate. Holds the key's env var name, never the key."""
@@ -234,11 +263,14 @@ class Endpoint:
         insecure: bool = False,
     ) -> Endpoint:
         azure = bool(azure_endpoint)
-        url = (azure_endpoint or base_url or OPENAI_BASE_URL).rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise InputError(f"{url!r} is not an http(s) URL; give e.g. {OPENAI_BASE_URL}")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname) and not insecure:
+        key_env = key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
+        url = _check_url(
+            (azure_endpoint or base_url or OPENAI_BASE_URL).strip().rstrip("/"),
+            "The Azure endpoint" if azure else "The base URL",
+            key_env,
+        )
+        host = urlsplit(url).hostname or ""
+        if url.startswith("http:") and not _is_loopback(host) and not insecure:
             raise InputError(
                 f"{url} is plain http to a host that is not this machine: the API key would cross "
                 "the network unencrypted. Use https, or pass --insecure if you really mean it."
@@ -247,7 +279,7 @@ class Endpoint:
             base_url=url,
             azure=azure,
             api_version=os.environ.get("OPENAI_API_VERSION") or AZURE_API_VERSION,
-            key_env=key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY"),
+            key_env=key_env,
             insecure=insecure,
         )
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
+from batchrun.cli import run
 from batchrun.client import ApiClient, Endpoint, Kind
+from batchrun.errors import InputError
 from batchrun.jobs import CHAT_URL, Request
+from tests.conftest import write_jsonl
 
 KEY = "sk-test-abcdefghijklmnop1234"
 REQ = Request(1, "a", CHAT_URL, {"model": "gpt-4o-mini", "messages": [
@@ -74,3 +78,53 @@ async def test_a_redirect_to_another_host_is_not_followed(azure: bool, status: i
     assert out.kind is Kind.FAIL and out.code == "redirected" and out.status == status
     assert other.removeprefix("http://") in out.message
     assert "hunter2pw" not in out.message and KEY not in out.message
+
+
+# -- 11.2 credentials and other unusable URLs -------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "http://user:hunter2pw@127.0.0.1:8000/v1",
+    "https://hunter2pw@api.example.com/v1",
+    "http://user:hunter2pw@api.example.com/v1",  # plain http to a remote host: still not echoed
+    "ftp://user:hunter2pw@example.com/v1",  # not http: still not echoed
+])
+@pytest.mark.parametrize("azure", [False, True], ids=["base-url", "azure"])
+def test_credentials_in_a_url_are_refused_without_echoing_them(url: str, azure: bool) -> None:
+    with pytest.raises(InputError) as caught:
+        Endpoint.make(None, url, None) if azure else Endpoint.make(url, None, None)
+    message = caught.value.message
+    assert "hunter2pw" not in message
+    if url.startswith("http"):
+        assert "--api-key-env" in message
+
+
+def test_submit_with_a_key_in_the_base_url_exits_2_and_prints_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}])
+    code = run(["submit", str(jobs), "--base-url", f"http://user:{KEY}@127.0.0.1:9/v1"])
+    shown = capsys.readouterr()
+    assert code == 2
+    assert KEY not in shown.out + shown.err and "--api-key-env" in shown.err
+    assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("http://127.0.0.1:99999/v1", "port"),
+    ("http://127.0.0.1:http/v1", "port"),
+    ("http://[::1/v1", "not a valid URL"),
+    ("http://127.0.0.1:8000/v1?x=1", "query"),
+    ("http://127.0.0.1:8000/v1#top", "query"),
+    ("http://127.0.0.1:8000/v 1", "space"),
+    ("http://127.0.0.1:8000/\nv1", "space"),
+])
+def test_unusable_urls_are_input_errors(url: str, says: str) -> None:
+    with pytest.raises(InputError, match=says):
+        Endpoint.make(url, None, None)
+
+
+def test_surrounding_blanks_in_a_url_are_ignored() -> None:
+    assert Endpoint.make(" http://127.0.0.1:8000/v1/ ", None, None).base_url == (
+        "http://127.0.0.1:8000/v1")
