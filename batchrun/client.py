@@ -306,6 +306,15 @@ class Endpoint:
                 "(batchrun never takes the key as a flag), or use --simulate to try batchrun "
                 "without one."
             )
+        bad = next((i for i, c in enumerate(key) if not (c.isascii() and c.isprintable())), None)
+        if bad is not None:
+            # An HTTP header cannot carry it; aiohttp would raise on every request. The key is
+            # never shown, only where the offending character sits.
+            raise InputError(
+                f"${self.key_env} holds a control or non-ASCII character (a line break, tab or "
+                f"typographic character) at position {bad + 1} of {len(key)}: often two keys "
+                "pasted together or a copy that picked up extra characters. Export the key alone."
+            )
         return key
 
 

@@ -128,3 +128,22 @@ def test_unusable_urls_are_input_errors(url: str, says: str) -> None:
 def test_surrounding_blanks_in_a_url_are_ignored() -> None:
     assert Endpoint.make(" http://127.0.0.1:8000/v1/ ", None, None).base_url == (
         "http://127.0.0.1:8000/v1")
+
+
+# -- 10.3 keys no HTTP header can carry ------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [
+    "sk-first-half-0000\nsk-second-half-1111",  # two keys pasted into one variable
+    "sk-first-half-0000\rsecond",
+    "sk-first-half-0000\tsecond",
+    "sk-first-half-0000\x1bsecond",
+    "sk-first-half-0000…",  # a copy that picked up a typographic ellipsis
+])
+def test_a_key_with_control_or_non_ascii_characters_is_refused_without_printing_it(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    monkeypatch.setenv("MY_KEY", key)
+    with pytest.raises(InputError, match=r"\$MY_KEY") as caught:
+        Endpoint.make(None, None, "MY_KEY").api_key()
+    assert "first-half" not in caught.value.message and "second" not in caught.value.message
