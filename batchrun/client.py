@@ -145,14 +145,14 @@ def without_userinfo(url: str) -> str:
     return scheme + sep + authority + rest[end:]
 
 
-def _scrub(value: Any, secret: str, key_like: bool) -> Any:
-    """The body with the key (and, in error bodies, anything key-shaped) redacted."""
+def _scrub(value: Any, secret: str) -> Any:
+    """An error body with the key and anything key-shaped redacted."""
     if isinstance(value, str):
-        return redact(value, secret) if key_like else value.replace(secret, "[redacted]")
+        return redact(value, secret)
     if isinstance(value, dict):
-        return {k: _scrub(v, secret, key_like) for k, v in value.items()}
+        return {k: _scrub(v, secret) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrub(v, secret, key_like) for v in value]
+        return [_scrub(v, secret) for v in value]
     return value
 
 
@@ -163,10 +163,11 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secr
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         body = None
-    # Error bodies are the server's words about our request and may quote the key; a model's
-    # answer is the user's data, touched only if it holds the very key.
-    if status != 200 or (secret and secret.encode() in raw):
-        body = _scrub(body, secret, key_like=status != 200)
+    # Error bodies are the server's words about our request and may quote the key or echo our
+    # headers. A model's answer is the user's data and is never rewritten: a model cannot read
+    # the request's headers, so an answer quoting the key is the user's own doing.
+    if status != 200:
+        body = _scrub(body, secret)
     state = server_state(headers)
     out = Outcome(Kind.OK, status, body, request_id, state)
     if status == 200:

@@ -3,18 +3,22 @@ credential, and never lets one response exhaust memory."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
 from batchrun.cli import run
-from batchrun.client import ApiClient, Endpoint, Kind
-from batchrun.errors import InputError
+from batchrun.client import ApiClient, Endpoint, Kind, classify
+from batchrun.errors import InputError, redact
 from batchrun.jobs import CHAT_URL, Request
-from tests.conftest import write_jsonl
+from tests.conftest import read_results, write_jsonl
 
 KEY = "sk-test-abcdefghijklmnop1234"
 REQ = Request(1, "a", CHAT_URL, {"model": "gpt-4o-mini", "messages": [
@@ -147,3 +151,100 @@ def test_a_key_with_control_or_non_ascii_characters_is_refused_without_printing_
     with pytest.raises(InputError, match=r"\$MY_KEY") as caught:
         Endpoint.make(None, None, "MY_KEY").api_key()
     assert "first-half" not in caught.value.message and "second" not in caught.value.message
+
+
+# -- 11.3 redaction touches only what can hold a key -----------------------------------------
+
+
+class ThreadedServer:
+    """`serve` on its own thread and loop, for tests that run the CLI in-process."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),))
+        self.origin = ""
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        async with serve(self._handler) as origin:
+            self.origin = origin
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        assert self._ready.wait(10), "server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def submit_against(
+    handler: Handler, key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, dict[str, Any]]:
+    """Submit one prompt to a server answering with `handler`; the exit code and output line."""
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}])
+    with ThreadedServer(handler) as server:
+        code = run(["submit", str(jobs), "--base-url", server.origin + "/v1", "--max-retries", "0"])
+    return code, read_results(tmp_path / "jobs.results.jsonl")["a"]
+
+
+# What the issue saw: with key "a", "chat.completion" came back as "ch[redacted]t.completion".
+ANSWER = orjson.dumps({
+    "object": "chat.completion", "model": "test-model",
+    "choices": [{"index": 0, "message": {"role": "assistant",
+                                         "content": "a test: EMPTY ollama says hi"}}],
+    "usage": {"prompt_tokens": 8, "completion_tokens": 7},
+})
+
+
+@pytest.mark.parametrize("key", ["a", "EMPTY", "ollama", "test", "sk-abc"])
+def test_short_placeholder_keys_leave_an_answer_byte_identical(key: str) -> None:
+    out = classify(200, {}, ANSWER, CHAT_URL, key)
+    assert out.kind is Kind.OK and orjson.dumps(out.body) == ANSWER
+
+
+def test_a_successful_answer_is_never_rewritten_even_if_it_quotes_the_key() -> None:
+    answer = orjson.dumps({"choices": [{"message": {"content": f"you said {KEY}"}}]})
+    assert orjson.dumps(classify(200, {}, answer, CHAT_URL, KEY).body) == answer
+
+
+def test_an_answer_is_recorded_byte_identical_with_a_placeholder_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=ANSWER, content_type="application/json")
+
+    code, line = submit_against(answer, "EMPTY", tmp_path, monkeypatch)
+    assert code == 0 and orjson.dumps(line["response"]["body"]) == ANSWER
+
+
+def test_a_key_quoted_in_a_400_error_body_is_redacted_in_the_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        # Some servers echo the request's headers back when they reject it.
+        return web.json_response(status=400, data={
+            "error": {"message": f"bad request from key {KEY}", "type": "invalid_request_error"},
+            "echo": {"authorization": request.headers["Authorization"]}})
+
+    code, line = submit_against(refuse, KEY, tmp_path, monkeypatch)
+    written = (tmp_path / "jobs.results.jsonl").read_text()
+    assert code == 1 and KEY not in written
+    assert line["error"]["message"] == "bad request from key [redacted]"
+    assert line["response"]["body"]["echo"]["authorization"] == "Bearer [redacted]"
+
+
+def test_redact_leaves_words_alone_and_removes_secrets() -> None:
+    assert redact("a test of EMPTY ollama", "a") == "a test of EMPTY ollama"
+    assert redact("EMPTY", "EMPTY") == "EMPTY"
+    assert redact(f"key={KEY}", KEY) == "key=[redacted]"
+    assert redact("key=local-secret-1", "local-secret-1") == "key=[redacted]"
