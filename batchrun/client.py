@@ -25,6 +25,9 @@ from batchrun.limiter import ServerState
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 AZURE_API_VERSION = "2024-10-21"
+# Far above any real answer (a 128K-token completion is well under 1 MB; a batch of embeddings a
+# few MB), low enough that a broken or hostile server cannot take the machine's memory.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Codes that mean the account cannot pay or the key is not accepted: retrying cannot help.
 REFUSAL_CODES = frozenset(
     {
@@ -156,9 +159,13 @@ def _scrub(value: Any, secret: str) -> Any:
     return value
 
 
+def _request_id(headers: Mapping[str, str]) -> str:
+    return headers.get("x-request-id") or headers.get("apim-request-id") or ""
+
+
 def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secret: str) -> Outcome:
     """Decide what a response means. Pure: no I/O."""
-    request_id = headers.get("x-request-id") or headers.get("apim-request-id") or ""
+    request_id = _request_id(headers)
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -323,9 +330,15 @@ class ApiClient:
     """The run's one HTTP session: keep-alive, a per-request timeout, the key in a header."""
 
     def __init__(
-        self, endpoint: Endpoint, api_key: str, timeout_s: float, max_connections: int
+        self,
+        endpoint: Endpoint,
+        api_key: str,
+        timeout_s: float,
+        max_connections: int,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.endpoint = endpoint
+        self._max_response_bytes = max_response_bytes
         self._key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
@@ -358,7 +371,9 @@ class ApiClient:
                 data=orjson.dumps(request.body),
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.read()
+                raw = await self._read_capped(resp)
+                if raw is None:
+                    return self._too_large(resp)
                 return classify(resp.status, resp.headers, raw, request.url, self._key)
         except TimeoutError:
             return Outcome(Kind.RETRY, code="timeout", message="no answer within the timeout")
@@ -368,3 +383,30 @@ class ApiClient:
         except aiohttp.ClientError as exc:
             message = redact(f"{type(exc).__name__}: {exc}", self._key)
             return Outcome(Kind.RETRY, code="connection_error", message=message)
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes | None:
+        """The decoded body, or None once it passes the cap. aiohttp inflates gzip in bounded
+        steps as we consume, so stopping here bounds memory even for a compression bomb."""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_any():
+            size += len(chunk)
+            if size > self._max_response_bytes:
+                return None  # leaving `async with` unread closes the connection
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, resp: aiohttp.ClientResponse) -> Outcome:
+        # Final: asking again would fetch (and maybe pay for) the same oversized answer.
+        limit = f"{self._max_response_bytes / 2**20:g} MB"
+        return Outcome(
+            Kind.FAIL,
+            resp.status,
+            request_id=_request_id(resp.headers),
+            code="response_too_large",
+            message=(
+                f"the server's answer (HTTP {resp.status}) is larger than {limit}, the most "
+                "batchrun reads of one response; raise it with --max-response-mb if answers "
+                "this large are expected"
+            ),
+        )

@@ -4,7 +4,9 @@ credential, and never lets one response exhaust memory."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from batchrun.cli import run
-from batchrun.client import ApiClient, Endpoint, Kind, classify
+from batchrun.client import ApiClient, Endpoint, Kind, Outcome, classify
 from batchrun.errors import InputError, redact
 from batchrun.jobs import CHAT_URL, Request
 from tests.conftest import read_results, write_jsonl
@@ -248,3 +250,46 @@ def test_redact_leaves_words_alone_and_removes_secrets() -> None:
     assert redact("EMPTY", "EMPTY") == "EMPTY"
     assert redact(f"key={KEY}", KEY) == "key=[redacted]"
     assert redact("key=local-secret-1", "local-secret-1") == "key=[redacted]"
+
+
+# -- 11.4 response size cap ----------------------------------------------------------------
+
+
+MB = 1024 * 1024
+
+
+async def send_once(origin: str, **client_args: Any) -> Outcome:
+    async with ApiClient(endpoint_for(origin, azure=False), KEY, 5.0, 10, **client_args) as c:
+        return await c.send(REQ)
+
+
+async def test_a_gzip_bomb_fails_the_request_without_being_inflated_in_memory() -> None:
+    bomb = gzip.compress(b'{"choices": ["' + b"0" * (32 * MB) + b'"]}', 9)  # ~32 KB on the wire
+
+    async def inflate_me(request: web.Request) -> web.Response:
+        return web.Response(body=bomb, headers={"Content-Encoding": "gzip",
+                                                "Content-Type": "application/json"})
+
+    async with serve(inflate_me) as origin:
+        tracemalloc.start()
+        try:
+            out = await send_once(origin, max_response_bytes=1 * MB)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert out.kind is Kind.FAIL and out.code == "response_too_large", out
+    assert "1 MB" in out.message and "--max-response-mb" in out.message
+    assert peak < 8 * MB  # read in chunks and dropped at the cap, never inflated to 32 MB
+
+
+async def test_a_plain_body_over_the_cap_fails_and_one_at_the_cap_passes() -> None:
+    answer = orjson.dumps(CHAT_OK)
+
+    async def reply(request: web.Request) -> web.Response:
+        return web.Response(body=answer, content_type="application/json")
+
+    async with serve(reply) as origin:
+        at_cap = await send_once(origin, max_response_bytes=len(answer))
+        over = await send_once(origin, max_response_bytes=len(answer) - 1)
+    assert at_cap.kind is Kind.OK
+    assert over.kind is Kind.FAIL and over.code == "response_too_large" and over.status == 200
