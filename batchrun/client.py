@@ -10,6 +10,7 @@ import enum
 import ipaddress
 import os
 import re
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -326,6 +327,24 @@ class Endpoint:
         return key
 
 
+def _env_proxy(url: str) -> str | None:
+    """The proxy `url` goes through per HTTP_PROXY / HTTPS_PROXY / NO_PROXY (upper or lower
+    case), read as curl and urllib read them; the URL may hold the proxy's credentials."""
+    parts = urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy:
+        return None
+    return proxy if "://" in proxy else f"http://{proxy}"  # "host:port" is common, and means http
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy requests to `url` go through, fit to print: credentials shown as ***."""
+    proxy = _env_proxy(url)
+    return None if proxy is None else without_userinfo(proxy)
+
+
 class ApiClient:
     """The run's one HTTP session: keep-alive, a per-request timeout, the key in a header."""
 
@@ -339,6 +358,9 @@ class ApiClient:
     ) -> None:
         self.endpoint = endpoint
         self._max_response_bytes = max_response_bytes
+        # Resolved once, not by aiohttp's trust_env: that also reads ~/.netrc and adds its
+        # password as Basic auth beside our key (a ValueError on every request to OpenAI).
+        self._proxy = _env_proxy(endpoint.base_url)
         self._key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
@@ -370,6 +392,7 @@ class ApiClient:
                 self.endpoint.url_for(request),
                 data=orjson.dumps(request.body),
                 allow_redirects=False,
+                proxy=self._proxy,
             ) as resp:
                 raw = await self._read_capped(resp)
                 if raw is None:

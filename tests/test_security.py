@@ -4,6 +4,7 @@ credential, and never lets one response exhaust memory."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import threading
 import tracemalloc
@@ -17,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from batchrun.cli import run
-from batchrun.client import ApiClient, Endpoint, Kind, Outcome, classify
+from batchrun.client import ApiClient, Endpoint, Kind, Outcome, classify, proxy_for
 from batchrun.errors import InputError, redact
 from batchrun.jobs import CHAT_URL, Request
 from tests.conftest import read_results, write_jsonl
@@ -293,3 +294,74 @@ async def test_a_plain_body_over_the_cap_fails_and_one_at_the_cap_passes() -> No
         over = await send_once(origin, max_response_bytes=len(answer) - 1)
     assert at_cap.kind is Kind.OK
     assert over.kind is Kind.FAIL and over.code == "response_too_large" and over.status == 200
+
+
+# -- 11.5 proxies --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Set proxy variables on a clean slate (urllib reads upper and lower case)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "request_method"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_env
+
+
+async def test_requests_go_through_http_proxy_with_its_credentials(
+    proxy_env: Callable[..., None]
+) -> None:
+    origin_server, proxy_server = Recorder(), Recorder()
+    async with serve(origin_server.handle) as origin, serve(proxy_server.handle,
+                                                            "127.0.0.2") as proxy:
+        proxy_env(HTTP_PROXY=proxy.replace("http://", "http://corp:proxypw@"))
+        out = await send_once(origin)
+    assert out.kind is Kind.OK
+    assert origin_server.got == []
+    [(headers, body)] = proxy_server.got
+    assert headers["Host"] == origin.removeprefix("http://")
+    assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"corp:proxypw").decode()
+    assert b"the secret prompt" in body
+
+
+async def test_no_proxy_sends_direct(proxy_env: Callable[..., None]) -> None:
+    origin_server, proxy_server = Recorder(), Recorder()
+    async with serve(origin_server.handle) as origin, serve(proxy_server.handle,
+                                                            "127.0.0.2") as proxy:
+        proxy_env(HTTP_PROXY=proxy, NO_PROXY="localhost,127.0.0.1")
+        out = await send_once(origin)
+    assert out.kind is Kind.OK and proxy_server.got == [] and len(origin_server.got) == 1
+
+
+def test_proxy_for_names_the_proxy_without_its_credentials(
+    proxy_env: Callable[..., None]
+) -> None:
+    assert proxy_for("https://api.openai.com/v1") is None
+    proxy_env(HTTPS_PROXY="http://corp:proxypw@proxy.corp:3128", NO_PROXY=".internal")
+    assert proxy_for("https://api.openai.com/v1") == "http://***@proxy.corp:3128"
+    assert proxy_for("https://llm.internal/v1") is None
+    assert proxy_for("http://127.0.0.1:8000/v1") is None  # no HTTP_PROXY, only HTTPS_PROXY
+    proxy_env(https_proxy="proxy.corp:8080")  # scheme-less, as many set it; lower case wins
+    assert proxy_for("https://api.openai.com/v1") == "http://proxy.corp:8080"
+
+
+async def test_a_netrc_entry_for_the_api_host_adds_no_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proxy_env: Callable[..., None]
+) -> None:
+    # aiohttp's trust_env would also read ~/.netrc and add Basic auth beside our Bearer key
+    # (refused with ValueError on every request), so proxies are resolved without it.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrcpw\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    origin_server = Recorder()
+    async with serve(origin_server.handle) as origin:
+        out = await send_once(origin)
+    assert out.kind is Kind.OK
+    [(headers, _)] = origin_server.got
+    assert headers["Authorization"] == f"Bearer {KEY}"
