@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 import os
 import re
 import urllib.request
@@ -29,6 +30,11 @@ AZURE_API_VERSION = "2024-10-21"
 # Far above any real answer (a 128K-token completion is well under 1 MB; a batch of embeddings a
 # few MB), low enough that a broken or hostile server cannot take the machine's memory.
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# No single request is billed more tokens than this; a server reporting more is wrong, and one
+# absurd number must not wipe out (or hand back) a whole day's budget.
+MAX_REPORTED_TOKENS = 10_000_000
+# orjson writes at most 254 levels of nesting; a deeper body could not be recorded.
+_MAX_DEPTH = 255
 # Codes that mean the account cannot pay or the key is not accepted: retrying cannot help.
 REFUSAL_CODES = frozenset(
     {
@@ -61,13 +67,56 @@ class Outcome:
     hint_s: float | None = None
     code: str = ""
     message: str = ""
+    sent: bool = True  # False: failed before anything left this machine
 
     @property
     def usage(self) -> tuple[int, int]:
-        usage = self.body.get("usage") if isinstance(self.body, dict) else None
-        if not isinstance(usage, dict):
-            return 0, 0
-        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        """(prompt, completion) tokens the server billed as far as we know; (0, 0) when unknown:
+        check `usage_known` before settling a reservation with it."""
+        return self._reported() or (0, 0)
+
+    @property
+    def usage_known(self) -> bool:
+        """False when the server may have billed tokens it did not report: no complete answer
+        (timeout, reset, truncated body), a 200 without usable `usage`, or a 5xx/408 (the
+        gateway may have given up on a backend that ran the request). Settle those at their
+        reservation. Other errors (4xx, 3xx) are not billed, and an unsent request cannot be."""
+        if not self.sent:
+            return True
+        if self.status is None:
+            return False
+        if 200 <= self.status < 300:
+            return self._reported() is not None
+        return self.status < 500 and self.status != 408
+
+    def _reported(self) -> tuple[int, int] | None:
+        if self.status is None or not 200 <= self.status < 300:
+            return None
+        return reported_usage(self.body)
+
+
+def _token_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(value)
+    if not 0 <= value < math.inf:  # NaN fails too
+        raise ValueError(value)
+    return min(int(value), MAX_REPORTED_TOKENS)
+
+
+def reported_usage(body: Any) -> tuple[int, int] | None:
+    """The `usage` a 2xx body reports, clamped to [0, MAX_REPORTED_TOKENS]; None if it reports
+    none or anything that is not a count (a string, a negative, a boolean)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    fields = (usage.get("prompt_tokens"), usage.get("completion_tokens"))
+    if fields == (None, None):
+        return None
+    try:
+        prompt, completion = (0 if v is None else _token_count(v) for v in fields)
+    except ValueError:
+        return None
+    return prompt, completion
 
 
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -75,27 +124,31 @@ _DURATION = re.compile(rf"(?:{_NUM}h)?(?:{_NUM}m(?!s))?(?:{_NUM}s)?(?:{_NUM}ms)?
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:h|ms|m|s))+)", re.IGNORECASE)
 
 
+def _seconds(value: float | None) -> float | None:
+    """A usable wait: finite and not negative (a NaN would poison every later comparison)."""
+    return value if value is not None and 0 <= value < math.inf else None
+
+
 def parse_duration(text: str) -> float | None:
     """'1.574s', '6m0s', '20ms', '1h2m3s', or plain seconds '2' -> seconds."""
     text = text.strip()
     try:
-        return float(text)
+        return _seconds(float(text))
     except ValueError:
         pass
     match = _DURATION.fullmatch(text)
     if not match or not any(match.groups()):
         return None
     h, m, s, ms = (float(g) if g else 0.0 for g in match.groups())
-    return h * 3600 + m * 60 + s + ms / 1000
+    return _seconds(h * 3600 + m * 60 + s + ms / 1000)
 
 
 def retry_hint(headers: Mapping[str, str], message: str) -> float | None:
     """How long the server asks us to wait, from whichever hint it gave."""
     if "retry-after-ms" in headers:
-        try:
-            return float(headers["retry-after-ms"]) / 1000
-        except ValueError:
-            pass
+        millis = parse_duration(headers["retry-after-ms"])
+        if millis is not None:
+            return millis / 1000
     if "retry-after" in headers:
         seconds = parse_duration(headers["retry-after"])
         if seconds is not None:
@@ -113,9 +166,10 @@ def retry_hint(headers: Mapping[str, str], message: str) -> float | None:
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     try:
-        return int(float(headers[name]))
+        value = float(headers[name])
     except (KeyError, ValueError):
         return None
+    return int(value) if 0 <= value < math.inf else None  # inf/NaN/negative: ignore
 
 
 def server_state(headers: Mapping[str, str]) -> ServerState | None:
@@ -160,6 +214,22 @@ def _scrub(value: Any, secret: str) -> Any:
     return value
 
 
+def _parse(raw: bytes) -> Any:
+    """The JSON body; None if it is not JSON or too deeply nested to write back out."""
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+    # Counting brackets is cheap and bounds the depth; only a body with that many pays for the
+    # real check. Real answers are a few levels deep.
+    if raw.count(b"[") + raw.count(b"{") >= _MAX_DEPTH:
+        try:
+            orjson.dumps(body)
+        except orjson.JSONEncodeError:
+            return None
+    return body
+
+
 def _request_id(headers: Mapping[str, str]) -> str:
     return headers.get("x-request-id") or headers.get("apim-request-id") or ""
 
@@ -167,10 +237,7 @@ def _request_id(headers: Mapping[str, str]) -> str:
 def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secret: str) -> Outcome:
     """Decide what a response means. Pure: no I/O."""
     request_id = _request_id(headers)
-    try:
-        body: Any = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        body = None
+    body = _parse(raw)
     # Error bodies are the server's words about our request and may quote the key or echo our
     # headers. A model's answer is the user's data and is never rewritten: a model cannot read
     # the request's headers, so an answer quoting the key is the user's own doing.
@@ -388,9 +455,16 @@ class ApiClient:
     async def send(self, request: Request) -> Outcome:
         assert self._session is not None, "use ApiClient in `async with`"
         try:
+            data = orjson.dumps(request.body)
+        except orjson.JSONEncodeError as exc:  # nested past 254 levels, an int past 64 bits
+            return Outcome(
+                Kind.FAIL, code="invalid_request_body", sent=False,
+                message=f"the request body cannot be written as JSON ({exc}); nothing was sent",
+            )
+        try:
             async with self._session.post(
                 self.endpoint.url_for(request),
-                data=orjson.dumps(request.body),
+                data=data,
                 allow_redirects=False,
                 proxy=self._proxy,
             ) as resp:
