@@ -68,6 +68,9 @@ class Outcome:
     code: str = ""
     message: str = ""
     sent: bool = True  # False: failed before anything left this machine
+    # "Request too large … tokens per min (TPM): Limit L": the server's real TPM, which may be
+    # lower than the one we pace to; queued requests larger than it can never succeed either.
+    server_limit_tokens: int | None = None
 
     @property
     def usage(self) -> tuple[int, int]:
@@ -121,6 +124,7 @@ def reported_usage(body: Any) -> tuple[int, int] | None:
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _DURATION = re.compile(rf"(?:{_NUM}h)?(?:{_NUM}m(?!s))?(?:{_NUM}s)?(?:{_NUM}ms)?")
+_LIMIT = re.compile(r"Limit:?\s*(\d[\d,]*)")
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:h|ms|m|s))+)", re.IGNORECASE)
 
 
@@ -271,6 +275,12 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secr
     out.code, out.message = code or etype or f"http_{status}", message
     if code in REFUSAL_CODES or etype in REFUSAL_CODES or status in (401, 402, 403):
         out.kind = Kind.REFUSED
+    elif status == 429 and message.lower().startswith("request too large"):
+        # Final: asking again cannot make it fit (DESIGN: one larger than the limit fails fast).
+        out.kind, out.code = Kind.FAIL, "request_too_large"
+        limit = _LIMIT.search(message)
+        if limit and ("per min" in message or "(TPM)" in message):
+            out.server_limit_tokens = int(limit.group(1).replace(",", ""))
     elif status == 429:
         daily = "per day" in message or "(TPD)" in message or "(RPD)" in message
         out.kind = Kind.RATE_DAY if daily else Kind.RATE_MINUTE

@@ -141,6 +141,44 @@ def test_unusable_retry_hints_are_ignored(value: str) -> None:
     assert out.kind is Kind.RATE_MINUTE and out.hint_s is None
 
 
+# -- 10.8 a request larger than the server's per-minute limit -------------------------------
+
+
+REQUEST_TOO_LARGE = orjson.dumps({"error": {
+    "message": "Request too large for gpt-4o in organization org-abc on tokens per min (TPM): "
+    "Limit 30000, Requested 36278. The input or output tokens must be reduced in order to run "
+    "successfully. Visit https://platform.openai.com/account/rate-limits to learn more.",
+    "type": "tokens", "param": None, "code": "rate_limit_exceeded"}})
+
+
+def test_request_too_large_for_the_tpm_is_a_final_failure_naming_the_limit() -> None:
+    out = classify(429, {"retry-after": "1"}, REQUEST_TOO_LARGE, CHAT_URL, KEY)
+    assert out.kind is Kind.FAIL and out.code == "request_too_large"
+    assert out.server_limit_tokens == 30000
+    assert "Requested 36278" in out.message
+
+
+def test_request_too_large_in_the_older_wording_and_per_day() -> None:
+    old = orjson.dumps({"error": {"message": "Request too large for gpt-4 in organization org-x "
+                                  "on tokens per min. Limit: 10,000 / min. Current: 1 / min.",
+                                  "type": "tokens", "code": None}})
+    out = classify(429, {}, old, CHAT_URL, KEY)
+    assert out.kind is Kind.FAIL and out.code == "request_too_large"
+    assert out.server_limit_tokens == 10000
+    per_day = REQUEST_TOO_LARGE.replace(b"tokens per min (TPM)", b"tokens per day (TPD)")
+    day = classify(429, {}, per_day, CHAT_URL, KEY)
+    # Final too (it can never fit in a day), but its limit is not a per-minute one.
+    assert day.kind is Kind.FAIL and day.code == "request_too_large"
+    assert day.server_limit_tokens is None
+
+
+def test_an_ordinary_per_minute_429_names_no_limit() -> None:
+    tpm = orjson.dumps({"error": {"message": "Rate limit reached for gpt-4o-mini on tokens per "
+                                  "min (TPM): Limit 200000, Used 162960, Requested 42288."}})
+    out = classify(429, {}, tpm, CHAT_URL, KEY)
+    assert out.kind is Kind.RATE_MINUTE and out.server_limit_tokens is None
+
+
 # -- 10.3 classify never raises ------------------------------------------------------------
 
 
