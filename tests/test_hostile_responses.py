@@ -3,6 +3,7 @@ it never raises, and what it reports as usage is a count the ledger can trust.""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -262,3 +263,31 @@ async def test_a_response_too_large_has_unknown_usage() -> None:
     ) as client:
         out = await client.send(REQ)
     assert out.code == "response_too_large" and not out.usage_known
+
+
+# -- 10.3 broken HTTP on the wire --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reply", "code"), [
+    (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "connection_error"),  # not HTTP at all
+    (b"HTTP/1.1 200 OK\r\nX-A: " + b"a" * 20000 + b"\r\nContent-Length: 0\r\n\r\n",
+     "connection_error"),
+    (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 7\r\n\r\nnotgzip",
+     "truncated_response"),
+    (b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",
+     "connection_error"),  # an encoding we cannot decode
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}", "truncated_response"),
+])
+async def test_broken_http_is_a_retryable_outcome_not_an_exception(reply: bytes, code: str) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, ApiClient(endpoint_for(f"http://127.0.0.1:{port}", azure=False), KEY,
+                                 5.0, 10) as client:
+        out = await client.send(REQ)
+    assert out.kind is Kind.RETRY and out.code == code and not out.usage_known
