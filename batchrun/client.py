@@ -1,32 +1,53 @@
-"""HTTP to an OpenAI-compatible API: where to send, how to authenticate, what a response means.
+"""HTTP to an OpenAI-compatible API: what a response means, and the session that sends.
 
 `classify` is the table in DESIGN.md, as a pure function of status, headers and body; `ApiClient`
-owns the one aiohttp session of a run.
+owns the one aiohttp session of a run. Where requests go and how they authenticate is
+`batchrun.endpoint`, re-exported here.
 """
 
 from __future__ import annotations
 
 import enum
-import ipaddress
 import math
-import os
 import re
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 import aiohttp
 import orjson
 
-from batchrun.errors import InputError, redact
+from batchrun.endpoint import (
+    AZURE_API_VERSION,
+    OPENAI_BASE_URL,
+    Endpoint,
+    env_proxy,
+    proxy_for,
+    without_userinfo,
+)
+from batchrun.errors import redact
 from batchrun.jobs import EMBEDDINGS_URL, Request
 from batchrun.limiter import ServerState
 
-OPENAI_BASE_URL = "https://api.openai.com/v1"
-AZURE_API_VERSION = "2024-10-21"
+__all__ = [
+    "AZURE_API_VERSION",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_REPORTED_TOKENS",
+    "OPENAI_BASE_URL",
+    "ApiClient",
+    "Endpoint",
+    "Kind",
+    "Outcome",
+    "classify",
+    "parse_duration",
+    "proxy_for",
+    "reported_usage",
+    "retry_hint",
+    "server_state",
+    "without_userinfo",
+]
+
 # Far above any real answer (a 128K-token completion is well under 1 MB; a batch of embeddings a
 # few MB), low enough that a broken or hostile server cannot take the machine's memory.
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -194,19 +215,6 @@ def _error_fields(body: Any) -> tuple[str, str, str]:
     return str(err.get("code") or ""), str(err.get("type") or ""), str(err.get("message") or "")
 
 
-def without_userinfo(url: str) -> str:
-    """The URL with any `user:password@` shown as `***@`: for messages, never for sending.
-    Plain string work, so it cannot fail on a malformed URL a server handed us."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    authority = rest[:end]
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return scheme + sep + authority + rest[end:]
-
-
 def _scrub(value: Any, secret: str) -> Any:
     """An error body with the key and anything key-shaped redacted."""
     if isinstance(value, str):
@@ -292,136 +300,6 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secr
     return out
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_url(url: str, what: str, key_env: str) -> str:
-    """The URL if requests can be built on it; else an InputError that never echoes credentials."""
-    shown = without_userinfo(url)
-    example = f"give e.g. {OPENAI_BASE_URL}"
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - parsing the port is the check: it raises on a bad one
-    except ValueError as exc:
-        problem = "has an invalid port" if "port" in str(exc).lower() else "is not a valid URL"
-        raise InputError(f"{what} {shown!r} {problem}; {example}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InputError(f"{what} {shown!r} is not an http(s) URL; {example}")
-    if parts.username is not None or parts.password is not None:
-        # URLs are printed, stored in the job's manifest and shown by `status`; keys are not.
-        raise InputError(
-            f"{what} {shown!r} holds a user name or password (user:…@). batchrun takes no "
-            "credentials in URLs, since it prints and stores the URL. Remove them and export the "
-            f"key in ${key_env} (or the variable you name with --api-key-env)."
-        )
-    if any(c.isspace() or not c.isprintable() for c in url):
-        raise InputError(f"{what} {shown!r} holds a space or control character; {example}")
-    if parts.query or parts.fragment or url.endswith(("?", "#")):
-        raise InputError(
-            f"{what} {shown!r} has a query (?…) or fragment (#…); batchrun appends the API's "
-            f"paths to it, so {example}"
-        )
-    return url
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """Where requests go and how they authenticate. Holds the key's env var name, never the key."""
-
-    base_url: str = OPENAI_BASE_URL
-    azure: bool = False
-    api_version: str = AZURE_API_VERSION
-    key_env: str = "OPENAI_API_KEY"
-    insecure: bool = False
-
-    @classmethod
-    def make(
-        cls,
-        base_url: str | None,
-        azure_endpoint: str | None,
-        key_env: str | None,
-        insecure: bool = False,
-    ) -> Endpoint:
-        azure = bool(azure_endpoint)
-        key_env = key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
-        url = _check_url(
-            (azure_endpoint or base_url or OPENAI_BASE_URL).strip().rstrip("/"),
-            "The Azure endpoint" if azure else "The base URL",
-            key_env,
-        )
-        host = urlsplit(url).hostname or ""
-        if url.startswith("http:") and not _is_loopback(host) and not insecure:
-            raise InputError(
-                f"{url} is plain http to a host that is not this machine: the API key would cross "
-                "the network unencrypted. Use https, or pass --insecure if you really mean it."
-            )
-        return cls(
-            base_url=url,
-            azure=azure,
-            api_version=os.environ.get("OPENAI_API_VERSION") or AZURE_API_VERSION,
-            key_env=key_env,
-            insecure=insecure,
-        )
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.base_url).netloc
-
-    def url_for(self, request: Request) -> str:
-        # Request.url is always one of SUPPORTED_URLS, so no input line can choose the host.
-        path = request.url.removeprefix("/v1")
-        if self.azure:
-            deployment = quote(request.model, safe="")
-            return (
-                f"{self.base_url}/openai/deployments/{deployment}{path}"
-                f"?api-version={quote(self.api_version, safe='')}"
-            )
-        return self.base_url + path
-
-    def api_key(self) -> str:
-        key = os.environ.get(self.key_env, "").strip()
-        if not key:
-            raise InputError(
-                f"${self.key_env} is not set. Export your API key in that variable "
-                "(batchrun never takes the key as a flag), or use --simulate to try batchrun "
-                "without one."
-            )
-        bad = next((i for i, c in enumerate(key) if not (c.isascii() and c.isprintable())), None)
-        if bad is not None:
-            # An HTTP header cannot carry it; aiohttp would raise on every request. The key is
-            # never shown, only where the offending character sits.
-            raise InputError(
-                f"${self.key_env} holds a control or non-ASCII character (a line break, tab or "
-                f"typographic character) at position {bad + 1} of {len(key)}: often two keys "
-                "pasted together or a copy that picked up extra characters. Export the key alone."
-            )
-        return key
-
-
-def _env_proxy(url: str) -> str | None:
-    """The proxy `url` goes through per HTTP_PROXY / HTTPS_PROXY / NO_PROXY (upper or lower
-    case), read as curl and urllib read them; the URL may hold the proxy's credentials."""
-    parts = urlsplit(url)
-    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if not proxy:
-        return None
-    return proxy if "://" in proxy else f"http://{proxy}"  # "host:port" is common, and means http
-
-
-def proxy_for(url: str) -> str | None:
-    """The proxy requests to `url` go through, fit to print: credentials shown as ***."""
-    proxy = _env_proxy(url)
-    return None if proxy is None else without_userinfo(proxy)
-
-
 class ApiClient:
     """The run's one HTTP session: keep-alive, a per-request timeout, the key in a header."""
 
@@ -437,7 +315,7 @@ class ApiClient:
         self._max_response_bytes = max_response_bytes
         # Resolved once, not by aiohttp's trust_env: that also reads ~/.netrc and adds its
         # password as Basic auth beside our key (a ValueError on every request to OpenAI).
-        self._proxy = _env_proxy(endpoint.base_url)
+        self._proxy = env_proxy(endpoint.base_url)
         self._key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections

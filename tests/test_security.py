@@ -132,6 +132,11 @@ def test_unusable_urls_are_input_errors(url: str, says: str) -> None:
         Endpoint.make(url, None, None)
 
 
+def test_plain_http_in_capitals_to_a_remote_host_still_needs_insecure() -> None:
+    with pytest.raises(InputError, match="--insecure"):
+        Endpoint.make("HTTP://api.example.com/v1", None, None)
+
+
 def test_surrounding_blanks_in_a_url_are_ignored() -> None:
     assert Endpoint.make(" http://127.0.0.1:8000/v1/ ", None, None).base_url == (
         "http://127.0.0.1:8000/v1")
