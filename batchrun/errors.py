@@ -31,9 +31,16 @@ _KEY_LIKE = re.compile(
 )
 
 
+# Real keys are 32 characters or more. Shorter ones are the placeholders local servers accept
+# ("EMPTY" for vLLM, "ollama", "test", "a"): words, not secrets. Replacing them would mangle any
+# text holding the word ("ch[redacted]t.completion" for key "a") and protect nothing.
+MIN_SECRET_LEN = 8
+
+
 def redact(text: str, secret: str | None = None) -> str:
-    """Remove the API key and anything key-shaped from text a server or OS handed us."""
-    if secret:
+    """Remove the API key (if long enough to be a secret) and anything key-shaped from text a
+    server or the OS handed us. Only for error text: never apply it to a model's answer."""
+    if secret and len(secret) >= MIN_SECRET_LEN:
         text = text.replace(secret, "[redacted]")
     return _KEY_LIKE.sub("[redacted]", text)
 
