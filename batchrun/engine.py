@@ -20,6 +20,7 @@ from typing import Any
 
 from batchrun.checkpoint import OutputWriter, result_line, scan_output
 from batchrun.client import ApiClient, Endpoint, Kind, Outcome
+from batchrun.endpoint import proxy_for
 from batchrun.errors import (
     ApiRefused,
     BadLine,
@@ -169,6 +170,7 @@ class Engine:
             already_done=report.already_done, bad_lines=report.bad_total,
             limits={m: self.spec.limits_for(m) for m in report.models},
             base_url=self.spec.endpoint.base_url, models=dict(report.models),
+            proxy=proxy_for(self.spec.endpoint.base_url),
         ))
         self._emit(StateChanged("running"))
         max_conn = max(512, self.spec.concurrency or 0)

@@ -22,6 +22,7 @@ class JobStarted:
     base_url: str
     # Requests per model in the file (bad lines excluded), for a per-model ETA.
     models: dict[str, int] = field(default_factory=dict)
+    proxy: str | None = None  # the HTTP(S) proxy requests go through, credentials masked
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,7 +232,8 @@ class ProgressDisplay:
         self.console.print(f"  results → {event.output}", markup=False)
         for model, limits in event.limits.items():
             self.console.print(f"  {model}: {describe_limits(limits)}")
-        self.console.print(f"  sending to {event.base_url}")
+        via = f" via proxy {event.proxy}" if event.proxy else ""
+        self.console.print(f"  sending to {event.base_url}{via}", markup=False)
 
     def _eta_s(self) -> float | None:
         """The job ends when its slowest model does: each runs in its own lane."""

@@ -203,3 +203,12 @@ def test_several_models_get_a_gauge_line_each_the_busiest_first() -> None:
     assert lines[at + 2].split()[:5] == ["text-embedding-3-small", "300/3K", "10%", "3K/1M",
                                          "0%"]
     assert all(len(line) <= 80 for line in lines), lines
+
+
+def test_the_header_names_the_proxy_without_its_password() -> None:
+    stream = io.StringIO()
+    with ProgressDisplay(Stats(), stream) as display:
+        display(JobStarted("j", "o", 1, 0, 0, {}, "https://api.openai.com/v1",
+                           proxy="http://***@proxy.corp:3128"))
+    assert "sending to https://api.openai.com/v1 via proxy http://***@proxy.corp:3128" in (
+        stream.getvalue())

@@ -21,7 +21,7 @@ from batchrun.cli import run
 from batchrun.client import ApiClient, Endpoint, Kind, Outcome, classify, proxy_for
 from batchrun.errors import InputError, redact
 from batchrun.jobs import CHAT_URL, Request
-from tests.conftest import read_results, write_jsonl
+from tests.conftest import RunningSim, read_results, run_cli, write_jsonl
 
 KEY = "sk-test-abcdefghijklmnop1234"
 REQ = Request(1, "a", CHAT_URL, {"model": "gpt-4o-mini", "messages": [
@@ -370,3 +370,20 @@ async def test_a_netrc_entry_for_the_api_host_adds_no_credentials(
     assert out.kind is Kind.OK
     [(headers, _)] = origin_server.got
     assert headers["Authorization"] == f"Bearer {KEY}"
+
+
+
+def test_the_start_up_header_names_the_proxy_in_use(
+    sim: RunningSim, tmp_path: Path, proxy_env: Callable[..., None]
+) -> None:
+    # The simulator stands in for the corporate proxy: every request reaches it through
+    # HTTP_PROXY, addressed to an origin that does not exist.
+    port = sim.base_url.split(":")[2].split("/")[0]
+    proxy_env(HTTP_PROXY=f"http://corp:hunter2@127.0.0.1:{port}", OPENAI_API_KEY=KEY)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}])
+    result = run_cli("submit", str(jobs), "--base-url", "http://127.0.0.2:9/v1")
+    assert result.code == 0, result.stderr
+    assert f"sending to http://127.0.0.2:9/v1 via proxy http://***@127.0.0.1:{port}" in (
+        result.stderr)
+    assert "hunter2" not in result.stderr + result.stdout
+    assert sim.stats.ok == 1
