@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from batchrun.errors import BatchrunError, InputError
+from batchrun.fsutil import PRIVATE_FILE, atomic_write
 
 
 def scan_output(path: Path) -> set[str]:
@@ -101,7 +103,8 @@ class OutputWriter:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                               PRIVATE_FILE)
         except OSError as exc:
             raise InputError(
                 f"cannot write the output {path}: {exc.strerror}. Choose a writable path with -o."
@@ -145,17 +148,17 @@ class OutputWriter:
 
     def _rebuild(self) -> None:
         """The output was deleted or replaced: put back what we wrote, and go on writing there."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.rebuild")
+
+        def copy(dst: BinaryIO) -> None:
+            offset = 0
+            while chunk := os.pread(self._fd, 1 << 20, offset):
+                dst.write(chunk)
+                offset += len(chunk)
+
         try:
-            with tmp.open("wb") as dst:
-                offset = 0
-                while chunk := os.pread(self._fd, 1 << 20, offset):
-                    dst.write(chunk)
-                    offset += len(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, self.path)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            # The mode of the file we still hold open: a user's chmod survives.
+            atomic_write(self.path, copy, stat.S_IMODE(os.fstat(self._fd).st_mode))
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
             raise BatchrunError(
                 f"{self.path} was deleted while batchrun ran, and putting it back failed "
@@ -175,15 +178,16 @@ class OutputWriter:
 def drop_failed(path: Path) -> int:
     """Remove the lines of requests that failed for good, so a resume sends them again.
 
-    Written to a new file, fsynced, then renamed over the old one: a crash at any point leaves
-    either the old output or the new one, never a mix. Returns how many lines were dropped.
+    An atomic rewrite that keeps the file's mode: a crash at any point leaves either the old
+    output or the new one, never a mix. Returns how many lines were dropped.
     """
     if not path.exists():
         return 0
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     dropped = 0
-    try:
-        with path.open("rb") as src, tmp.open("wb") as dst:
+
+    def keep_the_rest(dst: BinaryIO) -> None:
+        nonlocal dropped
+        with path.open("rb") as src:
             for raw in src:
                 if not raw.endswith(b"\n"):
                     break  # a torn last line is not a result
@@ -195,11 +199,10 @@ def drop_failed(path: Path) -> int:
                     dropped += 1
                 else:
                     dst.write(raw)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, keep_the_rest)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise BatchrunError(
             f"cannot rewrite {path} to drop failed lines: {exc.strerror}."
         ) from None

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from batchrun.errors import InputError
+from batchrun.fsutil import PRIVATE_FILE, private_dir, write_bytes_atomic
 
 FINISHED = "done"
 STATES = ("running", "paused-daily", "interrupted", "stopped", FINISHED)
@@ -99,7 +100,8 @@ class JobStore:
 
     def _ensure_dir(self) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.home)
+            private_dir(self.dir)
         except OSError as exc:
             raise InputError(
                 f"cannot create {self.dir}: {exc.strerror}. Set $BATCHRUN_HOME to a writable "
@@ -110,21 +112,9 @@ class JobStore:
         self._ensure_dir()
         manifest.updated = _now_iso()
         target = self.dir / f"{manifest.job_id}.json"
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
         data = orjson.dumps(asdict(manifest), option=orjson.OPT_INDENT_2)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-            dir_fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_bytes_atomic(target, data, PRIVATE_FILE)
         except OSError as exc:
             raise InputError(
                 f"cannot write the job manifest {target}: {exc.strerror}. Set $BATCHRUN_HOME to "
