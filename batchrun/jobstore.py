@@ -7,12 +7,9 @@ that does. Written atomically (temp file, fsync, rename), mode 0600.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,7 @@ from typing import Any
 import orjson
 
 from batchrun.errors import InputError
-from batchrun.fsutil import PRIVATE_FILE, private_dir, write_bytes_atomic
+from batchrun.fsutil import PRIVATE_FILE, identity, is_locked, private_dir, write_bytes_atomic
 
 FINISHED = "done"
 STATES = ("running", "paused-daily", "interrupted", "stopped", FINISHED)
@@ -49,7 +46,9 @@ def fingerprint(path: Path) -> dict[str, Any]:
 
 def describe_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
     """What changed in the input since the job started, in words; None if nothing did."""
-    if before.get("size") != now["size"]:
+    if not isinstance(before.get("size"), int):
+        return "batchrun recorded no fingerprint of it"
+    if before["size"] != now["size"]:
         return f"its size went from {before.get('size'):,} to {now['size']:,} bytes"
     if before.get("sha256_head_tail") != now["sha256_head_tail"]:
         return "its content changed"
@@ -161,39 +160,27 @@ class JobStore:
     def latest_unfinished(self) -> Manifest | None:
         return next((m for m in self.all() if not m.finished), None)
 
-    def is_running(self, job_id: str) -> bool:
-        """True while some process holds the job's lock (a crashed one does not)."""
-        path = self.dir / f"{job_id}.lock"
-        if not path.exists():
-            return False
-        fd = os.open(path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+    def exists(self, job_id: str) -> bool:
+        return (self.dir / f"{job_id}.json").exists()
+
+    def for_output(self, output: Path) -> Manifest | None:
+        """The job that writes `output` (resolved): by path, or by identity, since a hard link
+        or a symlink to a job's output is that output."""
+        jobs = self.all()
+        same = next((m for m in jobs if m.output == str(output)), None)
+        if same is not None:
+            return same
+        ident = identity(output)
+        if ident is None:
+            return None
+        return next((m for m in jobs if identity(Path(m.output)) == ident), None)
+
+    def is_running(self, manifest: Manifest) -> bool:
+        """True while some process holds the lock on the job's output (a crashed one does not)."""
+        return is_locked(Path(manifest.output))
 
     def effective_state(self, manifest: Manifest) -> str:
         """A manifest left 'running' by a process that died is a crashed job."""
-        if manifest.state == "running" and not self.is_running(manifest.job_id):
+        if manifest.state == "running" and not self.is_running(manifest):
             return "crashed"
         return manifest.state
-
-    @contextlib.contextmanager
-    def lock(self, job_id: str) -> Iterator[None]:
-        """Only one process may run a job: two would both write its output."""
-        self._ensure_dir()
-        fd = os.open(self.dir / f"{job_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise InputError(
-                    f"job {job_id} is already running in another batchrun process; wait for it "
-                    "or stop it first."
-                ) from None
-            yield
-        finally:
-            os.close(fd)
