@@ -266,8 +266,26 @@ async def run(
         lock.release()
 
 
-def retry_failed(manifest: Manifest) -> int:
-    return drop_failed(Path(manifest.output))
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """`resume` of a job with nothing left to do."""
+
+    done: int
+    total: int
+    failed: int
+
+
+def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
+                overrides: dict[str, Any]) -> tuple[JobSpec, bool] | Finished:
+    """What `resume` runs: the job's spec with the user's changes, or Finished. The failed
+    count comes from the output file: a crash may have left failures no manifest counted. The
+    failed lines themselves are dropped later, under the output's lock (run(retry_failed=))."""
+    if manifest.finished:
+        failed = len(read_output(Path(manifest.output)).failed)
+        if not (retry_failed and failed):
+            return Finished(manifest.done, manifest.total, failed)
+    check_input_unchanged(manifest, force)
+    return spec_from_manifest(manifest, overrides)
 
 
 def check_input_unchanged(manifest: Manifest, force: bool) -> None:

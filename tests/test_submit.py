@@ -92,7 +92,7 @@ def test_json_summary(sim: RunningSim, tmp_path: Path) -> None:
     assert run.code == 0, run.stderr
     summary = orjson.loads(run.stdout)
     assert summary["requests"] == {"total": 20, "ok": 20, "failed": 0, "bad_lines": 0,
-                                   "already_done": 0, "not_done": 0}
+                                   "already_done": 0, "not_done": 0, "failed_before": 0}
     assert summary["tokens"]["input"] > 0 and summary["tokens"]["output"] > 0
     assert summary["cost_usd"] > 0
     assert summary["limits"]["gpt-4o-mini"] == {"rpm": 500, "tpm": 200_000, "rpd": 10_000,
