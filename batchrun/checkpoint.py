@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from batchrun.errors import BatchrunError, InputError, StateError
+from batchrun.errors import InputError, StateError
 from batchrun.fsutil import PRIVATE_FILE, atomic_write, identity
 
 # The largest line we read whole: far above any answer (the client caps a response at 64 MB),
@@ -231,7 +231,7 @@ class OutputWriter:
                 self._size += written
                 view = view[written:]
         except OSError as exc:
-            raise BatchrunError(
+            raise StateError(
                 f"cannot write to {self.path}: {exc.strerror}. Results written so far are kept; "
                 "free space or fix permissions, then run the same command again to continue."
             ) from None
@@ -246,7 +246,7 @@ class OutputWriter:
         if not same:
             self._rebuild()
         elif st.st_size < self._size:
-            raise BatchrunError(
+            raise StateError(
                 f"{self.path} was truncated by another program while batchrun wrote it: it holds "
                 f"{st.st_size:,} of the {self._size:,} bytes written. Stop whatever touches it; "
                 "then resume, and the requests whose lines were lost are sent again."
@@ -266,7 +266,7 @@ class OutputWriter:
             atomic_write(self.path, copy, stat.S_IMODE(os.fstat(self._fd).st_mode))
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
-            raise BatchrunError(
+            raise StateError(
                 f"{self.path} was deleted while batchrun ran, and putting it back failed "
                 f"({exc.strerror}). Results so far are lost from disk; resume to send them again."
             ) from None
@@ -276,7 +276,7 @@ class OutputWriter:
         self._inode, self._size = (st.st_dev, st.st_ino), st.st_size
 
     def close(self) -> None:
-        with contextlib.suppress(BatchrunError):
+        with contextlib.suppress(StateError):
             self.check()
         os.close(self._fd)
 
@@ -318,7 +318,7 @@ def drop_failed(path: Path) -> int:
     try:
         atomic_write(path, keep_the_rest)
     except OSError as exc:
-        raise BatchrunError(
+        raise StateError(
             f"cannot rewrite {path} to drop failed lines: {exc.strerror}."
         ) from None
     return dropped

@@ -153,6 +153,7 @@ def resume(
     if job is not None:
         manifest = store.find(job)
     else:
+        _warn_damaged(store)
         found = store.latest_unfinished()
         if found is None:
             err.print("No unfinished job to resume. Start one with: batchrun submit JOBS.jsonl")
@@ -181,7 +182,7 @@ def status(
 ) -> None:
     """Jobs, their progress, and today's usage per key and model."""
     store = JobStore()
-    jobs = [store.find(job)] if job else store.all()
+    jobs = [store.find(job)] if job else _warn_damaged(store)
     book = ledger.Ledger(store.home / "ledger.sqlite3", ledger.utc_now)
     try:
         today = book.today()
@@ -227,6 +228,16 @@ def estimate(
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:
         render_estimate(out, result)
+
+
+def _warn_damaged(store: JobStore) -> list[Manifest]:
+    """Every readable job; each damaged manifest is named on stderr and skipped."""
+    jobs, damaged = store.scan()
+    for exc in damaged:
+        err.print(Text("warning: ", style="bold yellow")
+                  + Text(f"skipped the damaged job manifest {exc.path}: {exc.reason}. "
+                         f"`batchrun resume {exc.path.stem}` says how to recover that job."))
+    return jobs
 
 
 def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.errors import InputError
+from batchrun.errors import InputError, StateError
 from batchrun.fsutil import PRIVATE_FILE, identity, is_locked, private_dir, write_bytes_atomic
 
 FINISHED = "done"
@@ -63,6 +63,34 @@ def job_id_for(input_path: Path, output_path: Path) -> str:
     return f"{stem}-{hashlib.sha256(str(output_path).encode()).hexdigest()[:6]}"
 
 
+# What `resume` needs of a manifest's options (newer options have defaults).
+OPTION_KEYS = frozenset({
+    "model", "tier", "overrides", "concurrency", "max_retries", "timeout_s", "on_bad_line",
+    "wait", "simulate", "base_url", "azure_endpoint", "api_key_env", "insecure",
+})
+_FIELDS: dict[str, type] = {"job_id": str, "input": str, "output": str, "fingerprint": dict,
+                            "options": dict, "state": str, "updated": str}
+
+
+def _decode(raw: bytes) -> tuple[dict[str, Any], str | None]:
+    """A manifest's fields, and what is wrong with them (None: nothing)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return {}, f"not valid JSON: {exc}"
+    if not isinstance(data, dict):
+        return {}, "not a JSON object"
+    for key, kind in _FIELDS.items():
+        if not isinstance(data.get(key), kind):
+            return data, f"{key} is missing or not a {kind.__name__}"
+    if data["state"] not in STATES:
+        return data, f"unknown state {data['state']!r}"
+    missing = OPTION_KEYS - data["options"].keys()
+    if missing:
+        return data, f"options lack {', '.join(sorted(missing))}"
+    return data, None
+
+
 def _now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
@@ -92,45 +120,79 @@ class Manifest:
         return f"batchrun resume {self.job_id}"
 
 
+class DamagedManifest(StateError):
+    """A manifest batchrun cannot use; the message says how to recover its job."""
+
+    def __init__(self, path: Path, reason: str, data: dict[str, Any]) -> None:
+        where = ("input and output" if not {"input", "output"} <= data.keys() else
+                 f"input {data['input']} and output {data['output']}")
+        super().__init__(
+            f"the job manifest {path} is damaged ({reason}), so batchrun cannot resume job "
+            f"{path.stem}. Its finished results are safe in its output. To go on, move it aside "
+            f"(mv {path} {path}.damaged) and run `batchrun submit` again with the job's {where}: "
+            "requests already in the output are not sent again."
+        )
+        self.path, self.reason = path, reason
+
+
 class JobStore:
     def __init__(self, home: Path | None = None) -> None:
         self.home = home or state_home()
         self.dir = self.home / "jobs"
 
-    def _ensure_dir(self) -> None:
+    def ensure_dir(self) -> None:
+        """Create the state directory (0700), or say why it is unusable."""
         try:
             private_dir(self.home)
             private_dir(self.dir)
         except OSError as exc:
-            raise InputError(
+            raise StateError(
                 f"cannot create {self.dir}: {exc.strerror}. Set $BATCHRUN_HOME to a writable "
                 "directory."
             ) from None
 
     def save(self, manifest: Manifest) -> None:
-        self._ensure_dir()
+        self.ensure_dir()
         manifest.updated = _now_iso()
         target = self.dir / f"{manifest.job_id}.json"
         data = orjson.dumps(asdict(manifest), option=orjson.OPT_INDENT_2)
         try:
             write_bytes_atomic(target, data, PRIVATE_FILE)
         except OSError as exc:
-            raise InputError(
+            raise StateError(
                 f"cannot write the job manifest {target}: {exc.strerror}. Set $BATCHRUN_HOME to "
                 "a writable directory."
             ) from None
 
     def load(self, path: Path) -> Manifest:
+        """The manifest at `path`; a StateError that says how to recover if it is damaged."""
         try:
-            return Manifest(**orjson.loads(path.read_bytes()))
-        except (OSError, orjson.JSONDecodeError, TypeError) as exc:
-            raise InputError(f"the job manifest {path} is unreadable ({exc}).") from None
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise DamagedManifest(path, f"cannot read it: {exc.strerror}", {}) from None
+        data, reason = _decode(raw)
+        if reason is None:
+            try:
+                return Manifest(**data)
+            except TypeError as exc:
+                reason = str(exc).replace("Manifest.__init__() ", "")
+        raise DamagedManifest(path, reason, data)
+
+    def scan(self) -> tuple[list[Manifest], list[DamagedManifest]]:
+        """Every job, most recently updated first, and what is wrong with each damaged manifest
+        (skipped, so one bad file does not break every command)."""
+        if not self.dir.is_dir():
+            return [], []
+        manifests, damaged = [], []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                manifests.append(self.load(path))
+            except DamagedManifest as exc:
+                damaged.append(exc)
+        return sorted(manifests, key=lambda m: m.updated, reverse=True), damaged
 
     def all(self) -> list[Manifest]:
-        if not self.dir.is_dir():
-            return []
-        manifests = [self.load(p) for p in self.dir.glob("*.json")]
-        return sorted(manifests, key=lambda m: m.updated, reverse=True)
+        return self.scan()[0]
 
     def get(self, job_id: str) -> Manifest | None:
         path = self.dir / f"{job_id}.json"
@@ -142,6 +204,8 @@ class JobStore:
         for m in jobs:
             if m.job_id == ref:
                 return m
+        if (self.dir / f"{ref}.json").is_file():
+            self.load(self.dir / f"{ref}.json")  # damaged: says what is wrong and what to do
         as_path = str(Path(ref).expanduser().resolve())
         for m in jobs:
             if m.output == as_path:

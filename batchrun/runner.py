@@ -218,6 +218,7 @@ async def run(
 
     A new job's manifest is written only once the engine has accepted the input, so a refused
     submit leaves nothing behind (not even the empty output the lock created)."""
+    store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
     updater = _ManifestUpdater(store, manifest)
     try:

@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import orjson
 import pytest
 
 from batchrun import cli
@@ -106,3 +107,61 @@ def test_atomic_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path: 
         atomic_write(target, fail)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["target"]
+
+
+def test_a_damaged_output_of_a_job_is_exit_5_and_left_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(3))
+    out = tmp_path / "jobs.results.jsonl"
+    assert simulate(capsys, jobs, "--tpd", "40").code == 3
+    damaged = out.read_bytes() + b"something else wrote here\n"
+    out.write_bytes(damaged)
+    run = in_process(capsys, "resume", str(out), "-q")
+    assert run.code == 5, run.stderr
+    assert f"{out} is damaged: line" in run.stderr and "something else" in run.stderr
+    assert out.read_bytes() == damaged
+
+
+def manifests(isolated_env: dict[str, str]) -> Path:
+    return Path(isolated_env["BATCHRUN_HOME"]) / "jobs"
+
+
+@pytest.mark.parametrize("damage", ["not json", "no options", "options lack keys"])
+def test_a_damaged_manifest_is_skipped_and_named_and_its_job_says_how_to_recover(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_env: dict[str, str],
+    damage: str,
+) -> None:
+    good = write_jsonl(tmp_path / "good.jsonl", rows(3))
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows(3))
+    assert simulate(capsys, bad).code == 0
+    assert simulate(capsys, good, "--tpd", "40").code == 3  # paused: something to resume
+    [path] = manifests(isolated_env).glob("bad-*.json")
+    data = orjson.loads(path.read_bytes())
+    if damage == "not json":
+        path.write_bytes(b'{"job_id": "bad-')
+    elif damage == "no options":
+        del data["options"]
+        path.write_bytes(orjson.dumps(data))
+    else:
+        data["options"] = {"model": "gpt-4o-mini"}
+        data["state"] = "interrupted"
+        path.write_bytes(orjson.dumps(data))
+
+    status = in_process(capsys, "status")
+    assert status.code == 0, status.stderr
+    assert "good-" in status.stdout
+    assert f"skipped the damaged job manifest {path}" in status.stderr
+    as_json = in_process(capsys, "status", "--json")
+    assert as_json.code == 0
+    assert [j["job_id"][:5] for j in orjson.loads(as_json.stdout)["jobs"]] == ["good-"]
+
+    bare = in_process(capsys, "resume", "-q")
+    assert "Resuming good-" in bare.stderr and str(path) in bare.stderr
+    assert bare.code == 3, bare.stderr
+
+    that = in_process(capsys, "resume", path.stem)
+    assert that.code == 5, that.stderr
+    assert f"the job manifest {path} is damaged" in that.stderr
+    assert "move it aside" in that.stderr and "batchrun submit" in that.stderr
+    assert "Traceback" not in that.stderr
