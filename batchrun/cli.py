@@ -189,7 +189,11 @@ def status(
         usage = book.usage_rows(today)
     finally:
         book.close()
-    rows = [{**asdict(m), "state": store.effective_state(m), "resume": m.resume_command}
+    states = {m.job_id: store.effective_state(m) for m in jobs}
+    for m in jobs:
+        if states[m.job_id] == "crashed":
+            runner.count_from_output(m)  # its last saves may lag what it wrote
+    rows = [{**asdict(m), "state": states[m.job_id], "resume": m.resume_command}
             for m in jobs]
     if json_:
         sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage}).decode() + "\n")

@@ -289,6 +289,13 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
     return spec_from_manifest(manifest, overrides)
 
 
+def count_from_output(manifest: Manifest) -> None:
+    """Set a job's done and failed counts from its output file (read only)."""
+    with contextlib.suppress(BatchrunError):  # an unreadable output: keep what was saved
+        scan = read_output(Path(manifest.output))
+        manifest.done, manifest.failed = len(scan.done), len(scan.failed)
+
+
 def check_input_unchanged(manifest: Manifest, force: bool) -> None:
     path = Path(manifest.input)
     try:

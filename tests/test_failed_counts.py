@@ -105,3 +105,21 @@ def test_retry_failed_touches_nothing_while_the_job_runs(
         proc.kill()
         proc.wait()
     assert read_results(out)["line-31"]["error"]["code"] == "invalid_request_line"
+
+
+def test_status_of_a_crashed_job_counts_its_output(
+    sim: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_env: dict[str, str],
+) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(6))
+    out = tmp_path / "out.jsonl"
+    assert cli_run(capsys, "submit", str(jobs), "-o", str(out), "--base-url", sim.base_url,
+                   "-q", "--tpd", "40", "--concurrency", "1").code == 3
+    done = read_results(out)
+    missing = next(f"q{i}" for i in range(6) if f"q{i}" not in done)
+    with out.open("ab") as f:  # what the dead process wrote after its last manifest save
+        f.write(result_line(missing, 500, "req_x", None, ("server_error", "boom")))
+    [path] = (Path(isolated_env["BATCHRUN_HOME"]) / "jobs").glob("*.json")
+    manifest = orjson.loads(path.read_bytes())
+    path.write_bytes(orjson.dumps({**manifest, "state": "running", "failed": 0}))
+    job = status_of(capsys)
+    assert (job["state"], job["done"], job["failed"]) == ("crashed", len(done) + 1, 1)
