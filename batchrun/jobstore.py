@@ -206,10 +206,9 @@ class JobStore:
                 return m
         if (self.dir / f"{ref}.json").is_file():
             self.load(self.dir / f"{ref}.json")  # damaged: says what is wrong and what to do
-        as_path = str(Path(ref).expanduser().resolve())
-        for m in jobs:
-            if m.output == as_path:
-                return m
+        by_output = self.for_output(Path(ref).expanduser().resolve())
+        if by_output is not None:
+            return by_output
         matches = [m for m in jobs if m.job_id.startswith(ref)]
         if len(matches) == 1:
             return matches[0]

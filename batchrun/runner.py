@@ -15,7 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun.checkpoint import check_output_path, drop_failed, not_a_regular_file, read_output
+from batchrun.checkpoint import (
+    OutputScan,
+    check_output_path,
+    drop_failed,
+    not_a_regular_file,
+    read_output,
+)
 from batchrun.client import Endpoint
 from batchrun.engine import Engine, JobSpec
 from batchrun.errors import BadLine, BatchrunError, DailyLimitReached, InputError, Interrupted
@@ -168,9 +174,10 @@ def _lock_output(output: Path) -> FileLock:
 
 
 def _claim_output(spec: JobSpec, manifest: Manifest, store: JobStore, lock: FileLock,
-                  retry_failed: bool) -> int:
+                  retry_failed: bool) -> tuple[OutputScan, int]:
     """Under the output's lock: make sure the file is this job's (or new), take its failed
-    count from the file, and drop failed lines if asked. Returns how many were dropped."""
+    count from the file, and drop failed lines if asked. Returns what the output holds (its
+    done ids are the ones not to send) and how many failed lines were dropped."""
     output = Path(manifest.output)
     owned = store.exists(manifest.job_id)
     scan = read_output(output)
@@ -183,13 +190,13 @@ def _claim_output(spec: JobSpec, manifest: Manifest, store: JobStore, lock: File
                 f"of {spec.input}. batchrun did not change it: choose another output with -o, "
                 "or move that file away."
             )
+    dropped = 0
+    if retry_failed and scan.failed:
+        dropped = drop_failed(output)
+        lock.follow()  # the rewrite is a new file: hold the lock on it
+        scan = read_output(output)
     manifest.failed = len(scan.failed)
-    if not (retry_failed and scan.failed):
-        return 0
-    dropped = drop_failed(output)
-    lock.follow()  # the rewrite is a new file: hold the lock on it
-    manifest.failed = 0
-    return dropped
+    return scan, dropped
 
 
 def _ids_not_in_input(done: set[str], spec: JobSpec) -> list[str]:
@@ -222,7 +229,7 @@ async def run(
     lock = _lock_output(Path(manifest.output))
     updater = _ManifestUpdater(store, manifest)
     try:
-        dropped = _claim_output(spec, manifest, store, lock, retry_failed)
+        _, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
         if retry_failed:
             notify(f"Dropped {dropped:,} failed results from {manifest.output}; they are sent "
                    "again now.")

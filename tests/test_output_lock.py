@@ -91,3 +91,17 @@ def test_while_a_job_runs_no_other_process_writes_its_output(
         assert line["response"]["body"]["choices"][0]["message"]["content"] == reply_text(
             body_as_sent(row))
     assert sim.stats.received <= len(results) + 1  # only A's requests were sent
+
+
+def test_a_hard_link_to_a_jobs_output_names_that_job(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    a = write_jsonl(tmp_path / "a.jsonl", nameless(2, "apple"))
+    out = tmp_path / "out.jsonl"
+    assert simulate(capsys, a, "-o", str(out)).code == 0
+    link = tmp_path / "link.jsonl"
+    os.link(out, link)
+    code = cli.run(["resume", str(link)])
+    assert code == 0 and "is finished: 2 of 2 requests" in capsys.readouterr().out
+    again = simulate(capsys, a, "-o", str(link))  # the same job, by another name
+    assert again.code == 0 and "2 done before" in again.stdout
