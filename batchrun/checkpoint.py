@@ -9,6 +9,7 @@ when it opens the file, once the run is accepted and the file is known to be our
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import time
@@ -285,6 +286,16 @@ class OutputWriter:
             raise StateError(
                 f"{self.path} was deleted while batchrun ran, and putting it back failed "
                 f"({exc.strerror}). Results so far are lost from disk; resume to send them again."
+            ) from None
+        try:
+            # The job's lock is on the file that was deleted; lock the new one, or another
+            # process could take this output from under us.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(
+                f"{self.path} was deleted while batchrun ran, and another process took the "
+                "file put back in its place. Stop it; then resume this job."
             ) from None
         os.close(self._fd)
         self._fd = fd

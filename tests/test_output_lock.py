@@ -105,3 +105,31 @@ def test_a_hard_link_to_a_jobs_output_names_that_job(
     assert code == 0 and "is finished: 2 of 2 requests" in capsys.readouterr().out
     again = simulate(capsys, a, "-o", str(link))  # the same job, by another name
     assert again.code == 0 and "2 done before" in again.stdout
+
+
+def test_an_output_rebuilt_under_a_running_job_stays_locked(
+    sim_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sim = sim_factory(SimConfig(latency_s=0.3))
+    a = write_jsonl(tmp_path / "a.jsonl", nameless(100, "apple"))
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "submit", str(a), "-o", str(out), "--base-url",
+         sim.base_url, "--concurrency", "1", "-q", *UNLIMITED],
+        env={**os.environ, "OPENAI_API_KEY": FAKE_KEY}, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: count_lines(out) >= 1)
+        inode = out.stat().st_ino
+        out.unlink()
+        wait_for(lambda: out.exists() and out.stat().st_ino != inode)  # A put it back
+        monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+        monkeypatch.setenv("BATCHRUN_HOME", str(tmp_path / "other-home"))
+        # The same input from another state dir: it would send A's requests again.
+        other = submit_in_process(capsys, sim.base_url, a, out)
+        assert other.code == 2, other.stdout + other.stderr
+        assert "already running a job that writes" in other.stderr
+    finally:
+        proc.kill()
+        proc.wait()
