@@ -1,70 +1,192 @@
 """The output file is the checkpoint: a request is done when its line is in the output.
 
 Each finished request is one `os.write` of one whole line to a file opened O_APPEND, so a crash
-leaves at most one torn last line, which `scan_output` cuts off before a run goes on.
+leaves at most one torn last line. Reading an output (`read_output`) never changes it: a file
+at `-o` may be someone else's, and a run may yet be refused. The writer cuts a torn last line
+when it opens the file, once the run is accepted and the file is known to be ours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import stat
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
-from batchrun.errors import BatchrunError, InputError
+from batchrun.errors import InputError, StateError
+from batchrun.fsutil import PRIVATE_FILE, atomic_write, identity
+
+# The largest line we read whole: far above any answer (the client caps a response at 64 MB),
+# and a bound on what a file that is not ours (a 10 GB line, /dev/zero) can cost us.
+MAX_LINE = 256 * 1024 * 1024
 
 
-def scan_output(path: Path) -> set[str]:
-    """The custom_ids already in the output. Cuts off a torn last line left by a crash."""
-    done: set[str] = set()
+@dataclass(slots=True)
+class OutputScan:
+    """What an output holds, read without changing it."""
+
+    done: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    lines: int = 0  # whole result lines
+    torn: bytes = b""  # the start of an incomplete last line, if any
+    foreign: tuple[int, bytes] | None = None  # the first line that is not a result: (no, text)
+
+    def check_ours(self, path: Path, owned: bool) -> None:
+        """Refuse a file that is not provably a batchrun output. `owned`: a manifest says this
+        path is the job's output, so a bad line means damage, not someone else's file."""
+        where = self.foreign
+        if where is None and self.torn and not self.lines and not (
+            owned and self.torn.startswith(_PREFIX)
+        ):
+            # One fragment and nothing else proves nothing: it may be a user's one-line file.
+            where = (1, self.torn)
+        if where is None:
+            return
+        line_no, text = where
+        excerpt = text[:60].decode("utf-8", "replace")
+        if owned:
+            raise StateError(
+                f"{path} is damaged: line {line_no} is not a batchrun result ({excerpt!r}). "
+                "batchrun did not change it. Remove that line (or move the file aside to start "
+                "over), then run the same command again."
+            )
+        raise InputError(
+            f"{path} exists and is not a batchrun results file (line {line_no}: {excerpt!r}). "
+            "batchrun did not change it: choose another output with -o, or move that file away."
+        )
+
+
+def check_output_path(output: Path, input_path: Path) -> None:
+    """Refuse, before anything is opened, an output batchrun must not write: not a regular
+    file, or the input itself (by any name: a symlink, a hard link)."""
     try:
-        f = path.open("r+b")
+        st = os.stat(output)
     except FileNotFoundError:
-        return done
+        return
+    except OSError as exc:
+        raise InputError(f"cannot open output {output}: {exc.strerror}.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"output {output} is a directory; give a file path with -o.")
+    if not stat.S_ISREG(st.st_mode):
+        raise not_a_regular_file(output)
+    if identity(input_path) == (st.st_dev, st.st_ino):
+        raise InputError(
+            f"output {output} is the input itself ({input_path}); results would overwrite the "
+            "requests. Give another path with -o."
+        )
+
+
+def _open_output(path: Path) -> BinaryIO:
+    """Open an existing output for reading; refuse anything but a regular file."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except IsADirectoryError:
         raise InputError(f"output {path} is a directory; give a file path with -o.") from None
     except OSError as exc:
         raise InputError(f"cannot open output {path}: {exc.strerror}.") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise InputError(f"output {path} is a directory; give a file path with -o.")
+        raise not_a_regular_file(path)
+    return os.fdopen(fd, "rb")
+
+
+def not_a_regular_file(output: Path) -> InputError:
+    return InputError(
+        f"output {output} is not a regular file (a device or a pipe); batchrun reads its output "
+        "back to resume, so give the path of a file with -o."
+    )
+
+
+def read_output(path: Path) -> OutputScan:
+    """Which custom_ids the output holds, and which of them failed. One pass; changes nothing
+    (a torn last line is cut by the writer, once the run is accepted)."""
+    scan = OutputScan()
+    try:
+        f = _open_output(path)
+    except InputError:
+        if not path.exists() and not path.is_symlink():
+            return scan
+        raise
     with f:
-        good_end = 0
-        for raw in f:
+        st = os.fstat(f.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if _last_scan is not None and _last_scan[0] == key:
+            return _last_scan[1]
+        while raw := f.readline(MAX_LINE):
             if not raw.endswith(b"\n"):
-                break  # torn: the process died in the middle of this write
-            cid = _custom_id(raw)
-            if cid is None:
-                raise InputError(
-                    f"{path} is not a batchrun results file (line {raw[:60]!r}…); "
-                    "choose another output path with -o."
-                )
-            done.add(cid)
-            good_end += len(raw)
-        if f.seek(0, os.SEEK_END) != good_end:
-            f.truncate(good_end)
-    return done
+                if len(raw) < MAX_LINE and not f.read(1):
+                    scan.torn = raw  # the process died in the middle of this write
+                    break
+                scan.foreign = (scan.lines + 1, raw)
+                break
+            parsed = _parse(raw)
+            if parsed is None:
+                scan.foreign = (scan.lines + 1, raw)
+                break
+            cid, failed = parsed
+            scan.done.add(cid)
+            if failed:
+                scan.failed.add(cid)
+            scan.lines += 1
+    _remember(key, scan)
+    return scan
+
+
+# The runner reads the output under its lock, then the engine reads it again: at a second per
+# million lines, the second read is served from here while the file is unchanged (same inode,
+# size and mtime). One entry; it goes when the engine takes the runner's scan instead.
+_last_scan: tuple[tuple[int, int, int, int], OutputScan] | None = None
+
+
+def _remember(key: tuple[int, int, int, int], scan: OutputScan) -> None:
+    global _last_scan
+    _last_scan = (key, scan)
+
+
+def scan_output(path: Path) -> set[str]:
+    """The custom_ids already in the output (the runner has checked that the file is ours)."""
+    scan = read_output(path)
+    scan.check_ours(path, owned=True)
+    return scan.done
 
 
 _PREFIX = b'{"id":"batch_req_'
 _CID_AT = len(_PREFIX) + 24 + len(b'","custom_id":')
+_OK_END = b',"error":null}\n'
+_RESULT_KEYS = frozenset({"custom_id", "response", "error"})
 
 
-def _custom_id(raw: bytes) -> str | None:
-    """A result line's custom_id. Our own lines have it at a fixed place, so a resume with a
-    million done lines decodes only the id (the whole line is parsed when that fails)."""
+def _parse(raw: bytes) -> tuple[str, bool] | None:
+    """A result line's custom_id and whether it failed; None if it is not a result line.
+
+    Our own lines have the id at a fixed place and end in `"error":null}` when they succeeded,
+    so a resume with a million done lines decodes only the ids (anything else is parsed whole).
+    """
     if raw.startswith(_PREFIX) and raw[_CID_AT : _CID_AT + 1] == b'"':
         end = raw.find(b'","response":', _CID_AT + 1)
-        if end > 0:
+        if end > 0 and raw.endswith(_OK_END):
             with contextlib.suppress(orjson.JSONDecodeError):
                 cid = orjson.loads(raw[_CID_AT : end + 1])
                 if isinstance(cid, str):
-                    return cid
+                    return cid, False
     try:
-        cid = orjson.loads(raw).get("custom_id")
-    except (orjson.JSONDecodeError, AttributeError):
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
-    return cid if isinstance(cid, str) else None
+    if not isinstance(line, dict) or not line.keys() >= _RESULT_KEYS:
+        return None
+    cid = line["custom_id"]
+    return (cid, line["error"] is not None) if isinstance(cid, str) else None
 
 
 def result_line(
@@ -101,13 +223,17 @@ class OutputWriter:
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                               PRIVATE_FILE)
         except OSError as exc:
             raise InputError(
                 f"cannot write the output {path}: {exc.strerror}. Choose a writable path with -o."
             ) from None
         st = os.fstat(self._fd)
-        self._inode, self._size = (st.st_dev, st.st_ino), st.st_size
+        end = _whole_lines_end(self._fd, st.st_size)
+        if end != st.st_size:
+            os.ftruncate(self._fd, end)  # a torn last line from a crash: not a result
+        self._inode, self._size = (st.st_dev, st.st_ino), end
         self._checked = time.monotonic()
 
     def write(self, line: bytes) -> None:
@@ -122,7 +248,7 @@ class OutputWriter:
                 self._size += written
                 view = view[written:]
         except OSError as exc:
-            raise BatchrunError(
+            raise StateError(
                 f"cannot write to {self.path}: {exc.strerror}. Results written so far are kept; "
                 "free space or fix permissions, then run the same command again to continue."
             ) from None
@@ -137,7 +263,7 @@ class OutputWriter:
         if not same:
             self._rebuild()
         elif st.st_size < self._size:
-            raise BatchrunError(
+            raise StateError(
                 f"{self.path} was truncated by another program while batchrun wrote it: it holds "
                 f"{st.st_size:,} of the {self._size:,} bytes written. Stop whatever touches it; "
                 "then resume, and the requests whose lines were lost are sent again."
@@ -145,21 +271,31 @@ class OutputWriter:
 
     def _rebuild(self) -> None:
         """The output was deleted or replaced: put back what we wrote, and go on writing there."""
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.rebuild")
+
+        def copy(dst: BinaryIO) -> None:
+            offset = 0
+            while chunk := os.pread(self._fd, 1 << 20, offset):
+                dst.write(chunk)
+                offset += len(chunk)
+
         try:
-            with tmp.open("wb") as dst:
-                offset = 0
-                while chunk := os.pread(self._fd, 1 << 20, offset):
-                    dst.write(chunk)
-                    offset += len(chunk)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, self.path)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+            # The mode of the file we still hold open: a user's chmod survives.
+            atomic_write(self.path, copy, stat.S_IMODE(os.fstat(self._fd).st_mode))
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
-            raise BatchrunError(
+            raise StateError(
                 f"{self.path} was deleted while batchrun ran, and putting it back failed "
                 f"({exc.strerror}). Results so far are lost from disk; resume to send them again."
+            ) from None
+        try:
+            # The job's lock is on the file that was deleted; lock the new one, or another
+            # process could take this output from under us.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateError(
+                f"{self.path} was deleted while batchrun ran, and another process took the "
+                "file put back in its place. Stop it; then resume this job."
             ) from None
         os.close(self._fd)
         self._fd = fd
@@ -167,40 +303,49 @@ class OutputWriter:
         self._inode, self._size = (st.st_dev, st.st_ino), st.st_size
 
     def close(self) -> None:
-        with contextlib.suppress(BatchrunError):
+        with contextlib.suppress(StateError):
             self.check()
         os.close(self._fd)
+
+
+def _whole_lines_end(fd: int, size: int) -> int:
+    """Where the last whole line of the file ends."""
+    end = size
+    while end > 0:
+        start = max(0, end - (1 << 16))
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
 
 
 def drop_failed(path: Path) -> int:
     """Remove the lines of requests that failed for good, so a resume sends them again.
 
-    Written to a new file, fsynced, then renamed over the old one: a crash at any point leaves
-    either the old output or the new one, never a mix. Returns how many lines were dropped.
+    An atomic rewrite that keeps the file's mode: a crash at any point leaves either the old
+    output or the new one, never a mix. Returns how many lines were dropped.
     """
     if not path.exists():
         return 0
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     dropped = 0
-    try:
-        with path.open("rb") as src, tmp.open("wb") as dst:
+
+    def keep_the_rest(dst: BinaryIO) -> None:
+        nonlocal dropped
+        with path.open("rb") as src:
             for raw in src:
                 if not raw.endswith(b"\n"):
                     break  # a torn last line is not a result
-                try:
-                    failed = orjson.loads(raw).get("error") is not None
-                except (orjson.JSONDecodeError, AttributeError):
-                    failed = False
-                if failed:
+                parsed = _parse(raw)
+                if parsed is not None and parsed[1]:
                     dropped += 1
                 else:
                     dst.write(raw)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(path, keep_the_rest)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise BatchrunError(
+        raise StateError(
             f"cannot rewrite {path} to drop failed lines: {exc.strerror}."
         ) from None
     return dropped

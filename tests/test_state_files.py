@@ -1,0 +1,167 @@
+"""The files batchrun keeps: modes, atomic rewrites, and state that is damaged or unusable."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import orjson
+import pytest
+
+from batchrun import cli
+from batchrun.checkpoint import OutputWriter, result_line
+from batchrun.fsutil import atomic_write, write_bytes_atomic
+from tests.conftest import Run, write_jsonl
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
+    code = cli.run(list(args))
+    captured = capsys.readouterr()
+    return Run(code, captured.out, captured.err)
+
+
+def simulate(capsys: pytest.CaptureFixture[str], jobs: Path, *extra: str) -> Run:
+    return in_process(capsys, "submit", str(jobs), "--simulate", "--rpm", "0", "--tpm", "0",
+                      "-q", *extra)
+
+
+def rows(n: int) -> list[dict[str, object]]:
+    return [{"id": f"q{i}", "prompt": f"question {i}", "max_tokens": 5} for i in range(n)]
+
+
+@pytest.fixture
+def umask_022() -> object:
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_state_home_and_output_are_created_private(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_env: dict[str, str],
+    umask_022: object,
+) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(2))
+    run = simulate(capsys, jobs)
+    assert run.code == 0, run.stderr
+    home = Path(isolated_env["BATCHRUN_HOME"])
+    assert mode(home) == 0o700
+    assert mode(home / "jobs") == 0o700
+    assert mode(tmp_path / "jobs.results.jsonl") == 0o600
+
+
+def test_retry_failed_keeps_the_outputs_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], umask_022: object,
+) -> None:
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b'{"id": "ok", "prompt": "x", "max_tokens": 5}\n{oops\n')
+    out = tmp_path / "jobs.results.jsonl"
+    assert simulate(capsys, jobs, "--on-bad-line", "skip").code == 1
+    out.chmod(0o640)
+    again = in_process(capsys, "resume", str(out), "--retry-failed", "-q")
+    assert again.code == 1, again.stderr
+    assert "Dropped 1 failed results" in again.stderr
+    assert mode(out) == 0o640
+
+
+def test_a_deleted_output_is_rebuilt_with_its_mode(tmp_path: Path, umask_022: object) -> None:
+    out = tmp_path / "out.jsonl"
+    writer = OutputWriter(out)
+    line = result_line("a", 200, "req_1", {"ok": True}, None)
+    writer.write(line)
+    out.chmod(0o640)
+    out.unlink()
+    writer.check()
+    writer.write(result_line("b", 200, "req_2", {"ok": True}, None))
+    writer.close()
+    assert mode(out) == 0o640
+    assert out.read_bytes().startswith(line) and out.read_bytes().count(b"\n") == 2
+
+
+def test_atomic_write_keeps_the_mode_or_makes_a_new_file_private(
+    tmp_path: Path, umask_022: object
+) -> None:
+    (tmp_path / "d").mkdir()
+    new = tmp_path / "d" / "new"
+    write_bytes_atomic(new, b"one")
+    assert new.read_bytes() == b"one" and mode(new) == 0o600
+    new.chmod(0o644)
+    write_bytes_atomic(new, b"two")
+    assert new.read_bytes() == b"two" and mode(new) == 0o644
+    assert sorted(p.name for p in new.parent.iterdir()) == ["new"]
+
+
+def test_atomic_write_that_fails_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    target = tmp_path / "d" / "target"
+    target.write_bytes(b"old")
+
+    def fail(f: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(target, fail)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["target"]
+
+
+def test_a_damaged_output_of_a_job_is_exit_5_and_left_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(3))
+    out = tmp_path / "jobs.results.jsonl"
+    assert simulate(capsys, jobs, "--tpd", "40").code == 3
+    damaged = out.read_bytes() + b"something else wrote here\n"
+    out.write_bytes(damaged)
+    run = in_process(capsys, "resume", str(out), "-q")
+    assert run.code == 5, run.stderr
+    assert f"{out} is damaged: line" in run.stderr and "something else" in run.stderr
+    assert out.read_bytes() == damaged
+
+
+def manifests(isolated_env: dict[str, str]) -> Path:
+    return Path(isolated_env["BATCHRUN_HOME"]) / "jobs"
+
+
+@pytest.mark.parametrize("damage", ["not json", "no options", "options lack keys"])
+def test_a_damaged_manifest_is_skipped_and_named_and_its_job_says_how_to_recover(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_env: dict[str, str],
+    damage: str,
+) -> None:
+    good = write_jsonl(tmp_path / "good.jsonl", rows(3))
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows(3))
+    assert simulate(capsys, bad).code == 0
+    assert simulate(capsys, good, "--tpd", "40").code == 3  # paused: something to resume
+    [path] = manifests(isolated_env).glob("bad-*.json")
+    data = orjson.loads(path.read_bytes())
+    if damage == "not json":
+        path.write_bytes(b'{"job_id": "bad-')
+    elif damage == "no options":
+        del data["options"]
+        path.write_bytes(orjson.dumps(data))
+    else:
+        data["options"] = {"model": "gpt-4o-mini"}
+        data["state"] = "interrupted"
+        path.write_bytes(orjson.dumps(data))
+
+    status = in_process(capsys, "status")
+    assert status.code == 0, status.stderr
+    assert "good-" in status.stdout
+    assert f"skipped the damaged job manifest {path}" in status.stderr
+    as_json = in_process(capsys, "status", "--json")
+    assert as_json.code == 0
+    assert [j["job_id"][:5] for j in orjson.loads(as_json.stdout)["jobs"]] == ["good-"]
+
+    bare = in_process(capsys, "resume", "-q")
+    assert "Resuming good-" in bare.stderr and str(path) in bare.stderr
+    assert bare.code == 3, bare.stderr
+
+    that = in_process(capsys, "resume", path.stem)
+    assert that.code == 5, that.stderr
+    assert f"the job manifest {path} is damaged" in that.stderr
+    assert "move it aside" in that.stderr and "batchrun submit" in that.stderr
+    assert "Traceback" not in that.stderr
