@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -17,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from batchrun import ledger, runner
+from batchrun import __version__, ledger, runner
 from batchrun.client import Endpoint
 from batchrun.engine import JobSpec
 from batchrun.errors import (
@@ -27,6 +28,7 @@ from batchrun.errors import (
     EXIT_SOME_FAILED,
     BatchrunError,
     InputError,
+    redact,
 )
 from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
@@ -39,16 +41,27 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Run a JSONL of OpenAI-style requests at your account's rate limits; never lose or "
     "double-bill work.",
 )
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: a bug in batchrun, not in the input or the API
 # soft_wrap: messages are never hard-wrapped at 80 columns; the terminal wraps them.
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"batchrun {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
     """Run a JSONL of OpenAI-style requests at your account's rate limits; never lose or
     double-bill work."""
 
@@ -58,16 +71,18 @@ class OnBadLine(str, Enum):
     skip = "skip"
 
 
-Jobs = Annotated[Path, typer.Argument(help="JSONL file of requests")]
+Jobs = Annotated[Path, typer.Argument(metavar="JOBS", help="JSONL file of requests")]
 Model = Annotated[str, typer.Option("-m", "--model", help="model for lines that name none")]
-Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}")]
+Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}",
+                                   callback=lambda value: value.lower())]
 Limit = Annotated[int | None, typer.Option(min=0, show_default="preset", help="0 = unlimited")]
 
 
 Wait = Annotated[bool | None, typer.Option(
     "--wait/--no-wait", show_default="--no-wait",
     help="at the daily limit: sleep until 00:00 UTC and go on, or stop with exit 3")]
-Force = Annotated[bool, typer.Option(help="go on although the input changed since the job began")]
+Force = Annotated[bool, typer.Option(
+    "--force", help="go on although the input changed since the job began")]
 Json = Annotated[bool, typer.Option("--json", help="print the summary as JSON")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress display")]
 Concurrency = Annotated[int | None, typer.Option(
@@ -99,8 +114,10 @@ def submit(
         help="fail: check the whole file first; skip: record bad lines as failed",
     )] = OnBadLine.fail,
     simulate: Annotated[bool, typer.Option(
-        help="run against the built-in local simulator (no key, no network)")] = False,
-    insecure: Annotated[bool, typer.Option(help="allow plain http:// to a remote host")] = False,
+        "--simulate", help="run against the built-in local simulator (no key, no network)")
+    ] = False,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="allow plain http:// to a remote host")] = False,
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
@@ -332,7 +349,7 @@ def run(argv: list[str] | None = None) -> int:
             raise
         # Text, not markup: messages quote ids and server words that may contain brackets.
         prefix = Text("error: ", style="bold red") if exc.exit_code == EXIT_INPUT else Text()
-        err.print(prefix + Text(exc.message))
+        err.print(prefix + Text(printable(exc.message)))
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted before anything was sent.")
@@ -343,8 +360,27 @@ def run(argv: list[str] | None = None) -> int:
         if callable(show) and isinstance(code, int):
             show()
             return code
-        raise
+        if os.environ.get("BATCHRUN_DEBUG"):
+            raise
+        # A bug, not a user error: say so in one line. The job is recorded as crashed (the
+        # runner never marks a job done on an exception), so nothing finished is lost.
+        err.print(Text(printable(
+            f"internal error: {type(exc).__name__}: {redact(str(exc))}. This is a bug in "
+            "batchrun; results written so far are kept and `batchrun resume` continues the "
+            "job. Run again with BATCHRUN_DEBUG=1 to see the traceback, and please report it."
+        ), style="bold red"))
+        return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
+
+
+# Server words and file names reach the terminal through messages: escape sequences in them
+# could clear the screen, retitle the window or write the clipboard (OSC 52).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text with every control character but newline and tab shown as a harmless '?'."""
+    return _CONTROL.sub("?", text)
 
 
 def main() -> None:

@@ -1,0 +1,84 @@
+"""The command line itself: help that reads at 80 columns, --version, forgiving names, and the
+one place every error becomes a message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from batchrun import __version__, cli
+from batchrun.errors import InputError
+from tests.conftest import run_cli, write_jsonl
+from tests.test_resume import prompts
+
+
+def command_info(name: str) -> Any:
+    return next(c for c in cli.app.registered_commands if c.callback.__name__ == name)
+
+
+def test_version() -> None:
+    run = run_cli("--version")
+    assert run.code == 0 and run.stdout.strip() == f"batchrun {__version__}"
+
+
+@pytest.mark.parametrize("command", ["submit", "resume", "estimate", "status"])
+def test_help_fits_80_columns_and_cuts_nothing(command: str) -> None:
+    result = CliRunner().invoke(cli.app, [command, "--help"], env={"COLUMNS": "80"},
+                                prog_name="batchrun")
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert "…" not in result.output  # nothing truncated
+    assert "╭" not in result.output  # plain text, no boxes squeezing descriptions
+
+
+def test_submit_help_names_its_flags_plainly() -> None:
+    text = CliRunner().invoke(cli.app, ["submit", "--help"], env={"COLUMNS": "80"},
+                              prog_name="batchrun").output
+    assert "Usage: batchrun submit [OPTIONS] {JOBS}" in text  # typer's braces: required
+    assert "JOBS.results.jsonl" in text
+    for flag in ("--simulate ", "--insecure ", "--force "):
+        assert flag in text
+    assert "--no-simulate" not in text and "--no-force" not in text
+
+
+def test_tier_names_are_not_case_sensitive(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    run = run_cli("estimate", str(jobs), "--tier", "Tier1", "--json")
+    assert run.code == 0, run.stderr
+    assert '"tier":"tier1"' in run.stdout
+
+
+def test_escape_sequences_in_a_message_never_reach_the_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def status() -> None:
+        raise InputError("server said: \x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J done\ttab\nnext line")
+
+    monkeypatch.setattr(command_info("status"), "callback", status)
+    code = cli.run(["status"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "\x1b" not in err and "\x07" not in err
+    assert "tab\nnext line" in err and "[2J done" in err  # rich expands the tab
+
+
+def test_a_bug_is_one_clear_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def status() -> None:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(command_info("status"), "callback", status)
+    code = cli.run(["status"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_INTERNAL
+    assert "Traceback" not in err
+    assert "internal error: ZeroDivisionError: division by zero" in err
+    assert "BATCHRUN_DEBUG=1" in err
+    monkeypatch.setenv("BATCHRUN_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        cli.run(["status"])
