@@ -262,7 +262,7 @@ class Engine:
                 lane.changed.clear()
                 await lane.changed.wait()
                 continue
-            job.day = lane.budget.reserve(job.cost)
+            job.day = lane.budget.reserve(job.cost, self._clock())
             if job.day is None:
                 lane.retries.appendleft(job)
                 if lane.limiter.in_flight:
@@ -305,7 +305,8 @@ class Engine:
         elif kind is Kind.FAIL:
             self._finish(lane, job, ok=False)
         elif kind is Kind.RATE_DAY:
-            lane.budget.exhaust()
+            assert job.day is not None
+            lane.budget.exhaust(job.day)
             if self.spec.wait:
                 lane.retries.appendleft(job)  # sent again after 00:00 UTC
                 lane.changed.set()
