@@ -253,16 +253,25 @@ class IdTracker:
 
 
 def read_jobs(
-    path: Path, default_model: str, ids: IdTracker | None = None
+    path: Path, default_model: str, ids: IdTracker | None = None, end: int | None = None,
+    sizes: list[int] | None = None,
 ) -> Iterator[Request | BadLine]:
     """Stream the file: yield a Request or a BadLine per non-blank line, in order.
 
+    `end`: stop at this byte offset (where the checking pass stopped), so lines appended while
+    a job runs are never sent unchecked. `sizes[0]`, if given, holds the bytes read so far.
     Raises InputError only for the file as a whole (missing, a directory, empty).
     """
     ids = ids or IdTracker()
     any_line = False
+    offset = 0
     with _open(path) as f:
         for line_no, raw in enumerate(f, start=1):
+            if end is not None and offset + len(raw) > end:
+                break
+            offset += len(raw)
+            if sizes is not None:
+                sizes[0] = offset
             if line_no == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
             if len(raw) > MAX_LINE_BYTES:
@@ -331,10 +340,12 @@ class InputReport:
     bad: list[BadLine] = field(default_factory=list)
     models: dict[str, int] = field(default_factory=dict)
     ids: IdTracker = field(default_factory=IdTracker)
+    size: int | None = None  # bytes checked: the sending pass reads no further
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "total": self.total, "bad_total": self.bad_total, "models": self.models,
+            "total": self.total, "size": self.size, "bad_total": self.bad_total,
+            "models": self.models,
             "bad": [[b.line_no, b.custom_id, b.reason] for b in self.bad],
             "duplicates": sorted(self.ids.duplicates), "unnamed": sorted(self.ids.unnamed),
         }
@@ -346,13 +357,15 @@ class InputReport:
         ids.duplicates, ids.unnamed = set(data["duplicates"]), set(data["unnamed"])
         # The output is this job's own: every id in it is one of the file's.
         return cls(total=data["total"], already_done=len(done), bad_total=data["bad_total"],
-                   bad=[BadLine(*b) for b in data["bad"]], models=dict(data["models"]), ids=ids)
+                   bad=[BadLine(*b) for b in data["bad"]], models=dict(data["models"]), ids=ids,
+                   size=data.get("size"))
 
 
 def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputReport:  # type: ignore[assignment]
     """Read the whole file once: count requests per model, collect bad lines. Sends nothing."""
     report = InputReport()
-    for item in read_jobs(path, model, report.ids):
+    offset = [0]
+    for item in read_jobs(path, model, report.ids, sizes=offset):
         report.total += 1
         if isinstance(item, BadLine):
             report.bad_total += 1
@@ -363,4 +376,13 @@ def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputRe
             report.models[item.model] = report.models.get(item.model, 0) + 1
             report.already_done += item.custom_id in done
     report.ids.release()
+    report.size = offset[0]
     return report
+
+
+def input_report(path: Path, model: str, done: set[str],
+                 checked: dict[str, Any] | None) -> InputReport:
+    """The checking pass, or the one an earlier run of the same unchanged input saved."""
+    if checked is not None:
+        return InputReport.from_dict(checked, done)
+    return check_input(path, model, done)

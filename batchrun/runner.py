@@ -15,14 +15,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun.checkpoint import drop_failed
+from batchrun.checkpoint import drop_failed, scan_output
 from batchrun.client import Endpoint
 from batchrun.engine import Engine, JobSpec
-from batchrun.errors import BatchrunError, DailyLimitReached, InputError, Interrupted
+from batchrun.errors import BadLinesError, BatchrunError, DailyLimitReached, InputError, Interrupted
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
-from batchrun.jobs import InputReport
+from batchrun.jobs import input_report
 from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
+from batchrun.stop import Stop, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
@@ -95,7 +96,7 @@ def _final_state(stop: BatchrunError | None) -> str:
     return "stopped"
 
 
-async def _drive(engine: Engine) -> BatchrunError | None:
+async def _drive(engine: Engine) -> Stop | None:
     loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -153,8 +154,7 @@ async def run(
 ) -> BatchrunError | None:
     """Run the job under its lock, with the shared ledger; record how it ended."""
     with store.lock(manifest.job_id):
-        spec = replace(spec, output=Path(manifest.output),
-                       resume_hint=manifest.resume_command)
+        spec = replace(spec, output=Path(manifest.output))
         manifest.state, manifest.message = "running", ""
         store.save(manifest)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
@@ -170,20 +170,27 @@ async def run(
             updater(event)
             listener(event)
 
-        def remember(report: InputReport) -> None:
-            manifest.checked = report.to_dict()
-
-        engine = Engine(spec, api_key, fan_out, budget_for, now_utc=now_utc, sleep=sleep,
-                        checked=manifest.checked, on_checked=remember)
         stop: BatchrunError | None = None
+        crashed = True  # until proven otherwise: a bug must not leave the job "done"
         try:
-            stop = await _drive(engine)
+            done = scan_output(spec.output)
+            report = input_report(spec.input, spec.model, done, manifest.checked)
+            manifest.checked = report.to_dict()
+            if report.bad_total and spec.on_bad_line == "fail":
+                raise BadLinesError(str(spec.input), report.bad, report.bad_total)
+            engine = Engine(spec, report, done, api_key, fan_out, budget_for, now_utc=now_utc,
+                            sleep=sleep)
+            ended = await _drive(engine)
+            if ended is not None:
+                stop = phrase(ended, str(spec.output), manifest.resume_command,
+                              spec.endpoint.key_env)
+            crashed = False
         except BatchrunError as exc:
-            stop = exc
+            stop, crashed = exc, False
             raise
         finally:
             ledger.close()
-            manifest.state = _final_state(stop)
+            manifest.state = "crashed" if crashed else _final_state(stop)
             manifest.message = stop.message if stop else ""
             store.save(manifest)
         return stop
