@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import math
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from batchrun.checkpoint import OutputWriter, result_line
 from batchrun.client import ApiClient, Kind, Outcome
-from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, Tries, billed, decide, outcome_usage
+from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, billed, decide, outcome_usage
 from batchrun.errors import BadLine, BatchrunError
 from batchrun.events import (
     AttemptEnded,
@@ -37,9 +35,10 @@ from batchrun.events import (
     Throttled,
 )
 from batchrun.jobs import InputReport, Request, read_jobs
+from batchrun.lanes import Job, Lane
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
 from batchrun.limiter import Limiter, Ticket
-from batchrun.sizing import Size, never_fits, size_of
+from batchrun.sizing import never_fits, size_of
 from batchrun.spec import JobSpec
 from batchrun.stop import Stop, StopKind
 from batchrun.tiers import Limits
@@ -47,8 +46,6 @@ from batchrun.tiers import Limits
 __all__ = ["Client", "Engine", "JobSpec"]
 
 QUEUE_PER_LANE = 1024
-# Until we have seen real answers, a request that sets no max_tokens is charged this much output.
-INITIAL_OUTPUT_GUESS = 256
 MAX_BACKOFF_S = 60.0
 
 
@@ -61,52 +58,6 @@ class Client(Protocol):
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> Any: ...
-
-
-@dataclass(slots=True)
-class _Job:
-    request: Request
-    size: Size
-    tries: Tries = field(default_factory=Tries)
-    last: Outcome | None = None
-    day: dt.date | None = None  # the UTC day its budget reservation was made on
-
-    @property
-    def cost(self) -> int:
-        return self.size.charge
-
-
-class _Lane:
-    """The queue, limiter and budget of one model."""
-
-    def __init__(self, model: str, limits: Limits, limiter: Limiter, budget: DailyBudget) -> None:
-        self.model = model
-        self.limits = limits
-        self.limiter = limiter
-        self.budget = budget
-        self.pending: deque[_Job] = deque()
-        self.retries: deque[_Job] = deque()
-        self.outstanding = 0  # accepted from the reader, not yet written
-        self.changed = asyncio.Event()
-        self.space = asyncio.Event()
-        self.settled = asyncio.Event()  # an attempt came back and its reservation settled
-        self.budget_reported = -math.inf
-        self.mean_output = float(INITIAL_OUTPUT_GUESS)
-        self.seen_output = False
-
-    def next_job(self) -> _Job | None:
-        if self.retries:
-            return self.retries.popleft()
-        if self.pending:
-            self.space.set()
-            return self.pending.popleft()
-        return None
-
-    def learn_output(self, tokens_out: int) -> None:
-        if not self.seen_output:
-            self.mean_output, self.seen_output = float(tokens_out), True
-        else:
-            self.mean_output = 0.95 * self.mean_output + 0.05 * tokens_out
 
 
 class Engine:
@@ -140,9 +91,9 @@ class Engine:
         self._now_utc = now_utc
         self._rng = rng or random.Random()
         self._policy = Policy(spec.max_retries, spec.wait)
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[str, Lane] = {}
         self._stop: Stop | None = None
-        self._stop_lane: _Lane | None = None
+        self._stop_lane: Lane | None = None
         self._connected = False  # has any attempt reached a server that answered?
         self._input_done = False
         self._attempts: set[asyncio.Task[None]] = set()
@@ -203,7 +154,7 @@ class Engine:
             if item.custom_id in done:
                 continue
             lane = self._lane(item.model)
-            job = _Job(item, size_of(item, lane.mean_output))
+            job = Job(item, size_of(item, lane.mean_output))
             if self._never_fits(lane, job):
                 continue
             while len(lane.pending) >= QUEUE_PER_LANE and not self._stop:
@@ -216,18 +167,18 @@ class Engine:
         for lane in self._lanes.values():
             lane.changed.set()
 
-    def _lane(self, model: str) -> _Lane:
+    def _lane(self, model: str) -> Lane:
         lane = self._lanes.get(model)
         if lane is None:
             limits = self.spec.limits_for(model)
             limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock,
                               self._sleep)
             budget = self._budget_for(model, limits)
-            lane = self._lanes[model] = _Lane(model, limits, limiter, budget)
+            lane = self._lanes[model] = Lane(model, limits, limiter, budget)
             self._dispatchers.add(self._tg.create_task(self._dispatch(lane)))
         return lane
 
-    def _never_fits(self, lane: _Lane, job: _Job) -> bool:
+    def _never_fits(self, lane: Lane, job: Job) -> bool:
         """Record a request that can never run (over the TPM, perhaps one the server's headers
         taught since it was queued; over the daily budget; over the context window)."""
         reason = never_fits(job.size, lane.model, lane.limiter.pacer.tpm, lane.budget.tpd)
@@ -237,7 +188,7 @@ class Engine:
 
     # -- dispatcher -----------------------------------------------------------------------------
 
-    async def _dispatch(self, lane: _Lane) -> None:
+    async def _dispatch(self, lane: Lane) -> None:
         while not self._stop:
             job = lane.next_job()
             if job is None:
@@ -274,7 +225,7 @@ class Engine:
             self._attempts.add(task)
             task.add_done_callback(self._attempts.discard)
 
-    async def _attempt(self, lane: _Lane, job: _Job, ticket: Ticket) -> None:
+    async def _attempt(self, lane: Lane, job: Job, ticket: Ticket) -> None:
         outcome = await self._client.send(job.request)
         job.last = outcome
         kind = outcome.kind
@@ -317,11 +268,11 @@ class Engine:
             self._halt(Stop(StopKind.NO_NETWORK, server_message=outcome.message,
                             host=self._host()), "cannot reach the API")
 
-    def _requeue(self, lane: _Lane, job: _Job) -> None:
+    def _requeue(self, lane: Lane, job: Job) -> None:
         lane.retries.append(job)
         lane.changed.set()
 
-    def _retry_later(self, lane: _Lane, job: _Job, hint_s: float | None) -> None:
+    def _retry_later(self, lane: Lane, job: Job, hint_s: float | None) -> None:
         backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (job.tries.failures - 1))
         delay = max(backoff * self._rng.uniform(0.5, 1.5), min(hint_s or 0.0, MAX_BACKOFF_S))
 
@@ -338,7 +289,7 @@ class Engine:
         self._timers.add(task)
         task.add_done_callback(self._timers.discard)
 
-    def _report_budget(self, lane: _Lane) -> None:
+    def _report_budget(self, lane: Lane) -> None:
         now = self._clock()
         if not lane.budget.limited or now - lane.budget_reported < 1.0:
             return
@@ -348,7 +299,7 @@ class Engine:
 
     # -- results --------------------------------------------------------------------------------
 
-    def _finish(self, lane: _Lane, job: _Job, ok: bool) -> None:
+    def _finish(self, lane: Lane, job: Job, ok: bool) -> None:
         out = job.last
         assert out is not None
         error = None
@@ -365,7 +316,7 @@ class Engine:
         self._record(job.request.custom_id, lane.model, out, error)
         self._ended(lane)
 
-    def _ended(self, lane: _Lane) -> None:
+    def _ended(self, lane: Lane) -> None:
         lane.outstanding -= 1
         if lane.outstanding == 0:
             lane.changed.set()
@@ -400,7 +351,7 @@ class Engine:
                            until_reset=until_midnight(self._now_utc()))
         return stop
 
-    async def _wait_for_reset(self, lane: _Lane) -> None:
+    async def _wait_for_reset(self, lane: Lane) -> None:
         """--wait: sleep until the UTC day turns, then carry on. Checks the clock every minute
         so a suspended laptop or a changed clock wakes it at the right time."""
         day = self._now_utc().date()
@@ -412,7 +363,7 @@ class Engine:
             await self._sleep(min(60.0, left.total_seconds() + 0.5))
         self._emit(StateChanged("running"))
 
-    def _halt(self, stop: Stop, detail: str, lane: _Lane | None = None) -> None:
+    def _halt(self, stop: Stop, detail: str, lane: Lane | None = None) -> None:
         if self._stop is not None:
             return
         self._stop, self._stop_lane = stop, lane
