@@ -92,7 +92,7 @@ def billed(outcome: Outcome, reserved: int) -> int:
 
 def outcome_usage(outcome: Outcome) -> tuple[int, int] | None:
     """(prompt, completion) tokens the server reported, or None when it reported none or
-    nonsense (`"prompt_tokens": "n/a"`)."""
+    nonsense (`"prompt_tokens": "n/a"`). Negative counts are taken as 0."""
     body = outcome.body
     if not isinstance(body, dict) or not isinstance(body.get("usage"), dict):
         return None
@@ -100,4 +100,4 @@ def outcome_usage(outcome: Outcome) -> tuple[int, int] | None:
         tokens_in, tokens_out = outcome.usage
     except (TypeError, ValueError, OverflowError):
         return None
-    return tokens_in, tokens_out
+    return max(0, tokens_in), max(0, tokens_out)

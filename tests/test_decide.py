@@ -69,6 +69,8 @@ def test_decide(outcome: Outcome, tries: Tries, policy: Policy, connected: bool,
     (out(Kind.RETRY, code="timeout"), 500),
     (out(Kind.RETRY, code="connection_error", message=RESET), 500),
     (out(Kind.RETRY, 200, body={"usage": {"prompt_tokens": "n/a"}}), 500),
+    (out(Kind.OK, 200, body={"usage": {"prompt_tokens": -3_000_000, "completion_tokens": 5}}),
+     5),
     (out(Kind.RATE_MINUTE, 429), 0),
     (out(Kind.FAIL, 400), 0),
 ])
