@@ -8,6 +8,7 @@ DESIGN.md ("what each response means") and the engine's reaction to it read as o
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from batchrun.client import Kind, Outcome
@@ -22,6 +23,11 @@ NO_NETWORK_TRIES = 4
 # aiohttp's errors for a connection that was never made (refused, no route, DNS, proxy), as
 # the client names them in its connection_error message. A reset after connecting is not one.
 _NOT_CONNECTED = ("ClientConnector", "ClientProxyConnectionError")
+
+
+# OpenAI's words when one request exceeds the TPM: "... on tokens per min (TPM): Limit 30000,
+# Requested 50000."
+_TPM_LIMIT = re.compile(r"tokens per min\w*\s*\(TPM\):\s*Limit\s+([\d,]+)", re.IGNORECASE)
 
 
 class Action(enum.Enum):
@@ -73,6 +79,14 @@ def decide(outcome: Outcome, tries: Tries, policy: Policy, connected: bool = Tru
             and tries.failures >= min(NO_NETWORK_TRIES, policy.max_retries + 1)):
         return Action.STOP_NO_NETWORK
     return Action.FAIL if tries.failures > policy.max_retries else Action.BACKOFF
+
+
+def taught_tpm(outcome: Outcome) -> int | None:
+    """The tokens-per-minute limit a request_too_large refusal states, if it states one."""
+    if outcome.code != "request_too_large":
+        return None
+    match = _TPM_LIMIT.search(outcome.message)
+    return int(match.group(1).replace(",", "")) if match else None
 
 
 def never_connected(outcome: Outcome) -> bool:

@@ -22,7 +22,15 @@ from urllib.parse import urlsplit
 
 from batchrun.checkpoint import OutputWriter, result_line
 from batchrun.client import ApiClient, Kind, Outcome
-from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, billed, decide, outcome_usage
+from batchrun.decide import (
+    MAX_RATE_LIMITED,
+    Action,
+    Policy,
+    billed,
+    decide,
+    outcome_usage,
+    taught_tpm,
+)
 from batchrun.errors import BadLine, BatchrunError
 from batchrun.events import (
     AttemptEnded,
@@ -37,7 +45,7 @@ from batchrun.events import (
 from batchrun.jobs import InputReport, Request, read_jobs
 from batchrun.lanes import Job, Lane
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
-from batchrun.limiter import Limiter, Ticket
+from batchrun.limiter import Limiter, ServerState, Ticket
 from batchrun.sizing import never_fits, size_of
 from batchrun.spec import JobSpec
 from batchrun.stop import Stop, StopKind
@@ -232,7 +240,11 @@ class Engine:
         job.tries.rate_limited += kind is Kind.RATE_MINUTE
         job.tries.failures += kind is Kind.RETRY
         self._connected = self._connected or outcome.status is not None
-        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else outcome.server)
+        server = outcome.server
+        tpm = taught_tpm(outcome)
+        if tpm is not None:  # the limiter adopts it; queued requests are checked against it
+            server = replace(server or ServerState(), limit_tokens=tpm)
+        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server)
         assert job.day is not None
         lane.budget.settle(job.day, job.cost, billed(outcome, job.cost))
         lane.settled.set()
@@ -243,8 +255,6 @@ class Engine:
             lane.learn_output((outcome_usage(outcome) or (0, 0))[1])
             self._finish(lane, job, ok=True)
         elif action in (Action.FAIL, Action.TOO_LARGE):
-            # TOO_LARGE: a lower limit in its headers is in the limiter now; queued requests
-            # are checked against it before they go.
             self._finish(lane, job, ok=False)
         elif action is Action.THROTTLE:
             pause = lane.limiter.rate_limited(ticket, outcome.hint_s)

@@ -197,3 +197,33 @@ async def test_no_network_stops_after_a_few_tries_on_virtual_time(tmp_path: Path
     assert stop is not None and stop.kind is StopKind.NO_NETWORK
     assert stop.host == "127.0.0.1:9" and stop.done == 0 and stop.total == 3
     assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
+
+
+async def test_a_request_too_large_429_teaches_the_tpm_to_requests_still_queued(
+    tmp_path: Path,
+) -> None:
+    """The server's TPM is below the preset and its 429 says so only in words: the requests
+    over it that are still queued fail at once instead of each being sent to be refused."""
+
+    def small_server(request: Request, attempt: int) -> Outcome:
+        if request.body.get("max_tokens", 0) < 2_000:
+            return ok(request, attempt)
+        return out(Kind.FAIL, 429, "request_too_large",
+                   "Request too large for gpt-4o-mini in organization org-x on tokens per min "
+                   "(TPM): Limit 2,000, Requested 5,010. The input or output tokens must be "
+                   "reduced in order to run successfully.")
+
+    rows = [*({"id": f"big{i}", "prompt": "hi", "max_tokens": 5_000} for i in range(4)),
+            {"id": "small", "prompt": "hi", "max_tokens": 5}]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    client = Scripted(small_server)
+    stop, _ = await run_engine(tmp_path, jobs, client, VirtualTime(), concurrency=1,
+                               overrides={"rpd": 0, "tpd": 0})
+    assert stop is None
+    # big1 was already waiting for admission when big0's answer came back.
+    assert client.sent == ["big0", "big1", "small"]
+    results = read_results(tmp_path / "out.jsonl")
+    for big in ("big2", "big3"):
+        assert results[big]["error"]["code"] == "request_too_large"
+        assert "2,000 tokens/min limit" in results[big]["error"]["message"]
+    assert results["small"]["error"] is None
