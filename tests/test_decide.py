@@ -227,3 +227,40 @@ async def test_a_request_too_large_429_teaches_the_tpm_to_requests_still_queued(
         assert results[big]["error"]["code"] == "request_too_large"
         assert "2,000 tokens/min limit" in results[big]["error"]["message"]
     assert results["small"]["error"] is None
+
+
+async def test_wait_sends_again_after_midnight_when_the_server_says_the_day_is_spent(
+    tmp_path: Path,
+) -> None:
+    start = dt.datetime(2026, 11, 27, 23, 0, tzinfo=dt.UTC)
+    time = VirtualTime()
+
+    def now_utc() -> dt.datetime:
+        return start + dt.timedelta(seconds=time.now)
+
+    def daily_then_ok(request: Request, attempt: int) -> Outcome:
+        if now_utc().date() == start.date():
+            return out(Kind.RATE_DAY, 429, "rate_limit_exceeded",
+                       "Rate limit reached on requests per day (RPD): Limit 200, Used 200")
+        return ok(request, attempt)
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": f"q{i}", "prompt": "hi"} for i in range(3)])
+    spec = JobSpec(input=jobs, output=tmp_path / "out.jsonl",
+                   endpoint=Endpoint.make("http://127.0.0.1:9/v1", None, None),
+                   overrides=UNLIMITED, wait=True)
+    ledger = Ledger(tmp_path / "ledger.sqlite3", now_utc)
+
+    def budget_for(model: str, limits: Limits) -> DailyBudget:
+        return DailyBudget(ledger, Scope("h", "k", model), 0, 0)
+
+    client = Scripted(daily_then_ok)
+    events: list[Event] = []
+    engine = Engine(spec, check_input(jobs, spec.model, set()), set(), FAKE_KEY, events.append,
+                    budget_for, client=client, clock=time.clock, sleep=time.sleep,
+                    now_utc=now_utc)
+    assert await engine.run() is None
+    assert ledger.usage(Scope("h", "k", "gpt-4o-mini"), start.date()).exhausted
+    ledger.close()
+    assert all(r["error"] is None for r in read_results(tmp_path / "out.jsonl").values())
+    # It slept through the hour to midnight, not through the next day.
+    assert dt.timedelta(hours=1) <= now_utc() - start < dt.timedelta(hours=1, minutes=2)
