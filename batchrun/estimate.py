@@ -77,8 +77,14 @@ def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
     for chunk in _chunks(path, model, report):
         counts = prompt_tokens_many([(r.url, r.body) for r in chunk])
         for request, prompt in zip(chunk, counts, strict=True):
-            t = report.tallies.setdefault(request.model, _Tally())
             size = Size.of(request, prompt, assumed_output)
+            lim = limits_for(request.model)
+            reason = never_fits(size, request.model, lim.tpm, lim.tpd)
+            if reason is not None:
+                # Recorded as failed without being sent: no tokens, cost or time.
+                _never_runs(report, request, reason)
+                continue
+            t = report.tallies.setdefault(request.model, _Tally())
             out = size.max_output
             if out is None and request.url == CHAT_URL:
                 t.requests_without_max += 1
@@ -87,10 +93,6 @@ def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
             t.prompt_tokens += prompt
             t.max_output_tokens += out or 0
             t.charge_tokens += size.charge
-            lim = limits_for(request.model)
-            reason = never_fits(size, request.model, lim.tpm, lim.tpd)
-            if reason is not None:
-                _never_runs(report, request, reason)
     return report
 
 

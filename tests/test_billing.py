@@ -325,3 +325,16 @@ def test_a_job_runs_to_within_one_percent_of_its_daily_token_budget(
     billed = sum(r["response"]["body"]["usage"]["total_tokens"]
                  for r in read_results(tmp_path / "jobs.results.jsonl").values())
     assert 99_000 <= billed <= 100_000
+
+
+def test_estimate_counts_no_days_or_cost_for_requests_that_never_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--tpd 100` on requests of ~500 tokens said "3 UTC days" though none could ever run."""
+    rows = [*prompts(2, max_tokens=500), {"id": "small", "prompt": "hi", "max_tokens": 5}]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    assert cli.run(["estimate", str(jobs), "--tpd", "100", "--json"]) == 0
+    result = orjson.loads(capsys.readouterr().out)
+    assert result["never_run_total"] == 2
+    assert result["days"] == 1 and result["requests"] == 1
+    assert result["models"][0]["output_tokens"] == 5
