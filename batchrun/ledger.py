@@ -1,10 +1,10 @@
 """The daily token and request budget, shared by every process that uses the same key and model.
 
 SQLite in $BATCHRUN_HOME, one row per (API host, key fingerprint, model, UTC day). Before a
-request is sent its charge is reserved in one short write transaction; when the answer comes the
-reservation is settled to the real usage. Settlements are carried in memory and applied in the
-next reservation's transaction (or at close), so the hot path costs one transaction per request,
-and a crash can only leave the ledger over-counted, never under.
+request is sent its charge is reserved (from a lease: see DailyBudget); when the answer comes the
+reservation is settled to the real usage. Only what errs on the safe side waits in memory for the
+next write (budget given back); usage above a reservation is counted before anything else is
+admitted. So a crash can leave the ledger over-counted by what a process held, never under.
 """
 
 from __future__ import annotations
@@ -315,10 +315,6 @@ class DailyBudget:
     @property
     def limited(self) -> bool:
         return bool(self.tpd or self.rpd)
-
-    def too_big(self, tokens: int) -> bool:
-        """More than the whole day's token budget: it can never be sent."""
-        return bool(self.tpd) and tokens > self.tpd
 
     def reserve(self, tokens: int, now: float | None = None) -> dt.date | None:
         """The day the reservation was made on, or None if today's budget can't cover it.
