@@ -88,7 +88,7 @@ def _count(request: Request) -> None:
     orjson.dumps(request.body)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(chat_line, embedding_line), min_size=1, max_size=4))
 def test_every_line_the_validator_accepts_can_be_counted(tmp_path: Path,
