@@ -118,10 +118,6 @@ def read_output(path: Path) -> OutputScan:
             return scan
         raise
     with f:
-        st = os.fstat(f.fileno())
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if _last_scan is not None and _last_scan[0] == key:
-            return _last_scan[1]
         while raw := f.readline(MAX_LINE):
             if not raw.endswith(b"\n"):
                 if len(raw) < MAX_LINE and not f.read(1):
@@ -138,26 +134,7 @@ def read_output(path: Path) -> OutputScan:
             if failed:
                 scan.failed.add(cid)
             scan.lines += 1
-    _remember(key, scan)
     return scan
-
-
-# The runner reads the output under its lock, then the engine reads it again: at a second per
-# million lines, the second read is served from here while the file is unchanged (same inode,
-# size and mtime). One entry; it goes when the engine takes the runner's scan instead.
-_last_scan: tuple[tuple[int, int, int, int], OutputScan] | None = None
-
-
-def _remember(key: tuple[int, int, int, int], scan: OutputScan) -> None:
-    global _last_scan
-    _last_scan = (key, scan)
-
-
-def scan_output(path: Path) -> set[str]:
-    """The custom_ids already in the output (the runner has checked that the file is ours)."""
-    scan = read_output(path)
-    scan.check_ours(path, owned=True)
-    return scan.done
 
 
 _PREFIX = b'{"id":"batch_req_'

@@ -362,6 +362,8 @@ def run(argv: list[str] | None = None) -> int:
             return code
         if os.environ.get("BATCHRUN_DEBUG"):
             raise
+        while isinstance(exc, ExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]  # the task group's wrapping says nothing to a user
         # A bug, not a user error: say so in one line. The job is recorded as crashed (the
         # runner never marks a job done on an exception), so nothing finished is lost.
         err.print(Text(printable(

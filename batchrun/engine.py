@@ -1,34 +1,38 @@
-"""One job run: read the input, admit each request through its model's limiter, send, classify,
-write its result line. Progress and the summary are events; nothing here knows about terminals.
+"""One job run: take the checked input, admit each request through its model's limiter, send,
+decide, write its result line. Progress and the summary are events; nothing here knows about
+terminals, and why a run stopped early is returned as data (`stop.Stop`) for the runner to word.
 
     reader ──► lane per model (bounded queue, FIFO dispatcher: daily budget, then limiter)
-           ──► attempt task (HTTP) ──► classify ──► output line | retry | stop the job
+           ──► attempt task (HTTP) ──► classify ──► decide ──► output line | retry | stop the job
+
+All time comes from one clock (the running loop's, unless one is injected with its sleep), and
+the UTC day from `now_utc`, so tests can run the engine on virtual time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import math
 import random
-import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
-from batchrun.checkpoint import OutputWriter, result_line, scan_output
-from batchrun.client import ApiClient, Endpoint, Kind, Outcome
-from batchrun.endpoint import proxy_for
-from batchrun.errors import (
-    ApiRefused,
-    BadLine,
-    BadLinesError,
-    BatchrunError,
-    DailyLimitReached,
-    Interrupted,
+from batchrun.checkpoint import OutputWriter, result_line
+from batchrun.client import ApiClient, Kind, Outcome
+from batchrun.decide import (
+    MAX_RATE_LIMITED,
+    Action,
+    Policy,
+    billed,
+    decide,
+    outcome_usage,
+    taught_tpm,
 )
+from batchrun.endpoint import proxy_for
+from batchrun.errors import BadLine, BatchrunError
 from batchrun.events import (
     AttemptEnded,
     BudgetUsed,
@@ -39,131 +43,80 @@ from batchrun.events import (
     StateChanged,
     Throttled,
 )
-from batchrun.jobs import InputReport, Request, check_input, read_jobs
+from batchrun.jobs import InputReport, Request, read_jobs
+from batchrun.lanes import Job, Lane
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
-from batchrun.limiter import Limiter, Ticket
-from batchrun.tiers import Limits, preset
-from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens
+from batchrun.limiter import Limiter, ServerState, Ticket
+from batchrun.sizing import never_fits, size_of
+from batchrun.spec import JobSpec
+from batchrun.stop import Stop, StopKind
+from batchrun.tiers import Limits
+
+__all__ = ["Client", "Engine", "JobSpec"]
 
 QUEUE_PER_LANE = 1024
-# Until we have seen real answers, a request that sets no max_tokens is charged this much output.
-INITIAL_OUTPUT_GUESS = 256
 MAX_BACKOFF_S = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """Everything that shapes a run. Holds the key's env var name (in endpoint), never the key."""
+class Client(Protocol):
+    """What the engine sends through: ApiClient, or a scripted fake in tests."""
 
-    input: Path
-    output: Path
-    endpoint: Endpoint
-    model: str = "gpt-4o-mini"
-    tier: str = "tier1"
-    overrides: dict[str, int | None] = field(default_factory=dict)
-    concurrency: int | None = None
-    max_retries: int = 8
-    timeout_s: float = 600.0
-    on_bad_line: str = "fail"
-    drain_s: float = 10.0
-    wait: bool = False  # at the daily limit: sleep until 00:00 UTC instead of stopping
-    resume_hint: str = "the same command"  # how the user continues, for messages
+    async def send(self, request: Request) -> Outcome: ...
 
-    def limits_for(self, model: str) -> Limits:
-        return (preset(model, self.tier) or Limits()).override(**self.overrides)
+    async def __aenter__(self) -> Any: ...
 
-
-@dataclass(slots=True)
-class _Job:
-    request: Request
-    cost: int
-    attempts: int = 0
-    last: Outcome | None = None
-    day: dt.date | None = None  # the UTC day its budget reservation was made on
-
-
-class _Lane:
-    """The queue, limiter and budget of one model."""
-
-    def __init__(self, model: str, limits: Limits, limiter: Limiter, budget: DailyBudget) -> None:
-        self.model = model
-        self.limits = limits
-        self.limiter = limiter
-        self.budget = budget
-        self.pending: deque[_Job] = deque()
-        self.retries: deque[_Job] = deque()
-        self.outstanding = 0  # accepted from the reader, not yet written
-        self.changed = asyncio.Event()
-        self.space = asyncio.Event()
-        self.settled = asyncio.Event()  # an attempt came back and its reservation settled
-        self.budget_reported = -math.inf
-        self.mean_output = float(INITIAL_OUTPUT_GUESS)
-        self.seen_output = False
-
-    def next_job(self) -> _Job | None:
-        if self.retries:
-            return self.retries.popleft()
-        if self.pending:
-            self.space.set()
-            return self.pending.popleft()
-        return None
-
-    def learn_output(self, tokens_out: int) -> None:
-        if not self.seen_output:
-            self.mean_output, self.seen_output = float(tokens_out), True
-        else:
-            self.mean_output = 0.95 * self.mean_output + 0.05 * tokens_out
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> Any: ...
 
 
 class Engine:
     def __init__(
         self,
         spec: JobSpec,
+        report: InputReport,
+        done: set[str],
         api_key: str,
         listener: Listener,
         budget_for: Callable[[str, Limits], DailyBudget],
-        clock: Callable[[], float] = time.monotonic,
+        *,
+        client: Client | None = None,
+        clock: Callable[[], float] | None = None,
         now_utc: Callable[[], dt.datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
-        checked: dict[str, Any] | None = None,
-        on_checked: Callable[[InputReport], None] = lambda report: None,
     ) -> None:
+        """`report`: the checking pass (the engine sends only what it saw); `done`: ids that
+        already have a line in the output. `clock` defaults to the running loop's."""
         self.spec = spec
-        self._checked = checked  # the checking pass of an earlier run of the same input
-        self._on_checked = on_checked
+        self._report = report
+        self._done_ids = done
         self._budget_for = budget_for
-        self._key = api_key
         self._emit = listener
-        self._clock = clock
+        self._client: Client = client or ApiClient(
+            spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0))
+        self._clock_given = clock
+        self._clock: Callable[[], float] = clock or (lambda: 0.0)
         self._sleep = sleep
         self._now_utc = now_utc
         self._rng = rng or random.Random()
-        self._lanes: dict[str, _Lane] = {}
-        # Why the run is stopping: the error is built when the run ends, so its counts are final.
-        self._stop: Callable[[], BatchrunError] | None = None
-        self._stop_kind: type[BatchrunError] | None = None
+        self._policy = Policy(spec.max_retries, spec.wait)
+        self._lanes: dict[str, Lane] = {}
+        self._stop: Stop | None = None
+        self._stop_lane: Lane | None = None
+        self._connected = False  # has any attempt reached a server that answered?
         self._input_done = False
         self._attempts: set[asyncio.Task[None]] = set()
         self._dispatchers: set[asyncio.Task[None]] = set()
-        self._timers: set[asyncio.TimerHandle] = set()
-        self._done = 0
-        self._total = 0
+        self._timers: set[asyncio.Task[None]] = set()
+        self._done = report.already_done
+        self._total = report.total
 
     # -- public ---------------------------------------------------------------------------------
 
-    async def run(self) -> BatchrunError | None:
+    async def run(self) -> Stop | None:
         """Run the job to its end; return why it stopped early (None: every request has a line)."""
-        done = scan_output(self.spec.output)
-        if self._checked is not None:
-            report = InputReport.from_dict(self._checked, done)
-        else:
-            report = check_input(self.spec.input, self.spec.model, done)
-            self._on_checked(report)
-        if report.bad_total and self.spec.on_bad_line == "fail":
-            raise BadLinesError(str(self.spec.input), report.bad, report.bad_total)
-        self._total, self._done = report.total, report.already_done
-        self._ids = report.ids.replay()
+        self._clock = self._clock_given or asyncio.get_running_loop().time
+        report = self._report
         self._writer = OutputWriter(self.spec.output)
         self._emit(JobStarted(
             input=str(self.spec.input), output=str(self.spec.output), total=report.total,
@@ -173,15 +126,10 @@ class Engine:
             proxy=proxy_for(self.spec.endpoint.base_url),
         ))
         self._emit(StateChanged("running"))
-        max_conn = max(512, self.spec.concurrency or 0)
         try:
-            async with (
-                ApiClient(self.spec.endpoint, self._key, self.spec.timeout_s, max_conn) as client,
-                asyncio.TaskGroup() as tg,
-            ):
-                self._client = client
+            async with self._client, asyncio.TaskGroup() as tg:
                 self._tg = tg
-                tg.create_task(self._read(done))
+                tg.create_task(self._read())
         except* BatchrunError as group:
             # e.g. the disk filled up under a worker: report it as itself, not as a task group.
             raise group.exceptions[0] from None
@@ -190,22 +138,21 @@ class Engine:
                 timer.cancel()
             self._writer.close()
         self._emit(StateChanged("stopped" if self._stop else "done"))
-        return self._stop() if self._stop else None
+        return self._final_stop()
 
     def interrupt(self) -> None:
         """Ctrl-C: the first stops admitting and drains; the second abandons in-flight requests."""
-        if self._stop_kind is Interrupted:
+        if self._stop is not None and self._stop.kind is StopKind.INTERRUPTED:
             self._cancel_attempts()
             return
-        self._halt(Interrupted, "interrupted: finishing requests in flight", lambda: Interrupted(
-            f"Interrupted. {self._done:,} of {self._total:,} requests are done and kept in "
-            f"{self.spec.output}. Continue with: {self.spec.resume_hint}"
-        ))
+        self._halt(Stop(StopKind.INTERRUPTED), "interrupted: finishing requests in flight")
 
     # -- reader ---------------------------------------------------------------------------------
 
-    async def _read(self, done: set[str]) -> None:
-        for n, item in enumerate(read_jobs(self.spec.input, self.spec.model, self._ids)):
+    async def _read(self) -> None:
+        report, done = self._report, self._done_ids
+        items = read_jobs(self.spec.input, self.spec.model, report.ids.replay(), end=report.size)
+        for n, item in enumerate(items):
             if self._stop:
                 break
             if n % 256 == 0:
@@ -217,14 +164,8 @@ class Engine:
             if item.custom_id in done:
                 continue
             lane = self._lane(item.model)
-            job = self._job(lane, item)
-            if lane.limiter.pacer.too_big(job.cost):
-                self._record(job.request.custom_id, lane.model, None, (
-                    "request_too_large",
-                    f"this request needs about {job.cost:,} tokens, more than the "
-                    f"{lane.limits.tpm:,} tokens/min limit of {lane.model}; shorten it or lower "
-                    "max_tokens",
-                ))
+            job = Job(item, size_of(item, lane.mean_output))
+            if self._never_fits(lane, job):
                 continue
             while len(lane.pending) >= QUEUE_PER_LANE and not self._stop:
                 lane.space.clear()
@@ -236,26 +177,28 @@ class Engine:
         for lane in self._lanes.values():
             lane.changed.set()
 
-    def _lane(self, model: str) -> _Lane:
+    def _lane(self, model: str) -> Lane:
         lane = self._lanes.get(model)
         if lane is None:
             limits = self.spec.limits_for(model)
-            limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock)
+            limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock,
+                              self._sleep)
             budget = self._budget_for(model, limits)
-            lane = self._lanes[model] = _Lane(model, limits, limiter, budget)
+            lane = self._lanes[model] = Lane(model, limits, limiter, budget)
             self._dispatchers.add(self._tg.create_task(self._dispatch(lane)))
         return lane
 
-    def _job(self, lane: _Lane, request: Request) -> _Job:
-        prompt = max(prompt_tokens(request.url, request.body), char_estimate(request.body))
-        out = max_output_tokens(request.body)
-        if out is None and request.url.endswith("/chat/completions"):
-            out = round(lane.mean_output * int(request.body.get("n", 1)))
-        return _Job(request, prompt + (out or 0))
+    def _never_fits(self, lane: Lane, job: Job) -> bool:
+        """Record a request that can never run (over the TPM, perhaps one the server's headers
+        taught since it was queued; over the daily budget; over the context window)."""
+        reason = never_fits(job.size, lane.model, lane.limiter.pacer.tpm, lane.budget.tpd)
+        if reason is not None:
+            self._record(job.request.custom_id, lane.model, None, ("request_too_large", reason))
+        return reason is not None
 
     # -- dispatcher -----------------------------------------------------------------------------
 
-    async def _dispatch(self, lane: _Lane) -> None:
+    async def _dispatch(self, lane: Lane) -> None:
         while not self._stop:
             job = lane.next_job()
             if job is None:
@@ -264,7 +207,10 @@ class Engine:
                 lane.changed.clear()
                 await lane.changed.wait()
                 continue
-            job.day = lane.budget.reserve(job.cost)
+            if self._never_fits(lane, job):  # the server may have taught a lower limit
+                self._ended(lane)
+                continue
+            job.day = lane.budget.reserve(job.cost, self._clock())
             if job.day is None:
                 lane.retries.appendleft(job)
                 if lane.limiter.in_flight:
@@ -276,8 +222,8 @@ class Engine:
                 if self.spec.wait:
                     await self._wait_for_reset(lane)
                     continue
-                self._halt(DailyLimitReached, "daily budget reached: finishing requests in "
-                           "flight", lambda: self._daily_error(lane))
+                self._halt(Stop(StopKind.DAILY),
+                           "daily budget reached: finishing requests in flight", lane)
                 return
             ticket = await lane.limiter.acquire(job.cost)
             if self._stop:
@@ -289,62 +235,73 @@ class Engine:
             self._attempts.add(task)
             task.add_done_callback(self._attempts.discard)
 
-    async def _attempt(self, lane: _Lane, job: _Job, ticket: Ticket) -> None:
+    async def _attempt(self, lane: Lane, job: Job, ticket: Ticket) -> None:
         outcome = await self._client.send(job.request)
-        job.attempts += 1
         job.last = outcome
         kind = outcome.kind
-        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else outcome.server)
-        tokens_in, tokens_out = outcome.usage
+        job.tries.rate_limited += kind is Kind.RATE_MINUTE
+        job.tries.failures += kind is Kind.RETRY
+        self._connected = self._connected or outcome.status is not None
+        server = outcome.server
+        tpm = taught_tpm(outcome)
+        if tpm is not None:  # the limiter adopts it; queued requests are checked against it
+            server = replace(server or ServerState(), limit_tokens=tpm)
+        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server)
         assert job.day is not None
-        lane.budget.settle(job.day, job.cost, tokens_in + tokens_out)
+        lane.budget.settle(job.day, job.cost, billed(outcome, job.cost))
         lane.settled.set()
         self._report_budget(lane)
         self._emit(AttemptEnded(lane.model, kind.value))
-        if kind is Kind.OK:
-            lane.learn_output(tokens_out)
+        action = decide(outcome, job.tries, self._policy, self._connected)
+        if action is Action.WRITE:
+            lane.learn_output((outcome_usage(outcome) or (0, 0))[1])
             self._finish(lane, job, ok=True)
-        elif kind is Kind.FAIL:
+        elif action in (Action.FAIL, Action.TOO_LARGE):
             self._finish(lane, job, ok=False)
-        elif kind is Kind.RATE_DAY:
-            lane.budget.exhaust()
-            if self.spec.wait:
+        elif action is Action.THROTTLE:
+            pause = lane.limiter.rate_limited(ticket, outcome.hint_s)
+            self._emit(Throttled(lane.model, pause))
+            self._requeue(lane, job)
+        elif action is Action.BACKOFF:
+            self._retry_later(lane, job, outcome.hint_s)
+        elif action in (Action.WAIT_DAY, Action.STOP_DAILY):
+            lane.budget.exhaust(job.day)
+            if action is Action.WAIT_DAY:
                 lane.retries.appendleft(job)  # sent again after 00:00 UTC
                 lane.changed.set()
             else:
-                message = outcome.message
-                self._halt(DailyLimitReached, "the API's daily limit is reached: finishing "
-                           "requests in flight", lambda: self._daily_error(lane, message))
-        elif kind is Kind.REFUSED:
-            self._halt(ApiRefused, "the API refused the key or account", lambda: ApiRefused(
-                f"The API refused the request: {outcome.message} ({outcome.code}, HTTP "
-                f"{outcome.status}). Check ${self.spec.endpoint.key_env}, the account's billing "
-                f"and quota, then continue with: {self.spec.resume_hint} (the {self._done:,} "
-                f"finished results in {self.spec.output} are kept)."
-            ))
-        elif job.attempts > self.spec.max_retries:
-            self._finish(lane, job, ok=False)
-        elif kind is Kind.RATE_MINUTE:
-            pause = lane.limiter.rate_limited(ticket, outcome.hint_s)
-            self._emit(Throttled(lane.model, pause))
-            lane.retries.append(job)
-            lane.changed.set()
+                self._halt(Stop(StopKind.DAILY, server_message=outcome.message),
+                           "the API's daily limit is reached: finishing requests in flight", lane)
+        elif action is Action.STOP_REFUSED:
+            self._halt(Stop(StopKind.REFUSED, server_message=outcome.message, code=outcome.code,
+                            status=outcome.status), "the API refused the key or account")
         else:
-            self._retry_later(lane, job, outcome.hint_s)
+            assert action is Action.STOP_NO_NETWORK
+            self._halt(Stop(StopKind.NO_NETWORK, server_message=outcome.message,
+                            host=self._host()), "cannot reach the API")
 
-    def _retry_later(self, lane: _Lane, job: _Job, hint_s: float | None) -> None:
-        backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (job.attempts - 1)) * self._rng.uniform(0.5, 1.5)
-        delay = max(backoff, min(hint_s or 0.0, MAX_BACKOFF_S))
+    def _requeue(self, lane: Lane, job: Job) -> None:
+        lane.retries.append(job)
+        lane.changed.set()
 
-        def requeue() -> None:
-            self._timers.discard(handle)
-            lane.retries.append(job)
-            lane.changed.set()
+    def _retry_later(self, lane: Lane, job: Job, hint_s: float | None) -> None:
+        backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (job.tries.failures - 1))
+        delay = max(backoff * self._rng.uniform(0.5, 1.5), min(hint_s or 0.0, MAX_BACKOFF_S))
 
-        handle = asyncio.get_running_loop().call_later(delay, requeue)
-        self._timers.add(handle)
+        async def requeue() -> None:
+            await self._sleep(delay)
+            self._requeue(lane, job)
 
-    def _report_budget(self, lane: _Lane) -> None:
+        self._later(requeue())
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the task group: a pending retry or the drain deadline must not keep
+        a finished run open, and both are cancelled when it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._timers.add(task)
+        task.add_done_callback(self._timers.discard)
+
+    def _report_budget(self, lane: Lane) -> None:
         now = self._clock()
         if not lane.budget.limited or now - lane.budget_reported < 1.0:
             return
@@ -354,16 +311,24 @@ class Engine:
 
     # -- results --------------------------------------------------------------------------------
 
-    def _finish(self, lane: _Lane, job: _Job, ok: bool) -> None:
+    def _finish(self, lane: Lane, job: Job, ok: bool) -> None:
         out = job.last
         assert out is not None
         error = None
         if not ok:
             reason = out.message or out.code
-            if out.kind in (Kind.RETRY, Kind.RATE_MINUTE):
-                reason = f"gave up after {job.attempts} attempts; last: {reason}"
+            if out.kind is Kind.RETRY:
+                reason = f"gave up after {job.tries.attempts} attempts; last: {reason}"
+            elif out.kind is Kind.RATE_MINUTE:
+                reason = (f"gave up after {job.tries.rate_limited} per-minute rate limits (429): "
+                          f"the server never admitted it. Per-minute 429s do not count toward "
+                          f"--max-retries; {MAX_RATE_LIMITED} is the separate ceiling for a "
+                          f"server that only answers 429. Last: {reason}")
             error = (out.code or "request_failed", reason)
         self._record(job.request.custom_id, lane.model, out, error)
+        self._ended(lane)
+
+    def _ended(self, lane: Lane) -> None:
         lane.outstanding -= 1
         if lane.outstanding == 0:
             lane.changed.set()
@@ -376,7 +341,7 @@ class Engine:
             custom_id, out.status if out else None, out.request_id if out else "", body, error
         ))
         self._done += 1
-        tokens_in, tokens_out = out.usage if out else (0, 0)
+        tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
         self._emit(RequestFinished(
             custom_id, model, error is None, tokens_in, tokens_out,
             0 if out is None else 1, "" if error is None else error[1],
@@ -384,16 +349,21 @@ class Engine:
 
     # -- stopping -------------------------------------------------------------------------------
 
-    def _daily_error(self, lane: _Lane, server_message: str = "") -> DailyLimitReached:
-        said = f" (The server said: {server_message})" if server_message else ""
-        wait = fmt_wait(until_midnight(self._now_utc()))
-        return DailyLimitReached(
-            f"{lane.budget.describe(server_message)}. {self._done:,} of {self._total:,} "
-            f"requests done.{said} "
-            f"Resume after 00:00 UTC (in {wait}) with: {self.spec.resume_hint}"
-        )
+    def _host(self) -> str:
+        parts = urlsplit(self.spec.endpoint.base_url)  # hostname and port only: no credentials
+        return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
-    async def _wait_for_reset(self, lane: _Lane) -> None:
+    def _final_stop(self) -> Stop | None:
+        stop = self._stop
+        if stop is None:
+            return None
+        stop = replace(stop, done=self._done, total=self._total)
+        if stop.kind is StopKind.DAILY and self._stop_lane is not None:
+            stop = replace(stop, budget=self._stop_lane.budget.describe(stop.server_message),
+                           until_reset=until_midnight(self._now_utc()))
+        return stop
+
+    async def _wait_for_reset(self, lane: Lane) -> None:
         """--wait: sleep until the UTC day turns, then carry on. Checks the clock every minute
         so a suspended laptop or a changed clock wakes it at the right time."""
         day = self._now_utc().date()
@@ -405,20 +375,22 @@ class Engine:
             await self._sleep(min(60.0, left.total_seconds() + 0.5))
         self._emit(StateChanged("running"))
 
-    def _halt(
-        self, kind: type[BatchrunError], detail: str, make: Callable[[], BatchrunError]
-    ) -> None:
+    def _halt(self, stop: Stop, detail: str, lane: Lane | None = None) -> None:
         if self._stop is not None:
             return
-        self._stop, self._stop_kind = make, kind
+        self._stop, self._stop_lane = stop, lane
         self._emit(StateChanged("draining", detail))
-        for lane in self._lanes.values():
-            lane.space.set()
+        for each in self._lanes.values():
+            each.space.set()
         for task in self._dispatchers:
             # A dispatcher may be waiting out a cooldown in the limiter; it must not send again.
             task.cancel()
-        loop = asyncio.get_running_loop()
-        self._timers.add(loop.call_later(self.spec.drain_s, self._cancel_attempts))
+
+        async def drain_deadline() -> None:
+            await self._sleep(self.spec.drain_s)
+            self._cancel_attempts()
+
+        self._later(drain_deadline())
 
     def _cancel_attempts(self) -> None:
         for task in list(self._attempts):

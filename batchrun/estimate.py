@@ -15,8 +15,9 @@ from typing import Any
 
 from batchrun.errors import BadLine, BadLinesError
 from batchrun.jobs import CHAT_URL, Request, read_jobs
-from batchrun.tiers import CONTEXT_WINDOWS, PRICES_AS_OF, Limits, family, preset, price
-from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens_many
+from batchrun.sizing import Size, never_fits
+from batchrun.tiers import PRICES_AS_OF, Limits, preset, price
+from batchrun.tokens import prompt_tokens_many
 
 DEFAULT_ASSUMED_OUTPUT = 256
 CHUNK = 4096  # requests tokenized per batch
@@ -72,33 +73,26 @@ def _never_runs(report: _Report, request: Request, reason: str) -> None:
 def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
            assumed_output: int) -> _Report:
     report = _Report()
-
-    @functools.cache
-    def model_facts(name: str) -> tuple[int, int | None]:
-        return limits_for(name).tpm, CONTEXT_WINDOWS.get(family(name) or "")
-
+    limits_for = functools.cache(limits_for)
     for chunk in _chunks(path, model, report):
         counts = prompt_tokens_many([(r.url, r.body) for r in chunk])
         for request, prompt in zip(chunk, counts, strict=True):
+            size = Size.of(request, prompt, assumed_output)
+            lim = limits_for(request.model)
+            reason = never_fits(size, request.model, lim.tpm, lim.tpd)
+            if reason is not None:
+                # Recorded as failed without being sent: no tokens, cost or time.
+                _never_runs(report, request, reason)
+                continue
             t = report.tallies.setdefault(request.model, _Tally())
-            out = max_output_tokens(request.body)
-            assumed = 0
+            out = size.max_output
             if out is None and request.url == CHAT_URL:
-                assumed = assumed_output * int(request.body.get("n", 1))
                 t.requests_without_max += 1
-            charge = max(prompt, char_estimate(request.body)) + (out or assumed)
+                t.assumed_output_tokens += assumed_output * int(request.body.get("n", 1))
             t.requests += 1
             t.prompt_tokens += prompt
             t.max_output_tokens += out or 0
-            t.assumed_output_tokens += assumed
-            t.charge_tokens += charge
-            tpm, window = model_facts(request.model)
-            if tpm and charge > tpm:
-                _never_runs(report, request, f"needs about {charge:,} tokens, more than the "
-                            f"{tpm:,} tokens/min limit")
-            elif window and prompt + (out or 0) > window:
-                _never_runs(report, request, f"prompt {prompt:,} + max output {out or 0:,} "
-                            f"tokens exceed the {window:,}-token context window")
+            t.charge_tokens += size.charge
     return report
 
 

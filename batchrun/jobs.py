@@ -23,6 +23,7 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 # A single request can't usefully exceed this: the largest context window is ~1M tokens (~4 MB).
 MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_ID_CHARS = 512
+MAX_DEPTH = 64
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -52,6 +53,34 @@ def _positive_int(body: dict[str, Any], key: str) -> None:
         raise _Bad(f"{key} must be a positive integer, got {orjson.dumps(value).decode()[:40]}")
 
 
+def _check_part(where: str, part: Any) -> None:
+    if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+        raise _Bad(f"{where} must be an object with a type")
+    kind = part["type"]
+    if kind in ("text", "refusal") and not isinstance(part.get(kind), str):
+        raise _Bad(f"{where}.{kind} must be a string")
+    if kind == "image_url":
+        image = part.get("image_url")
+        if not isinstance(image, dict) or not isinstance(image.get("url"), str):
+            raise _Bad(f'{where}.image_url must be an object like {{"url": "https://…"}}')
+        if not isinstance(image.get("detail", "auto"), str):
+            raise _Bad(f"{where}.image_url.detail must be a string")
+
+
+def _check_tool_calls(where: str, calls: Any) -> None:
+    if not isinstance(calls, list):
+        raise _Bad(f"{where}.tool_calls must be a list of tool call objects")
+    for k, call in enumerate(calls):
+        if not isinstance(call, dict):
+            raise _Bad(f"{where}.tool_calls[{k}] must be an object with a function")
+        fn = call.get("function", {})
+        if not isinstance(fn, dict) or not all(
+            isinstance(fn.get(key, ""), str) for key in ("name", "arguments")
+        ):
+            raise _Bad(f"{where}.tool_calls[{k}].function must be an object whose name and "
+                       "arguments are strings")
+
+
 def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
         raise _Bad("messages must be a non-empty list of {role, content} objects")
@@ -62,6 +91,10 @@ def _check_messages(messages: Any) -> None:
         role = message.get("role")
         if role not in ROLES:
             raise _Bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {role!r}")
+        if "name" in message and not isinstance(message["name"], str):
+            raise _Bad(f"{where}.name must be a string")
+        if "tool_calls" in message:
+            _check_tool_calls(where, message["tool_calls"])
         content = message.get("content")
         if content is None:
             if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
@@ -72,12 +105,21 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(content, list) or not content:
             raise _Bad(f"{where}.content must be a string or a non-empty list of parts")
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise _Bad(f"{where}.content[{j}] must be an object with a type")
-            if part["type"] == "text" and not isinstance(part.get("text"), str):
-                raise _Bad(f"{where}.content[{j}].text must be a string")
-        if "name" in message and not isinstance(message["name"], str):
-            raise _Bad(f"{where}.name must be a string")
+            _check_part(f"{where}.content[{j}]", part)
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Is `value` nested deeper than `limit`? Iterative: a hostile line cannot overflow it."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return True
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 def _check_embedding_input(inp: Any) -> None:
@@ -99,14 +141,15 @@ def _check_body(url: str, body: dict[str, Any]) -> None:
         raise _Bad("model must be a non-empty string")
     if body.get("stream"):
         raise _Bad("stream: true is not supported in a batch job; remove it")
+    # Counted and charged before it is sent, whatever the endpoint.
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        _positive_int(body, key)
     if url == EMBEDDINGS_URL:
         if "input" not in body:
             raise _Bad("an embeddings request needs input")
         _check_embedding_input(body["input"])
         return
     _check_messages(body.get("messages"))
-    for key in ("max_tokens", "max_completion_tokens", "n"):
-        _positive_int(body, key)
 
 
 def _take_id(obj: dict[str, Any], key: str, line_no: int) -> str:
@@ -124,6 +167,8 @@ def parse_line(obj: Any, line_no: int, default_model: str) -> Request:
     """Turn one decoded JSON line into a Request, or raise _Bad with the reason."""
     if not isinstance(obj, dict):
         raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
+    if _depth_exceeds(obj, MAX_DEPTH):
+        raise _Bad(f"the line is nested more than {MAX_DEPTH} levels deep; no API request is")
     if "custom_id" in obj or "body" in obj or "url" in obj:
         custom_id = _take_id(obj, "custom_id", line_no)
         if obj.get("method", "POST") != "POST":
@@ -208,16 +253,25 @@ class IdTracker:
 
 
 def read_jobs(
-    path: Path, default_model: str, ids: IdTracker | None = None
+    path: Path, default_model: str, ids: IdTracker | None = None, end: int | None = None,
+    sizes: list[int] | None = None,
 ) -> Iterator[Request | BadLine]:
     """Stream the file: yield a Request or a BadLine per non-blank line, in order.
 
+    `end`: stop at this byte offset (where the checking pass stopped), so lines appended while
+    a job runs are never sent unchecked. `sizes[0]`, if given, holds the bytes read so far.
     Raises InputError only for the file as a whole (missing, a directory, empty).
     """
     ids = ids or IdTracker()
     any_line = False
+    offset = 0
     with _open(path) as f:
         for line_no, raw in enumerate(f, start=1):
+            if end is not None and offset + len(raw) > end:
+                break
+            offset += len(raw)
+            if sizes is not None:
+                sizes[0] = offset
             if line_no == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM) :]
             if len(raw) > MAX_LINE_BYTES:
@@ -286,10 +340,12 @@ class InputReport:
     bad: list[BadLine] = field(default_factory=list)
     models: dict[str, int] = field(default_factory=dict)
     ids: IdTracker = field(default_factory=IdTracker)
+    size: int | None = None  # bytes checked: the sending pass reads no further
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "total": self.total, "bad_total": self.bad_total, "models": self.models,
+            "total": self.total, "size": self.size, "bad_total": self.bad_total,
+            "models": self.models,
             "bad": [[b.line_no, b.custom_id, b.reason] for b in self.bad],
             "duplicates": sorted(self.ids.duplicates), "unnamed": sorted(self.ids.unnamed),
         }
@@ -301,13 +357,15 @@ class InputReport:
         ids.duplicates, ids.unnamed = set(data["duplicates"]), set(data["unnamed"])
         # The output is this job's own: every id in it is one of the file's.
         return cls(total=data["total"], already_done=len(done), bad_total=data["bad_total"],
-                   bad=[BadLine(*b) for b in data["bad"]], models=dict(data["models"]), ids=ids)
+                   bad=[BadLine(*b) for b in data["bad"]], models=dict(data["models"]), ids=ids,
+                   size=data.get("size"))
 
 
 def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputReport:  # type: ignore[assignment]
     """Read the whole file once: count requests per model, collect bad lines. Sends nothing."""
     report = InputReport()
-    for item in read_jobs(path, model, report.ids):
+    offset = [0]
+    for item in read_jobs(path, model, report.ids, sizes=offset):
         report.total += 1
         if isinstance(item, BadLine):
             report.bad_total += 1
@@ -318,4 +376,13 @@ def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputRe
             report.models[item.model] = report.models.get(item.model, 0) + 1
             report.already_done += item.custom_id in done
     report.ids.release()
+    report.size = offset[0]
     return report
+
+
+def input_report(path: Path, model: str, done: set[str],
+                 checked: dict[str, Any] | None) -> InputReport:
+    """The checking pass, or the one an earlier run of the same unchanged input saved."""
+    if checked is not None:
+        return InputReport.from_dict(checked, done)
+    return check_input(path, model, done)

@@ -20,7 +20,9 @@ from batchrun.errors import InputError, StateError
 from batchrun.fsutil import PRIVATE_FILE, identity, is_locked, private_dir, write_bytes_atomic
 
 FINISHED = "done"
-STATES = ("running", "paused-daily", "interrupted", "stopped", FINISHED)
+# "crashed" is recorded when an unexpected exception ended the run; a job left "running" by a
+# process that died is shown as crashed too (effective_state).
+STATES = ("running", "paused-daily", "interrupted", "stopped", "crashed", FINISHED)
 _SAMPLE = 1024 * 1024
 
 

@@ -1,10 +1,10 @@
 """The daily token and request budget, shared by every process that uses the same key and model.
 
 SQLite in $BATCHRUN_HOME, one row per (API host, key fingerprint, model, UTC day). Before a
-request is sent its charge is reserved in one short write transaction; when the answer comes the
-reservation is settled to the real usage. Settlements are carried in memory and applied in the
-next reservation's transaction (or at close), so the hot path costs one transaction per request,
-and a crash can only leave the ledger over-counted, never under.
+request is sent its charge is reserved (from a lease: see DailyBudget); when the answer comes the
+reservation is settled to the real usage. Only what errs on the safe side waits in memory for the
+next write (budget given back); usage above a reservation is counted before anything else is
+admitted. So a crash can leave the ledger over-counted by what a process held, never under.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import ipaddress
 import math
 import os
 import sqlite3
@@ -26,6 +27,9 @@ from batchrun.errors import BatchrunError
 BUSY_TIMEOUT_S = 30.0
 EXHAUSTED_CHECK_S = 5.0
 LEASE_SHARE = 0.01  # of the daily budget, taken from the ledger at a time
+# No one request is billed more than this (2,048 embedding inputs of 8k tokens is 17M); a
+# server's usage above it is taken as this, so a hostile number cannot overflow the ledger.
+MAX_USAGE = 100_000_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
     host TEXT NOT NULL,
@@ -62,6 +66,30 @@ def fmt_wait(delta: dt.timedelta) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
 
 
+def ledger_host(netloc: str) -> str:
+    """One name per API host, so one server has one budget however its URL was typed: lower
+    case, no credentials, no default port, every loopback address as `localhost`."""
+    host = netloc.rpartition("@")[2].strip().lower()
+    port = ""
+    if host.startswith("["):  # [::1]:8000
+        name, _, rest = host[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif host.count(":") == 1:
+        name, port = host.split(":")
+    else:
+        name = host
+    name = name.rstrip(".")
+    try:
+        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        name = "localhost"
+    elif ":" in name:
+        name = f"[{name}]"
+    return name if port in ("", "80", "443") else f"{name}:{port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Scope:
     """Whose budget: limits are per key and model at one API host."""
@@ -69,6 +97,9 @@ class Scope:
     host: str
     key_fingerprint: str
     model: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "host", ledger_host(self.host))
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +155,7 @@ class Ledger:
     def close(self) -> None:
         for budget in self._budgets:
             budget.release()
-        self._flush()
+        self.flush()
         self._db.close()
 
     def today(self) -> dt.date:
@@ -143,7 +174,7 @@ class Ledger:
 
     def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
         """Every (host, key, model) row of one UTC day, for `batchrun status`."""
-        self._flush()
+        self.flush()
         cursor = self._db.execute(
             "SELECT host, key_fingerprint, model, day, tokens, requests, tpd, rpd, exhausted "
             "FROM usage WHERE day=? ORDER BY host, key_fingerprint, model", (day.isoformat(),))
@@ -161,47 +192,52 @@ class Ledger:
 
     def reserve(self, scope: Scope, tokens: int, tpd: int, rpd: int) -> bool:
         """Atomically take `tokens` and one request from today's budget; False if they don't fit."""
-        return self.lease(scope, tokens, tokens, 1, tpd, rpd) != (0, 0)
+        return self.lease(scope, self.today(), (tokens, tokens), (1, 1), tpd, rpd) is not None
 
-    def lease(self, scope: Scope, need_tokens: int, want_tokens: int, want_requests: int,
-              tpd: int, rpd: int) -> tuple[int, int]:
-        """Atomically take up to `want_tokens` and `want_requests` from today's budget, as long
-        as at least `need_tokens` and one request fit; (0, 0) when they don't."""
-        day = self.today().isoformat()
+    def lease(self, scope: Scope, day: dt.date, tokens: tuple[int, int],
+              requests: tuple[int, int], tpd: int, rpd: int) -> tuple[int, int] | None:
+        """Atomically take up to `want` of (need, want) tokens and requests from the day's
+        budget, as long as `need` of each fits; None when they don't. A budget of 0 is
+        unlimited: what is wanted of it is granted and only counted."""
+        (need_t, want_t), (need_r, want_r) = tokens, requests
+        key = (scope.host, scope.key_fingerprint, scope.model, day.isoformat())
         with self._transaction("failed"):
             self._apply_pending()
             row = self._db.execute(
                 "SELECT tokens, requests, exhausted FROM usage WHERE host=? AND key_fingerprint=? "
-                "AND model=? AND day=?", (scope.host, scope.key_fingerprint, scope.model, day),
+                "AND model=? AND day=?", key,
             ).fetchone()
-            used_tokens, used_requests, exhausted = row or (0, 0, 0)
-            left_tokens = tpd - used_tokens if tpd else want_tokens
-            left_requests = rpd - used_requests if rpd else want_requests
-            fits = not exhausted and left_tokens >= need_tokens and left_requests >= 1
-            grant = (min(want_tokens, left_tokens), min(want_requests, left_requests))
-            if fits:
-                self._add(scope, day, *grant)
-                self._db.execute(
-                    "UPDATE usage SET tpd=?, rpd=? WHERE host=? AND key_fingerprint=? AND model=? "
-                    "AND day=?", (tpd, rpd, scope.host, scope.key_fingerprint, scope.model, day))
-        return grant if fits else (0, 0)
+            used_t, used_r, exhausted = row or (0, 0, 0)
+            left_t = tpd - used_t if tpd else want_t
+            left_r = rpd - used_r if rpd else want_r
+            if exhausted or left_t < need_t or left_r < need_r:
+                return None
+            grant = (max(0, min(want_t, left_t)), max(0, min(want_r, left_r)))
+            self._add(scope, day.isoformat(), *grant)
+            self._db.execute(
+                "UPDATE usage SET tpd=?, rpd=? WHERE host=? AND key_fingerprint=? AND model=? "
+                "AND day=?", (tpd, rpd, *key))
+        return grant
 
-    def settle(self, scope: Scope, day: dt.date, reserved: int, actual: int) -> None:
-        """Replace a reservation made on `day` by the usage the API reported."""
-        self._pending[(scope, day.isoformat())][0] += actual - reserved
-
-    def give_back(self, scope: Scope, day: dt.date, tokens: int, requests: int) -> None:
-        """Return the unused part of a lease."""
+    def add_later(self, scope: Scope, day: dt.date, tokens: int, requests: int) -> None:
+        """Count this with the next write. Only for what may be lost in a crash without harm:
+        budget given back (the ledger over-counts) or usage of a budget with no limit."""
         pending = self._pending[(scope, day.isoformat())]
-        pending[0] -= tokens
-        pending[1] -= requests
+        pending[0] += tokens
+        pending[1] += requests
 
-    def exhaust(self, scope: Scope) -> None:
-        """The server says today's budget is spent: no process should try again today."""
+    def add_now(self, scope: Scope, day: dt.date, tokens: int, requests: int) -> None:
+        """Count this before anything else is admitted: usage beyond what was reserved."""
+        with self._transaction("could not record usage above a reservation"):
+            self._apply_pending()
+            self._add(scope, day.isoformat(), tokens, requests)
+
+    def exhaust(self, scope: Scope, day: dt.date) -> None:
+        """The server says the day's budget is spent: no process should try again that day."""
         self._write(
             "INSERT INTO usage (host, key_fingerprint, model, day, exhausted) VALUES (?,?,?,?,1) "
             "ON CONFLICT DO UPDATE SET exhausted=1",
-            (scope.host, scope.key_fingerprint, scope.model, self.today().isoformat()),
+            (scope.host, scope.key_fingerprint, scope.model, day.isoformat()),
         )
 
     def _add(self, scope: Scope, day: str, tokens: int, requests: int) -> None:
@@ -218,7 +254,7 @@ class Ledger:
                 self._add(scope, day, tokens, requests)
         self._pending.clear()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         if any(t or r for t, r in self._pending.values()):
             with self._transaction("could not record the last settlements (so it over-counts "
                                    "today's usage, which is safe)"):
@@ -255,74 +291,121 @@ class DailyBudget:
     """One model's budget within the shared ledger, as the engine sees it.
 
     It takes budget from the ledger in leases of 1 % of the day's budget (or exactly what a
-    request needs, when that is more), so the hot path costs one SQLite transaction per lease,
-    not per request. Unused lease goes back when the run ends; a crash leaves at most one lease
-    counted as used, which only errs on the safe side.
+    request needs, when that is more), each dimension only when it runs short, so the hot path
+    costs one SQLite transaction per lease, not per request. A budget of 0 is not leased; its
+    usage is only counted. What other processes see never falls below the truth: usage above a
+    reservation comes out of the lease (already counted) or is written at once. It exceeds the
+    truth by at most one lease per process: returns beyond that are written, and what is left
+    goes back when the run ends (a crash leaves it counted as used, the safe side).
     """
 
     def __init__(self, ledger: Ledger, scope: Scope, tpd: int, rpd: int) -> None:
         self.ledger, self.scope, self.tpd, self.rpd = ledger, scope, tpd, rpd
+        self.lease_tokens = max(1, math.ceil(tpd * LEASE_SHARE))
+        self.lease_requests = max(1, math.ceil(rpd * LEASE_SHARE))
         self._checked = -math.inf
         self._checked_day: dt.date | None = None
-        self._exhausted = False
+        self._exhausted_day: dt.date | None = None
         self._lease_day: dt.date | None = None
-        self._lease_tokens = 0
-        self._lease_requests = 0
+        self._tokens = 0  # held: counted in the ledger, not yet used
+        self._requests = 0
+        self._returned = 0  # tokens given back but not yet written
         ledger._budgets.append(self)
 
     @property
     def limited(self) -> bool:
         return bool(self.tpd or self.rpd)
 
-    def reserve(self, tokens: int) -> dt.date | None:
-        """The day the reservation was made on, or None if today's budget can't cover it."""
+    def reserve(self, tokens: int, now: float | None = None) -> dt.date | None:
+        """The day the reservation was made on, or None if today's budget can't cover it.
+        `now` (the engine's clock) lets an unlimited budget look for the API's per-day 429 in
+        the ledger now and then instead of on every request."""
         day = self.ledger.today()
-        if self.limited:
-            return day if self._from_lease(day, tokens) else None
-        # No local limit: only the API's own "per day" 429 can stop us. Look for it in the
-        # ledger now and then (another process may have met it), not on every request.
-        now = time.monotonic()
-        if now - self._checked >= EXHAUSTED_CHECK_S or day != self._checked_day:
-            self._checked, self._checked_day = now, day
-            self._exhausted = self.ledger.usage(self.scope).exhausted
-        return None if self._exhausted else day
-
-    def _from_lease(self, day: dt.date, tokens: int) -> bool:
+        if self._exhausted_day == day:
+            return None
+        if not self.limited:
+            # Only the API's own "per day" 429 can stop us; another process may have met it.
+            if now is None or now - self._checked >= EXHAUSTED_CHECK_S or day != self._checked_day:
+                self._checked, self._checked_day = now if now is not None else -math.inf, day
+                if self.ledger.usage(self.scope).exhausted:
+                    self._exhausted_day = day
+            return None if self._exhausted_day == day else day
         if self._lease_day != day:
             self.release()  # a new UTC day: what is left of yesterday's lease goes back
             self._lease_day = day
-        if self._lease_tokens < tokens or self._lease_requests < 1:
-            want_tokens = max(tokens - self._lease_tokens, math.ceil(self.tpd * LEASE_SHARE))
-            want_requests = max(1, math.ceil(self.rpd * LEASE_SHARE)) if self.rpd else 64
-            got = self.ledger.lease(self.scope, tokens - self._lease_tokens, want_tokens,
-                                    want_requests, self.tpd, self.rpd)
-            if got == (0, 0):
-                return False
-            self._lease_tokens += got[0]
-            self._lease_requests += got[1]
-        self._lease_tokens -= tokens
-        self._lease_requests -= 1
-        return True
+        short_t = bool(self.tpd) and self._tokens < tokens
+        short_r = bool(self.rpd) and self._requests < 1
+        if short_t or short_r:
+            need_t = tokens - self._tokens if short_t else 0
+            need_r = 1 if short_r else 0
+            got = self.ledger.lease(
+                self.scope, day,
+                (need_t, max(need_t, self.lease_tokens) if short_t else 0),
+                (need_r, self.lease_requests if short_r else 0),
+                self.tpd, self.rpd,
+            )
+            if got is None:
+                return None
+            self._tokens += got[0]
+            self._requests += got[1]
+            self._returned = 0  # the lease's transaction wrote what was waiting
+        if self.tpd:
+            self._tokens -= tokens
+        if self.rpd:
+            self._requests -= 1
+        else:
+            self.ledger.add_later(self.scope, day, 0, 1)
+        return day
 
     def used_today(self) -> tuple[int, int]:
         """Tokens and requests used today by every process, less what this one holds unused."""
         usage = self.ledger.usage(self.scope)
-        return usage.tokens - self._lease_tokens, usage.requests - self._lease_requests
+        return usage.tokens - self._tokens, usage.requests - self._requests
 
     def release(self) -> None:
         """Give the unused lease back to the ledger."""
-        if self._lease_day is not None and (self._lease_tokens or self._lease_requests):
-            self.ledger.give_back(self.scope, self._lease_day, self._lease_tokens,
-                                  self._lease_requests)
-        self._lease_tokens = self._lease_requests = 0
+        if self._lease_day is not None and (self._tokens or self._requests):
+            self.ledger.add_later(self.scope, self._lease_day, -self._tokens, -self._requests)
+        self._tokens = self._requests = 0
 
     def settle(self, day: dt.date, reserved: int, actual: int) -> None:
-        if self.limited:
-            self.ledger.settle(self.scope, day, reserved, actual)
+        """Replace a reservation made on `day` by the usage the API reported (clamped: a
+        server's negative or absurd numbers must not move the day's count)."""
+        actual = min(max(0, actual), MAX_USAGE)
+        if not self.limited:
+            return
+        if not self.tpd:
+            self.ledger.add_later(self.scope, day, actual, 0)
+            return
+        extra = actual - reserved
+        if extra > 0:
+            if day == self._lease_day:
+                taken = min(extra, self._tokens)
+                self._tokens -= taken
+                extra -= taken
+            if extra:
+                self.ledger.add_now(self.scope, day, extra, 0)
+                self._returned = 0
+        elif extra < 0:
+            if day == self._lease_day:
+                self._tokens -= extra
+            else:
+                self.ledger.add_later(self.scope, day, extra, 0)
+                self._returned -= extra
+            if self._tokens + self._returned > self.lease_tokens:
+                # Holding more than a lease: a crash would over-count by more than one lease.
+                keep = self.lease_tokens // 2
+                if self._tokens > keep:
+                    assert self._lease_day is not None
+                    self.ledger.add_later(self.scope, self._lease_day, keep - self._tokens, 0)
+                    self._tokens = keep
+                self.ledger.flush()
+                self._returned = 0
 
-    def exhaust(self) -> None:
-        self.ledger.exhaust(self.scope)
-        self._exhausted, self._checked_day = True, self.ledger.today()
+    def exhaust(self, day: dt.date) -> None:
+        """The API said the budget of `day` (the reservation's day) is spent."""
+        self.ledger.exhaust(self.scope, day)
+        self._exhausted_day = day
 
     def describe(self, server_message: str = "") -> str:
         """e.g. 'Daily token budget reached: 2,000,000 of 2,000,000 tokens used on 2026-11-27

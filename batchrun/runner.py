@@ -24,12 +24,20 @@ from batchrun.checkpoint import (
 )
 from batchrun.client import Endpoint
 from batchrun.engine import Engine, JobSpec
-from batchrun.errors import BadLine, BatchrunError, DailyLimitReached, InputError, Interrupted
+from batchrun.errors import (
+    BadLine,
+    BadLinesError,
+    BatchrunError,
+    DailyLimitReached,
+    InputError,
+    Interrupted,
+)
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
 from batchrun.fsutil import FileLock
-from batchrun.jobs import InputReport, read_jobs
+from batchrun.jobs import input_report, read_jobs
 from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
+from batchrun.stop import Stop, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
@@ -104,7 +112,7 @@ def _final_state(stop: BatchrunError | None) -> str:
     return "stopped"
 
 
-async def _drive(engine: Engine) -> BatchrunError | None:
+async def _drive(engine: Engine) -> Stop | None:
     loop = asyncio.get_running_loop()
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -229,12 +237,11 @@ async def run(
     lock = _lock_output(Path(manifest.output))
     updater = _ManifestUpdater(store, manifest)
     try:
-        _, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
+        scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
         if retry_failed:
             notify(f"Dropped {dropped:,} failed results from {manifest.output}; they are sent "
                    "again now.")
-        spec = replace(spec, output=Path(manifest.output),
-                       resume_hint=manifest.resume_command)
+        spec = replace(spec, output=Path(manifest.output))
         on_disk = store.exists(manifest.job_id)
         manifest.state, manifest.message = "running", ""
         if on_disk:
@@ -250,21 +257,28 @@ async def run(
             updater(event)
             listener(event)
 
-        def remember(report: InputReport) -> None:
-            manifest.checked = report.to_dict()
-
-        engine = Engine(spec, api_key, fan_out, budget_for, now_utc=now_utc, sleep=sleep,
-                        checked=manifest.checked, on_checked=remember)
         stop: BatchrunError | None = None
+        crashed = True  # until proven otherwise: a bug must not leave the job "done"
         try:
-            stop = await _drive(engine)
+            done = scan.done
+            report = input_report(spec.input, spec.model, done, manifest.checked)
+            manifest.checked = report.to_dict()
+            if report.bad_total and spec.on_bad_line == "fail":
+                raise BadLinesError(str(spec.input), report.bad, report.bad_total)
+            engine = Engine(spec, report, done, api_key, fan_out, budget_for, now_utc=now_utc,
+                            sleep=sleep)
+            ended = await _drive(engine)
+            if ended is not None:
+                stop = phrase(ended, str(spec.output), manifest.resume_command,
+                              spec.endpoint.key_env)
+            crashed = False
         except BatchrunError as exc:
-            stop = exc
+            stop, crashed = exc, False
             raise
         finally:
             ledger.close()
             if updater.started or on_disk:
-                manifest.state = _final_state(stop)
+                manifest.state = "crashed" if crashed else _final_state(stop)
                 manifest.message = stop.message if stop else ""
                 store.save(manifest)
         return stop

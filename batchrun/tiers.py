@@ -140,6 +140,12 @@ def preset(model: str, tier: str) -> Limits | None:
     return PRESETS[fam][tier] if fam else None
 
 
+def context_window(model: str) -> int | None:
+    """Prompt + output tokens the model accepts, or None for a model we have no figure for."""
+    fam = family(model)
+    return CONTEXT_WINDOWS.get(fam) if fam else None
+
+
 def price(model: str) -> Price | None:
     fam = family(model)
     return PRICES.get(fam) if fam else None

@@ -31,7 +31,7 @@ def test_reserve_settle_and_the_day_boundary(tmp_path: Path) -> None:
 
 def test_exhausted_by_the_server_stops_everyone_today(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite3")
-    DailyBudget(ledger, SCOPE, tpd=0, rpd=0).exhaust()
+    DailyBudget(ledger, SCOPE, tpd=0, rpd=0).exhaust(ledger.today())
     other = Ledger(tmp_path / "l.sqlite3")
     assert DailyBudget(other, SCOPE, tpd=0, rpd=0).reserve(1) is None
     assert DailyBudget(other, SCOPE, tpd=10**9, rpd=0).reserve(1) is None

@@ -1,0 +1,46 @@
+"""What a request costs before it is sent, and whether it can ever be sent. Shared by the engine
+(which records a request that can never run as `request_too_large` without sending it) and by
+`estimate` (which lists it under never_run), so the two always agree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batchrun.jobs import CHAT_URL, Request
+from batchrun.tiers import context_window
+from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    prompt: int  # exact prompt tokens (tiktoken and the chat formula)
+    max_output: int | None  # n x max output tokens; None when the request sets no maximum
+    charge: int  # what the limits count: the larger prompt estimate plus the output charged
+
+    @classmethod
+    def of(cls, request: Request, prompt: int, assumed_output: float) -> Size:
+        """`assumed_output`: what a chat request that sets no maximum is charged per choice."""
+        out = max_output_tokens(request.body)
+        charged = out
+        if out is None and request.url == CHAT_URL:
+            charged = round(assumed_output * int(request.body.get("n", 1)))
+        return cls(prompt, out, max(prompt, char_estimate(request.body)) + (charged or 0))
+
+
+def size_of(request: Request, assumed_output: float) -> Size:
+    return Size.of(request, prompt_tokens(request.url, request.body), assumed_output)
+
+
+def never_fits(size: Size, model: str, tpm: int, tpd: int) -> str | None:
+    """Why a request of this size can never run under these limits (0: unlimited), or None."""
+    if tpm and size.charge > tpm:
+        return (f"this request needs about {size.charge:,} tokens, more than the {tpm:,} "
+                f"tokens/min limit of {model}; shorten it or lower max_tokens")
+    if tpd and size.charge > tpd:
+        return (f"this request needs about {size.charge:,} tokens, more than the whole daily "
+                f"budget of {tpd:,} tokens of {model}; shorten it, lower max_tokens or raise --tpd")
+    window = context_window(model)
+    if window and size.prompt + (size.max_output or 0) > window:
+        return (f"prompt {size.prompt:,} + max output {size.max_output or 0:,} tokens exceed "
+                f"the {window:,}-token context window of {model}; shorten it or lower max_tokens")
+    return None

@@ -1,0 +1,56 @@
+"""Why a job stopped before every request had a line, as data. The engine returns a `Stop`; the
+runner turns it into the user's message and exit code with `phrase` (the engine writes no
+sentences for the terminal)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+
+from batchrun.errors import ApiRefused, BatchrunError, DailyLimitReached, Interrupted, StateError
+from batchrun.ledger import fmt_wait
+
+
+class StopKind(enum.Enum):
+    DAILY = "daily"  # a daily budget (ours or the API's) is spent
+    REFUSED = "refused"  # the API refused the key or the account
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+    NO_NETWORK = "no_network"  # no attempt ever reached the API
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    kind: StopKind
+    done: int = 0  # requests with a result line, when the run ended
+    total: int = 0
+    budget: str = ""  # DAILY: e.g. "Daily token budget reached: 300 of 300 tokens used on …"
+    until_reset: dt.timedelta | None = None  # DAILY: time left until 00:00 UTC
+    server_message: str = ""  # the server's words (already redacted by the client)
+    code: str = ""
+    status: int | None = None
+    host: str = ""  # NO_NETWORK: where the job could not connect
+
+
+def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
+    """The message and exit code the user sees. `resume`: the command that continues the job."""
+    done = f"{stop.done:,} of {stop.total:,} requests done"
+    if stop.kind is StopKind.DAILY:
+        said = f" (The server said: {stop.server_message})" if stop.server_message else ""
+        wait = fmt_wait(stop.until_reset or dt.timedelta())
+        return DailyLimitReached(
+            f"{stop.budget}. {done}.{said} Resume after 00:00 UTC (in {wait}) with: {resume}")
+    if stop.kind is StopKind.REFUSED:
+        return ApiRefused(
+            f"The API refused the request: {stop.server_message} ({stop.code}, HTTP "
+            f"{stop.status}). Check ${key_env}, the account's billing and quota, then continue "
+            f"with: {resume} (the {stop.done:,} finished results in {output} are kept).")
+    if stop.kind is StopKind.NO_NETWORK:
+        return StateError(
+            f"Cannot reach {stop.host}: no request has got through and every attempt failed "
+            f"to connect (last: {stop.server_message}). Nothing was recorded as failed; "
+            f"{done}. Check the network, the proxy settings and the base URL, then continue "
+            f"with: {resume}")
+    return Interrupted(
+        f"Interrupted. {stop.done:,} of {stop.total:,} requests are done and kept in {output}. "
+        f"Continue with: {resume}")
