@@ -35,6 +35,7 @@ from batchrun.events import Listener, Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.progress import ProgressDisplay
 from batchrun.render import render_estimate, render_status
+from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.tiers import TIERS, family
 
 app = typer.Typer(
@@ -85,6 +86,12 @@ Force = Annotated[bool, typer.Option(
     "--force", help="go on although the input changed since the job began")]
 Json = Annotated[bool, typer.Option("--json", help="print the summary as JSON")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress display")]
+MAX_RETRIES_HELP = ("retries of a request after 5xx, timeouts and dropped connections; "
+                    "per-minute 429s are waited out and don't count")
+MaxRetries = Annotated[int, typer.Option(min=0, help=MAX_RETRIES_HELP)]
+MaxResponseMb = Annotated[float | None, typer.Option(
+    min=0.0001, show_default="64",
+    help="largest answer accepted, in MB; a bigger one fails its request (response_too_large)")]
 Concurrency = Annotated[int | None, typer.Option(
     min=1, show_default="from rate x latency", help="most requests in flight")]
 
@@ -107,8 +114,9 @@ def submit(
         envvar="AZURE_OPENAI_ENDPOINT", help="Azure OpenAI resource; model = deployment")] = None,
     api_key_env: Annotated[str | None, typer.Option(
         help="name of the env var holding the key", show_default="OPENAI_API_KEY")] = None,
-    max_retries: Annotated[int, typer.Option(min=0)] = 8,
+    max_retries: MaxRetries = 8,
     timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
+    max_response_mb: MaxResponseMb = None,
     wait: Wait = None,
     on_bad_line: Annotated[OnBadLine, typer.Option(
         help="fail: check the whole file first; skip: record bad lines as failed",
@@ -137,6 +145,7 @@ def submit(
         overrides={"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency,
         max_retries=max_retries,
+        max_response_mb=max_response_mb or DEFAULT_MAX_RESPONSE_MB,
         timeout_s=timeout,
         on_bad_line=on_bad_line.value,
         wait=bool(wait),
@@ -158,7 +167,8 @@ def resume(
     rpd: Limit = None,
     tpd: Limit = None,
     concurrency: Concurrency = None,
-    max_retries: Annotated[int | None, typer.Option(min=0)] = None,
+    max_retries: Annotated[int | None, typer.Option(min=0, help=MAX_RETRIES_HELP)] = None,
+    max_response_mb: MaxResponseMb = None,
     timeout: Annotated[float | None, typer.Option(min=1)] = None,
     wait: Wait = None,
     force: Force = False,
@@ -171,16 +181,18 @@ def resume(
         manifest = store.find(job)
     else:
         _warn_damaged(store)
-        found = store.latest_unfinished()
+        found = store.latest_unfinished(with_failures=retry_failed)
+        what = "unfinished job or job with failed requests" if retry_failed else "unfinished job"
         if found is None:
-            err.print("No unfinished job to resume. Start one with: batchrun submit JOBS.jsonl")
+            err.print(f"No {what} to resume. Start one with: batchrun submit JOBS.jsonl")
             raise typer.Exit(EXIT_OK)
         manifest = found
-        err.print(f"Resuming {manifest.job_id}, the most recently updated unfinished job "
+        err.print(f"Resuming {manifest.job_id}, the most recently updated {what} "
                   f"({manifest.input} → {manifest.output}).", markup=False)
     plan = runner.plan_resume(manifest, retry_failed, force, {
         "limits": {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
+        "max_response_mb": max_response_mb,
         "wait": wait,
     })
     if isinstance(plan, runner.Finished):
@@ -271,7 +283,8 @@ def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:
     book = ledger.Ledger(path, ledger.utc_now)
     rows = {(r["model"]): (int(r["tokens"]), int(r["requests"]))  # type: ignore[call-overload]
             for r in book.usage_rows(book.today())
-            if r["host"] == host and r["key_fingerprint"] == ledger.key_fingerprint(key)}
+            if r["host"] == ledger.ledger_host(host)
+            and r["key_fingerprint"] == ledger.key_fingerprint(key)}
     book.close()
     return (lambda model: rows.get(family(model) or model, (0, 0))), True
 

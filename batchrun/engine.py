@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
@@ -93,7 +94,8 @@ class Engine:
         self._budget_for = budget_for
         self._emit = listener
         self._client: Client = client or ApiClient(
-            spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0))
+            spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0),
+            max_response_bytes=int(spec.max_response_mb * 2**20))
         self._clock_given = clock
         self._clock: Callable[[], float] = clock or (lambda: 0.0)
         self._sleep = sleep
@@ -137,6 +139,12 @@ class Engine:
             for timer in self._timers:
                 timer.cancel()
             self._writer.close()
+        for lane in self._lanes.values():
+            # The last word on today's budget, after every settlement: the display's final
+            # "today" is then what `status` and the stop message say.
+            lane.budget.release()
+            lane.budget_reported = -math.inf
+            self._report_budget(lane)
         self._emit(StateChanged("stopped" if self._stop else "done"))
         return self._final_stop()
 

@@ -222,8 +222,11 @@ class JobStore:
             "prefix of it, or its output path."
         )
 
-    def latest_unfinished(self) -> Manifest | None:
-        return next((m for m in self.all() if not m.finished), None)
+    def latest_unfinished(self, with_failures: bool = False) -> Manifest | None:
+        """The most recently updated job that is not done (or, `with_failures`, that holds
+        failed results to send again)."""
+        return next((m for m in self.all()
+                     if not m.finished or (with_failures and m.failed)), None)
 
     def exists(self, job_id: str) -> bool:
         return (self.dir / f"{job_id}.json").exists()

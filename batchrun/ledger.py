@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchrun.errors import BatchrunError
+from batchrun.errors import StateError
 
 BUSY_TIMEOUT_S = 30.0
 EXHAUSTED_CHECK_S = 5.0
@@ -131,10 +131,22 @@ class Ledger:
             os.close(fd)
             self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
             self._setup()
-        except (OSError, sqlite3.Error) as exc:
-            raise BatchrunError(
-                f"cannot open the usage ledger {path}: {exc}. Make $BATCHRUN_HOME writable "
-                "or point it elsewhere."
+        except OSError as exc:
+            raise StateError(
+                f"cannot open the usage ledger {path}: {exc.strerror}. Make $BATCHRUN_HOME "
+                "writable or point it elsewhere."
+            ) from None
+        except sqlite3.OperationalError as exc:  # locked, or a file SQLite cannot open
+            raise StateError(
+                f"cannot open the usage ledger {path}: {exc}. Another process may hold it; "
+                "run the same command again."
+            ) from None
+        except sqlite3.DatabaseError as exc:  # not a database, or a malformed one
+            raise StateError(
+                f"the usage ledger {path} is damaged ({exc}). Move it aside (mv {path} "
+                f"{path}.damaged) and run again: batchrun starts a new ledger, and today's "
+                "usage counts start again from zero, so the daily limits it enforces today "
+                "no longer see what was spent before."
             ) from None
 
     def _setup(self) -> None:
@@ -185,7 +197,7 @@ class Ledger:
         try:
             self._db.execute(sql, args)
         except sqlite3.OperationalError as exc:
-            raise BatchrunError(
+            raise StateError(
                 f"the usage ledger {self.path} is busy or unusable ({exc}); another batchrun may "
                 "hold it. Results so far are kept; run the same command again."
             ) from None
@@ -263,11 +275,11 @@ class Ledger:
 
     @contextlib.contextmanager
     def _transaction(self, what_failed: str) -> Iterator[None]:
-        """One short write transaction; every SQLite failure becomes a clear BatchrunError."""
+        """One short write transaction; every SQLite failure becomes a clear StateError (exit 5)."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise BatchrunError(
+            raise StateError(
                 f"the usage ledger {self.path} stayed locked for {self._busy_timeout_s:.0f}s "
                 f"({exc}). Another process holds it; results so far are kept, run the same "
                 "command again."
@@ -278,7 +290,7 @@ class Ledger:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-            raise BatchrunError(
+            raise StateError(
                 f"the usage ledger {self.path} {what_failed} ({exc}); the disk may be full. "
                 "Results so far are kept; fix it, then run the same command again."
             ) from None

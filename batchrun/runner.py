@@ -37,6 +37,7 @@ from batchrun.fsutil import FileLock
 from batchrun.jobs import input_report, read_jobs
 from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
+from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.stop import Stop, phrase
 from batchrun.tiers import Limits, family
 
@@ -53,7 +54,7 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "timeout_s": spec.timeout_s, "on_bad_line": spec.on_bad_line, "wait": spec.wait,
         "simulate": simulate, "base_url": None if ep.azure else ep.base_url,
         "azure_endpoint": ep.base_url if ep.azure else None, "api_key_env": ep.key_env,
-        "insecure": ep.insecure,
+        "insecure": ep.insecure, "max_response_mb": spec.max_response_mb,
     }
 
 
@@ -68,7 +69,7 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         input=Path(m.input), output=Path(m.output), endpoint=endpoint, model=o["model"],
         tier=o["tier"], overrides=limit_overrides, concurrency=o["concurrency"],
         max_retries=o["max_retries"], timeout_s=o["timeout_s"], on_bad_line=o["on_bad_line"],
-        wait=o["wait"],
+        wait=o["wait"], max_response_mb=o.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB),
     )
     return spec, bool(o["simulate"])
 

@@ -8,6 +8,10 @@ from pathlib import Path
 from batchrun.client import Endpoint
 from batchrun.tiers import Limits, preset
 
+# A bigger answer fails its request: a decompression bomb must not take the machine's memory.
+# Large enough for 2,048 embeddings of 3,072 dimensions.
+DEFAULT_MAX_RESPONSE_MB = 64.0
+
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
@@ -25,6 +29,7 @@ class JobSpec:
     on_bad_line: str = "fail"
     drain_s: float = 10.0
     wait: bool = False  # at the daily limit: sleep until 00:00 UTC instead of stopping
+    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from batchrun import __version__, cli
 from batchrun.errors import InputError
-from tests.conftest import run_cli, write_jsonl
+from tests.conftest import RunningSim, read_results, run_cli, write_jsonl
 from tests.test_resume import prompts
 
 
@@ -82,3 +82,18 @@ def test_a_bug_is_one_clear_line_not_a_traceback(
     monkeypatch.setenv("BATCHRUN_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
         cli.run(["status"])
+
+
+def test_max_response_mb_fails_bigger_answers_and_resume_can_raise_it(
+    sim: RunningSim, tmp_path: Path
+) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    env = {"OPENAI_API_KEY": "sk-test-0123456789abcdef"}
+    small = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--max-response-mb",
+                    "0.0001", "-q", env=env)  # 104 bytes: every answer is bigger
+    assert small.code == 1, small.stderr
+    results = read_results(tmp_path / "jobs.results.jsonl")
+    assert {r["error"]["code"] for r in results.values()} == {"response_too_large"}
+    again = run_cli("resume", "--retry-failed", "--max-response-mb", "1", "-q", env=env)
+    assert again.code == 0, again.stderr
+    assert all(r["error"] is None for r in read_results(tmp_path / "jobs.results.jsonl").values())

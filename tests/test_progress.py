@@ -6,6 +6,7 @@ import io
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 from rich.console import Console
 
@@ -21,7 +22,7 @@ from batchrun.events import (
     Throttled,
     emit_all,
 )
-from batchrun.progress import ProgressDisplay, eta_s
+from batchrun.progress import ProgressDisplay, compact, eta_s
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, run_cli, write_jsonl
 from tests.test_resume import prompts
@@ -212,3 +213,13 @@ def test_the_header_names_the_proxy_without_its_password() -> None:
                            proxy="http://***@proxy.corp:3128"))
     assert "sending to https://api.openai.com/v1 via proxy http://***@proxy.corp:3128" in (
         stream.getvalue())
+
+
+def test_the_last_today_gauge_is_what_status_says(sim: RunningSim, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(40))
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--tpd", "100000",
+                  env={"OPENAI_API_KEY": FAKE_KEY})
+    assert run.code == 0, run.stderr
+    last = [line for line in run.stderr.splitlines() if line.startswith("[")][-1]
+    [usage] = orjson.loads(run_cli("status", "--json").stdout)["usage"]
+    assert f"today {compact(usage['tokens'])}/100K tok" in last

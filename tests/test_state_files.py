@@ -12,7 +12,7 @@ import pytest
 from batchrun import cli
 from batchrun.checkpoint import OutputWriter, result_line
 from batchrun.fsutil import atomic_write, write_bytes_atomic
-from tests.conftest import Run, write_jsonl
+from tests.conftest import Run, run_cli, write_jsonl
 
 
 def mode(path: Path) -> int:
@@ -165,3 +165,16 @@ def test_a_damaged_manifest_is_skipped_and_named_and_its_job_says_how_to_recover
     assert f"the job manifest {path} is damaged" in that.stderr
     assert "move it aside" in that.stderr and "batchrun submit" in that.stderr
     assert "Traceback" not in that.stderr
+
+
+def test_a_damaged_ledger_says_how_to_recover_and_exits_5(
+    tmp_path: Path, isolated_env: dict[str, str]
+) -> None:
+    ledger = Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_bytes(b"this is not a database, it is a grocery list" * 100)
+    run = run_cli("status")
+    assert run.code == 5, run.stderr
+    assert f"the usage ledger {ledger} is damaged" in run.stderr
+    assert f"mv {ledger} {ledger}.damaged" in run.stderr
+    assert "writable" not in run.stderr  # it is not a permission problem
