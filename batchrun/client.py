@@ -7,13 +7,16 @@ owns the one aiohttp session of a run. Where requests go and how they authentica
 
 from __future__ import annotations
 
+import codecs
 import enum
+import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -24,15 +27,18 @@ from batchrun.endpoint import (
     Endpoint,
     env_proxy,
     proxy_for,
+    proxy_secrets,
     without_userinfo,
 )
-from batchrun.errors import redact
+from batchrun.errors import printable, redact
 from batchrun.jobs import EMBEDDINGS_URL, Request
 from batchrun.limiter import ServerState
 
 __all__ = [
     "AZURE_API_VERSION",
+    "DEFAULT_MAX_PARSE_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_MESSAGE_CHARS",
     "MAX_REPORTED_TOKENS",
     "OPENAI_BASE_URL",
     "ApiClient",
@@ -40,6 +46,7 @@ __all__ = [
     "Kind",
     "Outcome",
     "classify",
+    "parse_cost",
     "parse_duration",
     "proxy_for",
     "reported_usage",
@@ -51,6 +58,15 @@ __all__ = [
 # Far above any real answer (a 128K-token completion is well under 1 MB; a batch of embeddings a
 # few MB), low enough that a broken or hostile server cannot take the machine's memory.
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Parsed, a body costs several times its size (a float 32 bytes for its ~10 characters, an empty
+# dict 72 bytes for its 3). A big embeddings answer (2048 inputs x 3072 floats, 60 MB) costs about
+# 200 MB; 63 MB of `{},` would cost 2 GB. Bodies estimated past this are refused unparsed.
+PARSE_COST_FACTOR = 8
+DEFAULT_MAX_PARSE_BYTES = PARSE_COST_FACTOR * DEFAULT_MAX_RESPONSE_BYTES
+# An error message is stored twice (in the body and in error.message): the second copy is capped.
+MAX_MESSAGE_CHARS = 2_000
+_MAX_CODE_CHARS = 200
+_MAX_ID_CHARS = 200
 # No single request is billed more tokens than this; a server reporting more is wrong, and one
 # absurd number must not wipe out (or hand back) a whole day's budget.
 MAX_REPORTED_TOKENS = 10_000_000
@@ -92,6 +108,11 @@ class Outcome:
     # "Request too large … tokens per min (TPM): Limit L": the server's real TPM, which may be
     # lower than the one we pace to; queued requests larger than it can never succeed either.
     server_limit_tokens: int | None = None
+    # A valid answer exactly as the server sent it (on one line: without a BOM, surrounding
+    # blanks or line breaks, which in strict JSON can only sit between tokens), for the writer to
+    # record byte for byte. `body` is its parsed form, which may differ: ints past 64 bits become
+    # floats, lone surrogates U+FFFD, 1e400 inf.
+    raw_body: bytes | None = None
 
     @property
     def usage(self) -> tuple[int, int]:
@@ -215,23 +236,67 @@ def _error_fields(body: Any) -> tuple[str, str, str]:
     return str(err.get("code") or ""), str(err.get("type") or ""), str(err.get("message") or "")
 
 
-def _scrub(value: Any, secret: str) -> Any:
-    """An error body with the key and anything key-shaped redacted."""
+def _scrub(value: Any, secrets: Sequence[str]) -> Any:
+    """A body that is not an answer with the key and anything key-shaped redacted, in keys too."""
     if isinstance(value, str):
-        return redact(value, secret)
+        return redact(value, *secrets)
     if isinstance(value, dict):
-        return {k: _scrub(v, secret) for k, v in value.items()}
+        return {redact(k, *secrets): _scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrub(v, secret) for v in value]
+        return [_scrub(v, secrets) for v in value]
     return value
 
 
+def parse_cost(raw: bytes) -> int:
+    """About how many bytes of memory parsing `raw` takes: CPython's size for what each
+    structural character makes (a dict per '{', a list per '[', an entry per ':', a number and a
+    pointer per ',', a str per pair of quotes). One fast pass per character; brackets inside
+    strings are counted too, so text full of them is overestimated, never the shapes that cost."""
+    return (len(raw) + 64 * raw.count(b"{") + 56 * raw.count(b"[") + 40 * raw.count(b":")
+            + 32 * raw.count(b",") + 25 * raw.count(b'"'))
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(constant)  # NaN, Infinity: not JSON, and no reader of ours could take them
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _writable(value: Any, depth: int = 0) -> Any:
+    """What the stdlib reader made, in a form orjson can write (see Outcome.raw_body)."""
+    if depth >= _MAX_DEPTH:
+        raise ValueError("too deep")
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, bool) or not isinstance(value, int | dict | list):
+        return value
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**64:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, dict):
+        return {_writable(k, depth + 1): _writable(v, depth + 1) for k, v in value.items()}
+    return [_writable(v, depth + 1) for v in value]
+
+
 def _parse(raw: bytes) -> Any:
-    """The JSON body; None if it is not JSON or too deeply nested to write back out."""
-    try:
-        body = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
+    """The JSON body; None if it is not strict UTF-8 JSON or too deeply nested to write back
+    out. orjson first; what it refuses but JSON allows (1e400, an escaped lone surrogate) is
+    read by the stdlib."""
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    if not raw:
         return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            return _writable(json.loads(raw.decode("utf-8"), parse_constant=_refuse))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return None
     # Counting brackets is cheap and bounds the depth; only a body with that many pays for the
     # real check. Real answers are a few levels deep.
     if raw.count(b"[") + raw.count(b"{") >= _MAX_DEPTH:
@@ -242,45 +307,124 @@ def _parse(raw: bytes) -> Any:
     return body
 
 
-def _request_id(headers: Mapping[str, str]) -> str:
-    return headers.get("x-request-id") or headers.get("apim-request-id") or ""
+def _one_line(raw: bytes) -> bytes:
+    """A valid answer's bytes as one line. Strict JSON holds CR and LF only between tokens
+    (inside strings they must be escaped), so dropping them changes no value."""
+    raw = raw.removeprefix(codecs.BOM_UTF8).strip()
+    return raw.translate(None, b"\r\n") if b"\n" in raw or b"\r" in raw else raw
 
 
-def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secret: str) -> Outcome:
-    """Decide what a response means. Pure: no I/O."""
-    request_id = _request_id(headers)
+# A run of characters a key could be made of: a cut inside one could show part of a key.
+_TOKEN_TAIL = re.compile(r"[\w\-.+/=~:%]+\Z")
+_LONGEST_PARTIAL = 64  # more than any key-shaped prefix `redact` can miss
+_SNIPPET_WINDOW = 4096
+_SNIPPET_CHARS = 200
+
+
+def _drop_partial(text: str, secrets: Sequence[str]) -> str:
+    """`text`, just cut, without what might be the start of a key: the cut word (up to
+    _LONGEST_PARTIAL characters of it) and any start of a known secret."""
+    tail = _TOKEN_TAIL.search(text)
+    if tail:
+        text = text[: len(text) - min(len(tail.group()), _LONGEST_PARTIAL)]
+    for secret in secrets:
+        for k in range(min(len(secret), len(text)), 3, -1):
+            if text.endswith(secret[:k]):
+                text = text[:-k]
+                break
+    return text
+
+
+def _snippet(raw: bytes, secrets: Sequence[str]) -> str:
+    """The start of a body that is not JSON, for a message: redacted, then cut, so a cut never
+    splits a key before redaction could see it whole."""
+    text = raw[:_SNIPPET_WINDOW].decode("utf-8", "replace")
+    if len(raw) > _SNIPPET_WINDOW:
+        text = _drop_partial(text, secrets)
+    text = redact(printable(text), *secrets).strip()
+    if len(text) > _SNIPPET_CHARS:
+        text = _drop_partial(text[:_SNIPPET_CHARS], secrets).rstrip() + "…"
+    return text
+
+
+def _capped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    if len(message) <= limit:
+        return message
+    kept = _drop_partial(message[:limit], ()).rstrip()
+    return (f"{kept}… ({len(message) - len(kept):,} more characters; the full text is in the "
+            "response body)")
+
+
+def _request_id(headers: Mapping[str, str], secrets: Sequence[str]) -> str:
+    # Gateways echo what they like here; 32-hex-digit ids (vLLM's) are ids, not keys.
+    rid = headers.get("x-request-id") or headers.get("apim-request-id") or ""
+    return printable(redact(rid, *secrets, hex_keys=False))[:_MAX_ID_CHARS]
+
+
+def _too_costly(status: int, request_id: str, size: int, cost: int, limit: int) -> Outcome:
+    # Final, as for a body past the size cap: asking again would fetch the same answer.
+    return Outcome(
+        Kind.FAIL, status, request_id=request_id, code="response_too_large",
+        message=(
+            f"the server's answer (HTTP {status}, {size / 2**20:.1f} MB) would take about "
+            f"{cost / 2**20:,.0f} MB of memory to read, more than the {limit / 2**20:,.0f} MB "
+            f"batchrun allows one response ({PARSE_COST_FACTOR}x the --max-response-mb cap); "
+            "raise the cap if answers like this are expected"
+        ),
+    )
+
+
+def classify(
+    status: int,
+    headers: Mapping[str, str],
+    raw: bytes,
+    url: str,
+    secret: str | Sequence[str],
+    max_parse_bytes: int = DEFAULT_MAX_PARSE_BYTES,
+) -> Outcome:
+    """Decide what a response means. Pure: no I/O. `secret`: the key, or every form of every
+    credential that must never be written (see ApiClient)."""
+    secrets = (secret,) if isinstance(secret, str) else tuple(secret)
+    request_id = _request_id(headers, secrets)
+    if len(raw) * 100 > max_parse_bytes:  # smaller bodies cannot cost that much
+        cost = parse_cost(raw)
+        if cost > max_parse_bytes:
+            return _too_costly(status, request_id, len(raw), cost, max_parse_bytes)
     body = _parse(raw)
-    # Error bodies are the server's words about our request and may quote the key or echo our
-    # headers. A model's answer is the user's data and is never rewritten: a model cannot read
-    # the request's headers, so an answer quoting the key is the user's own doing.
-    if status != 200:
-        body = _scrub(body, secret)
     state = server_state(headers)
-    out = Outcome(Kind.OK, status, body, request_id, state)
     if status == 200:
         want = "data" if url == EMBEDDINGS_URL else "choices"
         if isinstance(body, dict) and isinstance(body.get(want), list):
-            return out
+            # A model's answer is the user's data and is never rewritten: a model cannot read
+            # the request's headers, so an answer quoting the key is the user's own doing.
+            return Outcome(Kind.OK, status, body, request_id, state, raw_body=_one_line(raw))
+    # Anything else is the server's words about our request and may quote the key or echo our
+    # headers (an httpbin-like 200 too).
+    body = _scrub(body, secrets)
+    out = Outcome(Kind.OK, status, body, request_id, state)
+    if status == 200:
         out.kind, out.code = Kind.RETRY, "invalid_response"
         out.message = f"the server answered 200 without {want!r} (truncated or not JSON)"
         return out
     if 300 <= status < 400:
         # Following would carry the key (aiohttp keeps `api-key` across hosts) and the prompt to
         # wherever the server pointed, and accept that host's answer as the result.
-        where = redact(without_userinfo(headers.get("location", "")), secret) or "nowhere"
+        location = headers.get("location", "")
+        where = _capped(printable(redact(without_userinfo(location), *secrets)), 500)
         out.kind, out.code = Kind.FAIL, "redirected"
         out.message = (
-            f"the server answered HTTP {status}, redirecting to {where}; batchrun does not follow "
-            "redirects. If that is the API's real address, give it as --base-url "
-            "(or --azure-endpoint)."
+            f"the server answered HTTP {status}, redirecting to {where or 'nowhere'}; batchrun "
+            "does not follow redirects. If that is the API's real address, give it as "
+            "--base-url (or --azure-endpoint)."
         )
         return out
     code, etype, message = _error_fields(body)
-    message = redact(message, secret)
+    message = printable(_capped(redact(message, *secrets)))
     if not message:
-        snippet = redact(raw[:200].decode("utf-8", "replace"), secret).strip()
+        snippet = _snippet(raw, secrets)
         message = f"HTTP {status}" + (f": {snippet}" if snippet else "")
-    out.code, out.message = code or etype or f"http_{status}", message
+    out.code = printable(code or etype or f"http_{status}")[:_MAX_CODE_CHARS]
+    out.message = message
     if code in REFUSAL_CODES or etype in REFUSAL_CODES or status in (401, 402, 403):
         out.kind = Kind.REFUSED
     elif status == 429 and message.lower().startswith("request too large"):
@@ -300,8 +444,15 @@ def classify(status: int, headers: Mapping[str, str], raw: bytes, url: str, secr
     return out
 
 
+def secret_forms(*secrets: str) -> tuple[str, ...]:
+    """Each secret as a message could quote it: as is, percent-encoded, JSON-escaped."""
+    forms = {f for s in secrets for f in (s, quote(s, safe=""), orjson.dumps(s).decode()[1:-1])}
+    return tuple(sorted(forms, key=len, reverse=True))  # longest first: no partial replacement
+
+
 class ApiClient:
-    """The run's one HTTP session: keep-alive, a per-request timeout, the key in a header."""
+    """The run's one HTTP session: keep-alive, a per-request timeout, the key in a header of
+    each request (never a session default: aiohttp copies those into a proxy's CONNECT)."""
 
     def __init__(
         self,
@@ -313,10 +464,14 @@ class ApiClient:
     ) -> None:
         self.endpoint = endpoint
         self._max_response_bytes = max_response_bytes
+        # Never below the default cap: a small --max-response-mb limits size, not structure.
+        self._max_parse_bytes = max(PARSE_COST_FACTOR * max_response_bytes,
+                                    DEFAULT_MAX_RESPONSE_BYTES)
         # Resolved once, not by aiohttp's trust_env: that also reads ~/.netrc and adds its
         # password as Basic auth beside our key (a ValueError on every request to OpenAI).
         self._proxy = env_proxy(endpoint.base_url)
         self._key = api_key
+        self._secrets = secret_forms(api_key, *proxy_secrets(self._proxy))
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -325,9 +480,7 @@ class ApiClient:
 
     async def __aenter__(self) -> ApiClient:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers
-        )
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         return self
 
     async def __aexit__(
@@ -353,21 +506,26 @@ class ApiClient:
             async with self._session.post(
                 self.endpoint.url_for(request),
                 data=data,
+                headers=self._headers,
                 allow_redirects=False,
                 proxy=self._proxy,
             ) as resp:
                 raw = await self._read_capped(resp)
                 if raw is None:
                     return self._too_large(resp)
-                return classify(resp.status, resp.headers, raw, request.url, self._key)
+                return classify(resp.status, resp.headers, raw, request.url, self._secrets,
+                                self._max_parse_bytes)
         except TimeoutError:
             return Outcome(Kind.RETRY, code="timeout", message="no answer within the timeout")
         except aiohttp.ClientPayloadError as exc:
-            message = redact(str(exc), self._key)
-            return Outcome(Kind.RETRY, code="truncated_response", message=message)
+            return Outcome(Kind.RETRY, code="truncated_response", message=self._said(str(exc)))
         except aiohttp.ClientError as exc:
-            message = redact(f"{type(exc).__name__}: {exc}", self._key)
+            # The text may quote the proxy's URL with its password, or a proxy's reason phrase.
+            message = self._said(f"{type(exc).__name__}: {exc}")
             return Outcome(Kind.RETRY, code="connection_error", message=message)
+
+    def _said(self, text: str) -> str:
+        return printable(_capped(redact(text, *self._secrets), 500))
 
     async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes | None:
         """The decoded body, or None once it passes the cap. aiohttp inflates gzip in bounded
@@ -387,7 +545,7 @@ class ApiClient:
         return Outcome(
             Kind.FAIL,
             resp.status,
-            request_id=_request_id(resp.headers),
+            request_id=_request_id(resp.headers, self._secrets),
             code="response_too_large",
             message=(
                 f"the server's answer (HTTP {resp.status}) is larger than {limit}, the most "

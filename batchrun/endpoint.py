@@ -4,11 +4,11 @@ shows a credential."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
-import urllib.request
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from batchrun.errors import InputError
 from batchrun.jobs import Request
@@ -19,24 +19,32 @@ AZURE_API_VERSION = "2024-10-21"
 
 def without_userinfo(url: str) -> str:
     """The URL with any `user:password@` shown as `***@`: for messages, never for sending.
-    Plain string work, so it cannot fail on a malformed URL a server handed us."""
+    Everything up to the last '@' is masked, since a password holding an unencoded '/', '?' or
+    '#' hides where the authority ends. Plain string work, so it cannot fail on a malformed URL a
+    server handed us."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if not sep or "@" not in rest:
         return url
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    authority = rest[:end]
-    if "@" in authority:
-        authority = "***@" + authority.rpartition("@")[2]
-    return scheme + sep + authority + rest[end:]
+    return scheme + sep + "***@" + rest.rpartition("@")[2]
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """This machine: localhost (and *.localhost, RFC 6761), 127.0.0.0/8, ::1, 0.0.0.0."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
         return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    ip = _ip(host)
+    return ip is not None and (ip.is_loopback or ip.is_unspecified)
 
 
 def _check_url(url: str, what: str, key_env: str) -> str:
@@ -142,19 +150,122 @@ class Endpoint:
         return key
 
 
+# What each scheme's proxy is read from, first found wins; lower case before upper, as curl.
+_PROXY_VARS = {
+    "https": ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"),
+    "http": ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"),
+}
+
+
+def _env(*names: str) -> tuple[str, str] | None:
+    """The first of `names` that is set, and its value; an empty value means "none"."""
+    for name in names:
+        value = os.environ.get(name)
+        if value is not None:
+            return (name, value.strip()) if value.strip() else None
+    return None
+
+
+def _no_proxy_match(entry: str, host: str, port: int) -> bool:
+    """One NO_PROXY entry against a request's host and port. Read as curl reads it (a name
+    matches itself and its subdomains, a leading dot is ignored, IPs exactly, CIDR ranges for
+    IPs, `*` everything), plus `host:port`, which matches that host on that port only."""
+    entry = entry.lower().rstrip(".")
+    if entry == "*":
+        return True
+    if "/" in entry:  # a CIDR range: only IP literals are in it (names are not resolved)
+        ip = _ip(host)
+        try:
+            return ip is not None and ip in ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            return False
+    want_port: int | None = None
+    if entry.startswith("["):  # [v6] or [v6]:port
+        entry, _, rest = entry[1:].partition("]")
+        want_port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    elif entry.count(":") == 1:  # name:port or v4:port; more colons is a bare IPv6 address
+        entry, _, port_text = entry.partition(":")
+        if not port_text.isdigit():
+            return False
+        want_port = int(port_text)
+    if want_port is not None and want_port != port:
+        return False
+    entry = entry.removeprefix(".")
+    ip, entry_ip = _ip(host), _ip(entry)
+    if ip is not None or entry_ip is not None:
+        return ip is not None and ip == entry_ip
+    return bool(entry) and (host == entry or host.endswith("." + entry))
+
+
+def _bypass(host: str, port: int) -> bool:
+    found = _env("no_proxy", "NO_PROXY")
+    entries = found[1].replace(",", " ").split() if found else []
+    return any(_no_proxy_match(entry, host, port) for entry in entries)
+
+
+def _check_proxy(name: str, value: str) -> str:
+    """The proxy URL from variable `name`, or an InputError naming the variable (never the
+    proxy's password) when aiohttp could not use it."""
+    url = value if "://" in value else f"http://{value}"  # "host:port" is common, means http
+    shown = without_userinfo(url)
+    problem = ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is the check: it raises on a bad one
+    except ValueError:
+        problem = "is not a valid URL"
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = f"uses {parts.scheme}://, and batchrun can use only http:// proxies"
+        elif not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
+            problem = "is not of the form http://[user:password@]host:port"
+        elif any(c.isspace() or not c.isprintable() for c in url):
+            problem = "holds a space or control character"
+    if problem:
+        raise InputError(
+            f"${name} ({shown}) {problem}. Set it to http://host:port, with any user name or "
+            "password percent-encoded (/ as %2F, # as %23, ? as %3F, @ as %40), or unset it."
+        )
+    return url
+
+
 def env_proxy(url: str) -> str | None:
-    """The proxy `url` goes through per HTTP_PROXY / HTTPS_PROXY / NO_PROXY (upper or lower
-    case), read as curl and urllib read them; the URL may hold the proxy's credentials."""
+    """The proxy `url` goes through per https_proxy / http_proxy / all_proxy / no_proxy (lower
+    or upper case; see `_no_proxy_match`); the URL may hold the proxy's credentials. Loopback
+    destinations never go through a proxy. Raises InputError for a proxy setting that cannot
+    be used."""
     parts = urlsplit(url)
-    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+    host = (parts.hostname or "").rstrip(".")
+    if not host or _is_loopback(host):
         return None
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if not proxy:
+    names: tuple[str, ...] = _PROXY_VARS.get(parts.scheme, ())
+    if os.environ.get("REQUEST_METHOD"):
+        # Under CGI, HTTP_PROXY is the client's "Proxy:" header (httpoxy): never trust it.
+        names = tuple(n for n in names if n != "HTTP_PROXY")
+    found = _env(*names)
+    if found is None:
         return None
-    return proxy if "://" in proxy else f"http://{proxy}"  # "host:port" is common, and means http
+    proxy = _check_proxy(*found)
+    if _bypass(host, parts.port or (443 if parts.scheme == "https" else 80)):
+        return None
+    return proxy
 
 
 def proxy_for(url: str) -> str | None:
     """The proxy requests to `url` go through, fit to print: credentials shown as ***."""
     proxy = env_proxy(url)
     return None if proxy is None else without_userinfo(proxy)
+
+
+def proxy_secrets(proxy: str | None) -> tuple[str, ...]:
+    """The proxy's credentials in each form a message could quote them (as written, decoded,
+    and as the Basic header carries them), for `redact`."""
+    if proxy is None:
+        return ()
+    userinfo = proxy.partition("://")[2].rpartition("@")[0]
+    if not userinfo:
+        return ()
+    user, _, password = userinfo.partition(":")
+    decoded = f"{unquote(user)}:{unquote(password)}"
+    basic = base64.b64encode(decoded.encode()).decode()
+    return tuple(s for s in {userinfo, decoded, password, unquote(password), basic} if s)

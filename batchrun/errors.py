@@ -25,9 +25,22 @@ EXIT_REFUSED = 4
 EXIT_STATE = 5
 EXIT_INTERRUPTED = 130
 
-# sk-..., sk-proj-..., Azure's 32-hex keys, bearer tokens: anything that looks like a secret.
-_KEY_LIKE = re.compile(
-    r"(sk-[A-Za-z0-9_\-]{8,}|\b[0-9a-f]{32}\b|(?i:bearer)\s+[A-Za-z0-9._\-]{8,})"
+# sk-..., sk-proj-..., bearer tokens: anything that looks like a secret. Azure's keys are 32 hex
+# digits, which is also how many servers write request ids, so that shape is separate.
+_TOKEN_LIKE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,})")
+_HEX_KEY = re.compile(r"\b[0-9a-f]{32}\b")
+# "scheme://user:password@": everything up to the last '@' of a URL-shaped token, since an
+# unencoded '/', '?' or '#' in a password hides where the authority really ends. Possessive, so a
+# text of many "://" without spaces costs one pass, not one per "://".
+_URL_TAIL = re.compile(r"://([^\s'\"<>]*+)")
+# Terminal escape sequences (CSI, OSC, 8-bit CSI), then any other control or format character
+# (C0 but newline and tab, DEL, C1, bidirectional overrides, zero-width characters).
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]?"  # CSI: cursor moves, colours, screen clears
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, DCS…
+)
+_CONTROL = re.compile(
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
 )
 
 
@@ -37,12 +50,33 @@ _KEY_LIKE = re.compile(
 MIN_SECRET_LEN = 8
 
 
-def redact(text: str, secret: str | None = None) -> str:
-    """Remove the API key (if long enough to be a secret) and anything key-shaped from text a
-    server or the OS handed us. Only for error text: never apply it to a model's answer."""
-    if secret and len(secret) >= MIN_SECRET_LEN:
-        text = text.replace(secret, "[redacted]")
-    return _KEY_LIKE.sub("[redacted]", text)
+def _mask_userinfo(match: re.Match[str]) -> str:
+    tail = match.group(1)
+    return "://***@" + tail.rpartition("@")[2] if "@" in tail else match.group(0)
+
+
+def redact(text: str, *secrets: str | None, hex_keys: bool = True) -> str:
+    """Remove the secrets (those long enough to be secrets), anything key-shaped and any
+    credentials in a URL from text a server or the OS handed us. Only for error text: never apply
+    it to a model's answer. `hex_keys=False` keeps 32-hex-digit words (request ids)."""
+    for secret in secrets:
+        if secret and len(secret) >= MIN_SECRET_LEN:
+            text = text.replace(secret, "[redacted]")
+    text = _TOKEN_LIKE.sub("[redacted]", text)
+    if hex_keys:
+        text = _HEX_KEY.sub("[redacted]", text)
+    if "://" in text and "@" in text:
+        text = _URL_TAIL.sub(_mask_userinfo, text)
+    return text
+
+
+def printable(text: str) -> str:
+    """Text a server wrote, safe to show on a terminal: escape sequences and control characters
+    removed (newlines and tabs kept), so it cannot move the cursor, retitle the window, write to
+    the clipboard or reorder what it shows."""
+    if text.isprintable():
+        return text
+    return _CONTROL.sub("", _ESCAPE_SEQUENCE.sub("", text))
 
 
 class BatchrunError(Exception):

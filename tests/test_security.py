@@ -321,15 +321,17 @@ def proxy_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 async def test_requests_go_through_http_proxy_with_its_credentials(
     proxy_env: Callable[..., None]
 ) -> None:
-    origin_server, proxy_server = Recorder(), Recorder()
-    async with serve(origin_server.handle) as origin, serve(proxy_server.handle,
-                                                            "127.0.0.2") as proxy:
+    # A host that is not this machine (loopback never goes through a proxy) and is never
+    # resolved: the proxy stands in for it.
+    proxy_server = Recorder()
+    async with serve(proxy_server.handle, "127.0.0.2") as proxy:
         proxy_env(HTTP_PROXY=proxy.replace("http://", "http://corp:proxypw@"))
-        out = await send_once(origin)
+        endpoint = Endpoint.make("http://api.example.test/v1", None, None, insecure=True)
+        async with ApiClient(endpoint, KEY, 5.0, 10) as client:
+            out = await client.send(REQ)
     assert out.kind is Kind.OK
-    assert origin_server.got == []
     [(headers, body)] = proxy_server.got
-    assert headers["Host"] == origin.removeprefix("http://")
+    assert headers["Host"] == "api.example.test"
     assert headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"corp:proxypw").decode()
     assert b"the secret prompt" in body
 
@@ -377,13 +379,14 @@ def test_the_start_up_header_names_the_proxy_in_use(
     sim: RunningSim, tmp_path: Path, proxy_env: Callable[..., None]
 ) -> None:
     # The simulator stands in for the corporate proxy: every request reaches it through
-    # HTTP_PROXY, addressed to an origin that does not exist.
+    # HTTP_PROXY, addressed to a remote origin that is never resolved.
     port = sim.base_url.split(":")[2].split("/")[0]
     proxy_env(HTTP_PROXY=f"http://corp:hunter2@127.0.0.1:{port}", OPENAI_API_KEY=KEY)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}])
-    result = run_cli("submit", str(jobs), "--base-url", "http://127.0.0.2:9/v1")
+    result = run_cli("submit", str(jobs), "--base-url", "http://api.example.test/v1",
+                     "--insecure")
     assert result.code == 0, result.stderr
-    assert f"sending to http://127.0.0.2:9/v1 via proxy http://***@127.0.0.1:{port}" in (
+    assert f"sending to http://api.example.test/v1 via proxy http://***@127.0.0.1:{port}" in (
         result.stderr)
     assert "hunter2" not in result.stderr + result.stdout
     assert sim.stats.ok == 1
