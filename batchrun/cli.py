@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -28,6 +27,7 @@ from batchrun.errors import (
     EXIT_SOME_FAILED,
     BatchrunError,
     InputError,
+    printable,
     redact,
 )
 from batchrun.estimate import estimate as estimate_job
@@ -386,16 +386,6 @@ def run(argv: list[str] | None = None) -> int:
         ), style="bold red"))
         return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
-
-
-# Server words and file names reach the terminal through messages: escape sequences in them
-# could clear the screen, retitle the window or write the clipboard (OSC 52).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def printable(text: str) -> str:
-    """Text with every control character but newline and tab shown as a harmless '?'."""
-    return _CONTROL.sub("?", text)
 
 
 def main() -> None:
