@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import stat
 import time
@@ -156,14 +157,28 @@ def _parse(raw: bytes) -> tuple[str, bool] | None:
                 cid = orjson.loads(raw[_CID_AT : end + 1])
                 if isinstance(cid, str):
                     return cid, False
-    try:
-        line = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    line = _loads(raw)
     if not isinstance(line, dict) or not line.keys() >= _RESULT_KEYS:
         return None
     cid = line["custom_id"]
     return (cid, line["error"] is not None) if isinstance(cid, str) else None
+
+
+def _loads(raw: bytes) -> Any:
+    """A whole output line, or None. An answer is recorded byte for byte, so a line may hold
+    what orjson refuses (a lone surrogate escape, an integer past 64 bits): the standard
+    library's reader takes those."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+_OK_TAIL = b'"body":null},"error":null}\n'
 
 
 def result_line(
@@ -172,8 +187,18 @@ def result_line(
     request_id: str,
     body: Any,
     error: tuple[str, str] | None,
+    raw_body: bytes | None = None,
 ) -> bytes:
-    """One line of the OpenAI Batch API output format."""
+    """One line of the OpenAI Batch API output format.
+
+    A successful answer's `raw_body` (its exact bytes, checked by the client to be one JSON
+    object on one line) goes into the line as it came: parsing and writing it again would turn
+    an integer past 64 bits into a float, or refuse a lone surrogate the model wrote.
+    """
+    if raw_body is not None and error is None and status is not None:
+        head = result_line(custom_id, status, request_id, None, None)
+        assert head.endswith(_OK_TAIL)
+        return head[: -len(_OK_TAIL)] + b'"body":' + raw_body + _OK_TAIL[len(b'"body":null'):]
     response = None if status is None else {
         "status_code": status, "request_id": request_id, "body": body,
     }

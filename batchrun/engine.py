@@ -346,7 +346,8 @@ class Engine:
     ) -> None:
         body = out.body if out is not None and out.status is not None else None
         self._writer.write(result_line(
-            custom_id, out.status if out else None, out.request_id if out else "", body, error
+            custom_id, out.status if out else None, out.request_id if out else "", body, error,
+            out.raw_body if out is not None else None,
         ))
         self._done += 1
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
