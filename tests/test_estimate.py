@@ -43,9 +43,6 @@ def test_prompt_tokens_are_exact_and_match_what_the_api_reports(tmp_path: Path) 
     assert m["prompt_tokens"] == expected
     assert m["max_output_tokens"] == 5 + 7 * 2
     assert m["requests_without_max"] == 1 and m["output_tokens"] == 5 + 14 + 100
-    # The simulator tokenizes with the same formula: the estimate equals the billed prompt.
-    run = run_cli("submit", str(jobs), "--simulate", "--json", "-q")
-    assert orjson.loads(run.stdout)["tokens"]["input"] == expected
 
 
 def test_cost_arithmetic_and_batch_price(tmp_path: Path) -> None:
