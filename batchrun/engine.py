@@ -292,7 +292,8 @@ class Engine:
         job.attempts += 1
         job.last = outcome
         kind = outcome.kind
-        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else outcome.server)
+        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else outcome.server,
+                             ok=kind is Kind.OK)
         tokens_in, tokens_out = outcome.usage
         assert job.day is not None
         lane.budget.settle(job.day, job.cost, tokens_in + tokens_out)
