@@ -58,10 +58,12 @@ MAX_COOLDOWN_S = 60.0
 FIRST_COOLDOWN_S = 0.5
 # Two 429s this close together say the rate itself is too high (a lowered limit, another client
 # on the key), not that one burst overshot: the rate drops by RATE_CUT and recovers slowly.
-RATE_CUT_WINDOW_S = 10.0
+RATE_CUT_WINDOW_S = 30.0
 RATE_CUT = 0.85
+# Headers showing less than we counted cut the rate gently, once a round trip.
+HEADER_RATE_CUT = 0.97
 MIN_RATE_SCALE = 0.3
-RATE_RECOVERY_PER_S = 0.01
+RATE_RECOVERY_PER_S = 0.005
 DEFAULT_MAX_IN_FLIGHT = 512
 MIN_IN_FLIGHT = 8
 
@@ -138,6 +140,7 @@ class Pacer:
         self._cooldown_started = -math.inf
         self.consecutive_429 = 0
         self._last_429 = -math.inf
+        self._last_rate_cut = -math.inf
         self._drained = False  # has the server refused us, so its bucket was once empty?
         self.rate_scale = 1.0
         self._scale_updated = now
@@ -227,7 +230,12 @@ class Pacer:
             low, high = sorted((at_admission, float(remaining)))
             # Correct down only past what both readings allow: a stale or foreign reading
             # never costs more than one round trip of our own traffic.
-            bucket.level = min(bucket.level, high - bucket.reserve)
+            if bucket.level > high - bucket.reserve:
+                bucket.level = high - bucket.reserve
+                # The server refills slower than we do (another client on the key, a limit
+                # cut without saying so): ease the rate off, at most once a round trip.
+                if ticket.at >= self._last_rate_cut:
+                    self._cut_rate(HEADER_RATE_CUT, now)
             headroom = min(headroom, (low - bucket.reserve - bucket.level) / bucket.rate)
         if ticket.constrained and ticket.at >= self._last_growth:
             self._grow(headroom, now)
@@ -236,7 +244,8 @@ class Pacer:
         """Probe: a burst a step bigger, within what the server is known to hold."""
         want = min(self.ceiling_s, self.burst_s * (1 + self._step))
         new = min(want, self.burst_s + headroom_s)
-        if new <= self.burst_s:
+        # A server that holds only a little more than our burst is at its edge: stay.
+        if new < min(want, self.burst_s * (1 + FIRST_STEP)):
             return
         # Headers that show room for the whole step speed up the next probe; without them a
         # probe stays small, since the first sign of an edge is a 429.
@@ -281,13 +290,18 @@ class Pacer:
         self._last_growth = now
         self._drained = True
         if not probing and now - self._last_429 < RATE_CUT_WINDOW_S:
-            self.rate_scale = max(MIN_RATE_SCALE, self.rate_scale * RATE_CUT)
+            self._cut_rate(RATE_CUT, now)
         self._last_429 = now
         self._resize()
         for bucket in self._buckets():
             # The server says its bucket is empty; start ours below zero to rebuild the reserve.
             bucket.level = -bucket.reserve
         return pause
+
+    def _cut_rate(self, factor: float, now: float) -> None:
+        self.rate_scale = max(MIN_RATE_SCALE, self.rate_scale * factor)
+        self._last_rate_cut = now
+        self._resize()
 
     def burst_requests(self, mean_cost: float) -> float:
         """How many requests of the mean cost the current burst lets go at once."""
