@@ -245,7 +245,7 @@ class Pacer:
         want = min(self.ceiling_s, self.burst_s * (1 + self._step))
         new = min(want, self.burst_s + headroom_s)
         # A server that holds only a little more than our burst is at its edge: stay.
-        if new < min(want, self.burst_s * (1 + FIRST_STEP)):
+        if new < min(want, self.burst_s + FIRST_STEP * START_BURST_S):
             return
         # Headers that show room for the whole step speed up the next probe; without them a
         # probe stays small, since the first sign of an edge is a 429.
