@@ -136,6 +136,7 @@ class Pacer:
         self._step = FIRST_STEP
         self._burst_before_growth = START_BURST_S
         self._last_growth = now
+        self._probe_at: float | None = None  # when the burst last grew, if no 429 came since
         self.cooldown_until = now
         self._cooldown_started = -math.inf
         self.consecutive_429 = 0
@@ -254,6 +255,9 @@ class Pacer:
         old, self.burst_s = self.burst_s, new
         self._burst_before_growth = old
         self._last_growth = now
+        if not self._drained:
+            # Only growth that sends budget at once can overshoot: a 429 after it blames it.
+            self._probe_at = now
         # The added budget is spendable now only while the server may still hold what its
         # bucket started with (never refused us; headers, if any, bounded the step). After a
         # 429 its bucket was empty, and every budget since is refill we already count, whatever
@@ -282,12 +286,13 @@ class Pacer:
         self.cooldown_until = max(self.cooldown_until, now + pause)
         # The burst this request went out under was too big: never probe past the last one
         # accepted, and halve the current one (the multiplicative decrease of AIMD).
-        probing = ticket.at >= self._last_growth
+        probing = self._probe_at is not None and ticket.at >= self._probe_at
         self.ceiling_s = max(PACED_BURST_S, min(
             self.ceiling_s, self._burst_before_growth if probing else self.burst_s))
         self.burst_s = max(PACED_BURST_S, min(self.ceiling_s, self.burst_s / 2))
         self._step = FIRST_STEP
         self._last_growth = now
+        self._probe_at = None
         self._drained = True
         if not probing and now - self._last_429 < RATE_CUT_WINDOW_S:
             self._cut_rate(RATE_CUT, now)

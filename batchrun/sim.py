@@ -386,7 +386,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def config_from_argv(argv: list[str] | None) -> tuple[SimConfig, int]:
+    """The simulator's configuration and port from its command line."""
+    args = _parse_args(argv)
     faults = Faults(error_500=args.error_500, error_503=args.error_503, drop=args.drop,
                     hang=args.hang, truncate=args.truncate, no_choices=args.no_choices,
                     html=args.html)
@@ -396,14 +398,18 @@ async def _serve(args: argparse.Namespace) -> None:
                     lower_to=args.lower_to)
     config = SimConfig(limits=limits, latency_s=args.latency, jitter_s=args.jitter,
                        latency_tail=args.tail, habits=habits, faults=faults, seed=args.seed)
-    async with SimServer(Simulator(config), port=args.port) as server:
+    return config, args.port
+
+
+async def _serve(config: SimConfig, port: int) -> None:
+    async with SimServer(Simulator(config), port=port) as server:
         print(f"batchrun simulator listening on {server.base_url}", flush=True)  # noqa: T201
         await asyncio.Event().wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(_parse_args(argv)))
+        asyncio.run(_serve(*config_from_argv(argv)))
 
 
 if __name__ == "__main__":
