@@ -27,9 +27,15 @@ be shared with other clients of the key, or may be absent. So:
   and it never again exceeds the last burst accepted before the overshooting probe. Only budget
   the server may still hold from its start is spent at once on growth; after a 429 the server's
   bucket was empty, so later growth only lets budget accumulate.
-- Two 429s within 10 s that no probe explains say the rate itself is too high (another client
-  on the key, a lowered limit the headers don't show): the rate drops by 15 % and recovers by
-  1 % of the limit per second. A lower x-ratelimit-limit-* is adopted at once.
+- The rate is evidence too. Two 429s within 30 s that no probe explains (the only probes
+  blamed are growths that sent budget at once) say the rate itself is too high: another client
+  on the key, or a limit lowered without saying so. The rate drops by 15 % and recovers by
+  0.5 % of the limit per second. Headers that show less than even their higher reading allows
+  ease it off by 3 %, at most once a round trip. A lower x-ratelimit-limit-* is adopted at once.
+
+What it cannot do (bench/README.md has the figures): find a window's edge without crossing it
+when no header describes the window (one probe's worth of 429s), or learn a rate cut from a
+headerless server except by 429s (about 2 % of requests).
 """
 
 from __future__ import annotations
