@@ -181,13 +181,13 @@ def free_port() -> int:
 
 def run_real(cell: Cell, workdir: Path) -> tuple[float, float]:
     job, h = cell.job, cell.habits
+    workdir = Path(tempfile.mkdtemp(dir=workdir))  # each run is a new job
     jobs = workdir / f"{job.name}.jsonl"
     with jobs.open("wb") as f:
         for i, body in enumerate(bodies(job)):
             f.write(orjson.dumps({"id": f"{job.name}-{i}", "messages": body["messages"],
                                   "max_tokens": job.max_tokens}) + b"\n")
     out = workdir / f"{job.name}.results.jsonl"
-    out.unlink(missing_ok=True)
     port = free_port()
     jitter, tail = SHAPES[cell.shape]
     server = subprocess.Popen(

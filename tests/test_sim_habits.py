@@ -122,3 +122,19 @@ def test_every_habit_is_a_command_line_flag() -> None:
     assert port == 9000 and config.limits == SimLimits(rpm=500, window_s=10.0)
     assert (config.latency_s, config.jitter_s, config.latency_tail) == (0.3, 0.1, 0.01)
     assert config.habits == Habits("response", "minute", "quantized", 0.3, 20.0, 0.6)
+
+
+def test_the_simulator_shares_no_code_with_what_it_checks() -> None:
+    """It would agree with batchrun by construction if it counted with batchrun's code."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "batchrun"
+    imported = set()
+    for name in ("sim.py", "sim_model.py"):
+        for node in ast.walk(ast.parse((package / name).read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert {m for m in imported if m.startswith("batchrun")} == {"batchrun.sim_model"}
