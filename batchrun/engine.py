@@ -254,7 +254,8 @@ class Engine:
         tpm = taught_tpm(outcome)
         if tpm is not None:  # the limiter adopts it; queued requests are checked against it
             server = replace(server or ServerState(), limit_tokens=tpm)
-        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server)
+        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server,
+                             ok=kind is Kind.OK)
         assert job.day is not None
         lane.budget.settle(job.day, job.cost, billed(outcome, job.cost))
         lane.settled.set()

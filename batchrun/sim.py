@@ -1,13 +1,27 @@
-"""A local OpenAI-compatible API that enforces rate limits the way the real one does.
+"""A local OpenAI-compatible API that enforces rate limits the way real servers do, habits included.
 
 Chat completions and embeddings, on OpenAI routes (/v1/...) and Azure routes
 (/openai/deployments/{name}/...?api-version=...). Per model it keeps a requests bucket and a tokens
-bucket that refill continuously and hold `window_s` seconds of the per-minute limit (60 = OpenAI's
-whole-minute bucket; 1 = a server that quantizes to one-second windows), plus daily counters. The
-charge at admission is the server's estimate: prompt characters / 4 plus n x max_tokens. Replies
-are deterministic in the request (see `reply_text`), so a test can tell each result is its own.
+bucket that hold `window_s` seconds of the per-minute limit (60 = OpenAI's whole-minute bucket;
+1 = a server that quantizes to one-second windows; 10 = Azure-like), plus daily counters. The
+charge at admission is the server's own estimate: prompt characters / 4 plus n x max_tokens; the
+usage it reports is its own approximation too (see batchrun.sim_model: the simulator shares no
+code with what it checks). Replies are deterministic in the request (see `reply_text`), so a test
+can tell each result is its own.
 
     python -m batchrun.sim --port 8000 --rpm 500 --tpm 200000 --window 1 --latency 0.3
+
+Server habits (each also a field of `SimConfig` / `Habits`):
+
+    --headers-at admission|response   when x-ratelimit-remaining-* is measured (default admission)
+    --header-scope window|minute|none the bucket the headers describe: the enforced one, a whole
+                                      minute's while `--window` is enforced, or no rate headers
+    --refill continuous|quantized     buckets refill smoothly, or fill at each window boundary
+    --window 10                       Azure-like 10 s windows
+    --jitter S                        latency varies uniformly by ± S seconds
+    --tail P                          a share P of requests (e.g. 0.01) take 10 x the latency
+    --shared F                        another client of the key uses a share F of every limit
+    --lower-at S --lower-to F         S seconds after the first request, limits drop to F x
 """
 
 from __future__ import annotations
@@ -27,16 +41,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from batchrun.tokens import char_estimate, prompt_tokens
+from batchrun.sim_model import (
+    Habits,
+    RateModel,
+    SimLimits,
+    admission_charge,
+    draw_latency,
+    fmt_duration,
+    usage_prompt_tokens,
+)
 
-
-@dataclass(slots=True)
-class SimLimits:
-    rpm: int = 0
-    tpm: int = 0
-    rpd: int = 0
-    tpd: int = 0
-    window_s: float = 60.0
+__all__ = ["Faults", "Habits", "SimConfig", "SimLimits", "SimServer", "SimStats", "Simulator",
+           "reply_text", "request_digest"]
 
 
 @dataclass(slots=True)
@@ -59,6 +75,8 @@ class SimConfig:
     limits: SimLimits = field(default_factory=SimLimits)
     latency_s: float = 0.0
     jitter_s: float = 0.0
+    latency_tail: float = 0.0  # share of requests that take 10 x the latency
+    habits: Habits = field(default_factory=Habits)
     faults: Faults = field(default_factory=Faults)
     api_key: str | None = None  # None: any non-empty key is accepted
     insufficient_quota: bool = False
@@ -95,47 +113,6 @@ def _completion_tokens(body: dict[str, Any]) -> int:
     return min(wanted, int(limit)) if limit else wanted
 
 
-def _fmt_duration(seconds: float) -> str:
-    if seconds < 1:
-        return f"{max(1, round(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(int(minutes), 60)
-    return (f"{hours}h" if hours else "") + f"{minutes}m{secs:.0f}s"
-
-
-class _Bucket:
-    def __init__(self, per_minute: int, window_s: float, now: float) -> None:
-        self.limit = per_minute
-        self.rate = per_minute / 60.0
-        self.capacity = self.rate * window_s
-        self.level = self.capacity
-        self.updated = now
-
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
-        self.updated = now
-
-    def shortfall(self, amount: float) -> float:
-        """Seconds until `amount` fits; 0 if it fits now (a full bucket takes anything)."""
-        need = min(amount, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
-
-    def reset_s(self) -> float:
-        return max(0.0, (self.capacity - self.level) / self.rate)
-
-
-class _ModelState:
-    def __init__(self, limits: SimLimits, now: float) -> None:
-        self.limits = limits
-        self.requests = _Bucket(limits.rpm, limits.window_s, now) if limits.rpm else None
-        self.tokens = _Bucket(limits.tpm, limits.window_s, now) if limits.tpm else None
-        self.day: dt.date | None = None
-        self.day_tokens = 0
-        self.day_requests = 0
-
-
 class Simulator:
     def __init__(
         self,
@@ -147,7 +124,7 @@ class Simulator:
         self.stats = SimStats()
         self._clock = clock
         self._now_utc = today
-        self._models: dict[str, _ModelState] = {}
+        self._models: dict[str, RateModel] = {}
         self._rng = random.Random(self.config.seed)
         self._ids = 0
 
@@ -209,66 +186,36 @@ class Simulator:
         if self.config.echo_key_in_errors:
             return self._error(400, f"Unsupported parameter for key {key}: 'frobnicate'.",
                                "invalid_request_error")
-        state = self._models.setdefault(model, _ModelState(self.config.limits, self._clock()))
-        out_max = 0 if embeddings else int(
-            body.get("max_completion_tokens") or body.get("max_tokens") or 0
-        ) * int(body.get("n") or 1)
-        cost = char_estimate(body) + out_max
-        refusal = self._admit(state, model, cost)
-        headers = self._headers(state)
+        state = self._models.get(model)
+        if state is None:
+            state = self._models[model] = RateModel(self.config.limits, self.config.habits,
+                                                    self._clock())
+        cost = admission_charge(body, embeddings)
+        now = self._clock()
+        refusal = state.admit(cost, now, self._now_utc())
         if refusal is not None:
             self.stats.rate_limited += 1
             self.stats.statuses[429] += 1
-            return refusal
-        if self.config.latency_s or self.config.jitter_s:
-            await asyncio.sleep(
-                max(0.0, self.config.latency_s + self._rng.uniform(-1, 1) * self.config.jitter_s)
-            )
+            r = refusal
+            return self._limit_error(model, r.what, r.limit, r.used, r.requested, r.wait_s,
+                                     r.kind, self._headers(state))
+        self.stats.admitted_at.append((now, cost))
+        at_admission = self.config.habits.header_timing == "admission"
+        headers = self._headers(state) if at_admission else None
+        latency = draw_latency(self.config.latency_s, self.config.jitter_s,
+                               self.config.latency_tail, self._rng)
+        if latency:
+            await asyncio.sleep(latency)
         fault = await self._fault(request)
         if fault is not None:
             return fault
         payload = self._embedding_reply(body) if embeddings else self._chat_reply(body)
         self.stats.ok += 1
         self.stats.statuses[200] += 1
-        return web.Response(body=orjson.dumps(payload), headers=headers,
+        return web.Response(body=orjson.dumps(payload), headers=headers or self._headers(state),
                             content_type="application/json")
 
     # -- limits -------------------------------------------------------------------------------
-
-    def _admit(self, state: _ModelState, model: str, cost: int) -> web.Response | None:
-        now = self._clock()
-        today = self._now_utc().date()
-        if state.day != today:
-            state.day, state.day_tokens, state.day_requests = today, 0, 0
-        limits = state.limits
-        until_midnight = (
-            dt.datetime.combine(today + dt.timedelta(days=1), dt.time(), dt.UTC) - self._now_utc()
-        ).total_seconds()
-        if limits.rpd and state.day_requests + 1 > limits.rpd:
-            return self._limit_error(model, "requests per day (RPD)", limits.rpd,
-                                     state.day_requests, 1, until_midnight, "requests")
-        if limits.tpd and state.day_tokens + cost > limits.tpd:
-            return self._limit_error(model, "tokens per day (TPD)", limits.tpd,
-                                     state.day_tokens, cost, until_midnight, "tokens")
-        for bucket, amount, what, kind in (
-            (state.requests, 1, "requests per min (RPM)", "requests"),
-            (state.tokens, cost, "tokens per min (TPM)", "tokens"),
-        ):
-            if bucket is None:
-                continue
-            bucket.refill(now)
-            wait = bucket.shortfall(amount)
-            if wait > 0:
-                used = round(bucket.capacity - bucket.level)
-                return self._limit_error(model, what, bucket.limit, used, amount, wait, kind,
-                                         self._headers(state))
-        for bucket, amount in ((state.requests, 1), (state.tokens, cost)):
-            if bucket is not None:
-                bucket.level -= amount
-        state.day_tokens += cost
-        state.day_requests += 1
-        self.stats.admitted_at.append((now, cost))
-        return None
 
     def _limit_error(
         self, model: str, what: str, limit: int, used: int, requested: int, wait_s: float,
@@ -277,21 +224,15 @@ class Simulator:
         message = (
             f"Rate limit reached for {model} in organization {self.config.organization} on "
             f"{what}: Limit {limit}, Used {used}, Requested {requested}. Please try again in "
-            f"{_fmt_duration(wait_s)}. Visit https://platform.openai.com/account/rate-limits "
+            f"{fmt_duration(wait_s)}. Visit https://platform.openai.com/account/rate-limits "
             "to learn more."
         )
         self.stats.rejected_at.append((self._clock(), what))
         return self._error(429, message, kind, "rate_limit_exceeded", headers)
 
-    def _headers(self, state: _ModelState) -> dict[str, str]:
+    def _headers(self, state: RateModel) -> dict[str, str]:
         self._ids += 1
-        headers = {"x-request-id": f"req_sim{self._ids:012d}"}
-        for name, bucket in (("requests", state.requests), ("tokens", state.tokens)):
-            if bucket is not None:
-                headers[f"x-ratelimit-limit-{name}"] = str(bucket.limit)
-                headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(bucket.level)))
-                headers[f"x-ratelimit-reset-{name}"] = _fmt_duration(bucket.reset_s())
-        return headers
+        return {"x-request-id": f"req_sim{self._ids:012d}", **state.headers(self._clock())}
 
     # -- replies and faults -------------------------------------------------------------------
 
@@ -352,7 +293,7 @@ class Simulator:
     def _chat_reply(self, body: dict[str, Any]) -> dict[str, Any]:
         n = int(body.get("n") or 1)
         completion = _completion_tokens(body) * n
-        prompt = prompt_tokens("/v1/chat/completions", body)
+        prompt = usage_prompt_tokens(body)
         return {
             "id": f"chatcmpl-sim{request_digest(body)}",
             "object": "chat.completion",
@@ -376,7 +317,7 @@ class Simulator:
         count = len(inputs) if isinstance(inputs, list) and not all(
             isinstance(x, int) for x in inputs) else 1
         seed = int(request_digest(body)[:8], 16)
-        tokens = prompt_tokens("/v1/embeddings", body)
+        tokens = usage_prompt_tokens(body)
         return {
             "object": "list",
             "model": body["model"],
@@ -428,28 +369,47 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument(f"--{name}", type=int, default=0, help="0 = unlimited")
     p.add_argument("--window", type=float, default=60.0, help="seconds of budget a bucket holds")
     p.add_argument("--latency", type=float, default=0.0)
-    p.add_argument("--jitter", type=float, default=0.0)
+    p.add_argument("--jitter", type=float, default=0.0, help="± seconds, uniform")
+    p.add_argument("--tail", type=float, default=0.0,
+                   help="share of requests that take 10 x the latency (e.g. 0.01)")
+    p.add_argument("--headers-at", choices=("admission", "response"), default="admission")
+    p.add_argument("--header-scope", choices=("window", "minute", "none"), default="window")
+    p.add_argument("--refill", choices=("continuous", "quantized"), default="continuous")
+    p.add_argument("--shared", type=float, default=0.0,
+                   help="share of every limit another client of the key uses")
+    p.add_argument("--lower-at", type=float, default=None,
+                   help="seconds after the first request when the limits drop")
+    p.add_argument("--lower-to", type=float, default=1.0, help="the limits' new share")
     p.add_argument("--seed", type=int, default=0)
     for name in ("error-500", "error-503", "drop", "hang", "truncate", "no-choices", "html"):
         p.add_argument(f"--{name}", type=float, default=0.0, help="chance per request")
     return p.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace) -> None:
+def config_from_argv(argv: list[str] | None) -> tuple[SimConfig, int]:
+    """The simulator's configuration and port from its command line."""
+    args = _parse_args(argv)
     faults = Faults(error_500=args.error_500, error_503=args.error_503, drop=args.drop,
                     hang=args.hang, truncate=args.truncate, no_choices=args.no_choices,
                     html=args.html)
     limits = SimLimits(args.rpm, args.tpm, args.rpd, args.tpd, args.window)
+    habits = Habits(header_timing=args.headers_at, header_scope=args.header_scope,
+                    refill=args.refill, shared=args.shared, lower_at_s=args.lower_at,
+                    lower_to=args.lower_to)
     config = SimConfig(limits=limits, latency_s=args.latency, jitter_s=args.jitter,
-                       faults=faults, seed=args.seed)
-    async with SimServer(Simulator(config), port=args.port) as server:
+                       latency_tail=args.tail, habits=habits, faults=faults, seed=args.seed)
+    return config, args.port
+
+
+async def _serve(config: SimConfig, port: int) -> None:
+    async with SimServer(Simulator(config), port=port) as server:
         print(f"batchrun simulator listening on {server.base_url}", flush=True)  # noqa: T201
         await asyncio.Event().wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(_parse_args(argv)))
+        asyncio.run(_serve(*config_from_argv(argv)))
 
 
 if __name__ == "__main__":
