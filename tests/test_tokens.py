@@ -7,8 +7,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import tiktoken
-
 from batchrun.tokens import (
     char_estimate,
     chat_prompt_tokens,
@@ -38,35 +36,55 @@ def test_hand_checked_chat_counts() -> None:
     assert chat_prompt_tokens(named, "gpt-4o-mini") == 9 + 1 + 1
 
 
-def test_chat_formula_matches_tiktoken_for_several_messages() -> None:
-    enc = tiktoken.get_encoding("o200k_base")
+# Counts below are checked by hand: each text split into o200k_base tokens (shown), plus 3 per
+# message, 1 per name and 3 priming the reply. Re-deriving them from tiktoken here would only
+# repeat the implementation's arithmetic.
+
+
+def test_hand_checked_several_messages_with_special_token_text() -> None:
     messages = [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "Summarise: the cat sat on the mat <|endoftext|>."},
-        {"role": "assistant", "content": "Cat sat."},
+        {"role": "system", "content": "You are terse."},  # You| are| terse|.       4
+        {"role": "user", "content": "Hi <|endoftext|>"},  # Hi| <||end|of|text||>  8
+        {"role": "assistant", "content": "Cat sat."},  # Cat| sat|.                 3
     ]
-    expected = 3
-    for m in messages:
-        expected += 3 + sum(len(enc.encode_ordinary(v)) for v in m.values())
-    assert chat_prompt_tokens(messages, "gpt-4o-mini") == expected
+    # 3 messages x 3 + roles 3 + texts 15 + priming 3
+    assert chat_prompt_tokens(messages, "gpt-4o-mini") == 9 + 3 + 15 + 3
 
 
-def test_list_of_parts_counts_text_parts() -> None:
-    enc = tiktoken.get_encoding("o200k_base")
-    parts = [{"type": "text", "text": "first part"}, {"type": "text", "text": " second"}]
-    expected = 3 + 1 + len(enc.encode("first part")) + len(enc.encode(" second")) + 3
-    assert chat_prompt_tokens([{"role": "user", "content": parts}], "gpt-4o") == expected
+def test_hand_checked_multi_part_content_and_images() -> None:
+    parts = [{"type": "text", "text": "part one"}, {"type": "text", "text": "two"}]
+    # 3 + user 1 + part| one 2 + two 1 + 3
+    assert chat_prompt_tokens([{"role": "user", "content": parts}], "gpt-4o") == 10
+    low = [{"type": "text", "text": "two"},
+           {"type": "image_url", "image_url": {"url": "https://x/a.png", "detail": "low"}}]
+    # 3 + user 1 + two 1 + a low-detail image 85 + 3
+    assert chat_prompt_tokens([{"role": "user", "content": low}], "gpt-4o") == 93
 
 
-def test_embeddings_count_input_only() -> None:
-    enc = tiktoken.get_encoding("cl100k_base")
-    model = "text-embedding-3-small"
-    assert embedding_input_tokens("hello there", model) == len(enc.encode("hello there"))
-    assert embedding_input_tokens(["a b", "c"], model) == len(enc.encode("a b")) + 1
-    assert embedding_input_tokens([1, 2, 3], model) == 3
+def test_hand_checked_cjk_text() -> None:
+    # 3 + user 1 + three tokens (the two words and the full-width comma) + 3
+    assert chat_prompt_tokens([{"role": "user", "content": "你好，世界"}], "gpt-4o-mini") == 10  # noqa: RUF001 - the full-width comma is the point
+
+
+def test_hand_checked_tool_calls() -> None:
+    messages = [
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 20°C"},
+    ]
+    # assistant: 3 + assistant 1 + get|_weather 2 + {"|city|":| "|Paris|"} 6       = 12
+    # tool:      3 + tool 1 + call|_|1 3 + Sunny|,| |20|°C 5                        = 12
+    assert chat_prompt_tokens(messages, "gpt-4o-mini") == 12 + 12 + 3
+
+
+def test_hand_checked_embeddings_count_the_input_only() -> None:
+    model = "text-embedding-3-small"  # cl100k_base
+    assert embedding_input_tokens("hello there", model) == 2  # hello| there
+    assert embedding_input_tokens(["a b", "c"], model) == 3  # a| b, c
+    assert embedding_input_tokens([1, 2, 3], model) == 3  # token arrays count as they are
     assert embedding_input_tokens([[1, 2], [3]], model) == 3
-    body = {"model": model, "input": "hello there"}
-    assert prompt_tokens("/v1/embeddings", body) == len(enc.encode("hello there"))
+    assert prompt_tokens("/v1/embeddings", {"model": model, "input": "hello there"}) == 2
 
 
 def test_output_and_char_estimates() -> None:
