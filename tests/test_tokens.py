@@ -63,7 +63,7 @@ def test_hand_checked_multi_part_content_and_images() -> None:
 
 def test_hand_checked_cjk_text() -> None:
     # 3 + user 1 + three tokens (the two words and the full-width comma) + 3
-    assert chat_prompt_tokens([{"role": "user", "content": "你好，世界"}], "gpt-4o-mini") == 10  # noqa: RUF001 - the full-width comma is the point
+    assert chat_prompt_tokens([{"role": "user", "content": "你好，世界"}], "gpt-4o-mini") == 10
 
 
 def test_hand_checked_tool_calls() -> None:
