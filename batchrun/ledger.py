@@ -420,19 +420,21 @@ class DailyBudget:
         self._exhausted_day = day
 
     def describe(self, server_message: str = "") -> str:
-        """e.g. 'Daily token budget reached: 2,000,000 of 2,000,000 tokens used on 2026-11-27
-        (UTC)'."""
+        """e.g. 'Daily token budget reached for gpt-4o-mini: 2,000,000 of 2,000,000 tokens used
+        on 2026-11-27 (UTC)'."""
         self.release()  # what this process holds but has not used is not "used"
         usage = self.ledger.usage(self.scope)
-        day = usage.day.isoformat()
+        day, model = usage.day.isoformat(), self.scope.model
         if usage.exhausted and not self.limited:
             what = "request" if "(RPD)" in server_message else "token"
-            return f"Daily {what} budget reached: the API's per-day limit is spent on {day} (UTC)"
+            return (f"Daily {what} budget reached for {model}: the API's per-day limit is spent "
+                    f"on {day} (UTC)")
         if self.rpd and usage.requests >= self.rpd:
-            return (f"Daily request budget reached: {usage.requests:,} of {self.rpd:,} requests "
-                    f"used on {day} (UTC)")
+            return (f"Daily request budget reached for {model}: {min(usage.requests, self.rpd):,} "
+                    f"of {self.rpd:,} requests used on {day} (UTC)")
         if self.tpd:
-            used = self.tpd if usage.exhausted else usage.tokens
-            return (f"Daily token budget reached: {used:,} of {self.tpd:,} tokens used on "
-                    f"{day} (UTC)")
-        return f"Daily budget reached: the API's per-day limit is spent on {day} (UTC)"
+            used = self.tpd if usage.exhausted else min(usage.tokens, self.tpd)
+            return (f"Daily token budget reached for {model}: {used:,} of {self.tpd:,} tokens "
+                    f"used on {day} (UTC)")
+        return (f"Daily budget reached for {model}: the API's per-day limit is spent on {day} "
+                "(UTC)")
