@@ -350,6 +350,11 @@ def _print_summary(s: dict[str, Any], output: Path) -> None:
         failed = r["failed"] + r["failed_before"]
         lines.append(f"{failed:,} failed for good: each has its error in the results. "
                      f"Send them again with: batchrun resume {s['job']} --retry-failed")
+    if r["bad_lines"]:
+        # Sent again as they are, bad lines fail again: the input must change first.
+        lines.append(f"{r['bad_lines']:,} of them are bad input lines (error code "
+                     "invalid_request_line): fix those lines in the input, then run "
+                     f"batchrun resume {s['job']} --retry-failed --force")
     out.print("\n".join(lines), markup=False)
 
 

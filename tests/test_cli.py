@@ -97,3 +97,21 @@ def test_max_response_mb_fails_bigger_answers_and_resume_can_raise_it(
     again = run_cli("resume", "--retry-failed", "--max-response-mb", "1", "-q", env=env)
     assert again.code == 0, again.stderr
     assert all(r["error"] is None for r in read_results(tmp_path / "jobs.results.jsonl").values())
+
+
+def test_bad_lines_skipped_point_to_the_path_that_works(sim: RunningSim, tmp_path: Path) -> None:
+    rows: list[Any] = [{"id": "a", "prompt": "hi"}, {"id": "b", "prompt": ""}]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    env = {"OPENAI_API_KEY": "sk-test-0123456789abcdef"}
+    first = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--on-bad-line", "skip",
+                    "-q", env=env)
+    assert first.code == 1, first.stderr
+    [hint] = [line for line in first.stdout.splitlines() if "bad input lines" in line
+              and "--force" in line]
+    job = hint.rsplit("batchrun resume ", 1)[1].split()[0]
+    rows[1]["prompt"] = "fixed"
+    write_jsonl(jobs, rows)
+    again = run_cli("resume", job, "--retry-failed", "--force", "-q", env=env)
+    assert again.code == 0, again.stderr
+    results = read_results(tmp_path / "jobs.results.jsonl")
+    assert set(results) == {"a", "b"} and all(r["error"] is None for r in results.values())

@@ -131,7 +131,8 @@ def test_a_three_day_job_completes_by_resuming_once_a_day(
     run = in_process(capsys, "submit", str(jobs), "--simulate", "--rpm", "0", "--tpm", "0",
                      "--tpd", "600", "-q")
     assert run.code == 3
-    assert "Daily token budget reached for gpt-4o-mini:" in run.stderr and "used on 2026-11-27 (UTC)" in run.stderr
+    assert "Daily token budget reached for gpt-4o-mini:" in run.stderr
+    assert "used on 2026-11-27 (UTC)" in run.stderr
     assert "Resume after 00:00 UTC (in 15h 00m) with: batchrun resume jobs-" in run.stderr
     done = [count_lines(out)]
     assert 0 < done[0] < 60

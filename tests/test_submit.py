@@ -209,7 +209,8 @@ def test_local_daily_budget_stops_before_sending_past_it(sim: RunningSim, tmp_pa
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     run = submit(sim, jobs, "--tpd", "300", "--concurrency", "1")
     assert run.code == 3, run.stderr
-    assert "Daily token budget reached for gpt-4o-mini:" in run.stderr and "of 300 tokens used on" in run.stderr
+    assert "Daily token budget reached for gpt-4o-mini:" in run.stderr
+    assert "of 300 tokens used on" in run.stderr
     assert sim.stats.rate_limited == 0  # we stopped ourselves; the server never had to say no
     assert 0 < sim.stats.received < 30
 
