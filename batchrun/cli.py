@@ -297,6 +297,11 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
                                    retry_failed))
     summary = stats.summary()
     summary["job"] = manifest.job_id
+    # The job's recorded state says why it stopped (paused-daily, interrupted, ...), where the
+    # engine's last event can only say "stopped"; the message says what to do next.
+    summary["state"] = manifest.state
+    summary["message"] = stopped.message if stopped is not None else ""
+    summary["results"] = manifest.output
     # The manifest's count is the output file's failed lines at the start plus this run's.
     summary["requests"]["failed_before"] = manifest.failed - stats.failed
     if json_:

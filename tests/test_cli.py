@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
@@ -115,3 +116,16 @@ def test_bad_lines_skipped_point_to_the_path_that_works(sim: RunningSim, tmp_pat
     assert again.code == 0, again.stderr
     results = read_results(tmp_path / "jobs.results.jsonl")
     assert set(results) == {"a", "b"} and all(r["error"] is None for r in results.values())
+
+
+def test_json_summary_says_why_it_stopped_and_where_the_results_are(
+    sim: RunningSim, tmp_path: Path
+) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(30))
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--tpd", "300",
+                  "--concurrency", "1", "--json", env={"OPENAI_API_KEY": "sk-test-0123456789ab"})
+    assert run.code == 3, run.stderr
+    summary = orjson.loads(run.stdout)
+    assert summary["state"] == "paused-daily"
+    assert summary["message"].startswith("Daily token budget reached for gpt-4o-mini")
+    assert summary["results"] == str(tmp_path / "jobs.results.jsonl")
