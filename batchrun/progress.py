@@ -36,7 +36,7 @@ from batchrun.events import (
     Throttled,
 )
 from batchrun.ledger import fmt_wait, until_midnight, utc_now
-from batchrun.tiers import Limits
+from batchrun.tiers import Limits, family
 
 PLAIN_EVERY_S = 10.0
 RATE_WINDOW_S = 60
@@ -231,7 +231,12 @@ class ProgressDisplay:
                            markup=False)
         self.console.print(f"  results → {event.output}", markup=False)
         for model, limits in event.limits.items():
-            self.console.print(f"  {model}: {describe_limits(limits)}")
+            self.console.print(f"  {model}: {describe_limits(limits)}", markup=False)
+            if limits == Limits() and family(model) is None:
+                self.console.print(
+                    f"  (no preset limits for {model}: batchrun paces by the server's "
+                    "x-ratelimit headers and 429s; give --rpm/--tpm/--tpd to set them)",
+                    markup=False)
         via = f" via proxy {event.proxy}" if event.proxy else ""
         self.console.print(f"  sending to {event.base_url}{via}", markup=False)
 

@@ -53,6 +53,9 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                  if v is not None]
         binds = f" → {_minutes(m['minutes_to_finish'])}, {m['binding'].upper()} binds" if (
             m["binding"]) else " → no limit binds"
+        if not m["binding"] and not m["known_model"]:
+            binds += (f" (no preset limits for {m['model']}: give --rpm/--tpm/--tpd to plan "
+                      "with the server's limits)")
         table.add_row("time", " · ".join(parts) + binds + " (at the steady rate; a full "
                       "bucket at the start can save up to a minute)")
         used = m["used_today"]

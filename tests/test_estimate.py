@@ -152,3 +152,9 @@ def test_estimate_works_with_the_network_blocked(tmp_path: Path) -> None:
                           env=env, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert orjson.loads(proc.stdout)["models"][0]["prompt_tokens"] > 0
+
+
+def test_an_unknown_model_says_how_to_give_its_limits(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    text = run_cli("estimate", str(jobs), "-m", "gpt-9-ultra").stdout
+    assert "no preset limits for gpt-9-ultra: give --rpm/--tpm/--tpd" in " ".join(text.split())

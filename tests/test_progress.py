@@ -223,3 +223,13 @@ def test_the_last_today_gauge_is_what_status_says(sim: RunningSim, tmp_path: Pat
     last = [line for line in run.stderr.splitlines() if line.startswith("[")][-1]
     [usage] = orjson.loads(run_cli("status", "--json").stdout)["usage"]
     assert f"today {compact(usage['tokens'])}/100K tok" in last
+
+
+def test_a_model_with_no_preset_and_no_limits_is_named_in_the_header() -> None:
+    stream = io.StringIO()
+    with ProgressDisplay(Stats(), stream) as display:
+        display(JobStarted("j", "o", 1, 0, 0, {"gpt-9-ultra": Limits(), "gpt-4o-mini": Limits()},
+                           "https://api.example.com/v1"))
+    text = stream.getvalue()
+    assert "no preset limits for gpt-9-ultra" in text and "--rpm/--tpm/--tpd" in text
+    assert "no preset limits for gpt-4o-mini" not in text  # known model, limits lifted by hand
