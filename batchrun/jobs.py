@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from batchrun.errors import BadLine, BadLinesError, InputError
+from batchrun.tiers import family
 
 CHAT_URL = "/v1/chat/completions"
 EMBEDDINGS_URL = "/v1/embeddings"
@@ -190,10 +191,22 @@ def parse_line(obj: Any, line_no: int, default_model: str) -> Request:
             if not isinstance(obj["prompt"], str) or not obj["prompt"]:
                 raise _Bad("prompt must be a non-empty string")
             body["messages"] = [{"role": "user", "content": obj["prompt"]}]
+    elif "input" in obj:
+        custom_id = _take_id(obj, "id", line_no)
+        body = {k: v for k, v in obj.items() if k != "id"}
+        url = EMBEDDINGS_URL
+        fam = family(str(body.get("model", default_model)))
+        if fam is not None and not fam.startswith("text-embedding"):
+            raise _Bad(
+                f"an embeddings line (id, input) needs an embeddings model, not {fam}: add "
+                '"model": "text-embedding-3-small" to the line, or run with '
+                "-m text-embedding-3-small"
+            )
     else:
         raise _Bad(
             "unrecognised line: expected a Batch API line (custom_id, url, body), "
-            "a chat line (id, messages) or a prompt line (id, prompt)"
+            "a chat line (id, messages), a prompt line (id, prompt) or an embeddings line "
+            "(id, input)"
         )
     body.setdefault("model", default_model)
     _check_body(url, body)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchrun.errors import BadLine, InputError
-from batchrun.jobs import MAX_LINE_BYTES, Request, read_jobs
+from batchrun.jobs import EMBEDDINGS_URL, MAX_LINE_BYTES, Request, read_jobs
 
 
 def read(path: Path, content: bytes, model: str = "gpt-4o-mini") -> list[Request | BadLine]:
@@ -199,3 +199,20 @@ def test_the_sending_pass_replays_the_checking_pass_without_holding_ids(tmp_path
     assert replay._seen is None  # nothing held
     assert [getattr(i, "output_id", None) or i.custom_id for i in checked] == [  # type: ignore[union-attr]
         "a", "b", "line-3", "line-4", "line-5", "c"]
+
+
+def test_embeddings_lines_in_the_short_shape(tmp_path: Path) -> None:
+    path = tmp_path / "emb.jsonl"
+    path.write_text(
+        '{"id": "e1", "input": "hello"}\n'
+        '{"id": "e2", "input": ["a", "b"], "model": "text-embedding-3-large"}\n'
+    )
+    first, second = list(read_jobs(path, "text-embedding-3-small"))
+    assert isinstance(first, Request) and first.url == EMBEDDINGS_URL
+    assert first.body == {"input": "hello", "model": "text-embedding-3-small"}
+    assert isinstance(second, Request) and second.body["model"] == "text-embedding-3-large"
+    # With the default chat model, the line says exactly what to add.
+    [bad] = list(read_jobs(path, "gpt-4o-mini"))[:1]
+    assert isinstance(bad, BadLine)
+    assert '"model": "text-embedding-3-small"' in bad.reason and "-m text-embedding-3-small" in (
+        bad.reason)
