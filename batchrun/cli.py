@@ -205,6 +205,18 @@ def resume(
 
 
 @app.command()
+def forget(
+    job: Annotated[str, typer.Argument(help="job id, a unique prefix of it, or its output path")],
+) -> None:
+    """Forget a job: status no longer lists it. Its input and results are left as they are."""
+    store = JobStore()
+    manifest = store.find(job)
+    store.forget(manifest)
+    out.print(f"Forgot job {manifest.job_id}. Its results stay in {manifest.output}.",
+              markup=False)
+
+
+@app.command()
 def status(
     job: Annotated[str | None, typer.Argument(help="one job: id, prefix or output path")] = None,
     json_: Json = False,

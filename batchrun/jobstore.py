@@ -247,6 +247,20 @@ class JobStore:
         """True while some process holds the lock on the job's output (a crashed one does not)."""
         return is_locked(Path(manifest.output))
 
+    def forget(self, manifest: Manifest) -> None:
+        """Remove a job's manifest (never its input or output), so `status` no longer lists it
+        and `resume` no longer finds it."""
+        if self.is_running(manifest):
+            raise InputError(
+                f"job {manifest.job_id} is running; stop it (Ctrl-C) before forgetting it."
+            )
+        try:
+            (self.dir / f"{manifest.job_id}.json").unlink(missing_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"cannot remove the manifest of job {manifest.job_id}: {exc.strerror}."
+            ) from None
+
     def effective_state(self, manifest: Manifest) -> str:
         """A manifest left 'running' by a process that died is a crashed job."""
         if manifest.state == "running" and not self.is_running(manifest):

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from batchrun import __version__, cli
 from batchrun.errors import InputError
+from batchrun.fsutil import FileLock
 from tests.conftest import RunningSim, read_results, run_cli, write_jsonl
 from tests.test_resume import prompts
 
@@ -129,3 +130,31 @@ def test_json_summary_says_why_it_stopped_and_where_the_results_are(
     assert summary["state"] == "paused-daily"
     assert summary["message"].startswith("Daily token budget reached for gpt-4o-mini")
     assert summary["results"] == str(tmp_path / "jobs.results.jsonl")
+
+
+def test_forget_removes_a_job_from_status_and_keeps_its_results(
+    sim: RunningSim, tmp_path: Path
+) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    env = {"OPENAI_API_KEY": "sk-test-0123456789abcdef"}
+    assert run_cli("submit", str(jobs), "--base-url", sim.base_url, "-q", env=env).code == 0
+    [job] = orjson.loads(run_cli("status", "--json").stdout)["jobs"]
+    forgot = run_cli("forget", job["job_id"][:6])
+    assert forgot.code == 0, forgot.stderr
+    assert f"Forgot job {job['job_id']}" in forgot.stdout
+    assert orjson.loads(run_cli("status", "--json").stdout)["jobs"] == []
+    assert len(read_results(tmp_path / "jobs.results.jsonl")) == 3
+    assert run_cli("forget", "nothing-like-it").code == 2
+
+
+def test_a_running_job_cannot_be_forgotten(sim: RunningSim, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    env = {"OPENAI_API_KEY": "sk-test-0123456789abcdef"}
+    assert run_cli("submit", str(jobs), "--base-url", sim.base_url, "-q", env=env).code == 0
+    lock = FileLock(tmp_path / "jobs.results.jsonl")  # what a running job holds
+    try:
+        refused = run_cli("forget", str(tmp_path / "jobs.results.jsonl"))
+    finally:
+        lock.release()
+    assert refused.code == 2 and "is running" in refused.stderr
+    assert len(orjson.loads(run_cli("status", "--json").stdout)["jobs"]) == 1
