@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -152,7 +152,21 @@ def submit(
     )
     store = JobStore()
     manifest = runner.prepare(spec, simulate, store, force)
+    if manifest.finished and store.exists(manifest.job_id) and not force:
+        runner.count_from_output(manifest)  # the file decides: it may have lost lines since
+        if manifest.done >= manifest.total:
+            _finished(runner.Finished(manifest.done, manifest.total, manifest.failed), manifest)
     _launch(spec, manifest, store, simulate, json_, quiet)
+
+
+def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
+    """Nothing left to send: say so (and how to send the failures again) without a header."""
+    again = (f" Send the failed ones again with: batchrun resume {manifest.job_id} "
+             "--retry-failed" if plan.failed else "")
+    out.print(f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} requests "
+              f"have a result ({plan.failed:,} failed). Results: {manifest.output}.{again}",
+              markup=False)
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command()
@@ -196,10 +210,7 @@ def resume(
         "wait": wait,
     })
     if isinstance(plan, runner.Finished):
-        out.print(f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} "
-                  f"requests have a result ({plan.failed:,} failed). Results: "
-                  f"{manifest.output}", markup=False)
-        raise typer.Exit(EXIT_OK)
+        _finished(plan, manifest)
     spec, simulate = plan
     _launch(spec, manifest, store, simulate, json_, quiet, retry_failed)
 

@@ -158,3 +158,17 @@ def test_a_running_job_cannot_be_forgotten(sim: RunningSim, tmp_path: Path) -> N
         lock.release()
     assert refused.code == 2 and "is running" in refused.stderr
     assert len(orjson.loads(run_cli("status", "--json").stdout)["jobs"]) == 1
+
+
+def test_submit_of_a_finished_job_says_so_without_starting(sim: RunningSim, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    env = {"OPENAI_API_KEY": "sk-test-0123456789abcdef"}
+    assert run_cli("submit", str(jobs), "--base-url", sim.base_url, "-q", env=env).code == 0
+    received = sim.stats.received
+    again = run_cli("submit", str(jobs), "--base-url", sim.base_url, env=env)
+    assert again.code == 0, again.stderr
+    assert "is finished: 3 of 3 requests have a result (0 failed)" in again.stdout
+    assert "sending to" not in again.stderr and sim.stats.received == received
+    (tmp_path / "jobs.results.jsonl").unlink()  # the file decides, not the manifest
+    rerun = run_cli("submit", str(jobs), "--base-url", sim.base_url, "-q", env=env)
+    assert rerun.code == 0 and "3 ok" in rerun.stdout

@@ -104,7 +104,7 @@ def test_a_hard_link_to_a_jobs_output_names_that_job(
     code = cli.run(["resume", str(link)])
     assert code == 0 and "is finished: 2 of 2 requests" in capsys.readouterr().out
     again = simulate(capsys, a, "-o", str(link))  # the same job, by another name
-    assert again.code == 0 and "2 done before" in again.stdout
+    assert again.code == 0 and "is finished: 2 of 2 requests" in again.stdout
 
 
 def test_an_output_rebuilt_under_a_running_job_stays_locked(
