@@ -320,7 +320,8 @@ def read_jobs(
     if not any_line:
         raise InputError(
             f"{path} has no requests (it is empty or only blank lines). Put one JSON request "
-            "per line in it; samples/jobs.jsonl shows the three shapes."
+            "per line in it, e.g. {\"id\": \"q1\", \"prompt\": \"Hello\"} (the README's "
+            "Files section shows all four shapes)."
         )
 
 
