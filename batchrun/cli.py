@@ -361,8 +361,10 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
 
 def _print_summary(s: dict[str, Any], output: Path) -> None:
     r = s["requests"]
-    cost = "unknown (no list price for this model)" if s["cost_usd"] is None else (
-        f"${s['cost_usd']:,.4f} at list prices")
+    unpriced = ", ".join(s["unpriced_models"])
+    cost = f"unknown (no list price for {unpriced})" if s["cost_usd"] is None else (
+        f"${s['cost_usd']:,.4f} at list prices"
+        + (f", plus {unpriced}, which has no list price" if unpriced else ""))
     lines = [
         f"{r['ok']:,} ok · {r['failed']:,} failed"
         + (f" ({r['bad_lines']:,} bad input lines)" if r["bad_lines"] else "")

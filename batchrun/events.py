@@ -132,15 +132,17 @@ class Stats:
         wall = max(1e-9, time.monotonic() - self.started)
         # Limits are per minute: a job shorter than a minute is measured against one minute.
         minutes = max(1.0, wall / 60)
-        cost: float | None = 0.0
-        for model in set(self.tokens_in) | set(self.tokens_out):
+        # One model without a list price leaves the others' cost known: it is named instead.
+        cost, priced, unpriced = 0.0, 0, []
+        for model in sorted(set(self.tokens_in) | set(self.tokens_out)):
             if not self.tokens_in[model] and not self.tokens_out[model]:
                 continue  # bad lines and failures cost nothing
             p = price(model)
             if p is None:
-                cost = None
-                break
-            cost = (cost or 0.0) + p.cost(self.tokens_in[model], self.tokens_out[model])
+                unpriced.append(model)
+                continue
+            priced += 1
+            cost += p.cost(self.tokens_in[model], self.tokens_out[model])
         tokens_in, tokens_out = sum(self.tokens_in.values()), sum(self.tokens_out.values())
         return {
             "state": self.state,
@@ -153,7 +155,8 @@ class Stats:
                 "not_done": self.total - self.done,
             },
             "tokens": {"input": tokens_in, "output": tokens_out},
-            "cost_usd": None if cost is None else round(cost, 6),
+            "cost_usd": None if unpriced and not priced else round(cost, 6),
+            "unpriced_models": unpriced,
             "wall_seconds": round(wall, 3),
             "achieved": {
                 "requests_per_min": round((self.ok + self.failed) / minutes, 1),

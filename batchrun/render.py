@@ -70,6 +70,11 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
             console.print(f"  line {n['line']} (id {n['id']!r}): {n['reason']}", markup=False)
         if e["never_run_total"] > len(e["never_run"]):
             console.print(f"  … and {e['never_run_total'] - len(e['never_run']):,} more")
+    unpriced = [m["model"] for m in e["models"] if m["cost_usd"] is None]
+    if unpriced and len(unpriced) < len(e["models"]):
+        priced = sum(m["cost_usd"]["total"] for m in e["models"] if m["cost_usd"] is not None)
+        console.print(f"total ${priced:,.4f} for the models with a list price; no list price "
+                      f"for {', '.join(unpriced)}", markup=False)
     if e["cost_usd"] is not None and len(e["models"]) > 1:
         console.print(f"total ${e['cost_usd']:,.4f} (Batch API ${e['batch_api_cost_usd']:,.4f})"
                       f" · {_minutes(e['minutes_to_finish'])} · {e['days']} UTC day(s)")

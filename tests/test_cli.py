@@ -172,3 +172,15 @@ def test_submit_of_a_finished_job_says_so_without_starting(sim: RunningSim, tmp_
     (tmp_path / "jobs.results.jsonl").unlink()  # the file decides, not the manifest
     rerun = run_cli("submit", str(jobs), "--base-url", sim.base_url, "-q", env=env)
     assert rerun.code == 0 and "3 ok" in rerun.stdout
+
+
+def test_one_model_without_a_price_leaves_the_others_cost_known(
+    sim: RunningSim, tmp_path: Path
+) -> None:
+    rows = [{"id": "a", "prompt": "hi"}, {"id": "b", "prompt": "hi", "model": "gpt-9-ultra"}]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "-q",
+                  env={"OPENAI_API_KEY": "sk-test-0123456789abcdef"})
+    assert run.code == 0, run.stderr
+    [line] = [x for x in run.stdout.splitlines() if x.startswith("tokens:")]
+    assert "at list prices, plus gpt-9-ultra, which has no list price" in line

@@ -98,7 +98,8 @@ def test_json_summary(sim: RunningSim, tmp_path: Path) -> None:
     assert summary["limits"]["gpt-4o-mini"] == {"rpm": 500, "tpm": 200_000, "rpd": 10_000,
                                                 "tpd": 2_000_000}
     assert set(summary) == {"job", "state", "requests", "tokens", "cost_usd", "wall_seconds",
-                            "achieved", "limits", "rate_limited_429", "message", "results"}
+                            "achieved", "limits", "rate_limited_429", "message", "results",
+                            "unpriced_models"}
     assert summary["job"].startswith("jobs-")
     assert summary["state"] == "done"
 
