@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from batchrun.client import (
     MAX_REPORTED_TOKENS,
     ApiClient,
+    Endpoint,
     Kind,
     Outcome,
     classify,
@@ -291,3 +292,18 @@ async def test_broken_http_is_a_retryable_outcome_not_an_exception(reply: bytes,
                                  5.0, 10) as client:
         out = await client.send(REQ)
     assert out.kind is Kind.RETRY and out.code == code and not out.usage_known
+
+
+async def test_a_refused_connection_is_known_to_cost_nothing() -> None:
+    """Nothing reached the API, so the daily ledger must not count the attempt (a reset on an
+    open connection, by contrast, may have been billed)."""
+    import socket
+
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = Endpoint.make(f"http://127.0.0.1:{port}/v1", None, None)
+    async with ApiClient(endpoint, KEY, 5.0, 4) as client:
+        out = await client.send(Request(1, "a", CHAT_URL, {"model": "m", "messages": []}))
+    assert out.kind is Kind.RETRY and out.code == "connection_error"
+    assert out.usage_known and out.usage == (0, 0)
