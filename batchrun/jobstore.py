@@ -90,7 +90,55 @@ def _decode(raw: bytes) -> tuple[dict[str, Any], str | None]:
     missing = OPTION_KEYS - data["options"].keys()
     if missing:
         return data, f"options lack {', '.join(sorted(missing))}"
+    for key in ("total", "done", "failed"):
+        if key in data and not _is_count(data[key]):
+            return data, f"{key} is not a count: {data[key]!r}"
+    wrong = _wrong_options(data["options"])
+    if wrong:
+        return data, f"option {wrong[0][0]} cannot be {wrong[0][1]!r}"
+    if not _checked_ok(data.get("checked")):
+        data["checked"] = None  # only a cache of the input's check: read the input again
     return data, None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# What each option may hold: resume builds the run from these, so a hand-edited or damaged value
+# must be named here rather than fail deep inside.
+_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "tier": (str,), "overrides": (dict,), "concurrency": (int, type(None)),
+    "max_retries": (int,), "timeout_s": (int, float), "on_bad_line": (str,), "wait": (bool,),
+    "simulate": (bool,), "base_url": (str, type(None)), "azure_endpoint": (str, type(None)),
+    "api_key_env": (str, type(None)), "insecure": (bool,), "max_response_mb": (int, float),
+}
+
+
+def _wrong_options(options: dict[str, Any]) -> list[tuple[str, Any]]:
+    wrong = [(k, options[k]) for k, kinds in _OPTION_TYPES.items()
+             if k in options and (not isinstance(options[k], kinds)
+                                  or (bool not in kinds and isinstance(options[k], bool)))]
+    if options.get("on_bad_line") not in ("fail", "skip"):
+        wrong.append(("on_bad_line", options.get("on_bad_line")))
+    overrides = options.get("overrides")
+    if isinstance(overrides, dict):
+        wrong += [(f"overrides.{k}", v) for k, v in overrides.items()
+                  if v is not None and not _is_count(v)]
+    return wrong
+
+
+def _checked_ok(checked: Any) -> bool:
+    if checked is None:
+        return True
+    if not isinstance(checked, dict):
+        return False
+    lists = [checked.get(k) for k in ("bad", "duplicates", "unnamed")]
+    return (all(_is_count(checked.get(k)) for k in ("total", "bad_total"))
+            and isinstance(checked.get("models"), dict)
+            and all(isinstance(v, list) for v in lists)
+            and all(isinstance(b, list) and len(b) == 3 for b in checked["bad"])
+            and all(_is_count(n) for n in (*checked["duplicates"], *checked["unnamed"])))
 
 
 def _now_iso() -> str:

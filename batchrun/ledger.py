@@ -142,12 +142,7 @@ class Ledger:
                 "run the same command again."
             ) from None
         except sqlite3.DatabaseError as exc:  # not a database, or a malformed one
-            raise StateError(
-                f"the usage ledger {path} is damaged ({exc}). Move it aside (mv {path} "
-                f"{path}.damaged) and run again: batchrun starts a new ledger, and today's "
-                "usage counts start again from zero, so the daily limits it enforces today "
-                "no longer see what was spent before."
-            ) from None
+            raise self._damaged(str(exc)) from None
 
     def _setup(self) -> None:
         # Switching a new file to WAL needs an exclusive lock, and SQLite does not always wait
@@ -191,7 +186,21 @@ class Ledger:
             "SELECT host, key_fingerprint, model, day, tokens, requests, tpd, rpd, exhausted "
             "FROM usage WHERE day=? ORDER BY host, key_fingerprint, model", (day.isoformat(),))
         names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor]
+        for row in rows:
+            for name in ("tokens", "requests", "tpd", "rpd", "exhausted"):
+                if not isinstance(row[name], int):
+                    raise self._damaged(f"{name} of {row['model']} on {row['day']} is "
+                                        f"{row[name]!r}, not a count")
+        return rows
+
+    def _damaged(self, what: str) -> StateError:
+        return StateError(
+            f"the usage ledger {self.path} is damaged ({what}). Move it aside (mv {self.path} "
+            f"{self.path}.damaged) and run again: batchrun starts a new ledger, and today's "
+            "usage counts start again from zero, so the daily limits it enforces today no "
+            "longer see what was spent before."
+        )
 
     def _write(self, sql: str, args: tuple[object, ...]) -> None:
         try:

@@ -127,7 +127,8 @@ def manifests(isolated_env: dict[str, str]) -> Path:
     return Path(isolated_env["BATCHRUN_HOME"]) / "jobs"
 
 
-@pytest.mark.parametrize("damage", ["not json", "no options", "options lack keys"])
+@pytest.mark.parametrize("damage", ["not json", "no options", "options lack keys", "total is text",
+                                    "done is null", "concurrency is text", "bad overrides"])
 def test_a_damaged_manifest_is_skipped_and_named_and_its_job_says_how_to_recover(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_env: dict[str, str],
     damage: str,
@@ -142,6 +143,18 @@ def test_a_damaged_manifest_is_skipped_and_named_and_its_job_says_how_to_recover
         path.write_bytes(b'{"job_id": "bad-')
     elif damage == "no options":
         del data["options"]
+        path.write_bytes(orjson.dumps(data))
+    elif damage == "total is text":
+        data["total"] = "many"
+        path.write_bytes(orjson.dumps(data))
+    elif damage == "done is null":
+        data["done"] = None
+        path.write_bytes(orjson.dumps(data))
+    elif damage == "concurrency is text":
+        data["options"]["concurrency"] = "lots"
+        path.write_bytes(orjson.dumps(data))
+    elif damage == "bad overrides":
+        data["options"]["overrides"] = {"rpm": "fast"}
         path.write_bytes(orjson.dumps(data))
     else:
         data["options"] = {"model": "gpt-4o-mini"}
@@ -178,3 +191,43 @@ def test_a_damaged_ledger_says_how_to_recover_and_exits_5(
     assert f"the usage ledger {ledger} is damaged" in run.stderr
     assert f"mv {ledger} {ledger}.damaged" in run.stderr
     assert "writable" not in run.stderr  # it is not a permission problem
+
+
+def test_a_damaged_input_check_cache_is_read_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_env: dict[str, str]
+) -> None:
+    """`checked` only saves reading the input twice: damaged, it is dropped, not fatal."""
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(3))
+    assert simulate(capsys, jobs, "--tpd", "40").code == 3
+    [path] = manifests(isolated_env).glob("jobs-*.json")
+    for damage in ([1], {"size": 1}, {"total": 3, "bad_total": 0, "models": {}, "bad": [[1]],
+                                      "duplicates": [], "unnamed": []}):
+        data = orjson.loads(path.read_bytes())
+        data["checked"] = damage
+        path.write_bytes(orjson.dumps(data))
+        status = in_process(capsys, "status", "--json")
+        assert status.code == 0, status.stderr
+        assert [j["job_id"] for j in orjson.loads(status.stdout)["jobs"]] == [path.stem]
+        again = in_process(capsys, "resume", path.stem, "--tpd", "0", "-q")
+        assert again.code == 0, again.stderr
+        data = orjson.loads(path.read_bytes())
+        data["state"] = "paused-daily"  # to resume it again with the next kind of damage
+        path.write_bytes(orjson.dumps(data))
+
+
+def test_a_ledger_row_that_is_not_a_count_is_named_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_env: dict[str, str]
+) -> None:
+    import sqlite3
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(2))
+    assert simulate(capsys, jobs, "--tpd", "100000").code == 0
+    ledger = Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3"
+    db = sqlite3.connect(ledger)
+    db.execute("UPDATE usage SET tokens = 'lots'")
+    db.commit()
+    db.close()
+    status = in_process(capsys, "status")
+    assert status.code == 5, status.stderr
+    assert "is damaged (tokens of gpt-4o-mini on" in status.stderr and "'lots'" in status.stderr
+    assert "Move it aside" in status.stderr
