@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,20 @@ def isolated_env(
                 "AZURE_OPENAI_API_KEY", "OPENAI_API_VERSION", "BATCHRUN_DEBUG"):
         monkeypatch.delenv(key, raising=False)
     return env
+
+
+@pytest.fixture
+def proxy_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    """Set proxy variables on a clean slate (urllib reads upper and lower case)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "request_method"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+    def set_env(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return set_env
 
 
 class RunningSim:

@@ -304,20 +304,6 @@ async def test_a_plain_body_over_the_cap_fails_and_one_at_the_cap_passes() -> No
 # -- 11.5 proxies --------------------------------------------------------------------------
 
 
-@pytest.fixture
-def proxy_env(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    """Set proxy variables on a clean slate (urllib reads upper and lower case)."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "request_method"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-    def set_env(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(name, value)
-
-    return set_env
-
-
 async def test_requests_go_through_http_proxy_with_its_credentials(
     proxy_env: Callable[..., None]
 ) -> None:

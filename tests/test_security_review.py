@@ -31,20 +31,6 @@ REMOTE = "https://api.example.test/v1"  # never resolved: a proxy is always in t
 AZURE = "https://myres.openai.azure.com"
 
 
-@pytest.fixture
-def proxy_env(monkeypatch: pytest.MonkeyPatch) -> ProxyEnv:
-    """Set proxy variables on a clean slate, in any case."""
-    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "request_method"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-    def set_env(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(name, value)
-
-    return set_env
-
-
 @asynccontextmanager
 async def connect_proxy(status: int) -> AsyncIterator[tuple[str, list[bytes]]]:
     """A proxy that logs each request head it gets (the CONNECT) and answers `status`."""
