@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
@@ -212,3 +213,40 @@ async def test_lines_it_was_never_given_keep_a_job_from_being_done(tmp_path: Pat
     stop, _ = await _run(spec, report, Scripted(ok_outcome), VirtualTime(), budget_for, ledger)
     assert len(read_results(tmp_path / "out.jsonl")) == 3
     assert stop is not None and (stop.done, stop.total) == (3, 5)
+
+
+# -- a finished job --------------------------------------------------------------------------
+
+
+async def _answer(body: dict[str, Any], n: int) -> web.Response:
+    return ok(body)
+
+
+def test_a_finished_job_whose_input_changed_runs_again_only_when_forced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    original = rows(3)
+    jobs = write_old(tmp_path / "jobs.jsonl", original)
+    with ServedApp(_answer) as app:
+        first = cli_run(capsys, "submit", str(jobs), "--base-url", app.base_url, "-q",
+                        *UNLIMITED)
+        assert first.code == 0, first.stderr
+        job = job_state()["job_id"]
+        with jobs.open("ab") as f:
+            f.write(b'{"id": "new", "prompt": "one more", "max_tokens": 5}\n')
+
+        refused = cli_run(capsys, "resume", job)
+        assert refused.code == 2
+        assert "changed since job" in refused.stderr and "size went from" in refused.stderr
+        assert "is finished" not in refused.stdout
+
+        forced = cli_run(capsys, "resume", job, "--force", "-q", "--json")
+        assert forced.code == 0, forced.stderr
+        assert app.received == 4  # only the new id was sent
+    summary = orjson.loads(forced.stdout)
+    assert summary["requests"]["ok"] == 1 and summary["requests"]["already_done"] == 3
+    results = read_results(tmp_path / "jobs.results.jsonl")
+    assert set(results) == {*(r["id"] for r in original), "new"}
+    state = job_state()
+    assert state["state"] == "done" and state["total"] == state["done"] == 4
