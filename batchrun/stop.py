@@ -59,8 +59,9 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
         return StateError(
             f"The input {stop.input} changed while the job ran ({stop.change}); nothing read "
             f"after the change was sent. {done}, kept in {output}. Put the input back as it "
-            f"was and continue with: {resume} (or add --force to go on with it as it is now; "
-            "ids that already have a result are not sent again).")
+            f"was, with its modification time (cp -p), and continue with: {resume} (or add "
+            "--force to go on with it as it is now; ids that already have a result are not "
+            "sent again).")
     if stop.kind is StopKind.INCOMPLETE:
         return StateError(
             f"The job is not finished: {done}, and reading {stop.input} again gave none of the "

@@ -128,7 +128,7 @@ def test_an_input_replaced_by_another_file_is_noticed_by_its_inode(tmp_path: Pat
         list(items)
 
 
-def test_a_change_while_the_input_is_checked_sends_nothing(tmp_path: Path) -> None:
+def test_an_input_cut_while_it_is_read_is_noticed_by_its_size(tmp_path: Path) -> None:
     jobs = write_old(tmp_path / "jobs.jsonl", rows(LINES))
     reads = iter(read_jobs(jobs, "gpt-4o-mini"))
     next(reads)
@@ -157,7 +157,8 @@ def test_an_input_rewritten_in_place_mid_run_stops_the_job_and_bills_no_id_twice
         changed = f"The input {jobs} changed while the job ran (it was rewritten in place"
         assert changed in run.stderr
         assert "nothing read after the change was sent" in run.stderr
-        assert "batchrun resume jobs-" in run.stderr
+        assert "with its modification time (cp -p), and continue with: batchrun resume jobs-" \
+            in run.stderr
         assert len(read_results(out)) == sent < LINES  # no id twice
         assert job_state()["state"] == "stopped"
 
