@@ -33,7 +33,7 @@ from batchrun.decide import (
     taught_tpm,
 )
 from batchrun.endpoint import proxy_for
-from batchrun.errors import BadLine, BatchrunError
+from batchrun.errors import BadLine, BatchrunError, InputChanged
 from batchrun.events import (
     AttemptEnded,
     BudgetUsed,
@@ -44,7 +44,7 @@ from batchrun.events import (
     StateChanged,
     Throttled,
 )
-from batchrun.jobs import InputReport, Request, read_jobs
+from batchrun.jobs import InputReport, Reading, Request, read_jobs
 from batchrun.lanes import Job, Lane
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
 from batchrun.limiter import Limiter, ServerState, Ticket
@@ -112,6 +112,7 @@ class Engine:
         self._timers: set[asyncio.Task[None]] = set()
         self._done = report.already_done
         self._total = report.total
+        self._accounted = 0  # lines of the input with a result line, counted as the reader goes
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -145,6 +146,9 @@ class Engine:
             lane.budget.release()
             lane.budget_reported = -math.inf
             self._report_budget(lane)
+        if self._stop is None and self._accounted < self._total:
+            # Nothing stopped it, yet some lines the check counted have no result: never "done".
+            self._stop = Stop(StopKind.INCOMPLETE, input=str(self.spec.input))
         self._emit(StateChanged("stopped" if self._stop else "done"))
         return self._final_stop()
 
@@ -158,18 +162,35 @@ class Engine:
     # -- reader ---------------------------------------------------------------------------------
 
     async def _read(self) -> None:
+        """Queue every line of the input the check passed. If the file changes under it, stop
+        admitting: what was read before the change was checked; nothing read after it is sent."""
+        try:
+            await self._queue_input()
+        except InputChanged as exc:
+            self._halt(Stop(StopKind.INPUT_CHANGED, input=exc.path, change=exc.change),
+                       "the input changed: finishing requests in flight")
+            return
+        self._input_done = True
+        for lane in self._lanes.values():
+            lane.changed.set()
+
+    async def _queue_input(self) -> None:
         report, done = self._report, self._done_ids
-        items = read_jobs(self.spec.input, self.spec.model, report.ids.replay(), end=report.size)
+        items = read_jobs(self.spec.input, self.spec.model, report.ids.replay(), end=report.size,
+                          reading=Reading(report.stamp))
         for n, item in enumerate(items):
             if self._stop:
-                break
+                return
             if n % 256 == 0:
                 await asyncio.sleep(0)  # let answers in while a long file is read
             if isinstance(item, BadLine):
-                if item.output_id not in done:
+                if item.output_id in done:
+                    self._accounted += 1
+                else:
                     self._record(item.output_id, "?", None, ("invalid_request_line", item.reason))
                 continue
             if item.custom_id in done:
+                self._accounted += 1
                 continue
             lane = self._lane(item.model)
             job = Job(item, size_of(item, lane.mean_output))
@@ -180,9 +201,6 @@ class Engine:
                 await lane.space.wait()
             lane.pending.append(job)
             lane.outstanding += 1
-            lane.changed.set()
-        self._input_done = True
-        for lane in self._lanes.values():
             lane.changed.set()
 
     def _lane(self, model: str) -> Lane:
@@ -351,6 +369,7 @@ class Engine:
             out.raw_body if out is not None else None,
         ))
         self._done += 1
+        self._accounted += 1
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
         self._emit(RequestFinished(
             custom_id, model, error is None, tokens_in, tokens_out,

@@ -5,7 +5,8 @@
     ├── DailyLimitReached         exit 3   today's token/request budget is spent; resume later
     ├── ApiRefused                exit 4   bad key, no credit or quota; checkpoint kept
     ├── StateError                exit 5   local state or I/O failed (disk full, output damaged,
-    │                                      ledger unusable); checkpoint kept: fix it, run again
+    │   │                                  ledger unusable); checkpoint kept: fix it, run again
+    │   └── InputChanged                   the input file changed while it was read
     └── Interrupted               exit 130 Ctrl-C; checkpoint kept
 
 Every message says what happened and what to do next. None may contain the API key: messages
@@ -143,6 +144,18 @@ class StateError(BatchrunError):
     so scripts can tell "fix the machine and run again" from "look at the failed lines"."""
 
     exit_code = EXIT_STATE
+
+
+class InputChanged(StateError):
+    """The input changed while batchrun read it, so lines read since may not be the ones it
+    checked. Raised before any of them is used; the engine turns it into a stop of the job."""
+
+    def __init__(self, path: str, change: str) -> None:
+        super().__init__(
+            f"{path} changed while batchrun read it ({change}); nothing was sent. Run the "
+            "command again once nothing is writing to the file.")
+        self.path = path
+        self.change = change
 
 
 class Interrupted(BatchrunError):

@@ -6,6 +6,7 @@ Shapes (DESIGN.md): OpenAI Batch API lines; chat lines `{"id", "messages", ...bo
 
 from __future__ import annotations
 
+import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.errors import BadLine, BadLinesError, InputError
+from batchrun.errors import BadLine, BadLinesError, InputChanged, InputError
 from batchrun.tiers import family
 
 CHAT_URL = "/v1/chat/completions"
@@ -26,6 +27,10 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 MAX_ID_CHARS = 512
 MAX_DEPTH = 64
 _BOM = b"\xef\xbb\xbf"
+# The reader looks at the file again after this many lines (or bytes), before it uses any of
+# them: two system calls per chunk, and a change is never more than one chunk late.
+CHUNK_LINES = 256
+CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -265,64 +270,126 @@ class IdTracker:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What stat says of the input. A write moves its mtime, a rename over it its inode, so while
+    these hold, the lines read are the ones checked. (A write of the same size within the file
+    system's timestamp granularity, a few ms, of the first look could pass unseen.)"""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    dev: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+    def change(self, path: Path) -> str | None:
+        """How the file at `path` differs from this stamp now, in words; None if it does not."""
+        try:
+            now = Stamp.of(path.stat())
+        except OSError:
+            return "it was deleted or moved away"
+        if (now.ino, now.dev) != (self.ino, self.dev):
+            return "it was replaced by another file"
+        if now.size != self.size:
+            return f"its size went from {self.size:,} to {now.size:,} bytes"
+        if now.mtime_ns != self.mtime_ns:
+            return "it was rewritten in place: same size, a new modification time"
+        return None
+
+
+@dataclass(slots=True)
+class Reading:
+    """One pass over the input: the stamp the file must keep (None: the one it has when the pass
+    opens it) and the bytes read so far."""
+
+    stamp: Stamp | None = None
+    offset: int = 0
+
+
+def _chunk(f: Any, end: int | None, offset: int) -> tuple[list[bytes], bool]:
+    """The next lines, up to `end`; and whether more may follow."""
+    lines: list[bytes] = []
+    size = 0
+    while len(lines) < CHUNK_LINES and size < CHUNK_BYTES:
+        raw = f.readline()
+        if not raw or (end is not None and offset + size + len(raw) > end):
+            return lines, False
+        lines.append(raw)
+        size += len(raw)
+    return lines, True
+
+
 def read_jobs(
     path: Path, default_model: str, ids: IdTracker | None = None, end: int | None = None,
-    sizes: list[int] | None = None,
+    reading: Reading | None = None,
 ) -> Iterator[Request | BadLine]:
     """Stream the file: yield a Request or a BadLine per non-blank line, in order.
 
     `end`: stop at this byte offset (where the checking pass stopped), so lines appended while
-    a job runs are never sent unchecked. `sizes[0]`, if given, holds the bytes read so far.
-    Raises InputError only for the file as a whole (missing, a directory, empty).
+    a job runs are never sent unchecked. The file is read a chunk at a time, and each chunk is
+    used only once the file is seen to be as `reading.stamp` says: a change raises InputChanged
+    before any line read after it is given. Also raises InputError for the file as a whole
+    (missing, a directory, empty).
     """
     ids = ids or IdTracker()
+    reading = reading or Reading()
     any_line = False
-    offset = 0
+    line_no = 0
     with _open(path) as f:
-        for line_no, raw in enumerate(f, start=1):
-            if end is not None and offset + len(raw) > end:
-                break
-            offset += len(raw)
-            if sizes is not None:
-                sizes[0] = offset
-            if line_no == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM) :]
-            if len(raw) > MAX_LINE_BYTES:
-                any_line = True
-                size = len(raw) / 1_000_000
-                yield BadLine(
-                    line_no, None,
-                    f"line is {size:.1f} MB; the most a request may be is "
-                    f"{MAX_LINE_BYTES // (1024 * 1024)} MB",
-                )
-                continue
-            if not raw.strip():
-                continue
-            any_line = True
-            try:
-                obj = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                yield BadLine(line_no, None, _json_reason(raw, exc))
-                continue
-            try:
-                req = parse_line(obj, line_no, default_model)
-            except _Bad as exc:
-                # A bad line still claims its id, so the output never holds two lines for one id.
-                guess = _guess_id(obj)
-                if guess is not None and not ids.claim(line_no, guess, bad=True):
-                    guess = None
-                yield BadLine(line_no, guess, str(exc))
-                continue
-            if not ids.claim(line_no, req.custom_id):
-                yield BadLine(line_no, None, f"duplicate id {req.custom_id!r}; ids must be unique")
-                continue
-            yield req
+        if reading.stamp is None:
+            reading.stamp = Stamp.of(os.fstat(f.fileno()))
+        more = True
+        while more:
+            chunk, more = _chunk(f, end, reading.offset)
+            change = reading.stamp.change(path)
+            if change is not None:
+                raise InputChanged(str(path), change)
+            for raw in chunk:
+                line_no += 1
+                reading.offset += len(raw)
+                item = _item(raw, line_no, default_model, ids)
+                if item is not None:
+                    any_line = True
+                    yield item
     if not any_line:
         raise InputError(
             f"{path} has no requests (it is empty or only blank lines). Put one JSON request "
             "per line in it, e.g. {\"id\": \"q1\", \"prompt\": \"Hello\"} (the README's "
             "Files section shows all four shapes)."
         )
+
+
+def _item(raw: bytes, line_no: int, default_model: str, ids: IdTracker) -> Request | BadLine | None:
+    """One line's request, or why it is bad; None for a blank line."""
+    if line_no == 1 and raw.startswith(_BOM):
+        raw = raw[len(_BOM) :]
+    if len(raw) > MAX_LINE_BYTES:
+        size = len(raw) / 1_000_000
+        return BadLine(
+            line_no, None,
+            f"line is {size:.1f} MB; the most a request may be is "
+            f"{MAX_LINE_BYTES // (1024 * 1024)} MB",
+        )
+    if not raw.strip():
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return BadLine(line_no, None, _json_reason(raw, exc))
+    try:
+        req = parse_line(obj, line_no, default_model)
+    except _Bad as exc:
+        # A bad line still claims its id, so the output never holds two lines for one id.
+        guess = _guess_id(obj)
+        if guess is not None and not ids.claim(line_no, guess, bad=True):
+            guess = None
+        return BadLine(line_no, guess, str(exc))
+    if not ids.claim(line_no, req.custom_id):
+        return BadLine(line_no, None, f"duplicate id {req.custom_id!r}; ids must be unique")
+    return req
 
 
 def _json_reason(raw: bytes, exc: orjson.JSONDecodeError) -> str:
@@ -355,11 +422,12 @@ class InputReport:
     models: dict[str, int] = field(default_factory=dict)
     ids: IdTracker = field(default_factory=IdTracker)
     size: int | None = None  # bytes checked: the sending pass reads no further
+    stamp: Stamp | None = None  # the file as checked: the sending pass stops if it changes
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "total": self.total, "size": self.size, "bad_total": self.bad_total,
-            "models": self.models,
+            "mtime_ns": self.stamp.mtime_ns if self.stamp else None, "models": self.models,
             "bad": [[b.line_no, b.custom_id, b.reason] for b in self.bad],
             "duplicates": sorted(self.ids.duplicates), "unnamed": sorted(self.ids.unnamed),
         }
@@ -378,8 +446,8 @@ class InputReport:
 def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputReport:  # type: ignore[assignment]
     """Read the whole file once: count requests per model, collect bad lines. Sends nothing."""
     report = InputReport()
-    offset = [0]
-    for item in read_jobs(path, model, report.ids, sizes=offset):
+    reading = Reading()
+    for item in read_jobs(path, model, report.ids, reading=reading):
         report.total += 1
         if isinstance(item, BadLine):
             report.bad_total += 1
@@ -390,13 +458,23 @@ def check_input(path: Path, model: str, done: set[str] = frozenset()) -> InputRe
             report.models[item.model] = report.models.get(item.model, 0) + 1
             report.already_done += item.custom_id in done
     report.ids.release()
-    report.size = offset[0]
+    report.size, report.stamp = reading.offset, reading.stamp
     return report
 
 
 def input_report(path: Path, model: str, done: set[str],
                  checked: dict[str, Any] | None) -> InputReport:
-    """The checking pass, or the one an earlier run of the same unchanged input saved."""
+    """The checking pass, or the one an earlier run saved if the file still has the size and
+    mtime it had then. The stamp the sending pass keeps is the file's now: a copy restored with
+    its times (a new inode) is the file that was checked."""
     if checked is not None:
-        return InputReport.from_dict(checked, done)
+        try:
+            now = Stamp.of(path.stat())
+        except OSError:
+            now = None  # checked again: the reader says what is wrong with the file
+        if now is not None and (now.size, now.mtime_ns) == (checked.get("size"),
+                                                            checked.get("mtime_ns")):
+            report = InputReport.from_dict(checked, done)
+            report.stamp = now
+            return report
     return check_input(path, model, done)

@@ -302,8 +302,10 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
                 overrides: dict[str, Any]) -> tuple[JobSpec, bool] | Finished:
     """What `resume` runs: the job's spec with the user's changes, or Finished. The failed
     count comes from the output file: a crash may have left failures no manifest counted. The
-    failed lines themselves are dropped later, under the output's lock (run(retry_failed=))."""
-    if manifest.finished:
+    failed lines themselves are dropped later, under the output's lock (run(retry_failed=)).
+    A finished job whose input changed is not finished with it: refused as any job's changed
+    input is, or with `force` run over the input as it is now (sending ids with no result)."""
+    if manifest.finished and not _input_changed(manifest):
         failed = len(read_output(Path(manifest.output)).failed)
         if not (retry_failed and failed):
             return Finished(manifest.done, manifest.total, failed)
@@ -316,6 +318,13 @@ def count_from_output(manifest: Manifest) -> None:
     with contextlib.suppress(BatchrunError):  # an unreadable output: keep what was saved
         scan = read_output(Path(manifest.output))
         manifest.done, manifest.failed = len(scan.done), len(scan.failed)
+
+
+def _input_changed(manifest: Manifest) -> bool:
+    try:
+        return describe_change(manifest.fingerprint, fingerprint(Path(manifest.input))) is not None
+    except OSError:
+        return False  # gone: a finished job has nothing more to send without it
 
 
 def check_input_unchanged(manifest: Manifest, force: bool) -> None:

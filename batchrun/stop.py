@@ -17,6 +17,8 @@ class StopKind(enum.Enum):
     REFUSED = "refused"  # the API refused the key or the account
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
     NO_NETWORK = "no_network"  # no attempt ever reached the API
+    INPUT_CHANGED = "input_changed"  # the input file changed while the engine read it
+    INCOMPLETE = "incomplete"  # the reader gave fewer lines than the check counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,8 @@ class Stop:
     code: str = ""
     status: int | None = None
     host: str = ""  # NO_NETWORK: where the job could not connect
+    input: str = ""  # INPUT_CHANGED, INCOMPLETE: the job's input file
+    change: str = ""  # INPUT_CHANGED: what changed, e.g. "its size went from 10 to 5 bytes"
 
 
 def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
@@ -50,6 +54,18 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
             f"Cannot reach {stop.host}: no request has got through and every attempt failed "
             f"to connect (last: {stop.server_message}). Nothing was recorded as failed; "
             f"{done}. Check the network, the proxy settings and the base URL, then continue "
+            f"with: {resume}")
+    if stop.kind is StopKind.INPUT_CHANGED:
+        return StateError(
+            f"The input {stop.input} changed while the job ran ({stop.change}); nothing read "
+            f"after the change was sent. {done}, kept in {output}. Put the input back as it "
+            f"was, with its modification time (cp -p), and continue with: {resume} (or add "
+            "--force to go on with it as it is now; ids that already have a result are not "
+            "sent again).")
+    if stop.kind is StopKind.INCOMPLETE:
+        return StateError(
+            f"The job is not finished: {done}, and reading {stop.input} again gave none of the "
+            "rest. Nothing is lost: make sure nothing is changing the file, then continue "
             f"with: {resume}")
     return Interrupted(
         f"Interrupted. {stop.done:,} of {stop.total:,} requests are done and kept in {output}. "

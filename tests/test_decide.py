@@ -168,7 +168,8 @@ async def test_a_server_that_only_answers_429_cannot_hold_a_job_forever(tmp_path
 
 async def test_lines_appended_after_the_check_are_not_sent(tmp_path: Path) -> None:
     """An appended duplicate id was sent and written twice; an appended garbage line became a
-    failed result under --on-bad-line fail."""
+    failed result under --on-bad-line fail. Now the grown file is a changed input: the job
+    stops before it sends anything read since the change."""
     jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": f"q{i}", "prompt": "hi"} for i in range(3)])
     job_spec = JobSpec(input=jobs, output=tmp_path / "out.jsonl",
                        endpoint=Endpoint.make("http://127.0.0.1:9/v1", None, None),
@@ -183,9 +184,9 @@ async def test_lines_appended_after_the_check_are_not_sent(tmp_path: Path) -> No
         return DailyBudget(ledger, Scope("h", "k", model), 0, 0)
 
     stop, _ = await _run(job_spec, report, client, VirtualTime(), budget_for, ledger)
-    assert stop is None
-    assert client.sent == ["q0", "q1", "q2"]
-    assert set(read_results(tmp_path / "out.jsonl")) == {"q0", "q1", "q2"}
+    assert stop is not None and stop.kind is StopKind.INPUT_CHANGED
+    assert client.sent == []
+    assert read_results(tmp_path / "out.jsonl") == {}
 
 
 async def test_no_network_stops_after_a_few_tries_on_virtual_time(tmp_path: Path) -> None:
