@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
-from batchrun.client import Endpoint
+from batchrun.endpoint import Endpoint
 from batchrun.engine import JobSpec
 from batchrun.errors import (
     EXIT_INPUT,

@@ -11,7 +11,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from batchrun.client import Kind, Outcome
+from batchrun.classify import Kind, Outcome
 
 # A per-minute 429 is waiting, not failing, so it does not count toward --max-retries. This
 # separate, generous ceiling (the limiter's pauses double up to a minute each: about 25 minutes

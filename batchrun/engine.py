@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from batchrun.checkpoint import OutputWriter, result_line
-from batchrun.client import ApiClient, Kind, Outcome
+from batchrun.classify import Kind, Outcome
+from batchrun.client import ApiClient
 from batchrun.decide import (
     MAX_RATE_LIMITED,
     Action,

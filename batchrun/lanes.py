@@ -8,7 +8,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from batchrun.client import Outcome
+from batchrun.classify import Outcome
 from batchrun.decide import Tries
 from batchrun.jobs import Request
 from batchrun.ledger import DailyBudget

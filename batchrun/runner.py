@@ -22,7 +22,7 @@ from batchrun.checkpoint import (
     not_a_regular_file,
     read_output,
 )
-from batchrun.client import Endpoint
+from batchrun.endpoint import Endpoint
 from batchrun.engine import Engine, JobSpec
 from batchrun.errors import (
     BadLine,

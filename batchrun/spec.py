@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from batchrun.client import Endpoint
+from batchrun.endpoint import Endpoint
 from batchrun.tiers import Limits, preset
 
 # A bigger answer fails its request: a decompression bomb must not take the machine's memory.
