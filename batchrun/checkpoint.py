@@ -22,6 +22,7 @@ import orjson
 
 from batchrun.errors import InputError, StateError
 from batchrun.fsutil import PRIVATE_FILE, atomic_write, identity
+from batchrun.outputlock import sidecar_path
 
 # The largest line we read whole: far above any answer (the client caps a response at 64 MB),
 # and a bound on what a file that is not ours (a 10 GB line, /dev/zero) can cost us.
@@ -65,7 +66,15 @@ class OutputScan:
 
 def check_output_path(output: Path, input_path: Path) -> None:
     """Refuse, before anything is opened, an output batchrun must not write: not a regular
-    file, or the input itself (by any name: a symlink, a hard link)."""
+    file, or the input itself (by any name: a symlink, a hard link), or one whose sidecar
+    would be the input."""
+    beside = identity(sidecar_path(output))
+    if beside is not None and beside == identity(input_path):
+        raise InputError(
+            f"the input {input_path} is named like the file batchrun keeps beside {output} "
+            f"({sidecar_path(output).name}); batchrun would overwrite it. Rename the input or "
+            "give another path with -o."
+        )
     try:
         st = os.stat(output)
     except FileNotFoundError:

@@ -5,6 +5,7 @@ processes. Plain OSErrors come out; callers turn them into messages that name th
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -78,6 +79,10 @@ def identity(path: Path) -> tuple[int, int] | None:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # no file can have that name
+            return None
+        raise
     return st.st_dev, st.st_ino
 
 
@@ -85,24 +90,30 @@ class FileLock:
     """An exclusive flock on a regular file itself, so every process on the host sees it
     whatever path (hard link, symlink) or state directory it came by. Created 0600 if missing.
 
-    Raises BlockingIOError when another process holds it, and IsADirectoryError/ValueError when
-    the path is not a regular file.
+    Raises BlockingIOError when another process holds it, IsADirectoryError/ValueError when
+    the path is not a regular file, and OSError(ELOOP) when it is a symlink and
+    `follow_symlinks` is off.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, follow_symlinks: bool = True) -> None:
         self.path = path
         self.created = False
+        # A file batchrun writes into must not be a symlink planted to aim that write elsewhere.
+        self._flags = os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
         self._fd = self._acquire()
 
     def _acquire(self) -> int:
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | self._flags,
                              PRIVATE_FILE)
                 created = True
             except FileExistsError:
-                # O_NONBLOCK: opening a FIFO must not wait for a writer.
-                fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+                try:
+                    # O_NONBLOCK: opening a FIFO must not wait for a writer.
+                    fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | self._flags)
+                except FileNotFoundError:
+                    continue  # removed between our two opens: create it after all
                 created = False
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -127,8 +138,34 @@ class FileLock:
     def discard_if_unused(self) -> None:
         """Remove the file if this lock created it and nothing was written to it."""
         if self.created and os.fstat(self._fd).st_size == 0:
+            self.discard()
+
+    def discard(self) -> None:
+        """Remove the file at our path if it is still the one we hold."""
+        if identity(self.path) == self.identity():
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
+
+    def identity(self) -> tuple[int, int]:
+        st = os.fstat(self._fd)
+        return st.st_dev, st.st_ino
+
+    def links(self) -> int:
+        """How many names the locked file has."""
+        return os.fstat(self._fd).st_nlink
+
+    def read(self, limit: int) -> bytes:
+        """The locked file's content, at most `limit` bytes of it."""
+        return os.pread(self._fd, limit, 0)
+
+    def overwrite(self, data: bytes) -> None:
+        """Make `data` the locked file's whole content, in place (the lock stays on it), and
+        durable. Only for small files: a crash midway may leave a mix of old and new."""
+        os.ftruncate(self._fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.pwrite(self._fd, view, len(data) - len(view)):]
+        os.fsync(self._fd)
 
     def release(self) -> None:
         if self._fd >= 0:

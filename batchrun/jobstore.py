@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 
 from batchrun.errors import InputError, StateError
-from batchrun.fsutil import PRIVATE_FILE, identity, is_locked, private_dir, write_bytes_atomic
+from batchrun.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
+from batchrun.outputlock import is_held, read_owner
 
 FINISHED = "done"
 # "crashed" is recorded when an unexpected exception ended the run; a job left "running" by a
@@ -256,7 +257,8 @@ class JobStore:
                 return m
         if (self.dir / f"{ref}.json").is_file():
             self.load(self.dir / f"{ref}.json")  # damaged: says what is wrong and what to do
-        by_output = self.for_output(Path(ref).expanduser().resolve())
+        output = Path(ref).expanduser().resolve()
+        by_output = self.for_output(output)
         if by_output is not None:
             return by_output
         matches = [m for m in jobs if m.job_id.startswith(ref)]
@@ -265,6 +267,14 @@ class JobStore:
         if matches:
             names = ", ".join(m.job_id for m in matches[:5])
             raise InputError(f"{ref!r} matches several jobs ({names}); give more of the id.")
+        owner = read_owner(output)
+        if owner is not None:
+            raise InputError(
+                f"{ref} holds the results of {owner.input} (job {owner.job_id}), a job this "
+                f"state dir ({self.home}) does not know: set $BATCHRUN_HOME to the one that "
+                f"started it, or continue it here with `batchrun submit {owner.input} -o {ref}` "
+                "and the job's options (requests already in the output are not sent again)."
+            )
         raise InputError(
             f"no job {ref!r}. `batchrun status` lists the jobs; a job is named by its id, a "
             "prefix of it, or its output path."
@@ -292,8 +302,9 @@ class JobStore:
         return next((m for m in jobs if identity(Path(m.output)) == ident), None)
 
     def is_running(self, manifest: Manifest) -> bool:
-        """True while some process holds the lock on the job's output (a crashed one does not)."""
-        return is_locked(Path(manifest.output))
+        """True while some process holds the lock on the job's output (a crashed one does not),
+        even if the output itself was deleted under it."""
+        return is_held(Path(manifest.output))
 
     def forget(self, manifest: Manifest) -> None:
         """Remove a job's manifest (never its input or output), so `status` no longer lists it

@@ -33,10 +33,10 @@ from batchrun.errors import (
     Interrupted,
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
-from batchrun.fsutil import FileLock
 from batchrun.jobs import input_report, read_jobs
 from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
+from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.stop import Stop, phrase
 from batchrun.tiers import Limits, family
@@ -145,11 +145,13 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
             f"continue that job with: {existing.resume_command})."
         )
     job_id = existing.job_id if existing else job_id_for(spec.input, output)
-    if existing is not None and print_ and not force:
-        change = describe_change(existing.fingerprint, print_)
+    started = _started_as(existing, output, input_path)
+    if started is not None and print_ and not force:
+        by, print_then = started
+        change = describe_change(print_then, print_)
         if change:
             raise InputError(
-                f"{spec.input} changed since job {job_id} started: {change}. Results in "
+                f"{spec.input} changed since job {by} started: {change}. Results in "
                 f"{output} would not match it. Use another -o for a new job, or add --force "
                 "to continue anyway."
             )
@@ -163,12 +165,26 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
     return manifest
 
 
-def _lock_output(output: Path) -> FileLock:
-    """Lock the output file itself: every process on this host sees it, whatever path or
-    $BATCHRUN_HOME it came by. Creates the file (0600) if it is not there yet."""
+def _started_as(existing: Manifest | None, output: Path,
+                input_path: Path) -> tuple[str, dict[str, Any]] | None:
+    """The job that started this input's results in `output`, and the input's fingerprint
+    then: from the manifest, or, with none here (another $BATCHRUN_HOME made it, or this one
+    was wiped), from the record beside the output."""
+    if existing is not None:
+        return existing.job_id, existing.fingerprint
+    owner = read_owner(output)
+    if owner is not None and owner.input == str(input_path):
+        return owner.job_id, owner.fingerprint
+    return None
+
+
+def _lock_output(output: Path) -> OutputLock:
+    """Lock the output's sidecar and the output itself: every process on this host sees them,
+    whatever path or $BATCHRUN_HOME it came by, and deleting the output frees neither. Creates
+    the file (0600) if it is not there yet."""
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(output)
+        return OutputLock(output)
     except BlockingIOError:
         raise InputError(
             f"another batchrun process is already running a job that writes {output}; wait "
@@ -182,15 +198,23 @@ def _lock_output(output: Path) -> FileLock:
         ) from None
 
 
-def _claim_output(spec: JobSpec, manifest: Manifest, store: JobStore, lock: FileLock,
+def _claim_output(spec: JobSpec, manifest: Manifest, store: JobStore, lock: OutputLock,
                   retry_failed: bool) -> tuple[OutputScan, int]:
-    """Under the output's lock: make sure the file is this job's (or new), take its failed
-    count from the file, and drop failed lines if asked. Returns what the output holds (its
-    done ids are the ones not to send) and how many failed lines were dropped."""
+    """Under the output's lock: make sure the file is this job's (or new), record it as this
+    job's, take its failed count from the file, and drop failed lines if asked. Returns what the
+    output holds (its done ids are the ones not to send) and how many failed lines were
+    dropped."""
     output = Path(manifest.output)
     owned = store.exists(manifest.job_id)
     scan = read_output(output)
     scan.check_ours(output, owned)
+    owner = lock.owner()
+    if owner is not None and owner.input != manifest.input:
+        raise InputError(
+            f"{output} holds the results of {owner.input} (job {owner.job_id}, recorded in "
+            f"{lock.sidecar_path.name} beside it); one output holds the results of one input. "
+            "batchrun did not change it: choose another output with -o, or move that file away."
+        )
     if not owned and scan.done:
         foreign = _ids_not_in_input(scan.done, spec)
         if foreign:
@@ -199,6 +223,7 @@ def _claim_output(spec: JobSpec, manifest: Manifest, store: JobStore, lock: File
                 f"of {spec.input}. batchrun did not change it: choose another output with -o, "
                 "or move that file away."
             )
+    lock.record(Owner(manifest.job_id, manifest.input, manifest.fingerprint))
     dropped = 0
     if retry_failed and scan.failed:
         dropped = drop_failed(output)

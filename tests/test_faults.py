@@ -276,8 +276,8 @@ def test_input_lines_cannot_choose_the_host_or_the_output(sim: RunningSim,
     assert results["../../etc/passwd"]["error"] is None  # just a name in a JSON field
     assert results["evil"]["error"]["code"] == "invalid_request_line"
     assert not (Path("/etc") / "passwd.results.jsonl").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "jobs.jsonl",
-                                                         "jobs.results.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".jobs.results.jsonl.batchrun", "home", "jobs.jsonl", "jobs.results.jsonl"]
     assert sim.stats.received == 2  # the two requests for our own host, nothing elsewhere
 
 

@@ -275,12 +275,14 @@ def test_a_second_run_sends_only_what_is_missing(sim: RunningSim, tmp_path: Path
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     out = tmp_path / "jobs.results.jsonl"
     write_jsonl(tmp_path / "first.jsonl", rows[:25])
-    # Another input's job (one output belongs to one input), in another state dir: no manifest
-    # here, so the output is taken as ours because every id in it is one of the input's.
+    # Another input's job, in another state dir, without the record of its owner beside the
+    # output (moved here alone, or made before batchrun kept one): no manifest here, so the
+    # output is taken as ours because every id in it is one of the input's.
     first = run_cli("submit", str(tmp_path / "first.jsonl"), "--base-url", sim.base_url, "-o",
                     str(out), *UNLIMITED, env={"OPENAI_API_KEY": FAKE_KEY,
                                                "BATCHRUN_HOME": str(tmp_path / "elsewhere")})
     assert first.code == 0, first.stderr
+    (tmp_path / ".jobs.results.jsonl.batchrun").unlink()
     # A crash left half a line behind.
     with out.open("ab") as f:
         f.write(b'{"id": "batch_req_torn", "custom_id": "r3')
