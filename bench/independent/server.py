@@ -1,0 +1,253 @@
+"""A strict OpenAI-style rate-limited chat server, written apart from batchrun.
+
+An outside tester wrote this from OpenAI's documented behaviour, importing nothing from batchrun
+(tests/test_independent_bench.py checks that). batchrun's own simulator (batchrun/sim_model.py)
+was written by the same people as the limiter it measures, so the two could share a
+misunderstanding and agree by construction; this server is a second opinion that cannot.
+
+Rules
+-----
+* Charge at admission: 1 request, and ceil(characters of the message contents / 4) tokens
+  (--chars-per-token) + n * max_tokens (max_completion_tokens is accepted; 16 if neither is given).
+* Two token buckets (requests, tokens), refilled continuously at limit / 60 per second, capacity
+  limit * window / 60 (--window 60: a whole-minute bucket; --window 1: one-second windows). Both
+  start full. A request is admitted iff the request bucket holds 1 and the token bucket holds its
+  charge; otherwise it gets a 429 and nothing is charged.
+* Headers x-ratelimit-{limit,remaining,reset}-{requests,tokens}; limit-* is always the per-minute
+  limit, as OpenAI sends it. --header-scope says what remaining/reset describe:
+    window  the enforced bucket;
+    minute  a shadow whole-minute bucket (capacity = limit, same refill, charged on every
+            admission, never enforced);
+    none    no rate headers at all.
+  --headers-at admission: a snapshot right after the charge; response: measured when the reply is
+  sent (after the latency), so it includes everything admitted meanwhile. 429s carry headers
+  measured at refusal and an OpenAI-shaped body ("Please try again in 1.2s").
+* Latency: --latency L, --jitter J (uniform in L*(1-J) .. L*(1+J)); 429s are immediate.
+* Every attempt is recorded: GET /stats returns the record, and --log writes it at shutdown.
+
+    python bench/independent/server.py --rpm 600 --tpm 60000 --window 1   # prints "PORT <n>"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+EPS = 1e-9
+
+
+class Bucket:
+    """A token bucket refilled continuously at per_min / 60 per second."""
+
+    def __init__(self, per_min: float, window: float) -> None:
+        self.rate = per_min / 60.0
+        self.cap = per_min * window / 60.0
+        self.level = self.cap
+        self.t = 0.0
+
+    def refill(self, now: float) -> None:
+        if now > self.t:
+            self.level = min(self.cap, self.level + (now - self.t) * self.rate)
+            self.t = now
+
+    def wait_for(self, amount: float) -> float:
+        return max(0.0, (amount - self.level) / self.rate)
+
+    def reset_in(self) -> float:
+        return max(0.0, (self.cap - self.level) / self.rate)
+
+
+def fmt_duration(seconds: float) -> str:
+    """OpenAI's style: 340ms, 1.5s, 1m2.3s."""
+    ms = math.ceil(seconds * 1000)
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, rem = divmod(ms, 60000)
+    secs = f"{rem / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def charge_of(body: dict[str, Any], chars_per_token: float = 4.0) -> tuple[int, int, int]:
+    """(prompt tokens, max_tokens, charge) for one request body under this server's rules."""
+    chars = 0
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+    prompt = math.ceil(chars / chars_per_token)
+    max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+    n = int(body.get("n") or 1)
+    return prompt, max_tokens, prompt + n * max_tokens
+
+
+class Server:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.t0 = time.monotonic()
+        self.req = Bucket(args.rpm, args.window)
+        self.tok = Bucket(args.tpm, args.window)
+        # Shadow whole-minute buckets, for --header-scope minute.
+        self.minute_req = Bucket(args.rpm, 60.0)
+        self.minute_tok = Bucket(args.tpm, 60.0)
+        self.log: list[dict[str, Any]] = []
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def refill(self, now: float) -> None:
+        for bucket in (self.req, self.tok, self.minute_req, self.minute_tok):
+            bucket.refill(now)
+
+    def headers(self, now: float) -> dict[str, str]:
+        a = self.args
+        if a.header_scope == "none":
+            return {}
+        self.refill(now)
+        rb, tb = (self.req, self.tok) if a.header_scope == "window" else (
+            self.minute_req, self.minute_tok)
+        return {
+            "x-ratelimit-limit-requests": str(int(a.rpm)),
+            "x-ratelimit-limit-tokens": str(int(a.tpm)),
+            "x-ratelimit-remaining-requests": str(max(0, math.floor(rb.level + EPS))),
+            "x-ratelimit-remaining-tokens": str(max(0, math.floor(tb.level + EPS))),
+            "x-ratelimit-reset-requests": fmt_duration(rb.reset_in()),
+            "x-ratelimit-reset-tokens": fmt_duration(tb.reset_in()),
+        }
+
+    def refusal(self, model: str, kind: str, bucket: Bucket, amount: int, now: float
+                ) -> web.Response:
+        a = self.args
+        limit = a.rpm if kind == "requests" else a.tpm
+        used = round(limit - bucket.level * 60.0 / a.window)
+        abbr = "RPM" if kind == "requests" else "TPM"
+        msg = (f"Rate limit reached for {model} in organization org-x on {kind} per min "
+               f"({abbr}): Limit {int(limit)}, Used {used}, Requested {amount}. Please try again "
+               f"in {fmt_duration(bucket.wait_for(amount))}. Visit "
+               "https://platform.openai.com/account/rate-limits to learn more.")
+        error = {"message": msg, "type": kind, "param": None, "code": "rate_limit_exceeded"}
+        return web.json_response({"error": error}, status=429, headers=self.headers(now))
+
+    async def chat(self, request: web.Request) -> web.Response:
+        a = self.args
+        arrival = self.now()
+        try:
+            body = await request.json()
+        except ValueError:
+            error = {"message": "bad json", "type": "invalid_request_error", "param": None,
+                     "code": None}
+            return web.json_response({"error": error}, status=400)
+        prompt, max_tokens, charge = charge_of(body, a.chars_per_token)
+        model = body.get("model", "gpt-4o-mini")
+        now = self.now()
+        self.refill(now)
+        record: dict[str, Any] = {"arr": arrival, "t": now, "charge": charge}
+        if self.req.level + EPS < 1:
+            record.update(ok=False, kind="requests")
+            self.log.append(record)
+            return self.refusal(model, "requests", self.req, 1, now)
+        if self.tok.level + EPS < charge:
+            record.update(ok=False, kind="tokens")
+            self.log.append(record)
+            return self.refusal(model, "tokens", self.tok, charge, now)
+
+        for bucket, amount in ((self.req, 1), (self.tok, charge), (self.minute_req, 1),
+                               (self.minute_tok, charge)):
+            bucket.level -= amount
+        at_admission = self.headers(now) if a.headers_at == "admission" else None
+        record["ok"] = True
+        self.log.append(record)
+        latency = a.latency
+        if a.jitter:
+            latency *= self.rng.uniform(1 - a.jitter, 1 + a.jitter)
+        await asyncio.sleep(latency)
+
+        n = int(body.get("n") or 1)
+        completion = max(1, int(max_tokens * self.rng.uniform(0.5, 1.0)))
+        text = " ".join("word" for _ in range(completion))
+        reply = {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_indep",
+            "choices": [{"index": i, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": text, "refusal": None}}
+                        for i in range(n)],
+            "usage": {"prompt_tokens": prompt + 7, "completion_tokens": completion * n,
+                      "total_tokens": prompt + 7 + completion * n},
+        }
+        done = self.now()
+        record["done"] = done
+        headers = dict(at_admission if at_admission is not None else self.headers(done))
+        headers["x-request-id"] = "req_" + uuid.uuid4().hex[:24]
+        return web.json_response(reply, headers=headers)
+
+    def record(self) -> dict[str, Any]:
+        """The options and every attempt: arr(ival), t (decision), charge, ok, kind, done."""
+        args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}
+        return {"args": args, "log": self.log}
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.record())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--rpm", type=float, required=True)
+    p.add_argument("--tpm", type=float, required=True)
+    p.add_argument("--window", type=float, default=60.0,
+                   help="seconds of limit a bucket holds (60: whole minute, 1: one second)")
+    p.add_argument("--latency", type=float, default=0.3)
+    p.add_argument("--jitter", type=float, default=0.0)
+    p.add_argument("--headers-at", choices=["admission", "response"], default="admission")
+    p.add_argument("--header-scope", choices=["window", "minute", "none"], default="window")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--chars-per-token", type=float, default=4.0)
+    p.add_argument("--log", type=Path, default=None, help="write every attempt here at shutdown")
+    return p.parse_args(argv)
+
+
+async def serve(server: Server) -> None:
+    """Serve until SIGTERM or SIGINT; print the port first."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", server.chat)
+    app.router.add_get("/stats", server.stats)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", server.args.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"PORT {port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main() -> None:
+    server = Server(parse_args())
+    asyncio.run(serve(server))
+    if server.args.log:
+        server.args.log.write_text(json.dumps(server.record()))
+
+
+if __name__ == "__main__":
+    main()
