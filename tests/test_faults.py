@@ -66,7 +66,7 @@ def test_a_fault_every_time_fails_each_request_after_max_retries(
 
 
 # Retrying to success is the engine's job whatever the fault (test_engine_time.py, on virtual
-# time); on a real socket one fault proves the wiring quickly, and CI runs the rest.
+# time); on a real socket one fault proves the wiring, and CI runs the whole matrix.
 NOW_AND_THEN = [pytest.param(f, marks=() if f == "500" else pytest.mark.slow)
                 for f in API_FAULTS]
 
@@ -148,9 +148,9 @@ def test_disk_full_is_a_clear_error_and_resume_finishes(sim: RunningSim, tmp_pat
 
 def running_job(sim_factory: Any, tmp_path: Path) -> tuple[list[dict[str, Any]], Path,
                                                             subprocess.Popen[str]]:
-    """A 300-request job that has written at least 30 results and is still going."""
+    """A 150-request job that has written at least 30 results and is still going."""
     sim = sim_factory(SimConfig(latency_s=0.02))
-    rows = prompts(300)
+    rows = prompts(150)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     out = tmp_path / "jobs.results.jsonl"
     proc = start_submit(sim, jobs, "--timeout", "2", "--concurrency", "4")

@@ -293,6 +293,9 @@ def test_a_second_run_sends_only_what_is_missing(sim: RunningSim, tmp_path: Path
     assert sim.stats.received == 40
 
 
+# The quick suite has SIGTERM on a real process (test_signals.py) and the drain on virtual time
+# (test_engine_time.py); this real Ctrl-C runs in make test-all.
+@pytest.mark.slow
 def test_ctrl_c_drains_exits_130_and_a_rerun_finishes(sim_factory: Any, tmp_path: Path) -> None:
     sim = sim_factory(SimConfig(latency_s=0.5))
     rows = [{"id": f"c{i}", "prompt": f"q{i}", "max_tokens": 5} for i in range(400)]
