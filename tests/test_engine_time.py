@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from batchrun.client import Endpoint, Kind, Outcome
+from batchrun.decide import MAX_RATE_LIMITED
 from batchrun.engine import Engine, JobSpec
 from batchrun.events import Event, StateChanged
 from batchrun.jobs import Request, check_input
@@ -63,15 +66,22 @@ class Server:
         return [t for t, cid in self.sent if cid == custom_id]
 
 
-def engine_run(tmp_path: Path, n: int, server: Server, *, start: dt.datetime | None = None,
-               tpd: int = 0, during: Callable[[Engine], Any] | None = None,
+def engine_run(tmp_path: Path, rows: int | list[dict[str, Any]], server: Server, *,
+               start: dt.datetime | None = None, tpd: int = 0,
+               during: Callable[[Engine], Any] | None = None,
+               after_check: Callable[[Path], None] | None = None,
                **spec: Any) -> tuple[Stop | None, list[Event], float]:
-    """Run a job of n prompts through `server` on virtual time; (stop, events, end time)."""
-    jobs = write_jsonl(tmp_path / "jobs.jsonl",
-                       [{"id": f"q{i}", "prompt": "hi", "max_tokens": 10} for i in range(n)])
+    """Run a job through `server` on virtual time; (stop, events, end time). `rows` is the
+    input (or a number of prompts); `after_check` may change the input once it is checked."""
+    if isinstance(rows, int):
+        rows = [{"id": f"q{i}", "prompt": "hi", "max_tokens": 10} for i in range(rows)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     limits = {**UNLIMITED, **spec.pop("limits", {})}
     job_spec = JobSpec(input=jobs, output=tmp_path / "out.jsonl", overrides=limits,
                        endpoint=Endpoint.make("http://127.0.0.1:9/v1", None, None), **spec)
+    report = check_input(jobs, job_spec.model, set())
+    if after_check is not None:
+        after_check(jobs)
     events: list[Event] = []
 
     async def main(clock: VirtualClock) -> tuple[Stop | None, float]:
@@ -80,9 +90,8 @@ def engine_run(tmp_path: Path, n: int, server: Server, *, start: dt.datetime | N
         def budget_for(model: str, lim: Limits) -> DailyBudget:
             return DailyBudget(ledger, Scope("h", "k", model), tpd, 0)
 
-        engine = Engine(job_spec, check_input(jobs, job_spec.model, set()), set(), FAKE_KEY,
-                        events.append, budget_for, client=server, now_utc=clock.now_utc,
-                        rng=random.Random(7))
+        engine = Engine(job_spec, report, set(), FAKE_KEY, events.append, budget_for,
+                        client=server, now_utc=clock.now_utc, rng=random.Random(7))
         if during is not None:
             asyncio.get_running_loop().call_soon(during, engine)
         try:
@@ -212,3 +221,103 @@ def test_wait_sleeps_to_midnight_when_the_daily_budget_is_spent_and_goes_on(
     assert before and after
     assert after[0] < midnight + 61  # it woke at the turn of the day, not a day later
     assert any(isinstance(e, StateChanged) and e.state == "paused-daily" for e in events)
+
+
+# -- moved from test_decide.py: the outcomes that stop a request or a job ----------------------
+
+
+def test_a_server_that_only_answers_429_cannot_hold_a_job_forever(tmp_path: Path) -> None:
+    def always_429(request: Request, attempt: int, now: float) -> tuple[float, Outcome]:
+        return 0.0, status(429, Kind.RATE_MINUTE, "Rate limit reached (TPM)", hint_s=0.02)
+
+    server = Server(always_429)
+    stop, _, _ = engine_run(tmp_path, [{"id": "a", "prompt": "hi"}], server, max_retries=2)
+    assert stop is None
+    assert len(server.times("a")) == MAX_RATE_LIMITED
+    error = read_results(tmp_path / "out.jsonl")["a"]["error"]
+    assert f"gave up after {MAX_RATE_LIMITED} per-minute rate limits (429)" in error["message"]
+    assert "do not count toward --max-retries" in error["message"]
+    # The shared pause doubles from half a second up to a minute: about 25 virtual minutes.
+    gaps = [b - a for a, b in itertools.pairwise(server.times("a"))]
+    assert gaps[:3] == pytest.approx([0.5, 1.0, 2.0])
+    assert max(gaps) == pytest.approx(60.0)
+
+
+def test_lines_appended_after_the_check_are_not_sent(tmp_path: Path) -> None:
+    """An appended duplicate id was sent and written twice; an appended garbage line became a
+    failed result under --on-bad-line fail. Now the grown file is a changed input: the job
+    stops before it sends anything read since the change."""
+
+    def append(jobs: Path) -> None:
+        with jobs.open("ab") as f:
+            f.write(b'{"id": "q0", "prompt": "again"}\nnot json\n{"id": "q9", "prompt": "x"}\n')
+
+    server = Server(lambda request, attempt, now: (0.1, ok()))
+    stop, _, _ = engine_run(tmp_path, 3, server, after_check=append)
+    assert stop is not None and stop.kind is StopKind.INPUT_CHANGED
+    assert server.sent == []
+    assert read_results(tmp_path / "out.jsonl") == {}
+
+
+def test_no_network_stops_after_a_few_tries(tmp_path: Path) -> None:
+    refused = Outcome(Kind.RETRY, code="connection_error", sent=False,
+                      message="ClientConnectorError: Cannot connect to host api.example.com:443")
+    server = Server(lambda request, attempt, now: (0.0, refused))
+    stop, _, _ = engine_run(tmp_path, 3, server)
+    assert stop is not None and stop.kind is StopKind.NO_NETWORK
+    assert stop.host == "127.0.0.1:9" and stop.done == 0 and stop.total == 3
+    assert not (tmp_path / "out.jsonl").exists() or (tmp_path / "out.jsonl").read_bytes() == b""
+
+
+def test_a_request_too_large_429_teaches_the_tpm_to_requests_still_queued(
+    tmp_path: Path,
+) -> None:
+    """The server's TPM is below the preset and its 429 says so only in words: the requests
+    over it that are still queued fail at once instead of each being sent to be refused."""
+
+    def small_server(request: Request, attempt: int, now: float) -> tuple[float, Outcome]:
+        if request.body.get("max_tokens", 0) < 2_000:
+            return 0.1, ok()
+        return 0.1, Outcome(
+            Kind.FAIL, 429, code="request_too_large",
+            message="Request too large for gpt-4o-mini in organization org-x on tokens per min "
+                    "(TPM): Limit 2,000, Requested 5,010. The input or output tokens must be "
+                    "reduced in order to run successfully.")
+
+    rows = [*({"id": f"big{i}", "prompt": "hi", "max_tokens": 5_000} for i in range(4)),
+            {"id": "small", "prompt": "hi", "max_tokens": 5}]
+    server = Server(small_server)
+    stop, _, _ = engine_run(tmp_path, rows, server, concurrency=1,
+                            limits={"rpm": None, "tpm": None})
+    assert stop is None
+    # big1 was already waiting for admission when big0's answer came back.
+    assert [cid for _, cid in server.sent] == ["big0", "big1", "small"]
+    results = read_results(tmp_path / "out.jsonl")
+    for big in ("big2", "big3"):
+        assert results[big]["error"]["code"] == "request_too_large"
+        assert "2,000 tokens/min limit" in results[big]["error"]["message"]
+    assert results["small"]["error"] is None
+
+
+def test_wait_sends_again_after_midnight_when_the_server_says_the_day_is_spent(
+    tmp_path: Path,
+) -> None:
+    start = dt.datetime(2026, 11, 27, 23, 0, tzinfo=dt.UTC)
+    midnight = 3600.0  # seconds after the start
+
+    def daily_then_ok(request: Request, attempt: int, now: float) -> tuple[float, Outcome]:
+        if now < midnight:
+            return 0.1, status(429, Kind.RATE_DAY, "Rate limit reached on requests per day "
+                               "(RPD): Limit 200, Used 200")
+        return 0.1, ok()
+
+    server = Server(daily_then_ok)
+    stop, _, _ = engine_run(tmp_path, 3, server, start=start, wait=True)
+    assert stop is None
+    assert all(r["error"] is None for r in read_results(tmp_path / "out.jsonl").values())
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    assert ledger.usage(Scope("h", "k", "gpt-4o-mini"), start.date()).exhausted
+    ledger.close()
+    # It slept through the hour to midnight, not through the next day.
+    last = max(t for t, _ in server.sent)
+    assert midnight <= last < midnight + 120
