@@ -18,16 +18,18 @@ from aiohttp import web
 
 from batchrun import cli
 from batchrun.client import Endpoint
-from batchrun.engine import JobSpec
+from batchrun.engine import Engine, JobSpec
 from batchrun.errors import StateError
 from batchrun.jobs import Request, check_input, read_jobs
 from batchrun.jobstore import JobStore
 from batchrun.ledger import DailyBudget, Ledger, Scope
+from batchrun.stop import Stop
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, Run, read_results, write_jsonl
 from tests.test_billing import UNLIMITED, ServedApp, ok
-from tests.test_decide import Scripted, VirtualTime, _run
-from tests.test_decide import ok as ok_outcome
+from tests.test_engine_time import Server
+from tests.test_engine_time import ok as ok_outcome
+from tests.virtual_time import VirtualClock, run_virtual
 
 # Past the engine's read-ahead (1,024 queued per model, plus those in flight), so part of the
 # file is read after the server has seen its first request.
@@ -197,7 +199,7 @@ def test_an_input_cut_in_half_mid_run_is_not_recorded_done(
     assert "changed since job" in refused.stderr and "--force" in refused.stderr
 
 
-async def test_lines_it_was_never_given_keep_a_job_from_being_done(tmp_path: Path) -> None:
+def test_lines_it_was_never_given_keep_a_job_from_being_done(tmp_path: Path) -> None:
     """Whatever the reason the reader gave fewer lines than the check counted, the engine says
     the job is unfinished instead of done."""
     jobs = write_old(tmp_path / "jobs.jsonl", rows(3))
@@ -206,12 +208,21 @@ async def test_lines_it_was_never_given_keep_a_job_from_being_done(tmp_path: Pat
                                                                  None))
     report = check_input(jobs, spec.model, set())
     report.total += 2  # the check counted two lines the sending pass never got
-    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    server = Server(lambda request, attempt, now: (0.1, ok_outcome()))
 
-    def budget_for(model: str, limits: Limits) -> DailyBudget:
-        return DailyBudget(ledger, Scope("h", "k", model), 0, 0)
+    async def main(clock: VirtualClock) -> Stop | None:
+        ledger = Ledger(tmp_path / "ledger.sqlite3", clock.now_utc)
 
-    stop, _ = await _run(spec, report, Scripted(ok_outcome), VirtualTime(), budget_for, ledger)
+        def budget_for(model: str, limits: Limits) -> DailyBudget:
+            return DailyBudget(ledger, Scope("h", "k", model), 0, 0)
+
+        try:
+            return await Engine(spec, report, set(), FAKE_KEY, lambda event: None, budget_for,
+                                client=server, now_utc=clock.now_utc).run()
+        finally:
+            ledger.close()
+
+    stop = run_virtual(main)
     assert len(read_results(tmp_path / "out.jsonl")) == 3
     assert stop is not None and (stop.done, stop.total) == (3, 5)
 
