@@ -240,10 +240,17 @@ class OutputWriter:
             raise InputError(
                 f"cannot write the output {path}: {exc.strerror}. Choose a writable path with -o."
             ) from None
-        st = os.fstat(self._fd)
-        end = _whole_lines_end(self._fd, st.st_size)
-        if end != st.st_size:
-            os.ftruncate(self._fd, end)  # a torn last line from a crash: not a result
+        try:
+            st = os.fstat(self._fd)
+            end = _whole_lines_end(self._fd, st.st_size)
+            if end != st.st_size:
+                os.ftruncate(self._fd, end)  # a torn last line from a crash: not a result
+        except OSError as exc:
+            os.close(self._fd)
+            raise StateError(
+                f"cannot prepare the output {path} for writing: {exc.strerror}. Results written "
+                "so far are kept; fix it, then run the same command again."
+            ) from None
         self._inode, self._size = (st.st_dev, st.st_ino), end
         self._checked = time.monotonic()
 

@@ -1,14 +1,13 @@
 """What to do with an attempt's outcome: a pure function beside `classify`, so the table in
 DESIGN.md ("what each response means") and the engine's reaction to it read as one.
 
-    classify(status, headers, body) -> Outcome      (client.py: what the server said)
+    classify(status, headers, body) -> Outcome      (classify.py: what the server said)
     decide(outcome, tries, policy)  -> Action       (here: what the job does about it)
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 
 from batchrun.classify import Kind, Outcome
@@ -20,14 +19,6 @@ MAX_RATE_LIMITED = 30
 # With nothing ever answered, this many failed connections in a row for one request mean there
 # is no route to the API: stop the job rather than record every line as connection_error.
 NO_NETWORK_TRIES = 4
-# aiohttp's errors for a connection that was never made (refused, no route, DNS, proxy), as
-# the client names them in its connection_error message. A reset after connecting is not one.
-_NOT_CONNECTED = ("ClientConnector", "ClientProxyConnectionError")
-
-
-# OpenAI's words when one request exceeds the TPM: "... on tokens per min (TPM): Limit 30000,
-# Requested 50000."
-_TPM_LIMIT = re.compile(r"tokens per min\w*\s*\(TPM\):\s*Limit\s+([\d,]+)", re.IGNORECASE)
 
 
 class Action(enum.Enum):
@@ -83,14 +74,12 @@ def decide(outcome: Outcome, tries: Tries, policy: Policy, connected: bool = Tru
 
 def taught_tpm(outcome: Outcome) -> int | None:
     """The tokens-per-minute limit a request_too_large refusal states, if it states one."""
-    if outcome.code != "request_too_large":
-        return None
-    match = _TPM_LIMIT.search(outcome.message)
-    return int(match.group(1).replace(",", "")) if match else None
+    return outcome.server_limit_tokens if outcome.code == "request_too_large" else None
 
 
 def never_connected(outcome: Outcome) -> bool:
-    return outcome.code == "connection_error" and outcome.message.startswith(_NOT_CONNECTED)
+    """No connection could be made (the client knows by the error's type, not its words)."""
+    return outcome.code == "connection_error" and not outcome.sent
 
 
 def billed(outcome: Outcome, reserved: int) -> int:

@@ -5,8 +5,10 @@ terminals, and why a run stopped early is returned as data (`stop.Stop`) for the
     reader ──► lane per model (bounded queue, FIFO dispatcher: daily budget, then limiter)
            ──► attempt task (HTTP) ──► classify ──► decide ──► output line | retry | stop the job
 
-All time comes from one clock (the running loop's, unless one is injected with its sleep), and
-the UTC day from `now_utc`, so tests can run the engine on virtual time.
+Pacing, retries, cooldowns, the drain and the daily budget's checks all take time from one clock
+(the running loop's, unless one is injected with its sleep), and the UTC day from `now_utc`, so
+tests run the engine on virtual time. (The output writer's check for a deleted or truncated file
+and the manifest's periodic save are housekeeping on the process's own monotonic clock.)
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class Engine:
         self._lanes: dict[str, Lane] = {}
         self._stop: Stop | None = None
         self._stop_lane: Lane | None = None
+        self._interrupts = 0
         self._connected = False  # has any attempt reached a server that answered?
         self._input_done = False
         self._attempts: set[asyncio.Task[None]] = set()
@@ -154,11 +157,17 @@ class Engine:
         return self._final_stop()
 
     def interrupt(self) -> None:
-        """Ctrl-C: the first stops admitting and drains; the second abandons in-flight requests."""
-        if self._stop is not None and self._stop.kind is StopKind.INTERRUPTED:
+        """Ctrl-C: the first stops admitting and drains; the second abandons in-flight requests.
+        While the job is already stopping for another reason (the daily limit, a refused key),
+        the first changes nothing and the second abandons: the stop keeps its own reason."""
+        self._interrupts += 1
+        if self._stop is None:
+            self._halt(Stop(StopKind.INTERRUPTED), "interrupted: finishing requests in flight")
+        elif self._interrupts >= 2:
             self._cancel_attempts()
-            return
-        self._halt(Stop(StopKind.INTERRUPTED), "interrupted: finishing requests in flight")
+        else:
+            self._emit(StateChanged("draining", "finishing requests in flight; press Ctrl-C "
+                                    "again to abandon them"))
 
     # -- reader ---------------------------------------------------------------------------------
 
@@ -252,11 +261,13 @@ class Engine:
                 self._halt(Stop(StopKind.DAILY),
                            "daily budget reached: finishing requests in flight", lane)
                 return
-            ticket = await lane.limiter.acquire(job.cost)
-            if self._stop:
-                lane.limiter.release(ticket, None)
-                lane.budget.settle(job.day, job.cost, 0)
-                return
+            try:
+                ticket = await lane.limiter.acquire(job.cost)
+            except asyncio.CancelledError:
+                # A stop caught it waiting for admission (_halt cancels the dispatchers): it was
+                # never sent, so its daily reservation goes back whole, tokens and request.
+                lane.budget.unreserve(job.day, job.cost)
+                raise
             self._emit(RequestSent(lane.model, job.cost))
             task = self._tg.create_task(self._attempt(lane, job, ticket))
             self._attempts.add(task)
@@ -353,7 +364,9 @@ class Engine:
                           f"--max-retries; {MAX_RATE_LIMITED} is the separate ceiling for a "
                           f"server that only answers 429. Last: {reason}")
             error = (out.code or "request_failed", reason)
-        self._record(job.request.custom_id, lane.model, out, error)
+        # tries counts the retryable outcomes; the last one is among them only if it was one
+        sent = job.tries.attempts + (out.kind not in (Kind.RETRY, Kind.RATE_MINUTE))
+        self._record(job.request.custom_id, lane.model, out, error, sent)
         self._ended(lane)
 
     def _ended(self, lane: Lane) -> None:
@@ -362,7 +375,8 @@ class Engine:
             lane.changed.set()
 
     def _record(
-        self, custom_id: str, model: str, out: Outcome | None, error: tuple[str, str] | None
+        self, custom_id: str, model: str, out: Outcome | None, error: tuple[str, str] | None,
+        attempts: int = 0,
     ) -> None:
         body = out.body if out is not None and out.status is not None else None
         self._writer.write(result_line(
@@ -373,8 +387,8 @@ class Engine:
         self._accounted += 1
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
         self._emit(RequestFinished(
-            custom_id, model, error is None, tokens_in, tokens_out,
-            0 if out is None else 1, "" if error is None else error[1],
+            custom_id, model, error is None, tokens_in, tokens_out, attempts,
+            "" if error is None else error[1],
         ))
 
     # -- stopping -------------------------------------------------------------------------------

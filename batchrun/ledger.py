@@ -160,23 +160,35 @@ class Ledger:
                 time.sleep(0.05)
 
     def close(self) -> None:
-        for budget in self._budgets:
-            budget.release()
-        self.flush()
-        self._db.close()
+        try:
+            for budget in self._budgets:
+                budget.release()
+            self.flush()
+        finally:
+            self._db.close()
 
     def today(self) -> dt.date:
         return self._now().date()
 
     def usage(self, scope: Scope, day: dt.date | None = None) -> DayUsage:
         day = day or self.today()
-        row = self._db.execute(
-            "SELECT tokens, requests, exhausted FROM usage WHERE host=? AND key_fingerprint=? "
-            "AND model=? AND day=?",
-            (scope.host, scope.key_fingerprint, scope.model, day.isoformat()),
-        ).fetchone()
+        try:
+            row = self._db.execute(
+                "SELECT tokens, requests, exhausted FROM usage WHERE host=? AND key_fingerprint=? "
+                "AND model=? AND day=?",
+                (scope.host, scope.key_fingerprint, scope.model, day.isoformat()),
+            ).fetchone()
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
+            raise StateError(
+                f"cannot read the usage ledger {self.path} ({exc}); another batchrun may hold "
+                "it. Results so far are kept; run the same command again."
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(str(exc)) from None
         pending = self._pending.get((scope, day.isoformat()), [0, 0])
         tokens, requests, exhausted = row or (0, 0, 0)
+        if not all(isinstance(n, int) for n in (tokens, requests, exhausted)):
+            raise self._damaged(f"the counts of {scope.model} on {day} are not numbers")
         return DayUsage(day, tokens + pending[0], requests + pending[1], bool(exhausted))
 
     def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
@@ -388,6 +400,16 @@ class DailyBudget:
         if self._lease_day is not None and (self._tokens or self._requests):
             self.ledger.add_later(self.scope, self._lease_day, -self._tokens, -self._requests)
         self._tokens = self._requests = 0
+
+    def unreserve(self, day: dt.date, tokens: int) -> None:
+        """Take back a reservation whose request was never sent: its tokens and its request."""
+        if not self.limited:
+            return
+        self.settle(day, tokens, 0)
+        if self.rpd and day == self._lease_day:
+            self._requests += 1
+        else:
+            self.ledger.add_later(self.scope, day, 0, -1)
 
     def settle(self, day: dt.date, reserved: int, actual: int) -> None:
         """Replace a reservation made on `day` by the usage the API reported (clamped: a

@@ -264,9 +264,11 @@ async def run(
     updater = _ManifestUpdater(store, manifest)
     try:
         scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
-        if retry_failed:
+        if retry_failed and dropped:
             notify(f"Dropped {dropped:,} failed results from {manifest.output}; they are sent "
                    "again now.")
+        elif retry_failed:
+            notify(f"No failed results in {manifest.output} to send again.")
         spec = replace(spec, output=Path(manifest.output))
         on_disk = store.exists(manifest.job_id)
         manifest.state, manifest.message = "running", ""
@@ -302,11 +304,15 @@ async def run(
             stop, crashed = exc, False
             raise
         finally:
-            ledger.close()
-            if updater.started or on_disk:
-                manifest.state = "crashed" if crashed else _final_state(stop)
-                manifest.message = stop.message if stop else ""
-                store.save(manifest)
+            # How the run ended is recorded even when the ledger cannot take its last
+            # settlements (a full disk): the ledger's own error still reaches the user.
+            try:
+                ledger.close()
+            finally:
+                if updater.started or on_disk:
+                    manifest.state = "crashed" if crashed else _final_state(stop)
+                    manifest.message = stop.message if stop else ""
+                    store.save(manifest)
         return stop
     finally:
         if not updater.started:

@@ -18,6 +18,11 @@ P = Policy(max_retries=2)
 W = Policy(max_retries=2, wait_daily=True)
 
 
+def refused() -> Outcome:
+    """What the client returns when no connection could be made: nothing reached the API."""
+    return Outcome(Kind.RETRY, code="connection_error", message=REFUSED_CONNECT, sent=False)
+
+
 def out(kind: Kind, status: int | None = None, code: str = "", message: str = "",
         body: Any = None) -> Outcome:
     return Outcome(kind, status, body, code=code, message=message)
@@ -36,12 +41,12 @@ def out(kind: Kind, status: int | None = None, code: str = "", message: str = ""
     (out(Kind.RATE_MINUTE, 429), Tries(rate_limited=MAX_RATE_LIMITED), P, True, Action.FAIL),
     (out(Kind.RETRY, 503), Tries(failures=2), P, True, Action.BACKOFF),
     (out(Kind.RETRY, 503), Tries(failures=3), P, True, Action.FAIL),
-    (out(Kind.RETRY, code="connection_error", message=REFUSED_CONNECT), Tries(failures=3), P,
+    (refused(), Tries(failures=3), P,
      False, Action.STOP_NO_NETWORK),
-    (out(Kind.RETRY, code="connection_error", message=REFUSED_CONNECT), Tries(failures=2), P,
+    (refused(), Tries(failures=2), P,
      False, Action.BACKOFF),
     # Something answered once: the network is there, this request just fails.
-    (out(Kind.RETRY, code="connection_error", message=REFUSED_CONNECT), Tries(failures=3), P,
+    (refused(), Tries(failures=3), P,
      True, Action.FAIL),
     # A reset after connecting is a server fault, not a missing network.
     (out(Kind.RETRY, code="connection_error", message=RESET), Tries(failures=3), P, False,

@@ -12,18 +12,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
-from batchrun.client import Endpoint, Kind, Outcome
+from batchrun.client import Endpoint, Kind, Outcome, classify
 from batchrun.decide import MAX_RATE_LIMITED
 from batchrun.engine import Engine, JobSpec
-from batchrun.events import Event, StateChanged
+from batchrun.events import Event, RequestFinished, StateChanged
 from batchrun.jobs import Request, check_input
 from batchrun.ledger import DailyBudget, Ledger, Scope
 from batchrun.stop import Stop, StopKind
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, read_results, write_jsonl
-from tests.virtual_time import VirtualClock, run_virtual
+from tests.virtual_time import START, VirtualClock, run_virtual
 
 UNLIMITED = {"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 0}
 Answer = Callable[[Request, int, float], tuple[float, Outcome]]
@@ -278,11 +279,11 @@ def test_a_request_too_large_429_teaches_the_tpm_to_requests_still_queued(
     def small_server(request: Request, attempt: int, now: float) -> tuple[float, Outcome]:
         if request.body.get("max_tokens", 0) < 2_000:
             return 0.1, ok()
-        return 0.1, Outcome(
-            Kind.FAIL, 429, code="request_too_large",
-            message="Request too large for gpt-4o-mini in organization org-x on tokens per min "
-                    "(TPM): Limit 2,000, Requested 5,010. The input or output tokens must be "
-                    "reduced in order to run successfully.")
+        body = {"error": {"type": "tokens", "code": "rate_limit_exceeded", "message": (
+            "Request too large for gpt-4o-mini in organization org-x on tokens per min (TPM): "
+            "Limit 2,000, Requested 5,010. The input or output tokens must be reduced in order "
+            "to run successfully.")}}
+        return 0.1, classify(429, {}, orjson.dumps(body), request.url, FAKE_KEY)
 
     rows = [*({"id": f"big{i}", "prompt": "hi", "max_tokens": 5_000} for i in range(4)),
             {"id": "small", "prompt": "hi", "max_tokens": 5}]
@@ -321,3 +322,57 @@ def test_wait_sends_again_after_midnight_when_the_server_says_the_day_is_spent(
     # It slept through the hour to midnight, not through the next day.
     last = max(t for t, _ in server.sent)
     assert midnight <= last < midnight + 120
+
+
+# -- stopping: what a stop leaves in the ledger, and Ctrl-C during another stop ----------------
+
+
+def test_a_stop_while_waiting_for_admission_gives_the_reservation_back(tmp_path: Path) -> None:
+    """The daily budget is reserved before the limiter admits a request; a request the stop
+    caught waiting there was never sent and must not stay counted."""
+
+    def interrupt_at_5(engine: Engine) -> None:
+        asyncio.get_running_loop().call_later(5, engine.interrupt)
+
+    server = Server(lambda request, attempt, now: (0.1, ok(7, 3)))
+    stop, _, _ = engine_run(tmp_path, 5, server, limits={"rpm": 2}, tpd=100_000,
+                            during=interrupt_at_5)
+    assert stop is not None and stop.kind is StopKind.INTERRUPTED
+    sent = len(server.sent)
+    assert 1 <= sent < 5
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    usage = ledger.usage(Scope("h", "k", "gpt-4o-mini"), START.date())
+    ledger.close()
+    assert (usage.tokens, usage.requests) == (10 * sent, sent)
+
+
+def test_ctrl_c_during_a_daily_stop_keeps_draining_and_a_second_abandons(tmp_path: Path) -> None:
+    """Stopping for the daily limit, in-flight requests drain; a Ctrl-C then must not be lost:
+    the second abandons them at once, as it does after an interrupt."""
+
+    def day_spent_while_others_hang(request: Request, attempt: int,
+                                    now: float) -> tuple[float, Outcome]:
+        if request.custom_id == "q0":
+            return 0.1, status(429, Kind.RATE_DAY, "Rate limit reached on tokens per day (TPD)")
+        return 3600.0, ok()
+
+    def press_twice(engine: Engine) -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(2, engine.interrupt)
+        loop.call_later(3, engine.interrupt)
+
+    server = Server(day_spent_while_others_hang)
+    stop, _, end = engine_run(tmp_path, 4, server, concurrency=4, drain_s=10,
+                              during=press_twice)
+    assert stop is not None and stop.kind is StopKind.DAILY  # the reason stays the day's limit
+    assert end == 3.0
+
+
+def test_each_result_reports_how_many_times_it_was_sent(tmp_path: Path) -> None:
+    def twice_then_ok(request: Request, attempt: int, now: float) -> tuple[float, Outcome]:
+        return 0.1, (status(500, Kind.RETRY) if attempt <= 2 else ok())
+
+    server = Server(twice_then_ok)
+    _, events, _ = engine_run(tmp_path, 1, server)
+    [done] = [e for e in events if isinstance(e, RequestFinished)]
+    assert done.attempts == 3 == len(server.times("q0"))

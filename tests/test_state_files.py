@@ -231,3 +231,63 @@ def test_a_ledger_row_that_is_not_a_count_is_named_not_a_crash(
     assert status.code == 5, status.stderr
     assert "is damaged (tokens of gpt-4o-mini on" in status.stderr and "'lots'" in status.stderr
     assert "Move it aside" in status.stderr
+
+
+def test_reading_a_damaged_ledger_row_is_a_clear_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    from batchrun.errors import StateError
+    from batchrun.ledger import Ledger, Scope
+
+    path = tmp_path / "ledger.sqlite3"
+    scope = Scope("h", "k", "m")
+    book = Ledger(path)
+    assert book.reserve(scope, 10, 100, 0)
+    book.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE usage SET tokens = 'lots'")
+    db.commit()
+    db.close()
+    book = Ledger(path)
+    with pytest.raises(StateError, match=r"is damaged .*not numbers.*Move it aside"):
+        book.usage(scope)
+    book.close()
+
+
+def test_a_ledger_that_fails_at_the_end_still_records_how_the_job_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from batchrun.errors import StateError
+    from batchrun.ledger import Ledger
+
+    def full_disk(self: Ledger) -> None:
+        raise StateError(f"the usage ledger {self.path} could not record the last settlements")
+
+    real_flush = Ledger.flush
+    monkeypatch.setattr(Ledger, "flush", full_disk)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(3))
+    run = simulate(capsys, jobs, "--tpd", "100000")
+    assert run.code == 5 and "could not record the last settlements" in run.stderr
+    monkeypatch.setattr(Ledger, "flush", real_flush)
+    status = in_process(capsys, "status", "--json")
+    [job] = orjson.loads(status.stdout)["jobs"]
+    assert job["state"] == "done" and job["done"] == 3  # not left "running" (shown as crashed)
+
+
+def test_an_io_error_preparing_the_output_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from batchrun import checkpoint
+    from batchrun.errors import StateError
+
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(result_line("a", 200, "", {"choices": []}, None) + b'{"id": "torn')
+
+    def failing(fd: int, length: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.os, "ftruncate", failing)
+    with pytest.raises(StateError, match=r"cannot prepare the output .*Input/output error"):
+        OutputWriter(out)
