@@ -74,8 +74,15 @@ class OnBadLine(str, Enum):
 
 Jobs = Annotated[Path, typer.Argument(metavar="JOBS", help="JSONL file of requests")]
 Model = Annotated[str, typer.Option("-m", "--model", help="model for lines that name none")]
-Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}",
-                                   callback=lambda value: value.lower())]
+def _tier(value: str) -> str:
+    """Tier names are not case-sensitive; an unknown one is refused before anything runs."""
+    tier = value.lower()
+    if tier not in TIERS:
+        raise InputError(f"unknown tier {value!r}; choose one of {', '.join(TIERS)}.")
+    return tier
+
+
+Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}", callback=_tier)]
 Limit = Annotated[int | None, typer.Option(min=0, show_default="preset", help="0 = unlimited")]
 
 
@@ -131,8 +138,6 @@ def submit(
     quiet: Quiet = False,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
-    if tier not in TIERS:
-        raise InputError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}.")
     if output is None:
         absolute = jobs.resolve()
         output = absolute.with_name(absolute.name.removesuffix(".jsonl") + ".results.jsonl")
@@ -272,8 +277,6 @@ def estimate(
     json_: Json = False,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
-    if tier not in TIERS:
-        raise InputError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}.")
     used_today, known = _ledger_lookup()
     result = estimate_job(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},

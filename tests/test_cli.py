@@ -184,3 +184,13 @@ def test_one_model_without_a_price_leaves_the_others_cost_known(
     assert run.code == 0, run.stderr
     [line] = [x for x in run.stdout.splitlines() if x.startswith("tokens:")]
     assert "at list prices, plus gpt-9-ultra, which has no list price" in line
+
+
+@pytest.mark.parametrize("command", ["submit", "estimate"])
+def test_an_unknown_tier_is_refused_before_anything_runs(command: str, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    run = run_cli(command, str(jobs), "--tier", "gold", "--simulate" if command == "submit"
+                  else "--json")
+    assert run.code == 2
+    assert "unknown tier 'gold'; choose one of free, tier1" in run.stderr
+    assert not (tmp_path / "jobs.results.jsonl").exists()
