@@ -200,7 +200,9 @@ def run_real(cell: Cell, workdir: Path) -> tuple[float, float]:
     try:
         assert server.stdout is not None
         server.stdout.readline()  # "listening on ..."
-        env = {**os.environ, "OPENAI_API_KEY": "sk-bench"}
+        # A state dir of its own: benchmark jobs stay out of the user's status and ledger.
+        env = {**os.environ, "OPENAI_API_KEY": "sk-bench",
+               "BATCHRUN_HOME": str(workdir / "batchrun-home")}
         proc = subprocess.run(
             [sys.executable, "-m", "batchrun", "submit", str(jobs), "-o", str(out), "--json",
              "--base-url", f"http://127.0.0.1:{port}/v1", "--rpm", str(cell.told_rpm),
