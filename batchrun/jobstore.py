@@ -8,8 +8,10 @@ that does. Written atomically (temp file, fsync, rename), mode 0600.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,32 @@ OPTION_KEYS = frozenset({
 })
 _FIELDS: dict[str, type] = {"job_id": str, "input": str, "output": str, "fingerprint": dict,
                             "options": dict, "state": str, "updated": str}
+
+
+# Far larger than any manifest (the checking pass saves at most 20 bad lines).
+_MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def _read_manifest(path: Path) -> tuple[bytes, str | None]:
+    """A manifest's bytes, or why they cannot be read. Only a plain file is read, never through
+    a symbolic link, and never more than a manifest can hold: a FIFO or a link to /dev/zero in
+    the jobs directory must not hang or exhaust every command."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        what = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        return b"", f"cannot read it: {what}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b"", "it is not a regular file"
+        raw = os.read(fd, _MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:
+        return b"", f"cannot read it: {exc.strerror}"
+    finally:
+        os.close(fd)
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        return b"", f"it is larger than {_MAX_MANIFEST_BYTES // 2**20} MB"
+    return raw, None
 
 
 def _decode(raw: bytes) -> tuple[dict[str, Any], str | None]:
@@ -217,11 +245,12 @@ class JobStore:
 
     def load(self, path: Path) -> Manifest:
         """The manifest at `path`; a StateError that says how to recover if it is damaged."""
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise DamagedManifest(path, f"cannot read it: {exc.strerror}", {}) from None
-        data, reason = _decode(raw)
+        raw, reason = _read_manifest(path)
+        data, reason = _decode(raw) if reason is None else ({}, reason)
+        if reason is None and data["job_id"] != path.stem:
+            # The id names the files batchrun writes: one that is not this file's own name
+            # (`../../victim`) would write somewhere else.
+            reason = f"its job_id {data['job_id']!r} is not the file's name {path.stem!r}"
         if reason is None:
             try:
                 return Manifest(**data)

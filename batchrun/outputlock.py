@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import orjson
 
 from batchrun.errors import InputError, StateError
-from batchrun.fsutil import FileLock, identity, is_locked
+from batchrun.fsutil import FileLock, identity, is_locked, private_dir
 
 _MAX_RECORD = 64 * 1024  # far above any record; a planted huge file costs us nothing
 _SUFFIX = ".batchrun"
@@ -111,9 +113,19 @@ def holds_results(output: Path) -> bool:
         return False
 
 
+def host_lock_path(output: Path) -> Path:
+    """A lock per output path in this user's runtime directory (outside the output's own
+    directory): `rm -rf results/` or `git clean -fdx` under a running job removes the output and
+    its sidecar, but not this, so a second run of the same command is still refused."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    digest = hashlib.sha256(str(output).encode()).hexdigest()[:32]
+    return base / f"batchrun-{os.getuid()}" / f"{digest}.lock"
+
+
 def is_held(output: Path) -> bool:
     """True while some process runs a job that writes `output` (even if it was deleted)."""
-    return is_locked(sidecar_path(output)) or is_locked(output)
+    return (is_locked(host_lock_path(output)) or is_locked(sidecar_path(output))
+            or is_locked(output))
 
 
 class OutputLock:
@@ -128,13 +140,19 @@ class OutputLock:
     def __init__(self, output: Path) -> None:
         self.output = output
         self.sidecar_path = sidecar_path(output)
-        self._sidecar = self._lock_sidecar()
+        self._host = _lock_host(output)
+        try:
+            self._sidecar = self._lock_sidecar()
+        except BaseException:
+            self._host.release()
+            raise
         self._before: bytes | None = None  # the record we replaced, to put back if unused
         try:
             self._output = FileLock(output)
         except BaseException:
             self._discard_sidecar()
             self._sidecar.release()
+            self._host.release()
             raise
 
     def _lock_sidecar(self) -> FileLock:
@@ -221,3 +239,19 @@ class OutputLock:
     def release(self) -> None:
         self._output.release()
         self._sidecar.release()
+        self._host.release()
+
+
+def _lock_host(output: Path) -> FileLock:
+    path = host_lock_path(output)
+    try:
+        private_dir(path.parent)
+        return FileLock(path, follow_symlinks=False)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        raise StateError(
+            f"cannot create the lock {path} that keeps two batchrun processes from writing "
+            f"{output}: {exc.strerror}. Make {path.parent} writable (or set XDG_RUNTIME_DIR to "
+            "a writable directory of yours)."
+        ) from None

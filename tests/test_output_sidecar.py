@@ -51,14 +51,18 @@ class GatedServer(ServedApp):
         self.gate.set()
 
 
-@pytest.mark.parametrize("home", ["same", "other"])
+@pytest.mark.parametrize(("home", "delete"), [
+    ("same", "the output"), ("other", "the output"),
+    # `rm -rf results/` or `git clean -fdx`: the output and the file kept beside it go together.
+    ("other", "its directory"),
+])
 def test_deleting_a_running_jobs_output_does_not_let_a_second_process_run_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-    home: str,
+    home: str, delete: str,
 ) -> None:
     rows = nameless(5, "apple")
     a = write_jsonl(tmp_path / "a.jsonl", rows)
-    out = tmp_path / "out.jsonl"
+    out = tmp_path / "results" / "out.jsonl"
     with GatedServer(held=2) as server:
         proc = subprocess.Popen(
             [sys.executable, "-m", "batchrun", "submit", str(a), "-o", str(out), "--base-url",
@@ -69,7 +73,10 @@ def test_deleting_a_running_jobs_output_does_not_let_a_second_process_run_it(
             # A wrote one result and waits on its second: it will not write (and so not
             # notice the deletion) until the gate opens.
             wait_for(lambda: count_lines(out) == 1 and server.arrived == 2)
-            out.unlink()
+            if delete == "the output":
+                out.unlink()
+            else:
+                shutil.rmtree(out.parent)
             monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
             if home == "other":
                 monkeypatch.setenv("BATCHRUN_HOME", str(tmp_path / "other-home"))

@@ -291,3 +291,31 @@ def test_an_io_error_preparing_the_output_is_a_clear_error(
     monkeypatch.setattr(checkpoint.os, "ftruncate", failing)
     with pytest.raises(StateError, match=r"cannot prepare the output .*Input/output error"):
         OutputWriter(out)
+
+
+@pytest.mark.parametrize("damage", ["a fifo", "a link to /dev/zero", "a job_id that escapes"])
+def test_a_manifest_that_is_not_a_plain_file_of_its_own_is_skipped_not_followed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], isolated_env: dict[str, str],
+    damage: str,
+) -> None:
+    good = write_jsonl(tmp_path / "good.jsonl", rows(2))
+    assert simulate(capsys, good).code == 0
+    jobs_dir = manifests(isolated_env)
+    bad = jobs_dir / "zz-000000.json"
+    victim = jobs_dir.parent.parent / "victim.json"
+    if damage == "a fifo":
+        os.mkfifo(bad)
+    elif damage == "a link to /dev/zero":
+        bad.symlink_to("/dev/zero")
+    else:
+        [path] = jobs_dir.glob("good-*.json")
+        data = orjson.loads(path.read_bytes())
+        data["job_id"], data["state"] = "../../victim", "interrupted"
+        bad.write_bytes(orjson.dumps(data))
+    status = in_process(capsys, "status")  # would hang or grow without bound if it read it
+    assert status.code == 0, status.stderr
+    assert f"skipped the damaged job manifest {bad}" in status.stderr
+    assert "good-" in status.stdout
+    resumed = in_process(capsys, "resume", "-q")
+    assert resumed.code == 0, resumed.stderr
+    assert not victim.exists()  # nothing written outside $BATCHRUN_HOME
