@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from types import TracebackType
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from batchrun.checkpoint import OutputWriter, result_line
 from batchrun.classify import Kind, Outcome
@@ -317,7 +316,7 @@ class Engine:
         else:
             assert action is Action.STOP_NO_NETWORK
             self._halt(Stop(StopKind.NO_NETWORK, server_message=outcome.message,
-                            host=self._host()), "cannot reach the API")
+                            host=self.spec.endpoint.host), "cannot reach the API")
 
     def _requeue(self, lane: Lane, job: Job) -> None:
         lane.retries.append(job)
@@ -392,10 +391,6 @@ class Engine:
         ))
 
     # -- stopping -------------------------------------------------------------------------------
-
-    def _host(self) -> str:
-        parts = urlsplit(self.spec.endpoint.base_url)  # hostname and port only: no credentials
-        return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
     def _final_stop(self) -> Stop | None:
         stop = self._stop
