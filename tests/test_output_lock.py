@@ -21,6 +21,15 @@ from tests.test_submit import body_as_sent
 UNLIMITED = ("--rpm", "0", "--tpm", "0", "--rpd", "0", "--tpd", "0")
 
 
+def start_writing(base_url: str, jobs: Path, out: Path) -> subprocess.Popen[bytes]:
+    """A real batchrun process that submits `jobs` to `out`, one request at a time."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchrun", "submit", str(jobs), "-o", str(out), "--base-url",
+         base_url, "--concurrency", "1", "-q", *UNLIMITED],
+        env={**os.environ, "OPENAI_API_KEY": FAKE_KEY}, cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def nameless(n: int, word: str) -> list[dict[str, Any]]:
     """Lines without ids: every file's ids are line-1, line-2, …"""
     return [{"prompt": f"{word} {i}", "max_tokens": 5} for i in range(n)]
@@ -58,11 +67,7 @@ def test_while_a_job_runs_no_other_process_writes_its_output(
     a = write_jsonl(tmp_path / "a.jsonl", a_rows)
     b = write_jsonl(tmp_path / "b.jsonl", nameless(50, "banana"))
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "submit", str(a), "-o", str(out), "--base-url",
-         sim.base_url, "--concurrency", "1", "-q", *UNLIMITED],
-        env={**os.environ, "OPENAI_API_KEY": FAKE_KEY}, cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_writing(sim.base_url, a, out)
     try:
         wait_for(lambda: count_lines(out) >= 1)  # A is running and holds the output
         monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
@@ -114,11 +119,7 @@ def test_an_output_rebuilt_under_a_running_job_stays_locked(
     sim = sim_factory(SimConfig(latency_s=0.3))
     a = write_jsonl(tmp_path / "a.jsonl", nameless(100, "apple"))
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "submit", str(a), "-o", str(out), "--base-url",
-         sim.base_url, "--concurrency", "1", "-q", *UNLIMITED],
-        env={**os.environ, "OPENAI_API_KEY": FAKE_KEY}, cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_writing(sim.base_url, a, out)
     try:
         wait_for(lambda: count_lines(out) >= 1)
         inode = out.stat().st_ino
