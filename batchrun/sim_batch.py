@@ -1,0 +1,624 @@
+"""The simulator's OpenAI Batch API: files and batches on an accelerated, injectable clock.
+
+Batch API
+---------
+`batchrun.sim` serves, beside chat and embeddings, the Files and Batches APIs as OpenAI documents
+them: `POST/GET /v1/files`, `GET/DELETE /v1/files/{id}`, `GET /v1/files/{id}/content`,
+`POST/GET /v1/batches` (list: newest first, `?limit=&after=`, `has_more`, `first_id`, `last_id`,
+each batch with its `metadata`), `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`; Azure's
+under `/openai/files` and `/openai/batches` with a required `api-version` and the `api-key`
+header, where a batch's endpoint and lines' `url` are `/chat/completions` or `/embeddings`.
+Objects, statuses and error shapes are the API's; keys and `insufficient_quota` are refused as on
+the chat route.
+
+Lifecycle, on the clock (`SimConfig.batch.seconds`, `--batch-seconds`, default 5 s): a batch is
+`validating` for a tenth of it, `in_progress` for all of it (`request_counts.completed`/`failed`
+grow linearly while you poll), `finalizing` for a tenth, then `completed`. Cancel moves a
+`validating` or `in_progress` batch to `cancelling` and, a tenth later, `cancelled`; cancelling a
+finalizing or finished batch is a 409. Requests run in file order. `output_file_id` holds the
+successes, `error_file_id` the request-level failures (`response.status_code` 400 and an
+`{"error": ...}` body, `"error": null`) and, for an expired or cancelled batch, every request it
+did not run (`"response": null, "error": {"code": "batch_expired" | "batch_cancelled"}`); each
+file exists only when it has lines. Expired and cancelled batches keep what they completed.
+At the end `request_counts.failed` is the error file's line count.
+
+Validation (the batch is created, then `failed` with `errors.data[]` of `{code, message, param,
+line}`, line numbers 1-based in the uploaded file; blank lines are skipped but counted):
+`invalid_json_line`, `invalid_request` (not an object, wrong type, method not POST),
+`missing_required_parameter` (custom_id, method, url, body, body.model), `invalid_url` (not the
+batch's endpoint), `duplicate_custom_id`, `mismatched_model` (a second model in the file),
+`empty_file`, `too_many_requests` (over 50,000, line null), `file_too_large` (over 200 MB, line
+null) and `token_limit_exceeded` (line null): the file's prompt tokens (the simulator's own
+count) plus those of the same model's batches still validating, in progress, finalizing or
+cancelling exceed `--batch-queue-tokens` (default 2,000,000; 0 = no limit), with OpenAI's
+wording ("Enqueued token limit reached for MODEL in organization ORG. Limit: 2,000,000 enqueued
+tokens. ...", Azure's on Azure routes). The code names other than `invalid_json_line`,
+`missing_required_parameter`, `invalid_url`, `duplicate_custom_id` and `token_limit_exceeded`
+are the simulator's: key on `line` and `message`. Synchronous errors of create: an unknown
+`input_file_id` is a 404, a file not uploaded for `batch`, a bad endpoint, completion window or
+metadata (over 16 pairs, keys over 64 or values over 512 characters) a 400.
+
+Faults (fields of `BatchConfig`, flags of `python -m batchrun.sim`, deterministic with `--seed`):
+
+    --batch-expire SHARE        a batch expires with SHARE (0..1) of its requests done, at the
+                                moment it would have finished; applies to the first
+    --batch-expire-batches N    N batches created (default 1; 0 = every batch), so a retry of
+                                the rest completes
+    --batch-fail-validation N   the first N batches created fail validation (code
+                                `invalid_request`, line null)
+    --batch-upload-5xx P        chance that an upload gets a 500 (the file is not stored)
+    --batch-poll-5xx P          chance that `GET /v1/batches/{id}` gets a 500
+    --batch-request-errors P    share of requests that end in the error file as a 400
+
+Stats (`SimStats.batch`, a `BatchStats`): `uploads`, `created` (batch id -> its metadata, in
+creation order), `cancels`, `polls`, `downloads`, and `runs` (custom_id -> how many times any
+batch ran it, success or request-level error), so a test can assert exactly-once billing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import BodyPartReader, web
+
+from batchrun.sim_model import usage_prompt_tokens
+
+if TYPE_CHECKING:
+    from batchrun.sim import Simulator
+
+__all__ = ["BatchApi", "BatchConfig", "BatchStats"]
+
+PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # the Files API's own limit, above the batch's 200 MB
+MAX_ERRORS = 100  # validation reports at most this many line errors
+ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
+
+
+@dataclass(slots=True)
+class BatchConfig:
+    seconds: float = 5.0  # in_progress -> finalizing; validating, finalizing, cancelling: 1/10
+    queue_tokens: int = 2_000_000  # enqueued prompt tokens per model; 0 = no limit
+    expire_share: float | None = None  # expiring batches stop with this share done
+    expire_batches: int = 1  # ... the first N batches created; 0 = every batch
+    fail_validation: int = 0  # the first N batches created fail validation
+    upload_5xx: float = 0.0
+    poll_5xx: float = 0.0
+    request_errors: float = 0.0
+    max_requests: int = 50_000
+    max_file_bytes: int = 200 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class BatchStats:
+    uploads: int = 0
+    created: dict[str, dict[str, str]] = field(default_factory=dict)  # batch id -> metadata
+    cancels: int = 0
+    polls: int = 0
+    downloads: int = 0
+    runs: Counter[str] = field(default_factory=Counter)  # custom_id -> times run
+
+
+@dataclass(slots=True)
+class _File:
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    created_at: int
+
+    def obj(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "file", "bytes": len(self.data),
+                "created_at": self.created_at, "filename": self.filename,
+                "purpose": self.purpose, "status": "processed", "status_details": None,
+                "expires_at": None}
+
+
+@dataclass(slots=True)
+class _Batch:
+    id: str
+    index: int  # 1-based creation order, for the faults that hit "the first N"
+    endpoint: str
+    input_file_id: str
+    metadata: dict[str, str]
+    created_at: float
+    data: bytes
+    requests: list[tuple[str, int, int]]  # custom_id and the line's byte span in `data`
+    model: str | None
+    tokens: int
+    errors: list[dict[str, Any]] | None
+    expire_share: float | None
+    status: str = "validating"
+    at: dict[str, float] = field(default_factory=dict)  # "in_progress_at", ... when reached
+    done: int = 0
+    ok: int = 0
+    failed: int = 0
+    out: list[bytes] = field(default_factory=list)
+    err: list[bytes] = field(default_factory=list)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+
+
+def _error_item(code: str, message: str, param: str | None = None,
+                line: int | None = None) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": param, "line": line}
+
+
+def _chance(*parts: object) -> float:
+    """A deterministic draw in [0, 1) for these parts, whatever order batches are run in."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
+    return int(digest[:8], 16) / 2**32
+
+
+class BatchApi:
+    """Files and batches for one `Simulator`, advanced lazily from `clock` (Unix seconds).
+
+    No background task moves a batch on: every request first brings every batch up to the
+    clock's now, so a test that sets the clock sees the state that time implies.
+    """
+
+    def __init__(self, sim: Simulator, clock: Callable[[], float]) -> None:
+        self.sim = sim
+        self.clock = clock
+        self.files: dict[str, _File] = {}
+        self.batches: dict[str, _Batch] = {}
+        self._rng = random.Random(sim.config.seed)
+        self._ids = 0
+
+    @property
+    def config(self) -> BatchConfig:
+        return self.sim.config.batch
+
+    @property
+    def stats(self) -> BatchStats:
+        return self.sim.stats.batch
+
+    def add_routes(self, app: web.Application) -> None:
+        for prefix in ("/v1", "/openai"):
+            app.router.add_post(f"{prefix}/files", self._upload)
+            app.router.add_get(f"{prefix}/files", self._list_files)
+            app.router.add_get(f"{prefix}/files/{{file_id}}", self._get_file)
+            app.router.add_delete(f"{prefix}/files/{{file_id}}", self._delete_file)
+            app.router.add_get(f"{prefix}/files/{{file_id}}/content", self._content)
+            app.router.add_post(f"{prefix}/batches", self._create)
+            app.router.add_get(f"{prefix}/batches", self._list_batches)
+            app.router.add_get(f"{prefix}/batches/{{batch_id}}", self._get_batch)
+            app.router.add_post(f"{prefix}/batches/{{batch_id}}/cancel", self._cancel)
+
+    # -- common -------------------------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        self._ids += 1
+        digest = hashlib.sha256(f"{self.sim.config.seed}:{self._ids}".encode()).hexdigest()
+        return f"{prefix}{digest[:24]}"
+
+    def _refuse(self, request: web.Request) -> web.Response | None:
+        # Not `or`: an aiohttp response is a mapping, falsy when it holds no user data.
+        refused = self.sim.refuse(request, request.path.startswith("/openai/"))
+        return refused if refused is not None else self.sim.quota_refusal()
+
+    def _json(self, payload: dict[str, Any], status: int = 200) -> web.Response:
+        self.sim.stats.statuses[status] += 1
+        return web.Response(status=status, body=orjson.dumps(payload),
+                            content_type="application/json")
+
+    def _bad(self, message: str, param: str | None = None, status: int = 400) -> web.Response:
+        return self.sim.error(status, message, "invalid_request_error", None, param=param)
+
+    def _server_error(self) -> web.Response:
+        return self.sim.error(500, "The server had an error while processing your request. "
+                              "Sorry about that!", "server_error")
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        purpose: str | None = None
+        filename, data = "", None
+        try:
+            reader = await request.multipart()
+        except (AssertionError, ValueError):  # aiohttp asserts on a non-multipart content type
+            return self._bad("The request must be multipart/form-data with 'file' and "
+                             "'purpose'.")
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue
+            if part.name == "purpose":
+                purpose = (await part.text()).strip()
+            elif part.name == "file":
+                filename = part.filename or "upload.jsonl"
+                chunks, size = [], 0
+                while chunk := await part.read_chunk(1 << 20):
+                    size += len(chunk)
+                    if size > MAX_UPLOAD_BYTES:
+                        return self._bad("File is too large: the limit is 512 MB.", "file")
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+        if data is None:
+            return self._bad("Missing required parameter: 'file'.", "file")
+        if purpose is None:
+            return self._bad("Missing required parameter: 'purpose'.", "purpose")
+        if purpose not in PURPOSES:
+            return self._bad(f"'{purpose}' is not one of {list(PURPOSES)} - 'purpose'",
+                             "purpose")
+        if self._rng.random() < self.config.upload_5xx:
+            return self._server_error()
+        file = _File(self._new_id("file-"), filename, purpose, data, int(self.clock()))
+        self.files[file.id] = file
+        self.stats.uploads += 1
+        return self._json(file.obj())
+
+    def _file_or_404(self, request: web.Request) -> _File | web.Response:
+        file_id = request.match_info["file_id"]
+        file = self.files.get(file_id)
+        if file is None:
+            return self._bad(f"No such File object: {file_id}", "id", status=404)
+        return file
+
+    async def _get_file(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        file = self._file_or_404(request)
+        return file if isinstance(file, web.Response) else self._json(file.obj())
+
+    async def _content(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        file = self._file_or_404(request)
+        if isinstance(file, web.Response):
+            return file
+        self.stats.downloads += 1
+        self.sim.stats.statuses[200] += 1
+        return web.Response(body=file.data, content_type="application/octet-stream")
+
+    async def _delete_file(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        file = self._file_or_404(request)
+        if isinstance(file, web.Response):
+            return file
+        del self.files[file.id]
+        return self._json({"id": file.id, "object": "file", "deleted": True})
+
+    async def _list_files(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        self._advance_all()
+        purpose = request.query.get("purpose")
+        data = [f.obj() for f in reversed(self.files.values())
+                if purpose is None or f.purpose == purpose]
+        return self._json({"object": "list", "data": data, "has_more": False,
+                           "first_id": data[0]["id"] if data else None,
+                           "last_id": data[-1]["id"] if data else None})
+
+    # -- batches: create and validate ---------------------------------------------------------
+
+    async def _create(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        azure = request.path.startswith("/openai/")
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self._bad("We could not parse the JSON body of your request.")
+        if not isinstance(body, dict):
+            return self._bad("The body must be a JSON object.")
+        for name in ("input_file_id", "endpoint", "completion_window"):
+            if not isinstance(body.get(name), str):
+                return self._bad(f"Missing required parameter: '{name}'.", name)
+        endpoints = ("/chat/completions", "/embeddings") if azure else (
+            "/v1/chat/completions", "/v1/embeddings")
+        if body["endpoint"] not in endpoints:
+            return self._bad(f"Invalid value: '{body['endpoint']}'. Supported values are: "
+                             + ", ".join(f"'{e}'" for e in endpoints) + ".", "endpoint")
+        if body["completion_window"] != "24h":
+            return self._bad(f"Invalid value: '{body['completion_window']}'. Supported values "
+                             "are: '24h'.", "completion_window")
+        metadata = body.get("metadata") or {}
+        if not _metadata_ok(metadata):
+            return self._bad("Invalid 'metadata': at most 16 pairs of strings, keys up to 64 "
+                             "and values up to 512 characters.", "metadata")
+        file = self.files.get(body["input_file_id"])
+        if file is None:
+            return self._bad(f"No such File object: {body['input_file_id']}", "input_file_id",
+                             status=404)
+        if file.purpose != "batch":
+            return self._bad(f"File {file.id} was uploaded with purpose '{file.purpose}'; a "
+                             "batch's input file must have purpose 'batch'.", "input_file_id")
+        now = self.clock()
+        self._advance_all(now)
+        index = len(self.batches) + 1
+        requests, model, tokens, errors = _validate(file.data, body["endpoint"], self.config)
+        cfg = self.config
+        if not errors and index <= cfg.fail_validation:
+            errors = [_error_item("invalid_request", "Simulated validation failure "
+                                  "(--batch-fail-validation).")]
+        if not errors and cfg.queue_tokens and model is not None:
+            queued = sum(b.tokens for b in self.batches.values()
+                         if b.model == model and b.status in ACTIVE and b.errors is None)
+            if queued + tokens > cfg.queue_tokens:
+                errors = [_error_item("token_limit_exceeded",
+                                      self._queue_message(model, azure))]
+        expiring = cfg.expire_share is not None and (
+            cfg.expire_batches == 0 or index <= cfg.expire_batches)
+        batch = _Batch(self._new_id("batch_"), index, body["endpoint"], file.id,
+                       dict(metadata), now, file.data, requests, model, tokens, errors or None,
+                       cfg.expire_share if expiring else None)
+        self.batches[batch.id] = batch
+        self.stats.created[batch.id] = dict(metadata)
+        return self._json(self._batch_obj(batch))
+
+    def _queue_message(self, model: str, azure: bool) -> str:
+        limit = self.config.queue_tokens
+        if azure:
+            return (f"The number of enqueued tokens has surpassed the configured limit of "
+                    f"{limit:,} for the deployment '{model}'. Please either increase the limit "
+                    "or try again once the current jobs have finished.")
+        return (f"Enqueued token limit reached for {model} in organization "
+                f"{self.sim.config.organization}. Limit: {limit:,} enqueued tokens. Please try "
+                "again once some in_progress batches have been completed.")
+
+    # -- batches: the clock -------------------------------------------------------------------
+
+    def _advance_all(self, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        for batch in self.batches.values():
+            self._advance(batch, now)
+
+    def _advance(self, b: _Batch, now: float) -> None:
+        step = self.config.seconds / 10
+        if b.status == "validating" and now >= b.created_at + step:
+            if b.errors:
+                self._set(b, "failed", b.created_at + step)
+                b.data = b""
+                return
+            self._set(b, "in_progress", b.created_at + step)
+        if b.status == "in_progress":
+            start, span = b.at["in_progress_at"], self.config.seconds
+            end = start + span
+            share = 1.0 if now >= end or span <= 0 else (now - start) / span
+            if b.expire_share is not None:
+                share = min(share, b.expire_share)
+            self._run(b, math.floor(len(b.requests) * share + 1e-9))
+            if now >= end:
+                if b.expire_share is not None:
+                    self._finish(b, "expired", end)
+                else:
+                    self._set(b, "finalizing", end)
+        if b.status == "finalizing" and now >= b.at["finalizing_at"] + step:
+            self._finish(b, "completed", b.at["finalizing_at"] + step)
+        if b.status == "cancelling" and now >= b.at["cancelling_at"] + step:
+            self._finish(b, "cancelled", b.at["cancelling_at"] + step)
+
+    def _set(self, b: _Batch, status: str, at: float) -> None:
+        b.status = status
+        b.at[f"{status}_at"] = at
+
+    def _run(self, b: _Batch, upto: int) -> None:
+        cfg = self.config
+        embeddings = b.endpoint.endswith("/embeddings")
+        for custom_id, start, end in b.requests[b.done:upto]:
+            body = orjson.loads(b.data[start:end])["body"]
+            self.stats.runs[custom_id] += 1
+            request_id = "req_" + hashlib.sha256(f"{b.id}:{custom_id}".encode()).hexdigest()[:24]
+            field_name = "input" if embeddings else "messages"
+            problem = None
+            if field_name not in body:
+                problem = f"'{field_name}' is a required property"
+            elif _chance(self.sim.config.seed, b.index, custom_id) < cfg.request_errors:
+                problem = "The simulator rejected this request (--batch-request-errors)."
+            if problem is None:
+                response = {"status_code": 200, "request_id": request_id,
+                            "body": self.sim.reply(body, embeddings)}
+                b.ok += 1
+            else:
+                error = {"message": problem, "type": "invalid_request_error", "param": None,
+                         "code": None}
+                response = {"status_code": 400, "request_id": request_id,
+                            "body": {"error": error}}
+                b.failed += 1
+            line = {"id": f"batch_req_{request_id[4:]}", "custom_id": custom_id,
+                    "response": response, "error": None}
+            (b.out if problem is None else b.err).append(orjson.dumps(line) + b"\n")
+        b.done = max(b.done, upto)
+
+    def _finish(self, b: _Batch, status: str, at: float) -> None:
+        """End a batch: mark what it did not run (if it started), then write its files."""
+        if status in ("expired", "cancelled") and "in_progress_at" in b.at:
+            code = f"batch_{status}"
+            message = ("This request could not be executed before the completion window "
+                       "expired." if status == "expired" else
+                       "This request was not executed because the batch was cancelled.")
+            for custom_id, _start, _end in b.requests[b.done:]:
+                line = {"id": "batch_req_" + hashlib.sha256(
+                            f"{b.id}:{custom_id}".encode()).hexdigest()[:24],
+                        "custom_id": custom_id, "response": None,
+                        "error": {"code": code, "message": message}}
+                b.err.append(orjson.dumps(line) + b"\n")
+        self._set(b, status, at)
+        for lines, attr in ((b.out, "output_file_id"), (b.err, "error_file_id")):
+            if lines:
+                file = _File(self._new_id("file-"), f"{b.id}_{attr[:-8]}.jsonl",
+                             "batch_output", b"".join(lines), int(at))
+                self.files[file.id] = file
+                setattr(b, attr, file.id)
+        b.data, b.out, b.err = b"", [], []  # the files hold the results now
+
+    def _batch_obj(self, b: _Batch) -> dict[str, Any]:
+        started = "in_progress_at" in b.at
+        finished = b.status in ("completed", "expired", "cancelled")
+
+        def at(name: str) -> int | None:
+            return int(b.at[name]) if name in b.at else None
+
+        return {
+            "id": b.id, "object": "batch", "endpoint": b.endpoint,
+            "errors": {"object": "list", "data": b.errors} if b.status == "failed" else None,
+            "input_file_id": b.input_file_id, "completion_window": "24h", "status": b.status,
+            "output_file_id": b.output_file_id, "error_file_id": b.error_file_id,
+            "created_at": int(b.created_at), "in_progress_at": at("in_progress_at"),
+            "expires_at": int(b.created_at) + 86_400, "finalizing_at": at("finalizing_at"),
+            "completed_at": at("completed_at"), "failed_at": at("failed_at"),
+            "expired_at": at("expired_at"), "cancelling_at": at("cancelling_at"),
+            "cancelled_at": at("cancelled_at"),
+            "request_counts": {
+                "total": len(b.requests) if started else 0,
+                "completed": b.ok,
+                # At the end, "failed" is the error file's lines, the not-run ones included.
+                "failed": b.failed + (len(b.requests) - b.done if finished and started else 0),
+            },
+            "metadata": b.metadata or None,
+        }
+
+    # -- batches: read, list, cancel ----------------------------------------------------------
+
+    def _batch_or_404(self, request: web.Request) -> _Batch | web.Response:
+        batch_id = request.match_info["batch_id"]
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            return self._bad(f"No such Batch object: {batch_id}", "batch_id", status=404)
+        self._advance(batch, self.clock())
+        return batch
+
+    async def _get_batch(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        self.stats.polls += 1
+        if self._rng.random() < self.config.poll_5xx:
+            return self._server_error()
+        batch = self._batch_or_404(request)
+        return batch if isinstance(batch, web.Response) else self._json(self._batch_obj(batch))
+
+    async def _list_batches(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        try:
+            limit = int(request.query.get("limit", "20"))
+        except ValueError:
+            return self._bad("Invalid 'limit': must be an integer.", "limit")
+        if not 1 <= limit <= 100:
+            return self._bad("Invalid 'limit': must be between 1 and 100.", "limit")
+        self._advance_all()
+        newest_first = list(reversed(self.batches.values()))
+        after = request.query.get("after")
+        if after is not None:
+            ids = [b.id for b in newest_first]
+            newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
+        page = [self._batch_obj(b) for b in newest_first[:limit]]
+        return self._json({"object": "list", "data": page,
+                           "first_id": page[0]["id"] if page else None,
+                           "last_id": page[-1]["id"] if page else None,
+                           "has_more": len(newest_first) > limit})
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        if (refused := self._refuse(request)) is not None:
+            return refused
+        batch = self._batch_or_404(request)
+        if isinstance(batch, web.Response):
+            return batch
+        self.stats.cancels += 1
+        if batch.status in ("validating", "in_progress"):
+            self._set(batch, "cancelling", self.clock())
+        elif batch.status != "cancelling":
+            return self._bad(f"Cannot cancel a batch with status '{batch.status}'.",
+                             status=409)
+        return self._json(self._batch_obj(batch))
+
+
+def _metadata_ok(metadata: Any) -> bool:
+    return isinstance(metadata, dict) and len(metadata) <= 16 and all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
+        for k, v in metadata.items())
+
+
+def _validate(
+    data: bytes, endpoint: str, cfg: BatchConfig,
+) -> tuple[list[tuple[str, int, int]], str | None, int, list[dict[str, Any]]]:
+    """The file's requests (custom_id and byte span), its model, prompt tokens and errors."""
+    if len(data) > cfg.max_file_bytes:
+        return [], None, 0, [_error_item(
+            "file_too_large", f"The input file is {len(data):,} bytes; a batch's input file "
+            f"can be at most {cfg.max_file_bytes:,} bytes.")]
+    requests: list[tuple[str, int, int]] = []
+    errors: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    model: str | None = None
+    model_line = 0
+    tokens = 0
+    start, number = 0, 0
+    while start < len(data) and len(errors) < MAX_ERRORS:
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        raw, span, start = data[start:end], (start, end), end + 1
+        number += 1
+        if not raw.strip():
+            continue
+        problem = _check_line(raw, endpoint, number)
+        if isinstance(problem, dict):
+            errors.append(problem)
+            continue
+        custom_id, body = problem
+        if custom_id in seen:
+            errors.append(_error_item(
+                "duplicate_custom_id", "The custom_id for this request is a duplicate of "
+                "another request. The custom_id parameter must be unique for each request in "
+                "a batch.", "custom_id", number))
+            continue
+        seen[custom_id] = number
+        line_model = body["model"]
+        if model is None:
+            model, model_line = line_model, number
+        elif line_model != model:
+            errors.append(_error_item(
+                "mismatched_model", f"The model '{line_model}' differs from '{model}' on line "
+                f"{model_line}: all requests in a batch must use the same model.",
+                "body.model", number))
+            continue
+        tokens += usage_prompt_tokens(body)
+        requests.append((custom_id, *span))
+    if not errors and len(requests) > cfg.max_requests:
+        errors.append(_error_item(
+            "too_many_requests", f"The input file has {len(requests):,} requests; a batch can "
+            f"have at most {cfg.max_requests:,}."))
+    if not errors and not requests:
+        errors.append(_error_item("empty_file", "The batch input file is empty."))
+    return requests, model, tokens, errors
+
+
+def _check_line(raw: bytes, endpoint: str,
+                number: int) -> dict[str, Any] | tuple[str, dict[str, Any]]:
+    """One line's custom_id and body, or the error that makes it invalid."""
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _error_item("invalid_json_line", "This line is not parseable as valid JSON.",
+                           None, number)
+    if not isinstance(line, dict):
+        return _error_item("invalid_request", "Each line must be a JSON object.", None, number)
+    for name in ("custom_id", "method", "url", "body"):
+        if name not in line:
+            return _error_item("missing_required_parameter",
+                               f"Missing required parameter: '{name}'.", name, number)
+    custom_id, body = line["custom_id"], line["body"]
+    if not isinstance(custom_id, str) or not custom_id:
+        return _error_item("invalid_request", "custom_id must be a non-empty string.",
+                           "custom_id", number)
+    if line["method"] != "POST":
+        return _error_item("invalid_request", "Only the POST method is supported in a batch.",
+                           "method", number)
+    if line["url"] != endpoint:
+        return _error_item("invalid_url", "The URL provided for this request does not match "
+                           "the batch endpoint.", "url", number)
+    if not isinstance(body, dict):
+        return _error_item("invalid_request", "body must be a JSON object.", "body", number)
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return _error_item("missing_required_parameter",
+                           "Missing required parameter: 'body.model'.", "body.model", number)
+    return custom_id, body
