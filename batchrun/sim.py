@@ -22,6 +22,12 @@ Server habits (each also a field of `SimConfig` / `Habits`):
     --tail P                          a share P of requests (e.g. 0.01) take 10 x the latency
     --shared F                        another client of the key uses a share F of every limit
     --lower-at S --lower-to F         S seconds after the first request, limits drop to F x
+
+Batch API: the Files and Batches routes (/v1/files, /v1/batches; Azure's /openai/files and
+/openai/batches) on an accelerated clock, with validation, the enqueued-token limit and faults;
+see batchrun.sim_batch for the behaviour and its flags (--batch-seconds, --batch-queue-tokens,
+--batch-expire, --batch-expire-batches, --batch-fail-validation, --batch-upload-5xx,
+--batch-poll-5xx, --batch-request-errors), config (`SimConfig.batch`) and stats (`SimStats.batch`).
 """
 
 from __future__ import annotations

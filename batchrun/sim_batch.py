@@ -50,6 +50,12 @@ Faults (fields of `BatchConfig`, flags of `python -m batchrun.sim`, deterministi
     --batch-poll-5xx P          chance that `GET /v1/batches/{id}` gets a 500
     --batch-request-errors P    share of requests that end in the error file as a 400
 
+In Python: `Simulator(SimConfig(batch=BatchConfig(seconds=0.5)), batch_clock=clock)`, where
+`clock()` returns Unix seconds (default: the simulator's `today`, i.e. wall time); with
+`seconds=0` a batch is finished at its first poll. `Simulator.batch.clock` may be replaced on a
+running simulator (e.g. tests/conftest.py's `RunningSim`: `running.sim.batch.clock = clock`).
+`batchrun submit --simulate` serves these routes too (defaults: 5 s, 2,000,000 tokens).
+
 Stats (`SimStats.batch`, a `BatchStats`): `uploads`, `created` (batch id -> its metadata, in
 creation order), `cancels`, `polls`, `downloads`, and `runs` (custom_id -> how many times any
 batch ran it, success or request-level error), so a test can assert exactly-once billing.
