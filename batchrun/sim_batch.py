@@ -66,15 +66,23 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from batchrun.sim_model import usage_prompt_tokens
+from batchrun.sim_batch_model import (
+    ACTIVE,
+    Batch,
+    BatchConfig,
+    BatchStats,
+    StoredFile,
+    chance,
+    error_item,
+    metadata_ok,
+    validate,
+)
 
 if TYPE_CHECKING:
     from batchrun.sim import Simulator
@@ -83,97 +91,21 @@ __all__ = ["BatchApi", "BatchConfig", "BatchStats"]
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # the Files API's own limit, above the batch's 200 MB
-MAX_ERRORS = 100  # validation reports at most this many line errors
-ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
-
-
-@dataclass(slots=True)
-class BatchConfig:
-    seconds: float = 5.0  # in_progress -> finalizing; validating, finalizing, cancelling: 1/10
-    queue_tokens: int = 2_000_000  # enqueued prompt tokens per model; 0 = no limit
-    expire_share: float | None = None  # expiring batches stop with this share done
-    expire_batches: int = 1  # ... the first N batches created; 0 = every batch
-    fail_validation: int = 0  # the first N batches created fail validation
-    upload_5xx: float = 0.0
-    poll_5xx: float = 0.0
-    request_errors: float = 0.0
-    max_requests: int = 50_000
-    max_file_bytes: int = 200 * 1024 * 1024
-
-
-@dataclass(slots=True)
-class BatchStats:
-    uploads: int = 0
-    created: dict[str, dict[str, str]] = field(default_factory=dict)  # batch id -> metadata
-    cancels: int = 0
-    polls: int = 0
-    downloads: int = 0
-    runs: Counter[str] = field(default_factory=Counter)  # custom_id -> times run
-
-
-@dataclass(slots=True)
-class _File:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: int
-
-    def obj(self) -> dict[str, Any]:
-        return {"id": self.id, "object": "file", "bytes": len(self.data),
-                "created_at": self.created_at, "filename": self.filename,
-                "purpose": self.purpose, "status": "processed", "status_details": None,
-                "expires_at": None}
-
-
-@dataclass(slots=True)
-class _Batch:
-    id: str
-    index: int  # 1-based creation order, for the faults that hit "the first N"
-    endpoint: str
-    input_file_id: str
-    metadata: dict[str, str]
-    created_at: float
-    data: bytes
-    requests: list[tuple[str, int, int]]  # custom_id and the line's byte span in `data`
-    model: str | None
-    tokens: int
-    errors: list[dict[str, Any]] | None
-    expire_share: float | None
-    status: str = "validating"
-    at: dict[str, float] = field(default_factory=dict)  # "in_progress_at", ... when reached
-    done: int = 0
-    ok: int = 0
-    failed: int = 0
-    out: list[bytes] = field(default_factory=list)
-    err: list[bytes] = field(default_factory=list)
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-
-
-def _error_item(code: str, message: str, param: str | None = None,
-                line: int | None = None) -> dict[str, Any]:
-    return {"code": code, "message": message, "param": param, "line": line}
-
-
-def _chance(*parts: object) -> float:
-    """A deterministic draw in [0, 1) for these parts, whatever order batches are run in."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()
-    return int(digest[:8], 16) / 2**32
 
 
 class BatchApi:
     """Files and batches for one `Simulator`, advanced lazily from `clock` (Unix seconds).
 
-    No background task moves a batch on: every request first brings every batch up to the
-    clock's now, so a test that sets the clock sees the state that time implies.
+    No background task moves a batch on: a batch is brought up to the clock's now whenever it
+    is read, and every batch before a create (the queue limit) or a list, so a test that sets
+    the clock sees the state that time implies, whatever order it polls in.
     """
 
     def __init__(self, sim: Simulator, clock: Callable[[], float]) -> None:
         self.sim = sim
         self.clock = clock
-        self.files: dict[str, _File] = {}
-        self.batches: dict[str, _Batch] = {}
+        self.files: dict[str, StoredFile] = {}
+        self.batches: dict[str, Batch] = {}
         self._rng = random.Random(sim.config.seed)
         self._ids = 0
 
@@ -256,12 +188,12 @@ class BatchApi:
                              "purpose")
         if self._rng.random() < self.config.upload_5xx:
             return self._server_error()
-        file = _File(self._new_id("file-"), filename, purpose, data, int(self.clock()))
+        file = StoredFile(self._new_id("file-"), filename, purpose, data, int(self.clock()))
         self.files[file.id] = file
         self.stats.uploads += 1
         return self._json(file.obj())
 
-    def _file_or_404(self, request: web.Request) -> _File | web.Response:
+    def _file_or_404(self, request: web.Request) -> StoredFile | web.Response:
         file_id = request.match_info["file_id"]
         file = self.files.get(file_id)
         if file is None:
@@ -328,7 +260,7 @@ class BatchApi:
             return self._bad(f"Invalid value: '{body['completion_window']}'. Supported values "
                              "are: '24h'.", "completion_window")
         metadata = body.get("metadata") or {}
-        if not _metadata_ok(metadata):
+        if not metadata_ok(metadata):
             return self._bad("Invalid 'metadata': at most 16 pairs of strings, keys up to 64 "
                              "and values up to 512 characters.", "metadata")
         file = self.files.get(body["input_file_id"])
@@ -341,25 +273,25 @@ class BatchApi:
         now = self.clock()
         self._advance_all(now)
         index = len(self.batches) + 1
-        requests, model, tokens, errors = _validate(file.data, body["endpoint"], self.config)
+        requests, model, tokens, errors = validate(file.data, body["endpoint"], self.config)
         cfg = self.config
         if not errors and index <= cfg.fail_validation:
-            errors = [_error_item("invalid_request", "Simulated validation failure "
+            errors = [error_item("invalid_request", "Simulated validation failure "
                                   "(--batch-fail-validation).")]
         if not errors and cfg.queue_tokens and model is not None:
             queued = sum(b.tokens for b in self.batches.values()
                          if b.model == model and b.status in ACTIVE and b.errors is None)
             if queued + tokens > cfg.queue_tokens:
-                errors = [_error_item("token_limit_exceeded",
+                errors = [error_item("token_limit_exceeded",
                                       self._queue_message(model, azure))]
         expiring = cfg.expire_share is not None and (
             cfg.expire_batches == 0 or index <= cfg.expire_batches)
-        batch = _Batch(self._new_id("batch_"), index, body["endpoint"], file.id,
+        batch = Batch(self._new_id("batch_"), index, body["endpoint"], file.id,
                        dict(metadata), now, file.data, requests, model, tokens, errors or None,
                        cfg.expire_share if expiring else None)
         self.batches[batch.id] = batch
         self.stats.created[batch.id] = dict(metadata)
-        return self._json(self._batch_obj(batch))
+        return self._json(batch.obj())
 
     def _queue_message(self, model: str, azure: bool) -> str:
         limit = self.config.queue_tokens
@@ -378,7 +310,7 @@ class BatchApi:
         for batch in self.batches.values():
             self._advance(batch, now)
 
-    def _advance(self, b: _Batch, now: float) -> None:
+    def _advance(self, b: Batch, now: float) -> None:
         step = self.config.seconds / 10
         if b.status == "validating" and now >= b.created_at + step:
             if b.errors:
@@ -403,11 +335,11 @@ class BatchApi:
         if b.status == "cancelling" and now >= b.at["cancelling_at"] + step:
             self._finish(b, "cancelled", b.at["cancelling_at"] + step)
 
-    def _set(self, b: _Batch, status: str, at: float) -> None:
+    def _set(self, b: Batch, status: str, at: float) -> None:
         b.status = status
         b.at[f"{status}_at"] = at
 
-    def _run(self, b: _Batch, upto: int) -> None:
+    def _run(self, b: Batch, upto: int) -> None:
         cfg = self.config
         embeddings = b.endpoint.endswith("/embeddings")
         for custom_id, start, end in b.requests[b.done:upto]:
@@ -418,7 +350,7 @@ class BatchApi:
             problem = None
             if field_name not in body:
                 problem = f"'{field_name}' is a required property"
-            elif _chance(self.sim.config.seed, b.index, custom_id) < cfg.request_errors:
+            elif chance(self.sim.config.seed, b.index, custom_id) < cfg.request_errors:
                 problem = "The simulator rejected this request (--batch-request-errors)."
             if problem is None:
                 response = {"status_code": 200, "request_id": request_id,
@@ -435,7 +367,7 @@ class BatchApi:
             (b.out if problem is None else b.err).append(orjson.dumps(line) + b"\n")
         b.done = max(b.done, upto)
 
-    def _finish(self, b: _Batch, status: str, at: float) -> None:
+    def _finish(self, b: Batch, status: str, at: float) -> None:
         """End a batch: mark what it did not run (if it started), then write its files."""
         if status in ("expired", "cancelled") and "in_progress_at" in b.at:
             code = f"batch_{status}"
@@ -451,41 +383,15 @@ class BatchApi:
         self._set(b, status, at)
         for lines, attr in ((b.out, "output_file_id"), (b.err, "error_file_id")):
             if lines:
-                file = _File(self._new_id("file-"), f"{b.id}_{attr[:-8]}.jsonl",
+                file = StoredFile(self._new_id("file-"), f"{b.id}_{attr[:-8]}.jsonl",
                              "batch_output", b"".join(lines), int(at))
                 self.files[file.id] = file
                 setattr(b, attr, file.id)
         b.data, b.out, b.err = b"", [], []  # the files hold the results now
 
-    def _batch_obj(self, b: _Batch) -> dict[str, Any]:
-        started = "in_progress_at" in b.at
-        finished = b.status in ("completed", "expired", "cancelled")
-
-        def at(name: str) -> int | None:
-            return int(b.at[name]) if name in b.at else None
-
-        return {
-            "id": b.id, "object": "batch", "endpoint": b.endpoint,
-            "errors": {"object": "list", "data": b.errors} if b.status == "failed" else None,
-            "input_file_id": b.input_file_id, "completion_window": "24h", "status": b.status,
-            "output_file_id": b.output_file_id, "error_file_id": b.error_file_id,
-            "created_at": int(b.created_at), "in_progress_at": at("in_progress_at"),
-            "expires_at": int(b.created_at) + 86_400, "finalizing_at": at("finalizing_at"),
-            "completed_at": at("completed_at"), "failed_at": at("failed_at"),
-            "expired_at": at("expired_at"), "cancelling_at": at("cancelling_at"),
-            "cancelled_at": at("cancelled_at"),
-            "request_counts": {
-                "total": len(b.requests) if started else 0,
-                "completed": b.ok,
-                # At the end, "failed" is the error file's lines, the not-run ones included.
-                "failed": b.failed + (len(b.requests) - b.done if finished and started else 0),
-            },
-            "metadata": b.metadata or None,
-        }
-
     # -- batches: read, list, cancel ----------------------------------------------------------
 
-    def _batch_or_404(self, request: web.Request) -> _Batch | web.Response:
+    def _batch_or_404(self, request: web.Request) -> Batch | web.Response:
         batch_id = request.match_info["batch_id"]
         batch = self.batches.get(batch_id)
         if batch is None:
@@ -500,7 +406,7 @@ class BatchApi:
         if self._rng.random() < self.config.poll_5xx:
             return self._server_error()
         batch = self._batch_or_404(request)
-        return batch if isinstance(batch, web.Response) else self._json(self._batch_obj(batch))
+        return batch if isinstance(batch, web.Response) else self._json(batch.obj())
 
     async def _list_batches(self, request: web.Request) -> web.Response:
         if (refused := self._refuse(request)) is not None:
@@ -517,7 +423,7 @@ class BatchApi:
         if after is not None:
             ids = [b.id for b in newest_first]
             newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
-        page = [self._batch_obj(b) for b in newest_first[:limit]]
+        page = [b.obj() for b in newest_first[:limit]]
         return self._json({"object": "list", "data": page,
                            "first_id": page[0]["id"] if page else None,
                            "last_id": page[-1]["id"] if page else None,
@@ -535,96 +441,4 @@ class BatchApi:
         elif batch.status != "cancelling":
             return self._bad(f"Cannot cancel a batch with status '{batch.status}'.",
                              status=409)
-        return self._json(self._batch_obj(batch))
-
-
-def _metadata_ok(metadata: Any) -> bool:
-    return isinstance(metadata, dict) and len(metadata) <= 16 and all(
-        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512
-        for k, v in metadata.items())
-
-
-def _validate(
-    data: bytes, endpoint: str, cfg: BatchConfig,
-) -> tuple[list[tuple[str, int, int]], str | None, int, list[dict[str, Any]]]:
-    """The file's requests (custom_id and byte span), its model, prompt tokens and errors."""
-    if len(data) > cfg.max_file_bytes:
-        return [], None, 0, [_error_item(
-            "file_too_large", f"The input file is {len(data):,} bytes; a batch's input file "
-            f"can be at most {cfg.max_file_bytes:,} bytes.")]
-    requests: list[tuple[str, int, int]] = []
-    errors: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    model: str | None = None
-    model_line = 0
-    tokens = 0
-    start, number = 0, 0
-    while start < len(data) and len(errors) < MAX_ERRORS:
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end
-        raw, span, start = data[start:end], (start, end), end + 1
-        number += 1
-        if not raw.strip():
-            continue
-        problem = _check_line(raw, endpoint, number)
-        if isinstance(problem, dict):
-            errors.append(problem)
-            continue
-        custom_id, body = problem
-        if custom_id in seen:
-            errors.append(_error_item(
-                "duplicate_custom_id", "The custom_id for this request is a duplicate of "
-                "another request. The custom_id parameter must be unique for each request in "
-                "a batch.", "custom_id", number))
-            continue
-        seen[custom_id] = number
-        line_model = body["model"]
-        if model is None:
-            model, model_line = line_model, number
-        elif line_model != model:
-            errors.append(_error_item(
-                "mismatched_model", f"The model '{line_model}' differs from '{model}' on line "
-                f"{model_line}: all requests in a batch must use the same model.",
-                "body.model", number))
-            continue
-        tokens += usage_prompt_tokens(body)
-        requests.append((custom_id, *span))
-    if not errors and len(requests) > cfg.max_requests:
-        errors.append(_error_item(
-            "too_many_requests", f"The input file has {len(requests):,} requests; a batch can "
-            f"have at most {cfg.max_requests:,}."))
-    if not errors and not requests:
-        errors.append(_error_item("empty_file", "The batch input file is empty."))
-    return requests, model, tokens, errors
-
-
-def _check_line(raw: bytes, endpoint: str,
-                number: int) -> dict[str, Any] | tuple[str, dict[str, Any]]:
-    """One line's custom_id and body, or the error that makes it invalid."""
-    try:
-        line = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _error_item("invalid_json_line", "This line is not parseable as valid JSON.",
-                           None, number)
-    if not isinstance(line, dict):
-        return _error_item("invalid_request", "Each line must be a JSON object.", None, number)
-    for name in ("custom_id", "method", "url", "body"):
-        if name not in line:
-            return _error_item("missing_required_parameter",
-                               f"Missing required parameter: '{name}'.", name, number)
-    custom_id, body = line["custom_id"], line["body"]
-    if not isinstance(custom_id, str) or not custom_id:
-        return _error_item("invalid_request", "custom_id must be a non-empty string.",
-                           "custom_id", number)
-    if line["method"] != "POST":
-        return _error_item("invalid_request", "Only the POST method is supported in a batch.",
-                           "method", number)
-    if line["url"] != endpoint:
-        return _error_item("invalid_url", "The URL provided for this request does not match "
-                           "the batch endpoint.", "url", number)
-    if not isinstance(body, dict):
-        return _error_item("invalid_request", "body must be a JSON object.", "body", number)
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        return _error_item("missing_required_parameter",
-                           "Missing required parameter: 'body.model'.", "body.model", number)
-    return custom_id, body
+        return self._json(batch.obj())
