@@ -27,7 +27,8 @@ Batch API: the Files and Batches routes (/v1/files, /v1/batches; Azure's /openai
 /openai/batches) on an accelerated clock, with validation, the enqueued-token limit and faults;
 see batchrun.sim_batch for the behaviour and its flags (--batch-seconds, --batch-queue-tokens,
 --batch-expire, --batch-expire-batches, --batch-fail-validation, --batch-upload-5xx,
---batch-poll-5xx, --batch-request-errors), config (`SimConfig.batch`) and stats (`SimStats.batch`).
+--batch-create-5xx, --batch-poll-5xx, --batch-request-errors), config (`SimConfig.batch`) and
+stats (`SimStats.batch`).
 """
 
 from __future__ import annotations
@@ -437,6 +438,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument("--batch-fail-validation", type=int, default=0, metavar="N",
                    help="the first N batches fail validation")
     for name, what in (("upload-5xx", "chance an upload gets a 500"),
+                       ("create-5xx", "chance a create gets a 500 after creating the batch"),
                        ("poll-5xx", "chance a GET of a batch gets a 500"),
                        ("request-errors", "share of requests that end as 400s")):
         b.add_argument(f"--batch-{name}", type=float, default=0.0, metavar="P", help=what)
@@ -456,7 +458,8 @@ def config_from_argv(argv: list[str] | None) -> tuple[SimConfig, int]:
     batch = BatchConfig(seconds=args.batch_seconds, queue_tokens=args.batch_queue_tokens,
                         expire_share=args.batch_expire, expire_batches=args.batch_expire_batches,
                         fail_validation=args.batch_fail_validation,
-                        upload_5xx=args.batch_upload_5xx, poll_5xx=args.batch_poll_5xx,
+                        upload_5xx=args.batch_upload_5xx, create_5xx=args.batch_create_5xx,
+                        poll_5xx=args.batch_poll_5xx,
                         request_errors=args.batch_request_errors)
     config = SimConfig(limits=limits, latency_s=args.latency, jitter_s=args.jitter,
                        latency_tail=args.tail, habits=habits, faults=faults, seed=args.seed,

@@ -47,6 +47,8 @@ Faults (fields of `BatchConfig`, flags of `python -m batchrun.sim`, deterministi
     --batch-fail-validation N   the first N batches created fail validation (code
                                 `invalid_request`, line null)
     --batch-upload-5xx P        chance that an upload gets a 500 (the file is not stored)
+    --batch-create-5xx P        chance that a create gets a 500 AFTER the batch was created (it
+                                exists and runs, as when a gateway times out: list to find it)
     --batch-poll-5xx P          chance that `GET /v1/batches/{id}` gets a 500
     --batch-request-errors P    share of requests that end in the error file as a 400
 
@@ -277,20 +279,22 @@ class BatchApi:
         cfg = self.config
         if not errors and index <= cfg.fail_validation:
             errors = [error_item("invalid_request", "Simulated validation failure "
-                                  "(--batch-fail-validation).")]
+                                 "(--batch-fail-validation).")]
         if not errors and cfg.queue_tokens and model is not None:
             queued = sum(b.tokens for b in self.batches.values()
                          if b.model == model and b.status in ACTIVE and b.errors is None)
             if queued + tokens > cfg.queue_tokens:
                 errors = [error_item("token_limit_exceeded",
-                                      self._queue_message(model, azure))]
+                                     self._queue_message(model, azure))]
         expiring = cfg.expire_share is not None and (
             cfg.expire_batches == 0 or index <= cfg.expire_batches)
         batch = Batch(self._new_id("batch_"), index, body["endpoint"], file.id,
-                       dict(metadata), now, file.data, requests, model, tokens, errors or None,
-                       cfg.expire_share if expiring else None)
+                      dict(metadata), now, file.data, requests, model, tokens, errors or None,
+                      cfg.expire_share if expiring else None)
         self.batches[batch.id] = batch
         self.stats.created[batch.id] = dict(metadata)
+        if self._rng.random() < cfg.create_5xx:
+            return self._server_error()  # the batch exists and runs; only the answer is lost
         return self._json(batch.obj())
 
     def _queue_message(self, model: str, azure: bool) -> str:
@@ -345,7 +349,7 @@ class BatchApi:
         for custom_id, start, end in b.requests[b.done:upto]:
             body = orjson.loads(b.data[start:end])["body"]
             self.stats.runs[custom_id] += 1
-            request_id = "req_" + hashlib.sha256(f"{b.id}:{custom_id}".encode()).hexdigest()[:24]
+            request_id = "req_" + _line_hash(b, custom_id)
             field_name = "input" if embeddings else "messages"
             problem = None
             if field_name not in body:
@@ -362,7 +366,7 @@ class BatchApi:
                 response = {"status_code": 400, "request_id": request_id,
                             "body": {"error": error}}
                 b.failed += 1
-            line = {"id": f"batch_req_{request_id[4:]}", "custom_id": custom_id,
+            line = {"id": "batch_req_" + _line_hash(b, custom_id), "custom_id": custom_id,
                     "response": response, "error": None}
             (b.out if problem is None else b.err).append(orjson.dumps(line) + b"\n")
         b.done = max(b.done, upto)
@@ -375,8 +379,7 @@ class BatchApi:
                        "expired." if status == "expired" else
                        "This request was not executed because the batch was cancelled.")
             for custom_id, _start, _end in b.requests[b.done:]:
-                line = {"id": "batch_req_" + hashlib.sha256(
-                            f"{b.id}:{custom_id}".encode()).hexdigest()[:24],
+                line = {"id": "batch_req_" + _line_hash(b, custom_id),
                         "custom_id": custom_id, "response": None,
                         "error": {"code": code, "message": message}}
                 b.err.append(orjson.dumps(line) + b"\n")
@@ -384,7 +387,7 @@ class BatchApi:
         for lines, attr in ((b.out, "output_file_id"), (b.err, "error_file_id")):
             if lines:
                 file = StoredFile(self._new_id("file-"), f"{b.id}_{attr[:-8]}.jsonl",
-                             "batch_output", b"".join(lines), int(at))
+                                  "batch_output", b"".join(lines), int(at))
                 self.files[file.id] = file
                 setattr(b, attr, file.id)
         b.data, b.out, b.err = b"", [], []  # the files hold the results now
@@ -442,3 +445,8 @@ class BatchApi:
             return self._bad(f"Cannot cancel a batch with status '{batch.status}'.",
                              status=409)
         return self._json(batch.obj())
+
+
+def _line_hash(b: Batch, custom_id: str) -> str:
+    """The stable part of a result line's id and request id."""
+    return hashlib.sha256(f"{b.id}:{custom_id}".encode()).hexdigest()[:24]

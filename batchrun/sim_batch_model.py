@@ -30,6 +30,7 @@ class BatchConfig:
     expire_batches: int = 1  # ... the first N batches created; 0 = every batch
     fail_validation: int = 0  # the first N batches created fail validation
     upload_5xx: float = 0.0
+    create_5xx: float = 0.0  # the batch is created, then the answer is a 500
     poll_5xx: float = 0.0
     request_errors: float = 0.0
     max_requests: int = 50_000

@@ -340,7 +340,7 @@ async def test_bad_uploads_and_creates_are_refused_as_the_api_does() -> None:
         assert api.sim.stats.batch.created == {}
 
 
-async def test_faults_upload_and_poll_5xx_request_errors_and_a_failed_validation() -> None:
+async def test_faults_5xx_on_upload_poll_and_create_request_errors_failed_validation() -> None:
     rows = [line(f"r{i}") for i in range(40)]
     async with batch_api(upload_5xx=1.0, poll_5xx=1.0) as api:
         status, _ = await api.upload(jsonl(rows))
@@ -349,6 +349,16 @@ async def test_faults_upload_and_poll_5xx_request_errors_and_a_failed_validation
         batch = await api.create(rows)
         status, error = await api.call("GET", f"/batches/{batch['id']}")
         assert status == 500 and error["error"]["type"] == "server_error"
+    async with batch_api(create_5xx=1.0) as api:
+        _, file = await api.upload(jsonl(rows))
+        status, _ = await api.call("POST", "/batches", json={
+            "input_file_id": file["id"], "endpoint": CHAT, "completion_window": "24h",
+            "metadata": {"job": "j", "part": "1"}})
+        assert status == 500  # yet the batch was created, and a list finds it by its metadata
+        _, listed = await api.call("GET", "/batches")
+        [lost] = listed["data"]
+        assert lost["metadata"] == {"job": "j", "part": "1"}
+        assert (await api.run_to_end(lost["id"]))["status"] == "completed"
     async with batch_api(request_errors=0.25, fail_validation=1) as api:
         first = await api.create(rows)
         assert (await api.run_to_end(first["id"]))["status"] == "failed"
@@ -381,8 +391,33 @@ def test_the_command_line_sets_the_batch_api() -> None:
     config, _port = config_from_argv([
         "--batch-seconds", "2", "--batch-queue-tokens", "0", "--batch-expire", "0.3",
         "--batch-expire-batches", "0", "--batch-fail-validation", "2", "--batch-upload-5xx",
-        "0.1", "--batch-poll-5xx", "0.2", "--batch-request-errors", "0.05", "--seed", "7"])
+        "0.1", "--batch-create-5xx", "0.15", "--batch-poll-5xx", "0.2",
+        "--batch-request-errors", "0.05", "--seed", "7"])
     assert config.batch == BatchConfig(
         seconds=2.0, queue_tokens=0, expire_share=0.3, expire_batches=0, fail_validation=2,
-        upload_5xx=0.1, poll_5xx=0.2, request_errors=0.05)
+        upload_5xx=0.1, create_5xx=0.15, poll_5xx=0.2, request_errors=0.05)
     assert config_from_argv([])[0].batch == BatchConfig()
+
+
+async def test_the_threaded_fixture_serves_batches_on_wall_time_or_a_set_clock(
+    sim_factory: Any,
+) -> None:
+    """What a client's test would do: seconds=0 finishes a batch at its first poll."""
+    running = sim_factory(SimConfig(batch=BatchConfig(seconds=0)))
+    headers = {"Authorization": "Bearer sk-anything"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        form = aiohttp.FormData()
+        form.add_field("purpose", "batch")
+        form.add_field("file", jsonl([line("a")]), filename="in.jsonl")
+        async with session.post(f"{running.base_url}/files", data=form) as resp:
+            file_id = (await resp.json())["id"]
+        create = {"input_file_id": file_id, "endpoint": CHAT, "completion_window": "24h"}
+        async with session.post(f"{running.base_url}/batches", json=create) as resp:
+            batch_id = (await resp.json())["id"]
+        async with session.get(f"{running.base_url}/batches/{batch_id}") as resp:
+            assert (await resp.json())["status"] == "completed"
+        running.sim.batch.clock = Clock()  # a running simulator takes a clock of the test's
+        running.sim.config.batch.seconds = 10.0
+        async with session.post(f"{running.base_url}/batches", json=create) as resp:
+            assert (await resp.json())["created_at"] == Clock().t
+    assert running.stats.batch.runs == {"a": 1}
