@@ -34,7 +34,14 @@ from batchrun.classify import Kind, Outcome
 from batchrun.client import ApiClient
 from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
 from batchrun.endpoint import proxy_for
-from batchrun.endpoints.routing import FAIL_STREAK, Out, cool_off_s, may_take, verdict
+from batchrun.endpoints.routing import (
+    FAIL_STREAK,
+    Out,
+    combined,
+    cool_off_s,
+    may_take,
+    verdict,
+)
 from batchrun.endpoints.stamp import with_endpoint
 from batchrun.errors import BadLine, BatchrunError, InputChanged
 from batchrun.events import (
@@ -88,11 +95,12 @@ class Engine:
         self._report = report
         self._done_ids = done
         self._emit = listener
-        only: Client = client or ApiClient(
-            spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0),
-            max_response_bytes=int(spec.max_response_mb * 2**20))
-        self._upstreams = upstreams or [
-            Upstream("", only, spec.endpoint.host, spec.limits_for, budget_for)]
+        if not upstreams:
+            only: Client = client or ApiClient(
+                spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0),
+                max_response_bytes=int(spec.max_response_mb * 2**20))
+            upstreams = [Upstream("", only, spec.endpoint.host, spec.limits_for, budget_for)]
+        self._upstreams = upstreams
         self._clock_given = clock
         self._clock: Callable[[], float] = clock or (lambda: 0.0)
         self._sleep = sleep
@@ -121,7 +129,7 @@ class Engine:
         self._emit(JobStarted(
             input=str(self.spec.input), output=str(self.spec.output), total=report.total,
             already_done=report.already_done, bad_lines=report.bad_total,
-            limits={m: self.spec.limits_for(m) for m in report.models},
+            limits={m: self._limits(m) for m in report.models},
             base_url=self.spec.endpoint.base_url, models=dict(report.models),
             proxy=proxy_for(self.spec.endpoint.base_url),
             endpoints={u.name: u.host for u in self._upstreams if u.name},
@@ -228,6 +236,12 @@ class Engine:
             for route in lane.routes:
                 self._dispatchers.add(self._tg.create_task(self._dispatch(lane, route)))
         return lane
+
+    def _limits(self, model: str) -> Limits:
+        """The model's limits: its one endpoint's, or every serving endpoint's together."""
+        if len(self._upstreams) == 1:
+            return self._upstreams[0].limits_for(model) or Limits()
+        return combined([x for u in self._upstreams if (x := u.limits_for(model)) is not None])
 
     def _routes(self) -> list[Route]:
         return [route for lane in self._lanes.values() for route in lane.routes]

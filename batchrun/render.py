@@ -114,6 +114,9 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
         console.print(f"  updated {j['updated']}")
         if j["message"]:
             console.print(f"  last    {j['message']}", markup=False)
+        for name, counts in j.get("endpoints", {}).items():
+            console.print(f"  via {name}: {counts['done']:,} results ({counts['failed']:,} "
+                          "failed)", markup=False)
         if j["state"] != "done":
             console.print(f"  resume  {j['resume']}", markup=False)
     else:
@@ -143,3 +146,11 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
                 f"{u['requests']:,}", f"{u['rpd']:,}" if u["rpd"] else "-",
             )
         console.print(table)
+
+
+def describe_endpoint(e: dict[str, Any]) -> str:
+    """One endpoint's line of the final summary (--endpoints)."""
+    cost = "cost unknown" if e["cost_usd"] is None else f"${e['cost_usd']:,.4f}"
+    out = "".join(f" · out for {model}: {why}" for model, why in e["out"].items())
+    return (f"{e['requests']:,} requests · {e['tokens']['input']:,} in, "
+            f"{e['tokens']['output']:,} out · {e['rate_limited_429']:,} 429s · {cost}{out}")

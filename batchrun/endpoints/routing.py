@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from batchrun.stop import StopKind
+from batchrun.tiers import Limits
 
 # Retryable failures (5xx, timeouts, resets) in a row that take a route out for a cool-off,
 # when the model has another route to go to.
@@ -52,6 +53,15 @@ def verdict(routes: Sequence[Standing]) -> StopKind | None:
     if Out.REFUSED in outs:
         return StopKind.REFUSED
     return StopKind.NO_NETWORK
+
+
+def combined(limits: Sequence[Limits]) -> Limits:
+    """The limits of several routes of a model together: their sum, unlimited if any is."""
+    def total(values: list[int]) -> int:
+        return 0 if not values or 0 in values else sum(values)
+
+    return Limits(rpm=total([x.rpm for x in limits]), tpm=total([x.tpm for x in limits]),
+                  rpd=total([x.rpd for x in limits]), tpd=total([x.tpd for x in limits]))
 
 
 def cool_off_s(times: int) -> float:

@@ -1,0 +1,71 @@
+"""--endpoints end to end: the CLI in process against two or three simulators on loopback,
+each with its own limits and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from batchrun.sim import SimConfig, SimLimits
+from tests.conftest import read_results, run_cli, write_jsonl
+
+KEY_A = "sk-test-endpointA-0123456789abcdef"
+KEY_B = "sk-test-endpointB-0123456789abcdef"
+
+
+def toml_file(path: Path, *endpoints: str) -> Path:
+    path.write_text("\n".join(endpoints))
+    return path
+
+
+def openai(name: str, url: str, env: str, rpm: int, tpm: int = 0, **extra: Any) -> str:
+    more = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in extra.items())
+    return (f'[[endpoint]]\nname = "{name}"\nbase_url = "{url}"\napi_key_env = "{env}"\n{more}'
+            f'[endpoint.limits."gpt-4o-mini"]\nrpm = {rpm}\ntpm = {tpm}\n')
+
+
+def prompts(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"q{i}", "prompt": f"hello {i}", "max_tokens": 5} for i in range(n)]
+
+
+def test_two_endpoints_share_a_job_one_line_per_id_and_the_manifest_counts_each(
+    tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = sim_factory(SimConfig(SimLimits(rpm=600, window_s=1.0), latency_s=0.02,
+                              api_key=KEY_A))
+    b = sim_factory(SimConfig(SimLimits(rpm=1200, window_s=1.0), latency_s=0.02,
+                              api_key=KEY_B))
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("KEY_B", KEY_B)
+    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 600),
+                     openai("b", b.base_url, "KEY_B", 1200))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(60))
+    out = tmp_path / "out.jsonl"
+    run = run_cli("submit", str(jobs), "-o", str(out), "--endpoints", str(conf),
+                  "--record-endpoint", "--json")
+    assert run.code == 0, run.stderr
+    results = read_results(out)
+    assert len(results) == 60 and all(r["error"] is None for r in results.values())
+    by = {name: sum(r["endpoint"] == name for r in results.values()) for name in "ab"}
+    assert by["a"] == a.stats.ok and by["b"] == b.stats.ok
+    assert by["a"] > 0 and by["b"] > 0
+    summary = orjson.loads(run.stdout)
+    assert {n: e["requests"] for n, e in summary["endpoints"].items()} == by
+    status = orjson.loads(run_cli("status", summary["job"], "--json").stdout)
+    assert status["jobs"][0]["endpoints"] == {n: {"done": by[n], "failed": 0} for n in "ab"}
+
+
+def test_endpoints_beside_a_single_endpoint_flag_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEY_A", KEY_A)
+    conf = toml_file(tmp_path / "e.toml", openai("a", "https://api.openai.com/v1", "KEY_A", 5))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    run = run_cli("submit", str(jobs), "--endpoints", str(conf), "--rpm", "10",
+                  "--base-url", "http://127.0.0.1:9/v1")
+    assert run.code == 2
+    assert "--endpoints and --base-url, --rpm cannot go together" in run.stderr
+    assert not (tmp_path / "jobs.results.jsonl").exists()
