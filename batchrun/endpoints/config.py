@@ -67,9 +67,15 @@ class EndpointConfig:
 
 
 def _line_of(text: str, *needles: str, after: int = 0) -> int | None:
-    """The 1-based number of the first line at or after line `after` holding every needle."""
-    for n, line in enumerate(text.splitlines(), 1):
-        if n >= after and all(needle in line for needle in needles):
+    """The 1-based number of the first line at or after line `after` that sets the key
+    `needles[0]` (or, failing that, holds every needle)."""
+    lines = list(enumerate(text.splitlines(), 1))[max(0, after - 1):]
+    sets = re.compile(rf"""^\s*["']?{re.escape(needles[0])}["']?\s*=""") if needles else None
+    for n, line in lines:
+        if sets is not None and sets.match(line):
+            return n
+    for n, line in lines:
+        if all(needle in line for needle in needles):
             return n
     return None
 
