@@ -34,21 +34,21 @@ def prompts(n: int) -> list[dict[str, Any]]:
 def test_two_endpoints_share_a_job_one_line_per_id_and_the_manifest_counts_each(
     tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    a = sim_factory(SimConfig(SimLimits(rpm=600, window_s=1.0), latency_s=0.02,
+    a = sim_factory(SimConfig(SimLimits(rpm=1200, window_s=1.0), latency_s=0.02,
                               api_key=KEY_A))
-    b = sim_factory(SimConfig(SimLimits(rpm=1200, window_s=1.0), latency_s=0.02,
+    b = sim_factory(SimConfig(SimLimits(rpm=2400, window_s=1.0), latency_s=0.02,
                               api_key=KEY_B))
     monkeypatch.setenv("KEY_A", KEY_A)
     monkeypatch.setenv("KEY_B", KEY_B)
-    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 600),
-                     openai("b", b.base_url, "KEY_B", 1200))
-    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(60))
+    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 1200),
+                     openai("b", b.base_url, "KEY_B", 2400))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(40))
     out = tmp_path / "out.jsonl"
     run = run_cli("submit", str(jobs), "-o", str(out), "--endpoints", str(conf),
                   "--record-endpoint", "--json")
     assert run.code == 0, run.stderr
     results = read_results(out)
-    assert len(results) == 60 and all(r["error"] is None for r in results.values())
+    assert len(results) == 40 and all(r["error"] is None for r in results.values())
     by = {name: sum(r["endpoint"] == name for r in results.values()) for name in "ab"}
     assert by["a"] == a.stats.ok and by["b"] == b.stats.ok
     assert by["a"] > 0 and by["b"] > 0
@@ -69,3 +69,30 @@ def test_endpoints_beside_a_single_endpoint_flag_is_a_usage_error(
     assert run.code == 2
     assert "--endpoints and --base-url, --rpm cannot go together" in run.stderr
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+def test_azure_and_openai_in_one_file_the_refusing_one_is_taken_out_and_the_job_finishes(
+    tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    azure = sim_factory(SimConfig(api_key=KEY_A))
+    openai_sim = sim_factory(SimConfig(api_key=KEY_B))
+    monkeypatch.setenv("AZ_KEY", KEY_A)
+    monkeypatch.setenv("OA_KEY", "sk-test-not-the-right-key-000000")
+    conf = toml_file(
+        tmp_path / "endpoints.toml",
+        openai("openai", openai_sim.base_url, "OA_KEY", 6000),
+        f'[[endpoint]]\nname = "east"\nazure_endpoint = "{azure.azure_endpoint}"\n'
+        'api_key_env = "AZ_KEY"\n[endpoint.models]\n"gpt-4o-mini" = "mini-east"\n')
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(20))
+    out = tmp_path / "out.jsonl"
+    run = run_cli("submit", str(jobs), "-o", str(out), "--endpoints", str(conf), "--json")
+    assert run.code == 0, run.stderr
+    results = read_results(out)
+    assert len(results) == 20 and all(r["error"] is None for r in results.values())
+    # The Azure deployment answered every one, under its deployment name.
+    assert {r["response"]["body"]["model"] for r in results.values()} == {"mini-east"}
+    assert "endpoint" not in next(iter(results.values()))  # no --record-endpoint
+    summary = orjson.loads(run.stdout)["endpoints"]
+    assert summary["east"]["requests"] == 20 and summary["openai"]["requests"] == 0
+    assert summary["openai"]["out"] == {"gpt-4o-mini": "refused the key"}
+    assert openai_sim.stats.statuses[401] >= 1
