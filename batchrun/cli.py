@@ -19,6 +19,7 @@ from rich.text import Text
 
 from batchrun import __version__, ledger, runner
 from batchrun.endpoint import Endpoint
+from batchrun.endpoints import EndpointConfig, load_endpoints
 from batchrun.endpoints.tally import EndpointTally
 from batchrun.endpoints.upstreams import with_endpoints
 from batchrun.engine import JobSpec
@@ -187,15 +188,19 @@ def _with_endpoints(ctx: typer.Context, spec: JobSpec, path: Path | None, record
             raise InputError("--record-endpoint names the endpoint of --endpoints in each "
                              "output line; give --endpoints FILE.toml too.")
         return spec
+    _refuse_beside_endpoints(ctx, path)
+    return with_endpoints(spec, path, record)
+
+
+def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
     given = [f"--{name.replace('_', '-')}" for name in _SINGLE_ENDPOINT
-             if (src := ctx.get_parameter_source(name)) is not None
+             if name in ctx.params and (src := ctx.get_parameter_source(name)) is not None
              and src.name == "COMMANDLINE"]
     if given:
         raise InputError(
             f"--endpoints and {', '.join(given)} cannot go together: with --endpoints each "
             f"endpoint's URL, key variable, tier and limits come from {path}. Drop "
             f"{', '.join(given)}, or drop --endpoints to use one endpoint.")
-    return with_endpoints(spec, path, record)
 
 
 def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
@@ -294,6 +299,7 @@ def status(
 
 @app.command()
 def estimate(
+    ctx: typer.Context,
     jobs: Jobs,
     model: Model = "gpt-4o-mini",
     tier: Tier = "tier1",
@@ -309,13 +315,21 @@ def estimate(
     on_bad_line: Annotated[OnBadLine, typer.Option(
         help="fail: list bad lines and stop; skip: estimate the rest")] = OnBadLine.fail,
     json_: Json = False,
+    endpoints: Annotated[Path | None, typer.Option(
+        envvar="BATCHRUN_ENDPOINTS", metavar="FILE.toml",
+        help="plan under these endpoints' limits together")] = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
+    configs: tuple[EndpointConfig, ...] = ()
+    if endpoints is not None:
+        _refuse_beside_endpoints(ctx, endpoints)
+        configs = load_endpoints(endpoints, need_keys=False)
     used_today, known = _ledger_lookup()
     result = estimate_job(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
         on_bad_line=on_bad_line.value, used_today=used_today, today_known=known,
+        endpoints=configs,
     )
     if json_:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")

@@ -58,6 +58,14 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                       "with the server's limits)")
         table.add_row("time", " · ".join(parts) + binds + " (at the steady rate; a full "
                       "bucket at the start can save up to a minute)")
+        for ep in m.get("endpoints", []):
+            rate = ep["requests_per_min"]
+            pace = "unlimited" if rate is None else f"{rate:,.0f} req/min"
+            role = (f"{ep['share']:.0%} of requests" if ep["share"] else
+                    "spare (priority 2)" if ep["priority"] == 2 else "no share")
+            binds = f", {ep['binding'].upper()} binds" if ep["binding"] else ""
+            table.add_row(f"  {ep['name']}", f"{describe_limits(Limits(**ep['limits']))} → "
+                          f"{pace}{binds} · {role}")
         used = m["used_today"]
         today = (f"{used['tokens']:,} tokens already used today" if used["known"]
                  else "today counted as unused: set OPENAI_API_KEY to count its usage")
