@@ -32,7 +32,15 @@ from typing import Any
 from batchrun.checkpoint import OutputWriter, result_line
 from batchrun.classify import Kind, Outcome
 from batchrun.client import ApiClient
-from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
+from batchrun.decide import (
+    MAX_RATE_LIMITED,
+    NO_NETWORK_TRIES,
+    Action,
+    Policy,
+    decide,
+    never_connected,
+    outcome_usage,
+)
 from batchrun.endpoint import proxy_for
 from batchrun.endpoints.routing import (
     FAIL_STREAK,
@@ -402,6 +410,11 @@ class Engine:
         queue for another route, with a fresh count of failures. True: handled here."""
         outcome = job.last
         assert outcome is not None and job.day is not None
+        if (action is Action.BACKOFF and not route.connected and never_connected(outcome)
+                and route.streak >= NO_NETWORK_TRIES):
+            # Nothing through this endpoint ever connected: its own "no network" (each request
+            # moves on to other routes, so no one request counts this route's failures).
+            action = Action.STOP_NO_NETWORK
         if action in (Action.WAIT_DAY, Action.STOP_DAILY):
             # Its dispatcher finds the budget spent at its next admission and takes it out.
             route.budget.exhaust(job.day)
@@ -418,7 +431,9 @@ class Engine:
             route.cool_offs += 1
             pause = cool_off_s(route.cool_offs)
             route.back_at = self._clock() + pause
-            self._move(lane, job)
+            # Its failures still count: when every route keeps failing, the request fails
+            # after --max-retries, as with one endpoint.
+            self._move(lane, job, fresh=False)
 
             async def back_in() -> None:
                 await self._sleep(pause)
@@ -431,8 +446,11 @@ class Engine:
             return True
         return False
 
-    def _move(self, lane: Lane, job: Job) -> None:
-        job.tries.failures = 0
+    def _move(self, lane: Lane, job: Job, fresh: bool = True) -> None:
+        """Back to the front of the model's queue for another route; `fresh`: the failures
+        it met belong to the endpoint just taken out, not to the request."""
+        if fresh:
+            job.tries.failures = 0
         lane.retries.appendleft(job)
         lane.changed.set()
 

@@ -178,3 +178,25 @@ def test_an_endpoint_that_keeps_failing_cools_off_and_its_requests_go_elsewhere(
     assert stop is None
     assert by == {"broken": 0, "good": 60}  # none recorded as failed: each went elsewhere
     assert ("broken", "failing") in outs(events)
+
+
+def test_every_endpoint_unreachable_stops_the_job_as_no_network(tmp_path: Path) -> None:
+    down = Outcome(Kind.RETRY, code="connection_error", message="Cannot connect", sent=False)
+    stop, events, _, by = run(tmp_path, 20, {"a": Ep(always(0.0, down)),
+                                             "b": Ep(always(0.0, down))})
+    assert stop is not None and stop.kind is StopKind.NO_NETWORK
+    assert stop.host == "a.test, b.test"
+    assert by == {"a": 0, "b": 0}  # nothing recorded as failed
+    assert sorted(outs(events)) == [("a", "unreachable"), ("b", "unreachable")]
+
+
+def test_when_every_endpoint_keeps_failing_requests_fail_after_max_retries(
+    tmp_path: Path,
+) -> None:
+    broken = status(500, Kind.RETRY)
+    stop, _, _, _ = run(tmp_path, 10, {"a": Ep(always(0.1, broken)),
+                                       "b": Ep(always(0.1, broken))}, max_retries=2)
+    assert stop is None
+    results = read_results(tmp_path / "out.jsonl")
+    assert len(results) == 10
+    assert all(r["error"]["code"] == "http_500" for r in results.values())
