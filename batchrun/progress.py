@@ -150,6 +150,7 @@ class ProgressDisplay:
         self.stats = stats
         self._endpoints = endpoints  # --endpoints: a gauge line per endpoint
         self._endpoint_rates: dict[str, _Rates] = {}
+        self._endpoint_budgets: dict[str, BudgetUsed] = {}
         self._clock = clock
         self._models: dict[str, _Model] = {}
         self._started_at = clock()
@@ -207,8 +208,11 @@ class ProgressDisplay:
                 m = self._model(model)
                 m.finished += 1
                 m.rates.add(tin + tout)
-            case BudgetUsed(model=model):
-                self._budgets[model] = event
+            case BudgetUsed(model=model, endpoint=name):
+                if name:  # --endpoints: each endpoint's own budget, on its own line
+                    self._endpoint_budgets[name] = event
+                else:
+                    self._budgets[model] = event
             case Throttled(pause_s=pause):
                 self._cooling_until = max(self._cooling_until, self._clock() + pause)
             case RouteChanged(endpoint=name, model=model, state=state, detail=detail):
@@ -249,7 +253,8 @@ class ProgressDisplay:
                     "x-ratelimit headers and 429s; give --rpm/--tpm/--tpd to set them)",
                     markup=False)
         via = f" via proxy {event.proxy}" if event.proxy else ""
-        self.console.print(f"  sending to {event.base_url}{via}", markup=False)
+        to = ", ".join(f"{name} ({host})" for name, host in event.endpoints.items())
+        self.console.print(f"  sending to {to or event.base_url}{via}", markup=False)
 
     def _eta_s(self) -> float | None:
         """The job ends when its slowest model does: each runs in its own lane."""
@@ -373,6 +378,11 @@ class ProgressDisplay:
             rates = self._endpoint_rates.get(name)
             requests, tokens = rates.last_minute() if rates else (0, 0)
             out = "".join(f" · out ({model}: {why})" for model, why in c.out.items())
+            budget = self._endpoint_budgets.get(name)
+            today = ""
+            if budget is not None and (budget.tpd or budget.rpd):
+                today = " · today " + (_against(budget.tokens, budget.tpd, "tok") if budget.tpd
+                                       else _against(budget.requests, budget.rpd, "req"))
             lines.append(f"{name}: {compact(requests)} req · {compact(tokens)} tok last minute · "
-                         f"{c.ok + c.failed:,} done · {c.rate_limited:,} 429s{out}")
+                         f"{c.ok + c.failed:,} done · {c.rate_limited:,} 429s{today}{out}")
         return lines
