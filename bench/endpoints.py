@@ -10,6 +10,11 @@ requests take (N - the first windows' worth) / (summed RPM / 60) seconds, plus o
 
     python bench/endpoints.py                             # 600 + 1,200 RPM, 900 requests, 3 runs
     python bench/endpoints.py --rpm 600 1200 1800 --requests 1800
+    python bench/endpoints.py --tpd-first 10000            # the first runs out of its day
+
+With --tpd-first the first endpoint's daily token budget runs out mid-job. Its ideal: both
+serve until the first has done what its budget covered (as many requests as it answered in the
+run), then the others alone.
 """
 
 from __future__ import annotations
@@ -31,13 +36,18 @@ LATENCY_S = 0.3
 WINDOW_S = 1.0
 
 
-def ideal_seconds(rpms: list[int], requests: int) -> float:
+def ideal_seconds(rpms: list[int], requests: int, first_served: int | None = None) -> float:
     rate = sum(rpms) / 60
     first = sum(rpm / 60 * WINDOW_S for rpm in rpms)
-    return max(0.0, requests - first) / rate + LATENCY_S
+    if first_served is None:
+        return max(0.0, requests - first) / rate + LATENCY_S
+    r0, rest = rpms[0] / 60, sum(rpms[1:]) / 60
+    spent_at = max(0.0, first_served - r0 * WINDOW_S) / r0
+    by_then = (first - r0 * WINDOW_S) + rest * spent_at
+    return spent_at + max(0.0, requests - first_served - by_then) / rest + LATENCY_S
 
 
-def run_once(rpms: list[int], requests: int, workdir: Path) -> dict[str, Any]:
+def run_once(rpms: list[int], requests: int, workdir: Path, tpd_first: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(dir=workdir))  # each run is a new job
     jobs = workdir / "jobs.jsonl"
     with jobs.open("wb") as f:
@@ -55,7 +65,7 @@ def run_once(rpms: list[int], requests: int, workdir: Path) -> dict[str, Any]:
                 stdout=subprocess.PIPE, text=True))
             blocks.append(f'[[endpoint]]\nname = "ep{n}"\nbase_url = "http://127.0.0.1:{port}/v1"\n'
                           f'api_key_env = "BENCH_KEY_{n}"\n[endpoint.limits."gpt-4o-mini"]\n'
-                          f"rpm = {rpm}\ntpm = 0\nrpd = 0\ntpd = 0\n")
+                          f"rpm = {rpm}\ntpm = 0\nrpd = 0\ntpd = {tpd_first if n == 0 else 0}\n")
         for server in servers:
             assert server.stdout is not None
             server.stdout.readline()  # "listening on ..."
@@ -81,18 +91,23 @@ def main() -> None:
     parser.add_argument("--rpm", type=int, nargs="+", default=[600, 1200])
     parser.add_argument("--requests", type=int, default=900)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tpd-first", type=int, default=0, help="first endpoint's TPD")
     args = parser.parse_args()
     ideal = ideal_seconds(args.rpm, args.requests)
     shares, rates, splits = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.runs):
-            s = run_once(args.rpm, args.requests, Path(tmp))
+            s = run_once(args.rpm, args.requests, Path(tmp), args.tpd_first)
+            if args.tpd_first:
+                ideal = ideal_seconds(args.rpm, args.requests,
+                                      s["endpoints"]["ep0"]["requests"])
             shares.append(ideal / s["wall_seconds"])
             rates.append(s["rate_limited_429"] / max(1, s["requests"]["ok"]))
             splits.append([e["requests"] for e in s["endpoints"].values()])
             print(f"  run: {s['wall_seconds']:.1f}s, share {shares[-1]:.1%}, 429s "
                   f"{s['rate_limited_429']}, split {splits[-1]}", flush=True)
-    rpm = " + ".join(f"{r:,}" for r in args.rpm)
+    rpm = " + ".join(f"{r:,}" for r in args.rpm) + (
+        f" (first: {args.tpd_first:,} TPD)" if args.tpd_first else "")
     print(f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print("| endpoints (RPM, 1 s windows) | requests | ideal | share of ideal (median) | "
           "429s per success (median) | split (median run) | runs |")
