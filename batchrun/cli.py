@@ -324,7 +324,8 @@ def estimate(
     if endpoints is not None:
         _refuse_beside_endpoints(ctx, endpoints)
         configs = load_endpoints(endpoints, need_keys=False)
-    used_today, known = _ledger_lookup()
+    # Today's usage is per endpoint and key with --endpoints: not looked up (counted as unused).
+    used_today, known = ((lambda _model: (0, 0)), False) if configs else _ledger_lookup()
     result = estimate_job(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,

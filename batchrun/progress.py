@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from batchrun.endpoints.routing import BACK
 from batchrun.endpoints.tally import EndpointTally
 from batchrun.events import (
     BudgetUsed,
@@ -216,8 +217,9 @@ class ProgressDisplay:
             case Throttled(pause_s=pause):
                 self._cooling_until = max(self._cooling_until, self._clock() + pause)
             case RouteChanged(endpoint=name, model=model, state=state, detail=detail):
-                self.console.print(f"endpoint {name} is out for {model}: {state} ({detail})",
-                                   markup=False)
+                said = (f"is back in rotation for {model}" if state == BACK else
+                        f"is out for {model}: {state} ({detail})")
+                self.console.print(f"endpoint {name} {said}", markup=False)
             case StateChanged(state=state, detail=detail):
                 self._detail = detail if state in ("draining", "paused-daily") else ""
                 if not self.live_mode:

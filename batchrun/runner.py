@@ -71,6 +71,11 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
 def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec, bool]:
     """Rebuild a job's spec from its manifest, with any options the user gives on resume."""
     o = {**m.options}
+    given = [f"--{k}" for k, v in overrides.get("limits", {}).items() if v is not None]
+    if o.get("endpoints") and given:
+        raise InputError(
+            f"job {m.job_id} runs over the endpoints of {o['endpoints']}, where each endpoint's "
+            f"limits are: change them there, not with {', '.join(given)}.")
     limit_overrides = {**o["overrides"], **{k: v for k, v in overrides.pop("limits", {}).items()
                                             if v is not None}}
     o.update({k: v for k, v in overrides.items() if v is not None})

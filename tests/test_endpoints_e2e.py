@@ -21,10 +21,11 @@ def toml_file(path: Path, *endpoints: str) -> Path:
     return path
 
 
-def openai(name: str, url: str, env: str, rpm: int, tpm: int = 0, **extra: Any) -> str:
+def openai(name: str, url: str, env: str, rpm: int, tpm: int = 0, tpd: int = 0,
+           **extra: Any) -> str:
     more = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in extra.items())
     return (f'[[endpoint]]\nname = "{name}"\nbase_url = "{url}"\napi_key_env = "{env}"\n{more}'
-            f'[endpoint.limits."gpt-4o-mini"]\nrpm = {rpm}\ntpm = {tpm}\n')
+            f'[endpoint.limits."gpt-4o-mini"]\nrpm = {rpm}\ntpm = {tpm}\ntpd = {tpd}\n')
 
 
 def prompts(n: int) -> list[dict[str, Any]]:
@@ -96,3 +97,18 @@ def test_azure_and_openai_in_one_file_the_refusing_one_is_taken_out_and_the_job_
     assert summary["east"]["requests"] == 20 and summary["openai"]["requests"] == 0
     assert summary["openai"]["out"] == {"gpt-4o-mini": "refused the key"}
     assert openai_sim.stats.statuses[401] >= 1
+
+
+def test_resume_of_an_endpoints_job_takes_its_limits_from_the_file_only(
+    tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = sim_factory(SimConfig(api_key=KEY_A))
+    monkeypatch.setenv("KEY_A", KEY_A)
+    conf = toml_file(tmp_path / "e.toml", openai("a", a.base_url, "KEY_A", 6000, tpd=150))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(20))
+    first = run_cli("submit", str(jobs), "--endpoints", str(conf))
+    assert first.code == 3, first.stderr  # its one endpoint is spent for the day
+    assert "Daily token budget reached for gpt-4o-mini" in first.stderr
+    refused = run_cli("resume", "--rpm", "5")
+    assert refused.code == 2
+    assert f"runs over the endpoints of {conf}" in refused.stderr and "--rpm" in refused.stderr

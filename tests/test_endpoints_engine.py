@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.client import Endpoint, Kind, Outcome
+from batchrun.endpoints.routing import BACK
 from batchrun.engine import Engine, JobSpec, Upstream
 from batchrun.events import Event, RouteChanged
 from batchrun.jobs import Request, check_input
@@ -200,3 +201,18 @@ def test_when_every_endpoint_keeps_failing_requests_fail_after_max_retries(
     results = read_results(tmp_path / "out.jsonl")
     assert len(results) == 10
     assert all(r["error"]["code"] == "http_500" for r in results.values())
+
+
+def test_a_failing_endpoint_comes_back_after_its_cool_off(tmp_path: Path) -> None:
+    def broken_for_20s(request: Request, attempt: int, now: float) -> tuple[float, Outcome]:
+        return 0.1, (status(503, Kind.RETRY) if now < 20 else ok())
+
+    flaky = Ep(broken_for_20s, Limits(rpm=30))
+    steady = Ep(always(0.1), Limits(rpm=30))
+    stop, events, _, by = run(tmp_path, 100, {"flaky": flaky, "steady": steady})
+    assert stop is None and sum(by.values()) == 100
+    assert outs(events) == [("flaky", "failing"), ("flaky", BACK)]
+    assert flaky.server is not None
+    back = next(t for t, _ in flaky.server.sent if t >= 20)
+    assert back >= 30  # out for the first cool-off, 30 s
+    assert by["flaky"] >= 10  # and it took its share again

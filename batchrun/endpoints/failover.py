@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from batchrun.decide import NO_NETWORK_TRIES, Action, never_connected
-from batchrun.endpoints.routing import FAIL_STREAK, Out, cool_off_s, may_take, verdict
+from batchrun.endpoints.routing import BACK, FAIL_STREAK, Out, cool_off_s, may_take, verdict
 from batchrun.events import Listener, RouteChanged
 from batchrun.lanes import Job, Lane, Route
 from batchrun.ledger import fmt_wait
@@ -91,8 +91,7 @@ class RouteFailover:
                 await self._wait_for_reset(lane)
                 for each in lane.routes:
                     if each.out is Out.DAILY:
-                        each.out = None
-                lane.changed.set()
+                        self._back_in(lane, each)
                 return True
             self._halt(Stop(StopKind.DAILY), "daily budget reached: finishing requests in flight",
                        lane)
@@ -140,7 +139,7 @@ class RouteFailover:
 
             async def back_in() -> None:
                 await self._sleep(pause)
-                lane.changed.set()
+                self._back_in(lane, route)
 
             self._later(back_in())
             await self._take_out(lane, route, Out.FAILING,
@@ -148,6 +147,13 @@ class RouteFailover:
                                  f"back in {fmt_wait(dt.timedelta(seconds=pause))}")
             return True
         return False
+
+    def _back_in(self, lane: Lane, route: Route) -> None:
+        """A new UTC day or the end of a cool-off: the route takes work again."""
+        route.out, route.streak = None, 0
+        if route.name:
+            self._emit(RouteChanged(route.name, lane.model, BACK))
+        lane.changed.set()
 
     def _move(self, lane: Lane, job: Job, fresh: bool = True) -> None:
         """Back to the front of the model's queue for another route; `fresh`: the failures

@@ -22,6 +22,9 @@ FIRST_COOL_OFF_S = 30.0
 MAX_COOL_OFF_S = 600.0
 
 
+BACK = "back in rotation"  # the state of a RouteChanged event for a route that takes work again
+
+
 class Out(enum.Enum):
     DAILY = "spent for the day"
     REFUSED = "refused the key"

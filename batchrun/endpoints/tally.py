@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchrun.endpoints.routing import BACK
 from batchrun.events import Event, RequestFinished, RequestSent, RouteChanged, Throttled
 from batchrun.tiers import price
 
@@ -55,7 +56,10 @@ class EndpointTally:
             case Throttled(endpoint=name) if name:
                 self._of(name).rate_limited += 1
             case RouteChanged(endpoint=name, model=model, state=state):
-                self._of(name).out[model] = state
+                if state == BACK:
+                    self._of(name).out.pop(model, None)
+                else:
+                    self._of(name).out[model] = state
 
     def summary(self) -> dict[str, Any]:
         return {name: {
