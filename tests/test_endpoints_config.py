@@ -173,3 +173,15 @@ def test_the_model_stops_only_when_every_route_is_out_for_good() -> None:
 def test_combined_limits_add_up_and_unlimited_wins() -> None:
     assert combined([Limits(600, 1000), Limits(1200, 0)]) == Limits(1800, 0)
     assert cool_off_s(1) == 30 and cool_off_s(2) == 60 and cool_off_s(10) == 600
+
+
+def test_one_key_listed_twice_for_one_host_is_refused(tmp_path: Path) -> None:
+    twice = GOOD + '''
+[[endpoint]]
+name = "again"
+base_url = "https://api.openai.com/v1"
+api_key_env = "KEY_ONE"
+'''
+    message = refused(tmp_path, twice)
+    assert ("line 24: endpoints 'openai-main' and 'again' both send to api.openai.com with "
+            "$KEY_ONE") in message

@@ -126,3 +126,17 @@ def test_record_endpoint_needs_endpoints_and_simulate_does_not_mix_with_them(
     mixed = run_cli("submit", str(jobs), "--simulate")
     assert mixed.code == 2 and "--endpoints and --simulate cannot go together" in mixed.stderr
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+def test_one_key_in_two_variables_for_one_host_is_refused_before_sending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("SAME_AS_A", KEY_A)
+    conf = toml_file(tmp_path / "e.toml", openai("a", "http://127.0.0.1:9/v1", "KEY_A", 5),
+                     openai("b", "http://127.0.0.1:9/v1", "SAME_AS_A", 5))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    run = run_cli("submit", str(jobs), "--endpoints", str(conf))
+    assert run.code == 2
+    assert "endpoints 'a' and 'b' send to 127.0.0.1:9 with the same key" in run.stderr
+    assert KEY_A not in run.stderr

@@ -229,11 +229,20 @@ def load_endpoints(path: Path, need_keys: bool = True) -> tuple[EndpointConfig, 
         raise InputError(f"{path}: no [[endpoint]] tables; list at least one endpoint")
     configs = tuple(_endpoint(reader, i, raw, need_keys) for i, raw in enumerate(items))
     seen: dict[str, int] = {}
+    accounts: dict[tuple[str, str], str] = {}
     for i, config in enumerate(configs):
         if config.name in seen:
             raise reader.fail(i, f"two endpoints are named {config.name!r}; names must be "
                               "unique (they name the endpoint in output and status)", "name")
         seen[config.name] = i
+        if not config.endpoint.azure:  # an Azure resource's deployments each have a quota
+            account = (config.endpoint.host, config.endpoint.key_env)
+            if account in accounts:
+                raise reader.fail(
+                    i, f"endpoints {accounts[account]!r} and {config.name!r} both send to "
+                    f"{config.endpoint.host} with ${config.endpoint.key_env}: one key's limits "
+                    "would be paced twice over. List each key once.", "api_key_env")
+            accounts[account] = config.name
     return configs
 
 

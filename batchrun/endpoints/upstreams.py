@@ -10,6 +10,7 @@ from pathlib import Path
 
 from batchrun.client import ApiClient
 from batchrun.endpoints.config import EndpointConfig, load_endpoints
+from batchrun.errors import InputError
 from batchrun.lanes import Upstream
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
 from batchrun.spec import JobSpec
@@ -26,7 +27,10 @@ def _limits(config: EndpointConfig) -> Callable[[str], Limits | None]:
 def _budgets(config: EndpointConfig, ledger: Ledger,
              keyfp: str) -> Callable[[str, Limits], DailyBudget]:
     def budget_for(model: str, limits: Limits) -> DailyBudget:
-        scope = Scope(config.endpoint.host, keyfp, family(model) or model)
+        # As one endpoint's scope, by the name the endpoint knows the model by: an Azure
+        # deployment is its own quota.
+        name = config.deployment(model)
+        scope = Scope(config.endpoint.host, keyfp, family(name) or name)
         return DailyBudget(ledger, scope, limits.tpd, limits.rpd)
 
     return budget_for
@@ -34,9 +38,17 @@ def _budgets(config: EndpointConfig, ledger: Ledger,
 
 def build_upstreams(spec: JobSpec, ledger: Ledger) -> list[Upstream]:
     """Each endpoint's key is read from its variable here, and never kept anywhere else."""
-    upstreams = []
+    upstreams: list[Upstream] = []
+    keys: dict[tuple[str, str], str] = {}
     for config in spec.endpoints:
         key = config.endpoint.api_key()
+        account = (config.endpoint.host, key_fingerprint(key))
+        if not config.endpoint.azure and account in keys:
+            raise InputError(
+                f"{spec.endpoints_file}: endpoints {keys[account]!r} and {config.name!r} send "
+                f"to {config.endpoint.host} with the same key (in ${config.endpoint.key_env}): "
+                "one key's limits would be paced twice over. List each key once.")
+        keys[account] = config.name
         client = ApiClient(config.endpoint, key, spec.timeout_s,
                            max(512, spec.concurrency or 0),
                            max_response_bytes=int(spec.max_response_mb * 2**20))
