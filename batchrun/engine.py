@@ -283,7 +283,6 @@ class Engine(RouteFailover):
                 if await self._take_out(lane, route, Out.DAILY, route.budget.describe()):
                     continue
                 return
-            route.counts.sent += 1
             self._emit(RequestSent(lane.model, job.cost, route.name))
             task = self._tg.create_task(self._attempt(lane, route, job, ticket))
             self._attempts.add(task)
@@ -315,7 +314,8 @@ class Engine(RouteFailover):
         elif action is Action.BACKOFF:
             self._retry_later(lane, job, outcome.hint_s)
         elif action in (Action.WAIT_DAY, Action.STOP_DAILY):
-            route.budget.exhaust(job.day)  # type: ignore[arg-type]  # set by admit
+            assert job.day is not None  # admit set it
+            route.budget.exhaust(job.day)
             if action is Action.WAIT_DAY:
                 lane.retries.appendleft(job)  # sent again after 00:00 UTC
                 lane.changed.set()
@@ -378,12 +378,6 @@ class Engine(RouteFailover):
             error = (out.code or "request_failed", reason)
         # tries counts the retryable outcomes; the last one is among them only if it was one
         sent = job.tries.attempts + (out.kind not in (Kind.RETRY, Kind.RATE_MINUTE))
-        tokens_in, tokens_out = outcome_usage(out) or (0, 0)
-        counts = route.counts
-        counts.ok += ok
-        counts.failed += not ok
-        counts.tokens_in += tokens_in
-        counts.tokens_out += tokens_out
         self._record(job.request.custom_id, lane.model, out, error, sent, route.name)
         self._ended(lane)
 

@@ -71,18 +71,6 @@ class Job:
         return self.size.charge
 
 
-@dataclass(slots=True)
-class RouteCounts:
-    """What one route did, for the summary and the manifest."""
-
-    sent: int = 0
-    ok: int = 0
-    failed: int = 0
-    rate_limited: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-
-
 class Route:
     """One endpoint's share of one model: its client, limiter and daily budget (its own ledger
     scope: the endpoint's host, the key's fingerprint, the model family).
@@ -106,7 +94,6 @@ class Route:
         self.back_at = math.inf  # Out.FAILING: when its cool-off ends (engine clock)
         self.streak = 0  # retryable failures in a row
         self.cool_offs = 0
-        self.counts = RouteCounts()
 
     @property
     def name(self) -> str:
@@ -158,7 +145,6 @@ class Route:
 
     def rate_limited(self, ticket: Ticket, hint_s: float | None) -> float:
         """A per-minute 429: the limiter's one shared pause (Limiter.rate_limited)."""
-        self.counts.rate_limited += 1
         return self.limiter.rate_limited(ticket, hint_s)
 
     def request_for(self, request: Request) -> Request:
