@@ -216,3 +216,14 @@ def test_a_failing_endpoint_comes_back_after_its_cool_off(tmp_path: Path) -> Non
     back = next(t for t, _ in flaky.server.sent if t >= 20)
     assert back >= 30  # out for the first cool-off, 30 s
     assert by["flaky"] >= 10  # and it took its share again
+
+
+def test_one_refusing_and_one_unreachable_stop_as_refused_with_the_refusal_s_words(
+    tmp_path: Path,
+) -> None:
+    refused = status(401, Kind.REFUSED, "Incorrect API key provided")
+    down = Outcome(Kind.RETRY, code="connection_error", message="Cannot connect", sent=False)
+    stop, _, _, _ = run(tmp_path, 10, {"a": Ep(always(0.0, refused)),
+                                       "b": Ep(always(0.5, down))})
+    assert stop is not None and stop.kind is StopKind.REFUSED
+    assert stop.server_message == "Incorrect API key provided" and stop.status == 401

@@ -96,13 +96,14 @@ class RouteFailover:
             self._halt(Stop(StopKind.DAILY), "daily budget reached: finishing requests in flight",
                        lane)
         elif kind is StopKind.REFUSED:
-            last = route.refusal
+            # The words of a refusing endpoint, even if the last one out was unreachable.
+            last = next(r.refusal for r in lane.routes if r.out is Out.REFUSED)
             assert last is not None
             self._halt(Stop(StopKind.REFUSED, server_message=last.message, code=last.code,
                             status=last.status), "the API refused the key or account")
         else:
-            last = route.refusal
-            self._halt(Stop(StopKind.NO_NETWORK, server_message=last.message if last else "",
+            self._halt(Stop(StopKind.NO_NETWORK, server_message=route.refusal.message
+                            if route.refusal else "",
                             host=", ".join(r.upstream.host for r in lane.routes)),
                        "cannot reach the API")
         return False
