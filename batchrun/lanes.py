@@ -143,6 +143,12 @@ class Route:
         self.budget.settle(job.day, job.cost, billed(outcome, job.cost))
         self.settled.set()
 
+    def exhaust(self, job: Job) -> None:
+        """The API said the day's budget is spent (a per-day 429): for the day the job's
+        reservation was made on (DailyBudget.exhaust)."""
+        assert job.day is not None  # admit set it
+        self.budget.exhaust(job.day)
+
     def rate_limited(self, ticket: Ticket, hint_s: float | None) -> float:
         """A per-minute 429: the limiter's one shared pause (Limiter.rate_limited)."""
         return self.limiter.rate_limited(ticket, hint_s)

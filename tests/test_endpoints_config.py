@@ -185,3 +185,11 @@ api_key_env = "KEY_ONE"
     message = refused(tmp_path, twice)
     assert ("line 24: endpoints 'openai-main' and 'again' both send to api.openai.com with "
             "$KEY_ONE") in message
+
+
+def test_a_key_as_a_table_key_is_refused_too(tmp_path: Path) -> None:
+    secret = "sk-proj-abcdefghijklmnop0123456789"
+    message = refused(tmp_path, GOOD.replace('"gpt-4o-mini" = "my-4o-mini-deployment"',
+                                             f'"{secret}" = "x"'))
+    assert "line 19: a name holds what looks like an API key" in message
+    assert secret not in message

@@ -105,11 +105,12 @@ def _scan_for_keys(reader: _Reader, data: Any, index: int) -> None:
     """Refuse any string in the file that looks like an API key, naming its line only."""
     if isinstance(data, dict):
         for key, value in data.items():
-            if isinstance(value, str) and _key_like(value):
-                line = _line_of(reader.text, value)
+            if _key_like(key) or (isinstance(value, str) and _key_like(value)):
+                line = _line_of(reader.text, value if isinstance(value, str) else key)
                 where = f"{reader.path}, line {line}" if line else str(reader.path)
+                what = "a name" if _key_like(key) else key
                 raise InputError(
-                    f"{where}: {key} holds what looks like an API key. Keys never go in the "
+                    f"{where}: {what} holds what looks like an API key. Keys never go in the "
                     "endpoints file: export the key in a variable and name that variable with "
                     'api_key_env = "NAME".')
             _scan_for_keys(reader, value, index)

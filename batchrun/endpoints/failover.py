@@ -120,7 +120,7 @@ class RouteFailover:
             action = Action.STOP_NO_NETWORK
         if action in (Action.WAIT_DAY, Action.STOP_DAILY):
             # Its dispatcher finds the budget spent at its next admission and takes it out.
-            route.budget.exhaust(job.day)
+            route.exhaust(job)
             self._move(lane, job)
             return True
         if action in (Action.STOP_REFUSED, Action.STOP_NO_NETWORK):
