@@ -4,6 +4,7 @@ latency and habits; every output line is read back to see which endpoint answere
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +13,14 @@ from typing import Any
 from batchrun.client import Endpoint, Kind, Outcome
 from batchrun.endpoints.routing import BACK
 from batchrun.engine import Engine, JobSpec, Upstream
-from batchrun.events import Event, RouteChanged
+from batchrun.events import Event, RouteChanged, StateChanged
 from batchrun.jobs import Request, check_input
 from batchrun.ledger import DailyBudget, Ledger, Scope
 from batchrun.stop import Stop, StopKind
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, read_results, write_jsonl
 from tests.test_engine_time import Answer, Server, ok, status
-from tests.virtual_time import VirtualClock, run_virtual
+from tests.virtual_time import START, VirtualClock, run_virtual
 
 
 class Logged(Server):
@@ -47,7 +48,7 @@ def always(latency: float, outcome: Outcome | None = None) -> Answer:
     return lambda request, attempt, now: (latency, outcome or ok())
 
 
-def run(tmp_path: Path, rows: int, endpoints: dict[str, Ep],
+def run(tmp_path: Path, rows: int, endpoints: dict[str, Ep], start: dt.datetime = START,
         **spec: Any) -> tuple[Stop | None, list[Event], float, dict[str, int]]:
     """(stop, events, end time, results per endpoint); each id has at most one line."""
     jobs = write_jsonl(tmp_path / "jobs.jsonl", [
@@ -80,7 +81,7 @@ def run(tmp_path: Path, rows: int, endpoints: dict[str, Ep],
             ledger.close()
         return stop, asyncio.get_running_loop().time()
 
-    stop, end = run_virtual(main)
+    stop, end = run_virtual(main, start)
     results = read_results(tmp_path / "out.jsonl")
     by: dict[str, int] = dict.fromkeys(endpoints, 0)
     for line in results.values():
@@ -227,3 +228,21 @@ def test_one_refusing_and_one_unreachable_stop_as_refused_with_the_refusal_s_wor
                                        "b": Ep(always(0.5, down))})
     assert stop is not None and stop.kind is StopKind.REFUSED
     assert stop.server_message == "Incorrect API key provided" and stop.status == 401
+
+
+def test_wait_sleeps_to_midnight_only_when_every_endpoint_is_spent_then_uses_them_all(
+    tmp_path: Path,
+) -> None:
+    start = dt.datetime(2026, 11, 27, 23, 59, 0, tzinfo=dt.UTC)
+    a = Ep(always(0.1), Limits(tpd=30))  # three answers of 10 tokens a day each
+    b = Ep(always(0.1), Limits(tpd=30))
+    stop, events, _, by = run(tmp_path, 10, {"a": a, "b": b}, start=start, wait=True)
+    assert stop is None and sum(by.values()) == 10
+    changes = outs(events)
+    spent = [("a", "spent for the day"), ("b", "spent for the day")]
+    assert sorted(changes[:2]) == spent and sorted(changes[2:4]) == [("a", BACK), ("b", BACK)]
+    assert any(isinstance(e, StateChanged) and e.state == "paused-daily" for e in events)
+    assert a.server is not None and b.server is not None
+    # Both served before midnight (60 s after the start) and both again after it.
+    for server in (a.server, b.server):
+        assert any(t < 60 for t, _ in server.sent) and any(t >= 60 for t, _ in server.sent)
