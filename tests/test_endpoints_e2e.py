@@ -140,3 +140,21 @@ def test_one_key_in_two_variables_for_one_host_is_refused_before_sending(
     assert run.code == 2
     assert "endpoints 'a' and 'b' send to 127.0.0.1:9 with the same key" in run.stderr
     assert KEY_A not in run.stderr
+
+
+def test_every_endpoint_refusing_its_key_stops_with_exit_4_naming_each_variable(
+    tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = sim_factory(SimConfig(api_key=KEY_A))
+    b = sim_factory(SimConfig(api_key=KEY_B))
+    monkeypatch.setenv("KEY_A", "sk-test-wrong-key-for-a-0000000")
+    monkeypatch.setenv("KEY_B", "sk-test-wrong-key-for-b-0000000")
+    conf = toml_file(tmp_path / "e.toml", openai("a", a.base_url, "KEY_A", 600),
+                     openai("b", b.base_url, "KEY_B", 600))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(5))
+    run = run_cli("submit", str(jobs), "--endpoints", str(conf))
+    assert run.code == 4, run.stderr
+    assert "The API refused the request: Incorrect API key provided" in run.stderr
+    assert "Check $KEY_A, $KEY_B" in run.stderr
+    assert "wrong-key" not in run.stderr
+    assert (tmp_path / "jobs.results.jsonl").read_bytes() == b""  # nothing recorded as failed
