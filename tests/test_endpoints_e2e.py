@@ -97,6 +97,10 @@ def test_azure_and_openai_in_one_file_the_refusing_one_is_taken_out_and_the_job_
     assert summary["east"]["requests"] == 20 and summary["openai"]["requests"] == 0
     assert summary["openai"]["out"] == {"gpt-4o-mini": "refused the key"}
     assert openai_sim.stats.statuses[401] >= 1
+    # The deployment's daily ledger is its own, as with --azure-endpoint and that deployment.
+    usage = orjson.loads(run_cli("status", "--json").stdout)["usage"]
+    assert [(u["host"], u["model"]) for u in usage if u["tokens"]] == [
+        (azure.azure_endpoint.split("//")[1].replace("127.0.0.1", "localhost"), "mini-east")]
 
 
 def test_resume_of_an_endpoints_job_takes_its_limits_from_the_file_only(
