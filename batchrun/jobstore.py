@@ -359,10 +359,3 @@ class JobStore:
         if manifest.state == "running" and not self.is_running(manifest):
             return "crashed"
         return manifest.state
-
-
-def count_endpoint(counts: dict[str, dict[str, int]], endpoint: str, ok: bool) -> None:
-    """One more result from `endpoint` in a manifest's per-endpoint counts."""
-    row = counts.setdefault(endpoint, {"done": 0, "failed": 0})
-    row["done"] += 1
-    row["failed"] += not ok

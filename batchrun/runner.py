@@ -24,6 +24,7 @@ from batchrun.checkpoint import (
 )
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import check_serves
+from batchrun.endpoints.tally import count_endpoint
 from batchrun.endpoints.upstreams import build_upstreams, with_endpoints
 from batchrun.engine import Engine, JobSpec
 from batchrun.errors import (
@@ -36,14 +37,7 @@ from batchrun.errors import (
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
 from batchrun.jobs import input_report, read_jobs
-from batchrun.jobstore import (
-    JobStore,
-    Manifest,
-    count_endpoint,
-    describe_change,
-    fingerprint,
-    job_id_for,
-)
+from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB

@@ -34,6 +34,13 @@ class EndpointCounts:
         return round(total, 6)
 
 
+def count_endpoint(counts: dict[str, dict[str, int]], endpoint: str, ok: bool) -> None:
+    """One more result from `endpoint` in a manifest's per-endpoint counts."""
+    row = counts.setdefault(endpoint, {"done": 0, "failed": 0})
+    row["done"] += 1
+    row["failed"] += not ok
+
+
 class EndpointTally:
     """A Listener: counts per endpoint name."""
 
