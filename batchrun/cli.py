@@ -19,6 +19,9 @@ from rich.text import Text
 
 from batchrun import __version__, ledger, runner
 from batchrun.endpoint import Endpoint
+from batchrun.endpoints import EndpointConfig, load_endpoints
+from batchrun.endpoints.tally import EndpointTally
+from batchrun.endpoints.upstreams import with_endpoints
 from batchrun.engine import JobSpec
 from batchrun.errors import (
     EXIT_INPUT,
@@ -34,7 +37,7 @@ from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.progress import ProgressDisplay
-from batchrun.render import render_estimate, render_status
+from batchrun.render import describe_endpoint, render_estimate, render_status
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.tiers import TIERS, family
 
@@ -105,6 +108,7 @@ Concurrency = Annotated[int | None, typer.Option(
 
 @app.command()
 def submit(
+    ctx: typer.Context,
     jobs: Jobs,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="results JSONL",
                                                 show_default="JOBS.results.jsonl")] = None,
@@ -136,6 +140,12 @@ def submit(
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
+    endpoints: Annotated[Path | None, typer.Option(
+        envvar="BATCHRUN_ENDPOINTS", metavar="FILE.toml",
+        help="several endpoints (keys, accounts, Azure regions) for one job")] = None,
+    record_endpoint: Annotated[bool, typer.Option(
+        "--record-endpoint", help='add "endpoint": NAME to each output line (--endpoints)')
+    ] = False,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     if output is None:
@@ -155,6 +165,7 @@ def submit(
         on_bad_line=on_bad_line.value,
         wait=bool(wait),
     )
+    spec = _with_endpoints(ctx, spec, endpoints, record_endpoint, simulate)
     store = JobStore()
     manifest = runner.prepare(spec, simulate, store, force)
     if manifest.finished and store.exists(manifest.job_id) and not force:
@@ -162,6 +173,34 @@ def submit(
         if manifest.done >= manifest.total:
             _finished(runner.Finished(manifest.done, manifest.total, manifest.failed), manifest)
     _launch(spec, manifest, store, simulate, json_, quiet)
+
+
+_SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "tpm", "rpd",
+                    "tpd", "simulate")
+
+
+def _with_endpoints(ctx: typer.Context, spec: JobSpec, path: Path | None, record: bool,
+                    simulate: bool) -> JobSpec:
+    """--endpoints: each endpoint's URL, key, tier and limits come from the file, so the one
+    endpoint's flags beside it are a usage error (the environment's defaults are not)."""
+    if path is None:
+        if record:
+            raise InputError("--record-endpoint names the endpoint of --endpoints in each "
+                             "output line; give --endpoints FILE.toml too.")
+        return spec
+    _refuse_beside_endpoints(ctx, path)
+    return with_endpoints(spec, path, record)
+
+
+def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in _SINGLE_ENDPOINT
+             if name in ctx.params and (src := ctx.get_parameter_source(name)) is not None
+             and src.name == "COMMANDLINE"]
+    if given:
+        raise InputError(
+            f"--endpoints and {', '.join(given)} cannot go together: with --endpoints each "
+            f"endpoint's URL, key variable, tier and limits come from {path}. Drop "
+            f"{', '.join(given)}, or drop --endpoints to use one endpoint.")
 
 
 def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
@@ -260,6 +299,7 @@ def status(
 
 @app.command()
 def estimate(
+    ctx: typer.Context,
     jobs: Jobs,
     model: Model = "gpt-4o-mini",
     tier: Tier = "tier1",
@@ -275,13 +315,22 @@ def estimate(
     on_bad_line: Annotated[OnBadLine, typer.Option(
         help="fail: list bad lines and stop; skip: estimate the rest")] = OnBadLine.fail,
     json_: Json = False,
+    endpoints: Annotated[Path | None, typer.Option(
+        envvar="BATCHRUN_ENDPOINTS", metavar="FILE.toml",
+        help="plan under these endpoints' limits together")] = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
-    used_today, known = _ledger_lookup()
+    configs: tuple[EndpointConfig, ...] = ()
+    if endpoints is not None:
+        _refuse_beside_endpoints(ctx, endpoints)
+        configs = load_endpoints(endpoints, need_keys=False)
+    # Today's usage is per endpoint and key with --endpoints: not looked up (counted as unused).
+    used_today, known = ((lambda _model: (0, 0)), False) if configs else _ledger_lookup()
     result = estimate_job(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
         on_bad_line=on_bad_line.value, used_today=used_today, today_known=known,
+        endpoints=configs,
     )
     if json_:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
@@ -317,11 +366,13 @@ def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,
             quiet: bool, retry_failed: bool = False) -> None:
-    stats = Stats()
-    with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_) as display:
-        stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, display), simulate,
-                                   retry_failed))
+    stats, tally = Stats(), EndpointTally()
+    with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_, endpoints=tally) as display:
+        stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, tally, display),
+                                   simulate, retry_failed))
     summary = stats.summary()
+    if tally.endpoints:
+        summary["endpoints"] = tally.summary()
     summary["job"] = manifest.job_id
     # The job's recorded state says why it stopped (paused-daily, interrupted, ...), where the
     # engine's last event can only say "stopped"; the message says what to do next.
@@ -346,7 +397,8 @@ def _note(message: str) -> None:
 async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Listener,
                simulate: bool, retry_failed: bool) -> BatchrunError | None:
     if not simulate:
-        key = spec.endpoint.api_key()
+        # With --endpoints each endpoint's key is read when its client is made.
+        key = "" if spec.endpoints else spec.endpoint.api_key()
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
                                 now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
@@ -388,6 +440,7 @@ def _print_summary(s: dict[str, Any], output: Path) -> None:
         lines.append(f"{r['bad_lines']:,} of them are bad input lines (error code "
                      "invalid_request_line): fix those lines in the input, then run "
                      f"batchrun resume {s['job']} --retry-failed --force")
+    lines += [f"  {name}: {describe_endpoint(e)}" for name, e in s.get("endpoints", {}).items()]
     out.print("\n".join(lines), markup=False)
 
 

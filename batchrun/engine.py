@@ -2,8 +2,15 @@
 decide, write its result line. Progress and the summary are events; nothing here knows about
 terminals, and why a run stopped early is returned as data (`stop.Stop`) for the runner to word.
 
-    reader ──► lane per model (bounded queue, FIFO dispatcher: daily budget, then limiter)
-           ──► attempt task (HTTP) ──► classify ──► decide ──► output line | retry | stop the job
+    reader ──► lane per model (bounded FIFO queue)
+           ──► route per (endpoint, model), each with its own dispatcher: daily budget, then
+               limiter (Route.admit) ──► attempt task (HTTP) ──► Route.settle ──► decide
+           ──► output line | retry (any route of the model) | route out | stop the job
+
+Without --endpoints a lane has one route and its dispatcher is the lane's dispatcher of before.
+With several, each route takes the model's next job when its own limiter could admit it now, so
+a request goes to the route that admits it soonest and a slow endpoint only holds its own slots;
+routes that are spent, refusing or failing are taken out (batchrun.endpoints.routing's rules).
 
 Pacing, retries, cooldowns, the drain and the daily budget's checks all take time from one clock
 (the running loop's, unless one is injected with its sleep), and the UTC day from `now_utc`, so
@@ -14,27 +21,22 @@ and the manifest's periodic save are housekeeping on the process's own monotonic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import math
 import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from batchrun.checkpoint import OutputWriter, result_line
 from batchrun.classify import Kind, Outcome
 from batchrun.client import ApiClient
-from batchrun.decide import (
-    MAX_RATE_LIMITED,
-    Action,
-    Policy,
-    billed,
-    decide,
-    outcome_usage,
-    taught_tpm,
-)
+from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
 from batchrun.endpoint import proxy_for
+from batchrun.endpoints.failover import RouteFailover
+from batchrun.endpoints.routing import Out, combined
+from batchrun.endpoints.stamp import with_endpoint
 from batchrun.errors import BadLine, BatchrunError, InputChanged
 from batchrun.events import (
     AttemptEnded,
@@ -46,33 +48,22 @@ from batchrun.events import (
     StateChanged,
     Throttled,
 )
-from batchrun.jobs import InputReport, Reading, Request, read_jobs
-from batchrun.lanes import Job, Lane
+from batchrun.jobs import InputReport, Reading, read_jobs
+from batchrun.lanes import Client, Job, Lane, Route, Upstream
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
-from batchrun.limiter import Limiter, ServerState, Ticket
+from batchrun.limiter import Limiter, Ticket
 from batchrun.sizing import never_fits, size_of
 from batchrun.spec import JobSpec
 from batchrun.stop import Stop, StopKind
 from batchrun.tiers import Limits
 
-__all__ = ["Client", "Engine", "JobSpec"]
+__all__ = ["Client", "Engine", "JobSpec", "Upstream"]
 
 QUEUE_PER_LANE = 1024
 MAX_BACKOFF_S = 60.0
 
 
-class Client(Protocol):
-    """What the engine sends through: ApiClient, or a scripted fake in tests."""
-
-    async def send(self, request: Request) -> Outcome: ...
-
-    async def __aenter__(self) -> Any: ...
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> Any: ...
-
-
-class Engine:
+class Engine(RouteFailover):
     def __init__(
         self,
         spec: JobSpec,
@@ -87,17 +78,22 @@ class Engine:
         now_utc: Callable[[], dt.datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        upstreams: list[Upstream] | None = None,
     ) -> None:
         """`report`: the checking pass (the engine sends only what it saw); `done`: ids that
-        already have a line in the output. `clock` defaults to the running loop's."""
+        already have a line in the output. `clock` defaults to the running loop's.
+        `upstreams`: the endpoints of --endpoints; without, the spec's one endpoint through
+        `client` (or an ApiClient with `api_key`) and `budget_for`."""
         self.spec = spec
         self._report = report
         self._done_ids = done
-        self._budget_for = budget_for
         self._emit = listener
-        self._client: Client = client or ApiClient(
-            spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0),
-            max_response_bytes=int(spec.max_response_mb * 2**20))
+        if not upstreams:
+            only: Client = client or ApiClient(
+                spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0),
+                max_response_bytes=int(spec.max_response_mb * 2**20))
+            upstreams = [Upstream("", only, spec.endpoint.host, spec.limits_for, budget_for)]
+        self._upstreams = upstreams
         self._clock_given = clock
         self._clock: Callable[[], float] = clock or (lambda: 0.0)
         self._sleep = sleep
@@ -108,7 +104,6 @@ class Engine:
         self._stop: Stop | None = None
         self._stop_lane: Lane | None = None
         self._interrupts = 0
-        self._connected = False  # has any attempt reached a server that answered?
         self._input_done = False
         self._attempts: set[asyncio.Task[None]] = set()
         self._dispatchers: set[asyncio.Task[None]] = set()
@@ -127,13 +122,16 @@ class Engine:
         self._emit(JobStarted(
             input=str(self.spec.input), output=str(self.spec.output), total=report.total,
             already_done=report.already_done, bad_lines=report.bad_total,
-            limits={m: self.spec.limits_for(m) for m in report.models},
+            limits={m: self._limits(m) for m in report.models},
             base_url=self.spec.endpoint.base_url, models=dict(report.models),
             proxy=proxy_for(self.spec.endpoint.base_url),
+            endpoints={u.name: u.host for u in self._upstreams if u.name},
         ))
         self._emit(StateChanged("running"))
         try:
-            async with self._client, asyncio.TaskGroup() as tg:
+            async with contextlib.AsyncExitStack() as clients, asyncio.TaskGroup() as tg:
+                for upstream in self._upstreams:
+                    await clients.enter_async_context(upstream.client)
                 self._tg = tg
                 tg.create_task(self._read())
         except* BatchrunError as group:
@@ -143,12 +141,12 @@ class Engine:
             for timer in self._timers:
                 timer.cancel()
             self._writer.close()
-        for lane in self._lanes.values():
+        for route in self._routes():
             # The last word on today's budget, after every settlement: the display's final
             # "today" is then what `status` and the stop message say.
-            lane.budget.release()
-            lane.budget_reported = -math.inf
-            self._report_budget(lane)
+            route.budget.release()
+            route.budget_reported = -math.inf
+            self._report_budget(route)
         if self._stop is None and self._accounted < self._total:
             # Nothing stopped it, yet some lines the check counted have no result: never "done".
             self._stop = Stop(StopKind.INCOMPLETE, input=str(self.spec.input))
@@ -202,6 +200,10 @@ class Engine:
                 self._accounted += 1
                 continue
             lane = self._lane(item.model)
+            if not lane.routes:  # the endpoints file was checked against the input: a guard
+                self._record(item.custom_id, item.model, None,
+                             ("no_endpoint", f"no endpoint serves model {item.model}"))
+                continue
             job = Job(item, size_of(item, lane.mean_output))
             if self._never_fits(lane, job):
                 continue
@@ -215,95 +217,104 @@ class Engine:
     def _lane(self, model: str) -> Lane:
         lane = self._lanes.get(model)
         if lane is None:
-            limits = self.spec.limits_for(model)
-            limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock,
-                              self._sleep)
-            budget = self._budget_for(model, limits)
-            lane = self._lanes[model] = Lane(model, limits, limiter, budget)
-            self._dispatchers.add(self._tg.create_task(self._dispatch(lane)))
+            lane = self._lanes[model] = Lane(model)
+            for upstream in self._upstreams:
+                limits = upstream.limits_for(model)
+                if limits is None:
+                    continue
+                limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock,
+                                  self._sleep)
+                budget = upstream.budget_for(model, limits)
+                lane.routes.append(Route(upstream, model, limits, limiter, budget))
+            for route in lane.routes:
+                self._dispatchers.add(self._tg.create_task(self._dispatch(lane, route)))
         return lane
 
+    def _limits(self, model: str) -> Limits:
+        """The model's limits: its one endpoint's, or every serving endpoint's together."""
+        if len(self._upstreams) == 1:
+            return self._upstreams[0].limits_for(model) or Limits()
+        return combined([x for u in self._upstreams if (x := u.limits_for(model)) is not None])
+
+    def _routes(self) -> list[Route]:
+        return [route for lane in self._lanes.values() for route in lane.routes]
+
+    @staticmethod
+    def _too_large(route: Route, job: Job) -> str | None:
+        return never_fits(job.size, route.model, route.limiter.pacer.tpm, route.budget.tpd)
+
     def _never_fits(self, lane: Lane, job: Job) -> bool:
-        """Record a request that can never run (over the TPM, perhaps one the server's headers
-        taught since it was queued; over the daily budget; over the context window)."""
-        reason = never_fits(job.size, lane.model, lane.limiter.pacer.tpm, lane.budget.tpd)
+        """Record a request that can never run on any route of its model (over the TPM, perhaps
+        one the server's headers taught since it was queued; over the daily budget; over the
+        context window)."""
+        reasons = [self._too_large(route, job) for route in lane.routes
+                   if route.out not in (Out.REFUSED, Out.UNREACHABLE)] or [None]
+        reason = None if None in reasons else reasons[0]
         if reason is not None:
             self._record(job.request.custom_id, lane.model, None, ("request_too_large", reason))
         return reason is not None
 
-    # -- dispatcher -----------------------------------------------------------------------------
+    # -- dispatchers ----------------------------------------------------------------------------
 
-    async def _dispatch(self, lane: Lane) -> None:
+    async def _dispatch(self, lane: Lane, route: Route) -> None:
+        shared = len(lane.routes) > 1
         while not self._stop:
-            job = lane.next_job()
+            job = await self._turn(lane, route) if shared else lane.next_job()
             if job is None:
                 if self._input_done and lane.outstanding == 0:
                     return
+                if shared:
+                    continue  # _turn returns None only to look again
                 lane.changed.clear()
                 await lane.changed.wait()
                 continue
             if self._never_fits(lane, job):  # the server may have taught a lower limit
                 self._ended(lane)
                 continue
-            job.day = lane.budget.reserve(job.cost, self._clock())
-            if job.day is None:
+            ticket = await route.admit(job, self._clock())
+            if ticket is None:
                 lane.retries.appendleft(job)
-                if lane.limiter.in_flight:
+                if route.limiter.in_flight:
                     # In-flight reservations settle to real usage, usually far below their
                     # max-output charge: see what is left once they have.
-                    lane.settled.clear()
-                    await lane.settled.wait()
+                    route.settled.clear()
+                    await route.settled.wait()
                     continue
-                if self.spec.wait:
-                    await self._wait_for_reset(lane)
+                if await self._take_out(lane, route, Out.DAILY, route.budget.describe()):
                     continue
-                self._halt(Stop(StopKind.DAILY),
-                           "daily budget reached: finishing requests in flight", lane)
                 return
-            try:
-                ticket = await lane.limiter.acquire(job.cost)
-            except asyncio.CancelledError:
-                # A stop caught it waiting for admission (_halt cancels the dispatchers): it was
-                # never sent, so its daily reservation goes back whole, tokens and request.
-                lane.budget.unreserve(job.day, job.cost)
-                raise
-            self._emit(RequestSent(lane.model, job.cost))
-            task = self._tg.create_task(self._attempt(lane, job, ticket))
+            self._emit(RequestSent(lane.model, job.cost, route.name))
+            task = self._tg.create_task(self._attempt(lane, route, job, ticket))
             self._attempts.add(task)
             task.add_done_callback(self._attempts.discard)
 
-    async def _attempt(self, lane: Lane, job: Job, ticket: Ticket) -> None:
-        outcome = await self._client.send(job.request)
+    async def _attempt(self, lane: Lane, route: Route, job: Job, ticket: Ticket) -> None:
+        outcome = await route.upstream.client.send(route.request_for(job.request))
         job.last = outcome
         kind = outcome.kind
         job.tries.rate_limited += kind is Kind.RATE_MINUTE
         job.tries.failures += kind is Kind.RETRY
-        self._connected = self._connected or outcome.status is not None
-        server = outcome.server
-        tpm = taught_tpm(outcome)
-        if tpm is not None:  # the limiter adopts it; queued requests are checked against it
-            server = replace(server or ServerState(), limit_tokens=tpm)
-        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server,
-                             ok=kind is Kind.OK)
-        assert job.day is not None
-        lane.budget.settle(job.day, job.cost, billed(outcome, job.cost))
-        lane.settled.set()
-        self._report_budget(lane)
-        self._emit(AttemptEnded(lane.model, kind.value))
-        action = decide(outcome, job.tries, self._policy, self._connected)
+        route.connected = route.connected or outcome.status is not None
+        route.streak = route.streak + 1 if kind is Kind.RETRY else 0
+        route.settle(job, ticket, outcome)
+        self._report_budget(route)
+        self._emit(AttemptEnded(lane.model, kind.value, route.name))
+        action = decide(outcome, job.tries, self._policy, route.connected)
+        if len(lane.routes) > 1 and await self._fail_over(lane, route, job, action):
+            return
         if action is Action.WRITE:
             lane.learn_output((outcome_usage(outcome) or (0, 0))[1])
-            self._finish(lane, job, ok=True)
+            self._finish(lane, route, job, ok=True)
         elif action in (Action.FAIL, Action.TOO_LARGE):
-            self._finish(lane, job, ok=False)
+            self._finish(lane, route, job, ok=False)
         elif action is Action.THROTTLE:
-            pause = lane.limiter.rate_limited(ticket, outcome.hint_s)
-            self._emit(Throttled(lane.model, pause))
+            pause = route.rate_limited(ticket, outcome.hint_s)
+            self._emit(Throttled(lane.model, pause, route.name))
             self._requeue(lane, job)
         elif action is Action.BACKOFF:
             self._retry_later(lane, job, outcome.hint_s)
         elif action in (Action.WAIT_DAY, Action.STOP_DAILY):
-            lane.budget.exhaust(job.day)
+            route.exhaust(job)
             if action is Action.WAIT_DAY:
                 lane.retries.appendleft(job)  # sent again after 00:00 UTC
                 lane.changed.set()
@@ -316,7 +327,7 @@ class Engine:
         else:
             assert action is Action.STOP_NO_NETWORK
             self._halt(Stop(StopKind.NO_NETWORK, server_message=outcome.message,
-                            host=self.spec.endpoint.host), "cannot reach the API")
+                            host=route.upstream.host), "cannot reach the API")
 
     def _requeue(self, lane: Lane, job: Job) -> None:
         lane.retries.append(job)
@@ -339,17 +350,18 @@ class Engine:
         self._timers.add(task)
         task.add_done_callback(self._timers.discard)
 
-    def _report_budget(self, lane: Lane) -> None:
+    def _report_budget(self, route: Route) -> None:
         now = self._clock()
-        if not lane.budget.limited or now - lane.budget_reported < 1.0:
+        if not route.budget.limited or now - route.budget_reported < 1.0:
             return
-        lane.budget_reported = now
-        tokens, requests = lane.budget.used_today()
-        self._emit(BudgetUsed(lane.model, tokens, lane.budget.tpd, requests, lane.budget.rpd))
+        route.budget_reported = now
+        tokens, requests = route.budget.used_today()
+        self._emit(BudgetUsed(route.model, tokens, route.budget.tpd, requests, route.budget.rpd,
+                              route.name))
 
     # -- results --------------------------------------------------------------------------------
 
-    def _finish(self, lane: Lane, job: Job, ok: bool) -> None:
+    def _finish(self, lane: Lane, route: Route, job: Job, ok: bool) -> None:
         out = job.last
         assert out is not None
         error = None
@@ -365,7 +377,7 @@ class Engine:
             error = (out.code or "request_failed", reason)
         # tries counts the retryable outcomes; the last one is among them only if it was one
         sent = job.tries.attempts + (out.kind not in (Kind.RETRY, Kind.RATE_MINUTE))
-        self._record(job.request.custom_id, lane.model, out, error, sent)
+        self._record(job.request.custom_id, lane.model, out, error, sent, route.name)
         self._ended(lane)
 
     def _ended(self, lane: Lane) -> None:
@@ -375,19 +387,20 @@ class Engine:
 
     def _record(
         self, custom_id: str, model: str, out: Outcome | None, error: tuple[str, str] | None,
-        attempts: int = 0,
+        attempts: int = 0, endpoint: str = "",
     ) -> None:
         body = out.body if out is not None and out.status is not None else None
-        self._writer.write(result_line(
+        line = result_line(
             custom_id, out.status if out else None, out.request_id if out else "", body, error,
             out.raw_body if out is not None else None,
-        ))
+        )
+        self._writer.write(with_endpoint(line, endpoint) if self.spec.record_endpoint else line)
         self._done += 1
         self._accounted += 1
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
         self._emit(RequestFinished(
             custom_id, model, error is None, tokens_in, tokens_out, attempts,
-            "" if error is None else error[1],
+            "" if error is None else error[1], endpoint,
         ))
 
     # -- stopping -------------------------------------------------------------------------------
@@ -397,8 +410,13 @@ class Engine:
         if stop is None:
             return None
         stop = replace(stop, done=self._done, total=self._total)
-        if stop.kind is StopKind.DAILY and self._stop_lane is not None:
-            stop = replace(stop, budget=self._stop_lane.budget.describe(stop.server_message),
+        lane = self._stop_lane
+        if stop.kind is StopKind.DAILY and lane is not None:
+            budgets = [r.budget.describe(stop.server_message) for r in lane.routes]
+            if len(lane.routes) > 1:
+                budgets = [f"{r.name}: {text}" for r, text in zip(lane.routes, budgets,
+                                                                   strict=True)]
+            stop = replace(stop, budget="; ".join(budgets),
                            until_reset=until_midnight(self._now_utc()))
         return stop
 
@@ -408,9 +426,9 @@ class Engine:
         day = self._now_utc().date()
         while self._now_utc().date() == day and not self._stop:
             left = until_midnight(self._now_utc())
+            spent = "; ".join(r.budget.describe() for r in lane.routes)
             self._emit(StateChanged("paused-daily",
-                                    f"{lane.budget.describe()}; resuming at 00:00 UTC, in "
-                                    f"{fmt_wait(left)}"))
+                                    f"{spent}; resuming at 00:00 UTC, in {fmt_wait(left)}"))
             await self._sleep(min(60.0, left.total_seconds() + 0.5))
         self._emit(StateChanged("running"))
 

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchrun.endpoints.config import EndpointConfig
+from batchrun.endpoints.plan import plan
+from batchrun.endpoints.routing import combined
 from batchrun.errors import BadLine, BadLinesError
 from batchrun.jobs import CHAT_URL, Request, read_jobs
 from batchrun.sizing import Size, never_fits
@@ -117,10 +120,16 @@ def estimate(
     on_bad_line: str = "fail",
     used_today: Callable[[str], tuple[int, int]] = lambda model: (0, 0),
     today_known: bool = False,
+    endpoints: tuple[EndpointConfig, ...] = (),
 ) -> dict[str, Any]:
-    """The estimate as a plain dict (the --json schema). Sends nothing."""
+    """The estimate as a plain dict (the --json schema). Sends nothing. With `endpoints`, each
+    model's limits are those of every priority-1 endpoint serving it together."""
 
     def limits_for(m: str) -> Limits:
+        if endpoints:
+            serving = [c for c in endpoints if c.serves(m)]
+            first = [c for c in serving if c.priority == 1] or serving
+            return combined([c.limits_for(m) for c in first])
         return (preset(m, tier) or Limits()).override(**overrides)
 
     report = _tally(path, model, limits_for, assumed_output)
@@ -142,6 +151,11 @@ def estimate(
             "by_concurrency": round(t.requests * latency_s / concurrency / 60, 2)
             if concurrency else None,
         }
+        rows: list[dict[str, Any]] = []
+        if endpoints:
+            # Several endpoints each bound by their own limit: slower than the summed limits
+            # when one is RPM-bound and another TPM-bound.
+            minutes["by_endpoints"], rows = plan(endpoints, name, t.requests, t.charge_tokens)
         known = {k: v for k, v in minutes.items() if v is not None}
         binding = max(known, key=lambda k: known[k]).removeprefix("by_") if known else None
         total_minutes = max(known.values(), default=0.0)
@@ -169,6 +183,7 @@ def estimate(
             "used_today": {"tokens": tokens_used, "requests": requests_used,
                            "known": today_known},
             "days": days,
+            **({"endpoints": rows} if endpoints else {}),
         })
     costs = [m["cost_usd"] for m in models]
     return {

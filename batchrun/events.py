@@ -23,12 +23,14 @@ class JobStarted:
     # Requests per model in the file (bad lines excluded), for a per-model ETA.
     models: dict[str, int] = field(default_factory=dict)
     proxy: str | None = None  # the HTTP(S) proxy requests go through, credentials masked
+    endpoints: dict[str, str] = field(default_factory=dict)  # --endpoints: name -> host
 
 
 @dataclass(frozen=True, slots=True)
 class RequestSent:
     model: str
     cost: int = 0  # tokens charged against the per-minute limit (prompt + max output)
+    endpoint: str = ""  # its name in --endpoints; "" without
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +39,7 @@ class AttemptEnded:
 
     model: str
     kind: str
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ class RequestFinished:
     tokens_out: int
     attempts: int
     error: str = ""
+    endpoint: str = ""  # the endpoint that gave the last answer ("" without --endpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class Throttled:
 
     model: str
     pause_s: float
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,7 @@ class BudgetUsed:
     tpd: int
     requests: int
     rpd: int
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +81,20 @@ class StateChanged:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class RouteChanged:
+    """--endpoints: an endpoint was taken out of rotation for a model (spent for the day,
+    refused the key, unreachable, failing), or came back."""
+
+    endpoint: str
+    model: str
+    state: str
+    detail: str = ""
+
+
 Event = (
     JobStarted | RequestSent | AttemptEnded | RequestFinished | Throttled | BudgetUsed
-    | StateChanged
+    | StateChanged | RouteChanged
 )
 
 

@@ -125,6 +125,8 @@ def _decode(raw: bytes) -> tuple[dict[str, Any], str | None]:
     wrong = _wrong_options(data["options"])
     if wrong:
         return data, f"option {wrong[0][0]} cannot be {wrong[0][1]!r}"
+    if not isinstance(data.get("endpoints", {}), dict):
+        data["endpoints"] = {}  # only counts for `status`: the output holds the results
     if not _checked_ok(data.get("checked")):
         data["checked"] = None  # only a cache of the input's check: read the input again
     return data, None
@@ -141,6 +143,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "max_retries": (int,), "timeout_s": (int, float), "on_bad_line": (str,), "wait": (bool,),
     "simulate": (bool,), "base_url": (str, type(None)), "azure_endpoint": (str, type(None)),
     "api_key_env": (str, type(None)), "insecure": (bool,), "max_response_mb": (int, float),
+    "endpoints": (str, type(None)), "record_endpoint": (bool,),
 }
 
 
@@ -189,6 +192,8 @@ class Manifest:
     failed: int = 0
     message: str = ""
     checked: dict[str, Any] | None = None  # the input's checking pass, while it is unchanged
+    # --endpoints: results per endpoint name, {"done": n, "failed": n} (this job, every run)
+    endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def finished(self) -> bool:

@@ -1,4 +1,10 @@
-"""One model's share of a run: its queue, limiter and daily budget, and the requests in it."""
+"""A model's share of a run, and each endpoint's share of a model.
+
+    Lane  (one per model): the FIFO queue every route of the model takes from
+    Route (one per endpoint x model): that endpoint's client, limiter and daily budget
+
+A job without --endpoints has one Upstream, so one Route per model: exactly a lane of before.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +12,50 @@ import asyncio
 import datetime as dt
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Protocol
 
-from batchrun.classify import Outcome
-from batchrun.decide import Tries
+from batchrun.classify import Kind, Outcome
+from batchrun.decide import Tries, billed, taught_tpm
+from batchrun.endpoints.routing import Out, Standing
 from batchrun.jobs import Request
 from batchrun.ledger import DailyBudget
-from batchrun.limiter import Limiter
+from batchrun.limiter import Limiter, ServerState, Ticket
 from batchrun.sizing import Size
 from batchrun.tiers import Limits
 
 # Until we have seen real answers, a request that sets no max_tokens is charged this much output.
 INITIAL_OUTPUT_GUESS = 256
+
+
+class Client(Protocol):
+    """What the engine sends through: ApiClient, or a scripted fake in tests."""
+
+    async def send(self, request: Request) -> Outcome: ...
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> Any: ...
+
+
+def _same(model: str) -> str:
+    return model
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One endpoint as the engine sends to it. `name` is "" for a job without --endpoints."""
+
+    name: str
+    client: Client
+    host: str
+    limits_for: Callable[[str], Limits | None]  # None: this endpoint does not serve the model
+    budget_for: Callable[[str, Limits], DailyBudget]
+    deployment: Callable[[str], str] = _same  # the name this endpoint knows a model by
+    priority: int = 1
 
 
 @dataclass(slots=True)
@@ -33,23 +71,114 @@ class Job:
         return self.size.charge
 
 
-class Lane:
-    """The queue, limiter and budget of one model."""
+class Route:
+    """One endpoint's share of one model: its client, limiter and daily budget (its own ledger
+    scope: the endpoint's host, the key's fingerprint, the model family).
 
-    def __init__(self, model: str, limits: Limits, limiter: Limiter, budget: DailyBudget) -> None:
+    `admit` and `settle` are the only places a request takes and gives back quota: a shared
+    quota (Redis) hooks in there."""
+
+    def __init__(self, upstream: Upstream, model: str, limits: Limits, limiter: Limiter,
+                 budget: DailyBudget) -> None:
+        self.upstream = upstream
         self.model = model
         self.limits = limits
         self.limiter = limiter
         self.budget = budget
+        self.settled = asyncio.Event()  # an attempt came back and its reservation settled
+        self.budget_reported = -math.inf
+        self.connected = False  # has any attempt through this route reached a server?
+        self.out: Out | None = None
+        self.refusal: Outcome | None = None  # the answer that took it out for the run
+        self.out_day: dt.date | None = None  # Out.DAILY: the UTC day it is spent for
+        self.back_at = math.inf  # Out.FAILING: when its cool-off ends (engine clock)
+        self.streak = 0  # retryable failures in a row
+        self.cool_offs = 0
+
+    @property
+    def name(self) -> str:
+        return self.upstream.name
+
+    def standing(self, today: dt.date, now: float) -> Standing:
+        """Where the route stands now: a spent day and a cool-off end by themselves."""
+        if self.out is Out.DAILY and self.out_day != today:
+            self.out = None
+        if self.out is Out.FAILING and now >= self.back_at:
+            self.out, self.streak = None, 0
+        return Standing(self.upstream.priority, self.out)
+
+    def ready_in(self, cost: int, now: float) -> float:
+        """Seconds until the limiter would admit `cost` (inf: every slot is taken)."""
+        if self.limiter.in_flight >= self.limiter.max_in_flight:
+            return math.inf
+        return self.limiter.pacer.delay(cost, now)
+
+    async def admit(self, job: Job, now: float) -> Ticket | None:
+        """Admission, in one place: today's daily budget (DailyBudget.reserve), then the
+        per-minute limiter (Limiter.acquire, which waits). None: today's budget cannot cover
+        the job (nothing is held). Cancelled while waiting, the reservation goes back whole."""
+        job.day = self.budget.reserve(job.cost, now)
+        if job.day is None:
+            return None
+        try:
+            return await self.limiter.acquire(job.cost)
+        except asyncio.CancelledError:
+            # A stop caught it waiting for admission (the engine cancels the dispatchers): it
+            # was never sent, so its daily reservation goes back whole, tokens and request.
+            self.budget.unreserve(job.day, job.cost)
+            raise
+
+    def settle(self, job: Job, ticket: Ticket, outcome: Outcome) -> None:
+        """An attempt's answer gives back what admission took, in one place: the limiter's slot
+        with what the server's headers taught (Limiter.release), and the daily reservation
+        replaced by what was billed (DailyBudget.settle)."""
+        kind = outcome.kind
+        server = outcome.server
+        tpm = taught_tpm(outcome)
+        if tpm is not None:  # the limiter adopts it; queued requests are checked against it
+            server = replace(server or ServerState(), limit_tokens=tpm)
+        self.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server,
+                             ok=kind is Kind.OK)
+        assert job.day is not None
+        self.budget.settle(job.day, job.cost, billed(outcome, job.cost))
+        self.settled.set()
+
+    def exhaust(self, job: Job) -> None:
+        """The API said the day's budget is spent (a per-day 429): for the day the job's
+        reservation was made on (DailyBudget.exhaust)."""
+        assert job.day is not None  # admit set it
+        self.budget.exhaust(job.day)
+
+    def rate_limited(self, ticket: Ticket, hint_s: float | None) -> float:
+        """A per-minute 429: the limiter's one shared pause (Limiter.rate_limited)."""
+        return self.limiter.rate_limited(ticket, hint_s)
+
+    def request_for(self, request: Request) -> Request:
+        """The request as this endpoint names the model (an Azure deployment, an alias)."""
+        name = self.upstream.deployment(self.model)
+        if name == request.model:
+            return request
+        return replace(request, body={**request.body, "model": name})
+
+
+class Lane:
+    """The FIFO queue of one model, and the routes that take from it."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.routes: list[Route] = []
         self.pending: deque[Job] = deque()
         self.retries: deque[Job] = deque()
         self.outstanding = 0  # accepted from the reader, not yet written
         self.changed = asyncio.Event()
         self.space = asyncio.Event()
-        self.settled = asyncio.Event()  # an attempt came back and its reservation settled
-        self.budget_reported = -math.inf
         self.mean_output = float(INITIAL_OUTPUT_GUESS)
         self.seen_output = False
+
+    def peek(self) -> Job | None:
+        if self.retries:
+            return self.retries[0]
+        return self.pending[0] if self.pending else None
 
     def next_job(self) -> Job | None:
         if self.retries:

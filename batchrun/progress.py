@@ -25,12 +25,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from batchrun.endpoints.routing import BACK
+from batchrun.endpoints.tally import EndpointTally
 from batchrun.events import (
     BudgetUsed,
     Event,
     JobStarted,
     RequestFinished,
     RequestSent,
+    RouteChanged,
     StateChanged,
     Stats,
     Throttled,
@@ -143,8 +146,12 @@ class ProgressDisplay:
 
     def __init__(self, stats: Stats, stream: IO[str], quiet: bool = False,
                  console: Console | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 endpoints: EndpointTally | None = None) -> None:
         self.stats = stats
+        self._endpoints = endpoints  # --endpoints: a gauge line per endpoint
+        self._endpoint_rates: dict[str, _Rates] = {}
+        self._endpoint_budgets: dict[str, BudgetUsed] = {}
         self._clock = clock
         self._models: dict[str, _Model] = {}
         self._started_at = clock()
@@ -196,13 +203,23 @@ class ProgressDisplay:
                 m.charged += cost
             case RequestFinished(model=model, tokens_in=tin, tokens_out=tout):
                 self._rates.add(tin + tout)
+                if event.endpoint:
+                    self._endpoint_rates.setdefault(event.endpoint, _Rates(self._clock)).add(
+                        tin + tout)
                 m = self._model(model)
                 m.finished += 1
                 m.rates.add(tin + tout)
-            case BudgetUsed(model=model):
-                self._budgets[model] = event
+            case BudgetUsed(model=model, endpoint=name):
+                if name:  # --endpoints: each endpoint's own budget, on its own line
+                    self._endpoint_budgets[name] = event
+                else:
+                    self._budgets[model] = event
             case Throttled(pause_s=pause):
                 self._cooling_until = max(self._cooling_until, self._clock() + pause)
+            case RouteChanged(endpoint=name, model=model, state=state, detail=detail):
+                said = (f"is back in rotation for {model}" if state == BACK else
+                        f"is out for {model}: {state} ({detail})")
+                self.console.print(f"endpoint {name} {said}", markup=False)
             case StateChanged(state=state, detail=detail):
                 self._detail = detail if state in ("draining", "paused-daily") else ""
                 if not self.live_mode:
@@ -238,7 +255,8 @@ class ProgressDisplay:
                     "x-ratelimit headers and 429s; give --rpm/--tpm/--tpd to set them)",
                     markup=False)
         via = f" via proxy {event.proxy}" if event.proxy else ""
-        self.console.print(f"  sending to {event.base_url}{via}", markup=False)
+        to = ", ".join(f"{name} ({host})" for name, host in event.endpoints.items())
+        self.console.print(f"  sending to {to or event.base_url}{via}", markup=False)
 
     def _eta_s(self) -> float | None:
         """The job ends when its slowest model does: each runs in its own lane."""
@@ -335,6 +353,7 @@ class ProgressDisplay:
                               completed=self.stats.done)
         lines: list[RenderableType] = [self._progress, Text(self._state_line()),
                                        self._rate_renderable()]
+        lines += [Text(line, style="dim") for line in self._endpoint_lines()]
         detail = self._detail_line()
         if detail:
             lines.append(Text(detail, style="yellow"))
@@ -349,3 +368,23 @@ class ProgressDisplay:
         detail = self._detail_line()
         self.console.print(f"[{s.done:,}/{s.total:,}] {self._state_line()} · {self._rate_text()}"
                            + (f" · {detail}" if detail else ""), markup=False)
+        for line in self._endpoint_lines():
+            self.console.print(f"  {line}", markup=False)
+
+    def _endpoint_lines(self) -> list[str]:
+        """--endpoints: one compact gauge line per endpoint (last minute, its 429s, out)."""
+        if self._endpoints is None:
+            return []
+        lines = []
+        for name, c in sorted(self._endpoints.endpoints.items()):
+            rates = self._endpoint_rates.get(name)
+            requests, tokens = rates.last_minute() if rates else (0, 0)
+            out = "".join(f" · out ({model}: {why})" for model, why in c.out.items())
+            budget = self._endpoint_budgets.get(name)
+            today = ""
+            if budget is not None and (budget.tpd or budget.rpd):
+                today = " · today " + (_against(budget.tokens, budget.tpd, "tok") if budget.tpd
+                                       else _against(budget.requests, budget.rpd, "req"))
+            lines.append(f"{name}: {compact(requests)} req · {compact(tokens)} tok last minute · "
+                         f"{c.ok + c.failed:,} done · {c.rate_limited:,} 429s{today}{out}")
+        return lines

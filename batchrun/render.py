@@ -58,6 +58,14 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                       "with the server's limits)")
         table.add_row("time", " · ".join(parts) + binds + " (at the steady rate; a full "
                       "bucket at the start can save up to a minute)")
+        for ep in m.get("endpoints", []):
+            rate = ep["requests_per_min"]
+            pace = "unlimited" if rate is None else f"{rate:,.0f} req/min"
+            role = (f"{ep['share']:.0%} of requests" if ep["share"] else
+                    "spare (priority 2)" if ep["priority"] == 2 else "no share")
+            binds = f", {ep['binding'].upper()} binds" if ep["binding"] else ""
+            table.add_row(f"  {ep['name']}", f"{describe_limits(Limits(**ep['limits']))} → "
+                          f"{pace}{binds} · {role}")
         used = m["used_today"]
         today = (f"{used['tokens']:,} tokens already used today" if used["known"]
                  else "today counted as unused: set OPENAI_API_KEY to count its usage")
@@ -114,6 +122,9 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
         console.print(f"  updated {j['updated']}")
         if j["message"]:
             console.print(f"  last    {j['message']}", markup=False)
+        for name, counts in j.get("endpoints", {}).items():
+            console.print(f"  via {name}: {counts['done']:,} results ({counts['failed']:,} "
+                          "failed)", markup=False)
         if j["state"] != "done":
             console.print(f"  resume  {j['resume']}", markup=False)
     else:
@@ -143,3 +154,11 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
                 f"{u['requests']:,}", f"{u['rpd']:,}" if u["rpd"] else "-",
             )
         console.print(table)
+
+
+def describe_endpoint(e: dict[str, Any]) -> str:
+    """One endpoint's line of the final summary (--endpoints)."""
+    cost = "cost unknown" if e["cost_usd"] is None else f"${e['cost_usd']:,.4f}"
+    out = "".join(f" · out for {model}: {why}" for model, why in e["out"].items())
+    return (f"{e['requests']:,} requests · {e['tokens']['input']:,} in, "
+            f"{e['tokens']['output']:,} out · {e['rate_limited_429']:,} 429s · {cost}{out}")

@@ -23,6 +23,9 @@ from batchrun.checkpoint import (
     read_output,
 )
 from batchrun.endpoint import Endpoint
+from batchrun.endpoints import check_serves
+from batchrun.endpoints.tally import count_endpoint
+from batchrun.endpoints.upstreams import build_upstreams, with_endpoints
 from batchrun.engine import Engine, JobSpec
 from batchrun.errors import (
     BadLine,
@@ -55,12 +58,18 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "simulate": simulate, "base_url": None if ep.azure else ep.base_url,
         "azure_endpoint": ep.base_url if ep.azure else None, "api_key_env": ep.key_env,
         "insecure": ep.insecure, "max_response_mb": spec.max_response_mb,
+        "endpoints": spec.endpoints_file, "record_endpoint": spec.record_endpoint,
     }
 
 
 def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec, bool]:
     """Rebuild a job's spec from its manifest, with any options the user gives on resume."""
     o = {**m.options}
+    given = [f"--{k}" for k, v in overrides.get("limits", {}).items() if v is not None]
+    if o.get("endpoints") and given:
+        raise InputError(
+            f"job {m.job_id} runs over the endpoints of {o['endpoints']}, where each endpoint's "
+            f"limits are: change them there, not with {', '.join(given)}.")
     limit_overrides = {**o["overrides"], **{k: v for k, v in overrides.pop("limits", {}).items()
                                             if v is not None}}
     o.update({k: v for k, v in overrides.items() if v is not None})
@@ -71,6 +80,8 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         max_retries=o["max_retries"], timeout_s=o["timeout_s"], on_bad_line=o["on_bad_line"],
         wait=o["wait"], max_response_mb=o.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB),
     )
+    if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
+        spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")))
     return spec, bool(o["simulate"])
 
 
@@ -90,9 +101,11 @@ class _ManifestUpdater:
                 self.started = True
                 m.total = event.total
                 m.done = event.already_done
-            case RequestFinished(ok=ok):
+            case RequestFinished(ok=ok, endpoint=endpoint):
                 m.done += 1
                 m.failed += not ok
+                if endpoint:
+                    count_endpoint(m.endpoints, endpoint, ok)
                 # Often enough for `status` to show progress; rare enough to cost nothing.
                 if time.monotonic() - self.saved_at >= SAVE_EVERY_S:
                     self.store.save(m)
@@ -293,12 +306,15 @@ async def run(
             manifest.checked = report.to_dict()
             if report.bad_total and spec.on_bad_line == "fail":
                 raise BadLinesError(str(spec.input), report.bad, report.bad_total)
+            if spec.endpoints:
+                check_serves(spec.endpoints, list(report.models), Path(str(spec.endpoints_file)))
             engine = Engine(spec, report, done, api_key, fan_out, budget_for, now_utc=now_utc,
-                            sleep=sleep)
+                            sleep=sleep, upstreams=build_upstreams(spec, ledger))
             ended = await _drive(engine)
             if ended is not None:
+                key_envs = [c.endpoint.key_env for c in spec.endpoints] or [spec.endpoint.key_env]
                 stop = phrase(ended, str(spec.output), manifest.resume_command,
-                              spec.endpoint.key_env)
+                              ", $".join(dict.fromkeys(key_envs)))
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False

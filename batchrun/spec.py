@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrun.endpoint import Endpoint
+from batchrun.endpoints.config import EndpointConfig
 from batchrun.tiers import Limits, preset
 
 # A bigger answer fails its request: a decompression bomb must not take the machine's memory.
@@ -30,6 +31,10 @@ class JobSpec:
     drain_s: float = 10.0
     wait: bool = False  # at the daily limit: sleep until 00:00 UTC instead of stopping
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
+    # --endpoints: the file's endpoints (keys by variable name only); empty: `endpoint` alone
+    endpoints: tuple[EndpointConfig, ...] = ()
+    endpoints_file: str | None = None
+    record_endpoint: bool = False  # --record-endpoint: name the endpoint in each output line
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)

@@ -1,0 +1,166 @@
+"""The engine's part for a model served by several endpoints: which route takes the next
+request, and what takes a route out of rotation. A mixin of `Engine` (it works on the engine's
+lanes, clock and stop), kept here so the engine reads as the one-endpoint flow it was.
+
+    _turn      a route's dispatcher waits until it may take the model's next job and its
+               limiter would admit it now (routing.may_take), then takes it
+    _take_out  a route is out (spent, refused, unreachable, failing): one RouteChanged event;
+               when the model has none left (routing.verdict), the job stops or --wait sleeps
+    _fail_over an answer that takes its route out sends the request back for another route
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from batchrun.decide import NO_NETWORK_TRIES, Action, never_connected
+from batchrun.endpoints.routing import BACK, FAIL_STREAK, Out, cool_off_s, may_take, verdict
+from batchrun.events import Listener, RouteChanged
+from batchrun.lanes import Job, Lane, Route
+from batchrun.ledger import fmt_wait
+from batchrun.spec import JobSpec
+from batchrun.stop import Stop, StopKind
+
+
+class RouteFailover:
+    """Mixed into Engine, which provides these."""
+
+    spec: JobSpec
+    _clock: Callable[[], float]
+    _now_utc: Callable[[], dt.datetime]
+    _sleep: Callable[[float], Awaitable[None]]
+    _emit: Listener
+    _input_done: bool
+
+    def _halt(self, stop: Stop, detail: str, lane: Lane | None = None) -> None:
+        raise NotImplementedError
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        raise NotImplementedError
+
+    async def _wait_for_reset(self, lane: Lane) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _too_large(route: Route, job: Job) -> str | None:
+        raise NotImplementedError
+
+    async def _turn(self, lane: Lane, route: Route) -> Job | None:
+        """With several routes: wait until this route may take the model's next job (it is in,
+        of the best priority in, big enough for the job) and its limiter would admit it now,
+        then take it. None: nothing to take now (the caller sees whether the lane is done)."""
+        now = self._clock()
+        today = self._now_utc().date()
+        standings = [r.standing(today, now) for r in lane.routes]
+        job = lane.peek()
+        if job is None or not may_take(route.standing(today, now), standings) or (
+                self._too_large(route, job) is not None):
+            if job is None and self._input_done and lane.outstanding == 0:
+                return None
+            lane.changed.clear()
+            await lane.changed.wait()
+            return None
+        wait = route.ready_in(job.cost, now)
+        if wait <= 0:
+            return lane.next_job()
+        if math.isinf(wait):
+            route.settled.clear()
+            await route.settled.wait()
+        else:
+            await self._sleep(wait)
+        return None
+
+    async def _take_out(self, lane: Lane, route: Route, why: Out, detail: str) -> bool:
+        """Take `route` out of rotation; stop the job, or (--wait) sleep to the next UTC day,
+        when its model has no route left. True: the dispatcher goes on."""
+        route.out = why
+        if why is Out.DAILY:
+            route.out_day = self._now_utc().date()
+        if route.name:
+            self._emit(RouteChanged(route.name, lane.model, why.value, detail))
+        lane.changed.set()
+        now, today = self._clock(), self._now_utc().date()
+        kind = verdict([r.standing(today, now) for r in lane.routes])
+        if kind is None:
+            return True
+        if kind is StopKind.DAILY:
+            if self.spec.wait:
+                await self._wait_for_reset(lane)
+                for each in lane.routes:
+                    if each.out is Out.DAILY:
+                        self._back_in(lane, each)
+                return True
+            self._halt(Stop(StopKind.DAILY), "daily budget reached: finishing requests in flight",
+                       lane)
+        elif kind is StopKind.REFUSED:
+            # The words of a refusing endpoint, even if the last one out was unreachable.
+            last = next(r.refusal for r in lane.routes if r.out is Out.REFUSED)
+            assert last is not None
+            self._halt(Stop(StopKind.REFUSED, server_message=last.message, code=last.code,
+                            status=last.status), "the API refused the key or account")
+        else:
+            self._halt(Stop(StopKind.NO_NETWORK, server_message=route.refusal.message
+                            if route.refusal else "",
+                            host=", ".join(r.upstream.host for r in lane.routes)),
+                       "cannot reach the API")
+        return False
+
+    async def _fail_over(self, lane: Lane, route: Route, job: Job, action: Action) -> bool:
+        """With several routes: what takes this route out sends the job back to the model's
+        queue for another route, with a fresh count of failures. True: handled here."""
+        outcome = job.last
+        assert outcome is not None and job.day is not None
+        if (action is Action.BACKOFF and not route.connected and never_connected(outcome)
+                and route.streak >= NO_NETWORK_TRIES):
+            # Nothing through this endpoint ever connected: its own "no network" (each request
+            # moves on to other routes, so no one request counts this route's failures).
+            action = Action.STOP_NO_NETWORK
+        if action in (Action.WAIT_DAY, Action.STOP_DAILY):
+            # Its dispatcher finds the budget spent at its next admission and takes it out.
+            route.exhaust(job)
+            self._move(lane, job)
+            return True
+        if action in (Action.STOP_REFUSED, Action.STOP_NO_NETWORK):
+            route.refusal = outcome
+            self._move(lane, job)
+            if route.out is None:
+                why = Out.REFUSED if action is Action.STOP_REFUSED else Out.UNREACHABLE
+                await self._take_out(lane, route, why, outcome.message)
+            return True
+        if action is Action.BACKOFF and route.streak >= FAIL_STREAK and route.out is None:
+            route.cool_offs += 1
+            pause = cool_off_s(route.cool_offs)
+            route.back_at = self._clock() + pause
+            # Its failures still count: when every route keeps failing, the request fails
+            # after --max-retries, as with one endpoint.
+            self._move(lane, job, fresh=False)
+
+            async def back_in() -> None:
+                await self._sleep(pause)
+                self._back_in(lane, route)
+
+            self._later(back_in())
+            await self._take_out(lane, route, Out.FAILING,
+                                 f"{route.streak} failures in a row (last: {outcome.message}); "
+                                 f"back in {fmt_wait(dt.timedelta(seconds=pause))}")
+            return True
+        return False
+
+    def _back_in(self, lane: Lane, route: Route) -> None:
+        """A new UTC day or the end of a cool-off: the route takes work again."""
+        route.out, route.streak = None, 0
+        if route.name:
+            self._emit(RouteChanged(route.name, lane.model, BACK))
+        lane.changed.set()
+
+    def _move(self, lane: Lane, job: Job, fresh: bool = True) -> None:
+        """Back to the front of the model's queue for another route; `fresh`: the failures
+        it met belong to the endpoint just taken out, not to the request."""
+        if fresh:
+            job.tries.failures = 0
+        lane.retries.appendleft(job)
+        lane.changed.set()
+

@@ -1,0 +1,66 @@
+"""The engine's view of an endpoints file: one Upstream per endpoint, with its own client, key
+and ledger scope (the endpoint's host, the key's fingerprint, the model family), exactly as the
+one endpoint of a job without --endpoints has."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from batchrun.client import ApiClient
+from batchrun.endpoints.config import EndpointConfig, load_endpoints
+from batchrun.errors import InputError
+from batchrun.lanes import Upstream
+from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
+from batchrun.spec import JobSpec
+from batchrun.tiers import Limits, family
+
+
+def _limits(config: EndpointConfig) -> Callable[[str], Limits | None]:
+    def limits_for(model: str) -> Limits | None:
+        return config.limits_for(model) if config.serves(model) else None
+
+    return limits_for
+
+
+def _budgets(config: EndpointConfig, ledger: Ledger,
+             keyfp: str) -> Callable[[str, Limits], DailyBudget]:
+    def budget_for(model: str, limits: Limits) -> DailyBudget:
+        # As one endpoint's scope, by the name the endpoint knows the model by: an Azure
+        # deployment is its own quota.
+        name = config.deployment(model)
+        scope = Scope(config.endpoint.host, keyfp, family(name) or name)
+        return DailyBudget(ledger, scope, limits.tpd, limits.rpd)
+
+    return budget_for
+
+
+def build_upstreams(spec: JobSpec, ledger: Ledger) -> list[Upstream]:
+    """Each endpoint's key is read from its variable here, and never kept anywhere else."""
+    upstreams: list[Upstream] = []
+    keys: dict[tuple[str, str], str] = {}
+    for config in spec.endpoints:
+        key = config.endpoint.api_key()
+        account = (config.endpoint.host, key_fingerprint(key))
+        if not config.endpoint.azure and account in keys:
+            raise InputError(
+                f"{spec.endpoints_file}: endpoints {keys[account]!r} and {config.name!r} send "
+                f"to {config.endpoint.host} with the same key (in ${config.endpoint.key_env}): "
+                "one key's limits would be paced twice over. List each key once.")
+        keys[account] = config.name
+        client = ApiClient(config.endpoint, key, spec.timeout_s,
+                           max(512, spec.concurrency or 0),
+                           max_response_bytes=int(spec.max_response_mb * 2**20))
+        upstreams.append(Upstream(
+            config.name, client, config.endpoint.host, _limits(config),
+            _budgets(config, ledger, key_fingerprint(key)), config.deployment, config.priority))
+    return upstreams
+
+
+def with_endpoints(spec: JobSpec, path: Path, record_endpoint: bool) -> JobSpec:
+    """`spec` sending through the endpoints of the file at `path` (read and checked now)."""
+    configs = load_endpoints(path)
+    return replace(spec, endpoint=configs[0].endpoint, endpoints=configs,
+                   endpoints_file=str(path.expanduser().resolve()),
+                   record_endpoint=record_endpoint)

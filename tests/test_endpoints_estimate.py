@@ -1,0 +1,57 @@
+"""`estimate --endpoints`: the time under the endpoints' limits together, and which binds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from tests.conftest import run_cli, write_jsonl
+
+FILE = '''[[endpoint]]
+name = "a"
+base_url = "https://a.example/v1"
+api_key_env = "NOT_SET_A"
+[endpoint.limits."gpt-4o-mini"]
+rpm = 600
+tpm = 0
+
+[[endpoint]]
+name = "b"
+base_url = "https://b.example/v1"
+api_key_env = "NOT_SET_B"
+[endpoint.limits."gpt-4o-mini"]
+rpm = 1200
+tpm = 6000
+
+[[endpoint]]
+name = "spare"
+base_url = "https://c.example/v1"
+api_key_env = "NOT_SET_C"
+priority = 2
+'''
+
+
+def test_estimate_spreads_the_job_over_the_endpoints_and_names_what_binds_each(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "endpoints.toml"
+    conf.write_text(FILE)
+    # 600 requests of 30 tokens charged: a admits 600/min (RPM), b 200/min (its TPM).
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"id": f"q{i}", "prompt": "x", "max_tokens": 22} for i in range(600)])
+    run = run_cli("estimate", str(jobs), "--endpoints", str(conf), "--json")
+    assert run.code == 0, run.stderr  # no key is needed to estimate
+    [model] = orjson.loads(run.stdout)["models"]
+    rows = {r["name"]: r for r in model["endpoints"]}
+    charge = model["limit_tokens"] / model["requests"]
+    assert rows["a"]["binding"] == "rpm" and rows["a"]["requests_per_min"] == 600
+    assert rows["b"]["binding"] == "tpm"
+    assert rows["b"]["requests_per_min"] == round(6000 / charge, 1)
+    assert rows["spare"]["share"] == 0.0
+    assert model["limits"]["rpm"] == 1800  # a + b; the spare is not counted
+    assert model["binding"] == "endpoints"
+    expected = round(600 / (600 + 6000 / charge), 2)
+    assert model["minutes_to_finish"] == expected
+    text = run_cli("estimate", str(jobs), "--endpoints", str(conf))
+    assert "  b " in text.stdout and "TPM binds" in text.stdout
