@@ -29,7 +29,6 @@ from batchrun.decide import (
     MAX_RATE_LIMITED,
     Action,
     Policy,
-    billed,
     decide,
     outcome_usage,
     taught_tpm,
@@ -49,9 +48,10 @@ from batchrun.events import (
 from batchrun.jobs import InputReport, Reading, Request, read_jobs
 from batchrun.lanes import Job, Lane
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
-from batchrun.limiter import Limiter, ServerState, Ticket
+from batchrun.limiter import ServerState, Ticket
 from batchrun.sizing import never_fits, size_of
 from batchrun.spec import JobSpec
+from batchrun.state import Gate, SharedBudget, SharedStateError, open_gate
 from batchrun.stop import Stop, StopKind
 from batchrun.tiers import Limits
 
@@ -80,7 +80,7 @@ class Engine:
         done: set[str],
         api_key: str,
         listener: Listener,
-        budget_for: Callable[[str, Limits], DailyBudget],
+        budget_for: Callable[[str, Limits], DailyBudget | SharedBudget],
         *,
         client: Client | None = None,
         clock: Callable[[], float] | None = None,
@@ -105,6 +105,7 @@ class Engine:
         self._rng = rng or random.Random()
         self._policy = Policy(spec.max_retries, spec.wait)
         self._lanes: dict[str, Lane] = {}
+        self._gates: dict[str, Gate] = {}  # per model: admission and settlement
         self._stop: Stop | None = None
         self._stop_lane: Lane | None = None
         self._interrupts = 0
@@ -216,10 +217,9 @@ class Engine:
         lane = self._lanes.get(model)
         if lane is None:
             limits = self.spec.limits_for(model)
-            limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock,
-                              self._sleep)
-            budget = self._budget_for(model, limits)
-            lane = self._lanes[model] = Lane(model, limits, limiter, budget)
+            gate = self._gates[model] = open_gate(self._budget_for(model, limits), limits,
+                                                  self.spec.concurrency, self._clock, self._sleep)
+            lane = self._lanes[model] = Lane(model, limits, gate.limiter, gate.budget)
             self._dispatchers.add(self._tg.create_task(self._dispatch(lane)))
         return lane
 
@@ -245,8 +245,14 @@ class Engine:
             if self._never_fits(lane, job):  # the server may have taught a lower limit
                 self._ended(lane)
                 continue
-            job.day = lane.budget.reserve(job.cost, self._clock())
-            if job.day is None:
+            try:
+                admitted = await self._gates[lane.model].admit(job.cost, self._clock())
+            except SharedStateError as exc:  # never sent: it goes again on resume
+                lane.retries.appendleft(job)
+                self._halt(Stop(StopKind.STATE, server_message=exc.message),
+                           "the shared state is unavailable: finishing requests in flight")
+                return
+            if admitted is None:
                 lane.retries.appendleft(job)
                 if lane.limiter.in_flight:
                     # In-flight reservations settle to real usage, usually far below their
@@ -260,13 +266,7 @@ class Engine:
                 self._halt(Stop(StopKind.DAILY),
                            "daily budget reached: finishing requests in flight", lane)
                 return
-            try:
-                ticket = await lane.limiter.acquire(job.cost)
-            except asyncio.CancelledError:
-                # A stop caught it waiting for admission (_halt cancels the dispatchers): it was
-                # never sent, so its daily reservation goes back whole, tokens and request.
-                lane.budget.unreserve(job.day, job.cost)
-                raise
+            job.day, ticket = admitted
             self._emit(RequestSent(lane.model, job.cost))
             task = self._tg.create_task(self._attempt(lane, job, ticket))
             self._attempts.add(task)
@@ -283,10 +283,8 @@ class Engine:
         tpm = taught_tpm(outcome)
         if tpm is not None:  # the limiter adopts it; queued requests are checked against it
             server = replace(server or ServerState(), limit_tokens=tpm)
-        lane.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server,
-                             ok=kind is Kind.OK)
         assert job.day is not None
-        lane.budget.settle(job.day, job.cost, billed(outcome, job.cost))
+        await self._gates[lane.model].settle(job.day, ticket, job.cost, outcome, server)
         lane.settled.set()
         self._report_budget(lane)
         self._emit(AttemptEnded(lane.model, kind.value))

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from batchrun.classify import Outcome
 from batchrun.decide import Tries
 from batchrun.jobs import Request
-from batchrun.ledger import DailyBudget
 from batchrun.limiter import Limiter
 from batchrun.sizing import Size
+from batchrun.state import Budget
 from batchrun.tiers import Limits
 
 # Until we have seen real answers, a request that sets no max_tokens is charged this much output.
@@ -36,7 +36,7 @@ class Job:
 class Lane:
     """The queue, limiter and budget of one model."""
 
-    def __init__(self, model: str, limits: Limits, limiter: Limiter, budget: DailyBudget) -> None:
+    def __init__(self, model: str, limits: Limits, limiter: Limiter, budget: Budget) -> None:
         self.model = model
         self.limits = limits
         self.limiter = limiter
