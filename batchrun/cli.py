@@ -36,6 +36,8 @@ from batchrun.jobstore import JobStore, Manifest
 from batchrun.progress import ProgressDisplay
 from batchrun.render import render_estimate, render_status
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
+from batchrun.state import StateUrl, parse_state_url, state_for_resume
+from batchrun.state._open import host_lines, shared_usage
 from batchrun.tiers import TIERS, family
 
 app = typer.Typer(
@@ -101,6 +103,10 @@ MaxResponseMb = Annotated[float | None, typer.Option(
     help="largest answer accepted, in MB; a bigger one fails its request (response_too_large)")]
 Concurrency = Annotated[int | None, typer.Option(
     min=1, show_default="from rate x latency", help="most requests in flight")]
+State = Annotated[str | None, typer.Option(
+    "--state", envvar="BATCHRUN_STATE", show_default="the local ledger",
+    help="shared limiter and daily ledger: redis://[user:password@]host:6379/0 for every host "
+    "on the same key")]
 
 
 @app.command()
@@ -136,8 +142,10 @@ def submit(
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
+    state: State = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
+    state_url = parse_state_url(state)
     if output is None:
         absolute = jobs.resolve()
         output = absolute.with_name(absolute.name.removesuffix(".jsonl") + ".results.jsonl")
@@ -157,11 +165,12 @@ def submit(
     )
     store = JobStore()
     manifest = runner.prepare(spec, simulate, store, force)
+    manifest.options.update(state_url.manifest_options() if state_url else {})
     if manifest.finished and store.exists(manifest.job_id) and not force:
         runner.count_from_output(manifest)  # the file decides: it may have lost lines since
         if manifest.done >= manifest.total:
             _finished(runner.Finished(manifest.done, manifest.total, manifest.failed), manifest)
-    _launch(spec, manifest, store, simulate, json_, quiet)
+    _launch(spec, manifest, store, simulate, json_, quiet, state=state_url)
 
 
 def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
@@ -193,6 +202,7 @@ def resume(
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
+    state: State = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     store = JobStore()
@@ -217,7 +227,9 @@ def resume(
     if isinstance(plan, runner.Finished):
         _finished(plan, manifest)
     spec, simulate = plan
-    _launch(spec, manifest, store, simulate, json_, quiet, retry_failed)
+    state_url = state_for_resume(state, manifest.options)
+    manifest.options.update(state_url.manifest_options() if state_url else {})
+    _launch(spec, manifest, store, simulate, json_, quiet, retry_failed, state_url)
 
 
 @app.command()
@@ -236,16 +248,22 @@ def forget(
 def status(
     job: Annotated[str | None, typer.Argument(help="one job: id, prefix or output path")] = None,
     json_: Json = False,
+    state: State = None,
 ) -> None:
     """Jobs, their progress, and today's usage per key and model."""
     store = JobStore()
     jobs = [store.find(job)] if job else _warn_damaged(store)
-    book = ledger.Ledger(store.home / "ledger.sqlite3", ledger.utc_now)
-    try:
-        today = book.today()
-        usage = book.usage_rows(today)
-    finally:
-        book.close()
+    state_url = parse_state_url(state)
+    if state_url is not None:  # every host's usage, from the shared state
+        today = ledger.utc_now().date()
+        usage = asyncio.run(shared_usage(state_url, today))
+    else:
+        book = ledger.Ledger(store.home / "ledger.sqlite3", ledger.utc_now)
+        try:
+            today = book.today()
+            usage = book.usage_rows(today)
+        finally:
+            book.close()
     states = {m.job_id: store.effective_state(m) for m in jobs}
     for m in jobs:
         if states[m.job_id] == "crashed":
@@ -253,9 +271,12 @@ def status(
     rows = [{**asdict(m), "state": states[m.job_id], "resume": m.resume_command}
             for m in jobs]
     if json_:
-        sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage}).decode() + "\n")
+        shown = {"state": state_url.shown} if state_url else {}
+        sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage, **shown}).decode() + "\n")
         return
     render_status(out, rows, usage, today.isoformat(), detail=job is not None)
+    if state_url is not None:
+        out.print("\n".join(host_lines(state_url, usage)), markup=False)
 
 
 @app.command()
@@ -316,11 +337,11 @@ def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:
 
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,
-            quiet: bool, retry_failed: bool = False) -> None:
+            quiet: bool, retry_failed: bool = False, state: StateUrl | None = None) -> None:
     stats = Stats()
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_) as display:
         stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, display), simulate,
-                                   retry_failed))
+                                   retry_failed, state))
     summary = stats.summary()
     summary["job"] = manifest.job_id
     # The job's recorded state says why it stopped (paused-daily, interrupted, ...), where the
@@ -344,11 +365,13 @@ def _note(message: str) -> None:
 
 
 async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Listener,
-               simulate: bool, retry_failed: bool) -> BatchrunError | None:
+               simulate: bool, retry_failed: bool,
+               state: StateUrl | None = None) -> BatchrunError | None:
     if not simulate:
         key = spec.endpoint.api_key()
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
-                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note)
+                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note,
+                                state=state)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
 
     lim = spec.limits_for(spec.model)
@@ -359,7 +382,7 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
                                 "sk-simulated", listener, runner.SIMULATOR_HOST,
                                 now_utc=ledger.utc_now, retry_failed=retry_failed,
-                                notify=_note)
+                                notify=_note, state=state)
 
 
 def _print_summary(s: dict[str, Any], output: Path) -> None:

@@ -38,6 +38,8 @@ from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, 
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
+from batchrun.state import SharedBudget, StateUrl
+from batchrun.state._open import connect as connect_state
 from batchrun.stop import Stop, phrase
 from batchrun.tiers import Limits, family
 
@@ -254,6 +256,7 @@ async def run(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     retry_failed: bool = False,
     notify: Callable[[str], None] = lambda message: None,
+    state: StateUrl | None = None,
 ) -> BatchrunError | None:
     """Run the job under its output's lock, with the shared ledger; record how it ended.
 
@@ -276,10 +279,17 @@ async def run(
             store.save(manifest)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
+        try:  # --state redis://: the daily budget and per-minute admission live there
+            shared = await connect_state(state, now_utc) if state is not None else None
+        except BaseException:
+            ledger.close()
+            raise
 
-        def budget_for(model: str, limits: Limits) -> DailyBudget:
-            return DailyBudget(ledger, Scope(host, keyfp, family(model) or model),
-                               limits.tpd, limits.rpd)
+        def budget_for(model: str, limits: Limits) -> DailyBudget | SharedBudget:
+            scope = Scope(host, keyfp, family(model) or model)
+            if shared is not None:
+                return shared.budget(scope, limits.tpd, limits.rpd)
+            return DailyBudget(ledger, scope, limits.tpd, limits.rpd)
 
         def fan_out(event: Event) -> None:
             updater(event)
@@ -307,7 +317,11 @@ async def run(
             # How the run ended is recorded even when the ledger cannot take its last
             # settlements (a full disk): the ledger's own error still reaches the user.
             try:
-                ledger.close()
+                try:
+                    ledger.close()
+                finally:
+                    if shared is not None:
+                        await shared.close()
             finally:
                 if updater.started or on_disk:
                     manifest.state = "crashed" if crashed else _final_state(stop)
