@@ -296,9 +296,10 @@ def estimate(
     on_bad_line: Annotated[OnBadLine, typer.Option(
         help="fail: list bad lines and stop; skip: estimate the rest")] = OnBadLine.fail,
     json_: Json = False,
+    state: State = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
-    used_today, known = _ledger_lookup()
+    used_today, known = _ledger_lookup(parse_state_url(state))
     result = estimate_job(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
@@ -320,19 +321,25 @@ def _warn_damaged(store: JobStore) -> list[Manifest]:
     return jobs
 
 
-def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:
-    """Today's usage per model for the key in the environment, if there is one."""
+def _ledger_lookup(state: StateUrl | None = None,
+                   ) -> tuple[Callable[[str], tuple[int, int]], bool]:
+    """Today's usage per model for the key in the environment, if there is one (from the
+    shared state when one is given: every host's usage)."""
     key = os.environ.get("OPENAI_API_KEY", "").strip()
     path = JobStore().home / "ledger.sqlite3"
-    if not key or not path.exists():
+    if not key or (state is None and not path.exists()):
         return (lambda _model: (0, 0)), False
     host = Endpoint.make(os.environ.get("OPENAI_BASE_URL"), None, None, insecure=True).host
-    book = ledger.Ledger(path, ledger.utc_now)
+    if state is not None:
+        usage = asyncio.run(shared_usage(state, ledger.utc_now().date()))
+    else:
+        book = ledger.Ledger(path, ledger.utc_now)
+        usage = book.usage_rows(book.today())
+        book.close()
     rows = {(r["model"]): (int(r["tokens"]), int(r["requests"]))  # type: ignore[call-overload]
-            for r in book.usage_rows(book.today())
+            for r in usage
             if r["host"] == ledger.ledger_host(host)
             and r["key_fingerprint"] == ledger.key_fingerprint(key)}
-    book.close()
     return (lambda model: rows.get(family(model) or model, (0, 0))), True
 
 

@@ -44,6 +44,12 @@ def test_a_redis_with_a_password_is_used_and_the_password_never_shown(
     usage = orjson.loads(run_cli("status", "--json", env={"BATCHRUN_STATE": redis.url}).stdout)
     assert [(u["model"], u["requests"], u["rpd"]) for u in usage["usage"]] == [
         ("gpt-4o-mini", 20, 1000)]
+    estimate = run_cli("estimate", str(jobs), "--state", redis.url, "--json",
+                       env={**ENV, "OPENAI_BASE_URL": sim.base_url})
+    assert estimate.code == 0, estimate.stderr
+    [model] = orjson.loads(estimate.stdout)["models"]
+    used = model["used_today"]  # from Redis: every host's usage
+    assert (used["requests"], used["known"]) == (20, True)
     manifest = next(Path(isolated_env["BATCHRUN_HOME"]).rglob("*.json"))
     assert orjson.loads(manifest.read_bytes())["options"]["state"] == \
         f"redis://127.0.0.1:{redis.port}/0"
@@ -52,7 +58,8 @@ def test_a_redis_with_a_password_is_used_and_the_password_never_shown(
                     env=ENV)
     assert wrong.code == 5
     assert f"The shared state at redis://127.0.0.1:{redis.port}/0 is unavailable" in wrong.stderr
-    shown = _everything_shown(Path(isolated_env["BATCHRUN_HOME"]), run, status, wrong)
+    shown = _everything_shown(Path(isolated_env["BATCHRUN_HOME"]), run, status, estimate,
+                              wrong)
     assert PASSWORD not in shown
     assert sim.stats.received == 20  # the refused run sent nothing
 
