@@ -3,6 +3,7 @@ and the URLs batchrun refuses. The credentials in the URL never show anywhere.""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ def test_redis_not_answering_at_the_start_sends_nothing(sim: RunningSim, tmp_pat
 @pytest.mark.parametrize(("url", "words"), [
     ("memcached://localhost:11211", "is not a Redis URL"),
     ("redis://localhost:notaport/0", "is not a valid URL"),
+    ("redis://localhost:6379/jobs", "Redis databases are numbers"),
 ])
 def test_a_state_url_batchrun_cannot_use_is_refused(url: str, words: str, tmp_path: Path) -> None:
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
@@ -137,3 +139,39 @@ def test_resume_asks_again_for_credentials_it_never_stored() -> None:
     assert state_for_resume(None, {"state": None}) is None
     given = state_for_resume(f"redis://:{PASSWORD}@db.internal:6379/0", options)
     assert given is not None and given.shown == "redis://db.internal:6379/0"
+
+
+@pytest.mark.slow
+def test_a_redis_that_stops_answering_stops_admission_and_resume_finishes_the_job(
+        sim_factory: Any, redis_factory: type[RedisServer], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from batchrun.state import _redis
+
+    monkeypatch.setattr(_redis, "TIMEOUT_S", 0.3)  # "slow" is this slow, for the test
+    sim = sim_factory(SimConfig(SimLimits(rpm=6_000), latency_s=0.05))
+    redis = redis_factory().start()
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(120))
+    args = ("--base-url", sim.base_url, "--state", redis.url, "--rpm", "6000")
+    assert redis._proc is not None
+    pid = redis._proc.pid
+
+    def pause_redis() -> None:
+        wait_for(lambda: sim.stats.received >= 20)
+        os.kill(pid, signal.SIGSTOP)
+
+    pauser = threading.Thread(target=pause_redis)
+    pauser.start()
+    try:
+        first = run_cli("submit", str(jobs), *args, env=ENV)
+    finally:
+        pauser.join()
+        os.kill(pid, signal.SIGCONT)
+    assert first.code == 5, first.stderr
+    assert "is unavailable (TimeoutError" in first.stderr
+    assert 20 <= len(read_results(tmp_path / "jobs.results.jsonl")) == sim.stats.received
+    second = run_cli("resume", env=ENV)  # the URL (no credentials) is in the manifest
+    assert second.code == 0, second.stderr
+    assert len(read_results(tmp_path / "jobs.results.jsonl")) == 120
+    assert set(sim.stats.attempts.values()) == {1}

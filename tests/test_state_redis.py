@@ -142,3 +142,20 @@ async def test_usage_settles_to_what_the_server_billed(hosts: Any) -> None:
     b = await hosts()
     rows = await b.usage_rows(day)
     assert (rows[0]["tokens"], rows[0]["requests"]) == (50, 1)
+
+
+async def test_a_redis_that_lost_its_memory_is_not_trusted_mid_run(
+        hosts: Any, redis_url: str) -> None:
+    import redis.asyncio
+
+    from batchrun.state import SharedStateError
+
+    a = await hosts()
+    gate = _gate(a, Limits(rpd=100))
+    assert await gate.admit(1, 0.0) is not None
+    client = redis.asyncio.from_url(redis_url)
+    await client.flushall()  # as a restart without persistence leaves it
+    await client.aclose()
+    with pytest.raises(SharedStateError, match="was reset") as caught:
+        await gate.admit(1, 0.0)
+    assert "appendonly" in caught.value.message

@@ -93,8 +93,9 @@ class RedisState:
 
     @classmethod
     async def connect(cls, url: StateUrl, now_utc: Callable[[], dt.datetime] = utc_now,
-                      timeout_s: float = TIMEOUT_S, host_id: str | None = None) -> RedisState:
+                      timeout_s: float | None = None, host_id: str | None = None) -> RedisState:
         """Connect and check the server answers; SharedStateError (exit 5) when it does not."""
+        timeout_s = timeout_s or TIMEOUT_S
         import redis.asyncio
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff

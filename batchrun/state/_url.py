@@ -56,6 +56,9 @@ def parse_state_url(value: str | None) -> StateUrl | None:
     if parts.scheme not in SCHEMES or not parts.hostname:
         raise InputError(f"--state {shown!r} is not a Redis URL: give redis://host:6379/0 (or "
                          "rediss:// for TLS), or leave it out for the local ledger.")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise InputError(f"--state {shown!r} names database {parts.path.strip('/')!r}; Redis "
+                         "databases are numbers: give e.g. redis://localhost:6379/0")
     if importlib.util.find_spec("redis") is None:
         raise InputError("--state redis://… needs the Redis client, which is not installed: "
                          "pip install 'batchrun[redis]'")
