@@ -159,3 +159,23 @@ async def test_a_redis_that_lost_its_memory_is_not_trusted_mid_run(
     with pytest.raises(SharedStateError, match="was reset") as caught:
         await gate.admit(1, 0.0)
     assert "appendonly" in caught.value.message
+
+
+async def test_headers_showing_other_hosts_use_do_not_slow_a_host_twice(hosts: Any) -> None:
+    # With four hosts on a key, x-ratelimit-remaining-* shows everyone's use. The shared bucket
+    # already paces this host; its local limiter must not read the headers as "the server is
+    # emptier than I counted" and pace it again on top.
+    a = await hosts()
+    now, waits = [0.0], []
+
+    async def sleep(s: float) -> None:
+        waits.append(s)
+        now[0] += s
+
+    limits = Limits(rpm=600, tpm=1_000_000)  # 0.9 s of burst: 9 requests go at once
+    gate = a.budget(SCOPE, 0, 0).gate(limits, None, lambda: now[0], sleep)
+    crowded = ServerState(600, 1_000_000, remaining_requests=0, remaining_tokens=0)
+    for _ in range(8):
+        day, ticket = await gate.admit(10, now[0]) or pytest.fail("not admitted")
+        await gate.settle(day, ticket, 10, Outcome(Kind.OK, 200, server=crowded), crowded)
+    assert waits == []
