@@ -63,7 +63,8 @@ def redis_calls(redis: RedisServer) -> int:
                if k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_script"))
 
 
-def four_hosts(redis: RedisServer | None, rpm: int, lines: int, tmp: Path) -> dict[str, float]:
+def four_hosts(redis: RedisServer | None, rpm: int, lines: int, tmp: Path,
+               hosts: int = 4) -> dict[str, float]:
     sim = ThreadSim(SimConfig(SimLimits(rpm=rpm, window_s=1.0), latency_s=0.1, jitter_s=0.05))
     if redis is not None:
         redis.flush()
@@ -73,7 +74,7 @@ def four_hosts(redis: RedisServer | None, rpm: int, lines: int, tmp: Path) -> di
         r.config_resetstat()
         r.close()
     procs = []
-    for n in range(4):
+    for n in range(hosts):
         jobs = tmp / f"jobs{n}.jsonl"
         jobs.write_bytes(b"".join(orjson.dumps(
             {"id": f"h{n}-{i}", "prompt": f"Question {i} from host {n}", "max_tokens": 10})
@@ -106,19 +107,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rpm", type=int, default=3_000)
     parser.add_argument("--lines", type=int, default=500, help="per host")
+    parser.add_argument("--hosts", type=int, default=4)
     parser.add_argument("--requests", type=int, default=5_000, help="for the overhead runs")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--overhead-only", action="store_true")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the four hosts without shared state")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         redis = RedisServer(tmp).start()
         try:
             if not args.overhead_only:
-                for label, server in (("--state redis://", redis), ("no shared state", None)):
-                    r = four_hosts(server, args.rpm, args.lines, tmp)
+                modes = [("--state redis://", redis), ("no shared state", None)]
+                for label, server in modes[:1] if args.no_baseline else modes:
+                    r = four_hosts(server, args.rpm, args.lines, tmp, args.hosts)
                     trips = f", {r['per_request']:.2f} Redis calls/request" if server else ""
-                    print(f"four hosts, {label}: {r['share']:.1%} of {args.rpm:,} RPM "
+                    print(f"{args.hosts} hosts, {label}: {r['share']:.1%} of {args.rpm:,} RPM "
                           f"({r['steady']:.1%} after the first 2 s), "
                           f"{r['429s']:.1%} 429s of {r['received']:,} received{trips}")
             jobs = tmp / "overhead.jsonl"
