@@ -102,6 +102,9 @@ def test_redis_not_answering_at_the_start_sends_nothing(sim: RunningSim, tmp_pat
     assert "The shared state at redis://127.0.0.1:1/0 is unavailable" in run.stderr
     assert PASSWORD not in run.stdout + run.stderr
     assert sim.stats.received == 0
+    status = run_cli("status", env={"BATCHRUN_STATE": url})
+    assert status.code == 5 and "redis://127.0.0.1:1/0 is unavailable" in status.stderr
+    assert PASSWORD not in status.stdout + status.stderr
 
 
 @pytest.mark.parametrize(("url", "words"), [

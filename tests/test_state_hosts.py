@@ -62,7 +62,7 @@ def test_four_hosts_share_one_key_at_the_limit_without_429s_or_overspend(
 
 def test_a_host_killed_mid_run_gives_its_share_back_within_seconds(
         sim_factory: Any, redis_url: str, tmp_path: Path) -> None:
-    rpm = 1_200
+    rpm = 2_400
     sim = sim_factory(SimConfig(SimLimits(rpm=rpm, window_s=1.0), latency_s=0.1))
     victim, victim_out = _host(0, tmp_path, sim, redis_url, 400, "--rpm", str(rpm))
     survivor, survivor_out = _host(1, tmp_path, sim, redis_url, 200, "--rpm", str(rpm))
