@@ -118,6 +118,15 @@ def test_a_state_url_batchrun_cannot_use_is_refused(url: str, words: str, tmp_pa
     assert run.code == 2 and words in run.stderr
 
 
+def test_a_password_that_breaks_the_url_is_not_echoed(tmp_path: Path) -> None:
+    # An unencoded '/' ends the authority early: the "password" would land in the path.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    run = run_cli("submit", str(jobs), env={**ENV, "BATCHRUN_STATE":
+                                            "redis://:pa/ss-SECRET@localhost:6379/0"})
+    assert run.code == 2 and "redis://***@localhost:6379/0" in run.stderr
+    assert "SECRET" not in run.stdout + run.stderr
+
+
 def test_without_the_redis_client_the_message_says_what_to_install(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
