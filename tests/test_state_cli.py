@@ -111,6 +111,7 @@ def test_redis_not_answering_at_the_start_sends_nothing(sim: RunningSim, tmp_pat
     ("memcached://localhost:11211", "is not a Redis URL"),
     ("redis://localhost:notaport/0", "is not a valid URL"),
     ("redis://localhost:6379/jobs", "Redis databases are numbers"),
+    ("redis://localhost:6379/0?ssl_cert_reqs=maybe", "cannot be used"),
 ])
 def test_a_state_url_batchrun_cannot_use_is_refused(url: str, words: str, tmp_path: Path) -> None:
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))

@@ -45,10 +45,11 @@ import socket
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from batchrun.classify import Kind, Outcome
 from batchrun.decide import billed
-from batchrun.errors import redact
+from batchrun.errors import InputError, redact
 from batchrun.ledger import MAX_USAGE, DayUsage, Scope, describe_usage, utc_now
 from batchrun.limiter import ServerState, Ticket
 from batchrun.state._gate import SharedStateError
@@ -88,7 +89,6 @@ class RedisState:
         self._settle = client.register_script(SETTLE)
         self._epoch = ""
         self.failure: SharedStateError | None = None  # a settlement that could not be written
-        self.round_trips = 0
         self._budgets: list[RedisBudget] = []
 
     @classmethod
@@ -102,14 +102,22 @@ class RedisState:
 
         # One quick retry mends a connection the server closed while idle; more would turn a
         # dead Redis into a long silence before the user hears of it.
-        client = redis.asyncio.from_url(
-            url.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 1))
-        state = cls(client, url, now_utc, host_id or f"{socket.gethostname()}:{os.getpid()}")
+        client = None
         try:
+            client = redis.asyncio.from_url(
+                url.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 1))
+            state = cls(client, url, now_utc,
+                        host_id or f"{socket.gethostname()}:{os.getpid()}")
             await state._call(state._open())
+        except (ValueError, TypeError) as exc:  # an ?option= redis-py does not take
+            if client is not None:
+                await client.aclose()
+            raise InputError(f"--state {url.shown} cannot be used: "
+                             f"{redact(str(exc), urlsplit(url.url).password)}") from None
         except BaseException:
-            await client.aclose()
+            if client is not None:
+                await client.aclose()
             raise
         return state
 
@@ -121,7 +129,6 @@ class RedisState:
     async def _call(self, work: Awaitable[Any]) -> Any:
         import redis.exceptions
 
-        self.round_trips += 1
         try:
             return await work
         except redis.exceptions.RedisError as exc:
@@ -144,8 +151,6 @@ class RedisState:
             "to keep it across restarts.")
 
     def _password(self) -> str | None:
-        from urllib.parse import urlsplit
-
         return urlsplit(self.url.url).password
 
     def today(self) -> dt.date:
