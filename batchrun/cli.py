@@ -37,7 +37,7 @@ from batchrun.progress import ProgressDisplay
 from batchrun.render import render_estimate, render_status
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import StateUrl, parse_state_url, state_for_resume
-from batchrun.state._open import host_lines, shared_usage
+from batchrun.state._open import host_lines, usage_today
 from batchrun.tiers import TIERS, family
 
 app = typer.Typer(
@@ -254,16 +254,7 @@ def status(
     store = JobStore()
     jobs = [store.find(job)] if job else _warn_damaged(store)
     state_url = parse_state_url(state)
-    if state_url is not None:  # every host's usage, from the shared state
-        today = ledger.utc_now().date()
-        usage = asyncio.run(shared_usage(state_url, today))
-    else:
-        book = ledger.Ledger(store.home / "ledger.sqlite3", ledger.utc_now)
-        try:
-            today = book.today()
-            usage = book.usage_rows(today)
-        finally:
-            book.close()
+    today, usage = usage_today(state_url, store.home / "ledger.sqlite3")
     states = {m.job_id: store.effective_state(m) for m in jobs}
     for m in jobs:
         if states[m.job_id] == "crashed":
@@ -330,12 +321,7 @@ def _ledger_lookup(state: StateUrl | None = None,
     if not key or (state is None and not path.exists()):
         return (lambda _model: (0, 0)), False
     host = Endpoint.make(os.environ.get("OPENAI_BASE_URL"), None, None, insecure=True).host
-    if state is not None:
-        usage = asyncio.run(shared_usage(state, ledger.utc_now().date()))
-    else:
-        book = ledger.Ledger(path, ledger.utc_now)
-        usage = book.usage_rows(book.today())
-        book.close()
+    _, usage = usage_today(state, path)
     rows = {(r["model"]): (int(r["tokens"]), int(r["requests"]))  # type: ignore[call-overload]
             for r in usage
             if r["host"] == ledger.ledger_host(host)

@@ -3,10 +3,13 @@ unless it is used."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batchrun import ledger
 from batchrun.ledger import utc_now
 from batchrun.state._url import StateUrl
 
@@ -27,6 +30,21 @@ async def shared_usage(url: StateUrl, day: dt.date) -> list[dict[str, object]]:
         return await state.usage_rows(day)
     finally:
         await state.close()
+
+
+def usage_today(url: StateUrl | None,
+                ledger_path: Path) -> tuple[dt.date, list[dict[str, object]]]:
+    """Today (UTC) and its usage rows, for `status` and `estimate`: every host's from the shared
+    state when there is one, else this host's SQLite ledger."""
+    if url is not None:
+        today = ledger.utc_now().date()
+        return today, asyncio.run(shared_usage(url, today))
+    book = ledger.Ledger(ledger_path, ledger.utc_now)
+    try:
+        today = book.today()
+        return today, book.usage_rows(today)
+    finally:
+        book.close()
 
 
 def host_lines(url: StateUrl, rows: list[dict[str, Any]]) -> list[str]:
