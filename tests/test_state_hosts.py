@@ -44,6 +44,10 @@ def test_four_hosts_share_one_key_at_the_limit_without_429s_or_overspend(
     rpm, rpd = 3_000, 560
     # A server that enforces 1 s windows: a minute's burst from any host would be a 429 storm.
     sim = sim_factory(SimConfig(SimLimits(rpm=rpm, window_s=1.0), latency_s=0.1, jitter_s=0.05))
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.config_resetstat()
     hosts = [_host(n, tmp_path, sim, redis_url, 160, "--rpm", str(rpm), "--rpd", str(rpd))
              for n in range(4)]
     codes = []
@@ -58,6 +62,10 @@ def test_four_hosts_share_one_key_at_the_limit_without_429s_or_overspend(
     assert sum(len(read_results(out)) for _, out in hosts) == admitted
     assert sim.stats.rate_limited <= 0.01 * sim.stats.received
     assert _share(sim.stats.admitted_at, rpm) >= 0.95
+    # One round trip admits a request; settlements ride on the next admission.
+    scripts = client.info("commandstats").get("cmdstat_evalsha", {"calls": 0})["calls"]
+    client.close()
+    assert scripts <= 1.1 * sim.stats.received
 
 
 def test_a_host_killed_mid_run_gives_its_share_back_within_seconds(

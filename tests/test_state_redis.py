@@ -181,12 +181,12 @@ async def test_headers_showing_other_hosts_use_do_not_slow_a_host_twice(hosts: A
     assert waits == []
 
 
-async def test_two_engines_on_one_redis_keep_each_days_budget_across_midnight(
+async def test_four_engines_on_one_redis_keep_each_days_budget_across_midnight(
         redis_url: str, tmp_path: Any) -> None:
-    # Two "hosts" (their own homes and Redis connections) in one loop, on one virtual UTC clock
+    # Four "hosts" (their own homes and Redis connections) in one loop, on one virtual UTC clock
     # that the simulator reads too: it counts each day's requests itself and would answer a
-    # per-day 429 past its own limit of 30. Day one spends the budget and both stop (exit 3);
-    # after midnight both go on and finish.
+    # per-day 429 past its own limit of 30. Day one spends the budget and they stop (exit 3);
+    # after midnight they go on and finish.
     from batchrun.endpoint import Endpoint
     from batchrun.engine import JobSpec
     from batchrun.errors import DailyLimitReached
@@ -200,8 +200,9 @@ async def test_two_engines_on_one_redis_keep_each_days_budget_across_midnight(
     now = [dt.datetime(2026, 11, 27, 23, 59, tzinfo=dt.UTC)]
     sim = Simulator(SimConfig(SimLimits(rpd=30)), today=lambda: now[0])
     async with SimServer(sim) as server:
-        for name in ("a", "b"):
-            write_jsonl(tmp_path / f"{name}.jsonl", prompts(25, name))
+        names = ("a", "b", "c", "d")
+        for name in names:
+            write_jsonl(tmp_path / f"{name}.jsonl", prompts(13, name))
 
         async def host(name: str) -> Any:
             spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out.jsonl",
@@ -212,14 +213,13 @@ async def test_two_engines_on_one_redis_keep_each_days_budget_across_midnight(
                                  lambda event: None, "sim", now_utc=lambda: now[0],
                                  state=StateUrl(redis_url))
 
-        first = await asyncio.gather(host("a"), host("b"))
+        first = await asyncio.gather(*(host(name) for name in names))
         assert sim.stats.ok == 30
         assert all(isinstance(stop, DailyLimitReached) for stop in first if stop is not None)
         assert "30 of 30 requests used on 2026-11-27" in next(str(s) for s in first if s)
         now[0] = dt.datetime(2026, 11, 28, 0, 1, tzinfo=dt.UTC)
-        second = await asyncio.gather(host("a"), host("b"))
-    assert second == [None, None]
+        second = await asyncio.gather(*(host(name) for name in names))
+    assert second == [None] * 4
     assert not sim.stats.rejected_at  # the simulator's own count never went past 30 a day
-    assert len(read_results(tmp_path / "a.out.jsonl")) == 25
-    assert len(read_results(tmp_path / "b.out.jsonl")) == 25
-    assert sim.stats.ok == 50
+    assert [len(read_results(tmp_path / f"{name}.out.jsonl")) for name in names] == [13] * 4
+    assert sim.stats.ok == 52

@@ -22,11 +22,15 @@ Design (issue #17), and why:
   No key or value holds an API key: only its fingerprint.
 - Settlement: what goes back (usage below the reservation, a request never sent) travels with
   this host's next admission, so it costs no round trip and is always counted before this host
-  asks again; a crash loses only give-backs (the ledger over-counts, the safe side). What must
-  be seen at once has its own round trip (SETTLE): usage above the reservation, a per-minute
-  429 (a shared cooldown and, for two within 30 s, a shared rate cut, the local limiter's
-  rules), a per-day 429 (the day is spent for every host) and a lower x-ratelimit-limit-* (the
-  lowest limit any host saw is every host's).
+  asks again; a crash loses only give-backs (the ledger over-counts, the safe side). Usage above
+  the reservation travels the same way while more than 1 % of the day's tokens is left (a
+  running output estimate is below the truth about half the time: a round trip for each would
+  double the cost of admission); a crash then under-counts by those few tokens, far from the
+  budget's end. Nearer the end, and for what every host must see at once, there is a round trip
+  of its own (SETTLE): usage above the reservation, a per-minute 429 (a shared cooldown and,
+  for two within 30 s, a shared rate cut: the local limiter's rules), a per-day 429 (the day is
+  spent for every host) and a lower x-ratelimit-limit-* (the lowest any host saw is every
+  host's).
 - Each host's local Limiter keeps only the in-flight cap (see _slots.py): x-ratelimit-remaining
   reflects every host's traffic, and reading it as this host's would throttle it twice.
 - Redis down, slow or restarted: every failure becomes a SharedStateError (exit 5) naming the
@@ -50,7 +54,7 @@ from urllib.parse import urlsplit
 from batchrun.classify import Kind, Outcome
 from batchrun.decide import billed
 from batchrun.errors import InputError, redact
-from batchrun.ledger import MAX_USAGE, DayUsage, Scope, describe_usage, utc_now
+from batchrun.ledger import LEASE_SHARE, MAX_USAGE, DayUsage, Scope, describe_usage, utc_now
 from batchrun.limiter import ServerState, Ticket
 from batchrun.state._gate import SharedStateError
 from batchrun.state._lua import ADMIT, SETTLE
@@ -275,6 +279,12 @@ class RedisBudget:
         t, r = self.pending[day]
         self.pending[day] = (t + tokens, r + requests)
 
+    def near_end(self, cost: int) -> bool:
+        """Is so little of the day's token budget left that usage above a reservation must be
+        written now rather than with the next admission?"""
+        left = self.tpd - self.used_today()[0]
+        return bool(self.tpd) and left < max(cost, self.tpd * LEASE_SHARE)
+
     def used_today(self) -> tuple[int, int]:
         u = self._usage
         t, r = self.pending.get(u.day, (0, 0))
@@ -352,7 +362,7 @@ class RedisGate:
         extra = min(max(0, billed(outcome, cost)), MAX_USAGE) - cost
         rpm, tpm = self._lower_limits(server)
         code = {Kind.RATE_MINUTE: 1, Kind.RATE_DAY: 2}.get(kind, 0)
-        if extra <= 0 and not code and not (rpm or tpm):
+        if not code and not (rpm or tpm) and (extra <= 0 or not b.near_end(cost)):
             b.give_back(day, extra, 0)
             return
         state = b.state
