@@ -223,3 +223,17 @@ async def test_four_engines_on_one_redis_keep_each_days_budget_across_midnight(
     assert not sim.stats.rejected_at  # the simulator's own count never went past 30 a day
     assert [len(read_results(tmp_path / f"{name}.out.jsonl")) for name in names] == [13] * 4
     assert sim.stats.ok == 52
+
+
+@pytest.mark.parametrize(("tpd", "seen_at_once"), [(1_000, 100), (200, 150)])
+async def test_usage_above_a_reservation_is_written_at_once_near_the_days_end(
+        hosts: Any, tpd: int, seen_at_once: int) -> None:
+    a, b = await hosts(), await hosts()
+    gate = _gate(a, Limits(tpd=tpd))
+    day, ticket = await gate.admit(100, 0.0) or pytest.fail("not admitted")
+    billed = Outcome(Kind.OK, 200, body={"usage": {"prompt_tokens": 140, "completion_tokens": 10}})
+    await gate.settle(day, ticket, 100, billed, None)
+    # Far from the budget's end the extra 50 rides on a's next admission; near it, every host
+    # sees it before anything else is admitted.
+    assert (await b.usage_rows(day))[0]["tokens"] == seen_at_once
+    assert gate.budget.used_today() == (150, 1)
