@@ -279,10 +279,10 @@ class RedisBudget:
         t, r = self.pending[day]
         self.pending[day] = (t + tokens, r + requests)
 
-    def near_end(self, cost: int) -> bool:
-        """Is so little of the day's token budget left that usage above a reservation must be
-        written now rather than with the next admission?"""
-        left = self.tpd - self.used_today()[0]
+    def near_end(self, cost: int, extra: int) -> bool:
+        """Would so little of the day's token budget be left after `extra` tokens above a
+        reservation of `cost` that they must be written now, not with the next admission?"""
+        left = self.tpd - self.used_today()[0] - extra
         return bool(self.tpd) and left < max(cost, self.tpd * LEASE_SHARE)
 
     def used_today(self) -> tuple[int, int]:
@@ -362,7 +362,7 @@ class RedisGate:
         extra = min(max(0, billed(outcome, cost)), MAX_USAGE) - cost
         rpm, tpm = self._lower_limits(server)
         code = {Kind.RATE_MINUTE: 1, Kind.RATE_DAY: 2}.get(kind, 0)
-        if not code and not (rpm or tpm) and (extra <= 0 or not b.near_end(cost)):
+        if not code and not (rpm or tpm) and (extra <= 0 or not b.near_end(cost, extra)):
             b.give_back(day, extra, 0)
             return
         state = b.state
