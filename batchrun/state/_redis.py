@@ -274,6 +274,12 @@ class RedisBudget:
         if usage.exhausted:
             self._exhausted_day = usage.day
 
+    def counted(self, day: dt.date, tokens: int) -> None:
+        """Redis has counted these tokens too (a settlement of its own)."""
+        u = self._usage
+        if u.day == day:
+            self._usage = DayUsage(day, u.tokens + tokens, u.requests, u.exhausted)
+
     def give_back(self, day: dt.date, tokens: int, requests: int) -> None:
         """Count this with the next admission (negative: given back)."""
         t, r = self.pending[day]
@@ -373,6 +379,7 @@ class RedisGate:
             # Answered and written all the same; the next admission stops the run.
             state.failure = state.failure or exc
             return
+        b.counted(day, extra)
         if code == 1:
             self.limiter.shared_pause = pause
 
