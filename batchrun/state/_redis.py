@@ -240,16 +240,22 @@ class RedisState:
                 self._client.hgetall(_key("day", name, day.isoformat())))).items()}
             recent = await self._call(self._client.zrangebyscore(
                 _key("hosts", name), now_ms - ACTIVE_S * 1000, "+inf"))
-            rows.append({
-                "host": host, "key_fingerprint": keyfp, "model": model,
-                "day": day.isoformat(), "tokens": int(fields.get("tokens", 0)),
-                "requests": int(fields.get("requests", 0)),
-                "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
-                "exhausted": int(fields.get("exhausted", 0)),
-                "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
-                          if k.startswith("h:")},
-                "active_hosts": sorted(h.decode() for h in recent),
-            })
+            try:
+                rows.append({
+                    "host": host, "key_fingerprint": keyfp, "model": model,
+                    "day": day.isoformat(), "tokens": int(fields.get("tokens", 0)),
+                    "requests": int(fields.get("requests", 0)),
+                    "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
+                    "exhausted": int(fields.get("exhausted", 0)),
+                    "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
+                              if k.startswith("h:")},
+                    "active_hosts": sorted(h.decode() for h in recent),
+                })
+            except ValueError:
+                raise SharedStateError(
+                    f"The shared state at {self.url.shown} holds counts for {model} on {day} "
+                    "that are not numbers: something other than batchrun wrote its keys "
+                    f"({PREFIX}*).") from None
         return rows
 
 
