@@ -39,6 +39,8 @@ from batchrun.jobstore import JobStore, Manifest
 from batchrun.progress import ProgressDisplay
 from batchrun.render import describe_endpoint, render_estimate, render_status
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
+from batchrun.state import StateUrl, parse_state_url, state_for_resume
+from batchrun.state._open import host_lines, usage_today
 from batchrun.tiers import TIERS, family
 
 app = typer.Typer(
@@ -104,6 +106,10 @@ MaxResponseMb = Annotated[float | None, typer.Option(
     help="largest answer accepted, in MB; a bigger one fails its request (response_too_large)")]
 Concurrency = Annotated[int | None, typer.Option(
     min=1, show_default="from rate x latency", help="most requests in flight")]
+State = Annotated[str | None, typer.Option(
+    "--state", envvar="BATCHRUN_STATE", show_default="the local ledger",
+    help="shared limiter and daily ledger: redis://[user:password@]host:6379/0 for every host "
+    "on the same key")]
 
 
 @app.command()
@@ -146,8 +152,10 @@ def submit(
     record_endpoint: Annotated[bool, typer.Option(
         "--record-endpoint", help='add "endpoint": NAME to each output line (--endpoints)')
     ] = False,
+    state: State = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
+    state_url = parse_state_url(state)
     if output is None:
         absolute = jobs.resolve()
         output = absolute.with_name(absolute.name.removesuffix(".jsonl") + ".results.jsonl")
@@ -168,11 +176,12 @@ def submit(
     spec = _with_endpoints(ctx, spec, endpoints, record_endpoint, simulate)
     store = JobStore()
     manifest = runner.prepare(spec, simulate, store, force)
+    manifest.options.update(state_url.manifest_options() if state_url else {})
     if manifest.finished and store.exists(manifest.job_id) and not force:
         runner.count_from_output(manifest)  # the file decides: it may have lost lines since
         if manifest.done >= manifest.total:
             _finished(runner.Finished(manifest.done, manifest.total, manifest.failed), manifest)
-    _launch(spec, manifest, store, simulate, json_, quiet)
+    _launch(spec, manifest, store, simulate, json_, quiet, state=state_url)
 
 
 _SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "tpm", "rpd",
@@ -232,6 +241,7 @@ def resume(
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
+    state: State = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     store = JobStore()
@@ -256,7 +266,9 @@ def resume(
     if isinstance(plan, runner.Finished):
         _finished(plan, manifest)
     spec, simulate = plan
-    _launch(spec, manifest, store, simulate, json_, quiet, retry_failed)
+    state_url = state_for_resume(state, manifest.options)
+    manifest.options.update(state_url.manifest_options() if state_url else {})
+    _launch(spec, manifest, store, simulate, json_, quiet, retry_failed, state_url)
 
 
 @app.command()
@@ -275,16 +287,13 @@ def forget(
 def status(
     job: Annotated[str | None, typer.Argument(help="one job: id, prefix or output path")] = None,
     json_: Json = False,
+    state: State = None,
 ) -> None:
     """Jobs, their progress, and today's usage per key and model."""
     store = JobStore()
     jobs = [store.find(job)] if job else _warn_damaged(store)
-    book = ledger.Ledger(store.home / "ledger.sqlite3", ledger.utc_now)
-    try:
-        today = book.today()
-        usage = book.usage_rows(today)
-    finally:
-        book.close()
+    state_url = parse_state_url(state)
+    today, usage = usage_today(state_url, store.home / "ledger.sqlite3")
     states = {m.job_id: store.effective_state(m) for m in jobs}
     for m in jobs:
         if states[m.job_id] == "crashed":
@@ -292,9 +301,12 @@ def status(
     rows = [{**asdict(m), "state": states[m.job_id], "resume": m.resume_command}
             for m in jobs]
     if json_:
-        sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage}).decode() + "\n")
+        shown = {"state": state_url.shown} if state_url else {}
+        sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage, **shown}).decode() + "\n")
         return
     render_status(out, rows, usage, today.isoformat(), detail=job is not None)
+    if state_url is not None:
+        out.print("\n".join(host_lines(state_url, usage)), markup=False)
 
 
 @app.command()
@@ -318,14 +330,17 @@ def estimate(
     endpoints: Annotated[Path | None, typer.Option(
         envvar="BATCHRUN_ENDPOINTS", metavar="FILE.toml",
         help="plan under these endpoints' limits together")] = None,
+    state: State = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
+    state_url = parse_state_url(state)
     configs: tuple[EndpointConfig, ...] = ()
     if endpoints is not None:
         _refuse_beside_endpoints(ctx, endpoints)
         configs = load_endpoints(endpoints, need_keys=False)
     # Today's usage is per endpoint and key with --endpoints: not looked up (counted as unused).
-    used_today, known = ((lambda _model: (0, 0)), False) if configs else _ledger_lookup()
+    used_today, known = (((lambda _model: (0, 0)), False) if configs
+                         else _ledger_lookup(state_url))
     result = estimate_job(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
@@ -348,28 +363,29 @@ def _warn_damaged(store: JobStore) -> list[Manifest]:
     return jobs
 
 
-def _ledger_lookup() -> tuple[Callable[[str], tuple[int, int]], bool]:
-    """Today's usage per model for the key in the environment, if there is one."""
+def _ledger_lookup(state: StateUrl | None = None,
+                   ) -> tuple[Callable[[str], tuple[int, int]], bool]:
+    """Today's usage per model for the key in the environment, if there is one (from the
+    shared state when one is given: every host's usage)."""
     key = os.environ.get("OPENAI_API_KEY", "").strip()
     path = JobStore().home / "ledger.sqlite3"
-    if not key or not path.exists():
+    if not key or (state is None and not path.exists()):
         return (lambda _model: (0, 0)), False
     host = Endpoint.make(os.environ.get("OPENAI_BASE_URL"), None, None, insecure=True).host
-    book = ledger.Ledger(path, ledger.utc_now)
+    _, usage = usage_today(state, path)
     rows = {(r["model"]): (int(r["tokens"]), int(r["requests"]))  # type: ignore[call-overload]
-            for r in book.usage_rows(book.today())
+            for r in usage
             if r["host"] == ledger.ledger_host(host)
             and r["key_fingerprint"] == ledger.key_fingerprint(key)}
-    book.close()
     return (lambda model: rows.get(family(model) or model, (0, 0))), True
 
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,
-            quiet: bool, retry_failed: bool = False) -> None:
+            quiet: bool, retry_failed: bool = False, state: StateUrl | None = None) -> None:
     stats, tally = Stats(), EndpointTally()
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_, endpoints=tally) as display:
         stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, tally, display),
-                                   simulate, retry_failed))
+                                   simulate, retry_failed, state))
     summary = stats.summary()
     if tally.endpoints:
         summary["endpoints"] = tally.summary()
@@ -395,12 +411,14 @@ def _note(message: str) -> None:
 
 
 async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Listener,
-               simulate: bool, retry_failed: bool) -> BatchrunError | None:
+               simulate: bool, retry_failed: bool,
+               state: StateUrl | None = None) -> BatchrunError | None:
     if not simulate:
         # With --endpoints each endpoint's key is read when its client is made.
         key = "" if spec.endpoints else spec.endpoint.api_key()
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
-                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note)
+                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note,
+                                state=state)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
 
     lim = spec.limits_for(spec.model)
@@ -411,7 +429,7 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
                                 "sk-simulated", listener, runner.SIMULATOR_HOST,
                                 now_utc=ledger.utc_now, retry_failed=retry_failed,
-                                notify=_note)
+                                notify=_note, state=state)
 
 
 def _print_summary(s: dict[str, Any], output: Path) -> None:

@@ -51,9 +51,10 @@ from batchrun.events import (
 from batchrun.jobs import InputReport, Reading, read_jobs
 from batchrun.lanes import Client, Job, Lane, Route, Upstream
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
-from batchrun.limiter import Limiter, Ticket
+from batchrun.limiter import Ticket
 from batchrun.sizing import never_fits, size_of
 from batchrun.spec import JobSpec
+from batchrun.state import SharedBudget, SharedStateError, open_gate
 from batchrun.stop import Stop, StopKind
 from batchrun.tiers import Limits
 
@@ -71,7 +72,7 @@ class Engine(RouteFailover):
         done: set[str],
         api_key: str,
         listener: Listener,
-        budget_for: Callable[[str, Limits], DailyBudget],
+        budget_for: Callable[[str, Limits], DailyBudget | SharedBudget],
         *,
         client: Client | None = None,
         clock: Callable[[], float] | None = None,
@@ -222,10 +223,9 @@ class Engine(RouteFailover):
                 limits = upstream.limits_for(model)
                 if limits is None:
                     continue
-                limiter = Limiter(limits.rpm, limits.tpm, self.spec.concurrency, self._clock,
-                                  self._sleep)
-                budget = upstream.budget_for(model, limits)
-                lane.routes.append(Route(upstream, model, limits, limiter, budget))
+                gate = open_gate(upstream.budget_for(model, limits), limits,
+                                 self.spec.concurrency, self._clock, self._sleep)
+                lane.routes.append(Route(upstream, model, limits, gate))
             for route in lane.routes:
                 self._dispatchers.add(self._tg.create_task(self._dispatch(lane, route)))
         return lane
@@ -271,7 +271,13 @@ class Engine(RouteFailover):
             if self._never_fits(lane, job):  # the server may have taught a lower limit
                 self._ended(lane)
                 continue
-            ticket = await route.admit(job, self._clock())
+            try:
+                ticket = await route.admit(job, self._clock())
+            except SharedStateError as exc:  # never sent: it goes again on resume
+                lane.retries.appendleft(job)
+                self._halt(Stop(StopKind.STATE, server_message=exc.message),
+                           "the shared state is unavailable: finishing requests in flight")
+                return
             if ticket is None:
                 lane.retries.appendleft(job)
                 if route.limiter.in_flight:
@@ -296,7 +302,7 @@ class Engine(RouteFailover):
         job.tries.failures += kind is Kind.RETRY
         route.connected = route.connected or outcome.status is not None
         route.streak = route.streak + 1 if kind is Kind.RETRY else 0
-        route.settle(job, ticket, outcome)
+        await route.settle(job, ticket, outcome)
         self._report_budget(route)
         self._emit(AttemptEnded(lane.model, kind.value, route.name))
         action = decide(outcome, job.tries, self._policy, route.connected)

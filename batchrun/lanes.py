@@ -17,13 +17,14 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol
 
-from batchrun.classify import Kind, Outcome
-from batchrun.decide import Tries, billed, taught_tpm
+from batchrun.classify import Outcome
+from batchrun.decide import Tries, taught_tpm
 from batchrun.endpoints.routing import Out, Standing
 from batchrun.jobs import Request
 from batchrun.ledger import DailyBudget
 from batchrun.limiter import Limiter, ServerState, Ticket
 from batchrun.sizing import Size
+from batchrun.state import Budget, Gate, SharedBudget
 from batchrun.tiers import Limits
 
 # Until we have seen real answers, a request that sets no max_tokens is charged this much output.
@@ -53,7 +54,7 @@ class Upstream:
     client: Client
     host: str
     limits_for: Callable[[str], Limits | None]  # None: this endpoint does not serve the model
-    budget_for: Callable[[str, Limits], DailyBudget]
+    budget_for: Callable[[str, Limits], DailyBudget | SharedBudget]
     deployment: Callable[[str], str] = _same  # the name this endpoint knows a model by
     priority: int = 1
 
@@ -72,19 +73,17 @@ class Job:
 
 
 class Route:
-    """One endpoint's share of one model: its client, limiter and daily budget (its own ledger
-    scope: the endpoint's host, the key's fingerprint, the model family).
+    """One endpoint's share of one model: its client, and its gate (limiter and daily budget,
+    local or shared through Redis: batchrun.state) with its own ledger scope: the endpoint's
+    host, the key's fingerprint, the model family.
 
-    `admit` and `settle` are the only places a request takes and gives back quota: a shared
-    quota (Redis) hooks in there."""
+    `admit` and `settle` are the only places a request takes and gives back quota."""
 
-    def __init__(self, upstream: Upstream, model: str, limits: Limits, limiter: Limiter,
-                 budget: DailyBudget) -> None:
+    def __init__(self, upstream: Upstream, model: str, limits: Limits, gate: Gate) -> None:
         self.upstream = upstream
         self.model = model
         self.limits = limits
-        self.limiter = limiter
-        self.budget = budget
+        self.gate = gate
         self.settled = asyncio.Event()  # an attempt came back and its reservation settled
         self.budget_reported = -math.inf
         self.connected = False  # has any attempt through this route reached a server?
@@ -98,6 +97,14 @@ class Route:
     @property
     def name(self) -> str:
         return self.upstream.name
+
+    @property
+    def limiter(self) -> Limiter:
+        return self.gate.limiter
+
+    @property
+    def budget(self) -> Budget:
+        return self.gate.budget
 
     def standing(self, today: dt.date, now: float) -> Standing:
         """Where the route stands now: a spent day and a cool-off end by themselves."""
@@ -114,33 +121,27 @@ class Route:
         return self.limiter.pacer.delay(cost, now)
 
     async def admit(self, job: Job, now: float) -> Ticket | None:
-        """Admission, in one place: today's daily budget (DailyBudget.reserve), then the
-        per-minute limiter (Limiter.acquire, which waits). None: today's budget cannot cover
-        the job (nothing is held). Cancelled while waiting, the reservation goes back whole."""
-        job.day = self.budget.reserve(job.cost, now)
-        if job.day is None:
+        """Admission, in one place: today's daily budget, then the per-minute limits (Gate.admit,
+        which waits; one atomic step with Redis). None: today's budget cannot cover the job
+        (nothing is held). Cancelled while waiting, the gate gives the reservation back whole.
+        Raises SharedStateError when the shared state cannot be used."""
+        admitted = await self.gate.admit(job.cost, now)
+        if admitted is None:
+            job.day = None
             return None
-        try:
-            return await self.limiter.acquire(job.cost)
-        except asyncio.CancelledError:
-            # A stop caught it waiting for admission (the engine cancels the dispatchers): it
-            # was never sent, so its daily reservation goes back whole, tokens and request.
-            self.budget.unreserve(job.day, job.cost)
-            raise
+        job.day, ticket = admitted
+        return ticket
 
-    def settle(self, job: Job, ticket: Ticket, outcome: Outcome) -> None:
-        """An attempt's answer gives back what admission took, in one place: the limiter's slot
-        with what the server's headers taught (Limiter.release), and the daily reservation
-        replaced by what was billed (DailyBudget.settle)."""
-        kind = outcome.kind
+    async def settle(self, job: Job, ticket: Ticket, outcome: Outcome) -> None:
+        """An attempt's answer gives back what admission took, in one place (Gate.settle): the
+        slot, with what the server's headers taught, and the daily reservation replaced by what
+        was billed."""
         server = outcome.server
         tpm = taught_tpm(outcome)
         if tpm is not None:  # the limiter adopts it; queued requests are checked against it
             server = replace(server or ServerState(), limit_tokens=tpm)
-        self.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server,
-                             ok=kind is Kind.OK)
         assert job.day is not None
-        self.budget.settle(job.day, job.cost, billed(outcome, job.cost))
+        await self.gate.settle(job.day, ticket, job.cost, outcome, server)
         self.settled.set()
 
     def exhaust(self, job: Job) -> None:

@@ -454,18 +454,25 @@ class DailyBudget:
         """e.g. 'Daily token budget reached for gpt-4o-mini: 2,000,000 of 2,000,000 tokens used
         on 2026-11-27 (UTC)'."""
         self.release()  # what this process holds but has not used is not "used"
-        usage = self.ledger.usage(self.scope)
-        day, model = usage.day.isoformat(), self.scope.model
-        if usage.exhausted and not self.limited:
-            what = "request" if "(RPD)" in server_message else "token"
-            return (f"Daily {what} budget reached for {model}: the API's per-day limit is spent "
-                    f"on {day} (UTC)")
-        if self.rpd and usage.requests >= self.rpd:
-            return (f"Daily request budget reached for {model}: {min(usage.requests, self.rpd):,} "
-                    f"of {self.rpd:,} requests used on {day} (UTC)")
-        if self.tpd:
-            used = self.tpd if usage.exhausted else min(usage.tokens, self.tpd)
-            return (f"Daily token budget reached for {model}: {used:,} of {self.tpd:,} tokens "
-                    f"used on {day} (UTC)")
-        return (f"Daily budget reached for {model}: the API's per-day limit is spent on {day} "
-                "(UTC)")
+        return describe_usage(self.ledger.usage(self.scope), self.scope.model, self.tpd,
+                              self.rpd, server_message)
+
+
+def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
+                   server_message: str = "") -> str:
+    """Why a model's day is spent, in the words of DailyBudget.describe (also the Redis
+    state's)."""
+    day = usage.day.isoformat()
+    if usage.exhausted and not (tpd or rpd):
+        what = "request" if "(RPD)" in server_message else "token"
+        return (f"Daily {what} budget reached for {model}: the API's per-day limit is spent "
+                f"on {day} (UTC)")
+    if rpd and usage.requests >= rpd:
+        return (f"Daily request budget reached for {model}: {min(usage.requests, rpd):,} "
+                f"of {rpd:,} requests used on {day} (UTC)")
+    if tpd:
+        used = tpd if usage.exhausted else min(usage.tokens, tpd)
+        return (f"Daily token budget reached for {model}: {used:,} of {tpd:,} tokens "
+                f"used on {day} (UTC)")
+    return (f"Daily budget reached for {model}: the API's per-day limit is spent on {day} "
+            "(UTC)")

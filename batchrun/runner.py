@@ -41,6 +41,8 @@ from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, 
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
+from batchrun.state import SharedBudget, StateUrl
+from batchrun.state._open import connect as connect_state
 from batchrun.stop import Stop, phrase
 from batchrun.tiers import Limits, family
 
@@ -267,6 +269,7 @@ async def run(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     retry_failed: bool = False,
     notify: Callable[[str], None] = lambda message: None,
+    state: StateUrl | None = None,
 ) -> BatchrunError | None:
     """Run the job under its output's lock, with the shared ledger; record how it ended.
 
@@ -289,10 +292,19 @@ async def run(
             store.save(manifest)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
+        try:  # --state redis://: the daily budget and per-minute admission live there
+            shared = await connect_state(state, now_utc) if state is not None else None
+        except BaseException:
+            ledger.close()
+            raise
 
-        def budget_for(model: str, limits: Limits) -> DailyBudget:
-            return DailyBudget(ledger, Scope(host, keyfp, family(model) or model),
-                               limits.tpd, limits.rpd)
+        def budget_in(scope: Scope, limits: Limits) -> DailyBudget | SharedBudget:
+            if shared is not None:
+                return shared.budget(scope, limits.tpd, limits.rpd)
+            return DailyBudget(ledger, scope, limits.tpd, limits.rpd)
+
+        def budget_for(model: str, limits: Limits) -> DailyBudget | SharedBudget:
+            return budget_in(Scope(host, keyfp, family(model) or model), limits)
 
         def fan_out(event: Event) -> None:
             updater(event)
@@ -309,7 +321,7 @@ async def run(
             if spec.endpoints:
                 check_serves(spec.endpoints, list(report.models), Path(str(spec.endpoints_file)))
             engine = Engine(spec, report, done, api_key, fan_out, budget_for, now_utc=now_utc,
-                            sleep=sleep, upstreams=build_upstreams(spec, ledger))
+                            sleep=sleep, upstreams=build_upstreams(spec, budget_in))
             ended = await _drive(engine)
             if ended is not None:
                 key_envs = [c.endpoint.key_env for c in spec.endpoints] or [spec.endpoint.key_env]
@@ -323,7 +335,11 @@ async def run(
             # How the run ended is recorded even when the ledger cannot take its last
             # settlements (a full disk): the ledger's own error still reaches the user.
             try:
-                ledger.close()
+                try:
+                    ledger.close()
+                finally:
+                    if shared is not None:
+                        await shared.close()
             finally:
                 if updater.started or on_disk:
                     manifest.state = "crashed" if crashed else _final_state(stop)

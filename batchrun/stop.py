@@ -19,6 +19,7 @@ class StopKind(enum.Enum):
     NO_NETWORK = "no_network"  # no attempt ever reached the API
     INPUT_CHANGED = "input_changed"  # the input file changed while the engine read it
     INCOMPLETE = "incomplete"  # the reader gave fewer lines than the check counted
+    STATE = "state"  # the shared state (--state redis://) stopped answering
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,10 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
             f"The job is not finished: {done}, and reading {stop.input} again gave none of the "
             "rest. Nothing is lost: make sure nothing is changing the file, then continue "
             f"with: {resume}")
+    if stop.kind is StopKind.STATE:
+        return StateError(f"{stop.server_message} {done}, kept in {output}; the requests in "
+                          f"flight were finished and written. Once it answers again, continue "
+                          f"with: {resume}")
     return Interrupted(
         f"Interrupted. {stop.done:,} of {stop.total:,} requests are done and kept in {output}. "
         f"Continue with: {resume}")

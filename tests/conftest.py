@@ -20,6 +20,8 @@ import pytest
 from batchrun.sim import SimConfig, SimServer, Simulator
 
 REPO = Path(__file__).resolve().parent.parent
+# A real redis-server for the --state redis:// tests (skipped where it is not installed).
+pytest_plugins = ["tests.redis_server"]
 FAKE_KEY = "sk-test-SECRETKEY0123456789abcdefSECRET"
 
 

@@ -12,8 +12,9 @@ from batchrun.client import ApiClient
 from batchrun.endpoints.config import EndpointConfig, load_endpoints
 from batchrun.errors import InputError
 from batchrun.lanes import Upstream
-from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
+from batchrun.ledger import DailyBudget, Scope, key_fingerprint
 from batchrun.spec import JobSpec
+from batchrun.state import SharedBudget
 from batchrun.tiers import Limits, family
 
 
@@ -24,20 +25,23 @@ def _limits(config: EndpointConfig) -> Callable[[str], Limits | None]:
     return limits_for
 
 
-def _budgets(config: EndpointConfig, ledger: Ledger,
-             keyfp: str) -> Callable[[str, Limits], DailyBudget]:
-    def budget_for(model: str, limits: Limits) -> DailyBudget:
+BudgetIn = Callable[[Scope, Limits], "DailyBudget | SharedBudget"]
+
+
+def _budgets(config: EndpointConfig, budget_in: BudgetIn,
+             keyfp: str) -> Callable[[str, Limits], DailyBudget | SharedBudget]:
+    def budget_for(model: str, limits: Limits) -> DailyBudget | SharedBudget:
         # As one endpoint's scope, by the name the endpoint knows the model by: an Azure
         # deployment is its own quota.
         name = config.deployment(model)
-        scope = Scope(config.endpoint.host, keyfp, family(name) or name)
-        return DailyBudget(ledger, scope, limits.tpd, limits.rpd)
+        return budget_in(Scope(config.endpoint.host, keyfp, family(name) or name), limits)
 
     return budget_for
 
 
-def build_upstreams(spec: JobSpec, ledger: Ledger) -> list[Upstream]:
-    """Each endpoint's key is read from its variable here, and never kept anywhere else."""
+def build_upstreams(spec: JobSpec, budget_in: BudgetIn) -> list[Upstream]:
+    """Each endpoint's key is read from its variable here, and never kept anywhere else.
+    `budget_in` makes the daily budget of a ledger scope (local SQLite, or shared in Redis)."""
     upstreams: list[Upstream] = []
     keys: dict[tuple[str, str], str] = {}
     for config in spec.endpoints:
@@ -54,7 +58,7 @@ def build_upstreams(spec: JobSpec, ledger: Ledger) -> list[Upstream]:
                            max_response_bytes=int(spec.max_response_mb * 2**20))
         upstreams.append(Upstream(
             config.name, client, config.endpoint.host, _limits(config),
-            _budgets(config, ledger, key_fingerprint(key)), config.deployment, config.priority))
+            _budgets(config, budget_in, key_fingerprint(key)), config.deployment, config.priority))
     return upstreams
 
 

@@ -1,0 +1,20 @@
+"""Where the shared daily budget and per-minute admission live: the local SQLite ledger (the
+default) or Redis, shared by every host on the same key (`--state redis://…`).
+
+The engine sees one small interface, `Gate` (admit, settle); `open_gate` makes the right one for
+what the runner's `budget_for` returned. The Redis side is imported only when it is used, since
+its client is an optional extra (`pip install 'batchrun[redis]'`).
+"""
+
+from batchrun.state._gate import (
+    Budget,
+    Gate,
+    LocalGate,
+    SharedBudget,
+    SharedStateError,
+    open_gate,
+)
+from batchrun.state._url import StateUrl, parse_state_url, state_for_resume
+
+__all__ = ["Budget", "Gate", "LocalGate", "SharedBudget", "SharedStateError", "StateUrl",
+           "open_gate", "parse_state_url", "state_for_resume"]

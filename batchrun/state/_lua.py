@@ -1,0 +1,142 @@
+"""The two Lua scripts that make admission and settlement atomic in Redis.
+
+Times are the Redis server's (`TIME`, in ms), never a host's: hosts' clocks differ, and every
+host must agree on when a bucket refills. The UTC day is the caller's (batchrun's injectable
+`now_utc`), so a test can move midnight. Keys (all given as KEYS, so a script touches nothing it
+was not handed):
+
+    lim    hash  per (API host, key fingerprint, model): tat_r, tat_t (when each bucket is full
+                 again), cool_until, cool_start, streak, last429, scale, scale_at, rpm, tpm
+                 (the lowest limits any host was told). Expires after LIM_TTL_MS idle.
+    day    hash  per (…, UTC day): tokens, requests, exhausted, tpd, rpd (the budget last
+                 checked against) and h:<host id> = requests that
+                 host was admitted. Expires after 48 h.
+    hosts  zset  host id -> last admission (ms); `status` lists the recent ones.
+    scopes set   per UTC day: the scopes used that day, for `status`.
+    epoch  str   a random value set when batchrun first meets this Redis; a script that finds
+                 another (or none) knows the server lost its memory and refuses to go on.
+"""
+
+from __future__ import annotations
+
+# ARGV: epoch, host id, scope, rpm, tpm, tpd, rpd, cost, tokens delta, requests delta, oks,
+#       burst ms, ahead ms, lim ttl ms, day ttl s
+# Returns: status (0 admitted, 1 day spent, 2 try later, 3 state lost), wait ms, day tokens,
+#          day requests, exhausted, rpm, tpm, server now ms.
+ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {3, 0, 0, 0, 0, 0, 0, now} end
+local lim, day = KEYS[1], KEYS[2]
+local rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
+local tpd, rpd, cost = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local d_tokens, d_requests = tonumber(ARGV[9]), tonumber(ARGV[10])
+local burst, ahead = tonumber(ARGV[12]), tonumber(ARGV[13])
+-- What this host gives back (settled below its reservation) counts before it asks again.
+if d_tokens ~= 0 then redis.call('HINCRBY', day, 'tokens', d_tokens) end
+if d_requests ~= 0 then redis.call('HINCRBY', day, 'requests', d_requests) end
+local s = redis.call('HMGET', lim, 'tat_r', 'tat_t', 'cool_until', 'scale', 'scale_at', 'rpm',
+                     'tpm')
+local learned_r, learned_t = tonumber(s[6] or '0'), tonumber(s[7] or '0')
+if rpm > 0 and learned_r > 0 and learned_r < rpm then rpm = learned_r end
+if tpm > 0 and learned_t > 0 and learned_t < tpm then tpm = learned_t end
+if tonumber(ARGV[11]) > 0 then redis.call('HSET', lim, 'streak', 0) end
+local u = redis.call('HMGET', day, 'tokens', 'requests', 'exhausted')
+local used_t, used_r = tonumber(u[1] or '0'), tonumber(u[2] or '0')
+local exhausted = tonumber(u[3] or '0')
+if exhausted == 1 or (tpd > 0 and used_t + cost > tpd) or (rpd > 0 and used_r + 1 > rpd) then
+  return {1, 0, used_t, used_r, exhausted, rpm, tpm, now}
+end
+-- A rate cut after 429s recovers by 0.5 % of the limit per second.
+local scale = tonumber(s[4] or '1')
+if scale < 1 then scale = math.min(1, scale + (now - tonumber(s[5] or now)) * 0.000005) end
+local start = math.max(now, tonumber(s[3] or '0'))
+local send = start
+local tat_r, tat_t
+-- GCRA: tat is when the bucket is full again. A request may go once it fits in the burst, or,
+-- if it is bigger than the burst, once the bucket is full (it then goes into debt).
+if rpm > 0 then
+  local tat = math.max(tonumber(s[1] or '0'), start)
+  tat_r = tat + 60000 / (rpm * scale)
+  send = math.max(send, math.min(tat_r - burst, tat))
+end
+if tpm > 0 then
+  local tat = math.max(tonumber(s[2] or '0'), start)
+  tat_t = tat + cost * 60000 / (tpm * scale)
+  send = math.max(send, math.min(tat_t - burst, tat))
+end
+-- Never scheduled further ahead than `ahead`: an idle host holds nothing for long.
+if send - now > ahead then
+  return {2, math.ceil(send - now - ahead), used_t, used_r, 0, rpm, tpm, now}
+end
+if tat_r then redis.call('HSET', lim, 'tat_r', tat_r) end
+if tat_t then redis.call('HSET', lim, 'tat_t', tat_t) end
+if scale < 1 then redis.call('HSET', lim, 'scale', scale, 'scale_at', now) end
+redis.call('PEXPIRE', lim, tonumber(ARGV[14]))
+redis.call('HINCRBY', day, 'tokens', cost)
+redis.call('HINCRBY', day, 'requests', 1)
+redis.call('HINCRBY', day, 'h:' .. ARGV[2], 1)
+redis.call('HSET', day, 'tpd', tpd, 'rpd', rpd)
+redis.call('EXPIRE', day, tonumber(ARGV[15]))
+redis.call('ZADD', KEYS[3], now, ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[14]))
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[14]))
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[15]))
+return {0, math.ceil(send - now), used_t + cost, used_r + 1, 0, rpm, tpm, now}
+"""
+
+# ARGV: epoch, tokens delta, requests delta, kind (0 plain, 1 per-minute 429, 2 per-day 429),
+#       hint ms, admitted at (server ms), rpm seen, tpm seen, burst ms, lim ttl ms, day ttl s
+# Returns: status (0 ok, 3 state lost), pause ms (kind 1: how long every host now waits).
+SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {3, 0} end
+local lim, day = KEYS[1], KEYS[2]
+local d_tokens, d_requests, kind = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if d_tokens ~= 0 then redis.call('HINCRBY', day, 'tokens', d_tokens) end
+if d_requests ~= 0 then redis.call('HINCRBY', day, 'requests', d_requests) end
+if kind == 2 then redis.call('HSET', day, 'exhausted', 1) end
+if kind == 2 or d_tokens ~= 0 or d_requests ~= 0 then
+  redis.call('EXPIRE', day, tonumber(ARGV[11]))
+end
+-- A lower limit one host was told is every host's limit.
+for i, field in ipairs({'rpm', 'tpm'}) do
+  local seen = tonumber(ARGV[6 + i])
+  if seen > 0 then
+    local known = tonumber(redis.call('HGET', lim, field) or '0')
+    if known == 0 or seen < known then redis.call('HSET', lim, field, seen) end
+  end
+end
+local pause = 0
+if kind == 1 then
+  local s = redis.call('HMGET', lim, 'cool_until', 'cool_start', 'streak', 'last429', 'scale',
+                       'scale_at')
+  local cool_until = tonumber(s[1] or '0')
+  local hint = math.min(tonumber(ARGV[5]), 60000)
+  if tonumber(ARGV[6]) < tonumber(s[2] or '0') then
+    -- Admitted before the current cooldown began: an echo of the same overload.
+    cool_until = math.max(cool_until, now + hint)
+  else
+    local streak = tonumber(s[3] or '0') + 1
+    local backoff = math.min(60000, 500 * 2 ^ (streak - 1))
+    cool_until = math.max(cool_until, now + math.max(hint, backoff))
+    local scale = tonumber(s[5] or '1')
+    if scale < 1 then scale = math.min(1, scale + (now - tonumber(s[6] or now)) * 0.000005) end
+    if now - tonumber(s[4] or '0') < 30000 then scale = math.max(0.3, scale * 0.85) end
+    redis.call('HSET', lim, 'streak', streak, 'cool_start', now, 'last429', now,
+               'scale', scale, 'scale_at', now)
+    -- The server's bucket is empty: no host has a burst left.
+    local full = now + tonumber(ARGV[9])
+    for _, field in ipairs({'tat_r', 'tat_t'}) do
+      local tat = tonumber(redis.call('HGET', lim, field) or '0')
+      if tat < full then redis.call('HSET', lim, field, full) end
+    end
+  end
+  redis.call('HSET', lim, 'cool_until', cool_until)
+  pause = cool_until - now
+end
+redis.call('PEXPIRE', lim, tonumber(ARGV[10]))
+return {0, math.ceil(pause)}
+"""

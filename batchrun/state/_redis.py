@@ -1,0 +1,397 @@
+"""The limiter's shared state and the daily ledger in Redis, for many hosts on one key.
+
+Design (issue #17), and why:
+
+- One round trip admits a request: the ADMIT script (EVALSHA through redis-py's
+  register_script) checks and takes the day's tokens and request and a place in the per-minute
+  buckets of (API host, key fingerprint, model) in one atomic step, so two hosts can never both
+  take the last of any budget. No leases: a lease is budget one host holds while another waits,
+  and a dead host's lease must be timed out. Here nothing is held but what was admitted.
+- The buckets are GCRA, "scheduled into the near future": the script records when each bucket is
+  full again (tat) on the Redis server's clock and answers how long the caller waits before
+  sending. Hosts are served in the order they ask, whatever their share of the traffic. It never
+  schedules more than AHEAD_S ahead (the caller asks again later), so an idle or dead host holds
+  at most that much of the minute, and the total sent across hosts never exceeds the limit plus
+  one burst. The burst is BURST_S of the limit, the local limiter's paced burst less its reserve:
+  a server enforcing 1 s windows sees no 429 storm from four hosts. (The local limiter grows its
+  burst by probing; shared pacing does not: its job is many hosts, where the limit, not the
+  burst, decides throughput.)
+- The daily ledger is a hash per (API host, key fingerprint, model family, UTC day) with tokens,
+  requests, the per-day 429 "exhausted" flag and a count per host; it expires after 48 h, the
+  buckets after LIM_TTL idle. The UTC day is batchrun's `now_utc`, bucket time is Redis's TIME.
+  No key or value holds an API key: only its fingerprint.
+- Settlement: what goes back (usage below the reservation, a request never sent) travels with
+  this host's next admission, so it costs no round trip and is always counted before this host
+  asks again; a crash loses only give-backs (the ledger over-counts, the safe side). Usage above
+  the reservation travels the same way while more than 1 % of the day's tokens is left (a
+  running output estimate is below the truth about half the time: a round trip for each would
+  double the cost of admission); a crash then under-counts by those few tokens, far from the
+  budget's end. Nearer the end, and for what every host must see at once, there is a round trip
+  of its own (SETTLE): usage above the reservation, a per-minute 429 (a shared cooldown and,
+  for two within 30 s, a shared rate cut: the local limiter's rules), a per-day 429 (the day is
+  spent for every host) and a lower x-ratelimit-limit-* (the lowest any host saw is every
+  host's).
+- Each host's local Limiter keeps only the in-flight cap (see _slots.py): x-ratelimit-remaining
+  reflects every host's traffic, and reading it as this host's would throttle it twice.
+- Redis down, slow or restarted: every failure becomes a SharedStateError (exit 5) naming the
+  URL without its password. Admission stops there (the engine drains what is in flight and
+  exits with the checkpoint kept); a failed settlement is kept for the next admission to
+  raise, never dropped into local limits. A restart without persistence is caught by the
+  epoch key (see _lua.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import socket
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from batchrun.classify import Kind, Outcome
+from batchrun.decide import billed
+from batchrun.errors import InputError, redact
+from batchrun.ledger import LEASE_SHARE, MAX_USAGE, DayUsage, Scope, describe_usage, utc_now
+from batchrun.limiter import ServerState, Ticket
+from batchrun.state._gate import SharedStateError
+from batchrun.state._lua import ADMIT, SETTLE
+from batchrun.state._slots import SlotLimiter
+from batchrun.state._url import StateUrl
+from batchrun.tiers import Limits
+
+PREFIX = "batchrun:v1:"
+BURST_S = 0.9  # the local limiter's starting burst (1 s) less its reserve (0.1 s)
+AHEAD_S = 1.5  # the furthest ahead a request is scheduled; later ones ask again
+LIM_TTL_MS = 300_000  # buckets, cooldowns and learned limits outlive an idle minute, then go
+DAY_TTL_S = 48 * 3600
+ACTIVE_S = 15.0  # `status` lists hosts admitted within this long as active
+TIMEOUT_S = 5.0  # a Redis slower than this counts as down
+ADMITTED, DAY_SPENT, LATER, LOST = 0, 1, 2, 3
+
+
+def _key(*parts: str) -> str:
+    return PREFIX + ":".join(parts)
+
+
+def scope_name(scope: Scope) -> str:
+    return f"{scope.host}|{scope.key_fingerprint}|{scope.model}"
+
+
+class RedisState:
+    """One connection to the shared state; one per process, made inside the running loop."""
+
+    def __init__(self, client: Any, url: StateUrl, now_utc: Callable[[], dt.datetime],
+                 host_id: str) -> None:
+        self._client = client
+        self.url = url
+        self._now_utc = now_utc
+        self.host_id = host_id
+        self._admit = client.register_script(ADMIT)
+        self._settle = client.register_script(SETTLE)
+        self._epoch = ""
+        self.failure: SharedStateError | None = None  # a settlement that could not be written
+        self._budgets: list[RedisBudget] = []
+
+    @classmethod
+    async def connect(cls, url: StateUrl, now_utc: Callable[[], dt.datetime] = utc_now,
+                      timeout_s: float | None = None, host_id: str | None = None) -> RedisState:
+        """Connect and check the server answers; SharedStateError (exit 5) when it does not."""
+        timeout_s = timeout_s or TIMEOUT_S
+        import redis.asyncio
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # One quick retry mends a connection the server closed while idle; more would turn a
+        # dead Redis into a long silence before the user hears of it.
+        client = None
+        try:
+            client = redis.asyncio.from_url(
+                url.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 1))
+            state = cls(client, url, now_utc,
+                        host_id or f"{socket.gethostname()}:{os.getpid()}")
+            await state._call(state._open())
+        except (ValueError, TypeError) as exc:  # an ?option= redis-py does not take
+            if client is not None:
+                await client.aclose()
+            raise InputError(f"--state {url.shown} cannot be used: "
+                             f"{redact(str(exc), urlsplit(url.url).password)}") from None
+        except BaseException:
+            if client is not None:
+                await client.aclose()
+            raise
+        return state
+
+    async def _open(self) -> None:
+        epoch = _key("epoch")
+        await self._client.set(epoch, secrets.token_hex(8), nx=True)
+        self._epoch = (await self._client.get(epoch) or b"").decode()
+
+    async def _call(self, work: Awaitable[Any]) -> Any:
+        import redis.exceptions
+
+        try:
+            return await work
+        except redis.exceptions.RedisError as exc:
+            raise self.unavailable(exc) from None
+
+    def unavailable(self, exc: BaseException) -> SharedStateError:
+        password = self._password()
+        reason = redact(f"{type(exc).__name__}: {exc}", password) if str(exc) else \
+            type(exc).__name__
+        return SharedStateError(
+            f"The shared state at {self.url.shown} is unavailable ({reason}); nothing more "
+            "is admitted: batchrun never falls back to local limits, which would overspend "
+            "the key's quota.")
+
+    def lost(self) -> SharedStateError:
+        return SharedStateError(
+            f"The shared state at {self.url.shown} was reset (Redis restarted without "
+            "persistence, or its keys were deleted): today's usage across hosts is no longer "
+            "known there. Nothing more is admitted. Turn on Redis persistence (appendonly) "
+            "to keep it across restarts.")
+
+    def _password(self) -> str | None:
+        return urlsplit(self.url.url).password
+
+    def today(self) -> dt.date:
+        return self._now_utc().date()
+
+    def budget(self, scope: Scope, tpd: int, rpd: int) -> RedisBudget:
+        budget = RedisBudget(self, scope, tpd, rpd)
+        self._budgets.append(budget)
+        return budget
+
+    async def admit(self, budget: RedisBudget, cost: int, day: dt.date, limits: Limits,
+                    ) -> tuple[int, float, int, int]:
+        """(status, wait_s, rpm, tpm); the day's counts go to `budget`."""
+        if self.failure is not None:
+            raise self.failure
+        await self._flush(budget, other_than=day)
+        back_t, back_r = budget.pending.pop(day, (0, 0))
+        oks, budget.oks = budget.oks, 0
+        name = scope_name(budget.scope)
+        keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("hosts", name),
+                _key("scopes", day.isoformat()), _key("epoch")]
+        args = [self._epoch, self.host_id, name, limits.rpm, limits.tpm, budget.tpd,
+                budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
+                round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S]
+        try:
+            reply = await self._call(self._admit(keys=keys, args=args))
+        except BaseException:
+            budget.give_back(day, back_t, back_r)  # not written: still to give back
+            budget.oks += oks
+            raise
+        status, wait_ms, tokens, requests, exhausted, rpm, tpm, now_ms = (int(x) for x in reply)
+        if status == LOST:
+            raise self.lost()
+        budget.seen(DayUsage(day, tokens, requests, bool(exhausted)), now_ms)
+        return status, wait_ms / 1000, rpm, tpm
+
+    async def settle(self, budget: RedisBudget, day: dt.date, tokens: int, requests: int,
+                     kind: int = 0, hint_s: float | None = None, admitted_ms: int = 0,
+                     rpm: int = 0, tpm: int = 0) -> float:
+        """Write a correction (and what a 429 or the headers taught) now; the shared pause."""
+        name = scope_name(budget.scope)
+        keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("epoch")]
+        args = [self._epoch, tokens, requests, kind, round((hint_s or 0) * 1000), admitted_ms,
+                rpm, tpm, round(BURST_S * 1000), LIM_TTL_MS, DAY_TTL_S]
+        status, pause_ms = (int(x) for x in await self._call(self._settle(keys=keys, args=args)))
+        if status == LOST:
+            raise self.lost()
+        return pause_ms / 1000
+
+    async def _flush(self, budget: RedisBudget, other_than: dt.date | None = None) -> None:
+        for day in [d for d in budget.pending if d != other_than]:
+            tokens, requests = budget.pending.pop(day)
+            try:
+                await self.settle(budget, day, tokens, requests)
+            except BaseException:
+                budget.give_back(day, tokens, requests)
+                raise
+
+    async def close(self) -> None:
+        """Give back what is pending; the connection closes even if Redis is gone (what is
+        not given back stays counted: the safe side)."""
+        try:
+            if self.failure is None:
+                for budget in self._budgets:
+                    try:
+                        await self._flush(budget)
+                    except SharedStateError:
+                        break
+        finally:
+            await self._client.aclose()
+
+    async def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
+        """Every (host, key, model) used on `day` across all hosts, with the hosts admitted
+        lately, for `batchrun status`."""
+        names = sorted(n.decode() for n in await self._call(
+            self._client.smembers(_key("scopes", day.isoformat()))))
+        now = await self._call(self._client.time())
+        now_ms = now[0] * 1000 + now[1] // 1000
+        rows: list[dict[str, object]] = []
+        for name in names:
+            host, keyfp, model = name.split("|", 2)
+            fields = {k.decode(): v.decode() for k, v in (await self._call(
+                self._client.hgetall(_key("day", name, day.isoformat())))).items()}
+            recent = await self._call(self._client.zrangebyscore(
+                _key("hosts", name), now_ms - ACTIVE_S * 1000, "+inf"))
+            try:
+                rows.append({
+                    "host": host, "key_fingerprint": keyfp, "model": model,
+                    "day": day.isoformat(), "tokens": int(fields.get("tokens", 0)),
+                    "requests": int(fields.get("requests", 0)),
+                    "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
+                    "exhausted": int(fields.get("exhausted", 0)),
+                    "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
+                              if k.startswith("h:")},
+                    "active_hosts": sorted(h.decode() for h in recent),
+                })
+            except ValueError:
+                raise SharedStateError(
+                    f"The shared state at {self.url.shown} holds counts for {model} on {day} "
+                    "that are not numbers: something other than batchrun wrote its keys "
+                    f"({PREFIX}*).") from None
+        return rows
+
+
+class RedisBudget:
+    """One model's daily budget in Redis, as the engine reads it: the last counts Redis
+    answered with (every admission brings them), less what this host is giving back."""
+
+    def __init__(self, state: RedisState, scope: Scope, tpd: int, rpd: int) -> None:
+        self.state, self.scope, self.tpd, self.rpd = state, scope, tpd, rpd
+        self.pending: defaultdict[dt.date, tuple[int, int]] = defaultdict(lambda: (0, 0))
+        self.oks = 0  # answers since the last admission: they end a streak of 429s
+        self._usage = DayUsage(state.today(), 0, 0, False)
+        self._exhausted_day: dt.date | None = None
+        self.now_ms = 0
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.tpd or self.rpd)
+
+    def seen(self, usage: DayUsage, now_ms: int) -> None:
+        self._usage, self.now_ms = usage, now_ms
+        if usage.exhausted:
+            self._exhausted_day = usage.day
+
+    def counted(self, day: dt.date, tokens: int) -> None:
+        """Redis has counted these tokens too (a settlement of its own)."""
+        u = self._usage
+        if u.day == day:
+            self._usage = DayUsage(day, u.tokens + tokens, u.requests, u.exhausted)
+
+    def give_back(self, day: dt.date, tokens: int, requests: int) -> None:
+        """Count this with the next admission (negative: given back)."""
+        t, r = self.pending[day]
+        self.pending[day] = (t + tokens, r + requests)
+
+    def near_end(self, cost: int, extra: int) -> bool:
+        """Would so little of the day's token budget be left after `extra` tokens above a
+        reservation of `cost` that they must be written now, not with the next admission?"""
+        left = self.tpd - self.used_today()[0] - extra
+        return bool(self.tpd) and left < max(cost, self.tpd * LEASE_SHARE)
+
+    def used_today(self) -> tuple[int, int]:
+        u = self._usage
+        t, r = self.pending.get(u.day, (0, 0))
+        return u.tokens + t, u.requests + r
+
+    def release(self) -> None:
+        """Nothing is leased; what is pending is given back when the state closes."""
+
+    def describe(self, server_message: str = "") -> str:
+        tokens, requests = self.used_today()
+        u = self._usage
+        return describe_usage(DayUsage(u.day, tokens, requests, u.exhausted), self.scope.model,
+                              self.tpd, self.rpd, server_message)
+
+    def exhaust(self, day: dt.date) -> None:
+        """The API said the day is spent (the settlement already told Redis)."""
+        self._exhausted_day = day
+
+    def is_exhausted(self, day: dt.date) -> bool:
+        return self._exhausted_day == day
+
+    def gate(self, limits: Limits, concurrency: int | None, clock: Callable[[], float],
+             sleep: Callable[[float], Awaitable[None]]) -> RedisGate:
+        limiter = SlotLimiter(limits.rpm, limits.tpm, concurrency, clock, sleep)
+        return RedisGate(self, limiter, limits, sleep)
+
+
+class RedisGate:
+    """Admission through Redis: a local in-flight slot, then the ADMIT script, then the wait
+    it prescribes."""
+
+    def __init__(self, budget: RedisBudget, limiter: SlotLimiter, limits: Limits,
+                 sleep: Callable[[float], Awaitable[None]]) -> None:
+        self.budget, self.limiter, self._limits, self._sleep = budget, limiter, limits, sleep
+        self._admitted_ms: dict[int, int] = {}  # id(ticket) -> Redis time of its admission
+        self._known = (limits.rpm, limits.tpm)
+
+    async def admit(self, cost: int, now: float) -> tuple[dt.date, Ticket] | None:
+        b, state = self.budget, self.budget.state
+        day = state.today()
+        if b.is_exhausted(day):
+            return None
+        ticket = await self.limiter.acquire(cost)
+        try:
+            while True:
+                status, wait_s, rpm, tpm = await state.admit(b, cost, day, self._limits)
+                if (rpm, tpm) != self._known:
+                    self._known = (rpm, tpm)
+                    self.limiter.adopt(rpm, tpm)
+                if status == DAY_SPENT:
+                    self.limiter.release(ticket, None)
+                    return None
+                if status == ADMITTED:
+                    break
+                await self._sleep(wait_s)
+            if wait_s > 0:
+                try:
+                    await self._sleep(wait_s)
+                except BaseException:
+                    b.give_back(day, -cost, -1)  # never sent: its day's share goes back
+                    raise
+        except BaseException:
+            self.limiter.release(ticket, None)
+            raise
+        self._admitted_ms[id(ticket)] = b.now_ms
+        return day, ticket
+
+    async def settle(self, day: dt.date, ticket: Ticket, cost: int, outcome: Outcome,
+                     server: ServerState | None) -> None:
+        b, kind = self.budget, outcome.kind
+        admitted_ms = self._admitted_ms.pop(id(ticket), 0)
+        self.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server,
+                             ok=kind is Kind.OK)
+        b.oks += kind is Kind.OK
+        extra = min(max(0, billed(outcome, cost)), MAX_USAGE) - cost
+        rpm, tpm = self._lower_limits(server)
+        code = {Kind.RATE_MINUTE: 1, Kind.RATE_DAY: 2}.get(kind, 0)
+        if not code and not (rpm or tpm) and (extra <= 0 or not b.near_end(cost, extra)):
+            b.give_back(day, extra, 0)
+            return
+        state = b.state
+        try:
+            pause = await state.settle(b, day, extra, 0, code, outcome.hint_s, admitted_ms,
+                                       rpm, tpm)
+        except SharedStateError as exc:
+            # Answered and written all the same; the next admission stops the run.
+            state.failure = state.failure or exc
+            return
+        b.counted(day, extra)
+        if code == 1:
+            self.limiter.shared_pause = pause
+
+    def _lower_limits(self, server: ServerState | None) -> tuple[int, int]:
+        if server is None:
+            return 0, 0
+        rpm, tpm = self._known
+        seen_r, seen_t = server.limit_requests or 0, server.limit_tokens or 0
+        return (seen_r if 0 < seen_r < rpm else 0), (seen_t if 0 < seen_t < tpm else 0)

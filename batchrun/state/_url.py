@@ -1,0 +1,80 @@
+"""The --state URL: which shared state a job uses, and how it is shown and stored.
+
+The URL as given may hold a password (redis://user:secret@host/0). It is used only to connect;
+everything shown or stored is `shown` (no user info), and the manifest records whether
+credentials were needed so `resume` asks for them again instead of silently going local.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from batchrun.endpoint import without_userinfo
+from batchrun.errors import InputError
+
+LOCAL = ("", "local", "sqlite")
+SCHEMES = ("redis", "rediss")
+
+
+@dataclass(frozen=True, slots=True)
+class StateUrl:
+    url: str  # as given: may hold credentials, only for connecting
+
+    @property
+    def shown(self) -> str:
+        """For messages, status and the manifest: never a credential."""
+        parts = urlsplit(self.url)
+        if parts.username is None and parts.password is None:
+            return self.url
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+    @property
+    def has_credentials(self) -> bool:
+        parts = urlsplit(self.url)
+        return parts.username is not None or parts.password is not None
+
+    def manifest_options(self) -> dict[str, Any]:
+        return {"state": self.shown, "state_credentials": self.has_credentials}
+
+
+def parse_state_url(value: str | None) -> StateUrl | None:
+    """None for the local SQLite ledger; a Redis URL otherwise. Refuses (exit 2, nothing sent)
+    a URL batchrun cannot use, and a Redis URL when the redis client is not installed."""
+    if value is None or value.strip().lower() in LOCAL:
+        return None
+    value = value.strip()
+    shown = without_userinfo(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - parsing the port is the check: it raises on a bad one
+    except ValueError:
+        raise InputError(f"--state {shown!r} is not a valid URL; give e.g. "
+                         "redis://localhost:6379/0") from None
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise InputError(f"--state {shown!r} is not a Redis URL: give redis://host:6379/0 (or "
+                         "rediss:// for TLS), or leave it out for the local ledger.")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise InputError(f"--state {shown!r} names database {parts.path.strip('/')!r}; Redis "
+                         "databases are numbers: give e.g. redis://localhost:6379/0")
+    if importlib.util.find_spec("redis") is None:
+        raise InputError("--state redis://… needs the Redis client, which is not installed: "
+                         "pip install 'batchrun[redis]'")
+    return StateUrl(value)
+
+
+def state_for_resume(given: str | None, options: dict[str, Any]) -> StateUrl | None:
+    """The state a resumed job uses: the one given now, else the one it started with. A job
+    whose Redis needed credentials must be given them again: they were never stored."""
+    if given is not None:
+        return parse_state_url(given)
+    stored = options.get("state")
+    if not stored:
+        return None
+    if options.get("state_credentials"):
+        raise InputError(
+            f"this job keeps its shared state in {stored}, which needs credentials batchrun "
+            "does not store. Give the URL again with --state or $BATCHRUN_STATE.")
+    return parse_state_url(stored)

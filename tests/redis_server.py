@@ -1,0 +1,107 @@
+"""A real redis-server for the shared-state tests: started on a free loopback port with no
+persistence, stopped after. Tests that need it are skipped, with a message, where redis-server
+is not installed (CI installs it: .ci/run)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_SERVER = shutil.which("redis-server")
+SKIP = "redis-server is not installed (apt-get install redis-server); the Redis state tests need it"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    """One redis-server process; `stop()` and `start()` again keep its port (a restart)."""
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        self.port = _free_port()
+        self.password = password
+        self.workdir = workdir
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        assert REDIS_SERVER is not None
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:  # ready when it accepts a connection
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") \
+                        from None
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(10)
+        self._proc = None
+
+    def flush(self) -> None:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        client.flushall()
+        client.close()
+
+
+def _require() -> None:
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP)
+    pytest.importorskip("redis", reason="the redis client is not installed: "
+                        "pip install -e '.[test]'")
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    _require()
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """A shared redis-server, emptied for this test."""
+    redis_session.flush()
+    return redis_session.url
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[type[RedisServer]]:
+    """Dedicated servers a test may stop and restart, or protect with a password."""
+    _require()
+    started: list[RedisServer] = []
+
+    class Factory(RedisServer):
+        def __init__(self, password: str | None = None) -> None:
+            super().__init__(tmp_path, password)
+            started.append(self)
+
+    yield Factory
+    for server in started:
+        server.stop()
