@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
+from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
 from batchrun.engine import JobSpec
 from batchrun.errors import (
@@ -99,6 +100,21 @@ MaxRetries = Annotated[int, typer.Option(min=0, help=MAX_RETRIES_HELP)]
 MaxResponseMb = Annotated[float | None, typer.Option(
     min=0.0001, show_default="64",
     help="largest answer accepted, in MB; a bigger one fails its request (response_too_large)")]
+class Via(str, Enum):
+    sync = "sync"
+    batch = "batch"
+    auto = "auto"
+
+
+ViaOpt = Annotated[Via | None, typer.Option(
+    "--via", show_default="sync", help="sync: the per-minute path; batch: the Batch API (half "
+    "price, 24 h window); auto: sync while today's budget lasts, the rest via the Batch API")]
+Detach = Annotated[bool, typer.Option(
+    "--detach", help="Batch API: submit the batches, print the job id and exit; resume collects")]
+PollMax = Annotated[float | None, typer.Option(
+    min=1, show_default="60", help="Batch API: longest wait between two polls, in seconds")]
+QueueTokens = Annotated[int | None, typer.Option(
+    min=0, show_default="preset", help="Batch API: enqueued-token limit (0 = unlimited)")]
 Concurrency = Annotated[int | None, typer.Option(
     min=1, show_default="from rate x latency", help="most requests in flight")]
 
@@ -136,6 +152,10 @@ def submit(
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
+    via: ViaOpt = None,
+    detach: Detach = False,
+    poll_max: PollMax = None,
+    batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     if output is None:
@@ -154,6 +174,7 @@ def submit(
         timeout_s=timeout,
         on_bad_line=on_bad_line.value,
         wait=bool(wait),
+        **_batch_options(via, detach, poll_max, batch_queue_tokens),
     )
     store = JobStore()
     manifest = runner.prepare(spec, simulate, store, force)
@@ -162,6 +183,17 @@ def submit(
         if manifest.done >= manifest.total:
             _finished(runner.Finished(manifest.done, manifest.total, manifest.failed), manifest)
     _launch(spec, manifest, store, simulate, json_, quiet)
+
+
+def _batch_options(via: Via | None, detach: bool, poll_max: float | None,
+                   queue: int | None, given_only: bool = False) -> dict[str, Any]:
+    """The Batch API options as JobSpec fields; `given_only` (resume): only those given."""
+    options: dict[str, Any] = {"via": via.value if via else None, "detach": detach or None,
+                               "poll_max_s": poll_max, "batch_queue_tokens": queue}
+    if given_only:
+        return options
+    defaults = {"via": "sync", "detach": False, "poll_max_s": 60.0}
+    return {k: defaults[k] if v is None and k in defaults else v for k, v in options.items()}
 
 
 def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
@@ -193,6 +225,10 @@ def resume(
     force: Force = False,
     json_: Json = False,
     quiet: Quiet = False,
+    via: ViaOpt = None,
+    detach: Detach = False,
+    poll_max: PollMax = None,
+    batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     store = JobStore()
@@ -213,11 +249,28 @@ def resume(
         "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
         "max_response_mb": max_response_mb,
         "wait": wait,
+        **_batch_options(via, detach, poll_max, batch_queue_tokens, given_only=True),
     })
     if isinstance(plan, runner.Finished):
         _finished(plan, manifest)
     spec, simulate = plan
     _launch(spec, manifest, store, simulate, json_, quiet, retry_failed)
+
+
+@app.command()
+def cancel(
+    job: Annotated[str, typer.Argument(help="job id, a unique prefix of it, or its output path")],
+) -> None:
+    """Cancel a job's Batch API batches. Their finished results are kept: resume collects them."""
+    store = JobStore()
+    manifest = store.find(job)
+    cancelled, dropped = asyncio.run(runner.cancel_batches(manifest, store))
+    unsent = f"; {dropped} part{'s' if dropped != 1 else ''} not yet submitted will not be" if (
+        dropped) else ""
+    out.print(f"Cancelled {cancelled} batch{'es' if cancelled != 1 else ''} of job "
+              f"{manifest.job_id}{unsent}. Collect the results they finished with: "
+              f"batchrun resume {manifest.job_id} (the rest are recorded as failed, "
+              "batch_cancelled; resume --retry-failed sends them again).", markup=False)
 
 
 @app.command()
@@ -275,6 +328,8 @@ def estimate(
     on_bad_line: Annotated[OnBadLine, typer.Option(
         help="fail: list bad lines and stop; skip: estimate the rest")] = OnBadLine.fail,
     json_: Json = False,
+    via: ViaOpt = None,
+    batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
     used_today, known = _ledger_lookup()
@@ -282,6 +337,7 @@ def estimate(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
         on_bad_line=on_bad_line.value, used_today=used_today, today_known=known,
+        via=via.value if via else "sync", batch_queue=batch_queue_tokens,
     )
     if json_:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
@@ -321,6 +377,13 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_) as display:
         stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, display), simulate,
                                    retry_failed))
+    if isinstance(stopped, Detached):  # not an error: the batches run on the server
+        if json_:
+            sys.stdout.write(orjson.dumps({"job": manifest.job_id, "state": manifest.state,
+                                           "message": stopped.message}).decode() + "\n")
+        else:
+            out.print(stopped.message, markup=False)
+        raise typer.Exit(EXIT_OK)
     summary = stats.summary()
     summary["job"] = manifest.job_id
     # The job's recorded state says why it stopped (paused-daily, interrupted, ...), where the

@@ -204,7 +204,7 @@ class ProgressDisplay:
             case Throttled(pause_s=pause):
                 self._cooling_until = max(self._cooling_until, self._clock() + pause)
             case StateChanged(state=state, detail=detail):
-                self._detail = detail if state in ("draining", "paused-daily") else ""
+                self._detail = detail if state in ("draining", "paused-daily", "batch") else ""
                 if not self.live_mode:
                     self._plain(force=True)
         if self._live is None and not isinstance(event, JobStarted):

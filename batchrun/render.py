@@ -63,6 +63,8 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                  else "today counted as unused: set OPENAI_API_KEY to count its usage")
         days = "1 UTC day" if m["days"] == 1 else f"{m['days']} UTC days"
         table.add_row("days", f"{days} under the daily budget; {today}")
+        if e.get("via") == "batch":
+            table.add_row("Batch API", _batch_row(m))
         console.print(table)
     if e["never_run_total"]:
         console.print(f"[bold red]{e['never_run_total']:,} requests can never run[/]:")
@@ -78,6 +80,16 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
     if e["cost_usd"] is not None and len(e["models"]) > 1:
         console.print(f"total ${e['cost_usd']:,.4f} (Batch API ${e['batch_api_cost_usd']:,.4f})"
                       f" · {_minutes(e['minutes_to_finish'])} · {e['days']} UTC day(s)")
+
+
+def _batch_row(m: dict[str, Any]) -> str:
+    b, c = m["batch"], m["cost_usd"]
+    cost = f"${c['batch_api_total']:,.4f} (half the list price)" if c else "cost unknown"
+    queue = (f"{b['rounds']:,} round{'s' if b['rounds'] != 1 else ''} of the "
+             f"{b['queue_tokens']:,}-token enqueued limit" if b["queue_tokens"]
+             else "no enqueued-token limit known (give --batch-queue-tokens)")
+    return (f"{cost} · {queue} → at most {b['hours_at_most']:,} h (each round within its 24 h "
+            "window, often much sooner) · no per-minute or daily limit")
 
 
 # Through a pipe or into a file nothing is cut: rows are as wide as their contents.

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from batchrun.batch.parts import has_open_parts
+from batchrun.batch.run import Detached, cancel_job, run_batch
 from batchrun.checkpoint import (
     OutputScan,
     check_output_path,
@@ -38,7 +40,7 @@ from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, 
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
-from batchrun.stop import Stop, phrase
+from batchrun.stop import Stop, StopKind, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
@@ -55,6 +57,8 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "simulate": simulate, "base_url": None if ep.azure else ep.base_url,
         "azure_endpoint": ep.base_url if ep.azure else None, "api_key_env": ep.key_env,
         "insecure": ep.insecure, "max_response_mb": spec.max_response_mb,
+        "via": spec.via, "poll_max_s": spec.poll_max_s,
+        "batch_queue_tokens": spec.batch_queue_tokens,
     }
 
 
@@ -70,6 +74,8 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         tier=o["tier"], overrides=limit_overrides, concurrency=o["concurrency"],
         max_retries=o["max_retries"], timeout_s=o["timeout_s"], on_bad_line=o["on_bad_line"],
         wait=o["wait"], max_response_mb=o.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB),
+        via=o.get("via", "sync"), poll_max_s=o.get("poll_max_s", 60.0),
+        batch_queue_tokens=o.get("batch_queue_tokens"), detach=bool(o.get("detach")),
     )
     return spec, bool(o["simulate"])
 
@@ -106,6 +112,8 @@ class _ManifestUpdater:
 def _final_state(stop: BatchrunError | None) -> str:
     if stop is None:
         return "done"
+    if isinstance(stop, Detached):
+        return "submitted"
     if isinstance(stop, DailyLimitReached):
         return "paused-daily"
     if isinstance(stop, Interrupted):
@@ -293,12 +301,26 @@ async def run(
             manifest.checked = report.to_dict()
             if report.bad_total and spec.on_bad_line == "fail":
                 raise BadLinesError(str(spec.input), report.bad, report.bad_total)
-            engine = Engine(spec, report, done, api_key, fan_out, budget_for, now_utc=now_utc,
-                            sleep=sleep)
-            ended = await _drive(engine)
-            if ended is not None:
-                stop = phrase(ended, str(spec.output), manifest.resume_command,
-                              spec.endpoint.key_env)
+            if retry_failed:
+                manifest.batch.pop("cancelled", None)  # send what `cancel` stopped again
+            manifest.options["via"] = spec.via
+            # Requests in batches not yet collected must not be sent again by the sync path.
+            if spec.via == "batch" or has_open_parts(manifest.batch):
+                stop = await run_batch(spec, manifest, store, api_key, fan_out, report, done,
+                                       sleep=sleep, notify=notify)
+            else:
+                engine = Engine(spec, report, done, api_key, fan_out, budget_for,
+                                now_utc=now_utc, sleep=sleep)
+                ended = await _drive(engine)
+                if ended is not None and ended.kind is StopKind.DAILY and spec.via == "auto":
+                    notify(f"{ended.budget}: the {ended.total - ended.done:,} requests left go "
+                           "through the Batch API now, into the same output.")
+                    stop = await run_batch(spec, manifest, store, api_key, fan_out, report,
+                                           read_output(spec.output).done, sleep=sleep,
+                                           notify=notify)
+                elif ended is not None:
+                    stop = phrase(ended, str(spec.output), manifest.resume_command,
+                                  spec.endpoint.key_env)
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False
@@ -317,6 +339,24 @@ async def run(
     finally:
         if not updater.started:
             lock.discard_if_unused()
+        lock.release()
+
+
+async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]:
+    """`batchrun cancel`: cancel the job's running batches, under its output's lock (so not
+    while a process runs the job). Returns (batches cancelled, parts dropped unsent)."""
+    if not has_open_parts(manifest.batch):
+        raise InputError(f"job {manifest.job_id} has no Batch API batches that are not finished;"
+                         " nothing to cancel.")
+    spec, simulate = spec_from_manifest(manifest, {})
+    if simulate:
+        raise InputError(f"job {manifest.job_id} ran against the simulator, whose batches ended "
+                         f"with it; run {manifest.resume_command} to send the rest again.")
+    key = spec.endpoint.api_key()
+    lock = _lock_output(Path(manifest.output))
+    try:
+        return await cancel_job(spec, manifest, store, key)
+    finally:
         lock.release()
 
 

@@ -30,6 +30,10 @@ class JobSpec:
     drain_s: float = 10.0
     wait: bool = False  # at the daily limit: sleep until 00:00 UTC instead of stopping
     max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
+    via: str = "sync"  # sync | batch | auto (sync while today's budget lasts, then batch)
+    poll_max_s: float = 60.0  # Batch API: the longest wait between two polls
+    batch_queue_tokens: int | None = None  # Batch API: enqueued-token limit; None = preset
+    detach: bool = False  # Batch API: submit, record, exit; resume collects
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)
