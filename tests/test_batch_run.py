@@ -29,15 +29,15 @@ def rows(n: int) -> list[dict[str, Any]]:
 
 class Harness:
     def __init__(self, tmp_path: Path, fake: FakeBatchApi, monkeypatch: pytest.MonkeyPatch,
-                 n: int = 5, **spec: Any) -> None:
+                 n: int = 5, base_url: str = "https://api.example.test/v1", **spec: Any) -> None:
         self.fake = fake
         monkeypatch.setattr(batch_run, "BatchApi", lambda *a, **k: fake)
         monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
         self.input = write_jsonl(tmp_path / "jobs.jsonl", rows(n))
         self.output = tmp_path / "out.jsonl"
         self.spec = JobSpec(input=self.input, output=self.output,
-                            endpoint=Endpoint.make("https://api.example.test/v1", None, None),
-                            via="batch", **spec)
+                            endpoint=Endpoint.make(base_url, None, None),
+                            **{"via": "batch", **spec})
         self.store = JobStore()
         self.naps: list[float] = []
         self.notes: list[str] = []

@@ -1,0 +1,28 @@
+"""--via auto: the sync path while today's budget lasts, then the Batch API for the rest, both
+into the one output, exactly once per id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.batch_fake import FakeBatchApi
+from tests.test_batch_run import Harness, ok_ids
+
+
+def test_auto_switches_to_the_batch_api_at_the_daily_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: Any) -> None:
+    fake = FakeBatchApi()
+    # Each request costs about 15 tokens (prompt + max_tokens 5): a 50-token day holds 3.
+    h = Harness(tmp_path, fake, monkeypatch, n=8, base_url=sim.base_url, via="auto",
+                overrides={"tpd": 50})
+    assert h.submit() is None
+    results = h.results()
+    assert ok_ids(results) == {f"r{i}" for i in range(1, 9)}
+    by_batch = {x["custom_id"] for b in fake.by_id.values() for x in b["_lines"]}
+    assert 0 < sim.stats.ok and by_batch  # both paths did some of the work
+    assert by_batch.isdisjoint(set(results) - by_batch) and len(by_batch) < 8
+    assert any("through the Batch API now" in note for note in h.notes)
+    assert h.manifest().state == "done"
