@@ -92,6 +92,17 @@ def _batch_row(m: dict[str, Any]) -> str:
             "window, often much sooner) · no per-minute or daily limit")
 
 
+def _part_line(p: dict[str, Any]) -> str:
+    """One Batch API part of `status JOB`, as last recorded (resume polls and collects)."""
+    state = {"planned": "waiting for the queue", "uploaded": "uploaded, waiting for the queue",
+             "creating": "being created"}.get(p["state"], p["state"].replace("_", " "))
+    ids = " · ".join(x for x in (p.get("batch_id"), p.get("file_id")) if x)
+    counts = (f" · {p.get('completed', 0):,} completed, {p.get('failed', 0):,} failed"
+              if p.get("batch_id") else "")
+    return (f"  part {p['n']}  {p['count']:,} requests ({p['model']}) · {state}{counts}"
+            + (f" · {ids}" if ids else ""))
+
+
 # Through a pipe or into a file nothing is cut: rows are as wide as their contents.
 UNBOUNDED = 10_000
 
@@ -126,6 +137,8 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
         console.print(f"  updated {j['updated']}")
         if j["message"]:
             console.print(f"  last    {j['message']}", markup=False)
+        for p in (j.get("batch") or {}).get("parts", []):
+            console.print(_part_line(p), markup=False)
         if j["state"] != "done":
             console.print(f"  resume  {j['resume']}", markup=False)
     else:

@@ -36,8 +36,9 @@ def answer(cid: str) -> dict[str, Any]:
 
 class FakeBatchApi:
     def __init__(self, outcome: Callable[[int], Outcome] = lambda n: Outcome(),
-                 azure: bool = False) -> None:
+                 azure: bool = False, steps: int = 2) -> None:
         self.outcome = outcome
+        self.steps = steps  # retrieves until a batch ends: 1 ends it at the first
         self.azure = azure
         self.files: dict[str, bytes] = {}
         self.by_id: dict[str, dict[str, Any]] = {}
@@ -102,9 +103,9 @@ class FakeBatchApi:
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         self._enter("retrieve")
         b = self.by_id[batch_id]
-        if b["status"] == "validating":
+        if b["status"] == "validating" and self.steps > 1 and not b["_cancel"]:
             b["status"] = "in_progress"
-        elif b["status"] in ("in_progress", "cancelling"):
+        elif b["status"] in ("validating", "in_progress", "cancelling"):
             self._finish(b)
         self._leave("retrieve")
         return self._public(batch_id)

@@ -22,7 +22,8 @@ def test_auto_switches_to_the_batch_api_at_the_daily_limit(
     results = h.results()
     assert ok_ids(results) == {f"r{i}" for i in range(1, 9)}
     by_batch = {x["custom_id"] for b in fake.by_id.values() for x in b["_lines"]}
-    assert 0 < sim.stats.ok and by_batch  # both paths did some of the work
-    assert by_batch.isdisjoint(set(results) - by_batch) and len(by_batch) < 8
+    # Both paths did some of the work, and no request went through both.
+    assert sim.stats.ok > 0 and by_batch
+    assert sim.stats.ok + len(by_batch) == 8
     assert any("through the Batch API now" in note for note in h.notes)
     assert h.manifest().state == "done"
