@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
+from batchrun.batch.parts import forget_open_parts
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
 from batchrun.engine import JobSpec
@@ -413,6 +414,13 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
                                 now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+
+    if spec.detach:
+        raise InputError("--detach needs a real Batch API: the built-in simulator ends with "
+                         "this process. Drop --simulate, or --detach.")
+    if forget_open_parts(manifest.batch):
+        _note("The simulator's earlier batches ended with its process: their requests are "
+              "sent again.")
 
     lim = spec.limits_for(spec.model)
     # The simulator keeps no daily count of its own: batchrun's ledger enforces --tpd/--rpd.

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.batch.api import Transient
+from batchrun.batch.api import ApiCallFailed, Transient
 
 
 class Crash(BaseException):
@@ -151,8 +151,10 @@ class FakeBatchApi:
     async def cancel(self, batch_id: str) -> dict[str, Any]:
         self._enter("cancel")
         b = self.by_id[batch_id]
-        if b["status"] not in ("completed", "failed", "expired", "cancelled"):
-            b["status"], b["_cancel"] = "cancelling", True
+        if b["status"] in ("completed", "failed", "expired", "cancelled", "finalizing"):
+            raise ApiCallFailed(f"HTTP 409: Cannot cancel a batch with status {b['status']}.",
+                                409, "")
+        b["status"], b["_cancel"] = "cancelling", True
         return self._public(batch_id)
 
     async def batches(self, page_size: int = 100) -> AsyncIterator[dict[str, Any]]:

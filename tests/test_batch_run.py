@@ -241,3 +241,18 @@ def test_manifest_records_ids_but_never_the_key(tmp_path: Path,
     part = orjson.loads(raw)["batch"]["parts"][0]
     assert part["file_id"] == "file-1" and part["batch_id"] == "batch_1"
     assert FAKE_KEY.encode() not in raw
+
+
+def test_cancel_skips_a_batch_that_finished_meanwhile(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
+    write_jsonl(h.input, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y",
+                                                       "model": "gpt-4o"}])
+    h.submit(detach=True)
+    assert len(h.fake.order) == 2  # one part per model
+    for _ in range(2):  # the server finishes the first batch; nobody has collected it
+        asyncio.run(h.fake.retrieve("batch_1"))
+    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 0)
+    assert h.resume() is None
+    results = h.results()
+    assert results["a"]["error"] is None and results["b"]["error"]["code"] == "batch_cancelled"

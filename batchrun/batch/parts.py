@@ -190,3 +190,13 @@ def has_open_parts(batch: Any) -> bool:
     parts = batch.get("parts") if isinstance(batch, dict) else None
     return any(isinstance(p, dict) and p.get("state") not in (COLLECTED, DROPPED)
                for p in parts or [])
+
+
+def forget_open_parts(batch: dict[str, Any]) -> int:
+    """Drop the parts not yet collected (their requests are planned again): for a job that ran
+    against the built-in simulator, whose batches ended with its process. How many parts."""
+    parts = [p for p in batch.get("parts", []) if isinstance(p, dict)
+             and p.get("state") not in (COLLECTED, DROPPED)]
+    for p in parts:
+        p["state"] = DROPPED
+    return len(parts)

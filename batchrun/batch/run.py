@@ -147,8 +147,14 @@ async def cancel_parts(book: BatchBook, api: Api, job_id: str,
             dropped += 1
         elif part.active and part.state not in TERMINAL and part.state != COLLECTED:
             assert part.batch_id is not None
-            adopt(part, await api.cancel(part.batch_id))
-            cancelled += 1
+            try:
+                adopt(part, await api.cancel(part.batch_id))
+                cancelled += 1
+            except ApiCallFailed as exc:
+                if exc.status != 409:
+                    raise
+                # Finalizing or finished already: nothing to cancel, resume collects it.
+                adopt(part, await api.retrieve(part.batch_id))
         save()
     return cancelled, dropped
 
