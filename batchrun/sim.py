@@ -22,6 +22,13 @@ Server habits (each also a field of `SimConfig` / `Habits`):
     --tail P                          a share P of requests (e.g. 0.01) take 10 x the latency
     --shared F                        another client of the key uses a share F of every limit
     --lower-at S --lower-to F         S seconds after the first request, limits drop to F x
+
+Batch API: the Files and Batches routes (/v1/files, /v1/batches; Azure's /openai/files and
+/openai/batches) on an accelerated clock, with validation, the enqueued-token limit and faults;
+see batchrun.sim_batch for the behaviour and its flags (--batch-seconds, --batch-queue-tokens,
+--batch-expire, --batch-expire-batches, --batch-fail-validation, --batch-upload-5xx,
+--batch-create-5xx, --batch-poll-5xx, --batch-request-errors), config (`SimConfig.batch`) and
+stats (`SimStats.batch`).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from batchrun.sim_batch import BatchApi, BatchConfig, BatchStats
 from batchrun.sim_model import (
     Habits,
     RateModel,
@@ -51,8 +59,8 @@ from batchrun.sim_model import (
     usage_prompt_tokens,
 )
 
-__all__ = ["Faults", "Habits", "SimConfig", "SimLimits", "SimServer", "SimStats", "Simulator",
-           "reply_text", "request_digest"]
+__all__ = ["BatchConfig", "BatchStats", "Faults", "Habits", "SimConfig", "SimLimits",
+           "SimServer", "SimStats", "Simulator", "reply_text", "request_digest"]
 
 
 @dataclass(slots=True)
@@ -84,6 +92,7 @@ class SimConfig:
     echo_key_in_errors: bool = False  # answer 400 quoting the key, as careless proxies do
     seed: int = 0
     organization: str = "org-simulator"
+    batch: BatchConfig = field(default_factory=BatchConfig)  # the Batch API (sim_batch)
 
 
 @dataclass(slots=True)
@@ -95,6 +104,7 @@ class SimStats:
     attempts: Counter[str] = field(default_factory=Counter)  # by request_digest
     admitted_at: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens charged)
     rejected_at: list[tuple[float, str]] = field(default_factory=list)  # (time, which limit)
+    batch: BatchStats = field(default_factory=BatchStats)
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -119,6 +129,7 @@ class Simulator:
         config: SimConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         today: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        batch_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config or SimConfig()
         self.stats = SimStats()
@@ -127,6 +138,8 @@ class Simulator:
         self._models: dict[str, RateModel] = {}
         self._rng = random.Random(self.config.seed)
         self._ids = 0
+        # Batch timestamps are Unix seconds: by default the same clock as the day boundaries.
+        self.batch = BatchApi(self, batch_clock or (lambda: self._now_utc().timestamp()))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -134,6 +147,7 @@ class Simulator:
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._chat)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._embeddings)
+        self.batch.add_routes(app)
         return app
 
     # -- handlers -----------------------------------------------------------------------------
@@ -147,17 +161,10 @@ class Simulator:
     async def _handle(self, request: web.Request, embeddings: bool) -> web.StreamResponse:
         self.stats.received += 1
         azure = "deployment" in request.match_info
-        if azure and "api-version" not in request.query:
-            return self._error(400, "missing api-version query parameter", "invalid_request_error")
-        key = request.headers.get("api-key", "") if azure else (
-            request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        )
-        if not key or (self.config.api_key is not None and key != self.config.api_key):
-            return self._error(
-                401, "Incorrect API key provided. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.", "invalid_request_error",
-                "invalid_api_key",
-            )
+        refused = self.refuse(request, azure)
+        if refused is not None:
+            return refused
+        key = self._key(request, azure)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -174,11 +181,9 @@ class Simulator:
             return self._error(400, f"'{field_name}' is a required property",
                                "invalid_request_error")
         self.stats.attempts[request_digest(body)] += 1
-        if self.config.insufficient_quota:
-            return self._error(
-                429, "You exceeded your current quota, please check your plan and billing "
-                "details.", "insufficient_quota", "insufficient_quota",
-            )
+        refused = self.quota_refusal()
+        if refused is not None:
+            return refused
         if self._clock() < self.config.storm_until:
             self.stats.rate_limited += 1
             self.stats.statuses[429] += 1
@@ -209,11 +214,49 @@ class Simulator:
         fault = await self._fault(request)
         if fault is not None:
             return fault
-        payload = self._embedding_reply(body) if embeddings else self._chat_reply(body)
+        payload = self.reply(body, embeddings)
         self.stats.ok += 1
         self.stats.statuses[200] += 1
         return web.Response(body=orjson.dumps(payload), headers=headers or self._headers(state),
                             content_type="application/json")
+
+    # -- shared with the Batch API (batchrun.sim_batch) ----------------------------------------
+
+    def _key(self, request: web.Request, azure: bool) -> str:
+        return request.headers.get("api-key", "") if azure else (
+            request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        )
+
+    def refuse(self, request: web.Request, azure: bool) -> web.Response | None:
+        """A 400 for an Azure request without api-version, a 401 for a missing or wrong key."""
+        if azure and "api-version" not in request.query:
+            return self._error(400, "missing api-version query parameter", "invalid_request_error")
+        key = self._key(request, azure)
+        if not key or (self.config.api_key is not None and key != self.config.api_key):
+            return self._error(
+                401, "Incorrect API key provided. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.", "invalid_request_error",
+                "invalid_api_key",
+            )
+        return None
+
+    def quota_refusal(self) -> web.Response | None:
+        if not self.config.insufficient_quota:
+            return None
+        return self._error(
+            429, "You exceeded your current quota, please check your plan and billing "
+            "details.", "insufficient_quota", "insufficient_quota",
+        )
+
+    def reply(self, body: dict[str, Any], embeddings: bool) -> dict[str, Any]:
+        """A successful reply's body, the same for a direct request and a batch's."""
+        return self._embedding_reply(body) if embeddings else self._chat_reply(body)
+
+    def error(
+        self, status: int, message: str, etype: str, code: str | None = None,
+        param: str | None = None,
+    ) -> web.Response:
+        return self._error(status, message, etype, code, param=param)
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -238,11 +281,11 @@ class Simulator:
 
     def _error(
         self, status: int, message: str, etype: str, code: str | None = None,
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None, param: str | None = None,
     ) -> web.Response:
         if status != 429:
             self.stats.statuses[status] += 1
-        body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+        body = {"error": {"message": message, "type": etype, "param": param, "code": code}}
         return web.Response(status=status, body=orjson.dumps(body), headers=headers,
                             content_type="application/json")
 
@@ -383,6 +426,22 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     for name in ("error-500", "error-503", "drop", "hang", "truncate", "no-choices", "html"):
         p.add_argument(f"--{name}", type=float, default=0.0, help="chance per request")
+    b = p.add_argument_group("Batch API (see batchrun.sim_batch)")
+    b.add_argument("--batch-seconds", type=float, default=5.0, metavar="S",
+                   help="how long a batch is in progress (validating, finalizing: a tenth)")
+    b.add_argument("--batch-queue-tokens", type=int, default=2_000_000, metavar="N",
+                   help="enqueued prompt tokens per model (0 = no limit)")
+    b.add_argument("--batch-expire", type=float, default=None, metavar="SHARE",
+                   help="expiring batches stop with this share of requests done")
+    b.add_argument("--batch-expire-batches", type=int, default=1, metavar="N",
+                   help="the first N batches expire (0 = every batch)")
+    b.add_argument("--batch-fail-validation", type=int, default=0, metavar="N",
+                   help="the first N batches fail validation")
+    for name, what in (("upload-5xx", "chance an upload gets a 500"),
+                       ("create-5xx", "chance a create gets a 500 after creating the batch"),
+                       ("poll-5xx", "chance a GET of a batch gets a 500"),
+                       ("request-errors", "share of requests that end as 400s")):
+        b.add_argument(f"--batch-{name}", type=float, default=0.0, metavar="P", help=what)
     return p.parse_args(argv)
 
 
@@ -396,8 +455,15 @@ def config_from_argv(argv: list[str] | None) -> tuple[SimConfig, int]:
     habits = Habits(header_timing=args.headers_at, header_scope=args.header_scope,
                     refill=args.refill, shared=args.shared, lower_at_s=args.lower_at,
                     lower_to=args.lower_to)
+    batch = BatchConfig(seconds=args.batch_seconds, queue_tokens=args.batch_queue_tokens,
+                        expire_share=args.batch_expire, expire_batches=args.batch_expire_batches,
+                        fail_validation=args.batch_fail_validation,
+                        upload_5xx=args.batch_upload_5xx, create_5xx=args.batch_create_5xx,
+                        poll_5xx=args.batch_poll_5xx,
+                        request_errors=args.batch_request_errors)
     config = SimConfig(limits=limits, latency_s=args.latency, jitter_s=args.jitter,
-                       latency_tail=args.tail, habits=habits, faults=faults, seed=args.seed)
+                       latency_tail=args.tail, habits=habits, faults=faults, seed=args.seed,
+                       batch=batch)
     return config, args.port
 
 

@@ -131,10 +131,11 @@ def test_the_simulator_shares_no_code_with_what_it_checks() -> None:
 
     package = Path(__file__).resolve().parent.parent / "batchrun"
     imported = set()
-    for name in ("sim.py", "sim_model.py"):
+    for name in ("sim.py", "sim_model.py", "sim_batch.py", "sim_batch_model.py"):
         for node in ast.walk(ast.parse((package / name).read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)
             elif isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
-    assert {m for m in imported if m.startswith("batchrun")} == {"batchrun.sim_model"}
+    assert {m for m in imported if m.startswith("batchrun")} == {
+        "batchrun.sim", "batchrun.sim_model", "batchrun.sim_batch", "batchrun.sim_batch_model"}
