@@ -397,7 +397,7 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     if json_:
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     else:
-        _print_summary(summary, Path(manifest.output))
+        _print_summary(summary, Path(manifest.output), batch=bool(sum(stats.batch_in.values())))
     if stopped is not None:
         raise stopped
     raise typer.Exit(EXIT_SOME_FAILED if manifest.failed else EXIT_OK)
@@ -433,11 +433,12 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
                                 notify=_note)
 
 
-def _print_summary(s: dict[str, Any], output: Path) -> None:
+def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None:
     r = s["requests"]
     unpriced = ", ".join(s["unpriced_models"])
     cost = f"unknown (no list price for {unpriced})" if s["cost_usd"] is None else (
         f"${s['cost_usd']:,.4f} at list prices"
+        + (" (Batch API requests at half of them)" if batch else "")
         + (f", plus {unpriced}, which has no list price" if unpriced else ""))
     lines = [
         f"{r['ok']:,} ok · {r['failed']:,} failed"

@@ -48,6 +48,8 @@ class FakeBatchApi:
         self.crash: tuple[str, int, str] | None = None  # (op, nth call, "before"|"after")
         self.counts: dict[str, int] = {}
         self.entered = 0
+        self.naps = 0  # the harness counts its naps here
+        self.naps_at_create: list[int] = []
 
     async def __aenter__(self) -> FakeBatchApi:
         self.entered += 1
@@ -83,6 +85,7 @@ class FakeBatchApi:
     async def create(self, input_file_id: str, endpoint: str,
                      metadata: dict[str, str]) -> dict[str, Any]:
         self._enter("create")
+        self.naps_at_create.append(self.naps)
         bid = f"batch_{len(self.order) + 1}"
         lines = [orjson.loads(x) for x in self.files[input_file_id].splitlines()]
         self.by_id[bid] = {
@@ -90,7 +93,7 @@ class FakeBatchApi:
             "input_file_id": input_file_id, "completion_window": "24h", "metadata": metadata,
             "output_file_id": None, "error_file_id": None, "errors": None,
             "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
-            "_lines": lines, "_n": len(self.order) + 1, "_cancel": False,
+            "_lines": lines, "_n": len(self.order) + 1, "_cancel": False, "_polls": 0,
         }
         self.order.append(bid)
         self._leave("create")
@@ -103,7 +106,9 @@ class FakeBatchApi:
     async def retrieve(self, batch_id: str) -> dict[str, Any]:
         self._enter("retrieve")
         b = self.by_id[batch_id]
-        if b["status"] == "validating" and self.steps > 1 and not b["_cancel"]:
+        b["_polls"] += 1
+        if b["status"] in ("validating", "in_progress") and b["_polls"] < self.steps and not (
+                b["_cancel"]):
             b["status"] = "in_progress"
         elif b["status"] in ("validating", "in_progress", "cancelling"):
             self._finish(b)

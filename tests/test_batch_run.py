@@ -45,6 +45,7 @@ class Harness:
 
     async def _nap(self, seconds: float) -> None:
         self.naps.append(seconds)
+        self.fake.naps += 1
         await asyncio.sleep(0)
 
     def submit(self, **changes: Any) -> BatchrunError | None:
@@ -256,3 +257,17 @@ def test_cancel_skips_a_batch_that_finished_meanwhile(tmp_path: Path,
     assert h.resume() is None
     results = h.results()
     assert results["a"]["error"] is None and results["b"]["error"]["code"] == "batch_cancelled"
+
+
+def test_an_enqueued_token_refusal_waits_before_trying_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The account's queue is fuller than the preset says (another job uses it): the part is
+    # refused, and goes again only after a wait, not at once.
+    refusal = Outcome("failed", validation=[{"code": "token_limit_exceeded", "line": None,
+                                             "message": "Enqueued token limit reached"}])
+    fake = FakeBatchApi(lambda n: refusal if n == 1 else Outcome(), steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=3, max_retries=2)
+    assert h.submit() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+    # Created before the first wait, refused at the poll after it, sent again a wait later.
+    assert fake.naps_at_create == [0, 2]

@@ -172,6 +172,10 @@ class BatchJob:
         self._interrupted = False
         self._napping: asyncio.Task[None] | None = None
         self._replan = True
+        # After an enqueued-token refusal: models whose parts wait for the next poll, and the
+        # queue each model was seen to hold (less than the preset: another job shares it).
+        self._held: set[str] = set()
+        self._seen_limit: dict[str, int] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -185,8 +189,8 @@ class BatchJob:
         self._emit(JobStarted(
             input=str(self.spec.input), output=str(self.spec.output), total=report.total,
             already_done=len(self._done), bad_lines=report.bad_total,
-            limits={m: self.spec.limits_for(m) for m in report.models},
-            base_url=self.spec.endpoint.base_url + " (Batch API)", models=dict(report.models)))
+            limits={}, base_url=self.spec.endpoint.base_url + " (Batch API)",
+            models=dict(report.models)))
         self._save()
         self._emit(StateChanged("running"))
         writer = OutputWriter(self.spec.output)
@@ -202,6 +206,8 @@ class BatchJob:
         interval = FIRST_POLL_S
         while True:
             changed = await self._poll_and_collect()
+            if changed:
+                self._show()
             if self._interrupted:
                 return self._stopped()
             if self._replan:
@@ -216,9 +222,10 @@ class BatchJob:
                 return None
             if self._opt.detach:
                 return self._detached()
-            if changed:
+            if created:
                 self._show()
             await self._nap(interval)
+            self._held.clear()
             if self._interrupted:
                 return self._stopped()
             interval = min(interval * 2, max(FIRST_POLL_S, self._opt.poll_max_s))
@@ -237,7 +244,9 @@ class BatchJob:
 
     def _queue_limit(self, model: str) -> int:
         given = self.spec.batch_queue_tokens
-        return given if given is not None else batch_queue_tokens(model, self.spec.tier)
+        limit = given if given is not None else batch_queue_tokens(model, self.spec.tier)
+        seen = self._seen_limit.get(model)
+        return min(limit, seen) if seen and limit else seen or limit
 
     async def _plan(self) -> None:
         """Parts for every request that has no result line and is in no open part."""
@@ -319,7 +328,7 @@ class BatchJob:
                 break
             if part.state == "creating":
                 created += await self._create(part)
-            elif part.state in ("planned", "uploaded"):
+            elif part.state in ("planned", "uploaded") and part.model not in self._held:
                 gate = QueueGate(self._queue_limit(part.model))
                 if not gate.admits(self._in_progress(part.model), part.tokens):
                     continue
@@ -458,6 +467,12 @@ class BatchJob:
                 shown.append(f"line {ours} of {self.spec.input} (id {cid!r}): {code}: {message}")
             else:
                 shown.append(f"{code}: {message}")
+        if any(code == "token_limit_exceeded" for _, code, _ in errors):
+            self._held.add(part.model)
+            others = sum(p.tokens for p in self.book.parts
+                         if p.active and p.model == part.model and p is not part)
+            if others:
+                self._seen_limit[part.model] = others
         if not named and all(code != "token_limit_exceeded" for _, code, _ in errors):
             _, code, message = errors[0]
             for cid in ids:
@@ -524,17 +539,21 @@ class BatchJob:
             f"status {job} shows what was recorded).")
 
     def _show(self) -> None:
-        parts = [p for p in self.book.parts if p.open]
+        """Each part's state and counts (open parts first), and the tokens enqueued against
+        each model's limit: the non-TTY line and the live display's detail."""
+        parts = sorted((p for p in self.book.parts if p.state != DROPPED),
+                       key=lambda p: (not p.open, p.n))
         if not parts:
             return
         shown = []
         for p in parts[:6]:
-            what = ("waiting for the queue" if p.state in ("planned", "uploaded")
-                    else p.state.replace("_", " "))
-            shown.append(f"part {p.n} {what} {p.completed + p.failed:,}/{p.count:,}")
-        models = {p.model for p in parts}
+            what = {"planned": "waiting for the queue", "uploaded": "waiting for the queue",
+                    COLLECTED: "done"}.get(p.state, p.state.replace("_", " "))
+            counts = f" {p.completed + p.failed:,}/{p.count:,}" if p.batch_id else ""
+            shown.append(f"part {p.n} {what}{counts}")
         queued = " · ".join(
-            f"queued {self._in_progress(m):,}/{self._queue_limit(m) or '∞'} tok" for m in models)
+            f"queued {self._in_progress(m):,}/{self._queue_limit(m):,} tok" if self._queue_limit(m)
+            else f"queued {self._in_progress(m):,} tok" for m in sorted({p.model for p in parts}))
         more = f" · +{len(parts) - 6} parts" if len(parts) > 6 else ""
         self._emit(StateChanged("batch", " · ".join(shown) + more + " · " + queued))
 
