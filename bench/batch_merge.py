@@ -3,6 +3,7 @@
 
     python bench/batch_merge.py                 # 200,000 lines in 4 parts of 50,000
     python bench/batch_merge.py --lines 1000000
+    python bench/batch_merge.py --job           # the whole job: submit --simulate --via batch
 
 Each part's output file is written as the API writes one (a chat completion per line), then
 merged through the job's OutputWriter; a second merge of the same files (a resume after a crash
@@ -13,8 +14,12 @@ the Python heap peak during the merges (tracemalloc) and the process's peak RSS.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import resource
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -39,10 +44,75 @@ def answer_line(i: int) -> bytes:
         "error": None}) + b"\n"
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise SystemExit("the simulator did not start")
+
+
+def whole_job(lines: int) -> None:
+    """`batchrun submit --via batch` of `lines` requests against the simulator's Batch API in
+    a process of its own (`python -m batchrun.sim`), so the peak RSS is batchrun's alone."""
+    port = _free_port()
+    sim = subprocess.Popen([sys.executable, "-m", "batchrun.sim", "--port", str(port),
+                            "--batch-seconds", "5"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(port)
+        with tempfile.TemporaryDirectory() as tmp:
+            _job(lines, port, Path(tmp))
+    finally:
+        sim.terminate()
+        sim.wait()
+
+
+def _job(lines: int, port: int, tmp: Path) -> None:
+    jobs = tmp / "jobs.jsonl"
+    with jobs.open("wb") as f:
+        for i in range(lines):
+            f.write(orjson.dumps({"id": f"r{i}", "prompt": f"Question {i}: say yes.",
+                                  "max_tokens": 5}) + b"\n")
+    env = {**os.environ, "BATCHRUN_HOME": f"{tmp}/home", "OPENAI_API_KEY": "sk-bench"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "batchrun", "submit", str(jobs), "--via",
+                             "batch", "--base-url", f"http://127.0.0.1:{port}/v1", "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise SystemExit(stderr.decode()[-2000:])
+    summary = orjson.loads(stdout)
+    scan = read_output(Path(summary["results"]))
+    assert len(scan.done) == lines == scan.lines, "not exactly one line per id"
+    manifest = orjson.loads(next((tmp / "home" / "jobs").glob("*.json")).read_bytes())
+    sizes = ", ".join(f"{p['count']:,}" for p in manifest["batch"]["parts"])
+    print(f"{lines:,} requests · submit --via batch against python -m batchrun.sim "
+          f"--batch-seconds 5 (2,000,000-token queue) · {platform.python_version()} · "
+          f"{platform.machine()}")
+    print(f"  {seconds:.1f} s wall · parts of {sizes} requests · batchrun's peak RSS "
+          f"{rss:.0f} MB · {summary['requests']['ok']:,} ok, one line per id · cost "
+          f"${summary['cost_usd']:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--job", action="store_true", help="run the whole job instead")
     args = parser.parse_args()
+    if args.job:
+        whole_job(args.lines)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         files, parts = [], []
         for start in range(0, args.lines, PART):
