@@ -317,7 +317,7 @@ async def run(
                            "through the Batch API now, into the same output.")
                     stop = await run_batch(spec, manifest, store, api_key, fan_out, report,
                                            read_output(spec.output).done, sleep=sleep,
-                                           notify=notify)
+                                           notify=notify, announce=False)
                 elif ended is not None:
                     stop = phrase(ended, str(spec.output), manifest.resume_command,
                                   spec.endpoint.key_env)

@@ -26,4 +26,6 @@ def test_auto_switches_to_the_batch_api_at_the_daily_limit(
     assert sim.stats.ok > 0 and by_batch
     assert sim.stats.ok + len(by_batch) == 8
     assert any("through the Batch API now" in note for note in h.notes)
-    assert h.manifest().state == "done"
+    assert h.manifest().state == "done" and h.manifest().done == 8
+    summary = h.stats.summary()["requests"]
+    assert (summary["ok"], summary["already_done"], summary["not_done"]) == (8, 0, 0)

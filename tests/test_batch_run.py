@@ -17,6 +17,7 @@ from batchrun import runner
 from batchrun.batch import run as batch_run
 from batchrun.endpoint import Endpoint
 from batchrun.errors import BatchrunError, Interrupted
+from batchrun.events import Stats
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.spec import JobSpec
 from tests.batch_fake import Crash, FakeBatchApi, Outcome
@@ -42,6 +43,7 @@ class Harness:
         self.naps: list[float] = []
         self.notes: list[str] = []
         self.job_id = ""
+        self.stats = Stats()  # what the summary is made from
 
     async def _nap(self, seconds: float) -> None:
         self.naps.append(seconds)
@@ -62,7 +64,8 @@ class Harness:
         return self._run(spec, manifest)
 
     def _run(self, spec: JobSpec, manifest: Manifest) -> BatchrunError | None:
-        return asyncio.run(runner.run(spec, manifest, self.store, FAKE_KEY, lambda e: None,
+        self.stats = Stats()
+        return asyncio.run(runner.run(spec, manifest, self.store, FAKE_KEY, self.stats,
                                       "host", sleep=self._nap, notify=self.notes.append))
 
     def manifest(self) -> Manifest:

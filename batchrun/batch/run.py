@@ -184,13 +184,12 @@ class BatchJob:
         if self._napping is not None:
             self._napping.cancel()
 
-    async def run(self) -> BatchrunError | None:
+    async def run(self, announce: bool = True) -> BatchrunError | None:
+        """`announce=False`: the sync path already started this run (`--via auto`), so its
+        counts go on rather than starting again."""
         report = self._report
-        self._emit(JobStarted(
-            input=str(self.spec.input), output=str(self.spec.output), total=report.total,
-            already_done=len(self._done), bad_lines=report.bad_total,
-            limits={}, base_url=self.spec.endpoint.base_url + " (Batch API)",
-            models=dict(report.models)))
+        if announce:
+            self._announce(report)
         self._save()
         self._emit(StateChanged("running"))
         writer = OutputWriter(self.spec.output)
@@ -199,6 +198,13 @@ class BatchJob:
             return await self._loop()
         finally:
             writer.close()
+
+    def _announce(self, report: InputReport) -> None:
+        self._emit(JobStarted(
+            input=str(self.spec.input), output=str(self.spec.output), total=report.total,
+            already_done=len(self._done), bad_lines=report.bad_total,
+            limits={}, base_url=self.spec.endpoint.base_url + " (Batch API)",
+            models=dict(report.models)))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -562,7 +568,7 @@ class BatchJob:
         self.store.save(self.manifest)
 
 
-async def drive(job: BatchJob) -> BatchrunError | None:
+async def drive(job: BatchJob, announce: bool = True) -> BatchrunError | None:
     """Run with Ctrl-C and SIGTERM ending the wait (never the batches)."""
     loop = asyncio.get_running_loop()
     installed = []
@@ -571,7 +577,7 @@ async def drive(job: BatchJob) -> BatchrunError | None:
             loop.add_signal_handler(sig, job.interrupt)
             installed.append(sig)
     try:
-        return await job.run()
+        return await job.run(announce)
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
@@ -582,14 +588,14 @@ async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key:
                     listener: Listener, report: InputReport, done: set[str], *,
                     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                     notify: Callable[[str], None] = lambda message: None,
-                    ) -> BatchrunError | None:
+                    announce: bool = True) -> BatchrunError | None:
     """The job's pending requests through the Batch API, into its output (already locked by
     the caller); why it stopped, or None when every request has a line."""
     options = Options(spec.poll_max_s, spec.detach, spec.max_retries)
     async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
         job = BatchJob(spec, manifest, store, api, listener, report, done, options, sleep=sleep,
                        notify=notify)
-        return await drive(job)
+        return await drive(job, announce)
 
 
 async def cancel_job(spec: JobSpec, manifest: Manifest, store: JobStore,
