@@ -196,7 +196,7 @@ def test_ctrl_c_leaves_the_batches_running_and_says_how_to_collect_them(
     h._nap = interrupted_nap  # type: ignore[method-assign]
     stop = h.submit()
     assert isinstance(stop, Interrupted) and stop.exit_code == 130
-    assert "go on running on the server" in stop.message
+    assert "goes on running on the server (Ctrl-C does not cancel it)" in stop.message
     assert f"batchrun resume {h.job_id}" in stop.message
     assert f"batchrun cancel {h.job_id}" in stop.message
     assert "cancel" not in h.fake.calls

@@ -522,14 +522,17 @@ class BatchJob:
         job = self.manifest.job_id
         running = self._submitted()
         on_server = (f"The {running} batch{'es' if running != 1 else ''} already submitted "
-                     "go on running on the server. " if running else "")
+                     f"{'go' if running != 1 else 'goes'} on running on the server. "
+                     if running else "")
         return f"{on_server}Continue with: batchrun resume {job}"
 
     def _stopped(self) -> Interrupted:
         job, n = self.manifest.job_id, self._submitted()
-        batches = (f" The {n} batch{'es' if n != 1 else ''} submitted go on running on the "
-                   f"server (Ctrl-C does not cancel them): batchrun resume {job} collects "
-                   f"their results, batchrun cancel {job} cancels them." if n else
+        many = n != 1
+        batches = (f" The {n} batch{'es' if many else ''} submitted {'go' if many else 'goes'} "
+                   f"on running on the server (Ctrl-C does not cancel {'them' if many else 'it'}"
+                   f"): batchrun resume {job} collects the results, batchrun cancel {job} "
+                   f"cancels {'them' if many else 'it'}." if n else
                    f" Continue with: batchrun resume {job}")
         return Interrupted(f"Interrupted. {len(self._done):,} of {self._report.total:,} "
                            f"requests are done and kept in {self.spec.output}.{batches}")
