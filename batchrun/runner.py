@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun.batch.parts import has_open_parts
+from batchrun.batch.parts import has_open_parts, send_failed_again
 from batchrun.batch.run import Detached, cancel_job, run_batch
 from batchrun.checkpoint import (
     OutputScan,
@@ -302,7 +302,7 @@ async def run(
             if report.bad_total and spec.on_bad_line == "fail":
                 raise BadLinesError(str(spec.input), report.bad, report.bad_total)
             if retry_failed:
-                manifest.batch.pop("cancelled", None)  # send what `cancel` stopped again
+                send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
             # Requests in batches not yet collected must not be sent again by the sync path.
             if spec.via == "batch" or has_open_parts(manifest.batch):

@@ -274,3 +274,15 @@ def test_an_enqueued_token_refusal_waits_before_trying_again(
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
     # Created before the first wait, refused at the poll after it, sent again a wait later.
     assert fake.naps_at_create == [0, 2]
+
+
+def test_retry_failed_sends_again_what_ran_out_of_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi(lambda n: Outcome("expired", finish=0) if n == 1 else Outcome())
+    h = Harness(tmp_path, fake, monkeypatch, n=2, max_retries=0)
+    assert h.submit() is None
+    assert {x["error"]["code"] for x in h.results().values()} == {"batch_expired"}
+    stop = asyncio.run(runner.run(runner.spec_from_manifest(h.manifest(), {})[0], h.manifest(),
+                                  h.store, FAKE_KEY, lambda e: None, "host", sleep=h._nap,
+                                  retry_failed=True))
+    assert stop is None and ok_ids(h.results()) == {"r1", "r2"} and len(fake.order) == 2

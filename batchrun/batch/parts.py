@@ -81,6 +81,7 @@ class BatchBook:
 
     parts: list[Part] = field(default_factory=list)
     cancelled: bool = False
+    tries_from: int = 1  # parts before this one no longer count a request's tries
 
     @classmethod
     def load(cls, data: Any, job_id: str) -> BatchBook:
@@ -92,10 +93,13 @@ class BatchBook:
             raise StateError(
                 f"the Batch API record of job {job_id} is damaged ({exc}); its batches may "
                 "still run on the server. Look them up in the API's dashboard.") from None
-        return cls(parts, bool(data.get("cancelled", False)))
+        tries_from = data.get("tries_from", 1)
+        return cls(parts, bool(data.get("cancelled", False)),
+                   tries_from if isinstance(tries_from, int) else 1)
 
     def dump(self) -> dict[str, Any]:
-        return {"parts": [p.to_dict() for p in self.parts], "cancelled": self.cancelled}
+        return {"parts": [p.to_dict() for p in self.parts], "cancelled": self.cancelled,
+                "tries_from": self.tries_from}
 
     def next_n(self) -> int:
         return max((p.n for p in self.parts), default=0) + 1
@@ -200,3 +204,12 @@ def forget_open_parts(batch: dict[str, Any]) -> int:
     for p in parts:
         p["state"] = DROPPED
     return len(parts)
+
+
+def send_failed_again(batch: dict[str, Any]) -> None:
+    """`resume --retry-failed`: submit again what `cancel` stopped, and count each request's
+    tries afresh (those that ran out of retries are sent again, not failed at once)."""
+    batch.pop("cancelled", None)
+    parts = [p for p in batch.get("parts", []) if isinstance(p, dict)]
+    if parts:
+        batch["tries_from"] = max((p.get("n", 0) for p in parts), default=0) + 1

@@ -262,7 +262,7 @@ class BatchJob:
                 in_parts.update(self.files.ids(p.n))
         tried: dict[str, tuple[int, str, str]] = {}
         for p in self.book.parts:
-            if p.state == COLLECTED:
+            if p.state == COLLECTED and p.n >= self.book.tries_from:
                 for cid, code, message in self.files.left(p.n):
                     if cid not in tried or tried[cid][0] < p.attempt:
                         tried[cid] = (p.attempt, code, message)
