@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from batchrun.batch.entry import cancel_job, run_batch
 from batchrun.batch.parts import has_open_parts, send_failed_again
-from batchrun.batch.run import Detached, cancel_job, run_batch
+from batchrun.batch.run import Detached
 from batchrun.checkpoint import (
     OutputScan,
     check_output_path,

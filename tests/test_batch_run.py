@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from batchrun import runner
+from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
 from batchrun.endpoint import Endpoint
 from batchrun.errors import BatchrunError, Interrupted
@@ -32,7 +33,7 @@ class Harness:
     def __init__(self, tmp_path: Path, fake: FakeBatchApi, monkeypatch: pytest.MonkeyPatch,
                  n: int = 5, base_url: str = "https://api.example.test/v1", **spec: Any) -> None:
         self.fake = fake
-        monkeypatch.setattr(batch_run, "BatchApi", lambda *a, **k: fake)
+        monkeypatch.setattr(batch_entry, "BatchApi", lambda *a, **k: fake)
         monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
         self.input = write_jsonl(tmp_path / "jobs.jsonl", rows(n))
         self.output = tmp_path / "out.jsonl"

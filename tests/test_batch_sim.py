@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from batchrun import runner
+from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
 from batchrun.batch.api import BatchApi
 from batchrun.sim import SimConfig
@@ -29,7 +30,7 @@ class SimHarness(Harness):
         self.sim = sim
         super().__init__(tmp_path, None, monkeypatch, n=n, base_url=sim.base_url,  # type: ignore[arg-type]
                          **spec)
-        monkeypatch.setattr(batch_run, "BatchApi", BatchApi)  # the real client
+        monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)  # the real client
         if azure:
             from dataclasses import replace
 

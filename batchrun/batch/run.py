@@ -11,30 +11,26 @@ on running on the server and `batchrun resume` collects them. All waiting uses t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
-from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
+from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.batch.collect import Collector, Merged
 from batchrun.batch.parts import (
     COLLECTED,
     DROPPED,
-    METADATA_JOB,
-    METADATA_PART,
     TERMINAL,
     BatchBook,
     Part,
     PartFiles,
 )
 from batchrun.batch.plan import Draft, Item, Limits, QueueGate, split
+from batchrun.batch.remote import Api, adopt, find_batch, text, validation_errors
 from batchrun.checkpoint import OutputWriter
 from batchrun.errors import BadLine, BatchrunError, Interrupted, StateError
 from batchrun.events import JobStarted, Listener, StateChanged
@@ -48,21 +44,7 @@ T = TypeVar("T")
 FIRST_POLL_S = 1.0
 MAX_BACKOFF_S = 60.0
 TOKEN_CHUNK = 4096
-LIST_PAGES = 50  # how far back resume looks for a batch it created but did not record
 SHOWN_ERRORS = 20
-
-
-class Api(Protocol):
-    """What the orchestrator calls: BatchApi, or a scripted fake in tests."""
-
-    def batch_endpoint(self, url: str) -> str: ...
-    async def upload(self, path: Path, name: str) -> dict[str, Any]: ...
-    async def create(self, input_file_id: str, endpoint: str,
-                     metadata: dict[str, str]) -> dict[str, Any]: ...
-    async def retrieve(self, batch_id: str) -> dict[str, Any]: ...
-    async def cancel(self, batch_id: str) -> dict[str, Any]: ...
-    def batches(self, page_size: int = 100) -> AsyncIterator[dict[str, Any]]: ...
-    async def download(self, file_id: str, dest: Path) -> None: ...
 
 
 class Detached(BatchrunError):
@@ -76,87 +58,6 @@ class Options:
     poll_max_s: float = 60.0
     detach: bool = False
     max_retries: int = 8
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def adopt(part: Part, batch: dict[str, Any]) -> bool:
-    """Take what the API says of part's batch; True if anything changed."""
-    before = (part.state, part.batch_id, part.completed, part.failed, part.output_file_id,
-              part.error_file_id)
-    part.batch_id = _str(batch.get("id")) or part.batch_id
-    status = _str(batch.get("status"))
-    if status:
-        part.state = status
-    counts = batch.get("request_counts")
-    if isinstance(counts, dict):
-        part.completed = int(counts.get("completed") or 0)
-        part.failed = int(counts.get("failed") or 0)
-    part.output_file_id = _str(batch.get("output_file_id")) or part.output_file_id
-    part.error_file_id = _str(batch.get("error_file_id")) or part.error_file_id
-    return before != (part.state, part.batch_id, part.completed, part.failed,
-                      part.output_file_id, part.error_file_id)
-
-
-def validation_errors(batch: dict[str, Any]) -> list[tuple[int | None, str, str]]:
-    """A failed batch's `errors`: (line in the uploaded file or None, code, message)."""
-    errors = batch.get("errors")
-    data = errors.get("data") if isinstance(errors, dict) else None
-    found = []
-    for e in data if isinstance(data, list) else []:
-        if isinstance(e, dict):
-            line = e.get("line")
-            found.append((line if isinstance(line, int) and not isinstance(line, bool) else None,
-                          str(e.get("code") or "batch_failed"), str(e.get("message") or "")))
-    return found or [(None, "batch_failed", "the batch failed and the API gave no reason")]
-
-
-async def find_batch(api: Api, job_id: str, part: Part) -> dict[str, Any] | None:
-    """The batch whose metadata names this attempt of part, if the API has one."""
-    seen = 0
-    async for batch in api.batches():
-        meta = batch.get("metadata")
-        if (isinstance(meta, dict) and meta.get(METADATA_PART) == part.key
-                and meta.get(METADATA_JOB) == job_id):
-            return batch
-        seen += 1
-        if seen >= LIST_PAGES * 100:
-            break
-    return None
-
-
-async def cancel_parts(book: BatchBook, api: Api, job_id: str,
-                       save: Callable[[], None]) -> tuple[int, int]:
-    """Cancel every batch of the job still running; parts not yet created are dropped. From
-    now on the job submits nothing (until resume --retry-failed). Returns (batches cancelled,
-    parts dropped)."""
-    book.cancelled = True
-    save()
-    cancelled = dropped = 0
-    for part in book.parts:
-        if part.state == "creating":
-            found = await find_batch(api, job_id, part)
-            if found is None:
-                part.state = "uploaded"
-            else:
-                adopt(part, found)
-        if part.state in ("planned", "uploaded"):
-            part.state = DROPPED
-            dropped += 1
-        elif part.active and part.state not in TERMINAL and part.state != COLLECTED:
-            assert part.batch_id is not None
-            try:
-                adopt(part, await api.cancel(part.batch_id))
-                cancelled += 1
-            except ApiCallFailed as exc:
-                if exc.status != 409:
-                    raise
-                # Finalizing or finished already: nothing to cancel, resume collects it.
-                adopt(part, await api.retrieve(part.batch_id))
-        save()
-    return cancelled, dropped
 
 
 class BatchJob:
@@ -349,7 +250,7 @@ class BatchJob:
         name = f"{self.manifest.job_id}-part{part.n}.jsonl"
         answer = await self._call(f"uploading part {part.n}",
                                   lambda: self.api.upload(path, name))
-        file_id = _str(answer.get("id"))
+        file_id = text(answer.get("id"))
         if file_id is None:
             raise StateError(f"the API's answer to uploading part {part.n} names no file id.")
         part.file_id, part.state = file_id, "uploaded"
@@ -383,7 +284,7 @@ class BatchJob:
                 self._save()
                 raise BatchrunError(f"The API refused to create the batch of part {part.n}: "
                                     f"{exc.message}. {self._resume_hint()}") from None
-            if _str(batch.get("id")) is None:
+            if text(batch.get("id")) is None:
                 raise StateError(f"the API's answer to creating part {part.n}'s batch names no "
                                  "batch id.")
             adopt(part, batch)
@@ -569,52 +470,3 @@ class BatchJob:
     def _save(self) -> None:
         self.manifest.batch = self.book.dump()
         self.store.save(self.manifest)
-
-
-async def drive(job: BatchJob, announce: bool = True) -> BatchrunError | None:
-    """Run with Ctrl-C and SIGTERM ending the wait (never the batches)."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, job.interrupt)
-            installed.append(sig)
-    try:
-        return await job.run(announce)
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
-
-async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str,
-                    listener: Listener, report: InputReport, done: set[str], *,
-                    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                    notify: Callable[[str], None] = lambda message: None,
-                    announce: bool = True) -> BatchrunError | None:
-    """The job's pending requests through the Batch API, into its output (already locked by
-    the caller); why it stopped, or None when every request has a line."""
-    options = Options(spec.poll_max_s, spec.detach, spec.max_retries)
-    async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
-        job = BatchJob(spec, manifest, store, api, listener, report, done, options, sleep=sleep,
-                       notify=notify)
-        return await drive(job, announce)
-
-
-async def cancel_job(spec: JobSpec, manifest: Manifest, store: JobStore,
-                     api_key: str) -> tuple[int, int]:
-    """`batchrun cancel`: (batches cancelled, parts not yet submitted that were dropped)."""
-    book = BatchBook.load(manifest.batch, manifest.job_id)
-
-    def save() -> None:
-        manifest.batch = book.dump()
-        store.save(manifest)
-
-    async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
-        try:
-            return await cancel_parts(book, api, manifest.job_id, save)
-        except Transient as exc:
-            raise StateError(f"The Batch API at {spec.endpoint.host} did not answer ({exc.message})"
-                             f"; run batchrun cancel {manifest.job_id} again.") from None
-        except ApiCallFailed as exc:
-            raise BatchrunError(f"The Batch API refused to cancel: {exc.message}.") from None
