@@ -24,7 +24,8 @@ class Crash(BaseException):
 class Outcome:
     status: str = "completed"  # completed | expired | failed | cancelled
     finish: int | None = None  # expired/cancelled: how many lines finished first
-    errors: dict[str, int] = field(default_factory=dict)  # custom_id -> HTTP status (4xx/5xx)
+    # custom_id -> HTTP status (4xx/5xx), or (status, error code)
+    errors: dict[str, int | tuple[int, str]] = field(default_factory=dict)
     validation: list[dict[str, Any]] = field(default_factory=list)  # failed: its errors.data
 
 
@@ -132,11 +133,12 @@ class FakeBatchApi:
                 err.append({"id": f"batch_req_{cid}", "custom_id": cid, "response": None,
                             "error": {"code": code, "message": f"This request {code}"}})
             elif cid in out.errors:
-                st = out.errors[cid]
+                given = out.errors[cid]
+                st, code = given if isinstance(given, tuple) else (given, f"code_{given}")
                 err.append({"id": f"batch_req_{cid}", "custom_id": cid, "response": {
                     "status_code": st, "request_id": f"req_{cid}", "body": {"error": {
                         "message": f"error {st}", "type": "invalid_request_error",
-                        "code": f"code_{st}"}}}, "error": None})
+                        "code": code}}}, "error": None})
             else:
                 ok.append({"id": f"batch_req_{cid}", "custom_id": cid, "response": {
                     "status_code": 200, "request_id": f"req_{cid}", "body": answer(cid)},

@@ -17,7 +17,7 @@ from batchrun import runner
 from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
 from batchrun.endpoint import Endpoint
-from batchrun.errors import BatchrunError, Interrupted
+from batchrun.errors import ApiRefused, BatchrunError, Interrupted
 from batchrun.events import Stats
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.spec import JobSpec
@@ -287,3 +287,18 @@ def test_retry_failed_sends_again_what_ran_out_of_retries(
                                   h.store, FAKE_KEY, lambda e: None, "host", sleep=h._nap,
                                   retry_failed=True))
     assert stop is None and ok_ids(h.results()) == {"r1", "r2"} and len(fake.order) == 2
+
+
+def test_a_request_refused_for_quota_stops_the_job_with_exit_4_and_resume_sends_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi(lambda n: Outcome(errors={"r2": (429, "insufficient_quota")}) if n == 1
+                        else Outcome())
+    h = Harness(tmp_path, fake, monkeypatch, n=3)
+    with pytest.raises(ApiRefused) as refused:
+        h.submit()
+    stop = refused.value
+    assert stop.exit_code == 4 and h.manifest().state == "stopped"
+    assert "insufficient_quota" in stop.message and f"batchrun resume {h.job_id}" in stop.message
+    assert set(h.results()) == {"r1", "r3"} and len(fake.order) == 1  # r2: no line, not retried
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}

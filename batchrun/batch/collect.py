@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from batchrun.checkpoint import OutputWriter, result_line
-from batchrun.classify import reported_usage
+from batchrun.classify import REFUSAL_CODES, reported_usage
 from batchrun.errors import StateError
 from batchrun.events import Listener, RequestFinished
 
@@ -32,6 +32,7 @@ class Merged:
     ok: int = 0
     failed: int = 0
     left: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (code, message)
+    refused: tuple[str, str] | None = None  # the account was refused (insufficient_quota, …)
 
 
 def _retryable(status: int | None, code: str) -> bool:
@@ -106,6 +107,11 @@ class Collector:
                 merged.left.pop(cid, None)
                 continue
             code, message = _error_of(obj, body, status)
+            if code in REFUSAL_CODES:
+                # Not the request's fault: kept unsent, and the job stops as the sync path does.
+                merged.left[cid] = (code, message)
+                merged.refused = (code, message)
+                continue
             if _retryable(status, code):
                 merged.left[cid] = (code, message)
                 continue

@@ -32,7 +32,7 @@ from batchrun.batch.parts import (
 from batchrun.batch.plan import Draft, Item, Limits, QueueGate, split
 from batchrun.batch.remote import Api, adopt, find_batch, text, validation_errors
 from batchrun.checkpoint import OutputWriter
-from batchrun.errors import BadLine, BatchrunError, Interrupted, StateError
+from batchrun.errors import ApiRefused, BadLine, BatchrunError, Interrupted, StateError
 from batchrun.events import JobStarted, Listener, StateChanged
 from batchrun.jobs import InputReport, Reading, Request, read_jobs
 from batchrun.jobstore import JobStore, Manifest
@@ -350,6 +350,9 @@ class BatchJob:
         for cid in ids:
             if cid not in self._done and cid not in merged.left:
                 merged.left[cid] = reason
+        if merged.refused is not None:
+            # Tried afresh once the account is fixed: these leftovers count no try.
+            part.attempt = 0
         self.files.write_left(part.n, merged.left)
         part.state = COLLECTED
         self._save()
@@ -357,6 +360,13 @@ class BatchJob:
             self.files.remove(self.files.download_path(part.n, which))
         if merged.left:
             self._replan = True
+        if merged.refused is not None:
+            code, message = merged.refused
+            raise ApiRefused(
+                f"The API refused requests of batch {part.batch_id} for the account: {message} "
+                f"({code}). Check ${self.spec.endpoint.key_env}, the account's billing and quota, "
+                f"then continue with: batchrun resume {self.manifest.job_id} (the "
+                f"{len(self._done):,} finished results in {self.spec.output} are kept).")
 
     def _failed_validation(self, part: Part, ids: list[str], merged: Merged) -> None:
         """A batch that failed validation: the lines it names fail for good with its reason;
