@@ -310,6 +310,8 @@ async def run(
                 stop = await run_batch(spec, manifest, store, api_key, fan_out, report, done,
                                        sleep=sleep, notify=notify)
             else:
+                if spec.via == "auto":  # at the daily limit the Batch API goes on, no waiting
+                    spec = replace(spec, wait=False)
                 engine = Engine(spec, report, done, api_key, fan_out, budget_for,
                                 now_utc=now_utc, sleep=sleep)
                 ended = await _drive(engine)

@@ -12,12 +12,13 @@ from tests.batch_fake import FakeBatchApi
 from tests.test_batch_run import Harness, ok_ids
 
 
+@pytest.mark.parametrize("wait", [False, True])  # --wait: no waiting for 00:00 UTC either
 def test_auto_switches_to_the_batch_api_at_the_daily_limit(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: Any) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: Any, wait: bool) -> None:
     fake = FakeBatchApi()
     # Each request costs about 15 tokens (prompt + max_tokens 5): a 50-token day holds 3.
     h = Harness(tmp_path, fake, monkeypatch, n=8, base_url=sim.base_url, via="auto",
-                overrides={"tpd": 50})
+                overrides={"tpd": 50}, wait=wait)
     assert h.submit() is None
     results = h.results()
     assert ok_ids(results) == {f"r{i}" for i in range(1, 9)}
