@@ -94,6 +94,9 @@ def test_every_request_gets_one_line_and_parts_respect_the_queue(
     assert all(p["state"] == "collected" and p["batch_id"] and p["file_id"] for p in parts)
     assert len(set(h.fake.created_parts())) == len(parts)
     assert h.manifest().state == "done"
+    # A collected part keeps only the list of what it left unfinished, not a copy of its lines.
+    kept = sorted(p.name for p in (h.store.home / "batches" / h.job_id).iterdir())
+    assert kept == [f"part-{n:05d}.left" for n in range(1, len(parts) + 1)]
     # Polls start after 1 s and back off by doubling, never past --poll-max.
     assert h.naps[0] == 1.0 and max(h.naps) <= 60
 
@@ -155,6 +158,7 @@ def test_a_batch_that_fails_validation_names_the_lines_of_our_input(
                for note in h.notes), h.notes
     results = h.results()
     assert results["r3"]["error"]["code"] == "invalid_request"
+    assert results["r3"]["error"]["message"] == f"bad body (line 3 of {h.input})"
     assert ok_ids(results) == {"r2", "r4"}
 
 

@@ -356,8 +356,11 @@ class BatchJob:
         self.files.write_left(part.n, merged.left)
         part.state = COLLECTED
         self._save()
-        for which in ("output", "error"):
-            self.files.remove(self.files.download_path(part.n, which))
+        # Only what it left unfinished is needed from now on (the next planning reads it).
+        for path in (self.files.download_path(part.n, "output"),
+                     self.files.download_path(part.n, "error"),
+                     self.files.lines_path(part.n), self.files.map_path(part.n)):
+            self.files.remove(path)
         if merged.left:
             self._replan = True
         if merged.refused is not None:
@@ -380,7 +383,8 @@ class BatchJob:
             if line is not None and 1 <= line <= len(ids):
                 named = True
                 cid, ours = ids[line - 1], line_nos[line - 1]
-                self.collector.fail(cid, part.model, code, message, part.attempt)
+                self.collector.fail(cid, part.model, code,
+                                    f"{message} (line {ours} of {self.spec.input})", part.attempt)
                 shown.append(f"line {ours} of {self.spec.input} (id {cid!r}): {code}: {message}")
             else:
                 shown.append(f"{code}: {message}")
