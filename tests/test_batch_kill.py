@@ -1,6 +1,7 @@
-"""kill -9 of a real `batchrun` process at random moments of a --via batch job (uploading,
-creating, polling, downloading, merging), then resume: exactly one line per id, no part's batch
-created twice, and every request run by the simulator exactly once."""
+"""Signals to a real `batchrun` process running a --via batch job: kill -9 at random moments
+(uploading, creating, polling, downloading, merging), then resume gives exactly one line per id,
+no part's batch created twice and every request run once by the simulator; Ctrl-C leaves the
+batch running and says how to collect or cancel it."""
 
 from __future__ import annotations
 
@@ -57,3 +58,22 @@ def test_kill_9_at_random_moments_then_resume(tmp_path: Path, sim_factory: Any,
     keys = [m["batchrun_part"] for m in sim.stats.batch.created.values()]
     assert len(keys) == len(set(keys)), "a part's batch was created twice"
     assert dict(sim.stats.batch.runs) == {f"r{i}": 1 for i in range(n)}
+
+
+def test_ctrl_c_of_a_real_process_leaves_its_batch_running(tmp_path: Path,
+                                                           sim_factory: Any) -> None:
+    sim = sim_factory(SimConfig(batch=BatchConfig(seconds=60)))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": f"r{i}", "prompt": "hi"} for i in range(5)])
+    proc = batchrun("submit", str(jobs), "--via", "batch", "--base-url", sim.base_url, "-q",
+                    stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not sim.stats.batch.created and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for the batch to exist on the server
+    assert sim.stats.batch.created, "the batch was never created"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    said = stderr.decode()
+    assert "goes on running on the server (Ctrl-C does not cancel it)" in said
+    assert "batchrun resume jobs-" in said and "batchrun cancel jobs-" in said
+    assert sim.stats.batch.cancels == 0
