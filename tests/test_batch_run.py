@@ -17,7 +17,7 @@ from batchrun import runner
 from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
 from batchrun.endpoint import Endpoint
-from batchrun.errors import ApiRefused, BatchrunError, Interrupted
+from batchrun.errors import ApiRefused, BatchrunError, Interrupted, StateError
 from batchrun.events import Stats
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.spec import JobSpec
@@ -306,3 +306,26 @@ def test_a_request_refused_for_quota_stops_the_job_with_exit_4_and_resume_sends_
     assert set(h.results()) == {"r1", "r3"} and len(fake.order) == 1  # r2: no line, not retried
     assert h.resume() is None
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+
+
+def test_a_poll_failing_now_and_then_is_asked_again_even_with_max_retries_0(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi()
+    fake.transient = {"retrieve": 2, "download": 1}
+    h = Harness(tmp_path, fake, monkeypatch, n=2, max_retries=0)
+    assert h.submit() is None and ok_ids(h.results()) == {"r1", "r2"}
+
+
+def test_an_api_that_stops_answering_ends_with_exit_5_and_the_batch_left_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi()
+    fake.transient = {"retrieve": 1000}
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    with pytest.raises(StateError) as caught:
+        h.submit()
+    message = caught.value.message
+    assert caught.value.exit_code == 5 and "api.example.test" in message
+    assert "HTTP 503" in message and "goes on running on the server" in message
+    assert f"batchrun resume {h.job_id}" in message and "cancel" not in fake.calls
+    fake.transient = {}
+    assert h.resume() is None and len(fake.order) == 1

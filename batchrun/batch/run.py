@@ -44,6 +44,7 @@ T = TypeVar("T")
 FIRST_POLL_S = 1.0
 MAX_BACKOFF_S = 60.0
 TOKEN_CHUNK = 4096
+MIN_CALL_RETRIES = 5
 SHOWN_ERRORS = 20
 
 
@@ -73,6 +74,9 @@ class BatchJob:
         self._interrupted = False
         self._napping: asyncio.Task[None] | None = None
         self._replan = True
+        # A files or batches call is asked again at least this often: a --max-retries 0 meant
+        # for requests must not end a day-long wait at the first 502 of a poll.
+        self._call_retries = max(options.max_retries, MIN_CALL_RETRIES)
         # After an enqueued-token refusal: models whose parts wait for the next poll, and the
         # queue each model was seen to hold (less than the preset: another job shares it).
         self._held: set[str] = set()
@@ -261,7 +265,7 @@ class BatchJob:
         lost (a crash, a dropped connection) may have made it."""
         assert part.file_id is not None
         delay = FIRST_POLL_S
-        for attempt in range(self._opt.max_retries + 1):
+        for attempt in range(self._call_retries + 1):
             if part.state == "creating":
                 found = await self._find(part)
                 if found is not None:
@@ -274,7 +278,7 @@ class BatchJob:
                 batch = await self.api.create(part.file_id, self.api.batch_endpoint(part.url),
                                               part.metadata(self.manifest.job_id))
             except Transient as exc:
-                if attempt == self._opt.max_retries:
+                if attempt == self._call_retries:
                     raise self._unreachable(f"creating the batch of part {part.n}", exc) from None
                 await self._sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
@@ -412,11 +416,11 @@ class BatchJob:
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """`call`, again after a transient failure (with backoff), up to --max-retries."""
         delay = FIRST_POLL_S
-        for attempt in range(self._opt.max_retries + 1):
+        for attempt in range(self._call_retries + 1):
             try:
                 return await call()
             except Transient as exc:
-                if attempt == self._opt.max_retries:
+                if attempt == self._call_retries:
                     raise self._unreachable(what, exc) from None
                 await self._sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
@@ -428,7 +432,7 @@ class BatchJob:
     def _unreachable(self, what: str, exc: Transient) -> StateError:
         return StateError(
             f"The Batch API at {self.spec.endpoint.host} failed {what} "
-            f"{self._opt.max_retries + 1} times (last: {exc.message}). {self._resume_hint()}")
+            f"{self._call_retries + 1} times (last: {exc.message}). {self._resume_hint()}")
 
     def _submitted(self) -> int:
         return sum(1 for p in self.book.parts if p.active)
