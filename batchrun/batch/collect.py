@@ -11,6 +11,7 @@ are final and written, as the sync path writes them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +41,22 @@ def _retryable(status: int | None, code: str) -> bool:
                                                            or status in (408, 409, 429)))
 
 
-def _loads(raw: bytes) -> Any:
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+# 20 digits in a row: maybe an integer past 64 bits, which orjson reads as a float (dropping
+# digits) and cannot write. Such lines go through the standard library, which keeps them exact.
+_LONG_NUMBER = re.compile(rb"\d{20}")
+
+
+def _loads(raw: bytes) -> tuple[Any, bool]:
+    """The line, and whether it was read by the standard library (then written by it too)."""
+    if not _LONG_NUMBER.search(raw):
         try:
-            return json.loads(raw)  # an integer past 64 bits, a lone surrogate
-        except (ValueError, RecursionError):
-            return None
+            return orjson.loads(raw), False
+        except orjson.JSONDecodeError:
+            pass  # a lone surrogate: the standard library takes it
+    try:
+        return json.loads(raw), True
+    except (ValueError, RecursionError):
+        return None, False
 
 
 def _lines(path: Path) -> Iterator[bytes]:
@@ -87,7 +96,7 @@ class Collector:
               merged: Merged) -> None:
         """One downloaded file (output or error file) of the part whose requests are `ids`."""
         for raw in _lines(path):
-            obj = _loads(raw)
+            obj, exact = _loads(raw)
             if not isinstance(obj, dict):
                 continue  # not a result line: nothing to attribute it to
             cid = obj.get("custom_id")
@@ -100,7 +109,9 @@ class Collector:
             body = response.get("body") if response else None
             request_id = str(response.get("request_id") or "") if response else ""
             if obj.get("error") is None and status is not None and 200 <= status < 300:
-                self._write(cid, result_line(cid, status, request_id, body, None))
+                # Written as read: one line of the answer's JSON, digits and escapes kept.
+                raw_body = json.dumps(body, separators=(",", ":")).encode() if exact else None
+                self._write(cid, result_line(cid, status, request_id, body, None, raw_body))
                 tokens = reported_usage(body) or (0, 0)
                 self._emit(RequestFinished(cid, model, True, *tokens, attempts, batch=True))
                 merged.ok += 1
