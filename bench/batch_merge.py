@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import resource
 import socket
 import subprocess
@@ -35,7 +36,9 @@ PART = 50_000
 
 def answer_line(i: int) -> bytes:
     cid = f"r{i}"
-    return orjson.dumps({"id": f"batch_req_{i:024x}", "custom_id": cid, "response": {
+    # Ids as the API writes them: random, not counters (so no long runs of digits).
+    return orjson.dumps({"id": f"batch_req_{random.getrandbits(96):024x}", "custom_id": cid,
+                         "response": {
         "status_code": 200, "request_id": f"req_{i:x}", "body": {
             "id": f"chatcmpl-{i}", "object": "chat.completion", "model": "gpt-4o-mini",
             "choices": [{"index": 0, "finish_reason": "stop", "message": {

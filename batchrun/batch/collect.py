@@ -41,14 +41,16 @@ def _retryable(status: int | None, code: str) -> bool:
                                                            or status in (408, 409, 429)))
 
 
-# 20 digits in a row: maybe an integer past 64 bits, which orjson reads as a float (dropping
-# digits) and cannot write. Such lines go through the standard library, which keeps them exact.
-_LONG_NUMBER = re.compile(rb"\d{20}")
+# A value of 20 digits or more: maybe an integer past 64 bits, which orjson reads as a float
+# (dropping digits) and cannot write. Such lines go through the standard library, which keeps
+# them exact.
+_DIGITS = re.compile(rb"\d{20}")  # the quick test; the second one looks closer
+_LONG_NUMBER = re.compile(rb"[:,\[]\s*-?\d{20}")
 
 
 def _loads(raw: bytes) -> tuple[Any, bool]:
     """The line, and whether it was read by the standard library (then written by it too)."""
-    if not _LONG_NUMBER.search(raw):
+    if not (_DIGITS.search(raw) and _LONG_NUMBER.search(raw)):
         try:
             return orjson.loads(raw), False
         except orjson.JSONDecodeError:
