@@ -44,13 +44,16 @@ def _retryable(status: int | None, code: str) -> bool:
 # A value of 20 digits or more: maybe an integer past 64 bits, which orjson reads as a float
 # (dropping digits) and cannot write. Such lines go through the standard library, which keeps
 # them exact.
-_DIGITS = re.compile(rb"\d{20}")  # the quick test; the second one looks closer
+# The quick test maps every digit to 0 and looks for 20 zeros (several times faster than a
+# regular expression); the second one looks closer.
+_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_TWENTY = b"0" * 20
 _LONG_NUMBER = re.compile(rb"[:,\[]\s*-?\d{20}")
 
 
 def _loads(raw: bytes) -> tuple[Any, bool]:
     """The line, and whether it was read by the standard library (then written by it too)."""
-    if not (_DIGITS.search(raw) and _LONG_NUMBER.search(raw)):
+    if not (_TWENTY in raw.translate(_TO_ZERO) and _LONG_NUMBER.search(raw)):
         try:
             return orjson.loads(raw), False
         except orjson.JSONDecodeError:
