@@ -131,3 +131,22 @@ def test_failures_are_classified_and_never_show_the_key(
                                                                           "message", "")
     if status == 307:
         assert "redirect" in str(caught.value)
+
+
+def test_a_stalled_answer_is_transient() -> None:
+    released: list[asyncio.Event] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await released[0].wait()  # the stall: until the client has given up
+        return web.json_response({})
+
+    async def call(url: str) -> None:
+        released.append(asyncio.Event())
+        try:
+            async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY, timeout_s=0.2) as api:
+                await api.retrieve("batch_1")
+        finally:
+            released[0].set()
+
+    with pytest.raises(Transient, match="no answer within the timeout"):
+        asyncio.run(serve(handler, call))

@@ -56,7 +56,10 @@ class BatchApi:
         self._secrets = secret_forms(api_key, *proxy_secrets(self._proxy))
         self._auth = {"api-key": api_key} if endpoint.azure else {
             "Authorization": f"Bearer {api_key}"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # A 200 MB upload or download may take longer than any one request should: what is
+        # bounded is a stall (no byte for timeout_s), not the transfer.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 60.0),
+                                              sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> BatchApi:
