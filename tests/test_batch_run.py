@@ -329,3 +329,16 @@ def test_an_api_that_stops_answering_ends_with_exit_5_and_the_batch_left_running
     assert f"batchrun resume {h.job_id}" in message and "cancel" not in fake.calls
     fake.transient = {}
     assert h.resume() is None and len(fake.order) == 1
+
+
+def test_a_damaged_batch_record_is_named_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
+    h.submit(detach=True)
+    manifest = h.manifest()
+    manifest.batch["parts"][0] = {"n": 1, "state": "in_progress"}  # lost its key and counts
+    h.store.save(manifest)
+    with pytest.raises(StateError) as caught:
+        h.resume()
+    assert caught.value.exit_code == 5
+    assert f"Batch API record of job {h.job_id} is damaged" in caught.value.message

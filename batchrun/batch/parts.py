@@ -196,20 +196,25 @@ def has_open_parts(batch: Any) -> bool:
                for p in parts or [])
 
 
-def forget_open_parts(batch: dict[str, Any]) -> int:
+def forget_open_parts(batch: Any) -> int:
     """Drop the parts not yet collected (their requests are planned again): for a job that ran
     against the built-in simulator, whose batches ended with its process. How many parts."""
-    parts = [p for p in batch.get("parts", []) if isinstance(p, dict)
+    if not isinstance(batch, dict) or not isinstance(batch.get("parts"), list):
+        return 0
+    parts = [p for p in batch["parts"] if isinstance(p, dict)
              and p.get("state") not in (COLLECTED, DROPPED)]
     for p in parts:
         p["state"] = DROPPED
     return len(parts)
 
 
-def send_failed_again(batch: dict[str, Any]) -> None:
+def send_failed_again(batch: Any) -> None:
     """`resume --retry-failed`: submit again what `cancel` stopped, and count each request's
     tries afresh (those that ran out of retries are sent again, not failed at once)."""
+    if not isinstance(batch, dict):
+        return  # damaged: BatchBook.load names it if the job reaches the Batch API path
     batch.pop("cancelled", None)
-    parts = [p for p in batch.get("parts", []) if isinstance(p, dict)]
+    listed = batch.get("parts")
+    parts = [p for p in listed if isinstance(p, dict)] if isinstance(listed, list) else []
     if parts:
         batch["tries_from"] = max((p.get("n", 0) for p in parts), default=0) + 1
