@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
-from batchrun.batch.parts import forget_open_parts
+from batchrun.batch.parts import forget_open_parts, has_open_parts
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
 from batchrun.engine import JobSpec
@@ -293,7 +293,7 @@ def status(
 ) -> None:
     """Jobs, their progress, and today's usage per key and model."""
     store = JobStore()
-    jobs = [store.find(job)] if job else _warn_damaged(store)
+    jobs = [_collect_finished(store, store.find(job))] if job else _warn_damaged(store)
     book = ledger.Ledger(store.home / "ledger.sqlite3", ledger.utc_now)
     try:
         today = book.today()
@@ -310,6 +310,20 @@ def status(
         sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage}).decode() + "\n")
         return
     render_status(out, rows, usage, today.isoformat(), detail=job is not None)
+
+
+def _collect_finished(store: JobStore, manifest: Manifest) -> Manifest:
+    """One job's batches on the server: merge what finished, then show the job. When that
+    cannot be done now (it runs elsewhere, no key, the API does not answer), say why and show
+    what is recorded."""
+    if (not has_open_parts(manifest.batch) or manifest.options.get("simulate")
+            or store.is_running(manifest)):
+        return manifest
+    try:
+        asyncio.run(runner.collect_finished(manifest, store, Stats()))
+    except BatchrunError as exc:
+        err.print(Text(f"Not collected now: {printable(exc.message)}"), style="yellow")
+    return store.find(manifest.job_id)
 
 
 @app.command()

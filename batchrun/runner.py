@@ -363,6 +363,16 @@ async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]
         lock.release()
 
 
+async def collect_finished(manifest: Manifest, store: JobStore,
+                           listener: Listener) -> BatchrunError | None:
+    """`status JOB` of a job with batches on the server: poll them once and merge what
+    finished (under the output's lock, as resume would), submit nothing, wait for nothing."""
+    spec, _ = spec_from_manifest(manifest, {})
+    spec = replace(spec, collect_once=True)
+    return await run(spec, manifest, store, spec.endpoint.api_key(), listener,
+                     spec.endpoint.host)
+
+
 @dataclass(frozen=True, slots=True)
 class Finished:
     """`resume` of a job with nothing left to do."""

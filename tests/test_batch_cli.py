@@ -35,6 +35,7 @@ def submit(path: Path, *args: str) -> Any:
 
 
 def test_detach_then_status_then_resume(tmp_path: Path, fake: FakeBatchApi) -> None:
+    fake.steps = 2  # still in progress when `status` looks; finished at resume's poll
     path = jobs(tmp_path)
     run = submit(path, "--detach")
     assert run.code == 0, run.stderr
@@ -42,6 +43,7 @@ def test_detach_then_status_then_resume(tmp_path: Path, fake: FakeBatchApi) -> N
     job = run.stdout.split()[1]
     status = run_cli("status", job)
     assert "submitted" in status.stdout and "part 1  3 requests" in status.stdout
+    assert "in progress" in status.stdout
     assert "batch_1" in status.stdout
     done = run_cli("resume", job, "--json")
     assert done.code == 0, done.stderr
@@ -90,3 +92,20 @@ def test_estimate_via_batch_shows_price_and_queue_rounds(tmp_path: Path) -> None
                              "40", "--json").stdout)
     model = e["models"][0]
     assert model["batch"]["rounds"] == -(-model["prompt_tokens"] // 40) > 1
+
+
+def test_status_of_a_detached_job_collects_what_has_finished(tmp_path: Path,
+                                                             fake: FakeBatchApi) -> None:
+    fake.outcome = lambda n: Outcome("expired", finish=2)
+    path = jobs(tmp_path, 3)
+    job = submit(path, "--detach").stdout.split()[1]
+    listing = run_cli("status")  # every job: reads what is recorded, asks the API nothing
+    assert listing.code == 0 and fake.calls.count("retrieve") == 0
+    shown = run_cli("status", job)
+    assert shown.code == 0, shown.stderr
+    assert fake.calls.count("retrieve") == 1 and len(fake.order) == 1  # nothing submitted
+    assert sorted(read_results(path.with_suffix(".out"))) == ["r1", "r2"]
+    assert "done    2 of 3" in shown.stdout and "collected" in shown.stdout
+    assert f"batchrun resume {job}" in shown.stdout
+    assert run_cli("resume", job).code == 0  # the expired request goes in a new part
+    assert len(read_results(path.with_suffix(".out"))) == 3 and len(fake.order) == 2

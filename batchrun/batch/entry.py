@@ -42,7 +42,7 @@ async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key:
                     announce: bool = True) -> BatchrunError | None:
     """The job's pending requests through the Batch API, into its output (already locked by
     the caller); why it stopped, or None when every request has a line."""
-    options = Options(spec.poll_max_s, spec.detach, spec.max_retries)
+    options = Options(spec.poll_max_s, spec.detach, spec.max_retries, spec.collect_once)
     async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
         job = BatchJob(spec, manifest, store, api, listener, report, done, options, sleep=sleep,
                        notify=notify)

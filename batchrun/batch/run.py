@@ -59,6 +59,7 @@ class Options:
     poll_max_s: float = 60.0
     detach: bool = False
     max_retries: int = 8
+    collect_once: bool = False  # `status JOB`: poll and collect what finished, nothing more
 
 
 class BatchJob:
@@ -121,6 +122,8 @@ class BatchJob:
                 self._show()
             if self._interrupted:
                 return self._stopped()
+            if self._opt.collect_once:
+                return self._collected()
             if self._replan:
                 self._replan = False
                 await self._plan()
@@ -455,6 +458,15 @@ class BatchJob:
                    f" Continue with: batchrun resume {job}")
         return Interrupted(f"Interrupted. {len(self._done):,} of {self._report.total:,} "
                            f"requests are done and kept in {self.spec.output}.{batches}")
+
+    def _collected(self) -> Detached | None:
+        if len(self._done) >= self._report.total:
+            return None
+        job, n = self.manifest.job_id, self._submitted()
+        return Detached(
+            f"{len(self._done):,} of {self._report.total:,} requests have a result; "
+            f"{n} batch{'es' if n != 1 else ''} still on the server. Collect the rest with: "
+            f"batchrun resume {job}")
 
     def _detached(self) -> Detached:
         job, n = self.manifest.job_id, self._submitted()
