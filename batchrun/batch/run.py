@@ -476,7 +476,7 @@ class BatchJob:
         return Detached(
             f"Job {job} submitted, not finished: {n} batch{'es' if n != 1 else ''} running on "
             f"the server.{wait} Collect the results with: batchrun resume {job} (batchrun "
-            f"status {job} shows what was recorded).")
+            f"status {job} collects what has finished and shows how far it got).")
 
     def _show(self) -> None:
         """Each part's state and counts (open parts first), and the tokens enqueued against
