@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
+from batchrun.batch.parts import forget_open_parts, has_open_parts
+from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import EndpointConfig, load_endpoints
 from batchrun.endpoints.tally import EndpointTally
@@ -104,6 +106,21 @@ MaxRetries = Annotated[int, typer.Option(min=0, help=MAX_RETRIES_HELP)]
 MaxResponseMb = Annotated[float | None, typer.Option(
     min=0.0001, show_default="64",
     help="largest answer accepted, in MB; a bigger one fails its request (response_too_large)")]
+class Via(str, Enum):
+    sync = "sync"
+    batch = "batch"
+    auto = "auto"
+
+
+ViaOpt = Annotated[Via | None, typer.Option(
+    "--via", show_default="sync", help="sync: the per-minute path; batch: the Batch API (half "
+    "price, 24 h window); auto: sync while today's budget lasts, the rest via the Batch API")]
+Detach = Annotated[bool, typer.Option(
+    "--detach", help="Batch API: submit the batches, print the job id and exit; resume collects")]
+PollMax = Annotated[float | None, typer.Option(
+    min=1, show_default="60", help="Batch API: longest wait between two polls, in seconds")]
+QueueTokens = Annotated[int | None, typer.Option(
+    min=0, show_default="preset", help="Batch API: enqueued-token limit (0 = unlimited)")]
 Concurrency = Annotated[int | None, typer.Option(
     min=1, show_default="from rate x latency", help="most requests in flight")]
 State = Annotated[str | None, typer.Option(
@@ -153,6 +170,10 @@ def submit(
         "--record-endpoint", help='add "endpoint": NAME to each output line (--endpoints)')
     ] = False,
     state: State = None,
+    via: ViaOpt = None,
+    detach: Detach = False,
+    poll_max: PollMax = None,
+    batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     state_url = parse_state_url(state)
@@ -172,6 +193,7 @@ def submit(
         timeout_s=timeout,
         on_bad_line=on_bad_line.value,
         wait=bool(wait),
+        **_batch_options(via, detach, poll_max, batch_queue_tokens),
     )
     spec = _with_endpoints(ctx, spec, endpoints, record_endpoint, simulate)
     store = JobStore()
@@ -212,6 +234,17 @@ def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
             f"{', '.join(given)}, or drop --endpoints to use one endpoint.")
 
 
+def _batch_options(via: Via | None, detach: bool, poll_max: float | None,
+                   queue: int | None, given_only: bool = False) -> dict[str, Any]:
+    """The Batch API options as JobSpec fields; `given_only` (resume): only those given."""
+    options: dict[str, Any] = {"via": via.value if via else None, "detach": detach or None,
+                               "poll_max_s": poll_max, "batch_queue_tokens": queue}
+    if given_only:
+        return options
+    defaults = {"via": "sync", "detach": False, "poll_max_s": 60.0}
+    return {k: defaults[k] if v is None and k in defaults else v for k, v in options.items()}
+
+
 def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
     """Nothing left to send: say so (and how to send the failures again) without a header."""
     again = (f" Send the failed ones again with: batchrun resume {manifest.job_id} "
@@ -242,6 +275,10 @@ def resume(
     json_: Json = False,
     quiet: Quiet = False,
     state: State = None,
+    via: ViaOpt = None,
+    detach: Detach = False,
+    poll_max: PollMax = None,
+    batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     store = JobStore()
@@ -262,6 +299,7 @@ def resume(
         "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
         "max_response_mb": max_response_mb,
         "wait": wait,
+        **_batch_options(via, detach, poll_max, batch_queue_tokens, given_only=True),
     })
     if isinstance(plan, runner.Finished):
         _finished(plan, manifest)
@@ -269,6 +307,22 @@ def resume(
     state_url = state_for_resume(state, manifest.options)
     manifest.options.update(state_url.manifest_options() if state_url else {})
     _launch(spec, manifest, store, simulate, json_, quiet, retry_failed, state_url)
+
+
+@app.command()
+def cancel(
+    job: Annotated[str, typer.Argument(help="job id, a unique prefix of it, or its output path")],
+) -> None:
+    """Cancel a job's Batch API batches. Their finished results are kept: resume collects them."""
+    store = JobStore()
+    manifest = store.find(job)
+    cancelled, dropped = asyncio.run(runner.cancel_batches(manifest, store))
+    unsent = f"; {dropped} part{'s' if dropped != 1 else ''} not yet submitted will not be" if (
+        dropped) else ""
+    out.print(f"Cancelled {cancelled} batch{'es' if cancelled != 1 else ''} of job "
+              f"{manifest.job_id}{unsent}. Collect the results they finished with: "
+              f"batchrun resume {manifest.job_id} (the rest are recorded as failed, "
+              "batch_cancelled; resume --retry-failed sends them again).", markup=False)
 
 
 @app.command()
@@ -291,7 +345,7 @@ def status(
 ) -> None:
     """Jobs, their progress, and today's usage per key and model."""
     store = JobStore()
-    jobs = [store.find(job)] if job else _warn_damaged(store)
+    jobs = [_collect_finished(store, store.find(job))] if job else _warn_damaged(store)
     state_url = parse_state_url(state)
     today, usage = usage_today(state_url, store.home / "ledger.sqlite3")
     states = {m.job_id: store.effective_state(m) for m in jobs}
@@ -307,6 +361,20 @@ def status(
     render_status(out, rows, usage, today.isoformat(), detail=job is not None)
     if state_url is not None:
         out.print("\n".join(host_lines(state_url, usage)), markup=False)
+
+
+def _collect_finished(store: JobStore, manifest: Manifest) -> Manifest:
+    """One job's batches on the server: merge what finished, then show the job. When that
+    cannot be done now (it runs elsewhere, no key, the API does not answer), say why and show
+    what is recorded."""
+    if (not has_open_parts(manifest.batch) or manifest.options.get("simulate")
+            or store.is_running(manifest)):
+        return manifest
+    try:
+        asyncio.run(runner.collect_finished(manifest, store, Stats()))
+    except BatchrunError as exc:
+        err.print(Text(f"Not collected now: {printable(exc.message)}"), style="yellow")
+    return store.find(manifest.job_id)
 
 
 @app.command()
@@ -331,6 +399,8 @@ def estimate(
         envvar="BATCHRUN_ENDPOINTS", metavar="FILE.toml",
         help="plan under these endpoints' limits together")] = None,
     state: State = None,
+    via: ViaOpt = None,
+    batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
     state_url = parse_state_url(state)
@@ -346,6 +416,7 @@ def estimate(
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
         on_bad_line=on_bad_line.value, used_today=used_today, today_known=known,
         endpoints=configs,
+        via=via.value if via else "sync", batch_queue=batch_queue_tokens,
     )
     if json_:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
@@ -386,6 +457,13 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_, endpoints=tally) as display:
         stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, tally, display),
                                    simulate, retry_failed, state))
+    if isinstance(stopped, Detached):  # not an error: the batches run on the server
+        if json_:
+            sys.stdout.write(orjson.dumps({"job": manifest.job_id, "state": manifest.state,
+                                           "message": stopped.message}).decode() + "\n")
+        else:
+            out.print(stopped.message, markup=False)
+        raise typer.Exit(EXIT_OK)
     summary = stats.summary()
     if tally.endpoints:
         summary["endpoints"] = tally.summary()
@@ -400,7 +478,7 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     if json_:
         sys.stdout.write(orjson.dumps(summary).decode() + "\n")
     else:
-        _print_summary(summary, Path(manifest.output))
+        _print_summary(summary, Path(manifest.output), batch=bool(sum(stats.batch_in.values())))
     if stopped is not None:
         raise stopped
     raise typer.Exit(EXIT_SOME_FAILED if manifest.failed else EXIT_OK)
@@ -421,6 +499,13 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
                                 state=state)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
 
+    if spec.detach:
+        raise InputError("--detach needs a real Batch API: the built-in simulator ends with "
+                         "this process. Drop --simulate, or --detach.")
+    if forget_open_parts(manifest.batch):
+        _note("The simulator's earlier batches ended with its process: their requests are "
+              "sent again.")
+
     lim = spec.limits_for(spec.model)
     # The simulator keeps no daily count of its own: batchrun's ledger enforces --tpd/--rpd.
     config = SimConfig(SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1)
@@ -432,11 +517,12 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
                                 notify=_note, state=state)
 
 
-def _print_summary(s: dict[str, Any], output: Path) -> None:
+def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None:
     r = s["requests"]
     unpriced = ", ".join(s["unpriced_models"])
     cost = f"unknown (no list price for {unpriced})" if s["cost_usd"] is None else (
         f"${s['cost_usd']:,.4f} at list prices"
+        + (" (Batch API requests at half of them)" if batch else "")
         + (f", plus {unpriced}, which has no list price" if unpriced else ""))
     lines = [
         f"{r['ok']:,} ok · {r['failed']:,} failed"

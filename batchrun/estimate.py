@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchrun.batch.plan import MAX_REQUESTS
 from batchrun.endpoints.config import EndpointConfig
 from batchrun.endpoints.plan import plan
 from batchrun.endpoints.routing import combined
 from batchrun.errors import BadLine, BadLinesError
 from batchrun.jobs import CHAT_URL, Request, read_jobs
 from batchrun.sizing import Size, never_fits
-from batchrun.tiers import PRICES_AS_OF, Limits, preset, price
+from batchrun.tiers import PRICES_AS_OF, Limits, batch_queue_tokens, preset, price
 from batchrun.tokens import prompt_tokens_many
 
 DEFAULT_ASSUMED_OUTPUT = 256
@@ -109,6 +110,15 @@ def _days(needed: int, per_day: int, used_today: int) -> int:
     return 1 + math.ceil((needed - left_today) / per_day)
 
 
+def _batch_plan(t: _Tally, queue: int) -> dict[str, Any]:
+    """Through the Batch API: the enqueued-token limit lets `queue` prompt tokens be in progress
+    at once, so the job runs in `rounds` waves, each within the 24 h completion window."""
+    rounds = math.ceil(t.prompt_tokens / queue) if queue and t.prompt_tokens else 1
+    return {"queue_tokens": queue, "rounds": rounds,
+            "parts_by_count": math.ceil(t.requests / MAX_REQUESTS) if t.requests else 0,
+            "hours_at_most": rounds * 24}
+
+
 def estimate(
     path: Path,
     model: str,
@@ -121,6 +131,8 @@ def estimate(
     used_today: Callable[[str], tuple[int, int]] = lambda model: (0, 0),
     today_known: bool = False,
     endpoints: tuple[EndpointConfig, ...] = (),
+    via: str = "sync",
+    batch_queue: int | None = None,
 ) -> dict[str, Any]:
     """The estimate as a plain dict (the --json schema). Sends nothing. With `endpoints`, each
     model's limits are those of every priority-1 endpoint serving it together."""
@@ -184,11 +196,14 @@ def estimate(
                            "known": today_known},
             "days": days,
             **({"endpoints": rows} if endpoints else {}),
+            "batch": _batch_plan(t, batch_queue if batch_queue is not None
+                                 else batch_queue_tokens(name, tier)),
         })
     costs = [m["cost_usd"] for m in models]
     return {
         "input": str(path),
         "tier": tier,
+        "via": via,
         "prices_as_of": PRICES_AS_OF,
         "requests": sum(m["requests"] for m in models),
         "bad_lines": report.bad_total,

@@ -52,6 +52,7 @@ class RequestFinished:
     attempts: int
     error: str = ""
     endpoint: str = ""  # the endpoint that gave the last answer ("" without --endpoints)
+    batch: bool = False  # through the Batch API: billed at half the list price
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,9 @@ class Stats:
     in_flight: int = 0
     tokens_in: Counter[str] = field(default_factory=Counter)
     tokens_out: Counter[str] = field(default_factory=Counter)
+    # The part of tokens_in/out that went through the Batch API, which bills half.
+    batch_in: Counter[str] = field(default_factory=Counter)
+    batch_out: Counter[str] = field(default_factory=Counter)
     limits: dict[str, Limits] = field(default_factory=dict)
     state: str = "starting"
 
@@ -132,6 +136,9 @@ class Stats:
                 self.failed += not ok
                 self.tokens_in[model] += tin
                 self.tokens_out[model] += tout
+                if event.batch:
+                    self.batch_in[model] += tin
+                    self.batch_out[model] += tout
             case Throttled():
                 self.throttled += 1
             case JobStarted():
@@ -160,6 +167,7 @@ class Stats:
                 continue
             priced += 1
             cost += p.cost(self.tokens_in[model], self.tokens_out[model])
+            cost -= p.cost(self.batch_in[model], self.batch_out[model]) / 2
         tokens_in, tokens_out = sum(self.tokens_in.values()), sum(self.tokens_out.values())
         return {
             "state": self.state,

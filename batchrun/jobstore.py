@@ -25,7 +25,8 @@ from batchrun.outputlock import is_held, read_owner
 FINISHED = "done"
 # "crashed" is recorded when an unexpected exception ended the run; a job left "running" by a
 # process that died is shown as crashed too (effective_state).
-STATES = ("running", "paused-daily", "interrupted", "stopped", "crashed", FINISHED)
+STATES = ("running", "paused-daily", "interrupted", "stopped", "crashed", FINISHED,
+          "submitted")  # submitted: --detach left its batches running on the server
 _SAMPLE = 1024 * 1024
 
 
@@ -144,6 +145,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "simulate": (bool,), "base_url": (str, type(None)), "azure_endpoint": (str, type(None)),
     "api_key_env": (str, type(None)), "insecure": (bool,), "max_response_mb": (int, float),
     "endpoints": (str, type(None)), "record_endpoint": (bool,),
+    "via": (str,), "poll_max_s": (int, float), "batch_queue_tokens": (int, type(None)),
 }
 
 
@@ -194,6 +196,7 @@ class Manifest:
     checked: dict[str, Any] | None = None  # the input's checking pass, while it is unchanged
     # --endpoints: results per endpoint name, {"done": n, "failed": n} (this job, every run)
     endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
+    batch: dict[str, Any] = field(default_factory=dict)  # Batch API parts (batchrun.batch)
 
     @property
     def finished(self) -> bool:

@@ -221,7 +221,7 @@ class ProgressDisplay:
                         f"is out for {model}: {state} ({detail})")
                 self.console.print(f"endpoint {name} {said}", markup=False)
             case StateChanged(state=state, detail=detail):
-                self._detail = detail if state in ("draining", "paused-daily") else ""
+                self._detail = detail if state in ("draining", "paused-daily", "batch") else ""
                 if not self.live_mode:
                     self._plain(force=True)
         if self._live is None and not isinstance(event, JobStarted):

@@ -71,6 +71,8 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                  else "today counted as unused: set OPENAI_API_KEY to count its usage")
         days = "1 UTC day" if m["days"] == 1 else f"{m['days']} UTC days"
         table.add_row("days", f"{days} under the daily budget; {today}")
+        if e.get("via") == "batch":
+            table.add_row("Batch API", _batch_row(m))
         console.print(table)
     if e["never_run_total"]:
         console.print(f"[bold red]{e['never_run_total']:,} requests can never run[/]:")
@@ -86,6 +88,27 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
     if e["cost_usd"] is not None and len(e["models"]) > 1:
         console.print(f"total ${e['cost_usd']:,.4f} (Batch API ${e['batch_api_cost_usd']:,.4f})"
                       f" · {_minutes(e['minutes_to_finish'])} · {e['days']} UTC day(s)")
+
+
+def _batch_row(m: dict[str, Any]) -> str:
+    b, c = m["batch"], m["cost_usd"]
+    cost = f"${c['batch_api_total']:,.4f} (half the list price)" if c else "cost unknown"
+    queue = (f"{b['rounds']:,} round{'s' if b['rounds'] != 1 else ''} of the "
+             f"{b['queue_tokens']:,}-token enqueued limit" if b["queue_tokens"]
+             else "no enqueued-token limit known (give --batch-queue-tokens)")
+    return (f"{cost} · {queue} → at most {b['hours_at_most']:,} h (each round within its 24 h "
+            "window, often much sooner) · no per-minute or daily limit")
+
+
+def _part_line(p: dict[str, Any]) -> str:
+    """One Batch API part of `status JOB`, as last recorded (resume polls and collects)."""
+    state = {"planned": "waiting for the queue", "uploaded": "uploaded, waiting for the queue",
+             "creating": "being created"}.get(p["state"], p["state"].replace("_", " "))
+    ids = " · ".join(x for x in (p.get("batch_id"), p.get("file_id")) if x)
+    counts = (f" · {p.get('completed', 0):,} completed, {p.get('failed', 0):,} failed"
+              if p.get("batch_id") else "")
+    return (f"  part {p['n']}  {p['count']:,} requests ({p['model']}) · {state}{counts}"
+            + (f" · {ids}" if ids else ""))
 
 
 # Through a pipe or into a file nothing is cut: rows are as wide as their contents.
@@ -125,6 +148,8 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
         for name, counts in j.get("endpoints", {}).items():
             console.print(f"  via {name}: {counts['done']:,} results ({counts['failed']:,} "
                           "failed)", markup=False)
+        for p in (j.get("batch") or {}).get("parts", []):
+            console.print(_part_line(p), markup=False)
         if j["state"] != "done":
             console.print(f"  resume  {j['resume']}", markup=False)
     else:

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from batchrun.batch.entry import cancel_job, run_batch
+from batchrun.batch.parts import has_open_parts, send_failed_again
+from batchrun.batch.run import Detached
 from batchrun.checkpoint import (
     OutputScan,
     check_output_path,
@@ -43,7 +46,7 @@ from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import SharedBudget, StateUrl
 from batchrun.state._open import connect as connect_state
-from batchrun.stop import Stop, phrase
+from batchrun.stop import Stop, StopKind, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
@@ -61,6 +64,8 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "azure_endpoint": ep.base_url if ep.azure else None, "api_key_env": ep.key_env,
         "insecure": ep.insecure, "max_response_mb": spec.max_response_mb,
         "endpoints": spec.endpoints_file, "record_endpoint": spec.record_endpoint,
+        "via": spec.via, "poll_max_s": spec.poll_max_s,
+        "batch_queue_tokens": spec.batch_queue_tokens,
     }
 
 
@@ -81,6 +86,8 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         tier=o["tier"], overrides=limit_overrides, concurrency=o["concurrency"],
         max_retries=o["max_retries"], timeout_s=o["timeout_s"], on_bad_line=o["on_bad_line"],
         wait=o["wait"], max_response_mb=o.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB),
+        via=o.get("via", "sync"), poll_max_s=o.get("poll_max_s", 60.0),
+        batch_queue_tokens=o.get("batch_queue_tokens"), detach=bool(o.get("detach")),
     )
     if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")))
@@ -121,6 +128,8 @@ class _ManifestUpdater:
 def _final_state(stop: BatchrunError | None) -> str:
     if stop is None:
         return "done"
+    if isinstance(stop, Detached):
+        return "submitted"
     if isinstance(stop, DailyLimitReached):
         return "paused-daily"
     if isinstance(stop, Interrupted):
@@ -275,6 +284,11 @@ async def run(
 
     A new job's manifest is written only once the engine has accepted the input, so a refused
     submit leaves nothing behind (not even the empty output the lock created)."""
+    if spec.endpoints and spec.via != "sync":
+        raise InputError(
+            f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
+            f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
+            f"the Batch API, or use --via sync with --endpoints.")
     store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
     updater = _ManifestUpdater(store, manifest)
@@ -318,15 +332,34 @@ async def run(
             manifest.checked = report.to_dict()
             if report.bad_total and spec.on_bad_line == "fail":
                 raise BadLinesError(str(spec.input), report.bad, report.bad_total)
-            if spec.endpoints:
-                check_serves(spec.endpoints, list(report.models), Path(str(spec.endpoints_file)))
-            engine = Engine(spec, report, done, api_key, fan_out, budget_for, now_utc=now_utc,
-                            sleep=sleep, upstreams=build_upstreams(spec, budget_in))
-            ended = await _drive(engine)
-            if ended is not None:
-                key_envs = [c.endpoint.key_env for c in spec.endpoints] or [spec.endpoint.key_env]
-                stop = phrase(ended, str(spec.output), manifest.resume_command,
-                              ", $".join(dict.fromkeys(key_envs)))
+            if retry_failed:
+                send_failed_again(manifest.batch)
+            manifest.options["via"] = spec.via
+            # Requests in batches not yet collected must not be sent again by the sync path.
+            if spec.via == "batch" or has_open_parts(manifest.batch):
+                stop = await run_batch(spec, manifest, store, api_key, fan_out, report, done,
+                                       sleep=sleep, notify=notify)
+            else:
+                if spec.endpoints:
+                    check_serves(spec.endpoints, list(report.models),
+                                 Path(str(spec.endpoints_file)))
+                if spec.via == "auto":  # at the daily limit the Batch API goes on, no waiting
+                    spec = replace(spec, wait=False)
+                engine = Engine(spec, report, done, api_key, fan_out, budget_for,
+                                now_utc=now_utc, sleep=sleep,
+                                upstreams=build_upstreams(spec, budget_in))
+                ended = await _drive(engine)
+                if ended is not None and ended.kind is StopKind.DAILY and spec.via == "auto":
+                    notify(f"{ended.budget}: the {ended.total - ended.done:,} requests left go "
+                           "through the Batch API now, into the same output.")
+                    stop = await run_batch(spec, manifest, store, api_key, fan_out, report,
+                                           read_output(spec.output).done, sleep=sleep,
+                                           notify=notify, announce=False)
+                elif ended is not None:
+                    key_envs = ([c.endpoint.key_env for c in spec.endpoints]
+                                or [spec.endpoint.key_env])
+                    stop = phrase(ended, str(spec.output), manifest.resume_command,
+                                  ", $".join(dict.fromkeys(key_envs)))
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False
@@ -350,6 +383,34 @@ async def run(
         if not updater.started:
             lock.discard_if_unused()
         lock.release()
+
+
+async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]:
+    """`batchrun cancel`: cancel the job's running batches, under its output's lock (so not
+    while a process runs the job). Returns (batches cancelled, parts dropped unsent)."""
+    if not has_open_parts(manifest.batch):
+        raise InputError(f"job {manifest.job_id} has no Batch API batches that are not finished;"
+                         " nothing to cancel.")
+    spec, simulate = spec_from_manifest(manifest, {})
+    if simulate:
+        raise InputError(f"job {manifest.job_id} ran against the simulator, whose batches ended "
+                         f"with it; run {manifest.resume_command} to send the rest again.")
+    key = spec.endpoint.api_key()
+    lock = _lock_output(Path(manifest.output))
+    try:
+        return await cancel_job(spec, manifest, store, key)
+    finally:
+        lock.release()
+
+
+async def collect_finished(manifest: Manifest, store: JobStore,
+                           listener: Listener) -> BatchrunError | None:
+    """`status JOB` of a job with batches on the server: poll them once and merge what
+    finished (under the output's lock, as resume would), submit nothing, wait for nothing."""
+    spec, _ = spec_from_manifest(manifest, {})
+    spec = replace(spec, collect_once=True)
+    return await run(spec, manifest, store, spec.endpoint.api_key(), listener,
+                     spec.endpoint.host)
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,11 @@ class JobSpec:
     endpoints: tuple[EndpointConfig, ...] = ()
     endpoints_file: str | None = None
     record_endpoint: bool = False  # --record-endpoint: name the endpoint in each output line
+    via: str = "sync"  # sync | batch | auto (sync while today's budget lasts, then batch)
+    poll_max_s: float = 60.0  # Batch API: the longest wait between two polls
+    batch_queue_tokens: int | None = None  # Batch API: enqueued-token limit; None = preset
+    detach: bool = False  # Batch API: submit, record, exit; resume collects
+    collect_once: bool = False  # Batch API (`status JOB`): poll and collect once, submit nothing
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)

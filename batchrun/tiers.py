@@ -149,3 +149,11 @@ def context_window(model: str) -> int | None:
 def price(model: str) -> Price | None:
     fam = family(model)
     return PRICES.get(fam) if fam else None
+
+
+def batch_queue_tokens(model: str, tier: str) -> int:
+    """The Batch API's enqueued-token limit of model at tier (prompt tokens of all its batches in
+    progress; the tables' tpd column is that figure), or 0 (unlimited) for a model we have no
+    table for."""
+    limits = preset(model, tier)
+    return limits.tpd if limits is not None else UNLIMITED

@@ -125,12 +125,12 @@ def test_json_schema_is_stable(tmp_path: Path) -> None:
     e = estimate(str(jobs))
     assert set(e) == {"input", "tier", "prices_as_of", "requests", "bad_lines", "models",
                       "cost_usd", "batch_api_cost_usd", "minutes_to_finish", "days",
-                      "never_run", "never_run_total"}
+                      "never_run", "never_run_total", "via"}
     assert set(e["models"][0]) == {
         "model", "known_model", "requests", "prompt_tokens", "max_output_tokens",
         "requests_without_max", "assumed_output_tokens_per_request", "output_tokens",
         "limit_tokens", "cost_usd", "limits", "minutes", "binding", "minutes_to_finish",
-        "used_today", "days"}
+        "used_today", "days", "batch"}
 
 
 def test_estimate_works_with_the_network_blocked(tmp_path: Path) -> None:

@@ -1,0 +1,118 @@
+"""What the Batch API holds of a job's parts: the calls the orchestrator makes (`Api`), how a
+batch object updates a part's record, a failed batch's reasons, finding a batch whose create
+answer was lost (by its metadata), and cancelling a job's batches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from batchrun.batch.api import ApiCallFailed
+from batchrun.batch.parts import (
+    COLLECTED,
+    DROPPED,
+    METADATA_JOB,
+    METADATA_PART,
+    TERMINAL,
+    BatchBook,
+    Part,
+)
+
+LIST_PAGES = 50  # how far back resume looks for a batch it created but did not record
+
+
+class Api(Protocol):
+    """What the orchestrator calls: BatchApi, or a scripted fake in tests."""
+
+    def batch_endpoint(self, url: str) -> str: ...
+    async def upload(self, path: Path, name: str) -> dict[str, Any]: ...
+    async def create(self, input_file_id: str, endpoint: str,
+                     metadata: dict[str, str]) -> dict[str, Any]: ...
+    async def retrieve(self, batch_id: str) -> dict[str, Any]: ...
+    async def cancel(self, batch_id: str) -> dict[str, Any]: ...
+    def batches(self, page_size: int = 100) -> AsyncIterator[dict[str, Any]]: ...
+    async def download(self, file_id: str, dest: Path) -> None: ...
+
+
+
+
+def text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def adopt(part: Part, batch: dict[str, Any]) -> bool:
+    """Take what the API says of part's batch; True if anything changed."""
+    before = (part.state, part.batch_id, part.completed, part.failed, part.output_file_id,
+              part.error_file_id)
+    part.batch_id = text(batch.get("id")) or part.batch_id
+    status = text(batch.get("status"))
+    if status:
+        part.state = status
+    counts = batch.get("request_counts")
+    if isinstance(counts, dict):
+        part.completed = int(counts.get("completed") or 0)
+        part.failed = int(counts.get("failed") or 0)
+    part.output_file_id = text(batch.get("output_file_id")) or part.output_file_id
+    part.error_file_id = text(batch.get("error_file_id")) or part.error_file_id
+    return before != (part.state, part.batch_id, part.completed, part.failed,
+                      part.output_file_id, part.error_file_id)
+
+
+def validation_errors(batch: dict[str, Any]) -> list[tuple[int | None, str, str]]:
+    """A failed batch's `errors`: (line in the uploaded file or None, code, message)."""
+    errors = batch.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    found = []
+    for e in data if isinstance(data, list) else []:
+        if isinstance(e, dict):
+            line = e.get("line")
+            found.append((line if isinstance(line, int) and not isinstance(line, bool) else None,
+                          str(e.get("code") or "batch_failed"), str(e.get("message") or "")))
+    return found or [(None, "batch_failed", "the batch failed and the API gave no reason")]
+
+
+async def find_batch(api: Api, job_id: str, part: Part) -> dict[str, Any] | None:
+    """The batch whose metadata names this attempt of part, if the API has one."""
+    seen = 0
+    async for batch in api.batches():
+        meta = batch.get("metadata")
+        if (isinstance(meta, dict) and meta.get(METADATA_PART) == part.key
+                and meta.get(METADATA_JOB) == job_id):
+            return batch
+        seen += 1
+        if seen >= LIST_PAGES * 100:
+            break
+    return None
+
+
+async def cancel_parts(book: BatchBook, api: Api, job_id: str,
+                       save: Callable[[], None]) -> tuple[int, int]:
+    """Cancel every batch of the job still running; parts not yet created are dropped. From
+    now on the job submits nothing (until resume --retry-failed). Returns (batches cancelled,
+    parts dropped)."""
+    book.cancelled = True
+    save()
+    cancelled = dropped = 0
+    for part in book.parts:
+        if part.state == "creating":
+            found = await find_batch(api, job_id, part)
+            if found is None:
+                part.state = "uploaded"
+            else:
+                adopt(part, found)
+        if part.state in ("planned", "uploaded"):
+            part.state = DROPPED
+            dropped += 1
+        elif part.active and part.state not in TERMINAL and part.state != COLLECTED:
+            assert part.batch_id is not None
+            try:
+                adopt(part, await api.cancel(part.batch_id))
+                cancelled += 1
+            except ApiCallFailed as exc:
+                if exc.status != 409:
+                    raise
+                # Finalizing or finished already: nothing to cancel, resume collects it.
+                adopt(part, await api.retrieve(part.batch_id))
+        save()
+    return cancelled, dropped

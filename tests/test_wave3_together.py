@@ -1,0 +1,78 @@
+"""The three wave-3 capabilities side by side: several endpoints with the shared Redis state,
+and several endpoints with the Batch API (which sends through one endpoint, so it is refused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from batchrun.ledger import ledger_host
+from batchrun.sim import SimConfig, SimLimits
+from tests.conftest import read_results, run_cli, write_jsonl
+from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
+
+
+@pytest.fixture
+def two_endpoints(tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
+                  ) -> tuple[Any, Any, Path]:
+    a = sim_factory(SimConfig(SimLimits(rpm=1200, window_s=1.0), latency_s=0.02,
+                              api_key=KEY_A))
+    b = sim_factory(SimConfig(SimLimits(rpm=2400, window_s=1.0), latency_s=0.02,
+                              api_key=KEY_B))
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("KEY_B", KEY_B)
+    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 1200),
+                     openai("b", b.base_url, "KEY_B", 2400))
+    return a, b, conf
+
+
+@pytest.mark.parametrize("via", ["batch", "auto"])
+def test_endpoints_with_the_batch_api_is_a_usage_error_and_sends_nothing(
+    via: str, tmp_path: Path, two_endpoints: tuple[Any, Any, Path],
+) -> None:
+    a, b, conf = two_endpoints
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(5))
+    out = tmp_path / "out.jsonl"
+    run = run_cli("submit", str(jobs), "-o", str(out), "--endpoints", str(conf), "--via", via)
+    assert run.code == 2, run.stderr
+    assert f"--via {via}" in run.stderr and "--endpoints" in run.stderr
+    assert a.stats.received == b.stats.received == 0
+    assert a.stats.batch.uploads == b.stats.batch.uploads == 0
+    assert not out.exists()
+    assert "No unfinished job" in run_cli("resume").stderr
+
+
+def test_endpoints_with_redis_state_keep_each_endpoints_own_scope(
+    tmp_path: Path, two_endpoints: tuple[Any, Any, Path], redis_url: str,
+) -> None:
+    a, b, conf = two_endpoints
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(40))
+    out = tmp_path / "out.jsonl"
+    run = run_cli("submit", str(jobs), "-o", str(out), "--endpoints", str(conf),
+                  "--state", redis_url)
+    assert run.code == 0, run.stderr
+    assert len(read_results(out)) == 40
+    assert a.stats.ok > 0 and b.stats.ok > 0 and a.stats.ok + b.stats.ok == 40
+    status = run_cli("status", "--state", redis_url, "--json")
+    assert status.code == 0, status.stderr
+    hosts = {row["host"]: row["requests"] for row in _usage(status.stdout)}
+    assert hosts == {_host(a.base_url): a.stats.ok, _host(b.base_url): b.stats.ok}
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = [k.decode() for k in client.scan_iter("*")]
+    finally:
+        client.close()
+    assert not any(KEY_A in k or KEY_B in k for k in keys)
+
+
+def _usage(stdout: str) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = orjson.loads(stdout)["usage"]
+    return rows
+
+
+def _host(url: str) -> str:
+    return ledger_host(url.split("//", 1)[1].split("/", 1)[0])
