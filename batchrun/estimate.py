@@ -21,7 +21,7 @@ from batchrun.errors import BadLine, BadLinesError
 from batchrun.jobs import CHAT_URL, Request, read_jobs
 from batchrun.sizing import Size, never_fits
 from batchrun.tiers import PRICES_AS_OF, Limits, batch_queue_tokens, preset, price
-from batchrun.tokens import prompt_tokens_many
+from batchrun.tokens import choices, prompt_tokens_many
 
 DEFAULT_ASSUMED_OUTPUT = 256
 CHUNK = 4096  # requests tokenized per batch
@@ -92,7 +92,7 @@ def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
             out = size.max_output
             if out is None and request.url == CHAT_URL:
                 t.requests_without_max += 1
-                t.assumed_output_tokens += assumed_output * int(request.body.get("n", 1))
+                t.assumed_output_tokens += assumed_output * choices(request.body)
             t.requests += 1
             t.prompt_tokens += prompt
             t.max_output_tokens += out or 0

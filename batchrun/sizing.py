@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from batchrun.jobs import CHAT_URL, Request
 from batchrun.tiers import context_window
-from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens
+from batchrun.tokens import char_estimate, choices, max_output_tokens, prompt_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +23,7 @@ class Size:
         out = max_output_tokens(request.body)
         charged = out
         if out is None and request.url == CHAT_URL:
-            charged = round(assumed_output * int(request.body.get("n", 1)))
+            charged = round(assumed_output * choices(request.body))
         return cls(prompt, out, max(prompt, char_estimate(request.body)) + (charged or 0))
 
 

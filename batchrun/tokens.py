@@ -211,9 +211,18 @@ def char_estimate(body: dict[str, Any]) -> int:
     return math.ceil(_chars(prompt) / 4)
 
 
+def choices(body: dict[str, Any]) -> int:
+    """The request's n; null is the API's default, one."""
+    n = body.get("n")
+    return 1 if n is None else int(n)
+
+
 def max_output_tokens(body: dict[str, Any]) -> int | None:
-    """n × max output tokens, or None when the request sets no maximum."""
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    """n × max output tokens, or None when the request sets no maximum. A field set to null
+    is not set, as the API reads it (so a null max_completion_tokens leaves max_tokens)."""
+    limit = body.get("max_completion_tokens")
+    if limit is None:
+        limit = body.get("max_tokens")
     if limit is None:
         return None
-    return int(limit) * int(body.get("n", 1))
+    return int(limit) * choices(body)
