@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -46,6 +47,16 @@ MAX_BACKOFF_S = 60.0
 TOKEN_CHUNK = 4096
 MIN_CALL_RETRIES = 5
 SHOWN_ERRORS = 20
+
+
+# The limit an enqueued-token refusal names: OpenAI's "Limit: 2,000,000 enqueued tokens",
+# Azure's "the configured limit of 2,000,000".
+_LIMIT = re.compile(r"[Ll]imit(?::| of)\s*(\d[\d,]*)")
+
+
+def _stated_limit(message: str) -> int | None:
+    found = _LIMIT.search(message)
+    return int(found.group(1).replace(",", "")) or None if found else None
 
 
 class Detached(BatchrunError):
@@ -172,7 +183,7 @@ class BatchJob:
         for p in self.book.parts:
             if p.state == COLLECTED and p.n >= self.book.tries_from:
                 for cid, code, message in self.files.left(p.n):
-                    if cid not in tried or tried[cid][0] < p.attempt:
+                    if cid not in tried or tried[cid][0] <= p.attempt:
                         tried[cid] = (p.attempt, code, message)
         limits = {m: Limits(queue_tokens=self._queue_limit(m)) for m in self._report.models}
         attempts: dict[str, int] = {}
@@ -395,12 +406,9 @@ class BatchJob:
                 shown.append(f"line {ours} of {self.spec.input} (id {cid!r}): {code}: {message}")
             else:
                 shown.append(f"{code}: {message}")
-        if any(code == "token_limit_exceeded" for _, code, _ in errors):
-            self._held.add(part.model)
-            others = sum(p.tokens for p in self.book.parts
-                         if p.active and p.model == part.model and p is not part)
-            if others:
-                self._seen_limit[part.model] = others
+        refusal = next((m for _, code, m in errors if code == "token_limit_exceeded"), None)
+        if refusal is not None and not self._queue_refused(part, ids, refusal):
+            part.attempt -= 1  # a wait for the queue, not a try: its requests keep their tries
         if not named and all(code != "token_limit_exceeded" for _, code, _ in errors):
             _, code, message = errors[0]
             for cid in ids:
@@ -413,6 +421,35 @@ class BatchJob:
         more = f"\n  … and {len(shown) - SHOWN_ERRORS} more" if len(shown) > SHOWN_ERRORS else ""
         self._notify(f"Batch {part.batch_id} (part {part.n}, {part.count:,} requests) failed "
                      "validation:\n  " + "\n  ".join(shown[:SHOWN_ERRORS]) + more)
+
+    def _queue_refused(self, part: Part, ids: list[str], message: str) -> bool:
+        """An enqueued-token refusal: hold the model's parts until the next poll, and learn
+        how big a part may be. Whether it counts as one of the requests' tries: only when
+        the API's answer cannot tell a queue other jobs fill from a part that never fits."""
+        self._held.add(part.model)
+        others = sum(p.tokens for p in self.book.parts
+                     if p.active and p.model == part.model and p is not part)
+        if others:
+            self._seen_limit[part.model] = others
+            return False
+        limit = _stated_limit(message)
+        if limit is None:
+            return True
+        # Our count of prompt tokens is not the API's: a part within a tenth of the limit
+        # may be over it by the API's count.
+        room = limit * 9 // 10
+        if part.tokens <= room:
+            return False  # other jobs hold the queue: wait for them
+        if part.count > 1:
+            seen = self._seen_limit.get(part.model)
+            self._seen_limit[part.model] = min(seen, room) if seen else room
+            return False
+        self.collector.fail(
+            ids[0], part.model, "token_limit_exceeded",
+            f"this request alone has about {part.tokens:,} prompt tokens, too many for the "
+            f"API's enqueued-token limit of {limit:,} for {part.model}: no batch can hold it. "
+            "Send it with --via sync.", part.attempt)
+        return False
 
     # -- calls, messages, state -----------------------------------------------------------------
 
