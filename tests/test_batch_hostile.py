@@ -4,15 +4,22 @@ client's waits, no real seconds)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from aiohttp import web
 
+from batchrun.batch import entry as batch_entry
+from batchrun.batch.api import BatchApi
+from batchrun.errors import BatchrunError
 from batchrun.sim import SimConfig
 from batchrun.sim_batch import BatchConfig
 from tests.batch_fake import FakeBatchApi, Outcome
-from tests.conftest import write_jsonl
+from tests.conftest import FAKE_KEY, write_jsonl
 from tests.test_batch_run import Harness, ok_ids
 from tests.test_batch_sim import SimHarness
 
@@ -61,3 +68,128 @@ def test_a_request_alone_over_the_queue_limit_fails_at_once_saying_why(
     assert "enqueued-token limit" in error["message"] and "--via sync" in error["message"]
     # Refused once, not sent again and again until --max-retries ran out.
     assert len(sim.stats.batch.created) <= 3
+
+
+class HostileBatches:
+    """A Batch API on loopback whose batch finishes at once and whose output file is what the
+    test scripts: `content(lines)` gets the uploaded lines and returns the response."""
+
+    def __init__(self, content: Any, output_file_id: str = "file-out") -> None:
+        self.content, self.output_file_id = content, output_file_id
+        self.uploaded: list[dict[str, Any]] = []
+        self.seen: list[str] = []  # path and Authorization of every request
+        self.base_url = ""
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+
+        async def upload(request: web.Request) -> web.Response:
+            form = await request.post()
+            file = form["file"]
+            assert isinstance(file, web.FileField)
+            self.uploaded = [orjson.loads(x) for x in file.file.read().splitlines()]
+            return web.json_response({"id": "file-in", "object": "file", "purpose": "batch"})
+
+        def batch() -> dict[str, Any]:
+            return {"id": "batch_1", "object": "batch", "status": "completed",
+                    "output_file_id": self.output_file_id, "error_file_id": None,
+                    "request_counts": {"total": 1, "completed": 1, "failed": 0}}
+
+        async def create(request: web.Request) -> web.Response:
+            return web.json_response(batch())
+
+        async def retrieve(request: web.Request) -> web.Response:
+            return web.json_response(batch())
+
+        async def content(request: web.Request) -> web.StreamResponse:
+            result: web.StreamResponse = self.content(self.uploaded)
+            return result
+
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.seen.append(f"{request.path_qs} {request.headers.get('Authorization')}")
+            result: web.StreamResponse = await handler(request)
+            return result
+
+        app.middlewares.append(record)
+        app.router.add_post("/v1/files", upload)
+        app.router.add_post("/v1/batches", create)
+        app.router.add_get("/v1/batches/batch_1", retrieve)
+        app.router.add_get("/v1/files/{file_id:.*}", content)
+        app.router.add_get("/{tail:.*}", content)
+        return app
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        runner = web.AppRunner(self._app())
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        port = runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    def __enter__(self) -> HostileBatches:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def ok_line(cid: str) -> bytes:
+    return orjson.dumps({"id": f"batch_req_{cid}", "custom_id": cid, "error": None,
+                         "response": {"status_code": 200, "request_id": f"req_{cid}",
+                                      "body": {"choices": [], "usage": {
+                                          "prompt_tokens": 1, "completion_tokens": 1}}}}) + b"\n"
+
+
+def real_api_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any,
+                     n: int) -> Harness:
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=n, base_url=server.base_url)
+    monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)  # the real client, over HTTP
+    return h
+
+
+def test_an_output_file_with_strangers_duplicates_and_garbage_gives_one_line_per_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def content(uploaded: list[dict[str, Any]]) -> web.Response:
+        ids = [x["custom_id"] for x in uploaded]
+        body = (ok_line("never-sent") + b"not json at all\n[1, 2]\n\xff\xfe\n"
+                + b"".join(ok_line(c) + ok_line(c) for c in ids[:-1]) + ok_line(ids[0]))
+        return web.Response(body=body)
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=4)
+        stop = h.submit(max_retries=0)
+    results = h.results()  # fails on a duplicate id
+    assert set(results) == {"r1", "r2", "r3", "r4"}
+    assert ok_ids(results) == {"r1", "r2", "r3"}
+    assert results["r4"]["error"]["code"] == "batch_incomplete"
+    assert stop is None
+
+
+def test_a_download_never_leaves_the_base_url_nor_follows_a_redirect(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The batch names its output file by a path and a URL of another host, and the content
+    # route answers with a redirect there: the key must reach no other host.
+    file_id = "../../http://127.0.0.2:9/x"
+    with HostileBatches(lambda lines: web.Response(body=b"x\n"), file_id) as elsewhere:
+        def content(uploaded: list[dict[str, Any]]) -> web.Response:
+            return web.Response(status=302, headers={"Location": elsewhere.base_url + "/s"})
+
+        with HostileBatches(content, file_id) as server:
+            h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+            with pytest.raises(BatchrunError, match="redirect, which batchrun never follows"
+                               ) as stop:
+                h.submit()
+    assert elsewhere.seen == []
+    assert all(s.startswith("/v1/") for s in server.seen)
+    assert FAKE_KEY not in stop.value.message
