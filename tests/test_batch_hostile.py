@@ -13,8 +13,10 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchrun import runner
 from batchrun.batch import entry as batch_entry
-from batchrun.batch.api import BatchApi
+from batchrun.batch.api import ApiCallFailed, BatchApi
+from batchrun.batch.run import Detached
 from batchrun.errors import BatchrunError
 from batchrun.sim import SimConfig
 from batchrun.sim_batch import BatchConfig
@@ -193,3 +195,27 @@ def test_a_download_never_leaves_the_base_url_nor_follows_a_redirect(
     assert elsewhere.seen == []
     assert all(s.startswith("/v1/") for s in server.seen)
     assert FAKE_KEY not in stop.value.message
+
+
+def test_a_batch_the_api_no_longer_knows_is_a_way_out_not_a_dead_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job's batch was made with another key (another project), or deleted: every poll is
+    # a 404. Resume must say what to do, and cancel must be that way out.
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    assert isinstance(h.submit(detach=True), Detached)
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    monkeypatch.setattr(fake, "retrieve", unknown)
+    monkeypatch.setattr(fake, "cancel", unknown)
+    with pytest.raises(BatchrunError) as stuck:
+        h.resume()
+    assert stuck.value.exit_code != 1  # nothing finished: not "some requests failed for good"
+    assert "another key" in stuck.value.message
+    assert f"batchrun cancel {h.job_id}" in stuck.value.message
+    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 0)
+    assert h.resume() is None
+    assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
+    assert h.manifest().failed == 2

@@ -110,9 +110,15 @@ async def cancel_parts(book: BatchBook, api: Api, job_id: str,
                 adopt(part, await api.cancel(part.batch_id))
                 cancelled += 1
             except ApiCallFailed as exc:
-                if exc.status != 409:
+                if exc.status == 404:
+                    # Unknown to the API (deleted, or made with another key): nothing of it
+                    # can be collected, so its requests end as a cancelled batch's would.
+                    part.state = "cancelled"
+                    cancelled += 1
+                elif exc.status == 409:
+                    # Finalizing or finished already: nothing to cancel, resume collects it.
+                    adopt(part, await api.retrieve(part.batch_id))
+                else:
                     raise
-                # Finalizing or finished already: nothing to cancel, resume collects it.
-                adopt(part, await api.retrieve(part.batch_id))
         save()
     return cancelled, dropped

@@ -325,9 +325,7 @@ class BatchJob:
                 continue
             if part.state not in TERMINAL:
                 assert part.batch_id is not None
-                batch_id = part.batch_id
-                batch = await self._call(f"checking batch {batch_id}",
-                                         partial(self.api.retrieve, batch_id))
+                batch = await self._retrieve(part)
                 if adopt(part, batch):
                     changed = True
                     self._save()
@@ -335,13 +333,29 @@ class BatchJob:
                     part.errors = [self._describe(part, e) for e in validation_errors(batch)]
             if part.state in TERMINAL and not self._interrupted:
                 if part.state == "failed" and not part.errors:
-                    batch_id = part.batch_id or ""
-                    batch = await self._call(f"checking batch {batch_id}",
-                                             partial(self.api.retrieve, batch_id))
+                    batch = await self._retrieve(part)
                     part.errors = [self._describe(part, e) for e in validation_errors(batch)]
                 await self._collect(part)
                 changed = True
         return changed
+
+    async def _retrieve(self, part: Part) -> dict[str, Any]:
+        batch_id, job = part.batch_id or "", self.manifest.job_id
+
+        def refused(exc: ApiCallFailed) -> BatchrunError:
+            if exc.status != 404:
+                return BatchrunError(f"The Batch API refused checking batch {batch_id}: "
+                                     f"{exc.message}. {self._resume_hint()}")
+            # Asking again cannot help, and sending its requests again could bill them twice.
+            return StateError(
+                f"The Batch API does not know batch {batch_id} of part {part.n} (HTTP 404): "
+                f"was job {job} started with another key or project, or the batch deleted? "
+                f"Run it again with that key, or stop waiting for the batch with: batchrun "
+                f"cancel {job} (its requests are then recorded as failed; resume "
+                "--retry-failed sends them again, billed again if the batch did run).")
+
+        return await self._call(f"checking batch {batch_id}",
+                                partial(self.api.retrieve, batch_id), refused)
 
     def _describe(self, part: Part, error: tuple[int | None, str, str]) -> str:
         line, code, message = error
@@ -453,7 +467,8 @@ class BatchJob:
 
     # -- calls, messages, state -----------------------------------------------------------------
 
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]],
+                    refused: Callable[[ApiCallFailed], BatchrunError] | None = None) -> T:
         """`call`, again after a transient failure (with backoff), up to --max-retries."""
         delay = FIRST_POLL_S
         for attempt in range(self._call_retries + 1):
@@ -465,6 +480,8 @@ class BatchJob:
                 await self._sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
             except ApiCallFailed as exc:
+                if refused is not None:
+                    raise refused(exc) from None
                 raise BatchrunError(f"The Batch API refused {what}: {exc.message}. "
                                     f"{self._resume_hint()}") from None
         raise AssertionError("unreachable")
