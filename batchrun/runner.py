@@ -289,6 +289,11 @@ async def run(
             f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
             f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
             f"the Batch API, or use --via sync with --endpoints.")
+    if spec.detach and spec.via == "sync" and not has_open_parts(manifest.batch):
+        raise InputError(
+            "--detach leaves Batch API batches running and exits; the sync path (--via sync, "
+            "the default) has nothing to leave running. Add --via batch (or --via auto), or "
+            "drop --detach.")
     store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
     updater = _ManifestUpdater(store, manifest)

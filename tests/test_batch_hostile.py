@@ -21,7 +21,7 @@ from batchrun.errors import BatchrunError
 from batchrun.sim import SimConfig
 from batchrun.sim_batch import BatchConfig
 from tests.batch_fake import FakeBatchApi, Outcome
-from tests.conftest import FAKE_KEY, write_jsonl
+from tests.conftest import FAKE_KEY, run_cli, write_jsonl
 from tests.test_batch_run import Harness, ok_ids
 from tests.test_batch_sim import SimHarness
 
@@ -219,3 +219,16 @@ def test_a_batch_the_api_no_longer_knows_is_a_way_out_not_a_dead_end(
     assert h.resume() is None
     assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
     assert h.manifest().failed == 2
+
+
+def test_detach_with_the_sync_path_is_refused_before_anything_is_sent(
+        tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --detach promises "submitted, exit at once"; the sync path has nothing to leave running
+    # on the server, so it used to ignore the flag and run the whole job in the foreground.
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}])
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--detach", "-q")
+    assert run.code == 2, run.stdout + run.stderr
+    assert "--detach" in run.stderr and "--via batch" in run.stderr
+    assert sim.stats.received == 0
+    assert not (tmp_path / "jobs.results.jsonl").exists()
