@@ -232,3 +232,17 @@ def test_detach_with_the_sync_path_is_refused_before_anything_is_sent(
     assert "--detach" in run.stderr and "--via batch" in run.stderr
     assert sim.stats.received == 0
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+def test_requests_a_failed_validation_did_not_name_keep_their_tries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API refuses the file for line 1 alone: lines 2 and 3 never ran, so with
+    # --max-retries 0 they still go (once) in a new part instead of failing for good.
+    bad = Outcome("failed", validation=[{"code": "invalid_url", "line": 1,
+                                         "message": "bad url"}])
+    fake = FakeBatchApi(lambda n: bad if n == 1 else Outcome(), steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=3, max_retries=0)
+    assert h.submit() is None
+    results = h.results()
+    assert results["r1"]["error"]["code"] == "invalid_url"
+    assert ok_ids(results) == {"r2", "r3"}

@@ -421,8 +421,11 @@ class BatchJob:
             else:
                 shown.append(f"{code}: {message}")
         refusal = next((m for _, code, m in errors if code == "token_limit_exceeded"), None)
-        if refusal is not None and not self._queue_refused(part, ids, refusal):
-            part.attempt -= 1  # a wait for the queue, not a try: its requests keep their tries
+        waits = refusal is not None and not self._queue_refused(part, ids, refusal)
+        if named or waits:
+            # What is left did not run (other lines were at fault, or the queue was full):
+            # not a try, its requests keep their tries.
+            part.attempt -= 1
         if not named and all(code != "token_limit_exceeded" for _, code, _ in errors):
             _, code, message = errors[0]
             for cid in ids:
