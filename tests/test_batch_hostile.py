@@ -246,3 +246,38 @@ def test_requests_a_failed_validation_did_not_name_keep_their_tries(
     results = h.results()
     assert results["r1"]["error"]["code"] == "invalid_url"
     assert ok_ids(results) == {"r2", "r3"}
+
+
+def test_an_error_file_quoting_the_key_does_not_put_it_in_the_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A careless server echoes our headers in its request-level errors, as the sync path's
+    # tests have proxies do: the output (which users share) must not keep the key.
+    def content(uploaded: list[dict[str, Any]]) -> web.Response:
+        lines = [orjson.dumps({
+            "id": f"batch_req_{x['custom_id']}", "custom_id": x["custom_id"], "error": None,
+            "response": {"status_code": 400, "request_id": "req_1", "body": {"error": {
+                "message": f"Unsupported header Authorization: Bearer {FAKE_KEY}",
+                "type": "invalid_request_error", "code": f"bad_{FAKE_KEY}"},
+                "echo": {f"Bearer {FAKE_KEY}": [FAKE_KEY]}}}}) + b"\n" for x in uploaded]
+        return web.Response(body=b"".join(lines))
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+        h.submit()
+    raw = h.output.read_bytes()
+    assert len(h.results()) == 2
+    assert FAKE_KEY.encode() not in raw
+    assert b"Unsupported header Authorization" in raw  # the server's words, less the key
+
+
+def test_a_validation_error_quoting_the_key_is_not_recorded_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = Outcome("failed", validation=[{"code": "invalid_request", "line": None,
+                                         "message": f"bad header: Bearer {FAKE_KEY}"}])
+    h = Harness(tmp_path, FakeBatchApi(lambda n: bad, steps=1), monkeypatch, n=2)
+    assert h.submit() is None
+    assert {x["error"]["code"] for x in h.results().values()} == {"invalid_request"}
+    written = [h.output.read_bytes(), (h.store.dir / f"{h.job_id}.json").read_bytes(),
+               *(p.read_bytes() for p in (h.store.home / "batches").rglob("*") if p.is_file())]
+    assert all(FAKE_KEY.encode() not in raw for raw in written)
+    assert all(FAKE_KEY not in note for note in h.notes)

@@ -33,7 +33,14 @@ from batchrun.batch.parts import (
 from batchrun.batch.plan import Draft, Item, Limits, QueueGate, split
 from batchrun.batch.remote import Api, adopt, find_batch, text, validation_errors
 from batchrun.checkpoint import OutputWriter
-from batchrun.errors import ApiRefused, BadLine, BatchrunError, Interrupted, StateError
+from batchrun.errors import (
+    ApiRefused,
+    BadLine,
+    BatchrunError,
+    Interrupted,
+    StateError,
+    redact,
+)
 from batchrun.events import JobStarted, Listener, StateChanged
 from batchrun.jobs import InputReport, Reading, Request, read_jobs
 from batchrun.jobstore import JobStore, Manifest
@@ -77,8 +84,10 @@ class BatchJob:
     def __init__(self, spec: JobSpec, manifest: Manifest, store: JobStore, api: Api,
                  listener: Listener, report: InputReport, done: set[str], options: Options, *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 notify: Callable[[str], None] = lambda message: None) -> None:
+                 notify: Callable[[str], None] = lambda message: None,
+                 secrets: tuple[str, ...] = ()) -> None:
         self.spec, self.manifest, self.store, self.api = spec, manifest, store, api
+        self._secrets = secrets  # the key's forms, kept out of what the output records
         self._emit, self._report, self._done, self._opt = listener, report, done, options
         self._sleep, self._notify = sleep, notify
         self.book = BatchBook.load(manifest.batch, manifest.job_id)
@@ -111,7 +120,7 @@ class BatchJob:
         self._emit(StateChanged("running"))
         writer = OutputWriter(self.spec.output)
         try:
-            self.collector = Collector(writer, self._done, self._emit)
+            self.collector = Collector(writer, self._done, self._emit, self._secrets)
             return await self._loop()
         finally:
             writer.close()
@@ -358,8 +367,8 @@ class BatchJob:
                                 partial(self.api.retrieve, batch_id), refused)
 
     def _describe(self, part: Part, error: tuple[int | None, str, str]) -> str:
-        line, code, message = error
-        return orjson.dumps([line, code, message]).decode()
+        line, code, message = error  # the server's words, which may quote the key
+        return orjson.dumps([line, *(redact(x, *self._secrets) for x in (code, message))]).decode()
 
     async def _collect(self, part: Part) -> None:
         ids = self.files.ids(part.n)
