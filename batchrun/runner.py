@@ -296,6 +296,7 @@ async def run(
             "drop --detach.")
     store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
+    _reread_batches(manifest, store)
     updater = _ManifestUpdater(store, manifest)
     try:
         scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
@@ -341,7 +342,9 @@ async def run(
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
             # Requests in batches not yet collected must not be sent again by the sync path.
-            if spec.via == "batch" or has_open_parts(manifest.batch):
+            # (`status JOB` only collects: never the sync path, even if another process
+            # collected every batch since status looked.)
+            if spec.via == "batch" or spec.collect_once or has_open_parts(manifest.batch):
                 stop = await run_batch(spec, manifest, store, api_key, fan_out, report, done,
                                        sleep=sleep, notify=notify)
             else:
@@ -390,6 +393,16 @@ async def run(
         lock.release()
 
 
+def _reread_batches(manifest: Manifest, store: JobStore) -> None:
+    """Under the output's lock: the job's Batch API record as saved now. Another process may
+    have run the job since this one read its manifest (a resume that ended while `status`
+    waited for the lock); saving the old record over its parts would forget their batches,
+    and their requests would be submitted again."""
+    saved = store.get(manifest.job_id)
+    if saved is not None:
+        manifest.batch = saved.batch
+
+
 async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]:
     """`batchrun cancel`: cancel the job's running batches, under its output's lock (so not
     while a process runs the job). Returns (batches cancelled, parts dropped unsent)."""
@@ -403,6 +416,7 @@ async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]
     key = spec.endpoint.api_key()
     lock = _lock_output(Path(manifest.output))
     try:
+        _reread_batches(manifest, store)
         return await cancel_job(spec, manifest, store, key)
     finally:
         lock.release()

@@ -18,6 +18,7 @@ from batchrun.batch import entry as batch_entry
 from batchrun.batch.api import ApiCallFailed, BatchApi
 from batchrun.batch.run import Detached
 from batchrun.errors import BatchrunError
+from batchrun.events import Stats
 from batchrun.sim import SimConfig
 from batchrun.sim_batch import BatchConfig
 from tests.batch_fake import FakeBatchApi, Outcome
@@ -281,3 +282,21 @@ def test_a_validation_error_quoting_the_key_is_not_recorded_with_it(
                *(p.read_bytes() for p in (h.store.home / "batches").rglob("*") if p.is_file())]
     assert all(FAKE_KEY.encode() not in raw for raw in written)
     assert all(FAKE_KEY not in note for note in h.notes)
+
+
+def test_a_status_that_read_the_manifest_before_a_resume_ended_does_not_forget_its_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `status JOB` reads the manifest, then waits for the output's lock while a resume ends;
+    # the resume submitted part 2 (the expired part 1's rest). Status must not save its stale
+    # copy over that record: the next resume would submit part 2's requests again.
+    fake = FakeBatchApi(lambda n: Outcome("expired", finish=1) if n == 1 else Outcome(),
+                        steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=3)
+    assert isinstance(h.submit(detach=True), Detached)
+    stale = h.manifest()
+    assert isinstance(h.resume(detach=True), Detached)  # collects part 1, submits part 2
+    assert len(fake.order) == 2
+    asyncio.run(runner.collect_finished(stale, h.store, Stats()))
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+    assert len(fake.order) == 2, "part 2's requests were submitted twice"
