@@ -18,9 +18,10 @@ from batchrun.batch import entry as batch_entry
 from batchrun.batch.api import ApiCallFailed, BatchApi
 from batchrun.batch.run import Detached
 from batchrun.errors import BatchrunError
-from batchrun.events import Stats
+from batchrun.events import StateChanged, Stats
 from batchrun.sim import SimConfig
 from batchrun.sim_batch import BatchConfig
+from tests import test_batch_run
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl
 from tests.test_batch_run import Harness, ok_ids
@@ -300,3 +301,23 @@ def test_a_status_that_read_the_manifest_before_a_resume_ended_does_not_forget_i
     assert h.resume() is None
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
     assert len(fake.order) == 2, "part 2's requests were submitted twice"
+
+
+def test_the_progress_line_names_the_model_of_each_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two models queue separately; "queued 8/90,000 tok · queued 25/2,000,000 tok" did not
+    # say which was which.
+    shown: list[str] = []
+
+    class Recording(Stats):
+        def __call__(self, event: Any) -> None:
+            super().__call__(event)
+            if isinstance(event, StateChanged) and event.state == "batch":
+                shown.append(event.detail)
+
+    monkeypatch.setattr(test_batch_run, "Stats", Recording)
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
+    write_jsonl(h.input, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y",
+                                                       "model": "gpt-4o"}])
+    assert h.submit() is None
+    assert "gpt-4o queued " in shown[0] and "gpt-4o-mini queued " in shown[0]

@@ -557,9 +557,13 @@ class BatchJob:
                     COLLECTED: "done"}.get(p.state, p.state.replace("_", " "))
             counts = f" {p.completed + p.failed:,}/{p.count:,}" if p.batch_id else ""
             shown.append(f"part {p.n} {what}{counts}")
+        models = sorted({p.model for p in parts})
+        named = len(models) > 1  # each model has its own queue: say which is which
         queued = " · ".join(
-            f"queued {self._in_progress(m):,}/{self._queue_limit(m):,} tok" if self._queue_limit(m)
-            else f"queued {self._in_progress(m):,} tok" for m in sorted({p.model for p in parts}))
+            (f"{m} " if named else "") + (
+                f"queued {self._in_progress(m):,}/{self._queue_limit(m):,} tok"
+                if self._queue_limit(m) else f"queued {self._in_progress(m):,} tok")
+            for m in models)
         more = f" · +{len(parts) - 6} parts" if len(parts) > 6 else ""
         self._emit(StateChanged("batch", " · ".join(shown) + more + " · " + queued))
 
