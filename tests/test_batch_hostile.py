@@ -16,8 +16,8 @@ from aiohttp import web
 from batchrun import runner
 from batchrun.batch import entry as batch_entry
 from batchrun.batch.api import ApiCallFailed, BatchApi
-from batchrun.batch.run import Detached
-from batchrun.errors import BatchrunError
+from batchrun.batch.run import BatchJob, Detached
+from batchrun.errors import BatchrunError, Interrupted
 from batchrun.events import StateChanged, Stats
 from batchrun.sim import SimConfig
 from batchrun.sim_batch import BatchConfig
@@ -78,8 +78,10 @@ class HostileBatches:
     """A Batch API on loopback whose batch finishes at once and whose output file is what the
     test scripts: `content(lines)` gets the uploaded lines and returns the response."""
 
-    def __init__(self, content: Any, output_file_id: str = "file-out") -> None:
+    def __init__(self, content: Any, output_file_id: str = "file-out",
+                 on_upload: Any = None) -> None:
         self.content, self.output_file_id = content, output_file_id
+        self.on_upload = on_upload  # called as an upload arrives; then it never answers
         self.uploaded: list[dict[str, Any]] = []
         self.seen: list[str] = []  # path and Authorization of every request
         self.base_url = ""
@@ -91,6 +93,10 @@ class HostileBatches:
         app = web.Application()
 
         async def upload(request: web.Request) -> web.Response:
+            if self.on_upload is not None:
+                self.on_upload()
+                await self._stalled.wait()  # a stalled upload: no answer until the end
+                return web.Response(status=500)
             form = await request.post()
             file = form["file"]
             assert isinstance(file, web.FileField)
@@ -128,6 +134,7 @@ class HostileBatches:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
+        self._stalled = asyncio.Event()
         runner = web.AppRunner(self._app())
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -144,6 +151,7 @@ class HostileBatches:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._loop.call_soon_threadsafe(self._stalled.set)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
@@ -334,3 +342,29 @@ def test_a_server_counting_more_prompt_tokens_than_batchrun_still_gets_every_par
     assert h.submit() is None
     assert ok_ids(h.results()) == {f"r{i}" for i in range(10)}
     assert len(h.parts_created()) < 12
+
+
+@pytest.mark.timeout(10)  # without the fix the run waits on the stalled upload for good
+def test_ctrl_c_during_a_stalled_upload_stops_the_run_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C only cut the wait between polls: during a files or batches call that the server
+    # does not answer (a 200 MB upload on a slow link, a hung gateway) it did nothing until
+    # --timeout, and then the call was asked again.
+    started: list[tuple[BatchJob, asyncio.AbstractEventLoop]] = []
+    made = BatchJob.__init__
+
+    def init(self: BatchJob, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        started.append((self, asyncio.get_running_loop()))
+
+    monkeypatch.setattr(BatchJob, "__init__", init)
+
+    def ctrl_c() -> None:
+        job, loop = started[0]
+        loop.call_soon_threadsafe(job.interrupt)
+
+    with HostileBatches(lambda lines: web.Response(body=b""), on_upload=ctrl_c) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+        stop = h.submit()
+    assert isinstance(stop, Interrupted) and stop.exit_code == 130
+    assert h.manifest().batch["parts"][0]["state"] == "planned"  # uploaded again by resume

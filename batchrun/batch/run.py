@@ -66,6 +66,11 @@ def _stated_limit(message: str) -> int | None:
     return int(found.group(1).replace(",", "")) or None if found else None
 
 
+class _Stop(Exception):
+    """Ctrl-C ended a files or batches call: the run stops where a kill -9 would have, which
+    the manifest's order of saves makes safe to resume from."""
+
+
 class Detached(BatchrunError):
     """`--detach`: the batches are on the server; not an error."""
 
@@ -94,6 +99,7 @@ class BatchJob:
         self.files = PartFiles(store.home, manifest.job_id)
         self._interrupted = False
         self._napping: asyncio.Task[None] | None = None
+        self._calling: asyncio.Future[Any] | None = None  # the files or batches call in flight
         self._replan = True
         # A files or batches call is asked again at least this often: a --max-retries 0 meant
         # for requests must not end a day-long wait at the first 502 of a poll.
@@ -109,6 +115,8 @@ class BatchJob:
         self._interrupted = True
         if self._napping is not None:
             self._napping.cancel()
+        if self._calling is not None:
+            self._calling.cancel()
 
     async def run(self, announce: bool = True) -> BatchrunError | None:
         """`announce=False`: the sync path already started this run (`--via auto`), so its
@@ -122,6 +130,8 @@ class BatchJob:
         try:
             self.collector = Collector(writer, self._done, self._emit, self._secrets)
             return await self._loop()
+        except _Stop:
+            return self._stopped()
         finally:
             writer.close()
 
@@ -163,6 +173,23 @@ class BatchJob:
             if self._interrupted:
                 return self._stopped()
             interval = min(interval * 2, max(FIRST_POLL_S, self._opt.poll_max_s))
+
+    async def _interruptible(self, call: Awaitable[T]) -> T:
+        """A files or batches call that Ctrl-C ends at once, not when the server answers."""
+        if self._interrupted:
+            if asyncio.iscoroutine(call):
+                call.close()  # never to run: closed, so no "never awaited" warning
+            raise _Stop
+        task: asyncio.Future[T] = asyncio.ensure_future(call)
+        self._calling = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            raise _Stop from None
+        finally:
+            self._calling = None
 
     async def _nap(self, seconds: float) -> None:
         self._napping = asyncio.ensure_future(self._sleep(seconds))
@@ -298,12 +325,13 @@ class BatchJob:
             part.state = "creating"
             self._save()
             try:
-                batch = await self.api.create(part.file_id, self.api.batch_endpoint(part.url),
-                                              part.metadata(self.manifest.job_id))
+                batch = await self._interruptible(self.api.create(
+                    part.file_id, self.api.batch_endpoint(part.url),
+                    part.metadata(self.manifest.job_id)))
             except Transient as exc:
                 if attempt == self._call_retries:
                     raise self._unreachable(f"creating the batch of part {part.n}", exc) from None
-                await self._sleep(delay)
+                await self._nap(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             except ApiCallFailed as exc:
@@ -487,11 +515,11 @@ class BatchJob:
         delay = FIRST_POLL_S
         for attempt in range(self._call_retries + 1):
             try:
-                return await call()
+                return await self._interruptible(call())
             except Transient as exc:
                 if attempt == self._call_retries:
                     raise self._unreachable(what, exc) from None
-                await self._sleep(delay)
+                await self._nap(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
             except ApiCallFailed as exc:
                 if refused is not None:
