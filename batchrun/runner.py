@@ -414,6 +414,11 @@ async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]
         raise InputError(f"job {manifest.job_id} ran against the simulator, whose batches ended "
                          f"with it; run {manifest.resume_command} to send the rest again.")
     key = spec.endpoint.api_key()
+    if store.is_running(manifest):
+        raise InputError(
+            f"job {manifest.job_id} is running in another batchrun process: stop it first "
+            f"(Ctrl-C; its batches go on running on the server), then run batchrun cancel "
+            f"{manifest.job_id} again.")
     lock = _lock_output(Path(manifest.output))
     try:
         _reread_batches(manifest, store)

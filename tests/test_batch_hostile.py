@@ -19,6 +19,7 @@ from batchrun.batch.api import ApiCallFailed, BatchApi
 from batchrun.batch.run import BatchJob, Detached
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.events import StateChanged, Stats
+from batchrun.outputlock import OutputLock
 from batchrun.sim import SimConfig
 from batchrun.sim_batch import BatchConfig
 from tests import test_batch_run
@@ -368,3 +369,20 @@ def test_ctrl_c_during_a_stalled_upload_stops_the_run_at_once(
         stop = h.submit()
     assert isinstance(stop, Interrupted) and stop.exit_code == 130
     assert h.manifest().batch["parts"][0]["state"] == "planned"  # uploaded again by resume
+
+
+def test_cancel_while_the_job_runs_elsewhere_says_how_to_cancel_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The generic lock message told the user to "choose another output with -o", which
+    # cancel has no use for.
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
+    assert isinstance(h.submit(detach=True), Detached)
+    lock = OutputLock(h.output)  # a resume running in another process holds it
+    try:
+        run = run_cli("cancel", h.job_id)
+    finally:
+        lock.release()
+    assert run.code == 2
+    assert "-o" not in run.stderr and "Ctrl-C" in run.stderr
+    assert f"batchrun cancel {h.job_id}" in run.stderr
+    assert h.fake.calls.count("cancel") == 0
