@@ -386,3 +386,19 @@ def test_cancel_while_the_job_runs_elsewhere_says_how_to_cancel_it(
     assert "-o" not in run.stderr and "Ctrl-C" in run.stderr
     assert f"batchrun cancel {h.job_id}" in run.stderr
     assert h.fake.calls.count("cancel") == 0
+
+
+def test_a_batch_object_with_odd_request_counts_is_no_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi(steps=2)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    retrieve = fake.retrieve
+
+    async def odd(batch_id: str) -> dict[str, Any]:
+        batch = await retrieve(batch_id)
+        batch["request_counts"] = {"completed": "n/a", "failed": [1], "total": None}
+        return batch
+
+    monkeypatch.setattr(fake, "retrieve", odd)
+    assert h.submit() is None
+    assert ok_ids(h.results()) == {"r1", "r2"}

@@ -41,6 +41,11 @@ def text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def count(value: Any) -> int:
+    """A count the API gave, shown in progress only: anything but a count is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def adopt(part: Part, batch: dict[str, Any]) -> bool:
     """Take what the API says of part's batch; True if anything changed."""
     before = (part.state, part.batch_id, part.completed, part.failed, part.output_file_id,
@@ -51,8 +56,8 @@ def adopt(part: Part, batch: dict[str, Any]) -> bool:
         part.state = status
     counts = batch.get("request_counts")
     if isinstance(counts, dict):
-        part.completed = int(counts.get("completed") or 0)
-        part.failed = int(counts.get("failed") or 0)
+        part.completed = count(counts.get("completed"))
+        part.failed = count(counts.get("failed"))
     part.output_file_id = text(batch.get("output_file_id")) or part.output_file_id
     part.error_file_id = text(batch.get("error_file_id")) or part.error_file_id
     return before != (part.state, part.batch_id, part.completed, part.failed,
