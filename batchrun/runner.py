@@ -406,22 +406,25 @@ def _reread_batches(manifest: Manifest, store: JobStore) -> None:
 async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]:
     """`batchrun cancel`: cancel the job's running batches, under its output's lock (so not
     while a process runs the job). Returns (batches cancelled, parts dropped unsent)."""
+    if store.is_running(manifest):  # first: it may be about to submit batches
+        raise InputError(
+            f"job {manifest.job_id} is running in another batchrun process: stop it first "
+            f"(Ctrl-C; its batches go on running on the server), then run batchrun cancel "
+            f"{manifest.job_id} again.")
+    nothing = InputError(f"job {manifest.job_id} has no Batch API batches that are not "
+                         "finished; nothing to cancel.")
     if not has_open_parts(manifest.batch):
-        raise InputError(f"job {manifest.job_id} has no Batch API batches that are not finished;"
-                         " nothing to cancel.")
+        raise nothing
     spec, simulate = spec_from_manifest(manifest, {})
     if simulate:
         raise InputError(f"job {manifest.job_id} ran against the simulator, whose batches ended "
                          f"with it; run {manifest.resume_command} to send the rest again.")
     key = spec.endpoint.api_key()
-    if store.is_running(manifest):
-        raise InputError(
-            f"job {manifest.job_id} is running in another batchrun process: stop it first "
-            f"(Ctrl-C; its batches go on running on the server), then run batchrun cancel "
-            f"{manifest.job_id} again.")
     lock = _lock_output(Path(manifest.output))
     try:
         _reread_batches(manifest, store)
+        if not has_open_parts(manifest.batch):  # collected since it was read
+            raise nothing
         return await cancel_job(spec, manifest, store, key)
     finally:
         lock.release()

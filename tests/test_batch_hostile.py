@@ -371,12 +371,17 @@ def test_ctrl_c_during_a_stalled_upload_stops_the_run_at_once(
     assert h.manifest().batch["parts"][0]["state"] == "planned"  # uploaded again by resume
 
 
+@pytest.mark.parametrize("submitted", [True, False])
 def test_cancel_while_the_job_runs_elsewhere_says_how_to_cancel_it(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submitted: bool) -> None:
     # The generic lock message told the user to "choose another output with -o", which
-    # cancel has no use for.
+    # cancel has no use for; and a run that had not recorded a batch yet (it is about to)
+    # got "nothing to cancel".
     h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
-    assert isinstance(h.submit(detach=True), Detached)
+    if submitted:
+        assert isinstance(h.submit(detach=True), Detached)
+    else:
+        assert h.submit() is None  # recorded, no batch open: as a resume that just started
     lock = OutputLock(h.output)  # a resume running in another process holds it
     try:
         run = run_cli("cancel", h.job_id)
