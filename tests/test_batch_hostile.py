@@ -407,3 +407,24 @@ def test_a_batch_object_with_odd_request_counts_is_no_traceback(
     monkeypatch.setattr(fake, "retrieve", odd)
     assert h.submit() is None
     assert ok_ids(h.results()) == {"r1", "r2"}
+
+
+def test_status_of_a_job_stopped_before_any_batch_existed_does_not_call_it_submitted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server with no Batch API (a 404 on /v1/files) stops the job with its part planned.
+    # `status JOB` then "collected" it and recorded it as submitted, with "0 batches still on
+    # the server. Collect the rest with: batchrun resume".
+    fake = FakeBatchApi()
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+
+    async def no_files(path: Path, name: str) -> dict[str, Any]:
+        raise ApiCallFailed("HTTP 404: Invalid URL (POST /v1/files)", 404, "")
+
+    monkeypatch.setattr(fake, "upload", no_files)
+    with pytest.raises(BatchrunError):
+        h.submit()
+    assert h.manifest().state == "stopped"
+    run = run_cli("status", h.job_id)
+    assert run.code == 0
+    assert h.manifest().state == "stopped"
+    assert "submitted" not in run.stdout and "still on the server" not in run.stdout
