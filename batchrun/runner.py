@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.batch.entry import cancel_job, run_batch
-from batchrun.batch.parts import has_open_parts, send_failed_again
+from batchrun.batch.parts import (
+    drop_unsent_parts,
+    has_batches_on_server,
+    has_open_parts,
+    send_failed_again,
+)
 from batchrun.batch.run import Detached
 from batchrun.checkpoint import (
     OutputScan,
@@ -341,13 +346,17 @@ async def run(
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
-            # Requests in batches not yet collected must not be sent again by the sync path.
-            # (`status JOB` only collects: never the sync path, even if another process
-            # collected every batch since status looked.)
-            if spec.via == "batch" or spec.collect_once or has_open_parts(manifest.batch):
+            # Requests in batches on the server not yet collected must not be sent again by
+            # the sync path; parts never submitted are dropped when it runs. (`status JOB`
+            # only collects: never the sync path, even if another process collected every
+            # batch since status looked.)
+            if (spec.via == "batch" or spec.collect_once
+                    or has_batches_on_server(manifest.batch)):
                 stop = await run_batch(spec, manifest, store, api_key, fan_out, report, done,
                                        sleep=sleep, notify=notify)
             else:
+                if drop_unsent_parts(manifest.batch) and on_disk:
+                    store.save(manifest)  # before the sync path sends what they held
                 if spec.endpoints:
                     check_serves(spec.endpoints, list(report.models),
                                  Path(str(spec.endpoints_file)))

@@ -421,10 +421,30 @@ def test_status_of_a_job_stopped_before_any_batch_existed_does_not_call_it_submi
         raise ApiCallFailed("HTTP 404: Invalid URL (POST /v1/files)", 404, "")
 
     monkeypatch.setattr(fake, "upload", no_files)
-    with pytest.raises(BatchrunError):
-        h.submit()
+    with pytest.raises(BatchrunError, match=r"serve the Batch API.*--via sync"):
+        h.submit()  # not "Continue with: batchrun resume", which meets the same 404
     assert h.manifest().state == "stopped"
     run = run_cli("status", h.job_id)
     assert run.code == 0
     assert h.manifest().state == "stopped"
     assert "submitted" not in run.stdout and "still on the server" not in run.stdout
+
+
+def test_resume_via_sync_of_a_job_whose_batch_api_was_missing_sends_by_the_sync_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: Any) -> None:
+    # What the 404's message advises. A part that never reached the server (planned, not
+    # uploaded) barred the sync path as if its requests were in a batch.
+    fake = FakeBatchApi()
+    h = Harness(tmp_path, fake, monkeypatch, n=2, base_url=sim.base_url)
+
+    async def no_files(path: Path, name: str) -> dict[str, Any]:
+        raise ApiCallFailed("HTTP 404: Invalid URL (POST /v1/files)", 404, "")
+
+    monkeypatch.setattr(fake, "upload", no_files)
+    with pytest.raises(BatchrunError):
+        h.submit()
+    assert h.resume(via="sync") is None
+    assert ok_ids(h.results()) == {"r1", "r2"} and sim.stats.ok == 2
+    assert fake.calls.count("create") == 0
+    # The dropped part is not uploaded later by a --via batch resume.
+    assert h.resume(via="batch") is None and sim.stats.ok == 2

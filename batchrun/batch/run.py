@@ -525,8 +525,16 @@ class BatchJob:
                 if refused is not None:
                     raise refused(exc) from None
                 raise BatchrunError(f"The Batch API refused {what}: {exc.message}. "
-                                    f"{self._resume_hint()}") from None
+                                    f"{self._refused_hint(exc)}") from None
         raise AssertionError("unreachable")
+
+    def _refused_hint(self, exc: ApiCallFailed) -> str:
+        if exc.status not in (404, 405):
+            return self._resume_hint()
+        # The route itself is missing: resuming meets the same answer.
+        return (f"Does {self.spec.endpoint.host} serve the Batch API (files and batches)? If "
+                f"not, run the job with --via sync: batchrun resume {self.manifest.job_id} "
+                "--via sync.")
 
     def _unreachable(self, what: str, exc: Transient) -> StateError:
         return StateError(
