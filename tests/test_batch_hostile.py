@@ -448,3 +448,23 @@ def test_resume_via_sync_of_a_job_whose_batch_api_was_missing_sends_by_the_sync_
     assert fake.calls.count("create") == 0
     # The dropped part is not uploaded later by a --via batch resume.
     assert h.resume(via="batch") is None and sim.stats.ok == 2
+
+
+def test_an_output_file_the_api_no_longer_has_fails_its_requests_instead_of_every_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The batch completed, but its output file is gone (deleted, past its retention): every
+    # resume met the same 404 and the job could never end. Its requests ran (and were billed),
+    # so they are not sent again unasked: they fail, and --retry-failed is the user's choice.
+    fake = FakeBatchApi(steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+
+    async def gone(file_id: str, dest: Path) -> None:
+        raise ApiCallFailed(f"HTTP 404: No such File object: {file_id}", 404, "")
+
+    monkeypatch.setattr(fake, "download", gone)
+    assert h.submit() is None
+    results = h.results()
+    assert {x["error"]["code"] for x in results.values()} == {"output_file_missing"}
+    assert "--retry-failed" in results["r1"]["error"]["message"]
+    assert len(fake.order) == 1
+    assert any("is gone" in note for note in h.notes)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -69,6 +70,10 @@ def _stated_limit(message: str) -> int | None:
 class _Stop(Exception):
     """Ctrl-C ended a files or batches call: the run stops where a kill -9 would have, which
     the manifest's order of saves makes safe to resume from."""
+
+
+class _Gone(BatchrunError):
+    """A file the API no longer has."""
 
 
 class Detached(BatchrunError):
@@ -303,7 +308,7 @@ class BatchJob:
         path = self.files.lines_path(part.n)
         name = f"{self.manifest.job_id}-part{part.n}.jsonl"
         answer = await self._call(f"uploading part {part.n}",
-                                  lambda: self.api.upload(path, name))
+                                  lambda: self.api.upload(path, name), self._no_batch_api)
         file_id = text(answer.get("id"))
         if file_id is None:
             raise StateError(f"the API's answer to uploading part {part.n} names no file id.")
@@ -402,13 +407,15 @@ class BatchJob:
         ids = self.files.ids(part.n)
         id_set = set(ids)
         merged = Merged()
+        gone: str | None = None
         for which, file_id in (("output", part.output_file_id), ("error", part.error_file_id)):
             if file_id is None:
                 continue
             dest = self.files.download_path(part.n, which)
-            await self._call(f"downloading {which} file {file_id} of batch {part.batch_id}",
-                             partial(self.api.download, file_id, dest))
-            self.collector.merge(dest, id_set, part.model, part.attempt, merged)
+            if await self._download(part, which, file_id, dest):
+                self.collector.merge(dest, id_set, part.model, part.attempt, merged)
+            else:
+                gone = file_id
         if part.state == "failed":
             self._failed_validation(part, ids, merged)
         reason = {"expired": ("batch_expired", "the batch expired before this request ran"),
@@ -416,6 +423,15 @@ class BatchJob:
                                 "request ran")}.get(part.state,
                                                     ("batch_incomplete", "the batch returned "
                                                      "no result for this request"))
+        if gone is not None:
+            # They ran (and were billed), but their results are lost: not sent again unasked.
+            for cid in ids:
+                if cid not in merged.left:
+                    self.collector.fail(
+                        cid, part.model, "output_file_missing",
+                        f"the result file {gone} of batch {part.batch_id} is gone from the API "
+                        "(HTTP 404); resume --retry-failed sends the request again",
+                        part.attempt)
         for cid in ids:
             if cid not in self._done and cid not in merged.left:
                 merged.left[cid] = reason
@@ -439,6 +455,22 @@ class BatchJob:
                 f"({code}). Check ${self.spec.endpoint.key_env}, the account's billing and quota, "
                 f"then continue with: batchrun resume {self.manifest.job_id} (the "
                 f"{len(self._done):,} finished results in {self.spec.output} are kept).")
+
+    async def _download(self, part: Part, which: str, file_id: str, dest: Path) -> bool:
+        """The file into dest; False if the API no longer has it (deleted, past retention),
+        which every later try would meet too."""
+        def refused(exc: ApiCallFailed) -> BatchrunError:
+            return _Gone(exc.message) if exc.status == 404 else BatchrunError(
+                f"The Batch API refused {what}: {exc.message}. {self._resume_hint()}")
+
+        what = f"downloading {which} file {file_id} of batch {part.batch_id}"
+        try:
+            await self._call(what, partial(self.api.download, file_id, dest), refused)
+        except _Gone:
+            self._notify(f"The {which} file {file_id} of batch {part.batch_id} (part {part.n}) "
+                         "is gone from the API (HTTP 404): its requests are recorded as failed.")
+            return False
+        return True
 
     def _failed_validation(self, part: Part, ids: list[str], merged: Merged) -> None:
         """A batch that failed validation: the lines it names fail for good with its reason;
@@ -525,16 +557,16 @@ class BatchJob:
                 if refused is not None:
                     raise refused(exc) from None
                 raise BatchrunError(f"The Batch API refused {what}: {exc.message}. "
-                                    f"{self._refused_hint(exc)}") from None
+                                    f"{self._resume_hint()}") from None
         raise AssertionError("unreachable")
 
-    def _refused_hint(self, exc: ApiCallFailed) -> str:
-        if exc.status not in (404, 405):
-            return self._resume_hint()
-        # The route itself is missing: resuming meets the same answer.
-        return (f"Does {self.spec.endpoint.host} serve the Batch API (files and batches)? If "
+    def _no_batch_api(self, exc: ApiCallFailed) -> BatchrunError:
+        """An upload refused: with a 404 or 405 the route itself is missing, and resuming
+        meets the same answer."""
+        hint = (f"Does {self.spec.endpoint.host} serve the Batch API (files and batches)? If "
                 f"not, run the job with --via sync: batchrun resume {self.manifest.job_id} "
-                "--via sync.")
+                "--via sync." if exc.status in (404, 405) else self._resume_hint())
+        return BatchrunError(f"The Batch API refused uploading a part: {exc.message}. {hint}")
 
     def _unreachable(self, what: str, exc: Transient) -> StateError:
         return StateError(
