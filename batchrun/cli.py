@@ -332,6 +332,12 @@ def forget(
     """Forget a job: status no longer lists it. Its input and results are left as they are."""
     store = JobStore()
     manifest = store.find(job)
+    if has_batches_on_server(manifest.batch) and not manifest.batch.get("cancelled"):
+        raise InputError(
+            f"job {manifest.job_id} has batches on the server that nothing would collect or "
+            f"cancel once it is forgotten (they run on, and are billed). Collect them with "
+            f"batchrun resume {manifest.job_id}, or cancel them with batchrun cancel "
+            f"{manifest.job_id}, then forget it.")
     store.forget(manifest)
     out.print(f"Forgot job {manifest.job_id}. Its results stay in {manifest.output}.",
               markup=False)

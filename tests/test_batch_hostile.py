@@ -468,3 +468,17 @@ def test_an_output_file_the_api_no_longer_has_fails_its_requests_instead_of_ever
     assert "--retry-failed" in results["r1"]["error"]["message"]
     assert len(fake.order) == 1
     assert any("is gone" in note for note in h.notes)
+
+
+def test_forgetting_a_job_with_batches_on_the_server_says_they_run_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "Forgot job X. Its results stay in OUT." and nothing else: its batches went on running
+    # (and being billed) with nothing left that would ever collect or cancel them.
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
+    assert isinstance(h.submit(detach=True), Detached)
+    run = run_cli("forget", h.job_id)
+    assert run.code == 2, run.stdout
+    assert f"batchrun cancel {h.job_id}" in run.stderr
+    assert h.store.get(h.job_id) is not None
+    asyncio.run(runner.cancel_batches(h.manifest(), h.store))
+    assert run_cli("forget", h.job_id).code == 0 and h.store.get(h.job_id) is None
