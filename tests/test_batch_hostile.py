@@ -482,3 +482,17 @@ def test_forgetting_a_job_with_batches_on_the_server_says_they_run_on(
     assert h.store.get(h.job_id) is not None
     asyncio.run(runner.cancel_batches(h.manifest(), h.store))
     assert run_cli("forget", h.job_id).code == 0 and h.store.get(h.job_id) is None
+
+
+def test_an_output_file_that_echoes_the_input_is_not_taken_for_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lines with a custom_id but neither a response nor an error are no results: they were
+    # recorded as failed "http_None: the request failed with HTTP None".
+    def content(uploaded: list[dict[str, Any]]) -> web.Response:
+        return web.Response(body=b"".join(orjson.dumps(x) + b"\n" for x in uploaded))
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+        h.submit(max_retries=0)
+    results = h.results()
+    assert {x["error"]["code"] for x in results.values()} == {"batch_incomplete"}

@@ -111,6 +111,8 @@ class Collector:
                 continue
             response = obj.get("response")
             response = response if isinstance(response, dict) else None
+            if response is None and not isinstance(obj.get("error"), dict):
+                continue  # neither an answer nor an error: not a result line (an echo?)
             status = response.get("status_code") if response else None
             status = status if isinstance(status, int) and not isinstance(status, bool) else None
             body = response.get("body") if response else None
