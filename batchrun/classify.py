@@ -206,14 +206,14 @@ def _error_fields(body: Any) -> tuple[str, str, str]:
     return str(err.get("code") or ""), str(err.get("type") or ""), str(err.get("message") or "")
 
 
-def _scrub(value: Any, secrets: Sequence[str]) -> Any:
+def scrub(value: Any, secrets: Sequence[str]) -> Any:
     """A body that is not an answer with the key and anything key-shaped redacted, in keys too."""
     if isinstance(value, str):
         return redact(value, *secrets)
     if isinstance(value, dict):
-        return {redact(k, *secrets): _scrub(v, secrets) for k, v in value.items()}
+        return {redact(k, *secrets): scrub(v, secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [_scrub(v, secrets) for v in value]
+        return [scrub(v, secrets) for v in value]
     return value
 
 
@@ -370,7 +370,7 @@ def classify(
             return Outcome(Kind.OK, status, body, request_id, state, raw_body=_one_line(raw))
     # Anything else is the server's words about our request and may quote the key or echo our
     # headers (an httpbin-like 200 too).
-    body = _scrub(body, secrets)
+    body = scrub(body, secrets)
     out = Outcome(Kind.OK, status, body, request_id, state)
     if status == 200:
         out.kind, out.code = Kind.RETRY, "invalid_response"

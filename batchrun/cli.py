@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
-from batchrun.batch.parts import forget_open_parts, has_open_parts
+from batchrun.batch.parts import forget_open_parts, has_batches_on_server
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import EndpointConfig, load_endpoints
@@ -332,6 +332,12 @@ def forget(
     """Forget a job: status no longer lists it. Its input and results are left as they are."""
     store = JobStore()
     manifest = store.find(job)
+    if has_batches_on_server(manifest.batch) and not manifest.batch.get("cancelled"):
+        raise InputError(
+            f"job {manifest.job_id} has batches on the server that nothing would collect or "
+            f"cancel once it is forgotten (they run on, and are billed). Collect them with "
+            f"batchrun resume {manifest.job_id}, or cancel them with batchrun cancel "
+            f"{manifest.job_id}, then forget it.")
     store.forget(manifest)
     out.print(f"Forgot job {manifest.job_id}. Its results stay in {manifest.output}.",
               markup=False)
@@ -367,7 +373,7 @@ def _collect_finished(store: JobStore, manifest: Manifest) -> Manifest:
     """One job's batches on the server: merge what finished, then show the job. When that
     cannot be done now (it runs elsewhere, no key, the API does not answer), say why and show
     what is recorded."""
-    if (not has_open_parts(manifest.batch) or manifest.options.get("simulate")
+    if (not has_batches_on_server(manifest.batch) or manifest.options.get("simulate")
             or store.is_running(manifest)):
         return manifest
     try:

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.batch.entry import cancel_job, run_batch
-from batchrun.batch.parts import has_open_parts, send_failed_again
+from batchrun.batch.parts import (
+    drop_unsent_parts,
+    has_batches_on_server,
+    has_open_parts,
+    send_failed_again,
+)
 from batchrun.batch.run import Detached
 from batchrun.checkpoint import (
     OutputScan,
@@ -289,8 +294,14 @@ async def run(
             f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
             f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
             f"the Batch API, or use --via sync with --endpoints.")
+    if spec.detach and spec.via == "sync" and not has_open_parts(manifest.batch):
+        raise InputError(
+            "--detach leaves Batch API batches running and exits; the sync path (--via sync, "
+            "the default) has nothing to leave running. Add --via batch (or --via auto), or "
+            "drop --detach.")
     store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
+    _reread_batches(manifest, store)
     updater = _ManifestUpdater(store, manifest)
     try:
         scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
@@ -335,11 +346,17 @@ async def run(
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
-            # Requests in batches not yet collected must not be sent again by the sync path.
-            if spec.via == "batch" or has_open_parts(manifest.batch):
+            # Requests in batches on the server not yet collected must not be sent again by
+            # the sync path; parts never submitted are dropped when it runs. (`status JOB`
+            # only collects: never the sync path, even if another process collected every
+            # batch since status looked.)
+            if (spec.via == "batch" or spec.collect_once
+                    or has_batches_on_server(manifest.batch)):
                 stop = await run_batch(spec, manifest, store, api_key, fan_out, report, done,
                                        sleep=sleep, notify=notify)
             else:
+                if drop_unsent_parts(manifest.batch) and on_disk:
+                    store.save(manifest)  # before the sync path sends what they held
                 if spec.endpoints:
                     check_serves(spec.endpoints, list(report.models),
                                  Path(str(spec.endpoints_file)))
@@ -385,12 +402,28 @@ async def run(
         lock.release()
 
 
+def _reread_batches(manifest: Manifest, store: JobStore) -> None:
+    """Under the output's lock: the job's Batch API record as saved now. Another process may
+    have run the job since this one read its manifest (a resume that ended while `status`
+    waited for the lock); saving the old record over its parts would forget their batches,
+    and their requests would be submitted again."""
+    saved = store.get(manifest.job_id)
+    if saved is not None:
+        manifest.batch = saved.batch
+
+
 async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]:
     """`batchrun cancel`: cancel the job's running batches, under its output's lock (so not
     while a process runs the job). Returns (batches cancelled, parts dropped unsent)."""
+    if store.is_running(manifest):  # first: it may be about to submit batches
+        raise InputError(
+            f"job {manifest.job_id} is running in another batchrun process: stop it first "
+            f"(Ctrl-C; its batches go on running on the server), then run batchrun cancel "
+            f"{manifest.job_id} again.")
+    nothing = InputError(f"job {manifest.job_id} has no Batch API batches that are not "
+                         "finished; nothing to cancel.")
     if not has_open_parts(manifest.batch):
-        raise InputError(f"job {manifest.job_id} has no Batch API batches that are not finished;"
-                         " nothing to cancel.")
+        raise nothing
     spec, simulate = spec_from_manifest(manifest, {})
     if simulate:
         raise InputError(f"job {manifest.job_id} ran against the simulator, whose batches ended "
@@ -398,6 +431,9 @@ async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]
     key = spec.endpoint.api_key()
     lock = _lock_output(Path(manifest.output))
     try:
+        _reread_batches(manifest, store)
+        if not has_open_parts(manifest.batch):  # collected since it was read
+            raise nothing
         return await cancel_job(spec, manifest, store, key)
     finally:
         lock.release()

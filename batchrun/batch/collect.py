@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 
 from batchrun.checkpoint import OutputWriter, result_line
-from batchrun.classify import REFUSAL_CODES, reported_usage
-from batchrun.errors import StateError
+from batchrun.classify import REFUSAL_CODES, reported_usage, scrub
+from batchrun.errors import StateError, redact
 from batchrun.events import Listener, RequestFinished
 
 RETRY_CODES = frozenset({"batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded",
@@ -85,10 +85,12 @@ def _error_of(obj: dict[str, Any], body: Any, status: int | None) -> tuple[str, 
 class Collector:
     """Writes a part's results into the output; `done` is shared with the job and grows."""
 
-    def __init__(self, writer: OutputWriter, done: set[str], emit: Listener) -> None:
+    def __init__(self, writer: OutputWriter, done: set[str], emit: Listener,
+                 secrets: tuple[str, ...] = ()) -> None:
         self._writer = writer
         self._done = done
         self._emit = emit
+        self._secrets = secrets  # the key's forms: a failure's words may quote it
 
     def fail(self, cid: str, model: str, code: str, message: str, attempts: int) -> None:
         """A final failure line for a request no file answered (e.g. out of retries)."""
@@ -109,6 +111,8 @@ class Collector:
                 continue
             response = obj.get("response")
             response = response if isinstance(response, dict) else None
+            if response is None and not isinstance(obj.get("error"), dict):
+                continue  # neither an answer nor an error: not a result line (an echo?)
             status = response.get("status_code") if response else None
             status = status if isinstance(status, int) and not isinstance(status, bool) else None
             body = response.get("body") if response else None
@@ -122,7 +126,10 @@ class Collector:
                 merged.ok += 1
                 merged.left.pop(cid, None)
                 continue
-            code, message = _error_of(obj, body, status)
+            # Not an answer: the server's words about our request, which may quote the key.
+            body = scrub(body, self._secrets)
+            code, message = (redact(x, *self._secrets) for x in _error_of(obj, body, status))
+            request_id = redact(request_id, *self._secrets, hex_keys=False)
             if code in REFUSAL_CODES:
                 # Not the request's fault: kept unsent, and the job stops as the sync path does.
                 merged.left[cid] = (code, message)

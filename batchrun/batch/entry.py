@@ -12,6 +12,7 @@ from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
 from batchrun.batch.parts import BatchBook
 from batchrun.batch.remote import cancel_parts
 from batchrun.batch.run import BatchJob, Options
+from batchrun.classify import secret_forms
 from batchrun.errors import BatchrunError, StateError
 from batchrun.events import Listener
 from batchrun.jobs import InputReport
@@ -45,7 +46,7 @@ async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key:
     options = Options(spec.poll_max_s, spec.detach, spec.max_retries, spec.collect_once)
     async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
         job = BatchJob(spec, manifest, store, api, listener, report, done, options, sleep=sleep,
-                       notify=notify)
+                       notify=notify, secrets=secret_forms(api_key))
         return await drive(job, announce)
 
 

@@ -196,6 +196,26 @@ def has_open_parts(batch: Any) -> bool:
                for p in parts or [])
 
 
+def has_batches_on_server(batch: Any) -> bool:
+    """Does a manifest's `batch` record hold parts whose batch exists (or may: its create was
+    asked) and is not yet collected? Only then has `status JOB` anything to collect."""
+    parts = batch.get("parts") if isinstance(batch, dict) else None
+    return any(isinstance(p, dict) and p.get("state") not in ("planned", "uploaded", COLLECTED,
+                                                              DROPPED)
+               for p in parts or [])
+
+
+def drop_unsent_parts(batch: Any) -> int:
+    """Drop the parts whose batch was never asked for (planned, uploaded): their requests go
+    by the sync path now, and must not be submitted later too. How many parts."""
+    parts = batch.get("parts") if isinstance(batch, dict) else None
+    unsent = [p for p in parts or [] if isinstance(p, dict)
+              and p.get("state") in ("planned", "uploaded")]
+    for p in unsent:
+        p["state"] = DROPPED
+    return len(unsent)
+
+
 def forget_open_parts(batch: Any) -> int:
     """Drop the parts not yet collected (their requests are planned again): for a job that ran
     against the built-in simulator, whose batches ended with its process. How many parts."""

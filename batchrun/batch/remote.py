@@ -41,6 +41,11 @@ def text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def count(value: Any) -> int:
+    """A count the API gave, shown in progress only: anything but a count is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 def adopt(part: Part, batch: dict[str, Any]) -> bool:
     """Take what the API says of part's batch; True if anything changed."""
     before = (part.state, part.batch_id, part.completed, part.failed, part.output_file_id,
@@ -51,8 +56,8 @@ def adopt(part: Part, batch: dict[str, Any]) -> bool:
         part.state = status
     counts = batch.get("request_counts")
     if isinstance(counts, dict):
-        part.completed = int(counts.get("completed") or 0)
-        part.failed = int(counts.get("failed") or 0)
+        part.completed = count(counts.get("completed"))
+        part.failed = count(counts.get("failed"))
     part.output_file_id = text(batch.get("output_file_id")) or part.output_file_id
     part.error_file_id = text(batch.get("error_file_id")) or part.error_file_id
     return before != (part.state, part.batch_id, part.completed, part.failed,
@@ -110,9 +115,15 @@ async def cancel_parts(book: BatchBook, api: Api, job_id: str,
                 adopt(part, await api.cancel(part.batch_id))
                 cancelled += 1
             except ApiCallFailed as exc:
-                if exc.status != 409:
+                if exc.status == 404:
+                    # Unknown to the API (deleted, or made with another key): nothing of it
+                    # can be collected, so its requests end as a cancelled batch's would.
+                    part.state = "cancelled"
+                    cancelled += 1
+                elif exc.status == 409:
+                    # Finalizing or finished already: nothing to cancel, resume collects it.
+                    adopt(part, await api.retrieve(part.batch_id))
+                else:
                     raise
-                # Finalizing or finished already: nothing to cancel, resume collects it.
-                adopt(part, await api.retrieve(part.batch_id))
         save()
     return cancelled, dropped

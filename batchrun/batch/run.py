@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -32,7 +34,14 @@ from batchrun.batch.parts import (
 from batchrun.batch.plan import Draft, Item, Limits, QueueGate, split
 from batchrun.batch.remote import Api, adopt, find_batch, text, validation_errors
 from batchrun.checkpoint import OutputWriter
-from batchrun.errors import ApiRefused, BadLine, BatchrunError, Interrupted, StateError
+from batchrun.errors import (
+    ApiRefused,
+    BadLine,
+    BatchrunError,
+    Interrupted,
+    StateError,
+    redact,
+)
 from batchrun.events import JobStarted, Listener, StateChanged
 from batchrun.jobs import InputReport, Reading, Request, read_jobs
 from batchrun.jobstore import JobStore, Manifest
@@ -46,6 +55,25 @@ MAX_BACKOFF_S = 60.0
 TOKEN_CHUNK = 4096
 MIN_CALL_RETRIES = 5
 SHOWN_ERRORS = 20
+
+
+# The limit an enqueued-token refusal names: OpenAI's "Limit: 2,000,000 enqueued tokens",
+# Azure's "the configured limit of 2,000,000".
+_LIMIT = re.compile(r"[Ll]imit(?::| of)\s*(\d[\d,]*)")
+
+
+def _stated_limit(message: str) -> int | None:
+    found = _LIMIT.search(message)
+    return int(found.group(1).replace(",", "")) or None if found else None
+
+
+class _Stop(Exception):
+    """Ctrl-C ended a files or batches call: the run stops where a kill -9 would have, which
+    the manifest's order of saves makes safe to resume from."""
+
+
+class _Gone(BatchrunError):
+    """A file the API no longer has."""
 
 
 class Detached(BatchrunError):
@@ -66,14 +94,17 @@ class BatchJob:
     def __init__(self, spec: JobSpec, manifest: Manifest, store: JobStore, api: Api,
                  listener: Listener, report: InputReport, done: set[str], options: Options, *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 notify: Callable[[str], None] = lambda message: None) -> None:
+                 notify: Callable[[str], None] = lambda message: None,
+                 secrets: tuple[str, ...] = ()) -> None:
         self.spec, self.manifest, self.store, self.api = spec, manifest, store, api
+        self._secrets = secrets  # the key's forms, kept out of what the output records
         self._emit, self._report, self._done, self._opt = listener, report, done, options
         self._sleep, self._notify = sleep, notify
         self.book = BatchBook.load(manifest.batch, manifest.job_id)
         self.files = PartFiles(store.home, manifest.job_id)
         self._interrupted = False
         self._napping: asyncio.Task[None] | None = None
+        self._calling: asyncio.Future[Any] | None = None  # the files or batches call in flight
         self._replan = True
         # A files or batches call is asked again at least this often: a --max-retries 0 meant
         # for requests must not end a day-long wait at the first 502 of a poll.
@@ -89,6 +120,8 @@ class BatchJob:
         self._interrupted = True
         if self._napping is not None:
             self._napping.cancel()
+        if self._calling is not None:
+            self._calling.cancel()
 
     async def run(self, announce: bool = True) -> BatchrunError | None:
         """`announce=False`: the sync path already started this run (`--via auto`), so its
@@ -100,8 +133,10 @@ class BatchJob:
         self._emit(StateChanged("running"))
         writer = OutputWriter(self.spec.output)
         try:
-            self.collector = Collector(writer, self._done, self._emit)
+            self.collector = Collector(writer, self._done, self._emit, self._secrets)
             return await self._loop()
+        except _Stop:
+            return self._stopped()
         finally:
             writer.close()
 
@@ -144,6 +179,23 @@ class BatchJob:
                 return self._stopped()
             interval = min(interval * 2, max(FIRST_POLL_S, self._opt.poll_max_s))
 
+    async def _interruptible(self, call: Awaitable[T]) -> T:
+        """A files or batches call that Ctrl-C ends at once, not when the server answers."""
+        if self._interrupted:
+            if asyncio.iscoroutine(call):
+                call.close()  # never to run: closed, so no "never awaited" warning
+            raise _Stop
+        task: asyncio.Future[T] = asyncio.ensure_future(call)
+        self._calling = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            raise _Stop from None
+        finally:
+            self._calling = None
+
     async def _nap(self, seconds: float) -> None:
         self._napping = asyncio.ensure_future(self._sleep(seconds))
         try:
@@ -172,7 +224,7 @@ class BatchJob:
         for p in self.book.parts:
             if p.state == COLLECTED and p.n >= self.book.tries_from:
                 for cid, code, message in self.files.left(p.n):
-                    if cid not in tried or tried[cid][0] < p.attempt:
+                    if cid not in tried or tried[cid][0] <= p.attempt:
                         tried[cid] = (p.attempt, code, message)
         limits = {m: Limits(queue_tokens=self._queue_limit(m)) for m in self._report.models}
         attempts: dict[str, int] = {}
@@ -256,7 +308,7 @@ class BatchJob:
         path = self.files.lines_path(part.n)
         name = f"{self.manifest.job_id}-part{part.n}.jsonl"
         answer = await self._call(f"uploading part {part.n}",
-                                  lambda: self.api.upload(path, name))
+                                  lambda: self.api.upload(path, name), self._no_batch_api)
         file_id = text(answer.get("id"))
         if file_id is None:
             raise StateError(f"the API's answer to uploading part {part.n} names no file id.")
@@ -278,12 +330,13 @@ class BatchJob:
             part.state = "creating"
             self._save()
             try:
-                batch = await self.api.create(part.file_id, self.api.batch_endpoint(part.url),
-                                              part.metadata(self.manifest.job_id))
+                batch = await self._interruptible(self.api.create(
+                    part.file_id, self.api.batch_endpoint(part.url),
+                    part.metadata(self.manifest.job_id)))
             except Transient as exc:
                 if attempt == self._call_retries:
                     raise self._unreachable(f"creating the batch of part {part.n}", exc) from None
-                await self._sleep(delay)
+                await self._nap(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             except ApiCallFailed as exc:
@@ -314,9 +367,7 @@ class BatchJob:
                 continue
             if part.state not in TERMINAL:
                 assert part.batch_id is not None
-                batch_id = part.batch_id
-                batch = await self._call(f"checking batch {batch_id}",
-                                         partial(self.api.retrieve, batch_id))
+                batch = await self._retrieve(part)
                 if adopt(part, batch):
                     changed = True
                     self._save()
@@ -324,29 +375,47 @@ class BatchJob:
                     part.errors = [self._describe(part, e) for e in validation_errors(batch)]
             if part.state in TERMINAL and not self._interrupted:
                 if part.state == "failed" and not part.errors:
-                    batch_id = part.batch_id or ""
-                    batch = await self._call(f"checking batch {batch_id}",
-                                             partial(self.api.retrieve, batch_id))
+                    batch = await self._retrieve(part)
                     part.errors = [self._describe(part, e) for e in validation_errors(batch)]
                 await self._collect(part)
                 changed = True
         return changed
 
+    async def _retrieve(self, part: Part) -> dict[str, Any]:
+        batch_id, job = part.batch_id or "", self.manifest.job_id
+
+        def refused(exc: ApiCallFailed) -> BatchrunError:
+            if exc.status != 404:
+                return BatchrunError(f"The Batch API refused checking batch {batch_id}: "
+                                     f"{exc.message}. {self._resume_hint()}")
+            # Asking again cannot help, and sending its requests again could bill them twice.
+            return StateError(
+                f"The Batch API does not know batch {batch_id} of part {part.n} (HTTP 404): "
+                f"was job {job} started with another key or project, or the batch deleted? "
+                f"Run it again with that key, or stop waiting for the batch with: batchrun "
+                f"cancel {job} (its requests are then recorded as failed; resume "
+                "--retry-failed sends them again, billed again if the batch did run).")
+
+        return await self._call(f"checking batch {batch_id}",
+                                partial(self.api.retrieve, batch_id), refused)
+
     def _describe(self, part: Part, error: tuple[int | None, str, str]) -> str:
-        line, code, message = error
-        return orjson.dumps([line, code, message]).decode()
+        line, code, message = error  # the server's words, which may quote the key
+        return orjson.dumps([line, *(redact(x, *self._secrets) for x in (code, message))]).decode()
 
     async def _collect(self, part: Part) -> None:
         ids = self.files.ids(part.n)
         id_set = set(ids)
         merged = Merged()
+        gone: str | None = None
         for which, file_id in (("output", part.output_file_id), ("error", part.error_file_id)):
             if file_id is None:
                 continue
             dest = self.files.download_path(part.n, which)
-            await self._call(f"downloading {which} file {file_id} of batch {part.batch_id}",
-                             partial(self.api.download, file_id, dest))
-            self.collector.merge(dest, id_set, part.model, part.attempt, merged)
+            if await self._download(part, which, file_id, dest):
+                self.collector.merge(dest, id_set, part.model, part.attempt, merged)
+            else:
+                gone = file_id
         if part.state == "failed":
             self._failed_validation(part, ids, merged)
         reason = {"expired": ("batch_expired", "the batch expired before this request ran"),
@@ -354,6 +423,15 @@ class BatchJob:
                                 "request ran")}.get(part.state,
                                                     ("batch_incomplete", "the batch returned "
                                                      "no result for this request"))
+        if gone is not None:
+            # They ran (and were billed), but their results are lost: not sent again unasked.
+            for cid in ids:
+                if cid not in merged.left:
+                    self.collector.fail(
+                        cid, part.model, "output_file_missing",
+                        f"the result file {gone} of batch {part.batch_id} is gone from the API "
+                        "(HTTP 404); resume --retry-failed sends the request again",
+                        part.attempt)
         for cid in ids:
             if cid not in self._done and cid not in merged.left:
                 merged.left[cid] = reason
@@ -378,6 +456,22 @@ class BatchJob:
                 f"then continue with: batchrun resume {self.manifest.job_id} (the "
                 f"{len(self._done):,} finished results in {self.spec.output} are kept).")
 
+    async def _download(self, part: Part, which: str, file_id: str, dest: Path) -> bool:
+        """The file into dest; False if the API no longer has it (deleted, past retention),
+        which every later try would meet too."""
+        def refused(exc: ApiCallFailed) -> BatchrunError:
+            return _Gone(exc.message) if exc.status == 404 else BatchrunError(
+                f"The Batch API refused {what}: {exc.message}. {self._resume_hint()}")
+
+        what = f"downloading {which} file {file_id} of batch {part.batch_id}"
+        try:
+            await self._call(what, partial(self.api.download, file_id, dest), refused)
+        except _Gone:
+            self._notify(f"The {which} file {file_id} of batch {part.batch_id} (part {part.n}) "
+                         "is gone from the API (HTTP 404): its requests are recorded as failed.")
+            return False
+        return True
+
     def _failed_validation(self, part: Part, ids: list[str], merged: Merged) -> None:
         """A batch that failed validation: the lines it names fail for good with its reason;
         the rest are fine and go into a new part. With no line named, the whole part fails
@@ -395,12 +489,12 @@ class BatchJob:
                 shown.append(f"line {ours} of {self.spec.input} (id {cid!r}): {code}: {message}")
             else:
                 shown.append(f"{code}: {message}")
-        if any(code == "token_limit_exceeded" for _, code, _ in errors):
-            self._held.add(part.model)
-            others = sum(p.tokens for p in self.book.parts
-                         if p.active and p.model == part.model and p is not part)
-            if others:
-                self._seen_limit[part.model] = others
+        refusal = next((m for _, code, m in errors if code == "token_limit_exceeded"), None)
+        waits = refusal is not None and not self._queue_refused(part, ids, refusal)
+        if named or waits:
+            # What is left did not run (other lines were at fault, or the queue was full):
+            # not a try, its requests keep their tries.
+            part.attempt -= 1
         if not named and all(code != "token_limit_exceeded" for _, code, _ in errors):
             _, code, message = errors[0]
             for cid in ids:
@@ -414,23 +508,65 @@ class BatchJob:
         self._notify(f"Batch {part.batch_id} (part {part.n}, {part.count:,} requests) failed "
                      "validation:\n  " + "\n  ".join(shown[:SHOWN_ERRORS]) + more)
 
+    def _queue_refused(self, part: Part, ids: list[str], message: str) -> bool:
+        """An enqueued-token refusal: hold the model's parts until the next poll, and learn
+        how big a part may be. Whether it counts as one of the requests' tries: only when
+        the API's answer cannot tell a queue other jobs fill from a part that never fits."""
+        self._held.add(part.model)
+        others = sum(p.tokens for p in self.book.parts
+                     if p.active and p.model == part.model and p is not part)
+        if others:
+            self._seen_limit[part.model] = others
+            return False
+        limit = _stated_limit(message)
+        if limit is None:
+            return True
+        if part.tokens <= limit // 2:
+            return False  # no count is that far from the API's: other jobs hold the queue
+        # Over nine tenths of the limit it cannot fit; below, our count of prompt tokens may
+        # be under the API's (the simulator's runs 40 % higher on some text): halve.
+        room = limit * 9 // 10 if part.tokens > limit * 9 // 10 else part.tokens // 2
+        if part.count > 1:
+            seen = self._seen_limit.get(part.model)
+            self._seen_limit[part.model] = min(seen, room) if seen else room
+            return False
+        if part.tokens <= limit * 9 // 10:
+            return True  # alone and maybe over: a try, so it ends at --max-retries
+        self.collector.fail(
+            ids[0], part.model, "token_limit_exceeded",
+            f"this request alone has about {part.tokens:,} prompt tokens, too many for the "
+            f"API's enqueued-token limit of {limit:,} for {part.model}: no batch can hold it. "
+            "Send it with --via sync.", part.attempt)
+        return False
+
     # -- calls, messages, state -----------------------------------------------------------------
 
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]],
+                    refused: Callable[[ApiCallFailed], BatchrunError] | None = None) -> T:
         """`call`, again after a transient failure (with backoff), up to --max-retries."""
         delay = FIRST_POLL_S
         for attempt in range(self._call_retries + 1):
             try:
-                return await call()
+                return await self._interruptible(call())
             except Transient as exc:
                 if attempt == self._call_retries:
                     raise self._unreachable(what, exc) from None
-                await self._sleep(delay)
+                await self._nap(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
             except ApiCallFailed as exc:
+                if refused is not None:
+                    raise refused(exc) from None
                 raise BatchrunError(f"The Batch API refused {what}: {exc.message}. "
                                     f"{self._resume_hint()}") from None
         raise AssertionError("unreachable")
+
+    def _no_batch_api(self, exc: ApiCallFailed) -> BatchrunError:
+        """An upload refused: with a 404 or 405 the route itself is missing, and resuming
+        meets the same answer."""
+        hint = (f"Does {self.spec.endpoint.host} serve the Batch API (files and batches)? If "
+                f"not, run the job with --via sync: batchrun resume {self.manifest.job_id} "
+                "--via sync." if exc.status in (404, 405) else self._resume_hint())
+        return BatchrunError(f"The Batch API refused uploading a part: {exc.message}. {hint}")
 
     def _unreachable(self, what: str, exc: Transient) -> StateError:
         return StateError(
@@ -491,9 +627,13 @@ class BatchJob:
                     COLLECTED: "done"}.get(p.state, p.state.replace("_", " "))
             counts = f" {p.completed + p.failed:,}/{p.count:,}" if p.batch_id else ""
             shown.append(f"part {p.n} {what}{counts}")
+        models = sorted({p.model for p in parts})
+        named = len(models) > 1  # each model has its own queue: say which is which
         queued = " · ".join(
-            f"queued {self._in_progress(m):,}/{self._queue_limit(m):,} tok" if self._queue_limit(m)
-            else f"queued {self._in_progress(m):,} tok" for m in sorted({p.model for p in parts}))
+            (f"{m} " if named else "") + (
+                f"queued {self._in_progress(m):,}/{self._queue_limit(m):,} tok"
+                if self._queue_limit(m) else f"queued {self._in_progress(m):,} tok")
+            for m in models)
         more = f" · +{len(parts) - 6} parts" if len(parts) > 6 else ""
         self._emit(StateChanged("batch", " · ".join(shown) + more + " · " + queued))
 

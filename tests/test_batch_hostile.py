@@ -1,0 +1,498 @@
+"""The Batch API path attacked as a hostile user and a hostile server would: what broke in the
+review of #15, each shown first by a test here (in-process, the simulator's clock moved by the
+client's waits, no real seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from batchrun import runner
+from batchrun.batch import entry as batch_entry
+from batchrun.batch.api import ApiCallFailed, BatchApi
+from batchrun.batch.run import BatchJob, Detached
+from batchrun.errors import BatchrunError, Interrupted
+from batchrun.events import StateChanged, Stats
+from batchrun.outputlock import OutputLock
+from batchrun.sim import SimConfig
+from batchrun.sim_batch import BatchConfig
+from tests import test_batch_run
+from tests.batch_fake import FakeBatchApi, Outcome
+from tests.conftest import FAKE_KEY, run_cli, write_jsonl
+from tests.test_batch_run import Harness, ok_ids
+from tests.test_batch_sim import SimHarness
+
+
+def batch_sim(sim_factory: Any, **config: Any) -> Any:
+    return sim_factory(SimConfig(batch=BatchConfig(**{"seconds": 10, **config})))
+
+
+def test_a_queue_smaller_than_the_preset_splits_the_part_instead_of_failing_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_factory: Any) -> None:
+    # The account's enqueued-token limit (here 40) is far below the tier preset (2,000,000)
+    # batchrun planned with: the one part is refused however often it goes as it is.
+    sim = batch_sim(sim_factory, queue_tokens=40, seconds=1)
+    h = SimHarness(tmp_path, monkeypatch, sim, n=8, max_retries=2)
+    assert h.submit() is None
+    assert ok_ids(h.results()) == {f"r{i}" for i in range(1, 9)}
+    assert h.runs() == {f"r{i}": 1 for i in range(1, 9)}
+
+
+def test_enqueued_token_refusals_do_not_use_up_a_requests_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another job holds the account's queue for a while: its refusals are waits, not tries.
+    refusal = Outcome("failed", validation=[{
+        "code": "token_limit_exceeded", "line": None,
+        "message": "Enqueued token limit reached for gpt-4o-mini in organization org-x. "
+                   "Limit: 2,000,000 enqueued tokens. Please try again once some in_progress "
+                   "batches have been completed."}])
+    fake = FakeBatchApi(lambda n: refusal if n <= 4 else Outcome(), steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=3, max_retries=1)
+    assert h.submit() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+
+
+def test_a_request_alone_over_the_queue_limit_fails_at_once_saying_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_factory: Any) -> None:
+    sim = batch_sim(sim_factory, queue_tokens=30)
+    h = SimHarness(tmp_path, monkeypatch, sim, n=2, max_retries=8)
+    big = {"id": "big", "prompt": "word " * 200, "max_tokens": 5}
+    small = {"id": "small", "prompt": "hi", "max_tokens": 5}
+    write_jsonl(h.input, [big, small])
+    assert h.submit() is None
+    results = h.results()
+    assert results["small"]["error"] is None
+    error = results["big"]["error"]
+    assert error["code"] == "token_limit_exceeded"
+    assert "enqueued-token limit" in error["message"] and "--via sync" in error["message"]
+    # Refused once, not sent again and again until --max-retries ran out.
+    assert len(sim.stats.batch.created) <= 3
+
+
+class HostileBatches:
+    """A Batch API on loopback whose batch finishes at once and whose output file is what the
+    test scripts: `content(lines)` gets the uploaded lines and returns the response."""
+
+    def __init__(self, content: Any, output_file_id: str = "file-out",
+                 on_upload: Any = None) -> None:
+        self.content, self.output_file_id = content, output_file_id
+        self.on_upload = on_upload  # called as an upload arrives; then it never answers
+        self.uploaded: list[dict[str, Any]] = []
+        self.seen: list[str] = []  # path and Authorization of every request
+        self.base_url = ""
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _app(self) -> web.Application:
+        app = web.Application()
+
+        async def upload(request: web.Request) -> web.Response:
+            if self.on_upload is not None:
+                self.on_upload()
+                await self._stalled.wait()  # a stalled upload: no answer until the end
+                return web.Response(status=500)
+            form = await request.post()
+            file = form["file"]
+            assert isinstance(file, web.FileField)
+            self.uploaded = [orjson.loads(x) for x in file.file.read().splitlines()]
+            return web.json_response({"id": "file-in", "object": "file", "purpose": "batch"})
+
+        def batch() -> dict[str, Any]:
+            return {"id": "batch_1", "object": "batch", "status": "completed",
+                    "output_file_id": self.output_file_id, "error_file_id": None,
+                    "request_counts": {"total": 1, "completed": 1, "failed": 0}}
+
+        async def create(request: web.Request) -> web.Response:
+            return web.json_response(batch())
+
+        async def retrieve(request: web.Request) -> web.Response:
+            return web.json_response(batch())
+
+        async def content(request: web.Request) -> web.StreamResponse:
+            result: web.StreamResponse = self.content(self.uploaded)
+            return result
+
+        @web.middleware
+        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+            self.seen.append(f"{request.path_qs} {request.headers.get('Authorization')}")
+            result: web.StreamResponse = await handler(request)
+            return result
+
+        app.middlewares.append(record)
+        app.router.add_post("/v1/files", upload)
+        app.router.add_post("/v1/batches", create)
+        app.router.add_get("/v1/batches/batch_1", retrieve)
+        app.router.add_get("/v1/files/{file_id:.*}", content)
+        app.router.add_get("/{tail:.*}", content)
+        return app
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._stalled = asyncio.Event()
+        runner = web.AppRunner(self._app())
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        port = runner.addresses[0][1]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    def __enter__(self) -> HostileBatches:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._loop.call_soon_threadsafe(self._stalled.set)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def ok_line(cid: str) -> bytes:
+    return orjson.dumps({"id": f"batch_req_{cid}", "custom_id": cid, "error": None,
+                         "response": {"status_code": 200, "request_id": f"req_{cid}",
+                                      "body": {"choices": [], "usage": {
+                                          "prompt_tokens": 1, "completion_tokens": 1}}}}) + b"\n"
+
+
+def real_api_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any,
+                     n: int) -> Harness:
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=n, base_url=server.base_url)
+    monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)  # the real client, over HTTP
+    return h
+
+
+def test_an_output_file_with_strangers_duplicates_and_garbage_gives_one_line_per_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def content(uploaded: list[dict[str, Any]]) -> web.Response:
+        ids = [x["custom_id"] for x in uploaded]
+        body = (ok_line("never-sent") + b"not json at all\n[1, 2]\n\xff\xfe\n"
+                + b"".join(ok_line(c) + ok_line(c) for c in ids[:-1]) + ok_line(ids[0]))
+        return web.Response(body=body)
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=4)
+        stop = h.submit(max_retries=0)
+    results = h.results()  # fails on a duplicate id
+    assert set(results) == {"r1", "r2", "r3", "r4"}
+    assert ok_ids(results) == {"r1", "r2", "r3"}
+    assert results["r4"]["error"]["code"] == "batch_incomplete"
+    assert stop is None
+
+
+def test_a_download_never_leaves_the_base_url_nor_follows_a_redirect(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The batch names its output file by a path and a URL of another host, and the content
+    # route answers with a redirect there: the key must reach no other host.
+    file_id = "../../http://127.0.0.2:9/x"
+    with HostileBatches(lambda lines: web.Response(body=b"x\n"), file_id) as elsewhere:
+        def content(uploaded: list[dict[str, Any]]) -> web.Response:
+            return web.Response(status=302, headers={"Location": elsewhere.base_url + "/s"})
+
+        with HostileBatches(content, file_id) as server:
+            h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+            with pytest.raises(BatchrunError, match="redirect, which batchrun never follows"
+                               ) as stop:
+                h.submit()
+    assert elsewhere.seen == []
+    assert all(s.startswith("/v1/") for s in server.seen)
+    assert FAKE_KEY not in stop.value.message
+
+
+def test_a_batch_the_api_no_longer_knows_is_a_way_out_not_a_dead_end(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The job's batch was made with another key (another project), or deleted: every poll is
+    # a 404. Resume must say what to do, and cancel must be that way out.
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    assert isinstance(h.submit(detach=True), Detached)
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    monkeypatch.setattr(fake, "retrieve", unknown)
+    monkeypatch.setattr(fake, "cancel", unknown)
+    with pytest.raises(BatchrunError) as stuck:
+        h.resume()
+    assert stuck.value.exit_code != 1  # nothing finished: not "some requests failed for good"
+    assert "another key" in stuck.value.message
+    assert f"batchrun cancel {h.job_id}" in stuck.value.message
+    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 0)
+    assert h.resume() is None
+    assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
+    assert h.manifest().failed == 2
+
+
+def test_detach_with_the_sync_path_is_refused_before_anything_is_sent(
+        tmp_path: Path, sim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # --detach promises "submitted, exit at once"; the sync path has nothing to leave running
+    # on the server, so it used to ignore the flag and run the whole job in the foreground.
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}])
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--detach", "-q")
+    assert run.code == 2, run.stdout + run.stderr
+    assert "--detach" in run.stderr and "--via batch" in run.stderr
+    assert sim.stats.received == 0
+    assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+def test_requests_a_failed_validation_did_not_name_keep_their_tries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API refuses the file for line 1 alone: lines 2 and 3 never ran, so with
+    # --max-retries 0 they still go (once) in a new part instead of failing for good.
+    bad = Outcome("failed", validation=[{"code": "invalid_url", "line": 1,
+                                         "message": "bad url"}])
+    fake = FakeBatchApi(lambda n: bad if n == 1 else Outcome(), steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=3, max_retries=0)
+    assert h.submit() is None
+    results = h.results()
+    assert results["r1"]["error"]["code"] == "invalid_url"
+    assert ok_ids(results) == {"r2", "r3"}
+
+
+def test_an_error_file_quoting_the_key_does_not_put_it_in_the_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A careless server echoes our headers in its request-level errors, as the sync path's
+    # tests have proxies do: the output (which users share) must not keep the key.
+    def content(uploaded: list[dict[str, Any]]) -> web.Response:
+        lines = [orjson.dumps({
+            "id": f"batch_req_{x['custom_id']}", "custom_id": x["custom_id"], "error": None,
+            "response": {"status_code": 400, "request_id": "req_1", "body": {"error": {
+                "message": f"Unsupported header Authorization: Bearer {FAKE_KEY}",
+                "type": "invalid_request_error", "code": f"bad_{FAKE_KEY}"},
+                "echo": {f"Bearer {FAKE_KEY}": [FAKE_KEY]}}}}) + b"\n" for x in uploaded]
+        return web.Response(body=b"".join(lines))
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+        h.submit()
+    raw = h.output.read_bytes()
+    assert len(h.results()) == 2
+    assert FAKE_KEY.encode() not in raw
+    assert b"Unsupported header Authorization" in raw  # the server's words, less the key
+
+
+def test_a_validation_error_quoting_the_key_is_not_recorded_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = Outcome("failed", validation=[{"code": "invalid_request", "line": None,
+                                         "message": f"bad header: Bearer {FAKE_KEY}"}])
+    h = Harness(tmp_path, FakeBatchApi(lambda n: bad, steps=1), monkeypatch, n=2)
+    assert h.submit() is None
+    assert {x["error"]["code"] for x in h.results().values()} == {"invalid_request"}
+    written = [h.output.read_bytes(), (h.store.dir / f"{h.job_id}.json").read_bytes(),
+               *(p.read_bytes() for p in (h.store.home / "batches").rglob("*") if p.is_file())]
+    assert all(FAKE_KEY.encode() not in raw for raw in written)
+    assert all(FAKE_KEY not in note for note in h.notes)
+
+
+def test_a_status_that_read_the_manifest_before_a_resume_ended_does_not_forget_its_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `status JOB` reads the manifest, then waits for the output's lock while a resume ends;
+    # the resume submitted part 2 (the expired part 1's rest). Status must not save its stale
+    # copy over that record: the next resume would submit part 2's requests again.
+    fake = FakeBatchApi(lambda n: Outcome("expired", finish=1) if n == 1 else Outcome(),
+                        steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=3)
+    assert isinstance(h.submit(detach=True), Detached)
+    stale = h.manifest()
+    assert isinstance(h.resume(detach=True), Detached)  # collects part 1, submits part 2
+    assert len(fake.order) == 2
+    asyncio.run(runner.collect_finished(stale, h.store, Stats()))
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+    assert len(fake.order) == 2, "part 2's requests were submitted twice"
+
+
+def test_the_progress_line_names_the_model_of_each_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two models queue separately; "queued 8/90,000 tok · queued 25/2,000,000 tok" did not
+    # say which was which.
+    shown: list[str] = []
+
+    class Recording(Stats):
+        def __call__(self, event: Any) -> None:
+            super().__call__(event)
+            if isinstance(event, StateChanged) and event.state == "batch":
+                shown.append(event.detail)
+
+    monkeypatch.setattr(test_batch_run, "Stats", Recording)
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
+    write_jsonl(h.input, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y",
+                                                       "model": "gpt-4o"}])
+    assert h.submit() is None
+    assert "gpt-4o queued " in shown[0] and "gpt-4o-mini queued " in shown[0]
+
+
+def test_a_server_counting_more_prompt_tokens_than_batchrun_still_gets_every_part_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim_factory: Any) -> None:
+    # The simulator counts this text about 40 % higher than tiktoken does: parts planned to
+    # nine tenths of the stated limit are still over it, and must shrink, not wait forever.
+    sim = batch_sim(sim_factory, queue_tokens=1000)
+    h = SimHarness(tmp_path, monkeypatch, sim, n=10)
+    text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 20
+    write_jsonl(h.input, [{"id": f"r{i}", "prompt": text, "max_tokens": 5} for i in range(10)])
+    assert h.submit() is None
+    assert ok_ids(h.results()) == {f"r{i}" for i in range(10)}
+    assert len(h.parts_created()) < 12
+
+
+@pytest.mark.timeout(10)  # without the fix the run waits on the stalled upload for good
+def test_ctrl_c_during_a_stalled_upload_stops_the_run_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C only cut the wait between polls: during a files or batches call that the server
+    # does not answer (a 200 MB upload on a slow link, a hung gateway) it did nothing until
+    # --timeout, and then the call was asked again.
+    started: list[tuple[BatchJob, asyncio.AbstractEventLoop]] = []
+    made = BatchJob.__init__
+
+    def init(self: BatchJob, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        started.append((self, asyncio.get_running_loop()))
+
+    monkeypatch.setattr(BatchJob, "__init__", init)
+
+    def ctrl_c() -> None:
+        job, loop = started[0]
+        loop.call_soon_threadsafe(job.interrupt)
+
+    with HostileBatches(lambda lines: web.Response(body=b""), on_upload=ctrl_c) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+        stop = h.submit()
+    assert isinstance(stop, Interrupted) and stop.exit_code == 130
+    assert h.manifest().batch["parts"][0]["state"] == "planned"  # uploaded again by resume
+
+
+@pytest.mark.parametrize("submitted", [True, False])
+def test_cancel_while_the_job_runs_elsewhere_says_how_to_cancel_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, submitted: bool) -> None:
+    # The generic lock message told the user to "choose another output with -o", which
+    # cancel has no use for; and a run that had not recorded a batch yet (it is about to)
+    # got "nothing to cancel".
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
+    if submitted:
+        assert isinstance(h.submit(detach=True), Detached)
+    else:
+        assert h.submit() is None  # recorded, no batch open: as a resume that just started
+    lock = OutputLock(h.output)  # a resume running in another process holds it
+    try:
+        run = run_cli("cancel", h.job_id)
+    finally:
+        lock.release()
+    assert run.code == 2
+    assert "-o" not in run.stderr and "Ctrl-C" in run.stderr
+    assert f"batchrun cancel {h.job_id}" in run.stderr
+    assert h.fake.calls.count("cancel") == 0
+
+
+def test_a_batch_object_with_odd_request_counts_is_no_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi(steps=2)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    retrieve = fake.retrieve
+
+    async def odd(batch_id: str) -> dict[str, Any]:
+        batch = await retrieve(batch_id)
+        batch["request_counts"] = {"completed": "n/a", "failed": [1], "total": None}
+        return batch
+
+    monkeypatch.setattr(fake, "retrieve", odd)
+    assert h.submit() is None
+    assert ok_ids(h.results()) == {"r1", "r2"}
+
+
+def test_status_of_a_job_stopped_before_any_batch_existed_does_not_call_it_submitted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server with no Batch API (a 404 on /v1/files) stops the job with its part planned.
+    # `status JOB` then "collected" it and recorded it as submitted, with "0 batches still on
+    # the server. Collect the rest with: batchrun resume".
+    fake = FakeBatchApi()
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+
+    async def no_files(path: Path, name: str) -> dict[str, Any]:
+        raise ApiCallFailed("HTTP 404: Invalid URL (POST /v1/files)", 404, "")
+
+    monkeypatch.setattr(fake, "upload", no_files)
+    with pytest.raises(BatchrunError, match=r"serve the Batch API.*--via sync"):
+        h.submit()  # not "Continue with: batchrun resume", which meets the same 404
+    assert h.manifest().state == "stopped"
+    run = run_cli("status", h.job_id)
+    assert run.code == 0
+    assert h.manifest().state == "stopped"
+    assert "submitted" not in run.stdout and "still on the server" not in run.stdout
+
+
+def test_resume_via_sync_of_a_job_whose_batch_api_was_missing_sends_by_the_sync_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: Any) -> None:
+    # What the 404's message advises. A part that never reached the server (planned, not
+    # uploaded) barred the sync path as if its requests were in a batch.
+    fake = FakeBatchApi()
+    h = Harness(tmp_path, fake, monkeypatch, n=2, base_url=sim.base_url)
+
+    async def no_files(path: Path, name: str) -> dict[str, Any]:
+        raise ApiCallFailed("HTTP 404: Invalid URL (POST /v1/files)", 404, "")
+
+    monkeypatch.setattr(fake, "upload", no_files)
+    with pytest.raises(BatchrunError):
+        h.submit()
+    assert h.resume(via="sync") is None
+    assert ok_ids(h.results()) == {"r1", "r2"} and sim.stats.ok == 2
+    assert fake.calls.count("create") == 0
+    # The dropped part is not uploaded later by a --via batch resume.
+    assert h.resume(via="batch") is None and sim.stats.ok == 2
+
+
+def test_an_output_file_the_api_no_longer_has_fails_its_requests_instead_of_every_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The batch completed, but its output file is gone (deleted, past its retention): every
+    # resume met the same 404 and the job could never end. Its requests ran (and were billed),
+    # so they are not sent again unasked: they fail, and --retry-failed is the user's choice.
+    fake = FakeBatchApi(steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+
+    async def gone(file_id: str, dest: Path) -> None:
+        raise ApiCallFailed(f"HTTP 404: No such File object: {file_id}", 404, "")
+
+    monkeypatch.setattr(fake, "download", gone)
+    assert h.submit() is None
+    results = h.results()
+    assert {x["error"]["code"] for x in results.values()} == {"output_file_missing"}
+    assert "--retry-failed" in results["r1"]["error"]["message"]
+    assert len(fake.order) == 1
+    assert any("is gone" in note for note in h.notes)
+
+
+def test_forgetting_a_job_with_batches_on_the_server_says_they_run_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # "Forgot job X. Its results stay in OUT." and nothing else: its batches went on running
+    # (and being billed) with nothing left that would ever collect or cancel them.
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
+    assert isinstance(h.submit(detach=True), Detached)
+    run = run_cli("forget", h.job_id)
+    assert run.code == 2, run.stdout
+    assert f"batchrun cancel {h.job_id}" in run.stderr
+    assert h.store.get(h.job_id) is not None
+    asyncio.run(runner.cancel_batches(h.manifest(), h.store))
+    assert run_cli("forget", h.job_id).code == 0 and h.store.get(h.job_id) is None
+
+
+def test_an_output_file_that_echoes_the_input_is_not_taken_for_results(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Lines with a custom_id but neither a response nor an error are no results: they were
+    # recorded as failed "http_None: the request failed with HTTP None".
+    def content(uploaded: list[dict[str, Any]]) -> web.Response:
+        return web.Response(body=b"".join(orjson.dumps(x) + b"\n" for x in uploaded))
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+        h.submit(max_retries=0)
+    results = h.results()
+    assert {x["error"]["code"] for x in results.values()} == {"batch_incomplete"}
