@@ -470,9 +470,13 @@ def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
     if rpd and usage.requests >= rpd:
         return (f"Daily request budget reached for {model}: {min(usage.requests, rpd):,} "
                 f"of {rpd:,} requests used on {day} (UTC)")
+    if tpd and usage.exhausted and usage.tokens < tpd:
+        # The server's count, not ours, ran out: other tools or hosts on the key, or a
+        # different way of counting. Say what batchrun used, not the limit.
+        return (f"Daily token budget reached for {model}: the API says its per-day limit is "
+                f"spent on {day} (UTC); batchrun used {usage.tokens:,} of {tpd:,} tokens")
     if tpd:
-        used = tpd if usage.exhausted else min(usage.tokens, tpd)
-        return (f"Daily token budget reached for {model}: {used:,} of {tpd:,} tokens "
-                f"used on {day} (UTC)")
+        return (f"Daily token budget reached for {model}: {min(usage.tokens, tpd):,} of "
+                f"{tpd:,} tokens used on {day} (UTC)")
     return (f"Daily budget reached for {model}: the API's per-day limit is spent on {day} "
             "(UTC)")

@@ -1,0 +1,40 @@
+"""What a stop at the API's per-day limit says batchrun used: its own count, not the limit.
+(After a per-day 429 with a TPD known, the message said "2,000,000 of 2,000,000 tokens used"
+when batchrun had used 2,500: the rest was spent elsewhere, or the server counts differently.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchrun.ledger import DailyBudget, Ledger, Scope
+
+SCOPE = Scope("api.openai.com", "fp", "gpt-4o-mini")
+
+
+def test_a_day_the_api_says_is_spent_names_what_batchrun_used(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    try:
+        budget = DailyBudget(ledger, SCOPE, tpd=2_000_000, rpd=0)
+        day = budget.reserve(2_500)
+        assert day is not None
+        budget.settle(day, 2_500, 2_500)
+        budget.exhaust(day)
+        said = budget.describe("Rate limit reached ... tokens per day (TPD): Limit 2000000")
+    finally:
+        ledger.close()
+    assert "the API says its per-day limit is spent" in said
+    assert "2,500 of 2,000,000 tokens" in said
+    assert "2,000,000 of 2,000,000" not in said
+
+
+def test_a_budget_batchrun_spent_itself_still_counts_it(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    try:
+        budget = DailyBudget(ledger, SCOPE, tpd=1_000, rpd=0)
+        day = budget.reserve(900)
+        assert day is not None
+        budget.settle(day, 900, 990)
+        said = budget.describe()
+    finally:
+        ledger.close()
+    assert said.startswith("Daily token budget reached for gpt-4o-mini: 990 of 1,000 tokens used")
