@@ -252,7 +252,8 @@ def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
     out.print(f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} requests "
               f"have a result ({plan.failed:,} failed). Results: {manifest.output}.{again}",
               markup=False)
-    raise typer.Exit(EXIT_OK)
+    # The job's result, as its last run said it: a script sees failures however it asks.
+    raise typer.Exit(EXIT_SOME_FAILED if plan.failed else EXIT_OK)
 
 
 @app.command()

@@ -216,7 +216,7 @@ def test_retry_failed_sends_failures_again_once(sim_factory: Any, tmp_path: Path
     out = tmp_path / "jobs.results.jsonl"
     assert all(line["error"] for line in read_results(out).values())
     plain = run_cli("resume", str(out), env=env)  # failed stays failed without the flag
-    assert plain.code == 0
+    assert plain.code == 1  # the job's result, the same as its run said: some failed for good
     assert "is finished: 5 of 5 requests have a result (5 failed)" in plain.stdout
     sim.config.faults.error_500 = 0.0
     retried = run_cli("resume", str(out), "--retry-failed", env=env)
