@@ -16,6 +16,7 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from batchrun.classify import Outcome
 from batchrun.decide import NO_NETWORK_TRIES, Action, never_connected
 from batchrun.endpoints.routing import BACK, FAIL_STREAK, Out, cool_off_s, may_take, verdict
 from batchrun.events import Listener, RouteChanged
@@ -23,6 +24,11 @@ from batchrun.lanes import Job, Lane, Route
 from batchrun.ledger import fmt_wait
 from batchrun.spec import JobSpec
 from batchrun.stop import Stop, StopKind
+
+
+def _not_served(outcome: Outcome) -> bool:
+    """The endpoint's answer for any request of the model: no such deployment, model or path."""
+    return outcome.status == 404 or (outcome.status is not None and 300 <= outcome.status < 400)
 
 
 class RouteFailover:
@@ -130,6 +136,8 @@ class RouteFailover:
                 why = Out.REFUSED if action is Action.STOP_REFUSED else Out.UNREACHABLE
                 await self._take_out(lane, route, why, outcome.message)
             return True
+        if action is Action.FAIL and _not_served(outcome):
+            return await self._not_served(lane, route, job)
         if action is Action.BACKOFF and route.streak >= FAIL_STREAK and route.out is None:
             route.cool_offs += 1
             pause = cool_off_s(route.cool_offs)
@@ -146,6 +154,27 @@ class RouteFailover:
             await self._take_out(lane, route, Out.FAILING,
                                  f"{route.streak} failures in a row (last: {outcome.message}); "
                                  f"back in {fmt_wait(dt.timedelta(seconds=pause))}")
+            return True
+        return False
+
+    async def _not_served(self, lane: Lane, route: Route, job: Job) -> bool:
+        """A 404 or a redirect says the endpoint has no such model or path (a mistyped Azure
+        deployment or base_url), not that the request is bad: out for the run while another
+        route is in. The last one in keeps its answers, recorded as without --endpoints."""
+        outcome = job.last
+        assert outcome is not None
+        if route.out is None and any(r.out is None for r in lane.routes if r is not route):
+            said = outcome.message
+            if f"HTTP {outcome.status}" not in said:
+                said = f"HTTP {outcome.status}: {said}"
+            self._move(lane, job)
+            await self._take_out(
+                lane, route, Out.NOT_SERVED,
+                f"{said} Check its base_url or azure_endpoint and its [endpoint.models] entry "
+                "for the model")
+            return True
+        if route.out is Out.NOT_SERVED:  # sent before it was taken out
+            self._move(lane, job)
             return True
         return False
 

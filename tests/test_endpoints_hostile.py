@@ -1,0 +1,83 @@
+"""--endpoints as a hostile user meets it: misconfigured endpoints beside working ones, one key
+listed twice under two spellings of its host, the environment's $BATCHRUN_ENDPOINTS, and the
+per-endpoint figures after --retry-failed. The CLI in process, against servers on loopback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from batchrun.sim import SimConfig
+from tests.conftest import read_results, run_cli, write_jsonl
+from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
+from tests.test_security import ThreadedServer
+
+
+class Recorder:
+    """A handler that answers as told and keeps every Authorization header it was sent."""
+
+    def __init__(self, status: int, **extra: Any) -> None:
+        self.status, self.extra = status, extra
+        self.keys: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.keys.append(request.headers.get("Authorization", ""))
+        if 300 <= self.status < 400:
+            return web.Response(status=self.status, headers={"Location": self.extra["to"]})
+        return web.json_response({"error": {
+            "code": "DeploymentNotFound",
+            "message": "The API deployment for this resource does not exist."}},
+            status=self.status)
+
+
+@pytest.mark.parametrize("status", [404, 307])
+def test_an_endpoint_that_does_not_serve_the_model_is_taken_out_and_the_others_answer(
+    status: int, tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A typo in an Azure deployment (404) or a base_url that redirects (307) is the endpoint's
+    fault, not the request's: its requests go to the endpoint that works, none fails, and a
+    redirect never carries the key to where it points."""
+    good = sim_factory(SimConfig(api_key=KEY_B))
+    elsewhere = Recorder(404)
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("KEY_B", KEY_B)
+    with ThreadedServer(elsewhere.handle) as target:
+        wrong = Recorder(status, to=target.origin + "/v1/chat/completions")
+        with ThreadedServer(wrong.handle) as server:
+            conf = toml_file(tmp_path / "e.toml", openai("wrong", server.origin + "/v1", "KEY_A",
+                                                         6000),
+                             openai("good", good.base_url, "KEY_B", 6000))
+            jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(20))
+            out = tmp_path / "out.jsonl"
+            run = run_cli("submit", str(jobs), "-o", str(out), "--endpoints", str(conf),
+                          "--record-endpoint")
+    assert run.code == 0, run.stderr
+    results = read_results(out)
+    assert len(results) == 20
+    assert all(r["error"] is None and r["endpoint"] == "good" for r in results.values())
+    assert wrong.keys  # it was tried, and named on the display as taken out
+    assert "endpoint wrong is out for gpt-4o-mini: does not serve it (" in run.stderr
+    assert f"HTTP {status}" in run.stderr
+    assert "Check its base_url or azure_endpoint and its [endpoint.models] entry" in run.stderr
+    assert "  good: 20 requests" in run.stdout
+    assert "out for gpt-4o-mini: does not serve it" in run.stdout
+    assert elsewhere.keys == []
+
+
+def test_with_one_endpoint_left_a_404_is_still_the_requests_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The last endpoint in rotation is not taken out: its answer is recorded, as without
+    --endpoints, rather than the job stopping with nothing to say."""
+    monkeypatch.setenv("KEY_A", KEY_A)
+    with ThreadedServer(Recorder(404).handle) as server:
+        conf = toml_file(tmp_path / "e.toml", openai("only", server.origin + "/v1", "KEY_A", 6000))
+        jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+        run = run_cli("submit", str(jobs), "--endpoints", str(conf), "-q")
+    assert run.code == 1, run.stderr
+    results = read_results(tmp_path / "jobs.results.jsonl")
+    assert {r["error"]["code"] for r in results.values()} == {"DeploymentNotFound"}
