@@ -81,3 +81,24 @@ def test_with_one_endpoint_left_a_404_is_still_the_requests_failure(
     assert run.code == 1, run.stderr
     results = read_results(tmp_path / "jobs.results.jsonl")
     assert {r["error"]["code"] for r in results.values()} == {"DeploymentNotFound"}
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    ("http://127.0.0.1:9/v1", "http://localhost:9/v1"),
+    ("https://api.example.com/v1", "https://API.example.com:443/v1"),
+])
+def test_one_key_at_one_host_spelled_two_ways_is_refused(
+    first: str, second: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both spellings reach one server with one key: its limits would be paced twice over."""
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("SAME_AS_A", KEY_A)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    for env in ("KEY_A", "SAME_AS_A"):  # one variable twice (the file), one key in two (the keys)
+        conf = toml_file(tmp_path / "e.toml", openai("a", first, "KEY_A", 5),
+                         openai("b", second, env, 5))
+        run = run_cli("submit", str(jobs), "--endpoints", str(conf))
+        assert run.code == 2, run.stderr
+        assert "endpoints 'a' and 'b'" in run.stderr and "List each key once" in run.stderr
+        assert KEY_A not in run.stderr
+    assert not (tmp_path / "jobs.results.jsonl").exists()

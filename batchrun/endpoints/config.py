@@ -27,6 +27,7 @@ from typing import Any
 
 from batchrun.endpoint import AZURE_API_VERSION, Endpoint
 from batchrun.errors import InputError
+from batchrun.ledger import ledger_host
 from batchrun.tiers import TIERS, Limits, preset
 
 ENDPOINT_KEYS = {"name", "base_url", "azure_endpoint", "api_version", "api_key_env", "tier",
@@ -237,7 +238,8 @@ def load_endpoints(path: Path, need_keys: bool = True) -> tuple[EndpointConfig, 
                               "unique (they name the endpoint in output and status)", "name")
         seen[config.name] = i
         if not config.endpoint.azure:  # an Azure resource's deployments each have a quota
-            account = (config.endpoint.host, config.endpoint.key_env)
+            # One server however its URL is spelled (case, default port, loopback names).
+            account = (ledger_host(config.endpoint.host), config.endpoint.key_env)
             if account in accounts:
                 raise reader.fail(
                     i, f"endpoints {accounts[account]!r} and {config.name!r} both send to "

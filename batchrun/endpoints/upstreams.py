@@ -12,7 +12,7 @@ from batchrun.client import ApiClient
 from batchrun.endpoints.config import EndpointConfig, load_endpoints
 from batchrun.errors import InputError
 from batchrun.lanes import Upstream
-from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
+from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, ledger_host
 from batchrun.spec import JobSpec
 from batchrun.tiers import Limits, family
 
@@ -42,7 +42,7 @@ def build_upstreams(spec: JobSpec, ledger: Ledger) -> list[Upstream]:
     keys: dict[tuple[str, str], str] = {}
     for config in spec.endpoints:
         key = config.endpoint.api_key()
-        account = (config.endpoint.host, key_fingerprint(key))
+        account = (ledger_host(config.endpoint.host), key_fingerprint(key))
         if not config.endpoint.azure and account in keys:
             raise InputError(
                 f"{spec.endpoints_file}: endpoints {keys[account]!r} and {config.name!r} send "
