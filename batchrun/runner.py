@@ -24,7 +24,7 @@ from batchrun.checkpoint import (
 )
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import check_serves
-from batchrun.endpoints.tally import count_endpoint
+from batchrun.endpoints.tally import count_endpoint, forget_failed
 from batchrun.endpoints.upstreams import build_upstreams, with_endpoints
 from batchrun.engine import Engine, JobSpec
 from batchrun.errors import (
@@ -278,6 +278,7 @@ async def run(
     try:
         scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
         if retry_failed and dropped:
+            forget_failed(manifest.endpoints)
             notify(f"Dropped {dropped:,} failed results from {manifest.output}; they are sent "
                    "again now.")
         elif retry_failed:

@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.sim import SimConfig
+from batchrun.sim import Faults, SimConfig
 from tests.conftest import read_results, run_cli, write_jsonl
 from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
 from tests.test_security import ThreadedServer
@@ -102,3 +103,21 @@ def test_one_key_at_one_host_spelled_two_ways_is_refused(
         assert "endpoints 'a' and 'b'" in run.stderr and "List each key once" in run.stderr
         assert KEY_A not in run.stderr
     assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+def test_retry_failed_does_not_count_the_dropped_failures_twice_per_endpoint(
+    tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broken = sim_factory(SimConfig(api_key=KEY_A, faults=Faults(error_500=1.0)))
+    good = sim_factory(SimConfig(api_key=KEY_A))
+    monkeypatch.setenv("KEY_A", KEY_A)
+    conf = toml_file(tmp_path / "e.toml", openai("broken", broken.base_url, "KEY_A", 6000))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(4))
+    first = run_cli("submit", str(jobs), "--endpoints", str(conf), "--max-retries", "0", "-q")
+    assert first.code == 1, first.stderr
+    toml_file(conf, openai("good", good.base_url, "KEY_A", 6000))  # the user fixes the file
+    again = run_cli("resume", "--retry-failed", "-q")
+    assert again.code == 0, again.stderr
+    job = orjson.loads(run_cli("status", "--json").stdout)["jobs"][0]
+    assert (job["done"], job["failed"]) == (4, 0)
+    assert job["endpoints"] == {"good": {"done": 4, "failed": 0}}
