@@ -196,6 +196,13 @@ def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
     given = [f"--{name.replace('_', '-')}" for name in _SINGLE_ENDPOINT
              if name in ctx.params and (src := ctx.get_parameter_source(name)) is not None
              and src.name == "COMMANDLINE"]
+    from_env = getattr(ctx.get_parameter_source("endpoints"), "name", "") == "ENVIRONMENT"
+    if given and from_env:  # the user typed no --endpoints: say where it came from
+        raise InputError(
+            f"--endpoints and {', '.join(given)} cannot go together: $BATCHRUN_ENDPOINTS is set "
+            f"({path}), and with it each endpoint's URL, key variable, tier and limits come "
+            f"from that file. Drop {', '.join(given)}, or unset BATCHRUN_ENDPOINTS to use one "
+            "endpoint.")
     if given:
         raise InputError(
             f"--endpoints and {', '.join(given)} cannot go together: with --endpoints each "

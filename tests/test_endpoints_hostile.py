@@ -121,3 +121,17 @@ def test_retry_failed_does_not_count_the_dropped_failures_twice_per_endpoint(
     job = orjson.loads(run_cli("status", "--json").stdout)["jobs"][0]
     assert (job["done"], job["failed"]) == (4, 0)
     assert job["endpoints"] == {"good": {"done": 4, "failed": 0}}
+
+
+def test_batchrun_endpoints_from_the_environment_is_named_when_it_clashes_with_a_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The user typed no --endpoints: the message says where it came from and how to drop it."""
+    monkeypatch.setenv("KEY_A", KEY_A)
+    conf = toml_file(tmp_path / "e.toml", openai("a", "https://api.openai.com/v1", "KEY_A", 5))
+    monkeypatch.setenv("BATCHRUN_ENDPOINTS", str(conf))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    run = run_cli("submit", str(jobs), "--base-url", "http://127.0.0.1:9/v1")
+    assert run.code == 2
+    assert f"$BATCHRUN_ENDPOINTS is set ({conf})" in run.stderr
+    assert "unset BATCHRUN_ENDPOINTS" in run.stderr
