@@ -12,8 +12,12 @@ import pytest
 from aiohttp import web
 
 from batchrun.sim import Faults, SimConfig
+from batchrun.stop import StopKind
+from batchrun.tiers import Limits
 from tests.conftest import read_results, run_cli, write_jsonl
 from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
+from tests.test_endpoints_engine import Ep, always, outs
+from tests.test_endpoints_engine import run as run_engine
 from tests.test_security import ThreadedServer
 
 
@@ -135,3 +139,27 @@ def test_batchrun_endpoints_from_the_environment_is_named_when_it_clashes_with_a
     assert run.code == 2
     assert f"$BATCHRUN_ENDPOINTS is set ({conf})" in run.stderr
     assert "unset BATCHRUN_ENDPOINTS" in run.stderr
+
+
+def test_requests_only_a_spent_endpoint_could_take_pause_the_job_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    """`small`'s TPM is below every request, so only `big` can take them; once `big` is spent
+    for the day the job must pause (exit 3's stop), not wait for ever for a route that has none."""
+    big = Ep(always(0.1), Limits(rpm=600, tpd=200))
+    small = Ep(always(0.1), Limits(rpm=600, tpm=5))
+    stop, events, _, by = run_engine(tmp_path, 40, {"big": big, "small": small})
+    assert stop is not None and stop.kind is StopKind.DAILY
+    assert 0 < by["big"] < 40 and by["small"] == 0
+    assert ("big", "spent for the day") in outs(events)
+
+
+def test_a_priority_two_endpoint_takes_what_no_priority_one_endpoint_is_big_enough_for(
+    tmp_path: Path,
+) -> None:
+    """`first`, in rotation but with a TPM below every request, must not hold the job for
+    ever: the requests go to the one endpoint that can send them."""
+    first = Ep(always(0.1), Limits(rpm=600, tpm=5))
+    spare = Ep(always(0.1), Limits(rpm=600), priority=2)
+    stop, _, _, by = run_engine(tmp_path, 10, {"first": first, "spare": spare})
+    assert stop is None and by == {"first": 0, "spare": 10}

@@ -56,18 +56,32 @@ class RouteFailover:
 
     async def _turn(self, lane: Lane, route: Route) -> Job | None:
         """With several routes: wait until this route may take the model's next job (it is in,
-        of the best priority in, big enough for the job) and its limiter would admit it now,
-        then take it. None: nothing to take now (the caller sees whether the lane is done)."""
+        of the best priority in among the routes big enough for the job, big enough itself)
+        and its limiter would admit it now, then take it. None: nothing to take now (the
+        caller sees whether the lane is done)."""
         now = self._clock()
         today = self._now_utc().date()
-        standings = [r.standing(today, now) for r in lane.routes]
         job = lane.peek()
-        if job is None or not may_take(route.standing(today, now), standings) or (
-                self._too_large(route, job) is not None):
-            if job is None and self._input_done and lane.outstanding == 0:
+        if job is None:
+            if self._input_done and lane.outstanding == 0:
                 return None
-            lane.changed.clear()
-            await lane.changed.wait()
+            await self._idle(lane)
+            return None
+        # A route too small for the job is not in rotation for it: priority and the verdict
+        # are among the routes that could send it.
+        fit = [r.standing(today, now) for r in lane.routes if self._too_large(r, job) is None]
+        mine = route.standing(today, now)
+        if self._too_large(route, job) is not None:
+            kind = verdict(fit) if mine.out is None else None
+            if kind is StopKind.DAILY:  # only spent routes could send it: as when all are out
+                await self._none_left(lane, route, kind)
+                return None
+            if kind is not None:  # none left for the run: the dispatcher records it too large
+                return lane.next_job()
+            await self._idle(lane)
+            return None
+        if not may_take(mine, fit):
+            await self._idle(lane)
             return None
         wait = route.ready_in(job.cost, now)
         if wait <= 0:
@@ -78,6 +92,11 @@ class RouteFailover:
         else:
             await self._sleep(wait)
         return None
+
+    @staticmethod
+    async def _idle(lane: Lane) -> None:
+        lane.changed.clear()
+        await lane.changed.wait()
 
     async def _take_out(self, lane: Lane, route: Route, why: Out, detail: str) -> bool:
         """Take `route` out of rotation; stop the job, or (--wait) sleep to the next UTC day,
@@ -92,6 +111,11 @@ class RouteFailover:
         kind = verdict([r.standing(today, now) for r in lane.routes])
         if kind is None:
             return True
+        return await self._none_left(lane, route, kind)
+
+    async def _none_left(self, lane: Lane, route: Route, kind: StopKind) -> bool:
+        """The model's requests can go nowhere (`kind`, routing.verdict): stop the job, or with
+        --wait and spent routes, sleep to the next UTC day. True: the dispatcher goes on."""
         if kind is StopKind.DAILY:
             if self.spec.wait:
                 await self._wait_for_reset(lane)
