@@ -11,6 +11,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchrun.endpoints import load_endpoints
 from batchrun.sim import Faults, SimConfig
 from batchrun.stop import StopKind
 from batchrun.tiers import Limits
@@ -163,3 +164,20 @@ def test_a_priority_two_endpoint_takes_what_no_priority_one_endpoint_is_big_enou
     spare = Ep(always(0.1), Limits(rpm=600), priority=2)
     stop, _, _, by = run_engine(tmp_path, 10, {"first": first, "spare": spare})
     assert stop is None and by == {"first": 0, "spare": 10}
+
+
+def test_plain_http_to_another_host_says_how_to_allow_it_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The --insecure flag does not reach an endpoint of the file: its own `insecure` does."""
+    monkeypatch.setenv("KEY_A", KEY_A)
+    conf = toml_file(tmp_path / "e.toml", openai("lan", "http://10.0.0.7:8000/v1", "KEY_A", 5))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    run = run_cli("submit", str(jobs), "--endpoints", str(conf), "--insecure")
+    assert run.code == 2
+    assert "e.toml, line 3: endpoint 'lan': http://10.0.0.7:8000/v1 is plain http" in run.stderr
+    assert "add insecure = true to this endpoint" in run.stderr
+    assert "--insecure" not in run.stderr
+    allowed = toml_file(conf, openai("lan", "http://10.0.0.7:8000/v1", "KEY_A", 5,
+                                     insecure=True))
+    assert load_endpoints(allowed)[0].endpoint.insecure

@@ -191,18 +191,33 @@ def _endpoint(reader: _Reader, i: int, raw: Any, need_keys: bool) -> EndpointCon
     insecure = raw.get("insecure", False)
     if not isinstance(insecure, bool):
         raise reader.fail(i, f"insecure of endpoint {name!r} must be true or false", "insecure")
+    url_key = "azure_endpoint" if "azure_endpoint" in raw else "base_url"
     try:
         endpoint = Endpoint.make(raw.get("base_url"), raw.get("azure_endpoint"), key_env,
                                  insecure)
     except InputError as exc:
-        raise reader.fail(i, f"endpoint {name!r}: {exc.message}",
-                          "azure_endpoint" if "azure_endpoint" in raw else "base_url") from None
+        if not insecure and _fine_if_insecure(raw, key_env):
+            # Endpoint.make's words name the --insecure flag, which no endpoint here reads.
+            raise reader.fail(
+                i, f"endpoint {name!r}: {raw[url_key]} is plain http to a host that is not this "
+                "machine: its key would cross the network unencrypted. Use https, or add "
+                "insecure = true to this endpoint if you really mean it.", url_key) from None
+        raise reader.fail(i, f"endpoint {name!r}: {exc.message}", url_key) from None
     if endpoint.azure:
         endpoint = Endpoint(endpoint.base_url, True, raw.get("api_version", AZURE_API_VERSION),
                             key_env, insecure)
     return EndpointConfig(name, endpoint, tier, priority,
                           _limits(reader, i, raw.get("limits", {})),
                           _models(reader, i, raw.get("models", {})))
+
+
+def _fine_if_insecure(raw: dict[str, Any], key_env: str) -> bool:
+    """Whether the endpoint's URL was refused only for being plain http to another host."""
+    try:
+        Endpoint.make(raw.get("base_url"), raw.get("azure_endpoint"), key_env, insecure=True)
+    except InputError:
+        return False
+    return True
 
 
 def load_endpoints(path: Path, need_keys: bool = True) -> tuple[EndpointConfig, ...]:
