@@ -81,7 +81,8 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         wait=o["wait"], max_response_mb=o.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB),
     )
     if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
-        spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")))
+        spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")),
+                              m.job_id)
     return spec, bool(o["simulate"])
 
 

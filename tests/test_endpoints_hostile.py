@@ -181,3 +181,19 @@ def test_plain_http_to_another_host_says_how_to_allow_it_in_the_file(
     allowed = toml_file(conf, openai("lan", "http://10.0.0.7:8000/v1", "KEY_A", 5,
                                      insecure=True))
     assert load_endpoints(allowed)[0].endpoint.insecure
+
+
+def test_resume_without_its_endpoints_file_says_which_job_needs_it_and_where(
+    tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = sim_factory(SimConfig(api_key=KEY_A))
+    monkeypatch.setenv("KEY_A", KEY_A)
+    conf = toml_file(tmp_path / "e.toml", openai("a", a.base_url, "KEY_A", 6000, tpd=150))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(20))
+    assert run_cli("submit", str(jobs), "--endpoints", str(conf), "-q").code == 3
+    conf.rename(tmp_path / "moved.toml")
+    run = run_cli("resume", "-q")
+    assert run.code == 2
+    job = orjson.loads(run_cli("status", "--json").stdout)["jobs"][0]["job_id"]
+    assert f"job {job} sends through the endpoints listed in {conf}" in run.stderr
+    assert f"put the file back at that path to resume {job}" in run.stderr

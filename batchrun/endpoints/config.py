@@ -220,13 +220,22 @@ def _fine_if_insecure(raw: dict[str, Any], key_env: str) -> bool:
     return True
 
 
-def load_endpoints(path: Path, need_keys: bool = True) -> tuple[EndpointConfig, ...]:
+def load_endpoints(path: Path, need_keys: bool = True,
+                   job: str | None = None) -> tuple[EndpointConfig, ...]:
     """Read and check an endpoints file; InputError (exit 2) naming file and line if not fit.
-    `need_keys`: each api_key_env must be set (not for `estimate`, which sends nothing)."""
+    `need_keys`: each api_key_env must be set (not for `estimate`, which sends nothing).
+    `job`: the job being resumed over the file, for the message if it cannot be read."""
     try:
         raw_bytes = path.expanduser().read_bytes()[: MAX_FILE_BYTES + 1]
     except OSError as exc:
-        raise InputError(f"cannot read the endpoints file {path}: {exc.strerror}") from None
+        if job is not None:
+            raise InputError(
+                f"job {job} sends through the endpoints listed in {path}, which cannot be "
+                f"read: {exc.strerror}. The job reads that file again on each resume: put the "
+                f"file back at that path to resume {job}.") from None
+        raise InputError(
+            f"cannot read the endpoints file {path}: {exc.strerror}. Give --endpoints (or "
+            "$BATCHRUN_ENDPOINTS) the path of a TOML file of [[endpoint]] tables.") from None
     if len(raw_bytes) > MAX_FILE_BYTES:
         raise InputError(f"{path}: larger than 1 MB; an endpoints file lists a few endpoints")
     text = raw_bytes.decode("utf-8", errors="replace")

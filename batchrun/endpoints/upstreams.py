@@ -58,9 +58,11 @@ def build_upstreams(spec: JobSpec, ledger: Ledger) -> list[Upstream]:
     return upstreams
 
 
-def with_endpoints(spec: JobSpec, path: Path, record_endpoint: bool) -> JobSpec:
-    """`spec` sending through the endpoints of the file at `path` (read and checked now)."""
-    configs = load_endpoints(path)
+def with_endpoints(spec: JobSpec, path: Path, record_endpoint: bool,
+                   job: str | None = None) -> JobSpec:
+    """`spec` sending through the endpoints of the file at `path` (read and checked now);
+    `job`: the job resumed over it."""
+    configs = load_endpoints(path, job=job)
     return replace(spec, endpoint=configs[0].endpoint, endpoints=configs,
                    endpoints_file=str(path.expanduser().resolve()),
                    record_endpoint=record_endpoint)
