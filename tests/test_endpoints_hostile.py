@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from batchrun.endpoints import load_endpoints
+from batchrun.errors import InputError
 from batchrun.sim import Faults, SimConfig
 from batchrun.stop import StopKind
 from batchrun.tiers import Limits
@@ -197,3 +198,15 @@ def test_resume_without_its_endpoints_file_says_which_job_needs_it_and_where(
     job = orjson.loads(run_cli("status", "--json").stdout)["jobs"][0]["job_id"]
     assert f"job {job} sends through the endpoints listed in {conf}" in run.stderr
     assert f"put the file back at that path to resume {job}" in run.stderr
+
+
+def test_a_key_written_as_a_table_key_is_refused_on_its_own_line(tmp_path: Path) -> None:
+    secret = "sk-proj-abcdefghijklmnop0123456789"
+    path = tmp_path / "e.toml"
+    path.write_text('[[endpoint]]\nname = "a"\nbase_url = "https://api.openai.com/v1"\n'
+                    'api_key_env = "KEY_A"\n[endpoint.limits."gpt-4o-mini"]\nrpm = 5\n'
+                    f'[endpoint.models]\n"{secret}" = "gpt-4o-mini"\n')
+    with pytest.raises(InputError) as caught:
+        load_endpoints(path, need_keys=False)
+    assert caught.value.message.startswith(f"{path}, line 8: a name holds what looks like")
+    assert secret not in caught.value.message

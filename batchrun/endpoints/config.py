@@ -107,7 +107,8 @@ def _scan_for_keys(reader: _Reader, data: Any, index: int) -> None:
     if isinstance(data, dict):
         for key, value in data.items():
             if _key_like(key) or (isinstance(value, str) and _key_like(value)):
-                line = _line_of(reader.text, value if isinstance(value, str) else key)
+                # The key-like text itself marks the line (a value may repeat elsewhere).
+                line = _line_of(reader.text, key if _key_like(key) else str(value))
                 where = f"{reader.path}, line {line}" if line else str(reader.path)
                 what = "a name" if _key_like(key) else key
                 raise InputError(
