@@ -210,3 +210,15 @@ def test_a_key_written_as_a_table_key_is_refused_on_its_own_line(tmp_path: Path)
         load_endpoints(path, need_keys=False)
     assert caught.value.message.startswith(f"{path}, line 8: a name holds what looks like")
     assert secret not in caught.value.message
+
+
+def test_estimate_with_endpoints_does_not_send_the_user_to_set_a_key_it_will_not_read(
+    tmp_path: Path,
+) -> None:
+    conf = toml_file(tmp_path / "e.toml", openai("a", "https://api.openai.com/v1", "KEY_A", 500))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    run = run_cli("estimate", str(jobs), "--endpoints", str(conf))
+    assert run.code == 0, run.stderr
+    shown = " ".join(run.stdout.split())  # as one line, however the table wrapped it
+    assert "OPENAI_API_KEY" not in shown
+    assert "today's usage at each endpoint is not looked up: counted as unused" in shown
