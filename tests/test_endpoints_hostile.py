@@ -222,3 +222,19 @@ def test_estimate_with_endpoints_does_not_send_the_user_to_set_a_key_it_will_not
     shown = " ".join(run.stdout.split())  # as one line, however the table wrapped it
     assert "OPENAI_API_KEY" not in shown
     assert "today's usage at each endpoint is not looked up: counted as unused" in shown
+
+
+def test_limits_keyed_by_the_deployment_instead_of_the_model_are_refused_not_ignored(
+    tmp_path: Path,
+) -> None:
+    """They would be silently ignored: the job paced at the tier's preset for the model."""
+    path = tmp_path / "e.toml"
+    path.write_text('[[endpoint]]\nname = "east"\nazure_endpoint = "https://east.openai.azure.com"'
+                    '\napi_key_env = "KEY_A"\n[endpoint.limits."mini-east"]\nrpm = 1200\n'
+                    '[endpoint.models]\n"gpt-4o-mini" = "mini-east"\n')
+    with pytest.raises(InputError) as caught:
+        load_endpoints(path, need_keys=False)
+    assert caught.value.message == (
+        f"{path}, line 5: limits are keyed by the job's model, not the deployment: write "
+        '[endpoint.limits."gpt-4o-mini"] for the limits of deployment \'mini-east\' of '
+        "endpoint 'east'.")

@@ -207,9 +207,16 @@ def _endpoint(reader: _Reader, i: int, raw: Any, need_keys: bool) -> EndpointCon
     if endpoint.azure:
         endpoint = Endpoint(endpoint.base_url, True, raw.get("api_version", AZURE_API_VERSION),
                             key_env, insecure)
-    return EndpointConfig(name, endpoint, tier, priority,
-                          _limits(reader, i, raw.get("limits", {})),
-                          _models(reader, i, raw.get("models", {})))
+    limits = _limits(reader, i, raw.get("limits", {}))
+    models = _models(reader, i, raw.get("models", {}))
+    for model, deployment in models.items():
+        if deployment in limits and deployment not in models:
+            # Else ignored: the model would be paced at its tier's preset instead.
+            raise reader.fail(
+                i, "limits are keyed by the job's model, not the deployment: write "
+                f'[endpoint.limits."{model}"] for the limits of deployment {deployment!r} of '
+                f"endpoint {name!r}.", deployment)
+    return EndpointConfig(name, endpoint, tier, priority, limits, models)
 
 
 def _fine_if_insecure(raw: dict[str, Any], key_env: str) -> bool:
