@@ -238,3 +238,22 @@ def test_limits_keyed_by_the_deployment_instead_of_the_model_are_refused_not_ign
         f"{path}, line 5: limits are keyed by the job's model, not the deployment: write "
         '[endpoint.limits."gpt-4o-mini"] for the limits of deployment \'mini-east\' of '
         "endpoint 'east'.")
+
+
+@pytest.mark.parametrize("secret", [
+    "gsk_" + "8XyZ2abcDEF3ghiJKL4mnoPQR5stuVWX6yz7ABcdEFgh9ijKLmnOP",  # Groq
+    "hf_" + "aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",  # Hugging Face
+    "pplx-" + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4",  # Perplexity
+    "AIzaSyD-9tSrke72PouQMnMX-a7eZSW0jkFMBWY",  # Google
+])
+def test_another_provider_s_key_in_api_key_env_is_refused_and_never_shown(
+    secret: str, tmp_path: Path,
+) -> None:
+    """OpenAI-compatible APIs hand out keys that do not start with sk-; pasted where the
+    variable's name goes, none may be echoed back (a terminal, a CI log) or stored."""
+    conf = toml_file(tmp_path / "e.toml", openai("a", "https://api.example.com/v1", secret, 5))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    run = run_cli("submit", str(jobs), "--endpoints", str(conf))
+    assert run.code == 2
+    assert "e.toml, line 4: api_key_env holds what looks like an API key" in run.stderr
+    assert secret not in run.stderr + run.stdout

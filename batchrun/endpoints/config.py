@@ -37,9 +37,13 @@ PRIORITIES = (1, 2)
 MAX_FILE_BYTES = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# What API keys look like: OpenAI's sk-…, and the long unbroken hex or base64-ish runs of
-# Azure and most other providers. Variable names (upper case with underscores) never match.
-_KEY_LIKE = re.compile(r"(?:^|[^A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}|^[A-Za-z0-9+/=]{32,}$")
+# What API keys look like: OpenAI's sk-…; the prefixes of other OpenAI-compatible providers
+# (Groq gsk_, Hugging Face hf_, Fireworks fw_, Perplexity pplx-, xAI xai-, Google AIza), whose
+# keys can pass for a variable's name; and the long unbroken hex or base64-ish runs of Azure
+# and most others. Variable names (upper case with underscores) never match.
+_KEY_LIKE = re.compile(r"(?:^|[^A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}"
+                       r"|(?:^|[^A-Za-z0-9])(?:gsk_|hf_|fw_|pplx-|xai-)[A-Za-z0-9]{20,}"
+                       r"|AIza[A-Za-z0-9_-]{30,}|^[A-Za-z0-9+/=]{32,}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +179,10 @@ def _endpoint(reader: _Reader, i: int, raw: Any, need_keys: bool) -> EndpointCon
         raise reader.fail(i, f'endpoint {name!r} needs api_key_env = "NAME", the variable '
                           "holding its key")
     if not _ENV_NAME.match(key_env):
+        # Not echoed: what is not a variable's name may be a key of a kind not caught above.
         raise reader.fail(i, f"api_key_env of endpoint {name!r} must be the name of an "
-                          f"environment variable (letters, digits, _), not {key_env!r}",
-                          "api_key_env")
+                          "environment variable (letters, digits, _), e.g. "
+                          'api_key_env = "OPENAI_API_KEY"', "api_key_env")
     if need_keys and not os.environ.get(key_env, "").strip():
         raise reader.fail(i, f"${key_env} (the key of endpoint {name!r}) is not set; export "
                           "the key in it", "api_key_env")
