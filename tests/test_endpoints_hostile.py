@@ -257,3 +257,29 @@ def test_another_provider_s_key_in_api_key_env_is_refused_and_never_shown(
     assert run.code == 2
     assert "e.toml, line 4: api_key_env holds what looks like an API key" in run.stderr
     assert secret not in run.stderr + run.stdout
+
+
+def azure(name: str, resource: str, env: str, deployment: str) -> str:
+    return (f'[[endpoint]]\nname = "{name}"\nazure_endpoint = "{resource}"\napi_key_env = "{env}"\n'
+            f'[endpoint.models]\n"gpt-4o-mini" = "{deployment}"\n')
+
+
+def test_one_azure_deployment_listed_twice_with_one_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each deployment of a resource has its own quota, so two deployments may share a key;
+    one deployment twice would be paced twice over."""
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("SAME_AS_A", KEY_A)
+    resource = "https://east.openai.azure.com"
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    two = toml_file(tmp_path / "two.toml", azure("east-1", resource, "KEY_A", "mini-1"),
+                    azure("east-2", resource, "KEY_A", "mini-2"))
+    assert [c.name for c in load_endpoints(two)] == ["east-1", "east-2"]
+    for env in ("KEY_A", "SAME_AS_A"):
+        conf = toml_file(tmp_path / "e.toml", azure("east-1", resource, "KEY_A", "mini"),
+                         azure("east-2", resource.upper(), env, "mini"))
+        run = run_cli("submit", str(jobs), "--endpoints", str(conf))
+        assert run.code == 2, run.stderr
+        assert "endpoints 'east-1' and 'east-2'" in run.stderr
+        assert "List each key once" in run.stderr

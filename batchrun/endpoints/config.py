@@ -70,6 +70,14 @@ class EndpointConfig:
         """The name this endpoint knows `model` by (an Azure deployment, another alias)."""
         return self.models.get(model, model)
 
+    def quotas(self) -> set[tuple[str, str]]:
+        """What one key's limits are kept for here: the host (one server, however its URL is
+        spelled), and for Azure each deployment, which has a quota of its own."""
+        host = ledger_host(self.endpoint.host)
+        if not self.endpoint.azure:
+            return {(host, "")}
+        return {(host, self.deployment(m)) for m in (*self.limits, *self.models)} or {(host, "")}
+
 
 def _line_of(text: str, *needles: str, after: int = 0) -> int | None:
     """The 1-based number of the first line at or after line `after` that sets the key
@@ -268,15 +276,14 @@ def load_endpoints(path: Path, need_keys: bool = True,
         raise InputError(f"{path}: no [[endpoint]] tables; list at least one endpoint")
     configs = tuple(_endpoint(reader, i, raw, need_keys) for i, raw in enumerate(items))
     seen: dict[str, int] = {}
-    accounts: dict[tuple[str, str], str] = {}
+    accounts: dict[tuple[str, str, str], str] = {}
     for i, config in enumerate(configs):
         if config.name in seen:
             raise reader.fail(i, f"two endpoints are named {config.name!r}; names must be "
                               "unique (they name the endpoint in output and status)", "name")
         seen[config.name] = i
-        if not config.endpoint.azure:  # an Azure resource's deployments each have a quota
-            # One server however its URL is spelled (case, default port, loopback names).
-            account = (ledger_host(config.endpoint.host), config.endpoint.key_env)
+        for host, deployment in config.quotas():
+            account = (host, deployment, config.endpoint.key_env)
             if account in accounts:
                 raise reader.fail(
                     i, f"endpoints {accounts[account]!r} and {config.name!r} both send to "

@@ -12,7 +12,7 @@ from batchrun.client import ApiClient
 from batchrun.endpoints.config import EndpointConfig, load_endpoints
 from batchrun.errors import InputError
 from batchrun.lanes import Upstream
-from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, ledger_host
+from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
 from batchrun.spec import JobSpec
 from batchrun.tiers import Limits, family
 
@@ -39,16 +39,18 @@ def _budgets(config: EndpointConfig, ledger: Ledger,
 def build_upstreams(spec: JobSpec, ledger: Ledger) -> list[Upstream]:
     """Each endpoint's key is read from its variable here, and never kept anywhere else."""
     upstreams: list[Upstream] = []
-    keys: dict[tuple[str, str], str] = {}
+    keys: dict[tuple[str, str, str], str] = {}
     for config in spec.endpoints:
         key = config.endpoint.api_key()
-        account = (ledger_host(config.endpoint.host), key_fingerprint(key))
-        if not config.endpoint.azure and account in keys:
-            raise InputError(
-                f"{spec.endpoints_file}: endpoints {keys[account]!r} and {config.name!r} send "
-                f"to {config.endpoint.host} with the same key (in ${config.endpoint.key_env}): "
-                "one key's limits would be paced twice over. List each key once.")
-        keys[account] = config.name
+        for host, deployment in config.quotas():
+            account = (host, deployment, key_fingerprint(key))
+            if account in keys:
+                raise InputError(
+                    f"{spec.endpoints_file}: endpoints {keys[account]!r} and {config.name!r} "
+                    f"send to {config.endpoint.host} with the same key (in "
+                    f"${config.endpoint.key_env}): one key's limits would be paced twice over. "
+                    "List each key once.")
+            keys[account] = config.name
         client = ApiClient(config.endpoint, key, spec.timeout_s,
                            max(512, spec.concurrency or 0),
                            max_response_bytes=int(spec.max_response_mb * 2**20))
