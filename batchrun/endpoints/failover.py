@@ -188,14 +188,14 @@ class RouteFailover:
         outcome = job.last
         assert outcome is not None
         if route.out is None and any(r.out is None for r in lane.routes if r is not route):
-            said = outcome.message
-            if f"HTTP {outcome.status}" not in said:
-                said = f"HTTP {outcome.status}: {said}"
+            # The classifier's words for a redirect speak of --base-url, not of this file.
+            said = ("a redirect, which batchrun never follows" if outcome.code == "redirected"
+                    else outcome.message.rstrip("."))
             self._move(lane, job)
             await self._take_out(
                 lane, route, Out.NOT_SERVED,
-                f"{said} Check its base_url or azure_endpoint and its [endpoint.models] entry "
-                "for the model")
+                f"HTTP {outcome.status}: {said}. Check its base_url or azure_endpoint and its "
+                "[endpoint.models] entry for the model")
             return True
         if route.out is Out.NOT_SERVED:  # sent before it was taken out
             self._move(lane, job)
