@@ -11,8 +11,10 @@ import orjson
 import pytest
 from aiohttp import web
 
+from batchrun.classify import Kind
 from batchrun.endpoints import load_endpoints
 from batchrun.errors import InputError
+from batchrun.events import RouteChanged
 from batchrun.sim import Faults, SimConfig
 from batchrun.stop import StopKind
 from batchrun.tiers import Limits
@@ -20,6 +22,7 @@ from tests.conftest import read_results, run_cli, write_jsonl
 from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
 from tests.test_endpoints_engine import Ep, always, outs
 from tests.test_endpoints_engine import run as run_engine
+from tests.test_engine_time import status
 from tests.test_security import ThreadedServer
 
 
@@ -283,3 +286,12 @@ def test_one_azure_deployment_listed_twice_with_one_key_is_refused(
         assert run.code == 2, run.stderr
         assert "endpoints 'east-1' and 'east-2'" in run.stderr
         assert "List each key once" in run.stderr
+
+
+def test_a_failing_endpoint_s_line_says_how_long_its_cool_off_really_is(tmp_path: Path) -> None:
+    """The first cool-off is 30 s; the line said 'back in 1m' (minutes, rounded up)."""
+    broken = Ep(always(0.1, status(500, Kind.RETRY)), Limits(rpm=600))
+    good = Ep(always(0.1), Limits(rpm=600))
+    _, events, _, _ = run_engine(tmp_path, 20, {"broken": broken, "good": good})
+    details = [e.detail for e in events if isinstance(e, RouteChanged) and e.state == "failing"]
+    assert details and details[0].endswith("back in 30s")

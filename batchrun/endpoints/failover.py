@@ -26,6 +26,11 @@ from batchrun.spec import JobSpec
 from batchrun.stop import Stop, StopKind
 
 
+def _fmt_pause(seconds: float) -> str:
+    """A cool-off as it is: fmt_wait counts whole minutes, and the first is 30 s."""
+    return f"{seconds:.0f}s" if seconds < 60 else fmt_wait(dt.timedelta(seconds=seconds))
+
+
 def _not_served(outcome: Outcome) -> bool:
     """The endpoint's answer for any request of the model: no such deployment, model or path."""
     return outcome.status == 404 or (outcome.status is not None and 300 <= outcome.status < 400)
@@ -177,7 +182,7 @@ class RouteFailover:
             self._later(back_in())
             await self._take_out(lane, route, Out.FAILING,
                                  f"{route.streak} failures in a row (last: {outcome.message}); "
-                                 f"back in {fmt_wait(dt.timedelta(seconds=pause))}")
+                                 f"back in {_fmt_pause(pause)}")
             return True
         return False
 
