@@ -295,3 +295,14 @@ def test_a_failing_endpoint_s_line_says_how_long_its_cool_off_really_is(tmp_path
     _, events, _, _ = run_engine(tmp_path, 20, {"broken": broken, "good": good})
     details = [e.detail for e in events if isinstance(e, RouteChanged) and e.state == "failing"]
     assert details and details[0].endswith("back in 30s")
+
+
+def test_an_endless_endpoints_file_is_refused_after_its_first_megabyte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """$BATCHRUN_ENDPOINTS=/dev/zero (or a device, a log that never ends) was read whole."""
+    monkeypatch.setenv("BATCHRUN_ENDPOINTS", "/dev/zero")
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    run = run_cli("submit", str(jobs))
+    assert run.code == 2
+    assert "/dev/zero: larger than 1 MB; an endpoints file lists a few endpoints" in run.stderr

@@ -247,7 +247,8 @@ def load_endpoints(path: Path, need_keys: bool = True,
     `need_keys`: each api_key_env must be set (not for `estimate`, which sends nothing).
     `job`: the job being resumed over the file, for the message if it cannot be read."""
     try:
-        raw_bytes = path.expanduser().read_bytes()[: MAX_FILE_BYTES + 1]
+        with path.expanduser().open("rb") as file:  # no more than the cap, whatever it is
+            raw_bytes = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         if job is not None:
             raise InputError(
