@@ -19,7 +19,7 @@ from rich.text import Text
 
 from batchrun import __version__, ledger, runner
 from batchrun.endpoint import Endpoint
-from batchrun.endpoints import EndpointConfig, load_endpoints
+from batchrun.endpoints import EndpointConfig, check_serves, load_endpoints
 from batchrun.endpoints.tally import EndpointTally
 from batchrun.endpoints.upstreams import with_endpoints
 from batchrun.engine import JobSpec
@@ -339,6 +339,8 @@ def estimate(
         on_bad_line=on_bad_line.value, used_today=used_today, today_known=known,
         endpoints=configs,
     )
+    if configs and endpoints is not None:  # as submit checks the file against the input
+        check_serves(configs, [m["model"] for m in result["models"]], endpoints)
     if json_:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:

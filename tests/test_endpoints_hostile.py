@@ -306,3 +306,14 @@ def test_an_endless_endpoints_file_is_refused_after_its_first_megabyte(
     run = run_cli("submit", str(jobs))
     assert run.code == 2
     assert "/dev/zero: larger than 1 MB; an endpoints file lists a few endpoints" in run.stderr
+
+
+def test_estimate_refuses_a_model_no_endpoint_serves_as_submit_does(tmp_path: Path) -> None:
+    """It planned the model as unlimited and said to give --rpm/--tpm, which --endpoints
+    refuses; submit then refused the file."""
+    conf = toml_file(tmp_path / "e.toml", openai("a", "https://api.example.com/v1", "KEY_A", 5)
+                     .replace("gpt-4o-mini", "llama-3"))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "q", "prompt": "hi", "model": "mine"}])
+    run = run_cli("estimate", str(jobs), "--endpoints", str(conf))
+    assert run.code == 2
+    assert f"{conf}: no endpoint serves model 'mine', which the job uses" in run.stderr
