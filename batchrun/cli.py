@@ -21,7 +21,7 @@ from batchrun import __version__, ledger, runner
 from batchrun.batch.parts import forget_open_parts, has_batches_on_server
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
-from batchrun.endpoints import EndpointConfig, load_endpoints
+from batchrun.endpoints import EndpointConfig, check_serves, load_endpoints
 from batchrun.endpoints.tally import EndpointTally
 from batchrun.endpoints.upstreams import with_endpoints
 from batchrun.engine import JobSpec
@@ -227,6 +227,13 @@ def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
     given = [f"--{name.replace('_', '-')}" for name in _SINGLE_ENDPOINT
              if name in ctx.params and (src := ctx.get_parameter_source(name)) is not None
              and src.name == "COMMANDLINE"]
+    from_env = getattr(ctx.get_parameter_source("endpoints"), "name", "") == "ENVIRONMENT"
+    if given and from_env:  # the user typed no --endpoints: say where it came from
+        raise InputError(
+            f"--endpoints and {', '.join(given)} cannot go together: $BATCHRUN_ENDPOINTS is set "
+            f"({path}), and with it each endpoint's URL, key variable, tier and limits come "
+            f"from that file. Drop {', '.join(given)}, or unset BATCHRUN_ENDPOINTS to use one "
+            "endpoint.")
     if given:
         raise InputError(
             f"--endpoints and {', '.join(given)} cannot go together: with --endpoints each "
@@ -425,6 +432,8 @@ def estimate(
         endpoints=configs,
         via=via.value if via else "sync", batch_queue=batch_queue_tokens,
     )
+    if configs and endpoints is not None:  # as submit checks the file against the input
+        check_serves(configs, [m["model"] for m in result["models"]], endpoints)
     if json_:
         sys.stdout.write(orjson.dumps(result).decode() + "\n")
     else:

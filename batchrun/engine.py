@@ -35,7 +35,7 @@ from batchrun.client import ApiClient
 from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
 from batchrun.endpoint import proxy_for
 from batchrun.endpoints.failover import RouteFailover
-from batchrun.endpoints.routing import Out, combined
+from batchrun.endpoints.routing import FOR_THE_RUN, Out, combined
 from batchrun.endpoints.stamp import with_endpoint
 from batchrun.errors import BadLine, BatchrunError, InputChanged
 from batchrun.events import (
@@ -248,7 +248,7 @@ class Engine(RouteFailover):
         one the server's headers taught since it was queued; over the daily budget; over the
         context window)."""
         reasons = [self._too_large(route, job) for route in lane.routes
-                   if route.out not in (Out.REFUSED, Out.UNREACHABLE)] or [None]
+                   if route.out not in FOR_THE_RUN] or [None]
         reason = None if None in reasons else reasons[0]
         if reason is not None:
             self._record(job.request.custom_id, lane.model, None, ("request_too_large", reason))

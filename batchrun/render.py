@@ -68,6 +68,8 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                           f"{pace}{binds} · {role}")
         used = m["used_today"]
         today = (f"{used['tokens']:,} tokens already used today" if used["known"]
+                 else "today's usage at each endpoint is not looked up: counted as unused"
+                 if m.get("endpoints")
                  else "today counted as unused: set OPENAI_API_KEY to count its usage")
         days = "1 UTC day" if m["days"] == 1 else f"{m['days']} UTC days"
         table.add_row("days", f"{days} under the daily budget; {today}")

@@ -32,7 +32,7 @@ from batchrun.checkpoint import (
 )
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import check_serves
-from batchrun.endpoints.tally import count_endpoint
+from batchrun.endpoints.tally import count_endpoint, forget_failed
 from batchrun.endpoints.upstreams import build_upstreams, with_endpoints
 from batchrun.engine import Engine, JobSpec
 from batchrun.errors import (
@@ -95,7 +95,8 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         batch_queue_tokens=o.get("batch_queue_tokens"), detach=bool(o.get("detach")),
     )
     if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
-        spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")))
+        spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")),
+                              m.job_id)
     return spec, bool(o["simulate"])
 
 
@@ -306,6 +307,7 @@ async def run(
     try:
         scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
         if retry_failed and dropped:
+            forget_failed(manifest.endpoints)
             notify(f"Dropped {dropped:,} failed results from {manifest.output}; they are sent "
                    "again now.")
         elif retry_failed:

@@ -27,6 +27,7 @@ from typing import Any
 
 from batchrun.endpoint import AZURE_API_VERSION, Endpoint
 from batchrun.errors import InputError
+from batchrun.ledger import ledger_host
 from batchrun.tiers import TIERS, Limits, preset
 
 ENDPOINT_KEYS = {"name", "base_url", "azure_endpoint", "api_version", "api_key_env", "tier",
@@ -36,9 +37,13 @@ PRIORITIES = (1, 2)
 MAX_FILE_BYTES = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# What API keys look like: OpenAI's sk-…, and the long unbroken hex or base64-ish runs of
-# Azure and most other providers. Variable names (upper case with underscores) never match.
-_KEY_LIKE = re.compile(r"(?:^|[^A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}|^[A-Za-z0-9+/=]{32,}$")
+# What API keys look like: OpenAI's sk-…; the prefixes of other OpenAI-compatible providers
+# (Groq gsk_, Hugging Face hf_, Fireworks fw_, Perplexity pplx-, xAI xai-, Google AIza), whose
+# keys can pass for a variable's name; and the long unbroken hex or base64-ish runs of Azure
+# and most others. Variable names (upper case with underscores) never match.
+_KEY_LIKE = re.compile(r"(?:^|[^A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}"
+                       r"|(?:^|[^A-Za-z0-9])(?:gsk_|hf_|fw_|pplx-|xai-)[A-Za-z0-9]{20,}"
+                       r"|AIza[A-Za-z0-9_-]{30,}|^[A-Za-z0-9+/=]{32,}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,14 @@ class EndpointConfig:
     def deployment(self, model: str) -> str:
         """The name this endpoint knows `model` by (an Azure deployment, another alias)."""
         return self.models.get(model, model)
+
+    def quotas(self) -> set[tuple[str, str]]:
+        """What one key's limits are kept for here: the host (one server, however its URL is
+        spelled), and for Azure each deployment, which has a quota of its own."""
+        host = ledger_host(self.endpoint.host)
+        if not self.endpoint.azure:
+            return {(host, "")}
+        return {(host, self.deployment(m)) for m in (*self.limits, *self.models)} or {(host, "")}
 
 
 def _line_of(text: str, *needles: str, after: int = 0) -> int | None:
@@ -106,7 +119,8 @@ def _scan_for_keys(reader: _Reader, data: Any, index: int) -> None:
     if isinstance(data, dict):
         for key, value in data.items():
             if _key_like(key) or (isinstance(value, str) and _key_like(value)):
-                line = _line_of(reader.text, value if isinstance(value, str) else key)
+                # The key-like text itself marks the line (a value may repeat elsewhere).
+                line = _line_of(reader.text, key if _key_like(key) else str(value))
                 where = f"{reader.path}, line {line}" if line else str(reader.path)
                 what = "a name" if _key_like(key) else key
                 raise InputError(
@@ -173,9 +187,10 @@ def _endpoint(reader: _Reader, i: int, raw: Any, need_keys: bool) -> EndpointCon
         raise reader.fail(i, f'endpoint {name!r} needs api_key_env = "NAME", the variable '
                           "holding its key")
     if not _ENV_NAME.match(key_env):
+        # Not echoed: what is not a variable's name may be a key of a kind not caught above.
         raise reader.fail(i, f"api_key_env of endpoint {name!r} must be the name of an "
-                          f"environment variable (letters, digits, _), not {key_env!r}",
-                          "api_key_env")
+                          "environment variable (letters, digits, _), e.g. "
+                          'api_key_env = "OPENAI_API_KEY"', "api_key_env")
     if need_keys and not os.environ.get(key_env, "").strip():
         raise reader.fail(i, f"${key_env} (the key of endpoint {name!r}) is not set; export "
                           "the key in it", "api_key_env")
@@ -190,27 +205,59 @@ def _endpoint(reader: _Reader, i: int, raw: Any, need_keys: bool) -> EndpointCon
     insecure = raw.get("insecure", False)
     if not isinstance(insecure, bool):
         raise reader.fail(i, f"insecure of endpoint {name!r} must be true or false", "insecure")
+    url_key = "azure_endpoint" if "azure_endpoint" in raw else "base_url"
     try:
         endpoint = Endpoint.make(raw.get("base_url"), raw.get("azure_endpoint"), key_env,
                                  insecure)
     except InputError as exc:
-        raise reader.fail(i, f"endpoint {name!r}: {exc.message}",
-                          "azure_endpoint" if "azure_endpoint" in raw else "base_url") from None
+        if not insecure and _fine_if_insecure(raw, key_env):
+            # Endpoint.make's words name the --insecure flag, which no endpoint here reads.
+            raise reader.fail(
+                i, f"endpoint {name!r}: {raw[url_key]} is plain http to a host that is not this "
+                "machine: its key would cross the network unencrypted. Use https, or add "
+                "insecure = true to this endpoint if you really mean it.", url_key) from None
+        raise reader.fail(i, f"endpoint {name!r}: {exc.message}", url_key) from None
     if endpoint.azure:
         endpoint = Endpoint(endpoint.base_url, True, raw.get("api_version", AZURE_API_VERSION),
                             key_env, insecure)
-    return EndpointConfig(name, endpoint, tier, priority,
-                          _limits(reader, i, raw.get("limits", {})),
-                          _models(reader, i, raw.get("models", {})))
+    limits = _limits(reader, i, raw.get("limits", {}))
+    models = _models(reader, i, raw.get("models", {}))
+    for model, deployment in models.items():
+        if deployment in limits and deployment not in models:
+            # Else ignored: the model would be paced at its tier's preset instead.
+            raise reader.fail(
+                i, "limits are keyed by the job's model, not the deployment: write "
+                f'[endpoint.limits."{model}"] for the limits of deployment {deployment!r} of '
+                f"endpoint {name!r}.", deployment)
+    return EndpointConfig(name, endpoint, tier, priority, limits, models)
 
 
-def load_endpoints(path: Path, need_keys: bool = True) -> tuple[EndpointConfig, ...]:
-    """Read and check an endpoints file; InputError (exit 2) naming file and line if not fit.
-    `need_keys`: each api_key_env must be set (not for `estimate`, which sends nothing)."""
+def _fine_if_insecure(raw: dict[str, Any], key_env: str) -> bool:
+    """Whether the endpoint's URL was refused only for being plain http to another host."""
     try:
-        raw_bytes = path.expanduser().read_bytes()[: MAX_FILE_BYTES + 1]
+        Endpoint.make(raw.get("base_url"), raw.get("azure_endpoint"), key_env, insecure=True)
+    except InputError:
+        return False
+    return True
+
+
+def load_endpoints(path: Path, need_keys: bool = True,
+                   job: str | None = None) -> tuple[EndpointConfig, ...]:
+    """Read and check an endpoints file; InputError (exit 2) naming file and line if not fit.
+    `need_keys`: each api_key_env must be set (not for `estimate`, which sends nothing).
+    `job`: the job being resumed over the file, for the message if it cannot be read."""
+    try:
+        with path.expanduser().open("rb") as file:  # no more than the cap, whatever it is
+            raw_bytes = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise InputError(f"cannot read the endpoints file {path}: {exc.strerror}") from None
+        if job is not None:
+            raise InputError(
+                f"job {job} sends through the endpoints listed in {path}, which cannot be "
+                f"read: {exc.strerror}. The job reads that file again on each resume: put the "
+                f"file back at that path to resume {job}.") from None
+        raise InputError(
+            f"cannot read the endpoints file {path}: {exc.strerror}. Give --endpoints (or "
+            "$BATCHRUN_ENDPOINTS) the path of a TOML file of [[endpoint]] tables.") from None
     if len(raw_bytes) > MAX_FILE_BYTES:
         raise InputError(f"{path}: larger than 1 MB; an endpoints file lists a few endpoints")
     text = raw_bytes.decode("utf-8", errors="replace")
@@ -230,14 +277,14 @@ def load_endpoints(path: Path, need_keys: bool = True) -> tuple[EndpointConfig, 
         raise InputError(f"{path}: no [[endpoint]] tables; list at least one endpoint")
     configs = tuple(_endpoint(reader, i, raw, need_keys) for i, raw in enumerate(items))
     seen: dict[str, int] = {}
-    accounts: dict[tuple[str, str], str] = {}
+    accounts: dict[tuple[str, str, str], str] = {}
     for i, config in enumerate(configs):
         if config.name in seen:
             raise reader.fail(i, f"two endpoints are named {config.name!r}; names must be "
                               "unique (they name the endpoint in output and status)", "name")
         seen[config.name] = i
-        if not config.endpoint.azure:  # an Azure resource's deployments each have a quota
-            account = (config.endpoint.host, config.endpoint.key_env)
+        for host, deployment in config.quotas():
+            account = (host, deployment, config.endpoint.key_env)
             if account in accounts:
                 raise reader.fail(
                     i, f"endpoints {accounts[account]!r} and {config.name!r} both send to "

@@ -16,6 +16,7 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from batchrun.classify import Outcome
 from batchrun.decide import NO_NETWORK_TRIES, Action, never_connected
 from batchrun.endpoints.routing import BACK, FAIL_STREAK, Out, cool_off_s, may_take, verdict
 from batchrun.events import Listener, RouteChanged
@@ -23,6 +24,16 @@ from batchrun.lanes import Job, Lane, Route
 from batchrun.ledger import fmt_wait
 from batchrun.spec import JobSpec
 from batchrun.stop import Stop, StopKind
+
+
+def _fmt_pause(seconds: float) -> str:
+    """A cool-off as it is: fmt_wait counts whole minutes, and the first is 30 s."""
+    return f"{seconds:.0f}s" if seconds < 60 else fmt_wait(dt.timedelta(seconds=seconds))
+
+
+def _not_served(outcome: Outcome) -> bool:
+    """The endpoint's answer for any request of the model: no such deployment, model or path."""
+    return outcome.status == 404 or (outcome.status is not None and 300 <= outcome.status < 400)
 
 
 class RouteFailover:
@@ -50,18 +61,32 @@ class RouteFailover:
 
     async def _turn(self, lane: Lane, route: Route) -> Job | None:
         """With several routes: wait until this route may take the model's next job (it is in,
-        of the best priority in, big enough for the job) and its limiter would admit it now,
-        then take it. None: nothing to take now (the caller sees whether the lane is done)."""
+        of the best priority in among the routes big enough for the job, big enough itself)
+        and its limiter would admit it now, then take it. None: nothing to take now (the
+        caller sees whether the lane is done)."""
         now = self._clock()
         today = self._now_utc().date()
-        standings = [r.standing(today, now) for r in lane.routes]
         job = lane.peek()
-        if job is None or not may_take(route.standing(today, now), standings) or (
-                self._too_large(route, job) is not None):
-            if job is None and self._input_done and lane.outstanding == 0:
+        if job is None:
+            if self._input_done and lane.outstanding == 0:
                 return None
-            lane.changed.clear()
-            await lane.changed.wait()
+            await self._idle(lane)
+            return None
+        # A route too small for the job is not in rotation for it: priority and the verdict
+        # are among the routes that could send it.
+        fit = [r.standing(today, now) for r in lane.routes if self._too_large(r, job) is None]
+        mine = route.standing(today, now)
+        if self._too_large(route, job) is not None:
+            kind = verdict(fit) if mine.out is None else None
+            if kind is StopKind.DAILY:  # only spent routes could send it: as when all are out
+                await self._none_left(lane, route, kind)
+                return None
+            if kind is not None:  # none left for the run: the dispatcher records it too large
+                return lane.next_job()
+            await self._idle(lane)
+            return None
+        if not may_take(mine, fit):
+            await self._idle(lane)
             return None
         wait = route.ready_in(job.cost, now)
         if wait <= 0:
@@ -72,6 +97,11 @@ class RouteFailover:
         else:
             await self._sleep(wait)
         return None
+
+    @staticmethod
+    async def _idle(lane: Lane) -> None:
+        lane.changed.clear()
+        await lane.changed.wait()
 
     async def _take_out(self, lane: Lane, route: Route, why: Out, detail: str) -> bool:
         """Take `route` out of rotation; stop the job, or (--wait) sleep to the next UTC day,
@@ -86,6 +116,11 @@ class RouteFailover:
         kind = verdict([r.standing(today, now) for r in lane.routes])
         if kind is None:
             return True
+        return await self._none_left(lane, route, kind)
+
+    async def _none_left(self, lane: Lane, route: Route, kind: StopKind) -> bool:
+        """The model's requests can go nowhere (`kind`, routing.verdict): stop the job, or with
+        --wait and spent routes, sleep to the next UTC day. True: the dispatcher goes on."""
         if kind is StopKind.DAILY:
             if self.spec.wait:
                 await self._wait_for_reset(lane)
@@ -130,6 +165,8 @@ class RouteFailover:
                 why = Out.REFUSED if action is Action.STOP_REFUSED else Out.UNREACHABLE
                 await self._take_out(lane, route, why, outcome.message)
             return True
+        if action is Action.FAIL and _not_served(outcome):
+            return await self._not_served(lane, route, job)
         if action is Action.BACKOFF and route.streak >= FAIL_STREAK and route.out is None:
             route.cool_offs += 1
             pause = cool_off_s(route.cool_offs)
@@ -145,7 +182,28 @@ class RouteFailover:
             self._later(back_in())
             await self._take_out(lane, route, Out.FAILING,
                                  f"{route.streak} failures in a row (last: {outcome.message}); "
-                                 f"back in {fmt_wait(dt.timedelta(seconds=pause))}")
+                                 f"back in {_fmt_pause(pause)}")
+            return True
+        return False
+
+    async def _not_served(self, lane: Lane, route: Route, job: Job) -> bool:
+        """A 404 or a redirect says the endpoint has no such model or path (a mistyped Azure
+        deployment or base_url), not that the request is bad: out for the run while another
+        route is in. The last one in keeps its answers, recorded as without --endpoints."""
+        outcome = job.last
+        assert outcome is not None
+        if route.out is None and any(r.out is None for r in lane.routes if r is not route):
+            # The classifier's words for a redirect speak of --base-url, not of this file.
+            said = ("a redirect, which batchrun never follows" if outcome.code == "redirected"
+                    else outcome.message.rstrip("."))
+            self._move(lane, job)
+            await self._take_out(
+                lane, route, Out.NOT_SERVED,
+                f"HTTP {outcome.status}: {said}. Check its base_url or azure_endpoint and its "
+                "[endpoint.models] entry for the model")
+            return True
+        if route.out is Out.NOT_SERVED:  # sent before it was taken out
+            self._move(lane, job)
             return True
         return False
 

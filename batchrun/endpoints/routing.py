@@ -2,7 +2,8 @@
 functions over each route's standing, so the rules read (and are tested) apart from the engine.
 
 A route is one (endpoint, model). It is *out* for the UTC day (its daily budget is spent), for
-the run (the key was refused, or nothing ever connected), or for a cool-off (it kept failing).
+the run (the key was refused, nothing ever connected, or it answered that it does not serve the
+model: a 404 or a redirect), or for a cool-off (it kept failing).
 Only priority-1 routes take work while any of them is in; priority 2 only when all are out.
 """
 
@@ -30,6 +31,11 @@ class Out(enum.Enum):
     REFUSED = "refused the key"
     UNREACHABLE = "unreachable"
     FAILING = "failing"
+    NOT_SERVED = "does not serve it"
+
+
+# Out for the rest of the run: nothing sent through them any more counts.
+FOR_THE_RUN = (Out.REFUSED, Out.UNREACHABLE, Out.NOT_SERVED)
 
 
 @dataclass(frozen=True, slots=True)

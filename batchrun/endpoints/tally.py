@@ -41,6 +41,17 @@ def count_endpoint(counts: dict[str, dict[str, int]], endpoint: str, ok: bool) -
     row["failed"] += not ok
 
 
+def forget_failed(counts: dict[str, dict[str, int]]) -> None:
+    """--retry-failed dropped every failed line of the output: so many fewer results from each
+    endpoint (the requests are counted again where they are answered now)."""
+    for name in list(counts):
+        row = counts[name]
+        row["done"] -= row["failed"]
+        row["failed"] = 0
+        if row["done"] <= 0:
+            del counts[name]
+
+
 class EndpointTally:
     """A Listener: counts per endpoint name."""
 

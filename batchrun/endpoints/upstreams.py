@@ -43,16 +43,18 @@ def build_upstreams(spec: JobSpec, budget_in: BudgetIn) -> list[Upstream]:
     """Each endpoint's key is read from its variable here, and never kept anywhere else.
     `budget_in` makes the daily budget of a ledger scope (local SQLite, or shared in Redis)."""
     upstreams: list[Upstream] = []
-    keys: dict[tuple[str, str], str] = {}
+    keys: dict[tuple[str, str, str], str] = {}
     for config in spec.endpoints:
         key = config.endpoint.api_key()
-        account = (config.endpoint.host, key_fingerprint(key))
-        if not config.endpoint.azure and account in keys:
-            raise InputError(
-                f"{spec.endpoints_file}: endpoints {keys[account]!r} and {config.name!r} send "
-                f"to {config.endpoint.host} with the same key (in ${config.endpoint.key_env}): "
-                "one key's limits would be paced twice over. List each key once.")
-        keys[account] = config.name
+        for host, deployment in config.quotas():
+            account = (host, deployment, key_fingerprint(key))
+            if account in keys:
+                raise InputError(
+                    f"{spec.endpoints_file}: endpoints {keys[account]!r} and {config.name!r} "
+                    f"send to {config.endpoint.host} with the same key (in "
+                    f"${config.endpoint.key_env}): one key's limits would be paced twice over. "
+                    "List each key once.")
+            keys[account] = config.name
         client = ApiClient(config.endpoint, key, spec.timeout_s,
                            max(512, spec.concurrency or 0),
                            max_response_bytes=int(spec.max_response_mb * 2**20))
@@ -62,9 +64,11 @@ def build_upstreams(spec: JobSpec, budget_in: BudgetIn) -> list[Upstream]:
     return upstreams
 
 
-def with_endpoints(spec: JobSpec, path: Path, record_endpoint: bool) -> JobSpec:
-    """`spec` sending through the endpoints of the file at `path` (read and checked now)."""
-    configs = load_endpoints(path)
+def with_endpoints(spec: JobSpec, path: Path, record_endpoint: bool,
+                   job: str | None = None) -> JobSpec:
+    """`spec` sending through the endpoints of the file at `path` (read and checked now);
+    `job`: the job resumed over it."""
+    configs = load_endpoints(path, job=job)
     return replace(spec, endpoint=configs[0].endpoint, endpoints=configs,
                    endpoints_file=str(path.expanduser().resolve()),
                    record_endpoint=record_endpoint)
