@@ -49,7 +49,6 @@ import socket
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from batchrun.classify import Kind, Outcome
 from batchrun.decide import billed
@@ -118,7 +117,7 @@ class RedisState:
             if client is not None:
                 await client.aclose()
             raise InputError(f"--state {url.shown} cannot be used: "
-                             f"{redact(str(exc), urlsplit(url.url).password)}") from None
+                             f"{redact(str(exc), *url.secrets)}") from None
         except BaseException:
             if client is not None:
                 await client.aclose()
@@ -139,8 +138,7 @@ class RedisState:
             raise self.unavailable(exc) from None
 
     def unavailable(self, exc: BaseException) -> SharedStateError:
-        password = self._password()
-        reason = redact(f"{type(exc).__name__}: {exc}", password) if str(exc) else \
+        reason = redact(f"{type(exc).__name__}: {exc}", *self.url.secrets) if str(exc) else \
             type(exc).__name__
         return SharedStateError(
             f"The shared state at {self.url.shown} is unavailable ({reason}); nothing more "
@@ -153,9 +151,6 @@ class RedisState:
             "persistence, or its keys were deleted): today's usage across hosts is no longer "
             "known there. Nothing more is admitted. Turn on Redis persistence (appendonly) "
             "to keep it across restarts.")
-
-    def _password(self) -> str | None:
-        return urlsplit(self.url.url).password
 
     def today(self) -> dt.date:
         return self._now_utc().date()
