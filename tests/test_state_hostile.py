@@ -5,13 +5,19 @@ limits, and Redis failing in the ways operators meet."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
+from batchrun.classify import Kind, Outcome
+from batchrun.state._redis import DAY_TTL_S, _key, scope_name
+from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.redis_server import RedisServer
 from tests.test_resume import prompts
 from tests.test_state_cli import _everything_shown
+from tests.test_state_redis import SCOPE, _gate, hosts  # noqa: F401 - hosts: a fixture
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 PASSWORD = "qs-Secret-PW-0815"
@@ -50,3 +56,22 @@ def test_a_refused_url_does_not_echo_a_password_in_its_query(tmp_path: Path) -> 
                                             f"redis://localhost:6379/jobs?password={PASSWORD}"})
     assert run.code == 2 and "names database 'jobs'" in run.stderr
     assert "redis://localhost:6379/jobs" in run.stderr and PASSWORD not in run.stderr
+
+
+async def test_every_key_batchrun_writes_expires_even_one_it_finds_gone(
+        hosts: Any, redis_url: str) -> None:  # noqa: F811 - the fixture
+    import redis.asyncio
+
+    a = await hosts()
+    gate = _gate(a, Limits(rpm=600, rpd=1))
+    day, ticket = await gate.admit(5, 0.0) or pytest.fail("not admitted")
+    await gate.settle(day, ticket, 5, Outcome(Kind.OK, 200), None)
+    client = redis.asyncio.from_url(redis_url)
+    # The bucket outlived its idle TTL (a request in flight for minutes), then the answer's
+    # "ok" travels with an admission that finds the day spent.
+    await client.delete(_key("lim", scope_name(SCOPE)))
+    assert await gate.admit(5, 0.0) is None
+    ttls = {key.decode(): await client.pttl(key) async for key in client.scan_iter()}
+    await client.aclose()
+    assert _key("lim", scope_name(SCOPE)) in ttls
+    assert all(0 < ttl <= DAY_TTL_S * 1000 for ttl in ttls.values()), ttls

@@ -14,7 +14,9 @@ was not handed):
     hosts  zset  host id -> last admission (ms); `status` lists the recent ones.
     scopes set   per UTC day: the scopes used that day, for `status`.
     epoch  str   a random value set when batchrun first meets this Redis; a script that finds
-                 another (or none) knows the server lost its memory and refuses to go on.
+                 another (or none) knows the server lost its memory and refuses to go on. It
+                 expires with the daily keys (48 h after the last admission): nothing it vouches
+                 for outlives it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ local s = redis.call('HMGET', lim, 'tat_r', 'tat_t', 'cool_until', 'scale', 'sca
 local learned_r, learned_t = tonumber(s[6] or '0'), tonumber(s[7] or '0')
 if rpm > 0 and learned_r > 0 and learned_r < rpm then rpm = learned_r end
 if tpm > 0 and learned_t > 0 and learned_t < tpm then tpm = learned_t end
-if tonumber(ARGV[11]) > 0 then redis.call('HSET', lim, 'streak', 0) end
+if tonumber(ARGV[11]) > 0 then
+  -- The bucket may have expired while idle: what this writes must expire too.
+  redis.call('HSET', lim, 'streak', 0)
+  redis.call('PEXPIRE', lim, tonumber(ARGV[14]))
+end
 local u = redis.call('HMGET', day, 'tokens', 'requests', 'exhausted')
 local used_t, used_r = tonumber(u[1] or '0'), tonumber(u[2] or '0')
 local exhausted = tonumber(u[3] or '0')
@@ -83,6 +89,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[14]))
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[14]))
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[15]))
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[15]))
 return {0, math.ceil(send - now), used_t + cost, used_r + 1, 0, rpm, tpm, now}
 """
 

@@ -126,7 +126,7 @@ class RedisState:
 
     async def _open(self) -> None:
         epoch = _key("epoch")
-        await self._client.set(epoch, secrets.token_hex(8), nx=True)
+        await self._client.set(epoch, secrets.token_hex(8), nx=True, ex=DAY_TTL_S)
         self._epoch = (await self._client.get(epoch) or b"").decode()
 
     async def _call(self, work: Awaitable[Any]) -> Any:
