@@ -17,7 +17,7 @@ from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_js
 from tests.redis_server import RedisServer
 from tests.test_resume import prompts
 from tests.test_state_cli import _everything_shown
-from tests.test_state_redis import SCOPE, _gate, hosts  # noqa: F401 - hosts: a fixture
+from tests.test_state_redis import DAY, SCOPE, _gate, hosts  # noqa: F401 - hosts: a fixture
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 PASSWORD = "qs-Secret-PW-0815"
@@ -75,3 +75,29 @@ async def test_every_key_batchrun_writes_expires_even_one_it_finds_gone(
     await client.aclose()
     assert _key("lim", scope_name(SCOPE)) in ttls
     assert all(0 < ttl <= DAY_TTL_S * 1000 for ttl in ttls.values()), ttls
+
+
+async def test_a_host_given_a_lower_rpm_paces_every_host_at_it_while_it_asks(
+        hosts: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811 - the fixture
+    # --rpm is the key's limit as a host was told. Hosts that disagree cannot each pace their
+    # own turns at their own rate in one bucket: 3 hosts at 1200 and one at 300 sent 691 a
+    # minute between them (measured), over the 300 and far under the 1200. The lowest limit
+    # of a host still asking is every host's, as a lower x-ratelimit-limit-* is.
+    from batchrun.state import _redis
+
+    slow, fast = await hosts(name="slow"), await hosts(name="fast")
+    slow_b, fast_b = slow.budget(SCOPE, 0, 0), fast.budget(SCOPE, 0, 0)
+    day = DAY.date()
+
+    async def fast_admitted(n: int) -> int:
+        got = [await fast.admit(fast_b, 1, day, Limits(rpm=600)) for _ in range(n)]
+        return sum(status == _redis.ADMITTED for status, *_ in got)
+
+    assert (await slow.admit(slow_b, 1, day, Limits(rpm=60)))[0] == _redis.ADMITTED
+    # At 60 a minute the bucket (0.9 s of burst) holds one more within the 1.5 s batchrun
+    # schedules ahead; at 600 it would hold all five.
+    assert await fast_admitted(5) == 1
+    # A host gone quiet lets go of its limit (here at once): the others pace at their own (at
+    # 60 a minute, none of these would fit in the next 1.5 s).
+    monkeypatch.setattr(_redis, "ACTIVE_S", 0.0)
+    assert await fast_admitted(3) == 3

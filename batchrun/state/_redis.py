@@ -173,7 +173,7 @@ class RedisState:
                 _key("scopes", day.isoformat()), _key("epoch")]
         args = [self._epoch, self.host_id, name, limits.rpm, limits.tpm, budget.tpd,
                 budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
-                round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S]
+                round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S, round(ACTIVE_S * 1000)]
         try:
             reply = await self._call(self._admit(keys=keys, args=args))
         except BaseException:
