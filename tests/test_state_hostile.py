@@ -4,6 +4,10 @@ limits, and Redis failing in the ways operators meet."""
 
 from __future__ import annotations
 
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +15,12 @@ import orjson
 import pytest
 
 from batchrun.classify import Kind, Outcome
+from batchrun.sim import SimConfig, SimLimits
 from batchrun.state._redis import DAY_TTL_S, _key, scope_name
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.redis_server import RedisServer
-from tests.test_resume import prompts
+from tests.test_resume import prompts, wait_for
 from tests.test_state_cli import _everything_shown
 from tests.test_state_redis import DAY, SCOPE, _gate, hosts  # noqa: F401 - hosts: a fixture
 
@@ -101,3 +106,73 @@ async def test_a_host_given_a_lower_rpm_paces_every_host_at_it_while_it_asks(
     # 60 a minute, none of these would fit in the next 1.5 s).
     monkeypatch.setattr(_redis, "ACTIVE_S", 0.0)
     assert await fast_admitted(3) == 3
+
+
+class Silencer(socketserver.ThreadingTCPServer):
+    """A loopback proxy to a redis-server that, once `silent` is set, takes what it is sent and
+    never answers (a Redis that stopped answering: paused, overloaded, behind a dead route),
+    and counts the connections batchrun opens after that."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int) -> None:
+        self.target, self.silent, self.opened_after = port, threading.Event(), 0
+        super().__init__(("127.0.0.1", 0), _Pipe)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.server_address[1]}/0"
+
+
+class _Pipe(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server: Silencer = self.server  # type: ignore[assignment]
+        if server.silent.is_set():
+            server.opened_after += 1
+        upstream = socket.create_connection(("127.0.0.1", server.target))
+        threading.Thread(target=self._back, args=(upstream,), daemon=True).start()
+        with upstream:
+            while data := self.request.recv(65536):
+                if not server.silent.is_set():
+                    upstream.sendall(data)
+
+    def _back(self, upstream: socket.socket) -> None:
+        server: Silencer = self.server  # type: ignore[assignment]
+        while (data := upstream.recv(65536)) and not server.silent.is_set():
+            self.request.sendall(data)
+
+
+@pytest.fixture
+def silencer(redis_session: RedisServer) -> Iterator[Silencer]:
+    redis_session.flush()
+    proxy = Silencer(redis_session.port)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+@pytest.mark.slow
+def test_a_redis_that_stops_answering_is_asked_once_not_again_and_again(
+        sim_factory: Any, silencer: Silencer, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each question to a silent Redis costs the whole timeout (5 s): asking it again (a retry,
+    # a last settlement on the way out) made the user wait 20 s, not 5, for the message.
+    from batchrun.state import _redis
+
+    monkeypatch.setattr(_redis, "TIMEOUT_S", 0.2)
+    sim = sim_factory(SimConfig(SimLimits(rpm=60_000), latency_s=0.02))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(300))
+
+    def silence() -> None:
+        wait_for(lambda: sim.stats.received >= 10)
+        silencer.silent.set()
+
+    threading.Thread(target=silence, daemon=True).start()
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--state", silencer.url,
+                  "--rpm", "60000", env=ENV)
+    assert run.code == 5, run.stderr
+    assert f"{silencer.url} is unavailable (TimeoutError" in run.stderr
+    assert 10 <= len(read_results(tmp_path / "jobs.results.jsonl")) == sim.stats.received
+    assert silencer.opened_after == 0  # no reconnecting to ask once more

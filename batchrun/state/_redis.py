@@ -91,7 +91,7 @@ class RedisState:
         self._admit = client.register_script(ADMIT)
         self._settle = client.register_script(SETTLE)
         self._epoch = ""
-        self.failure: SharedStateError | None = None  # a settlement that could not be written
+        self.failure: SharedStateError | None = None  # Redis failed: not asked again this run
         self._budgets: list[RedisBudget] = []
 
     @classmethod
@@ -100,16 +100,18 @@ class RedisState:
         """Connect and check the server answers; SharedStateError (exit 5) when it does not."""
         timeout_s = timeout_s or TIMEOUT_S
         import redis.asyncio
+        import redis.exceptions
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         # One quick retry mends a connection the server closed while idle; more would turn a
-        # dead Redis into a long silence before the user hears of it.
+        # dead Redis into a long silence before the user hears of it. Not after a timeout: a
+        # Redis that did not answer in time is down, and asking again doubles the wait.
         client = None
         try:
             client = redis.asyncio.from_url(
                 url.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 1))
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
             state = cls(client, url, now_utc,
                         host_id or f"{socket.gethostname()}:{os.getpid()}")
             await state._call(state._open())
@@ -135,7 +137,10 @@ class RedisState:
         try:
             return await work
         except redis.exceptions.RedisError as exc:
-            raise self.unavailable(exc) from None
+            # Not asked again this run (close() gives nothing back to it): each question to a
+            # Redis that stopped answering costs the whole timeout.
+            self.failure = self.failure or self.unavailable(exc)
+            raise self.failure from None
 
     def unavailable(self, exc: BaseException) -> SharedStateError:
         reason = redact(f"{type(exc).__name__}: {exc}", *self.url.secrets) if str(exc) else \
