@@ -176,3 +176,40 @@ def test_a_redis_that_stops_answering_is_asked_once_not_again_and_again(
     assert f"{silencer.url} is unavailable (TimeoutError" in run.stderr
     assert 10 <= len(read_results(tmp_path / "jobs.results.jsonl")) == sim.stats.received
     assert silencer.opened_after == 0  # no reconnecting to ask once more
+
+
+async def test_a_per_day_429_about_yesterday_does_not_spend_today_for_every_host(
+        redis_url: str, tmp_path: Path) -> None:
+    # Hosts wait for 00:00 UTC and fire at once; a server whose clock is 2 s behind answers a
+    # per-day 429 for the day it is still in ("try again in 1s"). That is not the hosts' new
+    # day: marked spent in Redis, it stopped every host for all of it (measured: a host at
+    # 00:05 refused without sending, "2,000,000 of 2,000,000 tokens used").
+    import datetime as dt
+
+    from batchrun.endpoint import Endpoint
+    from batchrun.engine import JobSpec
+    from batchrun.jobstore import JobStore
+    from batchrun.runner import prepare
+    from batchrun.runner import run as run_job
+    from batchrun.sim import SimServer, Simulator
+    from batchrun.state import StateUrl
+
+    now = [dt.datetime(2026, 11, 27, 23, 50, tzinfo=dt.UTC)]
+    sim = Simulator(SimConfig(SimLimits(rpd=5)), today=lambda: now[0] - dt.timedelta(seconds=2))
+    async with SimServer(sim) as server:
+        async def host(name: str, lines: int) -> Any:
+            write_jsonl(tmp_path / f"{name}.jsonl", prompts(lines, name))
+            spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out",
+                           endpoint=Endpoint.make(server.base_url, None, None),
+                           overrides={"rpm": 0, "tpm": 0, "rpd": 0})
+            store = JobStore(tmp_path / name)
+            return await run_job(spec, prepare(spec, False, store), store, FAKE_KEY,
+                                 lambda event: None, "sim", now_utc=lambda: now[0],
+                                 state=StateUrl(redis_url))
+
+        assert await host("a", 6) is not None  # the 27th is spent (the server's 429)
+        now[0] = dt.datetime(2026, 11, 28, 0, 0, 1, tzinfo=dt.UTC)  # the server: 23:59:59
+        await host("b", 1)
+        now[0] = dt.datetime(2026, 11, 28, 0, 5, tzinfo=dt.UTC)
+        assert await host("c", 3) is None
+    assert len(read_results(tmp_path / "c.out")) == 3

@@ -68,6 +68,7 @@ LIM_TTL_MS = 300_000  # buckets, cooldowns and learned limits outlive an idle mi
 DAY_TTL_S = 48 * 3600
 ACTIVE_S = 15.0  # `status` lists hosts admitted within this long as active
 TIMEOUT_S = 5.0  # a Redis slower than this counts as down
+MIDNIGHT_SKEW = dt.timedelta(minutes=5)  # a server's day ending this soon after ours began
 ADMITTED, DAY_SPENT, LATER, LOST = 0, 1, 2, 3
 
 
@@ -156,6 +157,9 @@ class RedisState:
             "persistence, or its keys were deleted): today's usage across hosts is no longer "
             "known there. Nothing more is admitted. Turn on Redis persistence (appendonly) "
             "to keep it across restarts.")
+
+    def now_utc(self) -> dt.datetime:
+        return self._now_utc()
 
     def today(self) -> dt.date:
         return self._now_utc().date()
@@ -377,9 +381,12 @@ class RedisGate:
         if not code and not (rpm or tpm) and (extra <= 0 or not b.near_end(cost, extra)):
             b.give_back(day, extra, 0)
             return
-        state = b.state
+        state, spent = b.state, day
+        if code == 2 and (spent := self._servers_day(outcome.hint_s, day)) != day:
+            b.give_back(day, extra, 0)  # the usage is the reservation's day's, as always
+            extra = 0
         try:
-            pause = await state.settle(b, day, extra, 0, code, outcome.hint_s, admitted_ms,
+            pause = await state.settle(b, spent, extra, 0, code, outcome.hint_s, admitted_ms,
                                        rpm, tpm)
         except SharedStateError as exc:
             # Answered and written all the same; the next admission stops the run.
@@ -388,6 +395,17 @@ class RedisGate:
         b.counted(day, extra)
         if code == 1:
             self.limiter.shared_pause = pause
+
+    def _servers_day(self, hint_s: float | None, day: dt.date) -> dt.date:
+        """The UTC day a per-day 429 is about. Hosts waiting for 00:00 UTC fire together, and
+        a server whose clock is a little behind still answers for yesterday, saying its day
+        ends in a moment: marking `day` spent would stop every host for a day the server has
+        not begun. (Only then: some servers' per-day hints are minutes at any hour.)"""
+        began = dt.datetime.combine(day, dt.time(), dt.UTC)
+        now = self.budget.state.now_utc()
+        if hint_s is None or now + dt.timedelta(seconds=hint_s) - began >= MIDNIGHT_SKEW:
+            return day
+        return day - dt.timedelta(days=1)
 
     def _lower_limits(self, server: ServerState | None) -> tuple[int, int]:
         if server is None:
