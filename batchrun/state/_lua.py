@@ -7,20 +7,24 @@ was not handed):
 
     lim    hash  per (API host, key fingerprint, model): tat_r, tat_t (when each bucket is full
                  again), cool_until, cool_start, streak, last429, scale, scale_at, rpm, tpm
-                 (the lowest limits any host was told). Expires after LIM_TTL_MS idle.
+                 (the lowest limits any host was told), cfg_r, cfg_t (the lowest limits a
+                 host asking lately was given) and when each was last asked with
+                 (cfg_r_at, cfg_t_at). Expires after LIM_TTL_MS idle.
     day    hash  per (…, UTC day): tokens, requests, exhausted, tpd, rpd (the budget last
                  checked against) and h:<host id> = requests that
                  host was admitted. Expires after 48 h.
     hosts  zset  host id -> last admission (ms); `status` lists the recent ones.
     scopes set   per UTC day: the scopes used that day, for `status`.
     epoch  str   a random value set when batchrun first meets this Redis; a script that finds
-                 another (or none) knows the server lost its memory and refuses to go on.
+                 another (or none) knows the server lost its memory and refuses to go on. It
+                 expires with the daily keys (48 h after the last admission): nothing it vouches
+                 for outlives it.
 """
 
 from __future__ import annotations
 
 # ARGV: epoch, host id, scope, rpm, tpm, tpd, rpd, cost, tokens delta, requests delta, oks,
-#       burst ms, ahead ms, lim ttl ms, day ttl s
+#       burst ms, ahead ms, lim ttl ms, day ttl s, active ms
 # Returns: status (0 admitted, 1 day spent, 2 try later, 3 state lost), wait ms, day tokens,
 #          day requests, exhausted, rpm, tpm, server now ms.
 ADMIT = """
@@ -40,7 +44,30 @@ local s = redis.call('HMGET', lim, 'tat_r', 'tat_t', 'cool_until', 'scale', 'sca
 local learned_r, learned_t = tonumber(s[6] or '0'), tonumber(s[7] or '0')
 if rpm > 0 and learned_r > 0 and learned_r < rpm then rpm = learned_r end
 if tpm > 0 and learned_t > 0 and learned_t < tpm then tpm = learned_t end
-if tonumber(ARGV[11]) > 0 then redis.call('HSET', lim, 'streak', 0) end
+-- One bucket paces at one rate. Hosts given different limits for the key (--rpm, --tier) that
+-- each paced their own turns at their own rate would hold no host to any limit, so the lowest
+-- a host still asking was given paces every host; one silent for `active` ms lets go of it.
+-- (Only pacing: the host keeps its own limits for sizing, as nothing was learned from the
+-- server.)
+local active = tonumber(ARGV[16])
+local function lowest(own, given, field, at_field, held, at)
+  held, at = tonumber(held or '0'), tonumber(at or '0')
+  if own > 0 and (held == 0 or own <= held or now - at > active) then
+    redis.call('HSET', lim, field, own, at_field, now)
+    redis.call('PEXPIRE', lim, tonumber(ARGV[14]))
+  elseif held > 0 and now - at <= active and (given == 0 or held < given) then
+    return held
+  end
+  return given
+end
+local c = redis.call('HMGET', lim, 'cfg_r', 'cfg_r_at', 'cfg_t', 'cfg_t_at')
+local pace_r = lowest(tonumber(ARGV[4]), rpm, 'cfg_r', 'cfg_r_at', c[1], c[2])
+local pace_t = lowest(tonumber(ARGV[5]), tpm, 'cfg_t', 'cfg_t_at', c[3], c[4])
+if tonumber(ARGV[11]) > 0 then
+  -- The bucket may have expired while idle: what this writes must expire too.
+  redis.call('HSET', lim, 'streak', 0)
+  redis.call('PEXPIRE', lim, tonumber(ARGV[14]))
+end
 local u = redis.call('HMGET', day, 'tokens', 'requests', 'exhausted')
 local used_t, used_r = tonumber(u[1] or '0'), tonumber(u[2] or '0')
 local exhausted = tonumber(u[3] or '0')
@@ -55,14 +82,14 @@ local send = start
 local tat_r, tat_t
 -- GCRA: tat is when the bucket is full again. A request may go once it fits in the burst, or,
 -- if it is bigger than the burst, once the bucket is full (it then goes into debt).
-if rpm > 0 then
+if pace_r > 0 then
   local tat = math.max(tonumber(s[1] or '0'), start)
-  tat_r = tat + 60000 / (rpm * scale)
+  tat_r = tat + 60000 / (pace_r * scale)
   send = math.max(send, math.min(tat_r - burst, tat))
 end
-if tpm > 0 then
+if pace_t > 0 then
   local tat = math.max(tonumber(s[2] or '0'), start)
-  tat_t = tat + cost * 60000 / (tpm * scale)
+  tat_t = tat + cost * 60000 / (pace_t * scale)
   send = math.max(send, math.min(tat_t - burst, tat))
 end
 -- Never scheduled further ahead than `ahead`: an idle host holds nothing for long.
@@ -83,6 +110,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[14]))
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[14]))
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[15]))
+redis.call('EXPIRE', KEYS[5], tonumber(ARGV[15]))
 return {0, math.ceil(send - now), used_t + cost, used_r + 1, 0, rpm, tpm, now}
 """
 

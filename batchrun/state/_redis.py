@@ -49,7 +49,6 @@ import socket
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from batchrun.classify import Kind, Outcome
 from batchrun.decide import billed
@@ -69,6 +68,7 @@ LIM_TTL_MS = 300_000  # buckets, cooldowns and learned limits outlive an idle mi
 DAY_TTL_S = 48 * 3600
 ACTIVE_S = 15.0  # `status` lists hosts admitted within this long as active
 TIMEOUT_S = 5.0  # a Redis slower than this counts as down
+MIDNIGHT_SKEW = dt.timedelta(minutes=5)  # a server's day ending this soon after ours began
 ADMITTED, DAY_SPENT, LATER, LOST = 0, 1, 2, 3
 
 
@@ -92,7 +92,7 @@ class RedisState:
         self._admit = client.register_script(ADMIT)
         self._settle = client.register_script(SETTLE)
         self._epoch = ""
-        self.failure: SharedStateError | None = None  # a settlement that could not be written
+        self.failure: SharedStateError | None = None  # Redis failed: not asked again this run
         self._budgets: list[RedisBudget] = []
 
     @classmethod
@@ -101,16 +101,18 @@ class RedisState:
         """Connect and check the server answers; SharedStateError (exit 5) when it does not."""
         timeout_s = timeout_s or TIMEOUT_S
         import redis.asyncio
+        import redis.exceptions
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
         # One quick retry mends a connection the server closed while idle; more would turn a
-        # dead Redis into a long silence before the user hears of it.
+        # dead Redis into a long silence before the user hears of it. Not after a timeout: a
+        # Redis that did not answer in time is down, and asking again doubles the wait.
         client = None
         try:
             client = redis.asyncio.from_url(
                 url.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 1))
+                retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
             state = cls(client, url, now_utc,
                         host_id or f"{socket.gethostname()}:{os.getpid()}")
             await state._call(state._open())
@@ -118,7 +120,7 @@ class RedisState:
             if client is not None:
                 await client.aclose()
             raise InputError(f"--state {url.shown} cannot be used: "
-                             f"{redact(str(exc), urlsplit(url.url).password)}") from None
+                             f"{redact(str(exc), *url.secrets)}") from None
         except BaseException:
             if client is not None:
                 await client.aclose()
@@ -127,7 +129,7 @@ class RedisState:
 
     async def _open(self) -> None:
         epoch = _key("epoch")
-        await self._client.set(epoch, secrets.token_hex(8), nx=True)
+        await self._client.set(epoch, secrets.token_hex(8), nx=True, ex=DAY_TTL_S)
         self._epoch = (await self._client.get(epoch) or b"").decode()
 
     async def _call(self, work: Awaitable[Any]) -> Any:
@@ -136,11 +138,13 @@ class RedisState:
         try:
             return await work
         except redis.exceptions.RedisError as exc:
-            raise self.unavailable(exc) from None
+            # Not asked again this run (close() gives nothing back to it): each question to a
+            # Redis that stopped answering costs the whole timeout.
+            self.failure = self.failure or self.unavailable(exc)
+            raise self.failure from None
 
     def unavailable(self, exc: BaseException) -> SharedStateError:
-        password = self._password()
-        reason = redact(f"{type(exc).__name__}: {exc}", password) if str(exc) else \
+        reason = redact(f"{type(exc).__name__}: {exc}", *self.url.secrets) if str(exc) else \
             type(exc).__name__
         return SharedStateError(
             f"The shared state at {self.url.shown} is unavailable ({reason}); nothing more "
@@ -154,8 +158,8 @@ class RedisState:
             "known there. Nothing more is admitted. Turn on Redis persistence (appendonly) "
             "to keep it across restarts.")
 
-    def _password(self) -> str | None:
-        return urlsplit(self.url.url).password
+    def now_utc(self) -> dt.datetime:
+        return self._now_utc()
 
     def today(self) -> dt.date:
         return self._now_utc().date()
@@ -178,7 +182,7 @@ class RedisState:
                 _key("scopes", day.isoformat()), _key("epoch")]
         args = [self._epoch, self.host_id, name, limits.rpm, limits.tpm, budget.tpd,
                 budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
-                round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S]
+                round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S, round(ACTIVE_S * 1000)]
         try:
             reply = await self._call(self._admit(keys=keys, args=args))
         except BaseException:
@@ -377,9 +381,12 @@ class RedisGate:
         if not code and not (rpm or tpm) and (extra <= 0 or not b.near_end(cost, extra)):
             b.give_back(day, extra, 0)
             return
-        state = b.state
+        state, spent = b.state, day
+        if code == 2 and (spent := self._servers_day(outcome.hint_s, day)) != day:
+            b.give_back(day, extra, 0)  # the usage is the reservation's day's, as always
+            extra = 0
         try:
-            pause = await state.settle(b, day, extra, 0, code, outcome.hint_s, admitted_ms,
+            pause = await state.settle(b, spent, extra, 0, code, outcome.hint_s, admitted_ms,
                                        rpm, tpm)
         except SharedStateError as exc:
             # Answered and written all the same; the next admission stops the run.
@@ -388,6 +395,17 @@ class RedisGate:
         b.counted(day, extra)
         if code == 1:
             self.limiter.shared_pause = pause
+
+    def _servers_day(self, hint_s: float | None, day: dt.date) -> dt.date:
+        """The UTC day a per-day 429 is about. Hosts waiting for 00:00 UTC fire together, and
+        a server whose clock is a little behind still answers for yesterday, saying its day
+        ends in a moment: marking `day` spent would stop every host for a day the server has
+        not begun. (Only then: some servers' per-day hints are minutes at any hour.)"""
+        began = dt.datetime.combine(day, dt.time(), dt.UTC)
+        now = self.budget.state.now_utc()
+        if hint_s is None or now + dt.timedelta(seconds=hint_s) - began >= MIDNIGHT_SKEW:
+            return day
+        return day - dt.timedelta(days=1)
 
     def _lower_limits(self, server: ServerState | None) -> tuple[int, int]:
         if server is None:

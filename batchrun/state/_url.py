@@ -10,13 +10,27 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from batchrun.endpoint import without_userinfo
 from batchrun.errors import InputError
 
 LOCAL = ("", "local", "sqlite")
 SCHEMES = ("redis", "rediss")
+
+
+def _secret_param(name: str) -> bool:
+    """redis-py takes credentials in the query too (?password=, ?username=, ?ssl_password=)."""
+    name = name.lower()
+    return "password" in name or name in ("user", "username")
+
+
+def _without_credentials(url: str) -> str:
+    """The URL without user info and without the query's credentials; its other options stay
+    (a resumed job needs e.g. ?ssl_cert_reqs= again). Plain string work: never fails."""
+    base, sep, query = without_userinfo(url).partition("?")
+    kept = [p for p in query.split("&") if p and not _secret_param(unquote(p.partition("=")[0]))]
+    return base + ("?" + "&".join(kept) if sep and kept else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +41,25 @@ class StateUrl:
     def shown(self) -> str:
         """For messages, status and the manifest: never a credential."""
         parts = urlsplit(self.url)
-        if parts.username is None and parts.password is None:
-            return self.url
-        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        base = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="").geturl()
+        query = _without_credentials(self.url).partition("?")[2]
+        return base + ("?" + query if query else "")
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every credential the URL holds, as given and decoded: to redact from error text."""
+        parts = urlsplit(self.url)
+        found = [parts.password or "", unquote(parts.password or "")]
+        for name, value in parse_qsl(parts.query, keep_blank_values=True):
+            if _secret_param(name):
+                found += [value, quote(value, safe="")]
+        return tuple(s for s in found if s)
 
     @property
     def has_credentials(self) -> bool:
         parts = urlsplit(self.url)
-        return parts.username is not None or parts.password is not None
+        return parts.username is not None or parts.password is not None or any(
+            _secret_param(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True))
 
     def manifest_options(self) -> dict[str, Any]:
         return {"state": self.shown, "state_credentials": self.has_credentials}
@@ -46,7 +71,7 @@ def parse_state_url(value: str | None) -> StateUrl | None:
     if value is None or value.strip().lower() in LOCAL:
         return None
     value = value.strip()
-    shown = without_userinfo(value)
+    shown = _without_credentials(value)
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - parsing the port is the check: it raises on a bad one
