@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
@@ -26,6 +27,33 @@ def without_userinfo(url: str) -> str:
     if not sep or "@" not in rest:
         return url
     return scheme + sep + "***@" + rest.rpartition("@")[2]
+
+
+# What API keys look like: OpenAI's sk-…; the prefixes of other OpenAI-compatible providers
+# (Groq gsk_, Hugging Face hf_, Fireworks fw_, Perplexity pplx-, xAI xai-, Google AIza), whose
+# keys can pass for a variable's name; and the long unbroken hex or base64-ish runs of Azure
+# and most others. Variable names (upper case with underscores) never match.
+_KEY_LIKE = re.compile(r"(?:^|[^A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}"
+                       r"|(?:^|[^A-Za-z0-9])(?:gsk_|hf_|fw_|pplx-|xai-)[A-Za-z0-9]{20,}"
+                       r"|AIza[A-Za-z0-9_-]{30,}|^[A-Za-z0-9+/=]{32,}$")
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def looks_like_key(value: str) -> bool:
+    return bool(_KEY_LIKE.search(value.strip()))
+
+
+def check_key_env(key_env: str) -> str:
+    """--api-key-env: a variable's name. Never echoed when it is not one: it may be a key."""
+    if looks_like_key(key_env) or not ENV_NAME.match(key_env):
+        raise InputError(
+            "--api-key-env takes the name of the environment variable that holds the key (e.g. "
+            "OPENAI_API_KEY), never the key itself; what was given is not a variable name, so "
+            "it is not shown. Export the key in a variable and pass that variable's name."
+        )
+    return key_env
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -95,7 +123,7 @@ class Endpoint:
         insecure: bool = False,
     ) -> Endpoint:
         azure = bool(azure_endpoint)
-        key_env = key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY")
+        key_env = check_key_env(key_env or ("AZURE_OPENAI_API_KEY" if azure else "OPENAI_API_KEY"))
         url = _check_url(
             (azure_endpoint or base_url or OPENAI_BASE_URL).strip().rstrip("/"),
             "The Azure endpoint" if azure else "The base URL",

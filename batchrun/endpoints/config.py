@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.endpoint import AZURE_API_VERSION, Endpoint
+from batchrun.endpoint import AZURE_API_VERSION, ENV_NAME, Endpoint, looks_like_key
 from batchrun.errors import InputError
 from batchrun.ledger import ledger_host
 from batchrun.tiers import TIERS, Limits, preset
@@ -36,16 +36,6 @@ LIMIT_KEYS = ("rpm", "tpm", "rpd", "tpd")
 PRIORITIES = (1, 2)
 MAX_FILE_BYTES = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# What API keys look like: OpenAI's sk-…; the prefixes of other OpenAI-compatible providers
-# (Groq gsk_, Hugging Face hf_, Fireworks fw_, Perplexity pplx-, xAI xai-, Google AIza), whose
-# keys can pass for a variable's name; and the long unbroken hex or base64-ish runs of Azure
-# and most others. Variable names (upper case with underscores) never match.
-_KEY_LIKE = re.compile(r"(?:^|[^A-Za-z0-9])sk-[A-Za-z0-9_-]{8,}"
-                       r"|(?:^|[^A-Za-z0-9])(?:gsk_|hf_|fw_|pplx-|xai-)[A-Za-z0-9]{20,}"
-                       r"|AIza[A-Za-z0-9_-]{30,}|^[A-Za-z0-9+/=]{32,}$")
-
-
 @dataclass(frozen=True, slots=True)
 class EndpointConfig:
     """One endpoint of the file: where, whose key (the variable's name), which limits."""
@@ -110,19 +100,15 @@ class _Reader:
         return InputError(f"{self.where(index, *needles)}: {message}")
 
 
-def _key_like(value: str) -> bool:
-    return bool(_KEY_LIKE.search(value.strip()))
-
-
 def _scan_for_keys(reader: _Reader, data: Any, index: int) -> None:
     """Refuse any string in the file that looks like an API key, naming its line only."""
     if isinstance(data, dict):
         for key, value in data.items():
-            if _key_like(key) or (isinstance(value, str) and _key_like(value)):
+            if looks_like_key(key) or (isinstance(value, str) and looks_like_key(value)):
                 # The key-like text itself marks the line (a value may repeat elsewhere).
-                line = _line_of(reader.text, key if _key_like(key) else str(value))
+                line = _line_of(reader.text, key if looks_like_key(key) else str(value))
                 where = f"{reader.path}, line {line}" if line else str(reader.path)
-                what = "a name" if _key_like(key) else key
+                what = "a name" if looks_like_key(key) else key
                 raise InputError(
                     f"{where}: {what} holds what looks like an API key. Keys never go in the "
                     "endpoints file: export the key in a variable and name that variable with "
@@ -186,7 +172,7 @@ def _endpoint(reader: _Reader, i: int, raw: Any, need_keys: bool) -> EndpointCon
     if key_env is None:
         raise reader.fail(i, f'endpoint {name!r} needs api_key_env = "NAME", the variable '
                           "holding its key")
-    if not _ENV_NAME.match(key_env):
+    if not ENV_NAME.match(key_env):
         # Not echoed: what is not a variable's name may be a key of a kind not caught above.
         raise reader.fail(i, f"api_key_env of endpoint {name!r} must be the name of an "
                           "environment variable (letters, digits, _), e.g. "
