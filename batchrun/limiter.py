@@ -222,11 +222,13 @@ class Pacer:
                     self._resize()
         # How much more burst the server is known to hold (seconds); inf without headers.
         headroom = math.inf
-        for bucket, remaining, since in (
+        for bucket, remaining, since, limit in (
             (self._requests, state.remaining_requests if state else None,
-             self.admitted_requests - ticket.requests_after),
+             self.admitted_requests - ticket.requests_after,
+             state.limit_requests if state else None),
             (self._tokens, state.remaining_tokens if state else None,
-             self.admitted_tokens - ticket.tokens_after),
+             self.admitted_tokens - ticket.tokens_after,
+             state.limit_tokens if state else None),
         ):
             if bucket is None or remaining is None:
                 continue
@@ -240,8 +242,11 @@ class Pacer:
             if bucket.level > high - bucket.reserve:
                 bucket.level = high - bucket.reserve
                 # The server refills slower than we do (another client on the key, a limit
-                # cut without saying so): ease the rate off, at most once a round trip.
-                if ticket.at >= self._last_rate_cut:
+                # cut without saying so): ease the rate off, at most once a round trip. Not
+                # when it says it refills faster than the limit we were told: its remaining
+                # then describes its own window, which a burst of ours may outgrow without
+                # our rate being too high, and the user's limit is what they asked for.
+                if ticket.at >= self._last_rate_cut and not (limit and limit > bucket.limit):
                     self._cut_rate(HEADER_RATE_CUT, now)
             headroom = min(headroom, (low - bucket.reserve - bucket.level) / bucket.rate)
         if ticket.constrained and ticket.at >= self._last_growth:
