@@ -31,7 +31,9 @@ be shared with other clients of the key, or may be absent. So:
   blamed are growths that sent budget at once) say the rate itself is too high: another client
   on the key, or a limit lowered without saying so. The rate drops by 15 % and recovers by
   0.5 % of the limit per second. Headers that show less than even their higher reading allows
-  ease it off by 3 %, at most once a round trip. A lower x-ratelimit-limit-* is adopted at once.
+  ease it off by 3 %, at most once a round trip, unless the server's limit is above ours: its
+  remaining then describes its own window (which a burst of ours can outgrow), and the user's
+  lower limit is what they asked to be held to. A lower x-ratelimit-limit-* is adopted at once.
 
 What it cannot do (bench/README.md has the figures): find a window's edge without crossing it
 when no header describes the window (one probe's worth of 429s), or learn a rate cut from a
