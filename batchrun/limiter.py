@@ -31,7 +31,9 @@ be shared with other clients of the key, or may be absent. So:
   blamed are growths that sent budget at once) say the rate itself is too high: another client
   on the key, or a limit lowered without saying so. The rate drops by 15 % and recovers by
   0.5 % of the limit per second. Headers that show less than even their higher reading allows
-  ease it off by 3 %, at most once a round trip. A lower x-ratelimit-limit-* is adopted at once.
+  ease it off by 3 %, at most once a round trip, unless the server's limit is above ours: its
+  remaining then describes its own window (which a burst of ours can outgrow), and the user's
+  lower limit is what they asked to be held to. A lower x-ratelimit-limit-* is adopted at once.
 
 What it cannot do (bench/README.md has the figures): find a window's edge without crossing it
 when no header describes the window (one probe's worth of 429s), or learn a rate cut from a
@@ -222,11 +224,13 @@ class Pacer:
                     self._resize()
         # How much more burst the server is known to hold (seconds); inf without headers.
         headroom = math.inf
-        for bucket, remaining, since in (
+        for bucket, remaining, since, limit in (
             (self._requests, state.remaining_requests if state else None,
-             self.admitted_requests - ticket.requests_after),
+             self.admitted_requests - ticket.requests_after,
+             state.limit_requests if state else None),
             (self._tokens, state.remaining_tokens if state else None,
-             self.admitted_tokens - ticket.tokens_after),
+             self.admitted_tokens - ticket.tokens_after,
+             state.limit_tokens if state else None),
         ):
             if bucket is None or remaining is None:
                 continue
@@ -240,8 +244,11 @@ class Pacer:
             if bucket.level > high - bucket.reserve:
                 bucket.level = high - bucket.reserve
                 # The server refills slower than we do (another client on the key, a limit
-                # cut without saying so): ease the rate off, at most once a round trip.
-                if ticket.at >= self._last_rate_cut:
+                # cut without saying so): ease the rate off, at most once a round trip. Not
+                # when it says it refills faster than the limit we were told: its remaining
+                # then describes its own window, which a burst of ours may outgrow without
+                # our rate being too high, and the user's limit is what they asked for.
+                if ticket.at >= self._last_rate_cut and not (limit and limit > bucket.limit):
                     self._cut_rate(HEADER_RATE_CUT, now)
             headroom = min(headroom, (low - bucket.reserve - bucket.level) / bucket.rate)
         if ticket.constrained and ticket.at >= self._last_growth:
