@@ -1,0 +1,105 @@
+"""The end of a shared day: hosts on one Redis key near their daily budget."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchrun.classify import Kind, Outcome
+from batchrun.errors import DailyLimitReached
+from batchrun.state import StateUrl
+from batchrun.state._redis import RedisState
+from batchrun.tiers import Limits
+from tests.conftest import FAKE_KEY, write_jsonl
+from tests.test_state_redis import DAY, SCOPE, _gate, hosts  # noqa: F401 - hosts: a fixture
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+
+
+async def _short_sleep(s: float) -> None:
+    # The hosts' waits (polling for other hosts' settlements) pass 100 times faster.
+    await asyncio.sleep(s / 100)
+
+
+async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait_for_them(
+        redis_url: str, tmp_path: Path) -> None:
+    # Requests that set no max_tokens are reserved at 256 output tokens and billed about 12:
+    # one host's reservations in flight filled the 3,000-token day, and the other three
+    # stopped (exit 3) at once; the day then ended well short of its budget.
+    from batchrun.endpoint import Endpoint
+    from batchrun.engine import JobSpec
+    from batchrun.jobstore import JobStore
+    from batchrun.runner import prepare
+    from batchrun.runner import run as run_job
+    from batchrun.sim import SimConfig, SimServer, Simulator
+
+    sim = Simulator(SimConfig(latency_s=0.02))
+    async with SimServer(sim) as server:
+        async def host(name: str) -> Any:
+            write_jsonl(tmp_path / f"{name}.jsonl",  # no max_tokens
+                        [{"id": f"{name}{i}", "prompt": f"Question {i}"} for i in range(60)])
+            spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out",
+                           endpoint=Endpoint.make(server.base_url, None, None),
+                           overrides={"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 3_000})
+            store = JobStore(tmp_path / name)
+            return await run_job(spec, prepare(spec, False, store), store, FAKE_KEY,
+                                 lambda event: None, "sim", now_utc=lambda: NOW,
+                                 sleep=_short_sleep, state=StateUrl(redis_url))
+
+        stops = await asyncio.gather(*(host(name) for name in "abcd"))
+    state = await RedisState.connect(StateUrl(redis_url), lambda: NOW)
+    try:
+        [row] = await state.usage_rows(NOW.date())
+    finally:
+        await state.close()
+    # A request is charged under 300 tokens: every host went on until what was left could not
+    # hold one more, none stopped while other hosts' reservations were still coming back.
+    assert 2_700 < int(str(row["tokens"])) <= 3_000
+    for stop in stops:
+        assert isinstance(stop, DailyLimitReached), stop
+        used = re.search(r"([\d,]+) of 3,000 tokens used", str(stop))
+        assert used is not None and int(used[1].replace(",", "")) > 2_700, stop
+
+
+async def test_a_host_refused_for_the_day_is_admitted_once_anothers_reservations_settle(
+        hosts: Any) -> None:  # noqa: F811 - the fixture
+    a, b = await hosts(), await hosts()
+    limits = Limits(tpd=1_000)
+    gate_a = _gate(a, limits)
+    held = [await gate_a.admit(300, 0.0) or pytest.fail("not admitted") for _ in range(3)]
+    billed = Outcome(Kind.OK, 200, body={"usage": {"prompt_tokens": 20, "completion_tokens": 30}})
+    clock = [0.0]
+
+    async def sleep(s: float) -> None:  # host a's answers come back while b waits
+        clock[0] += s
+        if held:
+            day, ticket = held.pop()
+            await gate_a.settle(day, ticket, 300, billed, None)
+
+    gate_b = b.budget(SCOPE, limits.tpd, limits.rpd).gate(limits, None, lambda: clock[0], sleep)
+    admitted = await gate_b.admit(300, 0.0)
+    assert admitted is not None and admitted[0] == DAY.date()
+    assert (await b.usage_rows(DAY.date()))[0]["tokens"] == 2 * 300 + 50 + 300
+
+
+async def test_a_dead_hosts_reservations_hold_the_others_back_no_longer_than_their_hold(
+        hosts: Any) -> None:  # noqa: F811 - the fixture
+    a, b = await hosts(), await hosts()
+    limits = Limits(tpd=1_000)
+    gate_a = _gate(a, limits)
+    for _ in range(3):  # a dies with these in flight: nothing ever settles them
+        await gate_a.admit(300, 0.0) or pytest.fail("not admitted")
+    clock = [0.0]
+
+    async def sleep(s: float) -> None:
+        clock[0] += s
+
+    budget = b.budget(SCOPE, limits.tpd, limits.rpd, timeout_s=60)
+    assert await budget.gate(limits, None, lambda: clock[0], sleep).admit(300, 0.0) is None
+    assert clock[0] >= 60  # waited for a's answers as long as they could have come
+    assert "900 of 1,000 tokens used" in budget.describe()
