@@ -135,3 +135,41 @@ def test_resuming_a_shared_state_job_on_local_limits_is_refused_unless_asked_for
     assert "warning:" in local.stderr and "no longer counted" in local.stderr
     assert len(read_results(tmp_path / "jobs.results.jsonl")) == 8
     assert _manifest_state(isolated_env["BATCHRUN_HOME"]) is None  # what it now uses
+
+
+async def test_a_per_day_429_about_the_servers_yesterday_is_waited_out_not_a_days_stop(
+        redis_url: str, tmp_path: Path) -> None:
+    # Just after 00:00 UTC a server whose clock is 2 s behind answers for the day it is still
+    # in, saying it ends in a moment. The shared state marks yesterday spent; the host that
+    # got the answer stopped for the whole new day all the same (exit 3).
+    from batchrun.endpoint import Endpoint
+    from batchrun.engine import JobSpec
+    from batchrun.jobstore import JobStore
+    from batchrun.runner import prepare
+    from batchrun.runner import run as run_job
+    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+
+    now = [dt.datetime(2026, 11, 27, 23, 50, tzinfo=dt.UTC)]
+
+    async def sleep(s: float) -> None:  # the UTC clock moves with the host's waits
+        now[0] += dt.timedelta(seconds=s)
+        await asyncio.sleep(0)
+
+    sim = Simulator(SimConfig(SimLimits(rpd=5)), today=lambda: now[0] - dt.timedelta(seconds=2))
+    async with SimServer(sim) as server:
+        async def host(name: str, lines: int) -> Any:
+            write_jsonl(tmp_path / f"{name}.jsonl", prompts(lines, name))
+            spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out",
+                           endpoint=Endpoint.make(server.base_url, None, None),
+                           overrides={"rpm": 0, "tpm": 0, "rpd": 0})
+            store = JobStore(tmp_path / name)
+            return await run_job(spec, prepare(spec, False, store), store, FAKE_KEY,
+                                 lambda event: None, "sim", now_utc=lambda: now[0],
+                                 sleep=sleep, state=StateUrl(redis_url))
+
+        assert isinstance(await host("a", 6), DailyLimitReached)  # the 27th is spent
+        now[0] = dt.datetime(2026, 11, 28, 0, 0, 1, tzinfo=dt.UTC)  # the server: 23:59:59
+        assert await host("b", 2) is None
+    assert len(read_results(tmp_path / "b.out")) == 2
+    # a's sixth, then b's two, sent again once the server's day had turned
+    assert (sim.stats.statuses[429], sim.stats.ok) == (3, 7)

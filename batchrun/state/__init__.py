@@ -14,6 +14,7 @@ from batchrun.state._gate import (
     SharedStateError,
     open_gate,
 )
+from batchrun.state._midnight import servers_yesterday
 from batchrun.state._url import (
     StateUrl,
     leaving_shared,
@@ -24,4 +25,4 @@ from batchrun.state._url import (
 
 __all__ = ["Budget", "Gate", "LocalGate", "SharedBudget", "SharedStateError", "StateUrl",
            "leaving_shared", "manifest_options", "open_gate", "parse_state_url",
-           "state_for_resume"]
+           "servers_yesterday", "state_for_resume"]

@@ -64,6 +64,7 @@ from batchrun.ledger import LEASE_SHARE, MAX_USAGE, DayUsage, Scope, describe_us
 from batchrun.limiter import ServerState, Ticket
 from batchrun.state._gate import SharedStateError
 from batchrun.state._lua import ADMIT, SETTLE
+from batchrun.state._midnight import servers_yesterday
 from batchrun.state._slots import SlotLimiter
 from batchrun.state._url import StateUrl
 from batchrun.tiers import Limits
@@ -75,7 +76,6 @@ LIM_TTL_MS = 300_000  # buckets, cooldowns and learned limits outlive an idle mi
 DAY_TTL_S = 48 * 3600
 ACTIVE_S = 15.0  # `status` lists hosts admitted within this long as active
 TIMEOUT_S = 5.0  # a Redis slower than this counts as down
-MIDNIGHT_SKEW = dt.timedelta(minutes=5)  # a server's day ending this soon after ours began
 POLL_S = 1.0  # how often a host refused for the day asks whether other hosts' usage came back
 HOLD_MARGIN_S = 30.0  # past the request timeout: an answer's settlement on a slow host
 ADMITTED, DAY_SPENT, LATER, LOST = 0, 1, 2, 3
@@ -447,15 +447,11 @@ class RedisGate:
             self.limiter.shared_pause = pause
 
     def _servers_day(self, hint_s: float | None, day: dt.date) -> dt.date:
-        """The UTC day a per-day 429 is about. Hosts waiting for 00:00 UTC fire together, and
-        a server whose clock is a little behind still answers for yesterday, saying its day
-        ends in a moment: marking `day` spent would stop every host for a day the server has
-        not begun. (Only then: some servers' per-day hints are minutes at any hour.)"""
-        began = dt.datetime.combine(day, dt.time(), dt.UTC)
-        now = self.budget.state.now_utc()
-        if hint_s is None or now + dt.timedelta(seconds=hint_s) - began >= MIDNIGHT_SKEW:
-            return day
-        return day - dt.timedelta(days=1)
+        """The UTC day a per-day 429 is about (see _midnight.py): marking `day` spent when the
+        server meant its yesterday would stop every host for a day the server has not begun."""
+        if servers_yesterday(day, self.budget.state.now_utc(), hint_s):
+            return day - dt.timedelta(days=1)
+        return day
 
     def _lower_limits(self, server: ServerState | None) -> tuple[int, int]:
         if server is None:
