@@ -41,7 +41,13 @@ from batchrun.jobstore import JobStore, Manifest
 from batchrun.progress import ProgressDisplay
 from batchrun.render import describe_endpoint, render_estimate, render_status
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
-from batchrun.state import StateUrl, parse_state_url, state_for_resume
+from batchrun.state import (
+    StateUrl,
+    leaving_shared,
+    manifest_options,
+    parse_state_url,
+    state_for_resume,
+)
 from batchrun.state._open import host_lines, usage_today
 from batchrun.tiers import TIERS, family
 
@@ -265,6 +271,7 @@ def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
 
 @app.command()
 def resume(
+    ctx: typer.Context,
     job: Annotated[str | None, typer.Argument(
         help="job id, a unique prefix of it, or its output path",
         show_default="the most recently updated unfinished job")] = None,
@@ -312,8 +319,11 @@ def resume(
     if isinstance(plan, runner.Finished):
         _finished(plan, manifest)
     spec, simulate = plan
-    state_url = state_for_resume(state, manifest.options)
-    manifest.options.update(state_url.manifest_options() if state_url else {})
+    from_env = getattr(ctx.get_parameter_source("state"), "name", "") == "ENVIRONMENT"
+    state_url = state_for_resume(state, manifest.options, from_env)
+    if (leaving := leaving_shared(state_url, manifest.options)) is not None:
+        err.print(Text("warning: ", style="bold yellow") + Text(leaving))
+    manifest.options.update(manifest_options(state_url))
     _launch(spec, manifest, store, simulate, json_, quiet, retry_failed, state_url)
 
 

@@ -54,7 +54,7 @@ from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
 from batchrun.limiter import Ticket
 from batchrun.sizing import never_fits, size_of
 from batchrun.spec import JobSpec
-from batchrun.state import SharedBudget, SharedStateError, open_gate
+from batchrun.state import SharedBudget, SharedStateError, open_gate, servers_yesterday
 from batchrun.stop import Stop, StopKind
 from batchrun.tiers import Limits
 
@@ -306,6 +306,9 @@ class Engine(RouteFailover):
         self._report_budget(route)
         self._emit(AttemptEnded(lane.model, kind.value, route.name))
         action = decide(outcome, job.tries, self._policy, route.connected)
+        if action in (Action.WAIT_DAY, Action.STOP_DAILY) and job.day is not None and \
+                servers_yesterday(job.day, self._now_utc(), outcome.hint_s):
+            action = Action.BACKOFF  # the server's day, behind ours, ends in moments: not ours
         if len(lane.routes) > 1 and await self._fail_over(lane, route, job, action):
             return
         if action is Action.WRITE:

@@ -327,7 +327,7 @@ async def run(
 
         def budget_in(scope: Scope, limits: Limits) -> DailyBudget | SharedBudget:
             if shared is not None:
-                return shared.budget(scope, limits.tpd, limits.rpd)
+                return shared.budget(scope, limits.tpd, limits.rpd, spec.timeout_s)
             return DailyBudget(ledger, scope, limits.tpd, limits.rpd)
 
         def budget_for(model: str, limits: Limits) -> DailyBudget | SharedBudget:

@@ -4,6 +4,7 @@ limits, and Redis failing in the ways operators meet."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import socketserver
 import threading
@@ -195,6 +196,11 @@ async def test_a_per_day_429_about_yesterday_does_not_spend_today_for_every_host
     from batchrun.state import StateUrl
 
     now = [dt.datetime(2026, 11, 27, 23, 50, tzinfo=dt.UTC)]
+
+    async def sleep(s: float) -> None:  # b waits out the server's last second: time moves
+        now[0] += dt.timedelta(seconds=s)
+        await asyncio.sleep(0)
+
     sim = Simulator(SimConfig(SimLimits(rpd=5)), today=lambda: now[0] - dt.timedelta(seconds=2))
     async with SimServer(sim) as server:
         async def host(name: str, lines: int) -> Any:
@@ -205,7 +211,7 @@ async def test_a_per_day_429_about_yesterday_does_not_spend_today_for_every_host
             store = JobStore(tmp_path / name)
             return await run_job(spec, prepare(spec, False, store), store, FAKE_KEY,
                                  lambda event: None, "sim", now_utc=lambda: now[0],
-                                 state=StateUrl(redis_url))
+                                 sleep=sleep, state=StateUrl(redis_url))
 
         assert await host("a", 6) is not None  # the 27th is spent (the server's 429)
         now[0] = dt.datetime(2026, 11, 28, 0, 0, 1, tzinfo=dt.UTC)  # the server: 23:59:59

@@ -14,7 +14,15 @@ from batchrun.state._gate import (
     SharedStateError,
     open_gate,
 )
-from batchrun.state._url import StateUrl, parse_state_url, state_for_resume
+from batchrun.state._midnight import servers_yesterday
+from batchrun.state._url import (
+    StateUrl,
+    leaving_shared,
+    manifest_options,
+    parse_state_url,
+    state_for_resume,
+)
 
 __all__ = ["Budget", "Gate", "LocalGate", "SharedBudget", "SharedStateError", "StateUrl",
-           "open_gate", "parse_state_url", "state_for_resume"]
+           "leaving_shared", "manifest_options", "open_gate", "parse_state_url",
+           "servers_yesterday", "state_for_resume"]

@@ -13,6 +13,11 @@ was not handed):
     day    hash  per (…, UTC day): tokens, requests, exhausted, tpd, rpd (the budget last
                  checked against) and h:<host id> = requests that
                  host was admitted. Expires after 48 h.
+                 o:<instance> = tokens that process reserved and has not yet settled
+                 (its reservations in flight).
+    open   zset  per (…, UTC day): instance -> until when (server ms) its reservations count
+                 as in flight: its last admission plus its request timeout and a margin, so a
+                 dead host's unsettled reservations stop holding other hosts back then.
     hosts  zset  host id -> last admission (ms); `status` lists the recent ones.
     scopes set   per UTC day: the scopes used that day, for `status`.
     epoch  str   a random value set when batchrun first meets this Redis; a script that finds
@@ -23,14 +28,29 @@ was not handed):
 
 from __future__ import annotations
 
+# What a process's settled reservations close (KEYS day and open, ARGV instance and tokens
+# closed): shared by both scripts.
+CLOSE = """
+local function close(day, open, inst, closed)
+  if closed == 0 then return end
+  if redis.call('HINCRBY', day, 'o:' .. inst, -closed) <= 0 then
+    redis.call('HDEL', day, 'o:' .. inst)
+    redis.call('ZREM', open, inst)
+  end
+end
+"""
+
+# KEYS: lim, day, hosts, scopes, epoch, open
 # ARGV: epoch, host id, scope, rpm, tpm, tpd, rpd, cost, tokens delta, requests delta, oks,
-#       burst ms, ahead ms, lim ttl ms, day ttl s, active ms
+#       burst ms, ahead ms, lim ttl ms, day ttl s, active ms, instance, tokens closed, hold ms
 # Returns: status (0 admitted, 1 day spent, 2 try later, 3 state lost), wait ms, day tokens,
-#          day requests, exhausted, rpm, tpm, server now ms.
-ADMIT = """
+#          day requests, exhausted, rpm, tpm, server now ms, and (status 1) the tokens other
+#          processes hold in reservations still in flight.
+ADMIT = CLOSE + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {3, 0, 0, 0, 0, 0, 0, now} end
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {3, 0, 0, 0, 0, 0, 0, now, 0} end
+close(KEYS[2], KEYS[6], ARGV[17], tonumber(ARGV[18]))
 local lim, day = KEYS[1], KEYS[2]
 local rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
 local tpd, rpd, cost = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -72,7 +92,16 @@ local u = redis.call('HMGET', day, 'tokens', 'requests', 'exhausted')
 local used_t, used_r = tonumber(u[1] or '0'), tonumber(u[2] or '0')
 local exhausted = tonumber(u[3] or '0')
 if exhausted == 1 or (tpd > 0 and used_t + cost > tpd) or (rpd > 0 and used_r + 1 > rpd) then
-  return {1, 0, used_t, used_r, exhausted, rpm, tpm, now}
+  -- What may still come back: other processes' reservations in flight (settling to what the
+  -- server billed), not those past their hold (a dead host's).
+  local held = 0
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  for _, inst in ipairs(redis.call('ZRANGE', KEYS[6], 0, -1)) do
+    if inst ~= ARGV[17] then
+      held = held + tonumber(redis.call('HGET', day, 'o:' .. inst) or '0')
+    end
+  end
+  return {1, 0, used_t, used_r, exhausted, rpm, tpm, now, held}
 end
 -- A rate cut after 429s recovers by 0.5 % of the limit per second.
 local scale = tonumber(s[4] or '1')
@@ -94,9 +123,15 @@ if pace_t > 0 then
 end
 -- Never scheduled further ahead than `ahead`: an idle host holds nothing for long.
 if send - now > ahead then
-  return {2, math.ceil(send - now - ahead), used_t, used_r, 0, rpm, tpm, now}
+  return {2, math.ceil(send - now - ahead), used_t, used_r, 0, rpm, tpm, now, 0}
 end
 if tat_r then redis.call('HSET', lim, 'tat_r', tat_r) end
+redis.call('HINCRBY', day, 'o:' .. ARGV[17], cost)
+local hold = now + tonumber(ARGV[19])
+if hold > tonumber(redis.call('ZSCORE', KEYS[6], ARGV[17]) or '0') then
+  redis.call('ZADD', KEYS[6], hold, ARGV[17])
+end
+redis.call('EXPIRE', KEYS[6], tonumber(ARGV[15]))
 if tat_t then redis.call('HSET', lim, 'tat_t', tat_t) end
 if scale < 1 then redis.call('HSET', lim, 'scale', scale, 'scale_at', now) end
 redis.call('PEXPIRE', lim, tonumber(ARGV[14]))
@@ -111,17 +146,20 @@ redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[14]))
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[15]))
 redis.call('EXPIRE', KEYS[5], tonumber(ARGV[15]))
-return {0, math.ceil(send - now), used_t + cost, used_r + 1, 0, rpm, tpm, now}
+return {0, math.ceil(send - now), used_t + cost, used_r + 1, 0, rpm, tpm, now, 0}
 """
 
+# KEYS: lim, day, epoch, open
 # ARGV: epoch, tokens delta, requests delta, kind (0 plain, 1 per-minute 429, 2 per-day 429),
-#       hint ms, admitted at (server ms), rpm seen, tpm seen, burst ms, lim ttl ms, day ttl s
+#       hint ms, admitted at (server ms), rpm seen, tpm seen, burst ms, lim ttl ms, day ttl s,
+#       instance, tokens closed
 # Returns: status (0 ok, 3 state lost), pause ms (kind 1: how long every host now waits).
-SETTLE = """
+SETTLE = CLOSE + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {3, 0} end
 local lim, day = KEYS[1], KEYS[2]
+close(day, KEYS[4], ARGV[12], tonumber(ARGV[13]))
 local d_tokens, d_requests, kind = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if d_tokens ~= 0 then redis.call('HINCRBY', day, 'tokens', d_tokens) end
 if d_requests ~= 0 then redis.call('HINCRBY', day, 'requests', d_requests) end

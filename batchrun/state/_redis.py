@@ -26,11 +26,18 @@ Design (issue #17), and why:
   the reservation travels the same way while more than 1 % of the day's tokens is left (a
   running output estimate is below the truth about half the time: a round trip for each would
   double the cost of admission); a crash then under-counts by those few tokens, far from the
-  budget's end. Nearer the end, and for what every host must see at once, there is a round trip
-  of its own (SETTLE): usage above the reservation, a per-minute 429 (a shared cooldown and,
-  for two within 30 s, a shared rate cut: the local limiter's rules), a per-day 429 (the day is
-  spent for every host) and a lower x-ratelimit-limit-* (the lowest any host saw is every
-  host's).
+  budget's end. Nearer the end, and for what every host must see at once, there is a round
+  trip of its own (SETTLE): usage above or below the reservation, a per-minute 429 (a shared
+  cooldown and, for two within 30 s, a shared rate cut: the local limiter's rules), a per-day
+  429 (the day is spent for every host) and a lower x-ratelimit-limit-* (the lowest any host
+  saw is every host's).
+- The end of the day: a reservation charges the request's maximum output, and the server bills
+  far less, so a day "spent" while reservations are in flight on any host usually is not.
+  Redis keeps each process's unsettled reservations (o:<instance>, see _lua.py); a host refused
+  for the day while other processes hold some that could make room for it waits for them to
+  settle (asking again every POLL_S) instead of stopping: its own are the engine's to wait for.
+  A dead host's stop counting once its hold (its request timeout and a margin after its last
+  admission) has passed, and a waiting host gives up after as long without any coming back.
 - Each host's local Limiter keeps only the in-flight cap (see _slots.py): x-ratelimit-remaining
   reflects every host's traffic, and reading it as this host's would throttle it twice.
 - Redis down, slow or restarted: every failure becomes a SharedStateError (exit 5) naming the
@@ -57,6 +64,7 @@ from batchrun.ledger import LEASE_SHARE, MAX_USAGE, DayUsage, Scope, describe_us
 from batchrun.limiter import ServerState, Ticket
 from batchrun.state._gate import SharedStateError
 from batchrun.state._lua import ADMIT, SETTLE
+from batchrun.state._midnight import servers_yesterday
 from batchrun.state._slots import SlotLimiter
 from batchrun.state._url import StateUrl
 from batchrun.tiers import Limits
@@ -68,7 +76,8 @@ LIM_TTL_MS = 300_000  # buckets, cooldowns and learned limits outlive an idle mi
 DAY_TTL_S = 48 * 3600
 ACTIVE_S = 15.0  # `status` lists hosts admitted within this long as active
 TIMEOUT_S = 5.0  # a Redis slower than this counts as down
-MIDNIGHT_SKEW = dt.timedelta(minutes=5)  # a server's day ending this soon after ours began
+POLL_S = 1.0  # how often a host refused for the day asks whether other hosts' usage came back
+HOLD_MARGIN_S = 30.0  # past the request timeout: an answer's settlement on a slow host
 ADMITTED, DAY_SPENT, LATER, LOST = 0, 1, 2, 3
 
 
@@ -89,6 +98,9 @@ class RedisState:
         self.url = url
         self._now_utc = now_utc
         self.host_id = host_id
+        # This process's reservations are its own: hosts in one process (tests) or one host's
+        # restarted process must not read them as another's.
+        self.instance = f"{host_id}/{secrets.token_hex(4)}"
         self._admit = client.register_script(ADMIT)
         self._settle = client.register_script(SETTLE)
         self._epoch = ""
@@ -164,8 +176,10 @@ class RedisState:
     def today(self) -> dt.date:
         return self._now_utc().date()
 
-    def budget(self, scope: Scope, tpd: int, rpd: int) -> RedisBudget:
-        budget = RedisBudget(self, scope, tpd, rpd)
+    def budget(self, scope: Scope, tpd: int, rpd: int, timeout_s: float = 600.0) -> RedisBudget:
+        """`timeout_s`: the run's request timeout, which bounds how long its reservations may
+        be in flight."""
+        budget = RedisBudget(self, scope, tpd, rpd, timeout_s + HOLD_MARGIN_S)
         self._budgets.append(budget)
         return budget
 
@@ -175,34 +189,40 @@ class RedisState:
         if self.failure is not None:
             raise self.failure
         await self._flush(budget, other_than=day)
-        back_t, back_r = budget.pending.pop(day, (0, 0))
+        back_t, back_r, closed = budget.pending.pop(day, (0, 0, 0))
         oks, budget.oks = budget.oks, 0
         name = scope_name(budget.scope)
         keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("hosts", name),
-                _key("scopes", day.isoformat()), _key("epoch")]
+                _key("scopes", day.isoformat()), _key("epoch"),
+                _key("open", name, day.isoformat())]
         args = [self._epoch, self.host_id, name, limits.rpm, limits.tpm, budget.tpd,
                 budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
-                round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S, round(ACTIVE_S * 1000)]
+                round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S, round(ACTIVE_S * 1000),
+                self.instance, closed, round(budget.hold_s * 1000)]
         try:
             reply = await self._call(self._admit(keys=keys, args=args))
         except BaseException:
-            budget.give_back(day, back_t, back_r)  # not written: still to give back
+            budget.give_back(day, back_t, back_r, closed)  # not written: still to give back
             budget.oks += oks
             raise
-        status, wait_ms, tokens, requests, exhausted, rpm, tpm, now_ms = (int(x) for x in reply)
+        status, wait_ms, tokens, requests, exhausted, rpm, tpm, now_ms, held = (
+            int(x) for x in reply)
         if status == LOST:
             raise self.lost()
         budget.seen(DayUsage(day, tokens, requests, bool(exhausted)), now_ms)
+        budget.held_elsewhere = held
         return status, wait_ms / 1000, rpm, tpm
 
     async def settle(self, budget: RedisBudget, day: dt.date, tokens: int, requests: int,
                      kind: int = 0, hint_s: float | None = None, admitted_ms: int = 0,
-                     rpm: int = 0, tpm: int = 0) -> float:
-        """Write a correction (and what a 429 or the headers taught) now; the shared pause."""
+                     rpm: int = 0, tpm: int = 0, closed: int = 0) -> float:
+        """Write a correction (and what a 429 or the headers taught) now; the shared pause.
+        `closed`: the reservations (tokens) it settles, no longer in flight."""
         name = scope_name(budget.scope)
-        keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("epoch")]
+        keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("epoch"),
+                _key("open", name, day.isoformat())]
         args = [self._epoch, tokens, requests, kind, round((hint_s or 0) * 1000), admitted_ms,
-                rpm, tpm, round(BURST_S * 1000), LIM_TTL_MS, DAY_TTL_S]
+                rpm, tpm, round(BURST_S * 1000), LIM_TTL_MS, DAY_TTL_S, self.instance, closed]
         status, pause_ms = (int(x) for x in await self._call(self._settle(keys=keys, args=args)))
         if status == LOST:
             raise self.lost()
@@ -210,11 +230,11 @@ class RedisState:
 
     async def _flush(self, budget: RedisBudget, other_than: dt.date | None = None) -> None:
         for day in [d for d in budget.pending if d != other_than]:
-            tokens, requests = budget.pending.pop(day)
+            tokens, requests, closed = budget.pending.pop(day)
             try:
-                await self.settle(budget, day, tokens, requests)
+                await self.settle(budget, day, tokens, requests, closed=closed)
             except BaseException:
-                budget.give_back(day, tokens, requests)
+                budget.give_back(day, tokens, requests, closed)
                 raise
 
     async def close(self) -> None:
@@ -267,9 +287,14 @@ class RedisBudget:
     """One model's daily budget in Redis, as the engine reads it: the last counts Redis
     answered with (every admission brings them), less what this host is giving back."""
 
-    def __init__(self, state: RedisState, scope: Scope, tpd: int, rpd: int) -> None:
+    def __init__(self, state: RedisState, scope: Scope, tpd: int, rpd: int,
+                 hold_s: float) -> None:
         self.state, self.scope, self.tpd, self.rpd = state, scope, tpd, rpd
-        self.pending: defaultdict[dt.date, tuple[int, int]] = defaultdict(lambda: (0, 0))
+        self.hold_s = hold_s  # how long a reservation of this run may be in flight, at most
+        # day -> (tokens, requests, reservations closed): what the next admission writes
+        self.pending: defaultdict[dt.date, tuple[int, int, int]] = defaultdict(
+            lambda: (0, 0, 0))
+        self.held_elsewhere = 0  # other processes' reservations in flight, at the last refusal
         self.oks = 0  # answers since the last admission: they end a streak of 429s
         self._usage = DayUsage(state.today(), 0, 0, False)
         self._exhausted_day: dt.date | None = None
@@ -290,10 +315,11 @@ class RedisBudget:
         if u.day == day:
             self._usage = DayUsage(day, u.tokens + tokens, u.requests, u.exhausted)
 
-    def give_back(self, day: dt.date, tokens: int, requests: int) -> None:
-        """Count this with the next admission (negative: given back)."""
-        t, r = self.pending[day]
-        self.pending[day] = (t + tokens, r + requests)
+    def give_back(self, day: dt.date, tokens: int, requests: int, closed: int = 0) -> None:
+        """Count this with the next admission (negative: given back), and `closed` tokens of
+        reservations as no longer in flight."""
+        t, r, c = self.pending[day]
+        self.pending[day] = (t + tokens, r + requests, c + closed)
 
     def near_end(self, cost: int, extra: int) -> bool:
         """Would so little of the day's token budget be left after `extra` tokens above a
@@ -303,7 +329,7 @@ class RedisBudget:
 
     def used_today(self) -> tuple[int, int]:
         u = self._usage
-        t, r = self.pending.get(u.day, (0, 0))
+        t, r, _ = self.pending.get(u.day, (0, 0, 0))
         return u.tokens + t, u.requests + r
 
     def release(self) -> None:
@@ -322,10 +348,18 @@ class RedisBudget:
     def is_exhausted(self, day: dt.date) -> bool:
         return self._exhausted_day == day
 
+    def may_come_back(self, cost: int) -> bool:
+        """After a refusal: could other processes' reservations in flight, once settled,
+        leave room for `cost`? (Requests sent stay counted; the API's own "spent" is final.)"""
+        u = self._usage
+        return (bool(self.held_elsewhere) and not u.exhausted
+                and not (self.rpd and u.requests + 1 > self.rpd)
+                and u.tokens - self.held_elsewhere + cost <= self.tpd)
+
     def gate(self, limits: Limits, concurrency: int | None, clock: Callable[[], float],
              sleep: Callable[[float], Awaitable[None]]) -> RedisGate:
         limiter = SlotLimiter(limits.rpm, limits.tpm, concurrency, clock, sleep)
-        return RedisGate(self, limiter, limits, sleep)
+        return RedisGate(self, limiter, limits, clock, sleep)
 
 
 class RedisGate:
@@ -333,8 +367,9 @@ class RedisGate:
     it prescribes."""
 
     def __init__(self, budget: RedisBudget, limiter: SlotLimiter, limits: Limits,
-                 sleep: Callable[[float], Awaitable[None]]) -> None:
-        self.budget, self.limiter, self._limits, self._sleep = budget, limiter, limits, sleep
+                 clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]) -> None:
+        self.budget, self.limiter, self._limits = budget, limiter, limits
+        self._clock, self._sleep = clock, sleep
         self._admitted_ms: dict[int, int] = {}  # id(ticket) -> Redis time of its admission
         self._known = (limits.rpm, limits.tpm)
 
@@ -344,23 +379,35 @@ class RedisGate:
         if b.is_exhausted(day):
             return None
         ticket = await self.limiter.acquire(cost)
+        held, given_up_at = 0, 0.0
         try:
             while True:
+                day = state.today()
                 status, wait_s, rpm, tpm = await state.admit(b, cost, day, self._limits)
                 if (rpm, tpm) != self._known:
                     self._known = (rpm, tpm)
                     self.limiter.adopt(rpm, tpm)
                 if status == DAY_SPENT:
-                    self.limiter.release(ticket, None)
-                    return None
-                if status == ADMITTED:
+                    if not b.may_come_back(cost):
+                        self.limiter.release(ticket, None)
+                        return None
+                    # Other hosts' reservations may settle below their charge: the day is
+                    # spent only once they have (or, a dead host's, their hold has passed).
+                    if b.held_elsewhere < held or not given_up_at:
+                        given_up_at = self._clock() + b.hold_s
+                    elif self._clock() >= given_up_at:
+                        self.limiter.release(ticket, None)
+                        return None
+                    held = b.held_elsewhere
+                    wait_s = POLL_S
+                elif status == ADMITTED:
                     break
                 await self._sleep(wait_s)
             if wait_s > 0:
                 try:
                     await self._sleep(wait_s)
                 except BaseException:
-                    b.give_back(day, -cost, -1)  # never sent: its day's share goes back
+                    b.give_back(day, -cost, -1, cost)  # never sent: its day's share goes back
                     raise
         except BaseException:
             self.limiter.release(ticket, None)
@@ -378,16 +425,19 @@ class RedisGate:
         extra = min(max(0, billed(outcome, cost)), MAX_USAGE) - cost
         rpm, tpm = self._lower_limits(server)
         code = {Kind.RATE_MINUTE: 1, Kind.RATE_DAY: 2}.get(kind, 0)
-        if not code and not (rpm or tpm) and (extra <= 0 or not b.near_end(cost, extra)):
-            b.give_back(day, extra, 0)
+        # Near the day's end a give-back is written at once too: other hosts may be waiting
+        # for it (RedisGate.admit).
+        if not code and not (rpm or tpm) and not b.near_end(cost, max(0, extra)):
+            b.give_back(day, extra, 0, cost)
             return
-        state, spent = b.state, day
+        state, spent, closed = b.state, day, cost
         if code == 2 and (spent := self._servers_day(outcome.hint_s, day)) != day:
-            b.give_back(day, extra, 0)  # the usage is the reservation's day's, as always
-            extra = 0
+            # the usage is the reservation's day's, as always
+            b.give_back(day, extra, 0, cost)
+            extra = closed = 0
         try:
             pause = await state.settle(b, spent, extra, 0, code, outcome.hint_s, admitted_ms,
-                                       rpm, tpm)
+                                       rpm, tpm, closed)
         except SharedStateError as exc:
             # Answered and written all the same; the next admission stops the run.
             state.failure = state.failure or exc
@@ -397,15 +447,11 @@ class RedisGate:
             self.limiter.shared_pause = pause
 
     def _servers_day(self, hint_s: float | None, day: dt.date) -> dt.date:
-        """The UTC day a per-day 429 is about. Hosts waiting for 00:00 UTC fire together, and
-        a server whose clock is a little behind still answers for yesterday, saying its day
-        ends in a moment: marking `day` spent would stop every host for a day the server has
-        not begun. (Only then: some servers' per-day hints are minutes at any hour.)"""
-        began = dt.datetime.combine(day, dt.time(), dt.UTC)
-        now = self.budget.state.now_utc()
-        if hint_s is None or now + dt.timedelta(seconds=hint_s) - began >= MIDNIGHT_SKEW:
-            return day
-        return day - dt.timedelta(days=1)
+        """The UTC day a per-day 429 is about (see _midnight.py): marking `day` spent when the
+        server meant its yesterday would stop every host for a day the server has not begun."""
+        if servers_yesterday(day, self.budget.state.now_utc(), hint_s):
+            return day - dt.timedelta(days=1)
+        return day
 
     def _lower_limits(self, server: ServerState | None) -> tuple[int, int]:
         if server is None:

@@ -90,12 +90,24 @@ def parse_state_url(value: str | None) -> StateUrl | None:
     return StateUrl(value)
 
 
-def state_for_resume(given: str | None, options: dict[str, Any]) -> StateUrl | None:
+def state_for_resume(given: str | None, options: dict[str, Any],
+                     from_env: bool = False) -> StateUrl | None:
     """The state a resumed job uses: the one given now, else the one it started with. A job
-    whose Redis needed credentials must be given them again: they were never stored."""
-    if given is not None:
-        return parse_state_url(given)
+    whose Redis needed credentials must be given them again: they were never stored. A job
+    that kept its budget in Redis goes on local limits only when `--state local` says so on
+    the command line: `$BATCHRUN_STATE=local` (`from_env`) may be a leftover of another
+    shell, and local limits do not count other hosts' use of the key."""
     stored = options.get("state")
+    if given is not None:
+        url = parse_state_url(given)
+        if url is None and stored and from_env:
+            raise InputError(
+                f"this job keeps its shared state in {stored}, and $BATCHRUN_STATE says "
+                f"{given.strip() or 'local'!r}: on this host's local limits other hosts' use "
+                "of the key would not be counted, and its quota could be overspent. Give the "
+                "Redis URL again (--state or $BATCHRUN_STATE), or resume with --state local to "
+                "run it on local limits all the same.")
+        return url
     if not stored:
         return None
     if options.get("state_credentials"):
@@ -103,3 +115,18 @@ def state_for_resume(given: str | None, options: dict[str, Any]) -> StateUrl | N
             f"this job keeps its shared state in {stored}, which needs credentials batchrun "
             "does not store. Give the URL again with --state or $BATCHRUN_STATE.")
     return parse_state_url(stored)
+
+
+def leaving_shared(url: StateUrl | None, options: dict[str, Any]) -> str | None:
+    """The warning for a job resumed on local limits that kept its budget in Redis."""
+    stored = options.get("state")
+    if url is not None or not stored:
+        return None
+    return (f"this job kept its shared state in {stored}; it now runs on this host's local "
+            "ledger, so other hosts' use of the key is no longer counted and together they "
+            "may overspend its limits. Resume with --state URL to share them again.")
+
+
+def manifest_options(url: StateUrl | None) -> dict[str, Any]:
+    """What the manifest records of the state a run uses (local: none)."""
+    return url.manifest_options() if url else {"state": None, "state_credentials": False}
