@@ -18,10 +18,12 @@ demo: $(STAMP)
 	rm -rf .demo-state samples/jobs.results.jsonl
 	BATCHRUN_HOME=.demo-state $(BIN)/batchrun submit samples/jobs.jsonl --simulate --rpm 200
 
+# The quick suite in 3 processes (its time is mostly waiting on loopback servers, not CPU);
+# test-all stays in one, so its multi-process throughput tests have the machine to themselves.
 test: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow" -n 3
 
 test-all: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
