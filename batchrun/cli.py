@@ -130,7 +130,7 @@ QueueTokens = Annotated[int | None, typer.Option(
 Concurrency = Annotated[int | None, typer.Option(
     min=1, show_default="from rate x latency", help="most requests in flight")]
 State = Annotated[str | None, typer.Option(
-    "--state", envvar="BATCHRUN_STATE", show_default="the local ledger",
+    "--state", envvar="BATCHRUN_STATE", metavar="URL", show_default="the local ledger",
     help="shared limiter and daily ledger: redis://[user:password@]host:6379/0 for every host "
     "on the same key")]
 
