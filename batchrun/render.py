@@ -22,9 +22,9 @@ def _minutes(m: float) -> str:
 
 
 def render_estimate(console: Console, e: dict[str, Any]) -> None:
-    plural = "s" if len(e["models"]) != 1 else ""
-    console.print(f"{e['input']}: {e['requests']:,} requests, {len(e['models'])} model{plural} "
-                  f"· {e['tier']} · list prices of {e['prices_as_of']}", markup=False)
+    console.print(f"{e['input']}: {_count(e['requests'], 'request')}, "
+                  f"{_count(len(e['models']), 'model')} · {e['tier']} · list prices of "
+                  f"{e['prices_as_of']}", markup=False)
     if e["bad_lines"]:
         console.print(f"{e['bad_lines']:,} bad lines skipped (they would be recorded as failed).")
     for m in e["models"]:
@@ -49,9 +49,9 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                           f"${c['total']:,.4f} · via the Batch API ${c['batch_api_total']:,.4f}")
         table.add_row("limits", describe_limits(Limits(**m["limits"])))
         mins = m["minutes"]
-        parts = [f"{_minutes(v)} by {k.removeprefix('by_').upper()}" for k, v in mins.items()
-                 if v is not None]
-        binds = f" → {_minutes(m['minutes_to_finish'])}, {m['binding'].upper()} binds" if (
+        parts = [f"{_minutes(v)} by {_limit_name(k.removeprefix('by_'))}"
+                 for k, v in mins.items() if v is not None]
+        binds = f" → {_minutes(m['minutes_to_finish'])}, {_binds(m['binding'])}" if (
             m["binding"]) else " → no limit binds"
         if not m["binding"] and not m["known_model"]:
             binds += (f" (no preset limits for {m['model']}: give --rpm/--tpm/--tpd to plan "
@@ -183,9 +183,23 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
         console.print(table)
 
 
+def _limit_name(key: str) -> str:
+    """rpm -> RPM; the endpoints of --endpoints together are not a limit's acronym."""
+    return "the endpoints" if key == "endpoints" else key.upper()
+
+
+def _binds(key: str) -> str:
+    return "the endpoints' limits bind" if key == "endpoints" else f"{key.upper()} binds"
+
+
 def describe_endpoint(e: dict[str, Any]) -> str:
     """One endpoint's line of the final summary (--endpoints)."""
     cost = "cost unknown" if e["cost_usd"] is None else f"${e['cost_usd']:,.4f}"
     out = "".join(f" · out for {model}: {why}" for model, why in e["out"].items())
-    return (f"{e['requests']:,} requests · {e['tokens']['input']:,} in, "
-            f"{e['tokens']['output']:,} out · {e['rate_limited_429']:,} 429s · {cost}{out}")
+    return (f"{_count(e['requests'], 'request')} · {e['tokens']['input']:,} in, "
+            f"{e['tokens']['output']:,} out · {_count(e['rate_limited_429'], '429')} · "
+            f"{cost}{out}")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}{'' if n == 1 else 's'}"

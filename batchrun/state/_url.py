@@ -86,7 +86,8 @@ def parse_state_url(value: str | None) -> StateUrl | None:
                          "databases are numbers: give e.g. redis://localhost:6379/0")
     if importlib.util.find_spec("redis") is None:
         raise InputError("--state redis://… needs the Redis client, which is not installed: "
-                         "pip install 'batchrun[redis]'")
+                         "pip install 'batchrun[redis]' (from a checkout of batchrun: "
+                         "pip install '.[redis]')")
     return StateUrl(value)
 
 
