@@ -44,7 +44,7 @@ from batchrun.errors import (
     Interrupted,
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
-from batchrun.jobs import input_report, read_jobs
+from batchrun.jobs import InputReport, input_report, read_jobs
 from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
@@ -290,16 +290,7 @@ async def run(
 
     A new job's manifest is written only once the engine has accepted the input, so a refused
     submit leaves nothing behind (not even the empty output the lock created)."""
-    if spec.endpoints and spec.via != "sync":
-        raise InputError(
-            f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
-            f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
-            f"the Batch API, or use --via sync with --endpoints.")
-    if spec.detach and spec.via == "sync" and not has_open_parts(manifest.batch):
-        raise InputError(
-            "--detach leaves Batch API batches running and exits; the sync path (--via sync, "
-            "the default) has nothing to leave running. Add --via batch (or --via auto), or "
-            "drop --detach.")
+    _check_paths(spec, manifest)
     store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
     _reread_batches(manifest, store)
@@ -348,37 +339,8 @@ async def run(
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
-            # Requests in batches on the server not yet collected must not be sent again by
-            # the sync path; parts never submitted are dropped when it runs. (`status JOB`
-            # only collects: never the sync path, even if another process collected every
-            # batch since status looked.)
-            if (spec.via == "batch" or spec.collect_once
-                    or has_batches_on_server(manifest.batch)):
-                stop = await run_batch(spec, manifest, store, api_key, fan_out, report, done,
-                                       sleep=sleep, notify=notify)
-            else:
-                if drop_unsent_parts(manifest.batch) and on_disk:
-                    store.save(manifest)  # before the sync path sends what they held
-                if spec.endpoints:
-                    check_serves(spec.endpoints, list(report.models),
-                                 Path(str(spec.endpoints_file)))
-                if spec.via == "auto":  # at the daily limit the Batch API goes on, no waiting
-                    spec = replace(spec, wait=False)
-                engine = Engine(spec, report, done, api_key, fan_out, budget_for,
-                                now_utc=now_utc, sleep=sleep,
-                                upstreams=build_upstreams(spec, budget_in))
-                ended = await _drive(engine)
-                if ended is not None and ended.kind is StopKind.DAILY and spec.via == "auto":
-                    notify(f"{ended.budget}: the {ended.total - ended.done:,} requests left go "
-                           "through the Batch API now, into the same output.")
-                    stop = await run_batch(spec, manifest, store, api_key, fan_out, report,
-                                           read_output(spec.output).done, sleep=sleep,
-                                           notify=notify, announce=False)
-                elif ended is not None:
-                    key_envs = ([c.endpoint.key_env for c in spec.endpoints]
-                                or [spec.endpoint.key_env])
-                    stop = phrase(ended, str(spec.output), manifest.resume_command,
-                                  ", $".join(dict.fromkeys(key_envs)))
+            stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
+                               Budgets(budget_for, budget_in), now_utc, sleep, notify, on_disk)
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False
@@ -402,6 +364,64 @@ async def run(
         if not updater.started:
             lock.discard_if_unused()
         lock.release()
+
+
+def _check_paths(spec: JobSpec, manifest: Manifest) -> None:
+    """Options that cannot go together, refused before anything is locked or sent."""
+    if spec.endpoints and spec.via != "sync":
+        raise InputError(
+            f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
+            f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
+            f"the Batch API, or use --via sync with --endpoints.")
+    if spec.detach and spec.via == "sync" and not has_open_parts(manifest.batch):
+        raise InputError(
+            "--detach leaves Batch API batches running and exits; the sync path (--via sync, "
+            "the default) has nothing to leave running. Add --via batch (or --via auto), or "
+            "drop --detach.")
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """How the sync path gets a daily budget: by model for the one endpoint, by ledger scope
+    for each endpoint of --endpoints (local SQLite, or shared in Redis)."""
+
+    for_model: Callable[[str, Limits], DailyBudget | SharedBudget]
+    in_scope: Callable[[Scope, Limits], DailyBudget | SharedBudget]
+
+
+async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str,
+                listener: Listener, report: InputReport, done: set[str], budgets: Budgets,
+                now_utc: Callable[[], dt.datetime], sleep: Callable[[float], Awaitable[None]],
+                notify: Callable[[str], None], on_disk: bool) -> BatchrunError | None:
+    """Send what has no result yet by the job's path: the Batch API, or the sync engine (and,
+    for --via auto, the Batch API for what is left once today's budget is spent). Returns why
+    it stopped early, worded for the user; None when every request has a line."""
+    # Requests in batches on the server not yet collected must not be sent again by the sync
+    # path; parts never submitted are dropped when it runs. (`status JOB` only collects: never
+    # the sync path, even if another process collected every batch since status looked.)
+    if spec.via == "batch" or spec.collect_once or has_batches_on_server(manifest.batch):
+        return await run_batch(spec, manifest, store, api_key, listener, report, done,
+                               sleep=sleep, notify=notify)
+    if drop_unsent_parts(manifest.batch) and on_disk:
+        store.save(manifest)  # before the sync path sends what they held
+    if spec.endpoints:
+        check_serves(spec.endpoints, list(report.models), Path(str(spec.endpoints_file)))
+    if spec.via == "auto":  # at the daily limit the Batch API goes on, no waiting
+        spec = replace(spec, wait=False)
+    engine = Engine(spec, report, done, api_key, listener, budgets.for_model, now_utc=now_utc,
+                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope))
+    ended = await _drive(engine)
+    if ended is None:
+        return None
+    if ended.kind is StopKind.DAILY and spec.via == "auto":
+        notify(f"{ended.budget}: the {ended.total - ended.done:,} requests left go through the "
+               "Batch API now, into the same output.")
+        return await run_batch(spec, manifest, store, api_key, listener, report,
+                               read_output(spec.output).done, sleep=sleep, notify=notify,
+                               announce=False)
+    key_envs = [c.endpoint.key_env for c in spec.endpoints] or [spec.endpoint.key_env]
+    return phrase(ended, str(spec.output), manifest.resume_command,
+                  ", $".join(dict.fromkeys(key_envs)))
 
 
 def _reread_batches(manifest: Manifest, store: JobStore) -> None:
