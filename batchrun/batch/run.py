@@ -5,20 +5,19 @@ crash at any point picks up every part where it was and never creates a part's b
 Requests a batch left unfinished (expired, cancelled, 5xx) go into new parts, up to
 `--max-retries`; request-level 4xx are final (see `outcome`). Ctrl-C stops waiting, never the
 batches: they go on running on the server and `batchrun resume` collects them. How the API is
-called (retries, Ctrl-C) is `calls`; what the user is told is `words`.
+called (retries, Ctrl-C) is `calls`; which requests go into new parts is `pending`; what
+the user is told is `words`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
@@ -32,24 +31,20 @@ from batchrun.batch.parts import (
     Part,
     PartFiles,
 )
-from batchrun.batch.plan import Draft, Item, Limits, QueueGate, split
+from batchrun.batch.pending import Pending, queue_limit
+from batchrun.batch.plan import Draft, Limits, QueueGate, split
 from batchrun.batch.remote import Api, adopt, find_batch, text, validation_errors
 from batchrun.checkpoint import OutputWriter
 from batchrun.errors import (
     ApiRefused,
-    BadLine,
     BatchrunError,
     Interrupted,
     StateError,
 )
 from batchrun.events import JobStarted, Listener, StateChanged
-from batchrun.jobs import InputReport, Reading, Request, read_jobs
+from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.spec import JobSpec
-from batchrun.tiers import batch_queue_tokens
-from batchrun.tokens import prompt_tokens_many
-
-TOKEN_CHUNK = 4096
 
 
 class _Gone(BatchrunError):
@@ -153,68 +148,16 @@ class BatchJob:
     # -- planning -------------------------------------------------------------------------------
 
     def _queue_limit(self, model: str) -> int:
-        given = self.spec.batch_queue_tokens
-        limit = given if given is not None else batch_queue_tokens(model, self.spec.tier)
-        seen = self._queue.limits.get(model)
-        return min(limit, seen) if seen and limit else seen or limit
+        return queue_limit(self.spec, model, self._queue.limits.get(model))
 
     async def _plan(self) -> None:
         """Parts for every request that has no result line and is in no open part."""
-        in_parts: set[str] = set()
-        for p in self.book.parts:
-            if p.open:
-                in_parts.update(self.files.ids(p.n))
-        tried: dict[str, tuple[int, str, str]] = {}
-        for p in self.book.parts:
-            if p.state == COLLECTED and p.n >= self.book.tries_from:
-                for cid, code, message in self.files.left(p.n):
-                    if cid not in tried or tried[cid][0] <= p.attempt:
-                        tried[cid] = (p.attempt, code, message)
+        pending = Pending(self.spec, self._report, self.book, self.files, self._done,
+                          self.collector, self.api.batch_endpoint, self._opt.max_retries)
         limits = {m: Limits(queue_tokens=self._queue_limit(m)) for m in self._report.models}
-        attempts: dict[str, int] = {}
-        drafts = split(self._items(in_parts, tried, attempts), limits)
-        for draft in drafts:
-            self._add_part(draft, attempts)
+        for draft in split(pending.items(), limits):
+            self._add_part(draft, pending.attempts)
             await asyncio.sleep(0)
-
-    def _items(self, in_parts: set[str], tried: dict[str, tuple[int, str, str]],
-               attempts: dict[str, int]) -> Iterator[Item]:
-        report = self._report
-        reading = read_jobs(self.spec.input, self.spec.model, report.ids.replay(),
-                            end=report.size, reading=Reading(report.stamp))
-        batch: list[Request] = []
-        for item in reading:
-            if isinstance(item, BadLine):
-                if item.output_id not in self._done:
-                    self.collector.fail(item.output_id, "?", "invalid_request_line", item.reason,
-                                        0)
-                continue
-            cid = item.custom_id
-            if cid in self._done or cid in in_parts:
-                continue
-            if cid in tried:
-                attempt, code, message = tried[cid]
-                if self.book.cancelled or attempt > self._opt.max_retries:
-                    self.collector.fail(cid, item.model, code, message, attempt)
-                    continue
-                attempts[cid] = attempt + 1
-            elif self.book.cancelled:
-                self.collector.fail(cid, item.model, "batch_cancelled",
-                                    "not sent: the job's batches were cancelled with "
-                                    "batchrun cancel", 0)
-                continue
-            batch.append(item)
-            if len(batch) >= TOKEN_CHUNK:
-                yield from self._as_items(batch)
-                batch = []
-        yield from self._as_items(batch)
-
-    def _as_items(self, requests: list[Request]) -> Iterator[Item]:
-        counts = prompt_tokens_many([(r.url, r.body) for r in requests])
-        for r, tokens in zip(requests, counts, strict=True):
-            line = orjson.dumps({"custom_id": r.custom_id, "method": "POST",
-                                 "url": self.api.batch_endpoint(r.url), "body": r.body}) + b"\n"
-            yield Item(r.line_no, r.custom_id, r.url, r.model, len(line), tokens, line)
 
     def _add_part(self, draft: Draft, attempts: dict[str, int]) -> None:
         n = self.book.next_n()
