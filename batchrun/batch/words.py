@@ -1,0 +1,71 @@
+"""What the Batch API path tells the user when it stops short of the end (Ctrl-C, --detach,
+`status`, a call that failed for good) and how far its parts got. Each message names the
+batches still running on the server, since those go on (and are billed) whatever the run does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from batchrun.batch.parts import COLLECTED, DROPPED, Part
+
+SHOWN_PARTS = 6
+
+
+def _batches(n: int) -> str:
+    return f"{n} batch{'es' if n != 1 else ''}"
+
+
+def resume_hint(job: str, running: int) -> str:
+    on_server = (f"The {_batches(running)} already submitted "
+                 f"{'go' if running != 1 else 'goes'} on running on the server. "
+                 if running else "")
+    return f"{on_server}Continue with: batchrun resume {job}"
+
+
+def stopped(job: str, running: int, done: int, total: int, output: Path) -> str:
+    many = running != 1
+    batches = (f" The {_batches(running)} submitted {'go' if many else 'goes'} on running on "
+               f"the server (Ctrl-C does not cancel {'them' if many else 'it'}): batchrun "
+               f"resume {job} collects the results, batchrun cancel {job} cancels "
+               f"{'them' if many else 'it'}." if running else
+               f" Continue with: batchrun resume {job}")
+    return (f"Interrupted. {done:,} of {total:,} requests are done and kept in "
+            f"{output}.{batches}")
+
+
+def collected(job: str, running: int, done: int, total: int) -> str:
+    return (f"{done:,} of {total:,} requests have a result; {_batches(running)} still on the "
+            f"server. Collect the rest with: batchrun resume {job}")
+
+
+def detached(job: str, running: int, waiting: int) -> str:
+    wait = (f" {waiting} more part{'s' if waiting != 1 else ''} wait for the enqueued-token "
+            "limit and are submitted by resume." if waiting else "")
+    return (f"Job {job} submitted, not finished: {_batches(running)} running on the server."
+            f"{wait} Collect the results with: batchrun resume {job} (batchrun status {job} "
+            "collects what has finished and shows how far it got).")
+
+
+def progress(all_parts: list[Part], queued: Callable[[str], int],
+             limit: Callable[[str], int]) -> str | None:
+    """Each part's state and counts (open parts first), and the tokens enqueued against
+    each model's limit: the non-TTY line and the live display's detail."""
+    parts = sorted((p for p in all_parts if p.state != DROPPED),
+                   key=lambda p: (not p.open, p.n))
+    if not parts:
+        return None
+    shown = []
+    for p in parts[:SHOWN_PARTS]:
+        what = {"planned": "waiting for the queue", "uploaded": "waiting for the queue",
+                COLLECTED: "done"}.get(p.state, p.state.replace("_", " "))
+        counts = f" {p.completed + p.failed:,}/{p.count:,}" if p.batch_id else ""
+        shown.append(f"part {p.n} {what}{counts}")
+    models = sorted({p.model for p in parts})
+    named = len(models) > 1  # each model has its own queue: say which is which
+    queues = " · ".join(
+        (f"{m} " if named else "") + (
+            f"queued {queued(m):,}/{limit(m):,} tok" if limit(m) else f"queued {queued(m):,} tok")
+        for m in models)
+    more = f" · +{len(parts) - SHOWN_PARTS} parts" if len(parts) > SHOWN_PARTS else ""
+    return " · ".join(shown) + more + " · " + queues
