@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -48,10 +47,11 @@ from batchrun.jobs import InputReport, input_report, read_jobs
 from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
+from batchrun.signals import on_signals
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import SharedBudget, StateUrl
 from batchrun.state._open import connect as connect_state
-from batchrun.stop import Stop, StopKind, phrase
+from batchrun.stop import StopKind, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
@@ -141,20 +141,6 @@ def _final_state(stop: BatchrunError | None) -> str:
     if isinstance(stop, Interrupted):
         return "interrupted"
     return "stopped"
-
-
-async def _drive(engine: Engine) -> Stop | None:
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, engine.interrupt)
-            installed.append(sig)
-    try:
-        return await engine.run()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False) -> Manifest:
@@ -410,7 +396,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
         spec = replace(spec, wait=False)
     engine = Engine(spec, report, done, api_key, listener, budgets.for_model, now_utc=now_utc,
                     sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope))
-    ended = await _drive(engine)
+    ended = await on_signals(engine.interrupt, engine.run())
     if ended is None:
         return None
     if ended.kind is StopKind.DAILY and spec.via == "auto":

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 from collections.abc import Awaitable, Callable
 
 from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
@@ -17,22 +15,13 @@ from batchrun.errors import BatchrunError, StateError
 from batchrun.events import Listener
 from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
+from batchrun.signals import on_signals
 from batchrun.spec import JobSpec
 
 
 async def drive(job: BatchJob, announce: bool = True) -> BatchrunError | None:
     """Run with Ctrl-C and SIGTERM ending the wait (never the batches)."""
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, job.interrupt)
-            installed.append(sig)
-    try:
-        return await job.run(announce)
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+    return await on_signals(job.interrupt, job.run(announce))
 
 
 
