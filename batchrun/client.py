@@ -87,8 +87,7 @@ class ApiClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        auth = {"api-key": api_key} if endpoint.azure else {"Authorization": f"Bearer {api_key}"}
-        self._headers = {**auth, "Content-Type": "application/json"}
+        self._headers = {**endpoint.auth_headers(api_key), "Content-Type": "application/json"}
 
     async def __aenter__(self) -> ApiClient:
         connector = aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300)

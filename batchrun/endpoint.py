@@ -158,6 +158,10 @@ class Endpoint:
             )
         return self.base_url + path
 
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """How this endpoint takes the key: Azure's api-key header, everyone else's bearer."""
+        return {"api-key": api_key} if self.azure else {"Authorization": f"Bearer {api_key}"}
+
     def api_key(self) -> str:
         key = os.environ.get(self.key_env, "").strip()
         if not key:

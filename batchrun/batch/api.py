@@ -54,8 +54,7 @@ class BatchApi:
         self.endpoint = endpoint
         self._proxy = env_proxy(endpoint.base_url)
         self._secrets = secret_forms(api_key, *proxy_secrets(self._proxy))
-        self._auth = {"api-key": api_key} if endpoint.azure else {
-            "Authorization": f"Bearer {api_key}"}
+        self._auth = endpoint.auth_headers(api_key)
         # A 200 MB upload or download may take longer than any one request should: what is
         # bounded is a stall (no byte for timeout_s), not the transfer.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, 60.0),
