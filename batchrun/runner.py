@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun.batch.entry import cancel_job, run_batch
+from batchrun.batch.entry import cancel_job, collect_fetched, look_at_batches, run_batch
+from batchrun.batch.look import Fetched
 from batchrun.batch.parts import (
     drop_unsent_parts,
     has_batches_on_server,
@@ -41,6 +42,7 @@ from batchrun.errors import (
     DailyLimitReached,
     InputError,
     Interrupted,
+    StateError,
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
 from batchrun.jobs import InputReport, input_report, read_jobs
@@ -383,9 +385,8 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
     for --via auto, the Batch API for what is left once today's budget is spent). Returns why
     it stopped early, worded for the user; None when every request has a line."""
     # Requests in batches on the server not yet collected must not be sent again by the sync
-    # path; parts never submitted are dropped when it runs. (`status JOB` only collects: never
-    # the sync path, even if another process collected every batch since status looked.)
-    if spec.via == "batch" or spec.collect_once or has_batches_on_server(manifest.batch):
+    # path; parts never submitted are dropped when it runs.
+    if spec.via == "batch" or has_batches_on_server(manifest.batch):
         return await run_batch(spec, manifest, store, api_key, listener, report, done,
                                sleep=sleep, notify=notify)
     if drop_unsent_parts(manifest.batch) and on_disk:
@@ -447,14 +448,42 @@ async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]
         lock.release()
 
 
-async def collect_finished(manifest: Manifest, store: JobStore,
-                           listener: Listener) -> BatchrunError | None:
-    """`status JOB` of a job with batches on the server: poll them once and merge what
-    finished (under the output's lock, as resume would), submit nothing, wait for nothing."""
+async def collect_finished(manifest: Manifest, store: JobStore, listener: Listener) -> None:
+    """`status JOB` of a job with batches on the server: one short look at each (no lock held
+    while it waits on the network), then, under the output's lock, merge what finished. Never
+    submits, never waits, never rewrites the job's recorded state. Raises what stopped it."""
     spec, _ = spec_from_manifest(manifest, {})
-    spec = replace(spec, collect_once=True)
-    return await run(spec, manifest, store, spec.endpoint.api_key(), listener,
-                     spec.endpoint.host)
+    key = spec.endpoint.api_key()
+    fetched = await look_at_batches(spec, manifest, store, key)
+    try:
+        if fetched.batches:
+            await _merge_fetched(spec, manifest, store, key, listener, fetched)
+    finally:
+        fetched.discard()
+    if fetched.trouble is not None:
+        raise StateError(f"{fetched.trouble}. The job's batches are shown as last recorded; "
+                         f"run batchrun status {manifest.job_id} again later.")
+
+
+async def _merge_fetched(spec: JobSpec, manifest: Manifest, store: JobStore, key: str,
+                         listener: Listener, fetched: Fetched) -> None:
+    try:
+        lock = OutputLock(Path(manifest.output))
+    except (BlockingIOError, ValueError, OSError):
+        raise StateError(f"job {manifest.job_id} is running in another batchrun process, "
+                         "which collects its batches.") from None
+    try:
+        saved = store.get(manifest.job_id)  # another process may have run it since
+        if saved is None:
+            return
+        spec = replace(spec, output=Path(saved.output))
+        done = read_output(spec.output).done
+        report = input_report(spec.input, spec.model, done, saved.checked)
+        await collect_fetched(spec, saved, store, key, listener, report, done, fetched)
+        count_from_output(saved)
+        store.save(saved)
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.batch.calls import FIRST_POLL_S, MAX_BACKOFF_S, Caller, Stop
 from batchrun.batch.collect import Collector, Merged
+from batchrun.batch.look import Fetched
 from batchrun.batch.outcome import Outcome, QueueSeen, describe
 from batchrun.batch.parts import (
     COLLECTED,
@@ -62,7 +63,6 @@ class Options:
     poll_max_s: float = 60.0
     detach: bool = False
     max_retries: int = 8
-    collect_once: bool = False  # `status JOB`: poll and collect what finished, nothing more
 
 
 class BatchJob:
@@ -105,6 +105,26 @@ class BatchJob:
         finally:
             writer.close()
 
+    async def collect(self, fetched: Fetched) -> None:
+        """`status JOB`, under the output's lock: take what a look fetched of each part's
+        batch and merge the finished ones. Local work only: `fetched` stands in for the API."""
+        writer = OutputWriter(self.spec.output)
+        try:
+            self.collector = Collector(writer, self._done, self._emit, self._secrets)
+            self._outcome = Outcome(self.book, self.files, self.collector, self._done,
+                                    self.spec.input, self._queue, self._notify)
+            for part in self.book.parts:
+                if not part.active or part.state == COLLECTED or not fetched.finished(part):
+                    continue  # collected, cancelled or re-planned since the look
+                batch = fetched.batches[part.n]
+                if adopt(part, batch) and part.state == "failed":
+                    part.errors = [describe(e, self._secrets) for e in validation_errors(batch)]
+                self._save()
+                if part.state in TERMINAL:
+                    await self._collect(part)
+        finally:
+            writer.close()
+
     def _announce(self, report: InputReport) -> None:
         self._emit(JobStarted(
             input=str(self.spec.input), output=str(self.spec.output), total=report.total,
@@ -123,8 +143,6 @@ class BatchJob:
                 self._show()
             if calls.interrupted:
                 return self._stopped()
-            if self._opt.collect_once:
-                return self._collected()
             if self._replan:
                 self._replan = False
                 await self._plan()
@@ -339,12 +357,6 @@ class BatchJob:
     def _stopped(self) -> Interrupted:
         return Interrupted(words.stopped(self.manifest.job_id, self._submitted(),
                                          len(self._done), self._report.total, self.spec.output))
-
-    def _collected(self) -> Detached | None:
-        if len(self._done) >= self._report.total:
-            return None
-        return Detached(words.collected(self.manifest.job_id, self._submitted(),
-                                        len(self._done), self._report.total))
 
     def _detached(self) -> Detached:
         waiting = sum(1 for p in self.book.parts if p.state in ("planned", "uploaded"))

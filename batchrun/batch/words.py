@@ -34,11 +34,6 @@ def stopped(job: str, running: int, done: int, total: int, output: Path) -> str:
             f"{output}.{batches}")
 
 
-def collected(job: str, running: int, done: int, total: int) -> str:
-    return (f"{done:,} of {total:,} requests have a result; {_batches(running)} still on the "
-            f"server. Collect the rest with: batchrun resume {job}")
-
-
 def detached(job: str, running: int, waiting: int) -> str:
     wait = (f" {waiting} more part{'s' if waiting != 1 else ''} wait for the enqueued-token "
             "limit and are submitted by resume." if waiting else "")
