@@ -14,7 +14,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun.batch.entry import cancel_job, collect_fetched, look_at_batches, run_batch
+from batchrun.batch.entry import (
+    cancel_job,
+    collect_fetched,
+    ids_on_server,
+    look_at_batches,
+    run_batch,
+)
 from batchrun.batch.look import Fetched
 from batchrun.batch.parts import (
     drop_unsent_parts,
@@ -53,7 +59,7 @@ from batchrun.signals import on_signals
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import SharedBudget, StateUrl
 from batchrun.state._open import connect as connect_state
-from batchrun.stop import StopKind, phrase
+from batchrun.stop import Stop, StopKind, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
@@ -95,6 +101,7 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         wait=o["wait"], max_response_mb=o.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB),
         via=o.get("via", "sync"), poll_max_s=o.get("poll_max_s", 60.0),
         batch_queue_tokens=o.get("batch_queue_tokens"), detach=bool(o.get("detach")),
+        cancel_batches=bool(o.get("cancel_batches")),
     )
     if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")),
@@ -361,6 +368,10 @@ def _check_paths(spec: JobSpec, manifest: Manifest) -> None:
             f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
             f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
             f"the Batch API, or use --via sync with --endpoints.")
+    if spec.cancel_batches and spec.via != "sync":
+        raise InputError(
+            f"--cancel-batches cancels the job's batches so that the sync path sends the rest; "
+            f"add --via sync (the job goes by --via {spec.via} now).")
     if spec.detach and spec.via == "sync" and not has_open_parts(manifest.batch):
         raise InputError(
             "--detach leaves Batch API batches running and exits; the sync path (--via sync, "
@@ -386,6 +397,9 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
     it stopped early, worded for the user; None when every request has a line."""
     # Requests in batches on the server not yet collected must not be sent again by the sync
     # path; parts never submitted are dropped when it runs.
+    if spec.via == "sync" and has_batches_on_server(manifest.batch):
+        return await _sync_beside_batches(spec, manifest, store, api_key, listener, report,
+                                          done, budgets, now_utc, sleep, notify, on_disk)
     if spec.via == "batch" or has_batches_on_server(manifest.batch):
         return await run_batch(spec, manifest, store, api_key, listener, report, done,
                                sleep=sleep, notify=notify)
@@ -395,9 +409,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
         check_serves(spec.endpoints, list(report.models), Path(str(spec.endpoints_file)))
     if spec.via == "auto":  # at the daily limit the Batch API goes on, no waiting
         spec = replace(spec, wait=False)
-    engine = Engine(spec, report, done, api_key, listener, budgets.for_model, now_utc=now_utc,
-                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope))
-    ended = await on_signals(engine.interrupt, engine.run())
+    ended = await _run_engine(spec, report, done, api_key, listener, budgets, now_utc, sleep)
     if ended is None:
         return None
     if ended.kind is StopKind.DAILY and spec.via == "auto":
@@ -406,9 +418,67 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
         return await run_batch(spec, manifest, store, api_key, listener, report,
                                read_output(spec.output).done, sleep=sleep, notify=notify,
                                announce=False)
+    return _phrase(ended, spec, manifest)
+
+
+async def _run_engine(spec: JobSpec, report: InputReport, skip: set[str], api_key: str,
+                      listener: Listener, budgets: Budgets,
+                      now_utc: Callable[[], dt.datetime],
+                      sleep: Callable[[float], Awaitable[None]]) -> Stop | None:
+    """The sync path over every request of the input whose id is not in `skip`."""
+    engine = Engine(spec, report, skip, api_key, listener, budgets.for_model, now_utc=now_utc,
+                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope))
+    return await on_signals(engine.interrupt, engine.run())
+
+
+def _phrase(ended: Stop, spec: JobSpec, manifest: Manifest) -> BatchrunError:
     key_envs = [c.endpoint.key_env for c in spec.endpoints] or [spec.endpoint.key_env]
     return phrase(ended, str(spec.output), manifest.resume_command,
                   ", $".join(dict.fromkeys(key_envs)))
+
+
+async def _sync_beside_batches(spec: JobSpec, manifest: Manifest, store: JobStore,
+                               api_key: str, listener: Listener, report: InputReport,
+                               done: set[str], budgets: Budgets,
+                               now_utc: Callable[[], dt.datetime],
+                               sleep: Callable[[float], Awaitable[None]],
+                               notify: Callable[[str], None],
+                               on_disk: bool) -> BatchrunError | None:
+    """`--via sync` while batches of the job run on the server: the requests no batch holds go
+    by the sync path now; then the batches are collected as they finish (cancelled first with
+    --cancel-batches), and what they left unfinished goes by the sync path too. Nothing is
+    submitted to the Batch API."""
+    if spec.cancel_batches:
+        cancelled, _ = await cancel_job(spec, manifest, store, api_key)
+        notify(f"Cancelled {cancelled} batch{'es' if cancelled != 1 else ''} of job "
+               f"{manifest.job_id}: what they finished is collected, the rest goes by the sync "
+               "path.")
+    if drop_unsent_parts(manifest.batch) and on_disk:
+        store.save(manifest)  # before the sync path sends what they held
+    while True:
+        held = ids_on_server(manifest, store)
+        ended = await _run_engine(spec, report, done | held, api_key, listener, budgets,
+                                  now_utc, sleep)
+        if ended is not None:
+            return _phrase(ended, spec, manifest)
+        if not held:
+            return None
+        stop = await run_batch(spec, manifest, store, api_key, listener, report,
+                               read_output(spec.output).done, sleep=sleep, notify=notify,
+                               announce=False, collect_only=True)
+        if stop is not None:
+            return stop
+        done = read_output(spec.output).done
+        report = input_report(spec.input, spec.model, done, manifest.checked)
+        listener = _going_on(listener)
+
+
+def _going_on(listener: Listener) -> Listener:
+    """The same run going on: a second start would count the first pass's results twice."""
+    def heard(event: Event) -> None:
+        if not isinstance(event, JobStarted):
+            listener(event)
+    return heard
 
 
 def _reread_batches(manifest: Manifest, store: JobStore) -> None:

@@ -27,6 +27,7 @@ from batchrun.batch.look import Fetched
 from batchrun.batch.outcome import Outcome, QueueSeen, describe
 from batchrun.batch.parts import (
     COLLECTED,
+    DROPPED,
     TERMINAL,
     BatchBook,
     Part,
@@ -63,6 +64,7 @@ class Options:
     poll_max_s: float = 60.0
     detach: bool = False
     max_retries: int = 8
+    collect_only: bool = False  # `resume --via sync`: wait for the open batches, submit nothing
 
 
 class BatchJob:
@@ -143,10 +145,13 @@ class BatchJob:
                 self._show()
             if calls.interrupted:
                 return self._stopped()
-            if self._replan:
-                self._replan = False
-                await self._plan()
-            created = await self._submit()
+            if self._opt.collect_only:
+                created = await self._settle_creating()
+            else:
+                if self._replan:
+                    self._replan = False
+                    await self._plan()
+                created = await self._submit()
             if calls.interrupted:
                 return self._stopped()
             if created:
@@ -258,6 +263,21 @@ class BatchJob:
             self._save()
             return 1
         return 0
+
+    async def _settle_creating(self) -> int:
+        """Collecting only: a part whose create was asked is its batch if the API made one,
+        else dropped (the sync path sends its requests). How many batches were found."""
+        found = 0
+        for part in self.book.parts:
+            if part.state == "creating" and not self._calls.interrupted:
+                batch = await self._find(part)
+                if batch is None:
+                    part.state = DROPPED
+                else:
+                    adopt(part, batch)
+                    found += 1
+                self._save()
+        return found
 
     async def _find(self, part: Part) -> dict[str, Any] | None:
         return await self._calls.call(f"looking up part {part.n}'s batch",
