@@ -19,6 +19,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.batch.calls import FIRST_POLL_S, MAX_BACKOFF_S, Caller, Stop
@@ -48,6 +50,11 @@ from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.spec import JobSpec
 
+# How long the run waits, in its own poll naps, while the API refuses a model's batches for
+# the enqueued-token queue and none of the job's own batches of that model is in it: nothing
+# the job does frees that queue.
+QUEUE_WAIT_MAX_S = 3600.0
+
 
 class _Gone(BatchrunError):
     """A file the API no longer has."""
@@ -59,12 +66,35 @@ class Detached(BatchrunError):
     exit_code = 0
 
 
+@dataclass(slots=True)
+class QueueFull:
+    """A model whose batches the API refuses for the queue with none of the job's in it:
+    since when (in the run's napped seconds), how often, and what the API said last."""
+
+    since_s: float
+    refused: int = 0
+    said: str = ""
+    part: int = 0
+    tokens: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     poll_max_s: float = 60.0
     detach: bool = False
     max_retries: int = 8
     collect_only: bool = False  # `resume --via sync`: wait for the open batches, submit nothing
+
+
+def _queue_refusal(part: Part) -> str | None:
+    """What the API said if part's batch failed for the enqueued-token limit."""
+    if part.state != "failed":
+        return None
+    for error in part.errors:
+        _, code, message = orjson.loads(error)
+        if code == "token_limit_exceeded":
+            return str(message)
+    return None
 
 
 class BatchJob:
@@ -82,6 +112,8 @@ class BatchJob:
         self._calls = Caller(spec.endpoint.host, options.max_retries, self._resume_hint, sleep)
         self._replan = True
         self._queue = QueueSeen()
+        self._napped_s = 0.0  # the run's own waiting, the queue bound's clock
+        self._full: dict[str, QueueFull] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -154,7 +186,7 @@ class BatchJob:
                 created = await self._submit()
             if calls.interrupted:
                 return self._stopped()
-            if created:
+            if created and not self._full:  # a refused queue is asked at the longest interval
                 interval = FIRST_POLL_S
             if not any(p.open for p in self.book.parts):
                 return None
@@ -163,9 +195,13 @@ class BatchJob:
             if created:
                 self._show()
             await calls.nap(interval)
+            self._napped_s += interval
             self._queue.held.clear()
             if calls.interrupted:
                 return self._stopped()
+            stuck = self._queue_stuck()
+            if stuck is not None:
+                return stuck
             interval = min(interval * 2, max(FIRST_POLL_S, self._opt.poll_max_s))
 
     # -- planning -------------------------------------------------------------------------------
@@ -326,6 +362,9 @@ class BatchJob:
                                       partial(self.api.retrieve, batch_id), refused)
 
     async def _collect(self, part: Part) -> None:
+        refusal = _queue_refusal(part)
+        alone = not any(p.active and p.model == part.model and p is not part
+                        for p in self.book.parts)
         ids = self.files.ids(part.n)
         id_set = set(ids)
         merged = Merged()
@@ -340,6 +379,7 @@ class BatchJob:
                 gone = file_id
         self._outcome.settle(part, ids, merged, gone)
         self._save()
+        self._note_queue(part, refusal, alone)
         self._outcome.tidy(part)
         if merged.left:
             self._replan = True
@@ -350,6 +390,26 @@ class BatchJob:
                 f"({code}). Check ${self.spec.endpoint.key_env}, the account's billing and quota, "
                 f"then continue with: batchrun resume {self.manifest.job_id} (the "
                 f"{len(self._done):,} finished results in {self.spec.output} are kept).")
+
+    def _note_queue(self, part: Part, refusal: str | None, alone: bool) -> None:
+        """A refusal with the job's own batches in the queue ends when they finish; one
+        without starts (or goes on) the wait that `QUEUE_WAIT_MAX_S` bounds. A batch of the
+        model that got in ends it."""
+        if refusal is None:
+            self._full.pop(part.model, None)
+        elif alone:
+            full = self._full.setdefault(part.model, QueueFull(self._napped_s))
+            full.refused += 1
+            full.said, full.part, full.tokens = refusal, part.n, part.tokens
+
+    def _queue_stuck(self) -> ApiRefused | None:
+        for model, full in self._full.items():
+            waited = self._napped_s - full.since_s
+            if waited >= QUEUE_WAIT_MAX_S:
+                return ApiRefused(words.queue_full(self.manifest.job_id, model, waited,
+                                                   full.refused, full.said, full.part,
+                                                   full.tokens))
+        return None
 
     async def _download(self, part: Part, which: str, file_id: str, dest: Path) -> bool:
         """The file into dest; False if the API no longer has it (deleted, past retention),

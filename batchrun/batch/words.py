@@ -34,6 +34,18 @@ def stopped(job: str, running: int, done: int, total: int, output: Path) -> str:
             f"{output}.{batches}")
 
 
+def queue_full(job: str, model: str, waited_s: float, refused: int, said: str, part: int,
+               tokens: int) -> str:
+    return (f"The Batch API's enqueued-token queue for {model} stayed full for "
+            f"{waited_s / 60:,.0f} minutes: it refused {refused} batch"
+            f"{'es' if refused != 1 else ''} of this job (token_limit_exceeded: {said}) while "
+            f"none of the job's other batches of {model} was in it. So it is filled by other "
+            "batches of the account (another job or tool: see the API's list of batches), or "
+            "the API counts this job's requests far above batchrun's estimate (part "
+            f"{part}: {tokens:,} prompt tokens). Let those batches finish or cancel them, or "
+            f"set a smaller --batch-queue-tokens, then continue with: batchrun resume {job}")
+
+
 def detached(job: str, running: int, waiting: int) -> str:
     wait = (f" {waiting} more part{'s' if waiting != 1 else ''} wait for the enqueued-token "
             "limit and are submitted by resume." if waiting else "")
