@@ -11,10 +11,11 @@ request itself is wrong, asking again cannot help).
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -23,6 +24,7 @@ import orjson
 from batchrun.classify import REFUSAL_CODES, capped, secret_forms
 from batchrun.endpoint import Endpoint, env_proxy, proxy_secrets
 from batchrun.errors import ApiRefused, BatchrunError, printable, redact
+from batchrun.fsutil import PRIVATE_FILE
 
 # The API's answers are small JSON objects; only file contents are large, and those are
 # streamed to disk, never held whole.
@@ -142,7 +144,7 @@ class BatchApi:
                 if resp.status != 200:
                     self._raise(resp.status, await self._read(resp, MAX_JSON_BYTES))
                 tmp = dest.with_name(dest.name + ".part")
-                with tmp.open("wb") as f:
+                with _private(tmp) as f:
                     async for chunk in resp.content.iter_chunked(CHUNK):
                         f.write(chunk)
                 tmp.replace(dest)
@@ -212,6 +214,13 @@ class BatchApi:
         if 300 <= status < 400:
             said = "a redirect, which batchrun never follows; check the base URL"
         raise ApiCallFailed(f"HTTP {status}: {said}", status, code)
+
+
+def _private(path: Path) -> BinaryIO:
+    """`path` opened for writing, readable by its owner only: it holds a batch's answers."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # a file left by an earlier try keeps its mode otherwise
+    return os.fdopen(fd, "wb")
 
 
 def _error_of(raw: bytes) -> tuple[str, str]:
