@@ -25,6 +25,7 @@ from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.batch.calls import FIRST_POLL_S, MAX_BACKOFF_S, Caller, Stop
 from batchrun.batch.collect import Collector, Merged
+from batchrun.batch.done import DoneIds
 from batchrun.batch.look import Fetched
 from batchrun.batch.outcome import Outcome, QueueSeen, describe
 from batchrun.batch.parts import (
@@ -105,7 +106,8 @@ class BatchJob:
                  secrets: tuple[str, ...] = ()) -> None:
         self.spec, self.manifest, self.store, self.api = spec, manifest, store, api
         self._secrets = secrets  # the key's forms, kept out of what the output records
-        self._emit, self._report, self._done, self._opt = listener, report, done, options
+        self._emit, self._report, self._opt = listener, report, options
+        self._done = DoneIds(done)
         self._notify = notify
         self.book = BatchBook.load(manifest.batch, manifest.job_id)
         self.files = PartFiles(store.home, manifest.job_id)
@@ -226,6 +228,9 @@ class BatchJob:
         self.book.parts.append(Part(n, key, draft.url, draft.model, len(draft.items),
                                     draft.tokens, attempt))
         self._save()
+        # The part is on disk now: its lines (7 MB for 50,000 short requests) need not live
+        # on while the planner fills the next one.
+        draft.items.clear()
 
     # -- submitting -----------------------------------------------------------------------------
 
@@ -367,6 +372,7 @@ class BatchJob:
                         for p in self.book.parts)
         ids = self.files.ids(part.n)
         id_set = set(ids)
+        self._done.collecting(dict(zip(ids, self.files.line_nos(part.n), strict=True)))
         merged = Merged()
         gone: str | None = None
         for which, file_id in (("output", part.output_file_id), ("error", part.error_file_id)):
