@@ -34,6 +34,7 @@ from batchrun.errors import (
     InputError,
     printable,
     redact,
+    redact_urls,
 )
 from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
@@ -583,7 +584,8 @@ def run(argv: list[str] | None = None) -> int:
             raise
         # Text, not markup: messages quote ids and server words that may contain brackets.
         prefix = Text("error: ", style="bold red") if exc.exit_code == EXIT_INPUT else Text()
-        err.print(prefix + Text(printable(exc.message)))
+        # Every URL's credentials masked, whoever wrote the message (nothing else is changed).
+        err.print(prefix + Text(printable(redact_urls(exc.message))))
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted before anything was sent.")
