@@ -105,6 +105,7 @@ class Engine(RouteFailover):
         self._stop: Stop | None = None
         self._stop_lane: Lane | None = None
         self._interrupts = 0
+        self._abandoned = 0  # requests in flight given up at a stop (Stop.abandoned)
         self._input_done = False
         self._attempts: set[asyncio.Task[None]] = set()
         self._dispatchers: set[asyncio.Task[None]] = set()
@@ -155,17 +156,20 @@ class Engine(RouteFailover):
         return self._final_stop()
 
     def interrupt(self) -> None:
-        """Ctrl-C: the first stops admitting and drains; the second abandons in-flight requests.
-        While the job is already stopping for another reason (the daily limit, a refused key),
-        the first changes nothing and the second abandons: the stop keeps its own reason."""
+        """Ctrl-C: the first stops admitting and drains for `drain_s`; the second abandons
+        in-flight requests. While the job is already stopping for another reason (the daily
+        limit, a refused key), which waits up to the request timeout, the first shortens that
+        wait to `drain_s` and the second abandons: the stop keeps its own reason."""
         self._interrupts += 1
         if self._stop is None:
             self._halt(Stop(StopKind.INTERRUPTED), "interrupted: finishing requests in flight")
         elif self._interrupts >= 2:
             self._cancel_attempts()
         else:
-            self._emit(StateChanged("draining", "finishing requests in flight; press Ctrl-C "
-                                    "again to abandon them"))
+            self._emit(StateChanged("draining", f"finishing requests in flight for up to "
+                                    f"{self.spec.drain_s:g}s; press Ctrl-C again to abandon "
+                                    "them"))
+            self._later(self._drain_deadline(self.spec.drain_s))
 
     # -- reader ---------------------------------------------------------------------------------
 
@@ -418,7 +422,8 @@ class Engine(RouteFailover):
         stop = self._stop
         if stop is None:
             return None
-        stop = replace(stop, done=self._done, total=self._total)
+        stop = replace(stop, done=self._done, total=self._total, abandoned=self._abandoned,
+                       interrupted=self._interrupts > 0)
         lane = self._stop_lane
         if stop.kind is StopKind.DAILY and lane is not None:
             budgets = [r.budget.describe(stop.server_message) for r in lane.routes]
@@ -442,22 +447,31 @@ class Engine(RouteFailover):
         self._emit(StateChanged("running"))
 
     def _halt(self, stop: Stop, detail: str, lane: Lane | None = None) -> None:
+        """Stop admitting. The requests in flight were sent, so the API bills them whether or
+        not we wait: every stop but Ctrl-C waits for their answers, up to the request timeout
+        (by when the client gives each up), and writes them, so neither a resume nor --via
+        auto's Batch API sends them again. Ctrl-C waits only `drain_s` (the user wants out)."""
         if self._stop is not None:
             return
         self._stop, self._stop_lane = stop, lane
+        if stop.kind is StopKind.INTERRUPTED:
+            wait_s = self.spec.drain_s
+        else:
+            wait_s = self.spec.timeout_s
+            detail += f" (waiting up to {wait_s:g}s, the request timeout, for their answers)"
         self._emit(StateChanged("draining", detail))
         for each in self._lanes.values():
             each.space.set()
         for task in self._dispatchers:
             # A dispatcher may be waiting out a cooldown in the limiter; it must not send again.
             task.cancel()
+        self._later(self._drain_deadline(wait_s))
 
-        async def drain_deadline() -> None:
-            await self._sleep(self.spec.drain_s)
-            self._cancel_attempts()
-
-        self._later(drain_deadline())
+    async def _drain_deadline(self, wait_s: float) -> None:
+        await self._sleep(wait_s)
+        self._cancel_attempts()
 
     def _cancel_attempts(self) -> None:
         for task in list(self._attempts):
-            task.cancel()
+            if not task.cancelling():  # a second Ctrl-C after the deadline counts none twice
+                self._abandoned += task.cancel()

@@ -35,10 +35,31 @@ class Stop:
     host: str = ""  # NO_NETWORK: where the job could not connect
     input: str = ""  # INPUT_CHANGED, INCOMPLETE: the job's input file
     change: str = ""  # INPUT_CHANGED: what changed, e.g. "its size went from 10 to 5 bytes"
+    # Requests sent and given up before their answer came (only Ctrl-C, or the request timeout,
+    # gives one up): the server may have billed them, and the job sends them again.
+    abandoned: int = 0
+    interrupted: bool = False  # Ctrl-C came while it stopped (for this reason or another)
+
+
+def abandoned_note(abandoned: int) -> str:
+    """What a message says of requests in flight given up at a stop ("" when none was)."""
+    if not abandoned:
+        return ""
+    one = abandoned == 1
+    return (f" {abandoned:,} request{'' if one else 's'} in flight {'was' if one else 'were'} "
+            f"abandoned before {'its' if one else 'their'} answer came (the API may have billed "
+            f"{'it' if one else 'them'}); resuming sends {'it' if one else 'them'} again.")
 
 
 def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
     """The message and exit code the user sees. `resume`: the command that continues the job."""
+    error = _phrase(stop, output, resume, key_env)
+    if stop.abandoned and stop.kind is not StopKind.STATE:  # STATE words it in its sentence
+        error = type(error)(error.message + abandoned_note(stop.abandoned))
+    return error
+
+
+def _phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
     done = f"{stop.done:,} of {stop.total:,} requests done"
     if stop.kind is StopKind.DAILY:
         said = f" (The server said: {stop.server_message})" if stop.server_message else ""
@@ -69,9 +90,10 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
             "rest. Nothing is lost: make sure nothing is changing the file, then continue "
             f"with: {resume}")
     if stop.kind is StopKind.STATE:
-        return StateError(f"{stop.server_message} {done}, kept in {output}; the requests in "
-                          f"flight were finished and written. Once it answers again, continue "
-                          f"with: {resume}")
+        flight = (abandoned_note(stop.abandoned).strip() if stop.abandoned else
+                  "The requests in flight were finished and written.")
+        return StateError(f"{stop.server_message} {done}, kept in {output}. {flight} Once it "
+                          f"answers again, continue with: {resume}")
     return Interrupted(
         f"Interrupted. {stop.done:,} of {stop.total:,} requests are done and kept in {output}. "
         f"Continue with: {resume}")
