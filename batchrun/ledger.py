@@ -468,7 +468,8 @@ def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
         return (f"Daily {what} budget reached for {model}: the API's per-day limit is spent "
                 f"on {day} (UTC)")
     if rpd and usage.requests >= rpd:
-        return (f"Daily request budget reached for {model}: {min(usage.requests, rpd):,} "
+        # The true count, also past the budget: a server may bill far above a reservation.
+        return (f"Daily request budget reached for {model}: {usage.requests:,} "
                 f"of {rpd:,} requests used on {day} (UTC)")
     if tpd and usage.exhausted and usage.tokens < tpd:
         # The server's count, not ours, ran out: other tools or hosts on the key, or a
@@ -476,7 +477,7 @@ def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
         return (f"Daily token budget reached for {model}: the API says its per-day limit is "
                 f"spent on {day} (UTC); batchrun used {usage.tokens:,} of {tpd:,} tokens")
     if tpd:
-        return (f"Daily token budget reached for {model}: {min(usage.tokens, tpd):,} of "
+        return (f"Daily token budget reached for {model}: {usage.tokens:,} of "
                 f"{tpd:,} tokens used on {day} (UTC)")
     return (f"Daily budget reached for {model}: the API's per-day limit is spent on {day} "
             "(UTC)")
