@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from batchrun.checkpoint import OutputWriter, result_line
+from batchrun.checkpoint import OutputWriteFailed, OutputWriter, result_line
 from batchrun.classify import Kind, Outcome
 from batchrun.client import ApiClient
 from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
@@ -37,7 +37,7 @@ from batchrun.endpoint import proxy_for
 from batchrun.endpoints.failover import RouteFailover
 from batchrun.endpoints.routing import FOR_THE_RUN, Out, combined
 from batchrun.endpoints.stamp import with_endpoint
-from batchrun.errors import BadLine, BatchrunError, InputChanged
+from batchrun.errors import BadLine, BatchrunError, InputChanged, StateError
 from batchrun.events import (
     AttemptEnded,
     BudgetUsed,
@@ -62,6 +62,14 @@ __all__ = ["Client", "Engine", "JobSpec", "Upstream"]
 
 QUEUE_PER_LANE = 1024
 MAX_BACKOFF_S = 60.0
+
+
+def _cannot_write(exc: StateError) -> str:
+    """A failed write, worded for the stop's message (which says what to run next)."""
+    if isinstance(exc, OutputWriteFailed):
+        return (f"Cannot write to {exc.path}: {exc.reason}, so nothing more was sent. Free "
+                "space on its disk or fix its permissions.")
+    return exc.message
 
 
 class Engine(RouteFailover):
@@ -106,6 +114,7 @@ class Engine(RouteFailover):
         self._stop_lane: Lane | None = None
         self._interrupts = 0
         self._abandoned = 0  # requests in flight given up at a stop (Stop.abandoned)
+        self._unwritten = 0  # answers whose lines the output refused (Stop.unwritten)
         self._input_done = False
         self._attempts: set[asyncio.Task[None]] = set()
         self._dispatchers: set[asyncio.Task[None]] = set()
@@ -275,6 +284,11 @@ class Engine(RouteFailover):
             if self._never_fits(lane, job):  # the server may have taught a lower limit
                 self._ended(lane)
                 continue
+            if (full := self._writer.room_left()) is not None:
+                lane.retries.appendleft(job)  # never sent: it goes on resume
+                self._halt(Stop(StopKind.OUTPUT, server_message=full),
+                           "the output's disk is full: finishing requests in flight")
+                return
             try:
                 ticket = await route.admit(job, self._clock())
             except SharedStateError as exc:  # never sent: it goes again on resume
@@ -407,7 +421,14 @@ class Engine(RouteFailover):
             custom_id, out.status if out else None, out.request_id if out else "", body, error,
             out.raw_body if out is not None else None,
         )
-        self._writer.write(with_endpoint(line, endpoint) if self.spec.record_endpoint else line)
+        try:
+            self._writer.write(with_endpoint(line, endpoint) if self.spec.record_endpoint
+                               else line)
+        except StateError as exc:
+            self._unwritten += out is not None and out.status is not None
+            self._halt(Stop(StopKind.OUTPUT, server_message=_cannot_write(exc)),
+                       "cannot write the output: finishing requests in flight")
+            return
         self._done += 1
         self._accounted += 1
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
@@ -423,7 +444,7 @@ class Engine(RouteFailover):
         if stop is None:
             return None
         stop = replace(stop, done=self._done, total=self._total, abandoned=self._abandoned,
-                       interrupted=self._interrupts > 0)
+                       interrupted=self._interrupts > 0, unwritten=self._unwritten)
         lane = self._stop_lane
         if stop.kind is StopKind.DAILY and lane is not None:
             budgets = [r.budget.describe(stop.server_message) for r in lane.routes]

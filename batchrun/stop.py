@@ -20,6 +20,7 @@ class StopKind(enum.Enum):
     INPUT_CHANGED = "input_changed"  # the input file changed while the engine read it
     INCOMPLETE = "incomplete"  # the reader gave fewer lines than the check counted
     STATE = "state"  # the shared state (--state redis://) stopped answering
+    OUTPUT = "output"  # the output cannot take another line (a full disk, a write refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ class Stop:
     # gives one up): the server may have billed them, and the job sends them again.
     abandoned: int = 0
     interrupted: bool = False  # Ctrl-C came while it stopped (for this reason or another)
+    unwritten: int = 0  # OUTPUT: answers that came but whose lines could not be written
 
 
 def abandoned_note(abandoned: int) -> str:
@@ -89,6 +91,13 @@ def _phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError
             f"The job is not finished: {done}, and reading {stop.input} again gave none of the "
             "rest. Nothing is lost: make sure nothing is changing the file, then continue "
             f"with: {resume}")
+    if stop.kind is StopKind.OUTPUT:
+        lost = ""
+        if stop.unwritten:
+            lost = (f" {stop.unwritten:,} answer{'s' if stop.unwritten != 1 else ''} could not "
+                    "be written (the API billed them; resuming sends them again).")
+        return StateError(f"{stop.server_message} {done}, kept in {output}.{lost} Then "
+                          f"continue with: {resume}")
     if stop.kind is StopKind.STATE:
         flight = (abandoned_note(stop.abandoned).strip() if stop.abandoned else
                   "The requests in flight were finished and written.")
