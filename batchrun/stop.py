@@ -43,6 +43,13 @@ class Stop:
     unwritten: int = 0  # OUTPUT: answers that came but whose lines could not be written
 
 
+def hands_over_to_batch(stop: Stop, via: str) -> bool:
+    """--via auto: the sync path's stop hands what is left to the Batch API at once only when
+    it was the daily budget and nobody pressed Ctrl-C: after a Ctrl-C the user wants out, and
+    requests its drain abandoned (maybe billed) must not be sent again on the spot."""
+    return via == "auto" and stop.kind is StopKind.DAILY and not stop.interrupted
+
+
 def abandoned_note(abandoned: int) -> str:
     """What a message says of requests in flight given up at a stop ("" when none was)."""
     if not abandoned:

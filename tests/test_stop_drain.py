@@ -16,6 +16,7 @@ import datetime as dt
 import random
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from batchrun.ledger import DailyBudget, Ledger, Scope
 from batchrun.limiter import ServerState, Ticket
 from batchrun.sim import SimConfig
 from batchrun.state import Gate, SharedStateError, open_gate
-from batchrun.stop import Stop, StopKind, phrase
+from batchrun.stop import Stop, StopKind, hands_over_to_batch, phrase
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, read_results, write_jsonl
 from tests.test_resume import prompts, start_submit, wait_for
@@ -292,3 +293,13 @@ def test_drain_0_abandons_at_the_first_sigterm_and_says_how_many(
     assert "Interrupted" in stderr and "batchrun resume" in stderr
     out = tmp_path / "jobs.results.jsonl"
     assert not out.exists() or not out.read_bytes()
+
+
+def test_via_auto_hands_over_to_the_batch_api_only_at_a_daily_stop_without_ctrl_c() -> None:
+    daily = Stop(StopKind.DAILY, done=3, total=10)
+    assert hands_over_to_batch(daily, "auto")
+    assert not hands_over_to_batch(daily, "sync")
+    # Ctrl-C during the daily stop's wait: the user wants out, and what its drain abandoned may
+    # be billed already; it goes again only on the user's resume, never at once.
+    assert not hands_over_to_batch(replace(daily, interrupted=True, abandoned=2), "auto")
+    assert not hands_over_to_batch(Stop(StopKind.STATE), "auto")
