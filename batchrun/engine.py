@@ -64,6 +64,10 @@ QUEUE_PER_LANE = 1024
 MAX_BACKOFF_S = 60.0
 
 
+# What an attempt's decision writes a line for.
+_LINES = (Action.WRITE, Action.FAIL, Action.TOO_LARGE)
+
+
 def _cannot_write(exc: StateError) -> str:
     """A failed write, worded for the stop's message (which says what to run next)."""
     if isinstance(exc, OutputWriteFailed):
@@ -314,6 +318,7 @@ class Engine(RouteFailover):
 
     async def _attempt(self, lane: Lane, route: Route, job: Job, ticket: Ticket) -> None:
         outcome = await route.upstream.client.send(route.request_for(job.request))
+        stopping = self._stop is not None  # the job stopped while this request was out
         job.last = outcome
         kind = outcome.kind
         job.tries.rate_limited += kind is Kind.RATE_MINUTE
@@ -327,6 +332,9 @@ class Engine(RouteFailover):
         if action in (Action.WAIT_DAY, Action.STOP_DAILY) and job.day is not None and \
                 servers_yesterday(job.day, self._now_utc(), outcome.hint_s):
             action = Action.BACKOFF  # the server's day, behind ours, ends in moments: not ours
+        if stopping and action not in _LINES and not outcome.usage_known:
+            # No line and no answer, maybe billed: the stop's message must not call it written.
+            self._abandoned += 1
         if len(lane.routes) > 1 and await self._fail_over(lane, route, job, action):
             return
         if action is Action.WRITE:

@@ -36,8 +36,9 @@ class Stop:
     host: str = ""  # NO_NETWORK: where the job could not connect
     input: str = ""  # INPUT_CHANGED, INCOMPLETE: the job's input file
     change: str = ""  # INPUT_CHANGED: what changed, e.g. "its size went from 10 to 5 bytes"
-    # Requests sent and given up before their answer came (only Ctrl-C, or the request timeout,
-    # gives one up): the server may have billed them, and the job sends them again.
+    # Requests in flight at the stop that got no answer: abandoned (Ctrl-C, the end of the
+    # wait) or ended without one (a timeout, a reset, a 5xx). The API may have billed them, and
+    # the job sends them again.
     abandoned: int = 0
     interrupted: bool = False  # Ctrl-C came while it stopped (for this reason or another)
     unwritten: int = 0  # OUTPUT: answers that came but whose lines could not be written
@@ -55,9 +56,9 @@ def abandoned_note(abandoned: int) -> str:
     if not abandoned:
         return ""
     one = abandoned == 1
-    return (f" {abandoned:,} request{'' if one else 's'} in flight {'was' if one else 'were'} "
-            f"abandoned before {'its' if one else 'their'} answer came (the API may have billed "
-            f"{'it' if one else 'them'}); resuming sends {'it' if one else 'them'} again.")
+    return (f" {abandoned:,} request{'' if one else 's'} in flight got no answer (abandoned "
+            f"at the stop, or timed out; the API may have billed {'it' if one else 'them'}); "
+            f"resuming sends {'it' if one else 'them'} again.")
 
 
 def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:

@@ -174,7 +174,26 @@ def test_a_stop_waits_no_longer_than_the_request_timeout(tmp_path: Path) -> None
     assert stop.abandoned == 2
     assert "up to 120s" in draining(events)[0]
     message = phrase(stop, "out.jsonl", RESUME, "OPENAI_API_KEY").message
-    assert "2 requests in flight were abandoned" in message
+    assert "2 requests in flight got no answer" in message
+
+
+def test_an_answer_that_times_out_during_the_wait_is_counted_not_called_written(
+        tmp_path: Path) -> None:
+    """The real client gives a request up at the request timeout with a timeout outcome (no
+    answer, maybe billed): during a stop's wait it gets no line, and the message says so."""
+    def answer(request: Request) -> Outcome:
+        if request.model == "gpt-4o":
+            return Outcome(Kind.RETRY, code="timeout", message="no answer within the timeout")
+        return ok()
+
+    server = Server(lambda r: 120.0 if r.model == "gpt-4o" else 0.1, answer)
+    stop, _, _ = run_job(tmp_path, two_models(2, 40), server, tpd={"gpt-4o-mini": 50},
+                           concurrency=8, timeout_s=120)
+    assert stop is not None and stop.kind is StopKind.DAILY
+    assert written(tmp_path, "big") == 0
+    assert stop.abandoned == 2
+    message = phrase(stop, "out.jsonl", RESUME, "OPENAI_API_KEY").message
+    assert "2 requests in flight got no answer" in message
 
 
 def test_ctrl_c_during_a_budget_stop_shortens_the_wait_to_the_drain_setting(
@@ -275,7 +294,7 @@ def test_redis_stopping_says_which_requests_in_flight_were_abandoned(tmp_path: P
     assert stop is not None and stop.kind is StopKind.STATE and stop.abandoned == 4
     message = phrase(stop, "out.jsonl", RESUME, "OPENAI_API_KEY").message
     assert "finished and written" not in message
-    assert "4 requests in flight were abandoned" in message
+    assert "4 requests in flight got no answer" in message
 
 
 def test_drain_0_abandons_at_the_first_sigterm_and_says_how_many(
@@ -289,7 +308,7 @@ def test_drain_0_abandons_at_the_first_sigterm_and_says_how_many(
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr
-    assert "3 requests in flight were abandoned" in stderr
+    assert "3 requests in flight got no answer" in stderr
     assert "Interrupted" in stderr and "batchrun resume" in stderr
     out = tmp_path / "jobs.results.jsonl"
     assert not out.exists() or not out.read_bytes()
