@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import resource
 import stat
@@ -269,24 +270,34 @@ class OutputWriter:
         self._inode, self._size = (st.st_dev, st.st_ino), end
         self._checked = time.monotonic()
         self._largest = 0  # the longest line written by this run
+        self._roomy_until: float = 0  # room_left looks again once the output is this long
+        self._room_checked = -math.inf
         self._failed: StateError | None = None  # a write failed and left a part line behind
 
     def room_left(self) -> str | None:
         """None when the output can take another answer's line; else why not, for a message.
         Asked before each request is sent: an answer that cannot be written is paid for
         nothing, and sent (and paid for) again on resume."""
+        now = time.monotonic()
+        if self._size < self._roomy_until and now - self._room_checked < self.CHECK_EVERY_S:
+            return None  # far from full at the last look: spare the system calls per request
+        self._room_checked = now
         need = max(MIN_ROOM, 2 * self._largest)
         try:
             st = os.fstatvfs(self._fd)
         except OSError:
             st = None  # cannot tell: the write itself will say
         # f_blocks 0: a filesystem that reports no sizes (some FUSE and network ones).
-        if st is not None and st.f_blocks and st.f_bavail * st.f_frsize < need:
-            free = st.f_bavail * st.f_frsize
+        free = st.f_bavail * st.f_frsize if st is not None and st.f_blocks else None
+        cap = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        room = [free - need] if free is not None else []
+        room += [cap - need - self._size] if cap != resource.RLIM_INFINITY else []
+        # Look again after half of what is left is written: ever more often near the end.
+        self._roomy_until = self._size + min(room) // 2 if room else math.inf
+        if free is not None and free < need:
             return (f"The disk of {self.path} is full ({free:,} bytes free; batchrun sends "
                     f"a request only with {need:,} bytes free for its answer), so nothing more "
                     "was sent. Free space on that disk.")
-        cap = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         if cap != resource.RLIM_INFINITY and self._size + need > cap:
             return (f"{self.path} is at this process's file-size limit (ulimit -f: {cap:,} "
                     f"bytes; it holds {self._size:,}), so nothing more was sent. Raise the limit "
