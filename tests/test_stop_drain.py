@@ -15,10 +15,13 @@ import asyncio
 import datetime as dt
 import random
 import signal
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from batchrun.classify import Kind, Outcome
 from batchrun.endpoint import Endpoint
@@ -31,7 +34,8 @@ from batchrun.sim import SimConfig
 from batchrun.state import Gate, SharedStateError, open_gate
 from batchrun.stop import Stop, StopKind, hands_over_to_batch, phrase
 from batchrun.tiers import Limits
-from tests.conftest import FAKE_KEY, read_results, write_jsonl
+from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
+from tests.redis_server import RedisServer
 from tests.test_resume import prompts, start_submit, wait_for
 from tests.virtual_time import VirtualClock, run_virtual
 
@@ -322,3 +326,29 @@ def test_via_auto_hands_over_to_the_batch_api_only_at_a_daily_stop_without_ctrl_
     # be billed already; it goes again only on the user's resume, never at once.
     assert not hands_over_to_batch(replace(daily, interrupted=True, abandoned=2), "auto")
     assert not hands_over_to_batch(Stop(StopKind.STATE), "auto")
+
+
+@pytest.mark.slow  # answers slower than the old 10 s drain: ~25 s of real time
+def test_a_real_redis_stopped_mid_job_waits_for_slow_answers_and_writes_them(
+        sim_factory: Any, redis_factory: type[RedisServer], tmp_path: Path) -> None:
+    """The measured case end to end: Redis stops while requests that take 20 s are in flight
+    and the next one waits for its turn (--rpm 60 paces one a second), so the stop comes long
+    before their answers. Each answer the server gave has its line, and the message is true."""
+    sim = sim_factory(SimConfig(latency_s=20.0))
+    redis = redis_factory().start()
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(30))
+
+    def stop_redis() -> None:
+        wait_for(lambda: sim.stats.received >= 4)
+        redis.stop()
+
+    stopper = threading.Thread(target=stop_redis)
+    stopper.start()
+    run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--state", redis.url,
+                  "--concurrency", "10", "--rpm", "60", env={"OPENAI_API_KEY": FAKE_KEY})
+    stopper.join()
+    assert run.code == 5, run.stderr
+    assert "The requests in flight were finished and written." in run.stderr
+    received = sim.stats.received
+    assert 4 <= received < 30
+    assert len(read_results(tmp_path / "jobs.results.jsonl")) == received
