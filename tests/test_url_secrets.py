@@ -55,7 +55,8 @@ def test_a_key_in_a_url_query_or_fragment_is_never_shown(
     assert "URL" in submit.stderr or "endpoint" in submit.stderr
     simulated = run_cli("submit", str(jobs), "--simulate", *args, env=env)
     runs = [submit, simulated, run_cli("status", env=env), run_cli("resume", env=env),
-            run_cli("estimate", str(jobs), env=env)]
+            run_cli("estimate", str(jobs), env=env), run_cli("cancel", "jobs", env=env),
+            run_cli("forget", "jobs", env=env)]
     shown = _everything(Path(isolated_env["BATCHRUN_HOME"]), tmp_path, *runs)
     assert secret not in shown
     assert secret not in shown.replace("\n", "")  # not even cut across a wrapped line
