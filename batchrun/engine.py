@@ -494,7 +494,8 @@ class Engine(RouteFailover):
         for task in self._dispatchers:
             # A dispatcher may be waiting out a cooldown in the limiter; it must not send again.
             task.cancel()
-        self._later(self._drain_deadline(wait_s))
+        if self._attempts - {asyncio.current_task()}:  # not only the attempt that stops it
+            self._later(self._drain_deadline(wait_s))
 
     async def _drain_deadline(self, wait_s: float) -> None:
         await self._sleep(wait_s)
