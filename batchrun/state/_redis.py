@@ -79,6 +79,11 @@ TIMEOUT_S = 5.0  # a Redis slower than this counts as down
 POLL_S = 1.0  # how often a host refused for the day asks whether other hosts' usage came back
 HOLD_MARGIN_S = 30.0  # past the request timeout: an answer's settlement on a slow host
 ADMITTED, DAY_SPENT, LATER, LOST = 0, 1, 2, 3
+Totals = tuple[int, int, int]  # tokens, requests, reservations closed
+
+
+def _minus(a: Totals, b: Totals) -> Totals:
+    return a[0] - b[0], a[1] - b[1], a[2] - b[2]
 
 
 def _key(*parts: str) -> str:
@@ -189,7 +194,7 @@ class RedisState:
         if self.failure is not None:
             raise self.failure
         await self._flush(budget, other_than=day)
-        back_t, back_r, closed = budget.pending.pop(day, (0, 0, 0))
+        seq, (back_t, back_r, closed) = budget.carry(day)
         oks, budget.oks = budget.oks, 0
         name = scope_name(budget.scope)
         keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("hosts", name),
@@ -198,13 +203,13 @@ class RedisState:
         args = [self._epoch, self.host_id, name, limits.rpm, limits.tpm, budget.tpd,
                 budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
                 round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S, round(ACTIVE_S * 1000),
-                self.instance, closed, round(budget.hold_s * 1000)]
+                self.instance, closed, round(budget.hold_s * 1000), seq]
         try:
             reply = await self._call(self._admit(keys=keys, args=args))
         except BaseException:
-            budget.give_back(day, back_t, back_r, closed)  # not written: still to give back
             budget.oks += oks
             raise
+        budget.written(day, seq, (back_t, back_r, closed))
         status, wait_ms, tokens, requests, exhausted, rpm, tpm, now_ms, held = (
             int(x) for x in reply)
         if status == LOST:
@@ -213,29 +218,28 @@ class RedisState:
         budget.held_elsewhere = held
         return status, wait_ms / 1000, rpm, tpm
 
-    async def settle(self, budget: RedisBudget, day: dt.date, tokens: int, requests: int,
-                     kind: int = 0, hint_s: float | None = None, admitted_ms: int = 0,
-                     rpm: int = 0, tpm: int = 0, closed: int = 0) -> float:
-        """Write a correction (and what a 429 or the headers taught) now; the shared pause.
-        `closed`: the reservations (tokens) it settles, no longer in flight."""
+    async def settle(self, budget: RedisBudget, day: dt.date, kind: int = 0,
+                     hint_s: float | None = None, admitted_ms: int = 0, rpm: int = 0,
+                     tpm: int = 0) -> float:
+        """Write what `budget` has to give back on `day` (and what a 429 or the headers
+        taught) now; the shared pause."""
         name = scope_name(budget.scope)
+        seq, (tokens, requests, closed) = budget.carry(day)
         keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("epoch"),
                 _key("open", name, day.isoformat())]
         args = [self._epoch, tokens, requests, kind, round((hint_s or 0) * 1000), admitted_ms,
-                rpm, tpm, round(BURST_S * 1000), LIM_TTL_MS, DAY_TTL_S, self.instance, closed]
+                rpm, tpm, round(BURST_S * 1000), LIM_TTL_MS, DAY_TTL_S, self.instance, closed,
+                seq]
         status, pause_ms = (int(x) for x in await self._call(self._settle(keys=keys, args=args)))
         if status == LOST:
             raise self.lost()
+        budget.counted(day, budget.written(day, seq, (tokens, requests, closed)))
         return pause_ms / 1000
 
     async def _flush(self, budget: RedisBudget, other_than: dt.date | None = None) -> None:
-        for day in [d for d in budget.pending if d != other_than]:
-            tokens, requests, closed = budget.pending.pop(day)
-            try:
-                await self.settle(budget, day, tokens, requests, closed=closed)
-            except BaseException:
-                budget.give_back(day, tokens, requests, closed)
-                raise
+        for day in budget.unwritten_days():
+            if day != other_than:
+                await self.settle(budget, day)
 
     async def close(self) -> None:
         """Give back what is pending; the connection closes even if Redis is gone (what is
@@ -291,9 +295,14 @@ class RedisBudget:
                  hold_s: float) -> None:
         self.state, self.scope, self.tpd, self.rpd = state, scope, tpd, rpd
         self.hold_s = hold_s  # how long a reservation of this run may be in flight, at most
-        # day -> (tokens, requests, reservations closed): what the next admission writes
-        self.pending: defaultdict[dt.date, tuple[int, int, int]] = defaultdict(
-            lambda: (0, 0, 0))
+        # day -> (tokens, requests, reservations closed) given back since the run began. Every
+        # write to Redis carries these totals, numbered, and Redis applies only what a higher
+        # number adds to the last totals it applied: a write that Redis ran but whose answer
+        # never came (a stop cancelled it) is not applied twice by the next, and one that
+        # failed is carried by the next.
+        self._given: defaultdict[dt.date, Totals] = defaultdict(lambda: (0, 0, 0))
+        self._written: dict[dt.date, tuple[int, Totals]] = {}  # day -> (number, totals)
+        self._seq = 0
         self.held_elsewhere = 0  # other processes' reservations in flight, at the last refusal
         self.oks = 0  # answers since the last admission: they end a streak of 429s
         self._usage = DayUsage(state.today(), 0, 0, False)
@@ -309,17 +318,37 @@ class RedisBudget:
         if usage.exhausted:
             self._exhausted_day = usage.day
 
-    def counted(self, day: dt.date, tokens: int) -> None:
-        """Redis has counted these tokens too (a settlement of its own)."""
+    def counted(self, day: dt.date, applied: Totals) -> None:
+        """Redis has counted these too (a settlement of its own)."""
         u = self._usage
         if u.day == day:
-            self._usage = DayUsage(day, u.tokens + tokens, u.requests, u.exhausted)
+            self._usage = DayUsage(day, u.tokens + applied[0], u.requests + applied[1],
+                                   u.exhausted)
 
     def give_back(self, day: dt.date, tokens: int, requests: int, closed: int = 0) -> None:
-        """Count this with the next admission (negative: given back), and `closed` tokens of
-        reservations as no longer in flight."""
-        t, r, c = self.pending[day]
-        self.pending[day] = (t + tokens, r + requests, c + closed)
+        """Count this with the next write to Redis (negative: given back), and `closed` tokens
+        of reservations as no longer in flight."""
+        t, r, c = self._given[day]
+        self._given[day] = (t + tokens, r + requests, c + closed)
+
+    def carry(self, day: dt.date) -> tuple[int, Totals]:
+        """The next write's number and the totals it carries for `day`."""
+        self._seq += 1
+        return self._seq, self._given[day]
+
+    def written(self, day: dt.date, seq: int, totals: Totals) -> Totals:
+        """Redis answered write `seq`: what it newly applied of `day`'s totals."""
+        last, before = self._written.get(day, (0, (0, 0, 0)))
+        if seq <= last:
+            return 0, 0, 0
+        self._written[day] = (seq, totals)
+        return _minus(totals, before)
+
+    def unwritten(self, day: dt.date) -> Totals:
+        return _minus(self._given.get(day, (0, 0, 0)), self._written.get(day, (0, (0, 0, 0)))[1])
+
+    def unwritten_days(self) -> list[dt.date]:
+        return [day for day in list(self._given) if self.unwritten(day) != (0, 0, 0)]
 
     def near_end(self, cost: int, extra: int) -> bool:
         """Would so little of the day's token budget be left after `extra` tokens above a
@@ -329,7 +358,7 @@ class RedisBudget:
 
     def used_today(self) -> tuple[int, int]:
         u = self._usage
-        t, r, _ = self.pending.get(u.day, (0, 0, 0))
+        t, r, _ = self.unwritten(u.day)
         return u.tokens + t, u.requests + r
 
     def release(self) -> None:
@@ -427,22 +456,20 @@ class RedisGate:
         code = {Kind.RATE_MINUTE: 1, Kind.RATE_DAY: 2}.get(kind, 0)
         # Near the day's end a give-back is written at once too: other hosts may be waiting
         # for it (RedisGate.admit).
-        if not code and not (rpm or tpm) and not b.near_end(cost, max(0, extra)):
-            b.give_back(day, extra, 0, cost)
+        at_once = bool(code or rpm or tpm) or b.near_end(cost, max(0, extra))
+        b.give_back(day, extra, 0, cost)
+        if not at_once:
             return
-        state, spent, closed = b.state, day, cost
-        if code == 2 and (spent := self._servers_day(outcome.hint_s, day)) != day:
-            # the usage is the reservation's day's, as always
-            b.give_back(day, extra, 0, cost)
-            extra = closed = 0
+        state = b.state
+        # A per-day 429 marks the day the server meant; the usage is the reservation's day's,
+        # as always (it rides with the next write to that day).
+        spent = self._servers_day(outcome.hint_s, day) if code == 2 else day
         try:
-            pause = await state.settle(b, spent, extra, 0, code, outcome.hint_s, admitted_ms,
-                                       rpm, tpm, closed)
+            pause = await state.settle(b, spent, code, outcome.hint_s, admitted_ms, rpm, tpm)
         except SharedStateError as exc:
             # Answered and written all the same; the next admission stops the run.
             state.failure = state.failure or exc
             return
-        b.counted(day, extra)
         if code == 1:
             self.limiter.shared_pause = pause
 
