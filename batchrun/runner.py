@@ -31,6 +31,8 @@ from batchrun.checkpoint import (
 )
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import check_serves
+from batchrun.endpoints.config import check_unchanged as check_endpoints_unchanged
+from batchrun.endpoints.config import digest as endpoints_digest
 from batchrun.endpoints.tally import count_endpoint, forget_failed
 from batchrun.endpoints.upstreams import build_upstreams, with_endpoints
 from batchrun.engine import Engine, JobSpec
@@ -69,6 +71,8 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "azure_endpoint": ep.base_url if ep.azure else None, "api_key_env": ep.key_env,
         "insecure": ep.insecure, "max_response_mb": spec.max_response_mb,
         "endpoints": spec.endpoints_file, "record_endpoint": spec.record_endpoint,
+        "endpoints_sha256": endpoints_digest(Path(spec.endpoints_file))
+        if spec.endpoints_file else None,
         "via": spec.via, "poll_max_s": spec.poll_max_s,
         "batch_queue_tokens": spec.batch_queue_tokens,
     }
@@ -511,4 +515,5 @@ def check_input_unchanged(manifest: Manifest, force: bool) -> None:
         )
     if change:
         manifest.fingerprint, manifest.checked = now, None
+    check_endpoints_unchanged(manifest.options, manifest.job_id, force)
 
