@@ -301,7 +301,9 @@ async def run(
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
         try:  # --state redis://: the daily budget and per-minute admission live there
-            shared = await connect_state(state, now_utc) if state is not None else None
+            # The keys whose state this run may name in Redis (names derive from the key).
+            keys = [api_key, *(c.endpoint.api_key() for c in spec.endpoints)]
+            shared = await connect_state(state, now_utc, keys) if state is not None else None
         except BaseException:
             ledger.close()
             raise

@@ -105,3 +105,30 @@ def redis_factory(tmp_path: Path) -> Iterator[type[RedisServer]]:
     yield Factory
     for server in started:
         server.stop()
+
+
+def everything_stored(url: str) -> list[str]:
+    """Every key name and every value (hash fields and values, set and sorted-set members)
+    in the Redis at `url`, as text: what anyone who can read that Redis can read."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    found: list[str] = []
+    try:
+        for name in client.scan_iter("*"):
+            found.append(name.decode())
+            kind = client.type(name).decode()
+            if kind == "string":
+                found.append((client.get(name) or b"").decode(errors="replace"))
+            elif kind == "hash":
+                for field, value in client.hgetall(name).items():
+                    found += [field.decode(errors="replace"), value.decode(errors="replace")]
+            elif kind == "set":
+                found += [m.decode(errors="replace") for m in client.smembers(name)]
+            elif kind == "zset":
+                found += [m.decode(errors="replace") for m in client.zrange(name, 0, -1)]
+            else:
+                raise AssertionError(f"batchrun wrote a {kind} at {name!r}: read it here too")
+    finally:
+        client.close()
+    return found

@@ -55,7 +55,7 @@ async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait
                                  sleep=_short_sleep, state=StateUrl(redis_url))
 
         stops = await asyncio.gather(*(host(name) for name in "abcd"))
-    state = await RedisState.connect(StateUrl(redis_url), lambda: NOW)
+    state = await RedisState.connect(StateUrl(redis_url), lambda: NOW, keys=(FAKE_KEY,))
     try:
         [row] = await state.usage_rows(NOW.date())
     finally:

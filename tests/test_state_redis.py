@@ -37,7 +37,8 @@ async def hosts(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
     async def connect(now_utc: Callable[[], dt.datetime] | None = None,
                       name: str = "") -> RedisState:
         state = await RedisState.connect(StateUrl(redis_url), now_utc or Day(),
-                                         host_id=name or f"host{len(opened)}")
+                                         host_id=name or f"host{len(opened)}",
+                                         keys=(FAKE_KEY,))
         opened.append(state)
         return state
 

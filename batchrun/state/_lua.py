@@ -1,12 +1,14 @@
-"""The two Lua scripts that make admission and settlement atomic in Redis.
+"""The Lua scripts that make admission and settlement atomic in Redis (and rename the keys an
+older batchrun wrote).
 
 Times are the Redis server's (`TIME`, in ms), never a host's: hosts' clocks differ, and every
 host must agree on when a bucket refills. The UTC day is the caller's (batchrun's injectable
 `now_utc`), so a test can move midnight. Keys (all given as KEYS, so a script touches nothing it
 was not handed):
 
-    lim    hash  per (API host, key fingerprint, model): tat_r, tat_t (when each bucket is full
-                 again), cool_until, cool_start, streak, last429, scale, scale_at, rpm, tpm
+    lim    hash  per (API host, API key, model), named by an HMAC keyed by the API key (every
+                 name here is): tat_r, tat_t (when each bucket is full again), cool_until,
+                 cool_start, streak, last429, scale, scale_at, rpm, tpm
                  (the lowest limits any host was told), cfg_r, cfg_t (the lowest limits a
                  host asking lately was given) and when each was last asked with
                  (cfg_r_at, cfg_t_at). Expires after LIM_TTL_MS idle.
@@ -20,7 +22,8 @@ was not handed):
                  as in flight: its last admission plus its request timeout and a margin, so a
                  dead host's unsettled reservations stop holding other hosts back then.
     hosts  zset  host id -> last admission (ms); `status` lists the recent ones.
-    scopes set   per UTC day: the scopes used that day, for `status`.
+    scopes set   per API key and UTC day (named by the key's HMAC): "API host|model" of the
+                 scopes the key used that day, for `status`.
     epoch  str   a random value set when batchrun first meets this Redis; a script that finds
                  another (or none) knows the server lost its memory and refuses to go on. It
                  expires with the daily keys (48 h after the last admission): nothing it vouches
@@ -230,4 +233,22 @@ if kind == 1 then
 end
 redis.call('PEXPIRE', lim, tonumber(ARGV[10]))
 return {0, math.ceil(pause)}
+"""
+
+# KEYS: pairs of (name before key-derived names, name now): day, lim, hosts, open; then the old
+#       scopes set of the day and this key's scopes set of the day
+# ARGV: the scope's member in the old set, its member in the new set, day ttl s
+# Renames each old key whose new name is not taken yet: a job mid-day keeps its usage, learned
+# limits and reservations in flight across the upgrade (RENAME keeps each key's expiry).
+MIGRATE = """
+for i = 1, 7, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('RENAME', KEYS[i], KEYS[i + 1])
+  end
+end
+if redis.call('SREM', KEYS[9], ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[10], ARGV[2])
+  redis.call('EXPIRE', KEYS[10], tonumber(ARGV[3]))
+end
+return 0
 """
