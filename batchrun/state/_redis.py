@@ -25,7 +25,9 @@ Design (issue #17), and why:
   a job's first admission of the day (_from_old_names).
 - Exactly once: each write carries this process's give-backs as numbered running totals, and
   Redis applies only what a newer write adds (_lua.py, `carried`): a write that ran but whose
-  answer was lost to a cancellation is never applied twice.
+  answer was lost to a cancellation is never applied twice. An admission a stop cancels is
+  shielded: its answer is still read, and a request it admitted, never to be sent, is given
+  back (a crash before the answer leaves it counted: the safe side).
 - Settlement: what goes back (usage below the reservation, a request never sent) travels with
   this host's next admission, so it costs no round trip and is always counted before this host
   asks again; a crash loses only give-backs (the ledger over-counts, the safe side). Usage above
@@ -55,6 +57,7 @@ Design (issue #17), and why:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -179,6 +182,7 @@ class RedisState:
         self._epoch = ""
         self.failure: SharedStateError | None = None  # Redis failed: not asked again this run
         self._budgets: list[RedisBudget] = []
+        self._late: set[asyncio.Future[Any]] = set()  # admissions a stop gave up waiting for
 
     @classmethod
     async def connect(cls, url: StateUrl, now_utc: Callable[[], dt.datetime] = utc_now,
@@ -279,10 +283,16 @@ class RedisState:
                 budget.tpd, budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
                 round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S, round(ACTIVE_S * 1000),
                 self.instance, closed, round(budget.hold_s * 1000), seq]
+        call = asyncio.ensure_future(self._call(self._admit(keys=keys, args=args)))
         try:
-            reply = await self._call(self._admit(keys=keys, args=args))
-        except BaseException:
+            # Shielded: a stop that cancels this admission must still learn what Redis did.
+            reply = await asyncio.shield(call)
+        except BaseException as exc:
             budget.oks += oks
+            if isinstance(exc, asyncio.CancelledError):  # (a done call: run at once)
+                self._late.add(call)
+                call.add_done_callback(lambda done: self._admitted_unsent(
+                    done, budget, day, seq, (back_t, back_r, closed), cost))
             raise
         budget.written(day, seq, (back_t, back_r, closed))
         status, wait_ms, tokens, requests, exhausted, rpm, tpm, now_ms, held = (
@@ -292,6 +302,17 @@ class RedisState:
         budget.seen(DayUsage(day, tokens, requests, bool(exhausted)), now_ms)
         budget.held_elsewhere = held
         return status, wait_ms / 1000, rpm, tpm
+
+    def _admitted_unsent(self, done: asyncio.Future[Any], budget: RedisBudget, day: dt.date,
+                         seq: int, carried: Totals, cost: int) -> None:
+        """The answer to an admission its caller gave up on (a stop): what it carried was
+        written, and a request it admitted will never be sent, so its share goes back."""
+        self._late.discard(done)
+        if done.cancelled() or done.exception() is not None:
+            return  # not known to have run: left counted, the safe side
+        budget.written(day, seq, carried)
+        if int(done.result()[0]) == ADMITTED:
+            budget.give_back(day, -cost, -1, cost)
 
     async def settle(self, budget: RedisBudget, day: dt.date, kind: int = 0,
                      hint_s: float | None = None, admitted_ms: int = 0, rpm: int = 0,
@@ -332,6 +353,8 @@ class RedisState:
         """Give back what is pending; the connection closes even if Redis is gone (what is
         not given back stays counted: the safe side)."""
         try:
+            if self._late:  # their give-backs are written with the rest
+                await asyncio.wait(self._late, timeout=TIMEOUT_S)
             if self.failure is None:
                 for budget in self._budgets:
                     try:
