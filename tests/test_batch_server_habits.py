@@ -1,0 +1,74 @@
+"""The Batch API path against a server that answers as the services document (tests/batch_server.py),
+through the real client: Azure's 201 Created, OpenAI's 409 for cancelling a finished batch,
+undocumented statuses, output files that are missing, not JSONL or cut short."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchrun import runner
+from batchrun.batch import entry as batch_entry
+from batchrun.batch import run as batch_run
+from batchrun.batch.api import BatchApi
+from batchrun.endpoint import Endpoint
+from tests.batch_server import BatchServer, ServerConfig
+from tests.conftest import FAKE_KEY
+from tests.test_batch_run import Harness, ok_ids
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest) -> Iterator[BatchServer]:
+    config = getattr(request, "param", None) or ServerConfig()
+    with BatchServer(config) as s:
+        yield s
+
+
+class ServerHarness(Harness):
+    """A Harness whose job talks to `server` through the real BatchApi client."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer,
+                 n: int = 3, **spec: Any) -> None:
+        super().__init__(tmp_path, None, monkeypatch, n=n, base_url=server.url + "/v1",  # type: ignore[arg-type]
+                         **spec)
+        self.server = server
+        monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)
+        if server.config.azure:
+            monkeypatch.setenv("AZURE_OPENAI_API_KEY", FAKE_KEY)
+            self.spec = replace(self.spec, endpoint=Endpoint.make(None, server.url, None))
+
+    async def _nap(self, seconds: float) -> None:
+        self.naps.append(seconds)
+        await asyncio.sleep(0)
+
+
+def test_azure_201_created_on_upload_and_create_is_success(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    """Azure OpenAI documents Files - Upload (api-version 2024-10-21) as "201 Created" with a
+    Location header (learn.microsoft.com/rest/api/azureopenai/files/upload), and Batch - Create
+    as 201 in its 2025-01-01-preview spec (the 2024-10-21 page says 200): every 2xx is success."""
+    h = ServerHarness(tmp_path, monkeypatch, server)
+    assert h.submit() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+    assert server.stats.statuses[("upload", 201)] == 1
+    assert server.stats.statuses[("create", 201)] == 1
+    assert len(server.stats.created) == 1 and dict(server.stats.runs) == {
+        "r1": 1, "r2": 1, "r3": 1}
+
+
+@pytest.mark.parametrize("server", [ServerConfig(upload_status=200, create_status=201)],
+                         indirect=True)
+def test_a_create_answered_201_records_the_batch_so_resume_makes_no_second_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    h = ServerHarness(tmp_path, monkeypatch, server)
+    assert isinstance(h.submit(detach=True), batch_run.Detached)
+    part = h.manifest().batch["parts"][0]
+    assert part["batch_id"] == "batch_1"
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+    assert len(server.stats.created) == 1
