@@ -1,6 +1,7 @@
-"""The Batch API path against a server that answers as the services document (tests/batch_server.py),
-through the real client: Azure's 201 Created, OpenAI's 409 for cancelling a finished batch,
-undocumented statuses, output files that are missing, not JSONL or cut short."""
+"""The Batch API path against a server that answers as the services document
+(tests/batch_server.py), through the real client: Azure's 201 Created, OpenAI's 409 for
+cancelling a finished batch, undocumented statuses, output files that are missing, not JSONL
+or cut short."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from batchrun import runner
 from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
 from batchrun.batch.api import BatchApi
 from batchrun.endpoint import Endpoint
+from batchrun.errors import ApiRefused
 from tests.batch_server import BatchServer, ServerConfig
 from tests.conftest import FAKE_KEY
 from tests.test_batch_run import Harness, ok_ids
@@ -72,3 +73,29 @@ def test_a_create_answered_201_records_the_batch_so_resume_makes_no_second_one(
     assert h.resume() is None
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
     assert len(server.stats.created) == 1
+
+
+@pytest.mark.parametrize("server", [ServerConfig(finished_status=s) for s in (
+    "collected", "dropped", "uploaded", "archived")], indirect=True,
+    ids=["collected", "dropped", "uploaded", "archived"])
+def test_an_undocumented_status_is_waited_on_with_a_bound_never_ends_nor_recreates_the_part(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    """The Batch API documents validating, failed, in_progress, finalizing, completed,
+    expired, cancelling, cancelled (SERVERS.md); a server saying anything else is shown and
+    waited on, then the job stops resumable (exit 4) naming the batch and what it said."""
+    status = server.config.finished_status
+    h = ServerHarness(tmp_path, monkeypatch, server)
+    with pytest.raises(ApiRefused) as refused:
+        h.submit()
+    stop = refused.value
+    assert stop.exit_code == 4 and h.manifest().state == "stopped"
+    assert "batch_1" in stop.message and repr(status) in stop.message
+    assert f"batchrun resume {h.job_id}" in stop.message
+    assert any(repr(status) in note for note in h.notes)  # shown while it waits
+    assert len(server.stats.created) == 1
+    assert not h.output.exists() or not h.results()
+    server.config.finished_status = "completed"  # the server comes to its senses
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+    assert len(server.stats.created) == 1 and dict(server.stats.runs) == {
+        "r1": 1, "r2": 1, "r3": 1}

@@ -51,11 +51,11 @@ class Outcome:
     def settle(self, part: Part, ids: list[str], merged: Merged, gone: str | None) -> None:
         """Every request of part gets a result line or goes into merged.left (written for the
         next planning); the part is then collected, which its caller saves."""
-        if part.state == "failed":
+        if part.api_status == "failed":
             self._failed_validation(part, ids, merged)
         reason = {"expired": ("batch_expired", "the batch expired before this request ran"),
                   "cancelled": ("batch_cancelled", "the batch was cancelled before this "
-                                "request ran")}.get(part.state,
+                                "request ran")}.get(part.api_status or "",
                                                     ("batch_incomplete", "the batch returned "
                                                      "no result for this request"))
         if gone is not None:
