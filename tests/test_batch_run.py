@@ -419,3 +419,19 @@ def test_a_batch_run_that_leaves_ids_without_a_line_never_ends_done(
     stop = h.submit()
     assert isinstance(stop, StateError) and "not finished" in stop.message
     assert set(h.results()) == {"r1", "r2"} and h.manifest().state != "done"
+
+
+def test_a_lost_create_is_found_past_the_newest_5000_batches_of_the_account(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi()
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    fake.crash = ("create", 1, "after")  # the batch exists; its answer was lost
+    with pytest.raises(Crash):
+        h.submit()
+    fake.crash = None
+    for i in range(5_000):  # other jobs' batches since, newer than ours in the list
+        fake.by_id[f"other_{i}"] = {"id": f"other_{i}", "metadata": {}, "_n": 0}
+        fake.order.append(f"other_{i}")
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2"}
+    assert fake.counts["create"] == 1  # found, not made twice
