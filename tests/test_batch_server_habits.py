@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from batchrun import runner
 from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
 from batchrun.batch.api import BatchApi
@@ -99,3 +100,35 @@ def test_an_undocumented_status_is_waited_on_with_a_bound_never_ends_nor_recreat
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
     assert len(server.stats.created) == 1 and dict(server.stats.runs) == {
         "r1": 1, "r2": 1, "r3": 1}
+
+
+@pytest.mark.parametrize("server", [ServerConfig(output=o, bad_outputs=2) for o in (
+    "null", "html", "cut")], indirect=True, ids=["null", "html", "cut"])
+def test_an_unreadable_output_file_of_a_completed_batch_is_downloaded_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    # output_file_id null, a 200 HTML page, a file cut short: the batch ran every request (it
+    # says completed), so its results are fetched again, never its requests sent again.
+    h = ServerHarness(tmp_path, monkeypatch, server, n=4)
+    assert h.submit() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3", "r4"}
+    assert len(server.stats.created) == 1
+    assert dict(server.stats.runs) == {"r1": 1, "r2": 1, "r3": 1, "r4": 1}
+
+
+@pytest.mark.parametrize("server", [ServerConfig(output="html")], indirect=True)
+def test_results_that_stay_unreadable_fail_as_unavailable_and_go_again_only_when_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    h = ServerHarness(tmp_path, monkeypatch, server, n=3)
+    assert h.submit() is None
+    results = h.results()
+    assert {results[c]["error"]["code"] for c in results} == {"batch_output_unavailable"}
+    assert len(results) == 3 and h.manifest().failed == 3
+    assert "batch_1" in results["r1"]["error"]["message"]
+    assert len(server.stats.created) == 1  # not re-submitted: they may have been billed
+    assert h.resume() is None and len(server.stats.created) == 1
+    server.config.output = "ok"
+    stop = asyncio.run(runner.run(*runner.spec_from_manifest(h.manifest(), {})[:1],
+                                  h.manifest(), h.store, FAKE_KEY, lambda e: None, "host",
+                                  sleep=h._nap, retry_failed=True))
+    assert stop is None and ok_ids(h.results()) == {"r1", "r2", "r3"}
+    assert len(server.stats.created) == 2

@@ -262,7 +262,7 @@ class BatchJob:
                 break
             if part.state != SUBMITTED:
                 continue
-            if not part.finished:
+            if not part.finished or part.output_tries:  # a fresh output_file_id, maybe
                 assert part.batch_id is not None
                 batch = await self._retrieve(part)
                 if adopt(part, batch):
@@ -323,6 +323,10 @@ class BatchJob:
                 self.collector.merge(dest, id_set, part.model, part.attempt, merged)
             else:
                 gone = file_id
+        unread = self._outcome.unread(part, ids, merged) if gone is None else []
+        if unread and self._outcome.read_again(part, unread):
+            self._save()
+            return
         self._outcome.settle(part, ids, merged, gone)
         self._save()
         self._outcome.tidy(part)
