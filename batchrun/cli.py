@@ -36,6 +36,7 @@ from batchrun.errors import (
     EXIT_SOME_FAILED,
     BatchrunError,
     InputError,
+    Interrupted,
     printable,
     redact,
 )
@@ -399,9 +400,12 @@ def _collect_finished(store: JobStore, manifest: Manifest) -> Manifest:
             or store.is_running(manifest)):
         return manifest
     try:
-        asyncio.run(runner.collect_finished(manifest, store, Stats()))
+        stop = asyncio.run(runner.collect_finished(manifest, store, Stats()))
     except BatchrunError as exc:
         err.print(Text(f"Not collected now: {printable(exc.message)}"), style="yellow")
+        stop = None
+    if isinstance(stop, Interrupted):
+        raise stop  # Ctrl-C: say so and exit 130, rather than show the job as if asked
     return store.find(manifest.job_id)
 
 

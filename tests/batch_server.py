@@ -38,6 +38,8 @@ class ServerConfig:
     # "ok" | "null" (output_file_id null) | "html" (a 200 HTML page) | "cut" (the last line cut)
     output: str = "ok"
     bad_outputs: int = 10**9  # how many finished retrieves see `output`; then "ok"
+    stall_cancels_after: int | None = None  # cancels after this many never answer
+    stall_retrieves: bool = False  # retrieves never answer
 
 
 @dataclass
@@ -45,6 +47,8 @@ class Stats:
     runs: Counter[str] = field(default_factory=Counter)  # custom_id -> times run (billed)
     created: list[dict[str, str]] = field(default_factory=list)  # each create's metadata
     cancels: int = 0
+    cancel_calls: int = 0  # cancels asked, answered or not
+    retrieve_calls: int = 0
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)  # (route, status)
 
 
@@ -110,10 +114,21 @@ class BatchServer:
         if path == ["batches"]:
             return self._list(request)
         if path[0] == "batches" and path[-1] == "cancel":
+            self.stats.cancel_calls += 1
+            stall = self.config.stall_cancels_after
+            if stall is not None and self.stats.cancel_calls > stall:
+                await self._never()
             return self._cancel(path[1])
         if path[0] == "batches":
+            self.stats.retrieve_calls += 1
+            if self.config.stall_retrieves:
+                await self._never()
             return self._retrieve(path[1])
         return _error(404, "Resource not found")
+
+    async def _never(self) -> None:
+        assert self._stop is not None
+        await self._stop.wait()
 
     async def _upload(self, request: web.Request) -> web.Response:
         form = await request.post()

@@ -6,7 +6,10 @@ or cut short."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,9 @@ from batchrun.batch.api import BatchApi
 from batchrun.endpoint import Endpoint
 from batchrun.errors import ApiRefused
 from tests.batch_server import BatchServer, ServerConfig
-from tests.conftest import FAKE_KEY
+from tests.conftest import FAKE_KEY, REPO, run_cli, write_jsonl
 from tests.test_batch_run import Harness, ok_ids
+from tests.test_resume import wait_for
 
 
 @pytest.fixture
@@ -132,3 +136,50 @@ def test_results_that_stay_unreadable_fail_as_unavailable_and_go_again_only_when
                                   sleep=h._nap, retry_failed=True))
     assert stop is None and ok_ids(h.results()) == {"r1", "r2", "r3"}
     assert len(server.stats.created) == 2
+
+
+def two_models(h: Harness) -> None:
+    write_jsonl(h.input, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y",
+                                                       "model": "gpt-4o"}])
+
+
+def interrupt_when(proc: subprocess.Popen[str], seen: Callable[[], bool]) -> tuple[str, str]:
+    wait_for(seen)
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=30)
+
+
+def cli_process(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "batchrun", *args], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, cwd=REPO)
+
+
+@pytest.mark.parametrize("server", [ServerConfig(stall_cancels_after=1)], indirect=True)
+def test_ctrl_c_during_cancel_says_what_was_cancelled_and_records_only_that(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    h = ServerHarness(tmp_path, monkeypatch, server)
+    two_models(h)
+    h.submit(detach=True)
+    proc = cli_process("cancel", h.job_id)
+    _, err = interrupt_when(proc, lambda: server.stats.cancel_calls >= 2)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "cancelled 1 batch" in err
+    assert "batch_2" in err and f"batchrun cancel {h.job_id}" in err
+    parts = h.manifest().batch["parts"]
+    assert [p["cancel_asked"] for p in parts] == [True, False]
+    forget = run_cli("forget", h.job_id)
+    assert forget.code == 2 and "batches on the server" in forget.stderr
+
+
+@pytest.mark.parametrize("server", [ServerConfig(stall_retrieves=True)], indirect=True)
+def test_ctrl_c_during_status_says_what_happened(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    h = ServerHarness(tmp_path, monkeypatch, server)
+    h.submit(detach=True)
+    before = h.manifest().batch
+    proc = cli_process("status", h.job_id)
+    _, err = interrupt_when(proc, lambda: server.stats.retrieve_calls >= 1)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and f"batchrun resume {h.job_id}" in err
+    assert h.manifest().batch == before  # nothing recorded that did not happen

@@ -4,10 +4,12 @@ answer was lost (by its metadata), and cancelling a job's batches."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.batch.parts import (
     DROPPED,
@@ -18,6 +20,8 @@ from batchrun.batch.parts import (
     BatchBook,
     Part,
 )
+from batchrun.errors import Interrupted
+from batchrun.signals import on_signals
 
 
 class Api(Protocol):
@@ -89,6 +93,31 @@ async def find_batch(api: Api, job_id: str, part: Part) -> dict[str, Any] | None
     return None
 
 
+async def cancel_interruptibly(book: BatchBook, api: Api, job_id: str,
+                               save: Callable[[], None]) -> tuple[int, int]:
+    """`cancel_parts`, with Ctrl-C and SIGTERM ending it at once and saying what it did: each
+    part's record is saved as it goes, so only the cancels the API accepted are recorded."""
+    task = asyncio.ensure_future(cancel_parts(book, api, job_id, save))
+
+    def stop() -> None:
+        task.cancel()
+
+    try:
+        return await on_signals(stop, task)
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    save()
+    raise Interrupted(words.cancel_interrupted(
+        job_id, [p.batch_id or "?" for p in book.parts if p.cancel_asked],
+        [p.batch_id or f"part {p.n}" for p in book.parts if _may_run(p)]))
+
+
+def _may_run(part: Part) -> bool:
+    return part.state == "creating" or (part.state == SUBMITTED and not part.cancel_asked
+                                         and part.api_status not in UNSTOPPABLE)
+
+
 async def cancel_parts(book: BatchBook, api: Api, job_id: str,
                        save: Callable[[], None]) -> tuple[int, int]:
     """Cancel every batch of the job still running; parts not yet created are dropped first,
@@ -106,8 +135,7 @@ async def cancel_parts(book: BatchBook, api: Api, job_id: str,
                 part.state, dropped = DROPPED, dropped + 1
             else:
                 adopt(part, found)
-        if part.state == SUBMITTED and not part.cancel_asked and (
-                part.api_status not in UNSTOPPABLE):
+        if part.state == SUBMITTED and _may_run(part):
             cancelled += await _cancel(api, part)
         save()
     return cancelled, dropped

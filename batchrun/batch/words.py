@@ -37,6 +37,16 @@ def stopped(job: str, running: int, done: int, total: int, output: Path) -> str:
             f"{output}.{batches}")
 
 
+def cancel_interrupted(job: str, cancelled: list[str], running: list[str]) -> str:
+    done = (f"cancelled {_batches(len(cancelled))} of job {job} ({', '.join(cancelled)})"
+            if cancelled else f"cancelled no batch of job {job}")
+    rest = (f"; {_batches(len(running))} may still run on the server ({', '.join(running)}): "
+            f"cancel {'them' if len(running) != 1 else 'it'} with: batchrun cancel {job}"
+            if running else "")
+    return (f"Interrupted: {done}{rest}. batchrun resume {job} collects what the batches "
+            "finished.")
+
+
 def unknown_status(batch_id: str, n: int, status: str) -> str:
     return (f"Batch {batch_id} (part {n}) reports status {status!r}, which the Batch API does "
             "not document: batchrun waits for it to become one it knows.")
