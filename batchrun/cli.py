@@ -18,7 +18,11 @@ from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
-from batchrun.batch.parts import forget_open_parts, has_batches_on_server
+from batchrun.batch.parts import (
+    forget_open_parts,
+    forgetting_loses_batches,
+    has_batches_on_server,
+)
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import EndpointConfig, check_serves, load_endpoints
@@ -32,6 +36,7 @@ from batchrun.errors import (
     EXIT_SOME_FAILED,
     BatchrunError,
     InputError,
+    Interrupted,
     printable,
     redact,
 )
@@ -350,7 +355,7 @@ def forget(
     """Forget a job: status no longer lists it. Its input and results are left as they are."""
     store = JobStore()
     manifest = store.find(job)
-    if has_batches_on_server(manifest.batch) and not manifest.batch.get("cancelled"):
+    if forgetting_loses_batches(manifest.batch):
         raise InputError(
             f"job {manifest.job_id} has batches on the server that nothing would collect or "
             f"cancel once it is forgotten (they run on, and are billed). Collect them with "
@@ -395,9 +400,12 @@ def _collect_finished(store: JobStore, manifest: Manifest) -> Manifest:
             or store.is_running(manifest)):
         return manifest
     try:
-        asyncio.run(runner.collect_finished(manifest, store, Stats()))
+        stop = asyncio.run(runner.collect_finished(manifest, store, Stats()))
     except BatchrunError as exc:
         err.print(Text(f"Not collected now: {printable(exc.message)}"), style="yellow")
+        stop = None
+    if isinstance(stop, Interrupted):
+        raise stop  # Ctrl-C: say so and exit 130, rather than show the job as if asked
     return store.find(manifest.job_id)
 
 
