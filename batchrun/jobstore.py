@@ -37,9 +37,11 @@ def state_home() -> Path:
     return Path(base) / "batchrun"
 
 
-def fingerprint(path: Path) -> dict[str, Any]:
-    """Size, mtime and a hash of the first and last MiB: cheap for a 10 GB file, and any edit
-    that keeps the size and both ends also changes the mtime."""
+def fingerprint(path: Path, full: bool = False) -> dict[str, Any]:
+    """Size, mtime and a hash of the first and last MiB: cheap for a 10 GB file. `full` adds a
+    hash of the whole content, for the fingerprint a job starts with: a file rewritten with the
+    same bytes (a notebook cell run twice) moves only the mtime, and only the whole content can
+    tell that from an edit in the middle."""
     st = path.stat()
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -47,20 +49,43 @@ def fingerprint(path: Path) -> dict[str, Any]:
         if st.st_size > _SAMPLE:
             f.seek(max(_SAMPLE, st.st_size - _SAMPLE))
             digest.update(f.read(_SAMPLE))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_head_tail": digest.hexdigest()}
+    print_ = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+              "sha256_head_tail": digest.hexdigest()}
+    if full:
+        print_["sha256"] = content_hash(path)
+    return print_
+
+
+def content_hash(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def describe_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
-    """What changed in the input since the job started, in words; None if nothing did."""
+    """What changed in the input since the job started, in words; None if nothing did. Where
+    only the mtime moved, a `sha256` of the whole content in both says whether the bytes did."""
     if not isinstance(before.get("size"), int):
         return "batchrun recorded no fingerprint of it"
     if before["size"] != now["size"]:
         return f"its size went from {before.get('size'):,} to {now['size']:,} bytes"
     if before.get("sha256_head_tail") != now["sha256_head_tail"]:
         return "its content changed"
-    if before.get("mtime_ns") != now["mtime_ns"]:
-        return "it was modified (same size, new modification time)"
-    return None
+    if before.get("mtime_ns") == now["mtime_ns"]:
+        return None
+    if isinstance(before.get("sha256"), str) and "sha256" in now:
+        return None if before["sha256"] == now["sha256"] else "its content changed"
+    return "it was modified (same size, new modification time)"
+
+
+def input_change(before: dict[str, Any], path: Path) -> tuple[dict[str, Any], str | None]:
+    """The input's fingerprint now, and what changed since `before` (None: nothing). The whole
+    file is read only when its size and both ends match but its mtime moved."""
+    now = fingerprint(path)
+    if (isinstance(before.get("sha256"), str) and before.get("size") == now["size"]
+            and before.get("sha256_head_tail") == now["sha256_head_tail"]
+            and before.get("mtime_ns") != now["mtime_ns"]):
+        now["sha256"] = content_hash(path)
+    return now, describe_change(before, now)
 
 
 def job_id_for(input_path: Path, output_path: Path) -> str:

@@ -44,7 +44,14 @@ from batchrun.errors import (
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
 from batchrun.jobs import InputReport, input_report, read_jobs
-from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
+from batchrun.jobstore import (
+    JobStore,
+    Manifest,
+    describe_change,
+    fingerprint,
+    input_change,
+    job_id_for,
+)
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.signals import on_signals
@@ -149,10 +156,6 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
     output = spec.output.expanduser().resolve()
     input_path = spec.input.resolve()
     check_output_path(output, spec.input)
-    try:
-        print_ = fingerprint(spec.input)
-    except OSError:
-        print_ = {}  # the reader reports a missing or unreadable input with its own message
     existing = store.for_output(output)
     if existing is not None and existing.input != str(input_path):
         raise InputError(
@@ -162,23 +165,33 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
         )
     job_id = existing.job_id if existing else job_id_for(spec.input, output)
     started = _started_as(existing, output, input_path)
-    if started is not None and print_ and not force:
-        by, print_then = started
-        change = describe_change(print_then, print_)
-        if change:
-            raise InputError(
-                f"{spec.input} changed since job {by} started: {change}. Results in "
-                f"{output} would not match it. Use another -o for a new job, or add --force "
-                "to continue anyway."
-            )
+    try:
+        print_, change = (input_change(started[1], spec.input) if started is not None
+                          else (fingerprint(spec.input, full=True), None))
+    except OSError:
+        # The reader reports a missing or unreadable input with its own message.
+        print_, change = {}, None
+    if started is not None and change and not force:
+        raise InputError(
+            f"{spec.input} changed since job {started[0]} started: {change}. Results in "
+            f"{output} would not match it. Use another -o for a new job, or add --force "
+            "to continue anyway."
+        )
     manifest = existing or Manifest(job_id=job_id, input=str(input_path),
                                     output=str(output), fingerprint=print_, options={})
     if manifest.options.get("model", spec.model) != spec.model:
         manifest.checked = None  # lines that name no model now get another one
     manifest.options = spec_options(spec, simulate)
-    if force and print_ and describe_change(manifest.fingerprint, print_):
-        manifest.fingerprint, manifest.checked = print_, None
+    if print_ and describe_change(manifest.fingerprint, print_):
+        manifest.fingerprint, manifest.checked = _baseline(spec.input, print_), None
+    elif "sha256" in print_:
+        manifest.fingerprint = print_  # same bytes, new mtime: the next look stays cheap
     return manifest
+
+
+def _baseline(path: Path, print_: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint a job goes on from: with the hash of the whole content."""
+    return print_ if "sha256" in print_ else fingerprint(path, full=True)
 
 
 def _started_as(existing: Manifest | None, output: Path,
@@ -490,7 +503,7 @@ def count_from_output(manifest: Manifest) -> None:
 
 def _input_changed(manifest: Manifest) -> bool:
     try:
-        return describe_change(manifest.fingerprint, fingerprint(Path(manifest.input))) is not None
+        return input_change(manifest.fingerprint, Path(manifest.input))[1] is not None
     except OSError:
         return False  # gone: a finished job has nothing more to send without it
 
@@ -498,17 +511,19 @@ def _input_changed(manifest: Manifest) -> bool:
 def check_input_unchanged(manifest: Manifest, force: bool) -> None:
     path = Path(manifest.input)
     try:
-        now = fingerprint(path)
+        now, change = input_change(manifest.fingerprint, path)
+        if change and not force:
+            raise InputError(
+                f"{path} changed since job {manifest.job_id} started: {change}. Its results "
+                "would not match. Restore the file, or add --force to resume against it as it "
+                "is now."
+            )
+        if change:
+            manifest.fingerprint, manifest.checked = _baseline(path, now), None
+        elif "sha256" in now:
+            manifest.fingerprint = now  # same bytes, new mtime: the next look stays cheap
     except OSError:
         raise InputError(
             f"the input of job {manifest.job_id}, {path}, is gone; put it back to resume."
         ) from None
-    change = describe_change(manifest.fingerprint, now)
-    if change and not force:
-        raise InputError(
-            f"{path} changed since job {manifest.job_id} started: {change}. Its results would not "
-            f"match. Restore the file, or add --force to resume against it as it is now."
-        )
-    if change:
-        manifest.fingerprint, manifest.checked = now, None
 
