@@ -491,7 +491,15 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
         if not (retry_failed and failed):
             return Finished(manifest.done, manifest.total, failed)
     check_input_unchanged(manifest, force)
-    return spec_from_manifest(manifest, overrides)
+    spec, simulate = spec_from_manifest(manifest, overrides)
+    # What the user changes on resume holds for the job from now on, as if submitted with it: a
+    # later plain `resume` (the command every message prints) must not go back to the old limits.
+    manifest.options.update({
+        "overrides": spec.overrides, "concurrency": spec.concurrency,
+        "max_retries": spec.max_retries, "timeout_s": spec.timeout_s, "wait": spec.wait,
+        "max_response_mb": spec.max_response_mb, "poll_max_s": spec.poll_max_s,
+        "batch_queue_tokens": spec.batch_queue_tokens})
+    return spec, simulate
 
 
 def count_from_output(manifest: Manifest) -> None:
