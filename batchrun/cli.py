@@ -14,7 +14,6 @@ from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
@@ -38,7 +37,7 @@ from batchrun.errors import (
 from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
-from batchrun.progress import ProgressDisplay
+from batchrun.progress import PipeSafeConsole, ProgressDisplay, drop_output
 from batchrun.render import describe_endpoint, render_estimate, render_status
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import (
@@ -61,8 +60,8 @@ app = typer.Typer(
 )
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: a bug in batchrun, not in the input or the API
 # soft_wrap: messages are never hard-wrapped at 80 columns; the terminal wraps them.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = PipeSafeConsole(stderr=True, highlight=False, soft_wrap=True)
+out = PipeSafeConsole(highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -380,7 +379,7 @@ def status(
             for m in jobs]
     if json_:
         shown = {"state": state_url.shown} if state_url else {}
-        sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage, **shown}).decode() + "\n")
+        _print_json({"jobs": rows, "usage": usage, **shown})
         return
     render_status(out, rows, usage, today.isoformat(), detail=job is not None)
     if state_url is not None:
@@ -445,7 +444,7 @@ def estimate(
     if configs and endpoints is not None:  # as submit checks the file against the input
         check_serves(configs, [m["model"] for m in result["models"]], endpoints)
     if json_:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        _print_json(result)
     else:
         render_estimate(out, result)
 
@@ -485,8 +484,8 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
                                    simulate, retry_failed, state))
     if isinstance(stopped, Detached):  # not an error: the batches run on the server
         if json_:
-            sys.stdout.write(orjson.dumps({"job": manifest.job_id, "state": manifest.state,
-                                           "message": stopped.message}).decode() + "\n")
+            _print_json({"job": manifest.job_id, "state": manifest.state,
+                                           "message": stopped.message})
         else:
             out.print(stopped.message, markup=False)
         raise typer.Exit(EXIT_OK)
@@ -502,12 +501,22 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     # The manifest's count is the output file's failed lines at the start plus this run's.
     summary["requests"]["failed_before"] = manifest.failed - stats.failed
     if json_:
-        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+        _print_json(summary)
     else:
         _print_summary(summary, Path(manifest.output), batch=bool(sum(stats.batch_in.values())))
     if stopped is not None:
         raise stopped
     raise typer.Exit(EXIT_SOME_FAILED if manifest.failed else EXIT_OK)
+
+
+def _print_json(data: Any) -> None:
+    """One JSON line on stdout; a reader that has gone (`| head`) does not change the job's
+    exit code."""
+    try:
+        sys.stdout.write(orjson.dumps(data).decode() + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        drop_output(sys.stdout)
 
 
 def _note(message: str) -> None:
