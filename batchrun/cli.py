@@ -4,10 +4,11 @@ here and only here (BATCHRUN_DEBUG=1 re-raises them with a traceback)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -41,6 +42,7 @@ from batchrun.progress import PipeSafeConsole, ProgressDisplay, drop_output
 from batchrun.render import describe_endpoint, render_estimate, render_status
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import (
+    SharedStateError,
     StateUrl,
     leaving_shared,
     manifest_options,
@@ -62,6 +64,25 @@ EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: a bug in batchrun, not in the input
 # soft_wrap: messages are never hard-wrapped at 80 columns; the terminal wraps them.
 err = PipeSafeConsole(stderr=True, highlight=False, soft_wrap=True)
 out = PipeSafeConsole(highlight=False, soft_wrap=True)
+
+
+@dataclass(slots=True)
+class _Reply:
+    """What a command has told of itself, so that an error under --json is answered with an
+    object on stdout (a script reads stdout; the message also goes to stderr as always)."""
+
+    json: bool = False
+    job: str | None = None
+    answered: bool = False  # stdout already holds this command's JSON
+
+    def about(self, job_id: str, json_: bool) -> None:
+        self.job, self.json = job_id, json_
+
+    def reset(self) -> None:  # one process may run several commands (the tests do)
+        self.json, self.job, self.answered = False, None, False
+
+
+_reply = _Reply()
 
 
 def _version(value: bool) -> None:
@@ -181,6 +202,7 @@ def submit(
     batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
+    _reply.json = json_
     state_url = parse_state_url(state)
     if output is None:
         absolute = jobs.resolve()
@@ -203,6 +225,7 @@ def submit(
     spec = _with_endpoints(ctx, spec, endpoints, record_endpoint, simulate)
     store = JobStore()
     manifest = runner.prepare(spec, simulate, store, force)
+    _reply.about(manifest.job_id, json_)
     manifest.options.update(state_url.manifest_options() if state_url else {})
     if manifest.finished and store.exists(manifest.job_id) and not force:
         runner.count_from_output(manifest)  # the file decides: it may have lost lines since
@@ -261,11 +284,16 @@ def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
     """Nothing left to send: say so (and how to send the failures again) without a header."""
     again = (f" Send the failed ones again with: batchrun resume {manifest.job_id} "
              "--retry-failed" if plan.failed else "")
-    out.print(f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} requests "
-              f"have a result ({plan.failed:,} failed). Results: {manifest.output}.{again}",
-              markup=False)
+    message = (f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} requests "
+               f"have a result ({plan.failed:,} failed). Results: {manifest.output}.{again}")
     # The job's result, as its last run said it: a script sees failures however it asks.
-    raise typer.Exit(EXIT_SOME_FAILED if plan.failed else EXIT_OK)
+    code = EXIT_SOME_FAILED if plan.failed else EXIT_OK
+    if _reply.json:
+        _print_json({"job": manifest.job_id, "state": manifest.state, "exit_code": code,
+                     "message": message})
+    else:
+        out.print(message, markup=False)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -295,6 +323,7 @@ def resume(
     batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
+    _reply.json = json_
     store = JobStore()
     if job is not None:
         manifest = store.find(job)
@@ -308,6 +337,7 @@ def resume(
         manifest = found
         err.print(f"Resuming {manifest.job_id}, the most recently updated {what} "
                   f"({manifest.input} → {manifest.output}).", markup=False)
+    _reply.about(manifest.job_id, json_)
     plan = runner.plan_resume(manifest, retry_failed, force, {
         "limits": {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
@@ -367,10 +397,17 @@ def status(
     state: State = None,
 ) -> None:
     """Jobs, their progress, and today's usage per key and model."""
+    _reply.json = json_
     store = JobStore()
     jobs = [_collect_finished(store, store.find(job))] if job else _warn_damaged(store)
     state_url = parse_state_url(state)
-    today, usage = usage_today(state_url, store.home / "ledger.sqlite3")
+    try:
+        today, usage = usage_today(state_url, store.home / "ledger.sqlite3")
+    except SharedStateError as exc:
+        raise SharedStateError(
+            f"{exc.message} Check that Redis runs and answers there, then run it again; "
+            "`batchrun status` without --state (and with $BATCHRUN_STATE unset) shows this "
+            "host's own ledger meanwhile.") from None
     states = {m.job_id: store.effective_state(m) for m in jobs}
     for m in jobs:
         if states[m.job_id] == "crashed":
@@ -426,6 +463,7 @@ def estimate(
     batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
+    _reply.json = json_
     state_url = parse_state_url(state)
     configs: tuple[EndpointConfig, ...] = ()
     if endpoints is not None:
@@ -512,11 +550,26 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
 def _print_json(data: Any) -> None:
     """One JSON line on stdout; a reader that has gone (`| head`) does not change the job's
     exit code."""
+    _reply.answered = True
     try:
         sys.stdout.write(orjson.dumps(data).decode() + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
         drop_output(sys.stdout)
+
+
+def _answer_error(argv: list[str] | None, exit_code: int, message: str) -> None:
+    """--json: an error is an object on stdout too, naming the job and its recorded state."""
+    wants = _reply.json or "--json" in (sys.argv[1:] if argv is None else argv)
+    if not wants or _reply.answered:
+        return
+    state = None
+    if _reply.job is not None:
+        with contextlib.suppress(BatchrunError, OSError):
+            manifest = JobStore().get(_reply.job)
+            state = JobStore().effective_state(manifest) if manifest is not None else None
+    _print_json({"job": _reply.job, "state": state, "exit_code": exit_code,
+                 "message": message})
 
 
 def _note(message: str) -> None:
@@ -585,6 +638,7 @@ def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: the one place errors turn into messages."""
+    _reply.reset()
     try:
         result = app(args=argv, standalone_mode=False)
     except BatchrunError as exc:
@@ -592,16 +646,21 @@ def run(argv: list[str] | None = None) -> int:
             raise
         # Text, not markup: messages quote ids and server words that may contain brackets.
         prefix = Text("error: ", style="bold red") if exc.exit_code == EXIT_INPUT else Text()
-        err.print(prefix + Text(printable(exc.message)))
+        message = printable(exc.message)
+        err.print(prefix + Text(message))
+        _answer_error(argv, exc.exit_code, message)
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted before anything was sent.")
+        _answer_error(argv, EXIT_INTERRUPTED, "Interrupted before anything was sent.")
         return EXIT_INTERRUPTED
     except Exception as exc:
         # Usage errors (click's, vendored or not, depending on typer's version) show themselves.
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()
+            usage = getattr(exc, "format_message", None)
+            _answer_error(argv, code, str(usage() if callable(usage) else exc))
             return code
         if os.environ.get("BATCHRUN_DEBUG"):
             raise
@@ -609,11 +668,12 @@ def run(argv: list[str] | None = None) -> int:
             exc = exc.exceptions[0]  # the task group's wrapping says nothing to a user
         # A bug, not a user error: say so in one line. The job is recorded as crashed (the
         # runner never marks a job done on an exception), so nothing finished is lost.
-        err.print(Text(printable(
+        message = printable(
             f"internal error: {type(exc).__name__}: {redact(str(exc))}. This is a bug in "
             "batchrun; results written so far are kept and `batchrun resume` continues the "
-            "job. Run again with BATCHRUN_DEBUG=1 to see the traceback, and please report it."
-        ), style="bold red"))
+            "job. Run again with BATCHRUN_DEBUG=1 to see the traceback, and please report it.")
+        err.print(Text(message, style="bold red"))
+        _answer_error(argv, EXIT_INTERNAL, message)
         return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
 

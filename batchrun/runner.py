@@ -56,7 +56,7 @@ from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.signals import on_signals
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
-from batchrun.state import SharedBudget, StateUrl
+from batchrun.state import SharedBudget, SharedStateError, StateUrl
 from batchrun.state._open import connect as connect_state
 from batchrun.stop import StopKind, phrase
 from batchrun.tiers import Limits, family
@@ -304,16 +304,20 @@ async def run(
             notify(f"No failed results in {manifest.output} to send again.")
         spec = replace(spec, output=Path(manifest.output))
         on_disk = store.exists(manifest.job_id)
-        manifest.state, manifest.message = "running", ""
-        if on_disk:
-            store.save(manifest)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
         try:  # --state redis://: the daily budget and per-minute admission live there
             shared = await connect_state(state, now_utc) if state is not None else None
+        except SharedStateError as exc:
+            ledger.close()
+            raise SharedStateError(f"{exc.message} {state_unavailable_next(state)}") from None
         except BaseException:
             ledger.close()
             raise
+        # Only now: a run refused before it began leaves the job as it was, not "crashed".
+        manifest.state, manifest.message = "running", ""
+        if on_disk:
+            store.save(manifest)
 
         def budget_in(scope: Scope, limits: Limits) -> DailyBudget | SharedBudget:
             if shared is not None:
@@ -363,6 +367,14 @@ async def run(
         if not updater.started:
             lock.discard_if_unused()
         lock.release()
+
+
+def state_unavailable_next(state: StateUrl | None) -> str:
+    """What to do when the shared state does not answer before anything was sent."""
+    url = state.shown if state is not None else "the --state URL"
+    return (f"Nothing was sent. Check that Redis runs and answers there (redis-cli -u {url} "
+            "ping; the URL comes from --state or $BATCHRUN_STATE), then run the same command "
+            "again.")
 
 
 def _check_paths(spec: JobSpec, manifest: Manifest) -> None:
