@@ -600,7 +600,7 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
     async with SimServer(Simulator(config)) as server:
         endpoint = Endpoint.make(server.base_url, None, None)
         return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
-                                "sk-simulated", listener, runner.SIMULATOR_HOST,
+                                "sk-simulated", listener, runner.simulator_host(manifest.job_id),
                                 now_utc=ledger.utc_now, retry_failed=retry_failed,
                                 notify=_note, state=state)
 

@@ -153,6 +153,8 @@ def _decode(raw: bytes) -> tuple[dict[str, Any], str | None]:
         return data, f"option {wrong[0][0]} cannot be {wrong[0][1]!r}"
     if not isinstance(data.get("endpoints", {}), dict):
         data["endpoints"] = {}  # only counts for `status`: the output holds the results
+    if not _used_today_ok(data.get("used_today", {})):
+        data["used_today"] = {}  # only for a message's "by other jobs": start it again
     if not _checked_ok(data.get("checked")):
         data["checked"] = None  # only a cache of the input's check: read the input again
     return data, None
@@ -185,6 +187,14 @@ def _wrong_options(options: dict[str, Any]) -> list[tuple[str, Any]]:
         wrong += [(f"overrides.{k}", v) for k, v in overrides.items()
                   if v is not None and not _is_count(v)]
     return wrong
+
+
+def _used_today_ok(used: Any) -> bool:
+    if used == {}:
+        return True
+    return (isinstance(used, dict) and isinstance(used.get("day"), str)
+            and isinstance(used.get("tokens"), dict)
+            and all(isinstance(k, str) and _is_count(v) for k, v in used["tokens"].items()))
 
 
 def _checked_ok(checked: Any) -> bool:
@@ -222,6 +232,21 @@ class Manifest:
     # --endpoints: results per endpoint name, {"done": n, "failed": n} (this job, every run)
     endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
     batch: dict[str, Any] = field(default_factory=dict)  # Batch API parts (batchrun.batch)
+    # The sync path's tokens of one UTC day by model family, over every run of the job:
+    # {"day": "2026-11-27", "tokens": {"gpt-4o-mini": n}}. What the key's ledger holds beyond
+    # them, other jobs used.
+    used_today: dict[str, Any] = field(default_factory=dict)
+
+    def tokens_on(self, day: dt.date, model: str) -> int:
+        if self.used_today.get("day") != day.isoformat():
+            return 0
+        return int(self.used_today["tokens"].get(model, 0))
+
+    def count_tokens(self, day: dt.date, model: str, tokens: int) -> None:
+        if self.used_today.get("day") != day.isoformat():
+            self.used_today = {"day": day.isoformat(), "tokens": {}}
+        counts = self.used_today["tokens"]
+        counts[model] = counts.get(model, 0) + tokens
 
     @property
     def finished(self) -> bool:

@@ -62,6 +62,13 @@ from batchrun.stop import StopKind, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
+
+
+def simulator_host(job_id: str) -> str:
+    """The ledger's host for a --simulate job: its own, so one simulated job's usage never
+    spends another's budget (the simulator keeps no daily count: the ledger is its --tpd), and
+    per job, not per run, so a daily stop still holds on resume."""
+    return f"{SIMULATOR_HOST}/{job_id}"
 SAVE_EVERY_S = 2.0
 
 
@@ -113,6 +120,7 @@ class _ManifestUpdater:
 
     store: JobStore
     manifest: Manifest
+    now_utc: Callable[[], dt.datetime] = utc_now
     saved_at: float = field(default_factory=time.monotonic)
     started: bool = False  # the engine accepted the input
 
@@ -123,9 +131,12 @@ class _ManifestUpdater:
                 self.started = True
                 m.total = event.total
                 m.done = event.already_done
-            case RequestFinished(ok=ok, endpoint=endpoint):
+            case RequestFinished(ok=ok, endpoint=endpoint, model=model):
                 m.done += 1
                 m.failed += not ok
+                if not event.batch:  # the Batch API has no daily budget to share
+                    m.count_tokens(self.now_utc().date(), family(model) or model,
+                                   event.tokens_in + event.tokens_out)
                 if endpoint:
                     count_endpoint(m.endpoints, endpoint, ok)
                 # Often enough for `status` to show progress; rare enough to cost nothing.
@@ -293,7 +304,7 @@ async def run(
     store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
     _reread_batches(manifest, store)
-    updater = _ManifestUpdater(store, manifest)
+    updater = _ManifestUpdater(store, manifest, now_utc)
     try:
         scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
         if retry_failed and dropped:
@@ -319,13 +330,17 @@ async def run(
         if on_disk:
             store.save(manifest)
 
-        def budget_in(scope: Scope, limits: Limits) -> DailyBudget | SharedBudget:
+        def budget_in(scope: Scope, limits: Limits,
+                      job_tokens: Callable[[dt.date], int] | None = None,
+                      ) -> DailyBudget | SharedBudget:
             if shared is not None:
                 return shared.budget(scope, limits.tpd, limits.rpd, spec.timeout_s)
-            return DailyBudget(ledger, scope, limits.tpd, limits.rpd)
+            return DailyBudget(ledger, scope, limits.tpd, limits.rpd, job_tokens)
 
         def budget_for(model: str, limits: Limits) -> DailyBudget | SharedBudget:
-            return budget_in(Scope(host, keyfp, family(model) or model), limits)
+            # One endpoint: the job's own tokens of the model are all in this one scope.
+            scope = Scope(host, keyfp, family(model) or model)
+            return budget_in(scope, limits, lambda day: manifest.tokens_on(day, scope.model))
 
         def fan_out(event: Event) -> None:
             updater(event)
