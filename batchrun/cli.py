@@ -519,7 +519,7 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     stats, tally = Stats(), EndpointTally()
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_, endpoints=tally) as display:
         stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, tally, display),
-                                   simulate, retry_failed, state))
+                                   simulate, retry_failed, state, display.note))
     if isinstance(stopped, Detached):  # not an error: the batches run on the server
         if json_:
             _print_json({"job": manifest.job_id, "state": manifest.state,
@@ -577,13 +577,13 @@ def _note(message: str) -> None:
 
 
 async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Listener,
-               simulate: bool, retry_failed: bool,
-               state: StateUrl | None = None) -> BatchrunError | None:
+               simulate: bool, retry_failed: bool, state: StateUrl | None = None,
+               notify: Callable[[str], None] = _note) -> BatchrunError | None:
     if not simulate:
         # With --endpoints each endpoint's key is read when its client is made.
         key = "" if spec.endpoints else spec.endpoint.api_key()
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
-                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note,
+                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=notify,
                                 state=state)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
 
@@ -591,7 +591,7 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         raise InputError("--detach needs a real Batch API: the built-in simulator ends with "
                          "this process. Drop --simulate, or --detach.")
     if forget_open_parts(manifest.batch):
-        _note("The simulator's earlier batches ended with its process: their requests are "
+        notify("The simulator's earlier batches ended with its process: their requests are "
               "sent again.")
 
     lim = spec.limits_for(spec.model)
@@ -602,7 +602,7 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
                                 "sk-simulated", listener, runner.simulator_host(manifest.job_id),
                                 now_utc=ledger.utc_now, retry_failed=retry_failed,
-                                notify=_note, state=state)
+                                notify=notify, state=state)
 
 
 def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None:
@@ -623,6 +623,11 @@ def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None
         f"{s['achieved']['tokens_per_min']:,.0f} tok/min · {s['rate_limited_429']:,} 429s",
         f"results: {output}",
     ]
+    sync, batch_way = s["via"]["sync"], s["via"]["batch"]
+    if batch_way["requests"]:  # --via batch or auto: what went where, at which price
+        lines.insert(3, f"via: {sync['requests']:,} sync ({_usd(sync['cost_usd'])}) · "
+                        f"{batch_way['requests']:,} Batch API ({_usd(batch_way['cost_usd'])}, "
+                        "half price)")
     if r["failed"] or r["failed_before"]:
         failed = r["failed"] + r["failed_before"]
         lines.append(f"{failed:,} failed for good: each has its error in the results. "
@@ -634,6 +639,10 @@ def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None
                      f"batchrun resume {s['job']} --retry-failed --force")
     lines += [f"  {name}: {describe_endpoint(e)}" for name, e in s.get("endpoints", {}).items()]
     out.print("\n".join(lines), markup=False)
+
+
+def _usd(cost: float | None) -> str:
+    return "no list price" if cost is None else f"${cost:,.4f}"
 
 
 def run(argv: list[str] | None = None) -> int:

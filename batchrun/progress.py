@@ -217,6 +217,12 @@ class ProgressDisplay:
             self._live.__exit__(None, None, None)
             self._live = None
 
+    def note(self, message: str) -> None:
+        """A message for the user while the job runs (quiet or not). Printed by the display's
+        own console, so a live display puts it above itself; printed apart, it would be
+        overwritten by the display's next refresh."""
+        self.console.print(message, markup=False)
+
     def __call__(self, event: Event) -> None:
         if self.quiet:
             return
