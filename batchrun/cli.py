@@ -235,7 +235,7 @@ def submit(
 
 
 _SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "tpm", "rpd",
-                    "tpd", "simulate")
+                    "tpd")
 
 
 def _with_endpoints(ctx: typer.Context, spec: JobSpec, path: Path | None, record: bool,
@@ -248,7 +248,7 @@ def _with_endpoints(ctx: typer.Context, spec: JobSpec, path: Path | None, record
                              "output line; give --endpoints FILE.toml too.")
         return spec
     _refuse_beside_endpoints(ctx, path)
-    return with_endpoints(spec, path, record)
+    return with_endpoints(spec, path, record, need_keys=not simulate)
 
 
 def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
@@ -594,6 +594,9 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         notify("The simulator's earlier batches ended with its process: their requests are "
               "sent again.")
 
+    if spec.endpoints:
+        return await _simulate_endpoints(spec, manifest, store, listener, retry_failed, state,
+                                         notify)
     lim = spec.limits_for(spec.model)
     # The simulator keeps no daily count of its own: batchrun's ledger enforces --tpd/--rpd.
     config = SimConfig(SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1)
@@ -603,6 +606,31 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
                                 "sk-simulated", listener, runner.simulator_host(manifest.job_id),
                                 now_utc=ledger.utc_now, retry_failed=retry_failed,
                                 notify=notify, state=state)
+
+
+async def _simulate_endpoints(spec: JobSpec, manifest: Manifest, store: JobStore,
+                              listener: Listener, retry_failed: bool, state: StateUrl | None,
+                              notify: Callable[[str], None]) -> BatchrunError | None:
+    """--simulate --endpoints: one simulator per endpoint, with that endpoint's limits (of the
+    job's model), so an endpoints file can be tried offline. Each endpoint's daily budget is
+    the job's own, kept by endpoint name: a simulator's port changes with every run."""
+    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+
+    job_host = runner.simulator_host(manifest.job_id)
+    async with contextlib.AsyncExitStack() as servers:
+        configs, ledger_hosts = [], {}
+        for config in spec.endpoints:
+            lim = config.limits_for(spec.model)
+            server = await servers.enter_async_context(SimServer(Simulator(SimConfig(
+                SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1))))
+            url = server.azure_endpoint if config.endpoint.azure else server.base_url
+            simulated = replace(config, endpoint=replace(config.endpoint, base_url=url))
+            configs.append(simulated)
+            ledger_hosts[ledger.ledger_host(simulated.endpoint.host)] = f"{job_host}/{config.name}"
+        return await runner.run(
+            replace(spec, endpoint=configs[0].endpoint, endpoints=tuple(configs)), manifest,
+            store, "sk-simulated", listener, job_host, now_utc=ledger.utc_now,
+            retry_failed=retry_failed, notify=notify, state=state, simulated_hosts=ledger_hosts)
 
 
 def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from batchrun.checkpoint import (
     read_output,
 )
 from batchrun.endpoint import Endpoint
-from batchrun.endpoints import check_serves
+from batchrun.endpoints import EndpointConfig, check_serves
 from batchrun.endpoints.tally import count_endpoint, forget_failed
 from batchrun.endpoints.upstreams import build_upstreams, with_endpoints
 from batchrun.engine import Engine, JobSpec
@@ -110,7 +110,7 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
     )
     if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")),
-                              m.job_id)
+                              m.job_id, need_keys=not o["simulate"])
     return spec, bool(o["simulate"])
 
 
@@ -295,8 +295,13 @@ async def run(
     retry_failed: bool = False,
     notify: Callable[[str], None] = lambda message: None,
     state: StateUrl | None = None,
+    simulated_hosts: Mapping[str, str] | None = None,
 ) -> BatchrunError | None:
     """Run the job under its output's lock, with the shared ledger; record how it ended.
+
+    `simulated_hosts` (--simulate --endpoints): the ledger host for each simulator's address (as
+    ledger_host names it), whose port changes with every run while the job's daily budget must
+    not; their keys are made up from `api_key`.
 
     A new job's manifest is written only once the engine has accepted the input, so a refused
     submit leaves nothing behind (not even the empty output the lock created)."""
@@ -333,6 +338,8 @@ async def run(
         def budget_in(scope: Scope, limits: Limits,
                       job_tokens: Callable[[dt.date], int] | None = None,
                       ) -> DailyBudget | SharedBudget:
+            if simulated_hosts:
+                scope = replace(scope, host=simulated_hosts.get(scope.host, scope.host))
             if shared is not None:
                 return shared.budget(scope, limits.tpd, limits.rpd, spec.timeout_s)
             return DailyBudget(ledger, scope, limits.tpd, limits.rpd, job_tokens)
@@ -357,8 +364,11 @@ async def run(
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
+            key_for = ((lambda config: f"{api_key}-{config.name}") if simulated_hosts
+                       else None)
             stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
-                               Budgets(budget_for, budget_in), now_utc, sleep, notify, on_disk)
+                               Budgets(budget_for, budget_in, key_for), now_utc, sleep, notify,
+                               on_disk)
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False
@@ -413,6 +423,8 @@ class Budgets:
 
     for_model: Callable[[str, Limits], DailyBudget | SharedBudget]
     in_scope: Callable[[Scope, Limits], DailyBudget | SharedBudget]
+    # --simulate --endpoints: each simulated endpoint's key (none is in the environment)
+    key_for: Callable[[EndpointConfig], str] | None = None
 
 
 async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str,
@@ -435,7 +447,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
     if spec.via == "auto":  # at the daily limit the Batch API goes on, no waiting
         spec = replace(spec, wait=False)
     engine = Engine(spec, report, done, api_key, listener, budgets.for_model, now_utc=now_utc,
-                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope))
+                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope, budgets.key_for))
     ended = await on_signals(engine.interrupt, engine.run())
     if ended is None:
         return None
