@@ -232,9 +232,9 @@ class Manifest:
     # --endpoints: results per endpoint name, {"done": n, "failed": n} (this job, every run)
     endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
     batch: dict[str, Any] = field(default_factory=dict)  # Batch API parts (batchrun.batch)
-    # The sync path's tokens of one UTC day by model family, over every run of the job:
-    # {"day": "2026-11-27", "tokens": {"gpt-4o-mini": n}}. What the key's ledger holds beyond
-    # them, other jobs used.
+    # The tokens the job's runs billed on one UTC day, by model family, as its ledger scope
+    # names it (one endpoint, sync path): {"day": "2026-11-27", "tokens": {"gpt-4o-mini": n}}.
+    # What the key's ledger holds beyond them, other jobs used.
     used_today: dict[str, Any] = field(default_factory=dict)
 
     def tokens_on(self, day: dt.date, model: str) -> int:
@@ -243,6 +243,8 @@ class Manifest:
         return int(self.used_today["tokens"].get(model, 0))
 
     def count_tokens(self, day: dt.date, model: str, tokens: int) -> None:
+        if self.used_today.get("day", "") > day.isoformat():
+            return  # a run across midnight: only the latest day is kept
         if self.used_today.get("day") != day.isoformat():
             self.used_today = {"day": day.isoformat(), "tokens": {}}
         counts = self.used_today["tokens"]

@@ -334,10 +334,12 @@ class DailyBudget:
 
     def __init__(self, ledger: Ledger, scope: Scope, tpd: int, rpd: int,
                  job_tokens: Callable[[dt.date], int] | None = None) -> None:
-        """`job_tokens(day)`: the tokens this job used that day, in every run of it, so the
-        daily-stop message can say how much of the key's day other jobs took."""
+        """`job_tokens(day)`: the tokens the job's earlier runs used that day; with `spent`,
+        what this run billed, the daily-stop message says how much of the key's day other
+        jobs took."""
         self.ledger, self.scope, self.tpd, self.rpd = ledger, scope, tpd, rpd
         self._job_tokens = job_tokens
+        self.spent: defaultdict[dt.date, int] = defaultdict(int)  # billed by this run, by day
         self.lease_tokens = max(1, math.ceil(tpd * LEASE_SHARE))
         self.lease_requests = max(1, math.ceil(rpd * LEASE_SHARE))
         self._checked = -math.inf
@@ -419,6 +421,7 @@ class DailyBudget:
         """Replace a reservation made on `day` by the usage the API reported (clamped: a
         server's negative or absurd numbers must not move the day's count)."""
         actual = min(max(0, actual), MAX_USAGE)
+        self.spent[day] += actual
         if not self.limited:
             return
         if not self.tpd:
@@ -459,7 +462,7 @@ class DailyBudget:
         on 2026-11-27 (UTC)'."""
         self.release()  # what this process holds but has not used is not "used"
         usage = self.ledger.usage(self.scope)
-        others = (max(0, usage.tokens - self._job_tokens(usage.day))
+        others = (max(0, usage.tokens - self._job_tokens(usage.day) - self.spent[usage.day])
                   if self._job_tokens is not None else 0)
         return describe_usage(usage, self.scope.model, self.tpd, self.rpd, server_message,
                               others)

@@ -120,7 +120,6 @@ class _ManifestUpdater:
 
     store: JobStore
     manifest: Manifest
-    now_utc: Callable[[], dt.datetime] = utc_now
     saved_at: float = field(default_factory=time.monotonic)
     started: bool = False  # the engine accepted the input
 
@@ -131,12 +130,9 @@ class _ManifestUpdater:
                 self.started = True
                 m.total = event.total
                 m.done = event.already_done
-            case RequestFinished(ok=ok, endpoint=endpoint, model=model):
+            case RequestFinished(ok=ok, endpoint=endpoint):
                 m.done += 1
                 m.failed += not ok
-                if not event.batch:  # the Batch API has no daily budget to share
-                    m.count_tokens(self.now_utc().date(), family(model) or model,
-                                   event.tokens_in + event.tokens_out)
                 if endpoint:
                     count_endpoint(m.endpoints, endpoint, ok)
                 # Often enough for `status` to show progress; rare enough to cost nothing.
@@ -309,7 +305,7 @@ async def run(
     store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
     _reread_batches(manifest, store)
-    updater = _ManifestUpdater(store, manifest, now_utc)
+    updater = _ManifestUpdater(store, manifest)
     try:
         scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)
         if retry_failed and dropped:
@@ -344,10 +340,16 @@ async def run(
                 return shared.budget(scope, limits.tpd, limits.rpd, spec.timeout_s)
             return DailyBudget(ledger, scope, limits.tpd, limits.rpd, job_tokens)
 
+        own: list[DailyBudget] = []  # what they bill is the job's, for its manifest
+
         def budget_for(model: str, limits: Limits) -> DailyBudget | SharedBudget:
             # One endpoint: the job's own tokens of the model are all in this one scope.
             scope = Scope(host, keyfp, family(model) or model)
-            return budget_in(scope, limits, lambda day: manifest.tokens_on(day, scope.model))
+            budget = budget_in(scope, limits,
+                               lambda day: manifest.tokens_on(day, scope.model))
+            if isinstance(budget, DailyBudget):
+                own.append(budget)
+            return budget
 
         def fan_out(event: Event) -> None:
             updater(event)
@@ -383,6 +385,9 @@ async def run(
                     if shared is not None:
                         await shared.close()
             finally:
+                for budget in own:
+                    for day, tokens in budget.spent.items():
+                        manifest.count_tokens(day, budget.scope.model, tokens)
                 if updater.started or on_disk:
                     manifest.state = "crashed" if crashed else _final_state(stop)
                     manifest.message = stop.message if stop else ""

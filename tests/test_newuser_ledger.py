@@ -33,6 +33,7 @@ def test_each_simulated_job_has_its_own_daily_budget_which_holds_on_resume(
     again = run_cli("resume", str(tmp_path / "first.results.jsonl"), "-q")
     assert again.code == 3, again.stderr
     assert count_lines(tmp_path / "first.results.jsonl") == done_a
+    assert "by other jobs" not in again.stderr  # its first run was the job's own
 
 
 def test_the_daily_stop_gives_the_true_usage_and_what_other_jobs_used(
@@ -49,3 +50,10 @@ def test_the_daily_stop_gives_the_true_usage_and_what_other_jobs_used(
     used, budget = _used(run.stderr)
     assert budget == 300 and used > 300  # the ledger's count, not one capped at the budget
     assert "all of them by other jobs on this key" in run.stderr
+    # On resume the job's own earlier run is not counted as another job's.
+    again = run_cli("resume", str(tmp_path / "jobs.results.jsonl"), "--tpd", str(used + 60),
+                    "-q", env=env)
+    assert again.code == 3, again.stderr
+    used_now, _ = _used(again.stderr)
+    mine = used_now - used
+    assert mine > 0 and f"{used:,} of them by other jobs on this key" in again.stderr
