@@ -75,8 +75,8 @@ class _Reply:
     job: str | None = None
     answered: bool = False  # stdout already holds this command's JSON
 
-    def about(self, job_id: str, json_: bool) -> None:
-        self.job, self.json = job_id, json_
+    def about(self, job_id: str) -> None:
+        self.job = job_id
 
     def reset(self) -> None:  # one process may run several commands (the tests do)
         self.json, self.job, self.answered = False, None, False
@@ -225,7 +225,7 @@ def submit(
     spec = _with_endpoints(ctx, spec, endpoints, record_endpoint, simulate)
     store = JobStore()
     manifest = runner.prepare(spec, simulate, store, force)
-    _reply.about(manifest.job_id, json_)
+    _reply.about(manifest.job_id)
     manifest.options.update(state_url.manifest_options() if state_url else {})
     if manifest.finished and store.exists(manifest.job_id) and not force:
         runner.count_from_output(manifest)  # the file decides: it may have lost lines since
@@ -337,7 +337,7 @@ def resume(
         manifest = found
         err.print(f"Resuming {manifest.job_id}, the most recently updated {what} "
                   f"({manifest.input} → {manifest.output}).", markup=False)
-    _reply.about(manifest.job_id, json_)
+    _reply.about(manifest.job_id)
     plan = runner.plan_resume(manifest, retry_failed, force, {
         "limits": {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
@@ -523,7 +523,7 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     if isinstance(stopped, Detached):  # not an error: the batches run on the server
         if json_:
             _print_json({"job": manifest.job_id, "state": manifest.state,
-                                           "message": stopped.message})
+                         "message": stopped.message})
         else:
             out.print(stopped.message, markup=False)
         raise typer.Exit(EXIT_OK)

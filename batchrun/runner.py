@@ -62,6 +62,7 @@ from batchrun.stop import StopKind, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
+SAVE_EVERY_S = 2.0
 
 
 def simulator_host(job_id: str) -> str:
@@ -69,7 +70,6 @@ def simulator_host(job_id: str) -> str:
     spends another's budget (the simulator keeps no daily count: the ledger is its --tpd), and
     per job, not per run, so a daily stop still holds on resume."""
     return f"{SIMULATOR_HOST}/{job_id}"
-SAVE_EVERY_S = 2.0
 
 
 def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
