@@ -27,7 +27,8 @@ def test_each_simulated_job_has_its_own_daily_budget_which_holds_on_resume(
     second = write_jsonl(tmp_path / "second.jsonl", prompts(40, "s"))
     b = run_cli("submit", str(second), "--simulate", "--tpd", "300", "-q")
     assert b.code == 3, b.stderr
-    assert count_lines(tmp_path / "second.results.jsonl") == done_a
+    # (With one row for every simulated run, it started with the first job's day spent: 0.)
+    assert 0 < count_lines(tmp_path / "second.results.jsonl") < 40
     assert "by other jobs" not in b.stderr
     # The first job's stop holds on resume: its row is the job's, not the run's.
     again = run_cli("resume", str(tmp_path / "first.results.jsonl"), "-q")
