@@ -36,7 +36,7 @@ def test_each_simulated_endpoint_keeps_its_own_limits_and_its_stop_holds_on_resu
     endpoints = tmp_path / "endpoints.toml"
     endpoints.write_text(
         '[[endpoint]]\nname = "small"\nbase_url = "https://api.openai.com/v1"\n'
-        'api_key_env = "SMALL_KEY"\n[endpoint.limits."gpt-4o-mini"]\ntpd = 150\n\n'
+        'api_key_env = "SMALL_KEY"\n[endpoint.limits."gpt-4o-mini"]\ntpd = 300\n\n'
         '[[endpoint]]\nname = "tiny"\nbase_url = "https://api.example.com/v1"\n'
         'api_key_env = "TINY_KEY"\n[endpoint.limits."gpt-4o-mini"]\ntpd = 100\n')
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(40))
