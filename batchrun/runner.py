@@ -31,6 +31,8 @@ from batchrun.checkpoint import (
 )
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import EndpointConfig, check_serves
+from batchrun.endpoints.config import check_unchanged as check_endpoints_unchanged
+from batchrun.endpoints.config import digest as endpoints_digest
 from batchrun.endpoints.tally import count_endpoint, forget_failed
 from batchrun.endpoints.upstreams import build_upstreams, with_endpoints
 from batchrun.engine import Engine, JobSpec
@@ -83,6 +85,8 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "azure_endpoint": ep.base_url if ep.azure else None, "api_key_env": ep.key_env,
         "insecure": ep.insecure, "max_response_mb": spec.max_response_mb,
         "endpoints": spec.endpoints_file, "record_endpoint": spec.record_endpoint,
+        "endpoints_sha256": endpoints_digest(Path(spec.endpoints_file))
+        if spec.endpoints_file else None,
         "via": spec.via, "poll_max_s": spec.poll_max_s,
         "batch_queue_tokens": spec.batch_queue_tokens,
     }
@@ -318,8 +322,13 @@ async def run(
         on_disk = store.exists(manifest.job_id)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
+        key_for = ((lambda config: f"{api_key}-{config.name}") if simulated_hosts
+                   else None)
         try:  # --state redis://: the daily budget and per-minute admission live there
-            shared = await connect_state(state, now_utc) if state is not None else None
+            # The keys whose state this run may name in Redis (names derive from the key).
+            keys = [api_key, *(key_for(c) if key_for else c.endpoint.api_key()
+                               for c in spec.endpoints)]
+            shared = await connect_state(state, now_utc, keys) if state is not None else None
         except SharedStateError as exc:
             ledger.close()
             raise SharedStateError(f"{exc.message} {state_unavailable_next(state)}") from None
@@ -366,8 +375,6 @@ async def run(
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
-            key_for = ((lambda config: f"{api_key}-{config.name}") if simulated_hosts
-                       else None)
             stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
                                Budgets(budget_for, budget_in, key_for), now_utc, sleep, notify,
                                on_disk)
@@ -578,4 +585,5 @@ def check_input_unchanged(manifest: Manifest, force: bool) -> None:
         raise InputError(
             f"the input of job {manifest.job_id}, {path}, is gone; put it back to resume."
         ) from None
+    check_endpoints_unchanged(manifest.options, manifest.job_id, force)
 
