@@ -39,6 +39,7 @@ from batchrun.errors import (
     Interrupted,
     printable,
     redact,
+    redact_urls,
 )
 from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
@@ -137,6 +138,12 @@ MaxRetries = Annotated[int, typer.Option(min=0, help=MAX_RETRIES_HELP)]
 MaxResponseMb = Annotated[float | None, typer.Option(
     min=0.0001, show_default="64",
     help="largest answer accepted, in MB; a bigger one fails its request (response_too_large)")]
+Drain = Annotated[float, typer.Option(
+    "--drain", min=0, metavar="S",
+    help="at Ctrl-C or SIGTERM: seconds to wait for the answers of requests in flight before "
+    "abandoning them (other stops wait for them up to --timeout)")]
+
+
 class Via(str, Enum):
     sync = "sync"
     batch = "batch"
@@ -181,6 +188,7 @@ def submit(
         help="name of the env var holding the key", show_default="OPENAI_API_KEY")] = None,
     max_retries: MaxRetries = 8,
     timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
+    drain: Drain = 10.0,
     max_response_mb: MaxResponseMb = None,
     wait: Wait = None,
     on_bad_line: Annotated[OnBadLine, typer.Option(
@@ -223,6 +231,7 @@ def submit(
         max_retries=max_retries,
         max_response_mb=max_response_mb or DEFAULT_MAX_RESPONSE_MB,
         timeout_s=timeout,
+        drain_s=drain,
         on_bad_line=on_bad_line.value,
         wait=bool(wait),
         **_batch_options(via, detach, poll_max, batch_queue_tokens),
@@ -317,6 +326,7 @@ def resume(
     max_retries: Annotated[int | None, typer.Option(min=0, help=MAX_RETRIES_HELP)] = None,
     max_response_mb: MaxResponseMb = None,
     timeout: Annotated[float | None, typer.Option(min=1)] = None,
+    drain: Drain = 10.0,
     wait: Wait = None,
     force: Force = False,
     json_: Json = False,
@@ -353,6 +363,7 @@ def resume(
     if isinstance(plan, runner.Finished):
         _finished(plan, manifest)
     spec, simulate = plan
+    spec = replace(spec, drain_s=drain)  # how this run ends at Ctrl-C: not saved with the job
     from_env = getattr(ctx.get_parameter_source("state"), "name", "") == "ENVIRONMENT"
     state_url = state_for_resume(state, manifest.options, from_env)
     if (leaving := leaving_shared(state_url, manifest.options)) is not None:
@@ -691,7 +702,8 @@ def run(argv: list[str] | None = None) -> int:
             raise
         # Text, not markup: messages quote ids and server words that may contain brackets.
         prefix = Text("error: ", style="bold red") if exc.exit_code == EXIT_INPUT else Text()
-        message = printable(exc.message)
+        # Every URL's credentials masked, whoever wrote the message (nothing else is changed).
+        message = printable(redact_urls(exc.message))
         err.print(prefix + Text(message))
         _answer_error(argv, exc.exit_code, message)
         return exc.exit_code

@@ -60,7 +60,7 @@ from batchrun.signals import on_signals
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import SharedBudget, SharedStateError, StateUrl
 from batchrun.state._open import connect as connect_state
-from batchrun.stop import StopKind, phrase
+from batchrun.stop import hands_over_to_batch, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
@@ -463,7 +463,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
     ended = await on_signals(engine.interrupt, engine.run())
     if ended is None:
         return None
-    if ended.kind is StopKind.DAILY and spec.via == "auto":
+    if hands_over_to_batch(ended, spec.via):
         notify(f"{ended.budget}: the {ended.total - ended.done:,} requests left go through the "
                "Batch API now, into the same output.")
         return await run_batch(spec, manifest, store, api_key, listener, report,
