@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
+import resource
 import stat
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,10 @@ import orjson
 from batchrun.errors import InputError, StateError
 from batchrun.fsutil import PRIVATE_FILE, atomic_write, identity
 from batchrun.outputlock import sidecar_path
+
+# Room the output must have before a request is sent, so that its answer's line fits: far above a
+# usual answer (a few KB), and twice the largest line this run has written.
+MIN_ROOM = 256 * 1024
 
 # The largest line we read whole: far above any answer (the client caps a response at 64 MB),
 # and a bound on what a file that is not ours (a 10 GB line, /dev/zero) can cost us.
@@ -62,6 +68,16 @@ class OutputScan:
             f"{path} exists and is not a batchrun results file (line {line_no}: {excerpt!r}). "
             "batchrun did not change it: choose another output with -o, or move that file away."
         )
+
+
+class OutputWriteFailed(StateError):
+    """A result line could not be written: `reason` is the system's word (the disk is full)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"cannot write to {path}: {reason}. Results written so far are kept; free space or "
+            "fix permissions, then run the same command again to continue.")
+        self.path, self.reason = path, reason
 
 
 def check_output_path(output: Path, input_path: Path) -> None:
@@ -253,12 +269,49 @@ class OutputWriter:
             ) from None
         self._inode, self._size = (st.st_dev, st.st_ino), end
         self._checked = time.monotonic()
+        self._largest = 0  # the longest line written by this run
+        self._roomy_until: float = 0  # room_left looks again once the output is this long
+        self._room_checked = -math.inf
+        self._failed: StateError | None = None  # a write failed and left a part line behind
+
+    def room_left(self) -> str | None:
+        """None when the output can take another answer's line; else why not, for a message.
+        Asked before each request is sent: an answer that cannot be written is paid for
+        nothing, and sent (and paid for) again on resume."""
+        now = time.monotonic()
+        if self._size < self._roomy_until and now - self._room_checked < self.CHECK_EVERY_S:
+            return None  # far from full at the last look: spare the system calls per request
+        self._room_checked = now
+        need = max(MIN_ROOM, 2 * self._largest)
+        try:
+            st = os.fstatvfs(self._fd)
+        except OSError:
+            st = None  # cannot tell: the write itself will say
+        # f_blocks 0: a filesystem that reports no sizes (some FUSE and network ones).
+        free = st.f_bavail * st.f_frsize if st is not None and st.f_blocks else None
+        cap = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        room = [free - need] if free is not None else []
+        room += [cap - need - self._size] if cap != resource.RLIM_INFINITY else []
+        # Look again after half of what is left is written: ever more often near the end.
+        self._roomy_until = self._size + min(room) // 2 if room else math.inf
+        if free is not None and free < need:
+            return (f"The disk of {self.path} is full ({free:,} bytes free; batchrun sends "
+                    f"a request only with {need:,} bytes free for its answer), so nothing more "
+                    "was sent. Free space on that disk.")
+        if cap != resource.RLIM_INFINITY and self._size + need > cap:
+            return (f"{self.path} is at this process's file-size limit (ulimit -f: {cap:,} "
+                    f"bytes; it holds {self._size:,}), so nothing more was sent. Raise the limit "
+                    "(ulimit -f unlimited).")
+        return None
 
     def write(self, line: bytes) -> None:
+        if self._failed is not None:
+            raise self._failed
         now = time.monotonic()
         if now - self._checked >= self.CHECK_EVERY_S:
             self._checked = now
             self.check()
+        start = self._size
         view = memoryview(line)
         try:
             while view:
@@ -266,10 +319,15 @@ class OutputWriter:
                 self._size += written
                 view = view[written:]
         except OSError as exc:
-            raise StateError(
-                f"cannot write to {self.path}: {exc.strerror}. Results written so far are kept; "
-                "free space or fix permissions, then run the same command again to continue."
-            ) from None
+            error = OutputWriteFailed(self.path, exc.strerror or str(exc))
+            try:
+                # Cut the part of the line that got out: a later line must not be glued to it.
+                os.ftruncate(self._fd, start)
+                self._size = start
+            except OSError:
+                self._failed = error  # no later line may go after the part one
+            raise error from None
+        self._largest = max(self._largest, len(line))
 
     def check(self) -> None:
         """Is the file at our path still the one we write, and whole?"""

@@ -29,6 +29,15 @@ def without_userinfo(url: str) -> str:
     return scheme + sep + "***@" + rest.rpartition("@")[2]
 
 
+def shown_url(url: str) -> str:
+    """A URL the user gave, as messages show it: without credentials in the userinfo, and with
+    its query and fragment cut to "?…" and "#…", since a key pasted there may have any shape
+    (so `redact` cannot know it) and batchrun refuses such URLs anyway."""
+    shown = without_userinfo(url)
+    cut = min((i for i in (shown.find("?"), shown.find("#")) if i >= 0), default=-1)
+    return shown if cut < 0 else shown[:cut] + shown[cut] + "…"
+
+
 # What API keys look like: OpenAI's sk-…; the prefixes of other OpenAI-compatible providers
 # (Groq gsk_, Hugging Face hf_, Fireworks fw_, Perplexity pplx-, xAI xai-, Google AIza), whose
 # keys can pass for a variable's name; and the long unbroken hex or base64-ish runs of Azure
@@ -77,7 +86,7 @@ def _is_loopback(host: str) -> bool:
 
 def _check_url(url: str, what: str, key_env: str) -> str:
     """The URL if requests can be built on it; else an InputError that never echoes credentials."""
-    shown = without_userinfo(url)
+    shown = shown_url(url)
     example = f"give e.g. {OPENAI_BASE_URL}"
     try:
         parts = urlsplit(url)
@@ -239,7 +248,7 @@ def _check_proxy(name: str, value: str) -> str:
     """The proxy URL from variable `name`, or an InputError naming the variable (never the
     proxy's password) when aiohttp could not use it."""
     url = value if "://" in value else f"http://{value}"  # "host:port" is common, means http
-    shown = without_userinfo(url)
+    shown = shown_url(url)
     problem = ""
     try:
         parts = urlsplit(url)

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from batchrun.checkpoint import OutputWriter, result_line
+from batchrun.checkpoint import OutputWriteFailed, OutputWriter, result_line
 from batchrun.classify import Kind, Outcome
 from batchrun.client import ApiClient
 from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
@@ -37,7 +37,7 @@ from batchrun.endpoint import proxy_for
 from batchrun.endpoints.failover import RouteFailover
 from batchrun.endpoints.routing import FOR_THE_RUN, Out, combined
 from batchrun.endpoints.stamp import with_endpoint
-from batchrun.errors import BadLine, BatchrunError, InputChanged
+from batchrun.errors import BadLine, BatchrunError, InputChanged, StateError
 from batchrun.events import (
     AttemptEnded,
     BudgetUsed,
@@ -62,6 +62,18 @@ __all__ = ["Client", "Engine", "JobSpec", "Upstream"]
 
 QUEUE_PER_LANE = 1024
 MAX_BACKOFF_S = 60.0
+
+
+# What an attempt's decision writes a line for.
+_LINES = (Action.WRITE, Action.FAIL, Action.TOO_LARGE)
+
+
+def _cannot_write(exc: StateError) -> str:
+    """A failed write, worded for the stop's message (which says what to run next)."""
+    if isinstance(exc, OutputWriteFailed):
+        return (f"Cannot write to {exc.path}: {exc.reason}, so nothing more was sent. Free "
+                "space on its disk or fix its permissions.")
+    return exc.message
 
 
 class Engine(RouteFailover):
@@ -105,6 +117,8 @@ class Engine(RouteFailover):
         self._stop: Stop | None = None
         self._stop_lane: Lane | None = None
         self._interrupts = 0
+        self._abandoned = 0  # requests in flight given up at a stop (Stop.abandoned)
+        self._unwritten = 0  # answers whose lines the output refused (Stop.unwritten)
         self._input_done = False
         self._attempts: set[asyncio.Task[None]] = set()
         self._dispatchers: set[asyncio.Task[None]] = set()
@@ -155,17 +169,20 @@ class Engine(RouteFailover):
         return self._final_stop()
 
     def interrupt(self) -> None:
-        """Ctrl-C: the first stops admitting and drains; the second abandons in-flight requests.
-        While the job is already stopping for another reason (the daily limit, a refused key),
-        the first changes nothing and the second abandons: the stop keeps its own reason."""
+        """Ctrl-C: the first stops admitting and drains for `drain_s`; the second abandons
+        in-flight requests. While the job is already stopping for another reason (the daily
+        limit, a refused key), which waits up to the request timeout, the first shortens that
+        wait to `drain_s` and the second abandons: the stop keeps its own reason."""
         self._interrupts += 1
         if self._stop is None:
             self._halt(Stop(StopKind.INTERRUPTED), "interrupted: finishing requests in flight")
         elif self._interrupts >= 2:
             self._cancel_attempts()
         else:
-            self._emit(StateChanged("draining", "finishing requests in flight; press Ctrl-C "
-                                    "again to abandon them"))
+            self._emit(StateChanged("draining", f"finishing requests in flight for up to "
+                                    f"{self.spec.drain_s:g}s; press Ctrl-C again to abandon "
+                                    "them"))
+            self._later(self._drain_deadline(self.spec.drain_s))
 
     # -- reader ---------------------------------------------------------------------------------
 
@@ -271,6 +288,11 @@ class Engine(RouteFailover):
             if self._never_fits(lane, job):  # the server may have taught a lower limit
                 self._ended(lane)
                 continue
+            if (full := self._writer.room_left()) is not None:
+                lane.retries.appendleft(job)  # never sent: it goes on resume
+                self._halt(Stop(StopKind.OUTPUT, server_message=full),
+                           "the output's disk is full: finishing requests in flight")
+                return
             try:
                 ticket = await route.admit(job, self._clock())
             except SharedStateError as exc:  # never sent: it goes again on resume
@@ -296,6 +318,7 @@ class Engine(RouteFailover):
 
     async def _attempt(self, lane: Lane, route: Route, job: Job, ticket: Ticket) -> None:
         outcome = await route.upstream.client.send(route.request_for(job.request))
+        stopping = self._stop is not None  # the job stopped while this request was out
         job.last = outcome
         kind = outcome.kind
         job.tries.rate_limited += kind is Kind.RATE_MINUTE
@@ -309,6 +332,9 @@ class Engine(RouteFailover):
         if action in (Action.WAIT_DAY, Action.STOP_DAILY) and job.day is not None and \
                 servers_yesterday(job.day, self._now_utc(), outcome.hint_s):
             action = Action.BACKOFF  # the server's day, behind ours, ends in moments: not ours
+        if stopping and action not in _LINES and not outcome.usage_known:
+            # No line and no answer, maybe billed: the stop's message must not call it written.
+            self._abandoned += 1
         if len(lane.routes) > 1 and await self._fail_over(lane, route, job, action):
             return
         if action is Action.WRITE:
@@ -403,7 +429,14 @@ class Engine(RouteFailover):
             custom_id, out.status if out else None, out.request_id if out else "", body, error,
             out.raw_body if out is not None else None,
         )
-        self._writer.write(with_endpoint(line, endpoint) if self.spec.record_endpoint else line)
+        try:
+            self._writer.write(with_endpoint(line, endpoint) if self.spec.record_endpoint
+                               else line)
+        except StateError as exc:
+            self._unwritten += out is not None and out.status is not None
+            self._halt(Stop(StopKind.OUTPUT, server_message=_cannot_write(exc)),
+                       "cannot write the output: finishing requests in flight")
+            return
         self._done += 1
         self._accounted += 1
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
@@ -418,7 +451,8 @@ class Engine(RouteFailover):
         stop = self._stop
         if stop is None:
             return None
-        stop = replace(stop, done=self._done, total=self._total)
+        stop = replace(stop, done=self._done, total=self._total, abandoned=self._abandoned,
+                       interrupted=self._interrupts > 0, unwritten=self._unwritten)
         lane = self._stop_lane
         if stop.kind is StopKind.DAILY and lane is not None:
             budgets = [r.budget.describe(stop.server_message) for r in lane.routes]
@@ -442,22 +476,32 @@ class Engine(RouteFailover):
         self._emit(StateChanged("running"))
 
     def _halt(self, stop: Stop, detail: str, lane: Lane | None = None) -> None:
+        """Stop admitting. The requests in flight were sent, so the API bills them whether or
+        not we wait: every stop but Ctrl-C waits for their answers, up to the request timeout
+        (by when the client gives each up), and writes them, so neither a resume nor --via
+        auto's Batch API sends them again. Ctrl-C waits only `drain_s` (the user wants out)."""
         if self._stop is not None:
             return
         self._stop, self._stop_lane = stop, lane
+        if stop.kind is StopKind.INTERRUPTED:
+            wait_s = self.spec.drain_s
+        else:
+            wait_s = self.spec.timeout_s
+            detail += f" (waiting up to {wait_s:g}s, the request timeout, for their answers)"
         self._emit(StateChanged("draining", detail))
         for each in self._lanes.values():
             each.space.set()
         for task in self._dispatchers:
             # A dispatcher may be waiting out a cooldown in the limiter; it must not send again.
             task.cancel()
+        if self._attempts - {asyncio.current_task()}:  # not only the attempt that stops it
+            self._later(self._drain_deadline(wait_s))
 
-        async def drain_deadline() -> None:
-            await self._sleep(self.spec.drain_s)
-            self._cancel_attempts()
-
-        self._later(drain_deadline())
+    async def _drain_deadline(self, wait_s: float) -> None:
+        await self._sleep(wait_s)
+        self._cancel_attempts()
 
     def _cancel_attempts(self) -> None:
         for task in list(self._attempts):
-            task.cancel()
+            if not task.cancelling():  # a second Ctrl-C after the deadline counts none twice
+                self._abandoned += task.cancel()

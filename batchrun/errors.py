@@ -34,6 +34,10 @@ _HEX_KEY = re.compile(r"\b[0-9a-f]{32}\b")
 # unencoded '/', '?' or '#' in a password hides where the authority really ends. Possessive, so a
 # text of many "://" without spaces costs one pass, not one per "://".
 _URL_TAIL = re.compile(r"://([^\s'\"<>]*+)")
+# A query parameter whose name says it holds a credential (api-key, access_token, sig, password…):
+# its value is masked whatever its shape. Others (api-version) stay: they say where a call went.
+_SECRET_PARAM = re.compile(
+    r"([?&;][^=&#;?]*?(?:key|token|secret|passw|pwd|sig|auth|cred)[^=&#;?]*=)[^&#;]*", re.I)
 # Terminal escape sequences (CSI, OSC, 8-bit CSI), then any other control or format character
 # (C0 but newline and tab, DEL, C1, bidirectional overrides, zero-width characters).
 _ESCAPE_SEQUENCE = re.compile(
@@ -51,9 +55,20 @@ _CONTROL = re.compile(
 MIN_SECRET_LEN = 8
 
 
-def _mask_userinfo(match: re.Match[str]) -> str:
+def _mask_url(match: re.Match[str]) -> str:
+    """A URL's credentials: its userinfo, its secret-named parameters and its fragment (where
+    keys travel in links, since it never reaches a server's logs)."""
     tail = match.group(1)
-    return "://***@" + tail.rpartition("@")[2] if "@" in tail else match.group(0)
+    if "@" in tail:
+        tail = "***@" + tail.rpartition("@")[2]
+    head, fragment, _ = tail.partition("#")
+    return "://" + _SECRET_PARAM.sub(r"\1***", head) + (fragment and "#…")
+
+
+def redact_urls(text: str) -> str:
+    """The credentials of every URL in `text` masked (`_mask_url`), and nothing else changed:
+    safe for any message, also one that quotes paths or ids."""
+    return _URL_TAIL.sub(_mask_url, text) if "://" in text else text
 
 
 def redact(text: str, *secrets: str | None, hex_keys: bool = True) -> str:
@@ -66,9 +81,7 @@ def redact(text: str, *secrets: str | None, hex_keys: bool = True) -> str:
     text = _TOKEN_LIKE.sub("[redacted]", text)
     if hex_keys:
         text = _HEX_KEY.sub("[redacted]", text)
-    if "://" in text and "@" in text:
-        text = _URL_TAIL.sub(_mask_userinfo, text)
-    return text
+    return redact_urls(text)
 
 
 def printable(text: str) -> str:

@@ -20,6 +20,7 @@ class StopKind(enum.Enum):
     INPUT_CHANGED = "input_changed"  # the input file changed while the engine read it
     INCOMPLETE = "incomplete"  # the reader gave fewer lines than the check counted
     STATE = "state"  # the shared state (--state redis://) stopped answering
+    OUTPUT = "output"  # the output cannot take another line (a full disk, a write refused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,10 +36,40 @@ class Stop:
     host: str = ""  # NO_NETWORK: where the job could not connect
     input: str = ""  # INPUT_CHANGED, INCOMPLETE: the job's input file
     change: str = ""  # INPUT_CHANGED: what changed, e.g. "its size went from 10 to 5 bytes"
+    # Requests in flight at the stop that got no answer: abandoned (Ctrl-C, the end of the
+    # wait) or ended without one (a timeout, a reset, a 5xx). The API may have billed them, and
+    # the job sends them again.
+    abandoned: int = 0
+    interrupted: bool = False  # Ctrl-C came while it stopped (for this reason or another)
+    unwritten: int = 0  # OUTPUT: answers that came but whose lines could not be written
+
+
+def hands_over_to_batch(stop: Stop, via: str) -> bool:
+    """--via auto: the sync path's stop hands what is left to the Batch API at once only when
+    it was the daily budget and nobody pressed Ctrl-C: after a Ctrl-C the user wants out, and
+    requests its drain abandoned (maybe billed) must not be sent again on the spot."""
+    return via == "auto" and stop.kind is StopKind.DAILY and not stop.interrupted
+
+
+def abandoned_note(abandoned: int) -> str:
+    """What a message says of requests in flight given up at a stop ("" when none was)."""
+    if not abandoned:
+        return ""
+    one = abandoned == 1
+    return (f" {abandoned:,} request{'' if one else 's'} in flight got no answer (abandoned "
+            f"at the stop, or timed out; the API may have billed {'it' if one else 'them'}); "
+            f"resuming sends {'it' if one else 'them'} again.")
 
 
 def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
     """The message and exit code the user sees. `resume`: the command that continues the job."""
+    error = _phrase(stop, output, resume, key_env)
+    if stop.abandoned and stop.kind is not StopKind.STATE:  # STATE words it in its sentence
+        error = type(error)(error.message + abandoned_note(stop.abandoned))
+    return error
+
+
+def _phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
     done = f"{stop.done:,} of {stop.total:,} requests done"
     if stop.kind is StopKind.DAILY:
         said = f" (The server said: {stop.server_message})" if stop.server_message else ""
@@ -68,10 +99,18 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
             f"The job is not finished: {done}, and reading {stop.input} again gave none of the "
             "rest. Nothing is lost: make sure nothing is changing the file, then continue "
             f"with: {resume}")
+    if stop.kind is StopKind.OUTPUT:
+        lost = ""
+        if stop.unwritten:
+            lost = (f" {stop.unwritten:,} answer{'s' if stop.unwritten != 1 else ''} could not "
+                    "be written (the API billed them; resuming sends them again).")
+        return StateError(f"{stop.server_message} {done}, kept in {output}.{lost} Then "
+                          f"continue with: {resume}")
     if stop.kind is StopKind.STATE:
-        return StateError(f"{stop.server_message} {done}, kept in {output}; the requests in "
-                          f"flight were finished and written. Once it answers again, continue "
-                          f"with: {resume}")
+        flight = (abandoned_note(stop.abandoned).strip() if stop.abandoned else
+                  "The requests in flight were finished and written.")
+        return StateError(f"{stop.server_message} {done}, kept in {output}. {flight} Once it "
+                          f"answers again, continue with: {resume}")
     return Interrupted(
         f"Interrupted. {stop.done:,} of {stop.total:,} requests are done and kept in {output}. "
         f"Continue with: {resume}")

@@ -1,9 +1,12 @@
 """A real redis-server for the shared-state tests: started on a free loopback port with no
-persistence, stopped after. Tests that need it are skipped, with a message, where redis-server
-is not installed (CI installs it: .ci/run)."""
+persistence, stopped after. Where redis-server is not installed, tests that need it are
+skipped, and the run ends with a line saying how many; under CI (`CI` set, as .ci/run's host
+sets it), which installs it, they fail instead: a CI that lost redis-server must not pass
+without them."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -69,11 +72,31 @@ class RedisServer:
         client.close()
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _require() -> None:
     if REDIS_SERVER is None:
+        if _in_ci():
+            pytest.fail(f"{SKIP}; CI installs it (.ci/run), so here its absence is an error",
+                        pytrace=False)
         pytest.skip(SKIP)
     pytest.importorskip("redis", reason="the redis client is not installed: "
                         "pip install -e '.[test]'")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """A skip listed among the others is easy to miss: say it once more, loudly, after the
+    short summary (outermost wrapper: after the terminal reporter's own), just above the
+    counts."""
+    yield
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if SKIP in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep(
+            "!", f"{len(skipped)} Redis state tests were SKIPPED: redis-server is not "
+            "installed (apt-get install redis-server)", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +128,30 @@ def redis_factory(tmp_path: Path) -> Iterator[type[RedisServer]]:
     yield Factory
     for server in started:
         server.stop()
+
+
+def everything_stored(url: str) -> list[str]:
+    """Every key name and every value (hash fields and values, set and sorted-set members)
+    in the Redis at `url`, as text: what anyone who can read that Redis can read."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    found: list[str] = []
+    try:
+        for name in client.scan_iter("*"):
+            found.append(name.decode())
+            kind = client.type(name).decode()
+            if kind == "string":
+                found.append((client.get(name) or b"").decode(errors="replace"))
+            elif kind == "hash":
+                for field, value in client.hgetall(name).items():
+                    found += [field.decode(errors="replace"), value.decode(errors="replace")]
+            elif kind == "set":
+                found += [m.decode(errors="replace") for m in client.smembers(name)]
+            elif kind == "zset":
+                found += [m.decode(errors="replace") for m in client.zrange(name, 0, -1)]
+            else:
+                raise AssertionError(f"batchrun wrote a {kind} at {name!r}: read it here too")
+    finally:
+        client.close()
+    return found

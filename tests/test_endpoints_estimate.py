@@ -44,14 +44,16 @@ def test_estimate_spreads_the_job_over_the_endpoints_and_names_what_binds_each(
     assert run.code == 0, run.stderr  # no key is needed to estimate
     [model] = orjson.loads(run.stdout)["models"]
     rows = {r["name"]: r for r in model["endpoints"]}
-    charge = model["limit_tokens"] / model["requests"]
+    # Worked by hand: each request is charged 8 prompt tokens ("x" in the chat template) and
+    # its 22 of output, 30 in all. a admits 600 a minute (its RPM); b's 6,000 TPM admits
+    # 6,000 / 30 = 200 (below its 1,200 RPM). Together 800 a minute: 600 requests take 0.75
+    # minutes, three quarters of them through a.
+    assert model["limit_tokens"] == 600 * 30
     assert rows["a"]["binding"] == "rpm" and rows["a"]["requests_per_min"] == 600
-    assert rows["b"]["binding"] == "tpm"
-    assert rows["b"]["requests_per_min"] == round(6000 / charge, 1)
-    assert rows["spare"]["share"] == 0.0
+    assert rows["b"]["binding"] == "tpm" and rows["b"]["requests_per_min"] == 200
+    assert (rows["a"]["share"], rows["b"]["share"], rows["spare"]["share"]) == (0.75, 0.25, 0.0)
     assert model["limits"]["rpm"] == 1800  # a + b; the spare is not counted
     assert model["binding"] == "endpoints"
-    expected = round(600 / (600 + 6000 / charge), 2)
-    assert model["minutes_to_finish"] == expected
+    assert model["minutes_to_finish"] == 0.75
     text = run_cli("estimate", str(jobs), "--endpoints", str(conf))
     assert "  b " in text.stdout and "TPM binds" in text.stdout

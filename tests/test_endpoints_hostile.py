@@ -125,7 +125,8 @@ def test_retry_failed_does_not_count_the_dropped_failures_twice_per_endpoint(
     first = run_cli("submit", str(jobs), "--endpoints", str(conf), "--max-retries", "0", "-q")
     assert first.code == 1, first.stderr
     toml_file(conf, openai("good", good.base_url, "KEY_A", 6000))  # the user fixes the file
-    again = run_cli("resume", "--retry-failed", "-q")
+    # (an edited endpoints file is named on resume: --force says the edit is meant)
+    again = run_cli("resume", "--retry-failed", "--force", "-q")
     assert again.code == 0, again.stderr
     job = orjson.loads(run_cli("status", "--json").stdout)["jobs"][0]
     assert (job["done"], job["failed"]) == (4, 0)
@@ -305,7 +306,13 @@ def test_an_endless_endpoints_file_is_refused_after_its_first_megabyte(
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
     run = run_cli("submit", str(jobs))
     assert run.code == 2
-    assert "/dev/zero: larger than 1 MB; an endpoints file lists a few endpoints" in run.stderr
+    assert "/dev/zero is not a regular file" in run.stderr
+    huge = tmp_path / "huge.toml"
+    huge.write_bytes(b"#" * (1 << 20) + b"\n")
+    monkeypatch.setenv("BATCHRUN_ENDPOINTS", str(huge))
+    run = run_cli("submit", str(jobs))
+    assert run.code == 2
+    assert f"{huge}: larger than 1 MB; an endpoints file lists a few endpoints" in run.stderr
 
 
 def test_estimate_refuses_a_model_no_endpoint_serves_as_submit_does(tmp_path: Path) -> None:

@@ -38,11 +38,12 @@ def test_a_redis_with_a_password_is_used_and_the_password_never_shown(
                   "--rpd", "1000", "--rpm", "60000", env=ENV)
     assert run.code == 0, run.stderr
     assert len(read_results(tmp_path / "jobs.results.jsonl")) == 20
-    status = run_cli("status", "--state", redis.url)
+    status = run_cli("status", "--state", redis.url, env=ENV)  # the usage of the key it holds
     assert status.code == 0
     assert f"Shared state: redis://127.0.0.1:{redis.port}/0" in status.stdout
     assert "requests by host today" in status.stdout and "(20)" in status.stdout
-    usage = orjson.loads(run_cli("status", "--json", env={"BATCHRUN_STATE": redis.url}).stdout)
+    usage = orjson.loads(run_cli("status", "--json",
+                                 env={**ENV, "BATCHRUN_STATE": redis.url}).stdout)
     assert [(u["model"], u["requests"], u["rpd"]) for u in usage["usage"]] == [
         ("gpt-4o-mini", 20, 1000)]
     estimate = run_cli("estimate", str(jobs), "--state", redis.url, "--json",

@@ -55,7 +55,7 @@ async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait
                                  sleep=_short_sleep, state=StateUrl(redis_url))
 
         stops = await asyncio.gather(*(host(name) for name in "abcd"))
-    state = await RedisState.connect(StateUrl(redis_url), lambda: NOW)
+    state = await RedisState.connect(StateUrl(redis_url), lambda: NOW, keys=(FAKE_KEY,))
     try:
         [row] = await state.usage_rows(NOW.date())
     finally:
@@ -171,5 +171,9 @@ async def test_a_per_day_429_about_the_servers_yesterday_is_waited_out_not_a_day
         now[0] = dt.datetime(2026, 11, 28, 0, 0, 1, tzinfo=dt.UTC)  # the server: 23:59:59
         assert await host("b", 2) is None
     assert len(read_results(tmp_path / "b.out")) == 2
-    # a's sixth, then b's two, sent again once the server's day had turned
-    assert (sim.stats.statuses[429], sim.stats.ok) == (3, 7)
+    # a's sixth refused, then b's first (and its second, when it reached the server before
+    # the first's refusal came back: a race on loopback, as the refusal is answered at once
+    # and the waiting it starts moves this test's clock), each sent again once the server's
+    # day had turned.
+    assert sim.stats.statuses[429] in (2, 3)
+    assert sim.stats.ok == 7

@@ -17,7 +17,7 @@ import pytest
 
 from batchrun.classify import Kind, Outcome
 from batchrun.sim import SimConfig, SimLimits
-from batchrun.state._redis import DAY_TTL_S, _key, scope_name
+from batchrun.state._redis import DAY_TTL_S
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.redis_server import RedisServer
@@ -75,11 +75,11 @@ async def test_every_key_batchrun_writes_expires_even_one_it_finds_gone(
     client = redis.asyncio.from_url(redis_url)
     # The bucket outlived its idle TTL (a request in flight for minutes), then the answer's
     # "ok" travels with an admission that finds the day spent.
-    await client.delete(_key("lim", scope_name(SCOPE)))
+    await client.delete(gate.budget.names.lim())
     assert await gate.admit(5, 0.0) is None
     ttls = {key.decode(): await client.pttl(key) async for key in client.scan_iter()}
     await client.aclose()
-    assert _key("lim", scope_name(SCOPE)) in ttls
+    assert gate.budget.names.lim() in ttls
     assert all(0 < ttl <= DAY_TTL_S * 1000 for ttl in ttls.values()), ttls
 
 

@@ -94,10 +94,11 @@ from batchrun.ledger import Scope
 from batchrun.state import StateUrl
 from batchrun.state._redis import ADMITTED, RedisState
 from batchrun.tiers import Limits
+from tests.conftest import FAKE_KEY
 from tests.test_state_redis import DAY, SCOPE
 
 async def main(url, rpd, rpm):
-    state = await RedisState.connect(StateUrl(url), lambda: DAY)
+    state = await RedisState.connect(StateUrl(url), lambda: DAY, keys=(FAKE_KEY,))
     budget = state.budget(SCOPE, 0, rpd)
     limits = Limits(rpm=rpm, rpd=rpd)
     got = await asyncio.gather(*(state.admit(budget, 5, DAY.date(), limits) for _ in range(60)))

@@ -37,7 +37,8 @@ async def hosts(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
     async def connect(now_utc: Callable[[], dt.datetime] | None = None,
                       name: str = "") -> RedisState:
         state = await RedisState.connect(StateUrl(redis_url), now_utc or Day(),
-                                         host_id=name or f"host{len(opened)}")
+                                         host_id=name or f"host{len(opened)}",
+                                         keys=(FAKE_KEY,))
         opened.append(state)
         return state
 
@@ -237,3 +238,38 @@ async def test_usage_above_a_reservation_is_written_at_once_near_the_days_end(
     # sees it before anything else is admitted.
     assert (await b.usage_rows(day))[0]["tokens"] == seen_at_once
     assert gate.budget.used_today() == (150, 1)
+
+
+async def test_an_admission_cancelled_while_redis_answers_is_counted_once_and_given_back(
+        hosts: Any) -> None:
+    # A stop cancels an admission whose script Redis has already run: the give-back that rode
+    # on it was written and must not ride again, and the request it admitted, never to be
+    # sent, goes back too.
+    a = await hosts()
+    gate = _gate(a, Limits(tpd=100_000))
+    day, ticket = await gate.admit(10_000, 0.0) or pytest.fail("not admitted")
+    billed = Outcome(Kind.OK, 200,
+                     body={"usage": {"prompt_tokens": 4_000, "completion_tokens": 1_000}})
+    await gate.settle(day, ticket, 10_000, billed, None)  # 5,000 go back with the next admission
+    script, ran, answer = a._admit, asyncio.Event(), asyncio.Event()
+
+    async def answered_late(**kwargs: Any) -> Any:
+        reply = await script(**kwargs)
+        ran.set()
+        await answer.wait()  # the reply is still on its way when the stop comes
+        return reply
+
+    a._admit = answered_late
+    stopped = asyncio.ensure_future(gate.admit(1_000, 0.0))
+    await ran.wait()
+    stopped.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopped
+    a._admit = script
+    answer.set()
+    assert await gate.admit(1_000, 0.0) is not None
+    await a.close()  # what is still to give back is written
+    # By hand: 10,000 reserved, 5,000 of it given back; 1,000 admitted and given back unsent;
+    # 1,000 admitted. Two requests.
+    rows = await (await hosts()).usage_rows(day)
+    assert (rows[0]["tokens"], rows[0]["requests"]) == (6_000, 2)

@@ -8,11 +8,11 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 
-from batchrun.ledger import ledger_host
+from batchrun.ledger import key_fingerprint, ledger_host
 from batchrun.sim import SimConfig, SimLimits
 from tests.conftest import read_results, run_cli, write_jsonl
+from tests.redis_server import everything_stored
 from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
 
 
@@ -57,16 +57,20 @@ def test_endpoints_with_redis_state_keep_each_endpoints_own_scope(
     assert run.code == 0, run.stderr
     assert len(read_results(out)) == 40
     assert a.stats.ok > 0 and b.stats.ok > 0 and a.stats.ok + b.stats.ok == 40
-    status = run_cli("status", "--state", redis_url, "--json")
+    # The endpoints' keys, found through $BATCHRUN_ENDPOINTS: the shared state shows their usage.
+    status = run_cli("status", "--state", redis_url, "--json",
+                     env={"BATCHRUN_ENDPOINTS": str(conf)})
     assert status.code == 0, status.stderr
     hosts = {row["host"]: row["requests"] for row in _usage(status.stdout)}
     assert hosts == {_host(a.base_url): a.stats.ok, _host(b.base_url): b.stats.ok}
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = [k.decode() for k in client.scan_iter("*")]
-    finally:
-        client.close()
-    assert not any(KEY_A in k or KEY_B in k for k in keys)
+    # Neither key, nor any part of it, in a key name or a value anyone with the Redis can read.
+    stored = everything_stored(redis_url)
+    assert len(stored) > 10 and any("|" in s for s in stored)  # the scopes were read
+    for key in (KEY_A, KEY_B):
+        secret = key.removeprefix("sk-test-")
+        assert not any(secret[:12] in s or secret[-12:] in s for s in stored), key
+        # nor its public fingerprint, which would tell another host whose counts are whose
+        assert not any(key_fingerprint(key) in s for s in stored), key
 
 
 def _usage(stdout: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.batch.api import Transient
-from batchrun.batch.parts import COLLECTED, TERMINAL, BatchBook, Part, PartFiles
+from batchrun.batch.parts import SUBMITTED, TERMINAL, BatchBook, Part, PartFiles
 from batchrun.batch.remote import Api, text
 from batchrun.errors import BatchrunError, StateError
 from batchrun.jobstore import Manifest
@@ -42,8 +42,7 @@ class Fetched:
 
 
 def _lookable(part: Part) -> bool:
-    return part.batch_id is not None and part.active and part.state not in ("creating",
-                                                                            COLLECTED)
+    return part.state == SUBMITTED and part.batch_id is not None
 
 
 async def look(api: Api, host: str, manifest: Manifest, home: Path) -> Fetched:
@@ -55,9 +54,9 @@ async def look(api: Api, host: str, manifest: Manifest, home: Path) -> Fetched:
     for part in filter(_lookable, book.parts):
         assert part.batch_id is not None
         try:
-            batch = ({"id": part.batch_id} if part.state in TERMINAL
+            batch = ({"id": part.batch_id} if part.finished
                      else await api.retrieve(part.batch_id))
-            status = text(batch.get("status")) or part.state
+            status = text(batch.get("status")) or part.api_status
             if status in TERMINAL:
                 await _download(api, files, part, batch, fetched)
         except Transient as exc:

@@ -18,8 +18,10 @@ refused (its line is named, the value never shown).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,14 +229,12 @@ def _fine_if_insecure(raw: dict[str, Any], key_env: str) -> bool:
     return True
 
 
-def load_endpoints(path: Path, need_keys: bool = True,
-                   job: str | None = None) -> tuple[EndpointConfig, ...]:
-    """Read and check an endpoints file; InputError (exit 2) naming file and line if not fit.
-    `need_keys`: each api_key_env must be set (not for `estimate`, which sends nothing).
-    `job`: the job being resumed over the file, for the message if it cannot be read."""
+def _read(path: Path, job: str | None) -> bytes:
+    """The file's bytes, no more than the cap. Not a regular file (a FIFO, a device): refused,
+    not read for ever."""
     try:
-        with path.expanduser().open("rb") as file:  # no more than the cap, whatever it is
-            raw_bytes = file.read(MAX_FILE_BYTES + 1)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer.
+        fd = os.open(path.expanduser(), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         if job is not None:
             raise InputError(
@@ -244,16 +244,59 @@ def load_endpoints(path: Path, need_keys: bool = True,
         raise InputError(
             f"cannot read the endpoints file {path}: {exc.strerror}. Give --endpoints (or "
             "$BATCHRUN_ENDPOINTS) the path of a TOML file of [[endpoint]] tables.") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{path} is not a regular file (a pipe or a device?); give "
+                             "--endpoints the path of a TOML file of [[endpoint]] tables.")
+        raw_bytes = file.read(MAX_FILE_BYTES + 1)
     if len(raw_bytes) > MAX_FILE_BYTES:
         raise InputError(f"{path}: larger than 1 MB; an endpoints file lists a few endpoints")
-    text = raw_bytes.decode("utf-8", errors="replace")
+    return raw_bytes
+
+
+def digest(path: Path) -> str:
+    """What the job records of its endpoints file, to notice an edit on resume: the whole
+    file's hash (it is small), so the same bytes written again are no change."""
+    return hashlib.sha256(_read(path, None)).hexdigest()
+
+
+def check_unchanged(options: dict[str, Any], job: str, force: bool) -> None:
+    """On resume: refuse (exit 2, naming the file) an endpoints file edited since the job
+    recorded it, unless `force`, which records it as it is now. A file that cannot be read is
+    left to the reading that follows, with its own message."""
+    path, then = options.get("endpoints"), options.get("endpoints_sha256")
+    if not path or not then:
+        return  # no --endpoints, or a job from before the file was fingerprinted
+    try:
+        now = digest(Path(path))
+    except InputError:
+        return
+    if now == then:
+        return
+    if not force:
+        raise InputError(
+            f"{path} changed since job {job} started: its endpoints, keys' variables or limits "
+            "may not be the ones the job ran with. Restore the file, or add --force to resume "
+            "over it as it is now.")
+    options["endpoints_sha256"] = now
+
+
+def load_endpoints(path: Path, need_keys: bool = True,
+                   job: str | None = None) -> tuple[EndpointConfig, ...]:
+    """Read and check an endpoints file; InputError (exit 2) naming file and line if not fit.
+    `need_keys`: each api_key_env must be set (not for `estimate`, which sends nothing).
+    `job`: the job being resumed over the file, for the message if it cannot be read."""
+    text = _read(path, job).decode("utf-8", errors="replace")
+    reader = _Reader(path, text)
     try:
         data = tomllib.loads(text)
+        _scan_for_keys(reader, data, 0)
     except tomllib.TOMLDecodeError as exc:
         # tomllib says "(at line N, column M)": its own words carry the position.
         raise InputError(f"{path}: not valid TOML: {exc}") from None
-    reader = _Reader(path, text)
-    _scan_for_keys(reader, data, 0)
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to read; an endpoints file holds "
+                         "[[endpoint]] tables a few levels deep") from None
     unknown = sorted(set(data) - {"endpoint"})
     if unknown:
         raise InputError(f"{reader.where(0, unknown[0])}: unknown key {unknown[0]!r}; the file "

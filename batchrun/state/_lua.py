@@ -1,12 +1,14 @@
-"""The two Lua scripts that make admission and settlement atomic in Redis.
+"""The Lua scripts that make admission and settlement atomic in Redis (and rename the keys an
+older batchrun wrote).
 
 Times are the Redis server's (`TIME`, in ms), never a host's: hosts' clocks differ, and every
 host must agree on when a bucket refills. The UTC day is the caller's (batchrun's injectable
 `now_utc`), so a test can move midnight. Keys (all given as KEYS, so a script touches nothing it
 was not handed):
 
-    lim    hash  per (API host, key fingerprint, model): tat_r, tat_t (when each bucket is full
-                 again), cool_until, cool_start, streak, last429, scale, scale_at, rpm, tpm
+    lim    hash  per (API host, API key, model), named by an HMAC keyed by the API key (every
+                 name here is): tat_r, tat_t (when each bucket is full again), cool_until,
+                 cool_start, streak, last429, scale, scale_at, rpm, tpm
                  (the lowest limits any host was told), cfg_r, cfg_t (the lowest limits a
                  host asking lately was given) and when each was last asked with
                  (cfg_r_at, cfg_t_at). Expires after LIM_TTL_MS idle.
@@ -14,12 +16,14 @@ was not handed):
                  checked against) and h:<host id> = requests that
                  host was admitted. Expires after 48 h.
                  o:<instance> = tokens that process reserved and has not yet settled
-                 (its reservations in flight).
+                 (its reservations in flight); g:<instance> = the number and totals of that
+                 process's last write applied (see `carried`).
     open   zset  per (…, UTC day): instance -> until when (server ms) its reservations count
                  as in flight: its last admission plus its request timeout and a margin, so a
                  dead host's unsettled reservations stop holding other hosts back then.
     hosts  zset  host id -> last admission (ms); `status` lists the recent ones.
-    scopes set   per UTC day: the scopes used that day, for `status`.
+    scopes set   per API key and UTC day (named by the key's HMAC): "API host|model" of the
+                 scopes the key used that day, for `status`.
     epoch  str   a random value set when batchrun first meets this Redis; a script that finds
                  another (or none) knows the server lost its memory and refuses to go on. It
                  expires with the daily keys (48 h after the last admission): nothing it vouches
@@ -29,8 +33,27 @@ was not handed):
 from __future__ import annotations
 
 # What a process's settled reservations close (KEYS day and open, ARGV instance and tokens
-# closed): shared by both scripts.
+# closed), and what a write carries (`carried`): shared by both scripts.
+#
+# A process gives back (tokens, requests, reservations closed) as running totals per day, each
+# write numbered; the day hash keeps, per process (g:<instance>), the number and totals it last
+# applied. A write applies only what its totals add to those, and only when its number is
+# higher: a write Redis ran but whose answer was lost (the caller cancelled) is carried again
+# by the next one without being applied twice, and a late write adds nothing a later one
+# already applied.
 CLOSE = """
+local function carried(day, inst, seq, t, r, c, ttl)
+  local was = redis.call('HGET', day, 'g:' .. inst)
+  local s0, t0, r0, c0 = 0, 0, 0, 0
+  if was then
+    local a, b, d, e = string.match(was, '^(%d+) (%-?%d+) (%-?%d+) (%-?%d+)$')
+    s0, t0, r0, c0 = tonumber(a), tonumber(b), tonumber(d), tonumber(e)
+  end
+  if seq <= s0 or (t == t0 and r == r0 and c == c0) then return 0, 0, 0 end
+  redis.call('HSET', day, 'g:' .. inst, string.format('%d %d %d %d', seq, t, r, c))
+  redis.call('EXPIRE', day, ttl)
+  return t - t0, r - r0, c - c0
+end
 local function close(day, open, inst, closed)
   if closed == 0 then return end
   if redis.call('HINCRBY', day, 'o:' .. inst, -closed) <= 0 then
@@ -41,8 +64,10 @@ end
 """
 
 # KEYS: lim, day, hosts, scopes, epoch, open
-# ARGV: epoch, host id, scope, rpm, tpm, tpd, rpd, cost, tokens delta, requests delta, oks,
-#       burst ms, ahead ms, lim ttl ms, day ttl s, active ms, instance, tokens closed, hold ms
+# ARGV: epoch, host id, scope, rpm, tpm, tpd, rpd, cost, tokens given back, requests given
+#       back, oks, burst ms, ahead ms, lim ttl ms, day ttl s, active ms, instance, tokens
+#       closed, hold ms, write number (given back and closed: this process's totals, see
+#       `carried`)
 # Returns: status (0 admitted, 1 day spent, 2 try later, 3 state lost), wait ms, day tokens,
 #          day requests, exhausted, rpm, tpm, server now ms, and (status 1) the tokens other
 #          processes hold in reservations still in flight.
@@ -50,11 +75,12 @@ ADMIT = CLOSE + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return {3, 0, 0, 0, 0, 0, 0, now, 0} end
-close(KEYS[2], KEYS[6], ARGV[17], tonumber(ARGV[18]))
+local d_tokens, d_requests, d_closed = carried(KEYS[2], ARGV[17], tonumber(ARGV[20]),
+  tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[18]), tonumber(ARGV[15]))
+close(KEYS[2], KEYS[6], ARGV[17], d_closed)
 local lim, day = KEYS[1], KEYS[2]
 local rpm, tpm = tonumber(ARGV[4]), tonumber(ARGV[5])
 local tpd, rpd, cost = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local d_tokens, d_requests = tonumber(ARGV[9]), tonumber(ARGV[10])
 local burst, ahead = tonumber(ARGV[12]), tonumber(ARGV[13])
 -- What this host gives back (settled below its reservation) counts before it asks again.
 if d_tokens ~= 0 then redis.call('HINCRBY', day, 'tokens', d_tokens) end
@@ -150,17 +176,19 @@ return {0, math.ceil(send - now), used_t + cost, used_r + 1, 0, rpm, tpm, now, 0
 """
 
 # KEYS: lim, day, epoch, open
-# ARGV: epoch, tokens delta, requests delta, kind (0 plain, 1 per-minute 429, 2 per-day 429),
-#       hint ms, admitted at (server ms), rpm seen, tpm seen, burst ms, lim ttl ms, day ttl s,
-#       instance, tokens closed
+# ARGV: epoch, tokens given back, requests given back, kind (0 plain, 1 per-minute 429,
+#       2 per-day 429), hint ms, admitted at (server ms), rpm seen, tpm seen, burst ms,
+#       lim ttl ms, day ttl s, instance, tokens closed, write number (totals: see `carried`)
 # Returns: status (0 ok, 3 state lost), pause ms (kind 1: how long every host now waits).
 SETTLE = CLOSE + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then return {3, 0} end
 local lim, day = KEYS[1], KEYS[2]
-close(day, KEYS[4], ARGV[12], tonumber(ARGV[13]))
-local d_tokens, d_requests, kind = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local d_tokens, d_requests, d_closed = carried(day, ARGV[12], tonumber(ARGV[14]),
+  tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[13]), tonumber(ARGV[11]))
+close(day, KEYS[4], ARGV[12], d_closed)
+local kind = tonumber(ARGV[4])
 if d_tokens ~= 0 then redis.call('HINCRBY', day, 'tokens', d_tokens) end
 if d_requests ~= 0 then redis.call('HINCRBY', day, 'requests', d_requests) end
 if kind == 2 then redis.call('HSET', day, 'exhausted', 1) end
@@ -205,4 +233,22 @@ if kind == 1 then
 end
 redis.call('PEXPIRE', lim, tonumber(ARGV[10]))
 return {0, math.ceil(pause)}
+"""
+
+# KEYS: pairs of (name before key-derived names, name now): day, lim, hosts, open; then the old
+#       scopes set of the day and this key's scopes set of the day
+# ARGV: the scope's member in the old set, its member in the new set, day ttl s
+# Renames each old key whose new name is not taken yet: a job mid-day keeps its usage, learned
+# limits and reservations in flight across the upgrade (RENAME keeps each key's expiry).
+MIGRATE = """
+for i = 1, 7, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('RENAME', KEYS[i], KEYS[i + 1])
+  end
+end
+if redis.call('SREM', KEYS[9], ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[10], ARGV[2])
+  redis.call('EXPIRE', KEYS[10], tonumber(ARGV[3]))
+end
+return 0
 """

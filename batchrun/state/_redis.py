@@ -4,7 +4,7 @@ Design (issue #17), and why:
 
 - One round trip admits a request: the ADMIT script (EVALSHA through redis-py's
   register_script) checks and takes the day's tokens and request and a place in the per-minute
-  buckets of (API host, key fingerprint, model) in one atomic step, so two hosts can never both
+  buckets of (API host, API key, model) in one atomic step, so two hosts can never both
   take the last of any budget. No leases: a lease is budget one host holds while another waits,
   and a dead host's lease must be timed out. Here nothing is held but what was admitted.
 - The buckets are GCRA, "scheduled into the near future": the script records when each bucket is
@@ -16,10 +16,18 @@ Design (issue #17), and why:
   a server enforcing 1 s windows sees no 429 storm from four hosts. (The local limiter grows its
   burst by probing; shared pacing does not: its job is many hosts, where the limit, not the
   burst, decides throughput.)
-- The daily ledger is a hash per (API host, key fingerprint, model family, UTC day) with tokens,
+- The daily ledger is a hash per (API host, API key, model family, UTC day) with tokens,
   requests, the per-day 429 "exhausted" flag and a count per host; it expires after 48 h, the
   buckets after LIM_TTL idle. The UTC day is batchrun's `now_utc`, bucket time is Redis's TIME.
-  No key or value holds an API key: only its fingerprint.
+  No key or value holds an API key or its fingerprint: names are an HMAC keyed by the API key
+  (see _Names), so only a holder of the key finds its state, and `status` shows the caller's
+  keys only. Keys written before that (batchrun:v1:, named by the fingerprint) are renamed on
+  a job's first admission of the day (_from_old_names).
+- Exactly once: each write carries this process's give-backs as numbered running totals, and
+  Redis applies only what a newer write adds (_lua.py, `carried`): a write that ran but whose
+  answer was lost to a cancellation is never applied twice. An admission a stop cancels is
+  shielded: its answer is still read, and a request it admitted, never to be sent, is given
+  back (a crash before the answer leaves it counted: the safe side).
 - Settlement: what goes back (usage below the reservation, a request never sent) travels with
   this host's next admission, so it costs no round trip and is always counted before this host
   asks again; a crash loses only give-backs (the ledger over-counts, the safe side). Usage above
@@ -49,27 +57,40 @@ Design (issue #17), and why:
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import hashlib
+import hmac
 import os
 import secrets
 import socket
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from batchrun.classify import Kind, Outcome
 from batchrun.decide import billed
 from batchrun.errors import InputError, redact
-from batchrun.ledger import LEASE_SHARE, MAX_USAGE, DayUsage, Scope, describe_usage, utc_now
+from batchrun.ledger import (
+    LEASE_SHARE,
+    MAX_USAGE,
+    DayUsage,
+    Scope,
+    describe_usage,
+    key_fingerprint,
+    utc_now,
+)
 from batchrun.limiter import ServerState, Ticket
 from batchrun.state._gate import SharedStateError
-from batchrun.state._lua import ADMIT, SETTLE
+from batchrun.state._lua import ADMIT, MIGRATE, SETTLE
 from batchrun.state._midnight import servers_yesterday
 from batchrun.state._slots import SlotLimiter
 from batchrun.state._url import StateUrl
 from batchrun.tiers import Limits
 
-PREFIX = "batchrun:v1:"
+PREFIX = "batchrun:v2:"
+OLD_PREFIX = "batchrun:v1:"  # names built from the public fingerprint (see _Names)
 BURST_S = 0.9  # the local limiter's starting burst (1 s) less its reserve (0.1 s)
 AHEAD_S = 1.5  # the furthest ahead a request is scheduled; later ones ask again
 LIM_TTL_MS = 300_000  # buckets, cooldowns and learned limits outlive an idle minute, then go
@@ -79,6 +100,11 @@ TIMEOUT_S = 5.0  # a Redis slower than this counts as down
 POLL_S = 1.0  # how often a host refused for the day asks whether other hosts' usage came back
 HOLD_MARGIN_S = 30.0  # past the request timeout: an answer's settlement on a slow host
 ADMITTED, DAY_SPENT, LATER, LOST = 0, 1, 2, 3
+Totals = tuple[int, int, int]  # tokens, requests, reservations closed
+
+
+def _minus(a: Totals, b: Totals) -> Totals:
+    return a[0] - b[0], a[1] - b[1], a[2] - b[2]
 
 
 def _key(*parts: str) -> str:
@@ -86,15 +112,64 @@ def _key(*parts: str) -> str:
 
 
 def scope_name(scope: Scope) -> str:
-    return f"{scope.host}|{scope.key_fingerprint}|{scope.model}"
+    """How `status` lists a scope of a key: its API host and model (the key is the caller's)."""
+    return f"{scope.host}|{scope.model}"
+
+
+def key_secret(api_key: str) -> bytes:
+    """What names a key's data in Redis: derived from the key itself, never stored or shown."""
+    return hmac.new(api_key.encode(), b"batchrun shared state names", hashlib.sha256).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """The Redis keys of one scope. They are an HMAC keyed by the API key, not the fingerprint
+    `status` shows: a host that can read the Redis but does not hold the key cannot tell which
+    names are that key's, and so cannot read its usage or set its `exhausted` or limits. (It
+    can still scan and overwrite every name: only Redis ACLs or a database of its own keep out
+    a host that must not touch the key's state at all.)"""
+
+    scope: str
+    per_key: str
+
+    @classmethod
+    def of(cls, secret: bytes, host: str, model: str) -> _Names:
+        return cls(_mac(secret, "scope", host, model), _mac(secret, "scopes"))
+
+    def lim(self) -> str:
+        return _key("lim", self.scope)
+
+    def day(self, day: dt.date) -> str:
+        return _key("day", self.scope, day.isoformat())
+
+    def hosts(self) -> str:
+        return _key("hosts", self.scope)
+
+    def open(self, day: dt.date) -> str:
+        return _key("open", self.scope, day.isoformat())
+
+    def scopes(self, day: dt.date) -> str:
+        return _key("scopes", self.per_key, day.isoformat())
+
+
+def _mac(secret: bytes, *parts: str) -> str:
+    return hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _old(kind: str, scope: Scope, *rest: str) -> str:
+    """A name as batchrun before key-derived names wrote it."""
+    return OLD_PREFIX + ":".join((kind, f"{scope.host}|{scope.key_fingerprint}|{scope.model}",
+                                  *rest))
 
 
 class RedisState:
     """One connection to the shared state; one per process, made inside the running loop."""
 
     def __init__(self, client: Any, url: StateUrl, now_utc: Callable[[], dt.datetime],
-                 host_id: str) -> None:
+                 host_id: str, keys: Iterable[str] = ()) -> None:
         self._client = client
+        # fingerprint -> what names the key's data: only the keys this process holds
+        self._secrets = {key_fingerprint(k): key_secret(k) for k in keys}
         self.url = url
         self._now_utc = now_utc
         self.host_id = host_id
@@ -103,14 +178,18 @@ class RedisState:
         self.instance = f"{host_id}/{secrets.token_hex(4)}"
         self._admit = client.register_script(ADMIT)
         self._settle = client.register_script(SETTLE)
+        self._migrate = client.register_script(MIGRATE)
         self._epoch = ""
         self.failure: SharedStateError | None = None  # Redis failed: not asked again this run
         self._budgets: list[RedisBudget] = []
+        self._late: set[asyncio.Future[Any]] = set()  # admissions a stop gave up waiting for
 
     @classmethod
     async def connect(cls, url: StateUrl, now_utc: Callable[[], dt.datetime] = utc_now,
-                      timeout_s: float | None = None, host_id: str | None = None) -> RedisState:
-        """Connect and check the server answers; SharedStateError (exit 5) when it does not."""
+                      timeout_s: float | None = None, host_id: str | None = None,
+                      keys: Iterable[str] = ()) -> RedisState:
+        """Connect and check the server answers; SharedStateError (exit 5) when it does not.
+        `keys`: the API keys whose state this process may read and write."""
         timeout_s = timeout_s or TIMEOUT_S
         import redis.asyncio
         import redis.exceptions
@@ -126,7 +205,7 @@ class RedisState:
                 url.url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                 retry=Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,)))
             state = cls(client, url, now_utc,
-                        host_id or f"{socket.gethostname()}:{os.getpid()}")
+                        host_id or f"{socket.gethostname()}:{os.getpid()}", keys)
             await state._call(state._open())
         except (ValueError, TypeError) as exc:  # an ?option= redis-py does not take
             if client is not None:
@@ -179,7 +258,11 @@ class RedisState:
     def budget(self, scope: Scope, tpd: int, rpd: int, timeout_s: float = 600.0) -> RedisBudget:
         """`timeout_s`: the run's request timeout, which bounds how long its reservations may
         be in flight."""
-        budget = RedisBudget(self, scope, tpd, rpd, timeout_s + HOLD_MARGIN_S)
+        secret = self._secrets.get(scope.key_fingerprint)
+        if secret is None:
+            raise ValueError(f"no API key of {scope.key_fingerprint} was given to the state")
+        budget = RedisBudget(self, scope, _Names.of(secret, scope.host, scope.model), tpd,
+                             rpd, timeout_s + HOLD_MARGIN_S)
         self._budgets.append(budget)
         return budget
 
@@ -189,22 +272,29 @@ class RedisState:
         if self.failure is not None:
             raise self.failure
         await self._flush(budget, other_than=day)
-        back_t, back_r, closed = budget.pending.pop(day, (0, 0, 0))
+        if day not in budget.migrated:
+            await self._from_old_names(budget, day)
+            budget.migrated.add(day)
+        seq, (back_t, back_r, closed) = budget.carry(day)
         oks, budget.oks = budget.oks, 0
-        name = scope_name(budget.scope)
-        keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("hosts", name),
-                _key("scopes", day.isoformat()), _key("epoch"),
-                _key("open", name, day.isoformat())]
-        args = [self._epoch, self.host_id, name, limits.rpm, limits.tpm, budget.tpd,
-                budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
+        n = budget.names
+        keys = [n.lim(), n.day(day), n.hosts(), n.scopes(day), _key("epoch"), n.open(day)]
+        args = [self._epoch, self.host_id, scope_name(budget.scope), limits.rpm, limits.tpm,
+                budget.tpd, budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
                 round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S, round(ACTIVE_S * 1000),
-                self.instance, closed, round(budget.hold_s * 1000)]
+                self.instance, closed, round(budget.hold_s * 1000), seq]
+        call = asyncio.ensure_future(self._call(self._admit(keys=keys, args=args)))
         try:
-            reply = await self._call(self._admit(keys=keys, args=args))
-        except BaseException:
-            budget.give_back(day, back_t, back_r, closed)  # not written: still to give back
+            # Shielded: a stop that cancels this admission must still learn what Redis did.
+            reply = await asyncio.shield(call)
+        except BaseException as exc:
             budget.oks += oks
+            if isinstance(exc, asyncio.CancelledError):  # (a done call: run at once)
+                self._late.add(call)
+                call.add_done_callback(lambda done: self._admitted_unsent(
+                    done, budget, day, seq, (back_t, back_r, closed), cost))
             raise
+        budget.written(day, seq, (back_t, back_r, closed))
         status, wait_ms, tokens, requests, exhausted, rpm, tpm, now_ms, held = (
             int(x) for x in reply)
         if status == LOST:
@@ -213,34 +303,58 @@ class RedisState:
         budget.held_elsewhere = held
         return status, wait_ms / 1000, rpm, tpm
 
-    async def settle(self, budget: RedisBudget, day: dt.date, tokens: int, requests: int,
-                     kind: int = 0, hint_s: float | None = None, admitted_ms: int = 0,
-                     rpm: int = 0, tpm: int = 0, closed: int = 0) -> float:
-        """Write a correction (and what a 429 or the headers taught) now; the shared pause.
-        `closed`: the reservations (tokens) it settles, no longer in flight."""
-        name = scope_name(budget.scope)
-        keys = [_key("lim", name), _key("day", name, day.isoformat()), _key("epoch"),
-                _key("open", name, day.isoformat())]
+    def _admitted_unsent(self, done: asyncio.Future[Any], budget: RedisBudget, day: dt.date,
+                         seq: int, carried: Totals, cost: int) -> None:
+        """The answer to an admission its caller gave up on (a stop): what it carried was
+        written, and a request it admitted will never be sent, so its share goes back."""
+        self._late.discard(done)
+        if done.cancelled() or done.exception() is not None:
+            return  # not known to have run: left counted, the safe side
+        budget.written(day, seq, carried)
+        if int(done.result()[0]) == ADMITTED:
+            budget.give_back(day, -cost, -1, cost)
+
+    async def settle(self, budget: RedisBudget, day: dt.date, kind: int = 0,
+                     hint_s: float | None = None, admitted_ms: int = 0, rpm: int = 0,
+                     tpm: int = 0) -> float:
+        """Write what `budget` has to give back on `day` (and what a 429 or the headers
+        taught) now; the shared pause."""
+        n = budget.names
+        seq, (tokens, requests, closed) = budget.carry(day)
+        keys = [n.lim(), n.day(day), _key("epoch"), n.open(day)]
         args = [self._epoch, tokens, requests, kind, round((hint_s or 0) * 1000), admitted_ms,
-                rpm, tpm, round(BURST_S * 1000), LIM_TTL_MS, DAY_TTL_S, self.instance, closed]
+                rpm, tpm, round(BURST_S * 1000), LIM_TTL_MS, DAY_TTL_S, self.instance, closed,
+                seq]
         status, pause_ms = (int(x) for x in await self._call(self._settle(keys=keys, args=args)))
         if status == LOST:
             raise self.lost()
+        budget.counted(day, budget.written(day, seq, (tokens, requests, closed)))
         return pause_ms / 1000
 
+    async def _from_old_names(self, budget: RedisBudget, day: dt.date) -> None:
+        """A job that ran under batchrun before key-derived names keeps the day's usage, its
+        learned limits and its reservations in flight: their keys are renamed (once, by
+        whichever host comes first) to the new names. A host still on the old version writes
+        the old names and counts apart until it is upgraded too."""
+        scope, n, iso = budget.scope, budget.names, day.isoformat()
+        keys = [_old("day", scope, iso), n.day(day), _old("lim", scope), n.lim(),
+                _old("hosts", scope), n.hosts(), _old("open", scope, iso), n.open(day),
+                OLD_PREFIX + f"scopes:{iso}", n.scopes(day)]
+        old_member = f"{scope.host}|{scope.key_fingerprint}|{scope.model}"
+        await self._call(self._migrate(keys=keys,
+                                       args=[old_member, scope_name(scope), DAY_TTL_S]))
+
     async def _flush(self, budget: RedisBudget, other_than: dt.date | None = None) -> None:
-        for day in [d for d in budget.pending if d != other_than]:
-            tokens, requests, closed = budget.pending.pop(day)
-            try:
-                await self.settle(budget, day, tokens, requests, closed=closed)
-            except BaseException:
-                budget.give_back(day, tokens, requests, closed)
-                raise
+        for day in budget.unwritten_days():
+            if day != other_than:
+                await self.settle(budget, day)
 
     async def close(self) -> None:
         """Give back what is pending; the connection closes even if Redis is gone (what is
         not given back stays counted: the safe side)."""
         try:
+            if self._late:  # their give-backs are written with the rest
+                await asyncio.wait(self._late, timeout=TIMEOUT_S)
             if self.failure is None:
                 for budget in self._budgets:
                     try:
@@ -251,49 +365,64 @@ class RedisState:
             await self._client.aclose()
 
     async def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
-        """Every (host, key, model) used on `day` across all hosts, with the hosts admitted
-        lately, for `batchrun status`."""
-        names = sorted(n.decode() for n in await self._call(
-            self._client.smembers(_key("scopes", day.isoformat()))))
+        """Every (host, model) of the keys this process holds used on `day` across all hosts,
+        with the hosts admitted lately, for `batchrun status`. Other keys' usage is not
+        found: their names are derived from keys this process does not hold."""
         now = await self._call(self._client.time())
         now_ms = now[0] * 1000 + now[1] // 1000
         rows: list[dict[str, object]] = []
-        for name in names:
-            host, keyfp, model = name.split("|", 2)
-            fields = {k.decode(): v.decode() for k, v in (await self._call(
-                self._client.hgetall(_key("day", name, day.isoformat())))).items()}
-            recent = await self._call(self._client.zrangebyscore(
-                _key("hosts", name), now_ms - ACTIVE_S * 1000, "+inf"))
-            try:
-                rows.append({
-                    "host": host, "key_fingerprint": keyfp, "model": model,
-                    "day": day.isoformat(), "tokens": int(fields.get("tokens", 0)),
-                    "requests": int(fields.get("requests", 0)),
-                    "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
-                    "exhausted": int(fields.get("exhausted", 0)),
-                    "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
-                              if k.startswith("h:")},
-                    "active_hosts": sorted(h.decode() for h in recent),
-                })
-            except ValueError:
-                raise SharedStateError(
-                    f"The shared state at {self.url.shown} holds counts for {model} on {day} "
-                    "that are not numbers: something other than batchrun wrote its keys "
-                    f"({PREFIX}*).") from None
+        for keyfp, secret in sorted(self._secrets.items()):
+            per_key = _Names.of(secret, "", "")
+            scopes = sorted(m.decode() for m in await self._call(
+                self._client.smembers(per_key.scopes(day))))
+            for member in scopes:
+                host, _, model = member.partition("|")
+                names = _Names.of(secret, host, model)
+                rows.append(await self._usage_row(names, day, now_ms, host, keyfp, model))
         return rows
+
+    async def _usage_row(self, n: _Names, day: dt.date, now_ms: int, host: str, keyfp: str,
+                         model: str) -> dict[str, object]:
+        fields = {k.decode(): v.decode() for k, v in (await self._call(
+            self._client.hgetall(n.day(day)))).items()}
+        recent = await self._call(self._client.zrangebyscore(
+            n.hosts(), now_ms - ACTIVE_S * 1000, "+inf"))
+        try:
+            return {
+                "host": host, "key_fingerprint": keyfp, "model": model,
+                "day": day.isoformat(), "tokens": int(fields.get("tokens", 0)),
+                "requests": int(fields.get("requests", 0)),
+                "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
+                "exhausted": int(fields.get("exhausted", 0)),
+                "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
+                          if k.startswith("h:")},
+                "active_hosts": sorted(h.decode() for h in recent),
+            }
+        except ValueError:
+            raise SharedStateError(
+                f"The shared state at {self.url.shown} holds counts for {model} on {day} "
+                "that are not numbers: something other than batchrun wrote its keys "
+                f"({PREFIX}*).") from None
 
 
 class RedisBudget:
     """One model's daily budget in Redis, as the engine reads it: the last counts Redis
     answered with (every admission brings them), less what this host is giving back."""
 
-    def __init__(self, state: RedisState, scope: Scope, tpd: int, rpd: int,
+    def __init__(self, state: RedisState, scope: Scope, names: _Names, tpd: int, rpd: int,
                  hold_s: float) -> None:
         self.state, self.scope, self.tpd, self.rpd = state, scope, tpd, rpd
+        self.names = names
+        self.migrated: set[dt.date] = set()  # days whose old-named keys were looked for
         self.hold_s = hold_s  # how long a reservation of this run may be in flight, at most
-        # day -> (tokens, requests, reservations closed): what the next admission writes
-        self.pending: defaultdict[dt.date, tuple[int, int, int]] = defaultdict(
-            lambda: (0, 0, 0))
+        # day -> (tokens, requests, reservations closed) given back since the run began. Every
+        # write to Redis carries these totals, numbered, and Redis applies only what a higher
+        # number adds to the last totals it applied: a write that Redis ran but whose answer
+        # never came (a stop cancelled it) is not applied twice by the next, and one that
+        # failed is carried by the next.
+        self._given: defaultdict[dt.date, Totals] = defaultdict(lambda: (0, 0, 0))
+        self._written: dict[dt.date, tuple[int, Totals]] = {}  # day -> (number, totals)
+        self._seq = 0
         self.held_elsewhere = 0  # other processes' reservations in flight, at the last refusal
         self.oks = 0  # answers since the last admission: they end a streak of 429s
         self._usage = DayUsage(state.today(), 0, 0, False)
@@ -309,17 +438,37 @@ class RedisBudget:
         if usage.exhausted:
             self._exhausted_day = usage.day
 
-    def counted(self, day: dt.date, tokens: int) -> None:
-        """Redis has counted these tokens too (a settlement of its own)."""
+    def counted(self, day: dt.date, applied: Totals) -> None:
+        """Redis has counted these too (a settlement of its own)."""
         u = self._usage
         if u.day == day:
-            self._usage = DayUsage(day, u.tokens + tokens, u.requests, u.exhausted)
+            self._usage = DayUsage(day, u.tokens + applied[0], u.requests + applied[1],
+                                   u.exhausted)
 
     def give_back(self, day: dt.date, tokens: int, requests: int, closed: int = 0) -> None:
-        """Count this with the next admission (negative: given back), and `closed` tokens of
-        reservations as no longer in flight."""
-        t, r, c = self.pending[day]
-        self.pending[day] = (t + tokens, r + requests, c + closed)
+        """Count this with the next write to Redis (negative: given back), and `closed` tokens
+        of reservations as no longer in flight."""
+        t, r, c = self._given[day]
+        self._given[day] = (t + tokens, r + requests, c + closed)
+
+    def carry(self, day: dt.date) -> tuple[int, Totals]:
+        """The next write's number and the totals it carries for `day`."""
+        self._seq += 1
+        return self._seq, self._given[day]
+
+    def written(self, day: dt.date, seq: int, totals: Totals) -> Totals:
+        """Redis answered write `seq`: what it newly applied of `day`'s totals."""
+        last, before = self._written.get(day, (0, (0, 0, 0)))
+        if seq <= last:
+            return 0, 0, 0
+        self._written[day] = (seq, totals)
+        return _minus(totals, before)
+
+    def unwritten(self, day: dt.date) -> Totals:
+        return _minus(self._given.get(day, (0, 0, 0)), self._written.get(day, (0, (0, 0, 0)))[1])
+
+    def unwritten_days(self) -> list[dt.date]:
+        return [day for day in list(self._given) if self.unwritten(day) != (0, 0, 0)]
 
     def near_end(self, cost: int, extra: int) -> bool:
         """Would so little of the day's token budget be left after `extra` tokens above a
@@ -329,7 +478,7 @@ class RedisBudget:
 
     def used_today(self) -> tuple[int, int]:
         u = self._usage
-        t, r, _ = self.pending.get(u.day, (0, 0, 0))
+        t, r, _ = self.unwritten(u.day)
         return u.tokens + t, u.requests + r
 
     def release(self) -> None:
@@ -427,22 +576,20 @@ class RedisGate:
         code = {Kind.RATE_MINUTE: 1, Kind.RATE_DAY: 2}.get(kind, 0)
         # Near the day's end a give-back is written at once too: other hosts may be waiting
         # for it (RedisGate.admit).
-        if not code and not (rpm or tpm) and not b.near_end(cost, max(0, extra)):
-            b.give_back(day, extra, 0, cost)
+        at_once = bool(code or rpm or tpm) or b.near_end(cost, max(0, extra))
+        b.give_back(day, extra, 0, cost)
+        if not at_once:
             return
-        state, spent, closed = b.state, day, cost
-        if code == 2 and (spent := self._servers_day(outcome.hint_s, day)) != day:
-            # the usage is the reservation's day's, as always
-            b.give_back(day, extra, 0, cost)
-            extra = closed = 0
+        state = b.state
+        # A per-day 429 marks the day the server meant; the usage is the reservation's day's,
+        # as always (it rides with the next write to that day).
+        spent = self._servers_day(outcome.hint_s, day) if code == 2 else day
         try:
-            pause = await state.settle(b, spent, extra, 0, code, outcome.hint_s, admitted_ms,
-                                       rpm, tpm, closed)
+            pause = await state.settle(b, spent, code, outcome.hint_s, admitted_ms, rpm, tpm)
         except SharedStateError as exc:
             # Answered and written all the same; the next admission stops the run.
             state.failure = state.failure or exc
             return
-        b.counted(day, extra)
         if code == 1:
             self.limiter.shared_pause = pause
 
