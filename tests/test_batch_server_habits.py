@@ -183,3 +183,19 @@ def test_ctrl_c_during_status_says_what_happened(
     assert proc.returncode == 130, err
     assert "Interrupted" in err and f"batchrun resume {h.job_id}" in err
     assert h.manifest().batch == before  # nothing recorded that did not happen
+
+
+@pytest.mark.parametrize("server", [ServerConfig(finished_status=s, output="html")
+                                    for s in ("expired", "cancelled")], indirect=True,
+                         ids=["expired", "cancelled"])
+def test_an_ended_batch_whose_output_cannot_be_read_sends_nothing_again_unasked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    """An expired or cancelled batch delivers what it finished in its output file (SERVERS.md);
+    when that file cannot be read, its request_counts still say how many ran and were billed:
+    those are downloaded again, then failed as unavailable, never planned into a new batch."""
+    h = ServerHarness(tmp_path, monkeypatch, server, n=3)
+    assert h.submit() is None
+    assert len(server.stats.created) == 1
+    assert dict(server.stats.runs) == {"r1": 1, "r2": 1, "r3": 1}
+    results = h.results()
+    assert {results[c]["error"]["code"] for c in results} == {"batch_output_unavailable"}
