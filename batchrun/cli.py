@@ -22,6 +22,7 @@ from batchrun.batch.parts import (
     forget_open_parts,
     forgetting_loses_batches,
     has_batches_on_server,
+    shown_record,
 )
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
@@ -428,8 +429,8 @@ def status(
     for m in jobs:
         if states[m.job_id] == "crashed":
             runner.count_from_output(m)  # its last saves may lag what it wrote
-    rows = [{**asdict(m), "state": states[m.job_id], "resume": m.resume_command}
-            for m in jobs]
+    rows = [{**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": states[m.job_id],
+             "resume": m.resume_command} for m in jobs]
     if json_:
         shown = {"state": state_url.shown} if state_url else {}
         _print_json({"jobs": rows, "usage": usage, **shown})
