@@ -22,6 +22,7 @@ from batchrun.batch.parts import (
     forget_open_parts,
     forgetting_loses_batches,
     has_batches_on_server,
+    shown_record,
 )
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
@@ -122,7 +123,14 @@ def _tier(value: str) -> str:
 
 
 Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}", callback=_tier)]
-Limit = Annotated[int | None, typer.Option(min=0, show_default="preset", help="0 = unlimited")]
+# The largest whole number an option takes: past any real budget, and within what the manifest
+# (64-bit integers), the ledger (SQLite) and Redis's scripts (doubles, exact to 2**53) hold.
+MAX_WHOLE = 10**15
+# Seconds a wait may be given as: a day, which --timeout and --poll-max never need to pass (an
+# infinite one cannot become the whole milliseconds the engine schedules with).
+MAX_SECONDS = 86_400.0
+Limit = Annotated[int | None, typer.Option(min=0, max=MAX_WHOLE, show_default="preset",
+                                           help="0 = unlimited")]
 
 
 Wait = Annotated[bool | None, typer.Option(
@@ -134,12 +142,12 @@ Json = Annotated[bool, typer.Option("--json", help="print the summary as JSON")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress display")]
 MAX_RETRIES_HELP = ("retries of a request after 5xx, timeouts and dropped connections; "
                     "per-minute 429s are waited out and don't count")
-MaxRetries = Annotated[int, typer.Option(min=0, help=MAX_RETRIES_HELP)]
+MaxRetries = Annotated[int, typer.Option(min=0, max=MAX_WHOLE, help=MAX_RETRIES_HELP)]
 MaxResponseMb = Annotated[float | None, typer.Option(
-    min=0.0001, show_default="64",
+    min=0.0001, max=1e6, show_default="64",
     help="largest answer accepted, in MB; a bigger one fails its request (response_too_large)")]
 Drain = Annotated[float, typer.Option(
-    "--drain", min=0, metavar="S",
+    "--drain", min=0, max=MAX_SECONDS, metavar="S",
     help="at Ctrl-C or SIGTERM: seconds to wait for the answers of requests in flight before "
     "abandoning them (other stops wait for them up to --timeout)")]
 
@@ -156,11 +164,13 @@ ViaOpt = Annotated[Via | None, typer.Option(
 Detach = Annotated[bool, typer.Option(
     "--detach", help="Batch API: submit the batches, print the job id and exit; resume collects")]
 PollMax = Annotated[float | None, typer.Option(
-    min=1, show_default="60", help="Batch API: longest wait between two polls, in seconds")]
+    min=1, max=MAX_SECONDS, show_default="60",
+    help="Batch API: longest wait between two polls, in seconds")]
 QueueTokens = Annotated[int | None, typer.Option(
-    min=0, show_default="preset", help="Batch API: enqueued-token limit (0 = unlimited)")]
+    min=0, max=MAX_WHOLE, show_default="preset",
+    help="Batch API: enqueued-token limit (0 = unlimited)")]
 Concurrency = Annotated[int | None, typer.Option(
-    min=1, show_default="from rate x latency", help="most requests in flight")]
+    min=1, max=MAX_WHOLE, show_default="from rate x latency", help="most requests in flight")]
 State = Annotated[str | None, typer.Option(
     "--state", envvar="BATCHRUN_STATE", metavar="URL", show_default="the local ledger",
     help="shared limiter and daily ledger: redis://[user:password@]host:6379/0 for every host "
@@ -187,7 +197,8 @@ def submit(
     api_key_env: Annotated[str | None, typer.Option(
         help="name of the env var holding the key", show_default="OPENAI_API_KEY")] = None,
     max_retries: MaxRetries = 8,
-    timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
+    timeout: Annotated[float, typer.Option(min=1, max=MAX_SECONDS,
+                                           help="seconds per request")] = 600.0,
     drain: Drain = 10.0,
     max_response_mb: MaxResponseMb = None,
     wait: Wait = None,
@@ -323,9 +334,10 @@ def resume(
     rpd: Limit = None,
     tpd: Limit = None,
     concurrency: Concurrency = None,
-    max_retries: Annotated[int | None, typer.Option(min=0, help=MAX_RETRIES_HELP)] = None,
+    max_retries: Annotated[int | None, typer.Option(min=0, max=MAX_WHOLE,
+                                                    help=MAX_RETRIES_HELP)] = None,
     max_response_mb: MaxResponseMb = None,
-    timeout: Annotated[float | None, typer.Option(min=1)] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, max=MAX_SECONDS)] = None,
     drain: Drain = 10.0,
     wait: Wait = None,
     force: Force = False,
@@ -428,8 +440,8 @@ def status(
     for m in jobs:
         if states[m.job_id] == "crashed":
             runner.count_from_output(m)  # its last saves may lag what it wrote
-    rows = [{**asdict(m), "state": states[m.job_id], "resume": m.resume_command}
-            for m in jobs]
+    rows = [{**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": states[m.job_id],
+             "resume": m.resume_command} for m in jobs]
     if json_:
         shown = {"state": state_url.shown} if state_url else {}
         _print_json({"jobs": rows, "usage": usage, **shown})
