@@ -477,8 +477,10 @@ def _ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
     if not key or (state is None and not path.exists()):
         return nothing_known, False
     day, usage = usage_today(state, path)
-    return known_today(usage, day, ledger.ledger_host(endpoint.host),
-                       ledger.key_fingerprint(key)), True
+    host, fingerprint = ledger.ledger_host(endpoint.host), ledger.key_fingerprint(key)
+    # The learned accounting lives in this host's ledger (not yet in the shared state).
+    learned = ledger.accountings_in(path, host, fingerprint) if path.exists() else {}
+    return known_today(usage, day, host, fingerprint, learned), True
 
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,

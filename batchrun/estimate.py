@@ -58,19 +58,20 @@ def nothing_known(model: str) -> Today:
 
 
 def known_today(rows: list[dict[str, object]], day: dt.date, host: str, key_fingerprint: str,
-                ) -> Callable[[str], Today]:
-    """Today per model for one key at one host, from the ledger's usage rows of `day` (a model's
-    snapshots share their family's row, as the ledger books them)."""
-    mine: dict[str, Today] = {}
-    for r in rows:
-        if r["host"] != host or r["key_fingerprint"] != key_fingerprint:
-            continue
-        ratio = r.get("accounting")
-        mine[str(r["model"])] = Today(
-            int(r["tokens"]), int(r["requests"]),  # type: ignore[call-overload]
-            day.isoformat() if r["exhausted"] else "",
-            float(ratio) if isinstance(ratio, (int, float)) else None)
-    return lambda model: mine.get(family(model) or model, Today())
+                accountings: dict[str, float]) -> Callable[[str], Today]:
+    """Today per model for one key at one host, from the ledger's usage rows of `day` and its
+    learned accountings (a model's snapshots share their family's, as the ledger books them)."""
+    mine = {str(r["model"]): r for r in rows
+            if r["host"] == host and r["key_fingerprint"] == key_fingerprint}
+
+    def today(model: str) -> Today:
+        name = family(model) or model
+        r = mine.get(name)
+        return Today(int(r["tokens"]), int(r["requests"]),  # type: ignore[call-overload]
+                     day.isoformat() if r["exhausted"] else "",
+                     accountings.get(name)) if r else Today(accounting=accountings.get(name))
+
+    return today
 
 
 @dataclass(slots=True)

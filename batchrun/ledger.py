@@ -365,6 +365,17 @@ class Ledger:
         ratio = self._learned(scope, "accounting")
         return float(ratio) if isinstance(ratio, (int, float)) and ratio > 0 else None
 
+    def accountings(self, host: str, key_fingerprint: str) -> dict[str, float]:
+        """Every model's learned accounting for one key at one host."""
+        try:
+            rows = self._db.execute(
+                "SELECT model, accounting FROM learned WHERE host=? AND key_fingerprint=? AND "
+                "accounting > 0", (ledger_host(host), key_fingerprint)).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"cannot read the usage ledger {self.path} ({exc}); another "
+                             "batchrun may hold it. Run the same command again.") from None
+        return {str(m): float(r) for m, r in rows if isinstance(r, (int, float))}
+
     def record_daily_counts(self, scope: Scope, counts: str) -> None:
         """Which count the server's per-day token limit was seen to count (BILLED or CHARGE)."""
         self._learn(scope, "daily_counts", counts)
@@ -580,6 +591,15 @@ class DailyBudget:
         if self._leases_charge:  # the budget was kept on the server's count: say that one
             usage = replace(usage, tokens=usage.charge)
         return describe_usage(usage, self.scope.model, self.tpd, self.rpd, server_message)
+
+
+def accountings_in(path: Path, host: str, key_fingerprint: str) -> dict[str, float]:
+    """Every model's learned accounting for one key at one host, from the ledger at `path`."""
+    book = Ledger(path)
+    try:
+        return book.accountings(host, key_fingerprint)
+    finally:
+        book.close()
 
 
 def counted_by_server(server_message: str, billed: int, charge: int) -> str | None:

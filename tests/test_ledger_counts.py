@@ -19,6 +19,8 @@ from batchrun.ledger import (
     counted_by_server,
     key_fingerprint,
 )
+from tests.conftest import FAKE_KEY, run_cli, write_jsonl
+from tests.test_estimate import estimate
 
 SCOPE = Scope("api.openai.com", key_fingerprint("sk-test"), "gpt-4o-mini")
 DAY = dt.date(2026, 12, 7)
@@ -122,3 +124,50 @@ def test_learned_accounting_per_key_and_model(tmp_path: Path) -> None:
     assert again.accounting(SCOPE) == 0.52 and again.accounting(other_model) == 1.1
     assert again.accounting(Scope("localhost:8000", SCOPE.key_fingerprint, "gpt-4o")) is None
     again.close()
+
+
+def test_estimate_reads_the_learned_accounting_of_the_key_and_host_it_is_given(
+        tmp_path: Path, isolated_env: dict[str, str]) -> None:
+    rows = [{"id": f"r{i}", "prompt": "x", "max_tokens": 990} for i in range(600)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    ledger = Ledger(Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3")
+    # Learned on a local server with the key in $MY_KEY: it charges half our estimate.
+    ledger.record_accounting(Scope("127.0.0.1:8000", key_fingerprint(FAKE_KEY), "gpt-4o-mini"),
+                             0.5)
+    ledger.close()
+    env = {"MY_KEY": FAKE_KEY}
+    ours = estimate(str(jobs), env=env)["models"][0]
+    assert ours["accounting"] == {"used": "ours", "ratio": None,
+                                  "server_charge_tokens": ours["limit_tokens"]}
+    args = ("--base-url", "http://localhost:8000/v1", "--api-key-env", "MY_KEY")
+    learned = estimate(str(jobs), *args, env=env)["models"][0]
+    assert learned["accounting"] == {"used": "learned", "ratio": 0.5,
+                                     "server_charge_tokens": round(ours["limit_tokens"] / 2)}
+    assert learned["minutes"]["by_tpm"] == pytest.approx(ours["minutes"]["by_tpm"] / 2,
+                                                         abs=0.01)
+    text = " ".join(run_cli("estimate", str(jobs), *args, env=env).stdout.split())
+    assert "the server's charge as learned for this key (0.50 x our estimate)" in text
+    # another key at that host has learned nothing
+    other = estimate(str(jobs), *args, env={"MY_KEY": "sk-other-key-0123456789"})
+    assert other["models"][0]["accounting"]["used"] == "ours"
+
+
+def test_estimate_says_today_is_spent_when_the_server_said_so(
+        tmp_path: Path, isolated_env: dict[str, str]) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "x", "max_tokens": 5}])
+    ledger = Ledger(Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3")
+    ledger.exhaust(Scope("api.openai.com", key_fingerprint(FAKE_KEY), "gpt-4o"), ledger.today())
+    today = ledger.today().isoformat()
+    ledger.close()
+    m = estimate(str(jobs), "-m", "gpt-4o", env={"OPENAI_API_KEY": FAKE_KEY})["models"][0]
+    assert m["days"] == 2 and m["daily"]["source"] == f"the server's per-day 429 on {today}"
+    text = " ".join(run_cli("estimate", str(jobs), "-m", "gpt-4o",
+                            env={"OPENAI_API_KEY": FAKE_KEY}).stdout.split())
+    assert f"2 UTC days · today is spent (the server's per-day 429 on {today})" in text
+
+
+def test_estimate_refuses_a_key_given_as_the_variable_name(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "x"}])
+    run = run_cli("estimate", str(jobs), "--api-key-env", FAKE_KEY)
+    assert run.code == 2 and FAKE_KEY not in run.stderr + run.stdout
+    assert "never the key itself" in " ".join(run.stderr.split())
