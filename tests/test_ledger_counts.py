@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,10 @@ from batchrun.ledger import (
     counted_by_server,
     key_fingerprint,
 )
+from batchrun.sim import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl
 from tests.test_estimate import estimate
+from tests.test_submit import submit
 
 SCOPE = Scope("api.openai.com", key_fingerprint("sk-test"), "gpt-4o-mini")
 DAY = dt.date(2026, 12, 7)
@@ -171,3 +174,21 @@ def test_estimate_refuses_a_key_given_as_the_variable_name(tmp_path: Path) -> No
     run = run_cli("estimate", str(jobs), "--api-key-env", FAKE_KEY)
     assert run.code == 2 and FAKE_KEY not in run.stderr + run.stdout
     assert "never the key itself" in " ".join(run.stderr.split())
+
+
+def test_a_server_that_counts_its_charge_per_day_is_learned_and_kept_to(
+        sim_factory: Any, tmp_path: Path, isolated_env: dict[str, str]) -> None:
+    # The simulator's per-day limit counts what it charges at admission (prompt + max_tokens),
+    # about three times what it bills for these short answers.
+    sim = sim_factory(SimConfig(SimLimits(tpd=500)))
+    rows = [{"id": f"d{i}", "prompt": "hello there", "max_tokens": 40} for i in range(30)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    run = submit(sim, jobs, "--concurrency", "1")
+    assert run.code == 3, run.stderr
+    assert "tokens per day (TPD)" in run.stderr and "Resume after 00:00 UTC" in run.stderr
+    ledger = Ledger(Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3")
+    scope = Scope(sim.base_url.split("/")[2], key_fingerprint(FAKE_KEY), "gpt-4o-mini")
+    usage = ledger.usage(scope)
+    assert usage.exhausted and usage.tokens < usage.charge
+    assert ledger.daily_counts(scope) == CHARGE
+    ledger.close()
