@@ -176,7 +176,7 @@ def test_estimate_refuses_a_key_given_as_the_variable_name(tmp_path: Path) -> No
     assert "never the key itself" in " ".join(run.stderr.split())
 
 
-def test_a_server_that_counts_its_charge_per_day_is_learned_and_kept_to(
+def test_a_server_that_counts_its_charge_per_day_is_learned_from_its_429(
         sim_factory: Any, tmp_path: Path, isolated_env: dict[str, str]) -> None:
     # The simulator's per-day limit counts what it charges at admission (prompt + max_tokens),
     # about three times what it bills for these short answers.
