@@ -347,7 +347,7 @@ class ProgressDisplay:
             return Text(self._rate_text(), style="dim")
         table = Table(box=None, padding=(0, 2, 0, 0), pad_edge=False, show_edge=False,
                       style="dim", header_style="dim")
-        for column in ("last minute", "requests", "tokens", "today (tokens)"):
+        for column in ("last minute", "requests", "tokens", "today"):
             table.add_column(column, no_wrap=True, overflow="ellipsis")
         for name, m in ranked:
             table.add_row(name, *self._gauges(name, m, units=False))
