@@ -452,8 +452,12 @@ class DailyBudget:
         return bool(self.tpd) and self.counts == CHARGE
 
     def record_accounting(self, ratio: float) -> None:
-        """The server's learned charge per token of our estimate, for this key and model."""
+        """Keep the server's learned charge per token of our estimate, for this key and model."""
         self.ledger.record_accounting(self.scope, ratio)
+
+    def accounting(self) -> float | None:
+        """What an earlier run learned of the server's charge per token of our estimate."""
+        return self.ledger.accounting(self.scope)
 
     def reserve(self, tokens: int, now: float | None = None) -> dt.date | None:
         """The day the reservation was made on, or None if today's budget can't cover it.

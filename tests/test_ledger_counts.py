@@ -125,6 +125,7 @@ def test_learned_accounting_per_key_and_model(tmp_path: Path) -> None:
     ledger.close()
     again = Ledger(tmp_path / "l.sqlite3")
     assert again.accounting(SCOPE) == 0.52 and again.accounting(other_model) == 1.1
+    assert DailyBudget(again, SCOPE, tpd=0, rpd=0).accounting() == 0.52
     assert again.accounting(Scope("localhost:8000", SCOPE.key_fingerprint, "gpt-4o")) is None
     again.close()
 

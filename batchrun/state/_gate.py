@@ -49,6 +49,10 @@ class Budget(Protocol):
 
     def exhaust(self, day: dt.date, server_message: str = "") -> None: ...
 
+    def record_accounting(self, ratio: float) -> None: ...
+
+    def accounting(self) -> float | None: ...
+
 
 class Gate(Protocol):
     @property

@@ -346,6 +346,12 @@ class RedisBudget:
         server's message shows it counts is learned in the local ledger only, for now."""
         self._exhausted_day = day
 
+    def record_accounting(self, ratio: float) -> None:
+        """Not kept in Redis yet: the learned accounting lives in each host's local ledger."""
+
+    def accounting(self) -> float | None:
+        return None
+
     def is_exhausted(self, day: dt.date) -> bool:
         return self._exhausted_day == day
 
