@@ -4,21 +4,25 @@ here and only here (BATCHRUN_DEBUG=1 re-raises them with a traceback)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from batchrun import __version__, ledger, runner
-from batchrun.batch.parts import forget_open_parts, has_batches_on_server
+from batchrun.batch.parts import (
+    forget_open_parts,
+    forgetting_loses_batches,
+    has_batches_on_server,
+)
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
 from batchrun.endpoints import EndpointConfig, check_serves, load_endpoints
@@ -32,6 +36,7 @@ from batchrun.errors import (
     EXIT_SOME_FAILED,
     BatchrunError,
     InputError,
+    Interrupted,
     printable,
     redact,
 )
@@ -39,10 +44,11 @@ from batchrun.estimate import Today, known_today, nothing_known
 from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
-from batchrun.progress import ProgressDisplay
+from batchrun.progress import PipeSafeConsole, ProgressDisplay, drop_output
 from batchrun.render import describe_endpoint, render_estimate, render_status
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import (
+    SharedStateError,
     StateUrl,
     leaving_shared,
     manifest_options,
@@ -62,8 +68,27 @@ app = typer.Typer(
 )
 EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: a bug in batchrun, not in the input or the API
 # soft_wrap: messages are never hard-wrapped at 80 columns; the terminal wraps them.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+err = PipeSafeConsole(stderr=True, highlight=False, soft_wrap=True)
+out = PipeSafeConsole(highlight=False, soft_wrap=True)
+
+
+@dataclass(slots=True)
+class _Reply:
+    """What a command has told of itself, so that an error under --json is answered with an
+    object on stdout (a script reads stdout; the message also goes to stderr as always)."""
+
+    json: bool = False
+    job: str | None = None
+    answered: bool = False  # stdout already holds this command's JSON
+
+    def about(self, job_id: str) -> None:
+        self.job = job_id
+
+    def reset(self) -> None:  # one process may run several commands (the tests do)
+        self.json, self.job, self.answered = False, None, False
+
+
+_reply = _Reply()
 
 
 def _version(value: bool) -> None:
@@ -186,6 +211,7 @@ def submit(
     batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
+    _reply.json = json_
     state_url = parse_state_url(state)
     if output is None:
         absolute = jobs.resolve()
@@ -208,6 +234,7 @@ def submit(
     spec = _with_endpoints(ctx, spec, endpoints, record_endpoint, simulate)
     store = JobStore()
     manifest = runner.prepare(spec, simulate, store, force)
+    _reply.about(manifest.job_id)
     manifest.options.update(state_url.manifest_options() if state_url else {})
     if manifest.finished and store.exists(manifest.job_id) and not force:
         runner.count_from_output(manifest)  # the file decides: it may have lost lines since
@@ -217,7 +244,7 @@ def submit(
 
 
 _SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "tpm", "rpd",
-                    "tpd", "simulate")
+                    "tpd")
 
 
 def _with_endpoints(ctx: typer.Context, spec: JobSpec, path: Path | None, record: bool,
@@ -230,7 +257,7 @@ def _with_endpoints(ctx: typer.Context, spec: JobSpec, path: Path | None, record
                              "output line; give --endpoints FILE.toml too.")
         return spec
     _refuse_beside_endpoints(ctx, path)
-    return with_endpoints(spec, path, record)
+    return with_endpoints(spec, path, record, need_keys=not simulate)
 
 
 def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
@@ -266,11 +293,16 @@ def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
     """Nothing left to send: say so (and how to send the failures again) without a header."""
     again = (f" Send the failed ones again with: batchrun resume {manifest.job_id} "
              "--retry-failed" if plan.failed else "")
-    out.print(f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} requests "
-              f"have a result ({plan.failed:,} failed). Results: {manifest.output}.{again}",
-              markup=False)
+    message = (f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} requests "
+               f"have a result ({plan.failed:,} failed). Results: {manifest.output}.{again}")
     # The job's result, as its last run said it: a script sees failures however it asks.
-    raise typer.Exit(EXIT_SOME_FAILED if plan.failed else EXIT_OK)
+    code = EXIT_SOME_FAILED if plan.failed else EXIT_OK
+    if _reply.json:
+        _print_json({"job": manifest.job_id, "state": manifest.state, "exit_code": code,
+                     "message": message})
+    else:
+        out.print(message, markup=False)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -300,6 +332,7 @@ def resume(
     batch_queue_tokens: QueueTokens = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
+    _reply.json = json_
     store = JobStore()
     if job is not None:
         manifest = store.find(job)
@@ -313,6 +346,7 @@ def resume(
         manifest = found
         err.print(f"Resuming {manifest.job_id}, the most recently updated {what} "
                   f"({manifest.input} → {manifest.output}).", markup=False)
+    _reply.about(manifest.job_id)
     plan = runner.plan_resume(manifest, retry_failed, force, {
         "limits": {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
@@ -354,7 +388,7 @@ def forget(
     """Forget a job: status no longer lists it. Its input and results are left as they are."""
     store = JobStore()
     manifest = store.find(job)
-    if has_batches_on_server(manifest.batch) and not manifest.batch.get("cancelled"):
+    if forgetting_loses_batches(manifest.batch):
         raise InputError(
             f"job {manifest.job_id} has batches on the server that nothing would collect or "
             f"cancel once it is forgotten (they run on, and are billed). Collect them with "
@@ -372,10 +406,17 @@ def status(
     state: State = None,
 ) -> None:
     """Jobs, their progress, and today's usage per key and model."""
+    _reply.json = json_
     store = JobStore()
     jobs = [_collect_finished(store, store.find(job))] if job else _warn_damaged(store)
     state_url = parse_state_url(state)
-    today, usage = usage_today(state_url, store.home / "ledger.sqlite3")
+    try:
+        today, usage = usage_today(state_url, store.home / "ledger.sqlite3")
+    except SharedStateError as exc:
+        raise SharedStateError(
+            f"{exc.message} Check that Redis runs and answers there, then run it again; "
+            "`batchrun status` without --state (and with $BATCHRUN_STATE unset) shows this "
+            "host's own ledger meanwhile.") from None
     states = {m.job_id: store.effective_state(m) for m in jobs}
     for m in jobs:
         if states[m.job_id] == "crashed":
@@ -384,7 +425,7 @@ def status(
             for m in jobs]
     if json_:
         shown = {"state": state_url.shown} if state_url else {}
-        sys.stdout.write(orjson.dumps({"jobs": rows, "usage": usage, **shown}).decode() + "\n")
+        _print_json({"jobs": rows, "usage": usage, **shown})
         return
     render_status(out, rows, usage, today.isoformat(), detail=job is not None)
     if state_url is not None:
@@ -399,9 +440,12 @@ def _collect_finished(store: JobStore, manifest: Manifest) -> Manifest:
             or store.is_running(manifest)):
         return manifest
     try:
-        asyncio.run(runner.collect_finished(manifest, store, Stats()))
+        stop = asyncio.run(runner.collect_finished(manifest, store, Stats()))
     except BatchrunError as exc:
         err.print(Text(f"Not collected now: {printable(exc.message)}"), style="yellow")
+        stop = None
+    if isinstance(stop, Interrupted):
+        raise stop  # Ctrl-C: say so and exit 130, rather than show the job as if asked
     return store.find(manifest.job_id)
 
 
@@ -434,6 +478,7 @@ def estimate(
     api_key_env: ApiKeyEnv = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
+    _reply.json = json_
     state_url = parse_state_url(state)
     configs: tuple[EndpointConfig, ...] = ()
     if endpoints is not None:
@@ -453,7 +498,7 @@ def estimate(
     if configs and endpoints is not None:  # as submit checks the file against the input
         check_serves(configs, [m["model"] for m in result["models"]], endpoints)
     if json_:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        _print_json(result)
     else:
         render_estimate(out, result)
 
@@ -488,11 +533,11 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     stats, tally = Stats(), EndpointTally()
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_, endpoints=tally) as display:
         stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, tally, display),
-                                   simulate, retry_failed, state))
+                                   simulate, retry_failed, state, display.note))
     if isinstance(stopped, Detached):  # not an error: the batches run on the server
         if json_:
-            sys.stdout.write(orjson.dumps({"job": manifest.job_id, "state": manifest.state,
-                                           "message": stopped.message}).decode() + "\n")
+            _print_json({"job": manifest.job_id, "state": manifest.state,
+                         "message": stopped.message})
         else:
             out.print(stopped.message, markup=False)
         raise typer.Exit(EXIT_OK)
@@ -508,7 +553,7 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     # The manifest's count is the output file's failed lines at the start plus this run's.
     summary["requests"]["failed_before"] = manifest.failed - stats.failed
     if json_:
-        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+        _print_json(summary)
     else:
         _print_summary(summary, Path(manifest.output), batch=bool(sum(stats.batch_in.values())))
     if stopped is not None:
@@ -516,18 +561,43 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
     raise typer.Exit(EXIT_SOME_FAILED if manifest.failed else EXIT_OK)
 
 
+def _print_json(data: Any) -> None:
+    """One JSON line on stdout; a reader that has gone (`| head`) does not change the job's
+    exit code."""
+    _reply.answered = True
+    try:
+        sys.stdout.write(orjson.dumps(data).decode() + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        drop_output(sys.stdout)
+
+
+def _answer_error(argv: list[str] | None, exit_code: int, message: str) -> None:
+    """--json: an error is an object on stdout too, naming the job and its recorded state."""
+    wants = _reply.json or "--json" in (sys.argv[1:] if argv is None else argv)
+    if not wants or _reply.answered:
+        return
+    state = None
+    if _reply.job is not None:
+        with contextlib.suppress(BatchrunError, OSError):
+            manifest = JobStore().get(_reply.job)
+            state = JobStore().effective_state(manifest) if manifest is not None else None
+    _print_json({"job": _reply.job, "state": state, "exit_code": exit_code,
+                 "message": message})
+
+
 def _note(message: str) -> None:
     err.print(message, markup=False)
 
 
 async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Listener,
-               simulate: bool, retry_failed: bool,
-               state: StateUrl | None = None) -> BatchrunError | None:
+               simulate: bool, retry_failed: bool, state: StateUrl | None = None,
+               notify: Callable[[str], None] = _note) -> BatchrunError | None:
     if not simulate:
         # With --endpoints each endpoint's key is read when its client is made.
         key = "" if spec.endpoints else spec.endpoint.api_key()
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
-                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=_note,
+                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=notify,
                                 state=state)
     from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
 
@@ -535,18 +605,46 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         raise InputError("--detach needs a real Batch API: the built-in simulator ends with "
                          "this process. Drop --simulate, or --detach.")
     if forget_open_parts(manifest.batch):
-        _note("The simulator's earlier batches ended with its process: their requests are "
+        notify("The simulator's earlier batches ended with its process: their requests are "
               "sent again.")
 
+    if spec.endpoints:
+        return await _simulate_endpoints(spec, manifest, store, listener, retry_failed, state,
+                                         notify)
     lim = spec.limits_for(spec.model)
     # The simulator keeps no daily count of its own: batchrun's ledger enforces --tpd/--rpd.
     config = SimConfig(SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1)
     async with SimServer(Simulator(config)) as server:
         endpoint = Endpoint.make(server.base_url, None, None)
         return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
-                                "sk-simulated", listener, runner.SIMULATOR_HOST,
+                                "sk-simulated", listener, runner.simulator_host(manifest.job_id),
                                 now_utc=ledger.utc_now, retry_failed=retry_failed,
-                                notify=_note, state=state)
+                                notify=notify, state=state)
+
+
+async def _simulate_endpoints(spec: JobSpec, manifest: Manifest, store: JobStore,
+                              listener: Listener, retry_failed: bool, state: StateUrl | None,
+                              notify: Callable[[str], None]) -> BatchrunError | None:
+    """--simulate --endpoints: one simulator per endpoint, with that endpoint's limits (of the
+    job's model), so an endpoints file can be tried offline. Each endpoint's daily budget is
+    the job's own, kept by endpoint name: a simulator's port changes with every run."""
+    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+
+    job_host = runner.simulator_host(manifest.job_id)
+    async with contextlib.AsyncExitStack() as servers:
+        configs, ledger_hosts = [], {}
+        for config in spec.endpoints:
+            lim = config.limits_for(spec.model)
+            server = await servers.enter_async_context(SimServer(Simulator(SimConfig(
+                SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1))))
+            url = server.azure_endpoint if config.endpoint.azure else server.base_url
+            simulated = replace(config, endpoint=replace(config.endpoint, base_url=url))
+            configs.append(simulated)
+            ledger_hosts[ledger.ledger_host(simulated.endpoint.host)] = f"{job_host}/{config.name}"
+        return await runner.run(
+            replace(spec, endpoint=configs[0].endpoint, endpoints=tuple(configs)), manifest,
+            store, "sk-simulated", listener, job_host, now_utc=ledger.utc_now,
+            retry_failed=retry_failed, notify=notify, state=state, simulated_hosts=ledger_hosts)
 
 
 def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None:
@@ -567,6 +665,11 @@ def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None
         f"{s['achieved']['tokens_per_min']:,.0f} tok/min · {s['rate_limited_429']:,} 429s",
         f"results: {output}",
     ]
+    sync, batch_way = s["via"]["sync"], s["via"]["batch"]
+    if batch_way["requests"]:  # --via batch or auto: what went where, at which price
+        lines.insert(3, f"via: {sync['requests']:,} sync ({_usd(sync['cost_usd'])}) · "
+                        f"{batch_way['requests']:,} Batch API ({_usd(batch_way['cost_usd'])}, "
+                        "half price)")
     if r["failed"] or r["failed_before"]:
         failed = r["failed"] + r["failed_before"]
         lines.append(f"{failed:,} failed for good: each has its error in the results. "
@@ -580,8 +683,13 @@ def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None
     out.print("\n".join(lines), markup=False)
 
 
+def _usd(cost: float | None) -> str:
+    return "no list price" if cost is None else f"${cost:,.4f}"
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code: the one place errors turn into messages."""
+    _reply.reset()
     try:
         result = app(args=argv, standalone_mode=False)
     except BatchrunError as exc:
@@ -589,16 +697,21 @@ def run(argv: list[str] | None = None) -> int:
             raise
         # Text, not markup: messages quote ids and server words that may contain brackets.
         prefix = Text("error: ", style="bold red") if exc.exit_code == EXIT_INPUT else Text()
-        err.print(prefix + Text(printable(exc.message)))
+        message = printable(exc.message)
+        err.print(prefix + Text(message))
+        _answer_error(argv, exc.exit_code, message)
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err.print("Interrupted before anything was sent.")
+        _answer_error(argv, EXIT_INTERRUPTED, "Interrupted before anything was sent.")
         return EXIT_INTERRUPTED
     except Exception as exc:
         # Usage errors (click's, vendored or not, depending on typer's version) show themselves.
         show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
         if callable(show) and isinstance(code, int):
             show()
+            usage = getattr(exc, "format_message", None)
+            _answer_error(argv, code, str(usage() if callable(usage) else exc))
             return code
         if os.environ.get("BATCHRUN_DEBUG"):
             raise
@@ -606,11 +719,12 @@ def run(argv: list[str] | None = None) -> int:
             exc = exc.exceptions[0]  # the task group's wrapping says nothing to a user
         # A bug, not a user error: say so in one line. The job is recorded as crashed (the
         # runner never marks a job done on an exception), so nothing finished is lost.
-        err.print(Text(printable(
+        message = printable(
             f"internal error: {type(exc).__name__}: {redact(str(exc))}. This is a bug in "
             "batchrun; results written so far are kept and `batchrun resume` continues the "
-            "job. Run again with BATCHRUN_DEBUG=1 to see the traceback, and please report it."
-        ), style="bold red"))
+            "job. Run again with BATCHRUN_DEBUG=1 to see the traceback, and please report it.")
+        err.print(Text(message, style="bold red"))
+        _answer_error(argv, EXIT_INTERNAL, message)
         return EXIT_INTERNAL
     return result if isinstance(result, int) else EXIT_OK
 

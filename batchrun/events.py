@@ -123,6 +123,7 @@ class Stats:
     batch_out: Counter[str] = field(default_factory=Counter)
     limits: dict[str, Limits] = field(default_factory=dict)
     state: str = "starting"
+    batch_requests: int = 0  # of ok + failed: the ones the Batch API answered
 
     def __call__(self, event: Event) -> None:
         match event:
@@ -137,6 +138,7 @@ class Stats:
                 self.tokens_in[model] += tin
                 self.tokens_out[model] += tout
                 if event.batch:
+                    self.batch_requests += 1
                     self.batch_in[model] += tin
                     self.batch_out[model] += tout
             case Throttled():
@@ -156,18 +158,11 @@ class Stats:
         wall = max(1e-9, time.monotonic() - self.started)
         # Limits are per minute: a job shorter than a minute is measured against one minute.
         minutes = max(1.0, wall / 60)
-        # One model without a list price leaves the others' cost known: it is named instead.
-        cost, priced, unpriced = 0.0, 0, []
-        for model in sorted(set(self.tokens_in) | set(self.tokens_out)):
-            if not self.tokens_in[model] and not self.tokens_out[model]:
-                continue  # bad lines and failures cost nothing
-            p = price(model)
-            if p is None:
-                unpriced.append(model)
-                continue
-            priced += 1
-            cost += p.cost(self.tokens_in[model], self.tokens_out[model])
-            cost -= p.cost(self.batch_in[model], self.batch_out[model]) / 2
+        sync_in, sync_out = self.tokens_in - self.batch_in, self.tokens_out - self.batch_out
+        sync_cost, sync_priced, sync_unpriced = _cost(sync_in, sync_out)
+        batch_cost, batch_priced, batch_unpriced = _cost(self.batch_in, self.batch_out)
+        cost, priced = sync_cost + batch_cost / 2, sync_priced or batch_priced
+        unpriced = sorted(set(sync_unpriced) | set(batch_unpriced))
         tokens_in, tokens_out = sum(self.tokens_in.values()), sum(self.tokens_out.values())
         return {
             "state": self.state,
@@ -192,7 +187,37 @@ class Stats:
                 for m, lim in self.limits.items()
             },
             "rate_limited_429": self.throttled,
+            # --via auto sends part of a job each way, at two prices: what went where.
+            "via": {
+                "sync": _way(self.ok + self.failed - self.batch_requests, sync_in, sync_out,
+                             sync_cost if sync_priced or not sync_unpriced else None),
+                "batch": _way(self.batch_requests, self.batch_in, self.batch_out,
+                              batch_cost / 2 if batch_priced or not batch_unpriced else None),
+            },
         }
+
+
+def _cost(tokens_in: Counter[str], tokens_out: Counter[str]) -> tuple[float, bool, list[str]]:
+    """The cost at list prices of the models that have one, whether any had, and the models
+    that have none (named instead: one such model leaves the others' cost known)."""
+    cost, priced, unpriced = 0.0, False, []
+    for model in sorted(set(tokens_in) | set(tokens_out)):
+        if not tokens_in[model] and not tokens_out[model]:
+            continue  # bad lines and failures cost nothing
+        p = price(model)
+        if p is None:
+            unpriced.append(model)
+            continue
+        priced = True
+        cost += p.cost(tokens_in[model], tokens_out[model])
+    return cost, priced, unpriced
+
+
+def _way(requests: int, tokens_in: Counter[str], tokens_out: Counter[str],
+         cost: float | None) -> dict[str, Any]:
+    return {"requests": requests,
+            "tokens": {"input": sum(tokens_in.values()), "output": sum(tokens_out.values())},
+            "cost_usd": None if cost is None else round(cost, 6)}
 
 
 def emit_all(*listeners: Listener) -> Listener:

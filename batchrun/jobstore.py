@@ -37,9 +37,11 @@ def state_home() -> Path:
     return Path(base) / "batchrun"
 
 
-def fingerprint(path: Path) -> dict[str, Any]:
-    """Size, mtime and a hash of the first and last MiB: cheap for a 10 GB file, and any edit
-    that keeps the size and both ends also changes the mtime."""
+def fingerprint(path: Path, full: bool = False) -> dict[str, Any]:
+    """Size, mtime and a hash of the first and last MiB: cheap for a 10 GB file. `full` adds a
+    hash of the whole content, for the fingerprint a job starts with: a file rewritten with the
+    same bytes (a notebook cell run twice) moves only the mtime, and only the whole content can
+    tell that from an edit in the middle."""
     st = path.stat()
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -47,20 +49,43 @@ def fingerprint(path: Path) -> dict[str, Any]:
         if st.st_size > _SAMPLE:
             f.seek(max(_SAMPLE, st.st_size - _SAMPLE))
             digest.update(f.read(_SAMPLE))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_head_tail": digest.hexdigest()}
+    print_ = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+              "sha256_head_tail": digest.hexdigest()}
+    if full:
+        print_["sha256"] = content_hash(path)
+    return print_
+
+
+def content_hash(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def describe_change(before: dict[str, Any], now: dict[str, Any]) -> str | None:
-    """What changed in the input since the job started, in words; None if nothing did."""
+    """What changed in the input since the job started, in words; None if nothing did. Where
+    only the mtime moved, a `sha256` of the whole content in both says whether the bytes did."""
     if not isinstance(before.get("size"), int):
         return "batchrun recorded no fingerprint of it"
     if before["size"] != now["size"]:
         return f"its size went from {before.get('size'):,} to {now['size']:,} bytes"
     if before.get("sha256_head_tail") != now["sha256_head_tail"]:
         return "its content changed"
-    if before.get("mtime_ns") != now["mtime_ns"]:
-        return "it was modified (same size, new modification time)"
-    return None
+    if before.get("mtime_ns") == now["mtime_ns"]:
+        return None
+    if isinstance(before.get("sha256"), str) and "sha256" in now:
+        return None if before["sha256"] == now["sha256"] else "its content changed"
+    return "it was modified (same size, new modification time)"
+
+
+def input_change(before: dict[str, Any], path: Path) -> tuple[dict[str, Any], str | None]:
+    """The input's fingerprint now, and what changed since `before` (None: nothing). The whole
+    file is read only when its size and both ends match but its mtime moved."""
+    now = fingerprint(path)
+    if (isinstance(before.get("sha256"), str) and before.get("size") == now["size"]
+            and before.get("sha256_head_tail") == now["sha256_head_tail"]
+            and before.get("mtime_ns") != now["mtime_ns"]):
+        now["sha256"] = content_hash(path)
+    return now, describe_change(before, now)
 
 
 def job_id_for(input_path: Path, output_path: Path) -> str:
@@ -128,6 +153,8 @@ def _decode(raw: bytes) -> tuple[dict[str, Any], str | None]:
         return data, f"option {wrong[0][0]} cannot be {wrong[0][1]!r}"
     if not isinstance(data.get("endpoints", {}), dict):
         data["endpoints"] = {}  # only counts for `status`: the output holds the results
+    if not _used_today_ok(data.get("used_today", {})):
+        data["used_today"] = {}  # only for a message's "by other jobs": start it again
     if not _checked_ok(data.get("checked")):
         data["checked"] = None  # only a cache of the input's check: read the input again
     return data, None
@@ -160,6 +187,14 @@ def _wrong_options(options: dict[str, Any]) -> list[tuple[str, Any]]:
         wrong += [(f"overrides.{k}", v) for k, v in overrides.items()
                   if v is not None and not _is_count(v)]
     return wrong
+
+
+def _used_today_ok(used: Any) -> bool:
+    if used == {}:
+        return True
+    return (isinstance(used, dict) and isinstance(used.get("day"), str)
+            and isinstance(used.get("tokens"), dict)
+            and all(isinstance(k, str) and _is_count(v) for k, v in used["tokens"].items()))
 
 
 def _checked_ok(checked: Any) -> bool:
@@ -197,6 +232,23 @@ class Manifest:
     # --endpoints: results per endpoint name, {"done": n, "failed": n} (this job, every run)
     endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
     batch: dict[str, Any] = field(default_factory=dict)  # Batch API parts (batchrun.batch)
+    # The tokens the job's runs billed on one UTC day, by model family, as its ledger scope
+    # names it (one endpoint, sync path): {"day": "2026-11-27", "tokens": {"gpt-4o-mini": n}}.
+    # What the key's ledger holds beyond them, other jobs used.
+    used_today: dict[str, Any] = field(default_factory=dict)
+
+    def tokens_on(self, day: dt.date, model: str) -> int:
+        if self.used_today.get("day") != day.isoformat():
+            return 0
+        return int(self.used_today["tokens"].get(model, 0))
+
+    def count_tokens(self, day: dt.date, model: str, tokens: int) -> None:
+        if self.used_today.get("day", "") > day.isoformat():
+            return  # a run across midnight: only the latest day is kept
+        if self.used_today.get("day") != day.isoformat():
+            self.used_today = {"day": day.isoformat(), "tokens": {}}
+        counts = self.used_today["tokens"]
+        counts[model] = counts.get(model, 0) + tokens
 
     @property
     def finished(self) -> bool:

@@ -428,9 +428,15 @@ class DailyBudget:
     count (`Ledger.daily_counts`), billed tokens until then.
     """
 
-    def __init__(self, ledger: Ledger, scope: Scope, tpd: int, rpd: int) -> None:
+    def __init__(self, ledger: Ledger, scope: Scope, tpd: int, rpd: int,
+                 job_tokens: Callable[[dt.date], int] | None = None) -> None:
+        """`job_tokens(day)`: the tokens the job's earlier runs used that day; with `spent`,
+        what this run billed, the daily-stop message says how much of the key's day other
+        jobs took."""
         self.ledger, self.scope, self.tpd, self.rpd = ledger, scope, tpd, rpd
         self.counts = ledger.daily_counts(scope)
+        self._job_tokens = job_tokens
+        self.spent: defaultdict[dt.date, int] = defaultdict(int)  # billed by this run, by day
         self.lease_tokens = max(1, math.ceil(tpd * LEASE_SHARE))
         self.lease_requests = max(1, math.ceil(rpd * LEASE_SHARE))
         self._checked = -math.inf
@@ -544,6 +550,7 @@ class DailyBudget:
         """Replace a reservation made on `day` by the usage the API reported (clamped: a
         server's negative or absurd numbers must not move the day's count)."""
         actual = min(max(0, actual), MAX_USAGE)
+        self.spent[day] += actual
         if not self.tpd or self._leases_charge:
             # No budget on billed tokens: they are only counted (the charge stays reserved).
             self.ledger.add_later(self.scope, day, actual, 0)
@@ -593,8 +600,12 @@ class DailyBudget:
         self.release()  # what this process holds but has not used is not "used"
         usage = self.ledger.usage(self.scope)
         if self._leases_charge:  # the budget was kept on the server's count: say that one
-            usage = replace(usage, tokens=usage.charge)
-        return describe_usage(usage, self.scope.model, self.tpd, self.rpd, server_message)
+            return describe_usage(replace(usage, tokens=usage.charge), self.scope.model,
+                                  self.tpd, self.rpd, server_message)
+        others = (max(0, usage.tokens - self._job_tokens(usage.day) - self.spent[usage.day])
+                  if self._job_tokens is not None else 0)
+        return describe_usage(usage, self.scope.model, self.tpd, self.rpd, server_message,
+                              others)
 
 
 def accountings_in(path: Path, host: str, key_fingerprint: str) -> dict[str, float]:
@@ -617,16 +628,18 @@ def counted_by_server(server_message: str, billed: int, charge: int) -> str | No
 
 
 def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
-                   server_message: str = "") -> str:
+                   server_message: str = "", others: int = 0) -> str:
     """Why a model's day is spent, in the words of DailyBudget.describe (also the Redis
-    state's)."""
+    state's). Counts are the ledger's, never capped at the budget: usage can pass it (other
+    jobs on the key, answers longer than reserved), and a capped figure would hide that.
+    `others`: the tokens of the day other jobs used."""
     day = usage.day.isoformat()
     if usage.exhausted and not (tpd or rpd):
         what = "request" if "(RPD)" in server_message else "token"
         return (f"Daily {what} budget reached for {model}: the API's per-day limit is spent "
                 f"on {day} (UTC)")
     if rpd and usage.requests >= rpd:
-        return (f"Daily request budget reached for {model}: {min(usage.requests, rpd):,} "
+        return (f"Daily request budget reached for {model}: {usage.requests:,} "
                 f"of {rpd:,} requests used on {day} (UTC)")
     if tpd and usage.exhausted and usage.tokens < tpd:
         # The server's count, not ours, ran out: other tools or hosts on the key, or a
@@ -634,7 +647,11 @@ def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
         return (f"Daily token budget reached for {model}: the API says its per-day limit is "
                 f"spent on {day} (UTC); batchrun used {usage.tokens:,} of {tpd:,} tokens")
     if tpd:
-        return (f"Daily token budget reached for {model}: {min(usage.tokens, tpd):,} of "
-                f"{tpd:,} tokens used on {day} (UTC)")
+        by_others = ""
+        if others:
+            share = "all" if others >= usage.tokens else f"{others:,}"
+            by_others = f", {share} of them by other jobs on this key"
+        return (f"Daily token budget reached for {model}: {usage.tokens:,} of "
+                f"{tpd:,} tokens used on {day} (UTC){by_others}")
     return (f"Daily budget reached for {model}: the API's per-day limit is spent on {day} "
             "(UTC)")

@@ -6,6 +6,7 @@ A Listener of engine events; the CLI owns it. Nothing in the core imports this m
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -151,6 +152,31 @@ def describe_daily(limits: Limits) -> str:
     return "the day ends at " + " or ".join(parts) + budget
 
 
+class PipeSafeConsole(Console):
+    """A console whose reader may go away (`batchrun submit … | head`). rich's answer to a
+    broken pipe is SystemExit, which, raised inside an engine event, would end the job as
+    crashed; the job goes on instead and the results file is its result. What this console
+    prints from then on is dropped."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        drop_output(self.file)
+
+
+def drop_output(stream: IO[str]) -> None:
+    """Point a stream whose reader has gone at /dev/null: Python's own flush at exit (of what
+    is still buffered) would otherwise fail and change the exit code."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: not a real file
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class ProgressDisplay:
     """Subscribe with `display(event)`; use as a context manager around the run."""
 
@@ -167,7 +193,7 @@ class ProgressDisplay:
         self._started_at = clock()
         self._cooling_until = 0.0
         self.quiet = quiet
-        self.console = console or Console(file=stream, highlight=False)
+        self.console = console or PipeSafeConsole(file=stream, highlight=False)
         self._budgets: dict[str, BudgetUsed] = {}
         if not self.console.is_terminal:
             # A log file or pipe: one event, one line, however long.
@@ -200,6 +226,12 @@ class ProgressDisplay:
             self._live.refresh()
             self._live.__exit__(None, None, None)
             self._live = None
+
+    def note(self, message: str) -> None:
+        """A message for the user while the job runs (quiet or not). Printed by the display's
+        own console, so a live display puts it above itself; printed apart, it would be
+        overwritten by the display's next refresh."""
+        self.console.print(message, markup=False)
 
     def __call__(self, event: Event) -> None:
         if self.quiet:

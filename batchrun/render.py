@@ -132,8 +132,9 @@ def _batch_row(m: dict[str, Any]) -> str:
 
 def _part_line(p: dict[str, Any]) -> str:
     """One Batch API part of `status JOB`, as last recorded (resume polls and collects)."""
+    said = str(p.get("api_status") if p["state"] == "submitted" else p["state"])
     state = {"planned": "waiting for the queue", "uploaded": "uploaded, waiting for the queue",
-             "creating": "being created"}.get(p["state"], p["state"].replace("_", " "))
+             "creating": "being created"}.get(p["state"], said.replace("_", " "))
     ids = " · ".join(x for x in (p.get("batch_id"), p.get("file_id")) if x)
     counts = (f" · {p.get('completed', 0):,} completed, {p.get('failed', 0):,} failed"
               if p.get("batch_id") else "")

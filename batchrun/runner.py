@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from batchrun.checkpoint import (
     read_output,
 )
 from batchrun.endpoint import Endpoint
-from batchrun.endpoints import check_serves
+from batchrun.endpoints import EndpointConfig, check_serves
 from batchrun.endpoints.tally import count_endpoint, forget_failed
 from batchrun.endpoints.upstreams import build_upstreams, with_endpoints
 from batchrun.engine import Engine, JobSpec
@@ -44,18 +44,32 @@ from batchrun.errors import (
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
 from batchrun.jobs import InputReport, input_report, read_jobs
-from batchrun.jobstore import JobStore, Manifest, describe_change, fingerprint, job_id_for
+from batchrun.jobstore import (
+    JobStore,
+    Manifest,
+    describe_change,
+    fingerprint,
+    input_change,
+    job_id_for,
+)
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.signals import on_signals
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
-from batchrun.state import SharedBudget, StateUrl
+from batchrun.state import SharedBudget, SharedStateError, StateUrl
 from batchrun.state._open import connect as connect_state
 from batchrun.stop import StopKind, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
 SAVE_EVERY_S = 2.0
+
+
+def simulator_host(job_id: str) -> str:
+    """The ledger's host for a --simulate job: its own, so one simulated job's usage never
+    spends another's budget (the simulator keeps no daily count: the ledger is its --tpd), and
+    per job, not per run, so a daily stop still holds on resume."""
+    return f"{SIMULATOR_HOST}/{job_id}"
 
 
 def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
@@ -96,7 +110,7 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
     )
     if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")),
-                              m.job_id)
+                              m.job_id, need_keys=not o["simulate"])
     return spec, bool(o["simulate"])
 
 
@@ -149,10 +163,6 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
     output = spec.output.expanduser().resolve()
     input_path = spec.input.resolve()
     check_output_path(output, spec.input)
-    try:
-        print_ = fingerprint(spec.input)
-    except OSError:
-        print_ = {}  # the reader reports a missing or unreadable input with its own message
     existing = store.for_output(output)
     if existing is not None and existing.input != str(input_path):
         raise InputError(
@@ -162,23 +172,33 @@ def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False)
         )
     job_id = existing.job_id if existing else job_id_for(spec.input, output)
     started = _started_as(existing, output, input_path)
-    if started is not None and print_ and not force:
-        by, print_then = started
-        change = describe_change(print_then, print_)
-        if change:
-            raise InputError(
-                f"{spec.input} changed since job {by} started: {change}. Results in "
-                f"{output} would not match it. Use another -o for a new job, or add --force "
-                "to continue anyway."
-            )
+    try:
+        print_, change = (input_change(started[1], spec.input) if started is not None
+                          else (fingerprint(spec.input, full=True), None))
+    except OSError:
+        # The reader reports a missing or unreadable input with its own message.
+        print_, change = {}, None
+    if started is not None and change and not force:
+        raise InputError(
+            f"{spec.input} changed since job {started[0]} started: {change}. Results in "
+            f"{output} would not match it. Use another -o for a new job, or add --force "
+            "to continue anyway."
+        )
     manifest = existing or Manifest(job_id=job_id, input=str(input_path),
                                     output=str(output), fingerprint=print_, options={})
     if manifest.options.get("model", spec.model) != spec.model:
         manifest.checked = None  # lines that name no model now get another one
     manifest.options = spec_options(spec, simulate)
-    if force and print_ and describe_change(manifest.fingerprint, print_):
-        manifest.fingerprint, manifest.checked = print_, None
+    if print_ and describe_change(manifest.fingerprint, print_):
+        manifest.fingerprint, manifest.checked = _baseline(spec.input, print_), None
+    elif "sha256" in print_:
+        manifest.fingerprint = print_  # same bytes, new mtime: the next look stays cheap
     return manifest
+
+
+def _baseline(path: Path, print_: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint a job goes on from: with the hash of the whole content."""
+    return print_ if "sha256" in print_ else fingerprint(path, full=True)
 
 
 def _started_as(existing: Manifest | None, output: Path,
@@ -271,8 +291,13 @@ async def run(
     retry_failed: bool = False,
     notify: Callable[[str], None] = lambda message: None,
     state: StateUrl | None = None,
+    simulated_hosts: Mapping[str, str] | None = None,
 ) -> BatchrunError | None:
     """Run the job under its output's lock, with the shared ledger; record how it ended.
+
+    `simulated_hosts` (--simulate --endpoints): the ledger host for each simulator's address (as
+    ledger_host names it), whose port changes with every run while the job's daily budget must
+    not; their keys are made up from `api_key`.
 
     A new job's manifest is written only once the engine has accepted the input, so a refused
     submit leaves nothing behind (not even the empty output the lock created)."""
@@ -291,24 +316,40 @@ async def run(
             notify(f"No failed results in {manifest.output} to send again.")
         spec = replace(spec, output=Path(manifest.output))
         on_disk = store.exists(manifest.job_id)
-        manifest.state, manifest.message = "running", ""
-        if on_disk:
-            store.save(manifest)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
         try:  # --state redis://: the daily budget and per-minute admission live there
             shared = await connect_state(state, now_utc) if state is not None else None
+        except SharedStateError as exc:
+            ledger.close()
+            raise SharedStateError(f"{exc.message} {state_unavailable_next(state)}") from None
         except BaseException:
             ledger.close()
             raise
+        # Only now: a run refused before it began leaves the job as it was, not "crashed".
+        manifest.state, manifest.message = "running", ""
+        if on_disk:
+            store.save(manifest)
 
-        def budget_in(scope: Scope, limits: Limits) -> DailyBudget | SharedBudget:
+        def budget_in(scope: Scope, limits: Limits,
+                      job_tokens: Callable[[dt.date], int] | None = None,
+                      ) -> DailyBudget | SharedBudget:
+            if simulated_hosts:
+                scope = replace(scope, host=simulated_hosts.get(scope.host, scope.host))
             if shared is not None:
                 return shared.budget(scope, limits.tpd, limits.rpd, spec.timeout_s)
-            return DailyBudget(ledger, scope, limits.tpd, limits.rpd)
+            return DailyBudget(ledger, scope, limits.tpd, limits.rpd, job_tokens)
+
+        own: list[DailyBudget] = []  # what they bill is the job's, for its manifest
 
         def budget_for(model: str, limits: Limits) -> DailyBudget | SharedBudget:
-            return budget_in(Scope(host, keyfp, family(model) or model), limits)
+            # One endpoint: the job's own tokens of the model are all in this one scope.
+            scope = Scope(host, keyfp, family(model) or model)
+            budget = budget_in(scope, limits,
+                               lambda day: manifest.tokens_on(day, scope.model))
+            if isinstance(budget, DailyBudget):
+                own.append(budget)
+            return budget
 
         def fan_out(event: Event) -> None:
             updater(event)
@@ -325,8 +366,11 @@ async def run(
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
+            key_for = ((lambda config: f"{api_key}-{config.name}") if simulated_hosts
+                       else None)
             stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
-                               Budgets(budget_for, budget_in), now_utc, sleep, notify, on_disk)
+                               Budgets(budget_for, budget_in, key_for), now_utc, sleep, notify,
+                               on_disk)
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False
@@ -341,6 +385,9 @@ async def run(
                     if shared is not None:
                         await shared.close()
             finally:
+                for budget in own:
+                    for day, tokens in budget.spent.items():
+                        manifest.count_tokens(day, budget.scope.model, tokens)
                 if updater.started or on_disk:
                     manifest.state = "crashed" if crashed else _final_state(stop)
                     manifest.message = stop.message if stop else ""
@@ -350,6 +397,14 @@ async def run(
         if not updater.started:
             lock.discard_if_unused()
         lock.release()
+
+
+def state_unavailable_next(state: StateUrl | None) -> str:
+    """What to do when the shared state does not answer before anything was sent."""
+    url = state.shown if state is not None else "the --state URL"
+    return (f"Nothing was sent. Check that Redis runs and answers there (redis-cli -u {url} "
+            "ping; the URL comes from --state or $BATCHRUN_STATE), then run the same command "
+            "again.")
 
 
 def _check_paths(spec: JobSpec, manifest: Manifest) -> None:
@@ -373,6 +428,8 @@ class Budgets:
 
     for_model: Callable[[str, Limits], DailyBudget | SharedBudget]
     in_scope: Callable[[Scope, Limits], DailyBudget | SharedBudget]
+    # --simulate --endpoints: each simulated endpoint's key (none is in the environment)
+    key_for: Callable[[EndpointConfig], str] | None = None
 
 
 async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str,
@@ -395,7 +452,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
     if spec.via == "auto":  # at the daily limit the Batch API goes on, no waiting
         spec = replace(spec, wait=False)
     engine = Engine(spec, report, done, api_key, listener, budgets.for_model, now_utc=now_utc,
-                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope))
+                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope, budgets.key_for))
     ended = await on_signals(engine.interrupt, engine.run())
     if ended is None:
         return None
@@ -478,7 +535,15 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
         if not (retry_failed and failed):
             return Finished(manifest.done, manifest.total, failed)
     check_input_unchanged(manifest, force)
-    return spec_from_manifest(manifest, overrides)
+    spec, simulate = spec_from_manifest(manifest, overrides)
+    # What the user changes on resume holds for the job from now on, as if submitted with it: a
+    # later plain `resume` (the command every message prints) must not go back to the old limits.
+    manifest.options.update({
+        "overrides": spec.overrides, "concurrency": spec.concurrency,
+        "max_retries": spec.max_retries, "timeout_s": spec.timeout_s, "wait": spec.wait,
+        "max_response_mb": spec.max_response_mb, "poll_max_s": spec.poll_max_s,
+        "batch_queue_tokens": spec.batch_queue_tokens})
+    return spec, simulate
 
 
 def count_from_output(manifest: Manifest) -> None:
@@ -490,7 +555,7 @@ def count_from_output(manifest: Manifest) -> None:
 
 def _input_changed(manifest: Manifest) -> bool:
     try:
-        return describe_change(manifest.fingerprint, fingerprint(Path(manifest.input))) is not None
+        return input_change(manifest.fingerprint, Path(manifest.input))[1] is not None
     except OSError:
         return False  # gone: a finished job has nothing more to send without it
 
@@ -498,17 +563,19 @@ def _input_changed(manifest: Manifest) -> bool:
 def check_input_unchanged(manifest: Manifest, force: bool) -> None:
     path = Path(manifest.input)
     try:
-        now = fingerprint(path)
+        now, change = input_change(manifest.fingerprint, path)
+        if change and not force:
+            raise InputError(
+                f"{path} changed since job {manifest.job_id} started: {change}. Its results "
+                "would not match. Restore the file, or add --force to resume against it as it "
+                "is now."
+            )
+        if change:
+            manifest.fingerprint, manifest.checked = _baseline(path, now), None
+        elif "sha256" in now:
+            manifest.fingerprint = now  # same bytes, new mtime: the next look stays cheap
     except OSError:
         raise InputError(
             f"the input of job {manifest.job_id}, {path}, is gone; put it back to resume."
         ) from None
-    change = describe_change(manifest.fingerprint, now)
-    if change and not force:
-        raise InputError(
-            f"{path} changed since job {manifest.job_id} started: {change}. Its results would not "
-            f"match. Restore the file, or add --force to resume against it as it is now."
-        )
-    if change:
-        manifest.fingerprint, manifest.checked = now, None
 

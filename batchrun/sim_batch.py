@@ -7,7 +7,8 @@ them: `POST/GET /v1/files`, `GET/DELETE /v1/files/{id}`, `GET /v1/files/{id}/con
 `POST/GET /v1/batches` (list: newest first, `?limit=&after=`, `has_more`, `first_id`, `last_id`,
 each batch with its `metadata`), `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`; Azure's
 under `/openai/files` and `/openai/batches` with a required `api-version` and the `api-key`
-header, where a batch's endpoint and lines' `url` are `/chat/completions` or `/embeddings`.
+header, where a batch's endpoint and lines' `url` are `/chat/completions` or `/embeddings`, and
+an upload and a create answer 201 Created with a `Location` header, as Azure documents.
 Objects, statuses and error shapes are the API's; keys and `insufficient_quota` are refused as on
 the chat route.
 
@@ -143,10 +144,21 @@ class BatchApi:
         refused = self.sim.refuse(request, request.path.startswith("/openai/"))
         return refused if refused is not None else self.sim.quota_refusal()
 
-    def _json(self, payload: dict[str, Any], status: int = 200) -> web.Response:
+    def _json(self, payload: dict[str, Any], status: int = 200,
+              headers: dict[str, str] | None = None) -> web.Response:
         self.sim.stats.statuses[status] += 1
-        return web.Response(status=status, body=orjson.dumps(payload),
+        return web.Response(status=status, body=orjson.dumps(payload), headers=headers,
                             content_type="application/json")
+
+    def _created(self, request: web.Request, payload: dict[str, Any],
+                 where: str) -> web.Response:
+        """Azure answers an upload and a create with 201 Created and a Location header
+        (Files - Upload, api-version 2024-10-21; Batch - Create in the 2025-01-01-preview
+        spec); OpenAI with 200."""
+        if not request.path.startswith("/openai/"):
+            return self._json(payload)
+        location = str(request.url.with_path(f"/openai/{where}/{payload['id']}"))
+        return self._json(payload, 201, {"Location": location})
 
     def _bad(self, message: str, param: str | None = None, status: int = 400) -> web.Response:
         return self.sim.error(status, message, "invalid_request_error", None, param=param)
@@ -193,7 +205,7 @@ class BatchApi:
         file = StoredFile(self._new_id("file-"), filename, purpose, data, int(self.clock()))
         self.files[file.id] = file
         self.stats.uploads += 1
-        return self._json(file.obj())
+        return self._created(request, file.obj(), "files")
 
     def _file_or_404(self, request: web.Request) -> StoredFile | web.Response:
         file_id = request.match_info["file_id"]
@@ -295,7 +307,7 @@ class BatchApi:
         self.stats.created[batch.id] = dict(metadata)
         if self._rng.random() < cfg.create_5xx:
             return self._server_error()  # the batch exists and runs; only the answer is lost
-        return self._json(batch.obj())
+        return self._created(request, batch.obj(), "batches")
 
     def _queue_message(self, model: str, azure: bool) -> str:
         limit = self.config.queue_tokens

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.batch.api import ApiCallFailed, Transient
+from batchrun.batch.api import Transient
 
 
 class Crash(BaseException):
@@ -159,8 +159,9 @@ class FakeBatchApi:
         self._enter("cancel")
         b = self.by_id[batch_id]
         if b["status"] in ("completed", "failed", "expired", "cancelled", "finalizing"):
-            raise ApiCallFailed(f"HTTP 409: Cannot cancel a batch with status {b['status']}.",
-                                409, "")
+            # OpenAI answers 409 Conflict "Cannot cancel a batch with status 'completed'."
+            # (see tests/batch_server.py), which the real BatchApi raises as Transient.
+            raise Transient(f"HTTP 409: Cannot cancel a batch with status '{b['status']}'.")
         b["status"], b["_cancel"] = "cancelling", True
         return self._public(batch_id)
 

@@ -185,7 +185,8 @@ def test_an_output_file_with_strangers_duplicates_and_garbage_gives_one_line_per
     results = h.results()  # fails on a duplicate id
     assert set(results) == {"r1", "r2", "r3", "r4"}
     assert ok_ids(results) == {"r1", "r2", "r3"}
-    assert results["r4"]["error"]["code"] == "batch_incomplete"
+    # A completed batch ran r4: its result is unread, not undone (never sent again unasked).
+    assert results["r4"]["error"]["code"] == "batch_output_unavailable"
     assert stop is None
 
 
@@ -495,4 +496,5 @@ def test_an_output_file_that_echoes_the_input_is_not_taken_for_results(
         h = real_api_harness(tmp_path, monkeypatch, server, n=2)
         h.submit(max_retries=0)
     results = h.results()
-    assert {x["error"]["code"] for x in results.values()} == {"batch_incomplete"}
+    # The batch says completed: its results are unreadable, not its requests undone.
+    assert {x["error"]["code"] for x in results.values()} == {"batch_output_unavailable"}

@@ -254,6 +254,8 @@ def test_manifest_records_ids_but_never_the_key(tmp_path: Path,
 
 def test_cancel_skips_a_batch_that_finished_meanwhile(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fake answers a finished batch's cancel as the real client raises OpenAI's 409
+    # (Transient), not as an ApiCallFailed the client never raises.
     h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
     write_jsonl(h.input, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y",
                                                        "model": "gpt-4o"}])
@@ -265,6 +267,49 @@ def test_cancel_skips_a_batch_that_finished_meanwhile(tmp_path: Path,
     assert h.resume() is None
     results = h.results()
     assert results["a"]["error"] is None and results["b"]["error"]["code"] == "batch_cancelled"
+
+
+def mixed_models(h: Harness) -> None:
+    """Four gpt-4o-mini lines and one gpt-4o: with a 40-token queue, gpt-4o-mini's last line
+    waits for the queue in a part of its own."""
+    write_jsonl(h.input, [*rows(3), {"id": "m", "prompt": "question m", "max_tokens": 5,
+                                     "model": "gpt-4o"}, {"id": "r4", "prompt": "question 4",
+                                                          "max_tokens": 5}])
+
+
+def test_cancel_after_a_batch_finished_cancels_the_rest_and_nothing_is_created_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, batch_queue_tokens=30)
+    mixed_models(h)
+    assert isinstance(h.submit(detach=True), batch_run.Detached)
+    states = [p["state"] for p in h.manifest().batch["parts"]]
+    assert len(h.fake.order) == 2 and "planned" in states
+    for _ in range(2):  # part 1 finishes on the server since the last poll
+        asyncio.run(h.fake.retrieve("batch_1"))
+    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 1)
+    assert h.fake.by_id["batch_2"]["status"] == "cancelling"
+    assert h.resume() is None
+    results = h.results()
+    assert len(h.fake.order) == 2  # the part waiting for the queue was never created
+    assert len(results) == 5 and {"r1", "r2", "r3"} <= ok_ids(results)
+    assert {results[c]["error"]["code"] for c in ("m", "r4")} == {"batch_cancelled"}
+
+
+def test_forget_stays_refused_while_a_batch_whose_cancel_failed_may_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import run_cli
+
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, batch_queue_tokens=30)
+    mixed_models(h)
+    h.submit(detach=True)
+    h.fake.transient["cancel"] = 100  # the API stops answering cancels
+    with pytest.raises(StateError, match="did not answer"):
+        asyncio.run(runner.cancel_batches(h.manifest(), h.store))
+    forget = run_cli("forget", h.job_id)
+    assert forget.code == 2 and "batches on the server" in forget.stderr
+    assert h.resume() is None  # collects both batches, submits nothing new
+    assert len(h.fake.order) == 2
+    assert h.results()["r4"]["error"]["code"] == "batch_cancelled"
 
 
 def test_an_enqueued_token_refusal_waits_before_trying_again(
@@ -342,3 +387,51 @@ def test_a_damaged_batch_record_is_named_not_a_traceback(
         h.resume()
     assert caught.value.exit_code == 5
     assert f"Batch API record of job {h.job_id} is damaged" in caught.value.message
+
+
+def test_a_manifest_from_before_api_status_loads_and_its_batch_is_collected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Older manifests kept the API's status in the part's `state`.
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=3)
+    h.submit(detach=True)
+    path = h.store.dir / f"{h.job_id}.json"
+    data = orjson.loads(path.read_bytes())
+    part = data["batch"]["parts"][0]
+    part["state"] = "in_progress"
+    for name in ("api_status", "cancel_asked", "output_tries"):
+        part.pop(name, None)
+    path.write_bytes(orjson.dumps(data))
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"} and len(h.fake.order) == 1
+
+
+def test_a_batch_run_that_leaves_ids_without_a_line_never_ends_done(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The sync engine's guard, on the Batch API path: a reader that gives fewer lines than
+    # the check counted (the input changing under it) must not end the job `done`.
+    h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=3)
+    items = batch_run.Pending.items
+
+    def fewer(self: Any) -> Any:
+        return (i for i in items(self) if i.custom_id != "r3")
+
+    monkeypatch.setattr(batch_run.Pending, "items", fewer)
+    stop = h.submit()
+    assert isinstance(stop, StateError) and "not finished" in stop.message
+    assert set(h.results()) == {"r1", "r2"} and h.manifest().state != "done"
+
+
+def test_a_lost_create_is_found_past_the_newest_5000_batches_of_the_account(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi()
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    fake.crash = ("create", 1, "after")  # the batch exists; its answer was lost
+    with pytest.raises(Crash):
+        h.submit()
+    fake.crash = None
+    for i in range(5_000):  # other jobs' batches since, newer than ours in the list
+        fake.by_id[f"other_{i}"] = {"id": f"other_{i}", "metadata": {}, "_n": 0}
+        fake.order.append(f"other_{i}")
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2"}
+    assert fake.counts["create"] == 1  # found, not made twice

@@ -103,10 +103,13 @@ def test_request_errors_are_final_and_written_once(
 def test_azure_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                       sim_factory: Any) -> None:
     sim = batch_sim(sim_factory)
+    """The simulator answers Azure's upload and create as Azure documents them, 201 Created
+    (see test_batch_server_habits.py for the client against a server playing the docs)."""
     h = SimHarness(tmp_path, monkeypatch, sim, n=3, azure=True)
     assert h.submit() is None
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
     assert len(h.parts_created()) == 1
+    assert sim.stats.statuses[201] == 2  # one upload, one create
 
 
 def test_detach_cancel_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -118,18 +118,11 @@ def test_resume_of_an_endpoints_job_takes_its_limits_from_the_file_only(
     assert f"runs over the endpoints of {conf}" in refused.stderr and "--rpm" in refused.stderr
 
 
-def test_record_endpoint_needs_endpoints_and_simulate_does_not_mix_with_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_record_endpoint_needs_endpoints(tmp_path: Path) -> None:
+    # --simulate with --endpoints runs a simulator per endpoint: tests/test_newuser_endpoints.py
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
     alone = run_cli("submit", str(jobs), "--simulate", "--record-endpoint")
     assert alone.code == 2 and "give --endpoints FILE.toml too" in alone.stderr
-    monkeypatch.setenv("KEY_A", KEY_A)
-    conf = toml_file(tmp_path / "e.toml", openai("a", "https://api.openai.com/v1", "KEY_A", 5))
-    monkeypatch.setenv("BATCHRUN_ENDPOINTS", str(conf))
-    mixed = run_cli("submit", str(jobs), "--simulate")
-    assert mixed.code == 2 and "--endpoints and --simulate cannot go together" in mixed.stderr
-    assert not (tmp_path / "jobs.results.jsonl").exists()
 
 
 def test_one_key_in_two_variables_for_one_host_is_refused_before_sending(

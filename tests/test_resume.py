@@ -253,7 +253,7 @@ def test_manifest_is_private_complete_and_keyless(sim: RunningSim, tmp_path: Pat
     assert manifest["job_id"].startswith("jobs-") and len(manifest["job_id"]) == len("jobs-") + 6
     assert manifest["state"] == "done" and manifest["done"] == manifest["total"] == 3
     assert manifest["input"] == str(jobs) and manifest["output"].endswith("jobs.results.jsonl")
-    assert set(manifest["fingerprint"]) == {"size", "mtime_ns", "sha256_head_tail"}
+    assert set(manifest["fingerprint"]) == {"size", "mtime_ns", "sha256_head_tail", "sha256"}
     assert manifest["options"]["tier"] == "tier2"
     assert manifest["options"]["api_key_env"] == "OPENAI_API_KEY"
     assert FAKE_KEY not in path.read_text()

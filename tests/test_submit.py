@@ -99,7 +99,9 @@ def test_json_summary(sim: RunningSim, tmp_path: Path) -> None:
                                                 "tpd": 0}
     assert set(summary) == {"job", "state", "requests", "tokens", "cost_usd", "wall_seconds",
                             "achieved", "limits", "rate_limited_429", "message", "results",
-                            "unpriced_models"}
+                            "unpriced_models", "via"}
+    assert summary["via"]["batch"]["requests"] == 0
+    assert summary["via"]["sync"]["requests"] == 20
     assert summary["job"].startswith("jobs-")
     assert summary["state"] == "done"
 

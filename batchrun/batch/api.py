@@ -3,7 +3,8 @@
 the key in a header of each request (never a session default), redirects never followed, the
 proxy from the environment, and no credential in any message.
 
-Every call either returns the API's JSON object or raises:
+Every call answered with a 2xx (Azure's uploads and creates answer 201 Created) returns the
+API's JSON object; any other answer raises:
 `ApiRefused` (a refused key or account: stop, exit 4), `Transient` (5xx, 408/409/429,
 timeouts, dropped connections: the caller retries), or `ApiCallFailed` (any other 4xx: the
 request itself is wrong, asking again cannot help).
@@ -139,7 +140,7 @@ class BatchApi:
         try:
             async with session.get(url, headers=self._auth, allow_redirects=False,
                                    proxy=self._proxy) as resp:
-                if resp.status != 200:
+                if not _success(resp.status):
                     self._raise(resp.status, await self._read(resp, MAX_JSON_BYTES))
                 tmp = dest.with_name(dest.name + ".part")
                 with tmp.open("wb") as f:
@@ -166,7 +167,7 @@ class BatchApi:
             async with session.request(method, url, data=data, headers=headers,
                                        allow_redirects=False, proxy=self._proxy) as resp:
                 raw = await self._read(resp, MAX_JSON_BYTES)
-                if resp.status != 200:
+                if not _success(resp.status):
                     self._raise(resp.status, raw)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transient(exc) from None
@@ -212,6 +213,11 @@ class BatchApi:
         if 300 <= status < 400:
             said = "a redirect, which batchrun never follows; check the base URL"
         raise ApiCallFailed(f"HTTP {status}: {said}", status, code)
+
+
+def _success(status: int) -> bool:
+    """Every 2xx: Azure answers 201 Created to Files - Upload and Batch - Create."""
+    return 200 <= status < 300
 
 
 def _error_of(raw: bytes) -> tuple[str, str]:

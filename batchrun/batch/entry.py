@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
 from batchrun.batch.parts import BatchBook
-from batchrun.batch.remote import cancel_parts
+from batchrun.batch.remote import cancel_interruptibly
 from batchrun.batch.run import BatchJob, Options
 from batchrun.classify import secret_forms
 from batchrun.errors import BatchrunError, StateError
@@ -50,7 +50,7 @@ async def cancel_job(spec: JobSpec, manifest: Manifest, store: JobStore,
 
     async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
         try:
-            return await cancel_parts(book, api, manifest.job_id, save)
+            return await cancel_interruptibly(book, api, manifest.job_id, save)
         except Transient as exc:
             raise StateError(f"The Batch API at {spec.endpoint.host} did not answer ({exc.message})"
                              f"; run batchrun cancel {manifest.job_id} again.") from None

@@ -16,6 +16,9 @@ from batchrun.batch.parts import COLLECTED, BatchBook, Part, PartFiles
 from batchrun.errors import redact
 
 SHOWN_ERRORS = 20
+# Downloads of a completed batch's results that may come back unreadable before its unread
+# requests are failed (each one a poll apart).
+OUTPUT_TRIES = 3
 
 # The limit an enqueued-token refusal names: OpenAI's "Limit: 2,000,000 enqueued tokens",
 # Azure's "the configured limit of 2,000,000".
@@ -51,11 +54,11 @@ class Outcome:
     def settle(self, part: Part, ids: list[str], merged: Merged, gone: str | None) -> None:
         """Every request of part gets a result line or goes into merged.left (written for the
         next planning); the part is then collected, which its caller saves."""
-        if part.state == "failed":
+        if part.api_status == "failed":
             self._failed_validation(part, ids, merged)
         reason = {"expired": ("batch_expired", "the batch expired before this request ran"),
                   "cancelled": ("batch_cancelled", "the batch was cancelled before this "
-                                "request ran")}.get(part.state,
+                                "request ran")}.get(part.api_status or "",
                                                     ("batch_incomplete", "the batch returned "
                                                      "no result for this request"))
         if gone is not None:
@@ -75,6 +78,33 @@ class Outcome:
             part.attempt = 0
         self._files.write_left(part.n, merged.left)
         part.state = COLLECTED
+
+    def unread(self, part: Part, ids: list[str], merged: Merged) -> list[str]:
+        """A completed batch ran every request: one with no line in its files was not read
+        (output_file_id null, a file that is not JSONL or was cut short), not left undone."""
+        if part.api_status != "completed":
+            return []
+        return [cid for cid in ids if cid not in self._done and cid not in merged.left]
+
+    def read_again(self, part: Part, unread: list[str]) -> bool:
+        """True: download the part's files again at the next poll. Out of tries, the unread
+        requests fail: they ran and may have been billed, so only --retry-failed sends them
+        again. The caller saves the part either way."""
+        if part.output_tries < OUTPUT_TRIES:
+            part.output_tries += 1
+            self._notify(f"Batch {part.batch_id} (part {part.n}) completed, but the results of "
+                         f"{len(unread):,} of its requests could not be read (its output file "
+                         "is missing, not JSONL or cut short); they are downloaded again, "
+                         f"not sent again (try {part.output_tries} of {OUTPUT_TRIES}).")
+            return True
+        message = (f"batch {part.batch_id} completed but this request's result could not be "
+                   f"read after {OUTPUT_TRIES + 1} downloads (the output file was missing, not "
+                   "JSONL or cut short); it may have been billed. resume --retry-failed sends "
+                   "it again")
+        for cid in unread:
+            self._collector.fail(cid, part.model, "batch_output_unavailable", message,
+                                 part.attempt)
+        return False
 
     def tidy(self, part: Part) -> None:
         """Once the part is saved as collected, only what it left unfinished is needed (the

@@ -2,8 +2,10 @@
 $BATCHRUN_HOME/batches/JOB/: the exact lines uploaded (`part-N.jsonl`), our input's line number
 of each (`part-N.lines`), and the requests it left unfinished (`part-N.left`).
 
-A part's record is saved the moment anything the API returned changes it, in this order:
-planned → uploaded (file id) → creating → the batch's status (batch id) → collected. A crash
+A part's `state` is ours alone: planned → uploaded (file id) → creating → submitted (batch id)
+→ collected (or dropped), saved the moment anything the API returned changes it. What the API
+last said of its batch is `api_status`, a separate field: a server's word never becomes one of
+our states (a server saying "collected" or "uploaded" must not end or re-create a part). A crash
 between "creating" and the batch id is the one gap the manifest cannot close: `key` (job, part
 number and a random nonce) goes into the batch's metadata, so resume finds that batch by
 listing and never creates a second one for the part.
@@ -24,10 +26,16 @@ from batchrun.fsutil import PRIVATE_FILE, private_dir, write_bytes_atomic
 
 # Statuses the API gives a batch that will not change again.
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# Every status the Batch API documents; anything else is unknown, shown and waited on.
+DOCUMENTED = TERMINAL | {"validating", "in_progress", "finalizing", "cancelling"}
+# Statuses of a batch that no cancel can stop and that bills nothing more.
+UNSTOPPABLE = TERMINAL | {"finalizing", "cancelling"}
 # Before the API knows the part: it has no batch yet.
 LOCAL = frozenset({"planned", "uploaded", "creating"})
+SUBMITTED = "submitted"  # its batch exists: `api_status` says how it goes
 COLLECTED = "collected"
 DROPPED = "dropped"  # cancelled by the user before its batch was created
+OURS = LOCAL | {SUBMITTED, COLLECTED, DROPPED}
 METADATA_JOB = "batchrun_job"
 METADATA_PART = "batchrun_part"
 
@@ -41,7 +49,10 @@ class Part:
     count: int
     tokens: int
     attempt: int = 1  # how many times its requests have been sent, this one included
-    state: str = "planned"
+    state: str = "planned"  # ours, one of OURS
+    api_status: str | None = None  # what the API last said of its batch, verbatim
+    cancel_asked: bool = False  # the API accepted `batchrun cancel` for its batch
+    output_tries: int = 0  # downloads of a finished batch's results that came back unreadable
     file_id: str | None = None
     batch_id: str | None = None
     output_file_id: str | None = None
@@ -59,6 +70,11 @@ class Part:
     def open(self) -> bool:
         return self.state not in (COLLECTED, DROPPED)
 
+    @property
+    def finished(self) -> bool:
+        """Its batch will not change again: its files can be collected."""
+        return self.state == SUBMITTED and self.api_status in TERMINAL
+
     def metadata(self, job_id: str) -> dict[str, str]:
         return {METADATA_JOB: job_id, METADATA_PART: self.key}
 
@@ -71,7 +87,15 @@ class Part:
         if not isinstance(data, dict) or not {"n", "key", "url", "model", "count",
                                               "tokens"} <= data.keys():
             raise ValueError(f"not a part record: {str(data)[:80]}")
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**_migrated({k: v for k, v in data.items() if k in names}))
+
+
+def _migrated(data: dict[str, Any]) -> dict[str, Any]:
+    """Records saved before `api_status` existed held the API's status in `state`."""
+    state = data.get("state", "planned")
+    if state not in OURS and data.get("api_status") is None:
+        data = {**data, "state": SUBMITTED, "api_status": state}
+    return data
 
 
 @dataclass(slots=True)
@@ -203,6 +227,24 @@ def has_batches_on_server(batch: Any) -> bool:
     return any(isinstance(p, dict) and p.get("state") not in ("planned", "uploaded", COLLECTED,
                                                               DROPPED)
                for p in parts or [])
+
+
+def forgetting_loses_batches(batch: Any) -> bool:
+    """Would forgetting the job leave batches on the server that nothing collects or cancels?
+    Before `batchrun cancel`: any batch not collected. After it: any batch whose cancel the API
+    did not accept and that it did not call finished (a cancel cut short leaves those)."""
+    if not has_batches_on_server(batch):
+        return False
+    if not batch.get("cancelled"):
+        return True
+    for p in batch.get("parts") or []:
+        if not isinstance(p, dict) or p.get("state") in ("planned", "uploaded", COLLECTED,
+                                                         DROPPED):
+            continue
+        status = p.get("api_status") or p.get("state")  # older records: the API's in `state`
+        if not p.get("cancel_asked") and status not in UNSTOPPABLE:
+            return True
+    return False
 
 
 def drop_unsent_parts(batch: Any) -> int:

@@ -4,22 +4,24 @@ answer was lost (by its metadata), and cancelling a job's batches."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from batchrun.batch.api import ApiCallFailed
+from batchrun.batch import words
+from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.batch.parts import (
-    COLLECTED,
     DROPPED,
     METADATA_JOB,
     METADATA_PART,
-    TERMINAL,
+    SUBMITTED,
+    UNSTOPPABLE,
     BatchBook,
     Part,
 )
-
-LIST_PAGES = 50  # how far back resume looks for a batch it created but did not record
+from batchrun.errors import Interrupted
+from batchrun.signals import on_signals
 
 
 class Api(Protocol):
@@ -47,20 +49,23 @@ def count(value: Any) -> int:
 
 
 def adopt(part: Part, batch: dict[str, Any]) -> bool:
-    """Take what the API says of part's batch; True if anything changed."""
-    before = (part.state, part.batch_id, part.completed, part.failed, part.output_file_id,
-              part.error_file_id)
+    """Take what the API says of part's batch; True if anything changed. The API's status goes
+    into `api_status` only: whatever a server calls it, our own state is ours to set."""
+    before = (part.state, part.api_status, part.batch_id, part.completed, part.failed,
+              part.output_file_id, part.error_file_id)
     part.batch_id = text(batch.get("id")) or part.batch_id
+    if part.batch_id is not None and part.state == "creating":
+        part.state = SUBMITTED
     status = text(batch.get("status"))
     if status:
-        part.state = status
+        part.api_status = status
     counts = batch.get("request_counts")
     if isinstance(counts, dict):
         part.completed = count(counts.get("completed"))
         part.failed = count(counts.get("failed"))
     part.output_file_id = text(batch.get("output_file_id")) or part.output_file_id
     part.error_file_id = text(batch.get("error_file_id")) or part.error_file_id
-    return before != (part.state, part.batch_id, part.completed, part.failed,
+    return before != (part.state, part.api_status, part.batch_id, part.completed, part.failed,
                       part.output_file_id, part.error_file_id)
 
 
@@ -78,52 +83,96 @@ def validation_errors(batch: dict[str, Any]) -> list[tuple[int | None, str, str]
 
 
 async def find_batch(api: Api, job_id: str, part: Part) -> dict[str, Any] | None:
-    """The batch whose metadata names this attempt of part, if the API has one."""
-    seen = 0
+    """The batch whose metadata names this attempt of part, if the API has one: every page of
+    the list is read, since creating the part again when its batch exists bills it twice."""
     async for batch in api.batches():
         meta = batch.get("metadata")
         if (isinstance(meta, dict) and meta.get(METADATA_PART) == part.key
                 and meta.get(METADATA_JOB) == job_id):
             return batch
-        seen += 1
-        if seen >= LIST_PAGES * 100:
-            break
     return None
+
+
+async def cancel_interruptibly(book: BatchBook, api: Api, job_id: str,
+                               save: Callable[[], None]) -> tuple[int, int]:
+    """`cancel_parts`, with Ctrl-C and SIGTERM ending it at once and saying what it did: each
+    part's record is saved as it goes, so only the cancels the API accepted are recorded."""
+    task = asyncio.ensure_future(cancel_parts(book, api, job_id, save))
+
+    def stop() -> None:
+        task.cancel()
+
+    try:
+        return await on_signals(stop, task)
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise
+    save()
+    raise Interrupted(words.cancel_interrupted(
+        job_id, [p.batch_id or "?" for p in book.parts if p.cancel_asked],
+        [p.batch_id or f"part {p.n}" for p in book.parts if _may_run(p)]))
+
+
+def _may_run(part: Part) -> bool:
+    return part.state == "creating" or (part.state == SUBMITTED and not part.cancel_asked
+                                         and part.api_status not in UNSTOPPABLE)
 
 
 async def cancel_parts(book: BatchBook, api: Api, job_id: str,
                        save: Callable[[], None]) -> tuple[int, int]:
-    """Cancel every batch of the job still running; parts not yet created are dropped. From
-    now on the job submits nothing (until resume --retry-failed). Returns (batches cancelled,
-    parts dropped)."""
+    """Cancel every batch of the job still running; parts not yet created are dropped first,
+    before any call that may fail, so nothing is created after a cancel (resume submits
+    nothing new until --retry-failed). A part records the cancel only when the API accepted
+    it, or said its batch is past cancelling. Returns (batches cancelled, parts dropped)."""
     book.cancelled = True
+    dropped = _drop_unsent(book)
     save()
-    cancelled = dropped = 0
+    cancelled = 0
     for part in book.parts:
         if part.state == "creating":
             found = await find_batch(api, job_id, part)
             if found is None:
-                part.state = "uploaded"
+                part.state, dropped = DROPPED, dropped + 1
             else:
                 adopt(part, found)
-        if part.state in ("planned", "uploaded"):
-            part.state = DROPPED
-            dropped += 1
-        elif part.active and part.state not in TERMINAL and part.state != COLLECTED:
-            assert part.batch_id is not None
-            try:
-                adopt(part, await api.cancel(part.batch_id))
-                cancelled += 1
-            except ApiCallFailed as exc:
-                if exc.status == 404:
-                    # Unknown to the API (deleted, or made with another key): nothing of it
-                    # can be collected, so its requests end as a cancelled batch's would.
-                    part.state = "cancelled"
-                    cancelled += 1
-                elif exc.status == 409:
-                    # Finalizing or finished already: nothing to cancel, resume collects it.
-                    adopt(part, await api.retrieve(part.batch_id))
-                else:
-                    raise
+        if part.state == SUBMITTED and _may_run(part):
+            cancelled += await _cancel(api, part)
         save()
     return cancelled, dropped
+
+
+def _drop_unsent(book: BatchBook) -> int:
+    unsent = [p for p in book.parts if p.state in ("planned", "uploaded")]
+    for part in unsent:
+        part.state = DROPPED
+    return len(unsent)
+
+
+async def _cancel(api: Api, part: Part) -> int:
+    """1 if the API accepted the cancel. A refusal (OpenAI answers 409 "Cannot cancel a batch
+    with status 'completed'", whatever code another server uses) is asked about: a batch past
+    cancelling is left for resume to collect; one still running makes the refusal stand."""
+    assert part.batch_id is not None
+    try:
+        adopt(part, await api.cancel(part.batch_id))
+    except ApiCallFailed as exc:
+        if exc.status == 404:
+            # Unknown to the API (deleted, or made with another key): nothing of it can be
+            # collected, so its requests end as a cancelled batch's would.
+            part.api_status, part.cancel_asked = "cancelled", True
+            return 1
+        if not await _past_cancelling(api, part):
+            raise
+        return 0
+    except Transient:
+        if not await _past_cancelling(api, part):
+            raise
+        return 0
+    part.cancel_asked = True
+    return 1
+
+
+async def _past_cancelling(api: Api, part: Part) -> bool:
+    assert part.batch_id is not None
+    adopt(part, await api.retrieve(part.batch_id))
+    return part.api_status in UNSTOPPABLE

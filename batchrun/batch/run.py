@@ -25,8 +25,8 @@ from batchrun.batch.calls import FIRST_POLL_S, MAX_BACKOFF_S, Caller, Stop
 from batchrun.batch.collect import Collector, Merged
 from batchrun.batch.outcome import Outcome, QueueSeen, describe
 from batchrun.batch.parts import (
-    COLLECTED,
-    TERMINAL,
+    DOCUMENTED,
+    SUBMITTED,
     BatchBook,
     Part,
     PartFiles,
@@ -80,6 +80,7 @@ class BatchJob:
         self._calls = Caller(spec.endpoint.host, options.max_retries, self._resume_hint, sleep)
         self._replan = True
         self._queue = QueueSeen()
+        self._odd: dict[int, int] = {}  # part -> polls answered with an undocumented status
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -125,6 +126,7 @@ class BatchJob:
                 return self._stopped()
             if self._opt.collect_once:
                 return self._collected()
+            planned = self._replan
             if self._replan:
                 self._replan = False
                 await self._plan()
@@ -134,7 +136,13 @@ class BatchJob:
             if created:
                 interval = FIRST_POLL_S
             if not any(p.open for p in self.book.parts):
-                return None
+                if len(self._done) >= self._report.total:
+                    return None
+                if planned:  # the input gave none of the rest: never "done" with ids missing
+                    return StateError(words.incomplete(self.manifest.job_id, len(self._done),
+                                                       self._report.total, self.spec.input))
+                self._replan = True
+                continue
             if self._opt.detach:
                 return self._detached()
             if created:
@@ -252,23 +260,38 @@ class BatchJob:
         for part in self.book.parts:
             if self._calls.interrupted:
                 break
-            if not part.active or part.state in ("creating", COLLECTED):
+            if part.state != SUBMITTED:
                 continue
-            if part.state not in TERMINAL:
+            if not part.finished or part.output_tries:  # a fresh output_file_id, maybe
                 assert part.batch_id is not None
                 batch = await self._retrieve(part)
                 if adopt(part, batch):
                     changed = True
                     self._save()
-                if part.state == "failed":
+                self._check_documented(part)
+                if part.api_status == "failed":
                     part.errors = [describe(e, self._secrets) for e in validation_errors(batch)]
-            if part.state in TERMINAL and not self._calls.interrupted:
-                if part.state == "failed" and not part.errors:
+            if part.finished and not self._calls.interrupted:
+                if part.api_status == "failed" and not part.errors:
                     batch = await self._retrieve(part)
                     part.errors = [describe(e, self._secrets) for e in validation_errors(batch)]
                 await self._collect(part)
                 changed = True
         return changed
+
+    def _check_documented(self, part: Part) -> None:
+        """An undocumented status is shown and waited on, a bounded number of polls."""
+        status = part.api_status or ""
+        if status in DOCUMENTED:
+            self._odd.pop(part.n, None)
+            return
+        seen = self._odd[part.n] = self._odd.get(part.n, 0) + 1
+        batch_id = part.batch_id or ""
+        if seen == 1:
+            self._notify(words.unknown_status(batch_id, part.n, status))
+        if seen >= words.UNKNOWN_POLLS:
+            raise ApiRefused(words.unknown_status_stop(self.manifest.job_id, batch_id, part.n,
+                                                       status, seen))
 
     async def _retrieve(self, part: Part) -> dict[str, Any]:
         batch_id, job = part.batch_id or "", self.manifest.job_id
@@ -300,6 +323,10 @@ class BatchJob:
                 self.collector.merge(dest, id_set, part.model, part.attempt, merged)
             else:
                 gone = file_id
+        unread = self._outcome.unread(part, ids, merged) if gone is None else []
+        if unread and self._outcome.read_again(part, unread):
+            self._save()
+            return
         self._outcome.settle(part, ids, merged, gone)
         self._save()
         self._outcome.tidy(part)

@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from batchrun.batch.parts import COLLECTED, DROPPED, Part
+from batchrun.batch.parts import COLLECTED, DROPPED, SUBMITTED, Part
 
 SHOWN_PARTS = 6
+# Polls of a batch whose status the API does not document before the run stops: with the
+# poll interval doubling up to --poll-max (60 s), about a quarter of an hour.
+UNKNOWN_POLLS = 20
 
 
 def _batches(n: int) -> str:
@@ -32,6 +35,34 @@ def stopped(job: str, running: int, done: int, total: int, output: Path) -> str:
                f" Continue with: batchrun resume {job}")
     return (f"Interrupted. {done:,} of {total:,} requests are done and kept in "
             f"{output}.{batches}")
+
+
+def cancel_interrupted(job: str, cancelled: list[str], running: list[str]) -> str:
+    done = (f"cancelled {_batches(len(cancelled))} of job {job} ({', '.join(cancelled)})"
+            if cancelled else f"cancelled no batch of job {job}")
+    rest = (f"; {_batches(len(running))} may still run on the server ({', '.join(running)}): "
+            f"cancel {'them' if len(running) != 1 else 'it'} with: batchrun cancel {job}"
+            if running else "")
+    return (f"Interrupted: {done}{rest}. batchrun resume {job} collects what the batches "
+            "finished.")
+
+
+def unknown_status(batch_id: str, n: int, status: str) -> str:
+    return (f"Batch {batch_id} (part {n}) reports status {status!r}, which the Batch API does "
+            "not document: batchrun waits for it to become one it knows.")
+
+
+def unknown_status_stop(job: str, batch_id: str, n: int, status: str, polls: int) -> str:
+    return (f"Batch {batch_id} (part {n}) still reports status {status!r} after {polls} polls; "
+            "the Batch API does not document it, so batchrun cannot tell whether the batch "
+            "will finish. Its requests are kept for it, not sent again. Continue with: "
+            f"batchrun resume {job} (or stop it with: batchrun cancel {job}).")
+
+
+def incomplete(job: str, done: int, total: int, path: Path) -> str:
+    return (f"The job is not finished: {done:,} of {total:,} requests have a result, and "
+            f"reading {path} again gave none of the rest. Nothing is lost: make sure nothing "
+            f"is changing the file, then continue with: batchrun resume {job}")
 
 
 def collected(job: str, running: int, done: int, total: int) -> str:
@@ -57,8 +88,9 @@ def progress(all_parts: list[Part], queued: Callable[[str], int],
         return None
     shown = []
     for p in parts[:SHOWN_PARTS]:
+        said = str(p.api_status if p.state == SUBMITTED else p.state).replace("_", " ")
         what = {"planned": "waiting for the queue", "uploaded": "waiting for the queue",
-                COLLECTED: "done"}.get(p.state, p.state.replace("_", " "))
+                COLLECTED: "done"}.get(p.state, said)
         counts = f" {p.completed + p.failed:,}/{p.count:,}" if p.batch_id else ""
         shown.append(f"part {p.n} {what}{counts}")
     models = sorted({p.model for p in parts})

@@ -39,13 +39,15 @@ def _budgets(config: EndpointConfig, budget_in: BudgetIn,
     return budget_for
 
 
-def build_upstreams(spec: JobSpec, budget_in: BudgetIn) -> list[Upstream]:
+def build_upstreams(spec: JobSpec, budget_in: BudgetIn,
+                    key_for: Callable[[EndpointConfig], str] | None = None) -> list[Upstream]:
     """Each endpoint's key is read from its variable here, and never kept anywhere else.
-    `budget_in` makes the daily budget of a ledger scope (local SQLite, or shared in Redis)."""
+    `budget_in` makes the daily budget of a ledger scope (local SQLite, or shared in Redis).
+    `key_for`: the keys of simulated endpoints, which have none in the environment."""
     upstreams: list[Upstream] = []
     keys: dict[tuple[str, str, str], str] = {}
     for config in spec.endpoints:
-        key = config.endpoint.api_key()
+        key = key_for(config) if key_for is not None else config.endpoint.api_key()
         for host, deployment in config.quotas():
             account = (host, deployment, key_fingerprint(key))
             if account in keys:
@@ -65,10 +67,10 @@ def build_upstreams(spec: JobSpec, budget_in: BudgetIn) -> list[Upstream]:
 
 
 def with_endpoints(spec: JobSpec, path: Path, record_endpoint: bool,
-                   job: str | None = None) -> JobSpec:
+                   job: str | None = None, need_keys: bool = True) -> JobSpec:
     """`spec` sending through the endpoints of the file at `path` (read and checked now);
-    `job`: the job resumed over it."""
-    configs = load_endpoints(path, job=job)
+    `job`: the job resumed over it; `need_keys`: False for --simulate."""
+    configs = load_endpoints(path, need_keys=need_keys, job=job)
     return replace(spec, endpoint=configs[0].endpoint, endpoints=configs,
                    endpoints_file=str(path.expanduser().resolve()),
                    record_endpoint=record_endpoint)
