@@ -202,15 +202,16 @@ def days_for(needed: int, per_day: int, used_today: int) -> int:
 def daily(limits: Limits, tokens: int, requests: int, used: tuple[int, int] = (0, 0),
           spent_on: str = "") -> Daily:
     """Which daily limit decides how many UTC days a job of `tokens` and `requests` takes, after
-    `used` (tokens, requests) of today: the one the job fills the largest share of. `spent_on`:
+    `used` (tokens, requests) of today. `spent_on`:
     today's date when the server's per-day 429 said today is spent: the job starts tomorrow,
     whatever our counts say."""
     start = (0, 0) if spent_on else used
     by_t = days_for(tokens, limits.tpd, start[0]) + (1 if spent_on else 0)
     by_r = days_for(requests, limits.rpd, start[1]) + (1 if spent_on else 0)
-    shares = {name: need / limit for name, need, limit in
-              (("tpd", tokens, limits.tpd), ("rpd", requests, limits.rpd)) if limit}
-    binds = max(shares, key=lambda k: shares[k]) if shares else None
+    # The limit that takes the most days binds; on a tie, the one the job fills most of.
+    ranks = {name: (days, need / limit) for name, days, need, limit in
+             (("tpd", by_t, tokens, limits.tpd), ("rpd", by_r, requests, limits.rpd)) if limit}
+    binds = max(ranks, key=lambda k: ranks[k]) if ranks else None
     if spent_on:
         source = f"the server's per-day 429 on {spent_on}"
     else:

@@ -65,6 +65,8 @@ def test_which_daily_limit_binds() -> None:
     assert (d.binds, d.source, d.days) == ("rpd", "published RPD", 3)
     # what is used today counts: 9,500 of 10,000 requests leave 500 for today
     assert daily(lim, 1_000, 1_000, used=(0, 9_500)).days == 2
+    # ... so the requests bind, though the job fills more of the token budget
+    assert daily(lim, 900_000, 1_000, used=(0, 9_500)).binds == "rpd"
     assert daily(Limits(), 10**12, 10**9) == Daily(None, 0, "none published", 1, 1)
 
 
