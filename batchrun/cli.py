@@ -42,6 +42,7 @@ from batchrun.errors import (
     redact,
     redact_urls,
 )
+from batchrun.estimate import Today, known_today, nothing_known
 from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
@@ -57,7 +58,7 @@ from batchrun.state import (
     state_for_resume,
 )
 from batchrun.state._open import host_lines, usage_today
-from batchrun.tiers import TIERS, family
+from batchrun.tiers import TIERS
 
 app = typer.Typer(
     add_completion=False,
@@ -175,6 +176,12 @@ State = Annotated[str | None, typer.Option(
     "--state", envvar="BATCHRUN_STATE", metavar="URL", show_default="the local ledger",
     help="shared limiter and daily ledger: redis://[user:password@]host:6379/0 for every host "
     "on the same key")]
+BaseUrl = Annotated[str | None, typer.Option(envvar="OPENAI_BASE_URL",
+                                            help="any OpenAI-compatible API")]
+AzureEndpoint = Annotated[str | None, typer.Option(
+    envvar="AZURE_OPENAI_ENDPOINT", help="Azure OpenAI resource; model = deployment")]
+ApiKeyEnv = Annotated[str | None, typer.Option(
+    help="name of the env var holding the key", show_default="OPENAI_API_KEY")]
 
 
 @app.command()
@@ -190,12 +197,9 @@ def submit(
     rpd: Limit = None,
     tpd: Limit = None,
     concurrency: Concurrency = None,
-    base_url: Annotated[str | None, typer.Option(envvar="OPENAI_BASE_URL",
-                                                 help="any OpenAI-compatible API")] = None,
-    azure_endpoint: Annotated[str | None, typer.Option(
-        envvar="AZURE_OPENAI_ENDPOINT", help="Azure OpenAI resource; model = deployment")] = None,
-    api_key_env: Annotated[str | None, typer.Option(
-        help="name of the env var holding the key", show_default="OPENAI_API_KEY")] = None,
+    base_url: BaseUrl = None,
+    azure_endpoint: AzureEndpoint = None,
+    api_key_env: ApiKeyEnv = None,
     max_retries: MaxRetries = 8,
     timeout: Annotated[float, typer.Option(min=1, max=MAX_SECONDS,
                                            help="seconds per request")] = 600.0,
@@ -492,6 +496,9 @@ def estimate(
     state: State = None,
     via: ViaOpt = None,
     batch_queue_tokens: QueueTokens = None,
+    base_url: BaseUrl = None,
+    azure_endpoint: AzureEndpoint = None,
+    api_key_env: ApiKeyEnv = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
     _reply.json = json_
@@ -501,12 +508,13 @@ def estimate(
         _refuse_beside_endpoints(ctx, endpoints)
         configs = load_endpoints(endpoints, need_keys=False)
     # Today's usage is per endpoint and key with --endpoints: not looked up (counted as unused).
-    used_today, known = (((lambda _model: (0, 0)), False) if configs
-                         else _ledger_lookup(state_url))
+    # The key and host whose ledger is read: as submit would send (nothing is sent here).
+    today, known = ((nothing_known, False) if configs else _ledger_lookup(
+        state_url, Endpoint.make(base_url, azure_endpoint, api_key_env, insecure=True)))
     result = estimate_job(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
-        on_bad_line=on_bad_line.value, used_today=used_today, today_known=known,
+        on_bad_line=on_bad_line.value, today=today, today_known=known,
         endpoints=configs,
         via=via.value if via else "sync", batch_queue=batch_queue_tokens,
     )
@@ -528,21 +536,19 @@ def _warn_damaged(store: JobStore) -> list[Manifest]:
     return jobs
 
 
-def _ledger_lookup(state: StateUrl | None = None,
-                   ) -> tuple[Callable[[str], tuple[int, int]], bool]:
-    """Today's usage per model for the key in the environment, if there is one (from the
-    shared state when one is given: every host's usage)."""
-    key = os.environ.get("OPENAI_API_KEY", "").strip()
+def _ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
+                   ) -> tuple[Callable[[str], Today], bool]:
+    """What the ledger knows of each model for the endpoint's key, if it is set (from the shared
+    state when one is given: every host's usage)."""
+    key = os.environ.get(endpoint.key_env, "").strip()
     path = JobStore().home / "ledger.sqlite3"
     if not key or (state is None and not path.exists()):
-        return (lambda _model: (0, 0)), False
-    host = Endpoint.make(os.environ.get("OPENAI_BASE_URL"), None, None, insecure=True).host
-    _, usage = usage_today(state, path)
-    rows = {(r["model"]): (int(r["tokens"]), int(r["requests"]))  # type: ignore[call-overload]
-            for r in usage
-            if r["host"] == ledger.ledger_host(host)
-            and r["key_fingerprint"] == ledger.key_fingerprint(key)}
-    return (lambda model: rows.get(family(model) or model, (0, 0))), True
+        return nothing_known, False
+    day, usage = usage_today(state, path)
+    host, fingerprint = ledger.ledger_host(endpoint.host), ledger.key_fingerprint(key)
+    # The learned accounting lives in this host's ledger (not yet in the shared state).
+    learned = ledger.accountings_in(path, host, fingerprint) if path.exists() else {}
+    return known_today(usage, day, host, fingerprint, learned), True
 
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,
