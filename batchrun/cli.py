@@ -22,6 +22,7 @@ from batchrun.batch.parts import (
     forget_open_parts,
     forgetting_loses_batches,
     has_batches_on_server,
+    shown_record,
 )
 from batchrun.batch.run import Detached
 from batchrun.endpoint import Endpoint
@@ -41,6 +42,7 @@ from batchrun.errors import (
     redact,
     redact_urls,
 )
+from batchrun.estimate import Today, known_today, nothing_known
 from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
@@ -56,7 +58,7 @@ from batchrun.state import (
     state_for_resume,
 )
 from batchrun.state._open import host_lines, usage_today
-from batchrun.tiers import TIERS, family
+from batchrun.tiers import TIERS
 
 app = typer.Typer(
     add_completion=False,
@@ -122,7 +124,14 @@ def _tier(value: str) -> str:
 
 
 Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}", callback=_tier)]
-Limit = Annotated[int | None, typer.Option(min=0, show_default="preset", help="0 = unlimited")]
+# The largest whole number an option takes: past any real budget, and within what the manifest
+# (64-bit integers), the ledger (SQLite) and Redis's scripts (doubles, exact to 2**53) hold.
+MAX_WHOLE = 10**15
+# Seconds a wait may be given as: a day, which --timeout and --poll-max never need to pass (an
+# infinite one cannot become the whole milliseconds the engine schedules with).
+MAX_SECONDS = 86_400.0
+Limit = Annotated[int | None, typer.Option(min=0, max=MAX_WHOLE, show_default="preset",
+                                           help="0 = unlimited")]
 
 
 Wait = Annotated[bool | None, typer.Option(
@@ -134,12 +143,12 @@ Json = Annotated[bool, typer.Option("--json", help="print the summary as JSON")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress display")]
 MAX_RETRIES_HELP = ("retries of a request after 5xx, timeouts and dropped connections; "
                     "per-minute 429s are waited out and don't count")
-MaxRetries = Annotated[int, typer.Option(min=0, help=MAX_RETRIES_HELP)]
+MaxRetries = Annotated[int, typer.Option(min=0, max=MAX_WHOLE, help=MAX_RETRIES_HELP)]
 MaxResponseMb = Annotated[float | None, typer.Option(
-    min=0.0001, show_default="64",
+    min=0.0001, max=1e6, show_default="64",
     help="largest answer accepted, in MB; a bigger one fails its request (response_too_large)")]
 Drain = Annotated[float, typer.Option(
-    "--drain", min=0, metavar="S",
+    "--drain", min=0, max=MAX_SECONDS, metavar="S",
     help="at Ctrl-C or SIGTERM: seconds to wait for the answers of requests in flight before "
     "abandoning them (other stops wait for them up to --timeout)")]
 
@@ -156,15 +165,23 @@ ViaOpt = Annotated[Via | None, typer.Option(
 Detach = Annotated[bool, typer.Option(
     "--detach", help="Batch API: submit the batches, print the job id and exit; resume collects")]
 PollMax = Annotated[float | None, typer.Option(
-    min=1, show_default="60", help="Batch API: longest wait between two polls, in seconds")]
+    min=1, max=MAX_SECONDS, show_default="60",
+    help="Batch API: longest wait between two polls, in seconds")]
 QueueTokens = Annotated[int | None, typer.Option(
-    min=0, show_default="preset", help="Batch API: enqueued-token limit (0 = unlimited)")]
+    min=0, max=MAX_WHOLE, show_default="preset",
+    help="Batch API: enqueued-token limit (0 = unlimited)")]
 Concurrency = Annotated[int | None, typer.Option(
-    min=1, show_default="from rate x latency", help="most requests in flight")]
+    min=1, max=MAX_WHOLE, show_default="from rate x latency", help="most requests in flight")]
 State = Annotated[str | None, typer.Option(
     "--state", envvar="BATCHRUN_STATE", metavar="URL", show_default="the local ledger",
     help="shared limiter and daily ledger: redis://[user:password@]host:6379/0 for every host "
     "on the same key")]
+BaseUrl = Annotated[str | None, typer.Option(envvar="OPENAI_BASE_URL",
+                                            help="any OpenAI-compatible API")]
+AzureEndpoint = Annotated[str | None, typer.Option(
+    envvar="AZURE_OPENAI_ENDPOINT", help="Azure OpenAI resource; model = deployment")]
+ApiKeyEnv = Annotated[str | None, typer.Option(
+    help="name of the env var holding the key", show_default="OPENAI_API_KEY")]
 
 
 @app.command()
@@ -180,14 +197,12 @@ def submit(
     rpd: Limit = None,
     tpd: Limit = None,
     concurrency: Concurrency = None,
-    base_url: Annotated[str | None, typer.Option(envvar="OPENAI_BASE_URL",
-                                                 help="any OpenAI-compatible API")] = None,
-    azure_endpoint: Annotated[str | None, typer.Option(
-        envvar="AZURE_OPENAI_ENDPOINT", help="Azure OpenAI resource; model = deployment")] = None,
-    api_key_env: Annotated[str | None, typer.Option(
-        help="name of the env var holding the key", show_default="OPENAI_API_KEY")] = None,
+    base_url: BaseUrl = None,
+    azure_endpoint: AzureEndpoint = None,
+    api_key_env: ApiKeyEnv = None,
     max_retries: MaxRetries = 8,
-    timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
+    timeout: Annotated[float, typer.Option(min=1, max=MAX_SECONDS,
+                                           help="seconds per request")] = 600.0,
     drain: Drain = 10.0,
     max_response_mb: MaxResponseMb = None,
     wait: Wait = None,
@@ -323,9 +338,10 @@ def resume(
     rpd: Limit = None,
     tpd: Limit = None,
     concurrency: Concurrency = None,
-    max_retries: Annotated[int | None, typer.Option(min=0, help=MAX_RETRIES_HELP)] = None,
+    max_retries: Annotated[int | None, typer.Option(min=0, max=MAX_WHOLE,
+                                                    help=MAX_RETRIES_HELP)] = None,
     max_response_mb: MaxResponseMb = None,
-    timeout: Annotated[float | None, typer.Option(min=1)] = None,
+    timeout: Annotated[float | None, typer.Option(min=1, max=MAX_SECONDS)] = None,
     drain: Drain = 10.0,
     wait: Wait = None,
     force: Force = False,
@@ -431,8 +447,8 @@ def status(
     for m in jobs:
         if states[m.job_id] == "crashed":
             runner.count_from_output(m)  # its last saves may lag what it wrote
-    rows = [{**asdict(m), "state": states[m.job_id], "resume": m.resume_command}
-            for m in jobs]
+    rows = [{**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": states[m.job_id],
+             "resume": m.resume_command} for m in jobs]
     if json_:
         shown = {"state": state_url.shown} if state_url else {}
         _print_json({"jobs": rows, "usage": usage, **shown})
@@ -483,6 +499,9 @@ def estimate(
     state: State = None,
     via: ViaOpt = None,
     batch_queue_tokens: QueueTokens = None,
+    base_url: BaseUrl = None,
+    azure_endpoint: AzureEndpoint = None,
+    api_key_env: ApiKeyEnv = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
     _reply.json = json_
@@ -492,12 +511,13 @@ def estimate(
         _refuse_beside_endpoints(ctx, endpoints)
         configs = load_endpoints(endpoints, need_keys=False)
     # Today's usage is per endpoint and key with --endpoints: not looked up (counted as unused).
-    used_today, known = (((lambda _model: (0, 0)), False) if configs
-                         else _ledger_lookup(state_url))
+    # The key and host whose ledger is read: as submit would send (nothing is sent here).
+    today, known = ((nothing_known, False) if configs else _ledger_lookup(
+        state_url, Endpoint.make(base_url, azure_endpoint, api_key_env, insecure=True)))
     result = estimate_job(
         jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
-        on_bad_line=on_bad_line.value, used_today=used_today, today_known=known,
+        on_bad_line=on_bad_line.value, today=today, today_known=known,
         endpoints=configs,
         via=via.value if via else "sync", batch_queue=batch_queue_tokens,
     )
@@ -519,21 +539,19 @@ def _warn_damaged(store: JobStore) -> list[Manifest]:
     return jobs
 
 
-def _ledger_lookup(state: StateUrl | None = None,
-                   ) -> tuple[Callable[[str], tuple[int, int]], bool]:
-    """Today's usage per model for the key in the environment, if there is one (from the
-    shared state when one is given: every host's usage)."""
-    key = os.environ.get("OPENAI_API_KEY", "").strip()
+def _ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
+                   ) -> tuple[Callable[[str], Today], bool]:
+    """What the ledger knows of each model for the endpoint's key, if it is set (from the shared
+    state when one is given: every host's usage)."""
+    key = os.environ.get(endpoint.key_env, "").strip()
     path = JobStore().home / "ledger.sqlite3"
     if not key or (state is None and not path.exists()):
-        return (lambda _model: (0, 0)), False
-    host = Endpoint.make(os.environ.get("OPENAI_BASE_URL"), None, None, insecure=True).host
-    _, usage = usage_today(state, path)
-    rows = {(r["model"]): (int(r["tokens"]), int(r["requests"]))  # type: ignore[call-overload]
-            for r in usage
-            if r["host"] == ledger.ledger_host(host)
-            and r["key_fingerprint"] == ledger.key_fingerprint(key)}
-    return (lambda model: rows.get(family(model) or model, (0, 0))), True
+        return nothing_known, False
+    day, usage = usage_today(state, path)
+    host, fingerprint = ledger.ledger_host(endpoint.host), ledger.key_fingerprint(key)
+    # The learned accounting lives in this host's ledger (not yet in the shared state).
+    learned = ledger.accountings_in(path, host, fingerprint) if path.exists() else {}
+    return known_today(usage, day, host, fingerprint, learned), True
 
 
 def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,

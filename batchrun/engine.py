@@ -349,7 +349,7 @@ class Engine(RouteFailover):
         elif action is Action.BACKOFF:
             self._retry_later(lane, job, outcome.hint_s)
         elif action in (Action.WAIT_DAY, Action.STOP_DAILY):
-            route.exhaust(job)
+            route.exhaust(job, outcome.message)
             if action is Action.WAIT_DAY:
                 lane.retries.appendleft(job)  # sent again after 00:00 UTC
                 lane.changed.set()

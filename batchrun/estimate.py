@@ -6,6 +6,7 @@ and explicit where it is not (output tokens: the requests' max_tokens, or a stat
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import math
 from collections.abc import Callable, Iterator
@@ -19,14 +20,58 @@ from batchrun.endpoints.plan import plan
 from batchrun.endpoints.routing import combined
 from batchrun.errors import BadLine, BadLinesError
 from batchrun.jobs import CHAT_URL, Request, read_jobs
-from batchrun.sizing import Size, never_fits
-from batchrun.tiers import PRICES_AS_OF, Limits, batch_queue_tokens, preset, price
+from batchrun.sizing import Size, never_fits, never_fits_batch
+from batchrun.tiers import (
+    PRICES_AS_OF,
+    Limits,
+    batch_queue_tokens,
+    daily,
+    daily_source,
+    family,
+    preset,
+    price,
+)
 from batchrun.tokens import choices, prompt_tokens_many
 
 DEFAULT_ASSUMED_OUTPUT = 256
 CHUNK = 4096  # requests tokenized per batch
 SHOWN = 20
 MINUTES_PER_DAY = 24 * 60
+# Why a request of this size can never run for this model under these limits, or None.
+Fits = Callable[[Size, str, Limits], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Today:
+    """What the ledger knows of one key and model: today's usage, whether the server's per-day
+    429 said today is spent, and the server's learned accounting (its rate-limit charge per
+    token of our estimate), if any."""
+
+    tokens: int = 0
+    requests: int = 0
+    spent_on: str = ""  # the UTC date, when the server said that day (today) is spent
+    accounting: float | None = None
+
+
+def nothing_known(model: str) -> Today:
+    return Today()
+
+
+def known_today(rows: list[dict[str, object]], day: dt.date, host: str, key_fingerprint: str,
+                accountings: dict[str, float]) -> Callable[[str], Today]:
+    """Today per model for one key at one host, from the ledger's usage rows of `day` and its
+    learned accountings (a model's snapshots share their family's, as the ledger books them)."""
+    mine = {str(r["model"]): r for r in rows
+            if r["host"] == host and r["key_fingerprint"] == key_fingerprint}
+
+    def today(model: str) -> Today:
+        name = family(model) or model
+        r = mine.get(name)
+        return Today(int(r["tokens"]), int(r["requests"]),  # type: ignore[call-overload]
+                     day.isoformat() if r["exhausted"] else "",
+                     accountings.get(name)) if r else Today(accounting=accountings.get(name))
+
+    return today
 
 
 @dataclass(slots=True)
@@ -75,7 +120,7 @@ def _never_runs(report: _Report, request: Request, reason: str) -> None:
 
 
 def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
-           assumed_output: int) -> _Report:
+           assumed_output: int, fits: Fits) -> _Report:
     report = _Report()
     limits_for = functools.cache(limits_for)
     for chunk in _chunks(path, model, report):
@@ -83,7 +128,7 @@ def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
         for request, prompt in zip(chunk, counts, strict=True):
             size = Size.of(request, prompt, assumed_output)
             lim = limits_for(request.model)
-            reason = never_fits(size, request.model, lim.tpm, lim.tpd)
+            reason = fits(size, request.model, lim)
             if reason is not None:
                 # Recorded as failed without being sent: no tokens, cost or time.
                 _never_runs(report, request, reason)
@@ -100,14 +145,12 @@ def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
     return report
 
 
-def _days(needed: int, per_day: int, used_today: int) -> int:
-    """UTC days (today counts as the first) for `needed` against a daily budget."""
-    if not per_day:
-        return 1
-    left_today = max(0, per_day - used_today)
-    if needed <= left_today:
-        return 1
-    return 1 + math.ceil((needed - left_today) / per_day)
+def _accounting(ours: int, ratio: float | None) -> dict[str, Any]:
+    """Which count the time to finish used: the server's learned charge or our own estimate."""
+    if ratio is None:
+        return {"used": "ours", "ratio": None, "server_charge_tokens": ours}
+    return {"used": "learned", "ratio": round(ratio, 4),
+            "server_charge_tokens": round(ours * ratio)}
 
 
 def _batch_plan(t: _Tally, queue: int) -> dict[str, Any]:
@@ -128,7 +171,7 @@ def estimate(
     latency_s: float = 2.0,
     assumed_output: int = DEFAULT_ASSUMED_OUTPUT,
     on_bad_line: str = "fail",
-    used_today: Callable[[str], tuple[int, int]] = lambda model: (0, 0),
+    today: Callable[[str], Today] = nothing_known,
     today_known: bool = False,
     endpoints: tuple[EndpointConfig, ...] = (),
     via: str = "sync",
@@ -144,7 +187,15 @@ def estimate(
             return combined([c.limits_for(m) for c in first])
         return (preset(m, tier) or Limits()).override(**overrides)
 
-    report = _tally(path, model, limits_for, assumed_output)
+    def queue_for(m: str) -> int:
+        return batch_queue if batch_queue is not None else batch_queue_tokens(m, tier)
+
+    def fits(size: Size, m: str, lim: Limits) -> str | None:
+        if via == "batch":  # the Batch API's one limit is its queue
+            return never_fits_batch(size, m, queue_for(m))
+        return never_fits(size, m, lim.tpm, lim.tpd)
+
+    report = _tally(path, model, limits_for, assumed_output, fits)
     if report.bad_total and on_bad_line == "fail":
         raise BadLinesError(str(path), report.bad, report.bad_total)
     models: list[dict[str, Any]] = []
@@ -157,9 +208,12 @@ def estimate(
             "total": round(p.cost(t.prompt_tokens, t.output_tokens), 6),
             "batch_api_total": round(p.cost(t.prompt_tokens, t.output_tokens) / 2, 6),
         }
+        known_today = today(name)
+        # The server's charge, when the ledger has learned how it counts: what TPM paces.
+        charge = round(t.charge_tokens * (known_today.accounting or 1.0))
         minutes = {
             "by_rpm": round(t.requests / lim.rpm, 2) if lim.rpm else None,
-            "by_tpm": round(t.charge_tokens / lim.tpm, 2) if lim.tpm else None,
+            "by_tpm": round(charge / lim.tpm, 2) if lim.tpm else None,
             "by_concurrency": round(t.requests * latency_s / concurrency / 60, 2)
             if concurrency else None,
         }
@@ -167,16 +221,14 @@ def estimate(
         if endpoints:
             # Several endpoints each bound by their own limit: slower than the summed limits
             # when one is RPM-bound and another TPM-bound.
-            minutes["by_endpoints"], rows = plan(endpoints, name, t.requests, t.charge_tokens)
+            minutes["by_endpoints"], rows = plan(endpoints, name, t.requests, charge)
         known = {k: v for k, v in minutes.items() if v is not None}
         binding = max(known, key=lambda k: known[k]).removeprefix("by_") if known else None
         total_minutes = max(known.values(), default=0.0)
-        tokens_used, requests_used = used_today(name)
-        days = max(
-            _days(t.prompt_tokens + t.output_tokens, lim.tpd, tokens_used),
-            _days(t.requests, lim.rpd, requests_used),
-            math.ceil(total_minutes / MINUTES_PER_DAY) if total_minutes else 1,
-        )
+        day = daily(lim, t.prompt_tokens + t.output_tokens, t.requests,
+                    (known_today.tokens, known_today.requests),
+                    spent_on=known_today.spent_on)
+        days = max(day.days, math.ceil(total_minutes / MINUTES_PER_DAY) if total_minutes else 1)
         models.append({
             "model": name,
             "known_model": p is not None,
@@ -187,17 +239,21 @@ def estimate(
             "assumed_output_tokens_per_request": assumed_output,
             "output_tokens": t.output_tokens,
             "limit_tokens": t.charge_tokens,
+            "accounting": _accounting(t.charge_tokens, known_today.accounting),
             "cost_usd": cost,
             "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "rpd": lim.rpd, "tpd": lim.tpd},
             "minutes": minutes,
             "binding": binding,
             "minutes_to_finish": round(total_minutes, 2),
-            "used_today": {"tokens": tokens_used, "requests": requests_used,
+            "used_today": {"tokens": known_today.tokens, "requests": known_today.requests,
                            "known": today_known},
+            "daily": {"binds": day.binds, "limit": day.limit, "source": day.source,
+                      "days_by_tokens": day.days_by_tokens,
+                      "days_by_requests": day.days_by_requests,
+                      "sources": {k: daily_source(lim, k) for k in ("tpd", "rpd")}},
             "days": days,
             **({"endpoints": rows} if endpoints else {}),
-            "batch": _batch_plan(t, batch_queue if batch_queue is not None
-                                 else batch_queue_tokens(name, tier)),
+            "batch": _batch_plan(t, queue_for(name)),
         })
     costs = [m["cost_usd"] for m in models]
     return {

@@ -144,11 +144,11 @@ class Route:
         await self.gate.settle(job.day, ticket, job.cost, outcome, server)
         self.settled.set()
 
-    def exhaust(self, job: Job) -> None:
+    def exhaust(self, job: Job, server_message: str = "") -> None:
         """The API said the day's budget is spent (a per-day 429): for the day the job's
         reservation was made on (DailyBudget.exhaust)."""
         assert job.day is not None  # admit set it
-        self.budget.exhaust(job.day)
+        self.budget.exhaust(job.day, server_message)
 
     def rate_limited(self, ticket: Ticket, hint_s: float | None) -> float:
         """A per-minute 429: the limiter's one shared pause (Limiter.rate_limited)."""

@@ -15,11 +15,12 @@ import hashlib
 import ipaddress
 import math
 import os
+import re
 import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from batchrun.errors import StateError
@@ -41,9 +42,23 @@ CREATE TABLE IF NOT EXISTS usage (
     exhausted INTEGER NOT NULL DEFAULT 0,
     tpd INTEGER NOT NULL DEFAULT 0,  -- the budget the last reservation was checked against
     rpd INTEGER NOT NULL DEFAULT 0,
+    -- the server's rate-limit charge of the requests sent (what admission reserved), beside
+    -- `tokens`, the billed count (settled from each answer's usage)
+    charge INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (host, key_fingerprint, model, day)
-)
+);
+CREATE TABLE IF NOT EXISTS learned (
+    host TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    accounting REAL,  -- the server's rate-limit charge per token of our estimate
+    daily_counts TEXT,  -- what the server's per-day token limit counts: billed or charge
+    PRIMARY KEY (host, key_fingerprint, model)
+);
 """
+BILLED, CHARGE = "billed", "charge"
+# "… on tokens per day (TPD): Limit 2000000, Used 1999000, Requested 1200. …"
+_USED_PER_DAY = re.compile(r"\(TPD\)\s*:.*?Used\s+(\d+)", re.IGNORECASE | re.DOTALL)
 
 
 def utc_now() -> dt.datetime:
@@ -108,6 +123,7 @@ class DayUsage:
     tokens: int
     requests: int
     exhausted: bool
+    charge: int = 0  # the server's rate-limit charge (tokens: what it bills)
 
 
 class Ledger:
@@ -122,8 +138,10 @@ class Ledger:
         self.path = path
         self._busy_timeout_s = busy_timeout_s
         self._now = now
-        # Settlements and returned leases not yet written: (scope, day) -> [tokens, requests].
-        self._pending: defaultdict[tuple[Scope, str], list[int]] = defaultdict(lambda: [0, 0])
+        # Settlements and returned leases not yet written: (scope, day) -> [tokens, requests,
+        # charge].
+        self._pending: defaultdict[tuple[Scope, str], list[int]] = defaultdict(
+            lambda: [0, 0, 0])
         self._budgets: list[DailyBudget] = []
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -152,12 +170,25 @@ class Ledger:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
-                self._db.execute(_SCHEMA)
+                self._db.executescript(_SCHEMA)
+                self._add_charge_column()
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def _add_charge_column(self) -> None:
+        """A ledger written before the second count has no `charge` column: add it (another
+        process may add it at the same moment)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(usage)")}
+        if "charge" in columns:
+            return
+        try:
+            self._db.execute("ALTER TABLE usage ADD COLUMN charge INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
 
     def close(self) -> None:
         try:
@@ -174,8 +205,8 @@ class Ledger:
         day = day or self.today()
         try:
             row = self._db.execute(
-                "SELECT tokens, requests, exhausted FROM usage WHERE host=? AND key_fingerprint=? "
-                "AND model=? AND day=?",
+                "SELECT tokens, requests, exhausted, charge FROM usage WHERE host=? AND "
+                "key_fingerprint=? AND model=? AND day=?",
                 (scope.host, scope.key_fingerprint, scope.model, day.isoformat()),
             ).fetchone()
         except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk I/O
@@ -185,22 +216,26 @@ class Ledger:
             ) from None
         except sqlite3.DatabaseError as exc:
             raise self._damaged(str(exc)) from None
-        pending = self._pending.get((scope, day.isoformat()), [0, 0])
-        tokens, requests, exhausted = row or (0, 0, 0)
-        if not all(isinstance(n, int) for n in (tokens, requests, exhausted)):
+        pending = self._pending.get((scope, day.isoformat()), [0, 0, 0])
+        tokens, requests, exhausted, charge = row or (0, 0, 0, 0)
+        if not all(isinstance(n, int) for n in (tokens, requests, exhausted, charge)):
             raise self._damaged(f"the counts of {scope.model} on {day} are not numbers")
-        return DayUsage(day, tokens + pending[0], requests + pending[1], bool(exhausted))
+        return DayUsage(day, tokens + pending[0], requests + pending[1], bool(exhausted),
+                        charge + pending[2])
 
     def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
         """Every (host, key, model) row of one UTC day, for `batchrun status`."""
         self.flush()
         cursor = self._db.execute(
-            "SELECT host, key_fingerprint, model, day, tokens, requests, tpd, rpd, exhausted "
-            "FROM usage WHERE day=? ORDER BY host, key_fingerprint, model", (day.isoformat(),))
+            "SELECT u.host, u.key_fingerprint, u.model, day, tokens, requests, tpd, rpd, "
+            "exhausted, charge, accounting, daily_counts FROM usage u LEFT JOIN learned l ON "
+            "u.host=l.host AND u.key_fingerprint=l.key_fingerprint AND u.model=l.model "
+            "WHERE day=? ORDER BY u.host, u.key_fingerprint, u.model", (day.isoformat(),))
         names = [d[0] for d in cursor.description]
         rows = [dict(zip(names, row, strict=True)) for row in cursor]
         for row in rows:
-            for name in ("tokens", "requests", "tpd", "rpd", "exhausted"):
+            row["daily_counts"] = row["daily_counts"] or BILLED
+            for name in ("tokens", "requests", "tpd", "rpd", "exhausted", "charge"):
                 if not isinstance(row[name], int):
                     raise self._damaged(f"{name} of {row['model']} on {row['day']} is "
                                         f"{row[name]!r}, not a count")
@@ -228,36 +263,44 @@ class Ledger:
         return self.lease(scope, self.today(), (tokens, tokens), (1, 1), tpd, rpd) is not None
 
     def lease(self, scope: Scope, day: dt.date, tokens: tuple[int, int],
-              requests: tuple[int, int], tpd: int, rpd: int) -> tuple[int, int] | None:
+              requests: tuple[int, int], tpd: int, rpd: int,
+              counts: str = BILLED) -> tuple[int, int] | None:
         """Atomically take up to `want` of (need, want) tokens and requests from the day's
         budget, as long as `need` of each fits; None when they don't. A budget of 0 is
-        unlimited: what is wanted of it is granted and only counted."""
+        unlimited: what is wanted of it is granted and only counted. `counts`: which count the
+        tokens are taken from and checked against (billed tokens or the rate-limit charge)."""
         (need_t, want_t), (need_r, want_r) = tokens, requests
         key = (scope.host, scope.key_fingerprint, scope.model, day.isoformat())
         with self._transaction("failed"):
             self._apply_pending()
             row = self._db.execute(
-                "SELECT tokens, requests, exhausted FROM usage WHERE host=? AND key_fingerprint=? "
-                "AND model=? AND day=?", key,
+                "SELECT tokens, requests, exhausted, charge FROM usage WHERE host=? AND "
+                "key_fingerprint=? AND model=? AND day=?", key,
             ).fetchone()
-            used_t, used_r, exhausted = row or (0, 0, 0)
+            billed, used_r, exhausted, charge = row or (0, 0, 0, 0)
+            used_t = charge if counts == CHARGE else billed
             left_t = tpd - used_t if tpd else want_t
             left_r = rpd - used_r if rpd else want_r
             if exhausted or left_t < need_t or left_r < need_r:
                 return None
             grant = (max(0, min(want_t, left_t)), max(0, min(want_r, left_r)))
-            self._add(scope, day.isoformat(), *grant)
+            if counts == CHARGE:
+                self._add(scope, day.isoformat(), 0, grant[1], grant[0])
+            else:
+                self._add(scope, day.isoformat(), *grant)
             self._db.execute(
                 "UPDATE usage SET tpd=?, rpd=? WHERE host=? AND key_fingerprint=? AND model=? "
                 "AND day=?", (tpd, rpd, *key))
         return grant
 
-    def add_later(self, scope: Scope, day: dt.date, tokens: int, requests: int) -> None:
+    def add_later(self, scope: Scope, day: dt.date, tokens: int, requests: int,
+                  charge: int = 0) -> None:
         """Count this with the next write. Only for what may be lost in a crash without harm:
-        budget given back (the ledger over-counts) or usage of a budget with no limit."""
+        budget given back (the ledger over-counts) or usage of a count with no limit."""
         pending = self._pending[(scope, day.isoformat())]
         pending[0] += tokens
         pending[1] += requests
+        pending[2] += charge
 
     def add_now(self, scope: Scope, day: dt.date, tokens: int, requests: int) -> None:
         """Count this before anything else is admitted: usage beyond what was reserved."""
@@ -273,26 +316,74 @@ class Ledger:
             (scope.host, scope.key_fingerprint, scope.model, day.isoformat()),
         )
 
-    def _add(self, scope: Scope, day: str, tokens: int, requests: int) -> None:
+    def _add(self, scope: Scope, day: str, tokens: int, requests: int, charge: int = 0) -> None:
         self._db.execute(
-            "INSERT INTO usage (host, key_fingerprint, model, day, tokens, requests) "
-            "VALUES (?,?,?,?,?,?) ON CONFLICT DO UPDATE SET tokens=tokens+excluded.tokens, "
-            "requests=requests+excluded.requests",
-            (scope.host, scope.key_fingerprint, scope.model, day, tokens, requests),
+            "INSERT INTO usage (host, key_fingerprint, model, day, tokens, requests, charge) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO UPDATE SET tokens=tokens+excluded.tokens, "
+            "requests=requests+excluded.requests, charge=charge+excluded.charge",
+            (scope.host, scope.key_fingerprint, scope.model, day, tokens, requests, charge),
         )
 
     def _apply_pending(self) -> None:
-        for (scope, day), (tokens, requests) in self._pending.items():
-            if tokens or requests:
-                self._add(scope, day, tokens, requests)
+        for (scope, day), counts in self._pending.items():
+            if any(counts):
+                self._add(scope, day, *counts)
         self._pending.clear()
 
     def flush(self) -> None:
-        if any(t or r for t, r in self._pending.values()):
+        if any(any(counts) for counts in self._pending.values()):
             with self._transaction("could not record the last settlements (so it over-counts "
                                    "today's usage, which is safe)"):
                 self._apply_pending()
         self._pending.clear()
+
+    def _learned(self, scope: Scope, column: str) -> object:
+        try:
+            row = self._db.execute(
+                f"SELECT {column} FROM learned WHERE host=? AND key_fingerprint=? "  # noqa: S608 - a column name of ours, never input
+                "AND model=?", (scope.host, scope.key_fingerprint, scope.model)).fetchone()
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"cannot read the usage ledger {self.path} ({exc}); another "
+                             "batchrun may hold it. Run the same command again.") from None
+        return row[0] if row else None
+
+    def _learn(self, scope: Scope, column: str, value: object) -> None:
+        self._write(
+            f"INSERT INTO learned (host, key_fingerprint, model, {column}) VALUES (?,?,?,?) "  # noqa: S608 - a column name of ours, never input
+            f"ON CONFLICT DO UPDATE SET {column}=excluded.{column}",
+            (scope.host, scope.key_fingerprint, scope.model, value))
+
+    def record_accounting(self, scope: Scope, ratio: float) -> None:
+        """Keep what the server was learned to charge per token of our estimate, for this key
+        and model (the limiter's calibration), so `estimate` and later runs start from it. A
+        ratio that is not a positive finite number is not evidence and is not kept."""
+        if math.isfinite(ratio) and ratio > 0:
+            self._learn(scope, "accounting", ratio)
+
+    def accounting(self, scope: Scope) -> float | None:
+        """The learned charge per token of our estimate for this key and model, or None."""
+        ratio = self._learned(scope, "accounting")
+        return float(ratio) if isinstance(ratio, (int, float)) and ratio > 0 else None
+
+    def accountings(self, host: str, key_fingerprint: str) -> dict[str, float]:
+        """Every model's learned accounting for one key at one host."""
+        try:
+            rows = self._db.execute(
+                "SELECT model, accounting FROM learned WHERE host=? AND key_fingerprint=? AND "
+                "accounting > 0", (ledger_host(host), key_fingerprint)).fetchall()
+        except sqlite3.OperationalError as exc:
+            raise StateError(f"cannot read the usage ledger {self.path} ({exc}); another "
+                             "batchrun may hold it. Run the same command again.") from None
+        return {str(m): float(r) for m, r in rows if isinstance(r, (int, float))}
+
+    def record_daily_counts(self, scope: Scope, counts: str) -> None:
+        """Which count the server's per-day token limit was seen to count (BILLED or CHARGE)."""
+        self._learn(scope, "daily_counts", counts)
+
+    def daily_counts(self, scope: Scope) -> str:
+        """What the daily budget (--tpd) stops on: billed tokens unless the server's per-day
+        429 showed that it counts its rate-limit charge."""
+        return CHARGE if self._learned(scope, "daily_counts") == CHARGE else BILLED
 
     @contextlib.contextmanager
     def _transaction(self, what_failed: str) -> Iterator[None]:
@@ -330,6 +421,11 @@ class DailyBudget:
     reservation comes out of the lease (already counted) or is written at once. It exceeds the
     truth by at most one lease per process: returns beyond that are written, and what is left
     goes back when the run ends (a crash leaves it counted as used, the safe side).
+
+    Two counts are kept: billed tokens (each reservation settled to the answer's usage) and the
+    server's rate-limit charge (what admission reserved, never settled: the server charges at
+    admission). The token budget is leased from the one the server's per-day 429 was seen to
+    count (`Ledger.daily_counts`), billed tokens until then.
     """
 
     def __init__(self, ledger: Ledger, scope: Scope, tpd: int, rpd: int,
@@ -338,6 +434,7 @@ class DailyBudget:
         what this run billed, the daily-stop message says how much of the key's day other
         jobs took."""
         self.ledger, self.scope, self.tpd, self.rpd = ledger, scope, tpd, rpd
+        self.counts = ledger.daily_counts(scope)
         self._job_tokens = job_tokens
         self.spent: defaultdict[dt.date, int] = defaultdict(int)  # billed by this run, by day
         self.lease_tokens = max(1, math.ceil(tpd * LEASE_SHARE))
@@ -355,6 +452,19 @@ class DailyBudget:
     def limited(self) -> bool:
         return bool(self.tpd or self.rpd)
 
+    @property
+    def _leases_charge(self) -> bool:
+        """The token lease is taken from the charge count, not billed tokens."""
+        return bool(self.tpd) and self.counts == CHARGE
+
+    def record_accounting(self, ratio: float) -> None:
+        """Keep the server's learned charge per token of our estimate, for this key and model."""
+        self.ledger.record_accounting(self.scope, ratio)
+
+    def accounting(self) -> float | None:
+        """What an earlier run learned of the server's charge per token of our estimate."""
+        return self.ledger.accounting(self.scope)
+
     def reserve(self, tokens: int, now: float | None = None) -> dt.date | None:
         """The day the reservation was made on, or None if today's budget can't cover it.
         `now` (the engine's clock) lets an unlimited budget look for the API's per-day 429 in
@@ -368,7 +478,10 @@ class DailyBudget:
                 self._checked, self._checked_day = now if now is not None else -math.inf, day
                 if self.ledger.usage(self.scope).exhausted:
                     self._exhausted_day = day
-            return None if self._exhausted_day == day else day
+            if self._exhausted_day == day:
+                return None
+            self.ledger.add_later(self.scope, day, 0, 1, tokens)  # no limit: only counted
+            return day
         if self._lease_day != day:
             self.release()  # a new UTC day: what is left of yesterday's lease goes back
             self._lease_day = day
@@ -381,7 +494,7 @@ class DailyBudget:
                 self.scope, day,
                 (need_t, max(need_t, self.lease_tokens) if short_t else 0),
                 (need_r, self.lease_requests if short_r else 0),
-                self.tpd, self.rpd,
+                self.tpd, self.rpd, self.counts,
             )
             if got is None:
                 return None
@@ -390,6 +503,8 @@ class DailyBudget:
             self._returned = 0  # the lease's transaction wrote what was waiting
         if self.tpd:
             self._tokens -= tokens
+        if not self._leases_charge:
+            self.ledger.add_later(self.scope, day, 0, 0, tokens)  # the charge, only counted
         if self.rpd:
             self._requests -= 1
         else:
@@ -399,19 +514,33 @@ class DailyBudget:
     def used_today(self) -> tuple[int, int]:
         """Tokens and requests used today by every process, less what this one holds unused."""
         usage = self.ledger.usage(self.scope)
-        return usage.tokens - self._tokens, usage.requests - self._requests
+        tokens = usage.charge if self._leases_charge else usage.tokens
+        return tokens - self._tokens, usage.requests - self._requests
 
     def release(self) -> None:
         """Give the unused lease back to the ledger."""
         if self._lease_day is not None and (self._tokens or self._requests):
-            self.ledger.add_later(self.scope, self._lease_day, -self._tokens, -self._requests)
+            if self._leases_charge:
+                self.ledger.add_later(self.scope, self._lease_day, 0, -self._requests,
+                                      -self._tokens)
+            else:
+                self.ledger.add_later(self.scope, self._lease_day, -self._tokens,
+                                      -self._requests)
         self._tokens = self._requests = 0
 
     def unreserve(self, day: dt.date, tokens: int) -> None:
         """Take back a reservation whose request was never sent: its tokens and its request."""
         if not self.limited:
+            self.ledger.add_later(self.scope, day, 0, -1, -tokens)
             return
-        self.settle(day, tokens, 0)
+        if self._leases_charge:
+            if day == self._lease_day:
+                self._tokens += tokens
+            else:
+                self.ledger.add_later(self.scope, day, 0, 0, -tokens)
+        else:
+            self.settle(day, tokens, 0)
+            self.ledger.add_later(self.scope, day, 0, 0, -tokens)
         if self.rpd and day == self._lease_day:
             self._requests += 1
         else:
@@ -422,9 +551,8 @@ class DailyBudget:
         server's negative or absurd numbers must not move the day's count)."""
         actual = min(max(0, actual), MAX_USAGE)
         self.spent[day] += actual
-        if not self.limited:
-            return
-        if not self.tpd:
+        if not self.tpd or self._leases_charge:
+            # No budget on billed tokens: they are only counted (the charge stays reserved).
             self.ledger.add_later(self.scope, day, actual, 0)
             return
         extra = actual - reserved
@@ -452,20 +580,51 @@ class DailyBudget:
                 self.ledger.flush()
                 self._returned = 0
 
-    def exhaust(self, day: dt.date) -> None:
-        """The API said the budget of `day` (the reservation's day) is spent."""
+    def exhaust(self, day: dt.date, server_message: str = "") -> None:
+        """The API said the budget of `day` (the reservation's day) is spent. Its per-day 429
+        says how much it counts as used: whichever of our two counts is nearer is what a
+        --tpd budget stops on from then on."""
         self.ledger.exhaust(self.scope, day)
         self._exhausted_day = day
+        self.release()
+        self.ledger.flush()
+        usage = self.ledger.usage(self.scope, day)
+        counts = counted_by_server(server_message, usage.tokens, usage.charge)
+        if counts is not None:
+            self.ledger.record_daily_counts(self.scope, counts)
+            self.counts = counts
 
     def describe(self, server_message: str = "") -> str:
         """e.g. 'Daily token budget reached for gpt-4o-mini: 2,000,000 of 2,000,000 tokens used
         on 2026-11-27 (UTC)'."""
         self.release()  # what this process holds but has not used is not "used"
         usage = self.ledger.usage(self.scope)
+        if self._leases_charge:  # the budget was kept on the server's count: say that one
+            return describe_usage(replace(usage, tokens=usage.charge), self.scope.model,
+                                  self.tpd, self.rpd, server_message)
         others = (max(0, usage.tokens - self._job_tokens(usage.day) - self.spent[usage.day])
                   if self._job_tokens is not None else 0)
         return describe_usage(usage, self.scope.model, self.tpd, self.rpd, server_message,
                               others)
+
+
+def accountings_in(path: Path, host: str, key_fingerprint: str) -> dict[str, float]:
+    """Every model's learned accounting for one key at one host, from the ledger at `path`."""
+    book = Ledger(path)
+    try:
+        return book.accountings(host, key_fingerprint)
+    finally:
+        book.close()
+
+
+def counted_by_server(server_message: str, billed: int, charge: int) -> str | None:
+    """Which of our two counts a per-day 429's "Used U" is nearer to (BILLED or CHARGE), or
+    None when the message states no tokens used per day or the counts cannot tell."""
+    found = _USED_PER_DAY.search(server_message)
+    if found is None or billed == charge:
+        return None
+    used = int(found.group(1))
+    return CHARGE if abs(used - charge) < abs(used - billed) else BILLED
 
 
 def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,

@@ -40,7 +40,7 @@ from batchrun.events import (
     Throttled,
 )
 from batchrun.ledger import fmt_wait, until_midnight, utc_now
-from batchrun.tiers import Limits, family
+from batchrun.tiers import Limits, daily_source, family
 
 PLAIN_EVERY_S = 10.0
 RATE_WINDOW_S = 60
@@ -140,6 +140,16 @@ def _fmt_eta(seconds: float) -> str:
 def describe_limits(limits: Limits) -> str:
     parts = [(limits.rpm, "RPM"), (limits.tpm, "TPM"), (limits.rpd, "RPD"), (limits.tpd, "TPD")]
     return " · ".join(f"{_exact(v) if v else 'unlimited'} {name}" for v, name in parts)
+
+
+def describe_daily(limits: Limits) -> str:
+    """What ends a job's day on the per-minute path, and where each limit came from."""
+    parts = [f"{_exact(n)} {what} ({daily_source(limits, name)})"
+             for n, what, name in ((limits.rpd, "requests", "rpd"), (limits.tpd, "tokens", "tpd"))
+             if n]
+    parts.append("the server's per-day 429")
+    budget = "" if limits.tpd else " · no daily token budget (--tpd N keeps one)"
+    return "the day ends at " + " or ".join(parts) + budget
 
 
 class PipeSafeConsole(Console):
@@ -281,6 +291,7 @@ class ProgressDisplay:
         self.console.print(f"  results → {event.output}", markup=False)
         for model, limits in event.limits.items():
             self.console.print(f"  {model}: {describe_limits(limits)}", markup=False)
+            self.console.print(f"  {model}: {describe_daily(limits)}", markup=False)
             if limits == Limits() and family(model) is None:
                 self.console.print(
                     f"  (no preset limits for {model}: batchrun paces by the server's "
@@ -368,7 +379,7 @@ class ProgressDisplay:
             return Text(self._rate_text(), style="dim")
         table = Table(box=None, padding=(0, 2, 0, 0), pad_edge=False, show_edge=False,
                       style="dim", header_style="dim")
-        for column in ("last minute", "requests", "tokens", "today (tokens)"):
+        for column in ("last minute", "requests", "tokens", "today"):
             table.add_column(column, no_wrap=True, overflow="ellipsis")
         for name, m in ranked:
             table.add_row(name, *self._gauges(name, m, units=False))

@@ -58,6 +58,7 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
                       "with the server's limits)")
         table.add_row("time", " · ".join(parts) + binds + " (at the steady rate; a full "
                       "bucket at the start can save up to a minute)")
+        table.add_row("counted as", _accounting(m["accounting"]))
         for ep in m.get("endpoints", []):
             rate = ep["requests_per_min"]
             pace = "unlimited" if rate is None else f"{rate:,.0f} req/min"
@@ -70,9 +71,10 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
         today = (f"{used['tokens']:,} tokens already used today" if used["known"]
                  else "today's usage at each endpoint is not looked up: counted as unused"
                  if m.get("endpoints")
-                 else "today counted as unused: set OPENAI_API_KEY to count its usage")
+                 else "today counted as unused: set the key's variable (--api-key-env) to "
+                 "count its usage")
         days = "1 UTC day" if m["days"] == 1 else f"{m['days']} UTC days"
-        table.add_row("days", f"{days} under the daily budget; {today}")
+        table.add_row("days", f"{days} · {describe_daily(m['daily'], m['limits'])}; {today}")
         if e.get("via") == "batch":
             table.add_row("Batch API", _batch_row(m))
         console.print(table)
@@ -90,6 +92,32 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
     if e["cost_usd"] is not None and len(e["models"]) > 1:
         console.print(f"total ${e['cost_usd']:,.4f} (Batch API ${e['batch_api_cost_usd']:,.4f})"
                       f" · {_minutes(e['minutes_to_finish'])} · {e['days']} UTC day(s)")
+
+
+def describe_daily(d: dict[str, Any], limits: dict[str, int]) -> str:
+    """Which daily limit ends the job's days and where it came from, then the other one."""
+    names = {"tpd": "tokens", "rpd": "requests"}
+    spent = d["source"].startswith("the server's")
+    parts = []
+    if spent:
+        parts.append(f"today is spent ({d['source']}): it starts tomorrow")
+    for which in sorted(names, key=lambda k: k != d["binds"]):  # the binding one first
+        limit = limits[which]
+        if limit:
+            source = d["source"] if which == d["binds"] and not spent else d["sources"][which]
+            bound = " binds" if which == d["binds"] else ""
+            parts.append(f"{limit:,} {names[which]} a day ({source}){bound}")
+    if not limits["tpd"]:
+        parts.append("no daily token limit (give --tpd to keep a budget)")
+    return " · ".join(parts)
+
+
+def _accounting(a: dict[str, Any]) -> str:
+    if a["used"] == "learned":
+        return (f"{a['server_charge_tokens']:,} tokens: the server's charge as learned for "
+                f"this key ({a['ratio']:.2f} x our estimate)")
+    return (f"{a['server_charge_tokens']:,} tokens: our estimate of the server's charge "
+            "(nothing learned for this key and model yet)")
 
 
 def _batch_row(m: dict[str, Any]) -> str:

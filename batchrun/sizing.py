@@ -39,6 +39,21 @@ def never_fits(size: Size, model: str, tpm: int, tpd: int) -> str | None:
     if tpd and size.charge > tpd:
         return (f"this request needs about {size.charge:,} tokens, more than the whole daily "
                 f"budget of {tpd:,} tokens of {model}; shorten it, lower max_tokens or raise --tpd")
+    return _over_window(size, model)
+
+
+def never_fits_batch(size: Size, model: str, queue_tokens: int) -> str | None:
+    """Why a request can never run through the Batch API, whose one limit is the model's
+    enqueued-token queue (prompt tokens; 0: unlimited), or None. No per-minute or daily limit
+    applies there."""
+    if queue_tokens and size.prompt > queue_tokens:
+        return (f"its {size.prompt:,} prompt tokens are more than the Batch API's enqueued-token "
+                f"limit of {queue_tokens:,} for {model}; shorten it or raise "
+                "--batch-queue-tokens")
+    return _over_window(size, model)
+
+
+def _over_window(size: Size, model: str) -> str | None:
     window = context_window(model)
     if window and size.prompt + (size.max_output or 0) > window:
         return (f"prompt {size.prompt:,} + max output {size.max_output or 0:,} tokens exceed "

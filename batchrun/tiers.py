@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 PRICES_AS_OF = "2026-11-01"
 TIERS = ("free", "tier1", "tier2", "tier3", "tier4", "tier5")
@@ -22,14 +22,20 @@ class Limits:
     rpm: int = UNLIMITED
     tpm: int = UNLIMITED
     rpd: int = UNLIMITED
-    tpd: int = UNLIMITED
+    tpd: int = UNLIMITED  # only ever the user's own (--tpd): no tier publishes one
+    # The Batch API's enqueued-token limit: what `--via batch` plans its rounds by, never a
+    # daily limit of the per-minute path.
+    batch_queue_tokens: int = UNLIMITED
+    # Which of rpm/tpm/rpd/tpd the user set (--rpm..., an endpoints file) rather than a preset:
+    # where a limit came from is said, not compared.
+    given: frozenset[str] = field(default=frozenset(), compare=False)
 
     def override(self, **values: int | None) -> Limits:
         given = {k: v for k, v in values.items() if v is not None}
         for key, value in given.items():
             if value < 0:
                 raise ValueError(f"--{key} must be 0 (unlimited) or a positive number, not {value}")
-        return replace(self, **given)
+        return replace(self, **given, given=self.given | frozenset(given))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,39 +49,41 @@ class Price:
         return (tokens_in * self.input + tokens_out * self.output) / 1_000_000
 
 
-# family -> tier -> (rpm, rpd, tpm, tpd). tpd is the tier's batch-queue token figure.
+# family -> tier -> published limits. No tier publishes a daily token limit for the per-minute
+# path: the figure several guides call "TPD" is the Batch API's queue limit (enqueued tokens),
+# so it lives in `batch_queue_tokens` and only `--via batch` reads it.
 _L = Limits
 _MINI = {
-    "free": _L(rpm=3, rpd=200, tpm=40_000, tpd=200_000),
-    "tier1": _L(rpm=500, rpd=10_000, tpm=200_000, tpd=2_000_000),
-    "tier2": _L(rpm=5_000, tpm=2_000_000, tpd=20_000_000),
-    "tier3": _L(rpm=5_000, tpm=4_000_000, tpd=40_000_000),
-    "tier4": _L(rpm=10_000, tpm=10_000_000, tpd=1_000_000_000),
-    "tier5": _L(rpm=30_000, tpm=150_000_000, tpd=15_000_000_000),
+    "free": _L(rpm=3, rpd=200, tpm=40_000, batch_queue_tokens=200_000),
+    "tier1": _L(rpm=500, rpd=10_000, tpm=200_000, batch_queue_tokens=2_000_000),
+    "tier2": _L(rpm=5_000, tpm=2_000_000, batch_queue_tokens=20_000_000),
+    "tier3": _L(rpm=5_000, tpm=4_000_000, batch_queue_tokens=40_000_000),
+    "tier4": _L(rpm=10_000, tpm=10_000_000, batch_queue_tokens=1_000_000_000),
+    "tier5": _L(rpm=30_000, tpm=150_000_000, batch_queue_tokens=15_000_000_000),
 }
 _LARGE = {
-    "free": _L(rpm=3, rpd=200, tpm=10_000, tpd=90_000),
-    "tier1": _L(rpm=500, tpm=30_000, tpd=90_000),
-    "tier2": _L(rpm=5_000, tpm=450_000, tpd=1_350_000),
-    "tier3": _L(rpm=5_000, tpm=800_000, tpd=50_000_000),
-    "tier4": _L(rpm=10_000, tpm=2_000_000, tpd=200_000_000),
-    "tier5": _L(rpm=10_000, tpm=30_000_000, tpd=5_000_000_000),
+    "free": _L(rpm=3, rpd=200, tpm=10_000, batch_queue_tokens=90_000),
+    "tier1": _L(rpm=500, tpm=30_000, batch_queue_tokens=90_000),
+    "tier2": _L(rpm=5_000, tpm=450_000, batch_queue_tokens=1_350_000),
+    "tier3": _L(rpm=5_000, tpm=800_000, batch_queue_tokens=50_000_000),
+    "tier4": _L(rpm=10_000, tpm=2_000_000, batch_queue_tokens=200_000_000),
+    "tier5": _L(rpm=10_000, tpm=30_000_000, batch_queue_tokens=5_000_000_000),
 }
 _EMBED = {
     "free": _L(rpm=100, rpd=2_000, tpm=40_000),
-    "tier1": _L(rpm=3_000, tpm=1_000_000, tpd=3_000_000),
-    "tier2": _L(rpm=5_000, tpm=1_000_000, tpd=20_000_000),
-    "tier3": _L(rpm=5_000, tpm=5_000_000, tpd=100_000_000),
-    "tier4": _L(rpm=10_000, tpm=5_000_000, tpd=500_000_000),
-    "tier5": _L(rpm=10_000, tpm=10_000_000, tpd=4_000_000_000),
+    "tier1": _L(rpm=3_000, tpm=1_000_000, batch_queue_tokens=3_000_000),
+    "tier2": _L(rpm=5_000, tpm=1_000_000, batch_queue_tokens=20_000_000),
+    "tier3": _L(rpm=5_000, tpm=5_000_000, batch_queue_tokens=100_000_000),
+    "tier4": _L(rpm=10_000, tpm=5_000_000, batch_queue_tokens=500_000_000),
+    "tier5": _L(rpm=10_000, tpm=10_000_000, batch_queue_tokens=4_000_000_000),
 }
 _GPT35 = {
-    "free": _L(rpm=3, rpd=200, tpm=40_000, tpd=200_000),
-    "tier1": _L(rpm=3_500, rpd=10_000, tpm=200_000, tpd=2_000_000),
-    "tier2": _L(rpm=3_500, tpm=2_000_000, tpd=5_000_000),
-    "tier3": _L(rpm=3_500, tpm=4_000_000, tpd=50_000_000),
-    "tier4": _L(rpm=10_000, tpm=10_000_000, tpd=1_000_000_000),
-    "tier5": _L(rpm=10_000, tpm=50_000_000, tpd=10_000_000_000),
+    "free": _L(rpm=3, rpd=200, tpm=40_000, batch_queue_tokens=200_000),
+    "tier1": _L(rpm=3_500, rpd=10_000, tpm=200_000, batch_queue_tokens=2_000_000),
+    "tier2": _L(rpm=3_500, tpm=2_000_000, batch_queue_tokens=5_000_000),
+    "tier3": _L(rpm=3_500, tpm=4_000_000, batch_queue_tokens=50_000_000),
+    "tier4": _L(rpm=10_000, tpm=10_000_000, batch_queue_tokens=1_000_000_000),
+    "tier5": _L(rpm=10_000, tpm=50_000_000, batch_queue_tokens=10_000_000_000),
 }
 
 PRESETS: dict[str, dict[str, Limits]] = {
@@ -153,7 +161,59 @@ def price(model: str) -> Price | None:
 
 def batch_queue_tokens(model: str, tier: str) -> int:
     """The Batch API's enqueued-token limit of model at tier (prompt tokens of all its batches in
-    progress; the tables' tpd column is that figure), or 0 (unlimited) for a model we have no
-    table for."""
+    progress), or 0 (unlimited) for a model we have no table for."""
     limits = preset(model, tier)
-    return limits.tpd if limits is not None else UNLIMITED
+    return limits.batch_queue_tokens if limits is not None else UNLIMITED
+
+
+@dataclass(frozen=True, slots=True)
+class Daily:
+    """The daily limit that ends a job's day on the per-minute path, and where it came from."""
+
+    binds: str | None  # "tpd", "rpd" or None: no daily limit stops the job
+    limit: int
+    source: str  # e.g. "published RPD", "--tpd", "the server's per-day 429 on 2026-12-07"
+    days_by_tokens: int
+    days_by_requests: int
+
+    @property
+    def days(self) -> int:
+        return max(self.days_by_tokens, self.days_by_requests)
+
+
+def daily_source(limits: Limits, which: str) -> str:
+    """Where a daily limit in force came from: the user (a flag or an endpoints file) or the
+    published table (only RPD is ever published)."""
+    if which in limits.given:
+        return f"--{which}"
+    return f"published {which.upper()}" if getattr(limits, which) else "none published"
+
+
+def days_for(needed: int, per_day: int, used_today: int) -> int:
+    """UTC days (today counts as the first) for `needed` against a daily limit (0: none)."""
+    if not per_day:
+        return 1
+    left_today = max(0, per_day - used_today)
+    if needed <= left_today:
+        return 1
+    return 1 + -(-(needed - left_today) // per_day)
+
+
+def daily(limits: Limits, tokens: int, requests: int, used: tuple[int, int] = (0, 0),
+          spent_on: str = "") -> Daily:
+    """Which daily limit decides how many UTC days a job of `tokens` and `requests` takes, after
+    `used` (tokens, requests) of today. `spent_on`:
+    today's date when the server's per-day 429 said today is spent: the job starts tomorrow,
+    whatever our counts say."""
+    start = (0, 0) if spent_on else used
+    by_t = days_for(tokens, limits.tpd, start[0]) + (1 if spent_on else 0)
+    by_r = days_for(requests, limits.rpd, start[1]) + (1 if spent_on else 0)
+    # The limit that takes the most days binds; on a tie, the one the job fills most of.
+    ranks = {name: (days, need / limit) for name, days, need, limit in
+             (("tpd", by_t, tokens, limits.tpd), ("rpd", by_r, requests, limits.rpd)) if limit}
+    binds = max(ranks, key=lambda k: ranks[k]) if ranks else None
+    if spent_on:
+        source = f"the server's per-day 429 on {spent_on}"
+    else:
+        source = daily_source(limits, binds) if binds else "none published"
+    return Daily(binds, getattr(limits, binds) if binds else 0, source, by_t, by_r)

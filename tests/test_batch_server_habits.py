@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from batchrun import runner
@@ -183,3 +184,43 @@ def test_ctrl_c_during_status_says_what_happened(
     assert proc.returncode == 130, err
     assert "Interrupted" in err and f"batchrun resume {h.job_id}" in err
     assert h.manifest().batch == before  # nothing recorded that did not happen
+
+
+@pytest.mark.parametrize("server", [ServerConfig(finished_status=s, output="html")
+                                    for s in ("expired", "cancelled")], indirect=True,
+                         ids=["expired", "cancelled"])
+def test_an_ended_batch_whose_output_cannot_be_read_sends_nothing_again_unasked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer) -> None:
+    """An expired or cancelled batch delivers what it finished in its output file (SERVERS.md);
+    when that file cannot be read, its request_counts still say how many ran and were billed:
+    those are downloaded again, then failed as unavailable, never planned into a new batch."""
+    h = ServerHarness(tmp_path, monkeypatch, server, n=3)
+    assert h.submit() is None
+    assert len(server.stats.created) == 1
+    assert dict(server.stats.runs) == {"r1": 1, "r2": 1, "r3": 1}
+    results = h.results()
+    assert {results[c]["error"]["code"] for c in results} == {"batch_output_unavailable"}
+
+
+@pytest.mark.parametrize("edit", [
+    {"batch_id": None}, {"api_status": ["completed"]}, {"count": "3"}, {"state": "weird"},
+    {"file_id": None, "state": "creating"}, {"n": 0}],
+    ids=["no-batch-id", "status-list", "count-text", "state-unknown", "creating-no-file",
+         "n-zero"])
+def test_a_damaged_part_record_is_named_not_a_crash_nor_a_hang(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer,
+        edit: dict[str, Any]) -> None:
+    # A hand-edited or damaged manifest: exit 70 ("a bug in batchrun") from an assert or a
+    # TypeError, or, for a state batchrun does not have, a resume that polled nothing for ever.
+    h = ServerHarness(tmp_path, monkeypatch, server)
+    h.submit(detach=True)
+    path = h.store.home / "jobs" / f"{h.job_id}.json"
+    data = orjson.loads(path.read_bytes())
+    data["batch"]["parts"][0].update(edit)
+    path.write_bytes(orjson.dumps(data))
+    for command in ("resume", "status", "cancel"):
+        run = run_cli(command, h.job_id)
+        # status shows the job, and what it could not collect
+        assert run.code == (0 if command == "status" else 5), (command, run.stderr)
+        assert "damaged" in run.stderr and "dashboard" in run.stderr, run.stderr
+        assert "internal error" not in run.stderr

@@ -59,7 +59,8 @@ def test_a_good_file_gives_each_endpoint_its_url_key_variable_limits_and_names(
     main, east = load_endpoints(write(tmp_path, GOOD))
     assert (main.name, main.endpoint.base_url, main.endpoint.key_env) == (
         "openai-main", "https://api.openai.com/v1", "KEY_ONE")
-    assert main.limits_for("gpt-4o-mini") == Limits(500, 200_000, 10_000, 2_000_000)
+    assert main.limits_for("gpt-4o-mini") == Limits(500, 200_000, 10_000,
+                                                    batch_queue_tokens=2_000_000)
     assert east.endpoint.azure and east.priority == 2 and east.endpoint.key_env == "KEY_TWO"
     assert east.deployment("gpt-4o-mini") == "my-4o-mini-deployment"
     assert main.deployment("gpt-4o-mini") == "gpt-4o-mini"

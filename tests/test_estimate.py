@@ -80,14 +80,15 @@ def test_days_count_what_the_ledger_already_used_today(tmp_path: Path,
                                                        isolated_env: dict[str, str]) -> None:
     rows = [{"id": f"r{i}", "prompt": "x", "max_tokens": 990} for i in range(1000)]
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
-    fresh = estimate(str(jobs))["models"][0]  # ~1M tokens under a 2M daily budget
+    # ~1M tokens under a 2M daily budget of the user's own (no tier publishes one)
+    fresh = estimate(str(jobs), "--tpd", "2000000")["models"][0]
     assert fresh["days"] == 1 and fresh["used_today"]["known"] is False
     ledger = Ledger(Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3")
     scope = Scope("api.openai.com", key_fingerprint(FAKE_KEY), "gpt-4o-mini")
     budget = DailyBudget(ledger, scope, tpd=2_000_000, rpd=0)
     assert budget.reserve(1_500_000) == dt.datetime.now(dt.UTC).date()
     ledger.close()
-    used = estimate(str(jobs), env={"OPENAI_API_KEY": FAKE_KEY})["models"][0]
+    used = estimate(str(jobs), "--tpd", "2000000", env={"OPENAI_API_KEY": FAKE_KEY})["models"][0]
     assert used["used_today"] == {"tokens": 1_500_000, "requests": 1, "known": True}
     assert used["days"] == 2  # 0.5M fit today, the rest tomorrow
     small = estimate(str(jobs), "--tpd", "300000")["models"][0]
@@ -130,7 +131,7 @@ def test_json_schema_is_stable(tmp_path: Path) -> None:
         "model", "known_model", "requests", "prompt_tokens", "max_output_tokens",
         "requests_without_max", "assumed_output_tokens_per_request", "output_tokens",
         "limit_tokens", "cost_usd", "limits", "minutes", "binding", "minutes_to_finish",
-        "used_today", "days", "batch"}
+        "used_today", "days", "batch", "daily", "accounting"}
 
 
 def test_estimate_works_with_the_network_blocked(tmp_path: Path) -> None:

@@ -58,3 +58,23 @@ def test_an_input_edited_in_the_middle_is_still_changed(tmp_path: Path) -> None:
     refused = run_cli("resume", _job_id(first.stderr))
     assert refused.code == 2, refused.stderr
     assert "its content changed" in refused.stderr
+
+
+def test_a_limit_past_any_real_budget_is_a_usage_error_not_an_internal_one(
+        tmp_path: Path) -> None:
+    # 24 digits went into the manifest, which cannot hold an integer past 64 bits, and an
+    # infinite --timeout into a whole number of milliseconds: exit 70, "This is a bug in
+    # batchrun". An infinite --poll-max was saved as null.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(6))
+    first = run_cli("submit", str(jobs), "--simulate", "--rpd", "2")
+    assert first.code == 3, first.stderr
+    job = _job_id(first.stderr)
+    huge = "999999999999999999999999"
+    for args in (("submit", str(jobs), "-o", str(tmp_path / "b.jsonl"), "--simulate"),
+                 ("resume", job)):
+        for flag, value in (("--tpd", huge), ("--max-retries", huge), ("--timeout", "inf"),
+                            ("--max-response-mb", "inf"), ("--poll-max", "inf")):
+            run = run_cli(*args, flag, value)
+            assert run.code == 2, (args, flag, run.stderr)
+            assert flag in run.stderr and "internal error" not in run.stderr
+    assert run_cli("resume", job, "--rpd", "6").code == 0

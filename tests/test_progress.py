@@ -198,7 +198,7 @@ def test_several_models_get_a_gauge_line_each_the_busiest_first() -> None:
     listener(BudgetUsed("gpt-4o-mini", 299_742, 300_000, 0, 0))
     lines = screen_lines(display)
     at = next(i for i, line in enumerate(lines) if line.startswith("last minute"))
-    assert lines[at].split() == ["last", "minute", "requests", "tokens", "today", "(tokens)"]
+    assert lines[at].split() == ["last", "minute", "requests", "tokens", "today"]
     assert lines[at + 1].split() == ["gpt-4o-mini", "493/500", "99%", "49.3K/200K", "25%",
                                      "299.7K/300K", "100%"]
     assert lines[at + 2].split()[:5] == ["text-embedding-3-small", "300/3K", "10%", "3K/1M",

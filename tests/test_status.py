@@ -49,10 +49,10 @@ def test_status_lists_paused_finished_and_crashed_jobs(sim: RunningSim, tmp_path
     assert "crashed" in row["crashed-"]
     assert "Continue the latest unfinished job with: batchrun resume crashed-" in run.stdout
     # One key and model: one usage row for all three jobs, against the last budget checked
-    # (the crashed job's default, tier 1's 2M).
+    # (the crashed job's default: tier 1's published 10,000 RPD and no daily token budget).
     assert "Usage on" in run.stdout and "gpt-4o-mini" in run.stdout
     usage_row = next(line for line in lines if "gpt-4o-mini" in line)
-    assert "2,000,000" in usage_row and "10,000" in usage_row
+    assert usage_row.split()[3:] == ["-", usage_row.split()[4], "10,000"]
     assert FAKE_KEY not in run.stdout
 
     data = orjson.loads(run_cli("status", "--json").stdout)
@@ -60,7 +60,7 @@ def test_status_lists_paused_finished_and_crashed_jobs(sim: RunningSim, tmp_path
     assert states == {"done": "done", "paused": "paused-daily", "crashed": "crashed"}
     assert all(j["resume"] == f"batchrun resume {j['job_id']}" for j in data["jobs"])
     [usage] = data["usage"]
-    assert usage["model"] == "gpt-4o-mini" and usage["tpd"] == 2_000_000
+    assert usage["model"] == "gpt-4o-mini" and (usage["tpd"], usage["rpd"]) == (0, 10_000)
     assert usage["key_fingerprint"].startswith("key-") and usage["tokens"] > 0
 
     one = run_cli("status", "paused")

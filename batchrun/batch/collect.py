@@ -34,6 +34,10 @@ class Merged:
     failed: int = 0
     left: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (code, message)
     refused: tuple[str, str] | None = None  # the account was refused (insufficient_quota, …)
+    # Lines of the part's requests that carry a response (what request_counts.completed
+    # counts), read now or by an earlier collection: fewer than the batch says ran means a
+    # file was not read whole.
+    answered: int = 0
 
 
 def _retryable(status: int | None, code: str) -> bool:
@@ -107,10 +111,13 @@ class Collector:
             if not isinstance(obj, dict):
                 continue  # not a result line: nothing to attribute it to
             cid = obj.get("custom_id")
-            if not isinstance(cid, str) or cid not in ids or cid in self._done:
+            if not isinstance(cid, str) or cid not in ids:
                 continue
             response = obj.get("response")
             response = response if isinstance(response, dict) else None
+            merged.answered += response is not None
+            if cid in self._done:
+                continue
             if response is None and not isinstance(obj.get("error"), dict):
                 continue  # neither an answer nor an error: not a result line (an echo?)
             status = response.get("status_code") if response else None

@@ -80,11 +80,17 @@ class Outcome:
         part.state = COLLECTED
 
     def unread(self, part: Part, ids: list[str], merged: Merged) -> list[str]:
-        """A completed batch ran every request: one with no line in its files was not read
-        (output_file_id null, a file that is not JSONL or was cut short), not left undone."""
-        if part.api_status != "completed":
-            return []
-        return [cid for cid in ids if cid not in self._done and cid not in merged.left]
+        """Requests the batch ran whose results were not read (output_file_id null, a file
+        that is not JSONL or was cut short), as opposed to left undone. A completed batch ran
+        every request; an expired or cancelled one ran as many as its request_counts say
+        completed, and when fewer answers were read than that, the unread ones cannot be told
+        from those that never ran: all are read again, never sent again unasked."""
+        missing = [cid for cid in ids if cid not in self._done and cid not in merged.left]
+        if part.api_status == "completed":
+            return missing
+        if part.api_status in ("expired", "cancelled") and merged.answered < part.completed:
+            return missing
+        return []
 
     def read_again(self, part: Part, unread: list[str]) -> bool:
         """True: download the part's files again at the next poll. Out of tries, the unread
@@ -92,15 +98,15 @@ class Outcome:
         again. The caller saves the part either way."""
         if part.output_tries < OUTPUT_TRIES:
             part.output_tries += 1
-            self._notify(f"Batch {part.batch_id} (part {part.n}) completed, but the results of "
-                         f"{len(unread):,} of its requests could not be read (its output file "
-                         "is missing, not JSONL or cut short); they are downloaded again, "
-                         f"not sent again (try {part.output_tries} of {OUTPUT_TRIES}).")
+            self._notify(f"Batch {part.batch_id} (part {part.n}) {part.api_status}, but the "
+                         f"results of {len(unread):,} of its requests could not be read (its "
+                         "output file is missing, not JSONL or cut short); they are downloaded "
+                         f"again, not sent again (try {part.output_tries} of {OUTPUT_TRIES}).")
             return True
-        message = (f"batch {part.batch_id} completed but this request's result could not be "
-                   f"read after {OUTPUT_TRIES + 1} downloads (the output file was missing, not "
-                   "JSONL or cut short); it may have been billed. resume --retry-failed sends "
-                   "it again")
+        message = (f"batch {part.batch_id} {part.api_status} but this request's result could "
+                   f"not be read after {OUTPUT_TRIES + 1} downloads (the output file was "
+                   "missing, not JSONL or cut short); it may have been billed. resume "
+                   "--retry-failed sends it again")
         for cid in unread:
             self._collector.fail(cid, part.model, "batch_output_unavailable", message,
                                  part.attempt)

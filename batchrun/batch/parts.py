@@ -87,7 +87,41 @@ class Part:
         if not isinstance(data, dict) or not {"n", "key", "url", "model", "count",
                                               "tokens"} <= data.keys():
             raise ValueError(f"not a part record: {str(data)[:80]}")
-        return cls(**_migrated({k: v for k, v in data.items() if k in names}))
+        part = cls(**_migrated({k: v for k, v in data.items() if k in names}))
+        _check(part)
+        return part
+
+
+# What each field of a saved part must hold: a hand-edited or damaged record is named as such
+# (BatchBook.load), not met later as a crash or as a part no step ever moves on.
+_WHOLE = ("n", "count", "tokens", "attempt", "output_tries", "completed", "failed")
+_TEXT = ("key", "url", "model", "state")
+_TEXT_OR_NONE = ("api_status", "file_id", "batch_id", "output_file_id", "error_file_id")
+
+
+def _check(part: Part) -> None:
+    for name in _WHOLE:
+        value = getattr(part, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"part {part.n!r}: {name} is {value!r}, not a count")
+    if part.n < 1:
+        raise ValueError(f"part number {part.n}")
+    for name in _TEXT:
+        if not isinstance(getattr(part, name), str):
+            raise ValueError(f"part {part.n}: {name} is {getattr(part, name)!r}, not text")
+    for name in _TEXT_OR_NONE:
+        if getattr(part, name) is not None and not isinstance(getattr(part, name), str):
+            raise ValueError(f"part {part.n}: {name} is {getattr(part, name)!r}, not text")
+    if not isinstance(part.cancel_asked, bool):
+        raise ValueError(f"part {part.n}: cancel_asked is {part.cancel_asked!r}")
+    if not isinstance(part.errors, list) or not all(isinstance(e, str) for e in part.errors):
+        raise ValueError(f"part {part.n}: errors is not a list of text")
+    if part.state not in OURS:
+        raise ValueError(f"part {part.n}: state {part.state!r} is not one batchrun sets")
+    if part.state == SUBMITTED and part.batch_id is None:
+        raise ValueError(f"part {part.n} is submitted but names no batch id")
+    if part.state in ("uploaded", "creating") and part.file_id is None:
+        raise ValueError(f"part {part.n} is {part.state} but names no uploaded file")
 
 
 def _migrated(data: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +244,17 @@ class PartFiles:
             raise StateError(
                 f"cannot read {path}, a part of this job's Batch API record: {exc.strerror}. "
                 "Its batch may still run on the server.") from None
+
+
+def shown_record(batch: dict[str, Any], job_id: str) -> dict[str, Any]:
+    """A manifest's `batch` record as `status` shows it: a damaged one (named by the collection
+    before it) shows no parts rather than failing on a field that is not what it should be."""
+    if not batch:
+        return batch
+    try:
+        return BatchBook.load(batch, job_id).dump()
+    except StateError:
+        return {}
 
 
 def has_open_parts(batch: Any) -> bool:

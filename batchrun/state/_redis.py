@@ -490,9 +490,16 @@ class RedisBudget:
         return describe_usage(DayUsage(u.day, tokens, requests, u.exhausted), self.scope.model,
                               self.tpd, self.rpd, server_message)
 
-    def exhaust(self, day: dt.date) -> None:
-        """The API said the day is spent (the settlement already told Redis)."""
+    def exhaust(self, day: dt.date, server_message: str = "") -> None:
+        """The API said the day is spent (the settlement already told Redis). Which count the
+        server's message shows it counts is learned in the local ledger only, for now."""
         self._exhausted_day = day
+
+    def record_accounting(self, ratio: float) -> None:
+        """Not kept in Redis yet: the learned accounting lives in each host's local ledger."""
+
+    def accounting(self) -> float | None:
+        return None
 
     def is_exhausted(self, day: dt.date) -> bool:
         return self._exhausted_day == day
