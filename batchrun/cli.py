@@ -352,6 +352,9 @@ def resume(
     detach: Detach = False,
     poll_max: PollMax = None,
     batch_queue_tokens: QueueTokens = None,
+    cancel_batches: Annotated[bool, typer.Option(
+        help="with --via sync: cancel the job's Batch API batches (what they finished is "
+        "kept) and send the rest by the sync path")] = False,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     _reply.json = json_
@@ -373,7 +376,7 @@ def resume(
         "limits": {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
         "max_response_mb": max_response_mb,
-        "wait": wait,
+        "wait": wait, "cancel_batches": cancel_batches or None,
         **_batch_options(via, detach, poll_max, batch_queue_tokens, given_only=True),
     })
     if isinstance(plan, runner.Finished):

@@ -14,7 +14,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun.batch.entry import cancel_job, run_batch
+from batchrun.batch.entry import (
+    cancel_job,
+    collect_fetched,
+    ids_on_server,
+    look_at_batches,
+    run_batch,
+)
+from batchrun.batch.look import Fetched
 from batchrun.batch.parts import (
     drop_unsent_parts,
     has_batches_on_server,
@@ -43,6 +50,7 @@ from batchrun.errors import (
     DailyLimitReached,
     InputError,
     Interrupted,
+    StateError,
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
 from batchrun.jobs import InputReport, input_report, read_jobs
@@ -60,7 +68,7 @@ from batchrun.signals import on_signals
 from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import SharedBudget, SharedStateError, StateUrl
 from batchrun.state._open import connect as connect_state
-from batchrun.stop import hands_over_to_batch, phrase
+from batchrun.stop import Stop, hands_over_to_batch, phrase
 from batchrun.tiers import Limits, family
 
 SIMULATOR_HOST = "simulator"
@@ -111,6 +119,7 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         wait=o["wait"], max_response_mb=o.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB),
         via=o.get("via", "sync"), poll_max_s=o.get("poll_max_s", 60.0),
         batch_queue_tokens=o.get("batch_queue_tokens"), detach=bool(o.get("detach")),
+        cancel_batches=bool(o.get("cancel_batches")),
     )
     if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")),
@@ -421,6 +430,10 @@ def _check_paths(spec: JobSpec, manifest: Manifest) -> None:
             f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
             f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
             f"the Batch API, or use --via sync with --endpoints.")
+    if spec.cancel_batches and spec.via != "sync":
+        raise InputError(
+            f"--cancel-batches cancels the job's batches so that the sync path sends the rest; "
+            f"add --via sync (the job goes by --via {spec.via} now).")
     if spec.detach and spec.via == "sync" and not has_open_parts(manifest.batch):
         raise InputError(
             "--detach leaves Batch API batches running and exits; the sync path (--via sync, "
@@ -447,9 +460,11 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
     for --via auto, the Batch API for what is left once today's budget is spent). Returns why
     it stopped early, worded for the user; None when every request has a line."""
     # Requests in batches on the server not yet collected must not be sent again by the sync
-    # path; parts never submitted are dropped when it runs. (`status JOB` only collects: never
-    # the sync path, even if another process collected every batch since status looked.)
-    if spec.via == "batch" or spec.collect_once or has_batches_on_server(manifest.batch):
+    # path; parts never submitted are dropped when it runs.
+    if spec.via == "sync" and has_batches_on_server(manifest.batch):
+        return await _sync_beside_batches(spec, manifest, store, api_key, listener, report,
+                                          done, budgets, now_utc, sleep, notify, on_disk)
+    if spec.via == "batch" or has_batches_on_server(manifest.batch):
         return await run_batch(spec, manifest, store, api_key, listener, report, done,
                                sleep=sleep, notify=notify)
     if drop_unsent_parts(manifest.batch) and on_disk:
@@ -458,9 +473,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
         check_serves(spec.endpoints, list(report.models), Path(str(spec.endpoints_file)))
     if spec.via == "auto":  # at the daily limit the Batch API goes on, no waiting
         spec = replace(spec, wait=False)
-    engine = Engine(spec, report, done, api_key, listener, budgets.for_model, now_utc=now_utc,
-                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope, budgets.key_for))
-    ended = await on_signals(engine.interrupt, engine.run())
+    ended = await _run_engine(spec, report, done, api_key, listener, budgets, now_utc, sleep)
     if ended is None:
         return None
     if hands_over_to_batch(ended, spec.via):
@@ -469,9 +482,68 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
         return await run_batch(spec, manifest, store, api_key, listener, report,
                                read_output(spec.output).done, sleep=sleep, notify=notify,
                                announce=False)
+    return _phrase(ended, spec, manifest)
+
+
+async def _run_engine(spec: JobSpec, report: InputReport, skip: set[str], api_key: str,
+                      listener: Listener, budgets: Budgets,
+                      now_utc: Callable[[], dt.datetime],
+                      sleep: Callable[[float], Awaitable[None]]) -> Stop | None:
+    """The sync path over every request of the input whose id is not in `skip`."""
+    engine = Engine(spec, report, skip, api_key, listener, budgets.for_model, now_utc=now_utc,
+                    sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope,
+                                                           budgets.key_for))
+    return await on_signals(engine.interrupt, engine.run())
+
+
+def _phrase(ended: Stop, spec: JobSpec, manifest: Manifest) -> BatchrunError:
     key_envs = [c.endpoint.key_env for c in spec.endpoints] or [spec.endpoint.key_env]
     return phrase(ended, str(spec.output), manifest.resume_command,
                   ", $".join(dict.fromkeys(key_envs)))
+
+
+async def _sync_beside_batches(spec: JobSpec, manifest: Manifest, store: JobStore,
+                               api_key: str, listener: Listener, report: InputReport,
+                               done: set[str], budgets: Budgets,
+                               now_utc: Callable[[], dt.datetime],
+                               sleep: Callable[[float], Awaitable[None]],
+                               notify: Callable[[str], None],
+                               on_disk: bool) -> BatchrunError | None:
+    """`--via sync` while batches of the job run on the server: the requests no batch holds go
+    by the sync path now; then the batches are collected as they finish (cancelled first with
+    --cancel-batches), and what they left unfinished goes by the sync path too. Nothing is
+    submitted to the Batch API."""
+    if spec.cancel_batches:
+        cancelled, _ = await cancel_job(spec, manifest, store, api_key)
+        notify(f"Cancelled {cancelled} batch{'es' if cancelled != 1 else ''} of job "
+               f"{manifest.job_id}: what they finished is collected, the rest goes by the sync "
+               "path.")
+    if drop_unsent_parts(manifest.batch) and on_disk:
+        store.save(manifest)  # before the sync path sends what they held
+    while True:
+        held = ids_on_server(manifest, store)
+        ended = await _run_engine(spec, report, done | held, api_key, listener, budgets,
+                                  now_utc, sleep)
+        if ended is not None:
+            return _phrase(ended, spec, manifest)
+        if not held:
+            return None
+        stop = await run_batch(spec, manifest, store, api_key, listener, report,
+                               read_output(spec.output).done, sleep=sleep, notify=notify,
+                               announce=False, collect_only=True)
+        if stop is not None:
+            return stop
+        done = read_output(spec.output).done
+        report = input_report(spec.input, spec.model, done, manifest.checked)
+        listener = _going_on(listener)
+
+
+def _going_on(listener: Listener) -> Listener:
+    """The same run going on: a second start would count the first pass's results twice."""
+    def heard(event: Event) -> None:
+        if not isinstance(event, JobStarted):
+            listener(event)
+    return heard
 
 
 def _reread_batches(manifest: Manifest, store: JobStore) -> None:
@@ -512,13 +584,56 @@ async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]
 
 
 async def collect_finished(manifest: Manifest, store: JobStore,
-                           listener: Listener) -> BatchrunError | None:
-    """`status JOB` of a job with batches on the server: poll them once and merge what
-    finished (under the output's lock, as resume would), submit nothing, wait for nothing."""
+                           listener: Listener) -> Interrupted | None:
+    """`status JOB` of a job with batches on the server: one short look at each (no lock held
+    while it waits on the network), then, under the output's lock, merge what finished. Never
+    submits, never waits, never rewrites the job's recorded state. Raises what stopped it;
+    returns Interrupted after a Ctrl-C during the look (nothing was recorded)."""
     spec, _ = spec_from_manifest(manifest, {})
-    spec = replace(spec, collect_once=True)
-    return await run(spec, manifest, store, spec.endpoint.api_key(), listener,
-                     spec.endpoint.host)
+    key = spec.endpoint.api_key()
+    looking = asyncio.ensure_future(look_at_batches(spec, manifest, store, key))
+
+    def stop() -> None:
+        looking.cancel()
+
+    try:
+        fetched = await on_signals(stop, looking)
+    except asyncio.CancelledError:
+        if not looking.cancelled():
+            raise
+        return Interrupted(f"Interrupted while asking the Batch API: nothing was collected or "
+                           f"recorded. The job's batches go on; batchrun resume "
+                           f"{manifest.job_id} collects them.")
+    try:
+        if fetched.batches:
+            await _merge_fetched(spec, manifest, store, key, listener, fetched)
+    finally:
+        fetched.discard()
+    if fetched.trouble is not None:
+        raise StateError(f"{fetched.trouble}. The job's batches are shown as last recorded; "
+                         f"run batchrun status {manifest.job_id} again later.")
+    return None
+
+
+async def _merge_fetched(spec: JobSpec, manifest: Manifest, store: JobStore, key: str,
+                         listener: Listener, fetched: Fetched) -> None:
+    try:
+        lock = OutputLock(Path(manifest.output))
+    except (BlockingIOError, ValueError, OSError):
+        raise StateError(f"job {manifest.job_id} is running in another batchrun process, "
+                         "which collects its batches.") from None
+    try:
+        saved = store.get(manifest.job_id)  # another process may have run it since
+        if saved is None:
+            return
+        spec = replace(spec, output=Path(saved.output))
+        done = read_output(spec.output).done
+        report = input_report(spec.input, spec.model, done, saved.checked)
+        await collect_fetched(spec, saved, store, key, listener, report, done, fetched)
+        count_from_output(saved)
+        store.save(saved)
+    finally:
+        lock.release()
 
 
 @dataclass(frozen=True, slots=True)

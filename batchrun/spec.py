@@ -39,7 +39,7 @@ class JobSpec:
     poll_max_s: float = 60.0  # Batch API: the longest wait between two polls
     batch_queue_tokens: int | None = None  # Batch API: enqueued-token limit; None = preset
     detach: bool = False  # Batch API: submit, record, exit; resume collects
-    collect_once: bool = False  # Batch API (`status JOB`): poll and collect once, submit nothing
+    cancel_batches: bool = False  # resume --via sync: cancel the job's batches, send the rest
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)

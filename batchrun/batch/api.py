@@ -12,10 +12,11 @@ request itself is wrong, asking again cannot help).
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -24,6 +25,7 @@ import orjson
 from batchrun.classify import REFUSAL_CODES, capped, secret_forms
 from batchrun.endpoint import Endpoint, env_proxy, proxy_secrets
 from batchrun.errors import ApiRefused, BatchrunError, printable, redact
+from batchrun.fsutil import PRIVATE_FILE
 
 # The API's answers are small JSON objects; only file contents are large, and those are
 # streamed to disk, never held whole.
@@ -143,7 +145,7 @@ class BatchApi:
                 if not _success(resp.status):
                     self._raise(resp.status, await self._read(resp, MAX_JSON_BYTES))
                 tmp = dest.with_name(dest.name + ".part")
-                with tmp.open("wb") as f:
+                with _private(tmp) as f:
                     async for chunk in resp.content.iter_chunked(CHUNK):
                         f.write(chunk)
                 tmp.replace(dest)
@@ -218,6 +220,13 @@ class BatchApi:
 def _success(status: int) -> bool:
     """Every 2xx: Azure answers 201 Created to Files - Upload and Batch - Create."""
     return 200 <= status < 300
+
+
+def _private(path: Path) -> BinaryIO:
+    """`path` opened for writing, readable by its owner only: it holds a batch's answers."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # a file left by an earlier try keeps its mode otherwise
+    return os.fdopen(fd, "wb")
 
 
 def _error_of(raw: bytes) -> tuple[str, str]:

@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
-from batchrun.batch.parts import BatchBook
+from batchrun.batch.look import Fetched, look
+from batchrun.batch.parts import BatchBook, PartFiles
 from batchrun.batch.remote import cancel_interruptibly
 from batchrun.batch.run import BatchJob, Options
 from batchrun.classify import secret_forms
@@ -17,6 +18,9 @@ from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.signals import on_signals
 from batchrun.spec import JobSpec
+
+# `status JOB`: how long one files or batches call may wait. A status is a look, not a run.
+STATUS_TIMEOUT_S = 5.0
 
 
 async def drive(job: BatchJob, announce: bool = True) -> BatchrunError | None:
@@ -29,14 +33,39 @@ async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key:
                     listener: Listener, report: InputReport, done: set[str], *,
                     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                     notify: Callable[[str], None] = lambda message: None,
-                    announce: bool = True) -> BatchrunError | None:
+                    announce: bool = True, collect_only: bool = False) -> BatchrunError | None:
     """The job's pending requests through the Batch API, into its output (already locked by
-    the caller); why it stopped, or None when every request has a line."""
-    options = Options(spec.poll_max_s, spec.detach, spec.max_retries, spec.collect_once)
+    the caller); why it stopped, or None when every request has a line. `collect_only`: wait
+    for the batches on the server and merge them; None when none is left open."""
+    options = Options(spec.poll_max_s, spec.detach, spec.max_retries, collect_only)
     async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
         job = BatchJob(spec, manifest, store, api, listener, report, done, options, sleep=sleep,
                        notify=notify, secrets=secret_forms(api_key))
         return await drive(job, announce)
+
+
+def ids_on_server(manifest: Manifest, store: JobStore) -> set[str]:
+    """The requests in the job's batches that exist (or may: their create was asked) and are
+    not collected: no other path may send them."""
+    book = BatchBook.load(manifest.batch, manifest.job_id)
+    files = PartFiles(store.home, manifest.job_id)
+    return {cid for part in book.parts if part.active for cid in files.ids(part.n)}
+
+
+async def look_at_batches(spec: JobSpec, manifest: Manifest, store: JobStore,
+                          api_key: str) -> Fetched:
+    """`status JOB`, without the output's lock: one short try per open batch."""
+    async with BatchApi(spec.endpoint, api_key, STATUS_TIMEOUT_S) as api:
+        return await look(api, spec.endpoint.host, manifest, store.home)
+
+
+async def collect_fetched(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str,
+                          listener: Listener, report: InputReport, done: set[str],
+                          fetched: Fetched) -> None:
+    """`status JOB`, under the output's lock: merge what the look fetched; no network."""
+    job = BatchJob(spec, manifest, store, fetched.api(), listener, report, done, Options(),
+                   secrets=secret_forms(api_key))
+    await job.collect(fetched)
 
 
 async def cancel_job(spec: JobSpec, manifest: Manifest, store: JobStore,

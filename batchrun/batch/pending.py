@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import orjson
 
 from batchrun.batch.collect import Collector
+from batchrun.batch.done import DoneIds
 from batchrun.batch.parts import COLLECTED, BatchBook, PartFiles
 from batchrun.batch.plan import Item
 from batchrun.errors import BadLine
@@ -33,7 +34,7 @@ class Pending:
     those that are not on their first."""
 
     def __init__(self, spec: JobSpec, report: InputReport, book: BatchBook, files: PartFiles,
-                 done: set[str], collector: Collector, endpoint: Callable[[str], str],
+                 done: DoneIds, collector: Collector, endpoint: Callable[[str], str],
                  max_retries: int) -> None:
         self._spec, self._report, self._book, self._files = spec, report, book, files
         self._done, self._collector, self._endpoint = done, collector, endpoint
@@ -70,7 +71,7 @@ class Pending:
                                          item.reason, 0)
                 continue
             cid = item.custom_id
-            if cid in self._done or cid in in_parts:
+            if self._done.has(cid, item.line_no) or cid in in_parts:
                 continue
             if cid in tried:
                 attempt, code, message = tried[cid]

@@ -19,13 +19,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.batch.calls import FIRST_POLL_S, MAX_BACKOFF_S, Caller, Stop
 from batchrun.batch.collect import Collector, Merged
+from batchrun.batch.done import DoneIds
+from batchrun.batch.look import Fetched
 from batchrun.batch.outcome import Outcome, QueueSeen, describe
 from batchrun.batch.parts import (
     DOCUMENTED,
+    DROPPED,
     SUBMITTED,
     BatchBook,
     Part,
@@ -46,6 +51,11 @@ from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.spec import JobSpec
 
+# How long the run waits, in its own poll naps, while the API refuses a model's batches for
+# the enqueued-token queue and none of the job's own batches of that model is in it: nothing
+# the job does frees that queue.
+QUEUE_WAIT_MAX_S = 3600.0
+
 
 class _Gone(BatchrunError):
     """A file the API no longer has."""
@@ -57,12 +67,35 @@ class Detached(BatchrunError):
     exit_code = 0
 
 
+@dataclass(slots=True)
+class QueueFull:
+    """A model whose batches the API refuses for the queue with none of the job's in it:
+    since when (in the run's napped seconds), how often, and what the API said last."""
+
+    since_s: float
+    refused: int = 0
+    said: str = ""
+    part: int = 0
+    tokens: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     poll_max_s: float = 60.0
     detach: bool = False
     max_retries: int = 8
-    collect_once: bool = False  # `status JOB`: poll and collect what finished, nothing more
+    collect_only: bool = False  # `resume --via sync`: wait for the open batches, submit nothing
+
+
+def _queue_refusal(part: Part) -> str | None:
+    """What the API said if part's batch failed for the enqueued-token limit."""
+    if part.api_status != "failed":
+        return None
+    for error in part.errors:
+        _, code, message = orjson.loads(error)
+        if code == "token_limit_exceeded":
+            return str(message)
+    return None
 
 
 class BatchJob:
@@ -73,7 +106,8 @@ class BatchJob:
                  secrets: tuple[str, ...] = ()) -> None:
         self.spec, self.manifest, self.store, self.api = spec, manifest, store, api
         self._secrets = secrets  # the key's forms, kept out of what the output records
-        self._emit, self._report, self._done, self._opt = listener, report, done, options
+        self._emit, self._report, self._opt = listener, report, options
+        self._done = DoneIds(done)
         self._notify = notify
         self.book = BatchBook.load(manifest.batch, manifest.job_id)
         self.files = PartFiles(store.home, manifest.job_id)
@@ -81,6 +115,8 @@ class BatchJob:
         self._replan = True
         self._queue = QueueSeen()
         self._odd: dict[int, int] = {}  # part -> polls answered with an undocumented status
+        self._napped_s = 0.0  # the run's own waiting, the queue bound's clock
+        self._full: dict[str, QueueFull] = {}
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -106,6 +142,26 @@ class BatchJob:
         finally:
             writer.close()
 
+    async def collect(self, fetched: Fetched) -> None:
+        """`status JOB`, under the output's lock: take what a look fetched of each part's
+        batch and merge the finished ones. Local work only: `fetched` stands in for the API."""
+        writer = OutputWriter(self.spec.output)
+        try:
+            self.collector = Collector(writer, self._done, self._emit, self._secrets)
+            self._outcome = Outcome(self.book, self.files, self.collector, self._done,
+                                    self.spec.input, self._queue, self._notify)
+            for part in self.book.parts:
+                if part.state != SUBMITTED or not fetched.finished(part):
+                    continue  # collected, cancelled or re-planned since the look
+                batch = fetched.batches[part.n]
+                if adopt(part, batch) and part.api_status == "failed":
+                    part.errors = [describe(e, self._secrets) for e in validation_errors(batch)]
+                self._save()
+                if part.finished:
+                    await self._collect(part)
+        finally:
+            writer.close()
+
     def _announce(self, report: InputReport) -> None:
         self._emit(JobStarted(
             input=str(self.spec.input), output=str(self.spec.output), total=report.total,
@@ -124,19 +180,21 @@ class BatchJob:
                 self._show()
             if calls.interrupted:
                 return self._stopped()
-            if self._opt.collect_once:
-                return self._collected()
             planned = self._replan
-            if self._replan:
-                self._replan = False
-                await self._plan()
-            created = await self._submit()
+            if self._opt.collect_only:
+                created = await self._settle_creating()
+            else:
+                if self._replan:
+                    self._replan = False
+                    await self._plan()
+                created = await self._submit()
             if calls.interrupted:
                 return self._stopped()
-            if created:
+            if created and not self._full:  # a refused queue is asked at the longest interval
                 interval = FIRST_POLL_S
             if not any(p.open for p in self.book.parts):
-                if len(self._done) >= self._report.total:
+                # Collecting only: what the batches left goes by the caller's sync path.
+                if self._opt.collect_only or len(self._done) >= self._report.total:
                     return None
                 if planned:  # the input gave none of the rest: never "done" with ids missing
                     return StateError(words.incomplete(self.manifest.job_id, len(self._done),
@@ -148,9 +206,13 @@ class BatchJob:
             if created:
                 self._show()
             await calls.nap(interval)
+            self._napped_s += interval
             self._queue.held.clear()
             if calls.interrupted:
                 return self._stopped()
+            stuck = self._queue_stuck()
+            if stuck is not None:
+                return stuck
             interval = min(interval * 2, max(FIRST_POLL_S, self._opt.poll_max_s))
 
     # -- planning -------------------------------------------------------------------------------
@@ -175,6 +237,9 @@ class BatchJob:
         self.book.parts.append(Part(n, key, draft.url, draft.model, len(draft.items),
                                     draft.tokens, attempt))
         self._save()
+        # The part is on disk now: its lines (7 MB for 50,000 short requests) need not live
+        # on while the planner fills the next one.
+        draft.items.clear()
 
     # -- submitting -----------------------------------------------------------------------------
 
@@ -249,6 +314,21 @@ class BatchJob:
             return 1
         return 0
 
+    async def _settle_creating(self) -> int:
+        """Collecting only: a part whose create was asked is its batch if the API made one,
+        else dropped (the sync path sends its requests). How many batches were found."""
+        found = 0
+        for part in self.book.parts:
+            if part.state == "creating" and not self._calls.interrupted:
+                batch = await self._find(part)
+                if batch is None:
+                    part.state = DROPPED
+                else:
+                    adopt(part, batch)
+                    found += 1
+                self._save()
+        return found
+
     async def _find(self, part: Part) -> dict[str, Any] | None:
         return await self._calls.call(f"looking up part {part.n}'s batch",
                                       lambda: find_batch(self.api, self.manifest.job_id, part))
@@ -311,8 +391,12 @@ class BatchJob:
                                       partial(self.api.retrieve, batch_id), refused)
 
     async def _collect(self, part: Part) -> None:
+        refusal = _queue_refusal(part)
+        alone = not any(p.active and p.model == part.model and p is not part
+                        for p in self.book.parts)
         ids = self.files.ids(part.n)
         id_set = set(ids)
+        self._done.collecting(dict(zip(ids, self.files.line_nos(part.n), strict=True)))
         merged = Merged()
         gone: str | None = None
         for which, file_id in (("output", part.output_file_id), ("error", part.error_file_id)):
@@ -329,6 +413,7 @@ class BatchJob:
             return
         self._outcome.settle(part, ids, merged, gone)
         self._save()
+        self._note_queue(part, refusal, alone)
         self._outcome.tidy(part)
         if merged.left:
             self._replan = True
@@ -339,6 +424,26 @@ class BatchJob:
                 f"({code}). Check ${self.spec.endpoint.key_env}, the account's billing and quota, "
                 f"then continue with: batchrun resume {self.manifest.job_id} (the "
                 f"{len(self._done):,} finished results in {self.spec.output} are kept).")
+
+    def _note_queue(self, part: Part, refusal: str | None, alone: bool) -> None:
+        """A refusal with the job's own batches in the queue ends when they finish; one
+        without starts (or goes on) the wait that `QUEUE_WAIT_MAX_S` bounds. A batch of the
+        model that got in ends it."""
+        if refusal is None:
+            self._full.pop(part.model, None)
+        elif alone:
+            full = self._full.setdefault(part.model, QueueFull(self._napped_s))
+            full.refused += 1
+            full.said, full.part, full.tokens = refusal, part.n, part.tokens
+
+    def _queue_stuck(self) -> ApiRefused | None:
+        for model, full in self._full.items():
+            waited = self._napped_s - full.since_s
+            if waited >= QUEUE_WAIT_MAX_S:
+                return ApiRefused(words.queue_full(self.manifest.job_id, model, waited,
+                                                   full.refused, full.said, full.part,
+                                                   full.tokens))
+        return None
 
     async def _download(self, part: Part, which: str, file_id: str, dest: Path) -> bool:
         """The file into dest; False if the API no longer has it (deleted, past retention),
@@ -366,12 +471,6 @@ class BatchJob:
     def _stopped(self) -> Interrupted:
         return Interrupted(words.stopped(self.manifest.job_id, self._submitted(),
                                          len(self._done), self._report.total, self.spec.output))
-
-    def _collected(self) -> Detached | None:
-        if len(self._done) >= self._report.total:
-            return None
-        return Detached(words.collected(self.manifest.job_id, self._submitted(),
-                                        len(self._done), self._report.total))
 
     def _detached(self) -> Detached:
         waiting = sum(1 for p in self.book.parts if p.state in ("planned", "uploaded"))

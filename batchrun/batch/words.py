@@ -37,6 +37,18 @@ def stopped(job: str, running: int, done: int, total: int, output: Path) -> str:
             f"{output}.{batches}")
 
 
+def queue_full(job: str, model: str, waited_s: float, refused: int, said: str, part: int,
+               tokens: int) -> str:
+    return (f"The Batch API's enqueued-token queue for {model} stayed full for "
+            f"{waited_s / 60:,.0f} minutes: it refused {refused} batch"
+            f"{'es' if refused != 1 else ''} of this job (token_limit_exceeded: {said}) while "
+            f"none of the job's other batches of {model} was in it. So it is filled by other "
+            "batches of the account (another job or tool: see the API's list of batches), or "
+            "the API counts this job's requests far above batchrun's estimate (part "
+            f"{part}: {tokens:,} prompt tokens). Let those batches finish or cancel them, or "
+            f"set a smaller --batch-queue-tokens, then continue with: batchrun resume {job}")
+
+
 def cancel_interrupted(job: str, cancelled: list[str], running: list[str]) -> str:
     done = (f"cancelled {_batches(len(cancelled))} of job {job} ({', '.join(cancelled)})"
             if cancelled else f"cancelled no batch of job {job}")
@@ -63,11 +75,6 @@ def incomplete(job: str, done: int, total: int, path: Path) -> str:
     return (f"The job is not finished: {done:,} of {total:,} requests have a result, and "
             f"reading {path} again gave none of the rest. Nothing is lost: make sure nothing "
             f"is changing the file, then continue with: batchrun resume {job}")
-
-
-def collected(job: str, running: int, done: int, total: int) -> str:
-    return (f"{done:,} of {total:,} requests have a result; {_batches(running)} still on the "
-            f"server. Collect the rest with: batchrun resume {job}")
 
 
 def detached(job: str, running: int, waiting: int) -> str:
