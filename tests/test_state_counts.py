@@ -14,11 +14,13 @@ from typing import Any
 import redis
 
 from batchrun.classify import Kind, Outcome
-from batchrun.ledger import Scope
-from batchrun.state._redis import RedisGate
+from batchrun.ledger import Scope, key_fingerprint
+from batchrun.state import StateUrl
+from batchrun.state._redis import RedisGate, RedisState
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.redis_server import RedisServer, everything_stored
+from tests.test_estimate import estimate
 from tests.test_ledger_counts import TPD_429
 from tests.test_state_redis import DAY, SCOPE, hosts  # noqa: F401 - hosts: a fixture
 
@@ -167,3 +169,30 @@ def test_resume_after_redis_lost_its_memory_counts_what_the_job_used_today(
     used = int(said.split("Daily token budget reached for gpt-4o-mini: ")[1]
                .split(" of ")[0].replace(",", ""))
     assert used >= 900
+
+
+def test_estimate_with_the_shared_state_reads_the_accounting_any_host_learned(
+        tmp_path: Path, redis_url: str, isolated_env: dict[str, str]) -> None:
+    rows = [{"id": f"r{i}", "prompt": "x", "max_tokens": 990} for i in range(600)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+
+    async def learned_elsewhere() -> None:
+        # Learned by some host on a local server with the key in $MY_KEY (it charges half our
+        # estimate), on another day: no usage of today's to find it by.
+        state = await RedisState.connect(StateUrl(redis_url), keys=(FAKE_KEY,))
+        scope = Scope("127.0.0.1:8000", key_fingerprint(FAKE_KEY), "gpt-4o-mini")
+        state.budget(scope, 0, 0).record_accounting(0.5)
+        await state.close()
+
+    asyncio.run(learned_elsewhere())
+    args = ("--base-url", "http://localhost:8000/v1", "--api-key-env", "MY_KEY")
+    env = {"MY_KEY": FAKE_KEY}
+    ours = estimate(str(jobs), *args, env=env)["models"][0]  # this host's ledger knows nothing
+    assert ours["accounting"]["used"] == "ours"
+    shared = estimate(str(jobs), *args, "--state", redis_url, env=env)["models"][0]
+    assert shared["accounting"] == {"used": "learned", "ratio": 0.5,
+                                    "server_charge_tokens": round(ours["limit_tokens"] / 2)}
+    # another key at that host has learned nothing
+    other = estimate(str(jobs), *args, "--state", redis_url,
+                     env={"MY_KEY": "sk-other-key-0123456789"})
+    assert other["models"][0]["accounting"]["used"] == "ours"

@@ -168,6 +168,10 @@ class _Names:
     def learned(self) -> str:
         return _key("learned", self.scope)
 
+    def learned_scopes(self) -> str:
+        """The scopes of the key something was learned of, for `estimate`."""
+        return _key("learned-scopes", self.per_key)
+
 
 def _mac(secret: bytes, *parts: str) -> str:
     return hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()[:32]
@@ -313,6 +317,8 @@ class RedisState:
                 write = self._client.pipeline(transaction=True)
                 write.hset(name, mapping=fields)
                 write.expire(name, LEARNED_TTL_S)
+                write.sadd(budget.names.learned_scopes(), scope_name(budget.scope))
+                write.expire(budget.names.learned_scopes(), LEARNED_TTL_S)
                 await self._call(write.execute())
             counts, ratio = await self._call(self._client.hmget(name, "counts", "accounting"))
         except SharedStateError:
@@ -442,6 +448,25 @@ class RedisState:
                         break
         finally:
             await self._client.aclose()
+
+    async def accountings(self, host: str, key_fingerprint: str) -> dict[str, float]:
+        """Every model's learned accounting for one key (one this process holds) at one API
+        host, as any host learned it."""
+        secret = self._secrets.get(key_fingerprint)
+        if secret is None:
+            return {}
+        members = await self._call(self._client.smembers(
+            _Names.of(secret, "", "").learned_scopes()))
+        found: dict[str, float] = {}
+        for member in sorted(m.decode() for m in members):
+            scope_host, _, model = member.partition("|")
+            if scope_host == host:
+                stored = await self._call(self._client.hget(
+                    _Names.of(secret, host, model).learned(), "accounting"))
+                ratio = _ratio(stored)
+                if ratio is not None:
+                    found[model] = ratio
+        return found
 
     async def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
         """Every (host, model) of the keys this process holds used on `day` across all hosts,
