@@ -97,8 +97,8 @@ async def test_a_per_day_429_decides_the_count_for_every_host(hosts: Any) -> Non
     assert await other.admit(500, 0.0) is None  # 2,000 charged, though only 600 billed
     assert other.budget.used_today() == (2_000, 4)
     assert "2,000 of 2,000 tokens used on 2026-11-28" in other.budget.describe()
-    row = (await two.usage_rows(next_day))[0]
-    assert (row["tokens"], row["charge"]) == (600, 2_000)
+    row = (await two.usage_rows(next_day))[0]  # what `status --json` shows
+    assert (row["tokens"], row["charge"], row["daily_counts"]) == (600, 2_000, "charge")
 
 
 async def test_a_per_day_429_that_counts_billed_tokens_keeps_them(hosts: Any) -> None:  # noqa: F811 - the fixture
@@ -139,6 +139,7 @@ async def test_what_one_host_learns_of_the_accounting_every_host_uses(
     await three.close()
     await two.admit(theirs, 10, DAY.date(), Limits())
     assert theirs.accounting() == 0.6
+    assert (await two.usage_rows(DAY.date()))[0]["accounting"] == 0.6
     # Named and stored as the rest of the shared state: no key or fingerprint, and it expires.
     stored = " ".join(everything_stored(redis_url))
     assert FAKE_KEY not in stored and SCOPE.key_fingerprint not in stored

@@ -491,6 +491,8 @@ class RedisState:
             self._client.hgetall(n.day(day)))).items()}
         recent = await self._call(self._client.zrangebyscore(
             n.hosts(), now_ms - ACTIVE_S * 1000, "+inf"))
+        counts, ratio = await self._call(self._client.hmget(n.learned(), "counts",
+                                                            "accounting"))
         try:
             return {
                 "host": host, "key_fingerprint": keyfp, "model": model,
@@ -499,6 +501,8 @@ class RedisState:
                 "requests": int(fields.get("requests", 0)),
                 "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
                 "exhausted": int(fields.get("exhausted", 0)),
+                "accounting": _ratio(ratio),
+                "daily_counts": CHARGE if counts == CHARGE.encode() else BILLED,
                 "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
                           if k.startswith("h:")},
                 "active_hosts": sorted(h.decode() for h in recent),
