@@ -57,7 +57,7 @@ from batchrun.state import (
     parse_state_url,
     state_for_resume,
 )
-from batchrun.state._open import host_lines, usage_today
+from batchrun.state._open import host_lines, shared_accountings, usage_today
 from batchrun.tiers import TIERS
 
 app = typer.Typer(
@@ -549,8 +549,9 @@ def _ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
         return nothing_known, False
     day, usage = usage_today(state, path)
     host, fingerprint = ledger.ledger_host(endpoint.host), ledger.key_fingerprint(key)
-    # The learned accounting lives in this host's ledger (not yet in the shared state).
     learned = ledger.accountings_in(path, host, fingerprint) if path.exists() else {}
+    if state is not None:  # every host's, where what one host learns every host uses
+        learned |= shared_accountings(state, host, key)
     return known_today(usage, day, host, fingerprint, learned), True
 
 

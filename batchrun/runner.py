@@ -355,18 +355,19 @@ async def run(
             if simulated_hosts:
                 scope = replace(scope, host=simulated_hosts.get(scope.host, scope.host))
             if shared is not None:
-                return shared.budget(scope, limits.tpd, limits.rpd, spec.timeout_s)
+                # The job's earlier runs' tokens: counted there again if Redis lost them.
+                return shared.budget(scope, limits.tpd, limits.rpd, spec.timeout_s,
+                                     manifest.job_id, job_tokens)
             return DailyBudget(ledger, scope, limits.tpd, limits.rpd, job_tokens)
 
-        own: list[DailyBudget] = []  # what they bill is the job's, for its manifest
+        own: list[DailyBudget | SharedBudget] = []  # what they bill is the job's (manifest)
 
         def budget_for(model: str, limits: Limits) -> DailyBudget | SharedBudget:
             # One endpoint: the job's own tokens of the model are all in this one scope.
             scope = Scope(host, keyfp, family(model) or model)
             budget = budget_in(scope, limits,
                                lambda day: manifest.tokens_on(day, scope.model))
-            if isinstance(budget, DailyBudget):
-                own.append(budget)
+            own.append(budget)
             return budget
 
         def fan_out(event: Event) -> None:

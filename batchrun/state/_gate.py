@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from batchrun.classify import Kind, Outcome
 from batchrun.decide import billed
 from batchrun.errors import StateError
-from batchrun.ledger import DailyBudget
+from batchrun.ledger import DailyBudget, Scope
 from batchrun.limiter import Limiter, ServerState, Ticket
 from batchrun.tiers import Limits
 
@@ -73,6 +73,12 @@ class Gate(Protocol):
 
 class SharedBudget(Budget, Protocol):
     """A budget kept elsewhere that makes its own gate (the Redis one)."""
+
+    scope: Scope
+
+    @property
+    def spent(self) -> Mapping[dt.date, int]:
+        """The tokens this run was billed, by UTC day: the job's, for its manifest."""
 
     def gate(self, limits: Limits, concurrency: int | None, clock: Callable[[], float],
              sleep: Callable[[float], Awaitable[None]]) -> Gate: ...

@@ -57,6 +57,20 @@ async def shared_usage(url: StateUrl, day: dt.date) -> list[dict[str, object]]:
         await state.close()
 
 
+def shared_accountings(url: StateUrl, host: str, api_key: str) -> dict[str, float]:
+    """Every model's learned accounting for one key at one API host, as any host sharing `url`
+    learned it, for `estimate`."""
+
+    async def read() -> dict[str, float]:
+        state = await connect(url, keys=[api_key])
+        try:
+            return await state.accountings(host, ledger.key_fingerprint(api_key))
+        finally:
+            await state.close()
+
+    return asyncio.run(read())
+
+
 def usage_today(url: StateUrl | None,
                 ledger_path: Path) -> tuple[dt.date, list[dict[str, object]]]:
     """Today (UTC) and its usage rows, for `status` and `estimate`: every host's from the shared

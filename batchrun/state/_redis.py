@@ -18,7 +18,13 @@ Design (issue #17), and why:
   burst, decides throughput.)
 - The daily ledger is a hash per (API host, API key, model family, UTC day) with tokens,
   requests, the per-day 429 "exhausted" flag and a count per host; it expires after 48 h, the
-  buckets after LIM_TTL idle. The UTC day is batchrun's `now_utc`, bucket time is Redis's TIME.
+  buckets after LIM_TTL idle. Two token counts, as the local ledger keeps them (issue 22):
+  billed tokens (settled to usage) and the server's rate-limit charge (what admission
+  reserved). Which one a --tpd budget stops on (billed until a per-day 429's "Used U" shows
+  the server counts its charge) and the learned accounting (the limiter's calibration) are
+  kept per (API host, API key, model) in a `learned` hash every host reads with each
+  admission: what one host learns, every host uses. The UTC day is batchrun's `now_utc`,
+  bucket time is Redis's TIME.
   No key or value holds an API key or its fingerprint: names are an HMAC keyed by the API key
   (see _Names), so only a holder of the key finds its state, and `status` shows the caller's
   keys only. Keys written before that (batchrun:v1:, named by the fingerprint) are renamed on
@@ -52,7 +58,9 @@ Design (issue #17), and why:
   URL without its password. Admission stops there (the engine drains what is in flight and
   exits with the checkpoint kept); a failed settlement is kept for the next admission to
   raise, never dropped into local limits. A restart without persistence is caught by the
-  epoch key (see _lua.py).
+  epoch key (see _lua.py). A job resumed after one does not get its day's budget again: its
+  first admission of a day adds what its manifest says it used that day, unless its mark
+  (j:<job>) shows the day's counts already hold it.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import hmac
+import math
 import os
 import secrets
 import socket
@@ -73,10 +82,13 @@ from batchrun.classify import Kind, Outcome
 from batchrun.decide import billed
 from batchrun.errors import InputError, redact
 from batchrun.ledger import (
+    BILLED,
+    CHARGE,
     LEASE_SHARE,
     MAX_USAGE,
     DayUsage,
     Scope,
+    counted_by_server,
     describe_usage,
     key_fingerprint,
     utc_now,
@@ -95,16 +107,18 @@ BURST_S = 0.9  # the local limiter's starting burst (1 s) less its reserve (0.1 
 AHEAD_S = 1.5  # the furthest ahead a request is scheduled; later ones ask again
 LIM_TTL_MS = 300_000  # buckets, cooldowns and learned limits outlive an idle minute, then go
 DAY_TTL_S = 48 * 3600
+LEARNED_TTL_S = 30 * 86400  # what was learned of the server outlives a pause of some weeks
 ACTIVE_S = 15.0  # `status` lists hosts admitted within this long as active
 TIMEOUT_S = 5.0  # a Redis slower than this counts as down
 POLL_S = 1.0  # how often a host refused for the day asks whether other hosts' usage came back
 HOLD_MARGIN_S = 30.0  # past the request timeout: an answer's settlement on a slow host
 ADMITTED, DAY_SPENT, LATER, LOST = 0, 1, 2, 3
-Totals = tuple[int, int, int]  # tokens, requests, reservations closed
+Totals = tuple[int, int, int, int]  # tokens, requests, reservations closed, charge
+NOTHING: Totals = (0, 0, 0, 0)
 
 
 def _minus(a: Totals, b: Totals) -> Totals:
-    return a[0] - b[0], a[1] - b[1], a[2] - b[2]
+    return a[0] - b[0], a[1] - b[1], a[2] - b[2], a[3] - b[3]
 
 
 def _key(*parts: str) -> str:
@@ -151,6 +165,13 @@ class _Names:
     def scopes(self, day: dt.date) -> str:
         return _key("scopes", self.per_key, day.isoformat())
 
+    def learned(self) -> str:
+        return _key("learned", self.scope)
+
+    def learned_scopes(self) -> str:
+        """The scopes of the key something was learned of, for `estimate`."""
+        return _key("learned-scopes", self.per_key)
+
 
 def _mac(secret: bytes, *parts: str) -> str:
     return hmac.new(secret, "\n".join(parts).encode(), hashlib.sha256).hexdigest()[:32]
@@ -160,6 +181,15 @@ def _old(kind: str, scope: Scope, *rest: str) -> str:
     """A name as batchrun before key-derived names wrote it."""
     return OLD_PREFIX + ":".join((kind, f"{scope.host}|{scope.key_fingerprint}|{scope.model}",
                                   *rest))
+
+
+def _ratio(stored: object) -> float | None:
+    """A learned accounting as Redis holds it (text), or None when there is none usable."""
+    try:
+        ratio = float(stored.decode() if isinstance(stored, bytes) else str(stored))
+    except ValueError:
+        return None
+    return ratio if math.isfinite(ratio) and ratio > 0 else None
 
 
 class RedisState:
@@ -183,6 +213,7 @@ class RedisState:
         self.failure: SharedStateError | None = None  # Redis failed: not asked again this run
         self._budgets: list[RedisBudget] = []
         self._late: set[asyncio.Future[Any]] = set()  # admissions a stop gave up waiting for
+        self._writes: set[asyncio.Future[None]] = set()  # what was learned, being read/written
 
     @classmethod
     async def connect(cls, url: StateUrl, now_utc: Callable[[], dt.datetime] = utc_now,
@@ -255,16 +286,53 @@ class RedisState:
     def today(self) -> dt.date:
         return self._now_utc().date()
 
-    def budget(self, scope: Scope, tpd: int, rpd: int, timeout_s: float = 600.0) -> RedisBudget:
+    def budget(self, scope: Scope, tpd: int, rpd: int, timeout_s: float = 600.0,
+               job_id: str = "", job_tokens: Callable[[dt.date], int] | None = None,
+               ) -> RedisBudget:
         """`timeout_s`: the run's request timeout, which bounds how long its reservations may
-        be in flight."""
+        be in flight. `job_tokens(day)`: the tokens job `job_id`'s earlier runs used that day
+        (its manifest), counted here if this Redis does not hold them (it lost its memory)."""
         secret = self._secrets.get(scope.key_fingerprint)
         if secret is None:
             raise ValueError(f"no API key of {scope.key_fingerprint} was given to the state")
         budget = RedisBudget(self, scope, _Names.of(secret, scope.host, scope.model), tpd,
                              rpd, timeout_s + HOLD_MARGIN_S)
+        if job_id and job_tokens is not None:
+            budget.job = ("j:" + _mac(secret, "job", job_id), job_tokens)
         self._budgets.append(budget)
+        # What other hosts learned is read at once, for whoever asks before the first admission.
+        self._background(self.learned(budget))
         return budget
+
+    async def learned(self, budget: RedisBudget) -> None:
+        """Read what every host learned of this scope (the daily count, the accounting), and
+        write what this host learned and has not yet written."""
+        if self.failure is not None:
+            return
+        name = budget.names.learned()
+        try:
+            if budget.unlearned:
+                fields, budget.unlearned = budget.unlearned, {}
+                # One transaction: a key batchrun writes never stays without its expiry.
+                write = self._client.pipeline(transaction=True)
+                write.hset(name, mapping=fields)
+                write.expire(name, LEARNED_TTL_S)
+                write.sadd(budget.names.learned_scopes(), scope_name(budget.scope))
+                write.expire(budget.names.learned_scopes(), LEARNED_TTL_S)
+                await self._call(write.execute())
+            counts, ratio = await self._call(self._client.hmget(name, "counts", "accounting"))
+        except SharedStateError:
+            return  # the next admission raises it
+        budget.learned(counts == CHARGE.encode(), ratio)
+
+    def learn(self, budget: RedisBudget) -> None:
+        """Write what `budget` learned without waiting for it (close() waits)."""
+        self._background(self.learned(budget))
+
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     async def admit(self, budget: RedisBudget, cost: int, day: dt.date, limits: Limits,
                     ) -> tuple[int, float, int, int]:
@@ -275,14 +343,18 @@ class RedisState:
         if day not in budget.migrated:
             await self._from_old_names(budget, day)
             budget.migrated.add(day)
-        seq, (back_t, back_r, closed) = budget.carry(day)
+        seq, carried = budget.carry(day)
+        back_t, back_r, closed, back_c = carried
         oks, budget.oks = budget.oks, 0
         n = budget.names
-        keys = [n.lim(), n.day(day), n.hosts(), n.scopes(day), _key("epoch"), n.open(day)]
+        job_field, job_tokens = budget.job_seed(day)
+        keys = [n.lim(), n.day(day), n.hosts(), n.scopes(day), _key("epoch"), n.open(day),
+                n.learned()]
         args = [self._epoch, self.host_id, scope_name(budget.scope), limits.rpm, limits.tpm,
                 budget.tpd, budget.rpd, cost, back_t, back_r, oks, round(BURST_S * 1000),
                 round(AHEAD_S * 1000), LIM_TTL_MS, DAY_TTL_S, round(ACTIVE_S * 1000),
-                self.instance, closed, round(budget.hold_s * 1000), seq]
+                self.instance, closed, round(budget.hold_s * 1000), seq, back_c, job_field,
+                job_tokens]
         call = asyncio.ensure_future(self._call(self._admit(keys=keys, args=args)))
         try:
             # Shielded: a stop that cancels this admission must still learn what Redis did.
@@ -292,14 +364,16 @@ class RedisState:
             if isinstance(exc, asyncio.CancelledError):  # (a done call: run at once)
                 self._late.add(call)
                 call.add_done_callback(lambda done: self._admitted_unsent(
-                    done, budget, day, seq, (back_t, back_r, closed), cost))
+                    done, budget, day, seq, carried, cost))
             raise
-        budget.written(day, seq, (back_t, back_r, closed))
-        status, wait_ms, tokens, requests, exhausted, rpm, tpm, now_ms, held = (
-            int(x) for x in reply)
+        budget.written(day, seq, carried)
+        status, wait_ms, tokens, requests, exhausted, rpm, tpm, now_ms, held, billed_t, \
+            charge, on_charge = (int(x) for x in reply[:12])
         if status == LOST:
             raise self.lost()
-        budget.seen(DayUsage(day, tokens, requests, bool(exhausted)), now_ms)
+        budget.marked(day)
+        budget.learned(bool(on_charge), reply[12])
+        budget.seen(DayUsage(day, tokens, requests, bool(exhausted), charge), now_ms, billed_t)
         budget.held_elsewhere = held
         return status, wait_ms / 1000, rpm, tpm
 
@@ -312,23 +386,32 @@ class RedisState:
             return  # not known to have run: left counted, the safe side
         budget.written(day, seq, carried)
         if int(done.result()[0]) == ADMITTED:
-            budget.give_back(day, -cost, -1, cost)
+            budget.give_back(day, -cost, -1, cost, -cost)
 
     async def settle(self, budget: RedisBudget, day: dt.date, kind: int = 0,
                      hint_s: float | None = None, admitted_ms: int = 0, rpm: int = 0,
-                     tpm: int = 0) -> float:
+                     tpm: int = 0, server_message: str = "") -> float:
         """Write what `budget` has to give back on `day` (and what a 429 or the headers
         taught) now; the shared pause."""
         n = budget.names
-        seq, (tokens, requests, closed) = budget.carry(day)
+        seq, carried = budget.carry(day)
+        tokens, requests, closed, charge = carried
         keys = [n.lim(), n.day(day), _key("epoch"), n.open(day)]
         args = [self._epoch, tokens, requests, kind, round((hint_s or 0) * 1000), admitted_ms,
                 rpm, tpm, round(BURST_S * 1000), LIM_TTL_MS, DAY_TTL_S, self.instance, closed,
-                seq]
-        status, pause_ms = (int(x) for x in await self._call(self._settle(keys=keys, args=args)))
+                seq, charge]
+        status, pause_ms, billed_t, charged = (
+            int(x) for x in await self._call(self._settle(keys=keys, args=args)))
         if status == LOST:
             raise self.lost()
-        budget.counted(day, budget.written(day, seq, (tokens, requests, closed)))
+        budget.counted(day, budget.written(day, seq, carried))
+        if kind == 2:
+            # A per-day 429's "Used U" shows which count the server's daily limit is on.
+            counts = counted_by_server(server_message, billed_t, charged)
+            if counts is not None:
+                budget.unlearned["counts"] = counts
+                budget.counts = counts
+                await self.learned(budget)
         return pause_ms / 1000
 
     async def _from_old_names(self, budget: RedisBudget, day: dt.date) -> None:
@@ -355,6 +438,8 @@ class RedisState:
         try:
             if self._late:  # their give-backs are written with the rest
                 await asyncio.wait(self._late, timeout=TIMEOUT_S)
+            if self._writes:
+                await asyncio.wait(self._writes, timeout=TIMEOUT_S)
             if self.failure is None:
                 for budget in self._budgets:
                     try:
@@ -363,6 +448,25 @@ class RedisState:
                         break
         finally:
             await self._client.aclose()
+
+    async def accountings(self, host: str, key_fingerprint: str) -> dict[str, float]:
+        """Every model's learned accounting for one key (one this process holds) at one API
+        host, as any host learned it."""
+        secret = self._secrets.get(key_fingerprint)
+        if secret is None:
+            return {}
+        members = await self._call(self._client.smembers(
+            _Names.of(secret, "", "").learned_scopes()))
+        found: dict[str, float] = {}
+        for member in sorted(m.decode() for m in members):
+            scope_host, _, model = member.partition("|")
+            if scope_host == host:
+                stored = await self._call(self._client.hget(
+                    _Names.of(secret, host, model).learned(), "accounting"))
+                ratio = _ratio(stored)
+                if ratio is not None:
+                    found[model] = ratio
+        return found
 
     async def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
         """Every (host, model) of the keys this process holds used on `day` across all hosts,
@@ -387,13 +491,18 @@ class RedisState:
             self._client.hgetall(n.day(day)))).items()}
         recent = await self._call(self._client.zrangebyscore(
             n.hosts(), now_ms - ACTIVE_S * 1000, "+inf"))
+        counts, ratio = await self._call(self._client.hmget(n.learned(), "counts",
+                                                            "accounting"))
         try:
             return {
                 "host": host, "key_fingerprint": keyfp, "model": model,
                 "day": day.isoformat(), "tokens": int(fields.get("tokens", 0)),
+                "charge": int(fields.get("charge", 0)),
                 "requests": int(fields.get("requests", 0)),
                 "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
                 "exhausted": int(fields.get("exhausted", 0)),
+                "accounting": _ratio(ratio),
+                "daily_counts": CHARGE if counts == CHARGE.encode() else BILLED,
                 "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
                           if k.startswith("h:")},
                 "active_hosts": sorted(h.decode() for h in recent),
@@ -420,21 +529,58 @@ class RedisBudget:
         # number adds to the last totals it applied: a write that Redis ran but whose answer
         # never came (a stop cancelled it) is not applied twice by the next, and one that
         # failed is carried by the next.
-        self._given: defaultdict[dt.date, Totals] = defaultdict(lambda: (0, 0, 0))
+        self._given: defaultdict[dt.date, Totals] = defaultdict(lambda: NOTHING)
         self._written: dict[dt.date, tuple[int, Totals]] = {}  # day -> (number, totals)
         self._seq = 0
         self.held_elsewhere = 0  # other processes' reservations in flight, at the last refusal
         self.oks = 0  # answers since the last admission: they end a streak of 429s
         self._usage = DayUsage(state.today(), 0, 0, False)
+        self._billed = 0  # the day's billed tokens at the last answer (usage: the binding count)
         self._exhausted_day: dt.date | None = None
         self.now_ms = 0
+        # Learned for the scope, every host's (Redis's `learned` hash): which count --tpd stops
+        # on, and the server's charge per token of our estimate; `unlearned`: what this host
+        # learned that Redis does not have yet.
+        self.counts = BILLED
+        self._accounting: float | None = None
+        self.unlearned: dict[str, str] = {}
+        # The job's field and its earlier runs' tokens by day (RedisState.budget), and the days
+        # Redis answered an admission carrying them.
+        self.job: tuple[str, Callable[[dt.date], int]] | None = None
+        self._marked: set[dt.date] = set()
+        self.spent: defaultdict[dt.date, int] = defaultdict(int)  # billed by this run, by day
+
+    @property
+    def _on_charge(self) -> bool:
+        """The --tpd budget stops on the server's charge, not billed tokens."""
+        return bool(self.tpd) and self.counts == CHARGE
+
+    def learned(self, on_charge: bool, ratio: object) -> None:
+        """What Redis holds of the scope's learned counts and accounting (as read), except
+        what this host learned and is still writing."""
+        if "counts" not in self.unlearned:
+            self.counts = CHARGE if on_charge else BILLED
+        if "accounting" not in self.unlearned:
+            self._accounting = _ratio(ratio)
+
+    def job_seed(self, day: dt.date) -> tuple[str, int]:
+        """What an admission on `day` carries of the job: its field and what its earlier runs
+        used that day, until Redis has answered one."""
+        if self.job is None or day in self._marked:
+            return "", 0
+        field, tokens_on = self.job
+        return field, max(0, tokens_on(day))
+
+    def marked(self, day: dt.date) -> None:
+        self._marked.add(day)
 
     @property
     def limited(self) -> bool:
         return bool(self.tpd or self.rpd)
 
-    def seen(self, usage: DayUsage, now_ms: int) -> None:
-        self._usage, self.now_ms = usage, now_ms
+    def seen(self, usage: DayUsage, now_ms: int, billed_tokens: int) -> None:
+        """`usage.tokens`: the count the budget stops on (billed tokens or the charge)."""
+        self._usage, self.now_ms, self._billed = usage, now_ms, billed_tokens
         if usage.exhausted:
             self._exhausted_day = usage.day
 
@@ -442,14 +588,17 @@ class RedisBudget:
         """Redis has counted these too (a settlement of its own)."""
         u = self._usage
         if u.day == day:
-            self._usage = DayUsage(day, u.tokens + applied[0], u.requests + applied[1],
-                                   u.exhausted)
+            self._billed += applied[0]
+            self._usage = DayUsage(day, u.tokens + applied[3 if self._on_charge else 0],
+                                   u.requests + applied[1], u.exhausted, u.charge + applied[3])
 
-    def give_back(self, day: dt.date, tokens: int, requests: int, closed: int = 0) -> None:
-        """Count this with the next write to Redis (negative: given back), and `closed` tokens
-        of reservations as no longer in flight."""
-        t, r, c = self._given[day]
-        self._given[day] = (t + tokens, r + requests, c + closed)
+    def give_back(self, day: dt.date, tokens: int, requests: int, closed: int = 0,
+                  charge: int = 0) -> None:
+        """Count this with the next write to Redis (negative: given back), `closed` tokens
+        of reservations as no longer in flight and `charge` off the rate-limit charge (a
+        request never sent)."""
+        t, r, c, g = self._given[day]
+        self._given[day] = (t + tokens, r + requests, c + closed, g + charge)
 
     def carry(self, day: dt.date) -> tuple[int, Totals]:
         """The next write's number and the totals it carries for `day`."""
@@ -458,17 +607,17 @@ class RedisBudget:
 
     def written(self, day: dt.date, seq: int, totals: Totals) -> Totals:
         """Redis answered write `seq`: what it newly applied of `day`'s totals."""
-        last, before = self._written.get(day, (0, (0, 0, 0)))
+        last, before = self._written.get(day, (0, NOTHING))
         if seq <= last:
-            return 0, 0, 0
+            return NOTHING
         self._written[day] = (seq, totals)
         return _minus(totals, before)
 
     def unwritten(self, day: dt.date) -> Totals:
-        return _minus(self._given.get(day, (0, 0, 0)), self._written.get(day, (0, (0, 0, 0)))[1])
+        return _minus(self._given.get(day, NOTHING), self._written.get(day, (0, NOTHING))[1])
 
     def unwritten_days(self) -> list[dt.date]:
-        return [day for day in list(self._given) if self.unwritten(day) != (0, 0, 0)]
+        return [day for day in list(self._given) if self.unwritten(day) != NOTHING]
 
     def near_end(self, cost: int, extra: int) -> bool:
         """Would so little of the day's token budget be left after `extra` tokens above a
@@ -478,8 +627,8 @@ class RedisBudget:
 
     def used_today(self) -> tuple[int, int]:
         u = self._usage
-        t, r, _ = self.unwritten(u.day)
-        return u.tokens + t, u.requests + r
+        t, r, _, charge = self.unwritten(u.day)
+        return u.tokens + (charge if self._on_charge else t), u.requests + r
 
     def release(self) -> None:
         """Nothing is leased; what is pending is given back when the state closes."""
@@ -491,15 +640,23 @@ class RedisBudget:
                               self.tpd, self.rpd, server_message)
 
     def exhaust(self, day: dt.date, server_message: str = "") -> None:
-        """The API said the day is spent (the settlement already told Redis). Which count the
-        server's message shows it counts is learned in the local ledger only, for now."""
+        """The API said the day is spent. The settlement already told Redis, and learned there
+        which count the server's message shows it counts (RedisState.settle)."""
         self._exhausted_day = day
 
     def record_accounting(self, ratio: float) -> None:
-        """Not kept in Redis yet: the learned accounting lives in each host's local ledger."""
+        """Keep the server's learned charge per token of our estimate for every host of the
+        key (written in the background). A ratio that is not a positive finite number is not
+        evidence and is not kept."""
+        if math.isfinite(ratio) and ratio > 0:
+            self._accounting = ratio
+            self.unlearned["accounting"] = repr(ratio)
+            self.state.learn(self)
 
     def accounting(self) -> float | None:
-        return None
+        """The learned charge per token of our estimate, as any host of the key learned it
+        last (read when the budget opens and with every admission), or None."""
+        return self._accounting
 
     def is_exhausted(self, day: dt.date) -> bool:
         return self._exhausted_day == day
@@ -508,7 +665,8 @@ class RedisBudget:
         """After a refusal: could other processes' reservations in flight, once settled,
         leave room for `cost`? (Requests sent stay counted; the API's own "spent" is final.)"""
         u = self._usage
-        return (bool(self.held_elsewhere) and not u.exhausted
+        # The charge is what admission reserved and stays: nothing in flight gives it back.
+        return (bool(self.held_elsewhere) and not u.exhausted and not self._on_charge
                 and not (self.rpd and u.requests + 1 > self.rpd)
                 and u.tokens - self.held_elsewhere + cost <= self.tpd)
 
@@ -563,7 +721,7 @@ class RedisGate:
                 try:
                     await self._sleep(wait_s)
                 except BaseException:
-                    b.give_back(day, -cost, -1, cost)  # never sent: its day's share goes back
+                    b.give_back(day, -cost, -1, cost, -cost)  # never sent: its share goes back
                     raise
         except BaseException:
             self.limiter.release(ticket, None)
@@ -578,7 +736,9 @@ class RedisGate:
         self.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server,
                              ok=kind is Kind.OK)
         b.oks += kind is Kind.OK
-        extra = min(max(0, billed(outcome, cost)), MAX_USAGE) - cost
+        actual = min(max(0, billed(outcome, cost)), MAX_USAGE)
+        b.spent[day] += actual
+        extra = actual - cost
         rpm, tpm = self._lower_limits(server)
         code = {Kind.RATE_MINUTE: 1, Kind.RATE_DAY: 2}.get(kind, 0)
         # Near the day's end a give-back is written at once too: other hosts may be waiting
@@ -592,7 +752,8 @@ class RedisGate:
         # as always (it rides with the next write to that day).
         spent = self._servers_day(outcome.hint_s, day) if code == 2 else day
         try:
-            pause = await state.settle(b, spent, code, outcome.hint_s, admitted_ms, rpm, tpm)
+            pause = await state.settle(b, spent, code, outcome.hint_s, admitted_ms, rpm, tpm,
+                                       outcome.message)
         except SharedStateError as exc:
             # Answered and written all the same; the next admission stops the run.
             state.failure = state.failure or exc
