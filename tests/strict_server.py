@@ -48,6 +48,9 @@ class StrictServer:
     window_s: float = 60.0
     latency_s: float = 0.3
     headers: str = "none"  # "none", "admission" (window scope, snapshot after the charge)
+    # The prompt_tokens its answers report; None: the prompt part of its charge (a server that
+    # bills what it rate-limits). OpenAI's differs: it bills tiktoken's count.
+    usage: Callable[[dict[str, Any]], int] | None = None
     level: float = field(init=False)
     updated: float = 0.0
     refused: int = 0
@@ -97,8 +100,10 @@ class StrictServer:
                 f"{wait:.3f}s.", request)
         self.level -= cost
         self.admitted.append((now, cost))
+        out = int(request.body.get("max_tokens") or 16) * int(request.body.get("n") or 1)
+        prompt = self.usage(request.body) if self.usage else cost - out
         body = {"choices": [{"message": {"content": "hi"}}],
-                "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+                "usage": {"prompt_tokens": prompt, "completion_tokens": 3}}
         return self.latency_s, classify(200, self._headers(), orjson.dumps(body), request.url,
                                         FAKE_KEY)
 

@@ -3,13 +3,21 @@ tests/strict_server.py (its own charge rule and bucket). Issue 22."""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+from typing import Any
 
 from batchrun.jobs import Request
 from batchrun.sizing import size_of
+from batchrun.tokens import prompt_tokens
 from tests.conftest import read_results
 from tests.strict_server import StrictServer, by_characters
+from tests.test_calibrate import CHINESE
 from tests.test_engine_time import Server, engine_run
+
+
+def tiktoken_prompt(body: dict[str, Any]) -> int:
+    return prompt_tokens("/v1/chat/completions", body)
 
 
 def test_after_a_too_large_refusal_small_requests_pace_at_the_taught_limit(
@@ -36,3 +44,52 @@ def test_after_a_too_large_refusal_small_requests_pace_at_the_taught_limit(
     at_the_limit = ours / (2000 / 60)
     assert last - refused_at <= at_the_limit / 0.95
     assert strict.refused == 1
+
+
+def chinese_rows(count: int) -> list[dict[str, object]]:
+    rng = random.Random(0)
+    text = CHINESE * 4
+    rows: list[dict[str, object]] = []
+    for i in range(count):
+        start = rng.randrange(len(CHINESE))
+        rows.append({"id": f"c{i}", "prompt": text[start:start + rng.randint(150, 400)],
+                     "max_tokens": 20})
+    return rows
+
+
+def share(strict: StrictServer, server: Server) -> float:
+    """The bench's measure: the ideal time over the job's span at the server."""
+    first = min(t for t, _ in server.sent)
+    last = max(t for t, _ in strict.admitted) + strict.latency_s
+    return strict.ideal_s() / (last - first)
+
+
+def test_chinese_prose_on_a_characters_server_runs_at_the_limit(tmp_path: Path) -> None:
+    """The server charges ceil(characters / 4) + max_tokens, about half of tiktoken's count
+    on Chinese, and bills what it counts: its usage teaches the charge (49 % of the limit when
+    we admitted at tiktoken's count)."""
+    strict = StrictServer(60_000, by_characters(4), window_s=1)
+    server = Server(strict)
+    rows = chinese_rows(600)
+    stop, _, _ = engine_run(tmp_path, rows, server, limits={"tpm": 60_000, "rpm": 6_000})
+    assert stop is None
+    results = read_results(tmp_path / "out.jsonl")
+    assert len(results) == 600 and all(r["error"] is None for r in results.values())
+    assert share(strict, server) >= 0.95
+    assert strict.refused <= 6
+
+
+def test_chinese_prose_on_a_server_that_bills_tiktoken_learns_from_its_429s(
+    tmp_path: Path,
+) -> None:
+    """OpenAI's habit: usage is tiktoken's count, the limiter counts characters. The usage
+    leads to our own count; the first 429's "Requested R" to the server's."""
+    strict = StrictServer(60_000, by_characters(4), window_s=1, usage=tiktoken_prompt)
+    server = Server(strict)
+    rows = chinese_rows(600)
+    # Someone else spent the key's bucket a moment before we started: its first 429 speaks.
+    strict.level = 0
+    stop, _, _ = engine_run(tmp_path, rows, server, limits={"tpm": 60_000, "rpm": 6_000})
+    assert stop is None
+    assert share(strict, server) >= 0.95
+    assert strict.refused <= 6
