@@ -35,6 +35,9 @@ be shared with other clients of the key, or may be absent. So:
   remaining then describes its own window (which a burst of ours can outgrow), and the user's
   lower limit is what they asked to be held to. A lower x-ratelimit-limit-* is adopted at once.
 
+Costs are in the server's units: the route admits each request at the charge its Calibration
+(batchrun.calibrate) learned from the server's 429s and usage, so the rate here is the server's.
+
 What it cannot do (bench/README.md has the figures): find a window's edge without crossing it
 when no header describes the window (one probe's worth of 429s), or learn a rate cut from a
 headerless server except by 429s (about 2 % of requests).

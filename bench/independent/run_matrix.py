@@ -37,6 +37,10 @@ headers at response; A itself is characters / 4 on mixed English), charging othe
 
     python bench/independent/run_matrix.py --cells A,L,N,O,P,Q --rounds 3
 
+And the whole-minute bucket whose opening burst is 2/3 of the job (360 requests, ideal ~30 s):
+
+    R  as D (headers at response)        S  as E (headers at admission)
+
     python bench/independent/run_matrix.py                    # A-H, 2 rounds (~18 minutes)
     python bench/independent/run_matrix.py --cells I,J,K --rounds 1
     python bench/independent/run_matrix.py --cells F,D --rounds 1
@@ -66,7 +70,7 @@ from server import charge_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RPM, TPM = 600, 60000
-JOBS = {"tpm1s": ("tpm", 270), "tpm60": ("tpm", 480), "rpm1s": ("rpm", 650), "zh": ("zh", 240),
+JOBS = {"tpm1s": ("tpm", 270), "tpm60": ("tpm", 480), "tpm60b": ("tpm", 360), "rpm1s": ("rpm", 650), "zh": ("zh", 240),
         "code": ("code", 270)}
 JITTER = ["--jitter", "0.3"]
 RESP_MINUTE = ["--headers-at", "response", "--header-scope", "minute"]
@@ -120,6 +124,9 @@ CELLS = {c.name[0]: c for c in (
     Cell("P-chinese-chars/4-bills-tiktoken", "zh", 1, 0.3,
          [*JITTER, *RESP_MINUTE, *BILLS_TIKTOKEN]),
     Cell("Q-code-json-chars/4", "code", 1, 0.3, [*JITTER, *RESP_MINUTE]),
+    Cell("R-tpm60s-burst2/3-hdr@resp", "tpm60b", 60, 0.3,
+         [*JITTER, "--headers-at", "response", "--header-scope", "window"]),
+    Cell("S-tpm60s-burst2/3-hdr@adm", "tpm60b", 60, 0.3, [*JITTER, *ADM_WINDOW]),
 )}
 DEFAULT_CELLS = "A,B,C,D,E,F,G,H"
 
