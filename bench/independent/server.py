@@ -300,6 +300,8 @@ async def serve(server: Server) -> None:
 
 def main() -> None:
     server = Server(parse_args())
+    if "tiktoken" in (server.args.accounting, server.args.usage):
+        _o200k()  # load the vocabulary now: loaded at the first request, it stalls the server
     asyncio.run(serve(server))
     if server.args.log:
         server.args.log.write_text(json.dumps(server.record()))
