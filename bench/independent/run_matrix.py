@@ -70,8 +70,8 @@ from server import charge_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RPM, TPM = 600, 60000
-JOBS = {"tpm1s": ("tpm", 270), "tpm60": ("tpm", 480), "tpm60b": ("tpm", 360), "rpm1s": ("rpm", 650), "zh": ("zh", 240),
-        "code": ("code", 270)}
+JOBS = {"tpm1s": ("tpm", 270), "tpm60": ("tpm", 480), "tpm60b": ("tpm", 360),
+        "rpm1s": ("rpm", 650), "zh": ("zh", 240), "code": ("code", 270)}
 JITTER = ["--jitter", "0.3"]
 RESP_MINUTE = ["--headers-at", "response", "--header-scope", "minute"]
 ADM_WINDOW = ["--headers-at", "admission", "--header-scope", "window"]
