@@ -6,9 +6,13 @@ from __future__ import annotations
 import math
 import random
 
+import orjson
+
 from batchrun.calibrate import Calibration, Source, Visible
-from batchrun.jobs import Request
+from batchrun.classify import Outcome, classify
+from batchrun.jobs import CHAT_URL, Request
 from batchrun.sizing import size_of
+from tests.conftest import FAKE_KEY
 
 CHINESE = ("人工智能正在改变我们的生活方式。在过去的十年里，机器学习技术取得了巨大的进步，尤其是在"
            "自然语言处理和计算机视觉领域。研究人员开发了许多新的算法，使计算机能够理解和生成人类语言。")
@@ -133,3 +137,31 @@ def test_implausible_figures_are_not_evidence() -> None:
     cal.observe(Source.EXACT, visible, visible.own * 50)  # another request's figure
     cal.observe(Source.USAGE, visible, 0)
     assert cal.source is None and cal.charge(visible) == visible.own
+
+
+def _refusal(message: str) -> Outcome:
+    body = orjson.dumps({"error": {"message": message, "type": "tokens",
+                                   "code": "rate_limit_exceeded"}})
+    return classify(429, {}, body, CHAT_URL, FAKE_KEY)
+
+
+def test_only_a_per_minute_token_refusal_states_the_charge() -> None:
+    """A TPM 429 (and a too-large refusal) says what this request costs; a requests-per-minute
+    429 says "Requested 1" of another unit, a per-day one counts a day, and flex's "resource
+    unavailable" says nothing about our accounting: none of those is evidence."""
+    assert _refusal(
+        "Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): "
+        "Limit 200000, Used 199000, Requested 1,234. Please try again in 1.5s."
+    ).server_requested_tokens == 1234
+    assert _refusal(
+        "Request too large for gpt-4o-mini in organization org-x on tokens per min (TPM): "
+        "Limit 2000, Requested 3030. The input or output tokens must be reduced."
+    ).server_requested_tokens == 3030
+    for message in (
+        "Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): "
+        "Limit 500, Used 500, Requested 1. Please try again in 120ms.",
+        "Rate limit reached for gpt-4o-mini in organization org-x on tokens per day (TPD): "
+        "Limit 2000000, Used 1999000, Requested 2000. Please try again in 7m12s.",
+        "Resource unavailable: the flex tier is busy. Please try again later.",
+    ):
+        assert _refusal(message).server_requested_tokens is None
