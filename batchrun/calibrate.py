@@ -17,11 +17,14 @@ characters-counting server from a tokenizing one). Evidence, best first:
 
 A prediction comes from the best kind of evidence that has enough samples, so a server whose
 usage is not what its limiter counts (OpenAI bills tiktoken's count, rate-limits characters) is
-corrected by its first 429, whose exact figure then rules. Each kind forgets old samples
-geometrically (EXACT fast: its samples are exact), so a server that changes its accounting mid-run
-is followed. Without evidence the charge is our own count: max(tiktoken, characters / 4) plus the
-output. The fitted prompt charge carries a margin (1 % plus the fit's relative error) and stays
-within a factor of our own count: an under-estimate costs 429s, an over-estimate only speed.
+corrected by its first 429, whose exact figure then rules. Usage only ever lowers our own count:
+a server may bill an overhead its limiter does not charge (7 tokens a request cost a whole-minute
+job 7 points of its share), and one that charges more than it bills answers with 429s. Each
+kind forgets old samples geometrically (EXACT fast: its samples are exact), so a server that
+changes its accounting mid-run is followed. Without evidence the charge is our own count:
+max(tiktoken, characters / 4) plus the output. The fitted prompt charge carries a margin (1 %
+plus the fit's relative error) and stays within a factor of our own count: an under-estimate
+costs 429s, an over-estimate only speed.
 
 Pure: no clock, no I/O; the route feeds it each answer's evidence (lanes.Route.settle).
 """
@@ -141,5 +144,9 @@ class Calibration:
             return visible.own
         own = max(visible.chars, visible.tokens)
         prompt = self._evidence[source].prompt(visible)
-        prompt = min(own * MAX_FACTOR, max(own / MAX_FACTOR, prompt))
+        # Usage is what the server bills, which may include what its limiter does not count
+        # (a fixed overhead per request): it may lower our count, never raise it. Only a 429's
+        # figure can, and a server that counts more than both says so with its first 429.
+        ceiling = own if source is Source.USAGE else own * MAX_FACTOR
+        prompt = min(ceiling, max(own / MAX_FACTOR, prompt))
         return math.ceil(prompt) + visible.output

@@ -3,6 +3,7 @@ tests/strict_server.py (its own charge rule and bucket). Issue 22."""
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,8 @@ from batchrun.jobs import Request
 from batchrun.sizing import size_of
 from batchrun.tokens import prompt_tokens
 from tests.conftest import read_results
-from tests.strict_server import StrictServer, by_characters
-from tests.test_calibrate import CHINESE
+from tests.strict_server import StrictServer, by_characters, chars_of
+from tests.test_calibrate import CHINESE, PROSE
 from tests.test_engine_time import Server, engine_run
 
 
@@ -93,3 +94,20 @@ def test_chinese_prose_on_a_server_that_bills_tiktoken_learns_from_its_429s(
     assert stop is None
     assert share(strict, server) >= 0.95
     assert strict.refused <= 6
+
+
+def test_a_usage_above_the_rate_charge_never_slows_the_job(tmp_path: Path) -> None:
+    """A whole-minute bucket that holds 2/3 of the job; the server bills 7 tokens more than its
+    limiter charges. Usage above our own count is not believed (the job took 33.2 s for an
+    ideal of 29.7, 89 %, when it was)."""
+    strict = StrictServer(60_000, by_characters(4), window_s=60, headers="admission",
+                          usage=lambda body: math.ceil(chars_of(body) / 4) + 7)
+    server = Server(strict)
+    rows = [{"id": f"m{i}", "max_tokens": 100 + i % 100, "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": f"Request {i}: " + (PROSE * 8)[: 200 + (i * 37) % 400]}]}
+        for i in range(360)]
+    stop, _, _ = engine_run(tmp_path, rows, server, limits={"tpm": 60_000, "rpm": 600})
+    assert stop is None
+    assert share(strict, server) >= 0.95
+    assert strict.refused == 0
