@@ -99,6 +99,7 @@ class _Evidence:
     by_chars: _Fit = field(default_factory=_Fit)
     by_tokens: _Fit = field(default_factory=_Fit)
     samples: float = 0.0
+    ratio: float = 1.0  # the server's charge per token of our own count, recent samples first
 
     def add(self, visible: Visible, prompt_charge: float, keep: float) -> None:
         self.by_chars.add(visible.chars, prompt_charge, keep)
@@ -127,7 +128,21 @@ class Calibration:
         own = max(visible.chars, visible.tokens)
         if not own / MAX_FACTOR <= prompt <= own * MAX_FACTOR:
             return
-        self._evidence[source].add(visible, prompt, _FORGET[source])
+        evidence = self._evidence[source]
+        evidence.add(visible, prompt, _FORGET[source])
+        if source is Source.USAGE:
+            prompt = min(prompt, own)  # as charge() believes it
+        share = (prompt + visible.output) / visible.own
+        keep = _FORGET[source]
+        evidence.ratio = share if evidence.samples <= 1 else keep * evidence.ratio + (
+            1 - keep) * share
+
+    def ratio(self) -> float | None:
+        """The server's charge per token of our own count, as far as the evidence says (None:
+        no evidence yet): one number for the ledger's learned accounting (Budget.
+        record_accounting), which `estimate` and the next run start from."""
+        source = self.source
+        return None if source is None else self._evidence[source].ratio
 
     @property
     def source(self) -> Source | None:

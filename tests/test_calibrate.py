@@ -165,3 +165,17 @@ def test_only_a_per_minute_token_refusal_states_the_charge() -> None:
         "Resource unavailable: the flex tier is busy. Please try again later.",
     ):
         assert _refusal(message).server_requested_tokens is None
+
+
+def test_one_ratio_sums_up_the_learned_accounting() -> None:
+    """For the ledger: Chinese prose on a characters/4 server costs it ~40 % of our count."""
+    rng = random.Random(6)
+    cal = Calibration()
+    assert cal.ratio() is None
+    ours = server = 0
+    for _ in range(20):
+        visible, body = sample(rng)
+        cal.observe(Source.EXACT, visible, by_chars(body))
+        ours, server = ours + visible.own, server + by_chars(body)
+    ratio = cal.ratio()
+    assert ratio is not None and abs(ratio - server / ours) < 0.05
