@@ -78,6 +78,9 @@ class Outcome:
     # "Request too large … tokens per min (TPM): Limit L": the server's real TPM, which may be
     # lower than the one we pace to; queued requests larger than it can never succeed either.
     server_limit_tokens: int | None = None
+    # "... tokens per min (TPM): ... Requested R": what the server charged (would have charged)
+    # this very request against its token limit, the exact evidence of its accounting.
+    server_requested_tokens: int | None = None
     # A valid answer exactly as the server sent it (on one line: without a BOM, surrounding
     # blanks or line breaks, which in strict JSON can only sit between tokens), for the writer to
     # record byte for byte. `body` is its parsed form, which may differ: ints past 64 bits become
@@ -137,6 +140,7 @@ def reported_usage(body: Any) -> tuple[int, int] | None:
 _NUM = r"(\d+(?:\.\d+)?)"
 _DURATION = re.compile(rf"(?:{_NUM}h)?(?:{_NUM}m(?!s))?(?:{_NUM}s)?(?:{_NUM}ms)?")
 _LIMIT = re.compile(r"Limit:?\s*(\d[\d,]*)")
+_REQUESTED = re.compile(r"Requested:?\s*(\d[\d,]*)")
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:h|ms|m|s))+)", re.IGNORECASE)
 
 
@@ -403,15 +407,25 @@ def classify(
         limit = _LIMIT.search(message)
         if limit and ("per min" in message or "(TPM)" in message):
             out.server_limit_tokens = int(limit.group(1).replace(",", ""))
+        out.server_requested_tokens = _requested_tokens(message)
     elif status == 429:
         daily = "per day" in message or "(TPD)" in message or "(RPD)" in message
         out.kind = Kind.RATE_DAY if daily else Kind.RATE_MINUTE
         out.hint_s = retry_hint(headers, message)
+        out.server_requested_tokens = _requested_tokens(message)
     elif status in (408, 409) or status >= 500:
         out.kind = Kind.RETRY
     else:
         out.kind = Kind.FAIL
     return out
+
+
+def _requested_tokens(message: str) -> int | None:
+    """The "Requested R" of a refusal about tokens (not requests) per minute, if it has one."""
+    if "tokens per min" not in message and "(TPM)" not in message:
+        return None
+    found = _REQUESTED.search(message)
+    return int(found.group(1).replace(",", "")) if found else None
 
 
 def secret_forms(*secrets: str) -> tuple[str, ...]:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol
 
-from batchrun.classify import Outcome
+from batchrun.calibrate import Calibration, Source
+from batchrun.classify import Kind, Outcome
 from batchrun.decide import Tries, taught_tpm
 from batchrun.endpoints.routing import Out, Standing
 from batchrun.jobs import Request
@@ -66,10 +67,11 @@ class Job:
     tries: Tries = field(default_factory=Tries)
     last: Outcome | None = None
     day: dt.date | None = None  # the UTC day its budget reservation was made on
+    charged: int | None = None  # what its route admitted it at: the server's charge as learned
 
     @property
     def cost(self) -> int:
-        return self.size.charge
+        return self.size.charge if self.charged is None else self.charged
 
 
 class Route:
@@ -93,6 +95,7 @@ class Route:
         self.back_at = math.inf  # Out.FAILING: when its cool-off ends (engine clock)
         self.streak = 0  # retryable failures in a row
         self.cool_offs = 0
+        self.calibration = Calibration()  # this server's accounting, learned from its answers
 
     @property
     def name(self) -> str:
@@ -125,7 +128,8 @@ class Route:
         which waits; one atomic step with Redis). None: today's budget cannot cover the job
         (nothing is held). Cancelled while waiting, the gate gives the reservation back whole.
         Raises SharedStateError when the shared state cannot be used."""
-        admitted = await self.gate.admit(job.cost, now)
+        job.charged = self.calibration.charge(job.size.visible)
+        admitted = await self.gate.admit(job.charged, now)
         if admitted is None:
             job.day = None
             return None
@@ -142,6 +146,7 @@ class Route:
             server = replace(server or ServerState(), limit_tokens=tpm)
         assert job.day is not None
         await self.gate.settle(job.day, ticket, job.cost, outcome, server)
+        learn(self.calibration, job.size, outcome)
         self.settled.set()
 
     def exhaust(self, job: Job, server_message: str = "") -> None:
@@ -160,6 +165,15 @@ class Route:
         if name == request.model:
             return request
         return replace(request, body={**request.body, "model": name})
+
+
+def learn(calibration: Calibration, size: Size, outcome: Outcome) -> None:
+    """Feed one answer's evidence of the server's accounting to its route's calibration."""
+    if outcome.server_requested_tokens is not None:
+        calibration.observe(Source.EXACT, size.visible, outcome.server_requested_tokens)
+    elif outcome.kind is Kind.OK and outcome.usage_known:
+        prompt, _ = outcome.usage
+        calibration.observe(Source.USAGE, size.visible, prompt)
 
 
 class Lane:

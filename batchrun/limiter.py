@@ -35,6 +35,9 @@ be shared with other clients of the key, or may be absent. So:
   remaining then describes its own window (which a burst of ours can outgrow), and the user's
   lower limit is what they asked to be held to. A lower x-ratelimit-limit-* is adopted at once.
 
+Costs are in the server's units: the route admits each request at the charge its Calibration
+(batchrun.calibrate) learned from the server's 429s and usage, so the rate here is the server's.
+
 What it cannot do (bench/README.md has the figures): find a window's edge without crossing it
 when no header describes the window (one probe's worth of 429s), or learn a rate cut from a
 headerless server except by 429s (about 2 % of requests).
@@ -217,11 +220,7 @@ class Pacer:
         self.consecutive_429 = 0
         self._refill(now)
         if state is not None:
-            for bucket, limit in ((self._requests, state.limit_requests),
-                                  (self._tokens, state.limit_tokens)):
-                if limit and bucket is not None and limit < bucket.limit:
-                    bucket.limit = limit
-                    self._resize()
+            self._adopt_limits(ticket, state)
         # How much more burst the server is known to hold (seconds); inf without headers.
         headroom = math.inf
         for bucket, remaining, since, limit in (
@@ -253,6 +252,22 @@ class Pacer:
             headroom = min(headroom, (low - bucket.reserve - bucket.level) / bucket.rate)
         if ticket.constrained and ticket.at >= self._last_growth:
             self._grow(headroom, now)
+
+    def _adopt_limits(self, ticket: Ticket, state: ServerState) -> None:
+        """A lower limit from the server is adopted at once, burst and rate alike."""
+        for bucket, limit, cost in ((self._requests, state.limit_requests, 1),
+                                    (self._tokens, state.limit_tokens, ticket.cost)):
+            if not limit or bucket is None or limit >= bucket.limit:
+                continue
+            bucket.limit = limit
+            if cost > limit:
+                # The server refuses outright what exceeds its limit ("Request too large"):
+                # it charged nothing, so neither do we. Kept as debt it held every request
+                # after it back by cost / rate, 90 s for one 3,000-token refusal at 2,000 TPM.
+                bucket.level += cost
+                if bucket is self._tokens and self._requests is not None:
+                    self._requests.level += 1
+            self._resize()
 
     def _grow(self, headroom_s: float, now: float) -> None:
         """Probe: a burst a step bigger, within what the server is known to hold."""

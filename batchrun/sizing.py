@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from batchrun.calibrate import Visible
 from batchrun.jobs import CHAT_URL, Request
 from batchrun.tiers import context_window
 from batchrun.tokens import char_estimate, choices, max_output_tokens, prompt_tokens
@@ -16,6 +17,13 @@ class Size:
     prompt: int  # exact prompt tokens (tiktoken and the chat formula)
     max_output: int | None  # n x max output tokens; None when the request sets no maximum
     charge: int  # what the limits count: the larger prompt estimate plus the output charged
+    chars: int = 0  # the characters estimate of the prompt, ceil(characters / 4)
+    output_charged: int = 0  # n x max output tokens, or the assumed output when none is set
+
+    @property
+    def visible(self) -> Visible:
+        """What a server's charge can be predicted from (batchrun.calibrate)."""
+        return Visible(self.chars, self.prompt, self.output_charged)
 
     @classmethod
     def of(cls, request: Request, prompt: int, assumed_output: float) -> Size:
@@ -24,7 +32,8 @@ class Size:
         charged = out
         if out is None and request.url == CHAT_URL:
             charged = round(assumed_output * choices(request.body))
-        return cls(prompt, out, max(prompt, char_estimate(request.body)) + (charged or 0))
+        chars = char_estimate(request.body)
+        return cls(prompt, out, max(prompt, chars) + (charged or 0), chars, charged or 0)
 
 
 def size_of(request: Request, assumed_output: float) -> Size:

@@ -4,6 +4,11 @@
          60K TPM: ~250 tokens a request under the server's ceil(chars / 4) + max_tokens);
     rpm  system + user text of 80-160 characters, max_tokens 20 (RPM-bound at those limits).
 
+    zh   Chinese prose of 300-700 characters, max_tokens 20 (the prompt is most of the charge;
+         a characters estimate is about half of tiktoken's count);
+    code Python and JSON of 300-900 characters, max_tokens 60-120 (more tokens per character
+         than prose under tiktoken).
+
     python bench/independent/make_jobs.py tpm 270 jobs.jsonl
 """
 
@@ -27,6 +32,21 @@ _TEXT = (
     "system"
 )
 WORDS = _TEXT.split()
+_ZH = (
+    "我们 今天 研究 人工智能 的 发展 历史 经济 社会 文化 科学 技术 自然 语言 处理 计算机 视觉 "
+    "学生 老师 学校 城市 农村 河流 山脉 海洋 天气 季节 春天 夏天 秋天 冬天 音乐 绘画 诗歌 小说 "
+    "政府 公司 市场 价格 工作 生活 家庭 朋友 健康 医院 医生 病人 问题 方法 结果 原因 影响 变化 "
+    "重要 复杂 简单 快速 缓慢 美丽 古老 现代 传统 认为 发现 解释 描述 总结 翻译 分析 比较 讨论"
+)
+ZH_WORDS = _ZH.split()
+_CODE = [
+    'def load(path):\n    with open(path) as f:\n        return [json.loads(x) for x in f]\n',
+    '{"id": 4821, "name": "widget-7", "tags": ["red", "large"], "price": 19.99, "stock": 12}',
+    "for i in range(10):\n    if i % 3 == 0:\n        total += values[i] * 2\n",
+    'SELECT id, name, price FROM items WHERE price > 10 ORDER BY price DESC LIMIT 20;',
+    'class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n',
+    '{"user": {"id": 17, "email": "a@example.com", "roles": ["admin", "dev"]}, "ok": true}',
+]
 
 
 def text(rng: random.Random, nchars: int) -> str:
@@ -39,10 +59,26 @@ def text(rng: random.Random, nchars: int) -> str:
     return " ".join(words)[:nchars]
 
 
+def zh_text(rng: random.Random, nchars: int) -> str:
+    out = ""
+    while len(out) < nchars:
+        out += "".join(rng.choice(ZH_WORDS) for _ in range(rng.randint(4, 9)))
+        out += rng.choice("，。；")
+    return out[:nchars]
+
+
+def code_text(rng: random.Random, nchars: int) -> str:
+    out = ""
+    while len(out) < nchars:
+        out += rng.choice(_CODE) + "\n"
+    return out[:nchars]
+
+
 def job_lines(kind: str, count: int, seed: int = 0) -> list[str]:
-    """`count` JSONL lines of the given kind ("tpm" or "rpm"); the same seed gives the same file."""
-    if kind not in ("tpm", "rpm"):
-        raise ValueError(f"kind must be tpm or rpm, not {kind!r}")
+    """`count` JSONL lines of the given kind (see the module docstring); the same seed gives the
+    same file."""
+    if kind not in ("tpm", "rpm", "zh", "code"):
+        raise ValueError(f"kind must be tpm, rpm, zh or code, not {kind!r}")
     rng = random.Random(seed)
     lines = []
     for i in range(count):
@@ -50,6 +86,14 @@ def job_lines(kind: str, count: int, seed: int = 0) -> list[str]:
             system = "You are a concise assistant."
             user = text(rng, rng.randint(200, 600) - len(system))
             max_tokens = rng.randint(100, 200)
+        elif kind == "zh":
+            system = "请简要回答。"
+            user = zh_text(rng, rng.randint(300, 700))
+            max_tokens = 20
+        elif kind == "code":
+            system = "Review this code."
+            user = code_text(rng, rng.randint(300, 900))
+            max_tokens = rng.randint(60, 120)
         else:
             system = "Be brief."
             user = text(rng, rng.randint(80, 160) - len(system))

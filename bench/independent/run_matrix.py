@@ -25,6 +25,22 @@ Limits are 600 RPM and 60K TPM in every cell. Cells (seed = round number):
     J  as F, but the server counts 1 token per 3 characters, more than tiktoken  (extra)
     K  as D, but the server counts 1 token per 3 characters                      (extra)
 
+The accounting axis (issue 22): A's server and habits (1 s windows, 300 ms ±30 %, whole-minute
+headers at response; A itself is characters / 4 on mixed English), charging otherwise:
+
+    L  mixed English, the prompt as tiktoken counts it (our own count, exactly)
+    N  mixed English, 1 token per 3 characters (more than tiktoken)
+    O  Chinese prose, characters / 4 (about half of tiktoken), usage = the charge + 7
+    P  Chinese prose, characters / 4, usage = tiktoken's count (OpenAI's habit: it bills
+       tokens and rate-limits characters)
+    Q  Python and JSON, characters / 4, usage = the charge + 7
+
+    python bench/independent/run_matrix.py --cells A,L,N,O,P,Q --rounds 3
+
+And the whole-minute bucket whose opening burst is 2/3 of the job (360 requests, ideal ~30 s):
+
+    R  as D (headers at response)        S  as E (headers at admission)
+
     python bench/independent/run_matrix.py                    # A-H, 2 rounds (~18 minutes)
     python bench/independent/run_matrix.py --cells I,J,K --rounds 1
     python bench/independent/run_matrix.py --cells F,D --rounds 1
@@ -54,12 +70,15 @@ from server import charge_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RPM, TPM = 600, 60000
-JOBS = {"tpm1s": ("tpm", 270), "tpm60": ("tpm", 480), "rpm1s": ("rpm", 650)}
+JOBS = {"tpm1s": ("tpm", 270), "tpm60": ("tpm", 480), "tpm60b": ("tpm", 360),
+        "rpm1s": ("rpm", 650), "zh": ("zh", 240), "code": ("code", 270)}
 JITTER = ["--jitter", "0.3"]
 RESP_MINUTE = ["--headers-at", "response", "--header-scope", "minute"]
 ADM_WINDOW = ["--headers-at", "admission", "--header-scope", "window"]
 NONE = ["--header-scope", "none"]
 CPT3 = ["--chars-per-token", "3"]
+TIKTOKEN = ["--accounting", "tiktoken"]
+BILLS_TIKTOKEN = ["--usage", "tiktoken"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,11 @@ class Cell:
         s = self.server
         return float(s[s.index("--chars-per-token") + 1]) if "--chars-per-token" in s else 4.0
 
+    @property
+    def accounting(self) -> str:
+        s = self.server
+        return s[s.index("--accounting") + 1] if "--accounting" in s else "chars"
+
 
 CELLS = {c.name[0]: c for c in (
     Cell("A-tpm1s-300ms-minhdr@resp", "tpm1s", 1, 0.3, [*JITTER, *RESP_MINUTE]),
@@ -94,6 +118,15 @@ CELLS = {c.name[0]: c for c in (
     Cell("J-tpm1s-300ms-nohdr-cpt3", "tpm1s", 1, 0.3, [*JITTER, *NONE, *CPT3]),
     Cell("K-tpm60s-300ms-hdr@resp-cpt3", "tpm60", 60, 0.3,
          [*JITTER, "--headers-at", "response", "--header-scope", "window", *CPT3]),
+    Cell("L-tpm1s-tiktoken-exact", "tpm1s", 1, 0.3, [*JITTER, *RESP_MINUTE, *TIKTOKEN]),
+    Cell("N-tpm1s-chars/3", "tpm1s", 1, 0.3, [*JITTER, *RESP_MINUTE, *CPT3]),
+    Cell("O-chinese-chars/4", "zh", 1, 0.3, [*JITTER, *RESP_MINUTE]),
+    Cell("P-chinese-chars/4-bills-tiktoken", "zh", 1, 0.3,
+         [*JITTER, *RESP_MINUTE, *BILLS_TIKTOKEN]),
+    Cell("Q-code-json-chars/4", "code", 1, 0.3, [*JITTER, *RESP_MINUTE]),
+    Cell("R-tpm60s-burst2/3-hdr@resp", "tpm60b", 60, 0.3,
+         [*JITTER, "--headers-at", "response", "--header-scope", "window"]),
+    Cell("S-tpm60s-burst2/3-hdr@adm", "tpm60b", 60, 0.3, [*JITTER, *ADM_WINDOW]),
 )}
 DEFAULT_CELLS = "A,B,C,D,E,F,G,H"
 
@@ -155,7 +188,7 @@ def run_cell(cell: Cell, seed: int, jobs: Path, tmp: Path) -> dict[str, Any]:
 
     ok = [r for r in log if r["ok"]]
     refused = [r for r in log if not r["ok"]]
-    charges = [charge_of(json.loads(line), cell.chars_per_token)[2]
+    charges = [charge_of(json.loads(line), cell.chars_per_token, cell.accounting)[2]
                for line in jobs.read_text().splitlines() if line.strip()]
     ideal = ideal_seconds(charges, cell.window, cell.latency)
     span = max(r["done"] for r in ok) - min(r["arr"] for r in log) if ok else float("inf")

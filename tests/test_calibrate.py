@@ -1,0 +1,181 @@
+"""batchrun.calibrate on explicit evidence: each server's own rule (written here, not batchrun's)
+charges prose, Chinese and code; the calibration sees only what the server says."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import orjson
+
+from batchrun.calibrate import Calibration, Source, Visible
+from batchrun.classify import Outcome, classify
+from batchrun.jobs import CHAT_URL, Request
+from batchrun.sizing import size_of
+from tests.conftest import FAKE_KEY
+
+CHINESE = ("人工智能正在改变我们的生活方式。在过去的十年里，机器学习技术取得了巨大的进步，尤其是在"
+           "自然语言处理和计算机视觉领域。研究人员开发了许多新的算法，使计算机能够理解和生成人类语言。")
+CODE = ('{"id": 12345, "name": "widget", "tags": ["a", "b"], "price": 19.99}\n'
+        "def f(x):\n    return [i * i for i in range(x) if i % 2]\n")
+PROSE = ("The river ran past the old mill and on toward the sea, carrying leaves and the "
+         "last light of the afternoon. ")
+
+
+def request(text: str, max_tokens: int = 20) -> tuple[Visible, dict[str, object]]:
+    body = {"model": "gpt-4o-mini", "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": text}]}
+    return size_of(Request(1, "r", "/v1/chat/completions", body), 0).visible, body
+
+
+def by_chars(body: dict[str, object], per_token: float = 4.0) -> int:
+    """A server that estimates the prompt from its characters, plus max_tokens."""
+    messages = body["messages"]
+    assert isinstance(messages, list)
+    chars = sum(len(m["content"]) for m in messages)
+    max_tokens = body["max_tokens"]
+    assert isinstance(max_tokens, int)
+    return math.ceil(chars / per_token) + max_tokens
+
+
+def sample(rng: random.Random, kinds: tuple[str, ...] = (CHINESE,)) -> tuple[Visible, dict]:
+    text = rng.choice(kinds)
+    start = rng.randrange(len(text) // 2)
+    return request((text * 3)[start:start + rng.randint(40, 200)], rng.randint(10, 40))
+
+
+def test_without_evidence_it_charges_our_own_count() -> None:
+    visible, _ = request(CHINESE)
+    assert Calibration().charge(visible) == visible.own == max(visible.chars,
+                                                               visible.tokens) + 20
+
+
+def test_usage_from_a_server_that_bills_what_it_counts_converges_within_the_margin() -> None:
+    """Chinese prose on a characters/4 server: about half of tiktoken's count."""
+    rng = random.Random(1)
+    cal = Calibration()
+    for _ in range(5):
+        visible, body = sample(rng)
+        cal.observe(Source.USAGE, visible, by_chars(body) - visible.output)
+    for _ in range(50):
+        visible, body = sample(rng)
+        server = by_chars(body)
+        assert visible.own > 1.5 * server  # what we charged before: far too much
+        assert server <= cal.charge(visible) <= server * 1.05
+
+
+def test_one_429_corrects_a_usage_that_is_not_what_the_limiter_counts() -> None:
+    """OpenAI bills tiktoken's count but rate-limits a characters estimate: usage says
+    tiktoken, the 429's "Requested R" says what the limiter charged, and R rules."""
+    rng = random.Random(2)
+    cal = Calibration()
+    for _ in range(20):
+        visible, _ = sample(rng)
+        cal.observe(Source.USAGE, visible, visible.tokens)
+    visible, body = sample(rng)
+    assert cal.charge(visible) > 1.5 * by_chars(body)
+    cal.observe(Source.EXACT, visible, by_chars(body))
+    assert cal.source is Source.EXACT
+    for _ in range(30):
+        visible, body = sample(rng)
+        assert by_chars(body) <= cal.charge(visible) <= by_chars(body) * 1.05
+
+
+def test_mixed_text_tells_a_characters_server_from_a_tokenizing_one() -> None:
+    """Prose, Chinese and code differ in tokens per character: only the right basis fits all."""
+    kinds = (CHINESE, CODE, PROSE)
+    for rule in ("chars", "tokens"):
+        rng = random.Random(3)
+        cal = Calibration()
+
+        def server(visible: Visible, body: dict[str, object], rule: str = rule) -> int:
+            return by_chars(body) if rule == "chars" else visible.tokens + visible.output
+
+        for _ in range(12):
+            visible, body = sample(rng, kinds)
+            cal.observe(Source.EXACT, visible, server(visible, body))
+        for _ in range(60):
+            visible, body = sample(rng, kinds)
+            assert server(visible, body) <= cal.charge(visible) <= server(visible, body) * 1.06
+
+
+def test_a_server_that_changes_its_accounting_mid_run_is_followed() -> None:
+    rng = random.Random(4)
+    cal = Calibration()
+    for _ in range(20):
+        visible, body = sample(rng)
+        cal.observe(Source.EXACT, visible, by_chars(body, 4))
+    # The server now counts a token per three characters: its first 429s say so. One is
+    # enough not to under-charge; a few more and the old figures are forgotten.
+    for seen in range(1, 7):
+        visible, body = sample(rng)
+        cal.observe(Source.EXACT, visible, by_chars(body, 3))
+        ours = server = 0
+        for _ in range(30):
+            visible, body = sample(rng)
+            assert by_chars(body, 3) <= cal.charge(visible)
+            ours, server = ours + cal.charge(visible), server + by_chars(body, 3)
+        assert seen < 5 or ours <= server * 1.05  # the limit's share admitted: >= 95 %
+
+
+def test_charges_another_client_caused_still_teach_the_exact_charge() -> None:
+    """429s that another client on the key provoked still state what OUR request costs: the
+    fit does not move however many of them come."""
+    rng = random.Random(5)
+    cal = Calibration()
+    for _ in range(40):
+        visible, body = sample(rng)
+        cal.observe(Source.EXACT, visible, by_chars(body))
+    visible, body = sample(rng)
+    assert by_chars(body) <= cal.charge(visible) <= by_chars(body) * 1.05
+
+
+def test_implausible_figures_are_not_evidence() -> None:
+    visible, _ = request(PROSE)
+    cal = Calibration()
+    cal.observe(Source.EXACT, visible, 0)  # "Requested 0"
+    cal.observe(Source.EXACT, visible, visible.own * 50)  # another request's figure
+    cal.observe(Source.USAGE, visible, 0)
+    assert cal.source is None and cal.charge(visible) == visible.own
+
+
+def _refusal(message: str) -> Outcome:
+    body = orjson.dumps({"error": {"message": message, "type": "tokens",
+                                   "code": "rate_limit_exceeded"}})
+    return classify(429, {}, body, CHAT_URL, FAKE_KEY)
+
+
+def test_only_a_per_minute_token_refusal_states_the_charge() -> None:
+    """A TPM 429 (and a too-large refusal) says what this request costs; a requests-per-minute
+    429 says "Requested 1" of another unit, a per-day one counts a day, and flex's "resource
+    unavailable" says nothing about our accounting: none of those is evidence."""
+    assert _refusal(
+        "Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): "
+        "Limit 200000, Used 199000, Requested 1,234. Please try again in 1.5s."
+    ).server_requested_tokens == 1234
+    assert _refusal(
+        "Request too large for gpt-4o-mini in organization org-x on tokens per min (TPM): "
+        "Limit 2000, Requested 3030. The input or output tokens must be reduced."
+    ).server_requested_tokens == 3030
+    for message in (
+        "Rate limit reached for gpt-4o-mini in organization org-x on requests per min (RPM): "
+        "Limit 500, Used 500, Requested 1. Please try again in 120ms.",
+        "Rate limit reached for gpt-4o-mini in organization org-x on tokens per day (TPD): "
+        "Limit 2000000, Used 1999000, Requested 2000. Please try again in 7m12s.",
+        "Resource unavailable: the flex tier is busy. Please try again later.",
+    ):
+        assert _refusal(message).server_requested_tokens is None
+
+
+def test_one_ratio_sums_up_the_learned_accounting() -> None:
+    """For the ledger: Chinese prose on a characters/4 server costs it ~40 % of our count."""
+    rng = random.Random(6)
+    cal = Calibration()
+    assert cal.ratio() is None
+    ours = server = 0
+    for _ in range(20):
+        visible, body = sample(rng)
+        cal.observe(Source.EXACT, visible, by_chars(body))
+        ours, server = ours + visible.own, server + by_chars(body)
+    ratio = cal.ratio()
+    assert ratio is not None and abs(ratio - server / ours) < 0.05
