@@ -556,7 +556,8 @@ def _reread_batches(manifest: Manifest, store: JobStore) -> None:
         manifest.batch = saved.batch
 
 
-async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]:
+async def cancel_batches(manifest: Manifest, store: JobStore,
+                         force: bool = False) -> tuple[int, int]:
     """`batchrun cancel`: cancel the job's running batches, under its output's lock (so not
     while a process runs the job). Returns (batches cancelled, parts dropped unsent)."""
     if store.is_running(manifest):  # first: it may be about to submit batches
@@ -578,7 +579,7 @@ async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]
         _reread_batches(manifest, store)
         if not has_open_parts(manifest.batch):  # collected since it was read
             raise nothing
-        return await cancel_job(spec, manifest, store, key)
+        return await cancel_job(spec, manifest, store, key, force)
     finally:
         lock.release()
 

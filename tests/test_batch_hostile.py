@@ -226,8 +226,8 @@ def test_a_batch_the_api_no_longer_knows_is_a_way_out_not_a_dead_end(
         h.resume()
     assert stuck.value.exit_code != 1  # nothing finished: not "some requests failed for good"
     assert "another key" in stuck.value.message
-    assert f"batchrun cancel {h.job_id}" in stuck.value.message
-    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 0)
+    assert f"batchrun cancel {h.job_id} --force" in stuck.value.message
+    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store, force=True)) == (1, 0)
     assert h.resume() is None
     assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
     assert h.manifest().failed == 2
@@ -498,3 +498,60 @@ def test_an_output_file_that_echoes_the_input_is_not_taken_for_results(
     results = h.results()
     # The batch says completed: its results are unreadable, not its requests undone.
     assert {x["error"]["code"] for x in results.values()} == {"batch_output_unavailable"}
+
+
+def test_cancel_with_another_projects_key_claims_nothing_and_the_right_key_still_collects(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under another project's key every batch answers 404 and the list is empty, while the
+    # batches run (and bill) under the key the job was started with.
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=4)
+    assert isinstance(h.submit(detach=True), Detached)
+    batch_ids = [p["batch_id"] for p in h.manifest().batch["parts"] if p["batch_id"]]
+    assert batch_ids
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    async def nothing(page_size: int = 100) -> Any:
+        for batch in []:
+            yield batch
+
+    with monkeypatch.context() as other_key:
+        other_key.setattr(fake, "retrieve", unknown)
+        other_key.setattr(fake, "cancel", unknown)
+        other_key.setattr(fake, "batches", nothing)
+        run = run_cli("cancel", h.job_id)
+        refused = run_cli("forget", h.job_id)
+    assert run.code == 4
+    said = run.stdout + run.stderr
+    assert "Cancelled" not in said
+    for batch_id in batch_ids:
+        assert batch_id in said
+    assert "another key" in said and f"batchrun cancel {h.job_id} --force" in said
+    assert refused.code == 2 and h.store.get(h.job_id) is not None
+    # The right key: every batch is collected, no request recorded as cancelled.
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3", "r4"}
+    assert all(b["status"] == "completed" for b in fake.by_id.values())
+    assert "cancel" not in fake.calls
+
+
+def test_cancel_force_is_the_way_out_of_batches_that_are_truly_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    assert isinstance(h.submit(detach=True), Detached)
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    monkeypatch.setattr(fake, "retrieve", unknown)
+    monkeypatch.setattr(fake, "cancel", unknown)
+    assert run_cli("cancel", h.job_id).code == 4
+    forced = run_cli("cancel", h.job_id, "--force")
+    assert forced.code == 0, forced.stderr
+    assert "count as gone" in forced.stdout
+    assert h.resume() is None
+    assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
+    assert run_cli("forget", h.job_id).code == 0

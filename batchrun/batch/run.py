@@ -383,9 +383,10 @@ class BatchJob:
             return StateError(
                 f"The Batch API does not know batch {batch_id} of part {part.n} (HTTP 404): "
                 f"was job {job} started with another key or project, or the batch deleted? "
-                f"Run it again with that key, or stop waiting for the batch with: batchrun "
-                f"cancel {job} (its requests are then recorded as failed; resume "
-                "--retry-failed sends them again, billed again if the batch did run).")
+                "Run it again with that key, or, if the batch is truly gone, stop waiting "
+                f"for it with: batchrun cancel {job} --force (its requests are then recorded "
+                "as failed; resume --retry-failed sends them again, billed again if the batch "
+                "did run).")
 
         return await self._calls.call(f"checking batch {batch_id}",
                                       partial(self.api.retrieve, batch_id), refused)
