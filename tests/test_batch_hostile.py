@@ -116,7 +116,10 @@ class HostileBatches:
             return web.json_response(batch())
 
         async def content(request: web.Request) -> web.StreamResponse:
-            result: web.StreamResponse = self.content(self.uploaded)
+            result = self.content(self.uploaded)
+            if not isinstance(result, web.StreamResponse):  # it streams the answer itself
+                result = await result(request)
+            assert isinstance(result, web.StreamResponse)
             return result
 
         @web.middleware
@@ -555,3 +558,48 @@ def test_cancel_force_is_the_way_out_of_batches_that_are_truly_gone(
     assert h.resume() is None
     assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
     assert run_cli("forget", h.job_id).code == 0
+
+
+def test_two_status_calls_at_once_each_fetch_a_whole_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `status JOB` looks without the output's lock, so two of them (a watch loop and a user)
+    # may download the same finished batch at once: both downloads are held half sent until
+    # both have started, so they overlap on disk.
+    halfway: list[asyncio.Future[None]] = []
+
+    def content(uploaded: list[dict[str, Any]]) -> Any:
+        body = b"".join(ok_line(x["custom_id"]) for x in uploaded)
+
+        async def stream(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(body[:10])
+            if halfway:
+                halfway[0].set_result(None)
+            else:
+                halfway.append(asyncio.get_running_loop().create_future())
+                await halfway[0]
+            await response.write(body[10:])
+            await response.write_eof()
+            return response
+
+        return stream
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=3)
+        assert isinstance(h.submit(detach=True), Detached)
+        manifest = h.manifest()
+        spec, _ = runner.spec_from_manifest(manifest, {})
+
+        async def two() -> list[Any]:
+            looks = [batch_entry.look_at_batches(spec, manifest, h.store, FAKE_KEY)
+                     for _ in range(2)]
+            return list(await asyncio.gather(*looks, return_exceptions=True))
+
+        fetched = asyncio.run(two())
+    assert [type(f).__name__ for f in fetched] == ["Fetched", "Fetched"]
+    for f in fetched:
+        assert f.trouble is None
+        (path,) = f.files.values()
+        lines = path.read_bytes().splitlines()
+        assert [orjson.loads(x)["custom_id"] for x in lines] == ["r1", "r2", "r3"]

@@ -6,6 +6,7 @@ by `Fetched.api()` standing in for the API: local work only."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,10 @@ async def _download(api: Api, files: PartFiles, part: Part, batch: dict[str, Any
         if file_id is None:
             continue
         files.ensure()
-        staged = files.download_path(part.n, which).with_suffix(".status")
+        # A name of this look's own: two `status` calls at once (no lock is held while they
+        # download) would otherwise write, rename and merge one another's half files.
+        staged = files.download_path(part.n, which).with_suffix(
+            f".status-{os.getpid()}-{secrets.token_hex(4)}")
         fetched.files[file_id] = staged
         await api.download(file_id, staged)
 
