@@ -603,3 +603,24 @@ def test_two_status_calls_at_once_each_fetch_a_whole_file(
         (path,) = f.files.values()
         lines = path.read_bytes().splitlines()
         assert [orjson.loads(x)["custom_id"] for x in lines] == ["r1", "r2", "r3"]
+
+
+def test_a_download_that_cannot_be_written_is_a_state_error_not_a_crash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def content(uploaded: list[dict[str, Any]]) -> web.Response:
+        return web.Response(body=b"".join(ok_line(x["custom_id"]) for x in uploaded))
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+        assert isinstance(h.submit(detach=True), Detached)
+        # Something in the way of the download (a full disk, a quota, a name taken): here a
+        # directory where the file being downloaded goes.
+        blocked = h.store.home / "batches" / h.job_id / "part-00001.output.jsonl.part"
+        blocked.mkdir(parents=True)
+        run = run_cli("resume", h.job_id)
+        assert run.code == 5, run.stderr
+        assert "internal error" not in run.stderr and "part-00001.output.jsonl" in run.stderr
+        assert f"batchrun resume {h.job_id}" in run.stderr
+        blocked.rmdir()
+        assert run_cli("resume", h.job_id).code == 0
+    assert ok_ids(h.results()) == {"r1", "r2"}

@@ -24,7 +24,7 @@ import orjson
 
 from batchrun.classify import REFUSAL_CODES, capped, secret_forms
 from batchrun.endpoint import Endpoint, env_proxy, proxy_secrets
-from batchrun.errors import ApiRefused, BatchrunError, printable, redact
+from batchrun.errors import ApiRefused, BatchrunError, StateError, printable, redact
 from batchrun.fsutil import PRIVATE_FILE
 
 # The API's answers are small JSON objects; only file contents are large, and those are
@@ -151,6 +151,9 @@ class BatchApi:
                 tmp.replace(dest)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transient(exc) from None
+        except OSError as exc:  # the disk's, not the API's: asking again cannot help
+            raise StateError(f"cannot write the downloaded {dest}: {exc.strerror}. The batch's "
+                             "results stay on the server until its files expire") from None
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -459,6 +459,8 @@ class BatchJob:
             self._notify(f"The {which} file {file_id} of batch {part.batch_id} (part {part.n}) "
                          "is gone from the API (HTTP 404): its requests are recorded as failed.")
             return False
+        except StateError as exc:  # our disk: the batch's files wait on the server
+            raise StateError(f"{exc.message}. {self._resume_hint()}") from None
         return True
 
     # -- messages, state ------------------------------------------------------------------------
