@@ -180,6 +180,11 @@ class BatchJob:
                 self._show()
             if calls.interrupted:
                 return self._stopped()
+            # Judged after a look at the batch made before the last wait, not before it: a
+            # queue that freed as the bound came let that batch in.
+            stuck = self._queue_stuck()
+            if stuck is not None:
+                return stuck
             planned = self._replan
             if self._opt.collect_only:
                 created = await self._settle_creating()
@@ -210,9 +215,6 @@ class BatchJob:
             self._queue.held.clear()
             if calls.interrupted:
                 return self._stopped()
-            stuck = self._queue_stuck()
-            if stuck is not None:
-                return stuck
             interval = min(interval * 2, max(FIRST_POLL_S, self._opt.poll_max_s))
 
     # -- planning -------------------------------------------------------------------------------
