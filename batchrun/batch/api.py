@@ -117,18 +117,25 @@ class BatchApi:
                                 self._url(f"/batches/{quote(batch_id, safe='')}/cancel"))
 
     async def batches(self, page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
-        """Every batch of the account, newest first, page by page (`after` = last id)."""
+        """Every batch of the account, newest first, page by page (`after` = last id). Each
+        once: a page that brings no batch not seen yet ends the list, since a server whose
+        `after` leads back to a page already read would otherwise be listed for ever."""
         after: str | None = None
+        seen: set[str] = set()
         while True:
             query = {"limit": str(page_size), **({"after": after} if after else {})}
             page = await self._json("GET", self._url("/batches", **query))
             data = page.get("data")
             if not isinstance(data, list):
                 return
+            new = 0
             for batch in data:
-                if isinstance(batch, dict):
+                bid = batch.get("id") if isinstance(batch, dict) else None
+                if isinstance(batch, dict) and isinstance(bid, str) and bid not in seen:
+                    seen.add(bid)
+                    new += 1
                     yield batch
-            if not page.get("has_more") or not data:
+            if not page.get("has_more") or not new:
                 return
             last = data[-1].get("id") if isinstance(data[-1], dict) else None
             if not isinstance(last, str) or last == after:
