@@ -611,8 +611,9 @@ async def collect_finished(manifest: Manifest, store: JobStore,
     finally:
         fetched.discard()
     if fetched.trouble is not None:
+        again = "with that key" if fetched.unknown else "again later"
         raise StateError(f"{fetched.trouble}. The job's batches are shown as last recorded; "
-                         f"run batchrun status {manifest.job_id} again later.")
+                         f"run batchrun status {manifest.job_id} {again}.")
     return None
 
 
