@@ -624,3 +624,37 @@ def test_a_download_that_cannot_be_written_is_a_state_error_not_a_crash(
         blocked.rmdir()
         assert run_cli("resume", h.job_id).code == 0
     assert ok_ids(h.results()) == {"r1", "r2"}
+
+
+def test_cancel_under_another_key_does_not_drop_a_part_whose_create_answer_was_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Part 2's create reached the API but its answer was lost (state "creating"): only the
+    # list can tell whether its batch exists, and under another key the list is empty.
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=6, batch_queue_tokens=40)
+    assert isinstance(h.submit(detach=True), Detached)
+    manifest = h.manifest()
+    second = manifest.batch["parts"][1]
+    lines = (h.store.home / "batches" / h.job_id / "part-00002.jsonl")
+    file_id = asyncio.run(fake.upload(lines, "part-2"))["id"]
+    asyncio.run(fake.create(file_id, "/v1/chat/completions",
+                            {"batchrun_job": h.job_id, "batchrun_part": second["key"]}))
+    second.update(state="creating", file_id=file_id)
+    h.store.save(manifest)
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    async def nothing(page_size: int = 100) -> Any:
+        for batch in []:
+            yield batch
+
+    with monkeypatch.context() as other_key:
+        other_key.setattr(fake, "retrieve", unknown)
+        other_key.setattr(fake, "cancel", unknown)
+        other_key.setattr(fake, "batches", nothing)
+        assert run_cli("cancel", h.job_id).code == 4
+    assert h.manifest().batch["parts"][1]["state"] == "creating"
+    assert h.resume() is None  # the right key: both batches found and collected
+    assert ok_ids(h.results()) == {f"r{i}" for i in range(1, 7)}
+    assert len(fake.order) == 2 and len(set(fake.created_parts())) == 2
