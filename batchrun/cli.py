@@ -394,15 +394,20 @@ def resume(
 @app.command()
 def cancel(
     job: Annotated[str, typer.Argument(help="job id, a unique prefix of it, or its output path")],
+    force: Annotated[bool, typer.Option(
+        help="also stop waiting for batches the API does not know under this key (HTTP 404), "
+             "as when they were deleted: their requests are recorded as cancelled")] = False,
 ) -> None:
     """Cancel a job's Batch API batches. Their finished results are kept: resume collects them."""
     store = JobStore()
     manifest = store.find(job)
-    cancelled, dropped = asyncio.run(runner.cancel_batches(manifest, store))
+    cancelled, dropped = asyncio.run(runner.cancel_batches(manifest, store, force))
     unsent = f"; {dropped} part{'s' if dropped != 1 else ''} not yet submitted will not be" if (
         dropped) else ""
+    gone = " (with --force, any the API does not know under this key count as gone)" if (
+        force and cancelled) else ""
     out.print(f"Cancelled {cancelled} batch{'es' if cancelled != 1 else ''} of job "
-              f"{manifest.job_id}{unsent}. Collect the results they finished with: "
+              f"{manifest.job_id}{gone}{unsent}. Collect the results they finished with: "
               f"batchrun resume {manifest.job_id} (the rest are recorded as failed, "
               "batch_cancelled; resume --retry-failed sends them again).", markup=False)
 

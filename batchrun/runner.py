@@ -557,7 +557,8 @@ def _reread_batches(manifest: Manifest, store: JobStore) -> None:
         manifest.batch = saved.batch
 
 
-async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]:
+async def cancel_batches(manifest: Manifest, store: JobStore,
+                         force: bool = False) -> tuple[int, int]:
     """`batchrun cancel`: cancel the job's running batches, under its output's lock (so not
     while a process runs the job). Returns (batches cancelled, parts dropped unsent)."""
     if store.is_running(manifest):  # first: it may be about to submit batches
@@ -579,7 +580,7 @@ async def cancel_batches(manifest: Manifest, store: JobStore) -> tuple[int, int]
         _reread_batches(manifest, store)
         if not has_open_parts(manifest.batch):  # collected since it was read
             raise nothing
-        return await cancel_job(spec, manifest, store, key)
+        return await cancel_job(spec, manifest, store, key, force)
     finally:
         lock.release()
 
@@ -611,8 +612,9 @@ async def collect_finished(manifest: Manifest, store: JobStore,
     finally:
         fetched.discard()
     if fetched.trouble is not None:
+        again = "with that key" if fetched.unknown else "again later"
         raise StateError(f"{fetched.trouble}. The job's batches are shown as last recorded; "
-                         f"run batchrun status {manifest.job_id} again later.")
+                         f"run batchrun status {manifest.job_id} {again}.")
     return None
 
 

@@ -106,6 +106,23 @@ def test_listing_follows_pages() -> None:
     assert asked == [None, "b4", "b2"]
 
 
+
+@pytest.mark.timeout(30)  # before the fix: listed for ever
+def test_a_list_whose_pages_go_round_in_a_circle_ends() -> None:
+    # A broken server: has_more stays true and `after` leads back to a page already read.
+    pages = {None: ["b5", "b4"], "b4": ["b3", "b2"], "b2": ["b5", "b4"]}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ids = pages[request.query.get("after")]
+        return web.json_response({"object": "list", "data": [{"id": i} for i in ids],
+                                  "has_more": True})
+
+    async def body(url: str) -> list[str]:
+        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+            return [b["id"] async for b in api.batches(page_size=2)]
+
+    assert asyncio.run(serve(handler, body)) == ["b5", "b4", "b3", "b2"]
+
 @pytest.mark.parametrize("status,body,error", [
     (401, {"error": {"message": f"Incorrect API key provided: {FAKE_KEY}",
                      "code": "invalid_api_key"}}, ApiRefused),

@@ -116,7 +116,10 @@ class HostileBatches:
             return web.json_response(batch())
 
         async def content(request: web.Request) -> web.StreamResponse:
-            result: web.StreamResponse = self.content(self.uploaded)
+            result = self.content(self.uploaded)
+            if not isinstance(result, web.StreamResponse):  # it streams the answer itself
+                result = await result(request)
+            assert isinstance(result, web.StreamResponse)
             return result
 
         @web.middleware
@@ -226,8 +229,8 @@ def test_a_batch_the_api_no_longer_knows_is_a_way_out_not_a_dead_end(
         h.resume()
     assert stuck.value.exit_code != 1  # nothing finished: not "some requests failed for good"
     assert "another key" in stuck.value.message
-    assert f"batchrun cancel {h.job_id}" in stuck.value.message
-    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 0)
+    assert f"batchrun cancel {h.job_id} --force" in stuck.value.message
+    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store, force=True)) == (1, 0)
     assert h.resume() is None
     assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
     assert h.manifest().failed == 2
@@ -498,3 +501,160 @@ def test_an_output_file_that_echoes_the_input_is_not_taken_for_results(
     results = h.results()
     # The batch says completed: its results are unreadable, not its requests undone.
     assert {x["error"]["code"] for x in results.values()} == {"batch_output_unavailable"}
+
+
+def test_cancel_with_another_projects_key_claims_nothing_and_the_right_key_still_collects(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under another project's key every batch answers 404 and the list is empty, while the
+    # batches run (and bill) under the key the job was started with.
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=4)
+    assert isinstance(h.submit(detach=True), Detached)
+    batch_ids = [p["batch_id"] for p in h.manifest().batch["parts"] if p["batch_id"]]
+    assert batch_ids
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    async def nothing(page_size: int = 100) -> Any:
+        for batch in []:
+            yield batch
+
+    with monkeypatch.context() as other_key:
+        other_key.setattr(fake, "retrieve", unknown)
+        other_key.setattr(fake, "cancel", unknown)
+        other_key.setattr(fake, "batches", nothing)
+        run = run_cli("cancel", h.job_id)
+        refused = run_cli("forget", h.job_id)
+    assert run.code == 4
+    said = run.stdout + run.stderr
+    assert "Cancelled" not in said
+    for batch_id in batch_ids:
+        assert batch_id in said
+    assert "another key" in said and f"batchrun cancel {h.job_id} --force" in said
+    assert refused.code == 2 and h.store.get(h.job_id) is not None
+    # The right key: every batch is collected, no request recorded as cancelled.
+    assert h.resume() is None
+    assert ok_ids(h.results()) == {"r1", "r2", "r3", "r4"}
+    assert all(b["status"] == "completed" for b in fake.by_id.values())
+    assert "cancel" not in fake.calls
+
+
+def test_cancel_force_is_the_way_out_of_batches_that_are_truly_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    assert isinstance(h.submit(detach=True), Detached)
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    monkeypatch.setattr(fake, "retrieve", unknown)
+    monkeypatch.setattr(fake, "cancel", unknown)
+    assert run_cli("cancel", h.job_id).code == 4
+    forced = run_cli("cancel", h.job_id, "--force")
+    assert forced.code == 0, forced.stderr
+    assert "count as gone" in forced.stdout
+    assert h.resume() is None
+    assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
+    assert run_cli("forget", h.job_id).code == 0
+
+
+def test_two_status_calls_at_once_each_fetch_a_whole_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `status JOB` looks without the output's lock, so two of them (a watch loop and a user)
+    # may download the same finished batch at once: both downloads are held half sent until
+    # both have started, so they overlap on disk.
+    halfway: list[asyncio.Future[None]] = []
+
+    def content(uploaded: list[dict[str, Any]]) -> Any:
+        body = b"".join(ok_line(x["custom_id"]) for x in uploaded)
+
+        async def stream(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(body[:10])
+            if halfway:
+                halfway[0].set_result(None)
+            else:
+                halfway.append(asyncio.get_running_loop().create_future())
+                await halfway[0]
+            await response.write(body[10:])
+            await response.write_eof()
+            return response
+
+        return stream
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=3)
+        assert isinstance(h.submit(detach=True), Detached)
+        manifest = h.manifest()
+        spec, _ = runner.spec_from_manifest(manifest, {})
+
+        async def two() -> list[Any]:
+            looks = [batch_entry.look_at_batches(spec, manifest, h.store, FAKE_KEY)
+                     for _ in range(2)]
+            return list(await asyncio.gather(*looks, return_exceptions=True))
+
+        fetched = asyncio.run(two())
+    assert [type(f).__name__ for f in fetched] == ["Fetched", "Fetched"]
+    for f in fetched:
+        assert f.trouble is None
+        (path,) = f.files.values()
+        lines = path.read_bytes().splitlines()
+        assert [orjson.loads(x)["custom_id"] for x in lines] == ["r1", "r2", "r3"]
+
+
+def test_a_download_that_cannot_be_written_is_a_state_error_not_a_crash(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def content(uploaded: list[dict[str, Any]]) -> web.Response:
+        return web.Response(body=b"".join(ok_line(x["custom_id"]) for x in uploaded))
+
+    with HostileBatches(content) as server:
+        h = real_api_harness(tmp_path, monkeypatch, server, n=2)
+        assert isinstance(h.submit(detach=True), Detached)
+        # Something in the way of the download (a full disk, a quota, a name taken): here a
+        # directory where the file being downloaded goes.
+        blocked = h.store.home / "batches" / h.job_id / "part-00001.output.jsonl.part"
+        blocked.mkdir(parents=True)
+        run = run_cli("resume", h.job_id)
+        assert run.code == 5, run.stderr
+        assert "internal error" not in run.stderr and "part-00001.output.jsonl" in run.stderr
+        assert f"batchrun resume {h.job_id}" in run.stderr
+        blocked.rmdir()
+        assert run_cli("resume", h.job_id).code == 0
+    assert ok_ids(h.results()) == {"r1", "r2"}
+
+
+def test_cancel_under_another_key_does_not_drop_a_part_whose_create_answer_was_lost(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Part 2's create reached the API but its answer was lost (state "creating"): only the
+    # list can tell whether its batch exists, and under another key the list is empty.
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=6, batch_queue_tokens=40)
+    assert isinstance(h.submit(detach=True), Detached)
+    manifest = h.manifest()
+    second = manifest.batch["parts"][1]
+    lines = (h.store.home / "batches" / h.job_id / "part-00002.jsonl")
+    file_id = asyncio.run(fake.upload(lines, "part-2"))["id"]
+    asyncio.run(fake.create(file_id, "/v1/chat/completions",
+                            {"batchrun_job": h.job_id, "batchrun_part": second["key"]}))
+    second.update(state="creating", file_id=file_id)
+    h.store.save(manifest)
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    async def nothing(page_size: int = 100) -> Any:
+        for batch in []:
+            yield batch
+
+    with monkeypatch.context() as other_key:
+        other_key.setattr(fake, "retrieve", unknown)
+        other_key.setattr(fake, "cancel", unknown)
+        other_key.setattr(fake, "batches", nothing)
+        assert run_cli("cancel", h.job_id).code == 4
+    assert h.manifest().batch["parts"][1]["state"] == "creating"
+    assert h.resume() is None  # the right key: both batches found and collected
+    assert ok_ids(h.results()) == {f"r{i}" for i in range(1, 7)}
+    assert len(fake.order) == 2 and len(set(fake.created_parts())) == 2

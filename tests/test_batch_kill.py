@@ -77,3 +77,36 @@ def test_ctrl_c_of_a_real_process_leaves_its_batch_running(tmp_path: Path,
     assert "goes on running on the server (Ctrl-C does not cancel it)" in said
     assert "batchrun resume jobs-" in said and "batchrun cancel jobs-" in said
     assert sim.stats.batch.cancels == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_kill_9_during_resume_via_sync_beside_open_batches(tmp_path: Path, sim_factory: Any,
+                                                           seed: int) -> None:
+    # The job's first batch runs on the server; `resume --via sync` (and with
+    # --cancel-batches) is killed at random moments. No batch is ever created for the rest,
+    # and the last resume gives one line per id.
+    rng = random.Random(seed)
+    sim = sim_factory(SimConfig(batch=BatchConfig(seconds=3)))
+    n = 40
+    jobs = write_jsonl(tmp_path / "jobs.jsonl",
+                       [{"id": f"r{i}", "prompt": f"question number {i}", "max_tokens": 5}
+                        for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    submit = batchrun("submit", str(jobs), "-o", str(out), "--base-url", sim.base_url,
+                      "--via", "batch", "--batch-queue-tokens", "400", "--detach", "-q")
+    assert submit.wait(60) == 0
+    created = len(sim.stats.batch.created)
+    assert created == 1
+    for extra in ([], ["--cancel-batches"], []):
+        proc = batchrun("resume", str(out), "--via", "sync", *extra, "-q")
+        time.sleep(rng.uniform(0.2, 1.5))  # the moment of the kill, not a synchronisation
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    final = batchrun("resume", str(out), "--via", "sync", "-q", stderr=subprocess.PIPE)
+    _, stderr = final.communicate(timeout=90)
+    assert final.returncode == 0, stderr.decode()
+    results = read_results(out)  # fails on a duplicate id
+    assert set(results) == {f"r{i}" for i in range(n)}
+    assert all(line["error"] is None for line in results.values()), results
+    assert len(sim.stats.batch.created) == created, "a batch was created for the sync path"
+    assert all(runs == 1 for runs in sim.stats.batch.runs.values())

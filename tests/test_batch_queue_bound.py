@@ -51,3 +51,20 @@ def test_a_queue_that_frees_within_the_bound_is_waited_for(
     h = Harness(tmp_path, fake, monkeypatch, n=3, max_retries=1)
     assert h.submit() is None
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+
+
+def test_a_queue_that_frees_just_at_the_bound_is_not_called_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another tool's batches leave the queue exactly when the bound is reached: the batch
+    # batchrun created before its last wait got in, and the next look would find it done.
+    h: Harness
+
+    def queue(n: int) -> Outcome:
+        return QUEUE_FULL if sum(h.naps) < batch_run.QUEUE_WAIT_MAX_S else Outcome()
+
+    fake = FakeBatchApi(queue, steps=1)
+    h = Harness(tmp_path, fake, monkeypatch, n=3, max_retries=1)
+    stop = h.submit()
+    assert stop is None, stop.message if stop else ""
+    assert ok_ids(h.results()) == {"r1", "r2", "r3"}
+    assert h.manifest().state == "done"

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from batchrun import runner
 from batchrun.batch.run import Detached
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.conftest import run_cli
@@ -66,3 +67,29 @@ def test_cancel_batches_goes_with_via_sync_only(
     run = run_cli("resume", h.job_id, "--cancel-batches")
     assert run.code == 2 and "--via sync" in run.stderr
     assert h.fake.calls.count("cancel") == 0
+
+
+def test_a_kill_during_cancel_batches_then_a_plain_resume_sends_the_rest_not_fails_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: Any) -> None:
+    # `resume --via sync --cancel-batches` is killed (-9) once the cancel is recorded, before
+    # the sync path sent anything; the user then runs the resume command status prints.
+    fake = FakeBatchApi(lambda n: Outcome(finish=1), steps=3)
+    h = half_on_the_server(tmp_path, monkeypatch, sim, fake)
+
+    class Killed(BaseException):
+        pass
+
+    async def killed(*args: Any, **kwargs: Any) -> None:
+        raise Killed  # the process ends here: nothing after it is saved
+
+    with monkeypatch.context() as m:
+        m.setattr(runner, "_run_engine", killed)
+        with pytest.raises(Killed):
+            h.resume(via="sync", cancel_batches=True)
+    assert fake.calls.count("cancel") == 1
+    assert h.resume() is None
+    results = h.results()
+    assert ok_ids(results) == ALL, {c: r["error"] for c, r in results.items() if r["error"]}
+    created = fake.created_parts()
+    assert len(created) == len(set(created))  # no part created twice
+    assert sim.stats.ok == len(ALL) - len(in_batch(h))  # each request answered once

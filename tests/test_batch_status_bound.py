@@ -16,7 +16,7 @@ from aiohttp import web
 
 from batchrun import runner
 from batchrun.batch import entry as batch_entry
-from batchrun.batch.api import BatchApi
+from batchrun.batch.api import ApiCallFailed, BatchApi
 from batchrun.batch.run import Detached
 from batchrun.errors import BatchrunError
 from batchrun.events import Stats
@@ -168,3 +168,21 @@ def test_cancel_goes_on_while_a_status_waits_for_the_api(
     assert not status.is_alive() and "did not answer" in ended[0].message
     assert after_cancel["cancelled"] is True
     assert h.manifest().batch == after_cancel
+
+
+def test_status_under_another_projects_key_says_so_not_try_again_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeBatchApi(steps=3)
+    h = Harness(tmp_path, fake, monkeypatch, n=2)
+    assert isinstance(h.submit(detach=True), Detached)
+    batch_id = h.manifest().batch["parts"][0]["batch_id"]
+
+    async def unknown(batch_id: str) -> dict[str, Any]:
+        raise ApiCallFailed(f"HTTP 404: No such Batch object: {batch_id}", 404, "")
+
+    monkeypatch.setattr(fake, "retrieve", unknown)
+    run = run_cli("status", h.job_id)
+    assert run.code == 0, run.stderr
+    assert batch_id in run.stderr and "another key" in run.stderr
+    assert "again later" not in run.stderr
+    assert h.manifest().batch["parts"][0]["state"] == "submitted"

@@ -24,7 +24,7 @@ import orjson
 
 from batchrun.classify import REFUSAL_CODES, capped, secret_forms
 from batchrun.endpoint import Endpoint, env_proxy, proxy_secrets
-from batchrun.errors import ApiRefused, BatchrunError, printable, redact
+from batchrun.errors import ApiRefused, BatchrunError, StateError, printable, redact
 from batchrun.fsutil import PRIVATE_FILE
 
 # The API's answers are small JSON objects; only file contents are large, and those are
@@ -117,18 +117,25 @@ class BatchApi:
                                 self._url(f"/batches/{quote(batch_id, safe='')}/cancel"))
 
     async def batches(self, page_size: int = 100) -> AsyncIterator[dict[str, Any]]:
-        """Every batch of the account, newest first, page by page (`after` = last id)."""
+        """Every batch of the account, newest first, page by page (`after` = last id). Each
+        once: a page that brings no batch not seen yet ends the list, since a server whose
+        `after` leads back to a page already read would otherwise be listed for ever."""
         after: str | None = None
+        seen: set[str] = set()
         while True:
             query = {"limit": str(page_size), **({"after": after} if after else {})}
             page = await self._json("GET", self._url("/batches", **query))
             data = page.get("data")
             if not isinstance(data, list):
                 return
+            new = 0
             for batch in data:
-                if isinstance(batch, dict):
+                bid = batch.get("id") if isinstance(batch, dict) else None
+                if isinstance(batch, dict) and isinstance(bid, str) and bid not in seen:
+                    seen.add(bid)
+                    new += 1
                     yield batch
-            if not page.get("has_more") or not data:
+            if not page.get("has_more") or not new:
                 return
             last = data[-1].get("id") if isinstance(data[-1], dict) else None
             if not isinstance(last, str) or last == after:
@@ -151,6 +158,9 @@ class BatchApi:
                 tmp.replace(dest)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transient(exc) from None
+        except OSError as exc:  # the disk's, not the API's: asking again cannot help
+            raise StateError(f"cannot write the downloaded {dest}: {exc.strerror}. The batch's "
+                             "results stay on the server until its files expire") from None
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ async def collect_fetched(spec: JobSpec, manifest: Manifest, store: JobStore, ap
 
 
 async def cancel_job(spec: JobSpec, manifest: Manifest, store: JobStore,
-                     api_key: str) -> tuple[int, int]:
+                     api_key: str, force: bool = False) -> tuple[int, int]:
     """`batchrun cancel`: (batches cancelled, parts not yet submitted that were dropped)."""
     book = BatchBook.load(manifest.batch, manifest.job_id)
 
@@ -79,7 +79,7 @@ async def cancel_job(spec: JobSpec, manifest: Manifest, store: JobStore,
 
     async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
         try:
-            return await cancel_interruptibly(book, api, manifest.job_id, save)
+            return await cancel_interruptibly(book, api, manifest.job_id, save, force)
         except Transient as exc:
             raise StateError(f"The Batch API at {spec.endpoint.host} did not answer ({exc.message})"
                              f"; run batchrun cancel {manifest.job_id} again.") from None

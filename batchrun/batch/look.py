@@ -6,12 +6,13 @@ by `Fetched.api()` standing in for the API: local work only."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.batch.api import Transient
+from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.batch.parts import SUBMITTED, TERMINAL, BatchBook, Part, PartFiles
 from batchrun.batch.remote import Api, text
 from batchrun.errors import BatchrunError, StateError
@@ -26,6 +27,7 @@ class Fetched:
     batches: dict[int, dict[str, Any]] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     trouble: str | None = None
+    unknown: bool = False  # the trouble is a 404: asking again later, with this key, cannot help
 
     def finished(self, part: Part) -> bool:
         """Were part's batch object and every file it names fetched?"""
@@ -63,6 +65,14 @@ async def look(api: Api, host: str, manifest: Manifest, home: Path) -> Fetched:
             fetched.trouble = (f"The Batch API at {host} did not answer "
                                f"({exc.message})")
             break
+        except ApiCallFailed as exc:
+            fetched.unknown = exc.status == 404
+            fetched.trouble = (
+                f"The Batch API does not know batch {part.batch_id} under this key (HTTP 404): "
+                f"was job {manifest.job_id} started with another key or project? It may still "
+                "run under that one" if fetched.unknown else
+                f"The Batch API refused checking batch {part.batch_id}: {exc.message}")
+            break
         except BatchrunError as exc:  # a refusal: the run that meets it says what to do
             fetched.trouble = (f"The Batch API refused checking batch {part.batch_id}: "
                                f"{exc.message}")
@@ -78,7 +88,10 @@ async def _download(api: Api, files: PartFiles, part: Part, batch: dict[str, Any
         if file_id is None:
             continue
         files.ensure()
-        staged = files.download_path(part.n, which).with_suffix(".status")
+        # A name of this look's own: two `status` calls at once (no lock is held while they
+        # download) would otherwise write, rename and merge one another's half files.
+        staged = files.download_path(part.n, which).with_suffix(
+            f".status-{os.getpid()}-{secrets.token_hex(4)}")
         fetched.files[file_id] = staged
         await api.download(file_id, staged)
 

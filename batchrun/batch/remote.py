@@ -20,7 +20,7 @@ from batchrun.batch.parts import (
     BatchBook,
     Part,
 )
-from batchrun.errors import Interrupted
+from batchrun.errors import ApiRefused, Interrupted
 from batchrun.signals import on_signals
 
 
@@ -94,10 +94,10 @@ async def find_batch(api: Api, job_id: str, part: Part) -> dict[str, Any] | None
 
 
 async def cancel_interruptibly(book: BatchBook, api: Api, job_id: str,
-                               save: Callable[[], None]) -> tuple[int, int]:
+                               save: Callable[[], None], force: bool = False) -> tuple[int, int]:
     """`cancel_parts`, with Ctrl-C and SIGTERM ending it at once and saying what it did: each
     part's record is saved as it goes, so only the cancels the API accepted are recorded."""
-    task = asyncio.ensure_future(cancel_parts(book, api, job_id, save))
+    task = asyncio.ensure_future(cancel_parts(book, api, job_id, save, force))
 
     def stop() -> None:
         task.cancel()
@@ -118,27 +118,42 @@ def _may_run(part: Part) -> bool:
                                          and part.api_status not in UNSTOPPABLE)
 
 
-async def cancel_parts(book: BatchBook, api: Api, job_id: str,
-                       save: Callable[[], None]) -> tuple[int, int]:
+async def cancel_parts(book: BatchBook, api: Api, job_id: str, save: Callable[[], None],
+                       force: bool = False) -> tuple[int, int]:
     """Cancel every batch of the job still running; parts not yet created are dropped first,
     before any call that may fail, so nothing is created after a cancel (resume submits
     nothing new until --retry-failed). A part records the cancel only when the API accepted
-    it, or said its batch is past cancelling. Returns (batches cancelled, parts dropped)."""
+    it, or said its batch is past cancelling. Returns (batches cancelled, parts dropped).
+
+    A batch the API does not know (404) is most often one made under another project's key,
+    where it still runs and bills: it stays open (a resume with that key collects it) and
+    ApiRefused names it, unless `force` says the user knows it is gone."""
     book.cancelled = True
     dropped = _drop_unsent(book)
     save()
-    cancelled = 0
-    for part in book.parts:
+    cancelled, unknown = 0, list[str]()
+    # Created parts first: a 404 among them means the list answers for another key too, so
+    # a part whose create answer was lost cannot be called never created by its absence.
+    for part in sorted(book.parts, key=lambda p: p.state == "creating"):
         if part.state == "creating":
-            found = await find_batch(api, job_id, part)
-            if found is None:
-                part.state, dropped = DROPPED, dropped + 1
-            else:
+            found = None if unknown and not force else await find_batch(api, job_id, part)
+            if found is not None:
                 adopt(part, found)
+            elif not unknown or force:
+                part.state, dropped = DROPPED, dropped + 1
         if part.state == SUBMITTED and _may_run(part):
-            cancelled += await _cancel(api, part)
+            try:
+                cancelled += await _cancel(api, part, force)
+            except _Unknown:
+                unknown.append(part.batch_id or f"part {part.n}")
         save()
+    if unknown:
+        raise ApiRefused(words.cancel_unknown(job_id, unknown, cancelled, dropped))
     return cancelled, dropped
+
+
+class _Unknown(Exception):
+    """The API answered 404 for the batch under this key."""
 
 
 def _drop_unsent(book: BatchBook) -> int:
@@ -148,7 +163,7 @@ def _drop_unsent(book: BatchBook) -> int:
     return len(unsent)
 
 
-async def _cancel(api: Api, part: Part) -> int:
+async def _cancel(api: Api, part: Part, force: bool) -> int:
     """1 if the API accepted the cancel. A refusal (OpenAI answers 409 "Cannot cancel a batch
     with status 'completed'", whatever code another server uses) is asked about: a batch past
     cancelling is left for resume to collect; one still running makes the refusal stand."""
@@ -157,8 +172,9 @@ async def _cancel(api: Api, part: Part) -> int:
         adopt(part, await api.cancel(part.batch_id))
     except ApiCallFailed as exc:
         if exc.status == 404:
-            # Unknown to the API (deleted, or made with another key): nothing of it can be
-            # collected, so its requests end as a cancelled batch's would.
+            if not force:
+                raise _Unknown from None
+            # The user says it is gone (deleted): its requests end as a cancelled batch's.
             part.api_status, part.cancel_asked = "cancelled", True
             return 1
         if not await _past_cancelling(api, part):

@@ -180,6 +180,11 @@ class BatchJob:
                 self._show()
             if calls.interrupted:
                 return self._stopped()
+            # Judged after a look at the batch made before the last wait, not before it: a
+            # queue that freed as the bound came let that batch in.
+            stuck = self._queue_stuck()
+            if stuck is not None:
+                return stuck
             planned = self._replan
             if self._opt.collect_only:
                 created = await self._settle_creating()
@@ -210,9 +215,6 @@ class BatchJob:
             self._queue.held.clear()
             if calls.interrupted:
                 return self._stopped()
-            stuck = self._queue_stuck()
-            if stuck is not None:
-                return stuck
             interval = min(interval * 2, max(FIRST_POLL_S, self._opt.poll_max_s))
 
     # -- planning -------------------------------------------------------------------------------
@@ -383,9 +385,10 @@ class BatchJob:
             return StateError(
                 f"The Batch API does not know batch {batch_id} of part {part.n} (HTTP 404): "
                 f"was job {job} started with another key or project, or the batch deleted? "
-                f"Run it again with that key, or stop waiting for the batch with: batchrun "
-                f"cancel {job} (its requests are then recorded as failed; resume "
-                "--retry-failed sends them again, billed again if the batch did run).")
+                "Run it again with that key, or, if the batch is truly gone, stop waiting "
+                f"for it with: batchrun cancel {job} --force (its requests are then recorded "
+                "as failed; resume --retry-failed sends them again, billed again if the batch "
+                "did run).")
 
         return await self._calls.call(f"checking batch {batch_id}",
                                       partial(self.api.retrieve, batch_id), refused)
@@ -458,6 +461,8 @@ class BatchJob:
             self._notify(f"The {which} file {file_id} of batch {part.batch_id} (part {part.n}) "
                          "is gone from the API (HTTP 404): its requests are recorded as failed.")
             return False
+        except StateError as exc:  # our disk: the batch's files wait on the server
+            raise StateError(f"{exc.message}. {self._resume_hint()}") from None
         return True
 
     # -- messages, state ------------------------------------------------------------------------

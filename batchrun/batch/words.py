@@ -108,3 +108,16 @@ def progress(all_parts: list[Part], queued: Callable[[str], int],
         for m in models)
     more = f" · +{len(parts) - SHOWN_PARTS} parts" if len(parts) > SHOWN_PARTS else ""
     return " · ".join(shown) + more + " · " + queues
+
+
+def cancel_unknown(job: str, unknown: list[str], cancelled: int, dropped: int) -> str:
+    done = f"cancelled {_batches(cancelled)}" if cancelled else "cancelled no batch"
+    if dropped:
+        done += f" and dropped {dropped} part{'s' if dropped != 1 else ''} not yet submitted"
+    return (f"The Batch API does not know {_batches(len(unknown))} of job {job} under this key "
+            f"(HTTP 404): {', '.join(unknown)}. {'They' if len(unknown) != 1 else 'It'} may "
+            "still run, and bill, under another key or project (the one the job was started "
+            f"with): run batchrun cancel {job} again with that key, or batchrun resume {job} "
+            f"with it to collect the results. If the batch is truly gone (deleted), stop "
+            f"waiting for it with: batchrun cancel {job} --force (its requests are then "
+            f"recorded as failed, batch_cancelled). So far: {done}.")
