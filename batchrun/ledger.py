@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS learned (
     PRIMARY KEY (host, key_fingerprint, model)
 );
 """
+# Columns of `usage` that ledgers written by earlier versions may lack (all counts, default 0).
+_USAGE_COLUMNS_ADDED = ("exhausted", "tpd", "rpd", "charge")
 BILLED, CHARGE = "billed", "charge"
 # "… on tokens per day (TPD): Limit 2000000, Used 1999000, Requested 1200. …"
 _USED_PER_DAY = re.compile(r"\(TPD\)\s*:.*?Used\s+(\d+)", re.IGNORECASE | re.DOTALL)
@@ -171,24 +173,26 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
-                self._add_charge_column()
+                self._add_missing_columns()
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
-    def _add_charge_column(self) -> None:
-        """A ledger written before the second count has no `charge` column: add it (another
-        process may add it at the same moment)."""
+    def _add_missing_columns(self) -> None:
+        """A ledger written by an earlier version lacks the columns added since (`exhausted`,
+        the budgets, the charge): add them with their defaults, so its counts go on being used
+        (another process may add one at the same moment)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(usage)")}
-        if "charge" in columns:
-            return
-        try:
-            self._db.execute("ALTER TABLE usage ADD COLUMN charge INTEGER NOT NULL DEFAULT 0")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
+        for name in _USAGE_COLUMNS_ADDED:
+            if name in columns:
+                continue
+            try:
+                self._db.execute(f"ALTER TABLE usage ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         try:
