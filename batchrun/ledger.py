@@ -645,6 +645,12 @@ def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
     if rpd and usage.requests >= rpd:
         return (f"Daily request budget reached for {model}: {usage.requests:,} "
                 f"of {rpd:,} requests used on {day} (UTC)")
+    if tpd and usage.exhausted and "(RPD)" in server_message:
+        # The API's request limit ran out, not the token budget: name the limit that stopped.
+        requests = f"{usage.requests:,} request" + ("" if usage.requests == 1 else "s")
+        return (f"Daily request budget reached for {model}: the API says its per-day request "
+                f"limit is spent on {day} (UTC); batchrun used {requests} and "
+                f"{usage.tokens:,} of {tpd:,} tokens")
     if tpd and usage.exhausted and usage.tokens < tpd:
         # The server's count, not ours, ran out: other tools or hosts on the key, or a
         # different way of counting. Say what batchrun used, not the limit.
