@@ -58,3 +58,24 @@ def test_a_per_day_request_limit_of_the_api_is_not_called_a_token_budget(tmp_pat
                            "per-day request limit is spent")
     assert "batchrun used 1 request and 2,500 of 2,000,000 tokens" in said
     assert "token budget" not in said
+
+
+def test_the_request_limit_is_still_named_when_the_stop_is_met_again(tmp_path: Path) -> None:
+    # A resume the same day meets the spent day without the server's words: it said "Daily
+    # token budget reached" although the API's per-day 429 had been about requests.
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    try:
+        budget = DailyBudget(ledger, SCOPE, tpd=100_000, rpd=0)
+        day = budget.reserve(70)
+        assert day is not None
+        budget.settle(day, 70, 80)
+        budget.exhaust(day, "… on requests per day (RPD): Limit 5, Used 5, Requested 1.")
+    finally:
+        ledger.close()
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    try:
+        said = DailyBudget(ledger, SCOPE, tpd=100_000, rpd=0).describe()
+    finally:
+        ledger.close()
+    assert said.startswith("Daily request budget reached for gpt-4o-mini: the API says its "
+                           "per-day request limit is spent")
