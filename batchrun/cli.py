@@ -550,8 +550,10 @@ def _ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
     state when one is given: every host's usage)."""
     key = os.environ.get(endpoint.key_env, "").strip()
     path = JobStore().home / "ledger.sqlite3"
-    if not key or (state is None and not path.exists()):
+    if not key:
         return nothing_known, False
+    if state is None and not path.exists():  # no job has run here yet: nothing used, known
+        return nothing_known, True
     day, usage = usage_today(state, path)
     host, fingerprint = ledger.ledger_host(endpoint.host), ledger.key_fingerprint(key)
     learned = ledger.accountings_in(path, host, fingerprint) if path.exists() else {}

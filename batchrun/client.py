@@ -133,9 +133,11 @@ class ApiClient:
         except aiohttp.ClientError as exc:
             # The text may quote the proxy's URL with its password, or a proxy's reason phrase.
             message = self._said(f"{type(exc).__name__}: {exc}")
-            # No connection was made (refused, no route, DNS): the request never reached the
-            # API, so it cannot have been billed. A reset on a connection that was open can.
-            reached = not isinstance(exc, aiohttp.ClientConnectorError)
+            # No connection was made (refused, no route, DNS), or the proxy refused the tunnel
+            # (CONNECT answered 403/407/502): the request never reached the API, so it cannot
+            # have been billed. A reset on a connection that was open can.
+            reached = not isinstance(exc, (aiohttp.ClientConnectorError,
+                                           aiohttp.ClientHttpProxyError))
             return Outcome(Kind.RETRY, code="connection_error", message=message, sent=reached)
 
     def _said(self, text: str) -> str:

@@ -56,7 +56,12 @@ CREATE TABLE IF NOT EXISTS learned (
     PRIMARY KEY (host, key_fingerprint, model)
 );
 """
+# Columns of `usage` that ledgers written by earlier versions may lack (all counts, default 0).
+_USAGE_COLUMNS_ADDED = ("exhausted", "tpd", "rpd", "charge")
 BILLED, CHARGE = "billed", "charge"
+# `exhausted` of a day the API's per-day request limit (RPD) spent; 1 is any other per-day 429.
+# Any value but 0 stops the day, so an older batchrun reading this one's ledger stops as well.
+EXHAUSTED_REQUESTS = 2
 # "… on tokens per day (TPD): Limit 2000000, Used 1999000, Requested 1200. …"
 _USED_PER_DAY = re.compile(r"\(TPD\)\s*:.*?Used\s+(\d+)", re.IGNORECASE | re.DOTALL)
 
@@ -124,6 +129,8 @@ class DayUsage:
     requests: int
     exhausted: bool
     charge: int = 0  # the server's rate-limit charge (tokens: what it bills)
+    # The per-day 429 that spent the day was about requests (RPD), not tokens.
+    exhausted_requests: bool = False
 
 
 class Ledger:
@@ -171,24 +178,26 @@ class Ledger:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
-                self._add_charge_column()
+                self._add_missing_columns()
                 return
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
 
-    def _add_charge_column(self) -> None:
-        """A ledger written before the second count has no `charge` column: add it (another
-        process may add it at the same moment)."""
+    def _add_missing_columns(self) -> None:
+        """A ledger written by an earlier version lacks the columns added since (`exhausted`,
+        the budgets, the charge): add them with their defaults, so its counts go on being used
+        (another process may add one at the same moment)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(usage)")}
-        if "charge" in columns:
-            return
-        try:
-            self._db.execute("ALTER TABLE usage ADD COLUMN charge INTEGER NOT NULL DEFAULT 0")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
+        for name in _USAGE_COLUMNS_ADDED:
+            if name in columns:
+                continue
+            try:
+                self._db.execute(f"ALTER TABLE usage ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         try:
@@ -221,7 +230,7 @@ class Ledger:
         if not all(isinstance(n, int) for n in (tokens, requests, exhausted, charge)):
             raise self._damaged(f"the counts of {scope.model} on {day} are not numbers")
         return DayUsage(day, tokens + pending[0], requests + pending[1], bool(exhausted),
-                        charge + pending[2])
+                        charge + pending[2], exhausted == EXHAUSTED_REQUESTS)
 
     def usage_rows(self, day: dt.date) -> list[dict[str, object]]:
         """Every (host, key, model) row of one UTC day, for `batchrun status`."""
@@ -239,6 +248,7 @@ class Ledger:
                 if not isinstance(row[name], int):
                     raise self._damaged(f"{name} of {row['model']} on {row['day']} is "
                                         f"{row[name]!r}, not a count")
+            row["exhausted"] = int(bool(row["exhausted"]))  # which per-day limit: usage() says
         return rows
 
     def _damaged(self, what: str) -> StateError:
@@ -308,12 +318,14 @@ class Ledger:
             self._apply_pending()
             self._add(scope, day.isoformat(), tokens, requests)
 
-    def exhaust(self, scope: Scope, day: dt.date) -> None:
-        """The server says the day's budget is spent: no process should try again that day."""
+    def exhaust(self, scope: Scope, day: dt.date, requests: bool = False) -> None:
+        """The server says the day's budget is spent: no process should try again that day.
+        `requests`: its per-day 429 was about requests (kept, so a later stop names it)."""
+        flag = EXHAUSTED_REQUESTS if requests else 1
         self._write(
-            "INSERT INTO usage (host, key_fingerprint, model, day, exhausted) VALUES (?,?,?,?,1) "
-            "ON CONFLICT DO UPDATE SET exhausted=1",
-            (scope.host, scope.key_fingerprint, scope.model, day.isoformat()),
+            "INSERT INTO usage (host, key_fingerprint, model, day, exhausted) VALUES (?,?,?,?,?) "
+            "ON CONFLICT DO UPDATE SET exhausted=excluded.exhausted",
+            (scope.host, scope.key_fingerprint, scope.model, day.isoformat(), flag),
         )
 
     def _add(self, scope: Scope, day: str, tokens: int, requests: int, charge: int = 0) -> None:
@@ -584,7 +596,7 @@ class DailyBudget:
         """The API said the budget of `day` (the reservation's day) is spent. Its per-day 429
         says how much it counts as used: whichever of our two counts is nearer is what a
         --tpd budget stops on from then on."""
-        self.ledger.exhaust(self.scope, day)
+        self.ledger.exhaust(self.scope, day, requests=_about_requests(server_message))
         self._exhausted_day = day
         self.release()
         self.ledger.flush()
@@ -627,6 +639,11 @@ def counted_by_server(server_message: str, billed: int, charge: int) -> str | No
     return CHARGE if abs(used - charge) < abs(used - billed) else BILLED
 
 
+def _about_requests(server_message: str) -> bool:
+    """A per-day 429 about the request limit (RPD), not the token limit."""
+    return "(RPD)" in server_message
+
+
 def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
                    server_message: str = "", others: int = 0) -> str:
     """Why a model's day is spent, in the words of DailyBudget.describe (also the Redis
@@ -635,12 +652,19 @@ def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
     `others`: the tokens of the day other jobs used."""
     day = usage.day.isoformat()
     if usage.exhausted and not (tpd or rpd):
-        what = "request" if "(RPD)" in server_message else "token"
+        what = ("request" if _about_requests(server_message) or usage.exhausted_requests
+                else "token")
         return (f"Daily {what} budget reached for {model}: the API's per-day limit is spent "
                 f"on {day} (UTC)")
     if rpd and usage.requests >= rpd:
         return (f"Daily request budget reached for {model}: {usage.requests:,} "
                 f"of {rpd:,} requests used on {day} (UTC)")
+    if tpd and usage.exhausted and (_about_requests(server_message) or usage.exhausted_requests):
+        # The API's request limit ran out, not the token budget: name the limit that stopped.
+        requests = f"{usage.requests:,} request" + ("" if usage.requests == 1 else "s")
+        return (f"Daily request budget reached for {model}: the API says its per-day request "
+                f"limit is spent on {day} (UTC); batchrun used {requests} and "
+                f"{usage.tokens:,} of {tpd:,} tokens")
     if tpd and usage.exhausted and usage.tokens < tpd:
         # The server's count, not ours, ran out: other tools or hosts on the key, or a
         # different way of counting. Say what batchrun used, not the limit.

@@ -21,6 +21,17 @@ def _minutes(m: float) -> str:
     return f"{m / 60:,.1f} h"
 
 
+def _time_row(m: dict[str, Any], parts: list[str]) -> str:
+    """The time to finish by each limit and the one that binds; with none binding, no pace."""
+    if not m["binding"]:
+        unknown = (f" (no preset limits for {m['model']}: give --rpm/--tpm/--tpd to plan with "
+                   "the server's limits)") if not m["known_model"] else ""
+        return "no limit binds: as fast as the server answers" + unknown
+    return (" · ".join(parts) + f" → {_minutes(m['minutes_to_finish'])}, "
+            f"{_binds(m['binding'])} (at the steady rate; a full bucket at the start can save "
+            "up to a minute)")
+
+
 def render_estimate(console: Console, e: dict[str, Any]) -> None:
     console.print(f"{e['input']}: {_count(e['requests'], 'request')}, "
                   f"{_count(len(e['models']), 'model')} · {e['tier']} · list prices of "
@@ -51,13 +62,7 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
         mins = m["minutes"]
         parts = [f"{_minutes(v)} by {_limit_name(k.removeprefix('by_'))}"
                  for k, v in mins.items() if v is not None]
-        binds = f" → {_minutes(m['minutes_to_finish'])}, {_binds(m['binding'])}" if (
-            m["binding"]) else " → no limit binds"
-        if not m["binding"] and not m["known_model"]:
-            binds += (f" (no preset limits for {m['model']}: give --rpm/--tpm/--tpd to plan "
-                      "with the server's limits)")
-        table.add_row("time", " · ".join(parts) + binds + " (at the steady rate; a full "
-                      "bucket at the start can save up to a minute)")
+        table.add_row("time", _time_row(m, parts))
         table.add_row("counted as", _accounting(m["accounting"]))
         for ep in m.get("endpoints", []):
             rate = ep["requests_per_min"]

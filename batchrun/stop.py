@@ -63,48 +63,45 @@ def abandoned_note(abandoned: int) -> str:
 
 def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
     """The message and exit code the user sees. `resume`: the command that continues the job."""
-    error = _phrase(stop, output, resume, key_env)
-    if stop.abandoned and stop.kind is not StopKind.STATE:  # STATE words it in its sentence
-        error = type(error)(error.message + abandoned_note(stop.abandoned))
-    return error
-
-
-def _phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
     done = f"{stop.done:,} of {stop.total:,} requests done"
+    # Said before the resume command, never after it: run on from the command, the count read
+    # (and was copied) as its arguments.
+    note = abandoned_note(stop.abandoned)
     if stop.kind is StopKind.DAILY:
         said = f" (The server said: {stop.server_message})" if stop.server_message else ""
         wait = fmt_wait(stop.until_reset or dt.timedelta())
         return DailyLimitReached(
-            f"{stop.budget}. {done}.{said} Resume after 00:00 UTC (in {wait}) with: {resume}")
+            f"{stop.budget}. {done}.{said}{note} Resume after 00:00 UTC (in {wait}) with: "
+            f"{resume}")
     if stop.kind is StopKind.REFUSED:
         return ApiRefused(
             f"The API refused the request: {stop.server_message} ({stop.code}, HTTP "
-            f"{stop.status}). Check ${key_env}, the account's billing and quota, then continue "
-            f"with: {resume} (the {stop.done:,} finished results in {output} are kept).")
+            f"{stop.status}).{note} Check ${key_env}, the account's billing and quota, then "
+            f"continue with: {resume} (the {stop.done:,} finished results in {output} are kept).")
     if stop.kind is StopKind.NO_NETWORK:
         return StateError(
             f"Cannot reach {stop.host}: no request has got through and every attempt failed "
             f"to connect (last: {stop.server_message}). Nothing was recorded as failed; "
-            f"{done}. Check the network, the proxy settings and the base URL, then continue "
-            f"with: {resume}")
+            f"{done}.{note} Check the network, the proxy settings and the base URL, then "
+            f"continue with: {resume}")
     if stop.kind is StopKind.INPUT_CHANGED:
         return StateError(
             f"The input {stop.input} changed while the job ran ({stop.change}); nothing read "
-            f"after the change was sent. {done}, kept in {output}. Put the input back as it "
-            f"was, with its modification time (cp -p), and continue with: {resume} (or add "
+            f"after the change was sent. {done}, kept in {output}.{note} Put the input back "
+            f"as it was, with its modification time (cp -p), and continue with: {resume} (or add "
             "--force to go on with it as it is now; ids that already have a result are not "
             "sent again).")
     if stop.kind is StopKind.INCOMPLETE:
         return StateError(
             f"The job is not finished: {done}, and reading {stop.input} again gave none of the "
-            "rest. Nothing is lost: make sure nothing is changing the file, then continue "
+            f"rest.{note} Nothing is lost: make sure nothing is changing the file, then continue "
             f"with: {resume}")
     if stop.kind is StopKind.OUTPUT:
         lost = ""
         if stop.unwritten:
             lost = (f" {stop.unwritten:,} answer{'s' if stop.unwritten != 1 else ''} could not "
                     "be written (the API billed them; resuming sends them again).")
-        return StateError(f"{stop.server_message} {done}, kept in {output}.{lost} Then "
+        return StateError(f"{stop.server_message} {done}, kept in {output}.{lost}{note} Then "
                           f"continue with: {resume}")
     if stop.kind is StopKind.STATE:
         flight = (abandoned_note(stop.abandoned).strip() if stop.abandoned else
@@ -112,5 +109,5 @@ def _phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError
         return StateError(f"{stop.server_message} {done}, kept in {output}. {flight} Once it "
                           f"answers again, continue with: {resume}")
     return Interrupted(
-        f"Interrupted. {stop.done:,} of {stop.total:,} requests are done and kept in {output}. "
-        f"Continue with: {resume}")
+        f"Interrupted. {stop.done:,} of {stop.total:,} requests are done and kept in {output}."
+        f"{note} Continue with: {resume}")

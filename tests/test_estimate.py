@@ -159,3 +159,24 @@ def test_an_unknown_model_says_how_to_give_its_limits(tmp_path: Path) -> None:
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
     text = run_cli("estimate", str(jobs), "-m", "gpt-9-ultra").stdout
     assert "no preset limits for gpt-9-ultra: give --rpm/--tpm/--tpd" in " ".join(text.split())
+
+
+def test_a_key_with_no_usage_yet_is_known_to_have_used_nothing(tmp_path: Path) -> None:
+    # Before the first job wrote a ledger, estimate told a user whose key was set to "set the
+    # key's variable (--api-key-env) to count its usage".
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "x", "max_tokens": 9}])
+    m = estimate(str(jobs), env={"OPENAI_API_KEY": FAKE_KEY})["models"][0]
+    assert m["used_today"] == {"tokens": 0, "requests": 0, "known": True}
+    run = run_cli("estimate", str(jobs), env={"OPENAI_API_KEY": FAKE_KEY})
+    text = " ".join(run.stdout.split())
+    assert run.code == 0 and "0 tokens already used today" in text
+    assert "set the key's variable" not in text
+
+
+def test_a_job_no_limit_binds_says_so_without_a_pace(tmp_path: Path) -> None:
+    # The row read "time  → no limit binds (…) (at the steady rate; a full bucket at the start
+    # can save up to a minute)": an arrow from nothing, and a pace and bucket there are not.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    text = " ".join(run_cli("estimate", str(jobs), "-m", "gpt-9-ultra").stdout.split())
+    assert "time no limit binds: as fast as the server answers (no preset limits" in text
+    assert "steady rate" not in text and "→" not in text

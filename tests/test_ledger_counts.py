@@ -19,6 +19,7 @@ from batchrun.ledger import (
     Scope,
     counted_by_server,
     key_fingerprint,
+    ledger_host,
 )
 from batchrun.sim import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl
@@ -192,4 +193,33 @@ def test_a_server_that_counts_its_charge_per_day_is_learned_from_its_429(
     usage = ledger.usage(scope)
     assert usage.exhausted and usage.tokens < usage.charge
     assert ledger.daily_counts(scope) == CHARGE
+    ledger.close()
+
+
+def test_a_ledger_from_the_first_release_is_read_and_counted_on(
+        sim: Any, tmp_path: Path, isolated_env: dict[str, str]) -> None:
+    # The first ledgers had neither `exhausted` nor the budgets nor the charge: `status` ended
+    # with exit 70 and `submit` with exit 5 blaming the disk ("no such column: tpd").
+    path = Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3"
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE usage (host TEXT NOT NULL, key_fingerprint TEXT NOT NULL, model "
+               "TEXT NOT NULL, day TEXT NOT NULL, tokens INTEGER NOT NULL DEFAULT 0, requests "
+               "INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (host, key_fingerprint, model, day))")
+    scope = Scope(ledger_host(sim.base_url.split("/")[2]), key_fingerprint(FAKE_KEY),
+                  "gpt-4o-mini")
+    db.execute("INSERT INTO usage VALUES (?,?,?,?,?,?)",
+               (scope.host, scope.key_fingerprint, scope.model,
+                dt.datetime.now(dt.UTC).date().isoformat(), 700, 2))
+    db.commit()
+    db.close()
+    status = run_cli("status")
+    assert status.code == 0, status.stderr
+    assert "700" in status.stdout
+    rows = [{"id": f"o{i}", "prompt": "hello there"} for i in range(3)]
+    run = submit(sim, write_jsonl(tmp_path / "jobs.jsonl", rows), "--tpd", "100000")
+    assert run.code == 0, run.stderr
+    ledger = Ledger(path)
+    usage = ledger.usage(scope)
+    assert usage.requests == 5 and usage.tokens > 700
     ledger.close()

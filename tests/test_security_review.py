@@ -19,6 +19,7 @@ from aiohttp import web
 
 from batchrun.cli import run
 from batchrun.client import ApiClient, Endpoint, Kind, Outcome, classify, proxy_for
+from batchrun.decide import never_connected
 from batchrun.endpoint import env_proxy, without_userinfo
 from batchrun.errors import InputError, redact
 from batchrun.jobs import CHAT_URL, EMBEDDINGS_URL
@@ -394,3 +395,17 @@ def test_result_line_of_a_submit_with_a_cut_key_is_clean(
     written = (tmp_path / "jobs.results.jsonl").read_text()
     assert code == 1 and key[:8] not in written and line["error"]["code"] == "http_500"
     assert read_results(tmp_path / "jobs.results.jsonl")["a"]["response"]["status_code"] == 500
+
+
+@pytest.mark.parametrize("status", [403, 407, 502])
+async def test_a_proxy_refusing_the_connect_sent_nothing_to_the_api(
+        proxy_env: ProxyEnv, status: int) -> None:
+    # The proxy's refusal of the tunnel was taken as a request that reached the API: each
+    # attempt was counted billed at its reservation, and a wrong proxy password ended the job
+    # with every request failed (exit 1) instead of "Cannot reach …: check the proxy settings".
+    async with connect_proxy(status) as (proxy, heads):
+        proxy_env(HTTPS_PROXY=f"http://corp:hunter2@{proxy}")
+        out = await send(Endpoint.make(REMOTE, None, None))
+    assert len(heads) == 1 and heads[0].startswith(b"CONNECT ")
+    assert out.code == "connection_error" and not out.sent
+    assert never_connected(out)

@@ -352,3 +352,16 @@ def test_a_real_redis_stopped_mid_job_waits_for_slow_answers_and_writes_them(
     received = sim.stats.received
     assert 4 <= received < 30
     assert len(read_results(tmp_path / "jobs.results.jsonl")) == received
+
+
+@pytest.mark.parametrize("kind", [StopKind.INTERRUPTED, StopKind.DAILY, StopKind.NO_NETWORK,
+                                  StopKind.INCOMPLETE, StopKind.OUTPUT, StopKind.REFUSED])
+def test_the_resume_command_is_not_run_into_the_note_on_abandoned_requests(
+        kind: StopKind) -> None:
+    # "Continue with: batchrun resume jobs-3faf0f 14 requests in flight got no answer …": the
+    # note ran on from the command, which read (and copied) as arguments of it.
+    stop = Stop(kind, done=6, total=20, abandoned=14, budget="Daily token budget reached")
+    message = phrase(stop, "out.jsonl", RESUME, "OPENAI_API_KEY").message
+    assert "14 requests in flight got no answer" in message
+    assert f"{RESUME} 14" not in message
+    assert message.index("14 requests in flight") < message.index(RESUME)
