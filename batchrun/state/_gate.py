@@ -108,6 +108,11 @@ class LocalGate:
         kind = outcome.kind
         self.limiter.release(ticket, None if kind is Kind.RATE_MINUTE else server,
                              ok=kind is Kind.OK)
+        if not outcome.sent:
+            # Nothing left this machine (a refused connection, a proxy refusing the tunnel):
+            # the server counted no request and no charge, so the day gets both back.
+            self.budget.unreserve(day, cost)
+            return
         self.budget.settle(day, cost, billed(outcome, cost))
 
 

@@ -744,7 +744,10 @@ class RedisGate:
         # Near the day's end a give-back is written at once too: other hosts may be waiting
         # for it (RedisGate.admit).
         at_once = bool(code or rpm or tpm) or b.near_end(cost, max(0, extra))
-        b.give_back(day, extra, 0, cost)
+        # An attempt that never left this machine gives back its request and its charge too:
+        # the server counted neither.
+        unsent = not outcome.sent
+        b.give_back(day, extra, -unsent, cost, -cost if unsent else 0)
         if not at_once:
             return
         state = b.state
