@@ -596,7 +596,7 @@ class DailyBudget:
         """The API said the budget of `day` (the reservation's day) is spent. Its per-day 429
         says how much it counts as used: whichever of our two counts is nearer is what a
         --tpd budget stops on from then on."""
-        self.ledger.exhaust(self.scope, day, requests=_about_requests(server_message))
+        self.ledger.exhaust(self.scope, day, requests=about_requests(server_message))
         self._exhausted_day = day
         self.release()
         self.ledger.flush()
@@ -639,7 +639,7 @@ def counted_by_server(server_message: str, billed: int, charge: int) -> str | No
     return CHARGE if abs(used - charge) < abs(used - billed) else BILLED
 
 
-def _about_requests(server_message: str) -> bool:
+def about_requests(server_message: str) -> bool:
     """A per-day 429 about the request limit (RPD), not the token limit."""
     return "(RPD)" in server_message
 
@@ -652,14 +652,14 @@ def describe_usage(usage: DayUsage, model: str, tpd: int, rpd: int,
     `others`: the tokens of the day other jobs used."""
     day = usage.day.isoformat()
     if usage.exhausted and not (tpd or rpd):
-        what = ("request" if _about_requests(server_message) or usage.exhausted_requests
+        what = ("request" if about_requests(server_message) or usage.exhausted_requests
                 else "token")
         return (f"Daily {what} budget reached for {model}: the API's per-day limit is spent "
                 f"on {day} (UTC)")
     if rpd and usage.requests >= rpd:
         return (f"Daily request budget reached for {model}: {usage.requests:,} "
                 f"of {rpd:,} requests used on {day} (UTC)")
-    if tpd and usage.exhausted and (_about_requests(server_message) or usage.exhausted_requests):
+    if tpd and usage.exhausted and (about_requests(server_message) or usage.exhausted_requests):
         # The API's request limit ran out, not the token budget: name the limit that stopped.
         requests = f"{usage.requests:,} request" + ("" if usage.requests == 1 else "s")
         return (f"Daily request budget reached for {model}: the API says its per-day request "

@@ -149,7 +149,7 @@ local used_t = billed
 if on_charge then used_t = charge end
 local counts = 0  -- what was learned, whether or not this budget has a --tpd to stop on
 if learned[1] == 'charge' then counts = 1 end
-if exhausted == 1 or (tpd > 0 and used_t + cost > tpd) or (rpd > 0 and used_r + 1 > rpd) then
+if exhausted >= 1 or (tpd > 0 and used_t + cost > tpd) or (rpd > 0 and used_r + 1 > rpd) then
   -- What may still come back: other processes' reservations in flight (settling to what the
   -- server billed), not those past their hold (a dead host's).
   local held = 0
@@ -213,7 +213,8 @@ return {0, math.ceil(send - now), used_t + cost, used_r + 1, 0, rpm, tpm, now, 0
 
 # KEYS: lim, day, epoch, open
 # ARGV: epoch, tokens given back, requests given back, kind (0 plain, 1 per-minute 429,
-#       2 per-day 429), hint ms, admitted at (server ms), rpm seen, tpm seen, burst ms,
+#       2 per-day 429, 3 per-day 429 about requests), hint ms, admitted at (server ms),
+#       rpm seen, tpm seen, burst ms,
 #       lim ttl ms, day ttl s, instance, tokens closed, write number (totals: see `carried`),
 #       charge given back
 # Returns: status (0 ok, 3 state lost), pause ms (kind 1: how long every host now waits),
@@ -231,8 +232,10 @@ local kind = tonumber(ARGV[4])
 if d_tokens ~= 0 then redis.call('HINCRBY', day, 'tokens', d_tokens) end
 if d_requests ~= 0 then redis.call('HINCRBY', day, 'requests', d_requests) end
 if d_charge ~= 0 then redis.call('HINCRBY', day, 'charge', d_charge) end
-if kind == 2 then redis.call('HSET', day, 'exhausted', 1) end
-if kind == 2 or d_tokens ~= 0 or d_requests ~= 0 or d_charge ~= 0 then
+-- 'exhausted' 2: the day was spent by the API's request limit (RPD), so a later stop on it
+-- names that limit, not the token budget (ledger.EXHAUSTED_REQUESTS).
+if kind == 2 or kind == 3 then redis.call('HSET', day, 'exhausted', kind - 1) end
+if kind >= 2 or d_tokens ~= 0 or d_requests ~= 0 or d_charge ~= 0 then
   redis.call('EXPIRE', day, tonumber(ARGV[11]))
 end
 -- A lower limit one host was told is every host's limit.

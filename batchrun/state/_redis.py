@@ -66,6 +66,7 @@ Design (issue #17), and why:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -84,10 +85,12 @@ from batchrun.errors import InputError, redact
 from batchrun.ledger import (
     BILLED,
     CHARGE,
+    EXHAUSTED_REQUESTS,
     LEASE_SHARE,
     MAX_USAGE,
     DayUsage,
     Scope,
+    about_requests,
     counted_by_server,
     describe_usage,
     key_fingerprint,
@@ -373,7 +376,8 @@ class RedisState:
             raise self.lost()
         budget.marked(day)
         budget.learned(bool(on_charge), reply[12])
-        budget.seen(DayUsage(day, tokens, requests, bool(exhausted), charge), now_ms, billed_t)
+        budget.seen(DayUsage(day, tokens, requests, bool(exhausted), charge,
+                             exhausted == EXHAUSTED_REQUESTS), now_ms, billed_t)
         budget.held_elsewhere = held
         return status, wait_ms / 1000, rpm, tpm
 
@@ -500,7 +504,7 @@ class RedisState:
                 "charge": int(fields.get("charge", 0)),
                 "requests": int(fields.get("requests", 0)),
                 "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
-                "exhausted": int(fields.get("exhausted", 0)),
+                "exhausted": min(1, int(fields.get("exhausted", 0))),
                 "accounting": _ratio(ratio),
                 "daily_counts": CHARGE if counts == CHARGE.encode() else BILLED,
                 "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
@@ -636,13 +640,18 @@ class RedisBudget:
     def describe(self, server_message: str = "") -> str:
         tokens, requests = self.used_today()
         u = self._usage
-        return describe_usage(DayUsage(u.day, tokens, requests, u.exhausted), self.scope.model,
-                              self.tpd, self.rpd, server_message)
+        return describe_usage(DayUsage(u.day, tokens, requests, u.exhausted,
+                                       exhausted_requests=u.exhausted_requests),
+                              self.scope.model, self.tpd, self.rpd, server_message)
 
     def exhaust(self, day: dt.date, server_message: str = "") -> None:
         """The API said the day is spent. The settlement already told Redis, and learned there
         which count the server's message shows it counts (RedisState.settle)."""
         self._exhausted_day = day
+        u = self._usage
+        if u.day == day and about_requests(server_message):
+            # Said at once, before the next admission reads the day back from Redis.
+            self._usage = dataclasses.replace(u, exhausted=True, exhausted_requests=True)
 
     def record_accounting(self, ratio: float) -> None:
         """Keep the server's learned charge per token of our estimate for every host of the
@@ -741,6 +750,8 @@ class RedisGate:
         extra = actual - cost
         rpm, tpm = self._lower_limits(server)
         code = {Kind.RATE_MINUTE: 1, Kind.RATE_DAY: 2}.get(kind, 0)
+        if code == 2 and about_requests(outcome.message):
+            code = 3  # the API's request limit spent the day, not a token count
         # Near the day's end a give-back is written at once too: other hosts may be waiting
         # for it (RedisGate.admit).
         at_once = bool(code or rpm or tpm) or b.near_end(cost, max(0, extra))
@@ -753,7 +764,7 @@ class RedisGate:
         state = b.state
         # A per-day 429 marks the day the server meant; the usage is the reservation's day's,
         # as always (it rides with the next write to that day).
-        spent = self._servers_day(outcome.hint_s, day) if code == 2 else day
+        spent = self._servers_day(outcome.hint_s, day) if code >= 2 else day
         try:
             pause = await state.settle(b, spent, code, outcome.hint_s, admitted_ms, rpm, tpm,
                                        outcome.message)
