@@ -166,6 +166,10 @@ def prompt_tokens_many(requests: list[tuple[str, dict[str, Any]]]) -> list[int]:
                     counts[i] += next(lengths)
                 elif p:
                     if p not in short:
+                        if len(short) >= _SHORT_CACHE_MAX:
+                            # A file of many distinct short prompts would grow it without end
+                            # (15 MB at 1M lines); roles and names come back at once.
+                            short.clear()
                         short[p] = len(enc.encode_ordinary(p))
                     counts[i] += short[p]
     return counts
@@ -173,6 +177,7 @@ def prompt_tokens_many(requests: list[tuple[str, dict[str, Any]]]) -> list[int]:
 
 _SHORT = 24
 _SHORT_CACHE: dict[str, dict[str, int]] = {}
+_SHORT_CACHE_MAX = 50_000
 
 
 def _lengths(enc: tiktoken.Encoding, texts: list[str]) -> list[int]:

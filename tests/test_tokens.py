@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from batchrun.tokens import (
     char_estimate,
@@ -114,3 +115,18 @@ def test_encodings_load_with_the_network_blocked(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["9", "9"]
     assert len(list((tmp_path / "empty-cache").iterdir())) == 2
+
+
+def test_counting_many_distinct_short_prompts_keeps_a_bounded_cache(monkeypatch: Any) -> None:
+    # Short strings (roles, names) are counted once and remembered; a file of a million
+    # distinct short prompts grew that memory without end. It is now bounded, and every count
+    # stays exactly what counting each request alone gives.
+    from batchrun import tokens
+
+    monkeypatch.setattr(tokens, "_SHORT_CACHE", {})
+    monkeypatch.setattr(tokens, "_SHORT_CACHE_MAX", 10)
+    requests = [("/v1/chat/completions",
+                 {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"q {i}"}]})
+                for i in range(100)]
+    assert tokens.prompt_tokens_many(requests) == [prompt_tokens(u, b) for u, b in requests]
+    assert all(len(cache) <= 10 for cache in tokens._SHORT_CACHE.values())
