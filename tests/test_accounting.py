@@ -12,10 +12,13 @@ from batchrun.jobs import Request
 from batchrun.ledger import Ledger, Scope
 from batchrun.sizing import size_of
 from batchrun.tokens import prompt_tokens
-from tests.conftest import read_results
+from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.strict_server import StrictServer, by_characters, chars_of
 from tests.test_calibrate import CHINESE, PROSE
 from tests.test_engine_time import Server, engine_run
+from tests.test_estimate import estimate
+
+ENV = {"OPENAI_API_KEY": FAKE_KEY}
 
 
 def tiktoken_prompt(body: dict[str, Any]) -> int:
@@ -148,3 +151,18 @@ def test_a_second_run_starts_at_the_charge_the_first_one_learned(tmp_path: Path)
     # From the start: the first 5 s carry 5 s of the limit (72 % when the charge was learned
     # again from this run's own 429)
     assert sum(c for t, c in second.admitted if t < 5) >= 0.95 * 5 * second.rate
+
+
+def test_estimate_after_a_run_uses_the_accounting_the_run_learned(
+        sim: RunningSim, tmp_path: Path) -> None:
+    """End to end through the CLI: the simulator counts Chinese prose by characters (about half
+    of tiktoken's count) and bills what it counts; the run records what its usage taught, and
+    `estimate` for the same server and key says it used it."""
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", chinese_rows(40))
+    args = ("--base-url", sim.base_url)
+    assert run_cli("submit", str(jobs), *args, env=ENV).code == 0
+    model = estimate(str(jobs), *args, env=ENV)["models"][0]
+    assert model["accounting"]["used"] == "learned"
+    assert 0.3 < model["accounting"]["ratio"] < 0.8
+    shown = " ".join(run_cli("estimate", str(jobs), *args, env=ENV).stdout.split())
+    assert "the server's charge as learned" in shown
