@@ -14,6 +14,8 @@ characters-counting server from a tokenizing one). Evidence, best first:
   EXACT  a 429's "Requested R" for the very request we sent: R is the server's charge of it.
   USAGE  the prompt_tokens a server reports for a request it answered: the server's own count of
          the prompt, which is its rate charge on servers that charge what they bill.
+  LEARNED  the ratio an earlier run or another host learned (`start`, from the ledger or Redis):
+         ranked above usage, which on OpenAI is not its limiter's count, below this run's 429s.
 
 A prediction comes from the best kind of evidence that has enough samples, so a server whose
 usage is not what its limiter counts (OpenAI bills tiktoken's count, rate-limits characters) is
@@ -41,17 +43,21 @@ MARGIN = 0.01
 # A learned prompt charge stays within this factor of our own count either way (a garbled
 # "Requested" figure or a usage of zero must not admit ten times too fast).
 MAX_FACTOR = 4.0
+# The margin on a charge predicted from a learned ratio alone: one number for every request,
+# while the server's charge per token of ours varies some from request to request.
+LEARNED_MARGIN = 0.03
 
 
 class Source(enum.IntEnum):
     USAGE = 1
-    EXACT = 2
+    LEARNED = 2  # what an earlier run (or another host on the key) learned: `Calibration.start`
+    EXACT = 3
 
 
 # How fast each kind of evidence forgets (the weight an old sample keeps per new one), and how
 # many samples it needs before its prediction is used.
-_FORGET = {Source.USAGE: 0.9, Source.EXACT: 0.5}
-_MIN_SAMPLES = {Source.USAGE: 3.0, Source.EXACT: 1.0}
+_FORGET = {Source.USAGE: 0.9, Source.LEARNED: 0.0, Source.EXACT: 0.5}
+_MIN_SAMPLES = {Source.USAGE: 3.0, Source.LEARNED: 1.0, Source.EXACT: 1.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +125,15 @@ class Calibration:
     def __init__(self) -> None:
         self._evidence = {source: _Evidence() for source in Source}
 
+    def start(self, ratio: float) -> None:
+        """Start from (or follow) the accounting learned before: the ledger's or another host's
+        ratio (`ratio()`). It rules over this run's usage, which on OpenAI is not what its
+        limiter counts (believing usage again would mean relearning the charge from 429s), and
+        yields to this run's own 429 figures, which are exact."""
+        if math.isfinite(ratio) and 1 / MAX_FACTOR <= ratio <= MAX_FACTOR:
+            learned = self._evidence[Source.LEARNED]
+            learned.ratio, learned.samples = ratio, 1.0
+
     def observe(self, source: Source, visible: Visible, charged: float) -> None:
         """`charged`: what the server says it charged this request (EXACT: the whole charge)
         or counted of its prompt (USAGE). Implausible figures are not evidence."""
@@ -157,6 +172,10 @@ class Calibration:
         source = self.source
         if source is None or visible.chars <= 0 or visible.tokens <= 0:
             return visible.own
+        if source is Source.LEARNED:
+            # One number for the whole charge: it carries the margin a fitted prompt does.
+            ratio = self._evidence[source].ratio * (1 + LEARNED_MARGIN)
+            return math.ceil(visible.own * ratio)
         own = max(visible.chars, visible.tokens)
         prompt = self._evidence[source].prompt(visible)
         # Usage is what the server bills, which may include what its limiter does not count

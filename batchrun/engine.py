@@ -157,6 +157,7 @@ class Engine(RouteFailover):
                 timer.cancel()
             self._writer.close()
         for route in self._routes():
+            route.record_accounting()  # what the next run, or `estimate`, starts from
             # The last word on today's budget, after every settlement: the display's final
             # "today" is then what `status` and the stop message say.
             route.budget.release()

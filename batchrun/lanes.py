@@ -30,6 +30,9 @@ from batchrun.tiers import Limits
 
 # Until we have seen real answers, a request that sets no max_tokens is charged this much output.
 INITIAL_OUTPUT_GUESS = 256
+# The learned accounting is written to the ledger (SQLite, or Redis for every host) when it has
+# moved by this share since it was last written or read, and at the end of a run: not per answer.
+RECORD_MOVE = 0.05
 
 
 class Client(Protocol):
@@ -96,6 +99,11 @@ class Route:
         self.streak = 0  # retryable failures in a row
         self.cool_offs = 0
         self.calibration = Calibration()  # this server's accounting, learned from its answers
+        # A shared budget (Redis) hears what other hosts learn with every admission; the local
+        # ledger only has what earlier runs learned, read once.
+        self._follows = not isinstance(gate.budget, DailyBudget)
+        self._recorded: float | None = None  # the ratio the ledger holds, as far as we know
+        self._start_from_ledger()
 
     @property
     def name(self) -> str:
@@ -128,6 +136,8 @@ class Route:
         which waits; one atomic step with Redis). None: today's budget cannot cover the job
         (nothing is held). Cancelled while waiting, the gate gives the reservation back whole.
         Raises SharedStateError when the shared state cannot be used."""
+        if self._follows:
+            self._start_from_ledger()
         job.charged = self.calibration.charge(job.size.visible)
         admitted = await self.gate.admit(job.charged, now)
         if admitted is None:
@@ -147,7 +157,27 @@ class Route:
         assert job.day is not None
         await self.gate.settle(job.day, ticket, job.cost, outcome, server)
         learn(self.calibration, job.size, outcome)
+        self.record_accounting(moved_by=RECORD_MOVE)
         self.settled.set()
+
+    def _start_from_ledger(self) -> None:
+        """Start from what an earlier run or another host learned of this key and model, so
+        the charge is not learned again from 429s (or never, on a server that answers none)."""
+        ratio = self.budget.accounting()
+        if ratio is not None and ratio != self._recorded:
+            self.calibration.start(ratio)
+            self._recorded = ratio
+
+    def record_accounting(self, moved_by: float = 0.0) -> None:
+        """Write the calibration's ratio to the ledger when it differs from what the ledger
+        holds by more than `moved_by` (the engine writes the last word with 0 at the end)."""
+        ratio = self.calibration.ratio()
+        if ratio is None:
+            return
+        if self._recorded is not None and abs(ratio / self._recorded - 1) <= moved_by:
+            return
+        self.budget.record_accounting(ratio)
+        self._recorded = ratio
 
     def exhaust(self, job: Job, server_message: str = "") -> None:
         """The API said the day's budget is spent (a per-day 429): for the day the job's

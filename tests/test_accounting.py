@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.jobs import Request
+from batchrun.ledger import Ledger, Scope
 from batchrun.sizing import size_of
 from batchrun.tokens import prompt_tokens
-from tests.conftest import read_results
+from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.strict_server import StrictServer, by_characters, chars_of
 from tests.test_calibrate import CHINESE, PROSE
 from tests.test_engine_time import Server, engine_run
+from tests.test_estimate import estimate
+
+ENV = {"OPENAI_API_KEY": FAKE_KEY}
 
 
 def tiktoken_prompt(body: dict[str, Any]) -> int:
@@ -111,3 +115,54 @@ def test_a_usage_above_the_rate_charge_never_slows_the_job(tmp_path: Path) -> No
     assert stop is None
     assert share(strict, server) >= 0.95
     assert strict.refused == 0
+
+
+def _fresh_output(tmp_path: Path) -> None:
+    """A new job in the same place: only the ledger (what was learned) stays."""
+    for path in tmp_path.iterdir():
+        if path.name != "ledger.sqlite3" and path.is_file():
+            path.unlink()
+
+
+def test_a_second_run_starts_at_the_charge_the_first_one_learned(tmp_path: Path) -> None:
+    """OpenAI's habit again (usage is tiktoken's count, the limiter counts characters): a
+    server that never refuses never teaches its charge, so a second run that did not start
+    from the ledger's learned accounting ran at our own count, about half of the limit."""
+    first = StrictServer(60_000, by_characters(4), window_s=1, usage=tiktoken_prompt)
+    first.level = 0  # its first 429s teach the charge, and the run ends by recording it
+    stop, _, _ = engine_run(tmp_path, chinese_rows(300), Server(first),
+                            limits={"tpm": 60_000, "rpm": 6_000})
+    assert stop is None and first.refused >= 1
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    learned = ledger.accounting(Scope("h", "k", "gpt-4o-mini"))
+    ledger.close()
+    assert learned is not None and 0.3 < learned < 0.7
+    _fresh_output(tmp_path)
+    second = StrictServer(60_000, by_characters(4), window_s=1, usage=tiktoken_prompt)
+    server = Server(second)
+    stop, _, _ = engine_run(tmp_path, chinese_rows(600), server,
+                            limits={"tpm": 60_000, "rpm": 6_000})
+    assert stop is None
+    assert len(read_results(tmp_path / "out.jsonl")) == 600
+    # At most the probe of the opening burst past the server's unseen 1 s window (the limiter's
+    # one 429, as without any accounting to learn); a charge learned again costs 4.
+    assert second.refused <= 1
+    assert share(second, server) >= 0.95
+    # From the start: the first 5 s carry 5 s of the limit (72 % when the charge was learned
+    # again from this run's own 429)
+    assert sum(c for t, c in second.admitted if t < 5) >= 0.95 * 5 * second.rate
+
+
+def test_estimate_after_a_run_uses_the_accounting_the_run_learned(
+        sim: RunningSim, tmp_path: Path) -> None:
+    """End to end through the CLI: the simulator counts Chinese prose by characters (about half
+    of tiktoken's count) and bills what it counts; the run records what its usage taught, and
+    `estimate` for the same server and key says it used it."""
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", chinese_rows(40))
+    args = ("--base-url", sim.base_url)
+    assert run_cli("submit", str(jobs), *args, env=ENV).code == 0
+    model = estimate(str(jobs), *args, env=ENV)["models"][0]
+    assert model["accounting"]["used"] == "learned"
+    assert 0.3 < model["accounting"]["ratio"] < 0.8
+    shown = " ".join(run_cli("estimate", str(jobs), *args, env=ENV).stdout.split())
+    assert "the server's charge as learned" in shown

@@ -179,3 +179,34 @@ def test_one_ratio_sums_up_the_learned_accounting() -> None:
         ours, server = ours + visible.own, server + by_chars(body)
     ratio = cal.ratio()
     assert ratio is not None and abs(ratio - server / ours) < 0.05
+
+
+def test_it_starts_from_the_learned_ratio_and_this_runs_429s_overrule_it() -> None:
+    """The ledger's ratio (an earlier run's, another host's) is the charge from the first
+    request: usage that is not what the limiter counts (OpenAI bills tiktoken's count) does not
+    undo it; this run's own 429 figures, which are exact, do."""
+    rng = random.Random(7)
+    cal = Calibration()
+    cal.start(0.45)
+    visible, body = sample(rng)
+    assert cal.charge(visible) == math.ceil(visible.own * 0.45 * 1.03)
+    assert cal.ratio() == 0.45
+    for _ in range(10):
+        visible, body = sample(rng)
+        cal.observe(Source.USAGE, visible, visible.tokens)
+    assert cal.charge(visible) == math.ceil(visible.own * 0.45 * 1.03)
+    for _ in range(5):
+        visible, body = sample(rng)
+        cal.observe(Source.EXACT, visible, by_chars(body, per_token=2))
+    for _ in range(20):
+        visible, body = sample(rng)
+        assert by_chars(body, per_token=2) <= cal.charge(visible) <= 1.1 * by_chars(
+            body, per_token=2) + 1
+
+
+def test_a_learned_ratio_that_is_not_plausible_is_not_started_from() -> None:
+    visible, _ = request(CHINESE)
+    for ratio in (0.0, -1.0, math.nan, math.inf, 100.0):
+        cal = Calibration()
+        cal.start(ratio)
+        assert cal.charge(visible) == visible.own and cal.ratio() is None

@@ -250,6 +250,12 @@ class FailingShared:
     def exhaust(self, day: dt.date) -> None:
         self.inner.exhaust(day)
 
+    def record_accounting(self, ratio: float) -> None:
+        self.inner.record_accounting(ratio)
+
+    def accounting(self) -> float | None:
+        return self.inner.accounting()
+
     def gate(self, limits: Limits, concurrency: int | None, clock: Callable[[], float],
              sleep: Callable[[float], Awaitable[None]]) -> Gate:
         local = open_gate(self.inner, limits, concurrency, clock, sleep)
