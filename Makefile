@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 # 300 requests at a demo limit of 200 a minute: a full bucket's burst, then a minute of pacing
 # with the gauges moving. Its own state dir keeps simulated usage out of your real ledger.
 demo: $(STAMP)
-	rm -rf .demo-state samples/jobs.results.jsonl
+	rm -rf .demo-state samples/jobs.results.jsonl samples/.jobs.results.jsonl.batchrun
 	BATCHRUN_HOME=.demo-state $(BIN)/batchrun submit samples/jobs.jsonl --simulate --rpm 200
 
 # The quick suite in 3 processes (its time is mostly waiting on loopback servers, not CPU);
