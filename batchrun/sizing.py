@@ -42,13 +42,22 @@ def size_of(request: Request, assumed_output: float) -> Size:
 
 def never_fits(size: Size, model: str, tpm: int, tpd: int) -> str | None:
     """Why a request of this size can never run under these limits (0: unlimited), or None."""
-    if tpm and size.charge > tpm:
-        return (f"this request needs about {size.charge:,} tokens, more than the {tpm:,} "
+    if tpm and least_charge(size) > tpm:
+        return (f"this request needs about {least_charge(size):,} tokens, more than the {tpm:,} "
                 f"tokens/min limit of {model}; shorten it or lower max_tokens")
     if tpd and size.charge > tpd:
         return (f"this request needs about {size.charge:,} tokens, more than the whole daily "
                 f"budget of {tpd:,} tokens of {model}; shorten it, lower max_tokens or raise --tpd")
     return _over_window(size, model)
+
+
+def least_charge(size: Size) -> int:
+    """The least a server may charge the request against its per-minute limit: servers count
+    the prompt by characters or by a tokenizer (2.5 times apart on Chinese), and charge the
+    output the request sets. Failing a request unsent is final, so it takes the smaller count;
+    above it, the server's own refusal (free) says whether it is too large."""
+    prompt = min(size.prompt, size.chars) if size.chars > 0 else size.prompt
+    return prompt + (size.max_output or 0)
 
 
 def never_fits_batch(size: Size, model: str, queue_tokens: int) -> str | None:

@@ -166,3 +166,27 @@ def test_estimate_after_a_run_uses_the_accounting_the_run_learned(
     assert 0.3 < model["accounting"]["ratio"] < 0.8
     shown = " ".join(run_cli("estimate", str(jobs), *args, env=ENV).stdout.split())
     assert "the server's charge as learned" in shown
+
+
+def test_a_prompt_over_the_limit_by_tiktoken_but_not_by_the_servers_count_is_sent(
+    tmp_path: Path,
+) -> None:
+    """Chinese prose counts about 2.5 times more by tiktoken than by characters. A server that
+    charges characters takes a prompt tiktoken counts above its TPM: batchrun failed it as
+    request_too_large without sending it, on a count the server does not use. A request is
+    failed unsent only when the smaller of the two counts exceeds the limit; past that the
+    server's own refusal (free, and final) says so."""
+    strict = StrictServer(2000, by_characters(4), window_s=60)
+    rows = [{"id": "long", "prompt": (CHINESE * 60)[:5000], "max_tokens": 20},
+            {"id": "huge", "prompt": (CHINESE * 300)[:24000], "max_tokens": 20}]
+    size = size_of(Request(1, "long", "/v1/chat/completions", {
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": rows[0]["prompt"]}],
+        "max_tokens": 20}), 0)
+    assert size.prompt > 2000 > size.chars + 20  # the case: over by tiktoken only
+    server = Server(strict)
+    stop, _, _ = engine_run(tmp_path, rows, server, limits={"tpm": 2000, "rpm": 500})
+    assert stop is None
+    results = read_results(tmp_path / "out.jsonl")
+    assert results["long"]["error"] is None
+    assert results["huge"]["error"]["code"] == "request_too_large"
+    assert server.times("huge") == []  # over the limit by either count: never sent
