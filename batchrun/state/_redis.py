@@ -390,7 +390,7 @@ class RedisState:
             return  # not known to have run: left counted, the safe side
         budget.written(day, seq, carried)
         if int(done.result()[0]) == ADMITTED:
-            budget.give_back(day, -cost, -1, cost, -cost)
+            budget.never_sent(day, cost)
 
     async def settle(self, budget: RedisBudget, day: dt.date, kind: int = 0,
                      hint_s: float | None = None, admitted_ms: int = 0, rpm: int = 0,
@@ -604,6 +604,11 @@ class RedisBudget:
         t, r, c, g = self._given[day]
         self._given[day] = (t + tokens, r + requests, c + closed, g + charge)
 
+    def never_sent(self, day: dt.date, cost: int) -> None:
+        """A reservation whose request never left this machine: the server counted neither
+        its request nor its tokens nor its charge, so all of it goes back."""
+        self.give_back(day, -cost, -1, cost, -cost)
+
     def carry(self, day: dt.date) -> tuple[int, Totals]:
         """The next write's number and the totals it carries for `day`."""
         self._seq += 1
@@ -730,7 +735,7 @@ class RedisGate:
                 try:
                     await self._sleep(wait_s)
                 except BaseException:
-                    b.give_back(day, -cost, -1, cost, -cost)  # never sent: its share goes back
+                    b.never_sent(day, cost)
                     raise
         except BaseException:
             self.limiter.release(ticket, None)
@@ -755,10 +760,10 @@ class RedisGate:
         # Near the day's end a give-back is written at once too: other hosts may be waiting
         # for it (RedisGate.admit).
         at_once = bool(code or rpm or tpm) or b.near_end(cost, max(0, extra))
-        # An attempt that never left this machine gives back its request and its charge too:
-        # the server counted neither.
-        unsent = not outcome.sent
-        b.give_back(day, extra, -unsent, cost, -cost if unsent else 0)
+        if outcome.sent:
+            b.give_back(day, extra, 0, cost)
+        else:
+            b.never_sent(day, cost)
         if not at_once:
             return
         state = b.state
