@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from batchrun.calibrate import CHARS
 from batchrun.jobs import Request
 from batchrun.ledger import Ledger, Scope
 from batchrun.sizing import size_of
@@ -136,7 +137,8 @@ def test_a_second_run_starts_at_the_charge_the_first_one_learned(tmp_path: Path)
     ledger = Ledger(tmp_path / "ledger.sqlite3")
     learned = ledger.accounting(Scope("h", "k", "gpt-4o-mini"))
     ledger.close()
-    assert learned is not None and 0.3 < learned < 0.7
+    # a characters/4 server: a prompt costs 1 x its characters estimate
+    assert learned is not None and learned.basis == CHARS and 0.9 < learned.k < 1.1
     _fresh_output(tmp_path)
     second = StrictServer(60_000, by_characters(4), window_s=1, usage=tiktoken_prompt)
     server = Server(second)
@@ -163,6 +165,7 @@ def test_estimate_after_a_run_uses_the_accounting_the_run_learned(
     assert run_cli("submit", str(jobs), *args, env=ENV).code == 0
     model = estimate(str(jobs), *args, env=ENV)["models"][0]
     assert model["accounting"]["used"] == "learned"
+    assert model["accounting"]["prompt"]["basis"] == "chars"
     assert 0.3 < model["accounting"]["ratio"] < 0.8
     shown = " ".join(run_cli("estimate", str(jobs), *args, env=ENV).stdout.split())
     assert "the server's charge as learned" in shown

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from batchrun.calibrate import Learned
 from batchrun.classify import Kind, Outcome
 from batchrun.endpoint import Endpoint
 from batchrun.engine import Engine, JobSpec
@@ -250,10 +251,10 @@ class FailingShared:
     def exhaust(self, day: dt.date) -> None:
         self.inner.exhaust(day)
 
-    def record_accounting(self, ratio: float) -> None:
-        self.inner.record_accounting(ratio)
+    def record_accounting(self, learned: Learned) -> None:
+        self.inner.record_accounting(learned)
 
-    def accounting(self) -> float | None:
+    def accounting(self) -> Learned | None:
         return self.inner.accounting()
 
     def gate(self, limits: Limits, concurrency: int | None, clock: Callable[[], float],

@@ -19,6 +19,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
+from batchrun.calibrate import Learned
 from batchrun.classify import Kind, Outcome
 from batchrun.decide import billed
 from batchrun.errors import StateError
@@ -49,9 +50,9 @@ class Budget(Protocol):
 
     def exhaust(self, day: dt.date, server_message: str = "") -> None: ...
 
-    def record_accounting(self, ratio: float) -> None: ...
+    def record_accounting(self, learned: Learned) -> None: ...
 
-    def accounting(self) -> float | None: ...
+    def accounting(self) -> Learned | None: ...
 
 
 class Gate(Protocol):

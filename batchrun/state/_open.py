@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchrun import ledger
+from batchrun.calibrate import Learned
 from batchrun.ledger import utc_now
 from batchrun.state._url import StateUrl
 
@@ -57,11 +58,11 @@ async def shared_usage(url: StateUrl, day: dt.date) -> list[dict[str, object]]:
         await state.close()
 
 
-def shared_accountings(url: StateUrl, host: str, api_key: str) -> dict[str, float]:
+def shared_accountings(url: StateUrl, host: str, api_key: str) -> dict[str, Learned]:
     """Every model's learned accounting for one key at one API host, as any host sharing `url`
     learned it, for `estimate`."""
 
-    async def read() -> dict[str, float]:
+    async def read() -> dict[str, Learned]:
         state = await connect(url, keys=[api_key])
         try:
             return await state.accountings(host, ledger.key_fingerprint(api_key))
