@@ -375,6 +375,7 @@ class Limiter:
         self._fixed_concurrency = concurrency
         self._lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()
+        self._answered = asyncio.Event()
         self.in_flight = 0
         self._latency = 1.0
         self._mean_cost = 0.0
@@ -404,10 +405,25 @@ class Limiter:
                 wait = self.pacer.delay(cost, now)
                 if wait <= 0:
                     break
-                await self._sleep(wait)
+                await self._wait_or_answer(wait)
             self.in_flight += 1
             self._mean_cost = cost if not self._mean_cost else 0.95 * self._mean_cost + 0.05 * cost
             return self.pacer.admit(cost, now)
+
+    async def _wait_or_answer(self, wait: float) -> None:
+        """Sleep `wait`, or less if an answer comes first: an answer may give budget back (a
+        request refused as too large was charged nothing; its debt held the next request 2.2 s
+        at the limit we were told) or lower the limit, and the wait is worked out again."""
+        self._answered.clear()
+        sleeper = asyncio.ensure_future(self._sleep(wait))
+        answer = asyncio.ensure_future(self._answered.wait())
+        try:
+            await asyncio.wait((sleeper, answer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, answer):
+                task.cancel()
+            # Cancelled tasks are awaited, so none outlives this wait (a stop cancels it).
+            await asyncio.gather(sleeper, answer, return_exceptions=True)
 
     def release(self, ticket: Ticket, state: ServerState | None, ok: bool = False) -> None:
         """A request finished (any outcome): free its slot, learn latency and server state.
@@ -418,6 +434,7 @@ class Limiter:
         now = self._clock()
         self.in_flight -= 1
         self._slot_freed.set()
+        self._answered.set()
         self._latency = 0.9 * self._latency + 0.1 * max(0.0, now - ticket.at)
         if ok or state is not None:
             self.pacer.answered(ticket, state, now)
