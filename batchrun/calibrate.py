@@ -49,7 +49,7 @@ MARGIN = 0.01
 # A learned prompt charge stays within this factor of our own count either way (a garbled
 # "Requested" figure or a usage of zero must not admit ten times too fast).
 MAX_FACTOR = 4.0
-# The margin on a charge predicted from a learned ratio alone: one number for every request,
+# The margin on a prompt charge predicted from a learned k alone: one number for every request,
 # while the server's charge per token of ours varies some from request to request.
 LEARNED_MARGIN = 0.03
 
@@ -105,6 +105,12 @@ class Learned:
     def prompt(self, visible: Visible) -> float:
         return self.k * visible.basis(self.basis)
 
+    @property
+    def plausible(self) -> bool:
+        """Evidence, not a garbled figure: a known basis and a k within MAX_FACTOR of 1."""
+        return self.basis in _BASES and math.isfinite(self.k) and (
+            1 / MAX_FACTOR <= self.k <= MAX_FACTOR)
+
     def text(self) -> str:
         """As the ledger and Redis store it: versioned by its form (see `parse`)."""
         return f"{self.basis}:{self.k!r}"
@@ -119,8 +125,8 @@ class Learned:
             k = float(k_text)
         except ValueError:
             return None
-        plausible = basis in _BASES and math.isfinite(k) and 1 / MAX_FACTOR <= k <= MAX_FACTOR
-        return cls(basis, k) if plausible else None
+        learned = cls(basis, k)
+        return learned if learned.plausible else None
 
 
 @dataclass(slots=True)
@@ -191,8 +197,7 @@ class Calibration:
         (`learned()`). It rules over this run's usage, which on OpenAI is not what its limiter
         counts (believing usage again would mean relearning the charge from 429s), and yields
         to this run's own 429 figures, which are exact."""
-        if learned.basis in _BASES and math.isfinite(learned.k) and (
-                1 / MAX_FACTOR <= learned.k <= MAX_FACTOR):
+        if learned.plausible:
             evidence = self._evidence[Source.LEARNED]
             evidence.learned, evidence.samples = learned, 1.0
 

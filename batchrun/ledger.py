@@ -385,7 +385,7 @@ class Ledger:
         """Keep what the server was learned to charge for a prompt, for this key and model (the
         limiter's calibration), so `estimate` and later runs start from it. What does not read
         back as evidence (a k that is not plausible) is not kept."""
-        if Learned.parse(learned.text()) is not None:
+        if learned.plausible:
             self._learn(scope, "prompt_accounting", learned.text())
 
     def accounting(self, scope: Scope) -> Learned | None:

@@ -659,7 +659,7 @@ class RedisBudget:
     def record_accounting(self, learned: Learned) -> None:
         """Keep the server's learned prompt charge for every host of the key (written in the
         background). What does not read back as evidence is not kept."""
-        if _ratio(learned.text()) is not None:
+        if learned.plausible:
             self._accounting = learned
             self.unlearned["accounting"] = learned.text()
             self.state.learn(self)
