@@ -160,6 +160,7 @@ class Pacer:
         self._tokens = _Bucket(tpm, self.burst_s, now) if tpm else None
         self.admitted_tokens = 0.0
         self.admitted_requests = 0
+        self.limits_adopted = 0  # how many times a lower server limit was adopted
 
     @property
     def tpm(self) -> int:
@@ -260,6 +261,7 @@ class Pacer:
             if not limit or bucket is None or limit >= bucket.limit:
                 continue
             bucket.limit = limit
+            self.limits_adopted += 1
             if cost > limit:
                 # The server refuses outright what exceeds its limit ("Request too large"):
                 # it charged nothing, so neither do we. Kept as debt it held every request
@@ -411,9 +413,11 @@ class Limiter:
             return self.pacer.admit(cost, now)
 
     async def _wait_or_answer(self, wait: float) -> None:
-        """Sleep `wait`, or less if an answer comes first: an answer may give budget back (a
-        request refused as too large was charged nothing; its debt held the next request 2.2 s
-        at the limit we were told) or lower the limit, and the wait is worked out again."""
+        """Sleep `wait`, or less if an answer adopts a lower server limit first: the wait is
+        worked out again, since the answer may have given budget back (a request refused as too
+        large was charged nothing; its debt held the next request 2.2 s at the limit we were
+        told). Other answers leave the wait alone: budget a probe adds waits for it, as before
+        (waking on every answer spent probes at once and doubled the 429s on 1 s windows)."""
         self._answered.clear()
         sleeper = asyncio.ensure_future(self._sleep(wait))
         answer = asyncio.ensure_future(self._answered.wait())
@@ -434,10 +438,12 @@ class Limiter:
         now = self._clock()
         self.in_flight -= 1
         self._slot_freed.set()
-        self._answered.set()
         self._latency = 0.9 * self._latency + 0.1 * max(0.0, now - ticket.at)
         if ok or state is not None:
+            adopted = self.pacer.limits_adopted
             self.pacer.answered(ticket, state, now)
+            if self.pacer.limits_adopted != adopted:
+                self._answered.set()
 
     def rate_limited(self, ticket: Ticket, hint_s: float | None) -> float:
         return self.pacer.rate_limited(ticket, hint_s, self._clock())
