@@ -633,7 +633,7 @@ async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Lis
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
                                 now_utc=ledger.utc_now, retry_failed=retry_failed, notify=notify,
                                 state=state)
-    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
 
     if spec.detach:
         raise InputError("--detach needs a real Batch API: the built-in simulator ends with "
@@ -662,7 +662,7 @@ async def _simulate_endpoints(spec: JobSpec, manifest: Manifest, store: JobStore
     """--simulate --endpoints: one simulator per endpoint, with that endpoint's limits (of the
     job's model), so an endpoints file can be tried offline. Each endpoint's daily budget is
     the job's own, kept by endpoint name: a simulator's port changes with every run."""
-    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
 
     job_host = runner.simulator_host(manifest.job_id)
     async with contextlib.AsyncExitStack() as servers:
