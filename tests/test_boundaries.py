@@ -47,8 +47,8 @@ LAYERS = [
           "agree by construction and a test could pass on a shared mistake"),
 ]
 
-# A library and the only places that may import it. After the relayout: typer in batchrun.cli,
-# rich in batchrun.cli and batchrun.display.
+# A library and the only places that may import it. After the relayout: typer in the CLI's
+# package, rich in it and in the display's.
 ONLY_IN = {
     "typer": ("batchrun.cli",),
     "rich": ("batchrun.cli", "batchrun.progress", "batchrun.render"),
@@ -62,7 +62,12 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_PACKAGE_CYCLES: set[frozenset[str]] = {
     # endpoints.failover and .upstreams -> lanes and spec; lanes -> endpoints.routing;
     # spec -> endpoints.config; state._open -> endpoints.config; lanes, upstreams -> state.
-    frozenset({"batchrun.endpoints", "batchrun.lanes", "batchrun.spec", "batchrun.state"}),
+    frozenset({
+        "batchrun.endpoints",
+        "batchrun.lanes",
+        "batchrun.spec",
+        "batchrun.state",
+    }),
 }
 
 # (importer, private module of another package).
