@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from batchrun.backoff import MAX_BACKOFF_S, backoff_s
 from batchrun.checkpoint import OutputWriteFailed, OutputWriter, result_line
 from batchrun.classify import Kind, Outcome
 from batchrun.client import ApiClient
@@ -61,7 +62,7 @@ from batchrun.tiers import Limits
 __all__ = ["Client", "Engine", "JobSpec", "Upstream"]
 
 QUEUE_PER_LANE = 1024
-MAX_BACKOFF_S = 60.0
+FIRST_RETRY_S = 0.5  # a request's first wait before it is sent again
 
 
 # What an attempt's decision writes a line for.
@@ -370,8 +371,8 @@ class Engine(RouteFailover):
         lane.changed.set()
 
     def _retry_later(self, lane: Lane, job: Job, hint_s: float | None) -> None:
-        backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (job.tries.failures - 1))
-        delay = max(backoff * self._rng.uniform(0.5, 1.5), min(hint_s or 0.0, MAX_BACKOFF_S))
+        delay = max(backoff_s(job.tries.failures, first_s=FIRST_RETRY_S, rng=self._rng),
+                    min(hint_s or 0.0, MAX_BACKOFF_S))
 
         async def requeue() -> None:
             await self._sleep(delay)

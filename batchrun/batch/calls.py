@@ -8,12 +8,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from batchrun.backoff import backoff_s
 from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.errors import BatchrunError, StateError
 
 T = TypeVar("T")
 FIRST_POLL_S = 1.0
-MAX_BACKOFF_S = 60.0
 MIN_CALL_RETRIES = 5
 
 
@@ -73,15 +73,13 @@ class Caller:
     async def call(self, what: str, call: Callable[[], Awaitable[T]],
                    refused: Callable[[ApiCallFailed], BatchrunError] | None = None) -> T:
         """`call`, again after a transient failure (with backoff), up to --max-retries."""
-        delay = FIRST_POLL_S
         for attempt in range(self.retries + 1):
             try:
                 return await self.interruptible(call())
             except Transient as exc:
                 if attempt == self.retries:
                     raise self.unreachable(what, exc) from None
-                await self.nap(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                await self.nap(backoff_s(attempt + 1, first_s=FIRST_POLL_S))
             except ApiCallFailed as exc:
                 if refused is not None:
                     raise refused(exc) from None

@@ -21,9 +21,10 @@ from typing import Any
 
 import orjson
 
+from batchrun.backoff import backoff_s
 from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
-from batchrun.batch.calls import FIRST_POLL_S, MAX_BACKOFF_S, Caller, Stop
+from batchrun.batch.calls import FIRST_POLL_S, Caller, Stop
 from batchrun.batch.collect import Collector, Merged
 from batchrun.batch.done import DoneIds
 from batchrun.batch.look import Fetched
@@ -282,7 +283,6 @@ class BatchJob:
         """Create part's batch, unless a batch with its key exists: a create whose answer was
         lost (a crash, a dropped connection) may have made it."""
         assert part.file_id is not None
-        delay = FIRST_POLL_S
         for attempt in range(self._calls.retries + 1):
             if part.state == "creating":
                 found = await self._find(part)
@@ -300,8 +300,7 @@ class BatchJob:
                 if attempt == self._calls.retries:
                     raise self._calls.unreachable(f"creating the batch of part {part.n}",
                                                   exc) from None
-                await self._calls.nap(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                await self._calls.nap(backoff_s(attempt + 1, first_s=FIRST_POLL_S))
                 continue
             except ApiCallFailed as exc:
                 part.state = "uploaded"  # refused: no batch exists
