@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
 from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
+from batchrun.classify import Kind, classify
 from batchrun.endpoint import Endpoint
 from batchrun.errors import ApiRefused
 from tests.conftest import FAKE_KEY
@@ -167,3 +169,31 @@ def test_a_stalled_answer_is_transient() -> None:
 
     with pytest.raises(Transient, match="no answer within the timeout"):
         asyncio.run(serve(handler, call))
+
+
+SAID_ALIKE = {Kind.OK: None, Kind.REFUSED: ApiRefused, Kind.RETRY: Transient,
+              Kind.RATE_MINUTE: Transient, Kind.FAIL: ApiCallFailed}
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 307, 400, 401, 402, 403, 404, 408, 409, 422,
+                                    429, 500, 503])
+def test_a_status_means_the_same_to_the_batch_api_and_the_sync_path(status: int) -> None:
+    """One classification (classify.status_kind): a 201 is an answer and a 402 a refusal of
+    the account whichever path meets it (SERVERS.md: every 2xx is success)."""
+    body = {"id": "x", "object": "chat.completion", "choices": [],
+            "error": None if status < 300 else {"message": "no", "code": ""}}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(body, status=status)
+
+    async def call(url: str) -> None:
+        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+            await api.retrieve("batch_1")
+
+    sync = classify(status, {}, orjson.dumps(body), "/v1/chat/completions", FAKE_KEY).kind
+    expected = SAID_ALIKE[sync]
+    if expected is None:
+        asyncio.run(serve(handler, call))
+    else:
+        with pytest.raises(expected):
+            asyncio.run(serve(handler, call))

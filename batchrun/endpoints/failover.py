@@ -16,7 +16,7 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from batchrun.classify import Outcome
+from batchrun.classify import Outcome, is_redirect
 from batchrun.decide import NO_NETWORK_TRIES, Action, never_connected
 from batchrun.endpoints.routing import BACK, FAIL_STREAK, Out, cool_off_s, may_take, verdict
 from batchrun.events import Listener, RouteChanged
@@ -33,7 +33,7 @@ def _fmt_pause(seconds: float) -> str:
 
 def _not_served(outcome: Outcome) -> bool:
     """The endpoint's answer for any request of the model: no such deployment, model or path."""
-    return outcome.status == 404 or (outcome.status is not None and 300 <= outcome.status < 400)
+    return outcome.status == 404 or (outcome.status is not None and is_redirect(outcome.status))
 
 
 class RouteFailover:
