@@ -35,7 +35,7 @@ from batchrun.classify import Kind, Outcome
 from batchrun.client import ApiClient
 from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
 from batchrun.endpoint import proxy_for
-from batchrun.endpoints.failover import RouteFailover
+from batchrun.endpoints.failover import Failover, too_large
 from batchrun.endpoints.routing import FOR_THE_RUN, Out, combined
 from batchrun.endpoints.stamp import with_endpoint
 from batchrun.errors import BadLine, BatchrunError, InputChanged, StateError
@@ -53,7 +53,7 @@ from batchrun.jobs import InputReport, Reading, read_jobs
 from batchrun.lanes import Client, Job, Lane, Route, Upstream
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
 from batchrun.limiter import Ticket
-from batchrun.sizing import never_fits, size_of
+from batchrun.sizing import size_of
 from batchrun.spec import JobSpec
 from batchrun.state import SharedBudget, SharedStateError, open_gate, servers_yesterday
 from batchrun.stop import Stop, StopKind
@@ -77,7 +77,7 @@ def _cannot_write(exc: StateError) -> str:
     return exc.message
 
 
-class Engine(RouteFailover):
+class Engine:
     def __init__(
         self,
         spec: JobSpec,
@@ -127,6 +127,10 @@ class Engine(RouteFailover):
         self._done = report.already_done
         self._total = report.total
         self._accounted = 0  # lines of the input with a result line, counted as the reader goes
+        self._failover = Failover(
+            wait=spec.wait, clock=lambda: self._clock(), now_utc=now_utc, sleep=sleep,
+            emit=listener, halt=self._halt, later=self._later,
+            wait_for_reset=self._wait_for_reset, input_done=lambda: self._input_done)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -258,15 +262,11 @@ class Engine(RouteFailover):
     def _routes(self) -> list[Route]:
         return [route for lane in self._lanes.values() for route in lane.routes]
 
-    @staticmethod
-    def _too_large(route: Route, job: Job) -> str | None:
-        return never_fits(job.size, route.model, route.limiter.pacer.tpm, route.budget.tpd)
-
     def _never_fits(self, lane: Lane, job: Job) -> bool:
         """Record a request that can never run on any route of its model (over the TPM, perhaps
         one the server's headers taught since it was queued; over the daily budget; over the
         context window)."""
-        reasons = [self._too_large(route, job) for route in lane.routes
+        reasons = [too_large(route, job) for route in lane.routes
                    if route.out not in FOR_THE_RUN] or [None]
         reason = None if None in reasons else reasons[0]
         if reason is not None:
@@ -278,12 +278,12 @@ class Engine(RouteFailover):
     async def _dispatch(self, lane: Lane, route: Route) -> None:
         shared = len(lane.routes) > 1
         while not self._stop:
-            job = await self._turn(lane, route) if shared else lane.next_job()
+            job = await self._failover.turn(lane, route) if shared else lane.next_job()
             if job is None:
                 if self._input_done and lane.outstanding == 0:
                     return
                 if shared:
-                    continue  # _turn returns None only to look again
+                    continue  # turn returns None only to look again
                 lane.changed.clear()
                 await lane.changed.wait()
                 continue
@@ -310,7 +310,7 @@ class Engine(RouteFailover):
                     route.settled.clear()
                     await route.settled.wait()
                     continue
-                if await self._take_out(lane, route, Out.DAILY, route.budget.describe()):
+                if await self._failover.take_out(lane, route, Out.DAILY, route.budget.describe()):
                     continue
                 return
             self._emit(RequestSent(lane.model, job.cost, route.name))
@@ -337,7 +337,7 @@ class Engine(RouteFailover):
         if stopping and action not in _LINES and not outcome.usage_known:
             # No line and no answer, maybe billed: the stop's message must not call it written.
             self._abandoned += 1
-        if len(lane.routes) > 1 and await self._fail_over(lane, route, job, action):
+        if len(lane.routes) > 1 and await self._failover.fail_over(lane, route, job, action):
             return
         if action is Action.WRITE:
             lane.learn_output((outcome_usage(outcome) or (0, 0))[1])
