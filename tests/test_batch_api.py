@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
+from batchrun.batch.api import ApiCallFailed, BatchClient, Transient
 from batchrun.classify import Kind, classify
 from batchrun.endpoint import Endpoint
 from batchrun.errors import ApiRefused
@@ -57,7 +57,7 @@ def test_openai_and_azure_routes_headers_and_upload(tmp_path: Path) -> None:
 
     async def calls(url: str, azure: bool) -> None:
         endpoint = Endpoint.make(None if azure else url + "/v1", url if azure else None, None)
-        async with BatchApi(endpoint, FAKE_KEY) as api:
+        async with BatchClient(endpoint, FAKE_KEY) as api:
             await api.upload(part, "job-part1.jsonl")
             await api.create("file-1", api.batch_endpoint("/v1/chat/completions"),
                              {"batchrun_job": "j", "batchrun_part": "j/1/ab"})
@@ -101,7 +101,7 @@ def test_listing_follows_pages() -> None:
                                   "has_more": more})
 
     async def body(url: str) -> list[str]:
-        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+        async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY) as api:
             return [b["id"] async for b in api.batches(page_size=2)]
 
     assert asyncio.run(serve(handler, body)) == ["b5", "b4", "b3", "b2", "b1"]
@@ -120,7 +120,7 @@ def test_a_list_whose_pages_go_round_in_a_circle_ends() -> None:
                                   "has_more": True})
 
     async def body(url: str) -> list[str]:
-        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+        async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY) as api:
             return [b["id"] async for b in api.batches(page_size=2)]
 
     assert asyncio.run(serve(handler, body)) == ["b5", "b4", "b3", "b2"]
@@ -141,7 +141,7 @@ def test_failures_are_classified_and_never_show_the_key(
         return web.json_response(body, status=status, headers=headers)
 
     async def call(url: str) -> None:
-        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+        async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY) as api:
             await api.retrieve("batch_1")
 
     with pytest.raises(error) as caught:
@@ -162,7 +162,7 @@ def test_a_stalled_answer_is_transient() -> None:
     async def call(url: str) -> None:
         released.append(asyncio.Event())
         try:
-            async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY, timeout_s=0.2) as api:
+            async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY, timeout_s=0.2) as api:
                 await api.retrieve("batch_1")
         finally:
             released[0].set()
@@ -187,7 +187,7 @@ def test_a_status_means_the_same_to_the_batch_api_and_the_sync_path(status: int)
         return web.json_response(body, status=status)
 
     async def call(url: str) -> None:
-        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+        async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY) as api:
             await api.retrieve("batch_1")
 
     sync = classify(status, {}, orjson.dumps(body), "/v1/chat/completions", FAKE_KEY).kind

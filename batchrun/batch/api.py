@@ -32,7 +32,8 @@ from batchrun.classify import (
     status_kind,
 )
 from batchrun.endpoint import Endpoint, env_proxy, proxy_secrets
-from batchrun.errors import ApiRefused, BatchrunError, StateError, printable, redact
+from batchrun.errors import ApiCallFailed as ApiCallFailed  # its callers import it from here
+from batchrun.errors import ApiRefused, StateError, printable, redact
 from batchrun.fsutil import PRIVATE_FILE
 
 # The API's answers are small JSON objects; only file contents are large, and those are
@@ -42,7 +43,8 @@ CHUNK = 1 << 20
 
 
 class Transient(Exception):
-    """A failure that asking again may cure. Internal: the orchestrator retries it."""
+    """A failure that asking again may cure. Control flow, outside the error tree: every
+    caller retries it and, once its retries are spent, raises a StateError that says so."""
 
     def __init__(self, message: str, sent: bool = True) -> None:
         super().__init__(message)
@@ -50,15 +52,7 @@ class Transient(Exception):
         self.sent = sent  # False: the request never reached the server
 
 
-class ApiCallFailed(BatchrunError):
-    """The API refused a files or batches call for a reason retrying cannot cure."""
-
-    def __init__(self, message: str, status: int, code: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
-class BatchApi:
+class BatchClient:
     """One session for a job's files and batches calls; use in `async with`."""
 
     def __init__(self, endpoint: Endpoint, api_key: str, timeout_s: float = 600.0) -> None:
@@ -72,7 +66,7 @@ class BatchApi:
                                               sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> BatchApi:
+    async def __aenter__(self) -> BatchClient:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self
 
@@ -173,7 +167,7 @@ class BatchApi:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _require(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "use BatchApi in `async with`"
+        assert self._session is not None, "use BatchClient in `async with`"
         return self._session
 
     async def _json(self, method: str, url: str, data: Any = None,

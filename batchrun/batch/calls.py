@@ -17,9 +17,10 @@ FIRST_POLL_S = 1.0
 MIN_CALL_RETRIES = 5
 
 
-class Stop(Exception):
+class CallInterrupted(Exception):
     """Ctrl-C ended a files or batches call: the run stops where a kill -9 would have, which
-    the manifest's order of saves makes safe to resume from."""
+    the manifest's order of saves makes safe to resume from. Control flow, outside the error
+    tree: the run catches it and ends as interrupted; it never reaches the user."""
 
 
 class Caller:
@@ -48,7 +49,7 @@ class Caller:
         if self.interrupted:
             if asyncio.iscoroutine(call):
                 call.close()  # never to run: closed, so no "never awaited" warning
-            raise Stop
+            raise CallInterrupted
         task: asyncio.Future[T] = asyncio.ensure_future(call)
         self._calling = task
         try:
@@ -56,7 +57,7 @@ class Caller:
         except asyncio.CancelledError:
             if not self.interrupted:
                 raise
-            raise Stop from None
+            raise CallInterrupted from None
         finally:
             self._calling = None
 

@@ -24,11 +24,11 @@ import orjson
 from batchrun.backoff import backoff_s
 from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
-from batchrun.batch.calls import FIRST_POLL_S, Caller, Stop
+from batchrun.batch.calls import FIRST_POLL_S, Caller, CallInterrupted
 from batchrun.batch.collect import Collector, Merged
 from batchrun.batch.done import DoneIds
 from batchrun.batch.look import Fetched
-from batchrun.batch.outcome import Outcome, QueueSeen, describe
+from batchrun.batch.outcome import PartSettler, QueueSeen, describe
 from batchrun.batch.parts import (
     DOCUMENTED,
     DROPPED,
@@ -38,7 +38,7 @@ from batchrun.batch.parts import (
     PartFiles,
 )
 from batchrun.batch.pending import Pending, queue_limit
-from batchrun.batch.plan import Draft, Limits, QueueGate, split
+from batchrun.batch.plan import Draft, PartLimits, QueueGate, split
 from batchrun.batch.remote import Api, adopt, find_batch, text, validation_errors
 from batchrun.checkpoint import OutputWriter
 from batchrun.errors import (
@@ -59,7 +59,9 @@ QUEUE_WAIT_MAX_S = 3600.0
 
 
 class _Gone(BatchrunError):
-    """A file the API no longer has."""
+    """A file the API no longer has. Control flow: _download catches it at once and records
+    the part's requests as failed (a BatchrunError only because Caller.call's `refused` hook
+    returns one)."""
 
 
 class Detached(BatchrunError):
@@ -135,10 +137,10 @@ class BatchJob:
         writer = OutputWriter(self.spec.output)
         try:
             self.collector = Collector(writer, self._done, self._emit, self._secrets)
-            self._outcome = Outcome(self.book, self.files, self.collector, self._done,
+            self._outcome = PartSettler(self.book, self.files, self.collector, self._done,
                                     self.spec.input, self._queue, self._notify)
             return await self._loop()
-        except Stop:
+        except CallInterrupted:
             return self._stopped()
         finally:
             writer.close()
@@ -149,7 +151,7 @@ class BatchJob:
         writer = OutputWriter(self.spec.output)
         try:
             self.collector = Collector(writer, self._done, self._emit, self._secrets)
-            self._outcome = Outcome(self.book, self.files, self.collector, self._done,
+            self._outcome = PartSettler(self.book, self.files, self.collector, self._done,
                                     self.spec.input, self._queue, self._notify)
             for part in self.book.parts:
                 if part.state != SUBMITTED or not fetched.finished(part):
@@ -227,7 +229,7 @@ class BatchJob:
         """Parts for every request that has no result line and is in no open part."""
         pending = Pending(self.spec, self._report, self.book, self.files, self._done,
                           self.collector, self.api.batch_endpoint, self._opt.max_retries)
-        limits = {m: Limits(queue_tokens=self._queue_limit(m)) for m in self._report.models}
+        limits = {m: PartLimits(queue_tokens=self._queue_limit(m)) for m in self._report.models}
         for draft in split(pending.items(), limits):
             self._add_part(draft, pending.attempts)
             await asyncio.sleep(0)
