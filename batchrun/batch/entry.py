@@ -18,12 +18,13 @@ from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.signals import on_signals
 from batchrun.spec import JobSpec
+from batchrun.stop import Stop
 
 # `status JOB`: how long one files or batches call may wait. A status is a look, not a run.
 STATUS_TIMEOUT_S = 5.0
 
 
-async def drive(job: BatchJob, announce: bool = True) -> BatchrunError | None:
+async def drive(job: BatchJob, announce: bool = True) -> Stop | None:
     """Run with Ctrl-C and SIGTERM ending the wait (never the batches)."""
     return await on_signals(job.interrupt, job.run(announce))
 
@@ -33,7 +34,7 @@ async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key:
                     listener: Listener, report: InputReport, done: set[str], *,
                     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                     notify: Callable[[str], None] = lambda message: None,
-                    announce: bool = True, collect_only: bool = False) -> BatchrunError | None:
+                    announce: bool = True, collect_only: bool = False) -> Stop | None:
     """The job's pending requests through the Batch API, into its output (already locked by
     the caller); why it stopped, or None when every request has a line. `collect_only`: wait
     for the batches on the server and merge them; None when none is left open."""

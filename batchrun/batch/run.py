@@ -51,6 +51,7 @@ from batchrun.events import JobStarted, Listener, StateChanged
 from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.spec import JobSpec
+from batchrun.stop import Stop, StopKind
 
 # How long the run waits, in its own poll naps, while the API refuses a model's batches for
 # the enqueued-token queue and none of the job's own batches of that model is in it: nothing
@@ -126,9 +127,17 @@ class BatchJob:
     def interrupt(self) -> None:
         self._calls.interrupt()
 
-    async def run(self, announce: bool = True) -> BatchrunError | None:
-        """`announce=False`: the sync path already started this run (`--via auto`), so its
-        counts go on rather than starting again."""
+    async def run(self, announce: bool = True) -> Stop | None:
+        """The job's pending requests through the Batch API (a stop.Backend): why it stopped
+        early, None when every request has a line. `announce=False`: the sync path already
+        started this run (`--via auto`), so its counts go on rather than starting again."""
+        said = await self._run(announce)
+        if said is None:
+            return None
+        return Stop(StopKind.DETACHED if isinstance(said, Detached) else StopKind.BATCH,
+                    said=said)
+
+    async def _run(self, announce: bool) -> BatchrunError | None:
         report = self._report
         if announce:
             self._announce(report)
