@@ -127,6 +127,7 @@ class Engine:
         self._done = report.already_done
         self._total = report.total
         self._accounted = 0  # lines of the input with a result line, counted as the reader goes
+        # Read through lambdas: run() sets the clock (the running loop's), the reader the end.
         self._failover = Failover(
             wait=spec.wait, clock=lambda: self._clock(), now_utc=now_utc, sleep=sleep,
             emit=listener, halt=self._halt, later=self._later,
