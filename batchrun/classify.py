@@ -103,12 +103,12 @@ class Outcome:
             return True
         if self.status is None:
             return False
-        if 200 <= self.status < 300:
+        if is_success(self.status):
             return self._reported() is not None
         return self.status < 500 and self.status != 408
 
     def _reported(self) -> tuple[int, int] | None:
-        if self.status is None or not 200 <= self.status < 300:
+        if self.status is None or not is_success(self.status):
             return None
         return reported_usage(self.body)
 
@@ -202,7 +202,34 @@ def server_state(headers: Mapping[str, str]) -> ServerState | None:
     return None if state == ServerState() else state
 
 
-def _error_fields(body: Any) -> tuple[str, str, str]:
+def is_success(status: int) -> bool:
+    """Every 2xx is an answer: Azure answers 201 Created to Files - Upload and Batch - Create
+    (SERVERS.md), and a gateway may say 201 or 202 for a completion too."""
+    return 200 <= status < 300
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400
+
+
+def status_kind(status: int, code: str = "", etype: str = "") -> Kind:
+    """What an HTTP status (with the error's code and type) says, the one reading of it for
+    every caller: a sync request's answer (`classify`, which also reads the body), a files or
+    batches call (batch.api) and a line of a batch's results (batch.collect). A 429 is
+    RATE_MINUTE here; only `classify` can tell a daily limit or a request too large by its
+    message. Redirects are FAIL: batchrun never follows one."""
+    if is_success(status):
+        return Kind.OK
+    if code in REFUSAL_CODES or etype in REFUSAL_CODES or status in (401, 402, 403):
+        return Kind.REFUSED
+    if status == 429:
+        return Kind.RATE_MINUTE
+    if status in (408, 409) or status >= 500:
+        return Kind.RETRY
+    return Kind.FAIL
+
+
+def error_fields(body: Any) -> tuple[str, str, str]:
     """(code, type, message) of an OpenAI error body, or empty strings."""
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
@@ -366,7 +393,7 @@ def classify(
             return _too_costly(status, request_id, len(raw), cost, max_parse_bytes)
     body = _parse(raw)
     state = server_state(headers)
-    if status == 200:
+    if is_success(status):
         want = "data" if url == EMBEDDINGS_URL else "choices"
         if isinstance(body, dict) and isinstance(body.get(want), list):
             # A model's answer is the user's data and is never rewritten: a model cannot read
@@ -376,11 +403,11 @@ def classify(
     # headers (an httpbin-like 200 too).
     body = scrub(body, secrets)
     out = Outcome(Kind.OK, status, body, request_id, state)
-    if status == 200:
+    if is_success(status):
         out.kind, out.code = Kind.RETRY, "invalid_response"
-        out.message = f"the server answered 200 without {want!r} (truncated or not JSON)"
+        out.message = f"the server answered {status} without {want!r} (truncated or not JSON)"
         return out
-    if 300 <= status < 400:
+    if is_redirect(status):
         # Following would carry the key (aiohttp keeps `api-key` across hosts) and the prompt to
         # wherever the server pointed, and accept that host's answer as the result.
         location = headers.get("location", "")
@@ -392,31 +419,26 @@ def classify(
             "--base-url (or --azure-endpoint)."
         )
         return out
-    code, etype, message = _error_fields(body)
+    code, etype, message = error_fields(body)
     message = printable(capped(redact(message, *secrets)))
     if not message:
         snippet = _snippet(raw, secrets)
         message = f"HTTP {status}" + (f": {snippet}" if snippet else "")
     out.code = printable(code or etype or f"http_{status}")[:_MAX_CODE_CHARS]
     out.message = message
-    if code in REFUSAL_CODES or etype in REFUSAL_CODES or status in (401, 402, 403):
-        out.kind = Kind.REFUSED
-    elif status == 429 and message.lower().startswith("request too large"):
+    out.kind = status_kind(status, code, etype)
+    if out.kind is Kind.RATE_MINUTE and message.lower().startswith("request too large"):
         # Final: asking again cannot make it fit (DESIGN: one larger than the limit fails fast).
         out.kind, out.code = Kind.FAIL, "request_too_large"
         limit = _LIMIT.search(message)
         if limit and ("per min" in message or "(TPM)" in message):
             out.server_limit_tokens = int(limit.group(1).replace(",", ""))
         out.server_requested_tokens = _requested_tokens(message)
-    elif status == 429:
+    elif out.kind is Kind.RATE_MINUTE:
         daily = "per day" in message or "(TPD)" in message or "(RPD)" in message
         out.kind = Kind.RATE_DAY if daily else Kind.RATE_MINUTE
         out.hint_s = retry_hint(headers, message)
         out.server_requested_tokens = _requested_tokens(message)
-    elif status in (408, 409) or status >= 500:
-        out.kind = Kind.RETRY
-    else:
-        out.kind = Kind.FAIL
     return out
 
 

@@ -29,12 +29,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from batchrun.backoff import MAX_BACKOFF_S, backoff_s
 from batchrun.checkpoint import OutputWriteFailed, OutputWriter, result_line
 from batchrun.classify import Kind, Outcome
 from batchrun.client import ApiClient
 from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
 from batchrun.endpoint import proxy_for
-from batchrun.endpoints.failover import RouteFailover
+from batchrun.endpoints.failover import Failover, too_large
 from batchrun.endpoints.routing import FOR_THE_RUN, Out, combined
 from batchrun.endpoints.stamp import with_endpoint
 from batchrun.errors import BadLine, BatchrunError, InputChanged, StateError
@@ -52,7 +53,7 @@ from batchrun.jobs import InputReport, Reading, read_jobs
 from batchrun.lanes import Client, Job, Lane, Route, Upstream
 from batchrun.ledger import DailyBudget, fmt_wait, until_midnight, utc_now
 from batchrun.limiter import Ticket
-from batchrun.sizing import never_fits, size_of
+from batchrun.sizing import size_of
 from batchrun.spec import JobSpec
 from batchrun.state import SharedBudget, SharedStateError, open_gate, servers_yesterday
 from batchrun.stop import Stop, StopKind
@@ -61,7 +62,7 @@ from batchrun.tiers import Limits
 __all__ = ["Client", "Engine", "JobSpec", "Upstream"]
 
 QUEUE_PER_LANE = 1024
-MAX_BACKOFF_S = 60.0
+FIRST_RETRY_S = 0.5  # a request's first wait before it is sent again
 
 
 # What an attempt's decision writes a line for.
@@ -76,7 +77,7 @@ def _cannot_write(exc: StateError) -> str:
     return exc.message
 
 
-class Engine(RouteFailover):
+class Engine:
     def __init__(
         self,
         spec: JobSpec,
@@ -126,6 +127,11 @@ class Engine(RouteFailover):
         self._done = report.already_done
         self._total = report.total
         self._accounted = 0  # lines of the input with a result line, counted as the reader goes
+        # Read through lambdas: run() sets the clock (the running loop's), the reader the end.
+        self._failover = Failover(
+            wait=spec.wait, clock=lambda: self._clock(), now_utc=now_utc, sleep=sleep,
+            emit=listener, halt=self._halt, later=self._later,
+            wait_for_reset=self._wait_for_reset, input_done=lambda: self._input_done)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -257,15 +263,11 @@ class Engine(RouteFailover):
     def _routes(self) -> list[Route]:
         return [route for lane in self._lanes.values() for route in lane.routes]
 
-    @staticmethod
-    def _too_large(route: Route, job: Job) -> str | None:
-        return never_fits(job.size, route.model, route.limiter.pacer.tpm, route.budget.tpd)
-
     def _never_fits(self, lane: Lane, job: Job) -> bool:
         """Record a request that can never run on any route of its model (over the TPM, perhaps
         one the server's headers taught since it was queued; over the daily budget; over the
         context window)."""
-        reasons = [self._too_large(route, job) for route in lane.routes
+        reasons = [too_large(route, job) for route in lane.routes
                    if route.out not in FOR_THE_RUN] or [None]
         reason = None if None in reasons else reasons[0]
         if reason is not None:
@@ -277,12 +279,12 @@ class Engine(RouteFailover):
     async def _dispatch(self, lane: Lane, route: Route) -> None:
         shared = len(lane.routes) > 1
         while not self._stop:
-            job = await self._turn(lane, route) if shared else lane.next_job()
+            job = await self._failover.turn(lane, route) if shared else lane.next_job()
             if job is None:
                 if self._input_done and lane.outstanding == 0:
                     return
                 if shared:
-                    continue  # _turn returns None only to look again
+                    continue  # turn returns None only to look again
                 lane.changed.clear()
                 await lane.changed.wait()
                 continue
@@ -309,7 +311,7 @@ class Engine(RouteFailover):
                     route.settled.clear()
                     await route.settled.wait()
                     continue
-                if await self._take_out(lane, route, Out.DAILY, route.budget.describe()):
+                if await self._failover.take_out(lane, route, Out.DAILY, route.budget.describe()):
                     continue
                 return
             self._emit(RequestSent(lane.model, job.cost, route.name))
@@ -336,7 +338,7 @@ class Engine(RouteFailover):
         if stopping and action not in _LINES and not outcome.usage_known:
             # No line and no answer, maybe billed: the stop's message must not call it written.
             self._abandoned += 1
-        if len(lane.routes) > 1 and await self._fail_over(lane, route, job, action):
+        if len(lane.routes) > 1 and await self._failover.fail_over(lane, route, job, action):
             return
         if action is Action.WRITE:
             lane.learn_output((outcome_usage(outcome) or (0, 0))[1])
@@ -370,8 +372,8 @@ class Engine(RouteFailover):
         lane.changed.set()
 
     def _retry_later(self, lane: Lane, job: Job, hint_s: float | None) -> None:
-        backoff = min(MAX_BACKOFF_S, 0.5 * 2 ** (job.tries.failures - 1))
-        delay = max(backoff * self._rng.uniform(0.5, 1.5), min(hint_s or 0.0, MAX_BACKOFF_S))
+        delay = max(backoff_s(job.tries.failures, first_s=FIRST_RETRY_S, rng=self._rng),
+                    min(hint_s or 0.0, MAX_BACKOFF_S))
 
         async def requeue() -> None:
             await self._sleep(delay)

@@ -51,6 +51,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from batchrun.backoff import backoff_s
+
 START_BURST_S = 1.0
 MAX_BURST_S = 60.0
 # The smallest burst: a fifth of a second's budget at a time (half of it the reserve).
@@ -309,7 +311,7 @@ class Pacer:
         self.consecutive_429 += 1
         self._cooldown_started = now
         # Server hints are optimistic during a storm: each 429 in a row doubles the pause.
-        backoff = min(MAX_COOLDOWN_S, FIRST_COOLDOWN_S * 2.0 ** (self.consecutive_429 - 1))
+        backoff = backoff_s(self.consecutive_429, first_s=FIRST_COOLDOWN_S, cap_s=MAX_COOLDOWN_S)
         pause = min(MAX_COOLDOWN_S, max(hint_s or 0.0, backoff))
         self.cooldown_until = max(self.cooldown_until, now + pause)
         # The burst this request went out under was too big: never probe past the last one

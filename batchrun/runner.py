@@ -466,8 +466,8 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
         return await _sync_beside_batches(spec, manifest, store, api_key, listener, report,
                                           done, budgets, now_utc, sleep, notify, on_disk)
     if spec.via == "batch" or has_batches_on_server(manifest.batch):
-        return await run_batch(spec, manifest, store, api_key, listener, report, done,
-                               sleep=sleep, notify=notify)
+        return _phrase(await run_batch(spec, manifest, store, api_key, listener, report, done,
+                                       sleep=sleep, notify=notify), spec, manifest)
     if drop_unsent_parts(manifest.batch) and on_disk:
         store.save(manifest)  # before the sync path sends what they held
     if spec.endpoints:
@@ -480,9 +480,9 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
     if hands_over_to_batch(ended, spec.via):
         notify(f"{ended.budget}: the {ended.total - ended.done:,} requests left go through the "
                "Batch API now, into the same output.")
-        return await run_batch(spec, manifest, store, api_key, listener, report,
-                               read_output(spec.output).done, sleep=sleep, notify=notify,
-                               announce=False)
+        ended = await run_batch(spec, manifest, store, api_key, listener, report,
+                                read_output(spec.output).done, sleep=sleep, notify=notify,
+                                announce=False)
     return _phrase(ended, spec, manifest)
 
 
@@ -497,7 +497,10 @@ async def _run_engine(spec: JobSpec, report: InputReport, skip: set[str], api_ke
     return await on_signals(engine.interrupt, engine.run())
 
 
-def _phrase(ended: Stop, spec: JobSpec, manifest: Manifest) -> BatchrunError:
+def _phrase(ended: Stop | None, spec: JobSpec, manifest: Manifest) -> BatchrunError | None:
+    """How a backend's run ended (stop.Backend), in the user's words; None: done."""
+    if ended is None:
+        return None
     key_envs = [c.endpoint.key_env for c in spec.endpoints] or [spec.endpoint.key_env]
     return phrase(ended, str(spec.output), manifest.resume_command,
                   ", $".join(dict.fromkeys(key_envs)))
@@ -533,7 +536,7 @@ async def _sync_beside_batches(spec: JobSpec, manifest: Manifest, store: JobStor
                                read_output(spec.output).done, sleep=sleep, notify=notify,
                                announce=False, collect_only=True)
         if stop is not None:
-            return stop
+            return _phrase(stop, spec, manifest)
         done = read_output(spec.output).done
         report = input_report(spec.input, spec.model, done, manifest.checked)
         listener = _going_on(listener)

@@ -6,12 +6,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchrun.endpoint import Endpoint
-from batchrun.endpoints.config import EndpointConfig
+from batchrun.ledger import ledger_host
 from batchrun.tiers import Limits, preset
 
 # A bigger answer fails its request: a decompression bomb must not take the machine's memory.
 # Large enough for 2,048 embeddings of 3,072 dimensions.
 DEFAULT_MAX_RESPONSE_MB = 64.0
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """One endpoint of the file: where, whose key (the variable's name), which limits."""
+
+    name: str
+    endpoint: Endpoint
+    tier: str = "tier1"
+    priority: int = 1
+    limits: dict[str, dict[str, int]] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+    def serves(self, model: str) -> bool:
+        """A preset for the model, or a limits or models entry naming it."""
+        return (model in self.limits or model in self.models
+                or preset(model, self.tier) is not None)
+
+    def limits_for(self, model: str) -> Limits:
+        base = preset(model, self.tier) or Limits()
+        return base.override(**self.limits.get(model, {}))
+
+    def deployment(self, model: str) -> str:
+        """The name this endpoint knows `model` by (an Azure deployment, another alias)."""
+        return self.models.get(model, model)
+
+    def quotas(self) -> set[tuple[str, str]]:
+        """What one key's limits are kept for here: the host (one server, however its URL is
+        spelled), and for Azure each deployment, which has a quota of its own."""
+        host = ledger_host(self.endpoint.host)
+        if not self.endpoint.azure:
+            return {(host, "")}
+        return {(host, self.deployment(m)) for m in (*self.limits, *self.models)} or {(host, "")}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,15 @@
-"""Why a job stopped before every request had a line, as data. The engine returns a `Stop`; the
-runner turns it into the user's message and exit code with `phrase` (the engine writes no
-sentences for the terminal)."""
+"""Why a job stopped before every request had a line, as data. Both ways of sending a job, the
+sync engine and the Batch API path, are a `Backend` that returns a `Stop` (None: every request
+has a line); the runner turns it into the user's message and exit code with `phrase` (the
+engine writes no sentences for the terminal; the Batch API path words its own, in batch.words,
+and hands them over in `Stop.said`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 from batchrun.errors import ApiRefused, BatchrunError, DailyLimitReached, Interrupted, StateError
 from batchrun.ledger import fmt_wait
@@ -21,6 +24,8 @@ class StopKind(enum.Enum):
     INCOMPLETE = "incomplete"  # the reader gave fewer lines than the check counted
     STATE = "state"  # the shared state (--state redis://) stopped answering
     OUTPUT = "output"  # the output cannot take another line (a full disk, a write refused)
+    DETACHED = "detached"  # --detach: the batches run on the server; not an error (exit 0)
+    BATCH = "batch"  # the Batch API path stopped early, for the reason its `said` words
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,18 @@ class Stop:
     abandoned: int = 0
     interrupted: bool = False  # Ctrl-C came while it stopped (for this reason or another)
     unwritten: int = 0  # OUTPUT: answers that came but whose lines could not be written
+    said: BatchrunError | None = None  # DETACHED, BATCH: the message and exit code, worded
+
+
+class Backend(Protocol):
+    """A way to send a prepared job: the sync engine (engine.Engine) or the Batch API path
+    (batch.run.BatchJob). `run` sends what has no line yet and returns why it stopped early
+    (None: every request has a line); a local failure that ends it at once (a disk, the
+    state) is raised as a BatchrunError. `interrupt`: Ctrl-C or SIGTERM."""
+
+    async def run(self) -> Stop | None: ...
+
+    def interrupt(self) -> None: ...
 
 
 def hands_over_to_batch(stop: Stop, via: str) -> bool:
@@ -63,6 +80,8 @@ def abandoned_note(abandoned: int) -> str:
 
 def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
     """The message and exit code the user sees. `resume`: the command that continues the job."""
+    if stop.said is not None:
+        return stop.said
     done = f"{stop.done:,} of {stop.total:,} requests done"
     # Said before the resume command, never after it: run on from the command, the count read
     # (and was copied) as its arguments.

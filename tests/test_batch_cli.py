@@ -18,7 +18,7 @@ from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeBatchApi:
     api = FakeBatchApi(steps=1)
-    monkeypatch.setattr(batch_entry, "BatchApi", lambda *a, **k: api)
+    monkeypatch.setattr(batch_entry, "BatchClient", lambda *a, **k: api)
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     return api
 

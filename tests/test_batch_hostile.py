@@ -15,7 +15,7 @@ from aiohttp import web
 
 from batchrun import runner
 from batchrun.batch import entry as batch_entry
-from batchrun.batch.api import ApiCallFailed, BatchApi
+from batchrun.batch.api import ApiCallFailed, BatchClient
 from batchrun.batch.run import BatchJob, Detached
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.events import StateChanged, Stats
@@ -169,7 +169,7 @@ def ok_line(cid: str) -> bytes:
 def real_api_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any,
                      n: int) -> Harness:
     h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=n, base_url=server.base_url)
-    monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)  # the real client, over HTTP
+    monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)  # the real client, over HTTP
     return h
 
 

@@ -33,7 +33,7 @@ class Harness:
     def __init__(self, tmp_path: Path, fake: FakeBatchApi, monkeypatch: pytest.MonkeyPatch,
                  n: int = 5, base_url: str = "https://api.example.test/v1", **spec: Any) -> None:
         self.fake = fake
-        monkeypatch.setattr(batch_entry, "BatchApi", lambda *a, **k: fake)
+        monkeypatch.setattr(batch_entry, "BatchClient", lambda *a, **k: fake)
         monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
         self.input = write_jsonl(tmp_path / "jobs.jsonl", rows(n))
         self.output = tmp_path / "out.jsonl"

@@ -20,7 +20,7 @@ import pytest
 from batchrun import runner
 from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
-from batchrun.batch.api import BatchApi
+from batchrun.batch.api import BatchClient
 from batchrun.endpoint import Endpoint
 from batchrun.errors import ApiRefused
 from tests.batch_server import BatchServer, ServerConfig
@@ -37,14 +37,14 @@ def server(request: pytest.FixtureRequest) -> Iterator[BatchServer]:
 
 
 class ServerHarness(Harness):
-    """A Harness whose job talks to `server` through the real BatchApi client."""
+    """A Harness whose job talks to `server` through the real BatchClient client."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer,
                  n: int = 3, **spec: Any) -> None:
         super().__init__(tmp_path, None, monkeypatch, n=n, base_url=server.url + "/v1",  # type: ignore[arg-type]
                          **spec)
         self.server = server
-        monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)
+        monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)
         if server.config.azure:
             monkeypatch.setenv("AZURE_OPENAI_API_KEY", FAKE_KEY)
             self.spec = replace(self.spec, endpoint=Endpoint.make(None, server.url, None))

@@ -13,7 +13,7 @@ import pytest
 from batchrun import runner
 from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
-from batchrun.batch.api import BatchApi
+from batchrun.batch.api import BatchClient
 from batchrun.simulator import BatchConfig, SimConfig
 from tests.conftest import FAKE_KEY
 from tests.test_batch_run import Harness, ok_ids
@@ -29,7 +29,7 @@ class SimHarness(Harness):
         self.sim = sim
         super().__init__(tmp_path, None, monkeypatch, n=n, base_url=sim.base_url,  # type: ignore[arg-type]
                          **spec)
-        monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)  # the real client
+        monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)  # the real client
         if azure:
             from dataclasses import replace
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from batchrun import runner
 from batchrun.batch import entry as batch_entry
-from batchrun.batch.api import ApiCallFailed, BatchApi
+from batchrun.batch.api import ApiCallFailed, BatchClient
 from batchrun.batch.run import Detached
 from batchrun.errors import BatchrunError
 from batchrun.events import Stats
@@ -99,7 +99,7 @@ def detached_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: str,
     client for whatever comes next."""
     h = Harness(tmp_path, FakeBatchApi(steps=3), monkeypatch, n=n, base_url=base_url)
     assert isinstance(h.submit(detach=True), Detached)
-    monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)
+    monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)
     return h
 
 

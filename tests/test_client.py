@@ -37,6 +37,8 @@ CHAT_OK = orjson.dumps({"choices": [{"message": {"content": "x"}}],
 
 @pytest.mark.parametrize(("status", "body", "headers", "kind"), [
     (200, CHAT_OK, {}, Kind.OK),
+    (201, CHAT_OK, {}, Kind.OK),  # every 2xx is an answer (SERVERS.md)
+    (402, err("Payment required"), {}, Kind.REFUSED),
     (200, b'{"id": "x"}', {}, Kind.RETRY),  # no choices
     (200, b'{"choices": [{"mess', {}, Kind.RETRY),  # truncated
     (200, b"<html>oops</html>", {}, Kind.RETRY),

@@ -22,9 +22,18 @@ from urllib.parse import quote, urlencode
 import aiohttp
 import orjson
 
-from batchrun.classify import REFUSAL_CODES, capped, secret_forms
+from batchrun.classify import (
+    Kind,
+    capped,
+    error_fields,
+    is_redirect,
+    is_success,
+    secret_forms,
+    status_kind,
+)
 from batchrun.endpoint import Endpoint, env_proxy, proxy_secrets
-from batchrun.errors import ApiRefused, BatchrunError, StateError, printable, redact
+from batchrun.errors import ApiCallFailed as ApiCallFailed  # its callers import it from here
+from batchrun.errors import ApiRefused, StateError, printable, redact
 from batchrun.fsutil import PRIVATE_FILE
 
 # The API's answers are small JSON objects; only file contents are large, and those are
@@ -34,7 +43,8 @@ CHUNK = 1 << 20
 
 
 class Transient(Exception):
-    """A failure that asking again may cure. Internal: the orchestrator retries it."""
+    """A failure that asking again may cure. Control flow, outside the error tree: every
+    caller retries it and, once its retries are spent, raises a StateError that says so."""
 
     def __init__(self, message: str, sent: bool = True) -> None:
         super().__init__(message)
@@ -42,15 +52,7 @@ class Transient(Exception):
         self.sent = sent  # False: the request never reached the server
 
 
-class ApiCallFailed(BatchrunError):
-    """The API refused a files or batches call for a reason retrying cannot cure."""
-
-    def __init__(self, message: str, status: int, code: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
-class BatchApi:
+class BatchClient:
     """One session for a job's files and batches calls; use in `async with`."""
 
     def __init__(self, endpoint: Endpoint, api_key: str, timeout_s: float = 600.0) -> None:
@@ -64,7 +66,7 @@ class BatchApi:
                                               sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> BatchApi:
+    async def __aenter__(self) -> BatchClient:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
         return self
 
@@ -149,7 +151,7 @@ class BatchApi:
         try:
             async with session.get(url, headers=self._auth, allow_redirects=False,
                                    proxy=self._proxy) as resp:
-                if not _success(resp.status):
+                if not is_success(resp.status):
                     self._raise(resp.status, await self._read(resp, MAX_JSON_BYTES))
                 tmp = dest.with_name(dest.name + ".part")
                 with _private(tmp) as f:
@@ -165,7 +167,7 @@ class BatchApi:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _require(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "use BatchApi in `async with`"
+        assert self._session is not None, "use BatchClient in `async with`"
         return self._session
 
     async def _json(self, method: str, url: str, data: Any = None,
@@ -179,7 +181,7 @@ class BatchApi:
             async with session.request(method, url, data=data, headers=headers,
                                        allow_redirects=False, proxy=self._proxy) as resp:
                 raw = await self._read(resp, MAX_JSON_BYTES)
-                if not _success(resp.status):
+                if not is_success(resp.status):
                     self._raise(resp.status, raw)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise self._transient(exc) from None
@@ -214,22 +216,18 @@ class BatchApi:
         return Transient(self._said(f"{type(exc).__name__}: {exc}"), sent=reached)
 
     def _raise(self, status: int, raw: bytes) -> None:
-        code, message = _error_of(raw)
+        code, etype, message = _error_of(raw)
         said = self._said(message or raw[:200].decode("utf-8", "replace")) or f"HTTP {status}"
-        if status in (401, 403) or code in REFUSAL_CODES:
+        kind = status_kind(status, code, etype)
+        if kind is Kind.REFUSED:
             raise ApiRefused(
                 f"The API refused the key or the account: {said} ({code or 'no code'}, HTTP "
                 f"{status}). Check ${self.endpoint.key_env}, the account's billing and quota.")
-        if status in (408, 409, 429) or status >= 500:
+        if kind in (Kind.RETRY, Kind.RATE_MINUTE):
             raise Transient(f"HTTP {status}: {said}")
-        if 300 <= status < 400:
+        if is_redirect(status):
             said = "a redirect, which batchrun never follows; check the base URL"
         raise ApiCallFailed(f"HTTP {status}: {said}", status, code)
-
-
-def _success(status: int) -> bool:
-    """Every 2xx: Azure answers 201 Created to Files - Upload and Batch - Create."""
-    return 200 <= status < 300
 
 
 def _private(path: Path) -> BinaryIO:
@@ -239,12 +237,9 @@ def _private(path: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _error_of(raw: bytes) -> tuple[str, str]:
+def _error_of(raw: bytes) -> tuple[str, str, str]:
+    """(code, type, message) of an error answer's body; empty strings if it has none."""
     try:
-        body = orjson.loads(raw)
+        return error_fields(orjson.loads(raw))
     except orjson.JSONDecodeError:
-        return "", ""
-    err = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(err, dict):
-        return "", ""
-    return str(err.get("code") or ""), str(err.get("message") or "")
+        return "", "", ""

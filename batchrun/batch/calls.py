@@ -8,18 +8,19 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from batchrun.backoff import backoff_s
 from batchrun.batch.api import ApiCallFailed, Transient
 from batchrun.errors import BatchrunError, StateError
 
 T = TypeVar("T")
 FIRST_POLL_S = 1.0
-MAX_BACKOFF_S = 60.0
 MIN_CALL_RETRIES = 5
 
 
-class Stop(Exception):
+class CallInterrupted(Exception):
     """Ctrl-C ended a files or batches call: the run stops where a kill -9 would have, which
-    the manifest's order of saves makes safe to resume from."""
+    the manifest's order of saves makes safe to resume from. Control flow, outside the error
+    tree: the run catches it and ends as interrupted; it never reaches the user."""
 
 
 class Caller:
@@ -48,7 +49,7 @@ class Caller:
         if self.interrupted:
             if asyncio.iscoroutine(call):
                 call.close()  # never to run: closed, so no "never awaited" warning
-            raise Stop
+            raise CallInterrupted
         task: asyncio.Future[T] = asyncio.ensure_future(call)
         self._calling = task
         try:
@@ -56,7 +57,7 @@ class Caller:
         except asyncio.CancelledError:
             if not self.interrupted:
                 raise
-            raise Stop from None
+            raise CallInterrupted from None
         finally:
             self._calling = None
 
@@ -73,15 +74,13 @@ class Caller:
     async def call(self, what: str, call: Callable[[], Awaitable[T]],
                    refused: Callable[[ApiCallFailed], BatchrunError] | None = None) -> T:
         """`call`, again after a transient failure (with backoff), up to --max-retries."""
-        delay = FIRST_POLL_S
         for attempt in range(self.retries + 1):
             try:
                 return await self.interruptible(call())
             except Transient as exc:
                 if attempt == self.retries:
                     raise self.unreachable(what, exc) from None
-                await self.nap(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                await self.nap(backoff_s(attempt + 1, first_s=FIRST_POLL_S))
             except ApiCallFailed as exc:
                 if refused is not None:
                     raise refused(exc) from None

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from batchrun.checkpoint import OutputWriter, result_line
-from batchrun.classify import REFUSAL_CODES, reported_usage, scrub
+from batchrun.classify import Kind, is_success, reported_usage, scrub, status_kind
 from batchrun.errors import StateError, redact
 from batchrun.events import Listener, RequestFinished
 
@@ -40,9 +40,13 @@ class Merged:
     answered: int = 0
 
 
-def _retryable(status: int | None, code: str) -> bool:
-    return code in RETRY_CODES or (status is not None and (status >= 500
-                                                           or status in (408, 409, 429)))
+def _kind(status: int | None, code: str) -> Kind:
+    """A failed line read as the sync path reads the same answer (classify.status_kind), with
+    the batch's own codes for a request it never ran (expired, cancelled) sent again."""
+    kind = status_kind(status or 0, code)
+    if kind is not Kind.REFUSED and code in RETRY_CODES:
+        return Kind.RETRY
+    return Kind.RETRY if kind is Kind.RATE_MINUTE else kind
 
 
 # A value of 20 digits or more: maybe an integer past 64 bits, which orjson reads as a float
@@ -124,7 +128,7 @@ class Collector:
             status = status if isinstance(status, int) and not isinstance(status, bool) else None
             body = response.get("body") if response else None
             request_id = str(response.get("request_id") or "") if response else ""
-            if obj.get("error") is None and status is not None and 200 <= status < 300:
+            if obj.get("error") is None and status is not None and is_success(status):
                 # Written as read: one line of the answer's JSON, digits and escapes kept.
                 raw_body = json.dumps(body, separators=(",", ":")).encode() if exact else None
                 self._write(cid, result_line(cid, status, request_id, body, None, raw_body))
@@ -137,12 +141,13 @@ class Collector:
             body = scrub(body, self._secrets)
             code, message = (redact(x, *self._secrets) for x in _error_of(obj, body, status))
             request_id = redact(request_id, *self._secrets, hex_keys=False)
-            if code in REFUSAL_CODES:
+            kind = _kind(status, code)
+            if kind is Kind.REFUSED:
                 # Not the request's fault: kept unsent, and the job stops as the sync path does.
                 merged.left[cid] = (code, message)
                 merged.refused = (code, message)
                 continue
-            if _retryable(status, code):
+            if kind is Kind.RETRY:
                 merged.left[cid] = (code, message)
                 continue
             self._write(cid, result_line(cid, status, request_id, body, (code, message)))

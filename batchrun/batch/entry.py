@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
+from batchrun.batch.api import ApiCallFailed, BatchClient, Transient
 from batchrun.batch.look import Fetched, look
 from batchrun.batch.parts import BatchBook, PartFiles
 from batchrun.batch.remote import cancel_interruptibly
@@ -18,12 +18,13 @@ from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.signals import on_signals
 from batchrun.spec import JobSpec
+from batchrun.stop import Stop
 
 # `status JOB`: how long one files or batches call may wait. A status is a look, not a run.
 STATUS_TIMEOUT_S = 5.0
 
 
-async def drive(job: BatchJob, announce: bool = True) -> BatchrunError | None:
+async def drive(job: BatchJob, announce: bool = True) -> Stop | None:
     """Run with Ctrl-C and SIGTERM ending the wait (never the batches)."""
     return await on_signals(job.interrupt, job.run(announce))
 
@@ -33,12 +34,12 @@ async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key:
                     listener: Listener, report: InputReport, done: set[str], *,
                     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                     notify: Callable[[str], None] = lambda message: None,
-                    announce: bool = True, collect_only: bool = False) -> BatchrunError | None:
+                    announce: bool = True, collect_only: bool = False) -> Stop | None:
     """The job's pending requests through the Batch API, into its output (already locked by
     the caller); why it stopped, or None when every request has a line. `collect_only`: wait
     for the batches on the server and merge them; None when none is left open."""
     options = Options(spec.poll_max_s, spec.detach, spec.max_retries, collect_only)
-    async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
+    async with BatchClient(spec.endpoint, api_key, spec.timeout_s) as api:
         job = BatchJob(spec, manifest, store, api, listener, report, done, options, sleep=sleep,
                        notify=notify, secrets=secret_forms(api_key))
         return await drive(job, announce)
@@ -55,7 +56,7 @@ def ids_on_server(manifest: Manifest, store: JobStore) -> set[str]:
 async def look_at_batches(spec: JobSpec, manifest: Manifest, store: JobStore,
                           api_key: str) -> Fetched:
     """`status JOB`, without the output's lock: one short try per open batch."""
-    async with BatchApi(spec.endpoint, api_key, STATUS_TIMEOUT_S) as api:
+    async with BatchClient(spec.endpoint, api_key, STATUS_TIMEOUT_S) as api:
         return await look(api, spec.endpoint.host, manifest, store.home)
 
 
@@ -77,7 +78,7 @@ async def cancel_job(spec: JobSpec, manifest: Manifest, store: JobStore,
         manifest.batch = book.dump()
         store.save(manifest)
 
-    async with BatchApi(spec.endpoint, api_key, spec.timeout_s) as api:
+    async with BatchClient(spec.endpoint, api_key, spec.timeout_s) as api:
         try:
             return await cancel_interruptibly(book, api, manifest.job_id, save, force)
         except Transient as exc:

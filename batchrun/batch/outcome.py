@@ -45,7 +45,7 @@ class QueueSeen:
     limits: dict[str, int] = field(default_factory=dict)
 
 
-class Outcome:
+class PartSettler:
     def __init__(self, book: BatchBook, files: PartFiles, collector: Collector, done: set[str],
                  input_path: Path, queue: QueueSeen, notify: Callable[[str], None]) -> None:
         self._book, self._files, self._collector, self._done = book, files, collector, done

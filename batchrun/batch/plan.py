@@ -42,7 +42,7 @@ class Draft:
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class PartLimits:
     max_requests: int = MAX_REQUESTS
     max_bytes: int = MAX_BYTES
     queue_tokens: int = 0  # the model's enqueued-token limit; 0 = unlimited
@@ -55,13 +55,15 @@ class Limits:
                 and (not self.queue_tokens or draft.tokens + item.tokens <= self.queue_tokens))
 
 
-def split(items: Iterable[Item], limits_for: Limits | dict[str, Limits]) -> Iterator[Draft]:
+def split(items: Iterable[Item],
+          limits_for: PartLimits | dict[str, PartLimits]) -> Iterator[Draft]:
     """The parts; each (url, model)'s in input order, one open part per (url, model).
-    `limits_for`: one Limits for every model, or one per model (the queue limit is per model)."""
+    `limits_for`: one PartLimits for every model, or one per model (the queue limit is per
+    model)."""
     open_: dict[tuple[str, str], Draft] = {}
     for item in items:
-        limits = limits_for if isinstance(limits_for, Limits) else limits_for.get(
-            item.model, Limits())
+        limits = limits_for if isinstance(limits_for, PartLimits) else limits_for.get(
+            item.model, PartLimits())
         key = (item.url, item.model)
         draft = open_.get(key)
         if draft is not None and not limits.fits(draft, item):

@@ -25,7 +25,7 @@ from batchrun.signals import on_signals
 
 
 class Api(Protocol):
-    """What the orchestrator calls: BatchApi, or a scripted fake in tests."""
+    """What the orchestrator calls: BatchClient, or a scripted fake in tests."""
 
     def batch_endpoint(self, url: str) -> str: ...
     async def upload(self, path: Path, name: str) -> dict[str, Any]: ...
@@ -153,7 +153,8 @@ async def cancel_parts(book: BatchBook, api: Api, job_id: str, save: Callable[[]
 
 
 class _Unknown(Exception):
-    """The API answered 404 for the batch under this key."""
+    """The API answered 404 for the batch under this key. Control flow, outside the error
+    tree: cancel_parts gathers every such batch into one ApiRefused that names them all."""
 
 
 def _drop_unsent(book: BatchBook) -> int:

@@ -21,13 +21,14 @@ from typing import Any
 
 import orjson
 
+from batchrun.backoff import backoff_s
 from batchrun.batch import words
 from batchrun.batch.api import ApiCallFailed, Transient
-from batchrun.batch.calls import FIRST_POLL_S, MAX_BACKOFF_S, Caller, Stop
+from batchrun.batch.calls import FIRST_POLL_S, Caller, CallInterrupted
 from batchrun.batch.collect import Collector, Merged
 from batchrun.batch.done import DoneIds
 from batchrun.batch.look import Fetched
-from batchrun.batch.outcome import Outcome, QueueSeen, describe
+from batchrun.batch.outcome import PartSettler, QueueSeen, describe
 from batchrun.batch.parts import (
     DOCUMENTED,
     DROPPED,
@@ -37,7 +38,7 @@ from batchrun.batch.parts import (
     PartFiles,
 )
 from batchrun.batch.pending import Pending, queue_limit
-from batchrun.batch.plan import Draft, Limits, QueueGate, split
+from batchrun.batch.plan import Draft, PartLimits, QueueGate, split
 from batchrun.batch.remote import Api, adopt, find_batch, text, validation_errors
 from batchrun.checkpoint import OutputWriter
 from batchrun.errors import (
@@ -50,6 +51,7 @@ from batchrun.events import JobStarted, Listener, StateChanged
 from batchrun.jobs import InputReport
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.spec import JobSpec
+from batchrun.stop import Stop, StopKind
 
 # How long the run waits, in its own poll naps, while the API refuses a model's batches for
 # the enqueued-token queue and none of the job's own batches of that model is in it: nothing
@@ -58,7 +60,9 @@ QUEUE_WAIT_MAX_S = 3600.0
 
 
 class _Gone(BatchrunError):
-    """A file the API no longer has."""
+    """A file the API no longer has. Control flow: _download catches it at once and records
+    the part's requests as failed (a BatchrunError only because Caller.call's `refused` hook
+    returns one)."""
 
 
 class Detached(BatchrunError):
@@ -123,9 +127,17 @@ class BatchJob:
     def interrupt(self) -> None:
         self._calls.interrupt()
 
-    async def run(self, announce: bool = True) -> BatchrunError | None:
-        """`announce=False`: the sync path already started this run (`--via auto`), so its
-        counts go on rather than starting again."""
+    async def run(self, announce: bool = True) -> Stop | None:
+        """The job's pending requests through the Batch API (a stop.Backend): why it stopped
+        early, None when every request has a line. `announce=False`: the sync path already
+        started this run (`--via auto`), so its counts go on rather than starting again."""
+        said = await self._run(announce)
+        if said is None:
+            return None
+        return Stop(StopKind.DETACHED if isinstance(said, Detached) else StopKind.BATCH,
+                    said=said)
+
+    async def _run(self, announce: bool) -> BatchrunError | None:
         report = self._report
         if announce:
             self._announce(report)
@@ -134,10 +146,10 @@ class BatchJob:
         writer = OutputWriter(self.spec.output)
         try:
             self.collector = Collector(writer, self._done, self._emit, self._secrets)
-            self._outcome = Outcome(self.book, self.files, self.collector, self._done,
+            self._outcome = PartSettler(self.book, self.files, self.collector, self._done,
                                     self.spec.input, self._queue, self._notify)
             return await self._loop()
-        except Stop:
+        except CallInterrupted:
             return self._stopped()
         finally:
             writer.close()
@@ -148,7 +160,7 @@ class BatchJob:
         writer = OutputWriter(self.spec.output)
         try:
             self.collector = Collector(writer, self._done, self._emit, self._secrets)
-            self._outcome = Outcome(self.book, self.files, self.collector, self._done,
+            self._outcome = PartSettler(self.book, self.files, self.collector, self._done,
                                     self.spec.input, self._queue, self._notify)
             for part in self.book.parts:
                 if part.state != SUBMITTED or not fetched.finished(part):
@@ -226,7 +238,7 @@ class BatchJob:
         """Parts for every request that has no result line and is in no open part."""
         pending = Pending(self.spec, self._report, self.book, self.files, self._done,
                           self.collector, self.api.batch_endpoint, self._opt.max_retries)
-        limits = {m: Limits(queue_tokens=self._queue_limit(m)) for m in self._report.models}
+        limits = {m: PartLimits(queue_tokens=self._queue_limit(m)) for m in self._report.models}
         for draft in split(pending.items(), limits):
             self._add_part(draft, pending.attempts)
             await asyncio.sleep(0)
@@ -282,7 +294,6 @@ class BatchJob:
         """Create part's batch, unless a batch with its key exists: a create whose answer was
         lost (a crash, a dropped connection) may have made it."""
         assert part.file_id is not None
-        delay = FIRST_POLL_S
         for attempt in range(self._calls.retries + 1):
             if part.state == "creating":
                 found = await self._find(part)
@@ -300,8 +311,7 @@ class BatchJob:
                 if attempt == self._calls.retries:
                     raise self._calls.unreachable(f"creating the batch of part {part.n}",
                                                   exc) from None
-                await self._calls.nap(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
+                await self._calls.nap(backoff_s(attempt + 1, first_s=FIRST_POLL_S))
                 continue
             except ApiCallFailed as exc:
                 part.state = "uploaded"  # refused: no batch exists

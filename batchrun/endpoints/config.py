@@ -23,14 +23,13 @@ import os
 import re
 import stat
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from batchrun.endpoint import AZURE_API_VERSION, ENV_NAME, Endpoint, looks_like_key
 from batchrun.errors import InputError
-from batchrun.ledger import ledger_host
-from batchrun.tiers import TIERS, Limits, preset
+from batchrun.spec import EndpointConfig as EndpointConfig  # the file's readers import it from here
+from batchrun.tiers import TIERS
 
 ENDPOINT_KEYS = {"name", "base_url", "azure_endpoint", "api_version", "api_key_env", "tier",
                  "priority", "limits", "models", "insecure"}
@@ -38,39 +37,6 @@ LIMIT_KEYS = ("rpm", "tpm", "rpd", "tpd")
 PRIORITIES = (1, 2)
 MAX_FILE_BYTES = 1 << 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-@dataclass(frozen=True, slots=True)
-class EndpointConfig:
-    """One endpoint of the file: where, whose key (the variable's name), which limits."""
-
-    name: str
-    endpoint: Endpoint
-    tier: str = "tier1"
-    priority: int = 1
-    limits: dict[str, dict[str, int]] = field(default_factory=dict)
-    models: dict[str, str] = field(default_factory=dict)
-
-    def serves(self, model: str) -> bool:
-        """A preset for the model, or a limits or models entry naming it."""
-        return (model in self.limits or model in self.models
-                or preset(model, self.tier) is not None)
-
-    def limits_for(self, model: str) -> Limits:
-        base = preset(model, self.tier) or Limits()
-        return base.override(**self.limits.get(model, {}))
-
-    def deployment(self, model: str) -> str:
-        """The name this endpoint knows `model` by (an Azure deployment, another alias)."""
-        return self.models.get(model, model)
-
-    def quotas(self) -> set[tuple[str, str]]:
-        """What one key's limits are kept for here: the host (one server, however its URL is
-        spelled), and for Azure each deployment, which has a quota of its own."""
-        host = ledger_host(self.endpoint.host)
-        if not self.endpoint.azure:
-            return {(host, "")}
-        return {(host, self.deployment(m)) for m in (*self.limits, *self.models)} or {(host, "")}
-
-
 def _line_of(text: str, *needles: str, after: int = 0) -> int | None:
     """The 1-based number of the first line at or after line `after` that sets the key
     `needles[0]` (or, failing that, holds every needle)."""

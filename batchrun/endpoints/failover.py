@@ -1,12 +1,14 @@
 """The engine's part for a model served by several endpoints: which route takes the next
-request, and what takes a route out of rotation. A mixin of `Engine` (it works on the engine's
-lanes, clock and stop), kept here so the engine reads as the one-endpoint flow it was.
+request, and what takes a route out of rotation. `Failover` is a collaborator the engine owns
+and calls; it is handed the clocks, the listener and the engine's own ways to stop, to run work
+beside the job and to sleep to the next UTC day, and keeps no state of its own (the routes and
+lanes hold it), so the engine reads as the one-endpoint flow it was.
 
-    _turn      a route's dispatcher waits until it may take the model's next job and its
+    turn       a route's dispatcher waits until it may take the model's next job and its
                limiter would admit it now (routing.may_take), then takes it
-    _take_out  a route is out (spent, refused, unreachable, failing): one RouteChanged event;
+    take_out   a route is out (spent, refused, unreachable, failing): one RouteChanged event;
                when the model has none left (routing.verdict), the job stops or --wait sleeps
-    _fail_over an answer that takes its route out sends the request back for another route
+    fail_over  an answer that takes its route out sends the request back for another route
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from batchrun.classify import Outcome
+from batchrun.classify import Outcome, is_redirect
 from batchrun.decide import NO_NETWORK_TRIES, Action, never_connected
 from batchrun.endpoints.routing import BACK, FAIL_STREAK, Out, cool_off_s, may_take, verdict
 from batchrun.events import Listener, RouteChanged
 from batchrun.lanes import Job, Lane, Route
 from batchrun.ledger import fmt_wait
-from batchrun.spec import JobSpec
+from batchrun.sizing import never_fits
 from batchrun.stop import Stop, StopKind
 
 
@@ -33,33 +35,37 @@ def _fmt_pause(seconds: float) -> str:
 
 def _not_served(outcome: Outcome) -> bool:
     """The endpoint's answer for any request of the model: no such deployment, model or path."""
-    return outcome.status == 404 or (outcome.status is not None and 300 <= outcome.status < 400)
+    return outcome.status == 404 or (outcome.status is not None and is_redirect(outcome.status))
 
 
-class RouteFailover:
-    """Mixed into Engine, which provides these."""
+def too_large(route: Route, job: Job) -> str | None:
+    """Why `job` can never run on `route` (over its TPM, its daily budget, the context
+    window), or None."""
+    return never_fits(job.size, route.model, route.limiter.pacer.tpm, route.budget.tpd)
 
-    spec: JobSpec
-    _clock: Callable[[], float]
-    _now_utc: Callable[[], dt.datetime]
-    _sleep: Callable[[float], Awaitable[None]]
-    _emit: Listener
-    _input_done: bool
 
-    def _halt(self, stop: Stop, detail: str, lane: Lane | None = None) -> None:
-        raise NotImplementedError
+class Failover:
+    def __init__(
+        self,
+        *,
+        wait: bool,
+        clock: Callable[[], float],
+        now_utc: Callable[[], dt.datetime],
+        sleep: Callable[[float], Awaitable[None]],
+        emit: Listener,
+        halt: Callable[[Stop, str, Lane | None], None],
+        later: Callable[[Coroutine[Any, Any, None]], None],
+        wait_for_reset: Callable[[Lane], Awaitable[None]],
+        input_done: Callable[[], bool],
+    ) -> None:
+        """`wait`: --wait (sleep to the next UTC day when every route is spent); `halt`,
+        `later`, `wait_for_reset`: the engine's; `input_done`: whether the reader is done."""
+        self._wait = wait
+        self._clock, self._now_utc, self._sleep, self._emit = clock, now_utc, sleep, emit
+        self._halt, self._later, self._wait_for_reset = halt, later, wait_for_reset
+        self._input_done = input_done
 
-    def _later(self, work: Coroutine[Any, Any, None]) -> None:
-        raise NotImplementedError
-
-    async def _wait_for_reset(self, lane: Lane) -> None:
-        raise NotImplementedError
-
-    @staticmethod
-    def _too_large(route: Route, job: Job) -> str | None:
-        raise NotImplementedError
-
-    async def _turn(self, lane: Lane, route: Route) -> Job | None:
+    async def turn(self, lane: Lane, route: Route) -> Job | None:
         """With several routes: wait until this route may take the model's next job (it is in,
         of the best priority in among the routes big enough for the job, big enough itself)
         and its limiter would admit it now, then take it. None: nothing to take now (the
@@ -68,15 +74,15 @@ class RouteFailover:
         today = self._now_utc().date()
         job = lane.peek()
         if job is None:
-            if self._input_done and lane.outstanding == 0:
+            if self._input_done() and lane.outstanding == 0:
                 return None
             await self._idle(lane)
             return None
         # A route too small for the job is not in rotation for it: priority and the verdict
         # are among the routes that could send it.
-        fit = [r.standing(today, now) for r in lane.routes if self._too_large(r, job) is None]
+        fit = [r.standing(today, now) for r in lane.routes if too_large(r, job) is None]
         mine = route.standing(today, now)
-        if self._too_large(route, job) is not None:
+        if too_large(route, job) is not None:
             kind = verdict(fit) if mine.out is None else None
             if kind is StopKind.DAILY:  # only spent routes could send it: as when all are out
                 await self._none_left(lane, route, kind)
@@ -103,7 +109,7 @@ class RouteFailover:
         lane.changed.clear()
         await lane.changed.wait()
 
-    async def _take_out(self, lane: Lane, route: Route, why: Out, detail: str) -> bool:
+    async def take_out(self, lane: Lane, route: Route, why: Out, detail: str) -> bool:
         """Take `route` out of rotation; stop the job, or (--wait) sleep to the next UTC day,
         when its model has no route left. True: the dispatcher goes on."""
         route.out = why
@@ -122,7 +128,7 @@ class RouteFailover:
         """The model's requests can go nowhere (`kind`, routing.verdict): stop the job, or with
         --wait and spent routes, sleep to the next UTC day. True: the dispatcher goes on."""
         if kind is StopKind.DAILY:
-            if self.spec.wait:
+            if self._wait:
                 await self._wait_for_reset(lane)
                 for each in lane.routes:
                     if each.out is Out.DAILY:
@@ -135,15 +141,15 @@ class RouteFailover:
             last = next(r.refusal for r in lane.routes if r.out is Out.REFUSED)
             assert last is not None
             self._halt(Stop(StopKind.REFUSED, server_message=last.message, code=last.code,
-                            status=last.status), "the API refused the key or account")
+                            status=last.status), "the API refused the key or account", None)
         else:
             self._halt(Stop(StopKind.NO_NETWORK, server_message=route.refusal.message
                             if route.refusal else "",
                             host=", ".join(r.upstream.host for r in lane.routes)),
-                       "cannot reach the API")
+                       "cannot reach the API", None)
         return False
 
-    async def _fail_over(self, lane: Lane, route: Route, job: Job, action: Action) -> bool:
+    async def fail_over(self, lane: Lane, route: Route, job: Job, action: Action) -> bool:
         """With several routes: what takes this route out sends the job back to the model's
         queue for another route, with a fresh count of failures. True: handled here."""
         outcome = job.last
@@ -163,7 +169,7 @@ class RouteFailover:
             self._move(lane, job)
             if route.out is None:
                 why = Out.REFUSED if action is Action.STOP_REFUSED else Out.UNREACHABLE
-                await self._take_out(lane, route, why, outcome.message)
+                await self.take_out(lane, route, why, outcome.message)
             return True
         if action is Action.FAIL and _not_served(outcome):
             return await self._not_served(lane, route, job)
@@ -180,7 +186,7 @@ class RouteFailover:
                 self._back_in(lane, route)
 
             self._later(back_in())
-            await self._take_out(lane, route, Out.FAILING,
+            await self.take_out(lane, route, Out.FAILING,
                                  f"{route.streak} failures in a row (last: {outcome.message}); "
                                  f"back in {_fmt_pause(pause)}")
             return True
@@ -197,7 +203,7 @@ class RouteFailover:
             said = ("a redirect, which batchrun never follows" if outcome.code == "redirected"
                     else outcome.message.rstrip("."))
             self._move(lane, job)
-            await self._take_out(
+            await self.take_out(
                 lane, route, Out.NOT_SERVED,
                 f"HTTP {outcome.status}: {said}. Check its base_url or azure_endpoint and its "
                 "[endpoint.models] entry for the model")

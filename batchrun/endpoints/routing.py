@@ -13,6 +13,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from batchrun.backoff import backoff_s
 from batchrun.stop import StopKind
 from batchrun.tiers import Limits
 
@@ -75,4 +76,4 @@ def combined(limits: Sequence[Limits]) -> Limits:
 
 def cool_off_s(times: int) -> float:
     """How long a failing route stays out the `times`-th time: doubling, within bounds."""
-    return min(MAX_COOL_OFF_S, FIRST_COOL_OFF_S * 2.0 ** max(0, times - 1))
+    return backoff_s(times, first_s=FIRST_COOL_OFF_S, cap_s=MAX_COOL_OFF_S)
