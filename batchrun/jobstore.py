@@ -13,6 +13,7 @@ import hashlib
 import os
 import stat
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,23 @@ from batchrun.errors import InputError, StateError
 from batchrun.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.outputlock import is_held, read_owner
 
-FINISHED = "done"
-# "crashed" is recorded when an unexpected exception ended the run; a job left "running" by a
-# process that died is shown as crashed too (effective_state).
-STATES = ("running", "paused-daily", "interrupted", "stopped", "crashed", FINISHED,
-          "submitted")  # submitted: --detach left its batches running on the server
+
+class JobState(StrEnum):
+    """A job's recorded state. A str, so manifests, JSON and messages keep the same words."""
+
+    RUNNING = "running"
+    PAUSED_DAILY = "paused-daily"  # a daily budget is spent: resume after 00:00 UTC
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+    STOPPED = "stopped"  # the API refused (key, quota) or local state failed
+    # Recorded when an unexpected exception ended the run; a job left "running" by a process
+    # that died is shown as crashed too (effective_state).
+    CRASHED = "crashed"
+    DONE = "done"
+    SUBMITTED = "submitted"  # --detach left its batches running on the server
+
+
+FINISHED = JobState.DONE
+STATES = tuple(JobState)
 _SAMPLE = 1024 * 1024
 
 
@@ -223,7 +236,7 @@ class Manifest:
     options: dict[str, Any]
     created: str = field(default_factory=_now_iso)
     updated: str = field(default_factory=_now_iso)
-    state: str = "running"
+    state: JobState = JobState.RUNNING
     total: int = 0
     done: int = 0
     failed: int = 0
@@ -313,7 +326,7 @@ class JobStore:
             reason = f"its job_id {data['job_id']!r} is not the file's name {path.stem!r}"
         if reason is None:
             try:
-                return Manifest(**data)
+                return Manifest(**{**data, "state": JobState(data["state"])})
             except TypeError as exc:
                 reason = str(exc).replace("Manifest.__init__() ", "")
         raise DamagedManifest(path, reason, data)
@@ -409,8 +422,8 @@ class JobStore:
                 f"cannot remove the manifest of job {manifest.job_id}: {exc.strerror}."
             ) from None
 
-    def effective_state(self, manifest: Manifest) -> str:
+    def effective_state(self, manifest: Manifest) -> JobState:
         """A manifest left 'running' by a process that died is a crashed job."""
-        if manifest.state == "running" and not self.is_running(manifest):
-            return "crashed"
+        if manifest.state == JobState.RUNNING and not self.is_running(manifest):
+            return JobState.CRASHED
         return manifest.state

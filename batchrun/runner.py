@@ -55,6 +55,7 @@ from batchrun.errors import (
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
 from batchrun.jobs import InputReport, input_report, read_jobs
 from batchrun.jobstore import (
+    JobState,
     JobStore,
     Manifest,
     describe_change,
@@ -152,22 +153,22 @@ class _ManifestUpdater:
                 if time.monotonic() - self.saved_at >= SAVE_EVERY_S:
                     self.store.save(m)
                     self.saved_at = time.monotonic()
-            case StateChanged(state=state, detail=detail) if state in ("running",
-                                                                        "paused-daily"):
-                m.state, m.message = state, detail
+            case StateChanged(state=state, detail=detail) if state in (JobState.RUNNING,
+                                                                        JobState.PAUSED_DAILY):
+                m.state, m.message = JobState(state), detail
                 self.store.save(m)
 
 
-def _final_state(stop: BatchrunError | None) -> str:
+def _final_state(stop: BatchrunError | None) -> JobState:
     if stop is None:
-        return "done"
+        return JobState.DONE
     if isinstance(stop, Detached):
-        return "submitted"
+        return JobState.SUBMITTED
     if isinstance(stop, DailyLimitReached):
-        return "paused-daily"
+        return JobState.PAUSED_DAILY
     if isinstance(stop, Interrupted):
-        return "interrupted"
-    return "stopped"
+        return JobState.INTERRUPTED
+    return JobState.STOPPED
 
 
 def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False) -> Manifest:
@@ -345,7 +346,7 @@ async def run(
             ledger.close()
             raise
         # Only now: a run refused before it began leaves the job as it was, not "crashed".
-        manifest.state, manifest.message = "running", ""
+        manifest.state, manifest.message = JobState.RUNNING, ""
         if on_disk:
             store.save(manifest)
 
@@ -406,7 +407,7 @@ async def run(
                     for day, tokens in budget.spent.items():
                         manifest.count_tokens(day, budget.scope.model, tokens)
                 if updater.started or on_disk:
-                    manifest.state = "crashed" if crashed else _final_state(stop)
+                    manifest.state = JobState.CRASHED if crashed else _final_state(stop)
                     manifest.message = stop.message if stop else ""
                     store.save(manifest)
         return stop
