@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -16,12 +16,12 @@ import orjson
 import typer
 from rich.text import Text
 
-from batchrun import __version__, api, runner
-from batchrun.api import MAX_SECONDS, MAX_WHOLE
+from batchrun import __version__, runner
+from batchrun.api import options, steps
+from batchrun.api.options import MAX_SECONDS, MAX_WHOLE
 from batchrun.batch.parts import (
     forgetting_loses_batches,
     has_batches_on_server,
-    shown_record,
 )
 from batchrun.batch.run import Detached
 from batchrun.endpoints import EndpointConfig, load_endpoints
@@ -105,7 +105,7 @@ class OnBadLine(str, Enum):
 Jobs = Annotated[Path, typer.Argument(metavar="JOBS", help="JSONL file of requests")]
 Model = Annotated[str, typer.Option("-m", "--model", help="model for lines that name none")]
 Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}",
-                                   callback=api.check_tier)]
+                                   callback=options.check_tier)]
 Limit = Annotated[int | None, typer.Option(min=0, max=MAX_WHOLE, show_default="preset",
                                            help="0 = unlimited")]
 
@@ -211,7 +211,7 @@ def submit(
     def beside_endpoints(path: Path) -> None:
         _refuse_beside_endpoints(ctx, path)
 
-    prepared = api.prepare_submit(
+    prepared = steps.prepare_submit(
         jobs, output=output, model=model, tier=tier, rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd,
         concurrency=concurrency, base_url=base_url, azure_endpoint=azure_endpoint,
         api_key_env=api_key_env, max_retries=max_retries, timeout=timeout, drain=drain,
@@ -229,16 +229,16 @@ def submit(
 def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
     """The single endpoint's options typed beside --endpoints (their environment's defaults
     are no error)."""
-    given = [f"--{name.replace('_', '-')}" for name in api.SINGLE_ENDPOINT
+    given = [f"--{name.replace('_', '-')}" for name in options.SINGLE_ENDPOINT
              if name in ctx.params and (src := ctx.get_parameter_source(name)) is not None
              and src.name == "COMMANDLINE"]
     from_env = getattr(ctx.get_parameter_source("endpoints"), "name", "") == "ENVIRONMENT"
-    api.refuse_beside_endpoints(path, given, from_env)
+    options.refuse_beside_endpoints(path, given, from_env)
 
 
 def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
     """Nothing left to send: say so (and how to send the failures again) without a header."""
-    message, code = api.finished_message(plan, manifest)
+    message, code = steps.finished_message(plan, manifest)
     if _reply.json:
         _print_json({"job": manifest.job_id, "state": manifest.state, "exit_code": code,
                      "message": message})
@@ -295,7 +295,7 @@ def resume(
                   f"({manifest.input} → {manifest.output}).", markup=False)
     _reply.about(manifest.job_id)
     from_env = getattr(ctx.get_parameter_source("state"), "name", "") == "ENVIRONMENT"
-    prepared = api.prepare_resume(
+    prepared = steps.prepare_resume(
         manifest, store, retry_failed=retry_failed, force=force, drain=drain, state=state,
         state_from_env=from_env, warn=_warn, rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd,
         concurrency=concurrency, max_retries=max_retries, timeout=timeout,
@@ -368,12 +368,7 @@ def status(
             f"{exc.message} Check that Redis runs and answers there, then run it again; "
             "`batchrun status` without --state (and with $BATCHRUN_STATE unset) shows this "
             "host's own ledger meanwhile.") from None
-    states = {m.job_id: store.effective_state(m) for m in jobs}
-    for m in jobs:
-        if states[m.job_id] == "crashed":
-            runner.count_from_output(m)  # its last saves may lag what it wrote
-    rows = [{**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": states[m.job_id],
-             "resume": m.resume_command} for m in jobs]
+    rows = steps.status_rows(store, jobs)
     if json_:
         shown = {"state": state_url.shown} if state_url else {}
         _print_json({"jobs": rows, "usage": usage, **shown})
@@ -435,7 +430,7 @@ def estimate(
     if endpoints is not None:
         _refuse_beside_endpoints(ctx, endpoints)
         configs = load_endpoints(endpoints, need_keys=False)
-    result = api.estimate_path(
+    result = steps.estimate_path(
         jobs, configs, model=model, tier=tier,
         limits={"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd}, concurrency=concurrency,
         latency=latency, assume_output_tokens=assume_output_tokens,
@@ -458,10 +453,10 @@ def _warn_damaged(store: JobStore) -> list[Manifest]:
     return jobs
 
 
-def _launch(p: api.Prepared, json_: bool, quiet: bool) -> None:
+def _launch(p: steps.Prepared, json_: bool, quiet: bool) -> None:
     stats, tally = Stats(), EndpointTally()
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_, endpoints=tally) as display:
-        stopped = asyncio.run(api.execute(p, emit_all(stats, tally, display), display.note))
+        stopped = asyncio.run(steps.execute(p, emit_all(stats, tally, display), display.note))
     manifest = p.manifest
     if isinstance(stopped, Detached):  # not an error: the batches run on the server
         if json_:
@@ -470,7 +465,7 @@ def _launch(p: api.Prepared, json_: bool, quiet: bool) -> None:
         else:
             out.print(stopped.message, markup=False)
         raise typer.Exit(EXIT_OK)
-    summary = api.run_summary(stats, tally, manifest, stopped)
+    summary = steps.run_summary(stats, tally, manifest, stopped)
     if json_:
         _print_json(summary)
     else:

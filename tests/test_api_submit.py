@@ -4,6 +4,7 @@ user sees is the returned Job (state, exit code, message, counts), the results, 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 import batchrun
+import batchrun.checkpoint
 from batchrun.events import Event, JobStarted, RequestFinished
 from batchrun.sim import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, write_jsonl
@@ -145,3 +147,23 @@ async def test_ctrl_c_in_a_notebook_leaves_an_interrupted_job_that_resume_finish
     finished = batchrun.resume(job, rpm=0)
     assert (finished.state, finished.exit_code, finished.counts.done) == ("done", 0, 200)
     assert len(read_results(jobs.with_name("jobs.results.jsonl"))) == 200
+
+
+def test_a_local_write_failure_returns_a_stopped_job_with_exit_5(
+        sim: RunningSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writes = 0
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        nonlocal writes
+        writes += 1
+        if writes > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(40))
+    monkeypatch.setattr(batchrun.checkpoint.os, "write", write)
+    job = batchrun.submit(jobs, base_url=sim.base_url, concurrency=1, **UNLIMITED)
+    assert (job.state, job.exit_code) == (batchrun.JobState.STOPPED, 5)
+    assert "No space left on device" in job.message
+    assert job.counts.done == 3
