@@ -12,7 +12,7 @@ import errno
 import hashlib
 import os
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import orjson
 from batchrun.errors import InputError, StateError
 from batchrun.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.outputlock import is_held, read_owner
+from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 
 
 class JobState(StrEnum):
@@ -112,6 +113,44 @@ OPTION_KEYS = frozenset({
     "model", "tier", "overrides", "concurrency", "max_retries", "timeout_s", "on_bad_line",
     "wait", "simulate", "base_url", "azure_endpoint", "api_key_env", "insecure",
 })
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The options a job runs with, as its manifest records them (`Manifest.options`). The
+    first thirteen are in every manifest (OPTION_KEYS); the rest came later, and a manifest
+    written before them reads with the defaults those versions ran with."""
+
+    model: str
+    tier: str
+    overrides: dict[str, int | None]
+    concurrency: int | None
+    max_retries: int
+    timeout_s: float
+    on_bad_line: str
+    wait: bool
+    simulate: bool
+    base_url: str | None
+    azure_endpoint: str | None
+    api_key_env: str | None
+    insecure: bool
+    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
+    endpoints: str | None = None
+    record_endpoint: bool = False
+    via: str = "sync"
+    poll_max_s: float = 60.0
+    batch_queue_tokens: int | None = None
+    detach: bool = False
+    cancel_batches: bool = False
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> JobOptions:
+        """The typed view of a manifest's options (checked by the loader: _wrong_options).
+        Keys not named here (the shared state's, the endpoints file's digest) stay with the
+        dict for their own readers."""
+        return cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
+
+
 _FIELDS: dict[str, type] = {"job_id": str, "input": str, "output": str, "fingerprint": dict,
                             "options": dict, "state": str, "updated": str}
 
