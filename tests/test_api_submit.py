@@ -42,6 +42,7 @@ def test_submit_blocks_and_returns_the_finished_job_printing_nothing(
     assert sorted(line["custom_id"] for line in lines) == sorted(f"p{i}" for i in range(20))
     assert all(line["response"]["status_code"] == 200 for line in lines)
     assert capsys.readouterr() == ("", "")
+    assert {job: "kept"}[job] == "kept"  # a Job can key a dict (its summary is left out)
 
 
 async def test_the_blocking_submit_works_inside_a_running_event_loop(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,8 @@ class Job:
     counts: Counts
     tokens: Tokens = Tokens()
     cost_usd: float | None = 0.0
-    summary: Mapping[str, Any] | None = None  # the CLI's --json summary of this run, if one ran
+    # The CLI's --json summary of this run, if one ran (a dict: left out of == and hash).
+    summary: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def results(self) -> Iterator[dict[str, Any]]:
         """The result lines written so far, as dicts (the OpenAI Batch API output format), in
