@@ -14,7 +14,7 @@ import pytest
 
 import batchrun
 import batchrun.checkpoint
-from batchrun.events import Event, JobStarted, RequestFinished
+from batchrun.events import Event, JobStarted, Note, RequestFinished
 from batchrun.sim import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, write_jsonl
 
@@ -168,3 +168,29 @@ def test_a_local_write_failure_returns_a_stopped_job_with_exit_5(
     assert (job.state, job.exit_code) == (batchrun.JobState.STOPPED, 5)
     assert "No space left on device" in job.message
     assert job.counts.done == 3
+
+
+def test_progress_shows_the_display_on_stderr_only_when_asked(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    batchrun.submit(jobs, simulate=True, progress=True)
+    shown = capsys.readouterr()
+    assert shown.out == "" and "gpt-4o-mini" in shown.err
+
+
+def test_status_lists_the_job_as_it_ended(sim: RunningSim, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(4))
+    job = batchrun.submit(jobs, base_url=sim.base_url, **UNLIMITED)
+    [row] = batchrun.status()["jobs"]
+    assert (row["job_id"], row["state"], row["done"]) == (job.id, "done", 4)
+    assert batchrun.status(job)["jobs"][0]["output"] == str(job.output)
+
+
+def test_the_run_s_notes_reach_on_event(sim: RunningSim, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(4))
+    job = batchrun.submit(jobs, base_url=sim.base_url, tpd=30, concurrency=1)
+    assert job.state == "paused-daily"
+    heard: list[Event] = []
+    batchrun.resume(job, retry_failed=True, tpd=0, on_event=heard.append)
+    assert f"No failed results in {job.output} to send again." in [
+        e.text for e in heard if isinstance(e, Note)]
