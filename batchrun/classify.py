@@ -1,4 +1,4 @@
-"""What a response means: `classify` is the table in DESIGN.md, as a pure function of status,
+"""What a response means: `classify` is the table in docs/design.md, as a pure function of status,
 headers and body, with everything it needs to read a hostile or broken server safely (usage
 clamped, secrets scrubbed from error text, parse cost bounded, answers kept byte for byte).
 `batchrun.client` sends; this module only reads.
@@ -402,7 +402,7 @@ def classify(
     if code in REFUSAL_CODES or etype in REFUSAL_CODES or status in (401, 402, 403):
         out.kind = Kind.REFUSED
     elif status == 429 and message.lower().startswith("request too large"):
-        # Final: asking again cannot make it fit (DESIGN: one larger than the limit fails fast).
+        # Final: asking again cannot make it fit (docs/design.md: a request over the limit fails).
         out.kind, out.code = Kind.FAIL, "request_too_large"
         limit = _LIMIT.search(message)
         if limit and ("per min" in message or "(TPM)" in message):
