@@ -28,13 +28,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
 	$(BIN)/mypy
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 	$(BIN)/pytest
 
 # The guide in docs/ as a static site in site/. --strict turns every warning (a link to a page or
 # anchor that does not exist, a nav entry without its file) into a failure.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
