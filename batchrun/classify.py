@@ -428,7 +428,7 @@ def classify(
     out.message = message
     out.kind = status_kind(status, code, etype)
     if out.kind is Kind.RATE_MINUTE and message.lower().startswith("request too large"):
-        # Final: asking again cannot make it fit (docs/design.md: one larger than the limit fails fast).
+        # Final: asking again cannot make it fit (docs/design.md: one over the limit fails fast).
         out.kind, out.code = Kind.FAIL, "request_too_large"
         limit = _LIMIT.search(message)
         if limit and ("per min" in message or "(TPM)" in message):
