@@ -1,4 +1,4 @@
-"""What a response means: `classify` is the table in DESIGN.md, as a pure function of status,
+"""What a response means: `classify` is the table in docs/design.md, as a pure function of status,
 headers and body, with everything it needs to read a hostile or broken server safely (usage
 clamped, secrets scrubbed from error text, parse cost bounded, answers kept byte for byte).
 `batchrun.client` sends; this module only reads.
@@ -428,7 +428,7 @@ def classify(
     out.message = message
     out.kind = status_kind(status, code, etype)
     if out.kind is Kind.RATE_MINUTE and message.lower().startswith("request too large"):
-        # Final: asking again cannot make it fit (DESIGN: one larger than the limit fails fast).
+        # Final: asking again cannot make it fit (docs/design.md: one over the limit fails fast).
         out.kind, out.code = Kind.FAIL, "request_too_large"
         limit = _LIMIT.search(message)
         if limit and ("per min" in message or "(TPM)" in message):

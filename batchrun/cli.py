@@ -7,8 +7,7 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -17,19 +16,16 @@ import orjson
 import typer
 from rich.text import Text
 
-from batchrun import __version__, ledger, runner
+from batchrun import __version__, runner
+from batchrun.api import options, steps
+from batchrun.api.options import MAX_SECONDS, MAX_WHOLE
 from batchrun.batch.parts import (
-    forget_open_parts,
     forgetting_loses_batches,
     has_batches_on_server,
-    shown_record,
 )
 from batchrun.batch.run import Detached
-from batchrun.endpoint import Endpoint
-from batchrun.endpoints import EndpointConfig, check_serves, load_endpoints
+from batchrun.endpoints import EndpointConfig, load_endpoints
 from batchrun.endpoints.tally import EndpointTally
-from batchrun.endpoints.upstreams import with_endpoints
-from batchrun.engine import JobSpec
 from batchrun.errors import (
     EXIT_INPUT,
     EXIT_INTERRUPTED,
@@ -42,22 +38,15 @@ from batchrun.errors import (
     redact,
     redact_urls,
 )
-from batchrun.estimate import Today, known_today, nothing_known
-from batchrun.estimate import estimate as estimate_job
-from batchrun.events import Listener, Stats, emit_all
+from batchrun.events import Stats, emit_all
 from batchrun.jobstore import JobStore, Manifest
 from batchrun.progress import PipeSafeConsole, ProgressDisplay, drop_output
 from batchrun.render import describe_endpoint, render_estimate, render_status
-from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import (
     SharedStateError,
-    StateUrl,
-    leaving_shared,
-    manifest_options,
     parse_state_url,
-    state_for_resume,
 )
-from batchrun.state._open import host_lines, shared_accountings, usage_today
+from batchrun.state._open import host_lines, usage_today
 from batchrun.tiers import TIERS
 
 app = typer.Typer(
@@ -115,21 +104,8 @@ class OnBadLine(str, Enum):
 
 Jobs = Annotated[Path, typer.Argument(metavar="JOBS", help="JSONL file of requests")]
 Model = Annotated[str, typer.Option("-m", "--model", help="model for lines that name none")]
-def _tier(value: str) -> str:
-    """Tier names are not case-sensitive; an unknown one is refused before anything runs."""
-    tier = value.lower()
-    if tier not in TIERS:
-        raise InputError(f"unknown tier {value!r}; choose one of {', '.join(TIERS)}.")
-    return tier
-
-
-Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}", callback=_tier)]
-# The largest whole number an option takes: past any real budget, and within what the manifest
-# (64-bit integers), the ledger (SQLite) and Redis's scripts (doubles, exact to 2**53) hold.
-MAX_WHOLE = 10**15
-# Seconds a wait may be given as: a day, which --timeout and --poll-max never need to pass (an
-# infinite one cannot become the whole milliseconds the engine schedules with).
-MAX_SECONDS = 86_400.0
+Tier = Annotated[str, typer.Option(help=f"preset limits: {', '.join(TIERS)}",
+                                   callback=options.check_tier)]
 Limit = Annotated[int | None, typer.Option(min=0, max=MAX_WHOLE, show_default="preset",
                                            help="0 = unlimited")]
 
@@ -231,92 +207,38 @@ def submit(
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     _reply.json = json_
-    state_url = parse_state_url(state)
-    if output is None:
-        absolute = jobs.resolve()
-        output = absolute.with_name(absolute.name.removesuffix(".jsonl") + ".results.jsonl")
-    spec = JobSpec(
-        input=jobs,
-        output=output,
-        endpoint=Endpoint.make(base_url, azure_endpoint, api_key_env, insecure),
-        model=model,
-        tier=tier,
-        overrides={"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
-        concurrency=concurrency,
-        max_retries=max_retries,
-        max_response_mb=max_response_mb or DEFAULT_MAX_RESPONSE_MB,
-        timeout_s=timeout,
-        drain_s=drain,
-        on_bad_line=on_bad_line.value,
-        wait=bool(wait),
-        **_batch_options(via, detach, poll_max, batch_queue_tokens),
-    )
-    spec = _with_endpoints(ctx, spec, endpoints, record_endpoint, simulate)
-    store = JobStore()
-    manifest = runner.prepare(spec, simulate, store, force)
-    _reply.about(manifest.job_id)
-    manifest.options.update(state_url.manifest_options() if state_url else {})
-    if manifest.finished and store.exists(manifest.job_id) and not force:
-        runner.count_from_output(manifest)  # the file decides: it may have lost lines since
-        if manifest.done >= manifest.total:
-            _finished(runner.Finished(manifest.done, manifest.total, manifest.failed), manifest)
-    _launch(spec, manifest, store, simulate, json_, quiet, state=state_url)
 
+    def beside_endpoints(path: Path) -> None:
+        _refuse_beside_endpoints(ctx, path)
 
-_SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "tpm", "rpd",
-                    "tpd")
-
-
-def _with_endpoints(ctx: typer.Context, spec: JobSpec, path: Path | None, record: bool,
-                    simulate: bool) -> JobSpec:
-    """--endpoints: each endpoint's URL, key, tier and limits come from the file, so the one
-    endpoint's flags beside it are a usage error (the environment's defaults are not)."""
-    if path is None:
-        if record:
-            raise InputError("--record-endpoint names the endpoint of --endpoints in each "
-                             "output line; give --endpoints FILE.toml too.")
-        return spec
-    _refuse_beside_endpoints(ctx, path)
-    return with_endpoints(spec, path, record, need_keys=not simulate)
+    prepared = steps.prepare_submit(
+        jobs, output=output, model=model, tier=tier, rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd,
+        concurrency=concurrency, base_url=base_url, azure_endpoint=azure_endpoint,
+        api_key_env=api_key_env, max_retries=max_retries, timeout=timeout, drain=drain,
+        max_response_mb=max_response_mb, wait=wait, on_bad_line=on_bad_line.value,
+        simulate=simulate, insecure=insecure, force=force, endpoints=endpoints,
+        record_endpoint=record_endpoint, state=state, via=via.value if via else None,
+        detach=detach, poll_max=poll_max, batch_queue_tokens=batch_queue_tokens,
+        beside_endpoints=beside_endpoints)
+    _reply.about(prepared.manifest.job_id)
+    if prepared.finished is not None:
+        _finished(prepared.finished, prepared.manifest)
+    _launch(prepared, json_, quiet)
 
 
 def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
-    given = [f"--{name.replace('_', '-')}" for name in _SINGLE_ENDPOINT
+    """The single endpoint's options typed beside --endpoints (their environment's defaults
+    are no error)."""
+    given = [f"--{name.replace('_', '-')}" for name in options.SINGLE_ENDPOINT
              if name in ctx.params and (src := ctx.get_parameter_source(name)) is not None
              and src.name == "COMMANDLINE"]
     from_env = getattr(ctx.get_parameter_source("endpoints"), "name", "") == "ENVIRONMENT"
-    if given and from_env:  # the user typed no --endpoints: say where it came from
-        raise InputError(
-            f"--endpoints and {', '.join(given)} cannot go together: $BATCHRUN_ENDPOINTS is set "
-            f"({path}), and with it each endpoint's URL, key variable, tier and limits come "
-            f"from that file. Drop {', '.join(given)}, or unset BATCHRUN_ENDPOINTS to use one "
-            "endpoint.")
-    if given:
-        raise InputError(
-            f"--endpoints and {', '.join(given)} cannot go together: with --endpoints each "
-            f"endpoint's URL, key variable, tier and limits come from {path}. Drop "
-            f"{', '.join(given)}, or drop --endpoints to use one endpoint.")
-
-
-def _batch_options(via: Via | None, detach: bool, poll_max: float | None,
-                   queue: int | None, given_only: bool = False) -> dict[str, Any]:
-    """The Batch API options as JobSpec fields; `given_only` (resume): only those given."""
-    options: dict[str, Any] = {"via": via.value if via else None, "detach": detach or None,
-                               "poll_max_s": poll_max, "batch_queue_tokens": queue}
-    if given_only:
-        return options
-    defaults = {"via": "sync", "detach": False, "poll_max_s": 60.0}
-    return {k: defaults[k] if v is None and k in defaults else v for k, v in options.items()}
+    options.refuse_beside_endpoints(path, given, from_env)
 
 
 def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
     """Nothing left to send: say so (and how to send the failures again) without a header."""
-    again = (f" Send the failed ones again with: batchrun resume {manifest.job_id} "
-             "--retry-failed" if plan.failed else "")
-    message = (f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} requests "
-               f"have a result ({plan.failed:,} failed). Results: {manifest.output}.{again}")
-    # The job's result, as its last run said it: a script sees failures however it asks.
-    code = EXIT_SOME_FAILED if plan.failed else EXIT_OK
+    message, code = steps.finished_message(plan, manifest)
     if _reply.json:
         _print_json({"job": manifest.job_id, "state": manifest.state, "exit_code": code,
                      "message": message})
@@ -372,23 +294,21 @@ def resume(
         err.print(f"Resuming {manifest.job_id}, the most recently updated {what} "
                   f"({manifest.input} → {manifest.output}).", markup=False)
     _reply.about(manifest.job_id)
-    plan = runner.plan_resume(manifest, retry_failed, force, {
-        "limits": {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
-        "concurrency": concurrency, "max_retries": max_retries, "timeout_s": timeout,
-        "max_response_mb": max_response_mb,
-        "wait": wait, "cancel_batches": cancel_batches or None,
-        **_batch_options(via, detach, poll_max, batch_queue_tokens, given_only=True),
-    })
-    if isinstance(plan, runner.Finished):
-        _finished(plan, manifest)
-    spec, simulate = plan
-    spec = replace(spec, drain_s=drain)  # how this run ends at Ctrl-C: not saved with the job
     from_env = getattr(ctx.get_parameter_source("state"), "name", "") == "ENVIRONMENT"
-    state_url = state_for_resume(state, manifest.options, from_env)
-    if (leaving := leaving_shared(state_url, manifest.options)) is not None:
-        err.print(Text("warning: ", style="bold yellow") + Text(leaving))
-    manifest.options.update(manifest_options(state_url))
-    _launch(spec, manifest, store, simulate, json_, quiet, retry_failed, state_url)
+    prepared = steps.prepare_resume(
+        manifest, store, retry_failed=retry_failed, force=force, drain=drain, state=state,
+        state_from_env=from_env, warn=_warn, rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd,
+        concurrency=concurrency, max_retries=max_retries, timeout=timeout,
+        max_response_mb=max_response_mb, wait=wait, cancel_batches=cancel_batches,
+        via=via.value if via else None, detach=detach, poll_max=poll_max,
+        batch_queue_tokens=batch_queue_tokens)
+    if prepared.finished is not None:
+        _finished(prepared.finished, manifest)
+    _launch(prepared, json_, quiet)
+
+
+def _warn(message: str) -> None:
+    err.print(Text("warning: ", style="bold yellow") + Text(message))
 
 
 @app.command()
@@ -448,12 +368,7 @@ def status(
             f"{exc.message} Check that Redis runs and answers there, then run it again; "
             "`batchrun status` without --state (and with $BATCHRUN_STATE unset) shows this "
             "host's own ledger meanwhile.") from None
-    states = {m.job_id: store.effective_state(m) for m in jobs}
-    for m in jobs:
-        if states[m.job_id] == "crashed":
-            runner.count_from_output(m)  # its last saves may lag what it wrote
-    rows = [{**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": states[m.job_id],
-             "resume": m.resume_command} for m in jobs]
+    rows = steps.status_rows(store, jobs)
     if json_:
         shown = {"state": state_url.shown} if state_url else {}
         _print_json({"jobs": rows, "usage": usage, **shown})
@@ -515,19 +430,13 @@ def estimate(
     if endpoints is not None:
         _refuse_beside_endpoints(ctx, endpoints)
         configs = load_endpoints(endpoints, need_keys=False)
-    # Today's usage is per endpoint and key with --endpoints: not looked up (counted as unused).
-    # The key and host whose ledger is read: as submit would send (nothing is sent here).
-    today, known = ((nothing_known, False) if configs else _ledger_lookup(
-        state_url, Endpoint.make(base_url, azure_endpoint, api_key_env, insecure=True)))
-    result = estimate_job(
-        jobs, model, tier, {"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
-        concurrency=concurrency, latency_s=latency, assumed_output=assume_output_tokens,
-        on_bad_line=on_bad_line.value, today=today, today_known=known,
-        endpoints=configs,
-        via=via.value if via else "sync", batch_queue=batch_queue_tokens,
-    )
-    if configs and endpoints is not None:  # as submit checks the file against the input
-        check_serves(configs, [m["model"] for m in result["models"]], endpoints)
+    result = steps.estimate_path(
+        jobs, configs, model=model, tier=tier,
+        limits={"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd}, concurrency=concurrency,
+        latency=latency, assume_output_tokens=assume_output_tokens,
+        on_bad_line=on_bad_line.value, endpoints_file=endpoints, state=state_url,
+        via=via.value if via else None, batch_queue_tokens=batch_queue_tokens,
+        endpoint=(base_url, azure_endpoint, api_key_env))
     if json_:
         _print_json(result)
     else:
@@ -544,30 +453,11 @@ def _warn_damaged(store: JobStore) -> list[Manifest]:
     return jobs
 
 
-def _ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
-                   ) -> tuple[Callable[[str], Today], bool]:
-    """What the ledger knows of each model for the endpoint's key, if it is set (from the shared
-    state when one is given: every host's usage)."""
-    key = os.environ.get(endpoint.key_env, "").strip()
-    path = JobStore().home / "ledger.sqlite3"
-    if not key:
-        return nothing_known, False
-    if state is None and not path.exists():  # no job has run here yet: nothing used, known
-        return nothing_known, True
-    day, usage = usage_today(state, path)
-    host, fingerprint = ledger.ledger_host(endpoint.host), ledger.key_fingerprint(key)
-    learned = ledger.accountings_in(path, host, fingerprint) if path.exists() else {}
-    if state is not None:  # every host's, where what one host learns every host uses
-        learned |= shared_accountings(state, host, key)
-    return known_today(usage, day, host, fingerprint, learned), True
-
-
-def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, json_: bool,
-            quiet: bool, retry_failed: bool = False, state: StateUrl | None = None) -> None:
+def _launch(p: steps.Prepared, json_: bool, quiet: bool) -> None:
     stats, tally = Stats(), EndpointTally()
     with ProgressDisplay(stats, sys.stderr, quiet=quiet or json_, endpoints=tally) as display:
-        stopped = asyncio.run(_run(spec, manifest, store, emit_all(stats, tally, display),
-                                   simulate, retry_failed, state, display.note))
+        stopped = asyncio.run(steps.execute(p, emit_all(stats, tally, display), display.note))
+    manifest = p.manifest
     if isinstance(stopped, Detached):  # not an error: the batches run on the server
         if json_:
             _print_json({"job": manifest.job_id, "state": manifest.state,
@@ -575,17 +465,7 @@ def _launch(spec: JobSpec, manifest: Manifest, store: JobStore, simulate: bool, 
         else:
             out.print(stopped.message, markup=False)
         raise typer.Exit(EXIT_OK)
-    summary = stats.summary()
-    if tally.endpoints:
-        summary["endpoints"] = tally.summary()
-    summary["job"] = manifest.job_id
-    # The job's recorded state says why it stopped (paused-daily, interrupted, ...), where the
-    # engine's last event can only say "stopped"; the message says what to do next.
-    summary["state"] = manifest.state
-    summary["message"] = stopped.message if stopped is not None else ""
-    summary["results"] = manifest.output
-    # The manifest's count is the output file's failed lines at the start plus this run's.
-    summary["requests"]["failed_before"] = manifest.failed - stats.failed
+    summary = steps.run_summary(stats, tally, manifest, stopped)
     if json_:
         _print_json(summary)
     else:
@@ -618,67 +498,6 @@ def _answer_error(argv: list[str] | None, exit_code: int, message: str) -> None:
             state = JobStore().effective_state(manifest) if manifest is not None else None
     _print_json({"job": _reply.job, "state": state, "exit_code": exit_code,
                  "message": message})
-
-
-def _note(message: str) -> None:
-    err.print(message, markup=False)
-
-
-async def _run(spec: JobSpec, manifest: Manifest, store: JobStore, listener: Listener,
-               simulate: bool, retry_failed: bool, state: StateUrl | None = None,
-               notify: Callable[[str], None] = _note) -> BatchrunError | None:
-    if not simulate:
-        # With --endpoints each endpoint's key is read when its client is made.
-        key = "" if spec.endpoints else spec.endpoint.api_key()
-        return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
-                                now_utc=ledger.utc_now, retry_failed=retry_failed, notify=notify,
-                                state=state)
-    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
-
-    if spec.detach:
-        raise InputError("--detach needs a real Batch API: the built-in simulator ends with "
-                         "this process. Drop --simulate, or --detach.")
-    if forget_open_parts(manifest.batch):
-        notify("The simulator's earlier batches ended with its process: their requests are "
-              "sent again.")
-
-    if spec.endpoints:
-        return await _simulate_endpoints(spec, manifest, store, listener, retry_failed, state,
-                                         notify)
-    lim = spec.limits_for(spec.model)
-    # The simulator keeps no daily count of its own: batchrun's ledger enforces --tpd/--rpd.
-    config = SimConfig(SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1)
-    async with SimServer(Simulator(config)) as server:
-        endpoint = Endpoint.make(server.base_url, None, None)
-        return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
-                                "sk-simulated", listener, runner.simulator_host(manifest.job_id),
-                                now_utc=ledger.utc_now, retry_failed=retry_failed,
-                                notify=notify, state=state)
-
-
-async def _simulate_endpoints(spec: JobSpec, manifest: Manifest, store: JobStore,
-                              listener: Listener, retry_failed: bool, state: StateUrl | None,
-                              notify: Callable[[str], None]) -> BatchrunError | None:
-    """--simulate --endpoints: one simulator per endpoint, with that endpoint's limits (of the
-    job's model), so an endpoints file can be tried offline. Each endpoint's daily budget is
-    the job's own, kept by endpoint name: a simulator's port changes with every run."""
-    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
-
-    job_host = runner.simulator_host(manifest.job_id)
-    async with contextlib.AsyncExitStack() as servers:
-        configs, ledger_hosts = [], {}
-        for config in spec.endpoints:
-            lim = config.limits_for(spec.model)
-            server = await servers.enter_async_context(SimServer(Simulator(SimConfig(
-                SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1))))
-            url = server.azure_endpoint if config.endpoint.azure else server.base_url
-            simulated = replace(config, endpoint=replace(config.endpoint, base_url=url))
-            configs.append(simulated)
-            ledger_hosts[ledger.ledger_host(simulated.endpoint.host)] = f"{job_host}/{config.name}"
-        return await runner.run(
-            replace(spec, endpoint=configs[0].endpoint, endpoints=tuple(configs)), manifest,
-            store, "sk-simulated", listener, job_host, now_utc=ledger.utc_now,
-            retry_failed=retry_failed, notify=notify, state=state, simulated_hosts=ledger_hosts)
 
 
 def _print_summary(s: dict[str, Any], output: Path, batch: bool = False) -> None:

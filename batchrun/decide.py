@@ -1,5 +1,5 @@
 """What to do with an attempt's outcome: a pure function beside `classify`, so the table in
-DESIGN.md ("what each response means") and the engine's reaction to it read as one.
+docs/design.md ("What each response means") and the engine's reaction to it read as one.
 
     classify(status, headers, body) -> Outcome      (classify.py: what the server said)
     decide(outcome, tries, policy)  -> Action       (here: what the job does about it)

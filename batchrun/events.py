@@ -93,9 +93,17 @@ class RouteChanged:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A sentence for the user about the run (failed results dropped for --retry-failed, the
+    rest handed to the Batch API...): the CLI prints it on stderr; the library passes it on."""
+
+    text: str
+
+
 Event = (
     JobStarted | RequestSent | AttemptEnded | RequestFinished | Throttled | BudgetUsed
-    | StateChanged | RouteChanged
+    | StateChanged | RouteChanged | Note
 )
 
 

@@ -1,7 +1,8 @@
 """Reading job files: three line shapes in, one validated Request (or a BadLine) out per line.
 
-Shapes (DESIGN.md): OpenAI Batch API lines; chat lines `{"id", "messages", ...body}`; prompt lines
-`{"id", "prompt"}`. The reader streams: it holds one line at a time plus the set of ids seen.
+Shapes (docs/design.md): OpenAI Batch API lines; chat lines `{"id", "messages", ...body}`;
+prompt lines `{"id", "prompt"}`. The reader streams: it holds one line at a time plus the set of
+ids seen.
 """
 
 from __future__ import annotations

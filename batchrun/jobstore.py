@@ -12,7 +12,8 @@ import errno
 import hashlib
 import os
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,25 @@ import orjson
 from batchrun.errors import InputError, StateError
 from batchrun.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.outputlock import is_held, read_owner
+from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 
-FINISHED = "done"
-# "crashed" is recorded when an unexpected exception ended the run; a job left "running" by a
-# process that died is shown as crashed too (effective_state).
-STATES = ("running", "paused-daily", "interrupted", "stopped", "crashed", FINISHED,
-          "submitted")  # submitted: --detach left its batches running on the server
+
+class JobState(StrEnum):
+    """A job's recorded state. A str, so manifests, JSON and messages keep the same words."""
+
+    RUNNING = "running"
+    PAUSED_DAILY = "paused-daily"  # a daily budget is spent: resume after 00:00 UTC
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
+    STOPPED = "stopped"  # the API refused (key, quota) or local state failed
+    # Recorded when an unexpected exception ended the run; a job left "running" by a process
+    # that died is shown as crashed too (effective_state).
+    CRASHED = "crashed"
+    DONE = "done"
+    SUBMITTED = "submitted"  # --detach left its batches running on the server
+
+
+FINISHED = JobState.DONE
+STATES = tuple(JobState)
 _SAMPLE = 1024 * 1024
 
 
@@ -99,6 +113,44 @@ OPTION_KEYS = frozenset({
     "model", "tier", "overrides", "concurrency", "max_retries", "timeout_s", "on_bad_line",
     "wait", "simulate", "base_url", "azure_endpoint", "api_key_env", "insecure",
 })
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """The options a job runs with, as its manifest records them (`Manifest.options`). The
+    first thirteen are in every manifest (OPTION_KEYS); the rest came later, and a manifest
+    written before them reads with the defaults those versions ran with."""
+
+    model: str
+    tier: str
+    overrides: dict[str, int | None]
+    concurrency: int | None
+    max_retries: int
+    timeout_s: float
+    on_bad_line: str
+    wait: bool
+    simulate: bool
+    base_url: str | None
+    azure_endpoint: str | None
+    api_key_env: str | None
+    insecure: bool
+    max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
+    endpoints: str | None = None
+    record_endpoint: bool = False
+    via: str = "sync"
+    poll_max_s: float = 60.0
+    batch_queue_tokens: int | None = None
+    detach: bool = False
+    cancel_batches: bool = False
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> JobOptions:
+        """The typed view of a manifest's options (checked by the loader: _wrong_options).
+        Keys not named here (the shared state's, the endpoints file's digest) stay with the
+        dict for their own readers."""
+        return cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
+
+
 _FIELDS: dict[str, type] = {"job_id": str, "input": str, "output": str, "fingerprint": dict,
                             "options": dict, "state": str, "updated": str}
 
@@ -223,7 +275,7 @@ class Manifest:
     options: dict[str, Any]
     created: str = field(default_factory=_now_iso)
     updated: str = field(default_factory=_now_iso)
-    state: str = "running"
+    state: JobState = JobState.RUNNING
     total: int = 0
     done: int = 0
     failed: int = 0
@@ -313,7 +365,7 @@ class JobStore:
             reason = f"its job_id {data['job_id']!r} is not the file's name {path.stem!r}"
         if reason is None:
             try:
-                return Manifest(**data)
+                return Manifest(**{**data, "state": JobState(data["state"])})
             except TypeError as exc:
                 reason = str(exc).replace("Manifest.__init__() ", "")
         raise DamagedManifest(path, reason, data)
@@ -409,8 +461,8 @@ class JobStore:
                 f"cannot remove the manifest of job {manifest.job_id}: {exc.strerror}."
             ) from None
 
-    def effective_state(self, manifest: Manifest) -> str:
+    def effective_state(self, manifest: Manifest) -> JobState:
         """A manifest left 'running' by a process that died is a crashed job."""
-        if manifest.state == "running" and not self.is_running(manifest):
-            return "crashed"
+        if manifest.state == JobState.RUNNING and not self.is_running(manifest):
+            return JobState.CRASHED
         return manifest.state

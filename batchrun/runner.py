@@ -55,6 +55,8 @@ from batchrun.errors import (
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
 from batchrun.jobs import InputReport, input_report, read_jobs
 from batchrun.jobstore import (
+    JobOptions,
+    JobState,
     JobStore,
     Manifest,
     describe_change,
@@ -65,7 +67,6 @@ from batchrun.jobstore import (
 from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.outputlock import OutputLock, Owner, read_owner
 from batchrun.signals import on_signals
-from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import SharedBudget, SharedStateError, StateUrl
 from batchrun.state._open import connect as connect_state
 from batchrun.stop import Stop, hands_over_to_batch, phrase
@@ -102,29 +103,28 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
 
 def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec, bool]:
     """Rebuild a job's spec from its manifest, with any options the user gives on resume."""
-    o = {**m.options}
     given = [f"--{k}" for k, v in overrides.get("limits", {}).items() if v is not None]
-    if o.get("endpoints") and given:
+    o = JobOptions.from_dict(m.options)
+    if o.endpoints and given:
         raise InputError(
-            f"job {m.job_id} runs over the endpoints of {o['endpoints']}, where each endpoint's "
+            f"job {m.job_id} runs over the endpoints of {o.endpoints}, where each endpoint's "
             f"limits are: change them there, not with {', '.join(given)}.")
-    limit_overrides = {**o["overrides"], **{k: v for k, v in overrides.pop("limits", {}).items()
-                                            if v is not None}}
-    o.update({k: v for k, v in overrides.items() if v is not None})
-    endpoint = Endpoint.make(o["base_url"], o["azure_endpoint"], o["api_key_env"], o["insecure"])
+    limit_overrides = {**o.overrides, **{k: v for k, v in overrides.pop("limits", {}).items()
+                                         if v is not None}}
+    o = replace(o, **{k: v for k, v in overrides.items() if v is not None})
+    endpoint = Endpoint.make(o.base_url, o.azure_endpoint, o.api_key_env, o.insecure)
     spec = JobSpec(
-        input=Path(m.input), output=Path(m.output), endpoint=endpoint, model=o["model"],
-        tier=o["tier"], overrides=limit_overrides, concurrency=o["concurrency"],
-        max_retries=o["max_retries"], timeout_s=o["timeout_s"], on_bad_line=o["on_bad_line"],
-        wait=o["wait"], max_response_mb=o.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB),
-        via=o.get("via", "sync"), poll_max_s=o.get("poll_max_s", 60.0),
-        batch_queue_tokens=o.get("batch_queue_tokens"), detach=bool(o.get("detach")),
-        cancel_batches=bool(o.get("cancel_batches")),
+        input=Path(m.input), output=Path(m.output), endpoint=endpoint, model=o.model,
+        tier=o.tier, overrides=limit_overrides, concurrency=o.concurrency,
+        max_retries=o.max_retries, timeout_s=o.timeout_s, on_bad_line=o.on_bad_line,
+        wait=o.wait, max_response_mb=o.max_response_mb, via=o.via, poll_max_s=o.poll_max_s,
+        batch_queue_tokens=o.batch_queue_tokens, detach=bool(o.detach),
+        cancel_batches=bool(o.cancel_batches),
     )
-    if o.get("endpoints"):  # read again: the keys' variables are checked as on submit
-        spec = with_endpoints(spec, Path(o["endpoints"]), bool(o.get("record_endpoint")),
-                              m.job_id, need_keys=not o["simulate"])
-    return spec, bool(o["simulate"])
+    if o.endpoints:  # read again: the keys' variables are checked as on submit
+        spec = with_endpoints(spec, Path(o.endpoints), o.record_endpoint, m.job_id,
+                              need_keys=not o.simulate)
+    return spec, o.simulate
 
 
 @dataclass
@@ -152,22 +152,22 @@ class _ManifestUpdater:
                 if time.monotonic() - self.saved_at >= SAVE_EVERY_S:
                     self.store.save(m)
                     self.saved_at = time.monotonic()
-            case StateChanged(state=state, detail=detail) if state in ("running",
-                                                                        "paused-daily"):
-                m.state, m.message = state, detail
+            case StateChanged(state=state, detail=detail) if state in (JobState.RUNNING,
+                                                                        JobState.PAUSED_DAILY):
+                m.state, m.message = JobState(state), detail
                 self.store.save(m)
 
 
-def _final_state(stop: BatchrunError | None) -> str:
+def _final_state(stop: BatchrunError | None) -> JobState:
     if stop is None:
-        return "done"
+        return JobState.DONE
     if isinstance(stop, Detached):
-        return "submitted"
+        return JobState.SUBMITTED
     if isinstance(stop, DailyLimitReached):
-        return "paused-daily"
+        return JobState.PAUSED_DAILY
     if isinstance(stop, Interrupted):
-        return "interrupted"
-    return "stopped"
+        return JobState.INTERRUPTED
+    return JobState.STOPPED
 
 
 def prepare(spec: JobSpec, simulate: bool, store: JobStore, force: bool = False) -> Manifest:
@@ -345,7 +345,7 @@ async def run(
             ledger.close()
             raise
         # Only now: a run refused before it began leaves the job as it was, not "crashed".
-        manifest.state, manifest.message = "running", ""
+        manifest.state, manifest.message = JobState.RUNNING, ""
         if on_disk:
             store.save(manifest)
 
@@ -406,7 +406,7 @@ async def run(
                     for day, tokens in budget.spent.items():
                         manifest.count_tokens(day, budget.scope.model, tokens)
                 if updater.started or on_disk:
-                    manifest.state = "crashed" if crashed else _final_state(stop)
+                    manifest.state = JobState.CRASHED if crashed else _final_state(stop)
                     manifest.message = stop.message if stop else ""
                     store.save(manifest)
         return stop

@@ -1,0 +1,91 @@
+"""Keyword options as the CLI's options: the checks its parser makes, for calls from Python."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import (
+    InputError,
+)
+from batchrun.tiers import TIERS
+
+# The largest whole number an option takes: past any real budget, and within what the manifest
+# (64-bit integers), the ledger (SQLite) and Redis's scripts (doubles, exact to 2**53) hold.
+MAX_WHOLE = 10**15
+# Seconds a wait may be given as: a day, which --timeout and --poll-max never need to pass (an
+# infinite one cannot become the whole milliseconds the engine schedules with).
+MAX_SECONDS = 86_400.0
+VIAS = ("sync", "batch", "auto")
+ON_BAD_LINE = ("fail", "skip")
+# The options of one endpoint, which an endpoints file gives per endpoint instead.
+SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "tpm", "rpd",
+                   "tpd")
+
+
+def check_tier(value: str) -> str:
+    """Tier names are not case-sensitive; an unknown one is refused before anything runs."""
+    tier = value.lower()
+    if tier not in TIERS:
+        raise InputError(f"unknown tier {value!r}; choose one of {', '.join(TIERS)}.")
+    return tier
+
+
+def _check_range(name: str, value: float | None, low: float, high: float) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InputError(f"{name}={value!r} is out of range: give a number from {low:g} to "
+                         f"{high:g}.")
+
+
+def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> None:
+    if value is not None and value not in choices:
+        raise InputError(f"{name}={value!r}: choose one of {', '.join(choices)}.")
+
+
+def check_options(o: Mapping[str, Any]) -> None:
+    """What the CLI's option parser checks, for keyword options (exit 2 there, InputError here)."""
+    for name in ("rpm", "tpm", "rpd", "tpd", "batch_queue_tokens"):
+        _check_range(name, o.get(name), 0, MAX_WHOLE)
+    _check_range("concurrency", o.get("concurrency"), 1, MAX_WHOLE)
+    _check_range("max_retries", o.get("max_retries"), 0, MAX_WHOLE)
+    _check_range("timeout", o.get("timeout"), 1, MAX_SECONDS)
+    _check_range("drain", o.get("drain"), 0, MAX_SECONDS)
+    _check_range("poll_max", o.get("poll_max"), 1, MAX_SECONDS)
+    _check_range("max_response_mb", o.get("max_response_mb"), 0.0001, 1e6)
+    _check_choice("via", o.get("via"), VIAS)
+    _check_choice("on_bad_line", o.get("on_bad_line"), ON_BAD_LINE)
+
+
+def batch_options(via: str | None, detach: bool | None, poll_max: float | None,
+                  queue: int | None, given_only: bool = False) -> dict[str, Any]:
+    """The Batch API options as JobSpec fields; `given_only` (resume): only those given."""
+    options: dict[str, Any] = {"via": via, "detach": detach or None,
+                               "poll_max_s": poll_max, "batch_queue_tokens": queue}
+    if given_only:
+        return options
+    defaults = {"via": "sync", "detach": False, "poll_max_s": 60.0}
+    return {k: defaults[k] if v is None and k in defaults else v for k, v in options.items()}
+
+
+def refuse_beside_endpoints(path: Path, given: list[str], from_env: bool) -> None:
+    """--endpoints: each endpoint's URL, key, tier and limits come from the file, so the one
+    endpoint's options beside it are a usage error (the environment's defaults are not)."""
+    if given and from_env:  # the user typed no --endpoints: say where it came from
+        raise InputError(
+            f"--endpoints and {', '.join(given)} cannot go together: $BATCHRUN_ENDPOINTS is set "
+            f"({path}), and with it each endpoint's URL, key variable, tier and limits come "
+            f"from that file. Drop {', '.join(given)}, or unset BATCHRUN_ENDPOINTS to use one "
+            "endpoint.")
+    if given:
+        raise InputError(
+            f"--endpoints and {', '.join(given)} cannot go together: with --endpoints each "
+            f"endpoint's URL, key variable, tier and limits come from {path}. Drop "
+            f"{', '.join(given)}, or drop --endpoints to use one endpoint.")
+
+
+def given_flags(options: Mapping[str, Any]) -> list[str]:
+    return [f"--{name.replace('_', '-')}" for name in SINGLE_ENDPOINT
+            if options.get(name) is not None]
