@@ -50,7 +50,7 @@ def write_jobs(path: Path, n: int) -> None:
 def run_once(jobs: Path, out: Path, home: Path, with_ledger: bool) -> tuple[float, float, int]:
     out.unlink(missing_ok=True)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "batchrun.sim", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "batchrun.simulator", "--port", str(port)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.sim import SimConfig, SimServer, Simulator
+from batchrun.simulator import SimConfig, SimServer, Simulator
 
 REPO = Path(__file__).resolve().parent.parent
 # A real redis-server for the --state redis:// tests (skipped where it is not installed).

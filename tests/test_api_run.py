@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import batchrun
-from batchrun.sim import SimConfig
+from batchrun.simulator import SimConfig
 from tests.conftest import FAKE_KEY, RunningSim
 
 UNLIMITED = {"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 0}

@@ -15,7 +15,7 @@ import pytest
 import batchrun
 import batchrun.checkpoint
 from batchrun.events import Event, JobStarted, Note, RequestFinished
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, write_jsonl
 
 UNLIMITED = {"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 0}

@@ -20,8 +20,7 @@ from batchrun.batch.run import BatchJob, Detached
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.events import StateChanged, Stats
 from batchrun.outputlock import OutputLock
-from batchrun.sim import SimConfig
-from batchrun.sim_batch import BatchConfig
+from batchrun.simulator import BatchConfig, SimConfig
 from tests import test_batch_run
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl

@@ -14,8 +14,7 @@ from batchrun import runner
 from batchrun.batch import entry as batch_entry
 from batchrun.batch import run as batch_run
 from batchrun.batch.api import BatchClient
-from batchrun.sim import SimConfig
-from batchrun.sim_batch import BatchConfig
+from batchrun.simulator import BatchConfig, SimConfig
 from tests.conftest import FAKE_KEY
 from tests.test_batch_run import Harness, ok_ids
 

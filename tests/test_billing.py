@@ -18,7 +18,7 @@ from aiohttp import web
 
 from batchrun import cli, engine, ledger
 from batchrun.jobstore import JobStore
-from batchrun.sim import SimConfig
+from batchrun.simulator import SimConfig
 from tests.conftest import FAKE_KEY, Run, read_results, write_jsonl
 
 Handler = Callable[[dict[str, Any], int], Awaitable[web.Response]]

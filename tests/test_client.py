@@ -151,7 +151,7 @@ async def test_connection_reset_is_retryable() -> None:
 
 
 async def test_key_goes_in_the_bearer_header_for_openai_and_api_key_header_for_azure() -> None:
-    from batchrun.sim import SimConfig, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimServer, Simulator
 
     async with SimServer(Simulator(SimConfig(api_key=KEY))) as server:
         openai = Endpoint.make(server.base_url, None, None)

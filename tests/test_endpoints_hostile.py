@@ -15,7 +15,7 @@ from batchrun.classify import Kind
 from batchrun.endpoints import load_endpoints
 from batchrun.errors import InputError
 from batchrun.events import RouteChanged
-from batchrun.sim import Faults, SimConfig
+from batchrun.simulator import Faults, SimConfig
 from batchrun.stop import StopKind
 from batchrun.tiers import Limits
 from tests.conftest import read_results, run_cli, write_jsonl

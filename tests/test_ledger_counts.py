@@ -21,7 +21,7 @@ from batchrun.ledger import (
     key_fingerprint,
     ledger_host,
 )
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl
 from tests.test_estimate import estimate
 from tests.test_submit import submit

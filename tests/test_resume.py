@@ -26,7 +26,7 @@ from batchrun.events import Event, StateChanged
 from batchrun.jobstore import JobStore
 from batchrun.runner import prepare
 from batchrun.runner import run as run_job
-from batchrun.sim import Faults, SimConfig, SimServer, Simulator
+from batchrun.simulator import Faults, SimConfig, SimServer, Simulator
 from tests.conftest import FAKE_KEY, REPO, Run, RunningSim, read_results, run_cli, write_jsonl
 from tests.test_submit import assert_all_answered
 

@@ -39,7 +39,7 @@ async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait
     from batchrun.jobstore import JobStore
     from batchrun.runner import prepare
     from batchrun.runner import run as run_job
-    from batchrun.sim import SimConfig, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimServer, Simulator
 
     sim = Simulator(SimConfig(latency_s=0.02))
     async with SimServer(sim) as server:
@@ -147,7 +147,7 @@ async def test_a_per_day_429_about_the_servers_yesterday_is_waited_out_not_a_day
     from batchrun.jobstore import JobStore
     from batchrun.runner import prepare
     from batchrun.runner import run as run_job
-    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
 
     now = [dt.datetime(2026, 11, 27, 23, 50, tzinfo=dt.UTC)]
 

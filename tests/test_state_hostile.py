@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from batchrun.classify import Kind, Outcome
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from batchrun.state._redis import DAY_TTL_S
 from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
@@ -192,7 +192,7 @@ async def test_a_per_day_429_about_yesterday_does_not_spend_today_for_every_host
     from batchrun.jobstore import JobStore
     from batchrun.runner import prepare
     from batchrun.runner import run as run_job
-    from batchrun.sim import SimServer, Simulator
+    from batchrun.simulator import SimServer, Simulator
     from batchrun.state import StateUrl
 
     now = [dt.datetime(2026, 11, 27, 23, 50, tzinfo=dt.UTC)]

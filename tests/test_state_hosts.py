@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from batchrun.state._redis import AHEAD_S
 from tests.conftest import FAKE_KEY, REPO, read_results, write_jsonl
 from tests.test_resume import count_lines, prompts, wait_for

@@ -194,7 +194,7 @@ async def test_four_engines_on_one_redis_keep_each_days_budget_across_midnight(
     from batchrun.jobstore import JobStore
     from batchrun.runner import prepare
     from batchrun.runner import run as run_job
-    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
     from tests.conftest import read_results, write_jsonl
     from tests.test_resume import prompts
 

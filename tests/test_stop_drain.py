@@ -30,7 +30,7 @@ from batchrun.events import Event, StateChanged
 from batchrun.jobs import Request, check_input
 from batchrun.ledger import DailyBudget, Ledger, Scope
 from batchrun.limiter import ServerState, Ticket
-from batchrun.sim import SimConfig
+from batchrun.simulator import SimConfig
 from batchrun.state import Gate, SharedStateError, open_gate
 from batchrun.stop import Stop, StopKind, hands_over_to_batch, phrase
 from batchrun.tiers import Limits

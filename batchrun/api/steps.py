@@ -150,7 +150,7 @@ async def execute(p: Prepared, listener: Listener,
         return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
                                 now_utc=ledger.utc_now, retry_failed=p.retry_failed,
                                 notify=notify, state=p.state)
-    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
 
     if spec.detach:
         raise InputError("--detach needs a real Batch API: the built-in simulator ends with "
@@ -176,7 +176,7 @@ async def _simulate_endpoints(p: Prepared, listener: Listener,
     """--simulate --endpoints: one simulator per endpoint, with that endpoint's limits (of the
     job's model), so an endpoints file can be tried offline. Each endpoint's daily budget is
     the job's own, kept by endpoint name: a simulator's port changes with every run."""
-    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
 
     spec = p.spec
     job_host = runner.simulator_host(p.manifest.job_id)

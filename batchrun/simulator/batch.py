@@ -2,8 +2,8 @@
 
 Batch API
 ---------
-`batchrun.sim` serves, beside chat and embeddings, the Files and Batches APIs as OpenAI documents
-them: `POST/GET /v1/files`, `GET/DELETE /v1/files/{id}`, `GET /v1/files/{id}/content`,
+`batchrun.simulator` serves, beside chat and embeddings, the Files and Batches APIs as OpenAI
+documents them: `POST/GET /v1/files`, `GET/DELETE /v1/files/{id}`, `GET /v1/files/{id}/content`,
 `POST/GET /v1/batches` (list: newest first, `?limit=&after=`, `has_more`, `first_id`, `last_id`,
 each batch with its `metadata`), `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`; Azure's
 under `/openai/files` and `/openai/batches` with a required `api-version` and the `api-key`
@@ -39,7 +39,8 @@ are the simulator's: key on `line` and `message`. Synchronous errors of create: 
 `input_file_id` is a 404, a file not uploaded for `batch`, a bad endpoint, completion window or
 metadata (over 16 pairs, keys over 64 or values over 512 characters) a 400.
 
-Faults (fields of `BatchConfig`, flags of `python -m batchrun.sim`, deterministic with `--seed`):
+Faults (fields of `BatchConfig`, flags of `python -m batchrun.simulator`, deterministic with
+`--seed`):
 
     --batch-expire SHARE        a batch expires with SHARE (0..1) of its requests done, at the
                                 moment it would have finished; applies to the first
@@ -69,13 +70,14 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from batchrun.sim_batch_model import (
+from batchrun.simulator.batch_model import (
     ACTIVE,
     Batch,
     BatchConfig,
@@ -87,13 +89,30 @@ from batchrun.sim_batch_model import (
     validate,
 )
 
-if TYPE_CHECKING:
-    from batchrun.sim import Simulator
-
-__all__ = ["BatchApi", "BatchConfig", "BatchStats"]
+__all__ = ["BatchApi", "BatchConfig", "BatchStats", "Host"]
 
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # the Files API's own limit, above the batch's 200 MB
+
+
+
+class Host(Protocol):
+    """The chat server the Batch API is served beside, as far as a batch needs it.
+
+    A batch is refused by the same key check and quota as a direct request, answers errors in the
+    same shape and runs each request into the same reply, so a test sees one server. Taking these
+    four calls, not the server's class, keeps the dependency one-way (the server builds its
+    BatchApi; nothing here imports the server).
+    """
+
+    def refuse(self, request: web.Request, azure: bool) -> web.Response | None: ...
+
+    def quota_refusal(self) -> web.Response | None: ...
+
+    def error(self, status: int, message: str, etype: str, code: str | None = None,
+              param: str | None = None) -> web.Response: ...
+
+    def reply(self, body: dict[str, Any], embeddings: bool) -> dict[str, Any]: ...
 
 
 class BatchApi:
@@ -104,21 +123,21 @@ class BatchApi:
     the clock sees the state that time implies, whatever order it polls in.
     """
 
-    def __init__(self, sim: Simulator, clock: Callable[[], float]) -> None:
-        self.sim = sim
+    def __init__(
+        self, host: Host, config: BatchConfig, stats: BatchStats, statuses: Counter[int], *,
+        clock: Callable[[], float], seed: int = 0, organization: str = "org-simulator",
+    ) -> None:
+        self.host = host
+        self.config = config  # the host's own object: a test may change it on a running server
+        self.stats = stats
+        self._statuses = statuses  # the host's count by status, which batch answers add to
         self.clock = clock
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, Batch] = {}
-        self._rng = random.Random(sim.config.seed)
+        self._seed = seed
+        self._organization = organization
+        self._rng = random.Random(seed)
         self._ids = 0
-
-    @property
-    def config(self) -> BatchConfig:
-        return self.sim.config.batch
-
-    @property
-    def stats(self) -> BatchStats:
-        return self.sim.stats.batch
 
     def add_routes(self, app: web.Application) -> None:
         for prefix in ("/v1", "/openai"):
@@ -136,17 +155,17 @@ class BatchApi:
 
     def _new_id(self, prefix: str) -> str:
         self._ids += 1
-        digest = hashlib.sha256(f"{self.sim.config.seed}:{self._ids}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{self._seed}:{self._ids}".encode()).hexdigest()
         return f"{prefix}{digest[:24]}"
 
     def _refuse(self, request: web.Request) -> web.Response | None:
         # Not `or`: an aiohttp response is a mapping, falsy when it holds no user data.
-        refused = self.sim.refuse(request, request.path.startswith("/openai/"))
-        return refused if refused is not None else self.sim.quota_refusal()
+        refused = self.host.refuse(request, request.path.startswith("/openai/"))
+        return refused if refused is not None else self.host.quota_refusal()
 
     def _json(self, payload: dict[str, Any], status: int = 200,
               headers: dict[str, str] | None = None) -> web.Response:
-        self.sim.stats.statuses[status] += 1
+        self._statuses[status] += 1
         return web.Response(status=status, body=orjson.dumps(payload), headers=headers,
                             content_type="application/json")
 
@@ -161,10 +180,10 @@ class BatchApi:
         return self._json(payload, 201, {"Location": location})
 
     def _bad(self, message: str, param: str | None = None, status: int = 400) -> web.Response:
-        return self.sim.error(status, message, "invalid_request_error", None, param=param)
+        return self.host.error(status, message, "invalid_request_error", None, param=param)
 
     def _server_error(self) -> web.Response:
-        return self.sim.error(500, "The server had an error while processing your request. "
+        return self.host.error(500, "The server had an error while processing your request. "
                               "Sorry about that!", "server_error")
 
     # -- files --------------------------------------------------------------------------------
@@ -227,7 +246,7 @@ class BatchApi:
         if isinstance(file, web.Response):
             return file
         self.stats.downloads += 1
-        self.sim.stats.statuses[200] += 1
+        self._statuses[200] += 1
         return web.Response(body=file.data, content_type="application/octet-stream")
 
     async def _delete_file(self, request: web.Request) -> web.Response:
@@ -316,7 +335,7 @@ class BatchApi:
                     f"{limit:,} for the deployment '{model}'. Please either increase the limit "
                     "or try again once the current jobs have finished.")
         return (f"Enqueued token limit reached for {model} in organization "
-                f"{self.sim.config.organization}. Limit: {limit:,} enqueued tokens. Please try "
+                f"{self._organization}. Limit: {limit:,} enqueued tokens. Please try "
                 "again once some in_progress batches have been completed.")
 
     # -- batches: the clock -------------------------------------------------------------------
@@ -366,11 +385,11 @@ class BatchApi:
             problem = None
             if field_name not in body:
                 problem = f"'{field_name}' is a required property"
-            elif chance(self.sim.config.seed, b.index, custom_id) < cfg.request_errors:
+            elif chance(self._seed, b.index, custom_id) < cfg.request_errors:
                 problem = "The simulator rejected this request (--batch-request-errors)."
             if problem is None:
                 response = {"status_code": 200, "request_id": request_id,
-                            "body": self.sim.reply(body, embeddings)}
+                            "body": self.host.reply(body, embeddings)}
                 b.ok += 1
             else:
                 error = {"message": problem, "type": "invalid_request_error", "param": None,

@@ -1,9 +1,9 @@
 """The simulator's model of a server's rate limits, free of sockets and of batchrun's own code.
 
 The simulator checks batchrun, so it must not share its arithmetic: it counts tokens with its own
-walk of the request (characters / 4, as OpenAI's admission does) and keeps its own buckets. It
-never imports batchrun.tokens or batchrun.limiter. `Simulator` serves this model over HTTP;
-bench/throughput.py drives it directly on virtual time.
+walk of the request (characters / 4, as OpenAI's admission does) and keeps its own buckets.
+It never imports batchrun's token count (batchrun.tokens) or its limiter (batchrun.limiter).
+`Simulator` serves this model over HTTP; bench/throughput.py drives it on virtual time.
 
 Habits (all in `Habits`), the ways real servers differ:
 

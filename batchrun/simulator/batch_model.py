@@ -1,7 +1,7 @@
 """The simulator's Batch API state, free of sockets: files, batches, and input validation.
 
-batchrun.sim_batch serves it over HTTP and moves batches along its clock. Validation counts
-prompt tokens with the simulator's own approximation (batchrun.sim_model), never batchrun's.
+batchrun.simulator.batch serves it over HTTP and moves batches along its clock. Validation counts
+prompt tokens with the simulator's own approximation (batchrun.simulator.model), never batchrun's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.sim_model import usage_prompt_tokens
+from batchrun.simulator.model import usage_prompt_tokens
 
 __all__ = ["ACTIVE", "Batch", "BatchConfig", "BatchStats", "StoredFile", "chance", "error_item",
            "metadata_ok", "validate"]
