@@ -30,7 +30,7 @@ from batchrun.errors import (
     Interrupted,
     StateError,
 )
-from batchrun.jobstore import JobState
+from batchrun.files.jobstore import JobState
 
 try:
     __version__ = version("batchrun")

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchrun.tiers import Limits, price
+from batchrun.policy.tiers import Limits, price
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """Merging Batch API results: how long and how much memory to merge the output files of a
-200,000-line job into its output, exactly once per custom_id (batchrun.batch.collect).
+200,000-line job into its output, exactly once per custom_id (batchrun.backends.batch.collect).
 
     python bench/batch_merge.py                 # 200,000 lines in 4 parts of 50,000
     python bench/batch_merge.py --lines 1000000
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import orjson
 
-from batchrun.batch.collect import Collector, Merged
-from batchrun.checkpoint import OutputWriter, read_output
+from batchrun.backends.batch.collect import Collector, Merged
+from batchrun.files.checkpoint import OutputWriter, read_output
 
 PART = 50_000
 

@@ -27,7 +27,7 @@ import orjson
 # batchrun's own peak RSS, reported by the process itself as it exits.
 MEASURED = (
     "import resource, sys\n"
-    "from batchrun.cli import run\n"
+    "from batchrun.cli.commands import run\n"
     "code = run(sys.argv[1:])\n"
     "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
     "sys.stderr.write(f'PEAK_RSS_KB {peak}\\n')\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from batchrun.checkpoint import result_line
+from batchrun.files.checkpoint import result_line
 from batchrun.simulator import SimServer, Simulator
 
 

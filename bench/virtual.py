@@ -18,10 +18,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchrun.client import server_state
-from batchrun.limiter import Limiter
+from batchrun.http.client import server_state
+from batchrun.pacing.limiter import Limiter
+from batchrun.policy.tokens import char_estimate, max_output_tokens, prompt_tokens
 from batchrun.simulator.model import Habits, RateModel, SimLimits, admission_charge, draw_latency
-from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens
 
 CHAT = "/v1/chat/completions"
 UTC_NOON = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.batch.api import Transient
+from batchrun.backends.batch.api import Transient
 
 
 class Crash(BaseException):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from batchrun.jobstore import OPTION_KEYS, JobOptions
+from batchrun.files.jobstore import OPTION_KEYS, JobOptions
 from tests.conftest import run_cli, write_jsonl
 
 OLDEST = {"model": "gpt-4o-mini", "tier": "tier2", "overrides": {"rpm": 100, "tpm": None},

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import batchrun
-import batchrun.checkpoint
+import batchrun.files.checkpoint
 from batchrun.events import Event, JobStarted, Note, RequestFinished
 from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, write_jsonl
@@ -163,7 +163,7 @@ def test_a_local_write_failure_returns_a_stopped_job_with_exit_5(
         return real_write(fd, data)
 
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(40))
-    monkeypatch.setattr(batchrun.checkpoint.os, "write", write)
+    monkeypatch.setattr(batchrun.files.checkpoint.os, "write", write)
     job = batchrun.submit(jobs, base_url=sim.base_url, concurrency=1, **UNLIMITED)
     assert (job.state, job.exit_code) == (batchrun.JobState.STOPPED, 5)
     assert "No space left on device" in job.message

@@ -1,4 +1,4 @@
-"""Every wait that doubles after a failure comes from one function (batchrun.backoff), and it
+"""Every wait that doubles after a failure comes from one function (batchrun.pacing.backoff), and it
 stays at its cap however many failures came before: a server failing for hours must not turn
 the 1,025th wait into an OverflowError that ends the job with a traceback."""
 
@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from batchrun.backoff import MAX_BACKOFF_S, backoff_s
-from batchrun.endpoints.routing import MAX_COOL_OFF_S, cool_off_s
-from batchrun.limiter import MAX_COOLDOWN_S, Pacer
+from batchrun.pacing.backoff import MAX_BACKOFF_S, backoff_s
+from batchrun.pacing.limiter import MAX_COOLDOWN_S, Pacer
+from batchrun.routing.rules import MAX_COOL_OFF_S, cool_off_s
 
 
 def test_the_wait_doubles_from_the_first_up_to_the_cap() -> None:

@@ -12,10 +12,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.batch.api import ApiCallFailed, BatchClient, Transient
-from batchrun.classify import Kind, classify
-from batchrun.endpoint import Endpoint
+from batchrun.backends.batch.api import ApiCallFailed, BatchClient, Transient
 from batchrun.errors import ApiRefused
+from batchrun.http.endpoint import Endpoint
+from batchrun.policy.classify import Kind, classify
 from tests.conftest import FAKE_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.batch import entry as batch_entry
+from batchrun.backends.batch import entry as batch_entry
 from batchrun.errors import ApiRefused
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl

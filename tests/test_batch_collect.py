@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.batch.collect import Collector, Merged
-from batchrun.checkpoint import OutputWriter, read_output
+from batchrun.backends.batch.collect import Collector, Merged
+from batchrun.files.checkpoint import OutputWriter, read_output
 
 
 def test_a_body_orjson_cannot_hold_is_merged_as_it_came(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from batchrun.batch.api import BatchClient
-from batchrun.endpoint import Endpoint
+from batchrun.backends.batch.api import BatchClient
+from batchrun.http.endpoint import Endpoint
 from tests.conftest import FAKE_KEY
 from tests.test_batch_hostile import HostileBatches, ok_line
 

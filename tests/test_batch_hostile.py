@@ -13,13 +13,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch.api import ApiCallFailed, BatchClient
-from batchrun.batch.run import BatchJob, Detached
+from batchrun import job as runner
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch.api import ApiCallFailed, BatchClient
+from batchrun.backends.batch.run import BatchJob, Detached
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.events import StateChanged, Stats
-from batchrun.outputlock import OutputLock
+from batchrun.files.outputlock import OutputLock
 from batchrun.simulator import BatchConfig, SimConfig
 from tests import test_batch_run
 from tests.batch_fake import FakeBatchApi, Outcome

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchrun.batch.plan import Item, PartLimits, QueueGate, split
+from batchrun.backends.batch.plan import Item, PartLimits, QueueGate, split
 
 
 def items(n: int, model: str = "m", url: str = "/v1/chat/completions", size: int = 10,

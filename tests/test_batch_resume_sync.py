@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from batchrun import runner
-from batchrun.batch.run import Detached
+from batchrun import job as runner
+from batchrun.backends.batch.run import Detached
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.conftest import run_cli
 from tests.test_batch_run import Harness, ok_ids

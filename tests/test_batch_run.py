@@ -13,14 +13,14 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch import run as batch_run
-from batchrun.endpoint import Endpoint
+from batchrun import job as runner
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch import run as batch_run
 from batchrun.errors import ApiRefused, BatchrunError, Interrupted, StateError
 from batchrun.events import Stats
-from batchrun.jobstore import JobStore, Manifest
-from batchrun.spec import JobSpec
+from batchrun.files.jobstore import JobStore, Manifest
+from batchrun.http.endpoint import Endpoint
+from batchrun.routing.spec import JobSpec
 from tests.batch_fake import Crash, FakeBatchApi, Outcome
 from tests.conftest import FAKE_KEY, read_results, write_jsonl
 

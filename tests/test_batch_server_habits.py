@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch import run as batch_run
-from batchrun.batch.api import BatchClient
-from batchrun.endpoint import Endpoint
+from batchrun import job as runner
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch import run as batch_run
+from batchrun.backends.batch.api import BatchClient
 from batchrun.errors import ApiRefused
+from batchrun.http.endpoint import Endpoint
 from tests.batch_server import BatchServer, ServerConfig
 from tests.conftest import FAKE_KEY, REPO, run_cli, write_jsonl
 from tests.test_batch_run import Harness, ok_ids

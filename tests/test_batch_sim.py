@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch import run as batch_run
-from batchrun.batch.api import BatchClient
+from batchrun import job as runner
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch import run as batch_run
+from batchrun.backends.batch.api import BatchClient
 from batchrun.simulator import BatchConfig, SimConfig
 from tests.conftest import FAKE_KEY
 from tests.test_batch_run import Harness, ok_ids
@@ -33,7 +33,7 @@ class SimHarness(Harness):
         if azure:
             from dataclasses import replace
 
-            from batchrun.endpoint import Endpoint
+            from batchrun.http.endpoint import Endpoint
 
             monkeypatch.setenv("AZURE_OPENAI_API_KEY", FAKE_KEY)
             self.spec = replace(self.spec, endpoint=Endpoint.make(None, sim.azure_endpoint,

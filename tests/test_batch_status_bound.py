@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch.api import ApiCallFailed, BatchClient
-from batchrun.batch.run import Detached
+from batchrun import job as runner
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch.api import ApiCallFailed, BatchClient
+from batchrun.backends.batch.run import Detached
 from batchrun.errors import BatchrunError
 from batchrun.events import Stats
-from batchrun.outputlock import is_held
+from batchrun.files.outputlock import is_held
 from tests.batch_fake import FakeBatchApi
 from tests.conftest import run_cli
 from tests.test_batch_run import Harness

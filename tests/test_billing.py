@@ -16,8 +16,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun import cli, engine, ledger
-from batchrun.jobstore import JobStore
+from batchrun.backends.sync import engine
+from batchrun.cli import commands as cli
+from batchrun.files import ledger
+from batchrun.files.jobstore import JobStore
 from batchrun.simulator import SimConfig
 from tests.conftest import FAKE_KEY, Run, read_results, write_jsonl
 

@@ -7,9 +7,9 @@ import orjson
 import pytest
 from aioresponses import aioresponses
 
-from batchrun.client import ApiClient, Endpoint, Kind, classify, parse_duration, retry_hint
 from batchrun.errors import InputError
-from batchrun.jobs import CHAT_URL, EMBEDDINGS_URL, Request
+from batchrun.files.jobs import CHAT_URL, EMBEDDINGS_URL, Request
+from batchrun.http.client import ApiClient, Endpoint, Kind, classify, parse_duration, retry_hint
 
 KEY = "sk-test-abcdefghijklmnop1234"
 

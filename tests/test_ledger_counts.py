@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.ledger import (
+from batchrun.files.ledger import (
     BILLED,
     CHARGE,
     DailyBudget,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batchrun import cli
+from batchrun.cli import commands as cli
 from batchrun.simulator import SimConfig, reply_text
 from tests.conftest import FAKE_KEY, REPO, Run, read_results, write_jsonl
 from tests.test_resume import count_lines, wait_for

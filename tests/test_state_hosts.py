@@ -90,10 +90,10 @@ def test_a_host_killed_mid_run_gives_its_share_back_within_seconds(
 
 RACE = """
 import asyncio, sys
-from batchrun.ledger import Scope
+from batchrun.files.ledger import Scope
 from batchrun.state import StateUrl
 from batchrun.state._redis import ADMITTED, RedisState
-from batchrun.tiers import Limits
+from batchrun.policy.tiers import Limits
 from tests.conftest import FAKE_KEY
 from tests.test_state_redis import DAY, SCOPE
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun.classify import Kind, Outcome
-from batchrun.jobs import Request
-from batchrun.stop import StopKind, phrase
+from batchrun.backends.stop import StopKind, phrase
+from batchrun.files.jobs import Request
+from batchrun.policy.classify import Kind, Outcome
 from tests.test_stop_drain import RESUME, Server, run_job
 
 

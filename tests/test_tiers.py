@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from batchrun.progress import describe_limits
-from batchrun.tiers import (
+from batchrun.display.progress import describe_limits
+from batchrun.policy.tiers import (
     PRESETS,
     TIERS,
     Daily,

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.ledger import key_fingerprint, ledger_host
+from batchrun.files.ledger import key_fingerprint, ledger_host
 from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import read_results, run_cli, write_jsonl
 from tests.redis_server import everything_stored

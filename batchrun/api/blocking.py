@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from batchrun.signals import interrupt_work
+from batchrun.backends.signals import interrupt_work
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.jobstore import JobState
+from batchrun.files.jobstore import JobState
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,6 @@ from batchrun.api.steps import (
     run_summary,
     status_rows,
 )
-from batchrun.endpoints import EndpointConfig, load_endpoints
-from batchrun.endpoints.tally import EndpointTally
 from batchrun.errors import (
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -36,8 +34,10 @@ from batchrun.errors import (
     InputError,
 )
 from batchrun.events import Event, Listener, Note, Stats, emit_all
-from batchrun.jobs import read_jobs
-from batchrun.jobstore import JobState, JobStore, Manifest, state_home
+from batchrun.files.jobs import read_jobs
+from batchrun.files.jobstore import JobState, JobStore, Manifest, state_home
+from batchrun.report.tally import EndpointTally
+from batchrun.routing import EndpointConfig, load_endpoints
 from batchrun.state import parse_state_url
 from batchrun.state._open import usage_today
 
@@ -72,7 +72,7 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
     with contextlib.ExitStack() as stack:
         notify: Callable[[str], None] = note
         if progress:  # rich is loaded only here: a library user who asks for no display
-            from batchrun.progress import ProgressDisplay
+            from batchrun.display.progress import ProgressDisplay
 
             display = stack.enter_context(ProgressDisplay(stats, sys.stderr, endpoints=tally))
             hooks.append(display)

@@ -9,7 +9,7 @@ from typing import Any
 from batchrun.errors import (
     InputError,
 )
-from batchrun.tiers import TIERS
+from batchrun.policy.tiers import TIERS
 
 # The largest whole number an option takes: past any real budget, and within what the manifest
 # (64-bit integers), the ledger (SQLite) and Redis's scripts (doubles, exact to 2**53) hold.

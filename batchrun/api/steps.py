@@ -10,25 +10,26 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun import ledger, runner
+from batchrun import job as runner
 from batchrun.api.options import batch_options, check_tier
-from batchrun.batch.parts import forget_open_parts, shown_record
-from batchrun.endpoint import Endpoint
-from batchrun.endpoints import EndpointConfig, check_serves
-from batchrun.endpoints.tally import EndpointTally
-from batchrun.endpoints.upstreams import with_endpoints
-from batchrun.engine import JobSpec
+from batchrun.backends.batch.parts import forget_open_parts, shown_record
+from batchrun.backends.sync.engine import JobSpec
+from batchrun.backends.sync.upstreams import with_endpoints
 from batchrun.errors import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     BatchrunError,
     InputError,
 )
-from batchrun.estimate import Today, known_today, nothing_known
-from batchrun.estimate import estimate as estimate_job
 from batchrun.events import Listener, Stats
-from batchrun.jobstore import JobState, JobStore, Manifest
-from batchrun.spec import DEFAULT_MAX_RESPONSE_MB
+from batchrun.files import ledger
+from batchrun.files.jobstore import JobState, JobStore, Manifest
+from batchrun.http.endpoint import Endpoint
+from batchrun.report.estimate import Today, known_today, nothing_known
+from batchrun.report.estimate import estimate as estimate_job
+from batchrun.report.tally import EndpointTally
+from batchrun.routing import EndpointConfig, check_serves
+from batchrun.routing.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import (
     StateUrl,
     leaving_shared,

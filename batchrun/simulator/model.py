@@ -2,7 +2,8 @@
 
 The simulator checks batchrun, so it must not share its arithmetic: it counts tokens with its own
 walk of the request (characters / 4, as OpenAI's admission does) and keeps its own buckets.
-It never imports batchrun's token count (batchrun.tokens) or its limiter (batchrun.limiter).
+It never imports batchrun's token count (batchrun.policy.tokens) or its limiter
+(batchrun.pacing.limiter).
 `Simulator` serves this model over HTTP; bench/throughput.py drives it on virtual time.
 
 Habits (all in `Habits`), the ways real servers differ:
