@@ -59,15 +59,7 @@ KNOWN_CYCLES: set[frozenset[str]] = set()
 
 # The same between packages, each module counted as its package right below batchrun (a flat
 # module is its own): a circle here is an import that runs back up a layer.
-KNOWN_PACKAGE_CYCLES: set[frozenset[str]] = {
-    # Six imports still run back up a layer after the move: policy.classify and policy.sizing ->
-    # files.jobs; policy.classify -> http.endpoint; policy.tokens -> files.fsutil;
-    # routing.rules -> backends.stop; files.jobstore -> routing.spec.
-    frozenset({
-        "batchrun.backends", "batchrun.events", "batchrun.files", "batchrun.http",
-        "batchrun.policy", "batchrun.routing", "batchrun.state",
-    }),
-}
+KNOWN_PACKAGE_CYCLES: set[frozenset[str]] = set()
 
 # (importer, private module of another package).
 KNOWN_PRIVATE: set[tuple[str, str]] = {

@@ -25,11 +25,11 @@ from batchrun.events import Listener, Stats
 from batchrun.files import ledger
 from batchrun.files.jobstore import JobState, JobStore, Manifest
 from batchrun.http.endpoint import Endpoint
+from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
 from batchrun.report.estimate import Today, known_today, nothing_known
 from batchrun.report.estimate import estimate as estimate_job
 from batchrun.report.tally import EndpointTally
 from batchrun.routing import EndpointConfig, check_serves
-from batchrun.routing.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import (
     StateUrl,
     leaving_shared,
