@@ -35,9 +35,10 @@ from batchrun.state import (
     leaving_shared,
     manifest_options,
     parse_state_url,
+    shared_accountings,
     state_for_resume,
+    usage_today,
 )
-from batchrun.state._open import shared_accountings, usage_today
 
 
 @dataclass(slots=True)

@@ -43,9 +43,10 @@ from batchrun.report.tally import EndpointTally
 from batchrun.routing import EndpointConfig, load_endpoints
 from batchrun.state import (
     SharedStateError,
+    host_lines,
     parse_state_url,
+    usage_today,
 )
-from batchrun.state._open import host_lines, usage_today
 
 app = typer.Typer(
     add_completion=False,
