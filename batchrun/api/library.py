@@ -15,7 +15,13 @@ import orjson
 
 from batchrun.api.blocking import block
 from batchrun.api.job import Answers, Counts, Job, Tokens
-from batchrun.api.options import check_options, check_tier, given_flags, refuse_beside_endpoints
+from batchrun.api.options import (
+    check_options,
+    check_tier,
+    check_types,
+    given_flags,
+    refuse_beside_endpoints,
+)
 from batchrun.api.steps import (
     Prepared,
     estimate_path,
@@ -126,6 +132,7 @@ async def submit_async(jobs: str | os.PathLike[str], *, on_event: EventHook | No
     if unknown := sorted(set(options) - _SUBMIT_OPTIONS):
         raise InputError(f"submit: unknown option {unknown[0]!r}; the options are the CLI's "
                          "long options in snake_case (see `batchrun submit --help`).")
+    check_types({"on_event": on_event, "progress": progress})
     given = given_flags(options)  # before the environment's defaults, which are no error
     options = {k: v for k, v in _submit_options(options).items() if v is not None}
     prepared = prepare_submit(Path(jobs), **options, beside_endpoints=lambda path: (
@@ -162,6 +169,8 @@ async def resume_async(job: Job | str | os.PathLike[str] | None = None, *,
                        retry_failed: bool = False, force: bool = False, drain: float = 10.0,
                        state: str | None = None, **options: Any) -> Job:
     """`batchrun resume` from a running loop. See `resume`."""
+    check_types({"on_event": on_event, "progress": progress, "retry_failed": retry_failed,
+                 "force": force, "state": state})
     check_options({**options, "drain": drain})
     known = {"rpm", "tpm", "rpd", "tpd", "concurrency", "max_retries", "timeout",
              "max_response_mb", "wait", "via", "detach", "poll_max", "batch_queue_tokens",
@@ -189,6 +198,10 @@ def resume(job: Job | str | os.PathLike[str] | None = None, *,
 
 
 def _request_lines(requests: Iterable[Mapping[str, Any]]) -> bytes:
+    if isinstance(requests, Mapping | str | bytes) or not isinstance(requests, Iterable):
+        # a dict would be read as its keys, a string as its characters: refused by name instead
+        raise InputError(f"requests={_short(requests)} ({type(requests).__name__}): give a "
+                         "list of dicts (or any iterable of them), one per request.")
     lines = []
     for n, request in enumerate(requests, 1):
         if not isinstance(request, Mapping):
@@ -199,6 +212,11 @@ def _request_lines(requests: Iterable[Mapping[str, Any]]) -> bytes:
         except TypeError as exc:
             raise InputError(f"request {n} cannot be written as JSON: {exc}.") from None
     return b"\n".join(lines) + b"\n" if lines else b""
+
+
+def _short(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def _run_paths(data: bytes, name: str | None, output: str | os.PathLike[str] | None,
@@ -236,6 +254,7 @@ async def run_async(requests: Iterable[Mapping[str, Any]], *, name: str | None =
                     on_event: EventHook | None = None, progress: bool = False,
                     **options: Any) -> Answers:
     """`run` from a running loop."""
+    check_types({"name": name, "output": output, "model": model})
     data = _request_lines(requests)
     if not data:
         raise InputError("run() was given no requests.")
@@ -273,6 +292,9 @@ def estimate(jobs: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *,
              api_key_env: str | None = None) -> dict[str, Any]:
     """Tokens, cost and time to finish, as `batchrun estimate --json` prints them. Sends
     nothing. `jobs` is a JSONL path or an iterable of input-shaped dicts."""
+    check_types({"model": model, "latency": latency, "assume_output_tokens": assume_output_tokens,
+                 "endpoints": endpoints, "state": state, "base_url": base_url,
+                 "azure_endpoint": azure_endpoint, "api_key_env": api_key_env})
     check_options({"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd, "concurrency": concurrency,
                     "on_bad_line": on_bad_line, "via": via,
                     "batch_queue_tokens": batch_queue_tokens})
