@@ -44,6 +44,7 @@ from batchrun.errors import (
 from batchrun.events import Event, Listener, Note, Stats, emit_all
 from batchrun.jobs import read_jobs
 from batchrun.jobstore import JobState, JobStore, Manifest, state_home
+from batchrun.outputlock import holds_results
 from batchrun.state import parse_state_url
 from batchrun.state._open import usage_today
 
@@ -221,13 +222,48 @@ def _short(value: object) -> str:
 
 def _run_paths(data: bytes, name: str | None, output: str | os.PathLike[str] | None,
                shaping: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Where run() keeps its requests and results: by `name`, else by a hash of the requests
-    and of the options that shape the answers, so the same call finds its earlier results."""
+    """Where run() keeps its requests and results: by `name`; else by `output` (one output
+    holds one job's results, so its requests are kept under its path, and edited requests meet
+    that job rather than a stranger's); else by a hash of the requests and of the options that
+    shape the answers, so the same call finds its earlier results."""
     if name is not None and (not name or "/" in name or name.startswith(".")):
         raise InputError(f"name={name!r}: give a plain name (letters, digits, - and _).")
+    if name is None and output is not None:
+        where = str(Path(output).resolve()).encode()
+        name = "output-" + hashlib.sha256(where).hexdigest()[:16]
     digest = hashlib.sha256(data + orjson.dumps(dict(shaping), option=orjson.OPT_SORT_KEYS))
     folder = state_home() / "runs" / (name or digest.hexdigest()[:16])
     return folder / "requests.jsonl", Path(output) if output else folder / "results.jsonl"
+
+
+def _changed_request(before: bytes, now: bytes) -> str:
+    """The first request that differs between two runs' requests, as the user counts them."""
+    old, new = before.splitlines(), now.splitlines()
+    n = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+             min(len(old), len(new)))
+    if n >= len(new):
+        return f"there are {len(new):,} requests now, {len(old):,} before"
+    line = orjson.loads(new[n])
+    given = line.get("custom_id", line.get("id")) if isinstance(line, dict) else None
+    ident = f" (id {given!r})" if isinstance(given, str) else ""
+    return f"request {n + 1}{ident} is not the one it was given before"
+
+
+def _refuse_other_requests(input_path: Path, output_path: Path, data: bytes, label: str) -> None:
+    """A run kept by `name` or `output` holds the answers to the requests it was first given:
+    other requests are refused here, in Python's terms and before anything is rewritten, not
+    as the CLI's "input changed" (which names -o and --force)."""
+    try:
+        before = input_path.read_bytes()
+    except FileNotFoundError:
+        return
+    if before == data or not holds_results(output_path):
+        return
+    raise InputError(
+        f"run({label}) holds the answers to other requests: {_changed_request(before, data)}. "
+        f"Give another {label.split('=')[0]}= to start a new job (every request is sent "
+        "again), or force=True to keep the answers it has, by id (an edited request keeps its "
+        "earlier answer), and send only the requests without one.")
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -262,6 +298,9 @@ async def run_async(requests: Iterable[Mapping[str, Any]], *, name: str | None =
         "base_url", "azure_endpoint", "simulate", "endpoints", "via")}}
     shaping["endpoints"] = str(shaping["endpoints"]) if shaping["endpoints"] else None
     input_path, output_path = _run_paths(data, name, output, shaping)
+    if (name is not None or output is not None) and not options.get("force"):
+        label = f"name={name!r}" if name is not None else f"output={str(output)!r}"
+        _refuse_other_requests(input_path, output_path, data, label)
     _write_if_changed(input_path, data)
     job = await submit_async(input_path, output=output_path, model=model, on_event=on_event,
                              progress=progress, **options)
