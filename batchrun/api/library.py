@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import inspect
@@ -45,6 +46,7 @@ from batchrun.events import Event, Listener, Note, Stats, emit_all
 from batchrun.jobs import read_jobs
 from batchrun.jobstore import JobState, JobStore, Manifest, state_home
 from batchrun.outputlock import holds_results
+from batchrun.signals import interrupt_work
 from batchrun.state import parse_state_url
 from batchrun.state._open import usage_today
 
@@ -68,9 +70,7 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
         message, code = finished_message(p.finished, p.manifest)
         return _job(p.manifest, code, message)
     stats, tally = Stats(), EndpointTally()
-    def hook(event: Event) -> None:
-        if on_event is not None:
-            on_event(event)
+    hook = _GuardedHook(on_event, asyncio.get_running_loop())
 
     def note(text: str) -> None:
         hook(Note(text))
@@ -94,11 +94,38 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
                 raise
             return _job(recorded, exc.exit_code, exc.message,
                         state=p.store.effective_state(recorded))
+    if hook.raised is not None:  # the job stopped for it, resumable: the user's bug is theirs
+        job_id = p.manifest.job_id
+        hook.raised.add_note(f"on_event raised this during batchrun job {job_id}, which ended "
+                             f"{JobState(p.manifest.state).value}; batchrun.resume({job_id!r}) "
+                             "goes on.")
+        raise hook.raised
     summary = run_summary(stats, tally, p.manifest, stopped)
     if stopped is None:
         code = EXIT_SOME_FAILED if p.manifest.failed else EXIT_OK
         return _job(p.manifest, code, "", summary=summary)
     return _job(p.manifest, stopped.exit_code, stopped.message, summary=summary)
+
+
+class _GuardedHook:
+    """The user's on_event, called so that an exception in it stops the job as Ctrl-C does
+    (finishing what is in flight, resumable) instead of tearing the engine's tasks down and
+    leaving the job "crashed"; the call then raises it (`raised`)."""
+
+    def __init__(self, on_event: EventHook | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.on_event, self.loop = on_event, loop
+        self.raised: Exception | None = None
+        self.stopping = False
+
+    def __call__(self, event: Event) -> None:
+        if self.raised is None and self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception as exc:  # the user's code: raised again when the job has stopped
+                self.raised = exc
+        if self.raised is not None and not self.stopping:
+            # False until the job runs under its interrupt: asked again at the next event
+            self.stopping = interrupt_work(self.loop)
 
 
 def _both(*notes: Callable[[str], None]) -> Callable[[str], None]:
