@@ -106,3 +106,16 @@ def test_a_run_at_an_output_given_edited_requests_goes_on_with_force(sim: Runnin
     more = batchrun.run(edited, base_url=sim.base_url, output=out, force=True, **UNLIMITED)
     assert [a["custom_id"] if a else None for a in more] == ["r0", "r1", "r2", "r3", "r4"]
     assert sim.stats.received == 5  # only the new request was sent
+
+
+def test_bad_requests_are_named_as_requests_with_python_advice() -> None:
+    given = [{"id": "a", "prompt": "one"}, {"id": "b"}, {"id": "a", "prompt": "again"}]
+    with pytest.raises(batchrun.errors.BadLinesError) as raised:
+        batchrun.run(given, simulate=True)
+    lines = raised.value.message.splitlines()
+    assert lines[0] == "run(): 2 bad requests; nothing was sent."
+    assert lines[1].startswith("  request 2 (id 'b'): unrecognised line")
+    assert lines[2] == "  request 3: duplicate id 'a'; ids must be unique"
+    assert lines[3] == ("Fix these requests, or pass on_bad_line='skip' to record them as "
+                        "failed and go on.")
+    assert [bad.line_no for bad in raised.value.bad] == [2, 3]

@@ -39,6 +39,7 @@ from batchrun.errors import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     BadLine,
+    BadLinesError,
     BatchrunError,
     InputError,
 )
@@ -242,6 +243,23 @@ def _request_lines(requests: Iterable[Mapping[str, Any]]) -> bytes:
     return b"\n".join(lines) + b"\n" if lines else b""
 
 
+def _as_requests(exc: BadLinesError) -> BadLinesError:
+    """run()'s bad lines are its requests, one a line, in a file the user never named: said as
+    requests, with the keyword's advice instead of the CLI flag's."""
+    plural = "s" if exc.total_bad != 1 else ""
+    lines = [f"run(): {exc.total_bad:,} bad request{plural}; nothing was sent."]
+    lines += [f"  request {bad.describe().removeprefix('line ')}"
+              for bad in exc.bad[:BadLinesError.SHOWN]]
+    if exc.total_bad > BadLinesError.SHOWN:
+        lines.append(f"  … and {exc.total_bad - BadLinesError.SHOWN:,} more")
+    lines.append("Fix these requests, or pass on_bad_line='skip' to record them as failed and "
+                 "go on.")
+    renamed = BadLinesError("run()", exc.bad, exc.total_bad)
+    renamed.message = "\n".join(lines)
+    renamed.args = (renamed.message,)
+    return renamed
+
+
 def _short(value: object) -> str:
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
@@ -329,8 +347,11 @@ async def run_async(requests: Iterable[Mapping[str, Any]], *, name: str | None =
         label = f"name={name!r}" if name is not None else f"output={str(output)!r}"
         _refuse_other_requests(input_path, output_path, data, label)
     _write_if_changed(input_path, data)
-    job = await submit_async(input_path, output=output_path, model=model, on_event=on_event,
-                             progress=progress, **options)
+    try:
+        job = await submit_async(input_path, output=output_path, model=model,
+                                 on_event=on_event, progress=progress, **options)
+    except BadLinesError as exc:
+        raise _as_requests(exc) from None
     return _in_input_order(input_path, job, model)
 
 
