@@ -362,8 +362,9 @@ def run(requests: Iterable[Mapping[str, Any]], *, name: str | None = None,
     return their result lines as dicts in input order (None: no result yet; `answers.job` says
     why). Checkpointed like a file job: the requests and results live under
     $BATCHRUN_HOME/runs/, keyed by a hash of the requests, model, endpoint and path options (or
-    by `name`; or the results at `output`), so calling it again with the same requests sends
-    only what has no result yet. Other options are `submit`'s."""
+    by `name`; or by `output`, where the results then are), so calling it again with the same
+    requests sends only what has no result yet. Edited requests under a `name` or `output` are
+    refused unless `force=True`. Other options are `submit`'s."""
     return block(run_async(requests, name=name, output=output, model=model,
                             on_event=on_event, progress=progress, **options))
 
