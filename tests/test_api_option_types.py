@@ -77,3 +77,35 @@ def test_estimate_names_an_option_of_the_wrong_type(tmp_path: Path) -> None:
         with pytest.raises(batchrun.InputError) as raised:
             batchrun.estimate(jobs, **{option: value})
         assert raised.value.message.startswith(f"{option}=")
+
+
+@pytest.mark.parametrize("jobs", [None, 5, b"jobs.jsonl"])
+def test_submit_names_a_jobs_argument_that_is_not_a_path(jobs: Any) -> None:
+    with pytest.raises(batchrun.InputError) as raised:
+        batchrun.submit(jobs, simulate=True)
+    assert raised.value.message.startswith("jobs=")
+
+
+def test_status_names_arguments_of_the_wrong_type() -> None:
+    for call in (lambda: batchrun.status(5), lambda: batchrun.status(state=5)):  # type: ignore[arg-type]
+        with pytest.raises(batchrun.InputError) as raised:
+            call()
+        assert raised.value.message.startswith(("job=", "state="))
+
+
+@pytest.mark.parametrize("call", [batchrun.run, batchrun.submit])
+def test_a_key_given_as_an_argument_is_refused_with_where_it_goes(call: Any,
+                                                                  tmp_path: Path) -> None:
+    given = ([{"id": "a", "prompt": "hi"}] if call is batchrun.run
+             else write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}]))
+    with pytest.raises(batchrun.InputError) as raised:
+        call(given, simulate=True, api_key="sk-typed-into-a-notebook")
+    message = raised.value.message
+    assert message.startswith(f"{call.__name__}: ") and "$OPENAI_API_KEY" in message
+    assert "api_key_env=" in message and "sk-typed" not in message
+
+
+def test_estimate_of_no_requests_says_so_without_a_temporary_path() -> None:
+    with pytest.raises(batchrun.InputError) as raised:
+        batchrun.estimate([])
+    assert raised.value.message == "estimate() was given no requests."

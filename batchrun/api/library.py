@@ -22,6 +22,7 @@ from batchrun.api.options import (
     check_types,
     given_flags,
     refuse_beside_endpoints,
+    refuse_unknown,
 )
 from batchrun.api.steps import (
     Prepared,
@@ -158,10 +159,10 @@ _SUBMIT_OPTIONS = frozenset(inspect.signature(prepare_submit).parameters) - {
 async def submit_async(jobs: str | os.PathLike[str], *, on_event: EventHook | None = None,
                        progress: bool = False, **options: Any) -> Job:
     """`batchrun submit JOBS` from a running loop. See `submit`."""
-    if unknown := sorted(set(options) - _SUBMIT_OPTIONS):
-        raise InputError(f"submit: unknown option {unknown[0]!r}; the options are the CLI's "
-                         "long options in snake_case (see `batchrun submit --help`).")
-    check_types({"on_event": on_event, "progress": progress})
+    refuse_unknown("submit", options, _SUBMIT_OPTIONS)
+    if jobs is None:
+        raise InputError("jobs=None: give the path of a JSONL file of requests.")
+    check_types({"jobs": jobs, "on_event": on_event, "progress": progress})
     given = given_flags(options)  # before the environment's defaults, which are no error
     options = {k: v for k, v in _submit_options(options).items() if v is not None}
     prepared = prepare_submit(Path(jobs), **options, beside_endpoints=lambda path: (
@@ -204,9 +205,7 @@ async def resume_async(job: Job | str | os.PathLike[str] | None = None, *,
     known = {"rpm", "tpm", "rpd", "tpd", "concurrency", "max_retries", "timeout",
              "max_response_mb", "wait", "via", "detach", "poll_max", "batch_queue_tokens",
              "cancel_batches"}
-    if unknown := sorted(set(options) - known):
-        raise InputError(f"resume: unknown option {unknown[0]!r}; the options are the CLI's "
-                         "long options in snake_case (see `batchrun resume --help`).")
+    refuse_unknown("resume", options, known)
     store = JobStore()
     manifest = _find(job, store, retry_failed)
     prepared = prepare_resume(manifest, store, retry_failed=retry_failed, force=force,
@@ -335,6 +334,7 @@ async def run_async(requests: Iterable[Mapping[str, Any]], *, name: str | None =
                     on_event: EventHook | None = None, progress: bool = False,
                     **options: Any) -> Answers:
     """`run` from a running loop."""
+    refuse_unknown("run", options, _SUBMIT_OPTIONS)
     check_types({"name": name, "output": output, "model": model})
     data = _request_lines(requests)
     if not data:
@@ -404,9 +404,12 @@ def estimate(jobs: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *,
                              endpoint=(base_url, azure_endpoint, api_key_env))
     import tempfile
 
+    data = _request_lines(jobs)
+    if not data:  # the temporary file's own "is empty" would name a path the user never saw
+        raise InputError("estimate() was given no requests.")
     with tempfile.TemporaryDirectory(prefix="batchrun-estimate-") as folder:
         path = Path(folder) / "requests.jsonl"
-        path.write_bytes(_request_lines(jobs))
+        path.write_bytes(data)
         return estimate(path, model=model, tier=tier, rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd,
                         concurrency=concurrency, latency=latency,
                         assume_output_tokens=assume_output_tokens, on_bad_line=on_bad_line,
@@ -415,12 +418,18 @@ def estimate(jobs: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *,
                         azure_endpoint=azure_endpoint, api_key_env=api_key_env)
 
 
-def status(job: Job | str | None = None, *, state: str | None = None) -> dict[str, Any]:
-    """The jobs (or one) and today's usage, as `batchrun status --json` prints them (without
-    collecting a Batch API job's finished batches: `resume` does that)."""
+def status(job: Job | str | os.PathLike[str] | None = None, *,
+           state: str | None = None) -> dict[str, Any]:
+    """The jobs (or one: a Job, its id, a unique prefix of it, or its output path) and today's
+    usage, as `batchrun status --json` prints them (without collecting a Batch API job's
+    finished batches: `resume` does that)."""
+    if job is not None and not isinstance(job, Job | str | os.PathLike):
+        raise InputError(f"job={job!r} ({type(job).__name__}): give a Job, a job id or the "
+                         "job's output path.")
+    check_types({"state": state})
     store = JobStore()
     if job is not None:
-        jobs = [store.find(job.id if isinstance(job, Job) else job)]
+        jobs = [store.find(job.id if isinstance(job, Job) else str(job))]
     else:
         jobs, _damaged = store.scan()
     state_url = parse_state_url(state if state is not None else os.environ.get("BATCHRUN_STATE"))

@@ -29,7 +29,7 @@ SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "
 # would otherwise fail deep inside (an AttributeError) or be saved with the job and make its
 # manifest unreadable (rpm=1.5).
 TEXT = ("tier", "model", "base_url", "azure_endpoint", "api_key_env", "state", "name")
-PATHS = ("output", "endpoints")
+PATHS = ("jobs", "output", "endpoints")
 FLAGS = ("simulate", "insecure", "force", "record_endpoint", "detach", "wait", "progress",
          "retry_failed", "cancel_batches")
 WHOLE = ("rpm", "tpm", "rpd", "tpd", "batch_queue_tokens", "concurrency", "max_retries",
@@ -61,6 +61,25 @@ def check_types(options: Mapping[str, Any]) -> None:
     for name, value in options.items():
         if (problem := type_problem(name, value)) is not None:
             raise InputError(f"{name}={value!r} ({type(value).__name__}): {problem}.")
+
+
+# The CLI command whose options a library call takes
+_COMMAND = {"run": "submit"}
+
+
+def refuse_unknown(call: str, options: Mapping[str, Any], known: frozenset[str] | set[str],
+                   ) -> None:
+    """A keyword the call does not take; the key is never one (it would sit in notebooks,
+    shells' history and tracebacks), so that one is answered with where the key goes."""
+    unknown = sorted(set(options) - known)
+    if not unknown:
+        return
+    if unknown[0] in ("api_key", "key", "openai_api_key"):
+        raise InputError(f"{call}: the API key is never an argument. Set it in $OPENAI_API_KEY "
+                         "(or in another variable, and name that with api_key_env=).")
+    raise InputError(f"{call}: unknown option {unknown[0]!r}; the options are the CLI's long "
+                     f"options in snake_case (see `batchrun {_COMMAND.get(call, call)} "
+                     "--help`).")
 
 
 def check_tier(value: str) -> str:
