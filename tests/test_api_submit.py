@@ -121,6 +121,29 @@ def test_on_event_receives_the_typed_events(sim: RunningSim, tmp_path: Path) -> 
         f"p{i}" for i in range(8))
 
 
+class CallbackBug(Exception):
+    pass
+
+
+def test_an_on_event_that_raises_stops_the_job_resumably_and_raises_its_own_error(
+        sim_factory: Any, tmp_path: Path) -> None:
+    sim = sim_factory(SimConfig(latency_s=0.05))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(60))
+
+    def buggy(event: Event) -> None:
+        if isinstance(event, RequestFinished):
+            raise CallbackBug("the user's own bug")
+
+    with pytest.raises(CallbackBug, match="the user's own bug"):
+        batchrun.submit(jobs, base_url=sim.base_url, concurrency=2, on_event=buggy, **UNLIMITED)
+    [row] = batchrun.status()["jobs"]
+    assert row["state"] == "interrupted"
+    assert sim.stats.received < 60  # it stopped sending: nothing more paid for a broken hook
+    job = batchrun.resume(row["job_id"])
+    assert (job.state, job.counts.done) == ("done", 60)
+    assert sim.stats.received == 60  # what the stopped run answered is not paid twice
+
+
 def test_simulate_needs_no_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
