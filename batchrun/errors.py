@@ -77,6 +77,17 @@ def redact_urls(text: str) -> str:
     return _URL_TAIL.sub(_mask_url, text) if "://" in text else text
 
 
+def without_userinfo(url: str) -> str:
+    """The URL with any `user:password@` shown as `***@`: for messages, never for sending.
+    Everything up to the last '@' is masked, since a password holding an unencoded '/', '?' or
+    '#' hides where the authority ends. Plain string work, so it cannot fail on a malformed URL a
+    server handed us."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return scheme + sep + "***@" + rest.rpartition("@")[2]
+
+
 def redact(text: str, *secrets: str | None, hex_keys: bool = True) -> str:
     """Remove the secrets (those long enough to be secrets), anything key-shaped and any
     credentials in a URL from text a server or the OS handed us. Only for error text: never apply

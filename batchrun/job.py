@@ -70,7 +70,7 @@ from batchrun.routing import EndpointConfig, check_serves
 from batchrun.routing.config import check_unchanged as check_endpoints_unchanged
 from batchrun.routing.config import digest as endpoints_digest
 from batchrun.state import SharedBudget, SharedStateError, StateUrl
-from batchrun.state._open import connect as connect_state
+from batchrun.state import connect as connect_state
 
 SIMULATOR_HOST = "simulator"
 SAVE_EVERY_S = 2.0

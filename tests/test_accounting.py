@@ -8,8 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from batchrun.files.jobs import Request
 from batchrun.files.ledger import Ledger, Scope
+from batchrun.policy.request import Request
 from batchrun.policy.sizing import size_of
 from batchrun.policy.tokens import prompt_tokens
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl

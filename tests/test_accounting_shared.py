@@ -9,8 +9,8 @@ import math
 from typing import Any
 
 from batchrun.backends.sync.lanes import Job, Route, Upstream
-from batchrun.files.jobs import Request
 from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.request import Request
 from batchrun.policy.sizing import size_of
 from batchrun.policy.tiers import Limits
 from batchrun.state import open_gate

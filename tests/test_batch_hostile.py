@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun import job as runner
+from batchrun import job
 from batchrun.backends.batch import entry as batch_entry
 from batchrun.backends.batch.api import ApiCallFailed, BatchClient
 from batchrun.backends.batch.run import BatchJob, Detached
@@ -229,7 +229,7 @@ def test_a_batch_the_api_no_longer_knows_is_a_way_out_not_a_dead_end(
     assert stuck.value.exit_code != 1  # nothing finished: not "some requests failed for good"
     assert "another key" in stuck.value.message
     assert f"batchrun cancel {h.job_id} --force" in stuck.value.message
-    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store, force=True)) == (1, 0)
+    assert asyncio.run(job.cancel_batches(h.manifest(), h.store, force=True)) == (1, 0)
     assert h.resume() is None
     assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
     assert h.manifest().failed == 2
@@ -309,7 +309,7 @@ def test_a_status_that_read_the_manifest_before_a_resume_ended_does_not_forget_i
     stale = h.manifest()
     assert isinstance(h.resume(detach=True), Detached)  # collects part 1, submits part 2
     assert len(fake.order) == 2
-    asyncio.run(runner.collect_finished(stale, h.store, Stats()))
+    asyncio.run(job.collect_finished(stale, h.store, Stats()))
     assert h.resume() is None
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
     assert len(fake.order) == 2, "part 2's requests were submitted twice"
@@ -483,7 +483,7 @@ def test_forgetting_a_job_with_batches_on_the_server_says_they_run_on(
     assert run.code == 2, run.stdout
     assert f"batchrun cancel {h.job_id}" in run.stderr
     assert h.store.get(h.job_id) is not None
-    asyncio.run(runner.cancel_batches(h.manifest(), h.store))
+    asyncio.run(job.cancel_batches(h.manifest(), h.store))
     assert run_cli("forget", h.job_id).code == 0 and h.store.get(h.job_id) is None
 
 
@@ -588,7 +588,7 @@ def test_two_status_calls_at_once_each_fetch_a_whole_file(
         h = real_api_harness(tmp_path, monkeypatch, server, n=3)
         assert isinstance(h.submit(detach=True), Detached)
         manifest = h.manifest()
-        spec, _ = runner.spec_from_manifest(manifest, {})
+        spec, _ = job.spec_from_manifest(manifest, {})
 
         async def two() -> list[Any]:
             looks = [batch_entry.look_at_batches(spec, manifest, h.store, FAKE_KEY)

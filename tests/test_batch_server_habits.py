@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun import job as runner
+from batchrun import job
 from batchrun.backends.batch import entry as batch_entry
 from batchrun.backends.batch import run as batch_run
 from batchrun.backends.batch.api import BatchClient
@@ -132,7 +132,7 @@ def test_results_that_stay_unreadable_fail_as_unavailable_and_go_again_only_when
     assert len(server.stats.created) == 1  # not re-submitted: they may have been billed
     assert h.resume() is None and len(server.stats.created) == 1
     server.config.output = "ok"
-    stop = asyncio.run(runner.run(*runner.spec_from_manifest(h.manifest(), {})[:1],
+    stop = asyncio.run(job.run(*job.spec_from_manifest(h.manifest(), {})[:1],
                                   h.manifest(), h.store, FAKE_KEY, lambda e: None, "host",
                                   sleep=h._nap, retry_failed=True))
     assert stop is None and ok_ids(h.results()) == {"r1", "r2", "r3"}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from batchrun import job as runner
+from batchrun import job
 from batchrun.backends.batch import entry as batch_entry
 from batchrun.backends.batch import run as batch_run
 from batchrun.backends.batch.api import BatchClient
@@ -117,7 +117,7 @@ def test_detach_cancel_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     h = SimHarness(tmp_path, monkeypatch, sim, n=10)
     assert isinstance(h.submit(detach=True), batch_run.Detached)
     h.now[0] += 5  # halfway through the batch
-    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 0)
+    assert asyncio.run(job.cancel_batches(h.manifest(), h.store)) == (1, 0)
     assert h.resume() is None
     results = h.results()
     kept = ok_ids(results)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from batchrun import job as runner
+from batchrun import job
 from batchrun.backends.batch import entry as batch_entry
 from batchrun.backends.batch.api import ApiCallFailed, BatchClient
 from batchrun.backends.batch.run import Detached
@@ -148,7 +148,7 @@ def test_cancel_goes_on_while_a_status_waits_for_the_api(
 
         def look() -> None:
             try:
-                asyncio.run(runner.collect_finished(stale, h.store, Stats()))
+                asyncio.run(job.collect_finished(stale, h.store, Stats()))
             except BatchrunError as exc:  # the server's 503 once released
                 ended.append(exc)
 

@@ -9,9 +9,9 @@ import random
 
 import orjson
 
-from batchrun.files.jobs import CHAT_URL, Request
 from batchrun.pacing.calibrate import Calibration, Source, Visible
 from batchrun.policy.classify import Outcome, classify
+from batchrun.policy.request import CHAT_URL, Request
 from batchrun.policy.sizing import size_of
 from tests.conftest import FAKE_KEY
 

@@ -8,8 +8,8 @@ import pytest
 from aioresponses import aioresponses
 
 from batchrun.errors import InputError
-from batchrun.files.jobs import CHAT_URL, EMBEDDINGS_URL, Request
 from batchrun.http.client import ApiClient, Endpoint, Kind, classify, parse_duration, retry_hint
+from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL, Request
 
 KEY = "sk-test-abcdefghijklmnop1234"
 

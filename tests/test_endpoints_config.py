@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.backends.stop import StopKind
 from batchrun.errors import InputError
+from batchrun.policy.stopkind import StopKind
 from batchrun.policy.tiers import Limits
 from batchrun.routing import check_serves, load_endpoints
 from batchrun.routing.rules import Out, Standing, combined, cool_off_s, may_take, verdict

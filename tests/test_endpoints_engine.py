@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.backends.stop import Stop, StopKind
+from batchrun.backends.stop import Stop
 from batchrun.backends.sync.engine import Engine, JobSpec, Upstream
 from batchrun.events import Event, RouteChanged, StateChanged
-from batchrun.files.jobs import Request, check_input
+from batchrun.files.jobs import check_input
 from batchrun.files.ledger import DailyBudget, Ledger, Scope
 from batchrun.http.client import Endpoint, Kind, Outcome
+from batchrun.policy.request import Request
+from batchrun.policy.stopkind import StopKind
 from batchrun.policy.tiers import Limits
 from batchrun.routing.rules import BACK
 from tests.conftest import FAKE_KEY, read_results, write_jsonl

@@ -11,10 +11,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.backends.stop import StopKind
 from batchrun.errors import InputError
 from batchrun.events import RouteChanged
 from batchrun.policy.classify import Kind
+from batchrun.policy.stopkind import StopKind
 from batchrun.policy.tiers import Limits
 from batchrun.routing import load_endpoints
 from batchrun.simulator import Faults, SimConfig

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from batchrun.files.jobs import CHAT_URL, EMBEDDINGS_URL, Request
 from batchrun.http.client import (
     MAX_REPORTED_TOKENS,
     ApiClient,
@@ -26,6 +25,7 @@ from batchrun.http.client import (
     retry_hint,
     server_state,
 )
+from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL, Request
 from tests.test_security import KEY, REQ, Recorder, endpoint_for, serve
 
 

@@ -20,10 +20,11 @@ from batchrun.backends.stop import Stop
 from batchrun.backends.sync.engine import Engine, JobSpec
 from batchrun.cli import commands as cli
 from batchrun.errors import StateError
-from batchrun.files.jobs import Request, check_input, read_jobs
+from batchrun.files.jobs import check_input, read_jobs
 from batchrun.files.jobstore import JobStore
 from batchrun.files.ledger import DailyBudget, Ledger, Scope
 from batchrun.http.client import Endpoint
+from batchrun.policy.request import Request
 from batchrun.policy.tiers import Limits
 from tests.conftest import FAKE_KEY, Run, read_results, write_jsonl
 from tests.test_billing import UNLIMITED, ServedApp, ok

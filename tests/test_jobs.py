@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchrun.errors import BadLine, InputError
-from batchrun.files.jobs import EMBEDDINGS_URL, MAX_LINE_BYTES, Request, read_jobs
+from batchrun.files.jobs import MAX_LINE_BYTES, read_jobs
+from batchrun.policy.request import EMBEDDINGS_URL, Request
 
 
 def read(path: Path, content: bytes, model: str = "gpt-4o-mini") -> list[Request | BadLine]:

@@ -19,8 +19,8 @@ from aiohttp import web
 
 from batchrun.cli.commands import run
 from batchrun.errors import InputError, redact
-from batchrun.files.jobs import CHAT_URL, Request
 from batchrun.http.client import ApiClient, Endpoint, Kind, Outcome, classify, proxy_for
+from batchrun.policy.request import CHAT_URL, Request
 from tests.conftest import RunningSim, read_results, run_cli, write_jsonl
 
 KEY = "sk-test-abcdefghijklmnop1234"

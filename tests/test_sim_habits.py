@@ -126,12 +126,10 @@ def test_every_habit_is_a_command_line_flag() -> None:
     assert config.habits == Habits("response", "minute", "quantized", 0.3, 20.0, 0.6)
 
 
-@pytest.mark.parametrize("module", ["batchrun.simulator", "batchrun.sim"])
-def test_the_simulator_runs_as_a_module(module: str) -> None:
-    """`python -m batchrun.simulator` is the command; `batchrun.sim`, the old one, still works
-    because the README names it."""
-    run = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
-                         text=True, timeout=60, check=False)
+def test_the_simulator_runs_as_a_module() -> None:
+    """`python -m batchrun.simulator` is the command the docs give."""
+    run = subprocess.run([sys.executable, "-m", "batchrun.simulator", "--help"],
+                         capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("usage: python -m batchrun.simulator")
     assert "--batch-seconds" in run.stdout

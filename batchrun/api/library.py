@@ -49,8 +49,7 @@ from batchrun.files.jobstore import JobState, JobStore, Manifest, state_home
 from batchrun.files.outputlock import holds_results
 from batchrun.report.tally import EndpointTally
 from batchrun.routing import EndpointConfig, load_endpoints
-from batchrun.state import parse_state_url
-from batchrun.state._open import usage_today
+from batchrun.state import parse_state_url, usage_today
 
 # on_event: called with each event, on the thread the job runs on
 EventHook = Callable[[Event], None]

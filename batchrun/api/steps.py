@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun import job as runner
+from batchrun import job
 from batchrun.api.options import batch_options, check_tier
 from batchrun.backends.batch.parts import forget_open_parts, shown_record
 from batchrun.backends.sync.engine import JobSpec
@@ -25,19 +25,20 @@ from batchrun.events import Listener, Stats
 from batchrun.files import ledger
 from batchrun.files.jobstore import JobState, JobStore, Manifest
 from batchrun.http.endpoint import Endpoint
+from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
 from batchrun.report.estimate import Today, known_today, nothing_known
 from batchrun.report.estimate import estimate as estimate_job
 from batchrun.report.tally import EndpointTally
 from batchrun.routing import EndpointConfig, check_serves
-from batchrun.routing.spec import DEFAULT_MAX_RESPONSE_MB
 from batchrun.state import (
     StateUrl,
     leaving_shared,
     manifest_options,
     parse_state_url,
+    shared_accountings,
     state_for_resume,
+    usage_today,
 )
-from batchrun.state._open import shared_accountings, usage_today
 
 
 @dataclass(slots=True)
@@ -50,7 +51,7 @@ class Prepared:
     simulate: bool
     state: StateUrl | None
     retry_failed: bool = False
-    finished: runner.Finished | None = None
+    finished: job.Finished | None = None
 
 
 def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-4o-mini",
@@ -89,13 +90,13 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
         raise InputError("--record-endpoint names the endpoint of --endpoints in each "
                          "output line; give --endpoints FILE.toml too.")
     store = JobStore()
-    manifest = runner.prepare(spec, simulate, store, force)
+    manifest = job.prepare(spec, simulate, store, force)
     manifest.options.update(state_url.manifest_options() if state_url else {})
     prepared = Prepared(spec, manifest, store, simulate, state_url)
     if manifest.finished and store.exists(manifest.job_id) and not force:
-        runner.count_from_output(manifest)  # the file decides: it may have lost lines since
+        job.count_from_output(manifest)  # the file decides: it may have lost lines since
         if manifest.done >= manifest.total:
-            prepared.finished = runner.Finished(manifest.done, manifest.total, manifest.failed)
+            prepared.finished = job.Finished(manifest.done, manifest.total, manifest.failed)
     return prepared
 
 
@@ -104,7 +105,7 @@ def prepare_resume(manifest: Manifest, store: JobStore, *, retry_failed: bool = 
                    state_from_env: bool = False, warn: Callable[[str], None] = lambda _: None,
                    **given: Any) -> Prepared:
     """`resume`'s plan for a job: its spec with the options given now (None: as before)."""
-    plan = runner.plan_resume(manifest, retry_failed, force, {
+    plan = job.plan_resume(manifest, retry_failed, force, {
         "limits": {k: given.get(k) for k in ("rpm", "tpm", "rpd", "tpd")},
         "concurrency": given.get("concurrency"), "max_retries": given.get("max_retries"),
         "timeout_s": given.get("timeout"), "max_response_mb": given.get("max_response_mb"),
@@ -112,7 +113,7 @@ def prepare_resume(manifest: Manifest, store: JobStore, *, retry_failed: bool = 
         **batch_options(given.get("via"), given.get("detach"), given.get("poll_max"),
                         given.get("batch_queue_tokens"), given_only=True),
     })
-    if isinstance(plan, runner.Finished):
+    if isinstance(plan, job.Finished):
         return Prepared(_spec_stub(manifest), manifest, store, False, None, retry_failed, plan)
     spec, simulate = plan
     spec = replace(spec, drain_s=drain)  # how this run ends at Ctrl-C: not saved with the job
@@ -130,7 +131,7 @@ def _spec_stub(manifest: Manifest) -> JobSpec:
                    overrides={})
 
 
-def finished_message(plan: runner.Finished, manifest: Manifest) -> tuple[str, int]:
+def finished_message(plan: job.Finished, manifest: Manifest) -> tuple[str, int]:
     """Nothing left to send: what to say (and how to send the failures again), and the exit
     code the job's last run ended with, so a script sees failures however it asks."""
     again = (f" Send the failed ones again with: batchrun resume {manifest.job_id} "
@@ -148,9 +149,9 @@ async def execute(p: Prepared, listener: Listener,
     if not p.simulate:
         # With --endpoints each endpoint's key is read when its client is made.
         key = "" if spec.endpoints else spec.endpoint.api_key()
-        return await runner.run(spec, manifest, store, key, listener, spec.endpoint.host,
-                                now_utc=ledger.utc_now, retry_failed=p.retry_failed,
-                                notify=notify, state=p.state)
+        return await job.run(spec, manifest, store, key, listener, spec.endpoint.host,
+                             now_utc=ledger.utc_now, retry_failed=p.retry_failed,
+                             notify=notify, state=p.state)
     from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
 
     if spec.detach:
@@ -166,10 +167,10 @@ async def execute(p: Prepared, listener: Listener,
     config = SimConfig(SimLimits(lim.rpm, lim.tpm), latency_s=0.3, jitter_s=0.1)
     async with SimServer(Simulator(config)) as server:
         endpoint = Endpoint.make(server.base_url, None, None)
-        return await runner.run(replace(spec, endpoint=endpoint), manifest, store,
-                                "sk-simulated", listener, runner.simulator_host(manifest.job_id),
-                                now_utc=ledger.utc_now, retry_failed=p.retry_failed,
-                                notify=notify, state=p.state)
+        return await job.run(replace(spec, endpoint=endpoint), manifest, store,
+                             "sk-simulated", listener, job.simulator_host(manifest.job_id),
+                             now_utc=ledger.utc_now, retry_failed=p.retry_failed,
+                             notify=notify, state=p.state)
 
 
 async def _simulate_endpoints(p: Prepared, listener: Listener,
@@ -180,7 +181,7 @@ async def _simulate_endpoints(p: Prepared, listener: Listener,
     from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
 
     spec = p.spec
-    job_host = runner.simulator_host(p.manifest.job_id)
+    job_host = job.simulator_host(p.manifest.job_id)
     async with contextlib.AsyncExitStack() as servers:
         configs, ledger_hosts = [], {}
         for config in spec.endpoints:
@@ -191,7 +192,7 @@ async def _simulate_endpoints(p: Prepared, listener: Listener,
             simulated = replace(config, endpoint=replace(config.endpoint, base_url=url))
             configs.append(simulated)
             ledger_hosts[ledger.ledger_host(simulated.endpoint.host)] = f"{job_host}/{config.name}"
-        return await runner.run(
+        return await job.run(
             replace(spec, endpoint=configs[0].endpoint, endpoints=tuple(configs)), p.manifest,
             p.store, "sk-simulated", listener, job_host, now_utc=ledger.utc_now,
             retry_failed=p.retry_failed, notify=notify, state=p.state,
@@ -260,7 +261,7 @@ def status_rows(store: JobStore, jobs: list[Manifest]) -> list[dict[str, Any]]:
     for m in jobs:
         shown = store.effective_state(m)
         if shown == JobState.CRASHED:
-            runner.count_from_output(m)  # its last saves may lag what it wrote
+            job.count_from_output(m)  # its last saves may lag what it wrote
         rows.append({**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": shown,
                      "resume": m.resume_command})
     return rows

@@ -7,25 +7,12 @@ and hands them over in `Stop.said`)."""
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from dataclasses import dataclass
 from typing import Protocol
 
 from batchrun.errors import ApiRefused, BatchrunError, DailyLimitReached, Interrupted, StateError
 from batchrun.files.ledger import fmt_wait
-
-
-class StopKind(enum.Enum):
-    DAILY = "daily"  # a daily budget (ours or the API's) is spent
-    REFUSED = "refused"  # the API refused the key or the account
-    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
-    NO_NETWORK = "no_network"  # no attempt ever reached the API
-    INPUT_CHANGED = "input_changed"  # the input file changed while the engine read it
-    INCOMPLETE = "incomplete"  # the reader gave fewer lines than the check counted
-    STATE = "state"  # the shared state (--state redis://) stopped answering
-    OUTPUT = "output"  # the output cannot take another line (a full disk, a write refused)
-    DETACHED = "detached"  # --detach: the batches run on the server; not an error (exit 0)
-    BATCH = "batch"  # the Batch API path stopped early, for the reason its `said` words
+from batchrun.policy.stopkind import StopKind
 
 
 @dataclass(frozen=True, slots=True)

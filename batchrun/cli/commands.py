@@ -17,7 +17,6 @@ import typer
 from rich.text import Text
 
 from batchrun import __version__
-from batchrun import job as runner
 from batchrun.api import options, steps
 from batchrun.api.options import MAX_SECONDS, MAX_WHOLE
 from batchrun.backends.batch.parts import forgetting_loses_batches, has_batches_on_server
@@ -38,14 +37,16 @@ from batchrun.errors import (
 )
 from batchrun.events import Stats, emit_all
 from batchrun.files.jobstore import JobStore, Manifest
+from batchrun.job import Finished, cancel_batches, collect_finished
 from batchrun.policy.tiers import TIERS
 from batchrun.report.tally import EndpointTally
 from batchrun.routing import EndpointConfig, load_endpoints
 from batchrun.state import (
     SharedStateError,
+    host_lines,
     parse_state_url,
+    usage_today,
 )
-from batchrun.state._open import host_lines, usage_today
 
 app = typer.Typer(
     add_completion=False,
@@ -234,7 +235,7 @@ def _refuse_beside_endpoints(ctx: typer.Context, path: Path) -> None:
     options.refuse_beside_endpoints(path, given, from_env)
 
 
-def _finished(plan: runner.Finished, manifest: Manifest) -> NoReturn:
+def _finished(plan: Finished, manifest: Manifest) -> NoReturn:
     """Nothing left to send: say so (and how to send the failures again) without a header."""
     message, code = steps.finished_message(plan, manifest)
     if _reply.json:
@@ -319,7 +320,7 @@ def cancel(
     """Cancel a job's Batch API batches. Their finished results are kept: resume collects them."""
     store = JobStore()
     manifest = store.find(job)
-    cancelled, dropped = asyncio.run(runner.cancel_batches(manifest, store, force))
+    cancelled, dropped = asyncio.run(cancel_batches(manifest, store, force))
     unsent = f"; {dropped} part{'s' if dropped != 1 else ''} not yet submitted will not be" if (
         dropped) else ""
     gone = " (with --force, any the API does not know under this key count as gone)" if (
@@ -384,7 +385,7 @@ def _collect_finished(store: JobStore, manifest: Manifest) -> Manifest:
             or store.is_running(manifest)):
         return manifest
     try:
-        stop = asyncio.run(runner.collect_finished(manifest, store, Stats()))
+        stop = asyncio.run(collect_finished(manifest, store, Stats()))
     except BatchrunError as exc:
         err.print(Text(f"Not collected now: {printable(exc.message)}"), style="yellow")
         stop = None

@@ -17,10 +17,9 @@ from typing import Any
 import orjson
 
 from batchrun.errors import BadLine, BadLinesError, InputChanged, InputError
+from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL, Request
 from batchrun.policy.tiers import family
 
-CHAT_URL = "/v1/chat/completions"
-EMBEDDINGS_URL = "/v1/embeddings"
 SUPPORTED_URLS = (CHAT_URL, EMBEDDINGS_URL)
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # A single request can't usefully exceed this: the largest context window is ~1M tokens (~4 MB).
@@ -32,20 +31,6 @@ _BOM = b"\xef\xbb\xbf"
 # them: two system calls per chunk, and a change is never more than one chunk late.
 CHUNK_LINES = 256
 CHUNK_BYTES = 1024 * 1024
-
-
-@dataclass(slots=True)
-class Request:
-    """One request, ready to send: `body` always names its model."""
-
-    line_no: int
-    custom_id: str
-    url: str
-    body: dict[str, Any]
-
-    @property
-    def model(self) -> str:
-        return str(self.body["model"])
 
 
 class _Bad(Exception):

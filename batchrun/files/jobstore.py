@@ -22,7 +22,7 @@ import orjson
 from batchrun.errors import InputError, StateError
 from batchrun.files.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.files.outputlock import is_held, read_owner
-from batchrun.routing.spec import DEFAULT_MAX_RESPONSE_MB
+from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
 
 
 class JobState(StrEnum):

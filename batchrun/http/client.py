@@ -10,8 +10,7 @@ from types import TracebackType
 import aiohttp
 import orjson
 
-from batchrun.errors import printable, redact
-from batchrun.files.jobs import Request
+from batchrun.errors import printable, redact, without_userinfo
 from batchrun.http.endpoint import (
     AZURE_API_VERSION,
     OPENAI_BASE_URL,
@@ -19,7 +18,6 @@ from batchrun.http.endpoint import (
     env_proxy,
     proxy_for,
     proxy_secrets,
-    without_userinfo,
 )
 from batchrun.policy.classify import (
     DEFAULT_MAX_PARSE_BYTES,
@@ -39,6 +37,7 @@ from batchrun.policy.classify import (
     secret_forms,
     server_state,
 )
+from batchrun.policy.request import Request
 
 __all__ = [
     "AZURE_API_VERSION",

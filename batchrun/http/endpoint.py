@@ -11,22 +11,11 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
-from batchrun.errors import InputError
-from batchrun.files.jobs import Request
+from batchrun.errors import InputError, without_userinfo
+from batchrun.policy.request import Request
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 AZURE_API_VERSION = "2024-10-21"
-
-
-def without_userinfo(url: str) -> str:
-    """The URL with any `user:password@` shown as `***@`: for messages, never for sending.
-    Everything up to the last '@' is masked, since a password holding an unencoded '/', '?' or
-    '#' hides where the authority ends. Plain string work, so it cannot fail on a malformed URL a
-    server handed us."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    return scheme + sep + "***@" + rest.rpartition("@")[2]
 
 
 def shown_url(url: str) -> str:

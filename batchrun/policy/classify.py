@@ -18,14 +18,15 @@ from urllib.parse import quote
 
 import orjson
 
-from batchrun.errors import printable, redact
-from batchrun.files.jobs import EMBEDDINGS_URL
-from batchrun.http.endpoint import without_userinfo
+from batchrun.errors import printable, redact, without_userinfo
 from batchrun.pacing.limiter import ServerState
+from batchrun.policy.request import EMBEDDINGS_URL
 
-# Far above any real answer (a 128K-token completion is well under 1 MB; a batch of embeddings a
-# few MB), low enough that a broken or hostile server cannot take the machine's memory.
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# Far above any real answer (a 128K-token completion is well under 1 MB; 2,048 embeddings of
+# 3,072 dimensions ~60 MB), low enough that a broken or hostile server (a decompression bomb)
+# cannot take the machine's memory. --max-response-mb's default; a bigger answer fails its request.
+DEFAULT_MAX_RESPONSE_MB = 64.0
+DEFAULT_MAX_RESPONSE_BYTES = int(DEFAULT_MAX_RESPONSE_MB * 1024 * 1024)
 # Parsed, a body costs several times its size (a float 32 bytes for its ~10 characters, an empty
 # dict 72 bytes for its 3). A big embeddings answer (2048 inputs x 3072 floats, 60 MB) costs about
 # 200 MB; 63 MB of `{},` would cost 2 GB. Bodies estimated past this are refused unparsed.

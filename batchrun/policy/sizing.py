@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from batchrun.files.jobs import CHAT_URL, Request
 from batchrun.pacing.calibrate import Visible
+from batchrun.policy.request import CHAT_URL, Request
 from batchrun.policy.tiers import context_window
 from batchrun.policy.tokens import char_estimate, choices, max_output_tokens, prompt_tokens
 

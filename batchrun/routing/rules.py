@@ -13,8 +13,8 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from batchrun.backends.stop import StopKind
 from batchrun.pacing.backoff import backoff_s
+from batchrun.policy.stopkind import StopKind
 from batchrun.policy.tiers import Limits
 
 # Retryable failures (5xx, timeouts, resets) in a row that take a route out for a cool-off,

@@ -7,11 +7,8 @@ from pathlib import Path
 
 from batchrun.files.ledger import ledger_host
 from batchrun.http.endpoint import Endpoint
+from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
 from batchrun.policy.tiers import Limits, preset
-
-# A bigger answer fails its request: a decompression bomb must not take the machine's memory.
-# Large enough for 2,048 embeddings of 3,072 dimensions.
-DEFAULT_MAX_RESPONSE_MB = 64.0
 
 
 @dataclass(frozen=True, slots=True)

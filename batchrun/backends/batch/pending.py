@@ -13,7 +13,8 @@ from batchrun.backends.batch.done import DoneIds
 from batchrun.backends.batch.parts import COLLECTED, BatchBook, PartFiles
 from batchrun.backends.batch.plan import Item
 from batchrun.errors import BadLine
-from batchrun.files.jobs import InputReport, Reading, Request, read_jobs
+from batchrun.files.jobs import InputReport, Reading, read_jobs
+from batchrun.policy.request import Request
 from batchrun.policy.tiers import batch_queue_tokens
 from batchrun.policy.tokens import prompt_tokens_many
 from batchrun.routing.spec import JobSpec

@@ -32,7 +32,7 @@ from batchrun.backends.batch.parts import DOCUMENTED, DROPPED, SUBMITTED, BatchB
 from batchrun.backends.batch.pending import Pending, queue_limit
 from batchrun.backends.batch.plan import Draft, PartLimits, QueueGate, split
 from batchrun.backends.batch.remote import Api, adopt, find_batch, text, validation_errors
-from batchrun.backends.stop import Stop, StopKind
+from batchrun.backends.stop import Stop
 from batchrun.errors import (
     ApiRefused,
     BatchrunError,
@@ -44,6 +44,7 @@ from batchrun.files.checkpoint import OutputWriter
 from batchrun.files.jobs import InputReport
 from batchrun.files.jobstore import JobStore, Manifest
 from batchrun.pacing.backoff import backoff_s
+from batchrun.policy.stopkind import StopKind
 from batchrun.routing.spec import JobSpec
 
 # How long the run waits, in its own poll naps, while the API refuses a model's batches for

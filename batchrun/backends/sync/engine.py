@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from batchrun.backends.stop import Stop, StopKind
+from batchrun.backends.stop import Stop
 from batchrun.backends.sync.failover import Failover, too_large
 from batchrun.backends.sync.lanes import Client, Job, Lane, Route, Upstream
 from batchrun.backends.sync.stamp import with_endpoint
@@ -54,6 +54,7 @@ from batchrun.pacing.limiter import Ticket
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
 from batchrun.policy.sizing import size_of
+from batchrun.policy.stopkind import StopKind
 from batchrun.policy.tiers import Limits
 from batchrun.routing.rules import FOR_THE_RUN, Out, combined
 from batchrun.routing.spec import JobSpec

@@ -18,13 +18,14 @@ import math
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from batchrun.backends.stop import Stop, StopKind
+from batchrun.backends.stop import Stop
 from batchrun.backends.sync.lanes import Job, Lane, Route
 from batchrun.events import Listener, RouteChanged
 from batchrun.files.ledger import fmt_wait
 from batchrun.policy.classify import Outcome, is_redirect
 from batchrun.policy.decide import NO_NETWORK_TRIES, Action, never_connected
 from batchrun.policy.sizing import never_fits
+from batchrun.policy.stopkind import StopKind
 from batchrun.routing.rules import BACK, FAIL_STREAK, Out, cool_off_s, may_take, verdict
 
 

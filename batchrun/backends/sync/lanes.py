@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol
 
-from batchrun.files.jobs import Request
 from batchrun.files.ledger import DailyBudget
 from batchrun.pacing.calibrate import Calibration, Source
 from batchrun.pacing.limiter import Limiter, ServerState, Ticket
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.decide import Tries, taught_tpm
+from batchrun.policy.request import Request
 from batchrun.policy.sizing import Size
 from batchrun.policy.tiers import Limits
 from batchrun.routing.rules import Out, Standing
