@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 import batchrun.files.checkpoint
-from batchrun.backends.stop import StopKind, phrase
+from batchrun.backends.stop import StopKind
+from batchrun.messages import phrase
 from tests.conftest import FAKE_KEY, REPO, RunningSim, read_results, run_cli, write_jsonl
 from tests.test_resume import count_lines, prompts
 from tests.test_stop_drain import RESUME, Server, run_job

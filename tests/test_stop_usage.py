@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun.backends.stop import StopKind, phrase
+from batchrun.backends.stop import StopKind
 from batchrun.files.jobs import Request
+from batchrun.messages import phrase
 from batchrun.policy.classify import Kind, Outcome
 from tests.test_stop_drain import RESUME, Server, run_job
 

@@ -36,6 +36,7 @@ from batchrun.errors import (
 from batchrun.events import Event, Listener, Note, Stats, emit_all
 from batchrun.files.jobs import read_jobs
 from batchrun.files.jobstore import JobState, JobStore, Manifest, state_home
+from batchrun.messages import shown
 from batchrun.report.tally import EndpointTally
 from batchrun.routing import EndpointConfig, load_endpoints
 from batchrun.state import parse_state_url
@@ -85,13 +86,13 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
             recorded = p.store.get(p.manifest.job_id)
             if recorded is None:
                 raise
-            return _job(recorded, exc.exit_code, exc.message,
+            return _job(recorded, exc.exit_code, shown(exc.message),
                         state=p.store.effective_state(recorded))
     summary = run_summary(stats, tally, p.manifest, stopped)
     if stopped is None:
         code = EXIT_SOME_FAILED if p.manifest.failed else EXIT_OK
-        return _job(p.manifest, code, "", summary=summary)
-    return _job(p.manifest, stopped.exit_code, stopped.message, summary=summary)
+        return _job(p.manifest, code, summary["message"], summary=summary)
+    return _job(p.manifest, stopped.exit_code, summary["message"], summary=summary)
 
 
 def _both(*notes: Callable[[str], None]) -> Callable[[str], None]:
