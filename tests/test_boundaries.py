@@ -50,8 +50,8 @@ LAYERS = [
 # A library and the only places that may import it. After the relayout: typer in the CLI's
 # package, rich in it and in the display's.
 ONLY_IN = {
-    "typer": ("batchrun.cli.commands",),
-    "rich": ("batchrun.cli.commands", "batchrun.display.progress", "batchrun.display.render"),
+    "typer": ("batchrun.cli",),
+    "rich": ("batchrun.cli", "batchrun.display"),
 }
 
 # Strongly connected groups of modules that import each other (directly or round a circle).
@@ -73,7 +73,7 @@ KNOWN_PACKAGE_CYCLES: set[frozenset[str]] = {
 KNOWN_PRIVATE: set[tuple[str, str]] = {
     ("batchrun.api.library", "batchrun.state._open"),
     ("batchrun.api.steps", "batchrun.state._open"),
-    ("batchrun.cli.commands", "batchrun.state._open"),
+    ("batchrun.cli.manage", "batchrun.state._open"),
     ("batchrun.job", "batchrun.state._open"),
 }
 
