@@ -318,7 +318,11 @@ async def run(
     _check_paths(spec, manifest)
     store.ensure_dir()  # an unusable $BATCHRUN_HOME is named before anything else happens
     lock = _lock_output(Path(manifest.output))
-    _reread_batches(manifest, store)
+    try:
+        _reread_batches(manifest, store)
+    except BaseException:
+        lock.release()  # a library caller goes on in this process: the output must stay free
+        raise
     updater = _ManifestUpdater(store, manifest)
     try:
         scan, dropped = _claim_output(spec, manifest, store, lock, retry_failed)

@@ -77,3 +77,45 @@ def test_requests_that_are_not_input_lines_raise_input_error(given: list[Any]) -
 def test_estimate_takes_requests_too() -> None:
     result = batchrun.estimate(requests(5))
     assert result["models"][0]["requests"] == 5
+
+
+def test_a_named_run_given_edited_requests_says_what_to_do_in_python(sim: RunningSim) -> None:
+    asked = requests(4)
+    first = batchrun.run(asked, base_url=sim.base_url, name="edits", **UNLIMITED)
+    edited = [*asked[:2], {**asked[2], "prompt": "reworded"}, asked[3]]
+    with pytest.raises(batchrun.InputError) as raised:
+        batchrun.run(edited, base_url=sim.base_url, name="edits", **UNLIMITED)
+    message = raised.value.message
+    assert "name='edits'" in message and "request 3 (id 'r2')" in message
+    assert "force=True" in message and "--force" not in message and " -o " not in message
+    assert sim.stats.received == 4
+    # The refusal changed nothing: the original requests still find their answers.
+    again = batchrun.run(asked, base_url=sim.base_url, name="edits", **UNLIMITED)
+    assert again == first and sim.stats.received == 4
+
+
+def test_a_run_at_an_output_given_edited_requests_goes_on_with_force(sim: RunningSim,
+                                                                       tmp_path: Path) -> None:
+    asked, out = requests(4), tmp_path / "answers.jsonl"
+    batchrun.run(asked, base_url=sim.base_url, output=out, **UNLIMITED)
+    edited = [*asked, {"id": "r4", "prompt": "one more"}]
+    with pytest.raises(batchrun.InputError) as raised:
+        batchrun.run(edited, base_url=sim.base_url, output=out, **UNLIMITED)
+    assert f"output={str(out)!r}" in raised.value.message
+    assert "force=True" in raised.value.message and sim.stats.received == 4
+    more = batchrun.run(edited, base_url=sim.base_url, output=out, force=True, **UNLIMITED)
+    assert [a["custom_id"] if a else None for a in more] == ["r0", "r1", "r2", "r3", "r4"]
+    assert sim.stats.received == 5  # only the new request was sent
+
+
+def test_bad_requests_are_named_as_requests_with_python_advice() -> None:
+    given = [{"id": "a", "prompt": "one"}, {"id": "b"}, {"id": "a", "prompt": "again"}]
+    with pytest.raises(batchrun.errors.BadLinesError) as raised:
+        batchrun.run(given, simulate=True)
+    lines = raised.value.message.splitlines()
+    assert lines[0] == "run(): 2 bad requests; nothing was sent."
+    assert lines[1].startswith("  request 2 (id 'b'): unrecognised line")
+    assert lines[2] == "  request 3: duplicate id 'a'; ids must be unique"
+    assert lines[3] == ("Fix these requests, or pass on_bad_line='skip' to record them as "
+                        "failed and go on.")
+    assert [bad.line_no for bad in raised.value.bad] == [2, 3]

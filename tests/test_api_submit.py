@@ -10,11 +10,13 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import batchrun
 import batchrun.files.checkpoint
 from batchrun.events import Event, JobStarted, Note, RequestFinished
+from batchrun.files.jobstore import DamagedManifest
 from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, write_jsonl
 
@@ -121,6 +123,29 @@ def test_on_event_receives_the_typed_events(sim: RunningSim, tmp_path: Path) -> 
         f"p{i}" for i in range(8))
 
 
+class CallbackBug(Exception):
+    pass
+
+
+def test_an_on_event_that_raises_stops_the_job_resumably_and_raises_its_own_error(
+        sim_factory: Any, tmp_path: Path) -> None:
+    sim = sim_factory(SimConfig(latency_s=0.05))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(60))
+
+    def buggy(event: Event) -> None:
+        if isinstance(event, RequestFinished):
+            raise CallbackBug("the user's own bug")
+
+    with pytest.raises(CallbackBug, match="the user's own bug"):
+        batchrun.submit(jobs, base_url=sim.base_url, concurrency=2, on_event=buggy, **UNLIMITED)
+    [row] = batchrun.status()["jobs"]
+    assert row["state"] == "interrupted"
+    assert sim.stats.received < 60  # it stopped sending: nothing more paid for a broken hook
+    job = batchrun.resume(row["job_id"])
+    assert (job.state, job.counts.done) == ("done", 60)
+    assert sim.stats.received == 60  # what the stopped run answered is not paid twice
+
+
 def test_simulate_needs_no_key(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("OPENAI_API_KEY")
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
@@ -194,3 +219,19 @@ def test_the_run_s_notes_reach_on_event(sim: RunningSim, tmp_path: Path) -> None
     batchrun.resume(job, retry_failed=True, tpd=0, on_event=heard.append)
     assert f"No failed results in {job.output} to send again." in [
         e.text for e in heard if isinstance(e, Note)]
+
+
+def test_a_damaged_manifest_is_named_each_time_and_leaves_the_output_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A notebook cannot restart its process to drop a lock the library forgot to release.
+    home = tmp_path / "home"
+    monkeypatch.setenv("BATCHRUN_HOME", str(home))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    batchrun.submit(jobs, simulate=True, tpd=1)
+    (manifest,) = (home / "jobs").glob("*.json")
+    data = orjson.loads(manifest.read_bytes())
+    data["options"]["overrides"]["rpm"] = 1.5
+    manifest.write_bytes(orjson.dumps(data))
+    for _ in range(2):
+        with pytest.raises(DamagedManifest):
+            batchrun.submit(jobs, simulate=True, tpd=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import inspect
@@ -15,7 +16,14 @@ import orjson
 
 from batchrun.api.blocking import block
 from batchrun.api.job import Answers, Counts, Job, Tokens
-from batchrun.api.options import check_options, check_tier, given_flags, refuse_beside_endpoints
+from batchrun.api.options import (
+    check_options,
+    check_tier,
+    check_types,
+    given_flags,
+    refuse_beside_endpoints,
+    refuse_unknown,
+)
 from batchrun.api.steps import (
     Prepared,
     estimate_path,
@@ -26,16 +34,19 @@ from batchrun.api.steps import (
     run_summary,
     status_rows,
 )
+from batchrun.backends.signals import interrupt_work
 from batchrun.errors import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     BadLine,
+    BadLinesError,
     BatchrunError,
     InputError,
 )
 from batchrun.events import Event, Listener, Note, Stats, emit_all
 from batchrun.files.jobs import read_jobs
 from batchrun.files.jobstore import JobState, JobStore, Manifest, state_home
+from batchrun.files.outputlock import holds_results
 from batchrun.messages import shown
 from batchrun.report.tally import EndpointTally
 from batchrun.routing import EndpointConfig, load_endpoints
@@ -62,9 +73,7 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
         message, code = finished_message(p.finished, p.manifest)
         return _job(p.manifest, code, message)
     stats, tally = Stats(), EndpointTally()
-    def hook(event: Event) -> None:
-        if on_event is not None:
-            on_event(event)
+    hook = _GuardedHook(on_event, asyncio.get_running_loop())
 
     def note(text: str) -> None:
         hook(Note(text))
@@ -88,11 +97,38 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
                 raise
             return _job(recorded, exc.exit_code, shown(exc.message),
                         state=p.store.effective_state(recorded))
+    if hook.raised is not None:  # the job stopped for it, resumable: the user's bug is theirs
+        job_id = p.manifest.job_id
+        hook.raised.add_note(f"on_event raised this during batchrun job {job_id}, which ended "
+                             f"{JobState(p.manifest.state).value}; batchrun.resume({job_id!r}) "
+                             "goes on.")
+        raise hook.raised
     summary = run_summary(stats, tally, p.manifest, stopped)
     if stopped is None:
         code = EXIT_SOME_FAILED if p.manifest.failed else EXIT_OK
         return _job(p.manifest, code, summary["message"], summary=summary)
     return _job(p.manifest, stopped.exit_code, summary["message"], summary=summary)
+
+
+class _GuardedHook:
+    """The user's on_event, called so that an exception in it stops the job as Ctrl-C does
+    (finishing what is in flight, resumable) instead of tearing the engine's tasks down and
+    leaving the job "crashed"; the call then raises it (`raised`)."""
+
+    def __init__(self, on_event: EventHook | None, loop: asyncio.AbstractEventLoop) -> None:
+        self.on_event, self.loop = on_event, loop
+        self.raised: Exception | None = None
+        self.stopping = False
+
+    def __call__(self, event: Event) -> None:
+        if self.raised is None and self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception as exc:  # the user's code: raised again when the job has stopped
+                self.raised = exc
+        if self.raised is not None and not self.stopping:
+            # False until the job runs under its interrupt: asked again at the next event
+            self.stopping = interrupt_work(self.loop)
 
 
 def _both(*notes: Callable[[str], None]) -> Callable[[str], None]:
@@ -124,9 +160,10 @@ _SUBMIT_OPTIONS = frozenset(inspect.signature(prepare_submit).parameters) - {
 async def submit_async(jobs: str | os.PathLike[str], *, on_event: EventHook | None = None,
                        progress: bool = False, **options: Any) -> Job:
     """`batchrun submit JOBS` from a running loop. See `submit`."""
-    if unknown := sorted(set(options) - _SUBMIT_OPTIONS):
-        raise InputError(f"submit: unknown option {unknown[0]!r}; the options are the CLI's "
-                         "long options in snake_case (see `batchrun submit --help`).")
+    refuse_unknown("submit", options, _SUBMIT_OPTIONS)
+    if jobs is None:
+        raise InputError("jobs=None: give the path of a JSONL file of requests.")
+    check_types({"jobs": jobs, "on_event": on_event, "progress": progress})
     given = given_flags(options)  # before the environment's defaults, which are no error
     options = {k: v for k, v in _submit_options(options).items() if v is not None}
     prepared = prepare_submit(Path(jobs), **options, beside_endpoints=lambda path: (
@@ -163,13 +200,13 @@ async def resume_async(job: Job | str | os.PathLike[str] | None = None, *,
                        retry_failed: bool = False, force: bool = False, drain: float = 10.0,
                        state: str | None = None, **options: Any) -> Job:
     """`batchrun resume` from a running loop. See `resume`."""
+    check_types({"on_event": on_event, "progress": progress, "retry_failed": retry_failed,
+                 "force": force, "state": state})
     check_options({**options, "drain": drain})
     known = {"rpm", "tpm", "rpd", "tpd", "concurrency", "max_retries", "timeout",
              "max_response_mb", "wait", "via", "detach", "poll_max", "batch_queue_tokens",
              "cancel_batches"}
-    if unknown := sorted(set(options) - known):
-        raise InputError(f"resume: unknown option {unknown[0]!r}; the options are the CLI's "
-                         "long options in snake_case (see `batchrun resume --help`).")
+    refuse_unknown("resume", options, known)
     store = JobStore()
     manifest = _find(job, store, retry_failed)
     prepared = prepare_resume(manifest, store, retry_failed=retry_failed, force=force,
@@ -190,6 +227,10 @@ def resume(job: Job | str | os.PathLike[str] | None = None, *,
 
 
 def _request_lines(requests: Iterable[Mapping[str, Any]]) -> bytes:
+    if isinstance(requests, Mapping | str | bytes) or not isinstance(requests, Iterable):
+        # a dict would be read as its keys, a string as its characters: refused by name instead
+        raise InputError(f"requests={_short(requests)} ({type(requests).__name__}): give a "
+                         "list of dicts (or any iterable of them), one per request.")
     lines = []
     for n, request in enumerate(requests, 1):
         if not isinstance(request, Mapping):
@@ -202,15 +243,72 @@ def _request_lines(requests: Iterable[Mapping[str, Any]]) -> bytes:
     return b"\n".join(lines) + b"\n" if lines else b""
 
 
+def _as_requests(exc: BadLinesError) -> BadLinesError:
+    """run()'s bad lines are its requests, one a line, in a file the user never named: said as
+    requests, with the keyword's advice instead of the CLI flag's."""
+    plural = "s" if exc.total_bad != 1 else ""
+    lines = [f"run(): {exc.total_bad:,} bad request{plural}; nothing was sent."]
+    lines += [f"  request {bad.describe().removeprefix('line ')}"
+              for bad in exc.bad[:BadLinesError.SHOWN]]
+    if exc.total_bad > BadLinesError.SHOWN:
+        lines.append(f"  … and {exc.total_bad - BadLinesError.SHOWN:,} more")
+    lines.append("Fix these requests, or pass on_bad_line='skip' to record them as failed and "
+                 "go on.")
+    renamed = BadLinesError("run()", exc.bad, exc.total_bad)
+    renamed.message = "\n".join(lines)
+    renamed.args = (renamed.message,)
+    return renamed
+
+
+def _short(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def _run_paths(data: bytes, name: str | None, output: str | os.PathLike[str] | None,
                shaping: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Where run() keeps its requests and results: by `name`, else by a hash of the requests
-    and of the options that shape the answers, so the same call finds its earlier results."""
+    """Where run() keeps its requests and results: by `name`; else by `output` (one output
+    holds one job's results, so its requests are kept under its path, and edited requests meet
+    that job rather than a stranger's); else by a hash of the requests and of the options that
+    shape the answers, so the same call finds its earlier results."""
     if name is not None and (not name or "/" in name or name.startswith(".")):
         raise InputError(f"name={name!r}: give a plain name (letters, digits, - and _).")
+    if name is None and output is not None:
+        where = str(Path(output).resolve()).encode()
+        name = "output-" + hashlib.sha256(where).hexdigest()[:16]
     digest = hashlib.sha256(data + orjson.dumps(dict(shaping), option=orjson.OPT_SORT_KEYS))
     folder = state_home() / "runs" / (name or digest.hexdigest()[:16])
     return folder / "requests.jsonl", Path(output) if output else folder / "results.jsonl"
+
+
+def _changed_request(before: bytes, now: bytes) -> str:
+    """The first request that differs between two runs' requests, as the user counts them."""
+    old, new = before.splitlines(), now.splitlines()
+    n = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b),
+             min(len(old), len(new)))
+    if n >= len(new):
+        return f"there are {len(new):,} requests now, {len(old):,} before"
+    line = orjson.loads(new[n])
+    given = line.get("custom_id", line.get("id")) if isinstance(line, dict) else None
+    ident = f" (id {given!r})" if isinstance(given, str) else ""
+    return f"request {n + 1}{ident} is not the one it was given before"
+
+
+def _refuse_other_requests(input_path: Path, output_path: Path, data: bytes, label: str) -> None:
+    """A run kept by `name` or `output` holds the answers to the requests it was first given:
+    other requests are refused here, in Python's terms and before anything is rewritten, not
+    as the CLI's "input changed" (which names -o and --force)."""
+    try:
+        before = input_path.read_bytes()
+    except FileNotFoundError:
+        return
+    if before == data or not holds_results(output_path):
+        return
+    raise InputError(
+        f"run({label}) holds the answers to other requests: {_changed_request(before, data)}. "
+        f"Give another {label.split('=')[0]}= to start a new job (every request is sent "
+        "again), or force=True to keep the answers it has, by id (an edited request keeps its "
+        "earlier answer), and send only the requests without one.")
 
 
 def _write_if_changed(path: Path, data: bytes) -> None:
@@ -237,6 +335,8 @@ async def run_async(requests: Iterable[Mapping[str, Any]], *, name: str | None =
                     on_event: EventHook | None = None, progress: bool = False,
                     **options: Any) -> Answers:
     """`run` from a running loop."""
+    refuse_unknown("run", options, _SUBMIT_OPTIONS)
+    check_types({"name": name, "output": output, "model": model})
     data = _request_lines(requests)
     if not data:
         raise InputError("run() was given no requests.")
@@ -244,9 +344,15 @@ async def run_async(requests: Iterable[Mapping[str, Any]], *, name: str | None =
         "base_url", "azure_endpoint", "simulate", "endpoints", "via")}}
     shaping["endpoints"] = str(shaping["endpoints"]) if shaping["endpoints"] else None
     input_path, output_path = _run_paths(data, name, output, shaping)
+    if (name is not None or output is not None) and not options.get("force"):
+        label = f"name={name!r}" if name is not None else f"output={str(output)!r}"
+        _refuse_other_requests(input_path, output_path, data, label)
     _write_if_changed(input_path, data)
-    job = await submit_async(input_path, output=output_path, model=model, on_event=on_event,
-                             progress=progress, **options)
+    try:
+        job = await submit_async(input_path, output=output_path, model=model,
+                                 on_event=on_event, progress=progress, **options)
+    except BadLinesError as exc:
+        raise _as_requests(exc) from None
     return _in_input_order(input_path, job, model)
 
 
@@ -257,8 +363,9 @@ def run(requests: Iterable[Mapping[str, Any]], *, name: str | None = None,
     return their result lines as dicts in input order (None: no result yet; `answers.job` says
     why). Checkpointed like a file job: the requests and results live under
     $BATCHRUN_HOME/runs/, keyed by a hash of the requests, model, endpoint and path options (or
-    by `name`; or the results at `output`), so calling it again with the same requests sends
-    only what has no result yet. Other options are `submit`'s."""
+    by `name`; or by `output`, where the results then are), so calling it again with the same
+    requests sends only what has no result yet. Edited requests under a `name` or `output` are
+    refused unless `force=True`. Other options are `submit`'s."""
     return block(run_async(requests, name=name, output=output, model=model,
                             on_event=on_event, progress=progress, **options))
 
@@ -274,6 +381,9 @@ def estimate(jobs: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *,
              api_key_env: str | None = None) -> dict[str, Any]:
     """Tokens, cost and time to finish, as `batchrun estimate --json` prints them. Sends
     nothing. `jobs` is a JSONL path or an iterable of input-shaped dicts."""
+    check_types({"model": model, "latency": latency, "assume_output_tokens": assume_output_tokens,
+                 "endpoints": endpoints, "state": state, "base_url": base_url,
+                 "azure_endpoint": azure_endpoint, "api_key_env": api_key_env})
     check_options({"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd, "concurrency": concurrency,
                     "on_bad_line": on_bad_line, "via": via,
                     "batch_queue_tokens": batch_queue_tokens})
@@ -295,9 +405,12 @@ def estimate(jobs: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *,
                              endpoint=(base_url, azure_endpoint, api_key_env))
     import tempfile
 
+    data = _request_lines(jobs)
+    if not data:  # the temporary file's own "is empty" would name a path the user never saw
+        raise InputError("estimate() was given no requests.")
     with tempfile.TemporaryDirectory(prefix="batchrun-estimate-") as folder:
         path = Path(folder) / "requests.jsonl"
-        path.write_bytes(_request_lines(jobs))
+        path.write_bytes(data)
         return estimate(path, model=model, tier=tier, rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd,
                         concurrency=concurrency, latency=latency,
                         assume_output_tokens=assume_output_tokens, on_bad_line=on_bad_line,
@@ -306,12 +419,18 @@ def estimate(jobs: str | os.PathLike[str] | Iterable[Mapping[str, Any]], *,
                         azure_endpoint=azure_endpoint, api_key_env=api_key_env)
 
 
-def status(job: Job | str | None = None, *, state: str | None = None) -> dict[str, Any]:
-    """The jobs (or one) and today's usage, as `batchrun status --json` prints them (without
-    collecting a Batch API job's finished batches: `resume` does that)."""
+def status(job: Job | str | os.PathLike[str] | None = None, *,
+           state: str | None = None) -> dict[str, Any]:
+    """The jobs (or one: a Job, its id, a unique prefix of it, or its output path) and today's
+    usage, as `batchrun status --json` prints them (without collecting a Batch API job's
+    finished batches: `resume` does that)."""
+    if job is not None and not isinstance(job, Job | str | os.PathLike):
+        raise InputError(f"job={job!r} ({type(job).__name__}): give a Job, a job id or the "
+                         "job's output path.")
+    check_types({"state": state})
     store = JobStore()
     if job is not None:
-        jobs = [store.find(job.id if isinstance(job, Job) else job)]
+        jobs = [store.find(job.id if isinstance(job, Job) else str(job))]
     else:
         jobs, _damaged = store.scan()
     state_url = parse_state_url(state if state is not None else os.environ.get("BATCHRUN_STATE"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,66 @@ SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "
                    "tpd")
 
 
+# What each keyword option must be, as the CLI's parser converts it; a value of another type
+# would otherwise fail deep inside (an AttributeError) or be saved with the job and make its
+# manifest unreadable (rpm=1.5).
+TEXT = ("tier", "model", "base_url", "azure_endpoint", "api_key_env", "state", "name")
+PATHS = ("jobs", "output", "endpoints")
+FLAGS = ("simulate", "insecure", "force", "record_endpoint", "detach", "wait", "progress",
+         "retry_failed", "cancel_batches")
+WHOLE = ("rpm", "tpm", "rpd", "tpd", "batch_queue_tokens", "concurrency", "max_retries",
+         "assume_output_tokens")
+NUMBERS = ("timeout", "drain", "poll_max", "max_response_mb", "latency")
+
+
+def type_problem(name: str, value: object) -> str | None:
+    """What a keyword option's value should be instead (None: its type is right, or it was
+    not given)."""
+    if value is None:
+        return None
+    if name in TEXT and not isinstance(value, str):
+        return "give a string"
+    if name in PATHS and not isinstance(value, str | os.PathLike):
+        return "give a path (a str or pathlib.Path)"
+    if name in FLAGS and not isinstance(value, bool):
+        return "give True or False"
+    if name in WHOLE and (isinstance(value, bool) or not isinstance(value, int)):
+        return "give a whole number"
+    if name in NUMBERS and (isinstance(value, bool) or not isinstance(value, int | float)):
+        return "give a number"
+    if name == "on_event" and not callable(value):
+        return "give a function that takes one event"
+    return None
+
+
+def check_types(options: Mapping[str, Any]) -> None:
+    for name, value in options.items():
+        if (problem := type_problem(name, value)) is not None:
+            raise InputError(f"{name}={value!r} ({type(value).__name__}): {problem}.")
+
+
+# The CLI command whose options a library call takes
+_COMMAND = {"run": "submit"}
+
+
+def refuse_unknown(call: str, options: Mapping[str, Any], known: frozenset[str] | set[str],
+                   ) -> None:
+    """A keyword the call does not take; the key is never one (it would sit in notebooks,
+    shells' history and tracebacks), so that one is answered with where the key goes."""
+    unknown = sorted(set(options) - known)
+    if not unknown:
+        return
+    if unknown[0] in ("api_key", "key", "openai_api_key"):
+        raise InputError(f"{call}: the API key is never an argument. Set it in $OPENAI_API_KEY "
+                         "(or in another variable, and name that with api_key_env=).")
+    raise InputError(f"{call}: unknown option {unknown[0]!r}; the options are the CLI's long "
+                     f"options in snake_case (see `batchrun {_COMMAND.get(call, call)} "
+                     "--help`).")
+
+
 def check_tier(value: str) -> str:
     """Tier names are not case-sensitive; an unknown one is refused before anything runs."""
+    check_types({"tier": value})
     tier = value.lower()
     if tier not in TIERS:
         raise InputError(f"unknown tier {value!r}; choose one of {', '.join(TIERS)}.")
@@ -47,6 +106,7 @@ def _check_choice(name: str, value: str | None, choices: tuple[str, ...]) -> Non
 
 def check_options(o: Mapping[str, Any]) -> None:
     """What the CLI's option parser checks, for keyword options (exit 2 there, InputError here)."""
+    check_types(o)
     for name in ("rpm", "tpm", "rpd", "tpd", "batch_queue_tokens"):
         _check_range(name, o.get(name), 0, MAX_WHOLE)
     _check_range("concurrency", o.get("concurrency"), 1, MAX_WHOLE)
