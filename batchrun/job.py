@@ -30,7 +30,7 @@ from batchrun.backends.batch.parts import (
 )
 from batchrun.backends.batch.run import Detached
 from batchrun.backends.signals import on_signals
-from batchrun.backends.stop import Stop, hands_over_to_batch, phrase
+from batchrun.backends.stop import Stop, hands_over_to_batch
 from batchrun.backends.sync.engine import Engine, JobSpec
 from batchrun.backends.sync.upstreams import build_upstreams, with_endpoints
 from batchrun.errors import (
@@ -64,6 +64,7 @@ from batchrun.files.jobstore import (
 from batchrun.files.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.files.outputlock import OutputLock, Owner, read_owner
 from batchrun.http.endpoint import Endpoint
+from batchrun.messages import phrase, state_unavailable_next
 from batchrun.policy.tiers import Limits, family
 from batchrun.report.tally import count_endpoint, forget_failed
 from batchrun.routing import EndpointConfig, check_serves
@@ -344,7 +345,9 @@ async def run(
             shared = await connect_state(state, now_utc, keys) if state is not None else None
         except SharedStateError as exc:
             ledger.close()
-            raise SharedStateError(f"{exc.message} {state_unavailable_next(state)}") from None
+            raise SharedStateError(
+                f"{exc.message} {state_unavailable_next(state.shown if state else None)}"
+            ) from None
         except BaseException:
             ledger.close()
             raise
@@ -418,14 +421,6 @@ async def run(
         if not updater.started:
             lock.discard_if_unused()
         lock.release()
-
-
-def state_unavailable_next(state: StateUrl | None) -> str:
-    """What to do when the shared state does not answer before anything was sent."""
-    url = state.shown if state is not None else "the --state URL"
-    return (f"Nothing was sent. Check that Redis runs and answers there (redis-cli -u {url} "
-            "ping; the URL comes from --state or $BATCHRUN_STATE), then run the same command "
-            "again.")
 
 
 def _check_paths(spec: JobSpec, manifest: Manifest) -> None:

@@ -58,6 +58,7 @@ LAYERS = [
     Layer("batchrun.routing", "the endpoints file and which endpoint takes a request"),
     Layer("batchrun.state", "the Gate (SQLite or Redis): reads an endpoints file's keys"),
     Layer("batchrun.backends", "the sync engine and the Batch API path, each returning a Stop"),
+    Layer("batchrun.messages", "every sentence about how a job ended: words a backend's Stop"),
     Layer("batchrun.report", "what a job did or would do: reads the backends' plans and events"),
     Layer("batchrun.display", "rich: shows reports and events; only the CLI and progress=True"),
     Layer("batchrun.job", "one job from lock to end: picks a backend"),

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import batchrun.files.checkpoint
-from batchrun.backends.stop import phrase
+from batchrun.messages import phrase
 from batchrun.policy.stopkind import StopKind
 from tests.conftest import FAKE_KEY, REPO, RunningSim, read_results, run_cli, write_jsonl
 from tests.test_resume import count_lines, prompts

@@ -23,12 +23,13 @@ from typing import Any
 
 import pytest
 
-from batchrun.backends.stop import Stop, hands_over_to_batch, phrase
+from batchrun.backends.stop import Stop, hands_over_to_batch
 from batchrun.backends.sync.engine import Engine, JobSpec
 from batchrun.events import Event, StateChanged
 from batchrun.files.jobs import check_input
 from batchrun.files.ledger import DailyBudget, Ledger, Scope
 from batchrun.http.endpoint import Endpoint
+from batchrun.messages import phrase
 from batchrun.pacing.limiter import ServerState, Ticket
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.request import Request

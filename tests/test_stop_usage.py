@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun.backends.stop import phrase
+from batchrun.messages import phrase
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.request import Request
 from batchrun.policy.stopkind import StopKind

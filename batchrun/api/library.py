@@ -47,6 +47,7 @@ from batchrun.events import Event, Listener, Note, Stats, emit_all
 from batchrun.files.jobs import read_jobs
 from batchrun.files.jobstore import JobState, JobStore, Manifest, state_home
 from batchrun.files.outputlock import holds_results
+from batchrun.messages import shown
 from batchrun.report.tally import EndpointTally
 from batchrun.routing import EndpointConfig, load_endpoints
 from batchrun.state import parse_state_url, usage_today
@@ -93,7 +94,7 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
             recorded = p.store.get(p.manifest.job_id)
             if recorded is None:
                 raise
-            return _job(recorded, exc.exit_code, exc.message,
+            return _job(recorded, exc.exit_code, shown(exc.message),
                         state=p.store.effective_state(recorded))
     if hook.raised is not None:  # the job stopped for it, resumable: the user's bug is theirs
         job_id = p.manifest.job_id
@@ -104,8 +105,8 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
     summary = run_summary(stats, tally, p.manifest, stopped)
     if stopped is None:
         code = EXIT_SOME_FAILED if p.manifest.failed else EXIT_OK
-        return _job(p.manifest, code, "", summary=summary)
-    return _job(p.manifest, stopped.exit_code, stopped.message, summary=summary)
+        return _job(p.manifest, code, summary["message"], summary=summary)
+    return _job(p.manifest, stopped.exit_code, summary["message"], summary=summary)
 
 
 class _GuardedHook:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from batchrun import job
+from batchrun import job, messages
 from batchrun.api.options import batch_options, check_tier
 from batchrun.backends.batch.parts import forget_open_parts, shown_record
 from batchrun.backends.sync.engine import JobSpec
@@ -134,10 +134,8 @@ def _spec_stub(manifest: Manifest) -> JobSpec:
 def finished_message(plan: job.Finished, manifest: Manifest) -> tuple[str, int]:
     """Nothing left to send: what to say (and how to send the failures again), and the exit
     code the job's last run ended with, so a script sees failures however it asks."""
-    again = (f" Send the failed ones again with: batchrun resume {manifest.job_id} "
-             "--retry-failed" if plan.failed else "")
-    message = (f"Job {manifest.job_id} is finished: {plan.done:,} of {plan.total:,} requests "
-               f"have a result ({plan.failed:,} failed). Results: {manifest.output}.{again}")
+    message = messages.finished(manifest.job_id, manifest.output, plan.done, plan.total,
+                                plan.failed)
     return message, EXIT_SOME_FAILED if plan.failed else EXIT_OK
 
 
@@ -209,7 +207,7 @@ def run_summary(stats: Stats, tally: EndpointTally, manifest: Manifest,
     # The job's recorded state says why it stopped (paused-daily, interrupted, ...), where the
     # engine's last event can only say "stopped"; the message says what to do next.
     summary["state"] = manifest.state
-    summary["message"] = stopped.message if stopped is not None else ""
+    summary["message"] = messages.ending(stopped, manifest.failed, manifest.job_id)
     summary["results"] = manifest.output
     # The manifest's count is the output file's failed lines at the start plus this run's.
     summary["requests"]["failed_before"] = manifest.failed - stats.failed

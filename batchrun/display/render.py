@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from batchrun.display.progress import describe_limits
+from batchrun.messages import count as _count
 from batchrun.policy.tiers import Limits
 
 
@@ -224,16 +225,3 @@ def _limit_name(key: str) -> str:
 
 def _binds(key: str) -> str:
     return "the endpoints' limits bind" if key == "endpoints" else f"{key.upper()} binds"
-
-
-def describe_endpoint(e: dict[str, Any]) -> str:
-    """One endpoint's line of the final summary (--endpoints)."""
-    cost = "cost unknown" if e["cost_usd"] is None else f"${e['cost_usd']:,.4f}"
-    out = "".join(f" · out for {model}: {why}" for model, why in e["out"].items())
-    return (f"{_count(e['requests'], 'request')} · {e['tokens']['input']:,} in, "
-            f"{e['tokens']['output']:,} out · {_count(e['rate_limited_429'], '429')} · "
-            f"{cost}{out}")
-
-
-def _count(n: int, what: str) -> str:
-    return f"{n:,} {what}{'' if n == 1 else 's'}"
