@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint typecheck bench clean
+.PHONY: demo test test-all docs lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 # 300 requests at a demo limit of 200 a minute: a full bucket's burst, then a minute of pacing
@@ -28,7 +28,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
 	$(BIN)/mypy
+	$(BIN)/mkdocs build --strict
 	$(BIN)/pytest
+
+# The guide in docs/ as a static site in site/. --strict turns every warning (a link to a page or
+# anchor that does not exist, a nav entry without its file) into a failure.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
@@ -43,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/estimate_speed.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info site

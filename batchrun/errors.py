@@ -1,14 +1,20 @@
 """The one error tree. The CLI turns these into a message and an exit code in one place.
 
     BatchrunError                 exit 1   anything batchrun understands
+    ├── ApiCallFailed                      the Batch API refused a files or batches call
     ├── InputError                exit 2   bad input file, bad option; nothing was sent
+    │   └── BadLinesError                  bad input lines under --on-bad-line fail
     ├── DailyLimitReached         exit 3   today's token/request budget is spent; resume later
     ├── ApiRefused                exit 4   bad key, no credit or quota; checkpoint kept
     ├── StateError                exit 5   local state or I/O failed (disk full, output damaged,
     │   │                                  ledger unusable); checkpoint kept: fix it, run again
-    │   └── InputChanged                   the input file changed while it was read
+    │   ├── InputChanged                   the input file changed while it was read
+    │   ├── OutputWriteFailed              (checkpoint) the output refused a line
+    │   ├── DamagedManifest                (jobstore) a job's manifest cannot be read
+    │   └── SharedStateError               (state) --state redis:// stopped answering
     └── Interrupted               exit 130 Ctrl-C; checkpoint kept
 
+Exceptions outside this tree are control flow that never reaches the user (each says so).
 Every message says what happened and what to do next. None may contain the API key: messages
 that quote a server's words pass them through `redact` first.
 """
@@ -71,6 +77,17 @@ def redact_urls(text: str) -> str:
     return _URL_TAIL.sub(_mask_url, text) if "://" in text else text
 
 
+def without_userinfo(url: str) -> str:
+    """The URL with any `user:password@` shown as `***@`: for messages, never for sending.
+    Everything up to the last '@' is masked, since a password holding an unencoded '/', '?' or
+    '#' hides where the authority ends. Plain string work, so it cannot fail on a malformed URL a
+    server handed us."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    return scheme + sep + "***@" + rest.rpartition("@")[2]
+
+
 def redact(text: str, *secrets: str | None, hex_keys: bool = True) -> str:
     """Remove the secrets (those long enough to be secrets), anything key-shaped and any
     credentials in a URL from text a server or the OS handed us. Only for error text: never apply
@@ -119,6 +136,14 @@ class BadLine:
         if self.custom_id is not None:
             where += f" (id {self.custom_id!r})"
         return f"{where}: {self.reason}"
+
+
+class ApiCallFailed(BatchrunError):
+    """The API refused a files or batches call for a reason retrying cannot cure."""
+
+    def __init__(self, message: str, status: int, code: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 class InputError(BatchrunError):

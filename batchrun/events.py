@@ -8,7 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchrun.tiers import Limits, price
+from batchrun.policy.prices import price
+from batchrun.policy.tiers import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,9 +94,17 @@ class RouteChanged:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A sentence for the user about the run (failed results dropped for --retry-failed, the
+    rest handed to the Batch API...): the CLI prints it on stderr; the library passes it on."""
+
+    text: str
+
+
 Event = (
     JobStarted | RequestSent | AttemptEnded | RequestFinished | Throttled | BudgetUsed
-    | StateChanged | RouteChanged
+    | StateChanged | RouteChanged | Note
 )
 
 

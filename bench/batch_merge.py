@@ -1,5 +1,5 @@
 """Merging Batch API results: how long and how much memory to merge the output files of a
-200,000-line job into its output, exactly once per custom_id (batchrun.batch.collect).
+200,000-line job into its output, exactly once per custom_id (batchrun.backends.batch.collect).
 
     python bench/batch_merge.py                 # 200,000 lines in 4 parts of 50,000
     python bench/batch_merge.py --lines 1000000
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import orjson
 
-from batchrun.batch.collect import Collector, Merged
-from batchrun.checkpoint import OutputWriter, read_output
+from batchrun.backends.batch.collect import Collector, Merged
+from batchrun.files.checkpoint import OutputWriter, read_output
 
 PART = 50_000
 
@@ -65,9 +65,9 @@ def _wait_for(port: int) -> None:
 
 def whole_job(lines: int) -> None:
     """`batchrun submit --via batch` of `lines` requests against the simulator's Batch API in
-    a process of its own (`python -m batchrun.sim`), so the peak RSS is batchrun's alone."""
+    a process of its own (`python -m batchrun.simulator`), so the peak RSS is batchrun's alone."""
     port = _free_port()
-    sim = subprocess.Popen([sys.executable, "-m", "batchrun.sim", "--port", str(port),
+    sim = subprocess.Popen([sys.executable, "-m", "batchrun.simulator", "--port", str(port),
                             "--batch-seconds", "5"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
@@ -100,7 +100,7 @@ def _job(lines: int, port: int, tmp: Path) -> None:
     assert len(scan.done) == lines == scan.lines, "not exactly one line per id"
     manifest = orjson.loads(next((tmp / "home" / "jobs").glob("*.json")).read_bytes())
     sizes = ", ".join(f"{p['count']:,}" for p in manifest["batch"]["parts"])
-    print(f"{lines:,} requests · submit --via batch against python -m batchrun.sim "
+    print(f"{lines:,} requests · submit --via batch against python -m batchrun.simulator "
           f"--batch-seconds 5 (2,000,000-token queue) · {platform.python_version()} · "
           f"{platform.machine()}")
     print(f"  {seconds:.1f} s wall · parts of {sizes} requests · batchrun's peak RSS "

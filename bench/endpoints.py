@@ -1,6 +1,6 @@
 """Several endpoints for one job: combined throughput against the summed ideal, and 429s.
 
-Each endpoint is `python -m batchrun.sim` in its own process, with its own RPM enforced in 1 s
+Each endpoint is `python -m batchrun.simulator` in its own process, with its own RPM enforced in 1 s
 windows (the servers the issue measured LiteLLM's Router against: a minute's burst is a 429
 storm there), 300 ms ±30 % latency. `batchrun submit --endpoints` runs as a subprocess with the
 file's per-endpoint limits; the figures come from its `--json` summary.
@@ -59,7 +59,7 @@ def run_once(rpms: list[int], requests: int, workdir: Path, tpd_first: int) -> d
         for n, rpm in enumerate(rpms):
             port = free_port()
             servers.append(subprocess.Popen(
-                [sys.executable, "-m", "batchrun.sim", "--port", str(port), "--rpm", str(rpm),
+                [sys.executable, "-m", "batchrun.simulator", "--port", str(port), "--rpm", str(rpm),
                  "--window", str(WINDOW_S), "--latency", str(LATENCY_S),
                  "--jitter", str(0.3 * LATENCY_S), "--seed", str(n)],
                 stdout=subprocess.PIPE, text=True))

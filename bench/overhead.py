@@ -27,7 +27,7 @@ import orjson
 # batchrun's own peak RSS, reported by the process itself as it exits.
 MEASURED = (
     "import resource, sys\n"
-    "from batchrun.cli import run\n"
+    "from batchrun.cli.commands import run\n"
     "code = run(sys.argv[1:])\n"
     "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
     "sys.stderr.write(f'PEAK_RSS_KB {peak}\\n')\n"
@@ -50,7 +50,7 @@ def write_jobs(path: Path, n: int) -> None:
 def run_once(jobs: Path, out: Path, home: Path, with_ledger: bool) -> tuple[float, float, int]:
     out.unlink(missing_ok=True)
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "batchrun.sim", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "batchrun.simulator", "--port", str(port)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
-from batchrun.checkpoint import result_line
-from batchrun.sim import SimServer, Simulator
+from batchrun.files.checkpoint import result_line
+from batchrun.simulator import SimServer, Simulator
 
 
 def serve(sim: Simulator, ready: threading.Event, port: list[int]) -> None:

@@ -4,8 +4,9 @@ Two parts. The matrix runs batchrun's Limiter against the simulator's rate model
 (bench/virtual.py): the four jobs of issue 12 x header timing x header scope x latency shape,
 plus Azure-like 10 s windows, a shared key, a limit lowered mid-run and quantized windows, each
 cell the median of --seeds runs, in seconds for the whole matrix. The real-socket cells then run
-`batchrun submit` as a subprocess against `python -m batchrun.sim` in its own process (client and
-server each get a core) for a few cells of the matrix, to show that virtual and real agree.
+`batchrun submit` as a subprocess against `python -m batchrun.simulator` in its own process
+(client and server each get a core) for a few cells of the matrix, to show that virtual and real
+agree.
 
 The ideal: an oracle that knows the server sends each request the moment it would be admitted
 (the server's bucket starts full), and has its answer one latency later.
@@ -33,7 +34,7 @@ from typing import Any
 import orjson
 from virtual import Server, ideal_seconds, run_virtual
 
-from batchrun.sim_model import Habits, SimLimits
+from batchrun.simulator.model import Habits, SimLimits
 
 _TEXT = ("the quick brown fox jumps over a lazy dog while batch jobs wait for their turn at the "
          "rate limiter and tokens refill every second")
@@ -191,7 +192,7 @@ def run_real(cell: Cell, workdir: Path) -> tuple[float, float]:
     port = free_port()
     jitter, tail = SHAPES[cell.shape]
     server = subprocess.Popen(
-        [sys.executable, "-m", "batchrun.sim", "--port", str(port), "--rpm", str(RPM),
+        [sys.executable, "-m", "batchrun.simulator", "--port", str(port), "--rpm", str(RPM),
          "--tpm", str(TPM), "--window", str(job.window_s), "--latency", str(job.latency_s),
          "--jitter", str(jitter * job.latency_s), "--tail", str(tail),
          "--headers-at", h.header_timing, "--header-scope", h.header_scope],
@@ -221,7 +222,7 @@ def run_real(cell: Cell, workdir: Path) -> tuple[float, float]:
 
 
 def print_real(count: int, runs: int, seeds: int) -> None:
-    print("\n**Real sockets** (batchrun submit against python -m batchrun.sim)\n")
+    print("\n**Real sockets** (batchrun submit against python -m batchrun.simulator)\n")
     print("| job | server | virtual: share · 429s/ok | real (median of runs) | runs |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

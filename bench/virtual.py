@@ -2,7 +2,7 @@
 
 A minute of traffic takes milliseconds: an asyncio event loop whose clock jumps to the next timer
 instead of waiting for it. The Limiter is the engine's (same acquire / release / rate_limited
-calls, same FIFO with retries first); the server is batchrun.sim_model, the simulator's own
+calls, same FIFO with retries first); the server is batchrun.simulator.model, the simulator's own
 buckets and token count; latency is drawn as the simulator draws it. Sockets, JSON and the
 checkpoint writer are left out: bench/throughput.py's real-socket cells show what they cost.
 """
@@ -18,10 +18,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from batchrun.client import server_state
-from batchrun.limiter import Limiter
-from batchrun.sim_model import Habits, RateModel, SimLimits, admission_charge, draw_latency
-from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens
+from batchrun.http.client import server_state
+from batchrun.pacing.limiter import Limiter
+from batchrun.policy.tokens import char_estimate, max_output_tokens, prompt_tokens
+from batchrun.simulator.model import Habits, RateModel, SimLimits, admission_charge, draw_latency
 
 CHAT = "/v1/chat/completions"
 UTC_NOON = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)

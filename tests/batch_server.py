@@ -1,6 +1,6 @@
 """A small Files and Batches server on a real loopback socket, playing what the services
 document (or were observed to do) rather than what our simulator believes, with knobs for the
-odd servers outside trials met. The real `BatchApi` client talks to it.
+odd servers outside trials met. The real `BatchClient` client talks to it.
 
 What it plays, and where that comes from:
 - Azure OpenAI (api-version 2024-10-21, learn.microsoft.com/rest/api/azureopenai/files/upload):

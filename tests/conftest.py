@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.sim import SimConfig, SimServer, Simulator
+from batchrun.simulator import SimConfig, SimServer, Simulator
 
 REPO = Path(__file__).resolve().parent.parent
 # A real redis-server for the --state redis:// tests (skipped where it is not installed).
@@ -152,7 +152,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     `cli.run` that `main()` hands to `sys.exit`. Tests of kill -9, signals and the installed
     console script use `run_cli_process` instead. (`timeout` is the per-test timeout's job here.)
     """
-    from batchrun import cli
+    from batchrun.cli import commands as cli
 
     stdout, stderr = io.StringIO(), io.StringIO()
     saved = {k: os.environ.get(k) for k in (env or {})}

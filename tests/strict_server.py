@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from batchrun.client import Kind, Outcome, classify
-from batchrun.jobs import Request
+from batchrun.http.client import Kind, Outcome, classify
+from batchrun.policy.request import Request
 from tests.conftest import FAKE_KEY
 
 

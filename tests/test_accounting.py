@@ -8,11 +8,11 @@ import random
 from pathlib import Path
 from typing import Any
 
-from batchrun.calibrate import CHARS
-from batchrun.jobs import Request
-from batchrun.ledger import Ledger, Scope
-from batchrun.sizing import size_of
-from batchrun.tokens import prompt_tokens
+from batchrun.files.ledger import Ledger, Scope
+from batchrun.pacing.calibrate import CHARS
+from batchrun.policy.request import Request
+from batchrun.policy.sizing import size_of
+from batchrun.policy.tokens import prompt_tokens
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.strict_server import StrictServer, by_characters, chars_of
 from tests.test_calibrate import CHINESE, PROSE

@@ -8,12 +8,12 @@ import asyncio
 import math
 from typing import Any
 
-from batchrun.classify import Kind, Outcome
-from batchrun.jobs import Request
-from batchrun.lanes import Job, Route, Upstream
-from batchrun.sizing import size_of
+from batchrun.backends.sync.lanes import Job, Route, Upstream
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.request import Request
+from batchrun.policy.sizing import size_of
+from batchrun.policy.tiers import Limits
 from batchrun.state import open_gate
-from batchrun.tiers import Limits
 from tests.test_calibrate import CHINESE, _refusal, by_chars
 from tests.test_state_redis import SCOPE, hosts  # noqa: F401 - hosts: a fixture
 

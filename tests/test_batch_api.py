@@ -8,12 +8,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.batch.api import ApiCallFailed, BatchApi, Transient
-from batchrun.endpoint import Endpoint
+from batchrun.backends.batch.api import ApiCallFailed, BatchClient, Transient
 from batchrun.errors import ApiRefused
+from batchrun.http.endpoint import Endpoint
+from batchrun.policy.classify import Kind, classify
 from tests.conftest import FAKE_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,7 +57,7 @@ def test_openai_and_azure_routes_headers_and_upload(tmp_path: Path) -> None:
 
     async def calls(url: str, azure: bool) -> None:
         endpoint = Endpoint.make(None if azure else url + "/v1", url if azure else None, None)
-        async with BatchApi(endpoint, FAKE_KEY) as api:
+        async with BatchClient(endpoint, FAKE_KEY) as api:
             await api.upload(part, "job-part1.jsonl")
             await api.create("file-1", api.batch_endpoint("/v1/chat/completions"),
                              {"batchrun_job": "j", "batchrun_part": "j/1/ab"})
@@ -99,7 +101,7 @@ def test_listing_follows_pages() -> None:
                                   "has_more": more})
 
     async def body(url: str) -> list[str]:
-        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+        async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY) as api:
             return [b["id"] async for b in api.batches(page_size=2)]
 
     assert asyncio.run(serve(handler, body)) == ["b5", "b4", "b3", "b2", "b1"]
@@ -118,7 +120,7 @@ def test_a_list_whose_pages_go_round_in_a_circle_ends() -> None:
                                   "has_more": True})
 
     async def body(url: str) -> list[str]:
-        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+        async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY) as api:
             return [b["id"] async for b in api.batches(page_size=2)]
 
     assert asyncio.run(serve(handler, body)) == ["b5", "b4", "b3", "b2"]
@@ -139,7 +141,7 @@ def test_failures_are_classified_and_never_show_the_key(
         return web.json_response(body, status=status, headers=headers)
 
     async def call(url: str) -> None:
-        async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY) as api:
+        async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY) as api:
             await api.retrieve("batch_1")
 
     with pytest.raises(error) as caught:
@@ -160,10 +162,38 @@ def test_a_stalled_answer_is_transient() -> None:
     async def call(url: str) -> None:
         released.append(asyncio.Event())
         try:
-            async with BatchApi(Endpoint.make(url, None, None), FAKE_KEY, timeout_s=0.2) as api:
+            async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY, timeout_s=0.2) as api:
                 await api.retrieve("batch_1")
         finally:
             released[0].set()
 
     with pytest.raises(Transient, match="no answer within the timeout"):
         asyncio.run(serve(handler, call))
+
+
+SAID_ALIKE = {Kind.OK: None, Kind.REFUSED: ApiRefused, Kind.RETRY: Transient,
+              Kind.RATE_MINUTE: Transient, Kind.FAIL: ApiCallFailed}
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 307, 400, 401, 402, 403, 404, 408, 409, 422,
+                                    429, 500, 503])
+def test_a_status_means_the_same_to_the_batch_api_and_the_sync_path(status: int) -> None:
+    """One classification (classify.status_kind): a 201 is an answer and a 402 a refusal of
+    the account whichever path meets it (SERVERS.md: every 2xx is success)."""
+    body = {"id": "x", "object": "chat.completion", "choices": [],
+            "error": None if status < 300 else {"message": "no", "code": ""}}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response(body, status=status)
+
+    async def call(url: str) -> None:
+        async with BatchClient(Endpoint.make(url, None, None), FAKE_KEY) as api:
+            await api.retrieve("batch_1")
+
+    sync = classify(status, {}, orjson.dumps(body), "/v1/chat/completions", FAKE_KEY).kind
+    expected = SAID_ALIKE[sync]
+    if expected is None:
+        asyncio.run(serve(handler, call))
+    else:
+        with pytest.raises(expected):
+            asyncio.run(serve(handler, call))

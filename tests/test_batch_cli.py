@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.batch import entry as batch_entry
+from batchrun.backends.batch import entry as batch_entry
 from batchrun.errors import ApiRefused
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
@@ -18,7 +18,7 @@ from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeBatchApi:
     api = FakeBatchApi(steps=1)
-    monkeypatch.setattr(batch_entry, "BatchApi", lambda *a, **k: api)
+    monkeypatch.setattr(batch_entry, "BatchClient", lambda *a, **k: api)
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     return api
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from batchrun.batch.api import BatchApi
-from batchrun.endpoint import Endpoint
+from batchrun.backends.batch.api import BatchClient
+from batchrun.http.endpoint import Endpoint
 from tests.conftest import FAKE_KEY
 from tests.test_batch_hostile import HostileBatches, ok_line
 
@@ -22,7 +22,7 @@ def test_a_downloaded_output_file_is_readable_by_its_owner_only(tmp_path: Path) 
         return web.Response(body=ok_line("r1"))
 
     async def download(base_url: str, dest: Path) -> None:
-        async with BatchApi(Endpoint.make(base_url, None, None), FAKE_KEY, 10) as api:
+        async with BatchClient(Endpoint.make(base_url, None, None), FAKE_KEY, 10) as api:
             await api.download("file-out", dest)
 
     dest = tmp_path / "part-00001.output.jsonl"

@@ -13,15 +13,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch.api import ApiCallFailed, BatchApi
-from batchrun.batch.run import BatchJob, Detached
+from batchrun import job
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch.api import ApiCallFailed, BatchClient
+from batchrun.backends.batch.run import BatchJob, Detached
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.events import StateChanged, Stats
-from batchrun.outputlock import OutputLock
-from batchrun.sim import SimConfig
-from batchrun.sim_batch import BatchConfig
+from batchrun.files.outputlock import OutputLock
+from batchrun.simulator import BatchConfig, SimConfig
 from tests import test_batch_run
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl
@@ -170,7 +169,7 @@ def ok_line(cid: str) -> bytes:
 def real_api_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any,
                      n: int) -> Harness:
     h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=n, base_url=server.base_url)
-    monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)  # the real client, over HTTP
+    monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)  # the real client, over HTTP
     return h
 
 
@@ -230,7 +229,7 @@ def test_a_batch_the_api_no_longer_knows_is_a_way_out_not_a_dead_end(
     assert stuck.value.exit_code != 1  # nothing finished: not "some requests failed for good"
     assert "another key" in stuck.value.message
     assert f"batchrun cancel {h.job_id} --force" in stuck.value.message
-    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store, force=True)) == (1, 0)
+    assert asyncio.run(job.cancel_batches(h.manifest(), h.store, force=True)) == (1, 0)
     assert h.resume() is None
     assert {x["error"]["code"] for x in h.results().values()} == {"batch_cancelled"}
     assert h.manifest().failed == 2
@@ -310,7 +309,7 @@ def test_a_status_that_read_the_manifest_before_a_resume_ended_does_not_forget_i
     stale = h.manifest()
     assert isinstance(h.resume(detach=True), Detached)  # collects part 1, submits part 2
     assert len(fake.order) == 2
-    asyncio.run(runner.collect_finished(stale, h.store, Stats()))
+    asyncio.run(job.collect_finished(stale, h.store, Stats()))
     assert h.resume() is None
     assert ok_ids(h.results()) == {"r1", "r2", "r3"}
     assert len(fake.order) == 2, "part 2's requests were submitted twice"
@@ -484,7 +483,7 @@ def test_forgetting_a_job_with_batches_on_the_server_says_they_run_on(
     assert run.code == 2, run.stdout
     assert f"batchrun cancel {h.job_id}" in run.stderr
     assert h.store.get(h.job_id) is not None
-    asyncio.run(runner.cancel_batches(h.manifest(), h.store))
+    asyncio.run(job.cancel_batches(h.manifest(), h.store))
     assert run_cli("forget", h.job_id).code == 0 and h.store.get(h.job_id) is None
 
 
@@ -589,7 +588,7 @@ def test_two_status_calls_at_once_each_fetch_a_whole_file(
         h = real_api_harness(tmp_path, monkeypatch, server, n=3)
         assert isinstance(h.submit(detach=True), Detached)
         manifest = h.manifest()
-        spec, _ = runner.spec_from_manifest(manifest, {})
+        spec, _ = job.spec_from_manifest(manifest, {})
 
         async def two() -> list[Any]:
             looks = [batch_entry.look_at_batches(spec, manifest, h.store, FAKE_KEY)

@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.sim import SimConfig
-from batchrun.sim_batch import BatchConfig
+from batchrun.simulator import BatchConfig, SimConfig
 from tests.conftest import REPO, read_results, write_jsonl
 
 pytestmark = pytest.mark.slow

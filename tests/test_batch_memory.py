@@ -7,9 +7,9 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
-from batchrun.batch.collect import Collector, Merged
-from batchrun.batch.done import DoneIds
-from batchrun.checkpoint import OutputWriter, read_output
+from batchrun.backends.batch.collect import Collector, Merged
+from batchrun.backends.batch.done import DoneIds
+from batchrun.files.checkpoint import OutputWriter, read_output
 from tests.test_batch_hostile import ok_line
 
 N = 50_000

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.batch import run as batch_run
+from batchrun.backends.batch import run as batch_run
 from batchrun.errors import ApiRefused
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.test_batch_run import Harness, ok_ids

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from batchrun import runner
-from batchrun.batch.run import Detached
+from batchrun import job
+from batchrun.backends.batch.run import Detached
 from tests.batch_fake import FakeBatchApi, Outcome
 from tests.conftest import run_cli
 from tests.test_batch_run import Harness, ok_ids
@@ -83,7 +83,7 @@ def test_a_kill_during_cancel_batches_then_a_plain_resume_sends_the_rest_not_fai
         raise Killed  # the process ends here: nothing after it is saved
 
     with monkeypatch.context() as m:
-        m.setattr(runner, "_run_engine", killed)
+        m.setattr(job, "_run_engine", killed)
         with pytest.raises(Killed):
             h.resume(via="sync", cancel_batches=True)
     assert fake.calls.count("cancel") == 1

@@ -13,14 +13,14 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch import run as batch_run
-from batchrun.endpoint import Endpoint
+from batchrun import job
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch import run as batch_run
 from batchrun.errors import ApiRefused, BatchrunError, Interrupted, StateError
 from batchrun.events import Stats
-from batchrun.jobstore import JobStore, Manifest
-from batchrun.spec import JobSpec
+from batchrun.files.jobstore import JobStore, Manifest
+from batchrun.http.endpoint import Endpoint
+from batchrun.routing.spec import JobSpec
 from tests.batch_fake import Crash, FakeBatchApi, Outcome
 from tests.conftest import FAKE_KEY, read_results, write_jsonl
 
@@ -33,7 +33,7 @@ class Harness:
     def __init__(self, tmp_path: Path, fake: FakeBatchApi, monkeypatch: pytest.MonkeyPatch,
                  n: int = 5, base_url: str = "https://api.example.test/v1", **spec: Any) -> None:
         self.fake = fake
-        monkeypatch.setattr(batch_entry, "BatchApi", lambda *a, **k: fake)
+        monkeypatch.setattr(batch_entry, "BatchClient", lambda *a, **k: fake)
         monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
         self.input = write_jsonl(tmp_path / "jobs.jsonl", rows(n))
         self.output = tmp_path / "out.jsonl"
@@ -55,18 +55,18 @@ class Harness:
         from dataclasses import replace
 
         spec = replace(self.spec, **changes)
-        manifest = runner.prepare(spec, False, self.store)
+        manifest = job.prepare(spec, False, self.store)
         self.job_id = manifest.job_id
         return self._run(spec, manifest)
 
     def resume(self, **options: Any) -> BatchrunError | None:
         manifest = self.manifest()
-        spec, _ = runner.spec_from_manifest(manifest, dict(options))
+        spec, _ = job.spec_from_manifest(manifest, dict(options))
         return self._run(spec, manifest)
 
     def _run(self, spec: JobSpec, manifest: Manifest) -> BatchrunError | None:
         self.stats = Stats()
-        return asyncio.run(runner.run(spec, manifest, self.store, FAKE_KEY, self.stats,
+        return asyncio.run(job.run(spec, manifest, self.store, FAKE_KEY, self.stats,
                                       "host", sleep=self._nap, notify=self.notes.append))
 
     def manifest(self) -> Manifest:
@@ -228,7 +228,7 @@ def test_cancel_then_resume_keeps_finished_lines_and_fails_the_rest(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness(tmp_path, FakeBatchApi(lambda n: Outcome(finish=1)), monkeypatch, n=3)
     h.submit(detach=True)
-    cancelled, dropped = asyncio.run(runner.cancel_batches(h.manifest(), h.store))
+    cancelled, dropped = asyncio.run(job.cancel_batches(h.manifest(), h.store))
     assert (cancelled, dropped) == (1, 0) and h.fake.calls.count("cancel") == 1
     assert h.resume() is None
     results = h.results()
@@ -236,7 +236,7 @@ def test_cancel_then_resume_keeps_finished_lines_and_fails_the_rest(
     assert {results[c]["error"]["code"] for c in ("r2", "r3")} == {"batch_cancelled"}
     assert len(h.fake.order) == 1  # nothing was sent again
     assert h.resume(retry_failed=None) is None  # finished: nothing more
-    stop = asyncio.run(runner.run(*runner.spec_from_manifest(h.manifest(), {})[:1],
+    stop = asyncio.run(job.run(*job.spec_from_manifest(h.manifest(), {})[:1],
                                   h.manifest(), h.store, FAKE_KEY, lambda e: None, "host",
                                   sleep=h._nap, retry_failed=True))
     assert stop is None and ok_ids(h.results()) == {"r1", "r2", "r3"}
@@ -263,7 +263,7 @@ def test_cancel_skips_a_batch_that_finished_meanwhile(tmp_path: Path,
     assert len(h.fake.order) == 2  # one part per model
     for _ in range(2):  # the server finishes the first batch; nobody has collected it
         asyncio.run(h.fake.retrieve("batch_1"))
-    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 0)
+    assert asyncio.run(job.cancel_batches(h.manifest(), h.store)) == (1, 0)
     assert h.resume() is None
     results = h.results()
     assert results["a"]["error"] is None and results["b"]["error"]["code"] == "batch_cancelled"
@@ -286,7 +286,7 @@ def test_cancel_after_a_batch_finished_cancels_the_rest_and_nothing_is_created_a
     assert len(h.fake.order) == 2 and "planned" in states
     for _ in range(2):  # part 1 finishes on the server since the last poll
         asyncio.run(h.fake.retrieve("batch_1"))
-    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 1)
+    assert asyncio.run(job.cancel_batches(h.manifest(), h.store)) == (1, 1)
     assert h.fake.by_id["batch_2"]["status"] == "cancelling"
     assert h.resume() is None
     results = h.results()
@@ -304,7 +304,7 @@ def test_forget_stays_refused_while_a_batch_whose_cancel_failed_may_run(
     h.submit(detach=True)
     h.fake.transient["cancel"] = 100  # the API stops answering cancels
     with pytest.raises(StateError, match="did not answer"):
-        asyncio.run(runner.cancel_batches(h.manifest(), h.store))
+        asyncio.run(job.cancel_batches(h.manifest(), h.store))
     forget = run_cli("forget", h.job_id)
     assert forget.code == 2 and "batches on the server" in forget.stderr
     assert h.resume() is None  # collects both batches, submits nothing new
@@ -332,7 +332,7 @@ def test_retry_failed_sends_again_what_ran_out_of_retries(
     h = Harness(tmp_path, fake, monkeypatch, n=2, max_retries=0)
     assert h.submit() is None
     assert {x["error"]["code"] for x in h.results().values()} == {"batch_expired"}
-    stop = asyncio.run(runner.run(runner.spec_from_manifest(h.manifest(), {})[0], h.manifest(),
+    stop = asyncio.run(job.run(job.spec_from_manifest(h.manifest(), {})[0], h.manifest(),
                                   h.store, FAKE_KEY, lambda e: None, "host", sleep=h._nap,
                                   retry_failed=True))
     assert stop is None and ok_ids(h.results()) == {"r1", "r2"} and len(fake.order) == 2

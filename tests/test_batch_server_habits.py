@@ -17,12 +17,12 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch import run as batch_run
-from batchrun.batch.api import BatchApi
-from batchrun.endpoint import Endpoint
+from batchrun import job
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch import run as batch_run
+from batchrun.backends.batch.api import BatchClient
 from batchrun.errors import ApiRefused
+from batchrun.http.endpoint import Endpoint
 from tests.batch_server import BatchServer, ServerConfig
 from tests.conftest import FAKE_KEY, REPO, run_cli, write_jsonl
 from tests.test_batch_run import Harness, ok_ids
@@ -37,14 +37,14 @@ def server(request: pytest.FixtureRequest) -> Iterator[BatchServer]:
 
 
 class ServerHarness(Harness):
-    """A Harness whose job talks to `server` through the real BatchApi client."""
+    """A Harness whose job talks to `server` through the real BatchClient client."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: BatchServer,
                  n: int = 3, **spec: Any) -> None:
         super().__init__(tmp_path, None, monkeypatch, n=n, base_url=server.url + "/v1",  # type: ignore[arg-type]
                          **spec)
         self.server = server
-        monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)
+        monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)
         if server.config.azure:
             monkeypatch.setenv("AZURE_OPENAI_API_KEY", FAKE_KEY)
             self.spec = replace(self.spec, endpoint=Endpoint.make(None, server.url, None))
@@ -132,7 +132,7 @@ def test_results_that_stay_unreadable_fail_as_unavailable_and_go_again_only_when
     assert len(server.stats.created) == 1  # not re-submitted: they may have been billed
     assert h.resume() is None and len(server.stats.created) == 1
     server.config.output = "ok"
-    stop = asyncio.run(runner.run(*runner.spec_from_manifest(h.manifest(), {})[:1],
+    stop = asyncio.run(job.run(*job.spec_from_manifest(h.manifest(), {})[:1],
                                   h.manifest(), h.store, FAKE_KEY, lambda e: None, "host",
                                   sleep=h._nap, retry_failed=True))
     assert stop is None and ok_ids(h.results()) == {"r1", "r2", "r3"}

@@ -10,12 +10,11 @@ from typing import Any
 
 import pytest
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch import run as batch_run
-from batchrun.batch.api import BatchApi
-from batchrun.sim import SimConfig
-from batchrun.sim_batch import BatchConfig
+from batchrun import job
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch import run as batch_run
+from batchrun.backends.batch.api import BatchClient
+from batchrun.simulator import BatchConfig, SimConfig
 from tests.conftest import FAKE_KEY
 from tests.test_batch_run import Harness, ok_ids
 
@@ -30,11 +29,11 @@ class SimHarness(Harness):
         self.sim = sim
         super().__init__(tmp_path, None, monkeypatch, n=n, base_url=sim.base_url,  # type: ignore[arg-type]
                          **spec)
-        monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)  # the real client
+        monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)  # the real client
         if azure:
             from dataclasses import replace
 
-            from batchrun.endpoint import Endpoint
+            from batchrun.http.endpoint import Endpoint
 
             monkeypatch.setenv("AZURE_OPENAI_API_KEY", FAKE_KEY)
             self.spec = replace(self.spec, endpoint=Endpoint.make(None, sim.azure_endpoint,
@@ -118,7 +117,7 @@ def test_detach_cancel_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     h = SimHarness(tmp_path, monkeypatch, sim, n=10)
     assert isinstance(h.submit(detach=True), batch_run.Detached)
     h.now[0] += 5  # halfway through the batch
-    assert asyncio.run(runner.cancel_batches(h.manifest(), h.store)) == (1, 0)
+    assert asyncio.run(job.cancel_batches(h.manifest(), h.store)) == (1, 0)
     assert h.resume() is None
     results = h.results()
     kept = ok_ids(results)

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from batchrun import runner
-from batchrun.batch import entry as batch_entry
-from batchrun.batch.api import ApiCallFailed, BatchApi
-from batchrun.batch.run import Detached
+from batchrun import job
+from batchrun.backends.batch import entry as batch_entry
+from batchrun.backends.batch.api import ApiCallFailed, BatchClient
+from batchrun.backends.batch.run import Detached
 from batchrun.errors import BatchrunError
 from batchrun.events import Stats
-from batchrun.outputlock import is_held
+from batchrun.files.outputlock import is_held
 from tests.batch_fake import FakeBatchApi
 from tests.conftest import run_cli
 from tests.test_batch_run import Harness
@@ -99,7 +99,7 @@ def detached_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_url: str,
     client for whatever comes next."""
     h = Harness(tmp_path, FakeBatchApi(steps=3), monkeypatch, n=n, base_url=base_url)
     assert isinstance(h.submit(detach=True), Detached)
-    monkeypatch.setattr(batch_entry, "BatchApi", BatchApi)
+    monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)
     return h
 
 
@@ -148,7 +148,7 @@ def test_cancel_goes_on_while_a_status_waits_for_the_api(
 
         def look() -> None:
             try:
-                asyncio.run(runner.collect_finished(stale, h.store, Stats()))
+                asyncio.run(job.collect_finished(stale, h.store, Stats()))
             except BatchrunError as exc:  # the server's 503 once released
                 ended.append(exc)
 

@@ -16,9 +16,11 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun import cli, engine, ledger
-from batchrun.jobstore import JobStore
-from batchrun.sim import SimConfig
+from batchrun.backends.sync import engine
+from batchrun.cli import commands as cli
+from batchrun.files import ledger
+from batchrun.files.jobstore import JobStore
+from batchrun.simulator import SimConfig
 from tests.conftest import FAKE_KEY, Run, read_results, write_jsonl
 
 Handler = Callable[[dict[str, Any], int], Awaitable[web.Response]]

@@ -1,4 +1,5 @@
-"""batchrun.calibrate on explicit evidence: each server's own rule (written here, not batchrun's)
+"""batchrun.pacing.calibrate on explicit evidence: each server's own rule (written here, not
+batchrun's)
 charges prose, Chinese and code; the calibration sees only what the server says."""
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ import random
 
 import orjson
 
-from batchrun.calibrate import CHARS, TOKENS, Calibration, Learned, Source, Visible
-from batchrun.classify import Outcome, classify
-from batchrun.jobs import CHAT_URL, Request
-from batchrun.sizing import size_of
+from batchrun.pacing.calibrate import CHARS, TOKENS, Calibration, Learned, Source, Visible
+from batchrun.policy.classify import Outcome, classify
+from batchrun.policy.request import CHAT_URL, Request
+from batchrun.policy.sizing import size_of
 from tests.conftest import FAKE_KEY
 
 CHINESE = ("人工智能正在改变我们的生活方式。在过去的十年里，机器学习技术取得了巨大的进步，尤其是在"

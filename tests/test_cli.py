@@ -10,9 +10,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from batchrun import __version__, cli
+from batchrun import __version__
+from batchrun.cli import commands as cli
 from batchrun.errors import InputError
-from batchrun.fsutil import FileLock
+from batchrun.files.fsutil import FileLock
 from tests.conftest import RunningSim, read_results, run_cli, write_jsonl
 from tests.test_resume import prompts
 

@@ -7,9 +7,9 @@ import orjson
 import pytest
 from aioresponses import aioresponses
 
-from batchrun.client import ApiClient, Endpoint, Kind, classify, parse_duration, retry_hint
 from batchrun.errors import InputError
-from batchrun.jobs import CHAT_URL, EMBEDDINGS_URL, Request
+from batchrun.http.client import ApiClient, Endpoint, Kind, classify, parse_duration, retry_hint
+from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL, Request
 
 KEY = "sk-test-abcdefghijklmnop1234"
 
@@ -37,6 +37,8 @@ CHAT_OK = orjson.dumps({"choices": [{"message": {"content": "x"}}],
 
 @pytest.mark.parametrize(("status", "body", "headers", "kind"), [
     (200, CHAT_OK, {}, Kind.OK),
+    (201, CHAT_OK, {}, Kind.OK),  # every 2xx is an answer (SERVERS.md)
+    (402, err("Payment required"), {}, Kind.REFUSED),
     (200, b'{"id": "x"}', {}, Kind.RETRY),  # no choices
     (200, b'{"choices": [{"mess', {}, Kind.RETRY),  # truncated
     (200, b"<html>oops</html>", {}, Kind.RETRY),
@@ -149,7 +151,7 @@ async def test_connection_reset_is_retryable() -> None:
 
 
 async def test_key_goes_in_the_bearer_header_for_openai_and_api_key_header_for_azure() -> None:
-    from batchrun.sim import SimConfig, SimServer, Simulator
+    from batchrun.simulator import SimConfig, SimServer, Simulator
 
     async with SimServer(Simulator(SimConfig(api_key=KEY))) as server:
         openai = Endpoint.make(server.base_url, None, None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun.ledger import DailyBudget, Ledger, Scope
+from batchrun.files.ledger import DailyBudget, Ledger, Scope
 
 SCOPE = Scope("api.openai.com", "fp", "gpt-4o-mini")
 

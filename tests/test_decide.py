@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from batchrun.client import Kind, Outcome
-from batchrun.decide import MAX_RATE_LIMITED, Action, Policy, Tries, billed, decide
+from batchrun.http.client import Kind, Outcome
+from batchrun.policy.decide import MAX_RATE_LIMITED, Action, Policy, Tries, billed, decide
 
 REFUSED_CONNECT = "ClientConnectorError: Cannot connect to host api.example.com:443"
 RESET = "ServerDisconnectedError: Server disconnected"

@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-import batchrun.checkpoint
-from batchrun.stop import StopKind, phrase
+import batchrun.files.checkpoint
+from batchrun.messages import phrase
+from batchrun.policy.stopkind import StopKind
 from tests.conftest import FAKE_KEY, REPO, RunningSim, read_results, run_cli, write_jsonl
 from tests.test_resume import count_lines, prompts
 from tests.test_stop_drain import RESUME, Server, run_job
@@ -140,7 +141,7 @@ def test_sending_stops_at_the_first_failed_write(tmp_path: Path,
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr(batchrun.checkpoint.os, "write", write)
+    monkeypatch.setattr(batchrun.files.checkpoint.os, "write", write)
     server = Server(lambda request: 1.0)
     rows = [{"id": f"q{i}", "prompt": "hi", "max_tokens": 10} for i in range(50)]
     stop, _, _ = run_job(tmp_path, rows, server, concurrency=2)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.endpoints import check_serves, load_endpoints
-from batchrun.endpoints.routing import Out, Standing, combined, cool_off_s, may_take, verdict
 from batchrun.errors import InputError
-from batchrun.stop import StopKind
-from batchrun.tiers import Limits
+from batchrun.policy.stopkind import StopKind
+from batchrun.policy.tiers import Limits
+from batchrun.routing import check_serves, load_endpoints
+from batchrun.routing.rules import Out, Standing, combined, cool_off_s, may_take, verdict
 
 GOOD = '''[[endpoint]]
 name = "openai-main"

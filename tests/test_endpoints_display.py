@@ -6,8 +6,7 @@ import io
 
 from rich.console import Console
 
-from batchrun.endpoints.routing import BACK
-from batchrun.endpoints.tally import EndpointTally
+from batchrun.display.progress import ProgressDisplay
 from batchrun.events import (
     BudgetUsed,
     JobStarted,
@@ -19,8 +18,9 @@ from batchrun.events import (
     Throttled,
     emit_all,
 )
-from batchrun.progress import ProgressDisplay
-from batchrun.tiers import Limits
+from batchrun.policy.tiers import Limits
+from batchrun.report.tally import EndpointTally
+from batchrun.routing.rules import BACK
 from tests.test_progress import FakeClock
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import read_results, run_cli, write_jsonl
 
 KEY_A = "sk-test-endpointA-0123456789abcdef"

@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchrun.client import Endpoint, Kind, Outcome
-from batchrun.endpoints.routing import BACK
-from batchrun.engine import Engine, JobSpec, Upstream
+from batchrun.backends.stop import Stop
+from batchrun.backends.sync.engine import Engine, JobSpec, Upstream
 from batchrun.events import Event, RouteChanged, StateChanged
-from batchrun.jobs import Request, check_input
-from batchrun.ledger import DailyBudget, Ledger, Scope
-from batchrun.stop import Stop, StopKind
-from batchrun.tiers import Limits
+from batchrun.files.jobs import check_input
+from batchrun.files.ledger import DailyBudget, Ledger, Scope
+from batchrun.http.client import Endpoint, Kind, Outcome
+from batchrun.policy.request import Request
+from batchrun.policy.stopkind import StopKind
+from batchrun.policy.tiers import Limits
+from batchrun.routing.rules import BACK
 from tests.conftest import FAKE_KEY, read_results, write_jsonl
 from tests.test_engine_time import Answer, Server, ok, status
 from tests.virtual_time import START, VirtualClock, run_virtual

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.sim import SimConfig
+from batchrun.simulator import SimConfig
 from tests.conftest import read_results, run_cli, write_jsonl
 from tests.test_endpoints_e2e import KEY_A, prompts
 

@@ -11,13 +11,13 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.classify import Kind
-from batchrun.endpoints import load_endpoints
 from batchrun.errors import InputError
 from batchrun.events import RouteChanged
-from batchrun.sim import Faults, SimConfig
-from batchrun.stop import StopKind
-from batchrun.tiers import Limits
+from batchrun.policy.classify import Kind
+from batchrun.policy.stopkind import StopKind
+from batchrun.policy.tiers import Limits
+from batchrun.routing import load_endpoints
+from batchrun.simulator import Faults, SimConfig
 from tests.conftest import read_results, run_cli, write_jsonl
 from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
 from tests.test_endpoints_engine import Ep, always, outs

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import REPO, read_results, write_jsonl
 from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
 from tests.test_resume import count_lines, wait_for

@@ -15,14 +15,16 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.client import Endpoint, Kind, Outcome, classify
-from batchrun.decide import MAX_RATE_LIMITED
-from batchrun.engine import Engine, JobSpec
+from batchrun.backends.stop import Stop
+from batchrun.backends.sync.engine import Engine, JobSpec
 from batchrun.events import Event, RequestFinished, StateChanged
-from batchrun.jobs import Request, check_input
-from batchrun.ledger import DailyBudget, Ledger, Scope
-from batchrun.stop import Stop, StopKind
-from batchrun.tiers import Limits
+from batchrun.files.jobs import check_input
+from batchrun.files.ledger import DailyBudget, Ledger, Scope
+from batchrun.http.client import Endpoint, Kind, Outcome, classify
+from batchrun.policy.decide import MAX_RATE_LIMITED
+from batchrun.policy.request import Request
+from batchrun.policy.stopkind import StopKind
+from batchrun.policy.tiers import Limits
 from tests.conftest import FAKE_KEY, read_results, write_jsonl
 from tests.virtual_time import START, VirtualClock, run_virtual
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
+from batchrun.files.ledger import DailyBudget, Ledger, Scope, key_fingerprint
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl
 from tests.test_resume import prompts
 
@@ -143,7 +143,7 @@ def test_estimate_works_with_the_network_blocked(tmp_path: Path) -> None:
         socket.socket.connect = refuse
         socket.create_connection = refuse
         socket.getaddrinfo = refuse
-        from batchrun.cli import run
+        from batchrun.cli.commands import run
         sys.exit(run(["estimate", {str(jobs)!r}, "--json"]))
     """)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),

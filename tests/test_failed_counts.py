@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun import cli
-from batchrun.checkpoint import result_line
-from batchrun.sim import Faults, SimConfig
+from batchrun.cli import commands as cli
+from batchrun.files.checkpoint import result_line
+from batchrun.simulator import Faults, SimConfig
 from tests.conftest import FAKE_KEY, REPO, Run, read_results, write_jsonl
 from tests.test_resume import count_lines, wait_for
 from tests.test_state_files import rows

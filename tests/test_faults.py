@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from batchrun.errors import BatchrunError
-from batchrun.ledger import Ledger, Scope
-from batchrun.sim import Faults, SimConfig, request_digest
+from batchrun.files.ledger import Ledger, Scope
+from batchrun.simulator import Faults, SimConfig, request_digest
 from tests.conftest import FAKE_KEY, REPO, Run, RunningSim, read_results, run_cli, write_jsonl
 from tests.test_resume import count_lines, prompts, start_submit, wait_for
 from tests.test_submit import assert_all_answered, body_as_sent

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from batchrun.client import (
+from batchrun.http.client import (
     MAX_REPORTED_TOKENS,
     ApiClient,
     Endpoint,
@@ -25,7 +25,7 @@ from batchrun.client import (
     retry_hint,
     server_state,
 )
-from batchrun.jobs import CHAT_URL, EMBEDDINGS_URL, Request
+from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL, Request
 from tests.test_security import KEY, REQ, Recorder, endpoint_for, serve
 
 

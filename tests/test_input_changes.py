@@ -16,15 +16,16 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun import cli
-from batchrun.client import Endpoint
-from batchrun.engine import Engine, JobSpec
+from batchrun.backends.stop import Stop
+from batchrun.backends.sync.engine import Engine, JobSpec
+from batchrun.cli import commands as cli
 from batchrun.errors import StateError
-from batchrun.jobs import Request, check_input, read_jobs
-from batchrun.jobstore import JobStore
-from batchrun.ledger import DailyBudget, Ledger, Scope
-from batchrun.stop import Stop
-from batchrun.tiers import Limits
+from batchrun.files.jobs import check_input, read_jobs
+from batchrun.files.jobstore import JobStore
+from batchrun.files.ledger import DailyBudget, Ledger, Scope
+from batchrun.http.client import Endpoint
+from batchrun.policy.request import Request
+from batchrun.policy.tiers import Limits
 from tests.conftest import FAKE_KEY, Run, read_results, write_jsonl
 from tests.test_billing import UNLIMITED, ServedApp, ok
 from tests.test_engine_time import Server

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchrun.errors import BadLine, InputError
-from batchrun.jobs import EMBEDDINGS_URL, MAX_LINE_BYTES, Request, read_jobs
+from batchrun.files.jobs import MAX_LINE_BYTES, read_jobs
+from batchrun.policy.request import EMBEDDINGS_URL, Request
 
 
 def read(path: Path, content: bytes, model: str = "gpt-4o-mini") -> list[Request | BadLine]:
@@ -185,7 +186,7 @@ def test_reader_never_raises_anything_but_input_error(tmp_path: Path, lines: lis
 
 
 def test_the_sending_pass_replays_the_checking_pass_without_holding_ids(tmp_path: Path) -> None:
-    from batchrun.jobs import IdTracker
+    from batchrun.files.jobs import IdTracker
 
     path = tmp_path / "j.jsonl"
     path.write_bytes(b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": ""}\n'

@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchrun.ledger import LEASE_SHARE, DailyBudget, Ledger, Scope, key_fingerprint
+from batchrun.files.ledger import LEASE_SHARE, DailyBudget, Ledger, Scope, key_fingerprint
 
 SCOPE = Scope("api.openai.com", key_fingerprint("sk-test"), "gpt-4o-mini")
 DAY = dt.date(2026, 11, 27)

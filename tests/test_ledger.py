@@ -6,7 +6,7 @@ import datetime as dt
 import multiprocessing as mp
 from pathlib import Path
 
-from batchrun.ledger import DailyBudget, Ledger, Scope, key_fingerprint
+from batchrun.files.ledger import DailyBudget, Ledger, Scope, key_fingerprint
 
 SCOPE = Scope("api.openai.com", key_fingerprint("sk-test"), "gpt-4o-mini")
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.calibrate import CHARS, TOKENS, Learned
-from batchrun.ledger import (
+from batchrun.files.ledger import (
     BILLED,
     CHARGE,
     DailyBudget,
@@ -22,7 +21,8 @@ from batchrun.ledger import (
     key_fingerprint,
     ledger_host,
 )
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.pacing.calibrate import CHARS, TOKENS, Learned
+from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, run_cli, write_jsonl
 from tests.test_estimate import estimate
 from tests.test_submit import submit

@@ -8,12 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchrun.limiter import (
-    MAX_BURST_S,
-    Limiter,
-    Pacer,
-    ServerState,
-)
+from batchrun.pacing.limiter import MAX_BURST_S, Limiter, Pacer, ServerState
 
 TPM = 60_000  # 1,000 tokens/s
 RPM = 600  # 10 requests/s

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from batchrun.limiter import Limiter, ServerState, Ticket
+from batchrun.pacing.limiter import Limiter, ServerState, Ticket
 from tests.virtual_time import VirtualClock, run_virtual
 
 TOLD_RPM, TOLD_TPM = 600, 200_000  # what the user told batchrun

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from batchrun import cli
-from batchrun.sim import SimConfig, reply_text
+from batchrun.cli import commands as cli
+from batchrun.simulator import SimConfig, reply_text
 from tests.conftest import FAKE_KEY, REPO, Run, read_results, write_jsonl
 from tests.test_resume import count_lines, wait_for
 from tests.test_state_files import simulate

@@ -20,7 +20,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.checkpoint import result_line
+from batchrun.files.checkpoint import result_line
 from tests.conftest import FAKE_KEY, REPO, read_results, write_jsonl
 from tests.test_billing import ServedApp, ok
 from tests.test_output_lock import UNLIMITED, nameless, submit_in_process

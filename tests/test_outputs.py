@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.checkpoint import result_line
-from batchrun.jobstore import describe_change, fingerprint
+from batchrun.files.checkpoint import result_line
+from batchrun.files.jobstore import describe_change, fingerprint
 from tests.conftest import read_results, write_jsonl
 from tests.test_state_files import in_process, rows, simulate
 

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from rich.console import Console
 
+from batchrun.display.progress import ProgressDisplay, compact, eta_s
 from batchrun.events import (
     AttemptEnded,
     BudgetUsed,
@@ -22,8 +23,7 @@ from batchrun.events import (
     Throttled,
     emit_all,
 )
-from batchrun.progress import ProgressDisplay, compact, eta_s
-from batchrun.tiers import Limits
+from batchrun.policy.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, run_cli, write_jsonl
 from tests.test_resume import prompts
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from batchrun.render import render_status
+from batchrun.display.render import render_status
 
 JOBS = [{"job_id": f"a-very-long-input-file-name-for-testing-{i}-3f2a1b", "state": "paused-daily",
          "done": 141_234, "total": 2_000_000, "failed": 12_345,

@@ -19,14 +19,15 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun import cli, ledger
-from batchrun.client import Endpoint
-from batchrun.engine import JobSpec
+from batchrun.backends.sync.engine import JobSpec
+from batchrun.cli import commands as cli
 from batchrun.events import Event, StateChanged
-from batchrun.jobstore import JobStore
-from batchrun.runner import prepare
-from batchrun.runner import run as run_job
-from batchrun.sim import Faults, SimConfig, SimServer, Simulator
+from batchrun.files import ledger
+from batchrun.files.jobstore import JobStore
+from batchrun.http.client import Endpoint
+from batchrun.job import prepare
+from batchrun.job import run as run_job
+from batchrun.simulator import Faults, SimConfig, SimServer, Simulator
 from tests.conftest import FAKE_KEY, REPO, Run, RunningSim, read_results, run_cli, write_jsonl
 from tests.test_submit import assert_all_answered
 
@@ -34,7 +35,7 @@ UTC = dt.UTC
 
 
 def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
-    """The CLI in this process, so the test can move the date (batchrun.ledger.utc_now)."""
+    """The CLI in this process, so the test can move the date (batchrun.files.ledger.utc_now)."""
     code = cli.run(list(args))
     captured = capsys.readouterr()
     return Run(code, captured.out, captured.err)

@@ -17,10 +17,10 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.cli import run
-from batchrun.client import ApiClient, Endpoint, Kind, Outcome, classify, proxy_for
+from batchrun.cli.commands import run
 from batchrun.errors import InputError, redact
-from batchrun.jobs import CHAT_URL, Request
+from batchrun.http.client import ApiClient, Endpoint, Kind, Outcome, classify, proxy_for
+from batchrun.policy.request import CHAT_URL, Request
 from tests.conftest import RunningSim, read_results, run_cli, write_jsonl
 
 KEY = "sk-test-abcdefghijklmnop1234"

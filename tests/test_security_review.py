@@ -17,12 +17,12 @@ import orjson
 import pytest
 from aiohttp import web
 
-from batchrun.cli import run
-from batchrun.client import ApiClient, Endpoint, Kind, Outcome, classify, proxy_for
-from batchrun.decide import never_connected
-from batchrun.endpoint import env_proxy, without_userinfo
-from batchrun.errors import InputError, redact
-from batchrun.jobs import CHAT_URL, EMBEDDINGS_URL
+from batchrun.cli.commands import run
+from batchrun.errors import InputError, redact, without_userinfo
+from batchrun.http.client import ApiClient, Endpoint, Kind, Outcome, classify, proxy_for
+from batchrun.http.endpoint import env_proxy
+from batchrun.policy.decide import never_connected
+from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL
 from tests.conftest import read_results, write_jsonl
 from tests.test_security import KEY, REQ, Recorder, ThreadedServer, serve, submit_against
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from batchrun.limiter import Limiter, Pacer, ServerState
+from batchrun.pacing.limiter import Limiter, Pacer, ServerState
 
 RPM, TPM = 500, 200_000
 

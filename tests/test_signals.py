@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from batchrun.sim import SimConfig
+from batchrun.simulator import SimConfig
 from tests.conftest import read_results, write_jsonl
 from tests.test_resume import count_lines, prompts, start_submit, wait_for
 

@@ -13,7 +13,14 @@ import aiohttp
 import orjson
 import pytest
 
-from batchrun.sim import BatchConfig, SimConfig, SimServer, Simulator, config_from_argv, reply_text
+from batchrun.simulator import (
+    BatchConfig,
+    SimConfig,
+    SimServer,
+    Simulator,
+    config_from_argv,
+    reply_text,
+)
 
 KEY = "sk-test-batch"
 CHAT = "/v1/chat/completions"

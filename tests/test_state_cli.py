@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.redis_server import RedisServer
 from tests.test_resume import prompts, wait_for

@@ -13,12 +13,12 @@ from typing import Any
 
 import redis
 
-from batchrun.calibrate import CHARS, TOKENS, Learned
-from batchrun.classify import Kind, Outcome
-from batchrun.ledger import Scope, key_fingerprint
+from batchrun.files.ledger import Scope, key_fingerprint
+from batchrun.pacing.calibrate import CHARS, TOKENS, Learned
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.tiers import Limits
 from batchrun.state import StateUrl
 from batchrun.state._redis import RedisGate, RedisState
-from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.redis_server import RedisServer, everything_stored
 from tests.test_estimate import estimate

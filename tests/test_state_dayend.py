@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.classify import Kind, Outcome
 from batchrun.errors import DailyLimitReached
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.tiers import Limits
 from batchrun.state import StateUrl
 from batchrun.state._redis import RedisState
-from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.test_resume import prompts
 from tests.test_state_redis import DAY, SCOPE, _gate, hosts  # noqa: F401 - hosts: a fixture
@@ -34,12 +34,12 @@ async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait
     # Requests that set no max_tokens are reserved at 256 output tokens and billed about 12:
     # one host's reservations in flight filled the 3,000-token day, and the other three
     # stopped (exit 3) at once; the day then ended well short of its budget.
-    from batchrun.endpoint import Endpoint
-    from batchrun.engine import JobSpec
-    from batchrun.jobstore import JobStore
-    from batchrun.runner import prepare
-    from batchrun.runner import run as run_job
-    from batchrun.sim import SimConfig, SimServer, Simulator
+    from batchrun.backends.sync.engine import JobSpec
+    from batchrun.files.jobstore import JobStore
+    from batchrun.http.endpoint import Endpoint
+    from batchrun.job import prepare
+    from batchrun.job import run as run_job
+    from batchrun.simulator import SimConfig, SimServer, Simulator
 
     sim = Simulator(SimConfig(latency_s=0.02))
     async with SimServer(sim) as server:
@@ -142,12 +142,12 @@ async def test_a_per_day_429_about_the_servers_yesterday_is_waited_out_not_a_day
     # Just after 00:00 UTC a server whose clock is 2 s behind answers for the day it is still
     # in, saying it ends in a moment. The shared state marks yesterday spent; the host that
     # got the answer stopped for the whole new day all the same (exit 3).
-    from batchrun.endpoint import Endpoint
-    from batchrun.engine import JobSpec
-    from batchrun.jobstore import JobStore
-    from batchrun.runner import prepare
-    from batchrun.runner import run as run_job
-    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+    from batchrun.backends.sync.engine import JobSpec
+    from batchrun.files.jobstore import JobStore
+    from batchrun.http.endpoint import Endpoint
+    from batchrun.job import prepare
+    from batchrun.job import run as run_job
+    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
 
     now = [dt.datetime(2026, 11, 27, 23, 50, tzinfo=dt.UTC)]
 

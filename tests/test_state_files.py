@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun import cli
-from batchrun.checkpoint import OutputWriter, result_line
-from batchrun.fsutil import atomic_write, write_bytes_atomic
+from batchrun.cli import commands as cli
+from batchrun.files.checkpoint import OutputWriter, result_line
+from batchrun.files.fsutil import atomic_write, write_bytes_atomic
 from tests.conftest import Run, run_cli, write_jsonl
 
 
@@ -237,7 +237,7 @@ def test_reading_a_damaged_ledger_row_is_a_clear_error(tmp_path: Path) -> None:
     import sqlite3
 
     from batchrun.errors import StateError
-    from batchrun.ledger import Ledger, Scope
+    from batchrun.files.ledger import Ledger, Scope
 
     path = tmp_path / "ledger.sqlite3"
     scope = Scope("h", "k", "m")
@@ -258,7 +258,7 @@ def test_a_ledger_that_fails_at_the_end_still_records_how_the_job_ended(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from batchrun.errors import StateError
-    from batchrun.ledger import Ledger
+    from batchrun.files.ledger import Ledger
 
     def full_disk(self: Ledger) -> None:
         raise StateError(f"the usage ledger {self.path} could not record the last settlements")
@@ -279,8 +279,8 @@ def test_an_io_error_preparing_the_output_is_a_clear_error(
 ) -> None:
     import errno
 
-    from batchrun import checkpoint
     from batchrun.errors import StateError
+    from batchrun.files import checkpoint
 
     out = tmp_path / "out.jsonl"
     out.write_bytes(result_line("a", 200, "", {"choices": []}, None) + b'{"id": "torn')

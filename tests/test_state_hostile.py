@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.classify import Kind, Outcome
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.tiers import Limits
+from batchrun.simulator import SimConfig, SimLimits
 from batchrun.state._redis import DAY_TTL_S
-from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.redis_server import RedisServer
 from tests.test_resume import prompts, wait_for
@@ -187,12 +187,12 @@ async def test_a_per_day_429_about_yesterday_does_not_spend_today_for_every_host
     # 00:05 refused without sending, "2,000,000 of 2,000,000 tokens used").
     import datetime as dt
 
-    from batchrun.endpoint import Endpoint
-    from batchrun.engine import JobSpec
-    from batchrun.jobstore import JobStore
-    from batchrun.runner import prepare
-    from batchrun.runner import run as run_job
-    from batchrun.sim import SimServer, Simulator
+    from batchrun.backends.sync.engine import JobSpec
+    from batchrun.files.jobstore import JobStore
+    from batchrun.http.endpoint import Endpoint
+    from batchrun.job import prepare
+    from batchrun.job import run as run_job
+    from batchrun.simulator import SimServer, Simulator
     from batchrun.state import StateUrl
 
     now = [dt.datetime(2026, 11, 27, 23, 50, tzinfo=dt.UTC)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from batchrun.state._redis import AHEAD_S
 from tests.conftest import FAKE_KEY, REPO, read_results, write_jsonl
 from tests.test_resume import count_lines, prompts, wait_for
@@ -90,10 +90,10 @@ def test_a_host_killed_mid_run_gives_its_share_back_within_seconds(
 
 RACE = """
 import asyncio, sys
-from batchrun.ledger import Scope
+from batchrun.files.ledger import Scope
 from batchrun.state import StateUrl
 from batchrun.state._redis import ADMITTED, RedisState
-from batchrun.tiers import Limits
+from batchrun.policy.tiers import Limits
 from tests.conftest import FAKE_KEY
 from tests.test_state_redis import DAY, SCOPE
 

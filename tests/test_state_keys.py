@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from batchrun.ledger import key_fingerprint, ledger_host
+from batchrun.files.ledger import key_fingerprint, ledger_host
 from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
 from tests.redis_server import everything_stored
 from tests.test_resume import prompts

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from batchrun.classify import Kind, Outcome
-from batchrun.ledger import Scope, key_fingerprint
-from batchrun.limiter import ServerState
+from batchrun.files.ledger import Scope, key_fingerprint
+from batchrun.pacing.limiter import ServerState
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.tiers import Limits
 from batchrun.state import StateUrl
 from batchrun.state._redis import ADMITTED, DAY_SPENT, LATER, RedisGate, RedisState
-from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY
 
 SCOPE = Scope("api.example.com", key_fingerprint(FAKE_KEY), "gpt-4o-mini")
@@ -188,13 +188,13 @@ async def test_four_engines_on_one_redis_keep_each_days_budget_across_midnight(
     # that the simulator reads too: it counts each day's requests itself and would answer a
     # per-day 429 past its own limit of 30. Day one spends the budget and they stop (exit 3);
     # after midnight they go on and finish.
-    from batchrun.endpoint import Endpoint
-    from batchrun.engine import JobSpec
+    from batchrun.backends.sync.engine import JobSpec
     from batchrun.errors import DailyLimitReached
-    from batchrun.jobstore import JobStore
-    from batchrun.runner import prepare
-    from batchrun.runner import run as run_job
-    from batchrun.sim import SimConfig, SimLimits, SimServer, Simulator
+    from batchrun.files.jobstore import JobStore
+    from batchrun.http.endpoint import Endpoint
+    from batchrun.job import prepare
+    from batchrun.job import run as run_job
+    from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
     from tests.conftest import read_results, write_jsonl
     from tests.test_resume import prompts
 

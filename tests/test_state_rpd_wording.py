@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
 from tests.test_resume import prompts
 

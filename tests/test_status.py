@@ -69,7 +69,7 @@ def test_status_lists_paused_finished_and_crashed_jobs(sim: RunningSim, tmp_path
 
 
 def test_status_shows_a_live_job_as_running(sim_factory: object, tmp_path: Path) -> None:
-    from batchrun.sim import SimConfig
+    from batchrun.simulator import SimConfig
 
     sim = sim_factory(SimConfig(latency_s=1.0))  # type: ignore[operator]
     jobs = write_jsonl(tmp_path / "live.jsonl", prompts(50))

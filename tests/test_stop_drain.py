@@ -23,18 +23,21 @@ from typing import Any
 
 import pytest
 
-from batchrun.calibrate import Learned
-from batchrun.classify import Kind, Outcome
-from batchrun.endpoint import Endpoint
-from batchrun.engine import Engine, JobSpec
+from batchrun.backends.stop import Stop, hands_over_to_batch
+from batchrun.backends.sync.engine import Engine, JobSpec
 from batchrun.events import Event, StateChanged
-from batchrun.jobs import Request, check_input
-from batchrun.ledger import DailyBudget, Ledger, Scope
-from batchrun.limiter import ServerState, Ticket
-from batchrun.sim import SimConfig
+from batchrun.files.jobs import check_input
+from batchrun.files.ledger import DailyBudget, Ledger, Scope
+from batchrun.http.endpoint import Endpoint
+from batchrun.messages import phrase
+from batchrun.pacing.calibrate import Learned
+from batchrun.pacing.limiter import ServerState, Ticket
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.request import Request
+from batchrun.policy.stopkind import StopKind
+from batchrun.policy.tiers import Limits
+from batchrun.simulator import SimConfig
 from batchrun.state import Gate, SharedStateError, open_gate
-from batchrun.stop import Stop, StopKind, hands_over_to_batch, phrase
-from batchrun.tiers import Limits
 from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
 from tests.redis_server import RedisServer
 from tests.test_resume import prompts, start_submit, wait_for

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun.classify import Kind, Outcome
-from batchrun.jobs import Request
-from batchrun.stop import StopKind, phrase
+from batchrun.messages import phrase
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.request import Request
+from batchrun.policy.stopkind import StopKind
 from tests.test_stop_drain import RESUME, Server, run_job
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.sim import Faults, SimConfig, SimLimits, reply_text, request_digest
+from batchrun.simulator import Faults, SimConfig, SimLimits, reply_text, request_digest
 from tests.conftest import FAKE_KEY, REPO, RunningSim, read_results, run_cli, write_jsonl
 
 UNLIMITED = ("--rpm", "0", "--tpm", "0", "--rpd", "0", "--tpd", "0")

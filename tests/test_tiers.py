@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from batchrun.progress import describe_limits
-from batchrun.tiers import (
+from batchrun.display.progress import describe_limits
+from batchrun.policy.prices import price
+from batchrun.policy.tiers import (
     PRESETS,
     TIERS,
     Daily,
@@ -13,7 +14,6 @@ from batchrun.tiers import (
     daily_source,
     family,
     preset,
-    price,
 )
 
 

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from batchrun.tokens import (
+from batchrun.policy.tokens import (
     char_estimate,
     chat_prompt_tokens,
     embedding_input_tokens,
@@ -104,7 +104,7 @@ def test_encodings_load_with_the_network_blocked(tmp_path: Path) -> None:
         socket.socket.connect = refuse
         socket.create_connection = refuse
         socket.getaddrinfo = refuse
-        from batchrun.tokens import chat_prompt_tokens
+        from batchrun.policy.tokens import chat_prompt_tokens
         print(chat_prompt_tokens([{"role": "user", "content": "Hello world"}], "gpt-4o-mini"),
               chat_prompt_tokens([{"role": "user", "content": "Hello world"}], "gpt-4"))
     """)
@@ -121,7 +121,7 @@ def test_counting_many_distinct_short_prompts_keeps_a_bounded_cache(monkeypatch:
     # Short strings (roles, names) are counted once and remembered; a file of a million
     # distinct short prompts grew that memory without end. It is now bounded, and every count
     # stays exactly what counting each request alone gives.
-    from batchrun import tokens
+    from batchrun.policy import tokens
 
     monkeypatch.setattr(tokens, "_SHORT_CACHE", {})
     monkeypatch.setattr(tokens, "_SHORT_CACHE_MAX", 10)

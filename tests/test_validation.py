@@ -12,8 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchrun.errors import BadLine
-from batchrun.jobs import MAX_DEPTH, Request, read_jobs
-from batchrun.tokens import char_estimate, max_output_tokens, prompt_tokens
+from batchrun.files.jobs import MAX_DEPTH, read_jobs
+from batchrun.policy.request import Request
+from batchrun.policy.tokens import char_estimate, max_output_tokens, prompt_tokens
 
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.text(max_size=12))
 json_any = st.recursive(

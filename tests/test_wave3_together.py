@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.ledger import key_fingerprint, ledger_host
-from batchrun.sim import SimConfig, SimLimits
+from batchrun.files.ledger import key_fingerprint, ledger_host
+from batchrun.simulator import SimConfig, SimLimits
 from tests.conftest import read_results, run_cli, write_jsonl
 from tests.redis_server import everything_stored
 from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file

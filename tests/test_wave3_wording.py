@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from batchrun.render import describe_endpoint
+from batchrun.messages import describe_endpoint
 from tests.conftest import run_cli, write_jsonl
 from tests.test_endpoints_estimate import FILE
 

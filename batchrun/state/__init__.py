@@ -15,6 +15,7 @@ from batchrun.state._gate import (
     open_gate,
 )
 from batchrun.state._midnight import servers_yesterday
+from batchrun.state._open import connect, host_lines, shared_accountings, usage_today
 from batchrun.state._url import (
     StateUrl,
     leaving_shared,
@@ -24,5 +25,6 @@ from batchrun.state._url import (
 )
 
 __all__ = ["Budget", "Gate", "LocalGate", "SharedBudget", "SharedStateError", "StateUrl",
-           "leaving_shared", "manifest_options", "open_gate", "parse_state_url",
-           "servers_yesterday", "state_for_resume"]
+           "connect", "host_lines", "leaving_shared", "manifest_options", "open_gate",
+           "parse_state_url", "servers_yesterday", "shared_accountings", "state_for_resume",
+           "usage_today"]

@@ -19,13 +19,13 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
-from batchrun.calibrate import Learned
-from batchrun.classify import Kind, Outcome
-from batchrun.decide import billed
 from batchrun.errors import StateError
-from batchrun.ledger import DailyBudget, Scope
-from batchrun.limiter import Limiter, ServerState, Ticket
-from batchrun.tiers import Limits
+from batchrun.files.ledger import DailyBudget, Scope
+from batchrun.pacing.calibrate import Learned
+from batchrun.pacing.limiter import Limiter, ServerState, Ticket
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.decide import billed
+from batchrun.policy.tiers import Limits
 
 
 class SharedStateError(StateError):

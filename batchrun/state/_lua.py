@@ -257,6 +257,7 @@ if kind == 1 then
     cool_until = math.max(cool_until, now + hint)
   else
     local streak = tonumber(s[3] or '0') + 1
+    -- batchrun.pacing.backoff.backoff_s in milliseconds (Lua's 2 ^ n reaches inf, never an error)
     local backoff = math.min(60000, 500 * 2 ^ (streak - 1))
     cool_until = math.max(cool_until, now + math.max(hint, backoff))
     local scale = tonumber(s[5] or '1')

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchrun import ledger
-from batchrun.calibrate import Learned
-from batchrun.ledger import utc_now
+from batchrun.files import ledger
+from batchrun.files.ledger import utc_now
+from batchrun.pacing.calibrate import Learned
 from batchrun.state._url import StateUrl
 
 if TYPE_CHECKING:
@@ -35,8 +35,8 @@ def caller_keys() -> list[str]:
     """The API keys this shell holds, as batchrun finds them: $OPENAI_API_KEY,
     $AZURE_OPENAI_API_KEY and the variables the endpoints file of $BATCHRUN_ENDPOINTS names.
     The shared state shows usage of these only."""
-    from batchrun.endpoints.config import load_endpoints
     from batchrun.errors import InputError
+    from batchrun.routing.config import load_endpoints
 
     variables = list(KEY_VARIABLES)
     listed = os.environ.get("BATCHRUN_ENDPOINTS", "").strip()

@@ -78,11 +78,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun.calibrate import Learned
-from batchrun.classify import Kind, Outcome
-from batchrun.decide import billed
 from batchrun.errors import InputError, redact
-from batchrun.ledger import (
+from batchrun.files.ledger import (
     BILLED,
     CHARGE,
     EXHAUSTED_REQUESTS,
@@ -96,13 +93,16 @@ from batchrun.ledger import (
     key_fingerprint,
     utc_now,
 )
-from batchrun.limiter import ServerState, Ticket
+from batchrun.pacing.calibrate import Learned
+from batchrun.pacing.limiter import ServerState, Ticket
+from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.decide import billed
+from batchrun.policy.tiers import Limits
 from batchrun.state._gate import SharedStateError
 from batchrun.state._lua import ADMIT, MIGRATE, SETTLE
 from batchrun.state._midnight import servers_yesterday
 from batchrun.state._slots import SlotLimiter
 from batchrun.state._url import StateUrl
-from batchrun.tiers import Limits
 
 PREFIX = "batchrun:v2:"
 OLD_PREFIX = "batchrun:v1:"  # names built from the public fingerprint (see _Names)

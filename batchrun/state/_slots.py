@@ -14,7 +14,7 @@ too large for it fail fast), and never waits for budget.
 
 from __future__ import annotations
 
-from batchrun.limiter import Limiter, ServerState, Ticket
+from batchrun.pacing.limiter import Limiter, ServerState, Ticket
 
 
 class SlotLimiter(Limiter):

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from batchrun.endpoint import without_userinfo
-from batchrun.errors import InputError
+from batchrun.errors import InputError, without_userinfo
 
 LOCAL = ("", "local", "sqlite")
 SCHEMES = ("redis", "rediss")

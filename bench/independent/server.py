@@ -1,9 +1,10 @@
 """A strict OpenAI-style rate-limited chat server, written apart from batchrun.
 
 An outside tester wrote this from OpenAI's documented behaviour, importing nothing from batchrun
-(tests/test_independent_bench.py checks that). batchrun's own simulator (batchrun/sim_model.py)
-was written by the same people as the limiter it measures, so the two could share a
-misunderstanding and agree by construction; this server is a second opinion that cannot.
+(tests/test_independent_bench.py checks that). batchrun's own simulator
+(batchrun/simulator/model.py) was written by the same people as the limiter it measures, so the
+two could share a misunderstanding and agree by construction; this server is a second opinion that
+cannot.
 
 Rules
 -----

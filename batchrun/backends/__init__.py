@@ -1,0 +1,3 @@
+"""The two ways to run a job, the sync engine (sync/) and the Batch API (batch/), and what they
+share.
+"""

@@ -1,0 +1,2 @@
+"""The sync engine: lanes, failover between endpoints, upstreams.
+"""

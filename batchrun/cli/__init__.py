@@ -1,0 +1,2 @@
+"""The command line: a thin client of the core.
+"""

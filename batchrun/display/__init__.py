@@ -1,0 +1,2 @@
+"""The rich live display and tables; only the CLI loads it.
+"""

@@ -1,0 +1,2 @@
+"""What batchrun keeps on disk: input, output, locks, manifests, the ledger.
+"""

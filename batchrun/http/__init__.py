@@ -1,0 +1,2 @@
+"""HTTP to an OpenAI-compatible API: where requests go, and the session.
+"""

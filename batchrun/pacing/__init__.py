@@ -1,0 +1,2 @@
+"""Pacing: the limiter and what a server charges, learned from what it says.
+"""

@@ -1,0 +1,2 @@
+"""What a job did or would do: estimates, per-endpoint tallies.
+"""

@@ -1,0 +1,3 @@
+from batchrun.simulator.command import main
+
+main()
