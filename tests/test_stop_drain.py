@@ -30,6 +30,7 @@ from batchrun.files.jobs import check_input
 from batchrun.files.ledger import DailyBudget, Ledger, Scope
 from batchrun.http.endpoint import Endpoint
 from batchrun.messages import phrase
+from batchrun.pacing.calibrate import Learned
 from batchrun.pacing.limiter import ServerState, Ticket
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.request import Request
@@ -253,10 +254,10 @@ class FailingShared:
     def exhaust(self, day: dt.date) -> None:
         self.inner.exhaust(day)
 
-    def record_accounting(self, ratio: float) -> None:
-        self.inner.record_accounting(ratio)
+    def record_accounting(self, learned: Learned) -> None:
+        self.inner.record_accounting(learned)
 
-    def accounting(self) -> float | None:
+    def accounting(self) -> Learned | None:
         return self.inner.accounting()
 
     def gate(self, limits: Limits, concurrency: int | None, clock: Callable[[], float],

@@ -41,6 +41,13 @@ And the whole-minute bucket whose opening burst is 2/3 of the job (360 requests,
 
     R  as D (headers at response)        S  as E (headers at admission)
 
+And a limit taught by a refusal (issue 22): the client is told 60K TPM, the server's is 2,000 on
+10 s windows (window headers at response); the first request (3,030 tokens) is refused as too
+large (final, not a 429 counted against the client), the 18 small ones after it (612 tokens)
+must go at the taught 2,000 TPM. Its ideal leaves the refused request out.
+
+    T  python bench/independent/run_matrix.py --cells T --rounds 3
+
     python bench/independent/run_matrix.py                    # A-H, 2 rounds (~18 minutes)
     python bench/independent/run_matrix.py --cells I,J,K --rounds 1
     python bench/independent/run_matrix.py --cells F,D --rounds 1
@@ -71,7 +78,7 @@ from server import charge_of  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RPM, TPM = 600, 60000
 JOBS = {"tpm1s": ("tpm", 270), "tpm60": ("tpm", 480), "tpm60b": ("tpm", 360),
-        "rpm1s": ("rpm", 650), "zh": ("zh", 240), "code": ("code", 270)}
+        "rpm1s": ("rpm", 650), "zh": ("zh", 240), "code": ("code", 270), "big": ("big", 19)}
 JITTER = ["--jitter", "0.3"]
 RESP_MINUTE = ["--headers-at", "response", "--header-scope", "minute"]
 ADM_WINDOW = ["--headers-at", "admission", "--header-scope", "window"]
@@ -90,8 +97,14 @@ class Cell:
     server: list[str]
 
     def server_args(self, seed: int) -> list[str]:
+        # The cell's own --tpm, if any, comes later and wins: the client is still told TPM.
         return ["--rpm", str(RPM), "--tpm", str(TPM), "--window", str(self.window),
                 "--latency", str(self.latency), *self.server, "--seed", str(seed)]
+
+    @property
+    def tpm(self) -> int:
+        s = self.server
+        return int(s[s.index("--tpm") + 1]) if "--tpm" in s else TPM
 
     @property
     def chars_per_token(self) -> float:
@@ -127,16 +140,19 @@ CELLS = {c.name[0]: c for c in (
     Cell("R-tpm60s-burst2/3-hdr@resp", "tpm60b", 60, 0.3,
          [*JITTER, "--headers-at", "response", "--header-scope", "window"]),
     Cell("S-tpm60s-burst2/3-hdr@adm", "tpm60b", 60, 0.3, [*JITTER, *ADM_WINDOW]),
+    Cell("T-too-large-teaches-2000tpm", "big", 10, 0.3,
+         [*JITTER, "--headers-at", "response", "--header-scope", "window", "--tpm", "2000"]),
 )}
 DEFAULT_CELLS = "A,B,C,D,E,F,G,H"
 
 
-def ideal_seconds(charges: list[int], window: float, latency: float) -> float:
-    """The perfect client's finishing time (see the module docstring)."""
-    req_rate, tok_rate = RPM / 60, TPM / 60
-    req_cap, tok_cap = RPM * window / 60, TPM * window / 60
+def ideal_seconds(charges: list[int], window: float, latency: float, tpm: int = TPM) -> float:
+    """The perfect client's finishing time (see the module docstring); a request above the TPM
+    is refused at once, for nothing."""
+    req_rate, tok_rate = RPM / 60, tpm / 60
+    req_cap, tok_cap = RPM * window / 60, tpm * window / 60
     req, tok, t = req_cap, tok_cap, 0.0
-    for charge in charges:
+    for charge in (c for c in charges if c <= tpm):
         dt = max(0.0, (1 - req) / req_rate, (charge - tok) / tok_rate)
         t += dt
         req = min(req_cap, req + dt * req_rate) - 1
@@ -187,15 +203,19 @@ def run_cell(cell: Cell, seed: int, jobs: Path, tmp: Path) -> dict[str, Any]:
     log = json.loads(server_log.read_text())["log"]
 
     ok = [r for r in log if r["ok"]]
-    refused = [r for r in log if not r["ok"]]
+    # A too-large refusal is the server's final answer to that request, not a 429 of pacing.
+    refused = [r for r in log if not r["ok"] and r.get("kind") != "too_large"]
     charges = [charge_of(json.loads(line), cell.chars_per_token, cell.accounting)[2]
                for line in jobs.read_text().splitlines() if line.strip()]
-    ideal = ideal_seconds(charges, cell.window, cell.latency)
+    ideal = ideal_seconds(charges, cell.window, cell.latency, cell.tpm)
     span = max(r["done"] for r in ok) - min(r["arr"] for r in log) if ok else float("inf")
-    result = {"cell": cell.name, "seed": seed, "rc": rc, "n_ok": len(ok), "n_jobs": len(charges),
+    runnable = sum(c <= cell.tpm for c in charges)
+    # Exit 1: finished, the too-large requests recorded as failed for good.
+    rc = 0 if rc == 1 and runnable < len(charges) and len(ok) == runnable else rc
+    result = {"cell": cell.name, "seed": seed, "rc": rc, "n_ok": len(ok), "n_jobs": runnable,
               "n429": len(refused), "ideal": round(ideal, 2), "span": round(span, 2),
               "share": round(ideal / span, 4)}
-    if rc != 0 or len(ok) != len(charges):
+    if rc != 0 or len(ok) != runnable:
         result["stderr"] = stderr[-500:]
     return result
 

@@ -18,6 +18,10 @@ Rules
   limit * window / 60 (--window 60: a whole-minute bucket; --window 1: one-second windows). Both
   start full. A request is admitted iff the request bucket holds 1 and the token bucket holds its
   charge; otherwise it gets a 429 and nothing is charged.
+* A request whose charge is above the per-minute token limit can never be admitted: a 429
+  "Request too large for MODEL in organization ORG on tokens per min (TPM): Limit L, Requested R.
+  The input or output tokens must be reduced in order to run successfully." (OpenAI's wording;
+  final for that request), recorded with kind "too_large", nothing charged.
 * Headers x-ratelimit-{limit,remaining,reset}-{requests,tokens}; limit-* is always the per-minute
   limit, as OpenAI sends it. --header-scope says what remaining/reset describe:
     window  the enforced bucket;
@@ -196,6 +200,14 @@ class Server:
         error = {"message": msg, "type": kind, "param": None, "code": "rate_limit_exceeded"}
         return web.json_response({"error": error}, status=429, headers=self.headers(now))
 
+    def too_large(self, model: str, amount: int, now: float) -> web.Response:
+        msg = (f"Request too large for {model} in organization org-x on tokens per min (TPM): "
+               f"Limit {int(self.args.tpm)}, Requested {amount}. The input or output tokens "
+               "must be reduced in order to run successfully. Visit "
+               "https://platform.openai.com/account/rate-limits to learn more.")
+        error = {"message": msg, "type": "tokens", "param": None, "code": "rate_limit_exceeded"}
+        return web.json_response({"error": error}, status=429, headers=self.headers(now))
+
     async def chat(self, request: web.Request) -> web.Response:
         a = self.args
         arrival = self.now()
@@ -210,6 +222,10 @@ class Server:
         now = self.now()
         self.refill(now)
         record: dict[str, Any] = {"arr": arrival, "t": now, "charge": charge}
+        if charge > a.tpm:
+            record.update(ok=False, kind="too_large")
+            self.log.append(record)
+            return self.too_large(model, charge, now)
         if self.req.level + EPS < 1:
             record.update(ok=False, kind="requests")
             self.log.append(record)
