@@ -177,19 +177,21 @@ class Calibration:
         return self._fitted_charge(source, visible)
 
     def _learned_charge(self, visible: Visible) -> int:
-        """One number for the whole charge carries the margin a fitted prompt does. Within
-        that margin this run's own usage, fitted request by request, says the charge, as long
-        as it says the server charges no less than was learned (on OpenAI usage is below what
-        the limiter counts, and the learned ratio rules). A host that follows what another
-        host learned from the same usage is then as fast as alone: the margin of one number
-        for the rest of the run cost four hosts sharing Redis 3 points (bench/README.md)."""
-        learned = visible.own * self._evidence[Source.LEARNED].ratio
-        margined = math.ceil(learned * (1 + LEARNED_MARGIN))
-        usage = self._evidence[Source.USAGE]
-        if usage.samples < _MIN_SAMPLES[Source.USAGE] - 1e-9:
-            return margined
-        fitted = self._fitted_charge(Source.USAGE, visible)
-        return min(margined, fitted) if fitted >= learned else margined
+        """One number for the whole charge carries the margin a fitted prompt does."""
+        if self._usage_agrees():
+            return self._fitted_charge(Source.USAGE, visible)
+        ratio = self._evidence[Source.LEARNED].ratio * (1 + LEARNED_MARGIN)
+        return math.ceil(visible.own * ratio)
+
+    def _usage_agrees(self) -> bool:
+        """Does this run's usage say what the learned ratio says, within its margin? Then the
+        usage, fitted request by request, is the better word: a host that follows what another
+        host learned from the same usage is as fast as alone (one number and its margin for the
+        rest of the run cost four hosts sharing Redis 3 points, bench/README.md). Usage that
+        disagrees (on OpenAI it is not what the limiter counts) leaves the learned ratio."""
+        usage, learned = self._evidence[Source.USAGE], self._evidence[Source.LEARNED]
+        return (usage.samples >= _MIN_SAMPLES[Source.USAGE] - 1e-9
+                and abs(usage.ratio / learned.ratio - 1) <= LEARNED_MARGIN)
 
     def _fitted_charge(self, source: Source, visible: Visible) -> int:
         own = max(visible.chars, visible.tokens)
