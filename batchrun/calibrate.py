@@ -15,7 +15,8 @@ characters-counting server from a tokenizing one). Evidence, best first:
   USAGE  the prompt_tokens a server reports for a request it answered: the server's own count of
          the prompt, which is its rate charge on servers that charge what they bill.
   LEARNED  the ratio an earlier run or another host learned (`start`, from the ledger or Redis):
-         ranked above usage, which on OpenAI is not its limiter's count, below this run's 429s.
+         ranked above usage, which on OpenAI is not its limiter's count, below this run's 429s;
+         where this run's usage agrees with it within its margin, the usage fit says the charge.
 
 A prediction comes from the best kind of evidence that has enough samples, so a server whose
 usage is not what its limiter counts (OpenAI bills tiktoken's count, rate-limits characters) is
