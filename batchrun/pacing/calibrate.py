@@ -15,7 +15,8 @@ characters-counting server from a tokenizing one). Evidence, best first:
   USAGE  the prompt_tokens a server reports for a request it answered: the server's own count of
          the prompt, which is its rate charge on servers that charge what they bill.
   LEARNED  the fit an earlier run or another host learned (`start`, from the ledger or Redis):
-         ranked above usage, which on OpenAI is not its limiter's count, below this run's 429s.
+         ranked above usage, which on OpenAI is not its limiter's count, below this run's 429s;
+         where this run's usage agrees with it within its margin, the usage fit says the charge.
 
 What is kept between runs and hosts (`Learned`) is the prompt's part alone, as k and its basis:
 the output is always charged as the request sets it. A ratio of the whole charge learned on
@@ -212,6 +213,18 @@ class Calibration:
             return
         self._evidence[source].add(visible, prompt, _FORGET[source])
 
+    def _usage_agrees(self) -> bool:
+        """Does this run's usage say what the learned fit says, within its margin? Then the usage,
+        fitted request by request, is the better word: a host that follows what another host
+        learned from the same usage is as fast as alone (one k and its margin for the rest of the
+        run cost four hosts sharing Redis 3 points, bench/README.md). Usage that disagrees (on
+        OpenAI it is not what the limiter counts) leaves the learned fit in charge."""
+        usage, learned = self._evidence[Source.USAGE], self._evidence[Source.LEARNED].learned
+        if learned is None or usage.samples < _MIN_SAMPLES[Source.USAGE] - 1e-9:
+            return False
+        fit = usage.by_chars if learned.basis == CHARS else usage.by_tokens
+        return fit.k > 0 and abs(fit.k / learned.k - 1) <= LEARNED_MARGIN
+
     def learned(self) -> Learned | None:
         """The server's prompt charge as far as the evidence says (None: no evidence yet), for
         the ledger's learned accounting (Budget.record_accounting), which `estimate` and the
@@ -232,6 +245,8 @@ class Calibration:
         source = self.source
         if source is None or visible.chars <= 0 or visible.tokens <= 0:
             return visible.own
+        if source is Source.LEARNED and self._usage_agrees():
+            source = Source.USAGE
         own = visible.own_prompt
         prompt = self._evidence[source].prompt(visible)
         # Usage is what the server bills, which may include what its limiter does not count

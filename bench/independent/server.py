@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import functools
 import gzip
+import hashlib
 import importlib.resources
 import json
 import math
@@ -221,7 +222,11 @@ class Server:
         model = body.get("model", "gpt-4o-mini")
         now = self.now()
         self.refill(now)
-        record: dict[str, Any] = {"arr": arrival, "t": now, "charge": charge}
+        # Which request it was (a digest of its messages): a bench that splits one job across
+        # hosts tells from it which host sent each attempt.
+        digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode())
+        record: dict[str, Any] = {"arr": arrival, "t": now, "charge": charge,
+                                  "msg": digest.hexdigest()[:12]}
         if charge > a.tpm:
             record.update(ok=False, kind="too_large")
             self.log.append(record)
@@ -269,7 +274,8 @@ class Server:
         return web.json_response(reply, headers=headers)
 
     def record(self) -> dict[str, Any]:
-        """The options and every attempt: arr(ival), t (decision), charge, ok, kind, done."""
+        """The options and every attempt: arr(ival), t (decision), charge, msg (which request),
+        ok, kind, done."""
         args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}
         return {"args": args, "log": self.log}
 
