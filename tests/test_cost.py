@@ -112,3 +112,35 @@ def test_batch_api_answers_bill_their_cached_tokens_at_half_the_cached_price(
     assert summary["tokens"]["cached_input"] == 3 * 1_280
     assert summary["cost_usd"] == pytest.approx(3 * bill(1_500, 1_280, 5, half=True), abs=1e-6)
     assert summary["via"]["batch"]["tokens"]["cached_input"] == 3 * 1_280
+
+
+def shared_prompt_jobs(path: Path, system_words: int, n: int = 10) -> Path:
+    system = {"role": "system", "content": "word " * system_words}
+    return write_jsonl(path, [
+        {"id": f"q{i}", "max_tokens": 10,
+         "messages": [system, {"role": "user", "content": f"Question {i}?"}]}
+        for i in range(n)])
+
+
+def test_estimate_predicts_the_cache_share_of_a_shared_system_prompt(tmp_path: Path) -> None:
+    # A 1,500-token system message (3 + role 1 + 1,496 of text): after the first request, each
+    # of the other 9 is predicted to be served 1,408 tokens (11 steps of 128) from the cache.
+    jobs = shared_prompt_jobs(tmp_path / "jobs.jsonl", 1_495)
+    run = run_cli("estimate", str(jobs), "--json")
+    assert run.code == 0, run.stderr
+    [m] = orjson.loads(run.stdout)["models"]
+    assert m["predicted_cached_input_tokens"] == 9 * 1_408
+    cached, fresh = 9 * 1_408, m["prompt_tokens"] - 9 * 1_408
+    assert m["cost_usd"]["input"] == pytest.approx((fresh * 0.15 + cached * 0.075) / 1e6,
+                                                   abs=1e-6)
+    text = run_cli("estimate", str(jobs))
+    assert f"predicted cached input {cached:,} of {m['prompt_tokens']:,}" in text.stdout
+
+
+def test_estimate_predicts_no_cache_under_1024_shared_tokens(tmp_path: Path) -> None:
+    jobs = shared_prompt_jobs(tmp_path / "jobs.jsonl", 900)
+    run = run_cli("estimate", str(jobs), "--json")
+    assert run.code == 0, run.stderr
+    [m] = orjson.loads(run.stdout)["models"]
+    assert m["predicted_cached_input_tokens"] == 0
+    assert "predicted cached input" not in run_cli("estimate", str(jobs)).stdout

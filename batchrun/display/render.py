@@ -46,6 +46,10 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
         table.add_column()
         table.add_row("requests", f"{m['requests']:,}")
         table.add_row("prompt tokens", f"{m['prompt_tokens']:,} (exact)")
+        if m["predicted_cached_input_tokens"]:
+            table.add_row("", f"predicted cached input {m['predicted_cached_input_tokens']:,} "
+                          f"of {m['prompt_tokens']:,} (prefixes of 1,024+ tokens shared with "
+                          "an earlier request, at the cached price; the server decides)")
         out = f"{m['max_output_tokens']:,} at most (max_tokens)"
         if m["requests_without_max"]:
             out = (f"{m['output_tokens']:,}: {m['max_output_tokens']:,} at most from max_tokens"
