@@ -147,6 +147,8 @@ class _ManifestUpdater:
             case RequestFinished(ok=ok, endpoint=endpoint):
                 m.done += 1
                 m.failed += not ok
+                m.count_billed("batch" if event.batch else "sync", event.model, event.tokens_in,
+                               event.cached_in, event.tokens_out)
                 if endpoint:
                     count_endpoint(m.endpoints, endpoint, ok)
                 # Often enough for `status` to show progress; rare enough to cost nothing.

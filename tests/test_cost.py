@@ -112,6 +112,8 @@ def test_batch_api_answers_bill_their_cached_tokens_at_half_the_cached_price(
     assert summary["tokens"]["cached_input"] == 3 * 1_280
     assert summary["cost_usd"] == pytest.approx(3 * bill(1_500, 1_280, 5, half=True), abs=1e-6)
     assert summary["via"]["batch"]["tokens"]["cached_input"] == 3 * 1_280
+    [row] = orjson.loads(run_cli("status", "--json").stdout)["jobs"]
+    assert row["cost_usd"] == summary["cost_usd"]
 
 
 def shared_prompt_jobs(path: Path, system_words: int, n: int = 10) -> Path:
@@ -144,3 +146,36 @@ def test_estimate_predicts_no_cache_under_1024_shared_tokens(tmp_path: Path) -> 
     [m] = orjson.loads(run.stdout)["models"]
     assert m["predicted_cached_input_tokens"] == 0
     assert "predicted cached input" not in run_cli("estimate", str(jobs)).stdout
+
+
+def test_status_shows_the_whole_jobs_cost_across_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The first run answers q0 and fails q1 for good; resume --retry-failed answers q1. Each
+    # answer: 1,500 prompt tokens, 1,408 of them from the cache, 20 out.
+    failing = {"q1": True}
+
+    async def handler(body: dict[str, Any], n: int) -> web.Response:
+        if "Question number 1" in body["messages"][0]["content"] and failing["q1"]:
+            return web.json_response({"error": {"message": "bad", "type": "invalid_request_error",
+                                                "code": None}}, status=400)
+        return cached_answer(body, 1_500, 1_408, 20)
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl",
+                       [{"id": f"q{i}", "prompt": f"Question number {i}"} for i in range(2)])
+    with ServedApp(handler) as app:
+        first = submit(capsys, monkeypatch, app.base_url, jobs, *UNLIMITED, "--json")
+        assert first.code == 1, first.stderr
+        job = orjson.loads(first.stdout)["job"]
+        failing["q1"] = False
+        again = run_cli("resume", job, "--retry-failed", "--json")
+    assert again.code == 0, again.stderr
+    one = bill(1_500, 1_408, 20)
+    assert orjson.loads(again.stdout)["cost_usd"] == pytest.approx(one, abs=1e-6)  # this run
+    [row] = orjson.loads(run_cli("status", "--json").stdout)["jobs"]
+    assert row["cost_usd"] == pytest.approx(2 * one, abs=1e-6)  # the whole job
+    assert row["tokens"] == {"input": 3_000, "cached_input": 2_816, "output": 40}
+    assert row["prices_as_of"] == AS_OF
+    shown = run_cli("status", job).stdout
+    assert (f"cost    ${2 * one:,.4f} at list prices of {AS_OF} (3,000 tokens in, 2,816 "
+            "cached, 40 out)") in shown

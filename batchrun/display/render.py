@@ -186,6 +186,8 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
         console.print(f"  output  {j['output']}", markup=False)
         console.print(f"  done    {j['done']:,} of {j['total']:,} ({j['failed']:,} failed)")
         console.print(f"  updated {j['updated']}")
+        if "cost_usd" in j:
+            console.print(f"  cost    {_job_cost(j)}", markup=False)
         if j["message"]:
             console.print(f"  last    {j['message']}", markup=False)
         for name, counts in j.get("endpoints", {}).items():
@@ -222,6 +224,16 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
                 f"{u['requests']:,}", f"{u['rpd']:,}" if u["rpd"] else "-",
             )
         console.print(table)
+
+
+def _job_cost(j: dict[str, Any]) -> str:
+    """'$0.0412 at list prices of DATE (3,000 tokens in, 2,816 cached, 40 out)'."""
+    t, unpriced = j["tokens"], ", ".join(j["unpriced_models"])
+    tokens = (f"({t['input']:,} tokens in, {t['cached_input']:,} cached, {t['output']:,} out)")
+    if j["cost_usd"] is None:
+        return f"unknown: no list price for {unpriced} {tokens}"
+    plus = f", plus {unpriced}, which has no list price" if unpriced else ""
+    return f"${j['cost_usd']:,.4f} at list prices of {j['prices_as_of']} {tokens}{plus}"
 
 
 def _limit_name(key: str) -> str:
