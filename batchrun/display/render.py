@@ -227,7 +227,7 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
 
 
 def _job_cost(j: dict[str, Any]) -> str:
-    """'$0.0412 at list prices of DATE (3,000 tokens in, 2,816 cached, 40 out)'."""
+    """'$0.0003 at list prices of DATE (3,000 tokens in, 2,816 cached, 40 out)'."""
     t, unpriced = j["tokens"], ", ".join(j["unpriced_models"])
     tokens = (f"({t['input']:,} tokens in, {t['cached_input']:,} cached, {t['output']:,} out)")
     if j["cost_usd"] is None:
