@@ -82,7 +82,9 @@ def submit(sim: Any, jobs: Path, *extra: str) -> Any:
 def test_unavailable_answers_are_waited_out_and_every_request_ends_once(
     sim_factory: Any, tmp_path: Path,
 ) -> None:
-    sim = sim_factory(SimConfig(faults=Faults(flex_unavailable=0.5), seed=3))
+    sim = sim_factory(SimConfig(faults=Faults(flex_unavailable=0.25), seed=3))
+    # A quarter refused: a request refused 5 times in a row (31 s of backoff) is 1 in 1,000.
+    # The simulator's flex draws are their own seeded sequence, so the count is fixed.
     rows = rows_for(12)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     # --max-retries 0: were the 429s counted as failures, the first one would fail its request.
@@ -133,7 +135,7 @@ def test_the_ceiling_fails_the_request_with_its_own_code(sim_factory: Any, tmp_p
 
 
 def test_groqs_498_is_waited_out_too(sim_factory: Any, tmp_path: Path) -> None:
-    sim = sim_factory(SimConfig(faults=Faults(flex_unavailable=0.5), flex_status=498, seed=5))
+    sim = sim_factory(SimConfig(faults=Faults(flex_unavailable=0.25), flex_status=498, seed=5))
     rows = rows_for(8)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     run = submit(sim, jobs, "--service-tier", "flex", "--max-retries", "0")
@@ -293,3 +295,20 @@ def test_estimate_prices_flex_at_batch_rates_and_refuses_a_model_without_it(
     other = write_jsonl(tmp_path / "other.jsonl", rows_for(1, model="gpt-4o-mini"))
     run = run_cli("estimate", str(other), "--service-tier", "flex", env=ENV)
     assert run.code == 2 and "gpt-4o-mini" in run.stderr
+
+
+def test_the_python_api_takes_service_tier_and_flex_wait(
+    sim_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import batchrun
+
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    sim = sim_factory(SimConfig(faults=Faults(flex_unavailable=1.0)))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows_for(2))
+    with pytest.raises(batchrun.InputError, match="service_tier"):
+        batchrun.submit(jobs, base_url=sim.base_url, service_tier="priority")
+    assert sim.stats.received == 0
+    job = batchrun.submit(jobs, base_url=sim.base_url, service_tier="flex", flex_wait=0,
+                          rpm=0, tpm=0, rpd=0, tpd=0)
+    assert job.exit_code == 1
+    assert sim.stats.service_tiers == {"flex": 2}

@@ -146,6 +146,9 @@ class Simulator:
         self._now_utc = today
         self._models: dict[str, RateModel] = {}
         self._rng = random.Random(self.config.seed)
+        # Flex refusals draw from their own sequence: for a seed, how many there are before the
+        # N-th success does not depend on how concurrent requests interleave with other faults.
+        self._flex_rng = random.Random(self.config.seed)
         self._ids = 0
         # Batch timestamps are Unix seconds: by default the same clock as the day boundaries.
         self.batch = BatchApi(
@@ -299,7 +302,7 @@ class Simulator:
             return self._error(400, f"Unsupported value: 'service_tier' does not support 'flex' "
                                f"with model {model}.", "invalid_request_error",
                                "invalid_request_error", param="service_tier")
-        if self._rng.random() >= self.config.faults.flex_unavailable:
+        if self._flex_rng.random() >= self.config.faults.flex_unavailable:
             return None
         self.stats.flex_unavailable += 1
         if self.config.flex_status == 429:
