@@ -312,3 +312,16 @@ def test_the_python_api_takes_service_tier_and_flex_wait(
                           rpm=0, tpm=0, rpd=0, tpd=0)
     assert job.exit_code == 1
     assert sim.stats.service_tiers == {"flex": 2}
+
+
+def test_resume_sends_at_flex_again(sim_factory: Any, tmp_path: Path) -> None:
+    sim = sim_factory(SimConfig(faults=Faults(flex_unavailable=1.0)))
+    rows = rows_for(2)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    assert submit(sim, jobs, "--service-tier", "flex", "--flex-wait", "0").code == 1
+    sim.config.faults.flex_unavailable = 0.0  # capacity is back
+    out = str(tmp_path / "jobs.results.jsonl")
+    run = run_cli("resume", out, "--retry-failed", "--flex-wait", "60", env=ENV)
+    assert run.code == 0, run.stderr
+    assert all(line["error"] is None for line in read_results(Path(out)).values())
+    assert sim.stats.service_tiers == {"flex": 4}  # two refused, then two answered, all flex
