@@ -25,6 +25,7 @@ class JobStarted:
     models: dict[str, int] = field(default_factory=dict)
     proxy: str | None = None  # the HTTP(S) proxy requests go through, credentials masked
     endpoints: dict[str, str] = field(default_factory=dict)  # --endpoints: name -> host
+    via: Via = Via.SYNC  # how the per-minute path is billed: Via.FLEX with --service-tier flex
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class Stats:
     batch_out: Counter[str] = field(default_factory=Counter)
     batch_cached: Counter[str] = field(default_factory=Counter)
     limits: dict[str, Limits] = field(default_factory=dict)
+    sync_via: Via = Via.SYNC  # the per-minute path's rate (flex: Batch API rates)
     state: str = "starting"
     batch_requests: int = 0  # of ok + failed: the ones the Batch API answered
 
@@ -162,6 +164,7 @@ class Stats:
                 self.started = time.monotonic()
                 self.total, self.already_done = event.total, event.already_done
                 self.bad_lines, self.limits = event.bad_lines, event.limits
+                self.sync_via = event.via
             case StateChanged(state=state):
                 self.state = state
 
@@ -176,7 +179,7 @@ class Stats:
         sync = Tokens(self.tokens_in - self.batch_in, self.tokens_out - self.batch_out,
                       self.cached_in - self.batch_cached)
         batch = Tokens(self.batch_in, self.batch_out, self.batch_cached)
-        sync_cost, sync_unpriced = sync.cost(Via.SYNC)
+        sync_cost, sync_unpriced = sync.cost(self.sync_via)
         batch_cost, batch_unpriced = batch.cost(Via.BATCH)
         costs = [c for c in (sync_cost, batch_cost) if c is not None]
         unpriced = sorted(set(sync_unpriced) | set(batch_unpriced))

@@ -179,3 +179,21 @@ def test_status_shows_the_whole_jobs_cost_across_runs(
     shown = run_cli("status", job).stdout
     assert (f"cost    ${2 * one:,.4f} at list prices of {AS_OF} (3,000 tokens in, 2,816 "
             "cached, 40 out)") in shown
+
+
+def test_a_flex_jobs_cost_is_at_flex_rates_in_the_summary_and_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def handler(body: dict[str, Any], n: int) -> web.Response:
+        return cached_answer(body, 1_500, 1_408, 20)
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "q0", "prompt": "hello"}])
+    with ServedApp(handler) as app:
+        run = submit(capsys, monkeypatch, app.base_url, jobs, *UNLIMITED, "--json", "-m",
+                     "gpt-5-mini", "--service-tier", "flex")
+    assert run.code == 0, run.stderr
+    # gpt-5-mini: $0.25 input, $0.025 cached, $2.00 output; flex at half of each.
+    flex = (92 * 0.25 + 1_408 * 0.025 + 20 * 2.00) / 2e6
+    assert orjson.loads(run.stdout)["cost_usd"] == pytest.approx(flex, abs=1e-6)
+    [row] = orjson.loads(run_cli("status", "--json").stdout)["jobs"]
+    assert row["cost_usd"] == pytest.approx(flex, abs=1e-6)

@@ -23,6 +23,7 @@ from batchrun.errors import InputError, StateError
 from batchrun.files.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.files.outputlock import is_held, read_owner
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.policy.decide import DEFAULT_FLEX_WAIT_S
 
 
 class JobState(StrEnum):
@@ -142,6 +143,8 @@ class JobOptions:
     batch_queue_tokens: int | None = None
     detach: bool = False
     cancel_batches: bool = False
+    service_tier: str | None = None
+    flex_wait_s: float = DEFAULT_FLEX_WAIT_S
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> JobOptions:
@@ -227,6 +230,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "api_key_env": (str, type(None)), "insecure": (bool,), "max_response_mb": (int, float),
     "endpoints": (str, type(None)), "record_endpoint": (bool,),
     "via": (str,), "poll_max_s": (int, float), "batch_queue_tokens": (int, type(None)),
+    "service_tier": (str, type(None)), "flex_wait_s": (int, float),
 }
 
 
@@ -299,7 +303,7 @@ class Manifest:
     # What the key's ledger holds beyond them, other jobs used.
     used_today: dict[str, Any] = field(default_factory=dict)
     # What the server billed this job, every run: {via: {model: [input, cached input, output]}}
-    # tokens, via "sync" or "batch" (policy.prices.Via), cached input a part of input.
+    # tokens, via "sync", "flex" or "batch" (policy.prices.Via), cached input a part of input.
     billed: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     def count_billed(self, via: str, model: str, tokens_in: int, cached_in: int,

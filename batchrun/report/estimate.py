@@ -198,6 +198,7 @@ def estimate(
     endpoints: tuple[EndpointConfig, ...] = (),
     via: str = "sync",
     batch_queue: int | None = None,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
     """The estimate as a plain dict (the --json schema). Sends nothing. With `endpoints`, each
     model's limits are those of every priority-1 endpoint serving it together."""
@@ -225,10 +226,11 @@ def estimate(
         lim = limits_for(name)
         p = price(name)
         cached = t.cached_tokens
+        rate = Via.FLEX if service_tier == "flex" else Via.SYNC  # flex: Batch API rates
         cost = None if p is None else {
-            "input": round(p.cost(t.prompt_tokens, 0, cached), 6),
-            "output": round(p.cost(0, t.output_tokens), 6),
-            "total": round(p.cost(t.prompt_tokens, t.output_tokens, cached), 6),
+            "input": round(p.cost(t.prompt_tokens, 0, cached, rate), 6),
+            "output": round(p.cost(0, t.output_tokens, via=rate), 6),
+            "total": round(p.cost(t.prompt_tokens, t.output_tokens, cached, rate), 6),
             "batch_api_total": round(
                 p.cost(t.prompt_tokens, t.output_tokens, cached, Via.BATCH), 6),
         }
