@@ -139,17 +139,21 @@ class _ManifestUpdater:
     manifest: Manifest
     saved_at: float = field(default_factory=time.monotonic)
     started: bool = False  # the engine accepted the input
+    sync_via: str = "sync"  # how this run's per-minute path is billed (flex: its own rates)
 
     def __call__(self, event: Event) -> None:
         m = self.manifest
         match event:
             case JobStarted():
                 self.started = True
+                self.sync_via = event.via.value
                 m.total = event.total
                 m.done = event.already_done
             case RequestFinished(ok=ok, endpoint=endpoint):
                 m.done += 1
                 m.failed += not ok
+                m.count_billed("batch" if event.batch else self.sync_via, event.model,
+                               event.tokens_in, event.cached_in, event.tokens_out)
                 if endpoint:
                     count_endpoint(m.endpoints, endpoint, ok)
                 # Often enough for `status` to show progress; rare enough to cost nothing.

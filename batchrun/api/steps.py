@@ -27,6 +27,7 @@ from batchrun.files.jobstore import JobState, JobStore, Manifest
 from batchrun.http.endpoint import Endpoint
 from batchrun.policy import flex
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.report.bill import job_bill
 from batchrun.report.estimate import Today, known_today, nothing_known
 from batchrun.report.estimate import estimate as estimate_job
 from batchrun.report.tally import EndpointTally
@@ -271,5 +272,5 @@ def status_rows(store: JobStore, jobs: list[Manifest]) -> list[dict[str, Any]]:
         if shown == JobState.CRASHED:
             job.count_from_output(m)  # its last saves may lag what it wrote
         rows.append({**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": shown,
-                     "resume": m.resume_command})
+                     "resume": m.resume_command, **job_bill(m.billed)})
     return rows

@@ -96,6 +96,14 @@ class Outcome:
         return self._reported() or (0, 0)
 
     @property
+    def cached_in(self) -> int:
+        """Prompt tokens the server served from its prompt cache (billed at the cached price);
+        0 for an error or a server that does not say."""
+        if self.status is None or not is_success(self.status):
+            return 0
+        return reported_cached(self.body)
+
+    @property
     def usage_known(self) -> bool:
         """False when the server may have billed tokens it did not report: no complete answer
         (timeout, reset, truncated body), a 200 without usable `usage`, or a 5xx/408 (the
@@ -137,6 +145,21 @@ def reported_usage(body: Any) -> tuple[int, int] | None:
     except ValueError:
         return None
     return prompt, completion
+
+
+def reported_cached(body: Any) -> int:
+    """`usage.prompt_tokens_details.cached_tokens` of a 2xx body, never more than its
+    prompt_tokens; 0 when absent, null or not a count (many servers, and embeddings, have none)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    reported = reported_usage(body)
+    if cached is None or reported is None:
+        return 0
+    try:
+        return min(_token_count(cached), reported[0])
+    except ValueError:
+        return 0
 
 
 _NUM = r"(\d+(?:\.\d+)?)"

@@ -476,7 +476,7 @@ class Engine:
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
         self._emit(RequestFinished(
             custom_id, model, error is None, tokens_in, tokens_out, attempts,
-            "" if error is None else error[1], endpoint,
+            "" if error is None else error[1], endpoint, cached_in=out.cached_in if out else 0,
         ))
 
     # -- stopping -------------------------------------------------------------------------------
