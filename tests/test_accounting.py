@@ -12,11 +12,12 @@ from batchrun.files.ledger import Ledger, Scope
 from batchrun.policy.request import Request
 from batchrun.policy.sizing import size_of
 from batchrun.policy.tokens import prompt_tokens
-from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
-from tests.strict_server import StrictServer, by_characters, chars_of
-from tests.test_calibrate import CHINESE, PROSE
-from tests.test_engine_time import Server, engine_run
-from tests.test_estimate import estimate
+from tests.helpers.charging import CHINESE, PROSE
+from tests.helpers.cli import FAKE_KEY, estimate, run_cli
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.scripted_server import Server, engine_run
+from tests.helpers.sim import RunningSim
+from tests.helpers.strict_server import StrictServer, by_characters, chars_of
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 

@@ -14,8 +14,8 @@ from batchrun.policy.request import Request
 from batchrun.policy.sizing import size_of
 from batchrun.policy.tiers import Limits
 from batchrun.state import open_gate
-from tests.test_calibrate import CHINESE, _refusal, by_chars
-from tests.test_state_redis import SCOPE, hosts  # noqa: F401 - hosts: a fixture
+from tests.helpers.charging import CHINESE, by_chars, refusal
+from tests.helpers.redis_hosts import SCOPE
 
 LIMITS = Limits(rpm=6_000, tpm=60_000)
 
@@ -40,14 +40,14 @@ def _job(i: int) -> Job:
 
 
 async def test_a_host_admits_at_the_charge_another_host_learned(
-        hosts: Any) -> None:  # noqa: F811 - the fixture
+        hosts: Any) -> None:
     one = await hosts()
     route = _route(one)
     job = _job(0)
     ticket = await route.admit(job, 0.0)
     assert ticket is not None and job.charged == job.size.visible.own
     server_charge = by_chars(job.request.body)  # about 40 % of our count on Chinese
-    await route.settle(job, ticket, _refusal(
+    await route.settle(job, ticket, refusal(
         "Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): "
         f"Limit 60000, Used 59990, Requested {server_charge}. Please try again in 1s."))
     await one.close()  # its writes are done

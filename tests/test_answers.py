@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from tests.conftest import run_cli, write_jsonl
+from tests.helpers.cli import run_cli
+from tests.helpers.jsonl import write_jsonl
 
 # What orjson would rewrite or refuse: an integer past 64 bits, a lone surrogate the model
 # wrote, a float written the server's way. All valid JSON, all the user's data.

@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 
 from batchrun.files.jobstore import OPTION_KEYS, JobOptions
-from tests.conftest import run_cli, write_jsonl
+from tests.helpers.cli import run_cli
+from tests.helpers.jsonl import write_jsonl
 
 OLDEST = {"model": "gpt-4o-mini", "tier": "tier2", "overrides": {"rpm": 100, "tpm": None},
           "concurrency": None, "max_retries": 8, "timeout_s": 600.0, "on_bad_line": "fail",

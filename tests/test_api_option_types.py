@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import batchrun
-from tests.conftest import FAKE_KEY, write_jsonl
+from tests.helpers.cli import FAKE_KEY
+from tests.helpers.jsonl import write_jsonl
 
 
 @pytest.fixture(autouse=True)

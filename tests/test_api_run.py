@@ -10,7 +10,8 @@ import pytest
 
 import batchrun
 from batchrun.simulator import SimConfig
-from tests.conftest import FAKE_KEY, RunningSim
+from tests.helpers.cli import FAKE_KEY
+from tests.helpers.sim import RunningSim
 
 UNLIMITED = {"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 0}
 

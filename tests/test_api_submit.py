@@ -18,7 +18,9 @@ import batchrun.files.checkpoint
 from batchrun.events import Event, JobStarted, Note, RequestFinished
 from batchrun.files.jobstore import DamagedManifest
 from batchrun.simulator import SimConfig, SimLimits
-from tests.conftest import FAKE_KEY, RunningSim, read_results, write_jsonl
+from tests.helpers.cli import FAKE_KEY
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.sim import RunningSim
 
 UNLIMITED = {"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 0}
 

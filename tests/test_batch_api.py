@@ -16,7 +16,7 @@ from batchrun.backends.batch.api import ApiCallFailed, BatchClient, Transient
 from batchrun.errors import ApiRefused
 from batchrun.http.endpoint import Endpoint
 from batchrun.policy.classify import Kind, classify
-from tests.conftest import FAKE_KEY
+from tests.helpers.cli import FAKE_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

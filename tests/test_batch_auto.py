@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.batch_fake import FakeBatchApi
-from tests.test_batch_run import Harness, ok_ids
+from tests.helpers.batch_fake import FakeBatchApi
+from tests.helpers.batch_harness import Harness, ok_ids
 
 
 @pytest.mark.parametrize("wait", [False, True])  # --wait: no waiting for 00:00 UTC either

@@ -11,8 +11,9 @@ import pytest
 
 from batchrun.backends.batch import entry as batch_entry
 from batchrun.errors import ApiRefused
-from tests.batch_fake import FakeBatchApi, Outcome
-from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
+from tests.helpers.batch_fake import FakeBatchApi, Outcome
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.jsonl import read_results, write_jsonl
 
 
 @pytest.fixture

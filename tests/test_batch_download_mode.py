@@ -13,8 +13,8 @@ from aiohttp import web
 
 from batchrun.backends.batch.api import BatchClient
 from batchrun.http.endpoint import Endpoint
-from tests.conftest import FAKE_KEY
-from tests.test_batch_hostile import HostileBatches, ok_line
+from tests.helpers.batch_harness import HostileBatches, ok_line
+from tests.helpers.cli import FAKE_KEY
 
 
 def test_a_downloaded_output_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:

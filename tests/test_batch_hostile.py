@@ -5,7 +5,6 @@ client's waits, no real seconds)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,11 @@ from batchrun.errors import BatchrunError, Interrupted
 from batchrun.events import StateChanged, Stats
 from batchrun.files.outputlock import OutputLock
 from batchrun.simulator import BatchConfig, SimConfig
-from tests import test_batch_run
-from tests.batch_fake import FakeBatchApi, Outcome
-from tests.conftest import FAKE_KEY, run_cli, write_jsonl
-from tests.test_batch_run import Harness, ok_ids
-from tests.test_batch_sim import SimHarness
+from tests.helpers import batch_harness
+from tests.helpers.batch_fake import FakeBatchApi, Outcome
+from tests.helpers.batch_harness import Harness, HostileBatches, SimHarness, ok_ids, ok_line
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.jsonl import write_jsonl
 
 
 def batch_sim(sim_factory: Any, **config: Any) -> Any:
@@ -72,98 +71,6 @@ def test_a_request_alone_over_the_queue_limit_fails_at_once_saying_why(
     assert "enqueued-token limit" in error["message"] and "--via sync" in error["message"]
     # Refused once, not sent again and again until --max-retries ran out.
     assert len(sim.stats.batch.created) <= 3
-
-
-class HostileBatches:
-    """A Batch API on loopback whose batch finishes at once and whose output file is what the
-    test scripts: `content(lines)` gets the uploaded lines and returns the response."""
-
-    def __init__(self, content: Any, output_file_id: str = "file-out",
-                 on_upload: Any = None) -> None:
-        self.content, self.output_file_id = content, output_file_id
-        self.on_upload = on_upload  # called as an upload arrives; then it never answers
-        self.uploaded: list[dict[str, Any]] = []
-        self.seen: list[str] = []  # path and Authorization of every request
-        self.base_url = ""
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _app(self) -> web.Application:
-        app = web.Application()
-
-        async def upload(request: web.Request) -> web.Response:
-            if self.on_upload is not None:
-                self.on_upload()
-                await self._stalled.wait()  # a stalled upload: no answer until the end
-                return web.Response(status=500)
-            form = await request.post()
-            file = form["file"]
-            assert isinstance(file, web.FileField)
-            self.uploaded = [orjson.loads(x) for x in file.file.read().splitlines()]
-            return web.json_response({"id": "file-in", "object": "file", "purpose": "batch"})
-
-        def batch() -> dict[str, Any]:
-            return {"id": "batch_1", "object": "batch", "status": "completed",
-                    "output_file_id": self.output_file_id, "error_file_id": None,
-                    "request_counts": {"total": 1, "completed": 1, "failed": 0}}
-
-        async def create(request: web.Request) -> web.Response:
-            return web.json_response(batch())
-
-        async def retrieve(request: web.Request) -> web.Response:
-            return web.json_response(batch())
-
-        async def content(request: web.Request) -> web.StreamResponse:
-            result = self.content(self.uploaded)
-            if not isinstance(result, web.StreamResponse):  # it streams the answer itself
-                result = await result(request)
-            assert isinstance(result, web.StreamResponse)
-            return result
-
-        @web.middleware
-        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-            self.seen.append(f"{request.path_qs} {request.headers.get('Authorization')}")
-            result: web.StreamResponse = await handler(request)
-            return result
-
-        app.middlewares.append(record)
-        app.router.add_post("/v1/files", upload)
-        app.router.add_post("/v1/batches", create)
-        app.router.add_get("/v1/batches/batch_1", retrieve)
-        app.router.add_get("/v1/files/{file_id:.*}", content)
-        app.router.add_get("/{tail:.*}", content)
-        return app
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._stalled = asyncio.Event()
-        runner = web.AppRunner(self._app())
-        self._loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        port = runner.addresses[0][1]
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self) -> HostileBatches:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._loop.call_soon_threadsafe(self._stalled.set)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-
-def ok_line(cid: str) -> bytes:
-    return orjson.dumps({"id": f"batch_req_{cid}", "custom_id": cid, "error": None,
-                         "response": {"status_code": 200, "request_id": f"req_{cid}",
-                                      "body": {"choices": [], "usage": {
-                                          "prompt_tokens": 1, "completion_tokens": 1}}}}) + b"\n"
 
 
 def real_api_harness(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: Any,
@@ -327,7 +234,7 @@ def test_the_progress_line_names_the_model_of_each_queue(
             if isinstance(event, StateChanged) and event.state == "batch":
                 shown.append(event.detail)
 
-    monkeypatch.setattr(test_batch_run, "Stats", Recording)
+    monkeypatch.setattr(batch_harness, "Stats", Recording)
     h = Harness(tmp_path, FakeBatchApi(), monkeypatch, n=2)
     write_jsonl(h.input, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y",
                                                        "model": "gpt-4o"}])

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from batchrun.simulator import BatchConfig, SimConfig
-from tests.conftest import REPO, read_results, write_jsonl
+from tests.helpers.cli import REPO
+from tests.helpers.jsonl import read_results, write_jsonl
 
 pytestmark = pytest.mark.slow
 

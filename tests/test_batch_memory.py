@@ -10,7 +10,7 @@ from pathlib import Path
 from batchrun.backends.batch.collect import Collector, Merged
 from batchrun.backends.batch.done import DoneIds
 from batchrun.files.checkpoint import OutputWriter, read_output
-from tests.test_batch_hostile import ok_line
+from tests.helpers.batch_harness import ok_line
 
 N = 50_000
 

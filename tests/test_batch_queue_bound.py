@@ -12,8 +12,8 @@ import pytest
 
 from batchrun.backends.batch import run as batch_run
 from batchrun.errors import ApiRefused
-from tests.batch_fake import FakeBatchApi, Outcome
-from tests.test_batch_run import Harness, ok_ids
+from tests.helpers.batch_fake import FakeBatchApi, Outcome
+from tests.helpers.batch_harness import Harness, ok_ids
 
 QUEUE_FULL = Outcome("failed", validation=[{
     "code": "token_limit_exceeded", "line": None,

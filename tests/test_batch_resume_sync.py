@@ -11,9 +11,9 @@ import pytest
 
 from batchrun import job
 from batchrun.backends.batch.run import Detached
-from tests.batch_fake import FakeBatchApi, Outcome
-from tests.conftest import run_cli
-from tests.test_batch_run import Harness, ok_ids
+from tests.helpers.batch_fake import FakeBatchApi, Outcome
+from tests.helpers.batch_harness import Harness, ok_ids
+from tests.helpers.cli import run_cli
 
 ALL = {f"r{i}" for i in range(1, 7)}
 

@@ -14,72 +14,12 @@ import orjson
 import pytest
 
 from batchrun import job
-from batchrun.backends.batch import entry as batch_entry
 from batchrun.backends.batch import run as batch_run
-from batchrun.errors import ApiRefused, BatchrunError, Interrupted, StateError
-from batchrun.events import Stats
-from batchrun.files.jobstore import JobStore, Manifest
-from batchrun.http.endpoint import Endpoint
-from batchrun.routing.spec import JobSpec
-from tests.batch_fake import Crash, FakeBatchApi, Outcome
-from tests.conftest import FAKE_KEY, read_results, write_jsonl
-
-
-def rows(n: int) -> list[dict[str, Any]]:
-    return [{"id": f"r{i}", "prompt": f"question {i}", "max_tokens": 5} for i in range(1, n + 1)]
-
-
-class Harness:
-    def __init__(self, tmp_path: Path, fake: FakeBatchApi, monkeypatch: pytest.MonkeyPatch,
-                 n: int = 5, base_url: str = "https://api.example.test/v1", **spec: Any) -> None:
-        self.fake = fake
-        monkeypatch.setattr(batch_entry, "BatchClient", lambda *a, **k: fake)
-        monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-        self.input = write_jsonl(tmp_path / "jobs.jsonl", rows(n))
-        self.output = tmp_path / "out.jsonl"
-        self.spec = JobSpec(input=self.input, output=self.output,
-                            endpoint=Endpoint.make(base_url, None, None),
-                            **{"via": "batch", **spec})
-        self.store = JobStore()
-        self.naps: list[float] = []
-        self.notes: list[str] = []
-        self.job_id = ""
-        self.stats = Stats()  # what the summary is made from
-
-    async def _nap(self, seconds: float) -> None:
-        self.naps.append(seconds)
-        self.fake.naps += 1
-        await asyncio.sleep(0)
-
-    def submit(self, **changes: Any) -> BatchrunError | None:
-        from dataclasses import replace
-
-        spec = replace(self.spec, **changes)
-        manifest = job.prepare(spec, False, self.store)
-        self.job_id = manifest.job_id
-        return self._run(spec, manifest)
-
-    def resume(self, **options: Any) -> BatchrunError | None:
-        manifest = self.manifest()
-        spec, _ = job.spec_from_manifest(manifest, dict(options))
-        return self._run(spec, manifest)
-
-    def _run(self, spec: JobSpec, manifest: Manifest) -> BatchrunError | None:
-        self.stats = Stats()
-        return asyncio.run(job.run(spec, manifest, self.store, FAKE_KEY, self.stats,
-                                      "host", sleep=self._nap, notify=self.notes.append))
-
-    def manifest(self) -> Manifest:
-        m = self.store.get(self.job_id)
-        assert m is not None
-        return m
-
-    def results(self) -> dict[str, dict[str, Any]]:
-        return read_results(self.output)
-
-
-def ok_ids(results: dict[str, dict[str, Any]]) -> set[str]:
-    return {cid for cid, line in results.items() if line["error"] is None}
+from batchrun.errors import ApiRefused, Interrupted, StateError
+from tests.helpers.batch_fake import Crash, FakeBatchApi, Outcome
+from tests.helpers.batch_harness import Harness, ok_ids, rows
+from tests.helpers.cli import FAKE_KEY
+from tests.helpers.jsonl import write_jsonl
 
 
 def test_every_request_gets_one_line_and_parts_respect_the_queue(
@@ -297,7 +237,7 @@ def test_cancel_after_a_batch_finished_cancels_the_rest_and_nothing_is_created_a
 
 def test_forget_stays_refused_while_a_batch_whose_cancel_failed_may_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.conftest import run_cli
+    from tests.helpers.cli import run_cli
 
     h = Harness(tmp_path, FakeBatchApi(), monkeypatch, batch_queue_tokens=30)
     mixed_models(h)

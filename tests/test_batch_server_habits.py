@@ -23,10 +23,10 @@ from batchrun.backends.batch import run as batch_run
 from batchrun.backends.batch.api import BatchClient
 from batchrun.errors import ApiRefused
 from batchrun.http.endpoint import Endpoint
-from tests.batch_server import BatchServer, ServerConfig
-from tests.conftest import FAKE_KEY, REPO, run_cli, write_jsonl
-from tests.test_batch_run import Harness, ok_ids
-from tests.test_resume import wait_for
+from tests.helpers.batch_harness import Harness, ok_ids
+from tests.helpers.batch_server import BatchServer, ServerConfig
+from tests.helpers.cli import FAKE_KEY, REPO, run_cli, wait_for
+from tests.helpers.jsonl import write_jsonl
 
 
 @pytest.fixture

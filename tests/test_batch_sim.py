@@ -11,44 +11,9 @@ from typing import Any
 import pytest
 
 from batchrun import job
-from batchrun.backends.batch import entry as batch_entry
 from batchrun.backends.batch import run as batch_run
-from batchrun.backends.batch.api import BatchClient
 from batchrun.simulator import BatchConfig, SimConfig
-from tests.conftest import FAKE_KEY
-from tests.test_batch_run import Harness, ok_ids
-
-
-class SimHarness(Harness):
-    """A Harness whose waits move the simulator's batch clock instead of passing real time."""
-
-    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sim: Any, n: int,
-                 azure: bool = False, **spec: Any) -> None:
-        self.now = [1_800_000_000.0]
-        sim.sim.batch.clock = lambda: self.now[0]
-        self.sim = sim
-        super().__init__(tmp_path, None, monkeypatch, n=n, base_url=sim.base_url,  # type: ignore[arg-type]
-                         **spec)
-        monkeypatch.setattr(batch_entry, "BatchClient", BatchClient)  # the real client
-        if azure:
-            from dataclasses import replace
-
-            from batchrun.http.endpoint import Endpoint
-
-            monkeypatch.setenv("AZURE_OPENAI_API_KEY", FAKE_KEY)
-            self.spec = replace(self.spec, endpoint=Endpoint.make(None, sim.azure_endpoint,
-                                                                  None))
-
-    async def _nap(self, seconds: float) -> None:
-        self.naps.append(seconds)
-        self.now[0] += seconds
-        await asyncio.sleep(0)
-
-    def runs(self) -> dict[str, int]:
-        return dict(self.sim.stats.batch.runs)
-
-    def parts_created(self) -> list[str]:
-        return [m["batchrun_part"] for m in self.sim.stats.batch.created.values()]
+from tests.helpers.batch_harness import SimHarness, ok_ids
 
 
 def batch_sim(sim_factory: Any, **config: Any) -> Any:

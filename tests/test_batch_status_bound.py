@@ -21,10 +21,9 @@ from batchrun.backends.batch.run import Detached
 from batchrun.errors import BatchrunError
 from batchrun.events import Stats
 from batchrun.files.outputlock import is_held
-from tests.batch_fake import FakeBatchApi
-from tests.conftest import run_cli
-from tests.test_batch_run import Harness
-from tests.test_resume import wait_for
+from tests.helpers.batch_fake import FakeBatchApi
+from tests.helpers.batch_harness import Harness
+from tests.helpers.cli import run_cli, wait_for
 
 
 class HangingBatches:

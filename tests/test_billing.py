@@ -3,12 +3,8 @@ says afterwards. Odd servers are small aiohttp apps on loopback, served from the
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import socket
-import threading
-from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,75 +17,9 @@ from batchrun.cli import commands as cli
 from batchrun.files import ledger
 from batchrun.files.jobstore import JobStore
 from batchrun.simulator import SimConfig
-from tests.conftest import FAKE_KEY, Run, read_results, write_jsonl
-
-Handler = Callable[[dict[str, Any], int], Awaitable[web.Response]]
-
-
-class ServedApp:
-    """A scripted OpenAI-compatible server on 127.0.0.1. `handler(body, n)` answers the n-th
-    attempt (1-based) of the request whose first message is `body`'s."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.attempts: Counter[str] = Counter()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._stop: asyncio.Event | None = None
-        self.port = 0
-
-    async def _answer(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
-        key = str(body.get("messages", body.get("input")))
-        self.attempts[key] += 1
-        return await self.handler(body, self.attempts[key])
-
-    async def _main(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._answer)
-        app.router.add_post("/v1/embeddings", self._answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = runner.addresses[0][1]
-        self._stop = asyncio.Event()
-        self._ready.set()
-        await self._stop.wait()
-        await runner.cleanup()
-
-    def _serve(self) -> None:
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    def __enter__(self) -> ServedApp:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def received(self) -> int:
-        return sum(self.attempts.values())
-
-
-def ok(body: dict[str, Any], prompt: int = 10, completion: int = 5) -> web.Response:
-    return web.json_response({
-        "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
-                  "total_tokens": prompt + completion},
-    })
+from tests.helpers.cli import FAKE_KEY, Run
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.served_app import UNLIMITED, ServedApp, ok
 
 
 def rate_limited(what: str, hint_ms: int = 20) -> web.Response:
@@ -98,9 +28,6 @@ def rate_limited(what: str, hint_ms: int = 20) -> web.Response:
                    f"Limit 10000, Used 10000, Requested 1. Please try again in {hint_ms}ms.",
         "type": "requests", "code": "rate_limit_exceeded"}},
         status=429, headers={"retry-after-ms": str(hint_ms)})
-
-
-UNLIMITED = ("--rpm", "0", "--tpm", "0", "--rpd", "0", "--tpd", "0")
 
 
 def submit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, base_url: str,

@@ -7,36 +7,19 @@ from __future__ import annotations
 import math
 import random
 
-import orjson
-
 from batchrun.pacing.calibrate import Calibration, Source, Visible
-from batchrun.policy.classify import Outcome, classify
-from batchrun.policy.request import CHAT_URL, Request
+from batchrun.policy.request import Request
 from batchrun.policy.sizing import size_of
-from tests.conftest import FAKE_KEY
+from tests.helpers.charging import CHINESE, PROSE, by_chars, refusal
 
-CHINESE = ("人工智能正在改变我们的生活方式。在过去的十年里，机器学习技术取得了巨大的进步，尤其是在"
-           "自然语言处理和计算机视觉领域。研究人员开发了许多新的算法，使计算机能够理解和生成人类语言。")
 CODE = ('{"id": 12345, "name": "widget", "tags": ["a", "b"], "price": 19.99}\n'
         "def f(x):\n    return [i * i for i in range(x) if i % 2]\n")
-PROSE = ("The river ran past the old mill and on toward the sea, carrying leaves and the "
-         "last light of the afternoon. ")
 
 
 def request(text: str, max_tokens: int = 20) -> tuple[Visible, dict[str, object]]:
     body = {"model": "gpt-4o-mini", "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": text}]}
     return size_of(Request(1, "r", "/v1/chat/completions", body), 0).visible, body
-
-
-def by_chars(body: dict[str, object], per_token: float = 4.0) -> int:
-    """A server that estimates the prompt from its characters, plus max_tokens."""
-    messages = body["messages"]
-    assert isinstance(messages, list)
-    chars = sum(len(m["content"]) for m in messages)
-    max_tokens = body["max_tokens"]
-    assert isinstance(max_tokens, int)
-    return math.ceil(chars / per_token) + max_tokens
 
 
 def sample(rng: random.Random, kinds: tuple[str, ...] = (CHINESE,)) -> tuple[Visible, dict]:
@@ -140,21 +123,15 @@ def test_implausible_figures_are_not_evidence() -> None:
     assert cal.source is None and cal.charge(visible) == visible.own
 
 
-def _refusal(message: str) -> Outcome:
-    body = orjson.dumps({"error": {"message": message, "type": "tokens",
-                                   "code": "rate_limit_exceeded"}})
-    return classify(429, {}, body, CHAT_URL, FAKE_KEY)
-
-
 def test_only_a_per_minute_token_refusal_states_the_charge() -> None:
     """A TPM 429 (and a too-large refusal) says what this request costs; a requests-per-minute
     429 says "Requested 1" of another unit, a per-day one counts a day, and flex's "resource
     unavailable" says nothing about our accounting: none of those is evidence."""
-    assert _refusal(
+    assert refusal(
         "Rate limit reached for gpt-4o-mini in organization org-x on tokens per min (TPM): "
         "Limit 200000, Used 199000, Requested 1,234. Please try again in 1.5s."
     ).server_requested_tokens == 1234
-    assert _refusal(
+    assert refusal(
         "Request too large for gpt-4o-mini in organization org-x on tokens per min (TPM): "
         "Limit 2000, Requested 3030. The input or output tokens must be reduced."
     ).server_requested_tokens == 3030
@@ -165,7 +142,7 @@ def test_only_a_per_minute_token_refusal_states_the_charge() -> None:
         "Limit 2000000, Used 1999000, Requested 2000. Please try again in 7m12s.",
         "Resource unavailable: the flex tier is busy. Please try again later.",
     ):
-        assert _refusal(message).server_requested_tokens is None
+        assert refusal(message).server_requested_tokens is None
 
 
 def test_one_ratio_sums_up_the_learned_accounting() -> None:

@@ -14,8 +14,9 @@ from batchrun import __version__
 from batchrun.cli import commands as cli
 from batchrun.errors import InputError
 from batchrun.files.fsutil import FileLock
-from tests.conftest import RunningSim, read_results, run_cli, write_jsonl
-from tests.test_resume import prompts
+from tests.helpers.cli import run_cli
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
+from tests.helpers.sim import RunningSim
 
 
 def command_info(name: str) -> Any:

@@ -27,10 +27,10 @@ import pytest
 import batchrun.files.checkpoint
 from batchrun.messages import phrase
 from batchrun.policy.stopkind import StopKind
-from tests.conftest import FAKE_KEY, REPO, RunningSim, read_results, run_cli, write_jsonl
-from tests.test_resume import count_lines, prompts
-from tests.test_stop_drain import RESUME, Server, run_job
-from tests.test_submit import assert_all_answered
+from tests.helpers.cli import FAKE_KEY, REPO, run_cli
+from tests.helpers.counting_server import RESUME, Server, run_job
+from tests.helpers.jsonl import assert_all_answered, count_lines, prompts, read_results, write_jsonl
+from tests.helpers.sim import RunningSim
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 FAST = ("--rpm", "0", "--tpm", "0", "--tpd", "0", "--rpd", "0")

@@ -21,7 +21,7 @@ from batchrun.events import (
 from batchrun.policy.tiers import Limits
 from batchrun.report.tally import EndpointTally
 from batchrun.routing.rules import BACK
-from tests.test_progress import FakeClock
+from tests.helpers.fake_clock import FakeClock
 
 
 def test_each_endpoint_has_a_gauge_line_and_going_out_and_back_is_one_line_each() -> None:

@@ -10,26 +10,9 @@ import orjson
 import pytest
 
 from batchrun.simulator import SimConfig, SimLimits
-from tests.conftest import read_results, run_cli, write_jsonl
-
-KEY_A = "sk-test-endpointA-0123456789abcdef"
-KEY_B = "sk-test-endpointB-0123456789abcdef"
-
-
-def toml_file(path: Path, *endpoints: str) -> Path:
-    path.write_text("\n".join(endpoints))
-    return path
-
-
-def openai(name: str, url: str, env: str, rpm: int, tpm: int = 0, tpd: int = 0,
-           **extra: Any) -> str:
-    more = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in extra.items())
-    return (f'[[endpoint]]\nname = "{name}"\nbase_url = "{url}"\napi_key_env = "{env}"\n{more}'
-            f'[endpoint.limits."gpt-4o-mini"]\nrpm = {rpm}\ntpm = {tpm}\ntpd = {tpd}\n')
-
-
-def prompts(n: int) -> list[dict[str, Any]]:
-    return [{"id": f"q{i}", "prompt": f"hello {i}", "max_tokens": 5} for i in range(n)]
+from tests.helpers.cli import run_cli
+from tests.helpers.endpoints import KEY_A, KEY_B, openai, prompts, toml_file
+from tests.helpers.jsonl import read_results, write_jsonl
 
 
 def test_two_endpoints_share_a_job_one_line_per_id_and_the_manifest_counts_each(

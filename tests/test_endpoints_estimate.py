@@ -6,30 +6,9 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import run_cli, write_jsonl
-
-FILE = '''[[endpoint]]
-name = "a"
-base_url = "https://a.example/v1"
-api_key_env = "NOT_SET_A"
-[endpoint.limits."gpt-4o-mini"]
-rpm = 600
-tpm = 0
-
-[[endpoint]]
-name = "b"
-base_url = "https://b.example/v1"
-api_key_env = "NOT_SET_B"
-[endpoint.limits."gpt-4o-mini"]
-rpm = 1200
-tpm = 6000
-
-[[endpoint]]
-name = "spare"
-base_url = "https://c.example/v1"
-api_key_env = "NOT_SET_C"
-priority = 2
-'''
+from tests.helpers.cli import run_cli
+from tests.helpers.endpoints import FILE
+from tests.helpers.jsonl import write_jsonl
 
 
 def test_estimate_spreads_the_job_over_the_endpoints_and_names_what_binds_each(

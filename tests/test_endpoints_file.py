@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from batchrun.simulator import SimConfig
-from tests.conftest import read_results, run_cli, write_jsonl
-from tests.test_endpoints_e2e import KEY_A, prompts
+from tests.helpers.cli import run_cli
+from tests.helpers.endpoints import KEY_A, prompts
+from tests.helpers.jsonl import read_results, write_jsonl
 
 
 def _file(path: Path, url: str, rpd: int) -> Path:

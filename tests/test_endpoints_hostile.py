@@ -18,12 +18,12 @@ from batchrun.policy.stopkind import StopKind
 from batchrun.policy.tiers import Limits
 from batchrun.routing import load_endpoints
 from batchrun.simulator import Faults, SimConfig
-from tests.conftest import read_results, run_cli, write_jsonl
-from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
-from tests.test_endpoints_engine import Ep, always, outs
-from tests.test_endpoints_engine import run as run_engine
-from tests.test_engine_time import status
-from tests.test_security import ThreadedServer
+from tests.helpers.cli import run_cli
+from tests.helpers.endpoints import KEY_A, KEY_B, Ep, always, openai, outs, prompts, toml_file
+from tests.helpers.endpoints import run as run_engine
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.scripted_server import status
+from tests.helpers.threaded_server import ThreadedServer
 
 
 class Recorder:

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 
 from batchrun.simulator import SimConfig, SimLimits
-from tests.conftest import REPO, read_results, write_jsonl
-from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
-from tests.test_resume import count_lines, wait_for
-from tests.test_submit import assert_all_answered
+from tests.helpers.cli import REPO, wait_for
+from tests.helpers.endpoints import KEY_A, KEY_B, openai, prompts, toml_file
+from tests.helpers.jsonl import assert_all_answered, count_lines, read_results, write_jsonl
 
 
 @pytest.mark.slow

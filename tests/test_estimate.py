@@ -7,20 +7,13 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from batchrun.files.ledger import DailyBudget, Ledger, Scope, key_fingerprint
-from tests.conftest import FAKE_KEY, run_cli, write_jsonl
-from tests.test_resume import prompts
-
-
-def estimate(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
-    run = run_cli("estimate", *args, "--json", env=env)
-    assert run.code == 0, run.stderr
-    return orjson.loads(run.stdout)  # type: ignore[no-any-return]
+from tests.helpers.cli import FAKE_KEY, estimate, run_cli
+from tests.helpers.jsonl import prompts, write_jsonl
 
 
 def test_prompt_tokens_are_exact(tmp_path: Path) -> None:

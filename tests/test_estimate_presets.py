@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningSim, run_cli, write_jsonl
-from tests.test_estimate import estimate
-from tests.test_submit import submit
+from tests.helpers.cli import estimate, run_cli, submit
+from tests.helpers.jsonl import write_jsonl
+from tests.helpers.sim import RunningSim
 
 # 1,027 characters of English prose: a charge of 258 tokens (characters/4 > tiktoken's count).
 PROSE = ("The quick brown fox jumps over the lazy dog while the farmer counts his sheep. "

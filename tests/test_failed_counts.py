@@ -15,9 +15,8 @@ import pytest
 from batchrun.cli import commands as cli
 from batchrun.files.checkpoint import result_line
 from batchrun.simulator import Faults, SimConfig
-from tests.conftest import FAKE_KEY, REPO, Run, read_results, write_jsonl
-from tests.test_resume import count_lines, wait_for
-from tests.test_state_files import rows
+from tests.helpers.cli import FAKE_KEY, REPO, Run, wait_for
+from tests.helpers.jsonl import count_lines, read_results, rows, write_jsonl
 
 UNLIMITED = ("--rpm", "0", "--tpm", "0", "--rpd", "0", "--tpd", "0")
 

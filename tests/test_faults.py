@@ -20,9 +20,16 @@ import pytest
 from batchrun.errors import BatchrunError
 from batchrun.files.ledger import Ledger, Scope
 from batchrun.simulator import Faults, SimConfig, request_digest
-from tests.conftest import FAKE_KEY, REPO, Run, RunningSim, read_results, run_cli, write_jsonl
-from tests.test_resume import count_lines, prompts, start_submit, wait_for
-from tests.test_submit import assert_all_answered, body_as_sent
+from tests.helpers.cli import FAKE_KEY, REPO, Run, run_cli, start_submit, wait_for
+from tests.helpers.jsonl import (
+    assert_all_answered,
+    body_as_sent,
+    count_lines,
+    prompts,
+    read_results,
+    write_jsonl,
+)
+from tests.helpers.sim import RunningSim
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 FAST = ("--rpm", "0", "--tpm", "0", "--tpd", "0", "--rpd", "0", "--timeout", "1")

@@ -26,7 +26,7 @@ from batchrun.http.client import (
     server_state,
 )
 from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL, Request
-from tests.test_security import KEY, REQ, Recorder, endpoint_for, serve
+from tests.helpers.threaded_server import KEY, REQ, Recorder, endpoint_for, serve
 
 
 def nested(depth: int, leaf: Any) -> bytes:

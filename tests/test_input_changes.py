@@ -26,11 +26,12 @@ from batchrun.files.ledger import DailyBudget, Ledger, Scope
 from batchrun.http.client import Endpoint
 from batchrun.policy.request import Request
 from batchrun.policy.tiers import Limits
-from tests.conftest import FAKE_KEY, Run, read_results, write_jsonl
-from tests.test_billing import UNLIMITED, ServedApp, ok
-from tests.test_engine_time import Server
-from tests.test_engine_time import ok as ok_outcome
-from tests.virtual_time import VirtualClock, run_virtual
+from tests.helpers.cli import FAKE_KEY, Run
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.scripted_server import Server
+from tests.helpers.scripted_server import ok as ok_outcome
+from tests.helpers.served_app import UNLIMITED, ServedApp, ok
+from tests.helpers.virtual_time import VirtualClock, run_virtual
 
 # Past the engine's read-ahead (1,024 queued per model, plus those in flight), so part of the
 # file is read after the server has seen its first request.

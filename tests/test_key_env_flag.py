@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, write_jsonl
+from tests.helpers.cli import run_cli
+from tests.helpers.jsonl import write_jsonl
 
 KEYS = [
     "sk-proj-0123456789abcdefABCDEF",

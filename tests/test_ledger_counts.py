@@ -22,14 +22,12 @@ from batchrun.files.ledger import (
     ledger_host,
 )
 from batchrun.simulator import SimConfig, SimLimits
-from tests.conftest import FAKE_KEY, run_cli, write_jsonl
-from tests.test_estimate import estimate
-from tests.test_submit import submit
+from tests.helpers.charging import TPD_429
+from tests.helpers.cli import FAKE_KEY, estimate, run_cli, submit
+from tests.helpers.jsonl import write_jsonl
 
 SCOPE = Scope("api.openai.com", key_fingerprint("sk-test"), "gpt-4o-mini")
 DAY = dt.date(2026, 12, 7)
-TPD_429 = ("Rate limit reached for gpt-4o-mini in organization org-x on tokens per day (TPD): "
-           "Limit 2000, Used {used}, Requested 300. Please try again in 6m0s.")
 
 
 def ledger_at(tmp_path: Path) -> Ledger:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from batchrun.pacing.limiter import Limiter, ServerState, Ticket
-from tests.virtual_time import VirtualClock, run_virtual
+from tests.helpers.virtual_time import VirtualClock, run_virtual
 
 TOLD_RPM, TOLD_TPM = 600, 200_000  # what the user told batchrun
 COST = 12  # a small request: "hello N", max_tokens 5

@@ -23,9 +23,10 @@ import batchrun.files.checkpoint
 from batchrun.backends.batch import entry as batch_entry
 from batchrun.files import ledger
 from batchrun.simulator import SimConfig, SimLimits
-from tests.batch_fake import FakeBatchApi
-from tests.conftest import FAKE_KEY, RunningSim, run_cli, write_jsonl
-from tests.test_resume import wait_for
+from tests.helpers.batch_fake import FakeBatchApi
+from tests.helpers.cli import FAKE_KEY, run_cli, wait_for
+from tests.helpers.jsonl import write_jsonl
+from tests.helpers.sim import RunningSim
 
 NOON = dt.datetime(2026, 3, 2, 12, 0, 7, tzinfo=dt.UTC)  # the daily stop names the wait to 00:00
 During = Callable[[Path], contextlib.AbstractContextManager[None]]

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import Run, read_results, run_cli, write_jsonl
-from tests.test_resume import prompts
+from tests.helpers.cli import Run, run_cli
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
 
 _SEQUENCE = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
 

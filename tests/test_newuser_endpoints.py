@@ -9,8 +9,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import REPO, read_results, run_cli, write_jsonl
-from tests.test_resume import count_lines, prompts
+from tests.helpers.cli import REPO, run_cli
+from tests.helpers.jsonl import count_lines, prompts, read_results, write_jsonl
 
 
 def test_the_sample_endpoints_file_runs_offline_with_no_keys(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import run_cli, write_jsonl
-from tests.test_resume import prompts
+from tests.helpers.cli import run_cli
+from tests.helpers.jsonl import prompts, write_jsonl
 
 DOWN = "redis://127.0.0.1:1/0"  # nothing listens on port 1
 

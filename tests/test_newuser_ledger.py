@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.conftest import FAKE_KEY, RunningSim, run_cli, write_jsonl
-from tests.test_resume import count_lines, prompts
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.jsonl import count_lines, prompts, write_jsonl
+from tests.helpers.sim import RunningSim
 
 
 def _used(stderr: str) -> tuple[int, int]:

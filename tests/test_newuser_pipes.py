@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import REPO, read_results, run_cli, write_jsonl
-from tests.test_resume import prompts
+from tests.helpers.cli import REPO, run_cli
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
 
 
 @pytest.mark.parametrize("json_", [False, True])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.conftest import run_cli, write_jsonl
-from tests.test_resume import prompts
+from tests.helpers.cli import run_cli
+from tests.helpers.jsonl import prompts, write_jsonl
 
 
 def _job_id(stderr: str) -> str:

@@ -9,7 +9,9 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.sim import RunningSim
 
 LINES: list[dict[str, Any]] = [
     {"id": "n-null", "prompt": "hello", "max_tokens": 5, "n": None},

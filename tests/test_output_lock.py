@@ -13,12 +13,16 @@ import pytest
 
 from batchrun.cli import commands as cli
 from batchrun.simulator import SimConfig, reply_text
-from tests.conftest import FAKE_KEY, REPO, Run, read_results, write_jsonl
-from tests.test_resume import count_lines, wait_for
-from tests.test_state_files import simulate
-from tests.test_submit import body_as_sent
-
-UNLIMITED = ("--rpm", "0", "--tpm", "0", "--rpd", "0", "--tpd", "0")
+from tests.helpers.cli import (
+    FAKE_KEY,
+    REPO,
+    UNLIMITED,
+    nameless,
+    simulate,
+    submit_in_process,
+    wait_for,
+)
+from tests.helpers.jsonl import body_as_sent, count_lines, read_results, write_jsonl
 
 
 def start_writing(base_url: str, jobs: Path, out: Path) -> subprocess.Popen[bytes]:
@@ -28,11 +32,6 @@ def start_writing(base_url: str, jobs: Path, out: Path) -> subprocess.Popen[byte
          base_url, "--concurrency", "1", "-q", *UNLIMITED],
         env={**os.environ, "OPENAI_API_KEY": FAKE_KEY}, cwd=REPO,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def nameless(n: int, word: str) -> list[dict[str, Any]]:
-    """Lines without ids: every file's ids are line-1, line-2, …"""
-    return [{"prompt": f"{word} {i}", "max_tokens": 5} for i in range(n)]
 
 
 def test_a_second_input_for_an_output_is_refused_and_changes_nothing(
@@ -48,14 +47,6 @@ def test_a_second_input_for_an_output_is_refused_and_changes_nothing(
     assert "belongs to job a-" in run.stderr and str(a) in run.stderr
     assert "-o" in run.stderr
     assert out.read_bytes() == before
-
-
-def submit_in_process(capsys: pytest.CaptureFixture[str], base_url: str, jobs: Path,
-                      out: Path) -> Run:
-    code = cli.run(["submit", str(jobs), "--base-url", base_url, "-o", str(out), "-q",
-                    *UNLIMITED])
-    captured = capsys.readouterr()
-    return Run(code, captured.out, captured.err)
 
 
 def test_while_a_job_runs_no_other_process_writes_its_output(

@@ -21,11 +21,18 @@ import pytest
 from aiohttp import web
 
 from batchrun.files.checkpoint import result_line
-from tests.conftest import FAKE_KEY, REPO, read_results, write_jsonl
-from tests.test_billing import ServedApp, ok
-from tests.test_output_lock import UNLIMITED, nameless, submit_in_process
-from tests.test_resume import count_lines, wait_for
-from tests.test_state_files import in_process, rows, simulate
+from tests.helpers.cli import (
+    FAKE_KEY,
+    REPO,
+    UNLIMITED,
+    in_process,
+    nameless,
+    simulate,
+    submit_in_process,
+    wait_for,
+)
+from tests.helpers.jsonl import count_lines, read_results, rows, write_jsonl
+from tests.helpers.served_app import ServedApp, ok
 
 
 def sidecar_of(output: Path) -> Path:

@@ -10,8 +10,8 @@ import pytest
 
 from batchrun.files.checkpoint import result_line
 from batchrun.files.jobstore import describe_change, fingerprint
-from tests.conftest import read_results, write_jsonl
-from tests.test_state_files import in_process, rows, simulate
+from tests.helpers.cli import in_process, simulate
+from tests.helpers.jsonl import read_results, rows, write_jsonl
 
 
 def jobs_in_home(isolated_env: dict[str, str]) -> list[str]:

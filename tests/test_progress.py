@@ -24,22 +24,16 @@ from batchrun.events import (
     emit_all,
 )
 from batchrun.policy.tiers import Limits
-from tests.conftest import FAKE_KEY, RunningSim, run_cli, write_jsonl
-from tests.test_resume import prompts
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.fake_clock import FakeClock
+from tests.helpers.jsonl import prompts, write_jsonl
+from tests.helpers.sim import RunningSim
 
 PLAIN_LINE = re.compile(
     r"^\[[\d,]+/[\d,]+\] (running · ETA [\dhms?]+|paused-daily · resumes 00:00 UTC, in .+|"
     r"done|draining|stopped) · in flight \d+ · failed \d+ · 429s \d+ · "
     r"last minute: .+ req.* · .+ tok"
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def feed(display: ProgressDisplay, stats: Stats) -> None:

@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import version
 
 import batchrun
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 PUBLIC = [
     "Answers",

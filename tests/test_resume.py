@@ -12,7 +12,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ from batchrun.http.client import Endpoint
 from batchrun.job import prepare
 from batchrun.job import run as run_job
 from batchrun.simulator import Faults, SimConfig, SimServer, Simulator
-from tests.conftest import FAKE_KEY, REPO, Run, RunningSim, read_results, run_cli, write_jsonl
-from tests.test_submit import assert_all_answered
+from tests.helpers.cli import FAKE_KEY, REPO, Run, run_cli, start_submit, wait_for
+from tests.helpers.jsonl import assert_all_answered, count_lines, prompts, read_results, write_jsonl
+from tests.helpers.sim import RunningSim
 
 UTC = dt.UTC
 
@@ -39,32 +39,6 @@ def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
     code = cli.run(list(args))
     captured = capsys.readouterr()
     return Run(code, captured.out, captured.err)
-
-
-def prompts(n: int, prefix: str = "q") -> list[dict[str, Any]]:
-    return [{"id": f"{prefix}{i}", "prompt": f"Question number {i}", "max_tokens": 10}
-            for i in range(n)]
-
-
-def count_lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
-
-
-def wait_for(condition: Any, timeout: float = 60) -> None:
-    """Poll an observable condition (not a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
-def start_submit(sim: RunningSim, jobs: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
-         "--rpm", "0", "--tpm", "0", "--tpd", "0", "--rpd", "0", "-q", *extra],
-        env={**os.environ, "OPENAI_API_KEY": FAKE_KEY}, cwd=REPO,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
 
 
 # One seed in the quick suite; CI (make test-all) runs all four.

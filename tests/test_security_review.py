@@ -23,8 +23,8 @@ from batchrun.http.client import ApiClient, Endpoint, Kind, Outcome, classify, p
 from batchrun.http.endpoint import env_proxy
 from batchrun.policy.decide import never_connected
 from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL
-from tests.conftest import read_results, write_jsonl
-from tests.test_security import KEY, REQ, Recorder, ThreadedServer, serve, submit_against
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.threaded_server import KEY, REQ, Recorder, ThreadedServer, serve, submit_against
 
 ProxyEnv = Callable[..., None]
 MB = 1024 * 1024

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 
 from batchrun.simulator import SimConfig
-from tests.conftest import read_results, write_jsonl
-from tests.test_resume import count_lines, prompts, start_submit, wait_for
+from tests.helpers.cli import start_submit, wait_for
+from tests.helpers.jsonl import count_lines, prompts, read_results, write_jsonl
 
 
 def manifest_state(home: Path) -> str:

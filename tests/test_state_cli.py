@@ -12,21 +12,13 @@ import orjson
 import pytest
 
 from batchrun.simulator import SimConfig, SimLimits
-from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
-from tests.redis_server import RedisServer
-from tests.test_resume import prompts, wait_for
+from tests.helpers.cli import FAKE_KEY, everything_shown, run_cli, wait_for
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.sim import RunningSim
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 PASSWORD = "s3cret-Redis-PW-4711"
-
-
-def _everything_shown(home: Path, *runs: Any) -> str:
-    """stdout, stderr and every file batchrun keeps in its home (manifests, ledger)."""
-    text = "".join(r.stdout + r.stderr for r in runs)
-    for path in home.rglob("*"):
-        if path.is_file():
-            text += path.read_bytes().decode(errors="replace")
-    return text
 
 
 def test_a_redis_with_a_password_is_used_and_the_password_never_shown(
@@ -60,7 +52,7 @@ def test_a_redis_with_a_password_is_used_and_the_password_never_shown(
                     env=ENV)
     assert wrong.code == 5
     assert f"The shared state at redis://127.0.0.1:{redis.port}/0 is unavailable" in wrong.stderr
-    shown = _everything_shown(Path(isolated_env["BATCHRUN_HOME"]), run, status, estimate,
+    shown = everything_shown(Path(isolated_env["BATCHRUN_HOME"]), run, status, estimate,
                               wrong)
     assert PASSWORD not in shown
     assert sim.stats.received == 20  # the refused run sent nothing

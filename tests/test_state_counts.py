@@ -18,11 +18,12 @@ from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.tiers import Limits
 from batchrun.state import StateUrl
 from batchrun.state._redis import RedisGate, RedisState
-from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
-from tests.redis_server import RedisServer, everything_stored
-from tests.test_estimate import estimate
-from tests.test_ledger_counts import TPD_429
-from tests.test_state_redis import DAY, SCOPE, hosts  # noqa: F401 - hosts: a fixture
+from tests.helpers.charging import TPD_429
+from tests.helpers.cli import FAKE_KEY, estimate, run_cli
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.redis_hosts import DAY, SCOPE
+from tests.helpers.redis_server import RedisServer, everything_stored
+from tests.helpers.sim import RunningSim
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 
@@ -52,7 +53,7 @@ async def _send(gate: RedisGate, cost: int, billed: Outcome) -> dt.date | None:
     return day
 
 
-async def test_redis_keeps_billed_tokens_and_the_charge(hosts: Any) -> None:  # noqa: F811 - the fixture
+async def test_redis_keeps_billed_tokens_and_the_charge(hosts: Any) -> None:
     state = await hosts()
     gate = _gate(state, tpd=10_000, rpd=100)
     for _ in range(3):  # reserved (charged) 500 each, billed 120
@@ -62,7 +63,7 @@ async def test_redis_keeps_billed_tokens_and_the_charge(hosts: Any) -> None:  # 
     assert (row["tokens"], row["charge"], row["requests"]) == (360, 1_500, 3)
 
 
-async def test_a_request_never_sent_leaves_neither_count(hosts: Any) -> None:  # noqa: F811 - the fixture
+async def test_a_request_never_sent_leaves_neither_count(hosts: Any) -> None:
     state = await hosts()
     budget = state.budget(SCOPE, 10_000, 0)
     limits = Limits(tpd=10_000)
@@ -73,7 +74,7 @@ async def test_a_request_never_sent_leaves_neither_count(hosts: Any) -> None:  #
     assert (row["tokens"], row["charge"], row["requests"]) == (0, 0, 0)
 
 
-async def test_a_per_day_429_decides_the_count_for_every_host(hosts: Any) -> None:  # noqa: F811 - the fixture
+async def test_a_per_day_429_decides_the_count_for_every_host(hosts: Any) -> None:
     one, two = await hosts(), await hosts()
     gate = _gate(one, tpd=2_000)
     for _ in range(4):  # billed 600 in all, charged 2,000
@@ -101,7 +102,7 @@ async def test_a_per_day_429_decides_the_count_for_every_host(hosts: Any) -> Non
     assert (row["tokens"], row["charge"], row["daily_counts"]) == (600, 2_000, "charge")
 
 
-async def test_a_per_day_429_that_counts_billed_tokens_keeps_them(hosts: Any) -> None:  # noqa: F811 - the fixture
+async def test_a_per_day_429_that_counts_billed_tokens_keeps_them(hosts: Any) -> None:
     state = await hosts()
     gate = _gate(state, tpd=2_000)
     for _ in range(3):
@@ -115,7 +116,7 @@ async def test_a_per_day_429_that_counts_billed_tokens_keeps_them(hosts: Any) ->
 
 
 async def test_what_one_host_learns_of_the_accounting_every_host_uses(
-        hosts: Any, redis_url: str) -> None:  # noqa: F811 - the fixture
+        hosts: Any, redis_url: str) -> None:
     one, two = await hosts(), await hosts()
     budget = one.budget(SCOPE, 0, 0)
     other_model = one.budget(Scope(SCOPE.host, SCOPE.key_fingerprint, "gpt-4o"), 0, 0)

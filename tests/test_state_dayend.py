@@ -16,9 +16,10 @@ from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.tiers import Limits
 from batchrun.state import StateUrl
 from batchrun.state._redis import RedisState
-from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
-from tests.test_resume import prompts
-from tests.test_state_redis import DAY, SCOPE, _gate, hosts  # noqa: F401 - hosts: a fixture
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
+from tests.helpers.redis_hosts import DAY, SCOPE, redis_gate
+from tests.helpers.sim import RunningSim
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
@@ -71,10 +72,10 @@ async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait
 
 
 async def test_a_host_refused_for_the_day_is_admitted_once_anothers_reservations_settle(
-        hosts: Any) -> None:  # noqa: F811 - the fixture
+        hosts: Any) -> None:
     a, b = await hosts(), await hosts()
     limits = Limits(tpd=1_000)
-    gate_a = _gate(a, limits)
+    gate_a = redis_gate(a, limits)
     held = [await gate_a.admit(300, 0.0) or pytest.fail("not admitted") for _ in range(3)]
     billed = Outcome(Kind.OK, 200, body={"usage": {"prompt_tokens": 20, "completion_tokens": 30}})
     clock = [0.0]
@@ -92,10 +93,10 @@ async def test_a_host_refused_for_the_day_is_admitted_once_anothers_reservations
 
 
 async def test_a_dead_hosts_reservations_hold_the_others_back_no_longer_than_their_hold(
-        hosts: Any) -> None:  # noqa: F811 - the fixture
+        hosts: Any) -> None:
     a, b = await hosts(), await hosts()
     limits = Limits(tpd=1_000)
-    gate_a = _gate(a, limits)
+    gate_a = redis_gate(a, limits)
     for _ in range(3):  # a dies with these in flight: nothing ever settles them
         await gate_a.admit(300, 0.0) or pytest.fail("not admitted")
     clock = [0.0]

@@ -9,29 +9,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from batchrun.cli import commands as cli
 from batchrun.files.checkpoint import OutputWriter, result_line
 from batchrun.files.fsutil import atomic_write, write_bytes_atomic
-from tests.conftest import Run, run_cli, write_jsonl
+from tests.helpers.cli import in_process, run_cli, simulate
+from tests.helpers.jsonl import rows, write_jsonl
 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
-    code = cli.run(list(args))
-    captured = capsys.readouterr()
-    return Run(code, captured.out, captured.err)
-
-
-def simulate(capsys: pytest.CaptureFixture[str], jobs: Path, *extra: str) -> Run:
-    return in_process(capsys, "submit", str(jobs), "--simulate", "--rpm", "0", "--tpm", "0",
-                      "-q", *extra)
-
-
-def rows(n: int) -> list[dict[str, object]]:
-    return [{"id": f"q{i}", "prompt": f"question {i}", "max_tokens": 5} for i in range(n)]
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.tiers import Limits
 from batchrun.simulator import SimConfig, SimLimits
 from batchrun.state._redis import DAY_TTL_S
-from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
-from tests.redis_server import RedisServer
-from tests.test_resume import prompts, wait_for
-from tests.test_state_cli import _everything_shown
-from tests.test_state_redis import DAY, SCOPE, _gate, hosts  # noqa: F401 - hosts: a fixture
+from tests.helpers.cli import FAKE_KEY, everything_shown, run_cli, wait_for
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
+from tests.helpers.redis_hosts import DAY, SCOPE, redis_gate
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.sim import RunningSim
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 PASSWORD = "qs-Secret-PW-0815"
@@ -47,7 +47,7 @@ def test_a_password_in_the_urls_query_is_never_shown_or_stored(
                     env=ENV)
     assert (status.code, as_json.code, wrong.code) == (0, 0, 5), wrong.stderr
     assert f"redis://127.0.0.1:{redis.port}/0" in status.stdout + wrong.stderr
-    assert PASSWORD not in _everything_shown(Path(isolated_env["BATCHRUN_HOME"]), run,
+    assert PASSWORD not in everything_shown(Path(isolated_env["BATCHRUN_HOME"]), run,
                                              status, as_json, wrong)
     # Never stored, so `resume` asks for it again rather than going without it.
     manifest = next(Path(isolated_env["BATCHRUN_HOME"]).rglob("*.json"))
@@ -65,11 +65,11 @@ def test_a_refused_url_does_not_echo_a_password_in_its_query(tmp_path: Path) -> 
 
 
 async def test_every_key_batchrun_writes_expires_even_one_it_finds_gone(
-        hosts: Any, redis_url: str) -> None:  # noqa: F811 - the fixture
+        hosts: Any, redis_url: str) -> None:
     import redis.asyncio
 
     a = await hosts()
-    gate = _gate(a, Limits(rpm=600, rpd=1))
+    gate = redis_gate(a, Limits(rpm=600, rpd=1))
     day, ticket = await gate.admit(5, 0.0) or pytest.fail("not admitted")
     await gate.settle(day, ticket, 5, Outcome(Kind.OK, 200), None)
     client = redis.asyncio.from_url(redis_url)
@@ -84,7 +84,7 @@ async def test_every_key_batchrun_writes_expires_even_one_it_finds_gone(
 
 
 async def test_a_host_given_a_lower_rpm_paces_every_host_at_it_while_it_asks(
-        hosts: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811 - the fixture
+        hosts: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # --rpm is the key's limit as a host was told. Hosts that disagree cannot each pace their
     # own turns at their own rate in one bucket: 3 hosts at 1200 and one at 300 sent 691 a
     # minute between them (measured), over the 300 and far under the 1200. The lowest limit

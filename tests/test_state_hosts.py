@@ -15,8 +15,8 @@ import pytest
 
 from batchrun.simulator import SimConfig, SimLimits
 from batchrun.state._redis import AHEAD_S
-from tests.conftest import FAKE_KEY, REPO, read_results, write_jsonl
-from tests.test_resume import count_lines, prompts, wait_for
+from tests.helpers.cli import FAKE_KEY, REPO, wait_for
+from tests.helpers.jsonl import count_lines, prompts, read_results, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +94,8 @@ from batchrun.files.ledger import Scope
 from batchrun.state import StateUrl
 from batchrun.state._redis import ADMITTED, RedisState
 from batchrun.policy.tiers import Limits
-from tests.conftest import FAKE_KEY
-from tests.test_state_redis import DAY, SCOPE
+from tests.helpers.cli import FAKE_KEY
+from tests.helpers.redis_hosts import DAY, SCOPE
 
 async def main(url, rpd, rpm):
     state = await RedisState.connect(StateUrl(url), lambda: DAY, keys=(FAKE_KEY,))

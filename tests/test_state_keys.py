@@ -12,9 +12,10 @@ import orjson
 import redis
 
 from batchrun.files.ledger import key_fingerprint, ledger_host
-from tests.conftest import FAKE_KEY, RunningSim, read_results, run_cli, write_jsonl
-from tests.redis_server import everything_stored
-from tests.test_resume import prompts
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
+from tests.helpers.redis_server import everything_stored
+from tests.helpers.sim import RunningSim
 
 OTHER_KEY = "sk-test-OTHERKEY9876543210fedcbaOTHER"
 

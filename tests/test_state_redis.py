@@ -5,55 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
-from batchrun.files.ledger import Scope, key_fingerprint
 from batchrun.pacing.limiter import ServerState
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.tiers import Limits
 from batchrun.state import StateUrl
-from batchrun.state._redis import ADMITTED, DAY_SPENT, LATER, RedisGate, RedisState
-from tests.conftest import FAKE_KEY
-
-SCOPE = Scope("api.example.com", key_fingerprint(FAKE_KEY), "gpt-4o-mini")
-DAY = dt.datetime(2026, 11, 27, 23, 59, 30, tzinfo=dt.UTC)
-
-
-class Day:
-    def __init__(self) -> None:
-        self.now = DAY
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
-@pytest.fixture
-async def hosts(redis_url: str) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[RedisState] = []
-
-    async def connect(now_utc: Callable[[], dt.datetime] | None = None,
-                      name: str = "") -> RedisState:
-        state = await RedisState.connect(StateUrl(redis_url), now_utc or Day(),
-                                         host_id=name or f"host{len(opened)}",
-                                         keys=(FAKE_KEY,))
-        opened.append(state)
-        return state
-
-    yield connect
-    for state in opened:
-        await state.close()
-
-
-async def _no_sleep(_s: float) -> None:
-    await asyncio.sleep(0)
-
-
-def _gate(state: RedisState, limits: Limits) -> RedisGate:
-    return state.budget(SCOPE, limits.tpd, limits.rpd).gate(
-        limits, None, lambda: 0.0, _no_sleep)
+from batchrun.state._redis import ADMITTED, DAY_SPENT, LATER
+from tests.helpers.cli import FAKE_KEY
+from tests.helpers.redis_hosts import DAY, SCOPE, Day, redis_gate
 
 
 async def test_hosts_racing_for_the_last_requests_of_a_day_never_take_more(hosts: Any) -> None:
@@ -92,7 +54,7 @@ async def test_the_day_turns_at_utc_midnight_for_every_host(hosts: Any) -> None:
     day = Day()
     a, b = await hosts(day), await hosts(day)
     limits = Limits(rpd=3)
-    gate_a, gate_b = _gate(a, limits), _gate(b, limits)
+    gate_a, gate_b = redis_gate(a, limits), redis_gate(b, limits)
     admitted = [await g.admit(1, 0.0) for g in (gate_a, gate_b, gate_a, gate_b)]
     assert [x is not None for x in admitted] == [True, True, True, False]
     assert "3 of 3 requests used on 2026-11-27" in gate_b.budget.describe()
@@ -104,7 +66,7 @@ async def test_the_day_turns_at_utc_midnight_for_every_host(hosts: Any) -> None:
 async def test_a_per_minute_429_on_one_host_pauses_every_host(hosts: Any) -> None:
     a, b = await hosts(), await hosts()
     limits = Limits(rpm=600, tpm=1_000_000)
-    gate_a, gate_b = _gate(a, limits), _gate(b, limits)
+    gate_a, gate_b = redis_gate(a, limits), redis_gate(b, limits)
     day, ticket = await gate_a.admit(10, 0.0) or pytest.fail("not admitted")
     await gate_a.settle(day, ticket, 10, Outcome(Kind.RATE_MINUTE, 429, hint_s=4.0), None)
     assert gate_a.limiter.rate_limited(ticket, 4.0) >= 4.0
@@ -115,7 +77,7 @@ async def test_a_per_minute_429_on_one_host_pauses_every_host(hosts: Any) -> Non
 async def test_a_lower_limit_one_host_is_told_is_every_hosts_limit(hosts: Any) -> None:
     a, b = await hosts(), await hosts()
     limits = Limits(rpm=600, tpm=1_000_000)
-    gate_a, gate_b = _gate(a, limits), _gate(b, limits)
+    gate_a, gate_b = redis_gate(a, limits), redis_gate(b, limits)
     day, ticket = await gate_a.admit(10, 0.0) or pytest.fail("not admitted")
     told = ServerState(limit_requests=300, limit_tokens=50_000)
     await gate_a.settle(day, ticket, 10, Outcome(Kind.OK, 200), told)
@@ -125,7 +87,7 @@ async def test_a_lower_limit_one_host_is_told_is_every_hosts_limit(hosts: Any) -
 
 async def test_a_per_day_429_on_one_host_spends_the_day_for_every_host(hosts: Any) -> None:
     a, b = await hosts(), await hosts()
-    gate_a, gate_b = _gate(a, Limits()), _gate(b, Limits())
+    gate_a, gate_b = redis_gate(a, Limits()), redis_gate(b, Limits())
     day, ticket = await gate_a.admit(10, 0.0) or pytest.fail("not admitted")
     await gate_a.settle(day, ticket, 10, Outcome(Kind.RATE_DAY, 429), None)
     assert await gate_b.admit(10, 0.0) is None
@@ -134,7 +96,7 @@ async def test_a_per_day_429_on_one_host_spends_the_day_for_every_host(hosts: An
 
 async def test_usage_settles_to_what_the_server_billed(hosts: Any) -> None:
     a = await hosts()
-    gate = _gate(a, Limits(tpd=1_000))
+    gate = redis_gate(a, Limits(tpd=1_000))
     day, ticket = await gate.admit(400, 0.0) or pytest.fail("not admitted")
     billed = Outcome(Kind.OK, 200, body={"usage": {"prompt_tokens": 30, "completion_tokens": 20}})
     await gate.settle(day, ticket, 400, billed, None)
@@ -152,7 +114,7 @@ async def test_a_redis_that_lost_its_memory_is_not_trusted_mid_run(
     from batchrun.state import SharedStateError
 
     a = await hosts()
-    gate = _gate(a, Limits(rpd=100))
+    gate = redis_gate(a, Limits(rpd=100))
     assert await gate.admit(1, 0.0) is not None
     client = redis.asyncio.from_url(redis_url)
     await client.flushall()  # as a restart without persistence leaves it
@@ -195,8 +157,7 @@ async def test_four_engines_on_one_redis_keep_each_days_budget_across_midnight(
     from batchrun.job import prepare
     from batchrun.job import run as run_job
     from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator
-    from tests.conftest import read_results, write_jsonl
-    from tests.test_resume import prompts
+    from tests.helpers.jsonl import prompts, read_results, write_jsonl
 
     now = [dt.datetime(2026, 11, 27, 23, 59, tzinfo=dt.UTC)]
     sim = Simulator(SimConfig(SimLimits(rpd=30)), today=lambda: now[0])
@@ -230,7 +191,7 @@ async def test_four_engines_on_one_redis_keep_each_days_budget_across_midnight(
 async def test_usage_above_a_reservation_is_written_at_once_near_the_days_end(
         hosts: Any, tpd: int, seen_at_once: int) -> None:
     a, b = await hosts(), await hosts()
-    gate = _gate(a, Limits(tpd=tpd))
+    gate = redis_gate(a, Limits(tpd=tpd))
     day, ticket = await gate.admit(100, 0.0) or pytest.fail("not admitted")
     billed = Outcome(Kind.OK, 200, body={"usage": {"prompt_tokens": 140, "completion_tokens": 10}})
     await gate.settle(day, ticket, 100, billed, None)
@@ -246,7 +207,7 @@ async def test_an_admission_cancelled_while_redis_answers_is_counted_once_and_gi
     # on it was written and must not ride again, and the request it admitted, never to be
     # sent, goes back too.
     a = await hosts()
-    gate = _gate(a, Limits(tpd=100_000))
+    gate = redis_gate(a, Limits(tpd=100_000))
     day, ticket = await gate.admit(10_000, 0.0) or pytest.fail("not admitted")
     billed = Outcome(Kind.OK, 200,
                      body={"usage": {"prompt_tokens": 4_000, "completion_tokens": 1_000}})

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.simulator import SimConfig, SimLimits
-from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
-from tests.test_resume import prompts
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
 
 
 def test_an_rpd_stop_shared_in_redis_names_the_request_limit_also_on_resume(

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers.cli import REPO
 
 
 def _pytest_without_redis_server(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import FAKE_KEY, REPO, RunningSim, run_cli, write_jsonl
-from tests.test_resume import count_lines, prompts, wait_for
+from tests.helpers.cli import FAKE_KEY, REPO, run_cli, wait_for
+from tests.helpers.jsonl import count_lines, prompts, write_jsonl
+from tests.helpers.sim import RunningSim
 
 ENV = {"OPENAI_API_KEY": FAKE_KEY}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import random
 import signal
 import threading
 from collections.abc import Awaitable, Callable
@@ -24,11 +23,9 @@ from typing import Any
 import pytest
 
 from batchrun.backends.stop import Stop, hands_over_to_batch
-from batchrun.backends.sync.engine import Engine, JobSpec
+from batchrun.backends.sync.engine import Engine
 from batchrun.events import Event, StateChanged
-from batchrun.files.jobs import check_input
 from batchrun.files.ledger import DailyBudget, Ledger, Scope
-from batchrun.http.endpoint import Endpoint
 from batchrun.messages import phrase
 from batchrun.pacing.limiter import ServerState, Ticket
 from batchrun.policy.classify import Kind, Outcome
@@ -37,43 +34,10 @@ from batchrun.policy.stopkind import StopKind
 from batchrun.policy.tiers import Limits
 from batchrun.simulator import SimConfig
 from batchrun.state import Gate, SharedStateError, open_gate
-from tests.conftest import FAKE_KEY, read_results, run_cli, write_jsonl
-from tests.redis_server import RedisServer
-from tests.test_resume import prompts, start_submit, wait_for
-from tests.virtual_time import VirtualClock, run_virtual
-
-UNLIMITED = {"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 0}
-RESUME = "batchrun resume job-1"
-
-
-def ok(tokens_in: int = 7, tokens_out: int = 3) -> Outcome:
-    body = {"choices": [{"message": {"content": "hi"}}],
-            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out}}
-    return Outcome(Kind.OK, 200, body)
-
-
-class Server:
-    """A scripted API that counts every request it received, by model. `latency(request)`:
-    seconds until it answers; `answer(request)`: what it answers."""
-
-    def __init__(self, latency: Callable[[Request], float],
-                 answer: Callable[[Request], Outcome] = lambda request: ok()) -> None:
-        self.latency, self.answer = latency, answer
-        self.received: list[Request] = []
-
-    async def __aenter__(self) -> Server:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    async def send(self, request: Request) -> Outcome:
-        self.received.append(request)
-        await asyncio.sleep(self.latency(request))
-        return self.answer(request)
-
-    def count(self, model: str) -> int:
-        return sum(1 for r in self.received if r.model == model)
+from tests.helpers.cli import FAKE_KEY, run_cli, start_submit, wait_for
+from tests.helpers.counting_server import RESUME, Server, ok, run_job
+from tests.helpers.jsonl import prompts, read_results, write_jsonl
+from tests.helpers.redis_server import RedisServer
 
 
 def two_models(big: int, small: int) -> list[dict[str, Any]]:
@@ -87,43 +51,6 @@ def two_models(big: int, small: int) -> list[dict[str, Any]]:
 def written(tmp_path: Path, prefix: str) -> int:
     out = tmp_path / "out.jsonl"
     return sum(1 for cid in read_results(out) if cid.startswith(prefix)) if out.exists() else 0
-
-
-BudgetFor = Callable[[Ledger, str, Limits], Any]
-
-
-def run_job(tmp_path: Path, rows: list[dict[str, Any]], server: Server, *,
-            tpd: dict[str, int] | None = None, budget_for: BudgetFor | None = None,
-            during: Callable[[Engine], Any] | None = None,
-            **spec: Any) -> tuple[Stop | None, list[Event], float]:
-    """The job through `server` on virtual time: (stop, events, virtual end time). `tpd`: the
-    daily token budget of each model (none: unlimited)."""
-    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
-    job_spec = JobSpec(input=jobs, output=tmp_path / "out.jsonl", overrides=dict(UNLIMITED),
-                       endpoint=Endpoint.make("http://127.0.0.1:9/v1", None, None), **spec)
-    report = check_input(jobs, job_spec.model, set())
-    events: list[Event] = []
-
-    async def main(clock: VirtualClock) -> tuple[Stop | None, float]:
-        ledger = Ledger(tmp_path / "ledger.sqlite3", clock.now_utc)
-
-        def local(model: str, limits: Limits) -> Any:
-            if budget_for is not None:
-                return budget_for(ledger, model, limits)
-            return DailyBudget(ledger, Scope("h", "k", model), (tpd or {}).get(model, 0), 0)
-
-        engine = Engine(job_spec, report, set(), FAKE_KEY, events.append, local,
-                        client=server, now_utc=clock.now_utc, rng=random.Random(7))
-        if during is not None:
-            asyncio.get_running_loop().call_soon(during, engine)
-        try:
-            stop = await engine.run()
-        finally:
-            ledger.close()
-        return stop, asyncio.get_running_loop().time()
-
-    stop, end = run_virtual(main)
-    return stop, events, end
 
 
 def slow_big(request: Request) -> float:

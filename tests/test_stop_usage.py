@@ -13,7 +13,7 @@ from batchrun.messages import phrase
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.request import Request
 from batchrun.policy.stopkind import StopKind
-from tests.test_stop_drain import RESUME, Server, run_job
+from tests.helpers.counting_server import RESUME, Server, run_job
 
 
 def billed_10m(request: Request) -> Outcome:

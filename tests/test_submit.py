@@ -13,27 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
-from batchrun.simulator import Faults, SimConfig, SimLimits, reply_text, request_digest
-from tests.conftest import FAKE_KEY, REPO, RunningSim, read_results, run_cli, write_jsonl
+from batchrun.simulator import Faults, SimConfig, SimLimits, request_digest
+from tests.helpers.cli import FAKE_KEY, REPO, run_cli, submit
+from tests.helpers.jsonl import assert_all_answered, body_as_sent, read_results, write_jsonl
+from tests.helpers.sim import RunningSim
 
 UNLIMITED = ("--rpm", "0", "--tpm", "0", "--rpd", "0", "--tpd", "0")
-
-
-def submit(sim: RunningSim, jobs: Path, *extra: str, key: str = FAKE_KEY) -> Any:
-    return run_cli("submit", str(jobs), "--base-url", sim.base_url, *extra,
-                   env={"OPENAI_API_KEY": key})
-
-
-def body_as_sent(row: dict[str, Any], model: str = "gpt-4o-mini") -> dict[str, Any]:
-    """What the API receives for an input row (the reader's transformation, restated)."""
-    if "body" in row:
-        body = dict(row["body"])
-    else:
-        body = {k: v for k, v in row.items() if k not in ("id", "prompt")}
-        if "prompt" in row:
-            body["messages"] = [{"role": "user", "content": row["prompt"]}]
-    body.setdefault("model", model)
-    return body
 
 
 def mixed_rows(n: int) -> list[dict[str, Any]]:
@@ -53,24 +38,6 @@ def mixed_rows(n: int) -> list[dict[str, Any]]:
             rows.append({"custom_id": f"r{i}", "method": "POST", "url": "/v1/embeddings",
                          "body": {"model": "text-embedding-3-small", "input": text}})
     return rows
-
-
-def assert_all_answered(rows: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> None:
-    assert len(results) == len(rows)
-    for row in rows:
-        cid = row.get("custom_id") or row["id"]
-        line = results[cid]
-        assert line["error"] is None, line
-        assert line["id"].startswith("batch_req_")
-        response = line["response"]
-        assert response["status_code"] == 200 and response["request_id"].startswith("req_")
-        body = body_as_sent(row)
-        if "input" in body:
-            assert response["body"]["object"] == "list"
-            assert response["body"]["model"] == body["model"]
-        else:
-            # The simulator's reply is a digest of the request: this answer is this request's.
-            assert response["body"]["choices"][0]["message"]["content"] == reply_text(body)
 
 
 def test_two_thousand_requests_every_result_matches_its_request(sim: RunningSim,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import FAKE_KEY, run_cli, write_jsonl
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.jsonl import write_jsonl
 
 
 def a_closed_port() -> int:

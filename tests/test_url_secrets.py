@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from batchrun.errors import redact
-from tests.conftest import FAKE_KEY, Run, run_cli, write_jsonl
+from tests.helpers.cli import FAKE_KEY, Run, run_cli
+from tests.helpers.jsonl import write_jsonl
 
 PLAIN = "MyPlainSecretValue123"  # nothing key-shaped about it: only its place in the URL shows it
 HEX = "0123456789abcdef0123456789abcdef"  # an Azure key's shape

@@ -11,9 +11,10 @@ import pytest
 
 from batchrun.files.ledger import key_fingerprint, ledger_host
 from batchrun.simulator import SimConfig, SimLimits
-from tests.conftest import read_results, run_cli, write_jsonl
-from tests.redis_server import everything_stored
-from tests.test_endpoints_e2e import KEY_A, KEY_B, openai, prompts, toml_file
+from tests.helpers.cli import run_cli
+from tests.helpers.endpoints import KEY_A, KEY_B, openai, prompts, toml_file
+from tests.helpers.jsonl import read_results, write_jsonl
+from tests.helpers.redis_server import everything_stored
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from batchrun.messages import describe_endpoint
-from tests.conftest import run_cli, write_jsonl
-from tests.test_endpoints_estimate import FILE
+from tests.helpers.cli import run_cli
+from tests.helpers.endpoints import FILE
+from tests.helpers.jsonl import write_jsonl
 
 
 def test_one_request_is_one_request() -> None:

@@ -5,7 +5,7 @@ Written apart from batchrun's limiter and calibration: it charges each request b
 keeps one continuously refilling token bucket that starts full, and answers as OpenAI does:
 x-ratelimit-* headers (or none), a 429 "Rate limit reached ... Limit L, Used U, Requested R"
 when the bucket cannot pay, and "Request too large ..." when a request exceeds the limit.
-It plugs into tests.test_engine_time.Server as its `answer`.
+It plugs into tests.helpers.scripted_server.Server as its `answer`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import orjson
 
 from batchrun.http.client import Kind, Outcome, classify
 from batchrun.policy.request import Request
-from tests.conftest import FAKE_KEY
+from tests.helpers.cli import FAKE_KEY
 
 
 def chars_of(body: dict[str, Any]) -> int:
