@@ -19,8 +19,9 @@ def _pytest_without_redis_server(tmp_path: Path, **env: str) -> subprocess.Compl
     run_env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_XDIST_WORKER")}
     run_env.update(PATH=str(bin_dir), **env)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/test_state_redis.py", "-q", "-p", "no:randomly",
-         "-p", "no:cacheprovider", "-k", "racing_for_the_last or midnight_for_every"],
+        [sys.executable, "-m", "pytest", "tests/state/test_state_redis.py", "-q",
+         "-p", "no:randomly", "-p", "no:cacheprovider",
+         "-k", "racing_for_the_last or midnight_for_every"],
         cwd=REPO, env=run_env, capture_output=True, text=True, timeout=110)
 
 
