@@ -102,7 +102,8 @@ def test_resume_of_an_endpoints_job_takes_its_limits_from_the_file_only(
 
 
 def test_record_endpoint_needs_endpoints(tmp_path: Path) -> None:
-    # --simulate with --endpoints runs a simulator per endpoint: tests/test_newuser_endpoints.py
+    # --simulate with --endpoints runs a simulator per endpoint:
+    # tests/routing/test_simulated_endpoints.py
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
     alone = run_cli("submit", str(jobs), "--simulate", "--record-endpoint")
     assert alone.code == 2 and "give --endpoints FILE.toml too" in alone.stderr

@@ -51,8 +51,9 @@ def attempts_on_server(sim: RunningSim, rows: list[dict[str, Any]]) -> list[int]
     return [sim.stats.attempts[request_digest(body_as_sent(r))] for r in rows]
 
 
-# Each fault's classification is unit-tested in test_client.py / test_hostile_responses.py; here
-# the quick suite keeps the faults that only a real socket produces, and CI runs them all.
+# Each fault's classification is unit-tested in http/test_client.py and
+# http/test_any_response_is_an_outcome.py; here the quick suite keeps the faults that only a real
+# socket produces, and CI runs them all.
 EVERY_TIME = [pytest.param(f, marks=pytest.mark.slow if f in (
     "hang past the timeout", "503 with retry-after", "503 without retry-after") else ())
     for f in API_FAULTS]
@@ -153,7 +154,7 @@ def test_disk_full_is_a_clear_error_and_resume_finishes(sim: RunningSim, tmp_pat
          *FAST, "-q"], env={**os.environ, **ENV}, cwd=REPO, capture_output=True, text=True,
         preexec_fn=small_disk, timeout=120, check=False)
     assert proc.returncode == 5, proc.stderr  # local I/O failure, not failed requests
-    # The output's room is checked before each request goes (tests/test_disk_full.py).
+    # The output's room is checked before each request goes (tests/behaviour/test_disk_full.py).
     assert "file-size limit" in proc.stderr and "nothing more was sent" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert 0 < out.stat().st_size <= limit

@@ -160,7 +160,7 @@ class FakeBatchApi:
         b = self.by_id[batch_id]
         if b["status"] in ("completed", "failed", "expired", "cancelled", "finalizing"):
             # OpenAI answers 409 Conflict "Cannot cancel a batch with status 'completed'."
-            # (see tests/batch_server.py), which the real BatchClient raises as Transient.
+            # (see tests/helpers/batch_server.py), which the real BatchClient raises as Transient.
             raise Transient(f"HTTP 409: Cannot cancel a batch with status '{b['status']}'.")
         b["status"], b["_cancel"] = "cancelling", True
         return self._public(batch_id)

@@ -1,5 +1,5 @@
 """The server's accounting on virtual time: what it charges and the limits it teaches, against
-tests/strict_server.py (its own charge rule and bucket). Issue 22."""
+tests/helpers/strict_server.py (its own charge rule and bucket). Issue 22."""
 
 from __future__ import annotations
 

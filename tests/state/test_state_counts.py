@@ -1,7 +1,7 @@
 """Two counts in the shared books (issue 22, item 4, the Redis side), against a real
 redis-server: billed tokens beside the server's rate-limit charge, the count a per-day 429 shows
 the server uses (every host's from then on) and the learned accounting every host of the key
-reads. They mirror tests/test_ledger_counts.py's local ones. And a Redis that restarted empty
+reads. They mirror tests/files/test_ledger_counts.py's local ones. And a Redis that restarted empty
 does not give a resumed job its day's budget again."""
 
 from __future__ import annotations

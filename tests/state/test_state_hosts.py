@@ -1,6 +1,6 @@
 """Many hosts, one key: `batchrun submit` processes with their own $BATCHRUN_HOME sharing one
 Redis and one simulator. (The UTC midnight is faked in-process instead, on injected now_utc:
-tests/test_state_redis.py::test_the_day_turns_at_utc_midnight_for_every_host.)"""
+tests/state/test_state_redis.py::test_the_day_turns_at_utc_midnight_for_every_host.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Batch API path end to end against a scripted API (tests/batch_fake.py), through the
+"""The Batch API path end to end against a scripted API (tests/helpers/batch_fake.py), through the
 runner as `submit`/`resume` run it, with no real waiting: exactly one line per id whatever the
 batches do, retries in new parts, crashes at every step, Ctrl-C, --detach, cancel."""
 

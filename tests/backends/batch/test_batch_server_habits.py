@@ -1,5 +1,5 @@
 """The Batch API path against a server that answers as the services document
-(tests/batch_server.py), through the real client: Azure's 201 Created, OpenAI's 409 for
+(tests/helpers/batch_server.py), through the real client: Azure's 201 Created, OpenAI's 409 for
 cancelling a finished batch, undocumented statuses, output files that are missing, not JSONL
 or cut short."""
 

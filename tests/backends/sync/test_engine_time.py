@@ -1,6 +1,6 @@
-"""The engine on virtual time (tests/virtual_time.py): the event loop's clock is the only clock,
-so retries, cooldowns, drains and --wait across midnight run in milliseconds, and each test can
-say exactly when each request went. The client is scripted; no sockets."""
+"""The engine on virtual time (tests/helpers/virtual_time.py): the event loop's clock is the only
+clock, so retries, cooldowns, drains and --wait across midnight run in milliseconds, and each test
+can say exactly when each request went. The client is scripted; no sockets."""
 
 from __future__ import annotations
 

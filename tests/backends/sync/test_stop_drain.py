@@ -6,8 +6,9 @@ that is paid for, and a resume (or `--via auto`'s Batch API, at once) pays for i
 Ctrl-C has a short drain (`drain_s`, a setting); other stops wait up to the request timeout, the
 longest any request in flight can still take, and the display says so.
 
-On virtual time (tests/virtual_time.py) with a scripted server that counts what it received, so
-"received" and "written" are compared exactly and 15-second answers take no real time."""
+On virtual time (tests/helpers/virtual_time.py) with a scripted server that counts what it
+received, so "received" and "written" are compared exactly and 15-second answers take no real
+time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small words a user reads after wave 3: one request is not "1 requests", the endpoints are not
+"""Small words a user reads: one request is not "1 requests", the endpoints are not
 a limit written in capitals, and the Redis client's install hint works from a checkout too."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The three wave-3 capabilities side by side: several endpoints with the shared Redis state,
-and several endpoints with the Batch API (which sends through one endpoint, so it is refused)."""
+"""Several endpoints together with the shared Redis state, and several endpoints with the Batch
+API (which sends through one endpoint, so it is refused)."""
 
 from __future__ import annotations
 
