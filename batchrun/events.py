@@ -8,7 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchrun.policy.tiers import Limits, price
+from batchrun.policy.prices import price
+from batchrun.policy.tiers import Limits
 
 
 @dataclass(frozen=True, slots=True)

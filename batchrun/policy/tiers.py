@@ -1,6 +1,6 @@
-"""Published rate-limit presets and list prices, per model family.
+"""Published rate-limit presets per model family.
 
-Numbers are OpenAI's published tables (limits page and pricing page) as of PRICES_AS_OF. Every
+Numbers are OpenAI's published limits page as of the prices' date (policy/prices.py). Every
 limit can be overridden on the command line; 0 means unlimited.
 """
 
@@ -10,7 +10,6 @@ import functools
 import re
 from dataclasses import dataclass, field, replace
 
-PRICES_AS_OF = "2026-11-01"
 TIERS = ("free", "tier1", "tier2", "tier3", "tier4", "tier5")
 UNLIMITED = 0
 
@@ -36,17 +35,6 @@ class Limits:
             if value < 0:
                 raise ValueError(f"--{key} must be 0 (unlimited) or a positive number, not {value}")
         return replace(self, **given, given=self.given | frozenset(given))
-
-
-@dataclass(frozen=True, slots=True)
-class Price:
-    """US dollars per 1M tokens at list price; the Batch API charges half."""
-
-    input: float
-    output: float
-
-    def cost(self, tokens_in: int, tokens_out: int) -> float:
-        return (tokens_in * self.input + tokens_out * self.output) / 1_000_000
 
 
 # family -> tier -> published limits. No tier publishes a daily token limit for the per-minute
@@ -98,18 +86,6 @@ PRESETS: dict[str, dict[str, Limits]] = {
     "text-embedding-ada-002": _EMBED,
 }
 
-PRICES: dict[str, Price] = {
-    "gpt-4o-mini": Price(0.15, 0.60),
-    "gpt-4o": Price(2.50, 10.00),
-    "gpt-4.1": Price(2.00, 8.00),
-    "gpt-4.1-mini": Price(0.40, 1.60),
-    "gpt-4.1-nano": Price(0.10, 0.40),
-    "gpt-3.5-turbo": Price(0.50, 1.50),
-    "text-embedding-3-small": Price(0.02, 0.0),
-    "text-embedding-3-large": Price(0.13, 0.0),
-    "text-embedding-ada-002": Price(0.10, 0.0),
-}
-
 # Context windows (prompt + output), for requests that can never run.
 CONTEXT_WINDOWS: dict[str, int] = {
     "gpt-4o-mini": 128_000,
@@ -152,11 +128,6 @@ def context_window(model: str) -> int | None:
     """Prompt + output tokens the model accepts, or None for a model we have no figure for."""
     fam = family(model)
     return CONTEXT_WINDOWS.get(fam) if fam else None
-
-
-def price(model: str) -> Price | None:
-    fam = family(model)
-    return PRICES.get(fam) if fam else None
 
 
 def batch_queue_tokens(model: str, tier: str) -> int:

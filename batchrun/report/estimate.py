@@ -17,17 +17,16 @@ from typing import Any
 from batchrun.backends.batch.plan import MAX_REQUESTS
 from batchrun.errors import BadLine, BadLinesError
 from batchrun.files.jobs import read_jobs
+from batchrun.policy.prices import PRICES_AS_OF, price
 from batchrun.policy.request import CHAT_URL, Request
 from batchrun.policy.sizing import Size, never_fits, never_fits_batch
 from batchrun.policy.tiers import (
-    PRICES_AS_OF,
     Limits,
     batch_queue_tokens,
     daily,
     daily_source,
     family,
     preset,
-    price,
 )
 from batchrun.policy.tokens import choices, prompt_tokens_many
 from batchrun.routing.config import EndpointConfig

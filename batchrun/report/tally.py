@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchrun.events import Event, RequestFinished, RequestSent, RouteChanged, Throttled
-from batchrun.policy.tiers import price
+from batchrun.policy.prices import price
 from batchrun.routing.rules import BACK
 
 

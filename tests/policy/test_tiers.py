@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from batchrun.display.progress import describe_limits
+from batchrun.policy.prices import price
 from batchrun.policy.tiers import (
     PRESETS,
     TIERS,
@@ -13,7 +14,6 @@ from batchrun.policy.tiers import (
     daily_source,
     family,
     preset,
-    price,
 )
 
 
