@@ -120,8 +120,10 @@ def describe_daily(d: dict[str, Any], limits: dict[str, int]) -> str:
 
 def _accounting(a: dict[str, Any]) -> str:
     if a["used"] == "learned":
+        basis = "characters/4" if a["prompt"]["basis"] == "chars" else "tiktoken's count"
         return (f"{a['server_charge_tokens']:,} tokens: the server's charge as learned for "
-                f"this key ({a['ratio']:.2f} x our estimate)")
+                f"this key (a prompt at {a['prompt']['k']:.2f} x its {basis}, the output as "
+                "set)")
     return (f"{a['server_charge_tokens']:,} tokens: our estimate of the server's charge "
             "(nothing learned for this key and model yet)")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from batchrun.errors import StateError
+from batchrun.pacing.calibrate import Learned
 
 BUSY_TIMEOUT_S = 30.0
 EXHAUSTED_CHECK_S = 5.0
@@ -51,13 +52,18 @@ CREATE TABLE IF NOT EXISTS learned (
     host TEXT NOT NULL,
     key_fingerprint TEXT NOT NULL,
     model TEXT NOT NULL,
-    accounting REAL,  -- the server's rate-limit charge per token of our estimate
+    -- versions before 0.x kept the server's whole charge per token of our estimate here; it
+    -- is no longer read (it is not a prompt's k), but stays for those versions to read
+    accounting REAL,
+    -- the server's prompt charge as learned, calibrate.Learned.text(): "chars:1.02"
+    prompt_accounting TEXT,
     daily_counts TEXT,  -- what the server's per-day token limit counts: billed or charge
     PRIMARY KEY (host, key_fingerprint, model)
 );
 """
 # Columns of `usage` that ledgers written by earlier versions may lack (all counts, default 0).
 _USAGE_COLUMNS_ADDED = ("exhausted", "tpd", "rpd", "charge")
+_LEARNED_COLUMNS_ADDED = ("prompt_accounting",)
 BILLED, CHARGE = "billed", "charge"
 # `exhausted` of a day the API's per-day request limit (RPD) spent; 1 is any other per-day 429.
 # Any value but 0 stops the day, so an older batchrun reading this one's ledger stops as well.
@@ -198,6 +204,15 @@ class Ledger:
             except sqlite3.OperationalError as exc:
                 if "duplicate column" not in str(exc):
                     raise
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(learned)")}
+        for name in _LEARNED_COLUMNS_ADDED:
+            if name in columns:
+                continue
+            try:
+                self._db.execute(f"ALTER TABLE learned ADD COLUMN {name} TEXT")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):
+                    raise
 
     def close(self) -> None:
         try:
@@ -237,7 +252,8 @@ class Ledger:
         self.flush()
         cursor = self._db.execute(
             "SELECT u.host, u.key_fingerprint, u.model, day, tokens, requests, tpd, rpd, "
-            "exhausted, charge, accounting, daily_counts FROM usage u LEFT JOIN learned l ON "
+            "exhausted, charge, prompt_accounting AS accounting, daily_counts FROM usage u "
+            "LEFT JOIN learned l ON "
             "u.host=l.host AND u.key_fingerprint=l.key_fingerprint AND u.model=l.model "
             "WHERE day=? ORDER BY u.host, u.key_fingerprint, u.model", (day.isoformat(),))
         names = [d[0] for d in cursor.description]
@@ -365,28 +381,29 @@ class Ledger:
             f"ON CONFLICT DO UPDATE SET {column}=excluded.{column}",
             (scope.host, scope.key_fingerprint, scope.model, value))
 
-    def record_accounting(self, scope: Scope, ratio: float) -> None:
-        """Keep what the server was learned to charge per token of our estimate, for this key
-        and model (the limiter's calibration), so `estimate` and later runs start from it. A
-        ratio that is not a positive finite number is not evidence and is not kept."""
-        if math.isfinite(ratio) and ratio > 0:
-            self._learn(scope, "accounting", ratio)
+    def record_accounting(self, scope: Scope, learned: Learned) -> None:
+        """Keep what the server was learned to charge for a prompt, for this key and model (the
+        limiter's calibration), so `estimate` and later runs start from it. What does not read
+        back as evidence (a k that is not plausible) is not kept."""
+        if learned.plausible:
+            self._learn(scope, "prompt_accounting", learned.text())
 
-    def accounting(self, scope: Scope) -> float | None:
-        """The learned charge per token of our estimate for this key and model, or None."""
-        ratio = self._learned(scope, "accounting")
-        return float(ratio) if isinstance(ratio, (int, float)) and ratio > 0 else None
+    def accounting(self, scope: Scope) -> Learned | None:
+        """The learned prompt charge for this key and model, or None."""
+        return Learned.parse(self._learned(scope, "prompt_accounting"))
 
-    def accountings(self, host: str, key_fingerprint: str) -> dict[str, float]:
+    def accountings(self, host: str, key_fingerprint: str) -> dict[str, Learned]:
         """Every model's learned accounting for one key at one host."""
         try:
             rows = self._db.execute(
-                "SELECT model, accounting FROM learned WHERE host=? AND key_fingerprint=? AND "
-                "accounting > 0", (ledger_host(host), key_fingerprint)).fetchall()
+                "SELECT model, prompt_accounting FROM learned WHERE host=? AND "
+                "key_fingerprint=? AND prompt_accounting IS NOT NULL",
+                (ledger_host(host), key_fingerprint)).fetchall()
         except sqlite3.OperationalError as exc:
             raise StateError(f"cannot read the usage ledger {self.path} ({exc}); another "
                              "batchrun may hold it. Run the same command again.") from None
-        return {str(m): float(r) for m, r in rows if isinstance(r, (int, float))}
+        found = {str(m): Learned.parse(r) for m, r in rows}
+        return {m: learned for m, learned in found.items() if learned is not None}
 
     def record_daily_counts(self, scope: Scope, counts: str) -> None:
         """Which count the server's per-day token limit was seen to count (BILLED or CHARGE)."""
@@ -469,12 +486,12 @@ class DailyBudget:
         """The token lease is taken from the charge count, not billed tokens."""
         return bool(self.tpd) and self.counts == CHARGE
 
-    def record_accounting(self, ratio: float) -> None:
-        """Keep the server's learned charge per token of our estimate, for this key and model."""
-        self.ledger.record_accounting(self.scope, ratio)
+    def record_accounting(self, learned: Learned) -> None:
+        """Keep the server's learned prompt charge, for this key and model."""
+        self.ledger.record_accounting(self.scope, learned)
 
-    def accounting(self) -> float | None:
-        """What an earlier run learned of the server's charge per token of our estimate."""
+    def accounting(self) -> Learned | None:
+        """What an earlier run learned of the server's prompt charge."""
         return self.ledger.accounting(self.scope)
 
     def reserve(self, tokens: int, now: float | None = None) -> dt.date | None:
@@ -620,7 +637,7 @@ class DailyBudget:
                               others)
 
 
-def accountings_in(path: Path, host: str, key_fingerprint: str) -> dict[str, float]:
+def accountings_in(path: Path, host: str, key_fingerprint: str) -> dict[str, Learned]:
     """Every model's learned accounting for one key at one host, from the ledger at `path`."""
     book = Ledger(path)
     try:

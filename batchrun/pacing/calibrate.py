@@ -14,8 +14,15 @@ characters-counting server from a tokenizing one). Evidence, best first:
   EXACT  a 429's "Requested R" for the very request we sent: R is the server's charge of it.
   USAGE  the prompt_tokens a server reports for a request it answered: the server's own count of
          the prompt, which is its rate charge on servers that charge what they bill.
-  LEARNED  the ratio an earlier run or another host learned (`start`, from the ledger or Redis):
-         ranked above usage, which on OpenAI is not its limiter's count, below this run's 429s.
+  LEARNED  the fit an earlier run or another host learned (`start`, from the ledger or Redis):
+         ranked above usage, which on OpenAI is not its limiter's count, below this run's 429s;
+         where this run's usage agrees with it within its margin, the usage fit says the charge.
+
+What is kept between runs and hosts (`Learned`) is the prompt's part alone, as k and its basis:
+the output is always charged as the request sets it. A ratio of the whole charge learned on
+Chinese prose with max_tokens 20 (about 0.55) admitted an English request with max_tokens 2000
+at half its charge; a ratio to our own count of the prompt still under-admits English after
+Chinese on a characters-counting server, while k x characters is right for both.
 
 A prediction comes from the best kind of evidence that has enough samples, so a server whose
 usage is not what its limiter counts (OpenAI bills tiktoken's count, rate-limits characters) is
@@ -43,9 +50,15 @@ MARGIN = 0.01
 # A learned prompt charge stays within this factor of our own count either way (a garbled
 # "Requested" figure or a usage of zero must not admit ten times too fast).
 MAX_FACTOR = 4.0
-# The margin on a charge predicted from a learned ratio alone: one number for every request,
+# The margin on a prompt charge predicted from a learned k alone: one number for every request,
 # while the server's charge per token of ours varies some from request to request.
 LEARNED_MARGIN = 0.03
+
+
+CHARS, TOKENS = "chars", "tokens"
+# Stored ratios of versions before `Learned` were of the whole charge, a bare number: they do
+# not parse as a `Learned` and are dropped (relearned), never read as a prompt's k.
+_BASES = (CHARS, TOKENS)
 
 
 class Source(enum.IntEnum):
@@ -71,7 +84,50 @@ class Visible:
     @property
     def own(self) -> int:
         """Our own count, used until the server has said anything."""
-        return max(self.chars, self.tokens) + self.output
+        return self.own_prompt + self.output
+
+    @property
+    def own_prompt(self) -> int:
+        return max(self.chars, self.tokens)
+
+    def basis(self, name: str) -> int:
+        return self.chars if name == CHARS else self.tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """The server's prompt charge as learned: k x the prompt's `basis` count (CHARS, the
+    characters estimate, or TOKENS, tiktoken's), the output charged as the request sets it.
+    What the ledger and Redis keep for the next run, every host and `estimate`."""
+
+    basis: str
+    k: float
+
+    def prompt(self, visible: Visible) -> float:
+        return self.k * visible.basis(self.basis)
+
+    @property
+    def plausible(self) -> bool:
+        """Evidence, not a garbled figure: a known basis and a k within MAX_FACTOR of 1."""
+        return self.basis in _BASES and math.isfinite(self.k) and (
+            1 / MAX_FACTOR <= self.k <= MAX_FACTOR)
+
+    def text(self) -> str:
+        """As the ledger and Redis store it: versioned by its form (see `parse`)."""
+        return f"{self.basis}:{self.k!r}"
+
+    @classmethod
+    def parse(cls, stored: object) -> Learned | None:
+        """A stored Learned, or None: absent, damaged, implausible, or a whole-charge ratio
+        of an earlier version (a bare number), which is not a prompt's k."""
+        text = stored.decode(errors="replace") if isinstance(stored, bytes) else str(stored)
+        basis, _, k_text = text.partition(":")
+        try:
+            k = float(k_text)
+        except ValueError:
+            return None
+        learned = cls(basis, k)
+        return learned if learned.plausible else None
 
 
 @dataclass(slots=True)
@@ -105,18 +161,30 @@ class _Evidence:
     by_chars: _Fit = field(default_factory=_Fit)
     by_tokens: _Fit = field(default_factory=_Fit)
     samples: float = 0.0
-    ratio: float = 1.0  # the server's charge per token of our own count, recent samples first
+    learned: Learned | None = None  # LEARNED's: what `start` was given
 
     def add(self, visible: Visible, prompt_charge: float, keep: float) -> None:
         self.by_chars.add(visible.chars, prompt_charge, keep)
         self.by_tokens.add(visible.tokens, prompt_charge, keep)
         self.samples = keep * self.samples + 1
 
+    def _best(self) -> tuple[str, _Fit]:
+        return min(((CHARS, self.by_chars), (TOKENS, self.by_tokens)),
+                   key=lambda pair: pair[1].relative_error)
+
     def prompt(self, visible: Visible) -> float:
         """The predicted prompt charge, margin included."""
-        fit, x = min(((self.by_chars, visible.chars), (self.by_tokens, visible.tokens)),
-                     key=lambda pair: pair[0].relative_error)
-        return fit.k * x * (1 + MARGIN + fit.relative_error)
+        if self.learned is not None:
+            # One k for every request, while the server's charge per unit varies some.
+            return self.learned.prompt(visible) * (1 + LEARNED_MARGIN)
+        basis, fit = self._best()
+        return fit.k * visible.basis(basis) * (1 + MARGIN + fit.relative_error)
+
+    def summary(self) -> Learned:
+        if self.learned is not None:
+            return self.learned
+        basis, fit = self._best()
+        return Learned(basis, fit.k)
 
 
 class Calibration:
@@ -125,14 +193,14 @@ class Calibration:
     def __init__(self) -> None:
         self._evidence = {source: _Evidence() for source in Source}
 
-    def start(self, ratio: float) -> None:
+    def start(self, learned: Learned) -> None:
         """Start from (or follow) the accounting learned before: the ledger's or another host's
-        ratio (`ratio()`). It rules over this run's usage, which on OpenAI is not what its
-        limiter counts (believing usage again would mean relearning the charge from 429s), and
-        yields to this run's own 429 figures, which are exact."""
-        if math.isfinite(ratio) and 1 / MAX_FACTOR <= ratio <= MAX_FACTOR:
-            learned = self._evidence[Source.LEARNED]
-            learned.ratio, learned.samples = ratio, 1.0
+        (`learned()`). It rules over this run's usage, which on OpenAI is not what its limiter
+        counts (believing usage again would mean relearning the charge from 429s), and yields
+        to this run's own 429 figures, which are exact."""
+        if learned.plausible:
+            evidence = self._evidence[Source.LEARNED]
+            evidence.learned, evidence.samples = learned, 1.0
 
     def observe(self, source: Source, visible: Visible, charged: float) -> None:
         """`charged`: what the server says it charged this request (EXACT: the whole charge)
@@ -140,24 +208,29 @@ class Calibration:
         prompt = charged - visible.output if source is Source.EXACT else charged
         if visible.chars <= 0 or visible.tokens <= 0 or prompt <= 0:
             return
-        own = max(visible.chars, visible.tokens)
+        own = visible.own_prompt
         if not own / MAX_FACTOR <= prompt <= own * MAX_FACTOR:
             return
-        evidence = self._evidence[source]
-        evidence.add(visible, prompt, _FORGET[source])
-        if source is Source.USAGE:
-            prompt = min(prompt, own)  # as charge() believes it
-        share = (prompt + visible.output) / visible.own
-        keep = _FORGET[source]
-        evidence.ratio = share if evidence.samples <= 1 else keep * evidence.ratio + (
-            1 - keep) * share
+        self._evidence[source].add(visible, prompt, _FORGET[source])
 
-    def ratio(self) -> float | None:
-        """The server's charge per token of our own count, as far as the evidence says (None:
-        no evidence yet): one number for the ledger's learned accounting (Budget.
-        record_accounting), which `estimate` and the next run start from."""
+    def _usage_agrees(self) -> bool:
+        """Does this run's usage say what the learned fit says, within its margin? Then the usage,
+        fitted request by request, is the better word: a host that follows what another host
+        learned from the same usage is as fast as alone (one k and its margin for the rest of the
+        run cost four hosts sharing Redis 3 points, bench/README.md). Usage that disagrees (on
+        OpenAI it is not what the limiter counts) leaves the learned fit in charge."""
+        usage, learned = self._evidence[Source.USAGE], self._evidence[Source.LEARNED].learned
+        if learned is None or usage.samples < _MIN_SAMPLES[Source.USAGE] - 1e-9:
+            return False
+        fit = usage.by_chars if learned.basis == CHARS else usage.by_tokens
+        return fit.k > 0 and abs(fit.k / learned.k - 1) <= LEARNED_MARGIN
+
+    def learned(self) -> Learned | None:
+        """The server's prompt charge as far as the evidence says (None: no evidence yet), for
+        the ledger's learned accounting (Budget.record_accounting), which `estimate` and the
+        next run start from."""
         source = self.source
-        return None if source is None else self._evidence[source].ratio
+        return None if source is None else self._evidence[source].summary()
 
     @property
     def source(self) -> Source | None:
@@ -172,11 +245,9 @@ class Calibration:
         source = self.source
         if source is None or visible.chars <= 0 or visible.tokens <= 0:
             return visible.own
-        if source is Source.LEARNED:
-            # One number for the whole charge: it carries the margin a fitted prompt does.
-            ratio = self._evidence[source].ratio * (1 + LEARNED_MARGIN)
-            return math.ceil(visible.own * ratio)
-        own = max(visible.chars, visible.tokens)
+        if source is Source.LEARNED and self._usage_agrees():
+            source = Source.USAGE
+        own = visible.own_prompt
         prompt = self._evidence[source].prompt(visible)
         # Usage is what the server bills, which may include what its limiter does not count
         # (a fixed overhead per request): it may lower our count, never raise it. Only a 429's

@@ -163,6 +163,7 @@ class Pacer:
         self._tokens = _Bucket(tpm, self.burst_s, now) if tpm else None
         self.admitted_tokens = 0.0
         self.admitted_requests = 0
+        self.limits_adopted = 0  # how many times a lower server limit was adopted
 
     @property
     def tpm(self) -> int:
@@ -263,6 +264,7 @@ class Pacer:
             if not limit or bucket is None or limit >= bucket.limit:
                 continue
             bucket.limit = limit
+            self.limits_adopted += 1
             if cost > limit:
                 # The server refuses outright what exceeds its limit ("Request too large"):
                 # it charged nothing, so neither do we. Kept as debt it held every request
@@ -378,6 +380,7 @@ class Limiter:
         self._fixed_concurrency = concurrency
         self._lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()
+        self._answered = asyncio.Event()
         self.in_flight = 0
         self._latency = 1.0
         self._mean_cost = 0.0
@@ -407,10 +410,27 @@ class Limiter:
                 wait = self.pacer.delay(cost, now)
                 if wait <= 0:
                     break
-                await self._sleep(wait)
+                await self._wait_or_answer(wait)
             self.in_flight += 1
             self._mean_cost = cost if not self._mean_cost else 0.95 * self._mean_cost + 0.05 * cost
             return self.pacer.admit(cost, now)
+
+    async def _wait_or_answer(self, wait: float) -> None:
+        """Sleep `wait`, or less if an answer adopts a lower server limit first: the wait is
+        worked out again, since the answer may have given budget back (a request refused as too
+        large was charged nothing; its debt held the next request 2.2 s at the limit we were
+        told). Other answers leave the wait alone: budget a probe adds waits for it, as before
+        (waking on every answer spent probes at once and doubled the 429s on 1 s windows)."""
+        self._answered.clear()
+        sleeper = asyncio.ensure_future(self._sleep(wait))
+        answer = asyncio.ensure_future(self._answered.wait())
+        try:
+            await asyncio.wait((sleeper, answer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, answer):
+                task.cancel()
+            # Cancelled tasks are awaited, so none outlives this wait (a stop cancels it).
+            await asyncio.gather(sleeper, answer, return_exceptions=True)
 
     def release(self, ticket: Ticket, state: ServerState | None, ok: bool = False) -> None:
         """A request finished (any outcome): free its slot, learn latency and server state.
@@ -423,7 +443,10 @@ class Limiter:
         self._slot_freed.set()
         self._latency = 0.9 * self._latency + 0.1 * max(0.0, now - ticket.at)
         if ok or state is not None:
+            adopted = self.pacer.limits_adopted
             self.pacer.answered(ticket, state, now)
+            if self.pacer.limits_adopted != adopted:
+                self._answered.set()
 
     def rate_limited(self, ticket: Ticket, hint_s: float | None) -> float:
         return self.pacer.rate_limited(ticket, hint_s, self._clock())

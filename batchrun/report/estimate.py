@@ -17,6 +17,7 @@ from typing import Any
 from batchrun.backends.batch.plan import MAX_REQUESTS
 from batchrun.errors import BadLine, BadLinesError
 from batchrun.files.jobs import read_jobs
+from batchrun.pacing.calibrate import CHARS, Learned
 from batchrun.policy.prices import PRICES_AS_OF, price
 from batchrun.policy.request import CHAT_URL, Request
 from batchrun.policy.sizing import Size, never_fits, never_fits_batch
@@ -44,13 +45,13 @@ Fits = Callable[[Size, str, Limits], str | None]
 @dataclass(frozen=True, slots=True)
 class Today:
     """What the ledger knows of one key and model: today's usage, whether the server's per-day
-    429 said today is spent, and the server's learned accounting (its rate-limit charge per
-    token of our estimate), if any."""
+    429 said today is spent, and the server's learned accounting (its rate-limit charge of a
+    prompt), if any."""
 
     tokens: int = 0
     requests: int = 0
     spent_on: str = ""  # the UTC date, when the server said that day (today) is spent
-    accounting: float | None = None
+    accounting: Learned | None = None
 
 
 def nothing_known(model: str) -> Today:
@@ -58,7 +59,7 @@ def nothing_known(model: str) -> Today:
 
 
 def known_today(rows: list[dict[str, object]], day: dt.date, host: str, key_fingerprint: str,
-                accountings: dict[str, float]) -> Callable[[str], Today]:
+                accountings: dict[str, Learned]) -> Callable[[str], Today]:
     """Today per model for one key at one host, from the ledger's usage rows of `day` and its
     learned accountings (a model's snapshots share their family's, as the ledger books them)."""
     mine = {str(r["model"]): r for r in rows
@@ -82,6 +83,14 @@ class _Tally:
     requests_without_max: int = 0
     assumed_output_tokens: int = 0  # for the requests that set none
     charge_tokens: int = 0  # what the per-minute limiter counts
+    chars_tokens: int = 0  # the characters estimate of the prompts, ceil(characters / 4)
+    output_charged_tokens: int = 0  # the output part of charge_tokens
+
+    def server_charge(self, learned: Learned) -> int:
+        """The server's charge as learned: its prompt charge, the output as the requests set
+        it (calibrate.Learned)."""
+        basis = self.chars_tokens if learned.basis == CHARS else self.prompt_tokens
+        return round(learned.k * basis) + self.output_charged_tokens
 
     @property
     def output_tokens(self) -> int:
@@ -142,15 +151,22 @@ def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
             t.prompt_tokens += prompt
             t.max_output_tokens += out or 0
             t.charge_tokens += size.charge
+            t.chars_tokens += size.chars
+            t.output_charged_tokens += size.output_charged
     return report
 
 
-def _accounting(ours: int, ratio: float | None) -> dict[str, Any]:
-    """Which count the time to finish used: the server's learned charge or our own estimate."""
-    if ratio is None:
-        return {"used": "ours", "ratio": None, "server_charge_tokens": ours}
-    return {"used": "learned", "ratio": round(ratio, 4),
-            "server_charge_tokens": round(ours * ratio)}
+def _accounting(t: _Tally, learned: Learned | None) -> dict[str, Any]:
+    """Which count the time to finish used: the server's learned charge or our own estimate.
+    `ratio`: the server's charge of the whole job per token of ours; `prompt`: what it was
+    learned to charge a prompt (k x `basis`: "chars", characters/4, or "tokens", tiktoken's)."""
+    ours = t.charge_tokens
+    if learned is None:
+        return {"used": "ours", "ratio": None, "prompt": None, "server_charge_tokens": ours}
+    server = t.server_charge(learned)
+    return {"used": "learned", "ratio": round(server / ours, 4) if ours else None,
+            "prompt": {"basis": learned.basis, "k": round(learned.k, 4)},
+            "server_charge_tokens": server}
 
 
 def _batch_plan(t: _Tally, queue: int) -> dict[str, Any]:
@@ -210,7 +226,8 @@ def estimate(
         }
         known_today = today(name)
         # The server's charge, when the ledger has learned how it counts: what TPM paces.
-        charge = round(t.charge_tokens * (known_today.accounting or 1.0))
+        learned = known_today.accounting
+        charge = t.charge_tokens if learned is None else t.server_charge(learned)
         minutes = {
             "by_rpm": round(t.requests / lim.rpm, 2) if lim.rpm else None,
             "by_tpm": round(charge / lim.tpm, 2) if lim.tpm else None,
@@ -239,7 +256,7 @@ def estimate(
             "assumed_output_tokens_per_request": assumed_output,
             "output_tokens": t.output_tokens,
             "limit_tokens": t.charge_tokens,
-            "accounting": _accounting(t.charge_tokens, known_today.accounting),
+            "accounting": _accounting(t, known_today.accounting),
             "cost_usd": cost,
             "limits": {"rpm": lim.rpm, "tpm": lim.tpm, "rpd": lim.rpd, "tpd": lim.tpd},
             "minutes": minutes,

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from batchrun.errors import StateError
 from batchrun.files.ledger import DailyBudget, Scope
+from batchrun.pacing.calibrate import Learned
 from batchrun.pacing.limiter import Limiter, ServerState, Ticket
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.decide import billed
@@ -49,9 +50,9 @@ class Budget(Protocol):
 
     def exhaust(self, day: dt.date, server_message: str = "") -> None: ...
 
-    def record_accounting(self, ratio: float) -> None: ...
+    def record_accounting(self, learned: Learned) -> None: ...
 
-    def accounting(self) -> float | None: ...
+    def accounting(self) -> Learned | None: ...
 
 
 class Gate(Protocol):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchrun.files import ledger
 from batchrun.files.ledger import utc_now
+from batchrun.pacing.calibrate import Learned
 from batchrun.state._url import StateUrl
 
 if TYPE_CHECKING:
@@ -57,11 +58,11 @@ async def shared_usage(url: StateUrl, day: dt.date) -> list[dict[str, object]]:
         await state.close()
 
 
-def shared_accountings(url: StateUrl, host: str, api_key: str) -> dict[str, float]:
+def shared_accountings(url: StateUrl, host: str, api_key: str) -> dict[str, Learned]:
     """Every model's learned accounting for one key at one API host, as any host sharing `url`
     learned it, for `estimate`."""
 
-    async def read() -> dict[str, float]:
+    async def read() -> dict[str, Learned]:
         state = await connect(url, keys=[api_key])
         try:
             return await state.accountings(host, ledger.key_fingerprint(api_key))

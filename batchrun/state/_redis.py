@@ -70,7 +70,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import hmac
-import math
 import os
 import secrets
 import socket
@@ -94,6 +93,7 @@ from batchrun.files.ledger import (
     key_fingerprint,
     utc_now,
 )
+from batchrun.pacing.calibrate import Learned
 from batchrun.pacing.limiter import ServerState, Ticket
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.decide import billed
@@ -186,13 +186,11 @@ def _old(kind: str, scope: Scope, *rest: str) -> str:
                                   *rest))
 
 
-def _ratio(stored: object) -> float | None:
-    """A learned accounting as Redis holds it (text), or None when there is none usable."""
-    try:
-        ratio = float(stored.decode() if isinstance(stored, bytes) else str(stored))
-    except ValueError:
-        return None
-    return ratio if math.isfinite(ratio) and ratio > 0 else None
+def _ratio(stored: object) -> Learned | None:
+    """A learned accounting as Redis holds it (Learned.text()), or None when there is none
+    usable: an earlier version's whole-charge ratio (a bare number) is not read as a prompt's
+    k. The field keeps its name, so the admission script passes it through unchanged."""
+    return None if stored is None else Learned.parse(stored)
 
 
 class RedisState:
@@ -453,7 +451,7 @@ class RedisState:
         finally:
             await self._client.aclose()
 
-    async def accountings(self, host: str, key_fingerprint: str) -> dict[str, float]:
+    async def accountings(self, host: str, key_fingerprint: str) -> dict[str, Learned]:
         """Every model's learned accounting for one key (one this process holds) at one API
         host, as any host learned it."""
         secret = self._secrets.get(key_fingerprint)
@@ -461,7 +459,7 @@ class RedisState:
             return {}
         members = await self._call(self._client.smembers(
             _Names.of(secret, "", "").learned_scopes()))
-        found: dict[str, float] = {}
+        found: dict[str, Learned] = {}
         for member in sorted(m.decode() for m in members):
             scope_host, _, model = member.partition("|")
             if scope_host == host:
@@ -505,7 +503,7 @@ class RedisState:
                 "requests": int(fields.get("requests", 0)),
                 "tpd": int(fields.get("tpd", 0)), "rpd": int(fields.get("rpd", 0)),
                 "exhausted": min(1, int(fields.get("exhausted", 0))),
-                "accounting": _ratio(ratio),
+                "accounting": None if (learned := _ratio(ratio)) is None else learned.text(),
                 "daily_counts": CHARGE if counts == CHARGE.encode() else BILLED,
                 "hosts": {k[2:]: int(v) for k, v in sorted(fields.items())
                           if k.startswith("h:")},
@@ -546,7 +544,7 @@ class RedisBudget:
         # on, and the server's charge per token of our estimate; `unlearned`: what this host
         # learned that Redis does not have yet.
         self.counts = BILLED
-        self._accounting: float | None = None
+        self._accounting: Learned | None = None
         self.unlearned: dict[str, str] = {}
         # The job's field and its earlier runs' tokens by day (RedisState.budget), and the days
         # Redis answered an admission carrying them.
@@ -658,17 +656,16 @@ class RedisBudget:
             # Said at once, before the next admission reads the day back from Redis.
             self._usage = dataclasses.replace(u, exhausted=True, exhausted_requests=True)
 
-    def record_accounting(self, ratio: float) -> None:
-        """Keep the server's learned charge per token of our estimate for every host of the
-        key (written in the background). A ratio that is not a positive finite number is not
-        evidence and is not kept."""
-        if math.isfinite(ratio) and ratio > 0:
-            self._accounting = ratio
-            self.unlearned["accounting"] = repr(ratio)
+    def record_accounting(self, learned: Learned) -> None:
+        """Keep the server's learned prompt charge for every host of the key (written in the
+        background). What does not read back as evidence is not kept."""
+        if learned.plausible:
+            self._accounting = learned
+            self.unlearned["accounting"] = learned.text()
             self.state.learn(self)
 
-    def accounting(self) -> float | None:
-        """The learned charge per token of our estimate, as any host of the key learned it
+    def accounting(self) -> Learned | None:
+        """The learned prompt charge, as any host of the key learned it
         last (read when the budget opens and with every admission), or None."""
         return self._accounting
 

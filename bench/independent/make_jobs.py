@@ -9,6 +9,10 @@
     code Python and JSON of 300-900 characters, max_tokens 60-120 (more tokens per character
          than prose under tiktoken).
 
+    big  one request of 120 characters with max_tokens 3000 (a charge of 3,030), then count - 1
+         small ones (55 characters, max_tokens 20: 34 tokens each): on a server whose TPM is
+         2,000 the first is too large and teaches the limit the rest must run at.
+
     python bench/independent/make_jobs.py tpm 270 jobs.jsonl
 """
 
@@ -77,8 +81,8 @@ def code_text(rng: random.Random, nchars: int) -> str:
 def job_lines(kind: str, count: int, seed: int = 0) -> list[str]:
     """`count` JSONL lines of the given kind (see the module docstring); the same seed gives the
     same file."""
-    if kind not in ("tpm", "rpm", "zh", "code"):
-        raise ValueError(f"kind must be tpm, rpm, zh or code, not {kind!r}")
+    if kind not in ("tpm", "rpm", "zh", "code", "big"):
+        raise ValueError(f"kind must be tpm, rpm, zh, code or big, not {kind!r}")
     rng = random.Random(seed)
     lines = []
     for i in range(count):
@@ -90,6 +94,10 @@ def job_lines(kind: str, count: int, seed: int = 0) -> list[str]:
             system = "请简要回答。"
             user = zh_text(rng, rng.randint(300, 700))
             max_tokens = 20
+        elif kind == "big":
+            system = ""
+            user = "x" * 120 if i == 0 else "word " * 11
+            max_tokens = 3000 if i == 0 else 20
         elif kind == "code":
             system = "Review this code."
             user = code_text(rng, rng.randint(300, 900))
@@ -98,7 +106,8 @@ def job_lines(kind: str, count: int, seed: int = 0) -> list[str]:
             system = "Be brief."
             user = text(rng, rng.randint(80, 160) - len(system))
             max_tokens = 20
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": user})
         lines.append(json.dumps({"id": f"{kind}{i:05d}", "messages": messages,
                                  "max_tokens": max_tokens}))
     return lines

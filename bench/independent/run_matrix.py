@@ -41,6 +41,23 @@ And the whole-minute bucket whose opening burst is 2/3 of the job (360 requests,
 
     R  as D (headers at response)        S  as E (headers at admission)
 
+And a limit taught by a refusal (issue 22): the client is told 60K TPM, the server's is 2,000 on
+10 s windows (window headers at response); the first request (3,030 tokens) is refused as too
+large (final, not a 429 counted against the client), the 18 small ones after it (612 tokens)
+must go at the taught 2,000 TPM. Its ideal leaves the refused request out.
+
+    T  python bench/independent/run_matrix.py --cells T --rounds 3
+
+Four hosts on one key (issue 22 item 6): four `batchrun submit` processes, each a quarter of one
+TPM-bound job (520 requests), its own home, told the full limits (3,000 RPM, 270K TPM: ideal
+~28 s), sharing one redis-server (started on a free loopback port) through --state; A's server
+habits otherwise. Besides the share, each run says where the rest went, as the server saw it
+(`where_time_went`) and how many round trips Redis served:
+
+    W  the prompt as tiktoken counts it (our own count)   X  characters / 4
+
+    python bench/independent/run_matrix.py --cells W,X --rounds 3
+
     python bench/independent/run_matrix.py                    # A-H, 2 rounds (~18 minutes)
     python bench/independent/run_matrix.py --cells I,J,K --rounds 1
     python bench/independent/run_matrix.py --cells F,D --rounds 1
@@ -52,9 +69,12 @@ directory removed at the end. Exit status 1 if any run did not finish every job.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -70,8 +90,9 @@ from server import charge_of  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RPM, TPM = 600, 60000
-JOBS = {"tpm1s": ("tpm", 270), "tpm60": ("tpm", 480), "tpm60b": ("tpm", 360),
-        "rpm1s": ("rpm", 650), "zh": ("zh", 240), "code": ("code", 270)}
+JOBS = {"tpm1s": ("tpm", 270), "hosts": ("tpm", 520), "tpm60": ("tpm", 480),
+        "tpm60b": ("tpm", 360), "rpm1s": ("rpm", 650), "zh": ("zh", 240), "code": ("code", 270),
+        "big": ("big", 19)}
 JITTER = ["--jitter", "0.3"]
 RESP_MINUTE = ["--headers-at", "response", "--header-scope", "minute"]
 ADM_WINDOW = ["--headers-at", "admission", "--header-scope", "window"]
@@ -90,8 +111,14 @@ class Cell:
     server: list[str]
 
     def server_args(self, seed: int) -> list[str]:
+        # The cell's own --tpm, if any, comes later and wins: the client is still told TPM.
         return ["--rpm", str(RPM), "--tpm", str(TPM), "--window", str(self.window),
                 "--latency", str(self.latency), *self.server, "--seed", str(seed)]
+
+    @property
+    def tpm(self) -> int:
+        s = self.server
+        return int(s[s.index("--tpm") + 1]) if "--tpm" in s else TPM
 
     @property
     def chars_per_token(self) -> float:
@@ -127,16 +154,20 @@ CELLS = {c.name[0]: c for c in (
     Cell("R-tpm60s-burst2/3-hdr@resp", "tpm60b", 60, 0.3,
          [*JITTER, "--headers-at", "response", "--header-scope", "window"]),
     Cell("S-tpm60s-burst2/3-hdr@adm", "tpm60b", 60, 0.3, [*JITTER, *ADM_WINDOW]),
+    Cell("T-too-large-teaches-2000tpm", "big", 10, 0.3,
+         [*JITTER, "--headers-at", "response", "--header-scope", "window", "--tpm", "2000"]),
 )}
 DEFAULT_CELLS = "A,B,C,D,E,F,G,H"
 
 
-def ideal_seconds(charges: list[int], window: float, latency: float) -> float:
-    """The perfect client's finishing time (see the module docstring)."""
-    req_rate, tok_rate = RPM / 60, TPM / 60
-    req_cap, tok_cap = RPM * window / 60, TPM * window / 60
+def ideal_seconds(charges: list[int], window: float, latency: float, rpm: int = RPM,
+                  tpm: int = TPM) -> float:
+    """The perfect client's finishing time (see the module docstring); a request above the TPM
+    is refused at once, for nothing."""
+    req_rate, tok_rate = rpm / 60, tpm / 60
+    req_cap, tok_cap = rpm * window / 60, tpm * window / 60
     req, tok, t = req_cap, tok_cap, 0.0
-    for charge in charges:
+    for charge in (c for c in charges if c <= tpm):
         dt = max(0.0, (1 - req) / req_rate, (charge - tok) / tok_rate)
         t += dt
         req = min(req_cap, req + dt * req_rate) - 1
@@ -187,15 +218,217 @@ def run_cell(cell: Cell, seed: int, jobs: Path, tmp: Path) -> dict[str, Any]:
     log = json.loads(server_log.read_text())["log"]
 
     ok = [r for r in log if r["ok"]]
-    refused = [r for r in log if not r["ok"]]
+    # A too-large refusal is the server's final answer to that request, not a 429 of pacing.
+    refused = [r for r in log if not r["ok"] and r.get("kind") != "too_large"]
     charges = [charge_of(json.loads(line), cell.chars_per_token, cell.accounting)[2]
                for line in jobs.read_text().splitlines() if line.strip()]
-    ideal = ideal_seconds(charges, cell.window, cell.latency)
+    ideal = ideal_seconds(charges, cell.window, cell.latency, cell.tpm)
     span = max(r["done"] for r in ok) - min(r["arr"] for r in log) if ok else float("inf")
-    result = {"cell": cell.name, "seed": seed, "rc": rc, "n_ok": len(ok), "n_jobs": len(charges),
+    runnable = sum(c <= cell.tpm for c in charges)
+    # Exit 1: finished, the too-large requests recorded as failed for good.
+    rc = 0 if rc == 1 and runnable < len(charges) and len(ok) == runnable else rc
+    result = {"cell": cell.name, "seed": seed, "rc": rc, "n_ok": len(ok), "n_jobs": runnable,
               "n429": len(refused), "ideal": round(ideal, 2), "span": round(span, 2),
               "share": round(ideal / span, 4)}
-    if rc != 0 or len(ok) != len(charges):
+    if rc != 0 or len(ok) != runnable:
+        result["stderr"] = stderr[-500:]
+    return result
+
+
+# Four hosts on one key (issue 22 item 6): `hosts` processes, each `batchrun submit` of a
+# contiguous share of the job with its own home, all told the full limits and sharing one
+# redis-server through --state. The limits are higher than the other cells' so that the whole
+# job (520 requests) has an ideal of ~28 s, as the issue measured it.
+HOSTS_RPM, HOSTS_TPM = 3000, 270000
+
+
+@dataclass(frozen=True)
+class HostsCell(Cell):
+    hosts: int = 4
+
+    def server_args(self, seed: int) -> list[str]:
+        return ["--rpm", str(HOSTS_RPM), "--tpm", str(HOSTS_TPM), "--window", str(self.window),
+                "--latency", str(self.latency), *self.server, "--seed", str(seed)]
+
+
+HOST_CELLS = {c.name[0]: c for c in (
+    HostsCell("W-4hosts-redis-tiktoken-exact", "hosts", 1, 0.3,
+              [*JITTER, *RESP_MINUTE, *TIKTOKEN]),
+    HostsCell("X-4hosts-redis-chars/4", "hosts", 1, 0.3, [*JITTER, *RESP_MINUTE]),
+)}
+CELLS.update(HOST_CELLS)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(run_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server of its own on a free loopback port, no persistence; ready when it takes
+    a connection."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise SystemExit("the four-host cells need redis-server (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(run_dir), "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+            time.sleep(0.02)
+
+
+def split_job(jobs: Path, parts: int, run_dir: Path) -> list[Path]:
+    """The job cut into `parts` contiguous shares, one file each."""
+    lines = [line for line in jobs.read_text().splitlines() if line.strip()]
+    size = -(-len(lines) // parts)
+    paths = []
+    for n in range(parts):
+        path = run_dir / f"part{n}.jsonl"
+        path.write_text("".join(line + "\n" for line in lines[n * size:(n + 1) * size]))
+        paths.append(path)
+    return paths
+
+
+def redis_scripts(port: int) -> dict[str, float]:
+    """Round trips to Redis (script calls) and the server's time per call, from INFO."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        return {}
+    info = subprocess.run([cli, "-p", str(port), "info", "commandstats"],
+                          capture_output=True, text=True, check=False).stdout
+    calls, usec = 0, 0.0
+    for line in info.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            fields = dict(f.split("=") for f in line.split(":", 1)[1].split(","))
+            calls += int(fields["calls"])
+            usec += float(fields["usec"])
+    return {"redis_calls": calls, "redis_us_per_call": round(usec / max(1, calls), 1)}
+
+
+def ids_written(outputs: list[Path]) -> list[str]:
+    ids = []
+    for out in outputs:
+        if out.exists():
+            ids += [json.loads(line)["id"] for line in out.read_text().splitlines() if line]
+    return ids
+
+
+def digest(line: str) -> str:
+    """A job line's request as the server's log names it (server.py: `msg`)."""
+    messages = json.loads(line).get("messages")
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def where_time_went(ok: list[dict[str, Any]], host_of: dict[str, int], cell: Cell,
+                    ) -> dict[str, Any]:
+    """Seconds of the token limit the hosts left unused, by phase, as the server saw it: its
+    token bucket replayed from the first arrival (full, as the ideal assumes), each moment it
+    sat full is limit wasted. Phases: `start` until every host's first request arrived, `run`
+    until the first host's last admission, `end` until the last admission; `tail` is the last
+    admission to the last reply. Span - ideal = the seconds lost + left_s + tail - latency."""
+    rate, cap = HOSTS_TPM / 60, HOSTS_TPM * cell.window / 60
+    ok = sorted(ok, key=lambda r: r["t"])
+    hosts = sorted(set(host_of.values()))
+    first = {h: min(r["arr"] for r in ok if host_of.get(r["msg"]) == h) for h in hosts}
+    last = {h: max(r["t"] for r in ok if host_of.get(r["msg"]) == h) for h in hosts}
+    t0 = min(r["arr"] for r in ok)
+    bounds = {"start": max(first.values()), "run": min(last.values()), "end": ok[-1]["t"]}
+    lost = dict.fromkeys(bounds, 0.0)
+    level, t = cap, t0
+    for r in ok:
+        level += (r["t"] - t) * rate
+        if level > cap:  # the refill past a full bucket, at the moment it overflowed
+            overflow_at = r["t"] - (level - cap) / rate
+            phase = next((p for p, b in bounds.items() if overflow_at <= b), "end")
+            lost[phase] += (level - cap) / rate
+            level = cap
+        level -= r["charge"]
+        t = r["t"]
+    return {"lost_s": {p: round(v, 2) for p, v in lost.items()},
+            # what the bucket still held at the last admission: limit unspent at the end
+            "left_s": round(max(0.0, level) / rate, 2),
+            "hosts_first": [round(first[h] - t0, 2) for h in hosts],
+            "hosts_last": [round(last[h] - t0, 2) for h in hosts],
+            "tail": round(max(r["done"] for r in ok) - ok[-1]["t"], 2)}
+
+
+def run_hosts_cell(cell: Cell, seed: int, jobs: Path, tmp: Path) -> dict[str, Any]:
+    """One run of a four-host cell: server and redis up, the hosts started together and run to
+    the end, everything down; the server's numbers, per host too."""
+    assert isinstance(cell, HostsCell)
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{cell.name[0]}{seed}-", dir=tmp))
+    server_log = run_dir / "server.json"
+    redis, redis_port = start_redis(run_dir)
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "server.py"), *cell.server_args(seed), "--log",
+         str(server_log)], stdout=subprocess.PIPE, text=True, cwd=run_dir,
+        env=clean_env(run_dir))
+    parts = split_job(jobs, cell.hosts, run_dir)
+    outputs = [run_dir / f"results{n}.jsonl" for n in range(cell.hosts)]
+    rcs: list[int | str] = []
+    stderr = ""
+    try:
+        assert server.stdout is not None
+        first = server.stdout.readline().split()
+        if first[:1] != ["PORT"]:
+            raise RuntimeError(f"server did not start (said {first!r})")
+        procs = []
+        launched = time.monotonic()
+        for n, (part, out) in enumerate(zip(parts, outputs, strict=True)):
+            home = run_dir / f"host{n}"
+            home.mkdir()
+            cmd = [*batchrun_command(), "submit", str(part), "-o", str(out), "--base-url",
+                   f"http://127.0.0.1:{first[1]}/v1", "--rpm", str(HOSTS_RPM), "--tpm",
+                   str(HOSTS_TPM), "--tpd", "0", "--rpd", "0", "-q", "--json",
+                   "--state", f"redis://127.0.0.1:{redis_port}/0"]
+            procs.append(subprocess.Popen(cmd, env=clean_env(home), cwd=home, text=True,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for proc in procs:
+            try:
+                _, err = proc.communicate(timeout=300)
+                rcs.append(proc.returncode)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+                rcs.append("timeout")
+            stderr += err[-300:]
+        wall = time.monotonic() - launched
+        scripts = redis_scripts(redis_port)
+    finally:
+        server.terminate()
+        server.wait(10)
+        redis.terminate()
+        redis.wait(10)
+    log = json.loads(server_log.read_text())["log"]
+    ok = [r for r in log if r["ok"]]
+    charges = [charge_of(json.loads(line), cell.chars_per_token, cell.accounting)[2]
+               for line in jobs.read_text().splitlines() if line.strip()]
+    ideal = ideal_seconds(charges, cell.window, cell.latency, HOSTS_RPM, HOSTS_TPM)
+    start = min(r["arr"] for r in log) if log else 0.0
+    span = max(r["done"] for r in ok) - start if ok else float("inf")
+    ids = ids_written(outputs)
+    rc: int | str = next((c for c in rcs if c != 0), 0)
+    result: dict[str, Any] = {
+        "cell": cell.name, "seed": seed, "rc": rc, "n_ok": len(ok), "n_jobs": len(charges),
+        "n429": len(log) - len(ok), "ideal": round(ideal, 2), "span": round(span, 2),
+        "share": round(ideal / span, 4), "wall": round(wall, 2),
+        "ids_once": len(ids) == len(set(ids)) == len(charges), **scripts}
+    if ok:
+        host_of = {digest(line): n for n, part in enumerate(parts)
+                   for line in part.read_text().splitlines() if line}
+        result.update(where_time_went(ok, host_of, cell))
+    if rc != 0 or len(ok) != len(charges) or not result["ids_once"]:
+        result["rc"] = rc or "ids not exactly once"
         result["stderr"] = stderr[-500:]
     return result
 
@@ -235,7 +468,8 @@ def main() -> int:
         for seed in range(1, args.rounds + 1):
             for letter in letters:
                 cell = CELLS[letter]
-                result = run_cell(cell, seed, files[cell.jobs], tmp)
+                run = run_hosts_cell if letter in HOST_CELLS else run_cell
+                result = run(cell, seed, files[cell.jobs], tmp)
                 runs[letter].append(result)
                 print(f"# {json.dumps(result)}", file=sys.stderr, flush=True)
 

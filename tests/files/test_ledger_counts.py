@@ -21,6 +21,7 @@ from batchrun.files.ledger import (
     key_fingerprint,
     ledger_host,
 )
+from batchrun.pacing.calibrate import CHARS, TOKENS, Learned
 from batchrun.simulator import SimConfig, SimLimits
 from tests.helpers.charging import TPD_429
 from tests.helpers.cli import FAKE_KEY, estimate, run_cli, submit
@@ -117,16 +118,39 @@ def test_learned_accounting_per_key_and_model(tmp_path: Path) -> None:
     ledger = ledger_at(tmp_path)
     other_model = Scope(SCOPE.host, SCOPE.key_fingerprint, "gpt-4o")
     assert ledger.accounting(SCOPE) is None
-    DailyBudget(ledger, SCOPE, tpd=0, rpd=0).record_accounting(0.52)
-    ledger.record_accounting(other_model, 1.1)
-    ledger.record_accounting(SCOPE, float("nan"))  # not evidence: the last good one stays
-    ledger.record_accounting(SCOPE, -1.0)
+    DailyBudget(ledger, SCOPE, tpd=0, rpd=0).record_accounting(Learned(CHARS, 0.52))
+    ledger.record_accounting(other_model, Learned(TOKENS, 1.1))
+    # not evidence: the last good one stays
+    ledger.record_accounting(SCOPE, Learned(CHARS, float("nan")))
+    ledger.record_accounting(SCOPE, Learned(CHARS, -1.0))
     ledger.close()
     again = Ledger(tmp_path / "l.sqlite3")
-    assert again.accounting(SCOPE) == 0.52 and again.accounting(other_model) == 1.1
-    assert DailyBudget(again, SCOPE, tpd=0, rpd=0).accounting() == 0.52
+    assert again.accounting(SCOPE) == Learned(CHARS, 0.52)
+    assert again.accounting(other_model) == Learned(TOKENS, 1.1)
+    assert DailyBudget(again, SCOPE, tpd=0, rpd=0).accounting() == Learned(CHARS, 0.52)
     assert again.accounting(Scope("localhost:8000", SCOPE.key_fingerprint, "gpt-4o")) is None
     again.close()
+
+
+def test_an_earlier_versions_whole_charge_ratio_is_dropped_not_read_as_a_prompts(
+        tmp_path: Path) -> None:
+    """A ledger written before kept the server's whole charge per token of ours (0.55 learned
+    on Chinese prose with max_tokens 20) in `learned.accounting`, without the column of the
+    prompt's charge: it opens, and that ratio is not started from."""
+    path = tmp_path / "l.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE learned (host TEXT NOT NULL, key_fingerprint TEXT NOT NULL, "
+                    "model TEXT NOT NULL, accounting REAL, daily_counts TEXT, "
+                    "PRIMARY KEY (host, key_fingerprint, model))")
+        old.execute("INSERT INTO learned VALUES (?,?,?,0.55,NULL)",
+                    (SCOPE.host, SCOPE.key_fingerprint, SCOPE.model))
+    old.close()
+    ledger = Ledger(path)
+    assert ledger.accounting(SCOPE) is None
+    assert ledger.accountings(SCOPE.host, SCOPE.key_fingerprint) == {}
+    ledger.record_accounting(SCOPE, Learned(CHARS, 1.02))
+    assert ledger.accounting(SCOPE) == Learned(CHARS, 1.02)
+    ledger.close()
 
 
 def test_estimate_reads_the_learned_accounting_of_the_key_and_host_it_is_given(
@@ -136,20 +160,23 @@ def test_estimate_reads_the_learned_accounting_of_the_key_and_host_it_is_given(
     ledger = Ledger(Path(isolated_env["BATCHRUN_HOME"]) / "ledger.sqlite3")
     # Learned on a local server with the key in $MY_KEY: it charges half our estimate.
     ledger.record_accounting(Scope("127.0.0.1:8000", key_fingerprint(FAKE_KEY), "gpt-4o-mini"),
-                             0.5)
+                             Learned(TOKENS, 0.5))
     ledger.close()
     env = {"MY_KEY": FAKE_KEY}
     ours = estimate(str(jobs), env=env)["models"][0]
-    assert ours["accounting"] == {"used": "ours", "ratio": None,
+    assert ours["accounting"] == {"used": "ours", "ratio": None, "prompt": None,
                                   "server_charge_tokens": ours["limit_tokens"]}
     args = ("--base-url", "http://localhost:8000/v1", "--api-key-env", "MY_KEY")
     learned = estimate(str(jobs), *args, env=env)["models"][0]
-    assert learned["accounting"] == {"used": "learned", "ratio": 0.5,
-                                     "server_charge_tokens": round(ours["limit_tokens"] / 2)}
-    assert learned["minutes"]["by_tpm"] == pytest.approx(ours["minutes"]["by_tpm"] / 2,
-                                                         abs=0.01)
+    # Half of each prompt; the output (990 a request) is charged as set.
+    server = round(ours["prompt_tokens"] / 2) + 600 * 990
+    assert learned["accounting"] == {
+        "used": "learned", "ratio": round(server / ours["limit_tokens"], 4),
+        "prompt": {"basis": "tokens", "k": 0.5}, "server_charge_tokens": server}
+    assert learned["minutes"]["by_tpm"] == pytest.approx(server / 200_000, abs=0.01)
     text = " ".join(run_cli("estimate", str(jobs), *args, env=env).stdout.split())
-    assert "the server's charge as learned for this key (0.50 x our estimate)" in text
+    assert ("the server's charge as learned for this key (a prompt at 0.50 x its tiktoken's "
+            "count, the output as set)") in text
     # another key at that host has learned nothing
     other = estimate(str(jobs), *args, env={"MY_KEY": "sk-other-key-0123456789"})
     assert other["models"][0]["accounting"]["used"] == "ours"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 
-from batchrun.pacing.calibrate import Calibration, Source, Visible
+from batchrun.pacing.calibrate import CHARS, TOKENS, Calibration, Learned, Source, Visible
 from batchrun.policy.request import Request
 from batchrun.policy.sizing import size_of
 from tests.helpers.charging import CHINESE, PROSE, by_chars, refusal
@@ -145,18 +145,26 @@ def test_only_a_per_minute_token_refusal_states_the_charge() -> None:
         assert refusal(message).server_requested_tokens is None
 
 
-def test_one_ratio_sums_up_the_learned_accounting() -> None:
-    """For the ledger: Chinese prose on a characters/4 server costs it ~40 % of our count."""
+def test_what_is_kept_for_the_ledger_is_the_prompts_charge_by_its_basis() -> None:
+    """For the ledger: Chinese prose on a characters/4 server is charged 1 x its characters
+    estimate (about 40 % of tiktoken's count); the output is not in it."""
     rng = random.Random(6)
     cal = Calibration()
-    assert cal.ratio() is None
-    ours = server = 0
+    assert cal.learned() is None
     for _ in range(20):
         visible, body = sample(rng)
         cal.observe(Source.EXACT, visible, by_chars(body))
-        ours, server = ours + visible.own, server + by_chars(body)
-    ratio = cal.ratio()
-    assert ratio is not None and abs(ratio - server / ours) < 0.05
+    learned = cal.learned()
+    assert learned is not None and learned.basis == CHARS and abs(learned.k - 1) < 0.05
+    assert Learned.parse(learned.text()) == learned
+
+
+def test_an_earlier_versions_whole_charge_ratio_is_not_read_as_a_prompts() -> None:
+    """Ledgers and Redis written before kept a bare ratio of the whole charge: dropped."""
+    for stored in ("0.55", b"0.55", 0.55, "", None, "chars:nan", "chars:100", "words:1.0",
+                   b"\xff"):
+        assert Learned.parse(stored) is None
+    assert Learned.parse(b"tokens:0.9") == Learned(TOKENS, 0.9)
 
 
 def test_it_starts_from_the_learned_ratio_and_this_runs_429s_overrule_it() -> None:
@@ -165,14 +173,14 @@ def test_it_starts_from_the_learned_ratio_and_this_runs_429s_overrule_it() -> No
     undo it; this run's own 429 figures, which are exact, do."""
     rng = random.Random(7)
     cal = Calibration()
-    cal.start(0.45)
+    cal.start(Learned(CHARS, 1.0))
     visible, body = sample(rng)
-    assert cal.charge(visible) == math.ceil(visible.own * 0.45 * 1.03)
-    assert cal.ratio() == 0.45
+    assert cal.charge(visible) == math.ceil(visible.chars * 1.03) + visible.output
+    assert cal.learned() == Learned(CHARS, 1.0)
     for _ in range(10):
         visible, body = sample(rng)
         cal.observe(Source.USAGE, visible, visible.tokens)
-    assert cal.charge(visible) == math.ceil(visible.own * 0.45 * 1.03)
+    assert cal.charge(visible) == math.ceil(visible.chars * 1.03) + visible.output
     for _ in range(5):
         visible, body = sample(rng)
         cal.observe(Source.EXACT, visible, by_chars(body, per_token=2))
@@ -184,7 +192,25 @@ def test_it_starts_from_the_learned_ratio_and_this_runs_429s_overrule_it() -> No
 
 def test_a_learned_ratio_that_is_not_plausible_is_not_started_from() -> None:
     visible, _ = request(CHINESE)
-    for ratio in (0.0, -1.0, math.nan, math.inf, 100.0):
+    for k in (0.0, -1.0, math.nan, math.inf, 100.0):
         cal = Calibration()
-        cal.start(ratio)
-        assert cal.charge(visible) == visible.own and cal.ratio() is None
+        cal.start(Learned(CHARS, k))
+        assert cal.charge(visible) == visible.own and cal.learned() is None
+
+
+def test_a_ratio_learned_on_one_kind_of_request_does_not_under_admit_another() -> None:
+    """The ratio the ledger keeps (for the next run, another host, `estimate`) is the prompt's
+    alone: one learned on Chinese prose with max_tokens 20 (the server charges about half our
+    count of it) must not admit an English request with max_tokens 2000 at half its output."""
+    rng = random.Random(8)
+    learned = Calibration()
+    for _ in range(20):
+        visible, body = sample(rng)
+        learned.observe(Source.EXACT, visible, by_chars(body))
+    kept = learned.learned()
+    assert kept is not None
+    next_run = Calibration()
+    next_run.start(kept)
+    for text in (PROSE * 8, CODE * 4, CHINESE):
+        visible, body = request(text, max_tokens=2000)
+        assert next_run.charge(visible) >= by_chars(body)

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from batchrun.files.ledger import Scope, key_fingerprint
+from batchrun.pacing.calibrate import CHARS, TOKENS, Learned
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.tiers import Limits
 from batchrun.state import StateUrl
@@ -121,26 +122,35 @@ async def test_what_one_host_learns_of_the_accounting_every_host_uses(
     budget = one.budget(SCOPE, 0, 0)
     other_model = one.budget(Scope(SCOPE.host, SCOPE.key_fingerprint, "gpt-4o"), 0, 0)
     assert budget.accounting() is None
-    budget.record_accounting(0.52)
-    other_model.record_accounting(1.1)
-    budget.record_accounting(float("nan"))  # not evidence: the last good one stays
-    budget.record_accounting(-1.0)
-    assert budget.accounting() == 0.52
+    budget.record_accounting(Learned(CHARS, 0.52))
+    other_model.record_accounting(Learned(TOKENS, 1.1))
+    # not evidence: the last good one stays
+    budget.record_accounting(Learned(CHARS, float("nan")))
+    budget.record_accounting(Learned(CHARS, -1.0))
+    assert budget.accounting() == Learned(CHARS, 0.52)
     await one.close()
     # Another host of the key reads it as soon as its budget is open: before any admission.
     theirs = two.budget(SCOPE, 0, 0)
     await two.learned(theirs)
-    assert theirs.accounting() == 0.52
+    assert theirs.accounting() == Learned(CHARS, 0.52)
     elsewhere = two.budget(Scope("localhost:8000", SCOPE.key_fingerprint, SCOPE.model), 0, 0)
     await two.learned(elsewhere)
     assert elsewhere.accounting() is None
     # and it follows what is learned later, with each admission
     three = await hosts()
-    three.budget(SCOPE, 0, 0).record_accounting(0.6)
+    three.budget(SCOPE, 0, 0).record_accounting(Learned(CHARS, 0.6))
     await three.close()
     await two.admit(theirs, 10, DAY.date(), Limits())
-    assert theirs.accounting() == 0.6
-    assert (await two.usage_rows(DAY.date()))[0]["accounting"] == 0.6
+    assert theirs.accounting() == Learned(CHARS, 0.6)
+    assert (await two.usage_rows(DAY.date()))[0]["accounting"] == "chars:0.6"
+    # An earlier version's whole-charge ratio (a bare number) in the same field is dropped.
+    client = redis.Redis.from_url(redis_url)
+    for name in client.keys("*"):
+        if client.type(name) == b"hash" and client.hget(name, "accounting") == b"chars:0.6":
+            client.hset(name, "accounting", "0.55")
+    client.close()
+    await two.admit(theirs, 10, DAY.date(), Limits())
+    assert theirs.accounting() is None
     # Named and stored as the rest of the shared state: no key or fingerprint, and it expires.
     stored = " ".join(everything_stored(redis_url))
     assert FAKE_KEY not in stored and SCOPE.key_fingerprint not in stored
@@ -183,7 +193,7 @@ def test_estimate_with_the_shared_state_reads_the_accounting_any_host_learned(
         # estimate), on another day: no usage of today's to find it by.
         state = await RedisState.connect(StateUrl(redis_url), keys=(FAKE_KEY,))
         scope = Scope("127.0.0.1:8000", key_fingerprint(FAKE_KEY), "gpt-4o-mini")
-        state.budget(scope, 0, 0).record_accounting(0.5)
+        state.budget(scope, 0, 0).record_accounting(Learned(TOKENS, 0.5))
         await state.close()
 
     asyncio.run(learned_elsewhere())
@@ -192,8 +202,8 @@ def test_estimate_with_the_shared_state_reads_the_accounting_any_host_learned(
     ours = estimate(str(jobs), *args, env=env)["models"][0]  # this host's ledger knows nothing
     assert ours["accounting"]["used"] == "ours"
     shared = estimate(str(jobs), *args, "--state", redis_url, env=env)["models"][0]
-    assert shared["accounting"] == {"used": "learned", "ratio": 0.5,
-                                    "server_charge_tokens": round(ours["limit_tokens"] / 2)}
+    assert shared["accounting"]["server_charge_tokens"] == round(
+        ours["prompt_tokens"] / 2) + 600 * 990
     # another key at that host has learned nothing
     other = estimate(str(jobs), *args, "--state", redis_url,
                      env={"MY_KEY": "sk-other-key-0123456789"})

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from batchrun.files.ledger import DailyBudget
-from batchrun.pacing.calibrate import Calibration, Source
+from batchrun.pacing.calibrate import Calibration, Learned, Source
 from batchrun.pacing.limiter import Limiter, ServerState, Ticket
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.decide import Tries, taught_tpm
@@ -102,7 +102,7 @@ class Route:
         # A shared budget (Redis) hears what other hosts learn with every admission; the local
         # ledger only has what earlier runs learned, read once.
         self._follows = not isinstance(gate.budget, DailyBudget)
-        self._recorded: float | None = None  # the ratio the ledger holds, as far as we know
+        self._recorded: Learned | None = None  # what the ledger holds, as far as we know
         self._start_from_ledger()
 
     @property
@@ -163,21 +163,23 @@ class Route:
     def _start_from_ledger(self) -> None:
         """Start from what an earlier run or another host learned of this key and model, so
         the charge is not learned again from 429s (or never, on a server that answers none)."""
-        ratio = self.budget.accounting()
-        if ratio is not None and ratio != self._recorded:
-            self.calibration.start(ratio)
-            self._recorded = ratio
+        learned = self.budget.accounting()
+        if learned is not None and learned != self._recorded:
+            self.calibration.start(learned)
+            self._recorded = learned
 
     def record_accounting(self, moved_by: float = 0.0) -> None:
-        """Write the calibration's ratio to the ledger when it differs from what the ledger
+        """Write the calibration's fit to the ledger when it differs from what the ledger
         holds by more than `moved_by` (the engine writes the last word with 0 at the end)."""
-        ratio = self.calibration.ratio()
-        if ratio is None:
+        learned = self.calibration.learned()
+        if learned is None:
             return
-        if self._recorded is not None and abs(ratio / self._recorded - 1) <= moved_by:
+        held = self._recorded
+        if held is not None and held.basis == learned.basis and abs(
+                learned.k / held.k - 1) <= moved_by:
             return
-        self.budget.record_accounting(ratio)
-        self._recorded = ratio
+        self.budget.record_accounting(learned)
+        self._recorded = learned
 
     def exhaust(self, job: Job, server_message: str = "") -> None:
         """The API said the day's budget is spent (a per-day 429): for the day the job's

@@ -28,6 +28,7 @@ from batchrun.backends.sync.engine import Engine
 from batchrun.events import Event, StateChanged
 from batchrun.files.ledger import DailyBudget, Ledger, Scope
 from batchrun.messages import phrase
+from batchrun.pacing.calibrate import Learned
 from batchrun.pacing.limiter import ServerState, Ticket
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.request import Request
@@ -181,10 +182,10 @@ class FailingShared:
     def exhaust(self, day: dt.date) -> None:
         self.inner.exhaust(day)
 
-    def record_accounting(self, ratio: float) -> None:
-        self.inner.record_accounting(ratio)
+    def record_accounting(self, learned: Learned) -> None:
+        self.inner.record_accounting(learned)
 
-    def accounting(self) -> float | None:
+    def accounting(self) -> Learned | None:
         return self.inner.accounting()
 
     def gate(self, limits: Limits, concurrency: int | None, clock: Callable[[], float],
