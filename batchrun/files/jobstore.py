@@ -23,6 +23,7 @@ from batchrun.errors import InputError, StateError
 from batchrun.files.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.files.outputlock import is_held, read_owner
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.policy.decide import DEFAULT_FLEX_WAIT_S
 
 
 class JobState(StrEnum):
@@ -142,6 +143,8 @@ class JobOptions:
     batch_queue_tokens: int | None = None
     detach: bool = False
     cancel_batches: bool = False
+    service_tier: str | None = None
+    flex_wait_s: float = DEFAULT_FLEX_WAIT_S
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> JobOptions:
@@ -225,6 +228,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "api_key_env": (str, type(None)), "insecure": (bool,), "max_response_mb": (int, float),
     "endpoints": (str, type(None)), "record_endpoint": (bool,),
     "via": (str,), "poll_max_s": (int, float), "batch_queue_tokens": (int, type(None)),
+    "service_tier": (str, type(None)), "flex_wait_s": (int, float),
 }
 
 
