@@ -29,7 +29,7 @@ sys.path[:0] = [str(REPO)]
 from overhead import run_once, write_jobs  # noqa: E402
 
 from batchrun.simulator import SimConfig, SimLimits, SimServer, Simulator  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.helpers.redis_server import RedisServer  # noqa: E402
 
 
 class ThreadSim:

@@ -286,3 +286,30 @@ def test_the_state_package_loads_no_redis_client() -> None:
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, check=True, cwd=PACKAGE.parent)
     assert run.stdout.strip() == "[]"
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in tests/helpers/ (fixtures in conftest.py or a plugin it
+    registers): a test module imported by another runs its module-level code twice, drags its
+    tests' imports along, and a helper found there gets edited for one test and breaks another."""
+    tests = Path(__file__).resolve().parent
+    while (tests.parent / "__init__.py").exists():  # the tests/ folder, from any depth below it
+        tests = tests.parent
+
+    def is_test_module(dotted: str) -> bool:
+        leaf = dotted.rpartition(".")[2]
+        return leaf.startswith("test_") or leaf == "conftest"
+
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            found += [f"{path.relative_to(tests.parent)}:{node.lineno} imports {name}"
+                      for name in names if is_test_module(name)]
+    assert found == [], "move what is shared into tests/helpers/"

@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from tests.virtual_time import START, VirtualClock, VirtualDeadlock, run_virtual
+from tests.helpers.virtual_time import START, VirtualClock, VirtualDeadlock, run_virtual
 
 
 def test_an_hour_of_sleeping_passes_at_once_and_in_order() -> None:

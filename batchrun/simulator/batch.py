@@ -57,7 +57,7 @@ Faults (fields of `BatchConfig`, flags of `python -m batchrun.simulator`, determ
 In Python: `Simulator(SimConfig(batch=BatchConfig(seconds=0.5)), batch_clock=clock)`, where
 `clock()` returns Unix seconds (default: the simulator's `today`, i.e. wall time); with
 `seconds=0` a batch is finished at its first poll. `Simulator.batch.clock` may be replaced on a
-running simulator (e.g. tests/conftest.py's `RunningSim`: `running.sim.batch.clock = clock`).
+running simulator (e.g. tests/helpers/sim.py's `RunningSim`: `running.sim.batch.clock = clock`).
 `batchrun submit --simulate` serves these routes too (defaults: 5 s, 2,000,000 tokens).
 
 Stats (`SimStats.batch`, a `BatchStats`): `uploads`, `created` (batch id -> its metadata, in

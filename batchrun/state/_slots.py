@@ -4,7 +4,7 @@ The shared bucket in Redis decides when each request may go, for every host at o
 Limiter pacing on top of it would throttle twice: it would pace this host at the whole limit
 (harmless) but also read x-ratelimit-remaining-*, which with N hosts reflect everyone's use,
 as "the server refills slower than we count", correct its bucket down and make it wait where
-the shared bucket has room (tests/test_state_redis.py shows the wait; bench/README.md measured
+the shared bucket has room (tests/state/test_state_redis.py shows the wait; bench/README.md measured
 the end-to-end cost at 2 and 4 hosts on the simulator as nil, since each host needs only 1/N of
 the limit). One pacer is simpler to reason about than two that disagree, so this limiter
 keeps the Limiter's in-flight cap (Little's law over the real limits) and its view of the
