@@ -17,7 +17,7 @@ from batchrun.cli import commands as cli
 from batchrun.files import ledger
 from batchrun.files.jobstore import JobStore
 from batchrun.simulator import SimConfig
-from tests.helpers.cli import FAKE_KEY, Run
+from tests.helpers.cli import submit_with_key as submit
 from tests.helpers.jsonl import read_results, write_jsonl
 from tests.helpers.served_app import UNLIMITED, ServedApp, ok
 
@@ -28,14 +28,6 @@ def rate_limited(what: str, hint_ms: int = 20) -> web.Response:
                    f"Limit 10000, Used 10000, Requested 1. Please try again in {hint_ms}ms.",
         "type": "requests", "code": "rate_limit_exceeded"}},
         status=429, headers={"retry-after-ms": str(hint_ms)})
-
-
-def submit(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, base_url: str,
-           jobs: Path, *extra: str) -> Run:
-    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
-    code = cli.run(["submit", str(jobs), "--base-url", base_url, "--quiet", *extra])
-    captured = capsys.readouterr()
-    return Run(code, captured.out, captured.err)
 
 
 def prompts(n: int, **extra: Any) -> list[dict[str, Any]]:

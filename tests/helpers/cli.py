@@ -123,6 +123,15 @@ def submit_in_process(capsys: pytest.CaptureFixture[str], base_url: str, jobs: P
     return Run(code, captured.out, captured.err)
 
 
+def submit_with_key(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                    base_url: str, jobs: Path, *extra: str) -> Run:
+    """`submit` in this process, quiet, with the fake key in the environment."""
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
+    code = cli.run(["submit", str(jobs), "--base-url", base_url, "--quiet", *extra])
+    captured = capsys.readouterr()
+    return Run(code, captured.out, captured.err)
+
+
 def everything_shown(home: Path, *runs: Any) -> str:
     """stdout, stderr and every file batchrun keeps in its home (manifests, ledger)."""
     text = "".join(r.stdout + r.stderr for r in runs)

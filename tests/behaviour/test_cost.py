@@ -12,10 +12,12 @@ import pytest
 from aiohttp import web
 
 from batchrun.backends.batch import entry as batch_entry
-from tests import batch_fake
-from tests.batch_fake import FakeBatchApi
-from tests.conftest import FAKE_KEY, run_cli, write_jsonl
-from tests.test_billing import UNLIMITED, ServedApp, submit
+from tests.helpers import batch_fake
+from tests.helpers.batch_fake import FakeBatchApi
+from tests.helpers.cli import FAKE_KEY, run_cli
+from tests.helpers.cli import submit_with_key as submit
+from tests.helpers.jsonl import write_jsonl
+from tests.helpers.served_app import UNLIMITED, ServedApp
 
 AS_OF = "2026-11-01"  # the price table's date, as the user reads it
 
