@@ -31,6 +31,7 @@ from batchrun.backends.batch.parts import (
 from batchrun.backends.batch.run import Detached
 from batchrun.backends.signals import on_signals
 from batchrun.backends.stop import Stop, hands_over_to_batch
+from batchrun.backends.sync.costcap import CostCap, refuse_uncappable
 from batchrun.backends.sync.engine import Engine, JobSpec
 from batchrun.backends.sync.upstreams import build_upstreams, with_endpoints
 from batchrun.errors import (
@@ -40,6 +41,7 @@ from batchrun.errors import (
     DailyLimitReached,
     InputError,
     Interrupted,
+    SpendCapReached,
     StateError,
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
@@ -63,8 +65,10 @@ from batchrun.files.jobstore import (
 )
 from batchrun.files.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.files.outputlock import OutputLock, Owner, read_owner
+from batchrun.files.spend import SpendJournal, spend_path
 from batchrun.http.endpoint import Endpoint
 from batchrun.messages import phrase, state_unavailable_next
+from batchrun.policy.prices import price
 from batchrun.policy.tiers import Limits, family
 from batchrun.report.tally import count_endpoint, forget_failed
 from batchrun.routing import EndpointConfig, check_serves
@@ -98,7 +102,7 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "endpoints_sha256": endpoints_digest(Path(spec.endpoints_file))
         if spec.endpoints_file else None,
         "via": spec.via, "poll_max_s": spec.poll_max_s,
-        "batch_queue_tokens": spec.batch_queue_tokens,
+        "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost,
     }
 
 
@@ -120,7 +124,7 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         max_retries=o.max_retries, timeout_s=o.timeout_s, on_bad_line=o.on_bad_line,
         wait=o.wait, max_response_mb=o.max_response_mb, via=o.via, poll_max_s=o.poll_max_s,
         batch_queue_tokens=o.batch_queue_tokens, detach=bool(o.detach),
-        cancel_batches=bool(o.cancel_batches),
+        cancel_batches=bool(o.cancel_batches), max_cost=o.max_cost,
     )
     if o.endpoints:  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o.endpoints), o.record_endpoint, m.job_id,
@@ -166,6 +170,8 @@ def _final_state(stop: BatchrunError | None) -> JobState:
         return JobState.SUBMITTED
     if isinstance(stop, DailyLimitReached):
         return JobState.PAUSED_DAILY
+    if isinstance(stop, SpendCapReached):
+        return JobState.PAUSED_COST
     if isinstance(stop, Interrupted):
         return JobState.INTERRUPTED
     return JobState.STOPPED
@@ -389,12 +395,19 @@ async def run(
             manifest.checked = report.to_dict()
             if report.bad_total and spec.on_bad_line == "fail":
                 raise BadLinesError(str(spec.input), report.bad, report.bad_total)
+            if spec.max_cost is not None:
+                refuse_uncappable(spec.max_cost, report.models, spec.input, spec.model)
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
-            stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
-                               Budgets(budget_for, budget_in, key_for), now_utc, sleep, notify,
-                               on_disk)
+            journal = SpendJournal(spend_path(store.dir, manifest.job_id))
+            try:
+                stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
+                                   Budgets(budget_for, budget_in, key_for,
+                                           CostCap(spec.max_cost, journal, price)),
+                                   now_utc, sleep, notify, on_disk)
+            finally:
+                journal.close()
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False
@@ -430,6 +443,11 @@ def _check_paths(spec: JobSpec, manifest: Manifest) -> None:
             f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
             f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
             f"the Batch API, or use --via sync with --endpoints.")
+    if spec.max_cost is not None and spec.via != "sync":
+        raise InputError(
+            f"--max-cost is kept on the sync path only for now; --via {spec.via} would send "
+            "requests through the Batch API, whose parts it does not cap yet. Use --via sync "
+            "with --max-cost, or drop --max-cost.")
     if spec.cancel_batches and spec.via != "sync":
         raise InputError(
             f"--cancel-batches cancels the job's batches so that the sync path sends the rest; "
@@ -450,6 +468,8 @@ class Budgets:
     in_scope: Callable[[Scope, Limits], DailyBudget | SharedBudget]
     # --simulate --endpoints: each simulated endpoint's key (none is in the environment)
     key_for: Callable[[EndpointConfig], str] | None = None
+    # The job's spend beside the daily budget: capped with --max-cost, recorded always
+    cost: CostCap | None = None
 
 
 async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str,
@@ -492,7 +512,8 @@ async def _run_engine(spec: JobSpec, report: InputReport, skip: set[str], api_ke
     """The sync path over every request of the input whose id is not in `skip`."""
     engine = Engine(spec, report, skip, api_key, listener, budgets.for_model, now_utc=now_utc,
                     sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope,
-                                                           budgets.key_for))
+                                                           budgets.key_for),
+                    cost=budgets.cost)
     return await on_signals(engine.interrupt, engine.run())
 
 
@@ -669,7 +690,7 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
         "overrides": spec.overrides, "concurrency": spec.concurrency,
         "max_retries": spec.max_retries, "timeout_s": spec.timeout_s, "wait": spec.wait,
         "max_response_mb": spec.max_response_mb, "poll_max_s": spec.poll_max_s,
-        "batch_queue_tokens": spec.batch_queue_tokens})
+        "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost})
     return spec, simulate
 
 

@@ -30,6 +30,7 @@ class JobState(StrEnum):
 
     RUNNING = "running"
     PAUSED_DAILY = "paused-daily"  # a daily budget is spent: resume after 00:00 UTC
+    PAUSED_COST = "paused-cost"  # --max-cost: resume with a larger cap
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
     STOPPED = "stopped"  # the API refused (key, quota) or local state failed
     # Recorded when an unexpected exception ended the run; a job left "running" by a process
@@ -142,6 +143,7 @@ class JobOptions:
     batch_queue_tokens: int | None = None
     detach: bool = False
     cancel_batches: bool = False
+    max_cost: float | None = None
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> JobOptions:
@@ -225,6 +227,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "api_key_env": (str, type(None)), "insecure": (bool,), "max_response_mb": (int, float),
     "endpoints": (str, type(None)), "record_endpoint": (bool,),
     "via": (str,), "poll_max_s": (int, float), "batch_queue_tokens": (int, type(None)),
+    "max_cost": (int, float, type(None)),
 }
 
 

@@ -70,6 +70,7 @@ class JobSpec:
     batch_queue_tokens: int | None = None  # Batch API: enqueued-token limit; None = preset
     detach: bool = False  # Batch API: submit, record, exit; resume collects
     cancel_batches: bool = False  # resume --via sync: cancel the job's batches, send the rest
+    max_cost: float | None = None  # --max-cost: the job's spend cap in USD at list prices
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)

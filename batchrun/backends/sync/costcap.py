@@ -1,0 +1,119 @@
+"""--max-cost on the sync path: the job's spend beside the daily budget. A request is admitted
+only when its worst case fits under the cap with what is spent and what the requests in flight
+may still cost; each answer settles at its real cost and gives the rest back. The sums live
+here; the arithmetic is policy.spend's, the durable record files.spend's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from batchrun.errors import BadLine, InputError
+from batchrun.files.jobs import read_jobs
+from batchrun.files.spend import SpendJournal
+from batchrun.policy.classify import Outcome
+from batchrun.policy.decide import outcome_usage
+from batchrun.policy.prices import Price, Via, price
+from batchrun.policy.request import CHAT_URL
+from batchrun.policy.sizing import Size
+from batchrun.policy.spend import answer_usd, fits, worst_case_usd
+from batchrun.policy.tokens import max_output_tokens
+
+SHOWN = 10  # lines named in the refusal; the count says how many more
+
+
+class Spend:
+    """One attempt's share of the cap: its worst case, and its key in the spend file once sent."""
+
+    __slots__ = ("key", "model", "worst")
+
+    def __init__(self, model: str, worst: float) -> None:
+        self.model, self.worst, self.key = model, worst, ""
+
+
+class CostCap:
+    """The job's spend for this run, on one path's prices. `cap` None: nothing is capped, the
+    spend is only recorded (for `job_cost_usd`)."""
+
+    def __init__(self, cap: float | None, journal: SpendJournal,
+                 price_of: Callable[[str], Price | None], via: Via = Via.SYNC) -> None:
+        self.cap, self.journal, self.via = cap, journal, via
+        self._price_of = price_of
+        self.at_start = journal.spent
+        self.reserved = 0.0
+        self.in_flight = 0
+        self.settled = asyncio.Event()
+
+    @property
+    def spent(self) -> float:
+        """The whole job's spend so far (every run)."""
+        return self.journal.spent
+
+    def reserve(self, model: str, size: Size) -> Spend | None:
+        """Hold a request's worst case; None when it does not fit under the cap now. Under a
+        cap, a model with no price and a chat line with no maximum output were refused before
+        the run (`refuse_uncappable`); without one, an unpriced model holds nothing."""
+        p = self._price_of(model)
+        worst = 0.0
+        if p is not None:
+            worst = worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via)
+        if self.cap is not None and not fits(self.cap, self.spent, self.reserved, worst):
+            return None
+        self.reserved += worst
+        self.in_flight += 1
+        return Spend(model, worst)
+
+    def release(self, spend: Spend) -> None:
+        """An admitted request that was not sent after all gives its worst case back whole."""
+        self._close(spend)
+
+    def sent(self, spend: Spend) -> None:
+        """Recorded before the request leaves: a kill -9 from here on counts it at its worst."""
+        if self.cap is not None:
+            spend.key = self.journal.reserve(spend.worst)
+
+    def settle(self, spend: Spend, outcome: Outcome | None) -> None:
+        """The attempt's answer (None: abandoned unanswered), recorded before its result line
+        is written, so the file never says less than the server billed for lines in the
+        output."""
+        p = self._price_of(spend.model)
+        usd = spend.worst
+        if outcome is not None and p is not None:
+            usd = answer_usd(p, outcome_usage(outcome), outcome.body, outcome.status,
+                             spend.worst, self.via)
+        if spend.key or usd:
+            self.journal.settle(spend.key or "-", usd)
+        self._close(spend)
+
+    def _close(self, spend: Spend) -> None:
+        self.reserved = max(0.0, self.reserved - spend.worst)
+        self.in_flight -= 1
+        self.settled.set()
+
+
+def refuse_uncappable(max_cost: float, models: Iterable[str], input_path: Path,
+                      model: str) -> None:
+    """Before anything is sent: a cap can be kept only on requests whose most possible bill is
+    known. A model with no list price has none (it is never counted as free); a chat line that
+    sets no max_tokens (or max_completion_tokens) could answer at any length. Raises
+    InputError (exit 2) naming them."""
+    unpriced = sorted(m for m in models if price(m) is None)
+    if unpriced:
+        raise InputError(
+            f"--max-cost {max_cost:g} cannot be kept: batchrun has no list price for "
+            f"{', '.join(unpriced)}, so it cannot know what a request costs. Drop --max-cost, "
+            "or use a model from the price table (batchrun estimate lists the prices).")
+    open_ended = [(item.line_no, item.custom_id)
+                  for item in read_jobs(input_path, model)
+                  if not isinstance(item, BadLine) and item.url == CHAT_URL
+                  and max_output_tokens(item.body) is None]
+    if open_ended:
+        named = ", ".join(f"{cid!r} (line {n})" for n, cid in open_ended[:SHOWN])
+        more = f" and {len(open_ended) - SHOWN:,} more" if len(open_ended) > SHOWN else ""
+        raise InputError(
+            f"--max-cost needs every request's most possible cost, and {len(open_ended):,} "
+            f"line{'s' if len(open_ended) != 1 else ''} of {input_path} set no max_tokens (or "
+            f"max_completion_tokens), so their answers could be any length: {named}{more}. "
+            "Add max_tokens to those lines, or drop --max-cost. Nothing was sent.")
