@@ -27,6 +27,7 @@ from batchrun.cli.options import (
     Jobs,
     Json,
     Limit,
+    MaxCost,
     MaxResponseMb,
     MaxRetries,
     Model,
@@ -89,6 +90,7 @@ def submit(
     detach: Detach = False,
     poll_max: PollMax = None,
     batch_queue_tokens: QueueTokens = None,
+    max_cost: MaxCost = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     printing.reply.json = json_
@@ -104,7 +106,7 @@ def submit(
         simulate=simulate, insecure=insecure, force=force, endpoints=endpoints,
         record_endpoint=record_endpoint, state=state, via=via.value if via else None,
         detach=detach, poll_max=poll_max, batch_queue_tokens=batch_queue_tokens,
-        beside_endpoints=beside_endpoints)
+        max_cost=max_cost, beside_endpoints=beside_endpoints)
     printing.reply.about(prepared.manifest.job_id)
     if prepared.finished is not None:
         printing.finished(prepared.finished, prepared.manifest)
@@ -140,6 +142,7 @@ def resume(
     cancel_batches: Annotated[bool, typer.Option(
         help="with --via sync: cancel the job's Batch API batches (what they finished is "
         "kept) and send the rest by the sync path")] = False,
+    max_cost: MaxCost = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     printing.reply.json = json_
@@ -163,7 +166,7 @@ def resume(
         concurrency=concurrency, max_retries=max_retries, timeout=timeout,
         max_response_mb=max_response_mb, wait=wait, cancel_batches=cancel_batches,
         via=via.value if via else None, detach=detach, poll_max=poll_max,
-        batch_queue_tokens=batch_queue_tokens)
+        batch_queue_tokens=batch_queue_tokens, max_cost=max_cost)
     if prepared.finished is not None:
         printing.finished(prepared.finished, manifest)
     launch(prepared, json_, quiet)
@@ -182,7 +185,7 @@ def launch(p: steps.Prepared, json_: bool, quiet: bool) -> None:
         else:
             printing.out.print(said, markup=False)
         raise typer.Exit(EXIT_OK)
-    summary = steps.run_summary(stats, tally, manifest, stopped)
+    summary = steps.run_summary(stats, tally, manifest, p.store, stopped)
     if json_:
         printing.print_json(summary)
     else:
