@@ -215,3 +215,17 @@ def test_the_cap_holds_across_kill_9_and_the_spend_is_never_below_the_bill(
         assert srv.billed() - 1e-12 <= spent(out) <= cap
         written = read_results(out)  # each id at most once
         assert len(written) < 120
+
+
+def test_status_of_a_paused_job_shows_spent_and_cap_and_wait_does_not_sleep_on_it(
+        server: BillingServer, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(30))
+    # --wait sleeps through a daily limit; a spend cap no night lifts: it stops at once.
+    paused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", "0.001", "--wait")
+    assert paused.code == 3, paused.stderr
+    job = orjson.loads(paused.stdout)["job"]
+
+    shown = " ".join(run_cli("status", job).stdout.split())
+
+    assert "paused-cost" in shown
+    assert "of the --max-cost $0.0010" in shown and "spent $0.000" in shown
