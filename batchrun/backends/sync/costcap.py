@@ -112,8 +112,10 @@ def refuse_uncappable(max_cost: float, models: Iterable[str], input_path: Path,
     if open_ended:
         named = ", ".join(f"{cid!r} (line {n})" for n, cid in open_ended[:SHOWN])
         more = f" and {len(open_ended) - SHOWN:,} more" if len(open_ended) > SHOWN else ""
+        one = len(open_ended) == 1
         raise InputError(
             f"--max-cost needs every request's most possible cost, and {len(open_ended):,} "
-            f"line{'s' if len(open_ended) != 1 else ''} of {input_path} set no max_tokens (or "
-            f"max_completion_tokens), so their answers could be any length: {named}{more}. "
-            "Add max_tokens to those lines, or drop --max-cost. Nothing was sent.")
+            f"line{'' if one else 's'} of {input_path} set{'s' if one else ''} no max_tokens (or "
+            f"max_completion_tokens), so {'its answer' if one else 'their answers'} could be any "
+            f"length: {named}{more}. Add max_tokens to {'it' if one else 'them'}, or drop "
+            "--max-cost. Nothing was sent.")
