@@ -31,7 +31,12 @@ from batchrun.backends.batch.parts import (
 from batchrun.backends.batch.run import Detached
 from batchrun.backends.signals import on_signals
 from batchrun.backends.stop import Stop, hands_over_to_batch
-from batchrun.backends.sync.costcap import CostCap, refuse_uncappable
+from batchrun.backends.sync.costcap import (
+    CostCap,
+    price_table,
+    priced_everywhere,
+    refuse_uncappable,
+)
 from batchrun.backends.sync.engine import Engine, JobSpec
 from batchrun.backends.sync.upstreams import build_upstreams, with_endpoints
 from batchrun.errors import (
@@ -68,7 +73,6 @@ from batchrun.files.outputlock import OutputLock, Owner, read_owner
 from batchrun.files.spend import SpendJournal, spend_path
 from batchrun.http.endpoint import Endpoint
 from batchrun.messages import phrase, state_unavailable_next
-from batchrun.policy.prices import price
 from batchrun.policy.tiers import Limits, family
 from batchrun.report.tally import count_endpoint, forget_failed
 from batchrun.routing import EndpointConfig, check_serves
@@ -396,7 +400,8 @@ async def run(
             if report.bad_total and spec.on_bad_line == "fail":
                 raise BadLinesError(str(spec.input), report.bad, report.bad_total)
             if spec.max_cost is not None:
-                refuse_uncappable(spec.max_cost, report.models, spec.input, spec.model)
+                refuse_uncappable(spec.max_cost, report.models, spec.input, spec.model,
+                                  priced_everywhere(spec.endpoints))
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
@@ -404,7 +409,8 @@ async def run(
             try:
                 stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
                                    Budgets(budget_for, budget_in, key_for,
-                                           CostCap(spec.max_cost, journal, price)),
+                                           CostCap(spec.max_cost, journal,
+                                                   price_table(spec.endpoints))),
                                    now_utc, sleep, notify, on_disk)
             finally:
                 journal.close()

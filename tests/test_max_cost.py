@@ -229,3 +229,59 @@ def test_status_of_a_paused_job_shows_spent_and_cap_and_wait_does_not_sleep_on_i
 
     assert "paused-cost" in shown
     assert "of the --max-cost $0.0010" in shown and "spent $0.000" in shown
+
+
+# -- an endpoint's own prices ------------------------------------------------------------------
+
+def endpoints_file(tmp_path: Path, url: str, prices: str) -> Path:
+    conf = tmp_path / "endpoints.toml"
+    conf.write_text(f'[[endpoint]]\nname = "reseller"\nbase_url = "{url}"\n'
+                    f'api_key_env = "OPENAI_API_KEY"\n{prices}'
+                    '[endpoint.limits."gpt-4o-mini"]\nrpm = 0\ntpm = 0\ntpd = 0\nrpd = 0\n')
+    return conf
+
+
+def test_an_endpoint_that_gives_its_own_prices_is_capped_at_them(
+        server: BillingServer, tmp_path: Path) -> None:
+    # Ten times the list prices: the job's spend is ten times the list-price bill.
+    conf = endpoints_file(tmp_path, server.url, '[endpoint.prices."gpt-4o-mini"]\n'
+                          'input = 1.5\ncached_input = 0.75\noutput = 6.0\n')
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(30))
+
+    paused = run_cli("submit", str(jobs), "-o", str(tmp_path / "out.jsonl"), "--endpoints",
+                     str(conf), "--max-cost", "0.01", "--json", "-q", env=KEY_ENV)
+
+    assert paused.code == 3, paused.stderr
+    spent = orjson.loads(paused.stdout)["job_cost_usd"]
+    assert spent == pytest.approx(10 * server.billed(), rel=1e-3)
+    assert spent <= 0.01
+
+
+def test_an_endpoints_price_table_with_a_wrong_entry_is_refused_with_its_line(
+        server: BillingServer, tmp_path: Path) -> None:
+    conf = endpoints_file(tmp_path, server.url, '[endpoint.prices."gpt-4o-mini"]\n'
+                          'input = 1.5\noutput = "six"\n')
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(3))
+    refused = run_cli("submit", str(jobs), "--endpoints", str(conf), "--max-cost", "1",
+                      env=KEY_ENV)
+    assert refused.code == 2
+    said = " ".join(refused.stderr.split())
+    assert "line 7" in said and "output price" in said and "gpt-4o-mini" in said
+    assert not server.answered
+
+
+def test_a_model_the_table_does_not_price_is_capped_at_the_price_its_endpoint_gives(
+        server: BillingServer, tmp_path: Path) -> None:
+    conf = tmp_path / "endpoints.toml"
+    conf.write_text(f'[[endpoint]]\nname = "house"\nbase_url = "{server.url}"\n'
+                    'api_key_env = "OPENAI_API_KEY"\n'
+                    '[endpoint.limits."house-model-7"]\nrpm = 0\ntpm = 0\n'
+                    '[endpoint.prices."house-model-7"]\ninput = 0.15\noutput = 0.6\n')
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(3))
+
+    done = run_cli("submit", str(jobs), "-o", str(tmp_path / "out.jsonl"), "-m",
+                   "house-model-7", "--endpoints", str(conf), "--max-cost", "1", "--json",
+                   "-q", env=KEY_ENV)
+
+    assert done.code == 0, done.stderr
+    assert orjson.loads(done.stdout)["job_cost_usd"] > 0

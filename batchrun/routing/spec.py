@@ -8,6 +8,7 @@ from pathlib import Path
 from batchrun.files.ledger import ledger_host
 from batchrun.http.endpoint import Endpoint
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.policy.prices import Price, price
 from batchrun.policy.tiers import Limits, preset
 
 
@@ -21,6 +22,12 @@ class EndpointConfig:
     priority: int = 1
     limits: dict[str, dict[str, int]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    # The endpoint's own prices by the job's model (a reseller's, a negotiated rate); a model
+    # not named here is priced from the list-price table.
+    prices: dict[str, Price] = field(default_factory=dict)
+
+    def price_for(self, model: str) -> Price | None:
+        return self.prices.get(model) or price(model)
 
     def serves(self, model: str) -> bool:
         """A preset for the model, or a limits or models entry naming it."""

@@ -7,7 +7,7 @@ here; the arithmetic is policy.spend's, the durable record files.spend's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from batchrun.errors import BadLine, InputError
@@ -20,25 +20,28 @@ from batchrun.policy.request import CHAT_URL
 from batchrun.policy.sizing import Size
 from batchrun.policy.spend import answer_usd, fits, worst_case_usd
 from batchrun.policy.tokens import max_output_tokens
+from batchrun.routing.spec import EndpointConfig
 
 SHOWN = 10  # lines named in the refusal; the count says how many more
 
 
 class Spend:
-    """One attempt's share of the cap: its worst case, and its key in the spend file once sent."""
+    """One attempt's share of the cap: its price (its endpoint's), its worst case, and its key
+    in the spend file once sent."""
 
-    __slots__ = ("key", "model", "worst")
+    __slots__ = ("key", "price", "worst")
 
-    def __init__(self, model: str, worst: float) -> None:
-        self.model, self.worst, self.key = model, worst, ""
+    def __init__(self, price: Price | None, worst: float) -> None:
+        self.price, self.worst, self.key = price, worst, ""
 
 
 class CostCap:
     """The job's spend for this run, on one path's prices. `cap` None: nothing is capped, the
-    spend is only recorded (for `job_cost_usd`)."""
+    spend is only recorded (for `job_cost_usd`). `price_of(model, endpoint)`: the price of a
+    model at an endpoint of --endpoints ("" without), its own or the table's."""
 
     def __init__(self, cap: float | None, journal: SpendJournal,
-                 price_of: Callable[[str], Price | None], via: Via = Via.SYNC) -> None:
+                 price_of: Callable[[str, str], Price | None], via: Via = Via.SYNC) -> None:
         self.cap, self.journal, self.via = cap, journal, via
         self._price_of = price_of
         self.at_start = journal.spent
@@ -51,11 +54,11 @@ class CostCap:
         """The whole job's spend so far (every run)."""
         return self.journal.spent
 
-    def reserve(self, model: str, size: Size) -> Spend | None:
+    def reserve(self, model: str, size: Size, endpoint: str = "") -> Spend | None:
         """Hold a request's worst case; None when it does not fit under the cap now. Under a
         cap, a model with no price and a chat line with no maximum output were refused before
         the run (`refuse_uncappable`); without one, an unpriced model holds nothing."""
-        p = self._price_of(model)
+        p = self._price_of(model, endpoint)
         worst = 0.0
         if p is not None:
             worst = worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via)
@@ -63,7 +66,7 @@ class CostCap:
             return None
         self.reserved += worst
         self.in_flight += 1
-        return Spend(model, worst)
+        return Spend(p, worst)
 
     def release(self, spend: Spend) -> None:
         """An admitted request that was not sent after all gives its worst case back whole."""
@@ -78,8 +81,7 @@ class CostCap:
         """The attempt's answer (None: abandoned unanswered), recorded before its result line
         is written, so the file never says less than the server billed for lines in the
         output."""
-        p = self._price_of(spend.model)
-        usd = spend.worst
+        p, usd = spend.price, spend.worst
         if outcome is not None and p is not None:
             usd = answer_usd(p, outcome_usage(outcome), outcome.body, outcome.status,
                              spend.worst, self.via)
@@ -94,17 +96,18 @@ class CostCap:
 
 
 def refuse_uncappable(max_cost: float, models: Iterable[str], input_path: Path,
-                      model: str) -> None:
+                      model: str, priced: Callable[[str], bool]) -> None:
     """Before anything is sent: a cap can be kept only on requests whose most possible bill is
-    known. A model with no list price has none (it is never counted as free); a chat line that
-    sets no max_tokens (or max_completion_tokens) could answer at any length. Raises
-    InputError (exit 2) naming them."""
-    unpriced = sorted(m for m in models if price(m) is None)
+    known. A model with no price (`priced`: where the job may send it) has none (it is never
+    counted as free); a chat line that sets no max_tokens (or max_completion_tokens) could
+    answer at any length. Raises InputError (exit 2) naming them."""
+    unpriced = sorted(m for m in models if not priced(m))
     if unpriced:
         raise InputError(
             f"--max-cost {max_cost:g} cannot be kept: batchrun has no list price for "
             f"{', '.join(unpriced)}, so it cannot know what a request costs. Drop --max-cost, "
-            "or use a model from the price table (batchrun estimate lists the prices).")
+            "use a model from the price table (batchrun estimate lists the prices), or give "
+            "its price in the endpoints file ([endpoint.prices.\"MODEL\"]).")
     open_ended = [(item.line_no, item.custom_id)
                   for item in read_jobs(input_path, model)
                   if not isinstance(item, BadLine) and item.url == CHAT_URL
@@ -119,3 +122,26 @@ def refuse_uncappable(max_cost: float, models: Iterable[str], input_path: Path,
             f"max_completion_tokens), so {'its answer' if one else 'their answers'} could be any "
             f"length: {named}{more}. Add max_tokens to {'it' if one else 'them'}, or drop "
             "--max-cost. Nothing was sent.")
+
+
+def price_table(endpoints: Sequence[EndpointConfig]) -> Callable[[str, str], Price | None]:
+    """A model's price at an endpoint: the endpoint's own when its entry gives one, else the
+    list-price table's (also for the one endpoint of a job without --endpoints, named "")."""
+    by_name = {config.name: config for config in endpoints}
+
+    def price_of(model: str, endpoint: str) -> Price | None:
+        config = by_name.get(endpoint)
+        return config.price_for(model) if config is not None else price(model)
+
+    return price_of
+
+
+def priced_everywhere(endpoints: Sequence[EndpointConfig]) -> Callable[[str], bool]:
+    """Whether a model has a price at every endpoint that may send it."""
+    def priced(model: str) -> bool:
+        serving = [config for config in endpoints if config.serves(model)]
+        if not serving:
+            return price(model) is not None
+        return all(config.price_for(model) is not None for config in serving)
+
+    return priced

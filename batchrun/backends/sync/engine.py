@@ -300,7 +300,7 @@ class Engine:
                 self._halt(Stop(StopKind.OUTPUT, server_message=full),
                            "the output's disk is full: finishing requests in flight")
                 return
-            afford = await self._afford(lane, job)
+            afford = await self._afford(lane, route, job)
             if afford is None:
                 continue
             if not afford:
@@ -335,7 +335,7 @@ class Engine:
             self._attempts.add(task)
             task.add_done_callback(self._attempts.discard)
 
-    async def _afford(self, lane: Lane, job: Job) -> bool | None:
+    async def _afford(self, lane: Lane, route: Route, job: Job) -> bool | None:
         """--max-cost: hold the job's worst case on the spend cap (True; always without a
         cap). When it does not fit, the job goes back to the head of its queue and, with
         requests in flight, this waits for one to settle and says look again (None); with
@@ -343,7 +343,7 @@ class Engine:
         cost = self._cost
         if cost is None:
             return True
-        job.spend = cost.reserve(lane.model, job.size)
+        job.spend = cost.reserve(lane.model, job.size, route.name)
         if job.spend is not None:
             return True
         lane.retries.appendleft(job)
