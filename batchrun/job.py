@@ -29,14 +29,14 @@ from batchrun.backends.batch.parts import (
     send_failed_again,
 )
 from batchrun.backends.batch.run import Detached
-from batchrun.backends.signals import on_signals
-from batchrun.backends.stop import Stop, hands_over_to_batch
-from batchrun.backends.sync.costcap import (
+from batchrun.backends.costcap import (
     CostCap,
     price_table,
     priced_everywhere,
     refuse_uncappable,
 )
+from batchrun.backends.signals import on_signals
+from batchrun.backends.stop import Stop, hands_over_to_batch
 from batchrun.backends.sync.engine import Engine, JobSpec
 from batchrun.backends.sync.upstreams import build_upstreams, with_endpoints
 from batchrun.errors import (
@@ -73,6 +73,7 @@ from batchrun.files.outputlock import OutputLock, Owner, read_owner
 from batchrun.files.spend import SpendJournal, spend_path
 from batchrun.http.endpoint import Endpoint
 from batchrun.messages import phrase, state_unavailable_next
+from batchrun.policy.prices import Via
 from batchrun.policy.tiers import Limits, family
 from batchrun.report.tally import count_endpoint, forget_failed
 from batchrun.routing import EndpointConfig, check_serves
@@ -449,11 +450,6 @@ def _check_paths(spec: JobSpec, manifest: Manifest) -> None:
             f"--via {spec.via} sends through one endpoint's Batch API, and --endpoints spreads the "
             f"per-minute path over several, so they cannot go together. Drop --endpoints to use "
             f"the Batch API, or use --via sync with --endpoints.")
-    if spec.max_cost is not None and spec.via != "sync":
-        raise InputError(
-            f"--max-cost is kept on the sync path only for now; --via {spec.via} would send "
-            "requests through the Batch API, whose parts it does not cap yet. Use --via sync "
-            "with --max-cost, or drop --max-cost.")
     if spec.cancel_batches and spec.via != "sync":
         raise InputError(
             f"--cancel-batches cancels the job's batches so that the sync path sends the rest; "
@@ -492,7 +488,8 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
                                           done, budgets, now_utc, sleep, notify, on_disk)
     if spec.via == "batch" or has_batches_on_server(manifest.batch):
         return _phrase(await run_batch(spec, manifest, store, api_key, listener, report, done,
-                                       sleep=sleep, notify=notify), spec, manifest)
+                                       sleep=sleep, notify=notify,
+                                       cost=_batch_cost(budgets)), spec, manifest)
     if drop_unsent_parts(manifest.batch) and on_disk:
         store.save(manifest)  # before the sync path sends what they held
     if spec.endpoints:
@@ -507,7 +504,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
                "Batch API now, into the same output.")
         ended = await run_batch(spec, manifest, store, api_key, listener, report,
                                 read_output(spec.output).done, sleep=sleep, notify=notify,
-                                announce=False)
+                                announce=False, cost=_batch_cost(budgets))
     return _phrase(ended, spec, manifest)
 
 
@@ -521,6 +518,10 @@ async def _run_engine(spec: JobSpec, report: InputReport, skip: set[str], api_ke
                                                            budgets.key_for),
                     cost=budgets.cost)
     return await on_signals(engine.interrupt, engine.run())
+
+
+def _batch_cost(budgets: Budgets) -> CostCap | None:
+    return budgets.cost.on_path(Via.BATCH) if budgets.cost is not None else None
 
 
 def _phrase(ended: Stop | None, spec: JobSpec, manifest: Manifest) -> BatchrunError | None:
@@ -560,7 +561,7 @@ async def _sync_beside_batches(spec: JobSpec, manifest: Manifest, store: JobStor
             return None
         stop = await run_batch(spec, manifest, store, api_key, listener, report,
                                read_output(spec.output).done, sleep=sleep, notify=notify,
-                               announce=False, collect_only=True)
+                               announce=False, collect_only=True, cost=_batch_cost(budgets))
         if stop is not None:
             return _phrase(stop, spec, manifest)
         done = read_output(spec.output).done

@@ -110,9 +110,14 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
 def spend_cap_reached(stop: Stop, done: str, note: str, resume: str) -> str:
     """The paused-cost sentence: spent, cap, and the command that goes on under a larger one."""
     larger = max(stop.cap_usd * 2, stop.spent_usd + 0.01)
-    return (f"Spend cap reached: ${stop.spent_usd:,.4f} spent of the --max-cost "
-            f"${stop.cap_usd:,.4f} at list prices of {PRICES_AS_OF}, and the next request could "
+    return (f"Spend cap reached: {_usd(stop.spent_usd)} spent of the --max-cost "
+            f"{_usd(stop.cap_usd)} at list prices of {PRICES_AS_OF}, and the next request could "
             f"pass it. {done}.{note} Continue with a larger cap: {resume} --max-cost {larger:.2f}")
+
+
+def _usd(amount: float) -> str:
+    """Dollars to the cent's hundredth, or to the millionth below a cent (a test's cap)."""
+    return f"${amount:,.4f}" if amount >= 0.01 or amount == 0 else f"${amount:.6f}"
 
 
 def failed_again(failed: int, job: str) -> str:

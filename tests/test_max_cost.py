@@ -149,13 +149,16 @@ def test_lines_without_max_tokens_are_refused_with_their_ids_and_line_numbers(
     assert not server.answered
 
 
-def test_max_cost_with_the_batch_api_is_refused_before_anything_is_sent(
+def test_via_auto_does_not_hand_the_rest_to_the_batch_api_at_the_cap(
         server: BillingServer, tmp_path: Path) -> None:
-    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(3))
-    refused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", "1", "--via", "batch")
-    assert refused.code == 2
-    assert "--via sync" in refused.stderr
-    assert not server.answered
+    # The billing server has no Batch API: a hand-off would fail on its first upload.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(30))
+    paused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", "0.001", "--via", "auto")
+    assert paused.code == 3, paused.stderr
+    summary = orjson.loads(paused.stdout)
+    assert summary["state"] == "paused-cost"
+    assert summary["via"]["batch"]["requests"] == 0
+    assert "Batch API" not in paused.stderr
 
 
 # -- kill -9 ---------------------------------------------------------------------------------

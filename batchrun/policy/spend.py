@@ -1,6 +1,6 @@
 """The spend cap's arithmetic (--max-cost): what a request could cost at most before it is sent,
 what its answer cost, and whether one more request fits under the cap. Pure: the engine keeps
-the running sums (backends.sync.costcap), the job's spend file keeps them durably
+the running sums (backends.costcap), the job's spend file keeps them durably
 (files.spend).
 """
 
@@ -10,6 +10,8 @@ import math
 from typing import Any
 
 from batchrun.policy.prices import Price, Via
+from batchrun.policy.request import CHAT_URL
+from batchrun.policy.tokens import char_estimate, max_output_tokens
 
 # Servers count a prompt with their own tokenizer and chat format, which can be a little above
 # batchrun's count (the simulator counts characters / 4 plus per-message tokens): the worst case
@@ -30,6 +32,12 @@ def worst_case_usd(p: Price, prompt: int, chars: int, max_output: int, via: Via)
     and n x max_tokens at the output price, at the path's rate (`max_output` is already n x
     max_tokens)."""
     return p.cost(worst_prompt(prompt, chars), max_output, 0, via)
+
+
+def body_worst_usd(p: Price, url: str, body: dict[str, Any], prompt: int, via: Via) -> float:
+    """A request's worst case from its body and its prompt tokens (batchrun's count)."""
+    out = max_output_tokens(body) if url == CHAT_URL else 0
+    return worst_case_usd(p, prompt, char_estimate(body), out or 0, via)
 
 
 def fits(cap: float, spent: float, reserved: float, worst: float) -> bool:

@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from batchrun.backends.costcap import CostCap
 from batchrun.backends.stop import Stop
-from batchrun.backends.sync.costcap import CostCap
 from batchrun.backends.sync.failover import Failover, too_large
 from batchrun.backends.sync.lanes import Client, Job, Lane, Route, Upstream
 from batchrun.backends.sync.stamp import with_endpoint

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol
 
-from batchrun.backends.sync.costcap import Spend
+from batchrun.backends.costcap import Spend
 from batchrun.files.ledger import DailyBudget
 from batchrun.pacing.calibrate import Calibration, Learned, Source
 from batchrun.pacing.limiter import Limiter, ServerState, Ticket

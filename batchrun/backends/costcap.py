@@ -1,7 +1,8 @@
-"""--max-cost on the sync path: the job's spend beside the daily budget. A request is admitted
-only when its worst case fits under the cap with what is spent and what the requests in flight
-may still cost; each answer settles at its real cost and gives the rest back. The sums live
-here; the arithmetic is policy.spend's, the durable record files.spend's.
+"""--max-cost: the job's spend beside the daily budget, for the sync engine (per request) and
+the Batch API path (per part). A request or part is sent only when its worst case fits under the
+cap with what is spent and what is in flight; each answer settles at its real cost and gives the
+rest back. The sums live here; the arithmetic is policy.spend's, the durable record
+files.spend's.
 """
 
 from __future__ import annotations
@@ -9,16 +10,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from batchrun.errors import BadLine, InputError
 from batchrun.files.jobs import read_jobs
-from batchrun.files.spend import SpendJournal
+from batchrun.files.spend import KEPT, SpendJournal
 from batchrun.policy.classify import Outcome
 from batchrun.policy.decide import outcome_usage
 from batchrun.policy.prices import Price, Via, price
 from batchrun.policy.request import CHAT_URL
 from batchrun.policy.sizing import Size
-from batchrun.policy.spend import answer_usd, fits, worst_case_usd
+from batchrun.policy.spend import answer_usd, body_worst_usd, fits, worst_case_usd
 from batchrun.policy.tokens import max_output_tokens
 from batchrun.routing.spec import EndpointConfig
 
@@ -49,6 +51,10 @@ class CostCap:
         self.in_flight = 0
         self.settled = asyncio.Event()
 
+    def on_path(self, via: Via) -> CostCap:
+        """The same cap and spend record at another path's prices (the Batch API's)."""
+        return CostCap(self.cap, self.journal, self._price_of, via)
+
     @property
     def spent(self) -> float:
         """The whole job's spend so far (every run)."""
@@ -67,6 +73,45 @@ class CostCap:
         self.reserved += worst
         self.in_flight += 1
         return Spend(p, worst)
+
+    def remaining(self) -> float:
+        """What the cap leaves after what is spent and what is held (inf: no cap)."""
+        if self.cap is None:
+            return float("inf")
+        return self.cap - self.spent - self.journal.held_usd
+
+    def request_worst(self, model: str, url: str, body: dict[str, Any], prompt: int) -> float:
+        """A request's worst case at this path's prices, from its body (the Batch API path
+        plans from lines, not Sizes)."""
+        p = self._price_of(model, "")
+        return 0.0 if p is None else body_worst_usd(p, url, body, prompt, self.via)
+
+    def hold_part(self, key: str, worst: float) -> bool:
+        """A Batch API part about to be created: held (and recorded, kept across runs until it
+        is collected) if its worst case fits; False when it does not (nothing is held). A part
+        held already (its create was asked by an earlier run) stays held."""
+        name = KEPT + key
+        if name in self.journal.held:
+            return True
+        if self.cap is not None and not fits(self.cap, self.spent, self.journal.held_usd,
+                                             worst):
+            return False
+        if self.cap is not None:
+            self.journal.reserve(worst, name)
+        return True
+
+    def settle_part(self, key: str, model: str, billed: list[int], worst: float) -> None:
+        """A collected part: its answered lines' usage (`billed`: prompt, completion, cached
+        prompt tokens, answers without usage) at this path's prices; its hold is closed. An
+        answer that reports no usage may have billed anything up to its worst: the part then
+        keeps its whole worst case."""
+        p = self._price_of(model, "")
+        usd = 0.0 if p is None else p.cost(billed[0], billed[1], billed[2], self.via)
+        if billed[3]:
+            usd = max(usd, worst)
+        name = KEPT + key
+        if name in self.journal.held or usd:
+            self.journal.settle(name if name in self.journal.held else "-", usd)
 
     def release(self, spend: Spend) -> None:
         """An admitted request that was not sent after all gives its worst case back whole."""
