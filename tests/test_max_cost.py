@@ -288,3 +288,21 @@ def test_a_model_the_table_does_not_price_is_capped_at_the_price_its_endpoint_gi
 
     assert done.code == 0, done.stderr
     assert orjson.loads(done.stdout)["job_cost_usd"] > 0
+
+
+def test_a_hand_edited_cap_of_zero_in_the_manifest_is_named_not_run(
+        server: BillingServer, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(30))
+    first = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", "0.001")
+    job = orjson.loads(first.stdout)["job"]
+    path = JobStore().dir / f"{job}.json"
+    manifest = orjson.loads(path.read_bytes())
+    manifest["options"]["max_cost"] = 0
+    path.write_bytes(orjson.dumps(manifest))
+    sent = sum(server.answered.values())
+
+    again = run_cli("resume", job, env=KEY_ENV)
+
+    assert again.code == 5
+    assert "option max_cost cannot be 0" in " ".join(again.stderr.split())
+    assert sum(server.answered.values()) == sent

@@ -235,6 +235,9 @@ def _wrong_options(options: dict[str, Any]) -> list[tuple[str, Any]]:
     wrong = [(k, options[k]) for k, kinds in _OPTION_TYPES.items()
              if k in options and (not isinstance(options[k], kinds)
                                   or (bool not in kinds and isinstance(options[k], bool)))]
+    cap = options.get("max_cost")
+    if isinstance(cap, int | float) and not isinstance(cap, bool) and not cap > 0:
+        wrong.append(("max_cost", cap))  # a cap no request fits under, or NaN
     if options.get("on_bad_line") not in ("fail", "skip"):
         wrong.append(("on_bad_line", options.get("on_bad_line")))
     overrides = options.get("overrides")
