@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchrun.policy.prices import price
+from batchrun.policy.prices import Via, price
 from batchrun.policy.tiers import Limits
 
 
@@ -25,6 +25,7 @@ class JobStarted:
     models: dict[str, int] = field(default_factory=dict)
     proxy: str | None = None  # the HTTP(S) proxy requests go through, credentials masked
     endpoints: dict[str, str] = field(default_factory=dict)  # --endpoints: name -> host
+    via: Via = Via.SYNC  # how the per-minute path is billed: Via.FLEX with --service-tier flex
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,7 @@ class Stats:
     batch_in: Counter[str] = field(default_factory=Counter)
     batch_out: Counter[str] = field(default_factory=Counter)
     limits: dict[str, Limits] = field(default_factory=dict)
+    sync_via: Via = Via.SYNC  # the per-minute path's rate (flex: Batch API rates)
     state: str = "starting"
     batch_requests: int = 0  # of ok + failed: the ones the Batch API answered
 
@@ -156,6 +158,7 @@ class Stats:
                 self.started = time.monotonic()
                 self.total, self.already_done = event.total, event.already_done
                 self.bad_lines, self.limits = event.bad_lines, event.limits
+                self.sync_via = event.via
             case StateChanged(state=state):
                 self.state = state
 
@@ -168,7 +171,7 @@ class Stats:
         # Limits are per minute: a job shorter than a minute is measured against one minute.
         minutes = max(1.0, wall / 60)
         sync_in, sync_out = self.tokens_in - self.batch_in, self.tokens_out - self.batch_out
-        sync_cost, sync_priced, sync_unpriced = _cost(sync_in, sync_out)
+        sync_cost, sync_priced, sync_unpriced = _cost(sync_in, sync_out, self.sync_via)
         batch_cost, batch_priced, batch_unpriced = _cost(self.batch_in, self.batch_out)
         cost, priced = sync_cost + batch_cost / 2, sync_priced or batch_priced
         unpriced = sorted(set(sync_unpriced) | set(batch_unpriced))
@@ -206,7 +209,8 @@ class Stats:
         }
 
 
-def _cost(tokens_in: Counter[str], tokens_out: Counter[str]) -> tuple[float, bool, list[str]]:
+def _cost(tokens_in: Counter[str], tokens_out: Counter[str], via: Via = Via.SYNC,
+          ) -> tuple[float, bool, list[str]]:
     """The cost at list prices of the models that have one, whether any had, and the models
     that have none (named instead: one such model leaves the others' cost known)."""
     cost, priced, unpriced = 0.0, False, []
@@ -218,7 +222,7 @@ def _cost(tokens_in: Counter[str], tokens_out: Counter[str]) -> tuple[float, boo
             unpriced.append(model)
             continue
         priced = True
-        cost += p.cost(tokens_in[model], tokens_out[model])
+        cost += p.cost(tokens_in[model], tokens_out[model], via=via)
     return cost, priced, unpriced
 
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ from batchrun.files.outputlock import OutputLock, Owner, read_owner
 from batchrun.files.spend import SpendJournal, spend_path
 from batchrun.http.endpoint import Endpoint
 from batchrun.messages import phrase, state_unavailable_next
+from batchrun.policy import flex
 from batchrun.policy.prices import Via
 from batchrun.policy.tiers import Limits, family
 from batchrun.report.tally import count_endpoint, forget_failed
@@ -108,6 +109,7 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         if spec.endpoints_file else None,
         "via": spec.via, "poll_max_s": spec.poll_max_s,
         "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost,
+        "service_tier": spec.service_tier, "flex_wait_s": spec.flex_wait_s,
     }
 
 
@@ -130,6 +132,7 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         wait=o.wait, max_response_mb=o.max_response_mb, via=o.via, poll_max_s=o.poll_max_s,
         batch_queue_tokens=o.batch_queue_tokens, detach=bool(o.detach),
         cancel_batches=bool(o.cancel_batches), max_cost=o.max_cost,
+        service_tier=o.service_tier, flex_wait_s=o.flex_wait_s,
     )
     if o.endpoints:  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o.endpoints), o.record_endpoint, m.job_id,
@@ -166,6 +169,15 @@ class _ManifestUpdater:
                                                                         JobState.PAUSED_DAILY):
                 m.state, m.message = JobState(state), detail
                 self.store.save(m)
+
+
+def _check_flex(models: Iterable[str], notify: Callable[[str], None]) -> None:
+    """--service-tier flex over the input's models: refuse the models without it (exit 2,
+    nothing sent), warn about those batchrun has no word on."""
+    if (refused := flex.refusal(models)) is not None:
+        raise InputError(refused)
+    if (unsure := flex.warning(models)) is not None:
+        notify(unsure)
 
 
 def _final_state(stop: BatchrunError | None) -> JobState:
@@ -403,6 +415,8 @@ async def run(
             if spec.max_cost is not None:
                 refuse_uncappable(spec.max_cost, report.models, spec.input, spec.model,
                                   priced_everywhere(spec.endpoints))
+            if spec.service_tier is not None:
+                _check_flex(report.models, notify)
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
@@ -411,7 +425,8 @@ async def run(
                 stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
                                    Budgets(budget_for, budget_in, key_for,
                                            CostCap(spec.max_cost, journal,
-                                                   price_table(spec.endpoints))),
+                                                   price_table(spec.endpoints),
+                                                   _sync_rate(spec))),
                                    now_utc, sleep, notify, on_disk)
             finally:
                 journal.close()
@@ -518,6 +533,11 @@ async def _run_engine(spec: JobSpec, report: InputReport, skip: set[str], api_ke
                                                            budgets.key_for),
                     cost=budgets.cost)
     return await on_signals(engine.interrupt, engine.run())
+
+
+def _sync_rate(spec: JobSpec) -> Via:
+    """The per-minute path's rate: flex processing is billed at Batch API rates."""
+    return Via.FLEX if spec.service_tier == flex.FLEX else Via.SYNC
 
 
 def _batch_cost(budgets: Budgets) -> CostCap | None:
@@ -697,7 +717,8 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
         "overrides": spec.overrides, "concurrency": spec.concurrency,
         "max_retries": spec.max_retries, "timeout_s": spec.timeout_s, "wait": spec.wait,
         "max_response_mb": spec.max_response_mb, "poll_max_s": spec.poll_max_s,
-        "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost})
+        "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost,
+        "flex_wait_s": spec.flex_wait_s})
     return spec, simulate
 
 

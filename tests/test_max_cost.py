@@ -306,3 +306,21 @@ def test_a_hand_edited_cap_of_zero_in_the_manifest_is_named_not_run(
     assert again.code == 5
     assert "option max_cost cannot be 0" in " ".join(again.stderr.split())
     assert sum(server.answered.values()) == sent
+
+
+def test_with_flex_processing_the_cap_counts_flex_prices(
+        server: BillingServer, tmp_path: Path) -> None:
+    # gpt-5-mini offers flex; its list prices (input, cached input, output per 1M tokens) at
+    # the flex rate, half of them: the judge's own copy.
+    inp, cached, out = 0.25 / 2, 0.025 / 2, 2.00 / 2
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(10))
+    done = submit(server, jobs, tmp_path / "out.jsonl", "-m", "gpt-5-mini", "--service-tier",
+                  "flex", "--max-cost", "1")
+    assert done.code == 0, done.stderr
+    bill = 0.0
+    for line in read_results(tmp_path / "out.jsonl").values():
+        usage = line["response"]["body"]["usage"]
+        hit = usage["prompt_tokens_details"]["cached_tokens"]
+        bill += ((usage["prompt_tokens"] - hit) * inp + hit * cached
+                 + usage["completion_tokens"] * out) / 1e6
+    assert orjson.loads(done.stdout)["job_cost_usd"] == pytest.approx(bill, abs=1e-6)

@@ -23,6 +23,7 @@ from batchrun.errors import InputError, StateError
 from batchrun.files.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.files.outputlock import is_held, read_owner
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.policy.decide import DEFAULT_FLEX_WAIT_S
 
 
 class JobState(StrEnum):
@@ -144,6 +145,8 @@ class JobOptions:
     detach: bool = False
     cancel_batches: bool = False
     max_cost: float | None = None
+    service_tier: str | None = None
+    flex_wait_s: float = DEFAULT_FLEX_WAIT_S
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> JobOptions:
@@ -228,6 +231,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "endpoints": (str, type(None)), "record_endpoint": (bool,),
     "via": (str,), "poll_max_s": (int, float), "batch_queue_tokens": (int, type(None)),
     "max_cost": (int, float, type(None)),
+    "service_tier": (str, type(None)), "flex_wait_s": (int, float),
 }
 
 

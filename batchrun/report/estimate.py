@@ -18,7 +18,7 @@ from batchrun.backends.batch.plan import MAX_REQUESTS
 from batchrun.errors import BadLine, BadLinesError
 from batchrun.files.jobs import read_jobs
 from batchrun.pacing.calibrate import CHARS, Learned
-from batchrun.policy.prices import PRICES_AS_OF, price
+from batchrun.policy.prices import PRICES_AS_OF, Via, price
 from batchrun.policy.request import CHAT_URL, Request
 from batchrun.policy.sizing import Size, never_fits, never_fits_batch
 from batchrun.policy.tiers import (
@@ -192,6 +192,7 @@ def estimate(
     endpoints: tuple[EndpointConfig, ...] = (),
     via: str = "sync",
     batch_queue: int | None = None,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
     """The estimate as a plain dict (the --json schema). Sends nothing. With `endpoints`, each
     model's limits are those of every priority-1 endpoint serving it together."""
@@ -218,10 +219,11 @@ def estimate(
     for name, t in sorted(report.tallies.items()):
         lim = limits_for(name)
         p = price(name)
+        rate = Via.FLEX if service_tier == "flex" else Via.SYNC  # flex: Batch API rates
         cost = None if p is None else {
-            "input": round(p.cost(t.prompt_tokens, 0), 6),
-            "output": round(p.cost(0, t.output_tokens), 6),
-            "total": round(p.cost(t.prompt_tokens, t.output_tokens), 6),
+            "input": round(p.cost(t.prompt_tokens, 0, via=rate), 6),
+            "output": round(p.cost(0, t.output_tokens, via=rate), 6),
+            "total": round(p.cost(t.prompt_tokens, t.output_tokens, via=rate), 6),
             "batch_api_total": round(p.cost(t.prompt_tokens, t.output_tokens) / 2, 6),
         }
         known_today = today(name)
