@@ -173,6 +173,13 @@ class DailyLimitReached(BatchrunError):
     exit_code = EXIT_DAILY
 
 
+class SpendCapReached(BatchrunError):
+    """--max-cost: the next request could pass the job's spend cap (a budget, as the daily
+    limit is: exit 3, resumable with a larger cap)."""
+
+    exit_code = EXIT_DAILY
+
+
 class ApiRefused(BatchrunError):
     exit_code = EXIT_REFUSED
 

@@ -29,6 +29,12 @@ from batchrun.backends.batch.parts import (
     send_failed_again,
 )
 from batchrun.backends.batch.run import Detached
+from batchrun.backends.costcap import (
+    CostCap,
+    price_table,
+    priced_everywhere,
+    refuse_uncappable,
+)
 from batchrun.backends.signals import on_signals
 from batchrun.backends.stop import Stop, hands_over_to_batch
 from batchrun.backends.sync.engine import Engine, JobSpec
@@ -40,6 +46,7 @@ from batchrun.errors import (
     DailyLimitReached,
     InputError,
     Interrupted,
+    SpendCapReached,
     StateError,
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
@@ -63,9 +70,11 @@ from batchrun.files.jobstore import (
 )
 from batchrun.files.ledger import DailyBudget, Ledger, Scope, key_fingerprint, utc_now
 from batchrun.files.outputlock import OutputLock, Owner, read_owner
+from batchrun.files.spend import SpendJournal, spend_path
 from batchrun.http.endpoint import Endpoint
 from batchrun.messages import phrase, state_unavailable_next
 from batchrun.policy import flex
+from batchrun.policy.prices import Via
 from batchrun.policy.tiers import Limits, family
 from batchrun.report.tally import count_endpoint, forget_failed
 from batchrun.routing import EndpointConfig, check_serves
@@ -99,7 +108,7 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "endpoints_sha256": endpoints_digest(Path(spec.endpoints_file))
         if spec.endpoints_file else None,
         "via": spec.via, "poll_max_s": spec.poll_max_s,
-        "batch_queue_tokens": spec.batch_queue_tokens,
+        "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost,
         "service_tier": spec.service_tier, "flex_wait_s": spec.flex_wait_s,
     }
 
@@ -122,8 +131,8 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         max_retries=o.max_retries, timeout_s=o.timeout_s, on_bad_line=o.on_bad_line,
         wait=o.wait, max_response_mb=o.max_response_mb, via=o.via, poll_max_s=o.poll_max_s,
         batch_queue_tokens=o.batch_queue_tokens, detach=bool(o.detach),
-        cancel_batches=bool(o.cancel_batches), service_tier=o.service_tier,
-        flex_wait_s=o.flex_wait_s,
+        cancel_batches=bool(o.cancel_batches), max_cost=o.max_cost,
+        service_tier=o.service_tier, flex_wait_s=o.flex_wait_s,
     )
     if o.endpoints:  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o.endpoints), o.record_endpoint, m.job_id,
@@ -182,6 +191,8 @@ def _final_state(stop: BatchrunError | None) -> JobState:
         return JobState.SUBMITTED
     if isinstance(stop, DailyLimitReached):
         return JobState.PAUSED_DAILY
+    if isinstance(stop, SpendCapReached):
+        return JobState.PAUSED_COST
     if isinstance(stop, Interrupted):
         return JobState.INTERRUPTED
     return JobState.STOPPED
@@ -405,14 +416,24 @@ async def run(
             manifest.checked = report.to_dict()
             if report.bad_total and spec.on_bad_line == "fail":
                 raise BadLinesError(str(spec.input), report.bad, report.bad_total)
+            if spec.max_cost is not None:
+                refuse_uncappable(spec.max_cost, report.models, spec.input, spec.model,
+                                  priced_everywhere(spec.endpoints))
             if spec.service_tier is not None:
                 _check_flex(report.models, notify)
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
-            stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
-                               Budgets(budget_for, budget_in, key_for), now_utc, sleep, notify,
-                               on_disk)
+            journal = SpendJournal(spend_path(store.dir, manifest.job_id))
+            try:
+                stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
+                                   Budgets(budget_for, budget_in, key_for,
+                                           CostCap(spec.max_cost, journal,
+                                                   price_table(spec.endpoints),
+                                                   _sync_rate(spec))),
+                                   now_utc, sleep, notify, on_disk)
+            finally:
+                journal.close()
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False
@@ -468,6 +489,8 @@ class Budgets:
     in_scope: Callable[[Scope, Limits], DailyBudget | SharedBudget]
     # --simulate --endpoints: each simulated endpoint's key (none is in the environment)
     key_for: Callable[[EndpointConfig], str] | None = None
+    # The job's spend beside the daily budget: capped with --max-cost, recorded always
+    cost: CostCap | None = None
 
 
 async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str,
@@ -484,7 +507,8 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
                                           done, budgets, now_utc, sleep, notify, on_disk)
     if spec.via == "batch" or has_batches_on_server(manifest.batch):
         return _phrase(await run_batch(spec, manifest, store, api_key, listener, report, done,
-                                       sleep=sleep, notify=notify), spec, manifest)
+                                       sleep=sleep, notify=notify,
+                                       cost=_batch_cost(budgets)), spec, manifest)
     if drop_unsent_parts(manifest.batch) and on_disk:
         store.save(manifest)  # before the sync path sends what they held
     if spec.endpoints:
@@ -499,7 +523,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
                "Batch API now, into the same output.")
         ended = await run_batch(spec, manifest, store, api_key, listener, report,
                                 read_output(spec.output).done, sleep=sleep, notify=notify,
-                                announce=False)
+                                announce=False, cost=_batch_cost(budgets))
     return _phrase(ended, spec, manifest)
 
 
@@ -510,8 +534,18 @@ async def _run_engine(spec: JobSpec, report: InputReport, skip: set[str], api_ke
     """The sync path over every request of the input whose id is not in `skip`."""
     engine = Engine(spec, report, skip, api_key, listener, budgets.for_model, now_utc=now_utc,
                     sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope,
-                                                           budgets.key_for))
+                                                           budgets.key_for),
+                    cost=budgets.cost)
     return await on_signals(engine.interrupt, engine.run())
+
+
+def _sync_rate(spec: JobSpec) -> Via:
+    """The per-minute path's rate: flex processing is billed at Batch API rates."""
+    return Via.FLEX if spec.service_tier == flex.FLEX else Via.SYNC
+
+
+def _batch_cost(budgets: Budgets) -> CostCap | None:
+    return budgets.cost.on_path(Via.BATCH) if budgets.cost is not None else None
 
 
 def _phrase(ended: Stop | None, spec: JobSpec, manifest: Manifest) -> BatchrunError | None:
@@ -551,7 +585,7 @@ async def _sync_beside_batches(spec: JobSpec, manifest: Manifest, store: JobStor
             return None
         stop = await run_batch(spec, manifest, store, api_key, listener, report,
                                read_output(spec.output).done, sleep=sleep, notify=notify,
-                               announce=False, collect_only=True)
+                               announce=False, collect_only=True, cost=_batch_cost(budgets))
         if stop is not None:
             return _phrase(stop, spec, manifest)
         done = read_output(spec.output).done
@@ -687,7 +721,8 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
         "overrides": spec.overrides, "concurrency": spec.concurrency,
         "max_retries": spec.max_retries, "timeout_s": spec.timeout_s, "wait": spec.wait,
         "max_response_mb": spec.max_response_mb, "poll_max_s": spec.poll_max_s,
-        "batch_queue_tokens": spec.batch_queue_tokens, "flex_wait_s": spec.flex_wait_s})
+        "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost,
+        "flex_wait_s": spec.flex_wait_s})
     return spec, simulate
 
 

@@ -19,12 +19,14 @@ from batchrun.errors import (
     BatchrunError,
     DailyLimitReached,
     Interrupted,
+    SpendCapReached,
     StateError,
     printable,
     redact,
     redact_urls,
 )
 from batchrun.files.ledger import fmt_wait
+from batchrun.policy.prices import PRICES_AS_OF
 from batchrun.policy.stopkind import StopKind
 
 INTERRUPTED_EARLY = "Interrupted before anything was sent."
@@ -63,6 +65,8 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
         return DailyLimitReached(
             f"{stop.budget}. {done}.{said}{note} Resume after 00:00 UTC (in {wait}) with: "
             f"{resume}")
+    if stop.kind is StopKind.COST:
+        return SpendCapReached(spend_cap_reached(stop, done, note, resume))
     if stop.kind is StopKind.REFUSED:
         return ApiRefused(
             f"The API refused the request: {stop.server_message} ({stop.code}, HTTP "
@@ -101,6 +105,19 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
     return Interrupted(
         f"Interrupted. {stop.done:,} of {stop.total:,} requests are done and kept in {output}."
         f"{note} Continue with: {resume}")
+
+
+def spend_cap_reached(stop: Stop, done: str, note: str, resume: str) -> str:
+    """The paused-cost sentence: spent, cap, and the command that goes on under a larger one."""
+    larger = max(stop.cap_usd * 2, stop.spent_usd + 0.01)
+    return (f"Spend cap reached: {_usd(stop.spent_usd)} spent of the --max-cost "
+            f"{_usd(stop.cap_usd)} at list prices of {PRICES_AS_OF}, and the next request could "
+            f"pass it. {done}.{note} Continue with a larger cap: {resume} --max-cost {larger:.2f}")
+
+
+def _usd(amount: float) -> str:
+    """Dollars to the cent's hundredth, or to the millionth below a cent (a test's cap)."""
+    return f"${amount:,.4f}" if amount >= 0.01 or amount == 0 else f"${amount:.6f}"
 
 
 def failed_again(failed: int, job: str) -> str:

@@ -54,6 +54,7 @@ class Job:
     counts: Counts
     tokens: Tokens = Tokens()
     cost_usd: float | None = 0.0
+    job_cost_usd: float = 0.0  # the whole job's spend so far, every run (its spend record)
     # The CLI's --json summary of this run, if one ran (a dict: left out of == and hash).
     summary: Mapping[str, Any] | None = field(default=None, compare=False)
 

@@ -63,7 +63,8 @@ def _job(manifest: Manifest, exit_code: int, message: str, state: JobState | Non
         id=manifest.job_id, state=JobState(state or manifest.state), exit_code=exit_code,
         message=message, input=Path(manifest.input), output=Path(manifest.output),
         counts=Counts(manifest.total, manifest.done, manifest.failed), tokens=tokens,
-        cost_usd=summary["cost_usd"] if summary else 0.0, summary=summary)
+        cost_usd=summary["cost_usd"] if summary else 0.0,
+        job_cost_usd=summary["job_cost_usd"] if summary else 0.0, summary=summary)
 
 
 async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Job:
@@ -102,7 +103,7 @@ async def _launch(p: Prepared, on_event: EventHook | None, progress: bool) -> Jo
                              f"{JobState(p.manifest.state).value}; batchrun.resume({job_id!r}) "
                              "goes on.")
         raise hook.raised
-    summary = run_summary(stats, tally, p.manifest, stopped)
+    summary = run_summary(stats, tally, p.manifest, p.store, stopped)
     if stopped is None:
         code = EXIT_SOME_FAILED if p.manifest.failed else EXIT_OK
         return _job(p.manifest, code, summary["message"], summary=summary)
@@ -177,8 +178,9 @@ def submit(jobs: str | os.PathLike[str], *, on_event: EventHook | None = None,
     Options are `batchrun submit`'s (output, model, tier, rpm, tpm, rpd, tpd, concurrency,
     base_url, azure_endpoint, api_key_env, max_retries, timeout, drain, max_response_mb, wait,
     on_bad_line, simulate, insecure, force, endpoints, record_endpoint, state, via, detach,
-    poll_max, batch_queue_tokens, service_tier, flex_wait). Works inside a running event loop
-    (Jupyter) too: the job then runs on a worker thread, and `on_event` is called there."""
+    poll_max, batch_queue_tokens, service_tier, flex_wait, max_cost). Works inside a running
+    event loop (Jupyter) too: the job then runs on a worker thread, and `on_event` is called
+    there."""
     return block(submit_async(jobs, on_event=on_event, progress=progress, **options))
 
 
@@ -204,7 +206,7 @@ async def resume_async(job: Job | str | os.PathLike[str] | None = None, *,
     check_options({**options, "drain": drain})
     known = {"rpm", "tpm", "rpd", "tpd", "concurrency", "max_retries", "timeout",
              "max_response_mb", "wait", "via", "detach", "poll_max", "batch_queue_tokens",
-             "cancel_batches", "flex_wait"}
+             "cancel_batches", "flex_wait", "max_cost"}
     refuse_unknown("resume", options, known)
     store = JobStore()
     manifest = _find(job, store, retry_failed)

@@ -21,6 +21,9 @@ MAX_WHOLE = 10**15
 # infinite one cannot become the whole milliseconds the engine schedules with).
 MAX_SECONDS = 86_400.0
 VIAS = ("sync", "batch", "auto")
+# --max-cost in US dollars: a millionth of a dollar (less than any one request) up to a bound
+# no job reaches, which keeps the sums exact enough in floating point.
+MIN_COST, MAX_COST = 1e-6, 1e9
 DEFAULT_TIMEOUT_S = 600.0
 # OpenAI's flex guide raises its client's timeout to 15 minutes: flex answers come slower.
 FLEX_TIMEOUT_S = 900.0
@@ -40,7 +43,8 @@ FLAGS = ("simulate", "insecure", "force", "record_endpoint", "detach", "wait", "
          "retry_failed", "cancel_batches")
 WHOLE = ("rpm", "tpm", "rpd", "tpd", "batch_queue_tokens", "concurrency", "max_retries",
          "assume_output_tokens")
-NUMBERS = ("timeout", "drain", "poll_max", "max_response_mb", "latency", "flex_wait")
+NUMBERS = ("timeout", "drain", "poll_max", "max_response_mb", "latency", "flex_wait",
+           "max_cost")
 
 
 def type_problem(name: str, value: object) -> str | None:
@@ -121,6 +125,7 @@ def check_options(o: Mapping[str, Any]) -> None:
     _check_range("drain", o.get("drain"), 0, MAX_SECONDS)
     _check_range("poll_max", o.get("poll_max"), 1, MAX_SECONDS)
     _check_range("max_response_mb", o.get("max_response_mb"), 0.0001, 1e6)
+    _check_range("max_cost", o.get("max_cost"), MIN_COST, MAX_COST)
     _check_choice("via", o.get("via"), VIAS)
     _check_choice("on_bad_line", o.get("on_bad_line"), ON_BAD_LINE)
     _check_choice("service_tier", o.get("service_tier"), SERVICE_TIERS)

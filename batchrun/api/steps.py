@@ -24,6 +24,7 @@ from batchrun.errors import (
 from batchrun.events import Listener, Stats
 from batchrun.files import ledger
 from batchrun.files.jobstore import JobState, JobStore, Manifest
+from batchrun.files.spend import read_spent, spend_path
 from batchrun.http.endpoint import Endpoint
 from batchrun.policy import flex
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
@@ -68,7 +69,7 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
                    record_endpoint: bool = False, state: str | None = None,
                    via: str | None = None, detach: bool = False, poll_max: float | None = None,
                    batch_queue_tokens: int | None = None, service_tier: str | None = None,
-                   flex_wait: float | None = None,
+                   flex_wait: float | None = None, max_cost: float | None = None,
                    beside_endpoints: Callable[[Path], None] = lambda _: None) -> Prepared:
     """`submit`'s checks and plan; changes nothing on disk. `beside_endpoints` refuses the
     single endpoint's options given with `endpoints` (the caller knows which were given)."""
@@ -83,7 +84,7 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
         model=model, tier=tier, overrides={"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, max_retries=max_retries,
         max_response_mb=max_response_mb or DEFAULT_MAX_RESPONSE_MB,
-        drain_s=drain, on_bad_line=on_bad_line, wait=bool(wait),
+        drain_s=drain, on_bad_line=on_bad_line, wait=bool(wait), max_cost=max_cost,
         **batch_options(via, detach, poll_max, batch_queue_tokens),
         **flex_options(service_tier, flex_wait, via, timeout),
     )
@@ -114,6 +115,7 @@ def prepare_resume(manifest: Manifest, store: JobStore, *, retry_failed: bool = 
         "concurrency": given.get("concurrency"), "max_retries": given.get("max_retries"),
         "timeout_s": given.get("timeout"), "max_response_mb": given.get("max_response_mb"),
         "wait": given.get("wait"), "cancel_batches": given.get("cancel_batches") or None,
+        "max_cost": given.get("max_cost"),
         "flex_wait_s": given.get("flex_wait"),
         **batch_options(given.get("via"), given.get("detach"), given.get("poll_max"),
                         given.get("batch_queue_tokens"), given_only=True),
@@ -202,10 +204,11 @@ async def _simulate_endpoints(p: Prepared, listener: Listener,
             simulated_hosts=ledger_hosts)
 
 
-def run_summary(stats: Stats, tally: EndpointTally, manifest: Manifest,
+def run_summary(stats: Stats, tally: EndpointTally, manifest: Manifest, store: JobStore,
                 stopped: BatchrunError | None) -> dict[str, Any]:
     """The CLI's --json summary of one run."""
     summary = stats.summary()
+    summary |= job_spend(store, manifest)
     if tally.endpoints:
         summary["endpoints"] = tally.summary()
     summary["job"] = manifest.job_id
@@ -217,6 +220,13 @@ def run_summary(stats: Stats, tally: EndpointTally, manifest: Manifest,
     # The manifest's count is the output file's failed lines at the start plus this run's.
     summary["requests"]["failed_before"] = manifest.failed - stats.failed
     return summary
+
+
+def job_spend(store: JobStore, manifest: Manifest) -> dict[str, Any]:
+    """The whole job's spend so far at list prices (every run, from its spend record: right
+    after a kill -9 too) and its --max-cost, for the summary and `status`."""
+    spent = read_spent(spend_path(store.dir, manifest.job_id))
+    return {"job_cost_usd": round(spent, 6), "max_cost_usd": manifest.options.get("max_cost")}
 
 
 def ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
@@ -272,5 +282,6 @@ def status_rows(store: JobStore, jobs: list[Manifest]) -> list[dict[str, Any]]:
         if shown == JobState.CRASHED:
             job.count_from_output(m)  # its last saves may lag what it wrote
         rows.append({**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": shown,
-                     "resume": m.resume_command, **job_bill(m.billed)})
+                     "resume": m.resume_command, **job_bill(m.billed),
+                     **job_spend(store, m)})
     return rows

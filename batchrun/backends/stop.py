@@ -33,6 +33,8 @@ class Stop:
     abandoned: int = 0
     interrupted: bool = False  # Ctrl-C came while it stopped (for this reason or another)
     unwritten: int = 0  # OUTPUT: answers that came but whose lines could not be written
+    spent_usd: float = 0.0  # COST: the job's spend so far (every run), at list prices
+    cap_usd: float = 0.0  # COST: the cap it stopped under
     said: BatchrunError | None = None  # DETACHED, BATCH: the message and exit code, worded
 
 

@@ -63,6 +63,10 @@ PollMax = Annotated[float | None, typer.Option(
 QueueTokens = Annotated[int | None, typer.Option(
     min=0, max=MAX_WHOLE, show_default="preset",
     help="Batch API: enqueued-token limit (0 = unlimited)")]
+MaxCost = Annotated[float | None, typer.Option(
+    "--max-cost", min=api_options.MIN_COST, max=api_options.MAX_COST, metavar="USD",
+    show_default="none", help="stop before the job's spend (every run, at list prices) could "
+    "pass USD: exit 3, resume with a larger cap")]
 class ServiceTier(str, Enum):
     flex = "flex"
 

@@ -28,6 +28,7 @@ from batchrun.cli.options import (
     Jobs,
     Json,
     Limit,
+    MaxCost,
     MaxResponseMb,
     MaxRetries,
     Model,
@@ -94,6 +95,7 @@ def submit(
     batch_queue_tokens: QueueTokens = None,
     service_tier: ServiceTierOpt = None,
     flex_wait: FlexWait = None,
+    max_cost: MaxCost = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     printing.reply.json = json_
@@ -110,7 +112,7 @@ def submit(
         record_endpoint=record_endpoint, state=state, via=via.value if via else None,
         detach=detach, poll_max=poll_max, batch_queue_tokens=batch_queue_tokens,
         service_tier=service_tier.value if service_tier else None, flex_wait=flex_wait,
-        beside_endpoints=beside_endpoints)
+        max_cost=max_cost, beside_endpoints=beside_endpoints)
     printing.reply.about(prepared.manifest.job_id)
     if prepared.finished is not None:
         printing.finished(prepared.finished, prepared.manifest)
@@ -147,6 +149,7 @@ def resume(
         help="with --via sync: cancel the job's Batch API batches (what they finished is "
         "kept) and send the rest by the sync path")] = False,
     flex_wait: FlexWait = None,
+    max_cost: MaxCost = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     printing.reply.json = json_
@@ -170,7 +173,7 @@ def resume(
         concurrency=concurrency, max_retries=max_retries, timeout=timeout,
         max_response_mb=max_response_mb, wait=wait, cancel_batches=cancel_batches,
         via=via.value if via else None, detach=detach, poll_max=poll_max,
-        batch_queue_tokens=batch_queue_tokens, flex_wait=flex_wait)
+        batch_queue_tokens=batch_queue_tokens, flex_wait=flex_wait, max_cost=max_cost)
     if prepared.finished is not None:
         printing.finished(prepared.finished, manifest)
     launch(prepared, json_, quiet)
@@ -189,7 +192,7 @@ def launch(p: steps.Prepared, json_: bool, quiet: bool) -> None:
         else:
             printing.out.print(said, markup=False)
         raise typer.Exit(EXIT_OK)
-    summary = steps.run_summary(stats, tally, manifest, stopped)
+    summary = steps.run_summary(stats, tally, manifest, p.store, stopped)
     if json_:
         printing.print_json(summary)
     else:

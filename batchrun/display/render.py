@@ -188,6 +188,11 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
         console.print(f"  updated {j['updated']}")
         if "cost_usd" in j:
             console.print(f"  cost    {_job_cost(j)}", markup=False)
+        if j.get("job_cost_usd") or j.get("max_cost_usd") is not None:
+            cap = j.get("max_cost_usd")
+            console.print(f"  spent   ${j.get('job_cost_usd') or 0:,.4f} at list prices"
+                          + (f" of the --max-cost ${cap:,.4f}" if cap is not None else ""),
+                          markup=False)
         if j["message"]:
             console.print(f"  last    {j['message']}", markup=False)
         for name, counts in j.get("endpoints", {}).items():

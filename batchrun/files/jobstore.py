@@ -31,6 +31,7 @@ class JobState(StrEnum):
 
     RUNNING = "running"
     PAUSED_DAILY = "paused-daily"  # a daily budget is spent: resume after 00:00 UTC
+    PAUSED_COST = "paused-cost"  # --max-cost: resume with a larger cap
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
     STOPPED = "stopped"  # the API refused (key, quota) or local state failed
     # Recorded when an unexpected exception ended the run; a job left "running" by a process
@@ -143,6 +144,7 @@ class JobOptions:
     batch_queue_tokens: int | None = None
     detach: bool = False
     cancel_batches: bool = False
+    max_cost: float | None = None
     service_tier: str | None = None
     flex_wait_s: float = DEFAULT_FLEX_WAIT_S
 
@@ -230,6 +232,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "api_key_env": (str, type(None)), "insecure": (bool,), "max_response_mb": (int, float),
     "endpoints": (str, type(None)), "record_endpoint": (bool,),
     "via": (str,), "poll_max_s": (int, float), "batch_queue_tokens": (int, type(None)),
+    "max_cost": (int, float, type(None)),
     "service_tier": (str, type(None)), "flex_wait_s": (int, float),
 }
 
@@ -238,6 +241,9 @@ def _wrong_options(options: dict[str, Any]) -> list[tuple[str, Any]]:
     wrong = [(k, options[k]) for k, kinds in _OPTION_TYPES.items()
              if k in options and (not isinstance(options[k], kinds)
                                   or (bool not in kinds and isinstance(options[k], bool)))]
+    cap = options.get("max_cost")
+    if isinstance(cap, int | float) and not isinstance(cap, bool) and not cap > 0:
+        wrong.append(("max_cost", cap))  # a cap no request fits under, or NaN
     if options.get("on_bad_line") not in ("fail", "skip"):
         wrong.append(("on_bad_line", options.get("on_bad_line")))
     overrides = options.get("overrides")

@@ -11,6 +11,7 @@ import enum
 
 class StopKind(enum.Enum):
     DAILY = "daily"  # a daily budget (ours or the API's) is spent
+    COST = "cost"  # --max-cost: the next request's worst case would pass the spend cap
     REFUSED = "refused"  # the API refused the key or the account
     INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM
     NO_NETWORK = "no_network"  # no attempt ever reached the API

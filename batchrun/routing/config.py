@@ -11,6 +11,10 @@ anything is sent. Every refusal names the file and, where the text shows it, the
     rpm = 500
     [endpoint.models]                          # the job's model -> this endpoint's name for it
     "gpt-4o-mini" = "my-deployment"
+    [endpoint.prices."gpt-4o-mini"]            # optional: USD per 1M tokens (--max-cost)
+    input = 0.15
+    cached_input = 0.075                       # optional: the input price if not given
+    output = 0.60
 
 The key of each endpoint is read from its variable only; a value that looks like a key is
 refused (its line is named, the value never shown).
@@ -28,13 +32,15 @@ from typing import Any
 
 from batchrun.errors import InputError
 from batchrun.http.endpoint import AZURE_API_VERSION, ENV_NAME, Endpoint, looks_like_key
+from batchrun.policy.prices import Price
 from batchrun.policy.tiers import TIERS
 from batchrun.routing.spec import (  # the file's readers import it from here
     EndpointConfig as EndpointConfig,
 )
 
 ENDPOINT_KEYS = {"name", "base_url", "azure_endpoint", "api_version", "api_key_env", "tier",
-                 "priority", "limits", "models", "insecure"}
+                 "priority", "limits", "models", "insecure", "prices"}
+PRICE_KEYS = ("input", "cached_input", "output")
 LIMIT_KEYS = ("rpm", "tpm", "rpd", "tpd")
 PRIORITIES = (1, 2)
 MAX_FILE_BYTES = 1 << 20
@@ -116,6 +122,34 @@ def _models(reader: _Reader, i: int, raw: Any) -> dict[str, str]:
     return dict(raw)
 
 
+def _prices(reader: _Reader, i: int, raw: Any) -> dict[str, Price]:
+    if not isinstance(raw, dict):
+        raise reader.fail(i, "prices must be a table of models, e.g. "
+                          '[endpoint.prices."gpt-4o-mini"] with input = 0.15 and output = 0.6',
+                          "prices")
+    out: dict[str, Price] = {}
+    for model, table in raw.items():
+        if not isinstance(table, dict):
+            raise reader.fail(i, f"prices for {model!r} must be a table of input, cached_input "
+                              "and output (US dollars per 1M tokens)", model)
+        for key, value in table.items():
+            if key not in PRICE_KEYS:
+                raise reader.fail(i, f"unknown price {key!r} for {model!r}; use input, "
+                                  "cached_input or output", key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0 <= value < 1e6):
+                raise reader.fail(i, f"{key} price for {model!r} must be a number of US "
+                                  "dollars per 1M tokens, 0 or more", key)
+        missing = [k for k in ("input", "output") if k not in table]
+        if missing:
+            raise reader.fail(i, f"prices for {model!r} need {' and '.join(missing)} (US "
+                              "dollars per 1M tokens)", model)
+        out[model] = Price(float(table["input"]),
+                           float(table["cached_input" if "cached_input" in table else "input"]),
+                           float(table["output"]))
+    return out
+
+
 def _endpoint(reader: _Reader, i: int, raw: Any, need_keys: bool) -> EndpointConfig:
     if not isinstance(raw, dict):
         raise reader.fail(i, "each [[endpoint]] must be a table")
@@ -185,7 +219,8 @@ def _endpoint(reader: _Reader, i: int, raw: Any, need_keys: bool) -> EndpointCon
                 i, "limits are keyed by the job's model, not the deployment: write "
                 f'[endpoint.limits."{model}"] for the limits of deployment {deployment!r} of '
                 f"endpoint {name!r}.", deployment)
-    return EndpointConfig(name, endpoint, tier, priority, limits, models)
+    prices = _prices(reader, i, raw.get("prices", {}))
+    return EndpointConfig(name, endpoint, tier, priority, limits, models, prices)
 
 
 def _fine_if_insecure(raw: dict[str, Any], key_env: str) -> bool:

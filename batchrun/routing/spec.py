@@ -9,6 +9,7 @@ from batchrun.files.ledger import ledger_host
 from batchrun.http.endpoint import Endpoint
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
 from batchrun.policy.decide import DEFAULT_FLEX_WAIT_S
+from batchrun.policy.prices import Price, price
 from batchrun.policy.tiers import Limits, preset
 
 
@@ -22,6 +23,12 @@ class EndpointConfig:
     priority: int = 1
     limits: dict[str, dict[str, int]] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    # The endpoint's own prices by the job's model (a reseller's, a negotiated rate); a model
+    # not named here is priced from the list-price table.
+    prices: dict[str, Price] = field(default_factory=dict)
+
+    def price_for(self, model: str) -> Price | None:
+        return self.prices.get(model) or price(model)
 
     def serves(self, model: str) -> bool:
         """A preset for the model, or a limits or models entry naming it."""
@@ -71,6 +78,7 @@ class JobSpec:
     batch_queue_tokens: int | None = None  # Batch API: enqueued-token limit; None = preset
     detach: bool = False  # Batch API: submit, record, exit; resume collects
     cancel_batches: bool = False  # resume --via sync: cancel the job's batches, send the rest
+    max_cost: float | None = None  # --max-cost: the job's spend cap in USD at list prices
     service_tier: str | None = None  # "flex": set in each chat body that sets none itself
     flex_wait_s: float = DEFAULT_FLEX_WAIT_S  # one request's total wait for flex capacity
 

@@ -66,7 +66,7 @@ def test_json_summary(sim: RunningSim, tmp_path: Path) -> None:
                                                 "tpd": 0}
     assert set(summary) == {"job", "state", "requests", "tokens", "cost_usd", "prices_as_of",
                             "wall_seconds", "achieved", "limits", "rate_limited_429", "message",
-                            "results", "unpriced_models", "via"}
+                            "results", "unpriced_models", "via", "job_cost_usd", "max_cost_usd"}
     assert summary["via"]["batch"]["requests"] == 0
     assert summary["via"]["sync"]["requests"] == 20
     assert summary["job"].startswith("jobs-")

@@ -20,6 +20,7 @@ from batchrun.events import Stats
 from batchrun.files.jobstore import JobStore, Manifest
 from batchrun.http.endpoint import Endpoint
 from batchrun.routing.spec import JobSpec
+from batchrun.simulator import BatchConfig, SimConfig
 from tests.helpers.batch_fake import FakeBatchApi
 from tests.helpers.cli import FAKE_KEY
 from tests.helpers.jsonl import read_results, write_jsonl
@@ -204,3 +205,8 @@ def ok_line(cid: str) -> bytes:
                          "response": {"status_code": 200, "request_id": f"req_{cid}",
                                       "body": {"choices": [], "usage": {
                                           "prompt_tokens": 1, "completion_tokens": 1}}}}) + b"\n"
+
+
+def batch_sim(sim_factory: Any, **config: Any) -> Any:
+    """The simulator with its Batch API on a 10 s clock (or `config`)."""
+    return sim_factory(SimConfig(batch=BatchConfig(**{"seconds": 10, **config})))

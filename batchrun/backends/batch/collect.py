@@ -45,6 +45,10 @@ class Merged:
     # counts), read now or by an earlier collection: fewer than the batch says ran means a
     # file was not read whole.
     answered: int = 0
+    # What the part's answered lines were billed (prompt, completion, cached prompt tokens, and
+    # answers that report no usage), every such line in its files, also those an earlier
+    # collection wrote: --max-cost settles the part's whole hold with it.
+    billed: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
 
 
 def _kind(status: int | None, code: str) -> Kind:
@@ -97,6 +101,15 @@ def _error_of(obj: dict[str, Any], body: Any, status: int | None) -> tuple[str, 
     return f"http_{status}", f"the request failed with HTTP {status}"
 
 
+def _count_billed(body: Any, billed: list[int]) -> None:
+    usage = reported_usage(body)
+    billed[3] += usage is None
+    if usage is not None:
+        billed[0] += usage[0]
+        billed[1] += usage[1]
+        billed[2] += reported_cached(body)
+
+
 class Collector:
     """Writes a part's results into the output; `done` is shared with the job and grows."""
 
@@ -127,6 +140,8 @@ class Collector:
             response = obj.get("response")
             response = response if isinstance(response, dict) else None
             merged.answered += response is not None
+            if response is not None and obj.get("error") is None:
+                _count_billed(response.get("body"), merged.billed)
             if cid in self._done:
                 continue
             if response is None and not isinstance(obj.get("error"), dict):

@@ -60,6 +60,7 @@ class Part:
     completed: int = 0
     failed: int = 0
     errors: list[str] = field(default_factory=list)  # a failed batch's reasons, as shown
+    worst_usd: float = 0.0  # --max-cost: its requests' most possible bill (Batch API prices)
 
     @property
     def active(self) -> bool:
@@ -112,6 +113,9 @@ def _check(part: Part) -> None:
     for name in _TEXT_OR_NONE:
         if getattr(part, name) is not None and not isinstance(getattr(part, name), str):
             raise ValueError(f"part {part.n}: {name} is {getattr(part, name)!r}, not text")
+    if isinstance(part.worst_usd, bool) or not isinstance(part.worst_usd, int | float) or \
+            part.worst_usd < 0:
+        raise ValueError(f"part {part.n}: worst_usd is {part.worst_usd!r}, not an amount")
     if not isinstance(part.cancel_asked, bool):
         raise ValueError(f"part {part.n}: cancel_asked is {part.cancel_asked!r}")
     if not isinstance(part.errors, list) or not all(isinstance(e, str) for e in part.errors):

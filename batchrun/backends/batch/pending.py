@@ -5,6 +5,7 @@ which try it is on. Requests past --max-retries, or of a cancelled job, fail her
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 
@@ -36,10 +37,13 @@ class Pending:
 
     def __init__(self, spec: JobSpec, report: InputReport, book: BatchBook, files: PartFiles,
                  done: DoneIds, collector: Collector, endpoint: Callable[[str], str],
-                 max_retries: int) -> None:
+                 max_retries: int,
+                 worst: Callable[[str, str, dict[str, Any], int], float] | None = None) -> None:
+        """`worst(model, url, body, prompt tokens)`: a request's worst case under --max-cost."""
         self._spec, self._report, self._book, self._files = spec, report, book, files
         self._done, self._collector, self._endpoint = done, collector, endpoint
         self._max_retries = max_retries
+        self._worst = worst
         self.attempts: dict[str, int] = {}
 
     def _in_parts(self) -> set[str]:
@@ -96,4 +100,5 @@ class Pending:
         for r, tokens in zip(requests, counts, strict=True):
             line = orjson.dumps({"custom_id": r.custom_id, "method": "POST",
                                  "url": self._endpoint(r.url), "body": r.body}) + b"\n"
-            yield Item(r.line_no, r.custom_id, r.url, r.model, len(line), tokens, line)
+            worst = self._worst(r.model, r.url, r.body, tokens) if self._worst else 0.0
+            yield Item(r.line_no, r.custom_id, r.url, r.model, len(line), tokens, line, worst)

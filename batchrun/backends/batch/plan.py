@@ -28,6 +28,7 @@ class Item:
     size: int  # bytes of its uploaded line, newline included
     tokens: int  # prompt tokens: what the enqueued-token limit counts
     line: bytes = field(default=b"", compare=False)  # the line to upload
+    worst_usd: float = 0.0  # --max-cost: its most possible bill at Batch API prices
 
 
 @dataclass(slots=True)
@@ -39,6 +40,7 @@ class Draft:
     items: list[Item] = field(default_factory=list)
     size: int = 0
     tokens: int = 0
+    worst_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,13 +48,17 @@ class PartLimits:
     max_requests: int = MAX_REQUESTS
     max_bytes: int = MAX_BYTES
     queue_tokens: int = 0  # the model's enqueued-token limit; 0 = unlimited
+    # --max-cost: what the job may still spend when it plans, so a part is never so large
+    # that its worst case could not fit under the cap; 0 = no cap
+    max_usd: float = 0.0
 
     def fits(self, draft: Draft, item: Item) -> bool:
         if not draft.items:
             return True  # a lone request over a limit still goes: the API is the judge
         return (len(draft.items) < self.max_requests
                 and draft.size + item.size <= self.max_bytes
-                and (not self.queue_tokens or draft.tokens + item.tokens <= self.queue_tokens))
+                and (not self.queue_tokens or draft.tokens + item.tokens <= self.queue_tokens)
+                and (not self.max_usd or draft.worst_usd + item.worst_usd <= self.max_usd))
 
 
 def split(items: Iterable[Item],
@@ -74,6 +80,7 @@ def split(items: Iterable[Item],
         draft.items.append(item)
         draft.size += item.size
         draft.tokens += item.tokens
+        draft.worst_usd += item.worst_usd
     yield from open_.values()
 
 

@@ -32,6 +32,7 @@ from batchrun.backends.batch.parts import DOCUMENTED, DROPPED, SUBMITTED, BatchB
 from batchrun.backends.batch.pending import Pending, queue_limit
 from batchrun.backends.batch.plan import Draft, PartLimits, QueueGate, split
 from batchrun.backends.batch.remote import Api, adopt, find_batch, text, validation_errors
+from batchrun.backends.costcap import CostCap
 from batchrun.backends.stop import Stop
 from batchrun.errors import (
     ApiRefused,
@@ -101,7 +102,7 @@ class BatchJob:
                  listener: Listener, report: InputReport, done: set[str], options: Options, *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  notify: Callable[[str], None] = lambda message: None,
-                 secrets: tuple[str, ...] = ()) -> None:
+                 secrets: tuple[str, ...] = (), cost: CostCap | None = None) -> None:
         self.spec, self.manifest, self.store, self.api = spec, manifest, store, api
         self._secrets = secrets  # the key's forms, kept out of what the output records
         self._emit, self._report, self._opt = listener, report, options
@@ -115,6 +116,9 @@ class BatchJob:
         self._odd: dict[int, int] = {}  # part -> polls answered with an undocumented status
         self._napped_s = 0.0  # the run's own waiting, the queue bound's clock
         self._full: dict[str, QueueFull] = {}
+        self._cost = cost  # --max-cost (and the job's spend record) at Batch API prices
+        self._over_cap: Part | None = None  # a part the cap kept from being created this pass
+        self._capped: Stop | None = None
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -126,6 +130,8 @@ class BatchJob:
         early, None when every request has a line. `announce=False`: the sync path already
         started this run (`--via auto`), so its counts go on rather than starting again."""
         said = await self._run(announce)
+        if self._capped is not None:
+            return self._capped
         if said is None:
             return None
         return Stop(StopKind.DETACHED if isinstance(said, Detached) else StopKind.BATCH,
@@ -199,6 +205,10 @@ class BatchJob:
                     self._replan = False
                     await self._plan()
                 created = await self._submit()
+                if self._stuck_on_cost():
+                    if self._capped is not None:
+                        return None
+                    continue
             if calls.interrupted:
                 return self._stopped()
             if created and not self._full:  # a refused queue is asked at the longest interval
@@ -231,8 +241,13 @@ class BatchJob:
     async def _plan(self) -> None:
         """Parts for every request that has no result line and is in no open part."""
         pending = Pending(self.spec, self._report, self.book, self.files, self._done,
-                          self.collector, self.api.batch_endpoint, self._opt.max_retries)
-        limits = {m: PartLimits(queue_tokens=self._queue_limit(m)) for m in self._report.models}
+                          self.collector, self.api.batch_endpoint, self._opt.max_retries,
+                          self._cost.request_worst if self._cost is not None else None)
+        # Under a cap, no part is planned larger than what the cap leaves now.
+        left = self._cost.remaining() if self._cost is not None else 0.0
+        max_usd = 0.0 if left == float("inf") else max(left, 1e-12)
+        limits = {m: PartLimits(queue_tokens=self._queue_limit(m), max_usd=max_usd)
+                  for m in self._report.models}
         for draft in split(pending.items(), limits):
             self._add_part(draft, pending.attempts)
             await asyncio.sleep(0)
@@ -243,7 +258,7 @@ class BatchJob:
         attempt = max((attempts.get(i.custom_id, 1) for i in draft.items), default=1)
         key = f"{self.manifest.job_id}/{n}/{os.urandom(4).hex()}"
         self.book.parts.append(Part(n, key, draft.url, draft.model, len(draft.items),
-                                    draft.tokens, attempt))
+                                    draft.tokens, attempt, worst_usd=draft.worst_usd))
         self._save()
         # The part is on disk now: its lines (7 MB for 50,000 short requests) need not live
         # on while the planner fills the next one.
@@ -255,8 +270,10 @@ class BatchJob:
         return sum(p.tokens for p in self.book.parts if p.active and p.model == model)
 
     async def _submit(self) -> int:
-        """Upload and create every part the queue admits; how many batches were created."""
+        """Upload and create every part the queue and the spend cap admit; how many batches
+        were created."""
         created = 0
+        self._over_cap = None
         for part in self.book.parts:
             if self._calls.interrupted:
                 break
@@ -265,6 +282,10 @@ class BatchJob:
             elif part.state in ("planned", "uploaded") and part.model not in self._queue.held:
                 gate = QueueGate(self._queue_limit(part.model))
                 if not gate.admits(self._in_progress(part.model), part.tokens):
+                    continue
+                if self._cost is not None and not self._cost.hold_part(part.key,
+                                                                       part.worst_usd):
+                    self._over_cap = self._over_cap or part
                     continue
                 if part.state == "planned":
                     await self._upload(part)
@@ -418,6 +439,8 @@ class BatchJob:
         if unread and self._outcome.read_again(part, unread):
             self._save()
             return
+        if self._cost is not None:  # before the part is recorded collected: see files.spend
+            self._cost.settle_part(part.key, part.model, merged.billed, part.worst_usd)
         self._outcome.settle(part, ids, merged, gone)
         self._save()
         self._note_queue(part, refusal, alone)
@@ -431,6 +454,26 @@ class BatchJob:
                 f"({code}). Check ${self.spec.endpoint.key_env}, the account's billing and quota, "
                 f"then continue with: batchrun resume {self.manifest.job_id} (the "
                 f"{len(self._done):,} finished results in {self.spec.output} are kept).")
+
+    def _stuck_on_cost(self) -> bool:
+        """A part the cap kept back, with no batch of the job on the server whose collection
+        could give room back. A part of several requests is planned again at what the cap
+        leaves (True: look again); one request that does not fit stops the job (True, with
+        `_capped` set). False: not stuck."""
+        part, cost = self._over_cap, self._cost
+        if part is None or cost is None or any(p.active for p in self.book.parts):
+            return False
+        if part.count > 1:
+            for each in self.book.parts:
+                if each.state in ("planned", "uploaded"):
+                    each.state = DROPPED  # never created: its requests are planned again
+            self._save()
+            self._replan = True
+            return True
+        assert cost.cap is not None  # only a cap keeps a part back
+        self._capped = Stop(StopKind.COST, done=len(self._done), total=self._report.total,
+                            spent_usd=cost.spent + cost.journal.held_usd, cap_usd=cost.cap)
+        return True
 
     def _note_queue(self, part: Part, refusal: str | None, alone: bool) -> None:
         """A refusal with the job's own batches in the queue ends when they finish; one

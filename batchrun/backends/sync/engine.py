@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from batchrun.backends.costcap import CostCap
 from batchrun.backends.stop import Stop
 from batchrun.backends.sync.failover import Failover, too_large
 from batchrun.backends.sync.lanes import Client, Job, Lane, Route, Upstream
@@ -103,6 +104,7 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         upstreams: list[Upstream] | None = None,
+        cost: CostCap | None = None,
     ) -> None:
         """`report`: the checking pass (the engine sends only what it saw); `done`: ids that
         already have a line in the output. `clock` defaults to the running loop's.
@@ -118,6 +120,7 @@ class Engine:
                 max_response_bytes=int(spec.max_response_mb * 2**20))
             upstreams = [Upstream("", only, spec.endpoint.host, spec.limits_for, budget_for)]
         self._upstreams = upstreams
+        self._cost = cost
         self._clock_given = clock
         self._clock: Callable[[], float] = clock or (lambda: 0.0)
         self._sleep = sleep
@@ -307,14 +310,24 @@ class Engine:
                 self._halt(Stop(StopKind.OUTPUT, server_message=full),
                            "the output's disk is full: finishing requests in flight")
                 return
+            afford = await self._afford(lane, route, job)
+            if afford is None:
+                continue
+            if not afford:
+                return
             try:
                 ticket = await route.admit(job, self._clock())
             except SharedStateError as exc:  # never sent: it goes again on resume
+                self._unspend(job)
                 lane.retries.appendleft(job)
                 self._halt(Stop(StopKind.STATE, server_message=exc.message),
                            "the shared state is unavailable: finishing requests in flight")
                 return
+            except asyncio.CancelledError:  # a stop while it waited for the limiter
+                self._unspend(job)
+                raise
             if ticket is None:
+                self._unspend(job)
                 lane.retries.appendleft(job)
                 if route.limiter.in_flight:
                     # In-flight reservations settle to real usage, usually far below their
@@ -325,14 +338,53 @@ class Engine:
                 if await self._failover.take_out(lane, route, Out.DAILY, route.budget.describe()):
                     continue
                 return
+            if self._cost is not None and job.spend is not None:
+                self._cost.sent(job.spend)
             self._emit(RequestSent(lane.model, job.cost, route.name))
             task = self._tg.create_task(self._attempt(lane, route, job, ticket))
             self._attempts.add(task)
             task.add_done_callback(self._attempts.discard)
 
+    async def _afford(self, lane: Lane, route: Route, job: Job) -> bool | None:
+        """--max-cost: hold the job's worst case on the spend cap (True; always without a
+        cap). When it does not fit, the job goes back to the head of its queue and, with
+        requests in flight, this waits for one to settle and says look again (None); with
+        none in flight nothing can give room back: the job stops (False)."""
+        cost = self._cost
+        if cost is None:
+            return True
+        job.spend = cost.reserve(lane.model, job.size, route.name)
+        if job.spend is not None:
+            return True
+        lane.retries.appendleft(job)
+        if cost.in_flight:
+            # Answers settle at their real cost, usually far below the worst case they held.
+            cost.settled.clear()
+            await cost.settled.wait()
+            return None
+        assert cost.cap is not None  # reserve refuses only under a cap
+        self._halt(Stop(StopKind.COST, spent_usd=cost.spent, cap_usd=cost.cap),
+                   "the spend cap is reached: finishing requests in flight")
+        return False
+
+    def _unspend(self, job: Job) -> None:
+        if self._cost is not None and job.spend is not None:
+            self._cost.release(job.spend)
+        job.spend = None
+
+    def _settle_spend(self, job: Job, outcome: Outcome | None) -> None:
+        if self._cost is not None and job.spend is not None:
+            self._cost.settle(job.spend, outcome)
+        job.spend = None
+
     async def _attempt(self, lane: Lane, route: Route, job: Job, ticket: Ticket) -> None:
         request = with_service_tier(route.request_for(job.request), self.spec.service_tier)
-        outcome = await route.upstream.client.send(request)
+        try:
+            outcome = await route.upstream.client.send(request)
+        except asyncio.CancelledError:  # abandoned: the server may have billed it whole
+            self._settle_spend(job, None)
+            raise
+        self._settle_spend(job, outcome)  # before its line: see files.spend
         stopping = self._stop is not None  # the job stopped while this request was out
         job.last = outcome
         kind = outcome.kind

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Protocol
 
+from batchrun.backends.costcap import Spend
 from batchrun.files.ledger import DailyBudget
 from batchrun.pacing.calibrate import Calibration, Learned, Source
 from batchrun.pacing.limiter import Limiter, ServerState, Ticket
@@ -71,6 +72,7 @@ class Job:
     last: Outcome | None = None
     day: dt.date | None = None  # the UTC day its budget reservation was made on
     charged: int | None = None  # what its route admitted it at: the server's charge as learned
+    spend: Spend | None = None  # --max-cost: this attempt's hold on the spend cap
 
     @property
     def cost(self) -> int:

@@ -19,16 +19,18 @@ from batchrun.backends.batch.run import BatchJob, Detached
 from batchrun.errors import BatchrunError, Interrupted
 from batchrun.events import StateChanged, Stats
 from batchrun.files.outputlock import OutputLock
-from batchrun.simulator import BatchConfig, SimConfig
 from tests.helpers import batch_harness
 from tests.helpers.batch_fake import FakeBatchApi, Outcome
-from tests.helpers.batch_harness import Harness, HostileBatches, SimHarness, ok_ids, ok_line
+from tests.helpers.batch_harness import (
+    Harness,
+    HostileBatches,
+    SimHarness,
+    batch_sim,
+    ok_ids,
+    ok_line,
+)
 from tests.helpers.cli import FAKE_KEY, run_cli
 from tests.helpers.jsonl import write_jsonl
-
-
-def batch_sim(sim_factory: Any, **config: Any) -> Any:
-    return sim_factory(SimConfig(batch=BatchConfig(**{"seconds": 10, **config})))
 
 
 def test_a_queue_smaller_than_the_preset_splits_the_part_instead_of_failing_it(

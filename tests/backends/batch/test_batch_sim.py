@@ -12,12 +12,7 @@ import pytest
 
 from batchrun import job
 from batchrun.backends.batch import run as batch_run
-from batchrun.simulator import BatchConfig, SimConfig
-from tests.helpers.batch_harness import SimHarness, ok_ids
-
-
-def batch_sim(sim_factory: Any, **config: Any) -> Any:
-    return sim_factory(SimConfig(batch=BatchConfig(**{"seconds": 10, **config})))
+from tests.helpers.batch_harness import SimHarness, batch_sim, ok_ids
 
 
 def test_an_expired_batch_keeps_its_lines_and_each_request_runs_once(

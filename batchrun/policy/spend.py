@@ -1,0 +1,59 @@
+"""The spend cap's arithmetic (--max-cost): what a request could cost at most before it is sent,
+what its answer cost, and whether one more request fits under the cap. Pure: the engine keeps
+the running sums (backends.costcap), the job's spend file keeps them durably
+(files.spend).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from batchrun.policy.classify import reported_cached
+from batchrun.policy.prices import Price, Via
+from batchrun.policy.request import CHAT_URL
+from batchrun.policy.tokens import char_estimate, max_output_tokens
+
+# Servers count a prompt with their own tokenizer and chat format, which can be a little above
+# batchrun's count (the simulator counts characters / 4 plus per-message tokens): the worst case
+# takes the prompt this much above the larger of batchrun's two counts, so that the cap holds
+# against such a server too.
+PROMPT_MARGIN = 1.10
+PROMPT_SLACK = 32
+
+
+def worst_prompt(prompt: int, chars: int) -> int:
+    """The most prompt tokens a server may bill for a prompt batchrun counts as `prompt`
+    (tokenizer) and `chars` (characters / 4)."""
+    return math.ceil(max(prompt, chars) * PROMPT_MARGIN) + PROMPT_SLACK
+
+
+def worst_case_usd(p: Price, prompt: int, chars: int, max_output: int, via: Via) -> float:
+    """A request's most possible bill: the whole prompt at the input price (no cache assumed)
+    and n x max_tokens at the output price, at the path's rate (`max_output` is already n x
+    max_tokens)."""
+    return p.cost(worst_prompt(prompt, chars), max_output, 0, via)
+
+
+def body_worst_usd(p: Price, url: str, body: dict[str, Any], prompt: int, via: Via) -> float:
+    """A request's worst case from its body and its prompt tokens (batchrun's count)."""
+    out = max_output_tokens(body) if url == CHAT_URL else 0
+    return worst_case_usd(p, prompt, char_estimate(body), out or 0, via)
+
+
+def fits(cap: float, spent: float, reserved: float, worst: float) -> bool:
+    """Whether a request whose worst case is `worst` can be admitted: spent, what requests in
+    flight may still cost, and it stay within the cap."""
+    return spent + reserved + worst <= cap
+
+
+def answer_usd(p: Price, usage: tuple[int, int] | None, body: Any, status: int | None,
+               worst: float, via: Via) -> float:
+    """What one attempt is settled at. With usage: its tokens at list prices, cached input at
+    the cached price. A 4xx (a refusal, a 429) bills nothing. Anything else without usage (a
+    timeout, a dropped connection, a 5xx, an answer whose usage is unreadable) may have been
+    billed whole: it keeps its worst case, so the job's spend is never below the server's
+    bill."""
+    if usage is not None:
+        return p.cost(usage[0], usage[1], reported_cached(body), via)
+    return 0.0 if status is not None and 400 <= status < 500 else worst
