@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from batchrun.policy.prices import price
+from batchrun.policy.prices import PRICES_AS_OF, Via, request_cost
 from batchrun.policy.tiers import Limits
 
 
@@ -25,6 +25,7 @@ class JobStarted:
     models: dict[str, int] = field(default_factory=dict)
     proxy: str | None = None  # the HTTP(S) proxy requests go through, credentials masked
     endpoints: dict[str, str] = field(default_factory=dict)  # --endpoints: name -> host
+    via: Via = Via.SYNC  # how the per-minute path is billed: Via.FLEX with --service-tier flex
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class RequestFinished:
     error: str = ""
     endpoint: str = ""  # the endpoint that gave the last answer ("" without --endpoints)
     batch: bool = False  # through the Batch API: billed at half the list price
+    # The part of tokens_in the server served from its prompt cache, billed at the cached price.
+    cached_in: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +130,13 @@ class Stats:
     in_flight: int = 0
     tokens_in: Counter[str] = field(default_factory=Counter)
     tokens_out: Counter[str] = field(default_factory=Counter)
+    cached_in: Counter[str] = field(default_factory=Counter)  # a part of tokens_in
     # The part of tokens_in/out that went through the Batch API, which bills half.
     batch_in: Counter[str] = field(default_factory=Counter)
     batch_out: Counter[str] = field(default_factory=Counter)
+    batch_cached: Counter[str] = field(default_factory=Counter)
     limits: dict[str, Limits] = field(default_factory=dict)
+    sync_via: Via = Via.SYNC  # the per-minute path's rate (flex: Batch API rates)
     state: str = "starting"
     batch_requests: int = 0  # of ok + failed: the ones the Batch API answered
 
@@ -146,16 +152,19 @@ class Stats:
                 self.failed += not ok
                 self.tokens_in[model] += tin
                 self.tokens_out[model] += tout
+                self.cached_in[model] += event.cached_in
                 if event.batch:
                     self.batch_requests += 1
                     self.batch_in[model] += tin
                     self.batch_out[model] += tout
+                    self.batch_cached[model] += event.cached_in
             case Throttled():
                 self.throttled += 1
             case JobStarted():
                 self.started = time.monotonic()
                 self.total, self.already_done = event.total, event.already_done
                 self.bad_lines, self.limits = event.bad_lines, event.limits
+                self.sync_via = event.via
             case StateChanged(state=state):
                 self.state = state
 
@@ -167,10 +176,12 @@ class Stats:
         wall = max(1e-9, time.monotonic() - self.started)
         # Limits are per minute: a job shorter than a minute is measured against one minute.
         minutes = max(1.0, wall / 60)
-        sync_in, sync_out = self.tokens_in - self.batch_in, self.tokens_out - self.batch_out
-        sync_cost, sync_priced, sync_unpriced = _cost(sync_in, sync_out)
-        batch_cost, batch_priced, batch_unpriced = _cost(self.batch_in, self.batch_out)
-        cost, priced = sync_cost + batch_cost / 2, sync_priced or batch_priced
+        sync = Tokens(self.tokens_in - self.batch_in, self.tokens_out - self.batch_out,
+                      self.cached_in - self.batch_cached)
+        batch = Tokens(self.batch_in, self.batch_out, self.batch_cached)
+        sync_cost, sync_unpriced = sync.cost(self.sync_via)
+        batch_cost, batch_unpriced = batch.cost(Via.BATCH)
+        costs = [c for c in (sync_cost, batch_cost) if c is not None]
         unpriced = sorted(set(sync_unpriced) | set(batch_unpriced))
         tokens_in, tokens_out = sum(self.tokens_in.values()), sum(self.tokens_out.values())
         return {
@@ -183,8 +194,10 @@ class Stats:
                 "already_done": self.already_done,
                 "not_done": self.total - self.done,
             },
-            "tokens": {"input": tokens_in, "output": tokens_out},
-            "cost_usd": None if unpriced and not priced else round(cost, 6),
+            "tokens": {"input": tokens_in, "cached_input": sum(self.cached_in.values()),
+                       "output": tokens_out},
+            "cost_usd": _known(sum(costs) if costs else None, unpriced),
+            "prices_as_of": PRICES_AS_OF,
             "unpriced_models": unpriced,
             "wall_seconds": round(wall, 3),
             "achieved": {
@@ -198,35 +211,52 @@ class Stats:
             "rate_limited_429": self.throttled,
             # --via auto sends part of a job each way, at two prices: what went where.
             "via": {
-                "sync": _way(self.ok + self.failed - self.batch_requests, sync_in, sync_out,
-                             sync_cost if sync_priced or not sync_unpriced else None),
-                "batch": _way(self.batch_requests, self.batch_in, self.batch_out,
-                              batch_cost / 2 if batch_priced or not batch_unpriced else None),
+                "sync": sync.way(self.ok + self.failed - self.batch_requests,
+                                 _known(sync_cost, sync_unpriced)),
+                "batch": batch.way(self.batch_requests, _known(batch_cost, batch_unpriced)),
             },
         }
 
 
-def _cost(tokens_in: Counter[str], tokens_out: Counter[str]) -> tuple[float, bool, list[str]]:
-    """The cost at list prices of the models that have one, whether any had, and the models
-    that have none (named instead: one such model leaves the others' cost known)."""
-    cost, priced, unpriced = 0.0, False, []
-    for model in sorted(set(tokens_in) | set(tokens_out)):
-        if not tokens_in[model] and not tokens_out[model]:
-            continue  # bad lines and failures cost nothing
-        p = price(model)
-        if p is None:
-            unpriced.append(model)
-            continue
-        priced = True
-        cost += p.cost(tokens_in[model], tokens_out[model])
-    return cost, priced, unpriced
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """The tokens of the requests that went one way (sync or Batch API), per model."""
+
+    input: Counter[str]
+    output: Counter[str]
+    cached_input: Counter[str]  # a part of input
+
+    def cost(self, via: Via) -> tuple[float | None, list[str]]:
+        """The cost at list prices of the models that have one (None when no model sent has
+        one), and the models that have none (named instead: one such model leaves the others'
+        cost known)."""
+        cost: float | None = None
+        unpriced: list[str] = []
+        for model in sorted(set(self.input) | set(self.output)):
+            if not self.input[model] and not self.output[model]:
+                continue  # bad lines and failures cost nothing
+            usd = request_cost(model, self.input[model], self.output[model],
+                               self.cached_input[model], via)
+            if usd is None:
+                unpriced.append(model)
+            else:
+                cost = (cost or 0.0) + usd
+        return cost, unpriced
+
+    def way(self, requests: int, cost: float | None) -> dict[str, Any]:
+        return {"requests": requests,
+                "tokens": {"input": sum(self.input.values()),
+                           "cached_input": sum(self.cached_input.values()),
+                           "output": sum(self.output.values())},
+                "cost_usd": cost}
 
 
-def _way(requests: int, tokens_in: Counter[str], tokens_out: Counter[str],
-         cost: float | None) -> dict[str, Any]:
-    return {"requests": requests,
-            "tokens": {"input": sum(tokens_in.values()), "output": sum(tokens_out.values())},
-            "cost_usd": None if cost is None else round(cost, 6)}
+def _known(cost: float | None, unpriced: list[str]) -> float | None:
+    """A cost to print: None (unknown) only when every model sent has no list price; nothing
+    sent costs 0."""
+    if cost is None:
+        return None if unpriced else 0.0
+    return round(cost, 6)
 
 
 def emit_all(*listeners: Listener) -> Listener:

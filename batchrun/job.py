@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ from batchrun.files.ledger import DailyBudget, Ledger, Scope, key_fingerprint, u
 from batchrun.files.outputlock import OutputLock, Owner, read_owner
 from batchrun.http.endpoint import Endpoint
 from batchrun.messages import phrase, state_unavailable_next
+from batchrun.policy import flex
 from batchrun.policy.tiers import Limits, family
 from batchrun.report.tally import count_endpoint, forget_failed
 from batchrun.routing import EndpointConfig, check_serves
@@ -99,6 +100,7 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         if spec.endpoints_file else None,
         "via": spec.via, "poll_max_s": spec.poll_max_s,
         "batch_queue_tokens": spec.batch_queue_tokens,
+        "service_tier": spec.service_tier, "flex_wait_s": spec.flex_wait_s,
     }
 
 
@@ -120,7 +122,8 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         max_retries=o.max_retries, timeout_s=o.timeout_s, on_bad_line=o.on_bad_line,
         wait=o.wait, max_response_mb=o.max_response_mb, via=o.via, poll_max_s=o.poll_max_s,
         batch_queue_tokens=o.batch_queue_tokens, detach=bool(o.detach),
-        cancel_batches=bool(o.cancel_batches),
+        cancel_batches=bool(o.cancel_batches), service_tier=o.service_tier,
+        flex_wait_s=o.flex_wait_s,
     )
     if o.endpoints:  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o.endpoints), o.record_endpoint, m.job_id,
@@ -136,17 +139,21 @@ class _ManifestUpdater:
     manifest: Manifest
     saved_at: float = field(default_factory=time.monotonic)
     started: bool = False  # the engine accepted the input
+    sync_via: str = "sync"  # how this run's per-minute path is billed (flex: its own rates)
 
     def __call__(self, event: Event) -> None:
         m = self.manifest
         match event:
             case JobStarted():
                 self.started = True
+                self.sync_via = event.via.value
                 m.total = event.total
                 m.done = event.already_done
             case RequestFinished(ok=ok, endpoint=endpoint):
                 m.done += 1
                 m.failed += not ok
+                m.count_billed("batch" if event.batch else self.sync_via, event.model,
+                               event.tokens_in, event.cached_in, event.tokens_out)
                 if endpoint:
                     count_endpoint(m.endpoints, endpoint, ok)
                 # Often enough for `status` to show progress; rare enough to cost nothing.
@@ -157,6 +164,15 @@ class _ManifestUpdater:
                                                                         JobState.PAUSED_DAILY):
                 m.state, m.message = JobState(state), detail
                 self.store.save(m)
+
+
+def _check_flex(models: Iterable[str], notify: Callable[[str], None]) -> None:
+    """--service-tier flex over the input's models: refuse the models without it (exit 2,
+    nothing sent), warn about those batchrun has no word on."""
+    if (refused := flex.refusal(models)) is not None:
+        raise InputError(refused)
+    if (unsure := flex.warning(models)) is not None:
+        notify(unsure)
 
 
 def _final_state(stop: BatchrunError | None) -> JobState:
@@ -389,6 +405,8 @@ async def run(
             manifest.checked = report.to_dict()
             if report.bad_total and spec.on_bad_line == "fail":
                 raise BadLinesError(str(spec.input), report.bad, report.bad_total)
+            if spec.service_tier is not None:
+                _check_flex(report.models, notify)
             if retry_failed:
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
@@ -669,7 +687,7 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
         "overrides": spec.overrides, "concurrency": spec.concurrency,
         "max_retries": spec.max_retries, "timeout_s": spec.timeout_s, "wait": spec.wait,
         "max_response_mb": spec.max_response_mb, "poll_max_s": spec.poll_max_s,
-        "batch_queue_tokens": spec.batch_queue_tokens})
+        "batch_queue_tokens": spec.batch_queue_tokens, "flex_wait_s": spec.flex_wait_s})
     return spec, simulate
 
 

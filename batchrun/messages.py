@@ -155,11 +155,18 @@ def usd(cost: float | None) -> str:
     return "no list price" if cost is None else f"${cost:,.4f}"
 
 
+def tokens_in(tokens: dict[str, Any]) -> str:
+    """'1,500 in (1,408 cached)': what the server served from its prompt cache, billed at the
+    cached price, is a part of the prompt tokens."""
+    cached = tokens.get("cached_input", 0)
+    return f"{tokens['input']:,} in" + (f" ({cached:,} cached)" if cached else "")
+
+
 def describe_endpoint(e: dict[str, Any]) -> str:
     """One endpoint's line of the final summary (--endpoints)."""
     cost = "cost unknown" if e["cost_usd"] is None else f"${e['cost_usd']:,.4f}"
     out = "".join(f" · out for {model}: {why}" for model, why in e["out"].items())
-    return (f"{count(e['requests'], 'request')} · {e['tokens']['input']:,} in, "
+    return (f"{count(e['requests'], 'request')} · {tokens_in(e['tokens'])}, "
             f"{e['tokens']['output']:,} out · {count(e['rate_limited_429'], '429')} · "
             f"{cost}{out}")
 
@@ -168,7 +175,7 @@ def _cost(s: dict[str, Any], batch: bool) -> str:
     unpriced = ", ".join(s["unpriced_models"])
     if s["cost_usd"] is None:
         return f"unknown (no list price for {unpriced})"
-    return (f"${s['cost_usd']:,.4f} at list prices"
+    return (f"${s['cost_usd']:,.4f} at list prices of {s['prices_as_of']}"
             + (" (Batch API requests at half of them)" if batch else "")
             + (f", plus {unpriced}, which has no list price" if unpriced else ""))
 
@@ -183,7 +190,7 @@ def summary_lines(s: dict[str, Any], output: Path, batch: bool = False) -> list[
         + (f" · {r['already_done']:,} done before" if r["already_done"] else "")
         + (f" ({r['failed_before']:,} of them failed)" if r["failed_before"] else "")
         + (f" · {r['not_done']:,} not done" if r["not_done"] else ""),
-        f"tokens: {s['tokens']['input']:,} in, {s['tokens']['output']:,} out · "
+        f"tokens: {tokens_in(s['tokens'])}, {s['tokens']['output']:,} out · "
         f"cost {_cost(s, batch)}",
         f"{s['wall_seconds']:,.1f}s · {s['achieved']['requests_per_min']:,.0f} req/min · "
         f"{s['achieved']['tokens_per_min']:,.0f} tok/min · {s['rate_limited_429']:,} 429s",

@@ -184,7 +184,7 @@ def test_one_model_without_a_price_leaves_the_others_cost_known(
                   env={"OPENAI_API_KEY": "sk-test-0123456789abcdef"})
     assert run.code == 0, run.stderr
     [line] = [x for x in run.stdout.splitlines() if x.startswith("tokens:")]
-    assert "at list prices, plus gpt-9-ultra, which has no list price" in line
+    assert "at list prices of 2026-11-01, plus gpt-9-ultra, which has no list price" in line
 
 
 @pytest.mark.parametrize("command", ["submit", "estimate"])

@@ -53,7 +53,7 @@ def test_each_endpoint_has_a_gauge_line_and_going_out_and_back_is_one_line_each(
     assert last[1] == "  west: 20 req · 400 tok last minute · 20 done · 1 429s"
     summary = tally.summary()
     assert summary["east"]["requests"] == 10 and summary["west"]["rate_limited_429"] == 1
-    assert summary["west"]["tokens"] == {"input": 240, "output": 160}
+    assert summary["west"]["tokens"] == {"input": 240, "cached_input": 0, "output": 160}
     listener(RouteChanged("east", "gpt-4o-mini", BACK))
     assert "endpoint east is back in rotation for gpt-4o-mini" in stream.getvalue()
     assert tally.summary()["east"]["out"] == {}

@@ -128,7 +128,8 @@ def test_json_schema_is_stable(tmp_path: Path) -> None:
                       "cost_usd", "batch_api_cost_usd", "minutes_to_finish", "days",
                       "never_run", "never_run_total", "via"}
     assert set(e["models"][0]) == {
-        "model", "known_model", "requests", "prompt_tokens", "max_output_tokens",
+        "model", "known_model", "requests", "prompt_tokens", "predicted_cached_input_tokens",
+        "max_output_tokens",
         "requests_without_max", "assumed_output_tokens_per_request", "output_tokens",
         "limit_tokens", "cost_usd", "limits", "minutes", "binding", "minutes_to_finish",
         "used_today", "days", "batch", "daily", "accounting"}

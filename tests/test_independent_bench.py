@@ -32,10 +32,11 @@ def test_the_independent_server_shares_no_code_with_batchrun() -> None:
 
 def test_the_bench_around_it_does_not_import_batchrun_either() -> None:
     """The runner judges batchrun only by what the server saw; it runs the CLI, never the code."""
-    for name in ("run_matrix.py", "make_jobs.py"):
+    for name in ("run_matrix.py", "make_jobs.py", "bill_check.py"):
         imported = {m.split(".")[0] for m in imports_of(BENCH / name)}
         assert "batchrun" not in imported, name
-        assert imported - set(sys.stdlib_module_names) <= {"server", "make_jobs"}, name
+        assert imported - set(sys.stdlib_module_names) <= {"server", "make_jobs",
+                                                            "run_matrix"}, name
 
 
 def test_a_cell_with_its_own_tpm_is_judged_at_that_tpm() -> None:
@@ -51,3 +52,24 @@ def test_a_cell_with_its_own_tpm_is_judged_at_that_tpm() -> None:
     charges = [3030, *[34] * 18]
     assert run_matrix.cell_ideal(cell, charges) == pytest.approx((612 - 333.33) / (2000 / 60) + 0.3,
                                                                   abs=0.01)
+
+
+def test_the_server_caches_a_shared_prefix_in_128_token_steps_and_bills_it() -> None:
+    """OpenAI's rule: 1,024 tokens at least, then steps of 128; the first request fills the
+    cache. The bill takes the cached part at the cached price (gpt-4o-mini: $0.075 vs $0.15)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import server  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(BENCH))
+    cache = server.PromptCache(ttl=300)
+    shared = [{"role": "system", "content": "x" * 6_000}]
+    first = server.prompt_pieces({"messages": [*shared, {"role": "user", "content": "a"}]})
+    second = server.prompt_pieces({"messages": [*shared, {"role": "user", "content": "b"}]})
+    short = server.prompt_pieces({"messages": [{"role": "user", "content": "y" * 4_000}]})
+    assert cache.admit(first, now=0) == 0
+    assert cache.admit(second, now=1) == 1_408  # ~1,500 shared tokens: the last whole step
+    assert cache.admit(short, now=2) == 0 and cache.admit(short, now=3) == 0  # under 1,024
+    assert cache.admit(second, now=400) == 0  # gone after the ttl
+    assert server.bill_of("gpt-4o-mini", 1_500, 1_408, 40) == (
+        (92 * 0.15 + 1_408 * 0.075 + 40 * 0.60) / 1e6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from batchrun.policy.prices import Via, price
+from batchrun.policy.prices import Via, price, request_cost
 
 
 def test_cached_prompt_tokens_are_billed_at_the_cached_price_not_twice() -> None:
@@ -29,3 +29,10 @@ def test_the_longest_family_wins_and_an_unknown_model_has_no_price() -> None:
     assert mini is not None and full is not None and mini.input < full.input
     assert price("llama-3-70b") is None
     assert price("gpt-4o-mini") is not None and not price("gpt-4o-mini").flex  # type: ignore[union-attr]
+
+
+def test_request_cost_bills_cached_input_and_names_no_price_as_none() -> None:
+
+    assert request_cost("gpt-4o-mini", 1_500, 100, cached_in=1_408, via=Via.BATCH) == (
+        pytest.approx((92 * 0.15 + 1_408 * 0.075 + 100 * 0.60) / 2_000_000))
+    assert request_cost("llama-3-70b", 1_500, 100) is None

@@ -97,9 +97,9 @@ def test_json_summary(sim: RunningSim, tmp_path: Path) -> None:
     assert summary["cost_usd"] > 0
     assert summary["limits"]["gpt-4o-mini"] == {"rpm": 500, "tpm": 200_000, "rpd": 10_000,
                                                 "tpd": 0}
-    assert set(summary) == {"job", "state", "requests", "tokens", "cost_usd", "wall_seconds",
-                            "achieved", "limits", "rate_limited_429", "message", "results",
-                            "unpriced_models", "via"}
+    assert set(summary) == {"job", "state", "requests", "tokens", "cost_usd", "prices_as_of",
+                            "wall_seconds", "achieved", "limits", "rate_limited_429", "message",
+                            "results", "unpriced_models", "via"}
     assert summary["via"]["batch"]["requests"] == 0
     assert summary["via"]["sync"]["requests"] == 20
     assert summary["job"].startswith("jobs-")

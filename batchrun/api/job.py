@@ -36,6 +36,8 @@ class Tokens:
 
     input: int = 0
     output: int = 0
+    # The part of `input` the server served from its prompt cache (billed at the cached price).
+    cached_input: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from typing import Any
 from batchrun.errors import (
     InputError,
 )
+from batchrun.policy.decide import DEFAULT_FLEX_WAIT_S
+from batchrun.policy.flex import SERVICE_TIERS
 from batchrun.policy.tiers import TIERS
 
 # The largest whole number an option takes: past any real budget, and within what the manifest
@@ -19,6 +21,9 @@ MAX_WHOLE = 10**15
 # infinite one cannot become the whole milliseconds the engine schedules with).
 MAX_SECONDS = 86_400.0
 VIAS = ("sync", "batch", "auto")
+DEFAULT_TIMEOUT_S = 600.0
+# OpenAI's flex guide raises its client's timeout to 15 minutes: flex answers come slower.
+FLEX_TIMEOUT_S = 900.0
 ON_BAD_LINE = ("fail", "skip")
 # The options of one endpoint, which an endpoints file gives per endpoint instead.
 SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "tpm", "rpd",
@@ -28,13 +33,14 @@ SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "
 # What each keyword option must be, as the CLI's parser converts it; a value of another type
 # would otherwise fail deep inside (an AttributeError) or be saved with the job and make its
 # manifest unreadable (rpm=1.5).
-TEXT = ("tier", "model", "base_url", "azure_endpoint", "api_key_env", "state", "name")
+TEXT = ("tier", "model", "base_url", "azure_endpoint", "api_key_env", "state", "name",
+        "service_tier")
 PATHS = ("jobs", "output", "endpoints")
 FLAGS = ("simulate", "insecure", "force", "record_endpoint", "detach", "wait", "progress",
          "retry_failed", "cancel_batches")
 WHOLE = ("rpm", "tpm", "rpd", "tpd", "batch_queue_tokens", "concurrency", "max_retries",
          "assume_output_tokens")
-NUMBERS = ("timeout", "drain", "poll_max", "max_response_mb", "latency")
+NUMBERS = ("timeout", "drain", "poll_max", "max_response_mb", "latency", "flex_wait")
 
 
 def type_problem(name: str, value: object) -> str | None:
@@ -117,6 +123,25 @@ def check_options(o: Mapping[str, Any]) -> None:
     _check_range("max_response_mb", o.get("max_response_mb"), 0.0001, 1e6)
     _check_choice("via", o.get("via"), VIAS)
     _check_choice("on_bad_line", o.get("on_bad_line"), ON_BAD_LINE)
+    _check_choice("service_tier", o.get("service_tier"), SERVICE_TIERS)
+    _check_range("flex_wait", o.get("flex_wait"), 0, MAX_SECONDS)
+
+
+def flex_options(service_tier: str | None, flex_wait: float | None, via: str | None,
+                 timeout: float | None) -> dict[str, Any]:
+    """--service-tier, --flex-wait and the timeout they imply, as JobSpec fields. Flex is a
+    tier of the per-minute path: the Batch API has its own price and no such field."""
+    check_options({"service_tier": service_tier, "flex_wait": flex_wait, "timeout": timeout})
+    if service_tier is not None and via not in (None, "sync"):
+        raise InputError(f"--service-tier {service_tier} and --via {via} cannot go together: "
+                         "flex is a tier of the per-minute path, and the Batch API already "
+                         "bills at the same rates. Drop one of them.")
+    if flex_wait is not None and service_tier is None:
+        raise InputError("--flex-wait is how long a request waits for flex capacity; give "
+                         "--service-tier flex too, or drop it.")
+    default = FLEX_TIMEOUT_S if service_tier is not None else DEFAULT_TIMEOUT_S
+    return {"service_tier": service_tier, "timeout_s": default if timeout is None else timeout,
+            "flex_wait_s": DEFAULT_FLEX_WAIT_S if flex_wait is None else flex_wait}
 
 
 def batch_options(via: str | None, detach: bool | None, poll_max: float | None,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun import job, messages
-from batchrun.api.options import batch_options, check_tier
+from batchrun.api.options import batch_options, check_tier, flex_options
 from batchrun.backends.batch.parts import forget_open_parts, shown_record
 from batchrun.backends.sync.engine import JobSpec
 from batchrun.backends.sync.upstreams import with_endpoints
@@ -25,7 +25,9 @@ from batchrun.events import Listener, Stats
 from batchrun.files import ledger
 from batchrun.files.jobstore import JobState, JobStore, Manifest
 from batchrun.http.endpoint import Endpoint
+from batchrun.policy import flex
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.report.bill import job_bill
 from batchrun.report.estimate import Today, known_today, nothing_known
 from batchrun.report.estimate import estimate as estimate_job
 from batchrun.report.tally import EndpointTally
@@ -59,13 +61,14 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
                    rpd: int | None = None, tpd: int | None = None,
                    concurrency: int | None = None, base_url: str | None = None,
                    azure_endpoint: str | None = None, api_key_env: str | None = None,
-                   max_retries: int = 8, timeout: float = 600.0, drain: float = 10.0,
+                   max_retries: int = 8, timeout: float | None = None, drain: float = 10.0,
                    max_response_mb: float | None = None, wait: bool | None = None,
                    on_bad_line: str = "fail", simulate: bool = False, insecure: bool = False,
                    force: bool = False, endpoints: Path | None = None,
                    record_endpoint: bool = False, state: str | None = None,
                    via: str | None = None, detach: bool = False, poll_max: float | None = None,
-                   batch_queue_tokens: int | None = None,
+                   batch_queue_tokens: int | None = None, service_tier: str | None = None,
+                   flex_wait: float | None = None,
                    beside_endpoints: Callable[[Path], None] = lambda _: None) -> Prepared:
     """`submit`'s checks and plan; changes nothing on disk. `beside_endpoints` refuses the
     single endpoint's options given with `endpoints` (the caller knows which were given)."""
@@ -79,9 +82,10 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
         endpoint=Endpoint.make(base_url, azure_endpoint, api_key_env, insecure),
         model=model, tier=tier, overrides={"rpm": rpm, "tpm": tpm, "rpd": rpd, "tpd": tpd},
         concurrency=concurrency, max_retries=max_retries,
-        max_response_mb=max_response_mb or DEFAULT_MAX_RESPONSE_MB, timeout_s=timeout,
+        max_response_mb=max_response_mb or DEFAULT_MAX_RESPONSE_MB,
         drain_s=drain, on_bad_line=on_bad_line, wait=bool(wait),
         **batch_options(via, detach, poll_max, batch_queue_tokens),
+        **flex_options(service_tier, flex_wait, via, timeout),
     )
     if endpoints is not None:
         beside_endpoints(endpoints)
@@ -110,6 +114,7 @@ def prepare_resume(manifest: Manifest, store: JobStore, *, retry_failed: bool = 
         "concurrency": given.get("concurrency"), "max_retries": given.get("max_retries"),
         "timeout_s": given.get("timeout"), "max_response_mb": given.get("max_response_mb"),
         "wait": given.get("wait"), "cancel_batches": given.get("cancel_batches") or None,
+        "flex_wait_s": given.get("flex_wait"),
         **batch_options(given.get("via"), given.get("detach"), given.get("poll_max"),
                         given.get("batch_queue_tokens"), given_only=True),
     })
@@ -236,8 +241,10 @@ def estimate_path(jobs: Path, configs: tuple[EndpointConfig, ...], *, model: str
                   limits: dict[str, int | None], concurrency: int | None, latency: float,
                   assume_output_tokens: int, on_bad_line: str, endpoints_file: Path | None,
                   state: StateUrl | None, via: str | None, batch_queue_tokens: int | None,
-                  endpoint: tuple[str | None, str | None, str | None]) -> dict[str, Any]:
+                  endpoint: tuple[str | None, str | None, str | None],
+                  service_tier: str | None = None) -> dict[str, Any]:
     """The estimate of one file, with the endpoints file already read (the CLI's step)."""
+    flex_options(service_tier, None, via, None)  # refused as submit refuses it
     # Today's usage is per endpoint and key with --endpoints: not looked up (counted as unused).
     # The key and host whose ledger is read: as submit would send (nothing is sent here).
     today, known = ((nothing_known, False) if configs else ledger_lookup(
@@ -246,7 +253,11 @@ def estimate_path(jobs: Path, configs: tuple[EndpointConfig, ...], *, model: str
         jobs, model, tier, limits, concurrency=concurrency, latency_s=latency,
         assumed_output=assume_output_tokens, on_bad_line=on_bad_line, today=today,
         today_known=known, endpoints=configs, via=via or "sync", batch_queue=batch_queue_tokens,
+        service_tier=service_tier,
     )
+    if service_tier is not None and (refused := flex.refusal(
+            m["model"] for m in result["models"])) is not None:
+        raise InputError(refused)
     if configs and endpoints_file is not None:  # as submit checks the file against the input
         check_serves(configs, [m["model"] for m in result["models"]], endpoints_file)
     return result
@@ -261,5 +272,5 @@ def status_rows(store: JobStore, jobs: list[Manifest]) -> list[dict[str, Any]]:
         if shown == JobState.CRASHED:
             job.count_from_output(m)  # its last saves may lag what it wrote
         rows.append({**asdict(m), "batch": shown_record(m.batch, m.job_id), "state": shown,
-                     "resume": m.resume_command})
+                     "resume": m.resume_command, **job_bill(m.billed)})
     return rows

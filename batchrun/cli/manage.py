@@ -24,6 +24,7 @@ from batchrun.cli.options import (
     Model,
     OnBadLine,
     QueueTokens,
+    ServiceTierOpt,
     State,
     Tier,
     ViaOpt,
@@ -130,6 +131,7 @@ def estimate(
     base_url: BaseUrl = None,
     azure_endpoint: AzureEndpoint = None,
     api_key_env: ApiKeyEnv = None,
+    service_tier: ServiceTierOpt = None,
 ) -> None:
     """Tokens, cost and time to finish under the tier. Sends nothing."""
     printing.reply.json = json_
@@ -144,7 +146,8 @@ def estimate(
         latency=latency, assume_output_tokens=assume_output_tokens,
         on_bad_line=on_bad_line.value, endpoints_file=endpoints, state=state_url,
         via=via.value if via else None, batch_queue_tokens=batch_queue_tokens,
-        endpoint=(base_url, azure_endpoint, api_key_env))
+        endpoint=(base_url, azure_endpoint, api_key_env),
+        service_tier=service_tier.value if service_tier else None)
     if json_:
         printing.print_json(result)
     else:

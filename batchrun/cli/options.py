@@ -63,6 +63,18 @@ PollMax = Annotated[float | None, typer.Option(
 QueueTokens = Annotated[int | None, typer.Option(
     min=0, max=MAX_WHOLE, show_default="preset",
     help="Batch API: enqueued-token limit (0 = unlimited)")]
+class ServiceTier(str, Enum):
+    flex = "flex"
+
+
+ServiceTierOpt = Annotated[ServiceTier | None, typer.Option(
+    "--service-tier", show_default="standard processing",
+    help="flex: OpenAI's flex processing (Batch API prices, slower; 'resource unavailable' "
+    "answers are waited out, see --flex-wait; the timeout default becomes 900 s)")]
+FlexWait = Annotated[float | None, typer.Option(
+    "--flex-wait", min=0, max=MAX_SECONDS, metavar="S", show_default="900",
+    help="with --service-tier flex: seconds one request may wait, in all, for flex capacity "
+    "before it is recorded failed (flex_unavailable); these waits are not --max-retries")]
 Concurrency = Annotated[int | None, typer.Option(
     min=1, max=MAX_WHOLE, show_default="from rate x latency", help="most requests in flight")]
 State = Annotated[str | None, typer.Option(

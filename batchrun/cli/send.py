@@ -23,6 +23,7 @@ from batchrun.cli.options import (
     Concurrency,
     Detach,
     Drain,
+    FlexWait,
     Force,
     Jobs,
     Json,
@@ -34,6 +35,7 @@ from batchrun.cli.options import (
     PollMax,
     QueueTokens,
     Quiet,
+    ServiceTierOpt,
     State,
     Tier,
     ViaOpt,
@@ -62,8 +64,9 @@ def submit(
     azure_endpoint: AzureEndpoint = None,
     api_key_env: ApiKeyEnv = None,
     max_retries: MaxRetries = 8,
-    timeout: Annotated[float, typer.Option(min=1, max=MAX_SECONDS,
-                                           help="seconds per request")] = 600.0,
+    timeout: Annotated[float | None, typer.Option(
+        min=1, max=MAX_SECONDS, show_default="600; 900 with --service-tier flex",
+        help="seconds per request")] = None,
     drain: Drain = 10.0,
     max_response_mb: MaxResponseMb = None,
     wait: Wait = None,
@@ -89,6 +92,8 @@ def submit(
     detach: Detach = False,
     poll_max: PollMax = None,
     batch_queue_tokens: QueueTokens = None,
+    service_tier: ServiceTierOpt = None,
+    flex_wait: FlexWait = None,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     printing.reply.json = json_
@@ -104,6 +109,7 @@ def submit(
         simulate=simulate, insecure=insecure, force=force, endpoints=endpoints,
         record_endpoint=record_endpoint, state=state, via=via.value if via else None,
         detach=detach, poll_max=poll_max, batch_queue_tokens=batch_queue_tokens,
+        service_tier=service_tier.value if service_tier else None, flex_wait=flex_wait,
         beside_endpoints=beside_endpoints)
     printing.reply.about(prepared.manifest.job_id)
     if prepared.finished is not None:
@@ -140,6 +146,7 @@ def resume(
     cancel_batches: Annotated[bool, typer.Option(
         help="with --via sync: cancel the job's Batch API batches (what they finished is "
         "kept) and send the rest by the sync path")] = False,
+    flex_wait: FlexWait = None,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     printing.reply.json = json_
@@ -163,7 +170,7 @@ def resume(
         concurrency=concurrency, max_retries=max_retries, timeout=timeout,
         max_response_mb=max_response_mb, wait=wait, cancel_batches=cancel_batches,
         via=via.value if via else None, detach=detach, poll_max=poll_max,
-        batch_queue_tokens=batch_queue_tokens)
+        batch_queue_tokens=batch_queue_tokens, flex_wait=flex_wait)
     if prepared.finished is not None:
         printing.finished(prepared.finished, manifest)
     launch(prepared, json_, quiet)

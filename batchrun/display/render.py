@@ -46,6 +46,10 @@ def render_estimate(console: Console, e: dict[str, Any]) -> None:
         table.add_column()
         table.add_row("requests", f"{m['requests']:,}")
         table.add_row("prompt tokens", f"{m['prompt_tokens']:,} (exact)")
+        if m["predicted_cached_input_tokens"]:
+            table.add_row("", f"predicted cached input {m['predicted_cached_input_tokens']:,} "
+                          f"of {m['prompt_tokens']:,} (prefixes of 1,024+ tokens shared with "
+                          "an earlier request, at the cached price; the server decides)")
         out = f"{m['max_output_tokens']:,} at most (max_tokens)"
         if m["requests_without_max"]:
             out = (f"{m['output_tokens']:,}: {m['max_output_tokens']:,} at most from max_tokens"
@@ -182,6 +186,8 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
         console.print(f"  output  {j['output']}", markup=False)
         console.print(f"  done    {j['done']:,} of {j['total']:,} ({j['failed']:,} failed)")
         console.print(f"  updated {j['updated']}")
+        if "cost_usd" in j:
+            console.print(f"  cost    {_job_cost(j)}", markup=False)
         if j["message"]:
             console.print(f"  last    {j['message']}", markup=False)
         for name, counts in j.get("endpoints", {}).items():
@@ -218,6 +224,16 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
                 f"{u['requests']:,}", f"{u['rpd']:,}" if u["rpd"] else "-",
             )
         console.print(table)
+
+
+def _job_cost(j: dict[str, Any]) -> str:
+    """'$0.0003 at list prices of DATE (3,000 tokens in, 2,816 cached, 40 out)'."""
+    t, unpriced = j["tokens"], ", ".join(j["unpriced_models"])
+    tokens = (f"({t['input']:,} tokens in, {t['cached_input']:,} cached, {t['output']:,} out)")
+    if j["cost_usd"] is None:
+        return f"unknown: no list price for {unpriced} {tokens}"
+    plus = f", plus {unpriced}, which has no list price" if unpriced else ""
+    return f"${j['cost_usd']:,.4f} at list prices of {j['prices_as_of']} {tokens}{plus}"
 
 
 def _limit_name(key: str) -> str:

@@ -23,6 +23,7 @@ from batchrun.errors import InputError, StateError
 from batchrun.files.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.files.outputlock import is_held, read_owner
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.policy.decide import DEFAULT_FLEX_WAIT_S
 
 
 class JobState(StrEnum):
@@ -142,6 +143,8 @@ class JobOptions:
     batch_queue_tokens: int | None = None
     detach: bool = False
     cancel_batches: bool = False
+    service_tier: str | None = None
+    flex_wait_s: float = DEFAULT_FLEX_WAIT_S
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> JobOptions:
@@ -207,6 +210,8 @@ def _decode(raw: bytes) -> tuple[dict[str, Any], str | None]:
         data["endpoints"] = {}  # only counts for `status`: the output holds the results
     if not _used_today_ok(data.get("used_today", {})):
         data["used_today"] = {}  # only for a message's "by other jobs": start it again
+    if not _billed_ok(data.get("billed", {})):
+        data["billed"] = {}  # only for `status`'s cost: the output and ledger hold the rest
     if not _checked_ok(data.get("checked")):
         data["checked"] = None  # only a cache of the input's check: read the input again
     return data, None
@@ -225,6 +230,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "api_key_env": (str, type(None)), "insecure": (bool,), "max_response_mb": (int, float),
     "endpoints": (str, type(None)), "record_endpoint": (bool,),
     "via": (str,), "poll_max_s": (int, float), "batch_queue_tokens": (int, type(None)),
+    "service_tier": (str, type(None)), "flex_wait_s": (int, float),
 }
 
 
@@ -247,6 +253,14 @@ def _used_today_ok(used: Any) -> bool:
     return (isinstance(used, dict) and isinstance(used.get("day"), str)
             and isinstance(used.get("tokens"), dict)
             and all(isinstance(k, str) and _is_count(v) for k, v in used["tokens"].items()))
+
+
+def _billed_ok(billed: Any) -> bool:
+    return isinstance(billed, dict) and all(
+        isinstance(via, str) and isinstance(models, dict)
+        and all(isinstance(m, str) and isinstance(c, list) and len(c) == 3
+                and all(_is_count(n) for n in c) for m, c in models.items())
+        for via, models in billed.items())
 
 
 def _checked_ok(checked: Any) -> bool:
@@ -288,6 +302,18 @@ class Manifest:
     # names it (one endpoint, sync path): {"day": "2026-11-27", "tokens": {"gpt-4o-mini": n}}.
     # What the key's ledger holds beyond them, other jobs used.
     used_today: dict[str, Any] = field(default_factory=dict)
+    # What the server billed this job, every run: {via: {model: [input, cached input, output]}}
+    # tokens, via "sync", "flex" or "batch" (policy.prices.Via), cached input a part of input.
+    billed: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+
+    def count_billed(self, via: str, model: str, tokens_in: int, cached_in: int,
+                     tokens_out: int) -> None:
+        if not (tokens_in or tokens_out):
+            return
+        row = self.billed.setdefault(via, {}).setdefault(model, [0, 0, 0])
+        row[0] += tokens_in
+        row[1] += cached_in
+        row[2] += tokens_out
 
     def tokens_on(self, day: dt.date, model: str) -> int:
         if self.used_today.get("day") != day.isoformat():

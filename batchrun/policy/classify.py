@@ -61,6 +61,9 @@ class Kind(enum.Enum):
     RATE_DAY = "rate_day"  # today's budget is spent: pause the job
     REFUSED = "refused"  # bad key, no quota: stop the job
     FAIL = "fail"  # other 4xx: record at once
+    # flex processing has no capacity now (OpenAI's 429 "Resource Unavailable", Groq's 498
+    # capacity_exceeded): not billed, not a rate limit; wait and ask again
+    FLEX_UNAVAILABLE = "flex_unavailable"
 
 
 @dataclass(slots=True)
@@ -91,6 +94,14 @@ class Outcome:
         """(prompt, completion) tokens the server billed as far as we know; (0, 0) when unknown:
         check `usage_known` before settling a reservation with it."""
         return self._reported() or (0, 0)
+
+    @property
+    def cached_in(self) -> int:
+        """Prompt tokens the server served from its prompt cache (billed at the cached price);
+        0 for an error or a server that does not say."""
+        if self.status is None or not is_success(self.status):
+            return 0
+        return reported_cached(self.body)
 
     @property
     def usage_known(self) -> bool:
@@ -134,6 +145,21 @@ def reported_usage(body: Any) -> tuple[int, int] | None:
     except ValueError:
         return None
     return prompt, completion
+
+
+def reported_cached(body: Any) -> int:
+    """`usage.prompt_tokens_details.cached_tokens` of a 2xx body, never more than its
+    prompt_tokens; 0 when absent, null or not a count (many servers, and embeddings, have none)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    reported = reported_usage(body)
+    if cached is None or reported is None:
+        return 0
+    try:
+        return min(_token_count(cached), reported[0])
+    except ValueError:
+        return 0
 
 
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -226,6 +252,19 @@ def status_kind(status: int, code: str = "", etype: str = "") -> Kind:
     if status in (408, 409) or status >= 500:
         return Kind.RETRY
     return Kind.FAIL
+
+
+# Groq's flex tier says "no capacity" with this status of its own (SERVERS.md).
+GROQ_CAPACITY_STATUS = 498
+
+
+def flex_unavailable(status: int, code: str, etype: str, message: str) -> bool:
+    """Flex processing's "no capacity now": OpenAI answers 429 Resource Unavailable (its guide
+    names it so and prints no body: the words are what we match), Groq 498 capacity_exceeded."""
+    if status == GROQ_CAPACITY_STATUS or "capacity_exceeded" in (code, etype):
+        return True
+    return status == 429 and ("resource_unavailable" in (code, etype)
+                              or "resource unavailable" in message.lower())
 
 
 def error_fields(body: Any) -> tuple[str, str, str]:
@@ -426,7 +465,10 @@ def classify(
     out.code = printable(code or etype or f"http_{status}")[:_MAX_CODE_CHARS]
     out.message = message
     out.kind = status_kind(status, code, etype)
-    if out.kind is Kind.RATE_MINUTE and message.lower().startswith("request too large"):
+    if out.kind is not Kind.REFUSED and flex_unavailable(status, code, etype, message):
+        out.kind, out.code = Kind.FLEX_UNAVAILABLE, "flex_unavailable"
+        out.hint_s = retry_hint(headers, message)
+    elif out.kind is Kind.RATE_MINUTE and message.lower().startswith("request too large"):
         # Final: asking again cannot make it fit (docs/design.md: one over the limit fails fast).
         out.kind, out.code = Kind.FAIL, "request_too_large"
         limit = _LIMIT.search(message)

@@ -8,8 +8,10 @@ docs/design.md ("What each response means") and the engine's reaction to it read
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass
 
+from batchrun.pacing.backoff import MAX_BACKOFF_S, backoff_s
 from batchrun.policy.classify import Kind, Outcome
 
 # A per-minute 429 is waiting, not failing, so it does not count toward --max-retries. This
@@ -19,6 +21,11 @@ MAX_RATE_LIMITED = 30
 # With nothing ever answered, this many failed connections in a row for one request mean there
 # is no route to the API: stop the job rather than record every line as connection_error.
 NO_NETWORK_TRIES = 4
+# The first wait after flex says it has no capacity; the one backoff doubles it from there.
+FIRST_FLEX_WAIT_S = 1.0
+# --flex-wait's default: how long one request may wait, in all, for flex capacity. OpenAI's
+# guide gives a flex request 15 minutes to run; it is given as long to find room.
+DEFAULT_FLEX_WAIT_S = 900.0
 
 
 class Action(enum.Enum):
@@ -26,6 +33,7 @@ class Action(enum.Enum):
     FAIL = "fail"  # failed for good: write the error
     TOO_LARGE = "too_large"  # failed for good, and the server taught us a lower limit
     BACKOFF = "backoff"  # send again after a jittered backoff
+    FLEX_WAIT = "flex_wait"  # flex has no capacity now: send again after the backoff
     THROTTLE = "throttle"  # per-minute 429: the model's lane pauses; send again after it
     WAIT_DAY = "wait_day"  # per-day 429 with --wait: send again after 00:00 UTC
     STOP_DAILY = "stop_daily"  # per-day 429: stop the job, resume tomorrow
@@ -38,6 +46,7 @@ class Policy:
     max_retries: int
     wait_daily: bool = False
     max_rate_limited: int = MAX_RATE_LIMITED
+    flex_wait_s: float = DEFAULT_FLEX_WAIT_S  # --flex-wait
 
 
 @dataclass(slots=True)
@@ -46,10 +55,12 @@ class Tries:
 
     failures: int = 0  # attempts that count toward --max-retries
     rate_limited: int = 0  # per-minute 429s (they do not)
+    flex_unavailable: int = 0  # flex's "no capacity" answers (nor do they)
+    flex_waited_s: float = 0.0  # the waits after them, in all: --flex-wait's ceiling
 
     @property
     def attempts(self) -> int:
-        return self.failures + self.rate_limited
+        return self.failures + self.rate_limited + self.flex_unavailable
 
 
 def decide(outcome: Outcome, tries: Tries, policy: Policy, connected: bool = True) -> Action:
@@ -64,12 +75,23 @@ def decide(outcome: Outcome, tries: Tries, policy: Policy, connected: bool = Tru
         return Action.STOP_REFUSED
     if kind is Kind.RATE_DAY:
         return Action.WAIT_DAY if policy.wait_daily else Action.STOP_DAILY
+    if kind is Kind.FLEX_UNAVAILABLE:
+        return Action.FAIL if tries.flex_waited_s >= policy.flex_wait_s else Action.FLEX_WAIT
     if kind is Kind.RATE_MINUTE:
         return Action.FAIL if tries.rate_limited >= policy.max_rate_limited else Action.THROTTLE
     if (not connected and never_connected(outcome)
             and tries.failures >= min(NO_NETWORK_TRIES, policy.max_retries + 1)):
         return Action.STOP_NO_NETWORK
     return Action.FAIL if tries.failures > policy.max_retries else Action.BACKOFF
+
+
+def flex_delay(tries: Tries, ceiling_s: float, hint_s: float | None,
+               rng: random.Random | None) -> float:
+    """The wait before asking flex again: the one backoff (or the server's hint, if longer),
+    never past what is left of --flex-wait, so the last try comes at the ceiling, not after."""
+    wait = max(backoff_s(tries.flex_unavailable, first_s=FIRST_FLEX_WAIT_S, rng=rng),
+               min(hint_s or 0.0, MAX_BACKOFF_S))
+    return max(0.0, min(wait, ceiling_s - tries.flex_waited_s))
 
 
 def taught_tpm(outcome: Outcome) -> int | None:

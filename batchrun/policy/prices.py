@@ -85,3 +85,12 @@ def price(model: str) -> Price | None:
     """The list price of a model, or None for a model the table does not know."""
     fam = price_family(model)
     return PRICES[fam] if fam else None
+
+
+def request_cost(model: str, tokens_in: int, tokens_out: int, cached_in: int = 0,
+                 via: Via = Via.SYNC) -> float | None:
+    """What one answered request is billed at list price, or None for a model with no price
+    (callers name such a model, they never count it as free). `tokens_in` is the usage's
+    prompt_tokens, `cached_in` its prompt_tokens_details.cached_tokens (a part of tokens_in)."""
+    p = price(model)
+    return None if p is None else p.cost(tokens_in, tokens_out, cached_in, via)

@@ -18,7 +18,7 @@ from batchrun.backends.batch.plan import MAX_REQUESTS
 from batchrun.errors import BadLine, BadLinesError
 from batchrun.files.jobs import read_jobs
 from batchrun.pacing.calibrate import CHARS, Learned
-from batchrun.policy.prices import PRICES_AS_OF, price
+from batchrun.policy.prices import PRICES_AS_OF, Via, price
 from batchrun.policy.request import CHAT_URL, Request
 from batchrun.policy.sizing import Size, never_fits, never_fits_batch
 from batchrun.policy.tiers import (
@@ -30,6 +30,7 @@ from batchrun.policy.tiers import (
     preset,
 )
 from batchrun.policy.tokens import choices, prompt_tokens_many
+from batchrun.report.cache_share import PrefixCache
 from batchrun.routing.config import EndpointConfig
 from batchrun.routing.plan import plan
 from batchrun.routing.rules import combined
@@ -85,6 +86,7 @@ class _Tally:
     charge_tokens: int = 0  # what the per-minute limiter counts
     chars_tokens: int = 0  # the characters estimate of the prompts, ceil(characters / 4)
     output_charged_tokens: int = 0  # the output part of charge_tokens
+    cached_tokens: int = 0  # predicted: prompt tokens a shared prefix has in the server's cache
 
     def server_charge(self, learned: Learned) -> int:
         """The server's charge as learned: its prompt charge, the output as the requests set
@@ -131,6 +133,7 @@ def _never_runs(report: _Report, request: Request, reason: str) -> None:
 def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
            assumed_output: int, fits: Fits) -> _Report:
     report = _Report()
+    cache = PrefixCache()
     limits_for = functools.cache(limits_for)
     for chunk in _chunks(path, model, report):
         counts = prompt_tokens_many([(r.url, r.body) for r in chunk])
@@ -149,6 +152,9 @@ def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
                 t.assumed_output_tokens += assumed_output * choices(request.body)
             t.requests += 1
             t.prompt_tokens += prompt
+            if request.url == CHAT_URL:
+                t.cached_tokens += min(prompt, cache.predict(request.model,
+                                                             request.body.get("messages")))
             t.max_output_tokens += out or 0
             t.charge_tokens += size.charge
             t.chars_tokens += size.chars
@@ -192,6 +198,7 @@ def estimate(
     endpoints: tuple[EndpointConfig, ...] = (),
     via: str = "sync",
     batch_queue: int | None = None,
+    service_tier: str | None = None,
 ) -> dict[str, Any]:
     """The estimate as a plain dict (the --json schema). Sends nothing. With `endpoints`, each
     model's limits are those of every priority-1 endpoint serving it together."""
@@ -218,11 +225,14 @@ def estimate(
     for name, t in sorted(report.tallies.items()):
         lim = limits_for(name)
         p = price(name)
+        cached = t.cached_tokens
+        rate = Via.FLEX if service_tier == "flex" else Via.SYNC  # flex: Batch API rates
         cost = None if p is None else {
-            "input": round(p.cost(t.prompt_tokens, 0), 6),
-            "output": round(p.cost(0, t.output_tokens), 6),
-            "total": round(p.cost(t.prompt_tokens, t.output_tokens), 6),
-            "batch_api_total": round(p.cost(t.prompt_tokens, t.output_tokens) / 2, 6),
+            "input": round(p.cost(t.prompt_tokens, 0, cached, rate), 6),
+            "output": round(p.cost(0, t.output_tokens, via=rate), 6),
+            "total": round(p.cost(t.prompt_tokens, t.output_tokens, cached, rate), 6),
+            "batch_api_total": round(
+                p.cost(t.prompt_tokens, t.output_tokens, cached, Via.BATCH), 6),
         }
         known_today = today(name)
         # The server's charge, when the ledger has learned how it counts: what TPM paces.
@@ -251,6 +261,7 @@ def estimate(
             "known_model": p is not None,
             "requests": t.requests,
             "prompt_tokens": t.prompt_tokens,
+            "predicted_cached_input_tokens": t.cached_tokens,
             "max_output_tokens": t.max_output_tokens,
             "requests_without_max": t.requests_without_max,
             "assumed_output_tokens_per_request": assumed_output,

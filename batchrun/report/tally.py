@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batchrun.events import Event, RequestFinished, RequestSent, RouteChanged, Throttled
-from batchrun.policy.prices import price
+from batchrun.policy.prices import Via, request_cost
 from batchrun.routing.rules import BACK
 
 
@@ -21,16 +21,18 @@ class EndpointCounts:
     rate_limited: int = 0
     tokens_in: Counter[str] = field(default_factory=Counter)  # per model
     tokens_out: Counter[str] = field(default_factory=Counter)
+    cached_in: Counter[str] = field(default_factory=Counter)  # a part of tokens_in
     out: dict[str, str] = field(default_factory=dict)  # model -> why it is out of rotation
 
     def cost(self) -> float | None:
         """List-price cost of what it answered; None if a model it answered has no price."""
         total = 0.0
         for model in set(self.tokens_in) | set(self.tokens_out):
-            p = price(model)
-            if p is None:
+            usd = request_cost(model, self.tokens_in[model], self.tokens_out[model],
+                               self.cached_in[model], Via.SYNC)
+            if usd is None:
                 return None
-            total += p.cost(self.tokens_in[model], self.tokens_out[model])
+            total += usd
         return round(total, 6)
 
 
@@ -71,6 +73,7 @@ class EndpointTally:
                 c.failed += not ok
                 c.tokens_in[model] += event.tokens_in
                 c.tokens_out[model] += event.tokens_out
+                c.cached_in[model] += event.cached_in
             case Throttled(endpoint=name) if name:
                 self._of(name).rate_limited += 1
             case RouteChanged(endpoint=name, model=model, state=state):
@@ -82,6 +85,8 @@ class EndpointTally:
     def summary(self) -> dict[str, Any]:
         return {name: {
             "requests": c.ok + c.failed, "ok": c.ok, "failed": c.failed, "sent": c.sent,
-            "tokens": {"input": sum(c.tokens_in.values()), "output": sum(c.tokens_out.values())},
+            "tokens": {"input": sum(c.tokens_in.values()),
+                       "cached_input": sum(c.cached_in.values()),
+                       "output": sum(c.tokens_out.values())},
             "rate_limited_429": c.rate_limited, "cost_usd": c.cost(), "out": c.out,
         } for name, c in sorted(self.endpoints.items())}

@@ -8,6 +8,7 @@ from pathlib import Path
 from batchrun.files.ledger import ledger_host
 from batchrun.http.endpoint import Endpoint
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.policy.decide import DEFAULT_FLEX_WAIT_S
 from batchrun.policy.tiers import Limits, preset
 
 
@@ -70,6 +71,8 @@ class JobSpec:
     batch_queue_tokens: int | None = None  # Batch API: enqueued-token limit; None = preset
     detach: bool = False  # Batch API: submit, record, exit; resume collects
     cancel_batches: bool = False  # resume --via sync: cancel the job's batches, send the rest
+    service_tier: str | None = None  # "flex": set in each chat body that sets none itself
+    flex_wait_s: float = DEFAULT_FLEX_WAIT_S  # one request's total wait for flex capacity
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)

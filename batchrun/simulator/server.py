@@ -75,6 +75,9 @@ class Faults:
     html: float = 0.0
     hang_s: float = 3600.0
     retry_after_503: bool = True  # send a retry-after header with 503s
+    # a request with service_tier "flex" finds no capacity (before admission: not billed,
+    # not charged to the rate limits), answered as SimConfig.flex_status says
+    flex_unavailable: float = 0.0
 
 
 @dataclass(slots=True)
@@ -92,6 +95,11 @@ class SimConfig:
     seed: int = 0
     organization: str = "org-simulator"
     batch: BatchConfig = field(default_factory=BatchConfig)  # the Batch API (simulator.batch)
+    # No flex capacity: OpenAI answers 429 "Resource Unavailable", Groq 498 capacity_exceeded.
+    flex_status: int = 429
+    # The models that take service_tier "flex" (None: every one); another answers 400
+    # invalid_request_error and is not served at standard processing (Azure's documented habit).
+    flex_models: frozenset[str] | None = None
 
 
 @dataclass(slots=True)
@@ -104,6 +112,8 @@ class SimStats:
     admitted_at: list[tuple[float, int]] = field(default_factory=list)  # (time, tokens charged)
     rejected_at: list[tuple[float, str]] = field(default_factory=list)  # (time, which limit)
     batch: BatchStats = field(default_factory=BatchStats)
+    service_tiers: Counter[str] = field(default_factory=Counter)  # as the bodies named them
+    flex_unavailable: int = 0  # flex requests refused for want of capacity
 
 
 def request_digest(body: dict[str, Any]) -> str:
@@ -136,6 +146,9 @@ class Simulator:
         self._now_utc = today
         self._models: dict[str, RateModel] = {}
         self._rng = random.Random(self.config.seed)
+        # Flex refusals draw from their own sequence: for a seed, how many there are before the
+        # N-th success does not depend on how concurrent requests interleave with other faults.
+        self._flex_rng = random.Random(self.config.seed)
         self._ids = 0
         # Batch timestamps are Unix seconds: by default the same clock as the day boundaries.
         self.batch = BatchApi(
@@ -186,6 +199,9 @@ class Simulator:
         refused = self.quota_refusal()
         if refused is not None:
             return refused
+        flex = self._flex(body, model)
+        if flex is not None:
+            return flex
         if self._clock() < self.config.storm_until:
             self.stats.rate_limited += 1
             self.stats.statuses[429] += 1
@@ -274,6 +290,28 @@ class Simulator:
         )
         self.stats.rejected_at.append((self._clock(), what))
         return self._error(429, message, kind, "rate_limit_exceeded", headers)
+
+    def _flex(self, body: dict[str, Any], model: str) -> web.Response | None:
+        """A flex request's refusal, if it meets one: its model takes no flex, or no capacity."""
+        tier = body.get("service_tier")
+        if isinstance(tier, str):
+            self.stats.service_tiers[tier] += 1
+        if tier != "flex":
+            return None
+        if self.config.flex_models is not None and model not in self.config.flex_models:
+            return self._error(400, f"Unsupported value: 'service_tier' does not support 'flex' "
+                               f"with model {model}.", "invalid_request_error",
+                               "invalid_request_error", param="service_tier")
+        if self._flex_rng.random() >= self.config.faults.flex_unavailable:
+            return None
+        self.stats.flex_unavailable += 1
+        if self.config.flex_status == 429:
+            self.stats.statuses[429] += 1
+            return self._error(429, "Resource Unavailable: flex processing has no capacity for "
+                               "this request right now. Please try again later.",
+                               "resource_unavailable", "resource_unavailable")
+        return self._error(self.config.flex_status, "Flex tier capacity exceeded. Please try "
+                           "again later.", "capacity_exceeded", "capacity_exceeded")
 
     def _headers(self, state: RateModel) -> dict[str, str]:
         self._ids += 1

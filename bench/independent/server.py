@@ -32,6 +32,14 @@ Rules
   sent (after the latency), so it includes everything admitted meanwhile. 429s carry headers
   measured at refusal and an OpenAI-shaped body ("Please try again in 1.2s").
 * Latency: --latency L, --jitter J (uniform in L*(1-J) .. L*(1+J)); 429s are immediate.
+* Prompt caching (--prompt-cache), as OpenAI's prompt-caching guide describes it: a prompt of at
+  least 1,024 tokens whose prefix matches one admitted in the last --cache-ttl seconds is served
+  from the cache for the longest such prefix, rounded down to a multiple of 128 tokens (1,024,
+  1,152, ...); usage.prompt_tokens_details.cached_tokens says how many (0 otherwise). A prompt's
+  tokens here are its messages' role and content, --chars-per-token characters a token (tiktoken
+  tokens under --accounting tiktoken). Cached tokens still count toward the rate limits.
+* The bill: every answer billed at this file's own list prices (PRICES: input, cached input,
+  output per 1M tokens; cached input at the cached price), summed in /stats as "bill_usd".
 * Every attempt is recorded: GET /stats returns the record, and --log writes it at shutdown.
 
     python bench/independent/server.py --rpm 600 --tpm 60000 --window 1   # prints "PORT <n>"
@@ -58,6 +66,14 @@ from typing import Any
 from aiohttp import web
 
 EPS = 1e-9
+CACHE_MIN, CACHE_STEP = 1_024, 128
+# US dollars per 1M tokens (input, cached input, output), OpenAI's pricing page, November 2026.
+PRICES = {
+    "gpt-4o-mini": (0.15, 0.075, 0.60),
+    "gpt-4o": (2.50, 1.25, 10.00),
+    "gpt-4.1-mini": (0.40, 0.10, 1.60),
+    "gpt-5-mini": (0.25, 0.025, 2.00),
+}
 
 
 class Bucket:
@@ -153,6 +169,59 @@ def charge_of(body: dict[str, Any], chars_per_token: float = 4.0,
     return prompt, max_tokens, prompt + n * max_tokens
 
 
+def prompt_pieces(body: dict[str, Any], chars_per_token: float = 4.0,
+                  accounting: str = "chars") -> list[str]:
+    """The prompt as a sequence of tokens, for prefix matching: each message's role and content
+    (text parts joined), cut every chars_per_token characters, or tiktoken's tokens."""
+    text = ""
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content") or ""
+        if isinstance(content, list):
+            content = "".join(str(part.get("text", "")) for part in content
+                              if isinstance(part, dict))
+        text += f"{message.get('role')}:{content}\n"
+    if accounting == "tiktoken":
+        enc = _o200k()
+        return [str(t) for t in enc.encode_ordinary(text)]
+    step = max(1, int(chars_per_token))
+    return [text[i:i + step] for i in range(0, len(text), step)]
+
+
+class PromptCache:
+    """Prefixes admitted recently, at every 128-token boundary from 1,024 on, by digest."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.seen: dict[str, float] = {}  # prefix digest -> when last admitted
+
+    def admit(self, pieces: list[str], now: float) -> int:
+        """How many of this prompt's tokens the cache serves; remembers its prefixes."""
+        cached = 0
+        digest = hashlib.sha256()
+        boundaries = []
+        for n, piece in enumerate(pieces, 1):
+            digest.update(piece.encode("utf-8", "surrogatepass"))
+            if n >= CACHE_MIN and n % CACHE_STEP == 0:
+                boundaries.append((n, digest.copy().hexdigest()))
+        for n, key in boundaries:
+            when = self.seen.get(key)
+            if when is not None and now - when <= self.ttl:
+                cached = n
+            self.seen[key] = now
+        return cached
+
+
+def bill_of(model: str, prompt: int, cached: int, completion: int) -> float | None:
+    """What one answer is billed at PRICES, or None for a model without a price."""
+    for name in sorted(PRICES, key=len, reverse=True):
+        if model == name or model.startswith(name + "-"):
+            inp, cached_price, out = PRICES[name]
+            return ((prompt - cached) * inp + cached * cached_price + completion * out) / 1e6
+    return None
+
+
 class Server:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -164,6 +233,9 @@ class Server:
         self.minute_req = Bucket(args.rpm, 60.0)
         self.minute_tok = Bucket(args.tpm, 60.0)
         self.log: list[dict[str, Any]] = []
+        self.cache = PromptCache(args.cache_ttl)
+        self.bill_usd = 0.0
+        self.unbilled: set[str] = set()  # models PRICES has no price for
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -244,6 +316,9 @@ class Server:
                                (self.minute_tok, charge)):
             bucket.level -= amount
         at_admission = self.headers(now) if a.headers_at == "admission" else None
+        cached = 0
+        if a.prompt_cache:
+            cached = self.cache.admit(prompt_pieces(body, a.chars_per_token, a.accounting), now)
         record["ok"] = True
         self.log.append(record)
         latency = a.latency
@@ -254,6 +329,13 @@ class Server:
         n = int(body.get("n") or 1)
         billed = tiktoken_prompt(body) if a.usage == "tiktoken" else prompt + 7
         completion = max(1, int(max_tokens * self.rng.uniform(0.5, 1.0)))
+        cached = min(cached, billed)
+        usd = bill_of(model, billed, cached, completion * n)
+        if usd is None:
+            self.unbilled.add(model)
+        else:
+            self.bill_usd += usd
+        record.update(prompt=billed, cached=cached, completion=completion * n)
         text = " ".join("word" for _ in range(completion))
         reply = {
             "id": "chatcmpl-" + uuid.uuid4().hex[:24],
@@ -265,7 +347,8 @@ class Server:
                          "message": {"role": "assistant", "content": text, "refusal": None}}
                         for i in range(n)],
             "usage": {"prompt_tokens": billed, "completion_tokens": completion * n,
-                      "total_tokens": billed + completion * n},
+                      "total_tokens": billed + completion * n,
+                      "prompt_tokens_details": {"cached_tokens": cached}},
         }
         done = self.now()
         record["done"] = done
@@ -277,7 +360,8 @@ class Server:
         """The options and every attempt: arr(ival), t (decision), charge, msg (which request),
         ok, kind, done."""
         args = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}
-        return {"args": args, "log": self.log}
+        return {"args": args, "log": self.log, "bill_usd": round(self.bill_usd, 9),
+                "unbilled_models": sorted(self.unbilled)}
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.record())
@@ -298,6 +382,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chars-per-token", type=float, default=4.0)
     p.add_argument("--accounting", choices=["chars", "tiktoken"], default="chars")
     p.add_argument("--usage", choices=["charge", "tiktoken"], default="charge")
+    p.add_argument("--prompt-cache", action="store_true",
+                   help="serve shared prompt prefixes (>= 1,024 tokens) from a cache")
+    p.add_argument("--cache-ttl", type=float, default=300.0,
+                   help="seconds a cached prefix lasts after its last use")
     p.add_argument("--log", type=Path, default=None, help="write every attempt here at shutdown")
     return p.parse_args(argv)
 

@@ -22,7 +22,14 @@ import orjson
 from batchrun.errors import StateError, redact
 from batchrun.events import Listener, RequestFinished
 from batchrun.files.checkpoint import OutputWriter, result_line
-from batchrun.policy.classify import Kind, is_success, reported_usage, scrub, status_kind
+from batchrun.policy.classify import (
+    Kind,
+    is_success,
+    reported_cached,
+    reported_usage,
+    scrub,
+    status_kind,
+)
 
 RETRY_CODES = frozenset({"batch_expired", "batch_cancelled", "server_error", "rate_limit_exceeded",
                          "timeout"})
@@ -133,7 +140,8 @@ class Collector:
                 raw_body = json.dumps(body, separators=(",", ":")).encode() if exact else None
                 self._write(cid, result_line(cid, status, request_id, body, None, raw_body))
                 tokens = reported_usage(body) or (0, 0)
-                self._emit(RequestFinished(cid, model, True, *tokens, attempts, batch=True))
+                self._emit(RequestFinished(cid, model, True, *tokens, attempts, batch=True,
+                                            cached_in=reported_cached(body)))
                 merged.ok += 1
                 merged.left.pop(cid, None)
                 continue

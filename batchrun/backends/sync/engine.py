@@ -52,7 +52,16 @@ from batchrun.http.endpoint import proxy_for
 from batchrun.pacing.backoff import MAX_BACKOFF_S, backoff_s
 from batchrun.pacing.limiter import Ticket
 from batchrun.policy.classify import Kind, Outcome
-from batchrun.policy.decide import MAX_RATE_LIMITED, Action, Policy, decide, outcome_usage
+from batchrun.policy.decide import (
+    MAX_RATE_LIMITED,
+    Action,
+    Policy,
+    decide,
+    flex_delay,
+    outcome_usage,
+)
+from batchrun.policy.flex import FLEX, with_service_tier
+from batchrun.policy.prices import Via
 from batchrun.policy.sizing import size_of
 from batchrun.policy.stopkind import StopKind
 from batchrun.policy.tiers import Limits
@@ -114,7 +123,7 @@ class Engine:
         self._sleep = sleep
         self._now_utc = now_utc
         self._rng = rng or random.Random()
-        self._policy = Policy(spec.max_retries, spec.wait)
+        self._policy = Policy(spec.max_retries, spec.wait, flex_wait_s=spec.flex_wait_s)
         self._lanes: dict[str, Lane] = {}
         self._stop: Stop | None = None
         self._stop_lane: Lane | None = None
@@ -148,6 +157,7 @@ class Engine:
             base_url=self.spec.endpoint.base_url, models=dict(report.models),
             proxy=proxy_for(self.spec.endpoint.base_url),
             endpoints={u.name: u.host for u in self._upstreams if u.name},
+            via=Via.FLEX if self.spec.service_tier == FLEX else Via.SYNC,
         ))
         self._emit(StateChanged("running"))
         try:
@@ -321,12 +331,14 @@ class Engine:
             task.add_done_callback(self._attempts.discard)
 
     async def _attempt(self, lane: Lane, route: Route, job: Job, ticket: Ticket) -> None:
-        outcome = await route.upstream.client.send(route.request_for(job.request))
+        request = with_service_tier(route.request_for(job.request), self.spec.service_tier)
+        outcome = await route.upstream.client.send(request)
         stopping = self._stop is not None  # the job stopped while this request was out
         job.last = outcome
         kind = outcome.kind
         job.tries.rate_limited += kind is Kind.RATE_MINUTE
         job.tries.failures += kind is Kind.RETRY
+        job.tries.flex_unavailable += kind is Kind.FLEX_UNAVAILABLE
         route.connected = route.connected or outcome.status is not None
         route.streak = route.streak + 1 if kind is Kind.RETRY else 0
         await route.settle(job, ticket, outcome)
@@ -352,6 +364,8 @@ class Engine:
             self._requeue(lane, job)
         elif action is Action.BACKOFF:
             self._retry_later(lane, job, outcome.hint_s)
+        elif action is Action.FLEX_WAIT:
+            self._flex_later(lane, job, outcome.hint_s)
         elif action in (Action.WAIT_DAY, Action.STOP_DAILY):
             route.exhaust(job, outcome.message)
             if action is Action.WAIT_DAY:
@@ -372,15 +386,24 @@ class Engine:
         lane.retries.append(job)
         lane.changed.set()
 
-    def _retry_later(self, lane: Lane, job: Job, hint_s: float | None) -> None:
-        delay = max(backoff_s(job.tries.failures, first_s=FIRST_RETRY_S, rng=self._rng),
-                    min(hint_s or 0.0, MAX_BACKOFF_S))
+    def _retry_later(self, lane: Lane, job: Job, hint_s: float | None,
+                     delay: float | None = None) -> None:
+        if delay is None:
+            delay = max(backoff_s(job.tries.failures, first_s=FIRST_RETRY_S, rng=self._rng),
+                        min(hint_s or 0.0, MAX_BACKOFF_S))
 
         async def requeue() -> None:
             await self._sleep(delay)
             self._requeue(lane, job)
 
         self._later(requeue())
+
+    def _flex_later(self, lane: Lane, job: Job, hint_s: float | None) -> None:
+        """Flex had no capacity: the one backoff, counted against --flex-wait alone (no
+        cooldown for the lane, no slower limiter, no --max-retries)."""
+        delay = flex_delay(job.tries, self._policy.flex_wait_s, hint_s, self._rng)
+        job.tries.flex_waited_s += delay
+        self._retry_later(lane, job, None, delay)
 
     def _later(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` beside the task group: a pending retry or the drain deadline must not keep
@@ -408,6 +431,12 @@ class Engine:
             reason = out.message or out.code
             if out.kind is Kind.RETRY:
                 reason = f"gave up after {job.tries.attempts} attempts; last: {reason}"
+            elif out.kind is Kind.FLEX_UNAVAILABLE:
+                reason = (f"flex processing had no capacity for it: {job.tries.flex_unavailable} "
+                          f"answers over {job.tries.flex_waited_s:.0f}s of waiting reached "
+                          f"--flex-wait ({self._policy.flex_wait_s:g}s). Resume with "
+                          f"--retry-failed later, or without --service-tier flex. "
+                          f"Last: {reason}")
             elif out.kind is Kind.RATE_MINUTE:
                 reason = (f"gave up after {job.tries.rate_limited} per-minute rate limits (429): "
                           f"the server never admitted it. Per-minute 429s do not count toward "
@@ -415,7 +444,8 @@ class Engine:
                           f"server that only answers 429. Last: {reason}")
             error = (out.code or "request_failed", reason)
         # tries counts the retryable outcomes; the last one is among them only if it was one
-        sent = job.tries.attempts + (out.kind not in (Kind.RETRY, Kind.RATE_MINUTE))
+        sent = job.tries.attempts + (out.kind not in (Kind.RETRY, Kind.RATE_MINUTE,
+                                                      Kind.FLEX_UNAVAILABLE))
         self._record(job.request.custom_id, lane.model, out, error, sent, route.name)
         self._ended(lane)
 
@@ -446,7 +476,7 @@ class Engine:
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
         self._emit(RequestFinished(
             custom_id, model, error is None, tokens_in, tokens_out, attempts,
-            "" if error is None else error[1], endpoint,
+            "" if error is None else error[1], endpoint, cached_in=out.cached_in if out else 0,
         ))
 
     # -- stopping -------------------------------------------------------------------------------
