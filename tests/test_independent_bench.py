@@ -6,6 +6,8 @@ import ast
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "independent"
 
 
@@ -35,6 +37,21 @@ def test_the_bench_around_it_does_not_import_batchrun_either() -> None:
         assert "batchrun" not in imported, name
         assert imported - set(sys.stdlib_module_names) <= {"server", "make_jobs",
                                                             "run_matrix"}, name
+
+
+def test_a_cell_with_its_own_tpm_is_judged_at_that_tpm() -> None:
+    """Cell T's server enforces 2,000 TPM (the client is told 60K): its ideal is the 18 small
+    requests (612 tokens) less the 10 s window (333) at 2,000 TPM, plus one latency, not the
+    0.3 s of the client's 60K (the call passed the cell's TPM where the RPM goes)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import run_matrix
+    finally:
+        sys.path.remove(str(BENCH))
+    cell = run_matrix.CELLS["T"]
+    charges = [3030, *[34] * 18]
+    assert run_matrix.cell_ideal(cell, charges) == pytest.approx((612 - 333.33) / (2000 / 60) + 0.3,
+                                                                  abs=0.01)
 
 
 def test_the_server_caches_a_shared_prefix_in_128_token_steps_and_bills_it() -> None:

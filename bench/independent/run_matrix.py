@@ -175,6 +175,12 @@ def ideal_seconds(charges: list[int], window: float, latency: float, rpm: int = 
     return t + latency
 
 
+def cell_ideal(cell: Cell, charges: list[int]) -> float:
+    """The perfect client's time on this cell's server: at its own TPM (cell T's 2,000), the
+    RPM every one-host cell shares."""
+    return ideal_seconds(charges, cell.window, cell.latency, rpm=RPM, tpm=cell.tpm)
+
+
 def batchrun_command() -> list[str]:
     """The `batchrun` console script next to this interpreter, else `python -m batchrun`."""
     script = Path(sys.executable).parent / "batchrun"
@@ -222,7 +228,7 @@ def run_cell(cell: Cell, seed: int, jobs: Path, tmp: Path) -> dict[str, Any]:
     refused = [r for r in log if not r["ok"] and r.get("kind") != "too_large"]
     charges = [charge_of(json.loads(line), cell.chars_per_token, cell.accounting)[2]
                for line in jobs.read_text().splitlines() if line.strip()]
-    ideal = ideal_seconds(charges, cell.window, cell.latency, cell.tpm)
+    ideal = cell_ideal(cell, charges)
     span = max(r["done"] for r in ok) - min(r["arr"] for r in log) if ok else float("inf")
     runnable = sum(c <= cell.tpm for c in charges)
     # Exit 1: finished, the too-large requests recorded as failed for good.
