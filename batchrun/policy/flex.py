@@ -46,10 +46,12 @@ def refusal(models: Iterable[str]) -> str | None:
     refused, _ = without_flex(models)
     if not refused:
         return None
-    offer = ", ".join(m for m, p in PRICES.items() if p.flex)
+    offer = [m for m, p in PRICES.items() if p.flex]
+    # The model may be -m's default, a name the user never wrote: say how to name another.
     return (f"--service-tier flex: {', '.join(refused)} does not offer flex processing (the "
             f"API would refuse each request with a 400, and nothing was sent). Models with "
-            f"flex: {offer}. Drop --service-tier flex, or send those lines in another job.")
+            f"flex: {', '.join(offer)}. Drop --service-tier flex, give lines that name no "
+            f"model one with flex (-m {offer[0]}), or send those lines in another job.")
 
 
 def warning(models: Iterable[str]) -> str | None:

@@ -325,3 +325,13 @@ def test_resume_sends_at_flex_again(sim_factory: Any, tmp_path: Path) -> None:
     assert run.code == 0, run.stderr
     assert all(line["error"] is None for line in read_results(Path(out)).values())
     assert sim.stats.service_tiers == {"flex": 4}  # two refused, then two answered, all flex
+
+
+def test_lines_that_name_no_model_are_refused_with_the_way_to_name_one(tmp_path: Path) -> None:
+    # The user never wrote the default model's name: the refusal must say where it came from.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    run = run_cli("estimate", str(jobs), "--service-tier", "flex", env=ENV)
+    assert run.code == 2
+    assert "name no model" in run.stderr and "-m gpt-5" in run.stderr
+    again = run_cli("estimate", str(jobs), "--service-tier", "flex", "-m", "gpt-5-mini", env=ENV)
+    assert again.code == 0, again.stderr
