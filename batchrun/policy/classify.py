@@ -269,10 +269,14 @@ def _words(text: str) -> str:
 
 def flex_unavailable(status: int, code: str, etype: str, message: str) -> bool:
     """Flex processing's "no capacity now": OpenAI answers 429 Resource Unavailable (its guide
-    names it so and prints no body: the words are what we match), Groq 498 capacity_exceeded."""
+    names it so and prints no body: the words are what we match), Groq 498 capacity_exceeded.
+    A 498 that names another error is that error: the status is no standard one (gateways send
+    it for an invalid token), and waiting out capacity would only hide it."""
     fields = (_words(code), _words(etype))
-    if status == GROQ_CAPACITY_STATUS or "capacity exceeded" in fields:
+    if "capacity exceeded" in fields:
         return True
+    if status == GROQ_CAPACITY_STATUS:
+        return not (code or etype)
     return status == 429 and ("resource unavailable" in fields
                               or "resource unavailable" in _words(message))
 

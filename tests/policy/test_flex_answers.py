@@ -69,3 +69,13 @@ def test_a_flex_model_and_its_dated_snapshots_go_without_a_warning(model: str) -
 def test_a_dated_model_without_flex_is_refused_by_name(model: str) -> None:
     refusal = flex.refusal([model])
     assert refusal is not None and model in refusal
+
+
+def test_a_498_that_names_another_error_is_that_error() -> None:
+    # 498 is no standard status: ArcGIS-style gateways answer it for an invalid token. Waiting
+    # --flex-wait (15 minutes by default) on each request for capacity that is not the problem
+    # would hide the real error; Groq's own 498 names capacity_exceeded, or nothing.
+    out = classify(498, {}, orjson.dumps({"error": {"code": 498, "message": "Invalid token."}}),
+                   CHAT_URL, FAKE_KEY)
+    assert out.kind is Kind.FAIL
+    assert out.message == "Invalid token."
