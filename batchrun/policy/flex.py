@@ -22,13 +22,15 @@ SERVICE_TIERS = (FLEX,)
 
 
 def without_flex(models: Iterable[str]) -> tuple[list[str], list[str]]:
-    """(models the price table lists and that offer no flex, models it does not list)."""
+    """(models the price table lists and that offer no flex, models it does not list). An
+    embeddings model is neither: it is sent with no service tier (with_service_tier), so it
+    cannot lack one; the table's embeddings are its rows that price no output."""
     refused, unknown = [], []
     for model in sorted(set(models)):
         p = price(model)
         if p is None or price_family(model) != undated(model):
             unknown.append(model)
-        elif not p.flex:
+        elif not p.flex and p.output > 0:
             refused.append(model)
     return refused, unknown
 
@@ -48,7 +50,8 @@ def refusal(models: Iterable[str]) -> str | None:
         return None
     offer = [m for m, p in PRICES.items() if p.flex]
     # The model may be -m's default, a name the user never wrote: say how to name another.
-    return (f"--service-tier flex: {', '.join(refused)} does not offer flex processing (the "
+    verb = "does" if len(refused) == 1 else "do"
+    return (f"--service-tier flex: {', '.join(refused)} {verb} not offer flex processing (the "
             f"API would refuse each request with a 400, and nothing was sent). Models with "
             f"flex: {', '.join(offer)}. Drop --service-tier flex, give lines that name no "
             f"model one with flex (-m {offer[0]}), or send those lines in another job.")

@@ -79,3 +79,13 @@ def test_a_498_that_names_another_error_is_that_error() -> None:
                    CHAT_URL, FAKE_KEY)
     assert out.kind is Kind.FAIL
     assert out.message == "Invalid token."
+
+
+def test_embeddings_models_are_neither_refused_nor_warned_about() -> None:
+    assert flex.refusal(["text-embedding-3-small", "gpt-5-mini"]) is None
+    assert flex.warning(["text-embedding-3-large"]) is None
+
+
+def test_several_models_without_flex_are_named_together() -> None:
+    refusal = flex.refusal(["gpt-4o-mini", "gpt-4.1"])
+    assert refusal is not None and "gpt-4.1, gpt-4o-mini do not offer flex" in refusal
