@@ -269,10 +269,17 @@ def test_a_library_is_imported_only_where_it_may_be(library: str) -> None:
     assert {u for u in users if not any(within(u, p) for p in places)} == set()
 
 
-def test_import_batchrun_loads_neither_typer_nor_rich() -> None:
-    """A library user (a notebook, a pipeline task) should not pay for the CLI's display."""
+# What `import batchrun` must not load: the CLI's libraries (click comes with typer, but a module
+# could import it on its own) and a server (aiohttp.web, the simulator that runs on it), which only
+# --simulate and the tests start.
+NOT_ON_IMPORT = ("typer", "rich", "click", "aiohttp.web", "batchrun.simulator")
+
+
+def test_import_batchrun_loads_neither_the_cli_libraries_nor_a_server() -> None:
+    """A library user (a notebook, a pipeline task) should not pay for the CLI's display, nor
+    for a web server it never starts."""
     probe = ("import sys, batchrun; "
-             "print(sorted({m.split('.')[0] for m in sys.modules} & {'typer', 'rich'}))")
+             f"print(sorted(m for m in sys.modules if m.startswith({NOT_ON_IMPORT!r})))")
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, check=True, cwd=PACKAGE.parent)
     assert run.stdout.strip() == "[]"

@@ -258,13 +258,27 @@ def status_kind(status: int, code: str = "", etype: str = "") -> Kind:
 GROQ_CAPACITY_STATUS = 498
 
 
+_WORD_SEPARATORS = re.compile(r"[\s_-]+")
+
+
+def _words(text: str) -> str:
+    """Text as lowercase words: RESOURCE_UNAVAILABLE, resource-unavailable and Resource
+    Unavailable all read "resource unavailable" (gateways re-case and re-join error codes)."""
+    return " ".join(_WORD_SEPARATORS.split(text.lower())).strip()
+
+
 def flex_unavailable(status: int, code: str, etype: str, message: str) -> bool:
     """Flex processing's "no capacity now": OpenAI answers 429 Resource Unavailable (its guide
-    names it so and prints no body: the words are what we match), Groq 498 capacity_exceeded."""
-    if status == GROQ_CAPACITY_STATUS or "capacity_exceeded" in (code, etype):
+    names it so and prints no body: the words are what we match), Groq 498 capacity_exceeded.
+    A 498 that names another error is that error: the status is no standard one (gateways send
+    it for an invalid token), and waiting out capacity would only hide it."""
+    fields = (_words(code), _words(etype))
+    if "capacity exceeded" in fields:
         return True
-    return status == 429 and ("resource_unavailable" in (code, etype)
-                              or "resource unavailable" in message.lower())
+    if status == GROQ_CAPACITY_STATUS:
+        return not (code or etype)
+    return status == 429 and ("resource unavailable" in fields
+                              or "resource unavailable" in _words(message))
 
 
 def error_fields(body: Any) -> tuple[str, str, str]:

@@ -69,10 +69,15 @@ _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 _FAMILIES = sorted(PRICES, key=len, reverse=True)
 
 
+def undated(model: str) -> str:
+    """A model's name without its snapshot date: gpt-5-mini-2025-08-07 is gpt-5-mini."""
+    return _DATED.sub("", model.strip().lower())
+
+
 @functools.cache
 def price_family(model: str) -> str | None:
     """The table's row for a model name (dated snapshots included), or None."""
-    name = _DATED.sub("", model.strip().lower())
+    name = undated(model)
     if name in PRICES:
         return name
     for fam in _FAMILIES:

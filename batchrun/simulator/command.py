@@ -20,6 +20,10 @@ DESCRIPTION = ("A local OpenAI-compatible API that enforces rate limits the way 
                "habits included.")
 
 
+def _names(text: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in text.split(",") if n.strip())
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m batchrun.simulator", description=DESCRIPTION)
     p.add_argument("--port", type=int, default=8000)
@@ -41,6 +45,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     for name in ("error-500", "error-503", "drop", "hang", "truncate", "no-choices", "html"):
         p.add_argument(f"--{name}", type=float, default=0.0, help="chance per request")
+    f = p.add_argument_group("flex processing (requests with service_tier \"flex\")")
+    f.add_argument("--flex-unavailable", type=float, default=0.0, metavar="P",
+                   help="chance a flex request finds no capacity (not billed, not charged to "
+                   "the limits)")
+    f.add_argument("--flex-status", type=int, choices=(429, 498), default=429,
+                   help="how no capacity is answered: 429 as OpenAI, 498 as Groq")
+    f.add_argument("--flex-models", type=_names, default=None, metavar="M,M",
+                   help="the models that take flex (default: every one); another answers 400 "
+                   "as Azure does")
     b = p.add_argument_group("Batch API (see batchrun.simulator.batch)")
     b.add_argument("--batch-seconds", type=float, default=5.0, metavar="S",
                    help="how long a batch is in progress (validating, finalizing: a tenth)")
@@ -65,7 +78,7 @@ def config_from_argv(argv: list[str] | None) -> tuple[SimConfig, int]:
     args = _parse_args(argv)
     faults = Faults(error_500=args.error_500, error_503=args.error_503, drop=args.drop,
                     hang=args.hang, truncate=args.truncate, no_choices=args.no_choices,
-                    html=args.html)
+                    html=args.html, flex_unavailable=args.flex_unavailable)
     limits = SimLimits(args.rpm, args.tpm, args.rpd, args.tpd, args.window)
     habits = Habits(header_timing=args.headers_at, header_scope=args.header_scope,
                     refill=args.refill, shared=args.shared, lower_at_s=args.lower_at,
@@ -78,7 +91,8 @@ def config_from_argv(argv: list[str] | None) -> tuple[SimConfig, int]:
                         request_errors=args.batch_request_errors)
     config = SimConfig(limits=limits, latency_s=args.latency, jitter_s=args.jitter,
                        latency_tail=args.tail, habits=habits, faults=faults, seed=args.seed,
-                       batch=batch)
+                       batch=batch, flex_status=args.flex_status,
+                       flex_models=args.flex_models)
     return config, args.port
 
 

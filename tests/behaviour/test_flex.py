@@ -325,3 +325,29 @@ def test_resume_sends_at_flex_again(sim_factory: Any, tmp_path: Path) -> None:
     assert run.code == 0, run.stderr
     assert all(line["error"] is None for line in read_results(Path(out)).values())
     assert sim.stats.service_tiers == {"flex": 4}  # two refused, then two answered, all flex
+
+
+def test_lines_that_name_no_model_are_refused_with_the_way_to_name_one(tmp_path: Path) -> None:
+    # The user never wrote the default model's name: the refusal must say where it came from.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    run = run_cli("estimate", str(jobs), "--service-tier", "flex", env=ENV)
+    assert run.code == 2
+    assert "name no model" in run.stderr and "-m gpt-5" in run.stderr
+    again = run_cli("estimate", str(jobs), "--service-tier", "flex", "-m", "gpt-5-mini", env=ENV)
+    assert again.code == 0, again.stderr
+
+
+def test_embeddings_beside_flex_chat_lines_are_sent_as_they_are(
+    sim_factory: Any, tmp_path: Path,
+) -> None:
+    # docs/flex.md: embeddings take no service tier. A model that is never sent with one
+    # cannot lack it, so it must not stop the job.
+    sim = sim_factory()
+    rows = [*rows_for(2), {"custom_id": "e1", "url": "/v1/embeddings",
+                           "method": "POST",
+                           "body": {"model": "text-embedding-3-small", "input": "a document"}}]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    run = submit(sim, jobs, "--service-tier", "flex")
+    assert run.code == 0, run.stderr
+    assert sorted(read_results(tmp_path / "jobs.results.jsonl")) == ["e1", "q0", "q1"]
+    assert sim.stats.service_tiers == {"flex": 2}
