@@ -110,6 +110,9 @@ def prepare_resume(manifest: Manifest, store: JobStore, *, retry_failed: bool = 
                    state_from_env: bool = False, warn: Callable[[str], None] = lambda _: None,
                    **given: Any) -> Prepared:
     """`resume`'s plan for a job: its spec with the options given now (None: as before)."""
+    if given.get("flex_wait") is not None and not manifest.options.get("service_tier"):
+        raise InputError(f"--flex-wait is how long a request waits for flex capacity, and job "
+                         f"{manifest.job_id} does not run at --service-tier flex; drop it.")
     plan = job.plan_resume(manifest, retry_failed, force, {
         "limits": {k: given.get(k) for k in ("rpm", "tpm", "rpd", "tpd")},
         "concurrency": given.get("concurrency"), "max_retries": given.get("max_retries"),

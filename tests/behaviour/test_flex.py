@@ -206,6 +206,24 @@ def test_resume_keeps_the_service_tier(sim_factory: Any, tmp_path: Path) -> None
     assert manifest.options["timeout_s"] == 900
 
 
+def test_resume_refuses_a_flex_wait_for_a_job_without_flex(sim_factory: Any,
+                                                           tmp_path: Path) -> None:
+    # submit refuses --flex-wait without --service-tier flex; resume saved it silently
+    from batchrun.files.jobstore import JobStore
+
+    sim = sim_factory()
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows_for(2))
+    assert submit(sim, jobs, "--tpd", "1").code in (1, 3)
+    manifest = JobStore().for_output((tmp_path / "jobs.results.jsonl").resolve())
+    assert manifest is not None
+    run = run_cli("resume", manifest.job_id, "--flex-wait", "5")
+    assert run.code == 2
+    assert "--service-tier flex" in run.stderr and "Traceback" not in run.stderr
+    again = JobStore().for_output((tmp_path / "jobs.results.jsonl").resolve())
+    assert again is not None and again.options.get("flex_wait_s") == manifest.options.get(
+        "flex_wait_s")
+
+
 def test_flex_is_refused_with_the_batch_api(sim_factory: Any, tmp_path: Path) -> None:
     sim = sim_factory()
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows_for(1))
