@@ -21,6 +21,7 @@ into `T` at its worst case.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
@@ -57,15 +58,26 @@ def _read(path: Path) -> tuple[float, dict[str, float]]:
         try:
             match parts:
                 case [b"T", usd]:
-                    total += float(usd)
+                    total += _amount(usd)
                 case [b"R", key, usd]:
-                    held[key.decode()] = float(usd)
+                    held[key.decode()] = _amount(usd)
                 case [b"S", key, usd]:
+                    amount = _amount(usd)
                     held.pop(key.decode(), None)
-                    total += float(usd)
+                    total += amount
         except (ValueError, UnicodeDecodeError):
             continue  # not batchrun's: skipped, as a torn last line is
     return total, held
+
+
+def _amount(usd: bytes) -> float:
+    """A recorded amount in US dollars. batchrun writes only finite amounts of at least zero:
+    a NaN would make every later cap check fail and a negative one would lower the job's spend
+    below the bill, so either is read as a damaged line."""
+    value = float(usd)
+    if not 0 <= value < math.inf:
+        raise ValueError(usd)
+    return value
 
 
 class SpendJournal:
