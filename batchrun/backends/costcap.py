@@ -20,7 +20,13 @@ from batchrun.policy.decide import outcome_usage
 from batchrun.policy.prices import Price, Via, price
 from batchrun.policy.request import CHAT_URL
 from batchrun.policy.sizing import Size
-from batchrun.policy.spend import answer_usd, body_worst_usd, fits, worst_case_usd
+from batchrun.policy.spend import (
+    answer_usd,
+    body_worst_usd,
+    definition_tokens,
+    fits,
+    worst_case_usd,
+)
 from batchrun.policy.tokens import max_output_tokens
 from batchrun.routing.spec import EndpointConfig
 
@@ -60,14 +66,16 @@ class CostCap:
         """The whole job's spend so far (every run)."""
         return self.journal.spent
 
-    def reserve(self, model: str, size: Size, endpoint: str = "") -> Spend | None:
+    def reserve(self, model: str, size: Size, endpoint: str = "",
+                body: dict[str, Any] | None = None) -> Spend | None:
         """Hold a request's worst case; None when it does not fit under the cap now. Under a
         cap, a model with no price and a chat line with no maximum output were refused before
         the run (`refuse_uncappable`); without one, an unpriced model holds nothing."""
         p = self._price_of(model, endpoint)
         worst = 0.0
         if p is not None:
-            worst = worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via)
+            worst = worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via,
+                                   definition_tokens(body or {}))
         if self.cap is not None and not fits(self.cap, self.spent, self.reserved, worst):
             return None
         self.reserved += worst

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import orjson
+
 from batchrun.policy.classify import reported_cached
 from batchrun.policy.prices import Price, Via
 from batchrun.policy.request import CHAT_URL
@@ -20,6 +22,20 @@ from batchrun.policy.tokens import char_estimate, max_output_tokens
 # against such a server too.
 PROMPT_MARGIN = 1.10
 PROMPT_SLACK = 32
+# Parts of a chat body the model reads and the server bills as prompt, which batchrun's prompt
+# counts (messages only) do not see: function definitions and a response schema.
+DEFINITIONS = ("tools", "functions", "response_format")
+# Their JSON tokenizes at about 4 bytes a token (o200k); a server renders them in a format of
+# its own before counting, so they are held at one token per 2 bytes.
+DEFINITION_BYTES_PER_TOKEN = 2
+
+
+def definition_tokens(body: dict[str, Any]) -> int:
+    """The most prompt tokens a request's tool definitions and response schema may bill."""
+    given = {k: body[k] for k in DEFINITIONS if body.get(k) is not None}
+    if not given:
+        return 0
+    return math.ceil(len(orjson.dumps(given)) / DEFINITION_BYTES_PER_TOKEN)
 
 
 def worst_prompt(prompt: int, chars: int) -> int:
@@ -28,17 +44,19 @@ def worst_prompt(prompt: int, chars: int) -> int:
     return math.ceil(max(prompt, chars) * PROMPT_MARGIN) + PROMPT_SLACK
 
 
-def worst_case_usd(p: Price, prompt: int, chars: int, max_output: int, via: Via) -> float:
-    """A request's most possible bill: the whole prompt at the input price (no cache assumed)
-    and n x max_tokens at the output price, at the path's rate (`max_output` is already n x
-    max_tokens)."""
-    return p.cost(worst_prompt(prompt, chars), max_output, 0, via)
+def worst_case_usd(p: Price, prompt: int, chars: int, max_output: int, via: Via,
+                   definitions: int = 0) -> float:
+    """A request's most possible bill: the whole prompt (with its `definitions`, see
+    definition_tokens) at the input price (no cache assumed) and n x max_tokens at the output
+    price, at the path's rate (`max_output` is already n x max_tokens)."""
+    return p.cost(worst_prompt(prompt, chars) + definitions, max_output, 0, via)
 
 
 def body_worst_usd(p: Price, url: str, body: dict[str, Any], prompt: int, via: Via) -> float:
     """A request's worst case from its body and its prompt tokens (batchrun's count)."""
     out = max_output_tokens(body) if url == CHAT_URL else 0
-    return worst_case_usd(p, prompt, char_estimate(body), out or 0, via)
+    return worst_case_usd(p, prompt, char_estimate(body), out or 0, via,
+                          definition_tokens(body))
 
 
 def fits(cap: float, spent: float, reserved: float, worst: float) -> bool:

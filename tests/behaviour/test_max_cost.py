@@ -313,3 +313,25 @@ def test_with_flex_processing_the_cap_counts_flex_prices(
         bill += ((usage["prompt_tokens"] - hit) * inp + hit * cached
                  + usage["completion_tokens"] * out) / 1e6
     assert orjson.loads(done.stdout)["job_cost_usd"] == pytest.approx(bill, abs=1e-6)
+
+
+# A function whose schema is long (~2,000 tokens): billed as prompt on every request.
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup", "description": "Looks a record up. " * 40,
+    "parameters": {"type": "object", "properties": {
+        f"field_{i}": {"type": "string", "description": f"the record's field number {i}"}
+        for i in range(120)}}}}]
+
+
+def test_tool_definitions_count_in_the_worst_case_so_the_cap_holds_at_the_server(
+        server: BillingServer, tmp_path: Path) -> None:
+    lines = [{**row, "tools": TOOLS} for row in rows(40)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", lines)
+    cap = 0.003  # about five requests' bill
+
+    paused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", str(cap),
+                    "--concurrency", "8")
+
+    assert paused.code == 3, paused.stderr
+    assert server.billed() <= cap
+    assert orjson.loads(paused.stdout)["job_cost_usd"] >= server.billed() - 1e-6

@@ -85,6 +85,10 @@ class BillingServer:
         messages = body["messages"]
         texts = [str(m.get("content", "")) for m in messages]
         prompt = sum(tokens(t) + 3 for t in texts) + 3
+        # Tool definitions and a response schema are prompt the model reads, billed as input.
+        for extra in ("tools", "response_format"):
+            if body.get(extra) is not None:
+                prompt += tokens(orjson.dumps(body[extra]).decode())
         lead = texts[0]
         cached = 0
         if lead in self._seen and tokens(lead) >= CACHE_MIN:

@@ -8,7 +8,8 @@ import pytest
 
 from batchrun.files.spend import SpendJournal, read_spent
 from batchrun.policy.prices import Price, Via
-from batchrun.policy.spend import answer_usd, fits, worst_case_usd, worst_prompt
+from batchrun.policy.request import CHAT_URL
+from batchrun.policy.spend import answer_usd, body_worst_usd, fits, worst_case_usd, worst_prompt
 
 MINI = Price(0.15, 0.075, 0.60)
 
@@ -57,3 +58,18 @@ def test_a_reservation_never_settled_counts_at_its_worst_and_a_torn_line_is_skip
     assert again.spent == pytest.approx(0.375)
     again.close()
     assert path.read_bytes().count(b"\n") == 1
+
+
+def test_tool_definitions_and_a_response_schema_raise_the_worst_case_on_every_path() -> None:
+    # The Batch API plans its parts from bodies: the same definitions count there.
+    body: dict[str, object] = {"model": "gpt-4o-mini", "max_tokens": 10,
+                               "messages": [{"role": "user", "content": "hi"}]}
+    plain = body_worst_usd(MINI, CHAT_URL, body, 10, Via.BATCH)
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    tools = [{"type": "function", "function": {"name": "f", "description": "d" * 4000}}]
+    with_schema = body_worst_usd(MINI, CHAT_URL, {**body, "response_format": schema}, 10,
+                                 Via.BATCH)
+    with_tools = body_worst_usd(MINI, CHAT_URL, {**body, "tools": tools}, 10, Via.BATCH)
+    assert plain < with_schema < with_tools
+    # 4,000 bytes of description hold at least the 1,000 tokens it tokenizes to, at batch rates.
+    assert with_tools - plain >= MINI.cost(1000, 0, 0, Via.BATCH)

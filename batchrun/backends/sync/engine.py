@@ -353,7 +353,7 @@ class Engine:
         cost = self._cost
         if cost is None:
             return True
-        job.spend = cost.reserve(lane.model, job.size, route.name)
+        job.spend = cost.reserve(lane.model, job.size, route.name, job.request.body)
         if job.spend is not None:
             return True
         lane.retries.appendleft(job)
