@@ -335,3 +335,18 @@ def test_tool_definitions_count_in_the_worst_case_so_the_cap_holds_at_the_server
     assert paused.code == 3, paused.stderr
     assert server.billed() <= cap
     assert orjson.loads(paused.stdout)["job_cost_usd"] >= server.billed() - 1e-6
+
+
+def test_status_names_the_spend_and_the_cap_with_the_date_of_its_prices(
+        server: BillingServer, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(30))
+    paused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", "0.001")
+    assert paused.code == 3, paused.stderr
+    summary = orjson.loads(paused.stdout)
+
+    shown = run_cli("status", summary["job"]).stdout
+
+    # It read "spent $0.0009 at list prices of the --max-cost $0.0010": no date, and the
+    # prices seemed to be the cap's.
+    assert (f"spent   ${summary['job_cost_usd']:,.4f} of the --max-cost $0.0010, at list "
+            f"prices of {summary['prices_as_of']}") in shown
