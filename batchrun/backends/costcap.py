@@ -23,8 +23,8 @@ from batchrun.policy.sizing import Size
 from batchrun.policy.spend import (
     answer_usd,
     body_worst_usd,
-    definition_tokens,
     fits,
+    unseen_tokens,
     worst_case_usd,
 )
 from batchrun.policy.tokens import max_output_tokens
@@ -75,7 +75,7 @@ class CostCap:
         worst = 0.0
         if p is not None:
             worst = worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via,
-                                   definition_tokens(body or {}))
+                                   unseen_tokens(body or {}, model))
         if self.cap is not None and not fits(self.cap, self.spent, self.reserved, worst):
             return None
         self.reserved += worst

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from batchrun.policy.classify import reported_cached
-from batchrun.policy.prices import Price, Via
+from batchrun.policy.prices import Price, Via, price_family
 from batchrun.policy.request import CHAT_URL
 from batchrun.policy.tokens import char_estimate, max_output_tokens
 
@@ -30,12 +30,38 @@ DEFINITIONS = ("tools", "functions", "response_format")
 DEFINITION_BYTES_PER_TOKEN = 2
 
 
+# The most prompt tokens one image may bill: 1,536 32px patches x 2.46 on the models that count
+# patches (the nano ones bill most), at most 85 + 8 tiles x 170 on those that count 512px
+# tiles; gpt-4o-mini bills 2,833 + 5,667 a tile. batchrun's prompt count takes one tile's 765
+# for an image whose size it does not know (policy.tokens): the cap holds the most instead.
+IMAGE_WORST = 3_779
+IMAGE_WORST_BY_FAMILY = {"gpt-4o-mini": 2_833 + 8 * 5_667}
+
+
 def definition_tokens(body: dict[str, Any]) -> int:
     """The most prompt tokens a request's tool definitions and response schema may bill."""
     given = {k: body[k] for k in DEFINITIONS if body.get(k) is not None}
     if not given:
         return 0
     return math.ceil(len(orjson.dumps(given)) / DEFINITION_BYTES_PER_TOKEN)
+
+
+def images(body: dict[str, Any]) -> int:
+    """How many image parts a chat request's messages hold."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    return sum(1 for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list)
+               for part in m["content"]
+               if isinstance(part, dict) and part.get("type") == "image_url")
+
+
+def unseen_tokens(body: dict[str, Any], model: str) -> int:
+    """Prompt tokens a server may bill beyond batchrun's counts: tool definitions, a response
+    schema, and each image at the most its model bills for one."""
+    pictures = images(body)
+    per_image = IMAGE_WORST_BY_FAMILY.get(price_family(model) or "", IMAGE_WORST)
+    return definition_tokens(body) + pictures * per_image
 
 
 def worst_prompt(prompt: int, chars: int) -> int:
@@ -45,18 +71,18 @@ def worst_prompt(prompt: int, chars: int) -> int:
 
 
 def worst_case_usd(p: Price, prompt: int, chars: int, max_output: int, via: Via,
-                   definitions: int = 0) -> float:
-    """A request's most possible bill: the whole prompt (with its `definitions`, see
-    definition_tokens) at the input price (no cache assumed) and n x max_tokens at the output
-    price, at the path's rate (`max_output` is already n x max_tokens)."""
-    return p.cost(worst_prompt(prompt, chars) + definitions, max_output, 0, via)
+                   unseen: int = 0) -> float:
+    """A request's most possible bill: the whole prompt (with `unseen`, what batchrun's counts
+    do not see) at the input price (no cache assumed) and n x max_tokens at the output price,
+    at the path's rate (`max_output` is already n x max_tokens)."""
+    return p.cost(worst_prompt(prompt, chars) + unseen, max_output, 0, via)
 
 
 def body_worst_usd(p: Price, url: str, body: dict[str, Any], prompt: int, via: Via) -> float:
     """A request's worst case from its body and its prompt tokens (batchrun's count)."""
     out = max_output_tokens(body) if url == CHAT_URL else 0
     return worst_case_usd(p, prompt, char_estimate(body), out or 0, via,
-                          definition_tokens(body))
+                          unseen_tokens(body, str(body.get("model", ""))))
 
 
 def fits(cap: float, spent: float, reserved: float, worst: float) -> bool:
