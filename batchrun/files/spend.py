@@ -45,29 +45,37 @@ def read_spent(path: Path) -> float:
 
 def _read(path: Path) -> tuple[float, dict[str, float]]:
     """What is settled, and the reservations still open (key -> worst case)."""
+    total, held = 0.0, dict[str, float]()
     try:
-        raw = path.read_bytes()
+        # Line by line: a record holds a line per answer, millions after a long run.
+        with path.open("rb") as f:
+            for line in f:
+                total += _line(line, held)
     except FileNotFoundError:
         return 0.0, {}
     except OSError as exc:
         raise StateError(f"cannot read the job's spend record {path}: {exc.strerror}.") from None
-    total, held = 0.0, dict[str, float]()
-    # Only whole lines: a torn last one may hold a number cut short ("0.01" of "0.0123").
-    for line in raw.split(b"\n")[:-1]:
-        parts = line.split()
-        try:
-            match parts:
-                case [b"T", usd]:
-                    total += _amount(usd)
-                case [b"R", key, usd]:
-                    held[key.decode()] = _amount(usd)
-                case [b"S", key, usd]:
-                    amount = _amount(usd)
-                    held.pop(key.decode(), None)
-                    total += amount
-        except (ValueError, UnicodeDecodeError):
-            continue  # not batchrun's: skipped, as a torn last line is
     return total, held
+
+
+def _line(line: bytes, held: dict[str, float]) -> float:
+    """What one line of the record adds to the settled sum; opens or closes a hold in `held`."""
+    if not line.endswith(b"\n"):
+        return 0.0  # torn: it may hold a number cut short ("0.01" of "0.0123")
+    parts = line.split()
+    try:
+        match parts:
+            case [b"T", usd]:
+                return _amount(usd)
+            case [b"R", key, usd]:
+                held[key.decode()] = _amount(usd)
+            case [b"S", key, usd]:
+                amount = _amount(usd)
+                held.pop(key.decode(), None)
+                return amount
+    except (ValueError, UnicodeDecodeError):
+        pass  # not batchrun's: skipped, as a torn last line is
+    return 0.0
 
 
 def _amount(usd: bytes) -> float:

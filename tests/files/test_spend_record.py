@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,23 @@ def test_a_hand_edited_amount_that_is_no_spend_neither_poisons_nor_lowers_the_su
     again = SpendJournal(path)
     assert math.isfinite(again.spent) and again.spent == pytest.approx(0.25)
     again.close()
+
+
+def test_reading_a_long_record_takes_memory_for_a_line_not_for_the_file(
+        tmp_path: Path) -> None:
+    # Every answer of a run adds a line; the record is read whole at the next run's start and
+    # for the summary's job_cost_usd at every run's end. Split into a list of lines, a
+    # 1,000,000-answer record took ~100 MB on top of the job's own peak.
+    path = tmp_path / "job.spend"
+    journal = SpendJournal(path)
+    for _ in range(100_000):
+        journal.settle(journal.reserve(0.001), 0.0005)
+    journal.close()
+    tracemalloc.start()
+    try:
+        spent = read_spent(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert spent == pytest.approx(50.0)
+    assert peak < 1_000_000  # the file is 4.6 MB
