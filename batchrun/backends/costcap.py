@@ -72,15 +72,21 @@ class CostCap:
         cap, a model with no price and a chat line with no maximum output were refused before
         the run (`refuse_uncappable`); without one, an unpriced model holds nothing."""
         p = self._price_of(model, endpoint)
-        worst = 0.0
-        if p is not None:
-            worst = worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via,
-                                   unseen_tokens(body or {}, model))
+        worst = self.worst(model, size, endpoint, body)
         if self.cap is not None and not fits(self.cap, self.spent, self.reserved, worst):
             return None
         self.reserved += worst
         self.in_flight += 1
         return Spend(p, worst)
+
+    def worst(self, model: str, size: Size, endpoint: str = "",
+              body: dict[str, Any] | None = None) -> float:
+        """A request's worst case at its endpoint's price on this path (0: no price)."""
+        p = self._price_of(model, endpoint)
+        if p is None:
+            return 0.0
+        return worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via,
+                              unseen_tokens(body or {}, model))
 
     def remaining(self) -> float:
         """What the cap leaves after what is spent and what is held (inf: no cap)."""

@@ -91,6 +91,13 @@ def fits(cap: float, spent: float, reserved: float, worst: float) -> bool:
     return spent + reserved + worst <= cap
 
 
+def suggested_cap(cap: float, spent: float, need: float) -> float:
+    """The larger cap a paused-cost job is told to resume with: twice this one, and at least
+    enough for the request that did not fit (`need`, its worst case) on top of what is spent,
+    rounded up to the cent so the printed figure is never below it."""
+    return math.ceil(max(cap * 2, spent + need + 0.01) * 100) / 100
+
+
 def answer_usd(p: Price, usage: tuple[int, int] | None, body: Any, status: int | None,
                worst: float, via: Via) -> float:
     """What one attempt is settled at. With usage: its tokens at list prices, cached input at

@@ -350,3 +350,19 @@ def test_status_names_the_spend_and_the_cap_with_the_date_of_its_prices(
     # prices seemed to be the cap's.
     assert (f"spent   ${summary['job_cost_usd']:,.4f} of the --max-cost $0.0010, at list "
             f"prices of {summary['prices_as_of']}") in shown
+
+
+def test_the_larger_cap_it_suggests_lets_the_next_request_through(
+        server: BillingServer, tmp_path: Path) -> None:
+    # Four answers of up to 16,384 tokens could cost $0.039: more than the "twice the cap or a
+    # cent more" it suggested ($0.011), so the suggested resume stopped again, sending nothing.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{**row, "n": 4} for row in rows(2, 16_384)])
+    paused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", "0.001")
+    assert paused.code == 3, paused.stderr
+    message = orjson.loads(paused.stdout)["message"]
+    suggested = message.rsplit("--max-cost ", 1)[1].split()[0]
+
+    again = run_cli("resume", orjson.loads(paused.stdout)["job"], "--max-cost", suggested,
+                    "--json", "-q", env=KEY_ENV)
+
+    assert sum(server.answered.values()) >= 1, (message, again.stdout)
