@@ -73,7 +73,10 @@ class CostCap:
         the run (`refuse_uncappable`); without one, an unpriced model holds nothing."""
         p = self._price_of(model, endpoint)
         worst = self.worst(model, size, endpoint, body)
-        if self.cap is not None and not fits(self.cap, self.spent, self.reserved, worst):
+        # Batch API parts still on the server (`resume --via sync` runs beside them) hold
+        # their worst case too, until they are collected.
+        held = self.reserved + self.journal.kept_usd
+        if self.cap is not None and not fits(self.cap, self.spent, held, worst):
             return None
         self.reserved += worst
         self.in_flight += 1

@@ -97,6 +97,7 @@ class SpendJournal:
         self.path = path
         settled, held = _read(path)
         self.held = {k: v for k, v in held.items() if k.startswith(KEPT)}
+        self.kept_usd = sum(self.held.values())  # what Batch API parts hold (KEPT keys)
         self.spent = settled + sum(v for k, v in held.items() if not k.startswith(KEPT))
         self._run = secrets.token_hex(4)  # keys of this run never meet an earlier run's
         self._serial = 0
@@ -120,11 +121,15 @@ class SpendJournal:
         if key not in self.held:
             self._append(f"R {key} {worst!r}\n")
             self.held[key] = worst
+            if key.startswith(KEPT):
+                self.kept_usd += worst
         return key
 
     def settle(self, key: str, usd: float) -> None:
         """Record what a sent request cost; from now on it counts at that, not its worst."""
         self._append(f"S {key} {usd!r}\n")
+        if key.startswith(KEPT):
+            self.kept_usd = max(0.0, self.kept_usd - self.held.get(key, 0.0))
         self.held.pop(key, None)
         self.spent += usd
 
