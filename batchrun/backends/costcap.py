@@ -135,8 +135,10 @@ class CostCap:
         self._close(spend)
 
     def sent(self, spend: Spend) -> None:
-        """Recorded before the request leaves: a kill -9 from here on counts it at its worst."""
-        if self.cap is not None:
+        """Recorded before the request leaves: a kill -9 from here on counts it at its worst.
+        Without a cap too: a later `resume --max-cost` counts this run's spend, and a request
+        billed but unanswered at a kill -9 must not be missing from it."""
+        if self.cap is not None or spend.worst:
             spend.key = self.journal.reserve(spend.worst)
 
     def settle(self, spend: Spend, outcome: Outcome | None) -> None:

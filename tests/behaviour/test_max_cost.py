@@ -366,3 +366,20 @@ def test_the_larger_cap_it_suggests_lets_the_next_request_through(
                     "--json", "-q", env=KEY_ENV)
 
     assert sum(server.answered.values()) >= 1, (message, again.stdout)
+
+
+def test_an_uncapped_run_killed_with_requests_in_flight_leaves_no_spend_below_the_bill(
+        tmp_path: Path) -> None:
+    # Without a cap nothing was held before a request left, so requests billed but unanswered
+    # at a kill -9 were lost from the job's spend: a later `resume --max-cost` counted less
+    # than the server had billed, and the job passed its cap by them.
+    with BillingServer(latency_s=2, bill_on_receipt=True) as srv:
+        jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(4))
+        out = tmp_path / "out.jsonl"
+        proc = start(srv, jobs, out)
+        wait_for(lambda: srv.received == 4)
+        proc.kill()
+        proc.communicate()
+
+        assert srv.billed() > 0
+        assert spent(out) >= srv.billed() - 1e-12
