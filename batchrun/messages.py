@@ -27,6 +27,7 @@ from batchrun.errors import (
 )
 from batchrun.files.ledger import fmt_wait
 from batchrun.policy.prices import PRICES_AS_OF
+from batchrun.policy.spend import suggested_cap
 from batchrun.policy.stopkind import StopKind
 
 INTERRUPTED_EARLY = "Interrupted before anything was sent."
@@ -109,7 +110,7 @@ def phrase(stop: Stop, output: str, resume: str, key_env: str) -> BatchrunError:
 
 def spend_cap_reached(stop: Stop, done: str, note: str, resume: str) -> str:
     """The paused-cost sentence: spent, cap, and the command that goes on under a larger one."""
-    larger = max(stop.cap_usd * 2, stop.spent_usd + 0.01)
+    larger = suggested_cap(stop.cap_usd, stop.spent_usd, stop.need_usd)
     return (f"Spend cap reached: {_usd(stop.spent_usd)} spent of the --max-cost "
             f"{_usd(stop.cap_usd)} at list prices of {PRICES_AS_OF}, and the next request could "
             f"pass it. {done}.{note} Continue with a larger cap: {resume} --max-cost {larger:.2f}")

@@ -20,7 +20,13 @@ from batchrun.policy.decide import outcome_usage
 from batchrun.policy.prices import Price, Via, price
 from batchrun.policy.request import CHAT_URL
 from batchrun.policy.sizing import Size
-from batchrun.policy.spend import answer_usd, body_worst_usd, fits, worst_case_usd
+from batchrun.policy.spend import (
+    answer_usd,
+    body_worst_usd,
+    fits,
+    unseen_tokens,
+    worst_case_usd,
+)
 from batchrun.policy.tokens import max_output_tokens
 from batchrun.routing.spec import EndpointConfig
 
@@ -60,19 +66,30 @@ class CostCap:
         """The whole job's spend so far (every run)."""
         return self.journal.spent
 
-    def reserve(self, model: str, size: Size, endpoint: str = "") -> Spend | None:
+    def reserve(self, model: str, size: Size, endpoint: str = "",
+                body: dict[str, Any] | None = None) -> Spend | None:
         """Hold a request's worst case; None when it does not fit under the cap now. Under a
         cap, a model with no price and a chat line with no maximum output were refused before
         the run (`refuse_uncappable`); without one, an unpriced model holds nothing."""
         p = self._price_of(model, endpoint)
-        worst = 0.0
-        if p is not None:
-            worst = worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via)
-        if self.cap is not None and not fits(self.cap, self.spent, self.reserved, worst):
+        worst = self.worst(model, size, endpoint, body)
+        # Batch API parts still on the server (`resume --via sync` runs beside them) hold
+        # their worst case too, until they are collected.
+        held = self.reserved + self.journal.kept_usd
+        if self.cap is not None and not fits(self.cap, self.spent, held, worst):
             return None
         self.reserved += worst
         self.in_flight += 1
         return Spend(p, worst)
+
+    def worst(self, model: str, size: Size, endpoint: str = "",
+              body: dict[str, Any] | None = None) -> float:
+        """A request's worst case at its endpoint's price on this path (0: no price)."""
+        p = self._price_of(model, endpoint)
+        if p is None:
+            return 0.0
+        return worst_case_usd(p, size.prompt, size.chars, size.max_output or 0, self.via,
+                              unseen_tokens(body or {}, model))
 
     def remaining(self) -> float:
         """What the cap leaves after what is spent and what is held (inf: no cap)."""
@@ -118,8 +135,10 @@ class CostCap:
         self._close(spend)
 
     def sent(self, spend: Spend) -> None:
-        """Recorded before the request leaves: a kill -9 from here on counts it at its worst."""
-        if self.cap is not None:
+        """Recorded before the request leaves: a kill -9 from here on counts it at its worst.
+        Without a cap too: a later `resume --max-cost` counts this run's spend, and a request
+        billed but unanswered at a kill -9 must not be missing from it."""
+        if self.cap is not None or spend.worst:
             spend.key = self.journal.reserve(spend.worst)
 
     def settle(self, spend: Spend, outcome: Outcome | None) -> None:

@@ -35,6 +35,7 @@ class Stop:
     unwritten: int = 0  # OUTPUT: answers that came but whose lines could not be written
     spent_usd: float = 0.0  # COST: the job's spend so far (every run), at list prices
     cap_usd: float = 0.0  # COST: the cap it stopped under
+    need_usd: float = 0.0  # COST: the worst case of the request (or part) that did not fit
     said: BatchrunError | None = None  # DETACHED, BATCH: the message and exit code, worded
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from batchrun.display.progress import describe_limits
 from batchrun.messages import count as _count
+from batchrun.policy.prices import PRICES_AS_OF
 from batchrun.policy.tiers import Limits
 
 
@@ -190,9 +191,9 @@ def _render_status(console: Console, jobs: list[dict[str, Any]], usage: list[dic
             console.print(f"  cost    {_job_cost(j)}", markup=False)
         if j.get("job_cost_usd") or j.get("max_cost_usd") is not None:
             cap = j.get("max_cost_usd")
-            console.print(f"  spent   ${j.get('job_cost_usd') or 0:,.4f} at list prices"
-                          + (f" of the --max-cost ${cap:,.4f}" if cap is not None else ""),
-                          markup=False)
+            console.print(f"  spent   ${j.get('job_cost_usd') or 0:,.4f}"
+                          + (f" of the --max-cost ${cap:,.4f}," if cap is not None else "")
+                          + f" at list prices of {PRICES_AS_OF}", markup=False)
         if j["message"]:
             console.print(f"  last    {j['message']}", markup=False)
         for name, counts in j.get("endpoints", {}).items():

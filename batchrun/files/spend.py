@@ -21,6 +21,7 @@ into `T` at its worst case.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from pathlib import Path
@@ -44,28 +45,47 @@ def read_spent(path: Path) -> float:
 
 def _read(path: Path) -> tuple[float, dict[str, float]]:
     """What is settled, and the reservations still open (key -> worst case)."""
+    total, held = 0.0, dict[str, float]()
     try:
-        raw = path.read_bytes()
+        # Line by line: a record holds a line per answer, millions after a long run.
+        with path.open("rb") as f:
+            for line in f:
+                total += _line(line, held)
     except FileNotFoundError:
         return 0.0, {}
     except OSError as exc:
         raise StateError(f"cannot read the job's spend record {path}: {exc.strerror}.") from None
-    total, held = 0.0, dict[str, float]()
-    # Only whole lines: a torn last one may hold a number cut short ("0.01" of "0.0123").
-    for line in raw.split(b"\n")[:-1]:
-        parts = line.split()
-        try:
-            match parts:
-                case [b"T", usd]:
-                    total += float(usd)
-                case [b"R", key, usd]:
-                    held[key.decode()] = float(usd)
-                case [b"S", key, usd]:
-                    held.pop(key.decode(), None)
-                    total += float(usd)
-        except (ValueError, UnicodeDecodeError):
-            continue  # not batchrun's: skipped, as a torn last line is
     return total, held
+
+
+def _line(line: bytes, held: dict[str, float]) -> float:
+    """What one line of the record adds to the settled sum; opens or closes a hold in `held`."""
+    if not line.endswith(b"\n"):
+        return 0.0  # torn: it may hold a number cut short ("0.01" of "0.0123")
+    parts = line.split()
+    try:
+        match parts:
+            case [b"T", usd]:
+                return _amount(usd)
+            case [b"R", key, usd]:
+                held[key.decode()] = _amount(usd)
+            case [b"S", key, usd]:
+                amount = _amount(usd)
+                held.pop(key.decode(), None)
+                return amount
+    except (ValueError, UnicodeDecodeError):
+        pass  # not batchrun's: skipped, as a torn last line is
+    return 0.0
+
+
+def _amount(usd: bytes) -> float:
+    """A recorded amount in US dollars. batchrun writes only finite amounts of at least zero:
+    a NaN would make every later cap check fail and a negative one would lower the job's spend
+    below the bill, so either is read as a damaged line."""
+    value = float(usd)
+    if not 0 <= value < math.inf:
+        raise ValueError(usd)
+    return value
 
 
 class SpendJournal:
@@ -77,6 +97,7 @@ class SpendJournal:
         self.path = path
         settled, held = _read(path)
         self.held = {k: v for k, v in held.items() if k.startswith(KEPT)}
+        self.kept_usd = sum(self.held.values())  # what Batch API parts hold (KEPT keys)
         self.spent = settled + sum(v for k, v in held.items() if not k.startswith(KEPT))
         self._run = secrets.token_hex(4)  # keys of this run never meet an earlier run's
         self._serial = 0
@@ -100,11 +121,15 @@ class SpendJournal:
         if key not in self.held:
             self._append(f"R {key} {worst!r}\n")
             self.held[key] = worst
+            if key.startswith(KEPT):
+                self.kept_usd += worst
         return key
 
     def settle(self, key: str, usd: float) -> None:
         """Record what a sent request cost; from now on it counts at that, not its worst."""
         self._append(f"S {key} {usd!r}\n")
+        if key.startswith(KEPT):
+            self.kept_usd = max(0.0, self.kept_usd - self.held.get(key, 0.0))
         self.held.pop(key, None)
         self.spent += usd
 

@@ -62,11 +62,12 @@ PRICES: dict[str, Price] = {
     "text-embedding-3-small": Price(0.02, 0.02, 0.0),
     "text-embedding-3-large": Price(0.13, 0.13, 0.0),
     "text-embedding-ada-002": Price(0.10, 0.10, 0.0),
+    # Snapshots still served that bill other than their family (looked up before the family).
+    "gpt-4o-2024-05-13": Price(5.00, 5.00, 15.00),
+    "gpt-3.5-turbo-1106": Price(1.00, 1.00, 2.00),
 }
 
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
-# Longest names first so gpt-4o-mini is not taken for gpt-4o, nor gpt-5-mini for gpt-5.
-_FAMILIES = sorted(PRICES, key=len, reverse=True)
 
 
 def undated(model: str) -> str:
@@ -76,14 +77,14 @@ def undated(model: str) -> str:
 
 @functools.cache
 def price_family(model: str) -> str | None:
-    """The table's row for a model name (dated snapshots included), or None."""
-    name = undated(model)
+    """The table's row for a model name or a dated snapshot of one, or None. Only the date is
+    taken off: a longer name (o3-pro, gpt-5-pro, gpt-4o-realtime-preview) is another model,
+    often billed several times its prefix's price, so it has no price rather than a wrong one."""
+    name = model.strip().lower()
     if name in PRICES:
         return name
-    for fam in _FAMILIES:
-        if name.startswith(fam + "-"):
-            return fam
-    return None
+    name = undated(name)
+    return name if name in PRICES else None
 
 
 def price(model: str) -> Price | None:

@@ -313,3 +313,73 @@ def test_with_flex_processing_the_cap_counts_flex_prices(
         bill += ((usage["prompt_tokens"] - hit) * inp + hit * cached
                  + usage["completion_tokens"] * out) / 1e6
     assert orjson.loads(done.stdout)["job_cost_usd"] == pytest.approx(bill, abs=1e-6)
+
+
+# A function whose schema is long (~2,000 tokens): billed as prompt on every request.
+TOOLS = [{"type": "function", "function": {
+    "name": "lookup", "description": "Looks a record up. " * 40,
+    "parameters": {"type": "object", "properties": {
+        f"field_{i}": {"type": "string", "description": f"the record's field number {i}"}
+        for i in range(120)}}}}]
+
+
+def test_tool_definitions_count_in_the_worst_case_so_the_cap_holds_at_the_server(
+        server: BillingServer, tmp_path: Path) -> None:
+    lines = [{**row, "tools": TOOLS} for row in rows(40)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", lines)
+    cap = 0.003  # about five requests' bill
+
+    paused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", str(cap),
+                    "--concurrency", "8")
+
+    assert paused.code == 3, paused.stderr
+    assert server.billed() <= cap
+    assert orjson.loads(paused.stdout)["job_cost_usd"] >= server.billed() - 1e-6
+
+
+def test_status_names_the_spend_and_the_cap_with_the_date_of_its_prices(
+        server: BillingServer, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(30))
+    paused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", "0.001")
+    assert paused.code == 3, paused.stderr
+    summary = orjson.loads(paused.stdout)
+
+    shown = run_cli("status", summary["job"]).stdout
+
+    # It read "spent $0.0009 at list prices of the --max-cost $0.0010": no date, and the
+    # prices seemed to be the cap's.
+    assert (f"spent   ${summary['job_cost_usd']:,.4f} of the --max-cost $0.0010, at list "
+            f"prices of {summary['prices_as_of']}") in shown
+
+
+def test_the_larger_cap_it_suggests_lets_the_next_request_through(
+        server: BillingServer, tmp_path: Path) -> None:
+    # Four answers of up to 16,384 tokens could cost $0.039: more than the "twice the cap or a
+    # cent more" it suggested ($0.011), so the suggested resume stopped again, sending nothing.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{**row, "n": 4} for row in rows(2, 16_384)])
+    paused = submit(server, jobs, tmp_path / "out.jsonl", "--max-cost", "0.001")
+    assert paused.code == 3, paused.stderr
+    message = orjson.loads(paused.stdout)["message"]
+    suggested = message.rsplit("--max-cost ", 1)[1].split()[0]
+
+    again = run_cli("resume", orjson.loads(paused.stdout)["job"], "--max-cost", suggested,
+                    "--json", "-q", env=KEY_ENV)
+
+    assert sum(server.answered.values()) >= 1, (message, again.stdout)
+
+
+def test_an_uncapped_run_killed_with_requests_in_flight_leaves_no_spend_below_the_bill(
+        tmp_path: Path) -> None:
+    # Without a cap nothing was held before a request left, so requests billed but unanswered
+    # at a kill -9 were lost from the job's spend: a later `resume --max-cost` counted less
+    # than the server had billed, and the job passed its cap by them.
+    with BillingServer(latency_s=2, bill_on_receipt=True) as srv:
+        jobs = write_jsonl(tmp_path / "jobs.jsonl", rows(4))
+        out = tmp_path / "out.jsonl"
+        proc = start(srv, jobs, out)
+        wait_for(lambda: srv.received == 4)
+        proc.kill()
+        proc.communicate()
+
+        assert srv.billed() > 0
+        assert spent(out) >= srv.billed() - 1e-12

@@ -34,8 +34,12 @@ def tokens(text: str) -> int:
 
 
 class BillingServer:
-    def __init__(self, latency_s: float = 0.0) -> None:
+    def __init__(self, latency_s: float = 0.0, bill_on_receipt: bool = False) -> None:
         self.latency_s = latency_s
+        # Bill a request as it arrives, before its answer is sent (the model ran; the answer
+        # may never reach the client): what a kill -9 with requests in flight leaves billed.
+        self.bill_on_receipt = bill_on_receipt
+        self.received = 0
         self.bill = 0.0  # US dollars of every answer sent
         self.answered: Counter[str] = Counter()  # the user message -> times billed
         self._seen: set[str] = set()
@@ -85,6 +89,10 @@ class BillingServer:
         messages = body["messages"]
         texts = [str(m.get("content", "")) for m in messages]
         prompt = sum(tokens(t) + 3 for t in texts) + 3
+        # Tool definitions and a response schema are prompt the model reads, billed as input.
+        for extra in ("tools", "response_format"):
+            if body.get(extra) is not None:
+                prompt += tokens(orjson.dumps(body[extra]).decode())
         lead = texts[0]
         cached = 0
         if lead in self._seen and tokens(lead) >= CACHE_MIN:
@@ -95,15 +103,23 @@ class BillingServer:
         completion = min(int(limit), 5 + digest[0] % 20)
         return prompt, cached, completion
 
-    async def _chat(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+    def _billed(self, body: dict[str, Any]) -> tuple[int, int, int]:
         with self._lock:
+            self.received += 1
             prompt, cached, completion = self._usage(body)
             self.bill += ((prompt - cached) * INPUT + cached * CACHED
                           + completion * OUTPUT) / 1_000_000
             self.answered[str(body["messages"][-1].get("content"))] += 1
+        return prompt, cached, completion
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        if self.bill_on_receipt:
+            prompt, cached, completion = self._billed(body)
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if not self.bill_on_receipt:
+            prompt, cached, completion = self._billed(body)
         answer = {
             "id": "chatcmpl-1", "object": "chat.completion", "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop",

@@ -36,3 +36,20 @@ def test_request_cost_bills_cached_input_and_names_no_price_as_none() -> None:
     assert request_cost("gpt-4o-mini", 1_500, 100, cached_in=1_408, via=Via.BATCH) == (
         pytest.approx((92 * 0.15 + 1_408 * 0.075 + 100 * 0.60) / 2_000_000))
     assert request_cost("llama-3-70b", 1_500, 100) is None
+
+
+@pytest.mark.parametrize("model", ["o3-pro", "gpt-5-pro", "o3-deep-research",
+                                   "gpt-4o-mini-realtime-preview", "gpt-4o-realtime-preview",
+                                   "o4-mini-deep-research"])
+def test_a_model_that_only_starts_like_a_priced_one_has_no_price(model: str) -> None:
+    # Each bills several times its prefix's price (o3-pro $20/$80 against o3's $2/$8): priced
+    # as the prefix, a --max-cost job on it spent up to ten times its cap.
+    assert price(model) is None
+
+
+def test_a_dated_snapshot_billed_at_its_own_price_is_not_priced_as_its_family() -> None:
+    # gpt-4o's first snapshot bills $5 / $15, twice the family's $2.50 / $10 (no prompt cache).
+    first = price("gpt-4o-2024-05-13")
+    assert first is not None and (first.input, first.output) == (5.00, 15.00)
+    assert first.cached_input == first.input
+    assert price("gpt-4o-2024-11-20") == price("gpt-4o")

@@ -8,7 +8,8 @@ import pytest
 
 from batchrun.files.spend import SpendJournal, read_spent
 from batchrun.policy.prices import Price, Via
-from batchrun.policy.spend import answer_usd, fits, worst_case_usd, worst_prompt
+from batchrun.policy.request import CHAT_URL
+from batchrun.policy.spend import answer_usd, body_worst_usd, fits, worst_case_usd, worst_prompt
 
 MINI = Price(0.15, 0.075, 0.60)
 
@@ -57,3 +58,39 @@ def test_a_reservation_never_settled_counts_at_its_worst_and_a_torn_line_is_skip
     assert again.spent == pytest.approx(0.375)
     again.close()
     assert path.read_bytes().count(b"\n") == 1
+
+
+def test_tool_definitions_and_a_response_schema_raise_the_worst_case_on_every_path() -> None:
+    # The Batch API plans its parts from bodies: the same definitions count there.
+    body: dict[str, object] = {"model": "gpt-4o-mini", "max_tokens": 10,
+                               "messages": [{"role": "user", "content": "hi"}]}
+    plain = body_worst_usd(MINI, CHAT_URL, body, 10, Via.BATCH)
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    tools = [{"type": "function", "function": {"name": "f", "description": "d" * 4000}}]
+    with_schema = body_worst_usd(MINI, CHAT_URL, {**body, "response_format": schema}, 10,
+                                 Via.BATCH)
+    with_tools = body_worst_usd(MINI, CHAT_URL, {**body, "tools": tools}, 10, Via.BATCH)
+    assert plain < with_schema < with_tools
+    # 4,000 bytes of description hold at least the 1,000 tokens it tokenizes to, at batch rates.
+    assert with_tools - plain >= MINI.cost(1000, 0, 0, Via.BATCH)
+
+
+def image_body(model: str, detail: str) -> dict[str, object]:
+    part = {"type": "image_url", "image_url": {"url": "https://example.com/a.png",
+                                               "detail": detail}}
+    return {"model": model, "max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "what is it?"}, part]}]}
+
+
+@pytest.mark.parametrize("detail", ["low", "high", "auto"])
+def test_an_image_is_held_at_the_most_its_model_bills_for_one(detail: str) -> None:
+    # gpt-4o-mini bills an image at 2,833 tokens plus 5,667 a 512px tile, up to 8 tiles: a
+    # 128x64 picture alone bills 8,512. batchrun's prompt count takes 765 (85 at low detail),
+    # so a job of images passed its cap many times over.
+    body = image_body("gpt-4o-mini", detail)
+    assert body_worst_usd(MINI, CHAT_URL, body, 800, Via.SYNC) >= MINI.cost(2_833 + 8 * 5_667,
+                                                                             10)
+    # The other models bill an image at most 1,536 patches x 2.46 (the nano models).
+    nano = Price(0.10, 0.025, 0.40)
+    assert body_worst_usd(nano, CHAT_URL, image_body("gpt-4.1-nano", detail), 800,
+                          Via.SYNC) >= nano.cost(3_779, 10)

@@ -472,7 +472,8 @@ class BatchJob:
             return True
         assert cost.cap is not None  # only a cap keeps a part back
         self._capped = Stop(StopKind.COST, done=len(self._done), total=self._report.total,
-                            spent_usd=cost.spent + cost.journal.held_usd, cap_usd=cost.cap)
+                            spent_usd=cost.spent + cost.journal.held_usd, cap_usd=cost.cap,
+                            need_usd=part.worst_usd)
         return True
 
     def _note_queue(self, part: Part, refusal: str | None, alone: bool) -> None:

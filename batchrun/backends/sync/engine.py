@@ -353,7 +353,7 @@ class Engine:
         cost = self._cost
         if cost is None:
             return True
-        job.spend = cost.reserve(lane.model, job.size, route.name)
+        job.spend = cost.reserve(lane.model, job.size, route.name, job.request.body)
         if job.spend is not None:
             return True
         lane.retries.appendleft(job)
@@ -363,7 +363,8 @@ class Engine:
             await cost.settled.wait()
             return None
         assert cost.cap is not None  # reserve refuses only under a cap
-        self._halt(Stop(StopKind.COST, spent_usd=cost.spent, cap_usd=cost.cap),
+        need = cost.worst(lane.model, job.size, route.name, job.request.body)
+        self._halt(Stop(StopKind.COST, spent_usd=cost.spent, cap_usd=cost.cap, need_usd=need),
                    "the spend cap is reached: finishing requests in flight")
         return False
 
