@@ -142,6 +142,10 @@ def reported_usage(body: Any) -> tuple[int, int] | None:
         return None
     try:
         prompt, completion = (0 if v is None else _token_count(v) for v in fields)
+        total = usage.get("total_tokens")
+        if fields[1] is None and total is not None:
+            # A server that gives only the total still billed its completion: the rest of it.
+            completion = max(0, _token_count(total) - prompt)
     except ValueError:
         return None
     return prompt, completion

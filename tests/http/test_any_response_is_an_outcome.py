@@ -67,6 +67,9 @@ def test_a_body_as_deep_as_can_be_recorded_is_kept_and_scrubbed() -> None:
     ({"prompt_tokens": 5, "completion_tokens": 2}, (5, 2)),
     ({"prompt_tokens": 5.0, "completion_tokens": 2}, (5, 2)),
     ({"prompt_tokens": 3, "total_tokens": 3}, (3, 0)),  # embeddings
+    # no completion_tokens but a total: the rest of the total is the completion, billed
+    ({"prompt_tokens": 100, "total_tokens": 150}, (100, 50)),
+    ({"prompt_tokens": 100, "completion_tokens": None, "total_tokens": 150}, (100, 50)),
     ({"prompt_tokens": 10**12, "completion_tokens": 1}, (MAX_REPORTED_TOKENS, 1)),
     ({"prompt_tokens": 1.8e19, "completion_tokens": 1}, (MAX_REPORTED_TOKENS, 1)),
     ({"prompt_tokens": "n/a", "completion_tokens": 2}, None),
