@@ -240,10 +240,11 @@ def choices(body: dict[str, Any]) -> int:
 
 def max_output_tokens(body: dict[str, Any]) -> int | None:
     """n × max output tokens, or None when the request sets no maximum. A field set to null
-    is not set, as the API reads it (so a null max_completion_tokens leaves max_tokens)."""
-    limit = body.get("max_completion_tokens")
-    if limit is None:
-        limit = body.get("max_tokens")
-    if limit is None:
+    is not set, as the API reads it (so a null max_completion_tokens leaves max_tokens). With
+    both set, the larger: servers differ in which one they read, and the limiter and the spend
+    cap must hold whichever it is."""
+    limits = [int(v) for v in (body.get("max_completion_tokens"), body.get("max_tokens"))
+              if v is not None]
+    if not limits:
         return None
-    return int(limit) * choices(body)
+    return max(limits) * choices(body)

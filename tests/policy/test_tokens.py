@@ -92,6 +92,9 @@ def test_output_and_char_estimates() -> None:
     assert max_output_tokens({"max_tokens": 100, "n": 3}) == 300
     assert max_output_tokens({"max_completion_tokens": 50}) == 50
     assert max_output_tokens({}) is None
+    # both set: the larger, whichever one the server reads (the spend cap must hold either way)
+    assert max_output_tokens({"max_tokens": 900, "max_completion_tokens": 50}) == 900
+    assert max_output_tokens({"max_tokens": 50, "max_completion_tokens": 900}) == 900
     assert char_estimate({"messages": [{"role": "user", "content": "x" * 40}]}) == 11
 
 
