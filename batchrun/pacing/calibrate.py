@@ -50,6 +50,8 @@ MARGIN = 0.01
 # A learned prompt charge stays within this factor of our own count either way (a garbled
 # "Requested" figure or a usage of zero must not admit ten times too fast).
 MAX_FACTOR = 4.0
+# How much better (in relative error) the other basis must fit the charges to take over.
+BASIS_MARGIN = 0.005
 # The margin on a prompt charge predicted from a learned k alone: one number for every request,
 # while the server's charge per token of ours varies some from request to request.
 LEARNED_MARGIN = 0.03
@@ -162,6 +164,7 @@ class _Evidence:
     by_tokens: _Fit = field(default_factory=_Fit)
     samples: float = 0.0
     learned: Learned | None = None  # LEARNED's: what `start` was given
+    basis: str = CHARS  # the basis that explains the charges, as far as `_best` has said
 
     def add(self, visible: Visible, prompt_charge: float, keep: float) -> None:
         self.by_chars.add(visible.chars, prompt_charge, keep)
@@ -169,8 +172,15 @@ class _Evidence:
         self.samples = keep * self.samples + 1
 
     def _best(self) -> tuple[str, _Fit]:
-        return min(((CHARS, self.by_chars), (TOKENS, self.by_tokens)),
-                   key=lambda pair: pair[1].relative_error)
+        # One basis must explain the charges clearly better to take over from the other: where
+        # both explain them alike (short, even prompts), the choice followed each answer's
+        # noise, and every change of basis was a write to the ledger or Redis.
+        chars, tokens = self.by_chars.relative_error, self.by_tokens.relative_error
+        if self.basis == CHARS and tokens + BASIS_MARGIN < chars:
+            self.basis = TOKENS
+        elif self.basis == TOKENS and chars + BASIS_MARGIN < tokens:
+            self.basis = CHARS
+        return (CHARS, self.by_chars) if self.basis == CHARS else (TOKENS, self.by_tokens)
 
     def prompt(self, visible: Visible) -> float:
         """The predicted prompt charge, margin included."""
