@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests.helpers.served_app import ServedApp
+
 INPUT, CACHED, OUTPUT = 0.15, 0.075, 0.60  # gpt-4o-mini, US dollars per 1M tokens
 CACHE_MIN, CACHE_STEP = 1024, 128
 
@@ -44,46 +46,19 @@ class BillingServer:
         self.answered: Counter[str] = Counter()  # the user message -> times billed
         self._seen: set[str] = set()
         self._lock = threading.Lock()
-        self._ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._app = ServedApp(self._chat)
         self.url = ""
 
     def __enter__(self) -> BillingServer:
-        self._thread.start()
-        assert self._ready.wait(10), "the billing server did not start"
+        self.url = self._app.__enter__().base_url
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        self._app.__exit__(*exc)
 
     def billed(self) -> float:
         with self._lock:
             return self.bill
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/v1"
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
 
     def _usage(self, body: dict[str, Any]) -> tuple[int, int, int]:
         messages = body["messages"]
@@ -112,8 +87,7 @@ class BillingServer:
             self.answered[str(body["messages"][-1].get("content"))] += 1
         return prompt, cached, completion
 
-    async def _chat(self, request: web.Request) -> web.Response:
-        body = orjson.loads(await request.read())
+    async def _chat(self, body: dict[str, Any], _attempt: int) -> web.Response:
         if self.bill_on_receipt:
             prompt, cached, completion = self._billed(body)
         if self.latency_s:
