@@ -105,9 +105,33 @@ class Note:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Paced:
+    """One (model, endpoint)'s limiter as it stands, sent about once a second while the job
+    runs: what the timeline and the metrics draw beside the limits."""
+
+    model: str
+    endpoint: str
+    rate_rpm: float  # the requests per minute the limiter admits at now
+    rate_tpm: float  # the tokens per minute it admits at now (the server's charge)
+    burst_tokens: float  # the burst it allows now
+    in_flight: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPart:
+    """--via batch/auto: one part's batch changed state (uploaded, validating, in_progress,
+    finalizing, completed, failed, expired, cancelled...) as the API reported it."""
+
+    part: int
+    batch_id: str
+    state: str
+    requests: int
+
+
 Event = (
     JobStarted | RequestSent | AttemptEnded | RequestFinished | Throttled | BudgetUsed
-    | StateChanged | RouteChanged | Note
+    | StateChanged | RouteChanged | Note | Paced | BatchPart
 )
 
 
