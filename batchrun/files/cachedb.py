@@ -218,7 +218,7 @@ class LocalCache:
     # -- reading and writing --------------------------------------------------------------
 
     def _read(self, key: bytes, touch: bool) -> bytes | None:
-        packed = self._puts.get(key)
+        packed: object = self._puts.get(key)
         if packed is None:
             row = self._select(key)
             if row is None:
