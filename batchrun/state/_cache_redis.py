@@ -152,8 +152,8 @@ def unavailable(url: StateUrl, exc: BaseException) -> SharedStateError:
     reason = redact(f"{type(exc).__name__}: {exc}", *url.secrets) if str(exc) else \
         type(exc).__name__
     return SharedStateError(
-        f"The shared response cache at {url.shown} is unavailable ({reason}). Results so far "
-        "are kept; run again when Redis answers, or with --no-cache.")
+        f"The shared response cache at {url.shown} is unavailable ({reason}). Run again when "
+        "Redis answers, or send with --no-cache; a job's results so far are kept.")
 
 
 class RedisCache:
