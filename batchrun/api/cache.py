@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Any
 
 from batchrun.api.blocking import block
 from batchrun.files.cache import CacheStats
-from batchrun.files.cachedb import LocalCache, cache_cap_bytes, cache_path
-from batchrun.state import RedisCache, StateUrl, open_cache
+from batchrun.files.cachedb import LocalCache, cache_cap_bytes, cache_path, peek_file
+from batchrun.http.endpoint import Endpoint
+from batchrun.policy.cachekey import key_digest
+from batchrun.report.estimate_cache import CacheLookup
+from batchrun.state import RedisCache, StateUrl, open_cache, peek_shared
 
 KINDS = (("real", False), ("simulated", True))
 
@@ -79,3 +83,20 @@ async def _shared_clear(state: StateUrl, simulate: bool) -> tuple[str, int]:
         return (await cache.stats()).where, await cache.clear()
     finally:
         await cache.close()
+
+
+def estimate_lookup(state: StateUrl | None, endpoint: Endpoint, home: Path) -> CacheLookup | str:
+    """The cache `estimate` asks, read-only, for the key and host a job would send with (the
+    engine files answers under the endpoint's host as given and the key's digest); or why it
+    cannot be asked."""
+    api_key = os.environ.get(endpoint.key_env, "").strip()
+    if not api_key:
+        return (f"${endpoint.key_env} is not set, and answers are kept per API key: set it "
+                "(or name its variable with --api-key-env) to count them")
+    if state is not None:
+        url = state
+        return CacheLookup(endpoint.host, key_digest(api_key), state.shown,
+                           lambda keys: peek_shared(url, False, keys))
+    path = cache_path(home, False)
+    return CacheLookup(endpoint.host, key_digest(api_key), str(path),
+                       lambda keys: peek_file(path, keys))

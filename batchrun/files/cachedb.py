@@ -323,3 +323,26 @@ class LocalCache:
             raise self._busy(exc) from None
         return removed
 
+
+
+def peek_file(path: Path, keys: list[bytes]) -> dict[bytes, bytes]:
+    """The answers stored under `keys`, read without writing anything (`estimate`): no file
+    created, no use counted, a damaged file or entry read as holding nothing."""
+    if not keys or not path.exists():
+        return {}
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True,
+                                                timeout=BUSY_TIMEOUT_S)) as db:
+            found = {}
+            for key in keys:
+                row = db.execute("SELECT body FROM answers WHERE key=?", (key,)).fetchone()
+                if row is not None and (body := unpack(row[0])) is not None:
+                    found[key] = body
+            return found
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise StateError(f"cannot read the response cache {path} ({exc}). Run the same "
+                         "command again.") from None
+    except sqlite3.DatabaseError:
+        return {}  # a job moves it aside and starts again; until then it answers nothing

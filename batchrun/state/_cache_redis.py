@@ -246,7 +246,7 @@ class RedisCache:
         return removed
 
 
-def peek_many(url: StateUrl, simulate: bool, keys: Iterable[bytes]) -> dict[bytes, bytes]:
+def peek_shared(url: StateUrl, simulate: bool, keys: Iterable[bytes]) -> dict[bytes, bytes]:
     """The stored answers of `keys`, without counting a use: `estimate`, which has no loop."""
     import redis.exceptions
 
