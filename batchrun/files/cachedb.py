@@ -198,8 +198,9 @@ class LocalCache:
     def _busy(self, exc: sqlite3.Error) -> StateError:
         return StateError(
             f"the response cache {self.path} is locked or unusable ({exc}): another batchrun "
-            f"may hold it longer than {self._busy_timeout_s:.0f}s, or the disk refuses it. "
-            "Results so far are kept; run the same command again (or with --no-cache)."
+            f"may hold it longer than {self._busy_timeout_s:.0f}s, or the disk refuses it (full "
+            "or read-only). Results so far are kept; run the same command again (or with "
+            "--no-cache)."
         )
 
     def _damaged_now(self, exc: sqlite3.DatabaseError) -> None:

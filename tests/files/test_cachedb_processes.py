@@ -99,3 +99,41 @@ async def test_a_process_killed_mid_put_leaves_a_cache_that_opens_with_no_wrong_
     await cache.put(key(-1), b'{"n": -1}')
     await cache.close()
     assert await assert_right_answers(path, range(-1, 0)) == 1
+
+
+# A process whose files may not grow past 300 KB (RLIMIT_FSIZE, as a full disk refuses a write):
+# it fills the cache until the write fails and prints what it was told.
+FULL = """
+import asyncio, resource, signal, sys
+from pathlib import Path
+from batchrun.errors import StateError
+from batchrun.files.cachedb import LocalCache
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead of a signal
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+async def main():
+    cache = LocalCache(Path(sys.argv[1]))
+    try:
+        for n in range(100_000):
+            await cache.put(n.to_bytes(32, "big"), b'{"pad": "%s"}' % (b"%d" % n * 50))
+            if n % 100 == 0:
+                cache.flush()
+    except StateError as exc:
+        print(exc.exit_code, exc.message)
+        return
+    print("no error")
+
+asyncio.run(main())
+"""
+
+
+def test_a_disk_that_refuses_the_write_is_a_state_error(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite3"
+    done = subprocess.run([sys.executable, "-c", FULL, str(path)], cwd=REPO, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    code, _, message = done.stdout.strip().partition(" ")
+    assert code == "5", done.stdout
+    assert str(path) in message and "Traceback" not in done.stderr
