@@ -1,0 +1,174 @@
+"""The tally as Prometheus text on http://127.0.0.1:PORT/metrics while the job runs.
+
+A registry of the job's own (never prometheus_client's global one: two jobs in one Python
+process would collide there) with one collector that reads the tally at each scrape, served
+by aiohttp on the job's loop, so a scrape reads the counts between two events, never in the
+middle of one, and the server ends with the job."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from batchrun.errors import InputError
+from batchrun.metrics.tally import Lane, MetricsTally
+
+# Metrics tell how a job spends its account: only this machine may read them.
+LOOPBACK = "127.0.0.1"
+LANE = ["model", "endpoint"]
+OUTCOMES = ("ok", "failed", "cached")
+RATE_LIMIT_KINDS = ("minute", "day", "too_large")
+TOKEN_KINDS = ("input", "output", "cached_input")
+
+
+class TallyCollector(Collector):
+    def __init__(self, tally: MetricsTally) -> None:
+        self.tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.tally
+        lanes = sorted(t.lanes)
+        yield from _job(t)
+        yield _counter("batchrun_requests", "Requests finished by this run, by outcome (cached: "
+                       "answered from the response cache, not sent)", "outcome", lanes,
+                       OUTCOMES, t.requests)
+        sent = CounterMetricFamily("batchrun_http_attempts", "HTTP requests sent (each retry "
+                                   "is one more)", labels=LANE)
+        for lane in lanes:
+            sent.add_metric(list(lane), t.sent[lane])
+        yield sent
+        ended = CounterMetricFamily("batchrun_http_attempts_ended", "HTTP attempts that came "
+                                    "back, by the classifier's verdict (ok, retry, rate_minute, "
+                                    "rate_day, refused, fail, flex_unavailable)",
+                                    labels=[*LANE, "kind"])
+        for (model, endpoint, kind), n in sorted(t.answered.items()):
+            ended.add_metric([model, endpoint, kind], n)
+        yield ended
+        yield _counter("batchrun_rate_limited", "429 answers: per-minute limit, daily limit, "
+                       "request too large", "kind", lanes, RATE_LIMIT_KINDS, t.rate_limited)
+        yield _counter("batchrun_tokens_billed", "Tokens the API billed (its usage), "
+                       "cached_input a part of input", "kind", lanes, TOKEN_KINDS, t.billed)
+        charged = CounterMetricFamily("batchrun_tokens_charged", "Tokens charged against the "
+                                      "per-minute limit at admission (prompt + max output)",
+                                      labels=LANE)
+        for lane in lanes:
+            charged.add_metric(list(lane), t.charged[lane])
+        yield charged
+        yield from _now(t, lanes)
+
+
+def _job(t: MetricsTally) -> Iterator[Metric]:
+    info = GaugeMetricFamily("batchrun_job_info", "The job this process runs, and its state "
+                             "(running, cooling, draining, paused-daily, stopped, done)",
+                             labels=["job", "state"])
+    info.add_metric([t.job, t.state], 1)
+    yield info
+    yield GaugeMetricFamily("batchrun_job_requests", "Requests in the job's input file",
+                            value=t.total)
+    yield GaugeMetricFamily("batchrun_job_requests_done_before", "Requests answered by "
+                            "earlier runs of the job", value=t.already_done)
+    cost = t.cost_usd
+    if cost is not None:  # a model without a list price: no number rather than a wrong one
+        yield GaugeMetricFamily("batchrun_cost_usd", "This run's cost so far at list prices, "
+                                "US dollars", value=cost)
+    parts = GaugeMetricFamily("batchrun_batch_parts", "Batch API parts by their batch's state",
+                              labels=["state"])
+    for state, n in sorted(t.batch_parts.items()):
+        parts.add_metric([state], n)
+    yield parts
+
+
+def _now(t: MetricsTally, lanes: list[Lane]) -> Iterator[Metric]:
+    """The gauges: how things stand at this scrape."""
+    in_flight = GaugeMetricFamily("batchrun_in_flight_requests", "HTTP requests sent and not "
+                                  "answered yet", labels=LANE)
+    for lane in lanes:
+        in_flight.add_metric(list(lane), t.in_flight[lane])
+    yield in_flight
+    paced = sorted(t.pace.items())
+    yield _gauge("batchrun_limiter_requests_per_minute", "The rate the limiter admits "
+                 "requests at now", [(lane, p.rpm) for lane, p in paced])
+    yield _gauge("batchrun_limiter_tokens_per_minute", "The rate the limiter admits tokens "
+                 "(the server's charge) at now", [(lane, p.tpm) for lane, p in paced])
+    yield _gauge("batchrun_limiter_burst_tokens", "The burst the limiter allows now",
+                 [(lane, p.burst_tokens) for lane, p in paced])
+    limits = sorted(t.limits.items())
+    for name, unit, at in (("requests", "requests", 0), ("tokens", "tokens", 1)):
+        family = GaugeMetricFamily(f"batchrun_limit_{name}_per_minute", f"The job's per-minute "
+                                   f"{unit} limit per model (0: unlimited)", labels=["model"])
+        for model, pair in limits:
+            family.add_metric([model], pair[at])
+        yield family
+    budgets = sorted(t.budget.items())
+    yield _gauge("batchrun_daily_tokens_used", "Today's tokens used of the daily budget (UTC "
+                 "day)", [(lane, b.tokens) for lane, b in budgets])
+    yield _gauge("batchrun_daily_tokens_limit", "The daily token budget (0: unlimited)",
+                 [(lane, b.tpd) for lane, b in budgets])
+    yield _gauge("batchrun_daily_requests_used", "Today's requests used of the daily budget",
+                 [(lane, b.requests) for lane, b in budgets])
+    yield _gauge("batchrun_daily_requests_limit", "The daily request budget (0: unlimited)",
+                 [(lane, b.rpd) for lane, b in budgets])
+
+
+def _counter(name: str, doc: str, label: str, lanes: list[Lane], values: Iterable[str],
+             counts: dict[tuple[str, str, str], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[*LANE, label])
+    for model, endpoint in lanes:
+        for value in values:
+            family.add_metric([model, endpoint, value], counts.get((model, endpoint, value), 0))
+    return family
+
+
+def _gauge(name: str, doc: str, values: list[tuple[Lane, float]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=LANE)
+    for lane, value in values:
+        family.add_metric(list(lane), value)
+    return family
+
+
+def registry_of(tally: MetricsTally) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(TallyCollector(tally))
+    return registry
+
+
+def exposition(tally: MetricsTally) -> bytes:
+    """What a scrape of /metrics answers."""
+    return generate_latest(registry_of(tally))
+
+
+@contextlib.asynccontextmanager
+async def serving(tally: MetricsTally, port: int) -> AsyncIterator[None]:
+    """Serve /metrics on 127.0.0.1:`port` for the life of the block. A port that cannot be
+    had is refused before the block runs: nothing is sent."""
+    registry = registry_of(tally)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, LOOPBACK, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise InputError(port_refused(port, exc)) from None
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+def port_refused(port: int, exc: OSError) -> str:
+    why = exc.strerror or str(exc)
+    return (f"--metrics-port {port}: cannot serve metrics on {LOOPBACK}:{port} ({why}; "
+            "another program may be using it). Give another port (1024-65535), or drop "
+            "--metrics-port. Nothing was sent.")
