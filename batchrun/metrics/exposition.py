@@ -11,8 +11,9 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from batchrun.errors import InputError
@@ -148,9 +149,11 @@ async def serving(tally: MetricsTally, port: int) -> AsyncIterator[None]:
     had is refused before the block runs: nothing is sent."""
     registry = registry_of(tally)
 
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def metrics(request: web.Request) -> web.Response:
+        # The format the scraper asks for (Prometheus' text format, or OpenMetrics), as the
+        # library's own servers negotiate it.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encode(registry), headers={"Content-Type": content_type})
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
