@@ -64,9 +64,11 @@ class TallyCollector(Collector):
 
 
 def _job(t: MetricsTally) -> Iterator[Metric]:
+    # job_id, not job: Prometheus gives every scrape a `job` label of its own (the scrape
+    # job's name) and would rename ours exported_job.
     info = GaugeMetricFamily("batchrun_job_info", "The job this process runs, and its state "
                              "(running, cooling, draining, paused-daily, stopped, done)",
-                             labels=["job", "state"])
+                             labels=["job_id", "state"])
     info.add_metric([t.job, t.state], 1)
     yield info
     yield GaugeMetricFamily("batchrun_job_requests", "Requests in the job's input file",

@@ -114,7 +114,7 @@ def test_prometheus_reads_what_the_server_saw_while_the_job_runs_and_the_port_cl
     assert job.returncode == 1, err  # q1 failed for good
     summary = orjson.loads(out)
     assert summary["requests"]["ok"] == 3
-    assert (("batchrun_job_info", (("job", summary["job"]), ("state", "running"))) in found)
+    assert (("batchrun_job_info", (("job_id", summary["job"]), ("state", "running"))) in found)
     assert scrape(port) is None  # nothing serves it any more
 
 

@@ -60,7 +60,7 @@ def test_requests_attempts_429s_and_tokens_count_what_the_events_say() -> None:
     assert value(found, "batchrun_tokens_billed_total", **LANE, kind="output") == 20
     assert value(found, "batchrun_tokens_charged_total", **LANE) == 600
     assert value(found, "batchrun_in_flight_requests", **LANE) == 0
-    assert value(found, "batchrun_job_info", job="job-1", state="running") == 1
+    assert value(found, "batchrun_job_info", job_id="job-1", state="running") == 1
     assert value(found, "batchrun_job_requests") == 10
     assert value(found, "batchrun_job_requests_done_before") == 3
     # gpt-4o-mini at $0.15 / $0.075 cached / $0.60 per 1M tokens, to the micro-dollar as the
