@@ -8,6 +8,8 @@ middle of one, and the server ends with the job."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 from aiohttp import web
@@ -173,7 +175,13 @@ async def serving(tally: MetricsTally, port: int) -> AsyncIterator[None]:
 
 
 def port_refused(port: int, exc: OSError) -> str:
-    why = exc.strerror or str(exc)
-    return (f"--metrics-port {port}: cannot serve metrics on {LOOPBACK}:{port} ({why}; "
-            "another program may be using it). Give another port (1024-65535), or drop "
-            "--metrics-port. Nothing was sent.")
+    """Why the port cannot be had, in the user's terms (asyncio's own text names the address
+    tuple and wraps the system's words)."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "another program is listening there"
+    elif exc.errno == errno.EACCES:
+        why = "this user may not listen there (ports below 1024 need root)"
+    else:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+    return (f"--metrics-port {port}: cannot serve metrics on {LOOPBACK}:{port}: {why}. Give "
+            "another port, or drop --metrics-port. Nothing was sent.")

@@ -3,6 +3,7 @@ names, labels and types Prometheus expects (parsed by prometheus_client's own pa
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from batchrun.events import (
@@ -16,7 +17,7 @@ from batchrun.events import (
     StateChanged,
 )
 from batchrun.metrics import MetricsTally
-from batchrun.metrics.exposition import exposition
+from batchrun.metrics.exposition import exposition, port_refused
 from batchrun.policy.tiers import Limits
 from tests.helpers.metrics import samples, value
 
@@ -144,3 +145,11 @@ def test_every_job_has_its_own_registry() -> None:
     assert value(shown(first), "batchrun_http_attempts_total", **LANE) == 1
     assert ("batchrun_http_attempts_total", tuple(sorted(LANE.items()))) not in shown(second)
     assert not [m for m in REGISTRY.collect() if m.name.startswith("batchrun")]
+
+
+def test_a_port_this_user_may_not_listen_on_is_said_so() -> None:
+    """(The tests run as root, where no port is refused for it: the sentence, on its own.)"""
+    said = port_refused(80, OSError(errno.EACCES, "Permission denied"))
+    assert said == ("--metrics-port 80: cannot serve metrics on 127.0.0.1:80: this user may not "
+                    "listen there (ports below 1024 need root). Give another port, or drop "
+                    "--metrics-port. Nothing was sent.")
