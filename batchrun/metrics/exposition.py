@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -19,7 +21,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from batchrun.errors import InputError
-from batchrun.metrics.tally import Lane, MetricsTally
+from batchrun.metrics.tally import Lane, LaneCounts, MetricsTally
 
 # Metrics tell how a job spends its account: only this machine may read them.
 LOOPBACK = "127.0.0.1"
@@ -27,6 +29,7 @@ LANE = ["model", "endpoint"]
 OUTCOMES = ("ok", "failed", "cached")
 RATE_LIMIT_KINDS = ("minute", "day", "too_large")
 TOKEN_KINDS = ("input", "output", "cached_input")
+F = TypeVar("F", CounterMetricFamily, GaugeMetricFamily)
 
 
 class TallyCollector(Collector):
@@ -34,35 +37,31 @@ class TallyCollector(Collector):
         self.tally = tally
 
     def collect(self) -> Iterator[Metric]:
-        t = self.tally
-        lanes = sorted(t.lanes)
-        yield from _job(t)
+        lanes = sorted(self.tally.lanes.items())
+        yield from _job(self.tally)
         yield _counter("batchrun_requests", "Requests finished by this run, by outcome (cached: "
-                       "answered from the response cache, not sent)", "outcome", lanes,
-                       OUTCOMES, t.requests)
-        sent = CounterMetricFamily("batchrun_http_attempts", "HTTP requests sent (each retry "
-                                   "is one more)", labels=LANE)
-        for lane in lanes:
-            sent.add_metric(list(lane), t.sent[lane])
-        yield sent
+                       "answered from the response cache, not sent)", "outcome", OUTCOMES,
+                       [(lane, c.requests) for lane, c in lanes])
+        yield _lane_family(CounterMetricFamily, "batchrun_http_attempts", "HTTP requests sent "
+                           "(each retry is one more)", [(lane, c.sent) for lane, c in lanes])
         ended = CounterMetricFamily("batchrun_http_attempts_ended", "HTTP attempts that came "
                                     "back, by the classifier's verdict (ok, retry, rate_minute, "
                                     "rate_day, refused, fail, flex_unavailable)",
                                     labels=[*LANE, "kind"])
-        for (model, endpoint, kind), n in sorted(t.answered.items()):
-            ended.add_metric([model, endpoint, kind], n)
+        for lane, counts in lanes:
+            for kind, n in sorted(counts.answered.items()):
+                ended.add_metric([*lane, kind], n)
         yield ended
         yield _counter("batchrun_rate_limited", "429 answers: per-minute limit, daily limit, "
-                       "request too large", "kind", lanes, RATE_LIMIT_KINDS, t.rate_limited)
+                       "request too large", "kind", RATE_LIMIT_KINDS,
+                       [(lane, c.rate_limited) for lane, c in lanes])
         yield _counter("batchrun_tokens_billed", "Tokens the API billed (its usage), "
-                       "cached_input a part of input", "kind", lanes, TOKEN_KINDS, t.billed)
-        charged = CounterMetricFamily("batchrun_tokens_charged", "Tokens charged against the "
-                                      "per-minute limit at admission (prompt + max output)",
-                                      labels=LANE)
-        for lane in lanes:
-            charged.add_metric(list(lane), t.charged[lane])
-        yield charged
-        yield from _now(t, lanes)
+                       "cached_input a part of input", "kind", TOKEN_KINDS,
+                       [(lane, c.billed) for lane, c in lanes])
+        yield _lane_family(CounterMetricFamily, "batchrun_tokens_charged", "Tokens charged "
+                           "against the per-minute limit at admission (prompt + max output)",
+                           [(lane, c.charged) for lane, c in lanes])
+        yield from _now(self.tally, lanes)
 
 
 def _job(t: MetricsTally) -> Iterator[Metric]:
@@ -88,49 +87,48 @@ def _job(t: MetricsTally) -> Iterator[Metric]:
     yield parts
 
 
-def _now(t: MetricsTally, lanes: list[Lane]) -> Iterator[Metric]:
+def _now(t: MetricsTally, lanes: list[tuple[Lane, LaneCounts]]) -> Iterator[Metric]:
     """The gauges: how things stand at this scrape."""
-    in_flight = GaugeMetricFamily("batchrun_in_flight_requests", "HTTP requests sent and not "
-                                  "answered yet", labels=LANE)
-    for lane in lanes:
-        in_flight.add_metric(list(lane), t.in_flight[lane])
-    yield in_flight
-    paced = sorted(t.pace.items())
-    yield _gauge("batchrun_limiter_requests_per_minute", "The rate the limiter admits "
-                 "requests at now", [(lane, p.rpm) for lane, p in paced])
-    yield _gauge("batchrun_limiter_tokens_per_minute", "The rate the limiter admits tokens "
-                 "(the server's charge) at now", [(lane, p.tpm) for lane, p in paced])
-    yield _gauge("batchrun_limiter_burst_tokens", "The burst the limiter allows now",
-                 [(lane, p.burst_tokens) for lane, p in paced])
+    yield _lane_family(GaugeMetricFamily, "batchrun_in_flight_requests", "HTTP requests sent "
+                       "and not answered yet", [(lane, c.in_flight) for lane, c in lanes])
+    paced = [(lane, c.pace) for lane, c in lanes if c.pace is not None]
+    yield _lane_family(GaugeMetricFamily, "batchrun_limiter_requests_per_minute", "The rate "
+                       "the limiter admits requests at now", [(lane, p.rpm) for lane, p in paced])
+    yield _lane_family(GaugeMetricFamily, "batchrun_limiter_tokens_per_minute", "The rate the "
+                       "limiter admits tokens (the server's charge) at now",
+                       [(lane, p.tpm) for lane, p in paced])
+    yield _lane_family(GaugeMetricFamily, "batchrun_limiter_burst_tokens", "The burst the "
+                       "limiter allows now", [(lane, p.burst_tokens) for lane, p in paced])
     limits = sorted(t.limits.items())
-    for name, unit, at in (("requests", "requests", 0), ("tokens", "tokens", 1)):
+    for name, at in (("requests", 0), ("tokens", 1)):
         family = GaugeMetricFamily(f"batchrun_limit_{name}_per_minute", f"The job's per-minute "
-                                   f"{unit} limit per model (0: unlimited)", labels=["model"])
+                                   f"{name} limit per model (0: unlimited)", labels=["model"])
         for model, pair in limits:
             family.add_metric([model], pair[at])
         yield family
-    budgets = sorted(t.budget.items())
-    yield _gauge("batchrun_daily_tokens_used", "Today's tokens used of the daily budget (UTC "
-                 "day)", [(lane, b.tokens) for lane, b in budgets])
-    yield _gauge("batchrun_daily_tokens_limit", "The daily token budget (0: unlimited)",
-                 [(lane, b.tpd) for lane, b in budgets])
-    yield _gauge("batchrun_daily_requests_used", "Today's requests used of the daily budget",
-                 [(lane, b.requests) for lane, b in budgets])
-    yield _gauge("batchrun_daily_requests_limit", "The daily request budget (0: unlimited)",
-                 [(lane, b.rpd) for lane, b in budgets])
+    budgets = [(lane, c.budget) for lane, c in lanes if c.budget is not None]
+    yield _lane_family(GaugeMetricFamily, "batchrun_daily_tokens_used", "Today's tokens used "
+                       "of the daily budget (UTC day)", [(lane, b.tokens) for lane, b in budgets])
+    yield _lane_family(GaugeMetricFamily, "batchrun_daily_tokens_limit", "The daily token "
+                       "budget (0: unlimited)", [(lane, b.tpd) for lane, b in budgets])
+    yield _lane_family(GaugeMetricFamily, "batchrun_daily_requests_used", "Today's requests "
+                       "used of the daily budget", [(lane, b.requests) for lane, b in budgets])
+    yield _lane_family(GaugeMetricFamily, "batchrun_daily_requests_limit", "The daily request "
+                       "budget (0: unlimited)", [(lane, b.rpd) for lane, b in budgets])
 
 
-def _counter(name: str, doc: str, label: str, lanes: list[Lane], values: Iterable[str],
-             counts: dict[tuple[str, str, str], int]) -> CounterMetricFamily:
+def _counter(name: str, doc: str, label: str, values: Iterable[str],
+             lanes: list[tuple[Lane, Counter[str]]]) -> CounterMetricFamily:
+    """A counter per lane and label value, every value shown (0 until it happens)."""
     family = CounterMetricFamily(name, doc, labels=[*LANE, label])
-    for model, endpoint in lanes:
+    for lane, counts in lanes:
         for value in values:
-            family.add_metric([model, endpoint, value], counts.get((model, endpoint, value), 0))
+            family.add_metric([*lane, value], counts[value])
     return family
 
 
-def _gauge(name: str, doc: str, values: list[tuple[Lane, float]]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(name, doc, labels=LANE)
+def _lane_family(kind: type[F], name: str, doc: str, values: list[tuple[Lane, float]]) -> F:
+    family = kind(name, doc, labels=LANE)
     for lane, value in values:
         family.add_metric(list(lane), value)
     return family

@@ -42,6 +42,22 @@ class Budget:
 
 
 @dataclass(slots=True)
+class LaneCounts:
+    """One (model, endpoint)'s counters; attributes, not tuple-keyed Counters: a job of 2,000
+    requests a second sends three events per request through here."""
+
+    sent: int = 0
+    charged: int = 0  # tokens against the per-minute limit
+    in_flight: int = 0
+    answered: Counter[str] = field(default_factory=Counter)  # by the classifier's kind
+    requests: Counter[str] = field(default_factory=Counter)  # ok, failed, cached
+    rate_limited: Counter[str] = field(default_factory=Counter)  # minute, day, too_large
+    billed: Counter[str] = field(default_factory=Counter)  # input, output, cached_input
+    pace: Pace | None = None
+    budget: Budget | None = None
+
+
+@dataclass(slots=True)
 class MetricsTally:
     """A Listener: everything /metrics shows, counted from one job's events."""
 
@@ -49,44 +65,42 @@ class MetricsTally:
     state: str = "starting"
     total: int = 0  # requests in the job's file
     already_done: int = 0  # answered by earlier runs
-    requests: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # + outcome
-    sent: Counter[Lane] = field(default_factory=Counter)
-    answered: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # + kind
-    rate_limited: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # + kind
-    billed: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # + kind
-    charged: Counter[Lane] = field(default_factory=Counter)
-    in_flight: Counter[Lane] = field(default_factory=Counter)
-    pace: dict[Lane, Pace] = field(default_factory=dict)
-    budget: dict[Lane, Budget] = field(default_factory=dict)
+    # Every (model, endpoint) that sent, answered or reported: each shows all its counters from
+    # 0 on, so rate() and increase() see a series begin at 0 rather than at its first value.
+    lanes: dict[Lane, LaneCounts] = field(default_factory=dict)
     limits: dict[str, tuple[int, int]] = field(default_factory=dict)  # model -> (rpm, tpm)
     parts: dict[int, str] = field(default_factory=dict)  # Batch API part -> its batch's state
-    # Every (model, endpoint) that sent or answered: each shows all its counters from 0 on, so
-    # rate() and increase() see a series begin at 0 rather than at its first value.
-    lanes: set[Lane] = field(default_factory=set)
     # The summary's own arithmetic for the cost at list prices (sync, Batch API, flex).
     stats: Stats = field(default_factory=Stats)
+
+    def lane(self, model: str, endpoint: str) -> LaneCounts:
+        counts = self.lanes.get((model, endpoint))
+        if counts is None:
+            counts = self.lanes[model, endpoint] = LaneCounts()
+        return counts
 
     def __call__(self, event: Event) -> None:
         self.stats(event)
         match event:
-            case RequestSent(model=model, endpoint=endpoint):
-                self.lanes.add((model, endpoint))
-                self.sent[model, endpoint] += 1
-                self.charged[model, endpoint] += event.cost
-                self.in_flight[model, endpoint] += 1
-            case AttemptEnded(model=model, endpoint=endpoint, kind=kind):
-                self.in_flight[model, endpoint] -= 1
-                self.answered[model, endpoint, kind] += 1
+            case RequestSent():
+                lane = self.lane(event.model, event.endpoint)
+                lane.sent += 1
+                lane.charged += event.cost
+                lane.in_flight += 1
+            case AttemptEnded(kind=kind):
+                lane = self.lane(event.model, event.endpoint)
+                lane.in_flight -= 1
+                lane.answered[kind] += 1
                 if kind in RATE_LIMITED:
-                    self.rate_limited[model, endpoint, RATE_LIMITED[kind]] += 1
+                    lane.rate_limited[RATE_LIMITED[kind]] += 1
             case RequestFinished():
                 self._finished(event)
-            case Paced(model=model, endpoint=endpoint):
-                self.pace[model, endpoint] = Pace(event.rate_rpm, event.rate_tpm,
-                                                  event.burst_tokens)
-            case BudgetUsed(model=model, endpoint=endpoint):
-                self.budget[model, endpoint] = Budget(event.tokens, event.tpd, event.requests,
-                                                      event.rpd)
+            case Paced():
+                self.lane(event.model, event.endpoint).pace = Pace(
+                    event.rate_rpm, event.rate_tpm, event.burst_tokens)
+            case BudgetUsed():
+                self.lane(event.model, event.endpoint).budget = Budget(
+                    event.tokens, event.tpd, event.requests, event.rpd)
             case JobStarted():
                 self.total, self.already_done = event.total, event.already_done
                 self.limits = {m: (lim.rpm, lim.tpm) for m, lim in event.limits.items()}
@@ -96,18 +110,17 @@ class MetricsTally:
                 self.parts[part] = state
 
     def _finished(self, event: RequestFinished) -> None:
-        model, endpoint = event.model, event.endpoint
-        self.lanes.add((model, endpoint))
+        lane = self.lane(event.model, event.endpoint)
         # The response cache's answers (#25) carry from_cache: billed when first asked, not now.
         if getattr(event, "from_cache", False):
-            self.requests[model, endpoint, "cached"] += 1
+            lane.requests["cached"] += 1
             return
-        self.requests[model, endpoint, "ok" if event.ok else "failed"] += 1
+        lane.requests["ok" if event.ok else "failed"] += 1
         if server_too_large(event):
-            self.rate_limited[model, endpoint, "too_large"] += 1
-        self.billed[model, endpoint, "input"] += event.tokens_in
-        self.billed[model, endpoint, "output"] += event.tokens_out
-        self.billed[model, endpoint, "cached_input"] += event.cached_in
+            lane.rate_limited["too_large"] += 1
+        lane.billed["input"] += event.tokens_in
+        lane.billed["output"] += event.tokens_out
+        lane.billed["cached_input"] += event.cached_in
 
     @property
     def cost_usd(self) -> float | None:
