@@ -179,9 +179,8 @@ def submit(jobs: str | os.PathLike[str], *, on_event: EventHook | None = None,
     base_url, azure_endpoint, api_key_env, max_retries, timeout, drain, max_response_mb, wait,
     on_bad_line, simulate, insecure, force, endpoints, record_endpoint, state, via, detach,
     poll_max, batch_queue_tokens, service_tier, flex_wait, max_cost, metrics_port). Works
-    inside a running
-    event loop (Jupyter) too: the job then runs on a worker thread, and `on_event` is called
-    there."""
+    inside a running event loop (Jupyter) too: the job then runs on a worker thread, and
+    `on_event` is called there."""
     return block(submit_async(jobs, on_event=on_event, progress=progress, **options))
 
 
