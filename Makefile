@@ -18,8 +18,9 @@ demo: $(STAMP)
 	rm -rf .demo-state samples/jobs.results.jsonl samples/.jobs.results.jsonl.batchrun
 	BATCHRUN_HOME=.demo-state $(BIN)/batchrun submit samples/jobs.jsonl --simulate --rpm 200
 
-# The quick suite in 3 processes (its time is mostly waiting on loopback servers, not CPU);
-# test-all stays in one, so its multi-process throughput tests have the machine to themselves.
+# The quick suite in 3 processes (its time is mostly waiting on loopback servers, not CPU).
+# test-all runs it the same way, then the slow tests in one process, so their multi-process
+# throughput and kill -9 tests have the machine to themselves.
 test: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
 	$(BIN)/mypy
@@ -29,7 +30,8 @@ test-all: $(STAMP)
 	$(BIN)/ruff check batchrun tests bench
 	$(BIN)/mypy
 	$(BIN)/mkdocs build --strict
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow" -n 3
+	$(BIN)/pytest -m slow
 
 # The guide in docs/ as a static site in site/. --strict turns every warning (a link to a page or
 # anchor that does not exist, a nav entry without its file) into a failure.

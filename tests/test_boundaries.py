@@ -60,6 +60,8 @@ LAYERS = [
     Layer("batchrun.backends", "the sync engine and the Batch API path, each returning a Stop"),
     Layer("batchrun.messages", "every sentence about how a job ended: words a backend's Stop"),
     Layer("batchrun.report", "what a job did or would do: reads the backends' plans and events"),
+    Layer("batchrun.metrics", "--metrics-port: the events as Prometheus reads them, while a "
+          "job runs; the API starts it"),
     Layer("batchrun.display", "rich: shows reports and events; only the CLI and progress=True"),
     Layer("batchrun.job", "one job from lock to end: picks a backend"),
     Layer("batchrun.api", "the Python API: runs jobs through batchrun.job"),
@@ -73,6 +75,8 @@ LAYERS = [
 ONLY_IN = {
     "typer": ("batchrun.cli",),
     "rich": ("batchrun.cli", "batchrun.display"),
+    # the `metrics` extra: a user without it must be able to import and run everything else
+    "prometheus_client": ("batchrun.metrics",),
 }
 
 # Strongly connected groups of modules that import each other (directly or round a circle).
@@ -272,7 +276,8 @@ def test_a_library_is_imported_only_where_it_may_be(library: str) -> None:
 # What `import batchrun` must not load: the CLI's libraries (click comes with typer, but a module
 # could import it on its own) and a server (aiohttp.web, the simulator that runs on it), which only
 # --simulate and the tests start.
-NOT_ON_IMPORT = ("typer", "rich", "click", "aiohttp.web", "batchrun.simulator")
+NOT_ON_IMPORT = ("typer", "rich", "click", "aiohttp.web", "batchrun.simulator",
+                 "prometheus_client")
 
 
 def test_import_batchrun_loads_neither_the_cli_libraries_nor_a_server() -> None:

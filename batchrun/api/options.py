@@ -28,6 +28,7 @@ DEFAULT_TIMEOUT_S = 600.0
 # OpenAI's flex guide raises its client's timeout to 15 minutes: flex answers come slower.
 FLEX_TIMEOUT_S = 900.0
 ON_BAD_LINE = ("fail", "skip")
+MAX_PORT = 65_535
 # The options of one endpoint, which an endpoints file gives per endpoint instead.
 SINGLE_ENDPOINT = ("base_url", "azure_endpoint", "api_key_env", "tier", "rpm", "tpm", "rpd",
                    "tpd")
@@ -42,7 +43,7 @@ PATHS = ("jobs", "output", "endpoints")
 FLAGS = ("simulate", "insecure", "force", "record_endpoint", "detach", "wait", "progress",
          "retry_failed", "cancel_batches")
 WHOLE = ("rpm", "tpm", "rpd", "tpd", "batch_queue_tokens", "concurrency", "max_retries",
-         "assume_output_tokens")
+         "assume_output_tokens", "metrics_port")
 NUMBERS = ("timeout", "drain", "poll_max", "max_response_mb", "latency", "flex_wait",
            "max_cost")
 
@@ -130,6 +131,7 @@ def check_options(o: Mapping[str, Any]) -> None:
     _check_choice("on_bad_line", o.get("on_bad_line"), ON_BAD_LINE)
     _check_choice("service_tier", o.get("service_tier"), SERVICE_TIERS)
     _check_range("flex_wait", o.get("flex_wait"), 0, MAX_SECONDS)
+    _check_range("metrics_port", o.get("metrics_port"), 1, MAX_PORT)
 
 
 def flex_options(service_tier: str | None, flex_wait: float | None, via: str | None,

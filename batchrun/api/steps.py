@@ -12,7 +12,7 @@ from typing import Any
 
 from batchrun import job, messages
 from batchrun.api.cache import estimate_lookup
-from batchrun.api.options import batch_options, check_tier, flex_options
+from batchrun.api.options import batch_options, check_options, check_tier, flex_options
 from batchrun.backends.batch.parts import forget_open_parts, shown_record
 from batchrun.backends.sync.engine import JobSpec
 from batchrun.backends.sync.upstreams import with_endpoints
@@ -22,11 +22,12 @@ from batchrun.errors import (
     BatchrunError,
     InputError,
 )
-from batchrun.events import Listener, Stats
+from batchrun.events import Listener, Stats, emit_all
 from batchrun.files import ledger
 from batchrun.files.jobstore import JobState, JobStore, Manifest
 from batchrun.files.spend import read_spent, spend_path
 from batchrun.http.endpoint import Endpoint
+from batchrun.metrics import MetricsTally, require_metrics_extra
 from batchrun.policy import flex
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
 from batchrun.report.bill import job_bill
@@ -56,6 +57,7 @@ class Prepared:
     state: StateUrl | None
     retry_failed: bool = False
     finished: job.Finished | None = None
+    metrics_port: int | None = None  # --metrics-port: this run's, not saved with the job
 
 
 def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-4o-mini",
@@ -71,10 +73,12 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
                    via: str | None = None, detach: bool = False, poll_max: float | None = None,
                    batch_queue_tokens: int | None = None, service_tier: str | None = None,
                    flex_wait: float | None = None, max_cost: float | None = None,
+                   metrics_port: int | None = None,
                    beside_endpoints: Callable[[Path], None] = lambda _: None) -> Prepared:
     """`submit`'s checks and plan; changes nothing on disk. `beside_endpoints` refuses the
     single endpoint's options given with `endpoints` (the caller knows which were given)."""
     tier = check_tier(tier)
+    check_metrics(metrics_port)
     state_url = parse_state_url(state)
     if output is None:
         absolute = jobs.resolve()
@@ -98,7 +102,7 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
     store = JobStore()
     manifest = job.prepare(spec, simulate, store, force)
     manifest.options.update(state_url.manifest_options() if state_url else {})
-    prepared = Prepared(spec, manifest, store, simulate, state_url)
+    prepared = Prepared(spec, manifest, store, simulate, state_url, metrics_port=metrics_port)
     if manifest.finished and store.exists(manifest.job_id) and not force:
         job.count_from_output(manifest)  # the file decides: it may have lost lines since
         if manifest.done >= manifest.total:
@@ -111,6 +115,7 @@ def prepare_resume(manifest: Manifest, store: JobStore, *, retry_failed: bool = 
                    state_from_env: bool = False, warn: Callable[[str], None] = lambda _: None,
                    **given: Any) -> Prepared:
     """`resume`'s plan for a job: its spec with the options given now (None: as before)."""
+    check_metrics(given.get("metrics_port"))
     if given.get("flex_wait") is not None and not manifest.options.get("service_tier"):
         raise InputError(f"--flex-wait is how long a request waits for flex capacity, and job "
                          f"{manifest.job_id} does not run at --service-tier flex; drop it.")
@@ -132,7 +137,8 @@ def prepare_resume(manifest: Manifest, store: JobStore, *, retry_failed: bool = 
     if (leaving := leaving_shared(state_url, manifest.options)) is not None:
         warn(leaving)
     manifest.options.update(manifest_options(state_url))
-    return Prepared(spec, manifest, store, simulate, state_url, retry_failed)
+    return Prepared(spec, manifest, store, simulate, state_url, retry_failed,
+                    metrics_port=given.get("metrics_port"))
 
 
 def _spec_stub(manifest: Manifest) -> JobSpec:
@@ -150,10 +156,29 @@ def finished_message(plan: job.Finished, manifest: Manifest) -> tuple[str, int]:
     return message, EXIT_SOME_FAILED if plan.failed else EXIT_OK
 
 
+def check_metrics(port: int | None) -> None:
+    """--metrics-port needs the `metrics` extra: refused before anything is planned or sent."""
+    if port is None:
+        return
+    check_options({"metrics_port": port})
+    require_metrics_extra()
+
+
 async def execute(p: Prepared, listener: Listener,
                   notify: Callable[[str], None]) -> BatchrunError | None:
     """Run a prepared job to its end; returns why it stopped early (None: every request has a
     line). Raises what refused it before it began, and a local failure during it."""
+    if p.metrics_port is None:
+        return await _execute(p, listener, notify)
+    from batchrun.metrics.exposition import serving  # prometheus_client: only when asked
+
+    tally = MetricsTally(p.manifest.job_id)
+    async with serving(tally, p.metrics_port):
+        return await _execute(p, emit_all(listener, tally), notify)
+
+
+async def _execute(p: Prepared, listener: Listener,
+                   notify: Callable[[str], None]) -> BatchrunError | None:
     spec, manifest, store = p.spec, p.manifest, p.store
     if not p.simulate:
         # With --endpoints each endpoint's key is read when its client is made.

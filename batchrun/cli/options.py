@@ -89,6 +89,10 @@ BaseUrl = Annotated[str | None, typer.Option(envvar="OPENAI_BASE_URL",
                                             help="any OpenAI-compatible API")]
 AzureEndpoint = Annotated[str | None, typer.Option(
     envvar="AZURE_OPENAI_ENDPOINT", help="Azure OpenAI resource; model = deployment")]
+MetricsPort = Annotated[int | None, typer.Option(
+    "--metrics-port", min=1, max=api_options.MAX_PORT, metavar="N", show_default="off",
+    help="serve Prometheus metrics on http://127.0.0.1:N/metrics while the job runs (needs "
+    "pip install 'batchrun[metrics]')")]
 ApiKeyEnv = Annotated[str | None, typer.Option(
     help="name of the env var holding the key", show_default="OPENAI_API_KEY")]
 
