@@ -59,9 +59,13 @@ class TimeAxis:
         pixels = self._pixels
         if t <= self.spans[0][0]:
             return self.left
+        prev_end, prev_x = self.spans[0][0], self.left
         for (start, end), (x0, x1) in zip(self.spans, pixels, strict=True):
+            if t < start:  # in the break before this span
+                return prev_x + (x0 - prev_x) * (t - prev_end) / (start - prev_end)
             if t <= end:
-                return x0 + (x1 - x0) * max(0.0, t - start) / (end - start)
+                return x0 + (x1 - x0) * (t - start) / (end - start)
+            prev_end, prev_x = end, x1
         return self.left + self.width
 
     def x_many(self, times: Iterable[float]) -> list[float]:
