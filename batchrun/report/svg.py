@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batchrun.report.svg_axis import TimeAxis, fmt_duration
+from batchrun.report.svg_axis import TimeAxis
 from batchrun.report.svg_series import Steps, peak_of
 
 FONT = 'font-family="system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif"'
@@ -147,19 +147,20 @@ def _legend(items: list[tuple[str, Pen]], x: float, y: float) -> str:
     return "".join(out)
 
 
-def _frame(axis: TimeAxis, top: float, bottom: float) -> str:
-    """Breaks (long idle stretches, squeezed; labelled where there is room) and x-axis ticks
-    in UTC."""
+def _frame(axis: TimeAxis, top: float, bottom: float, shades: list[Band] | None = None) -> str:
+    """Breaks (long idle stretches, squeezed; labelled where there is room: "not running" when
+    it falls between two sessions) and x-axis ticks in UTC."""
     out = []
     for brk in axis.breaks():
         mid = (brk.left + brk.right) / 2
+        between = any(b.start <= brk.start + brk.seconds / 2 <= b.end for b in shades or [])
+        label = f"{brk.label} {'not running' if between else 'idle'}"
         out.append(f'<rect x="{brk.left:.1f}" y="{top:.1f}" width="{brk.right - brk.left:.1f}" '
                    f'height="{bottom - top:.1f}" fill="#f3f3f3" stroke="#bbbbbb" '
-                   f'stroke-dasharray="3 3"><title>{esc(fmt_duration(brk.seconds))} when '
-                   f'nothing happened</title></rect>')
+                   f'stroke-dasharray="3 3"><title>{esc(label)}</title></rect>')
         if bottom - top < 90:
             continue
-        out.append(_text(mid + 4, (top + bottom) / 2, f"{fmt_duration(brk.seconds)} idle",
+        out.append(_text(mid + 4, (top + bottom) / 2, label,
                          size=10, anchor="middle", colour=MUTED,
                          extra=f'transform="rotate(-90 {mid + 4:.1f} {(top + bottom) / 2:.1f})"'))
     for x, label in axis.ticks():
@@ -191,7 +192,7 @@ def time_chart(chart: Chart, axis: TimeAxis, width: float) -> str:
         out.append(f'<path d="M{axis.left:.1f},{yy:.1f}H{right:.1f}" stroke="{GRID}"/>')
         out.append(_text(axis.left - 6, yy + 4, fmt_tick(i * y_step), size=11, anchor="end",
                          colour=MUTED))
-    out.append(_frame(axis, top, bottom))
+    out.append(_frame(axis, top, bottom, chart.shades))
     for line in chart.lines:
         base = bottom if line.pen.fill else None
         d = "".join(_step_path(run, axis, y, base) for run in line.steps if run)
@@ -246,8 +247,12 @@ def lanes_chart(title: str, lanes: list[Lane], axis: TimeAxis, width: float,
     for i, lane in enumerate(lanes):
         for band in lane.bands:
             if band.mark:
-                x1 = max(axis.x(band.end), axis.x(band.start) + 2.0)
-                out.append(_text(x1 + 3, top + i * lane_h + 15, band.mark, size=11,
+                x0 = axis.x(band.start)
+                x1 = max(axis.x(band.end), x0 + 2.0)
+                # Inside the band's end when it has room, else just after it.
+                inside = x1 - x0 > CHAR_PX * (len(band.mark) + len(band.text)) + 16
+                out.append(_text(x1 - 4 if inside else x1 + 3, top + i * lane_h + 15, band.mark,
+                                 size=11, anchor="end" if inside else "start",
                                  colour="#b00020", extra=f'font-weight="700" {HALO}'))
     out.append(f'<path d="M{axis.left:.1f},{bottom:.1f}H{axis.left + axis.width:.1f}" '
                f'stroke="{INK}"/>')

@@ -27,7 +27,13 @@ TICK_PX = 90.0
 class Break:
     left: float
     right: float
+    start: int
     seconds: int
+
+    @property
+    def label(self) -> str:
+        """Its length, to the minute once it is long: a night is "8 h 12 min", not to the s."""
+        return fmt_duration(self.seconds if self.seconds < 600 else round(self.seconds / 60) * 60)
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,8 @@ class TimeAxis:
 
     def breaks(self) -> list[Break]:
         pixels = self._pixels
-        return [Break(pixels[i][1], pixels[i + 1][0], self.spans[i + 1][0] - self.spans[i][1])
+        return [Break(pixels[i][1], pixels[i + 1][0], self.spans[i][1],
+                      self.spans[i + 1][0] - self.spans[i][1])
                 for i in range(len(self.spans) - 1)]
 
     def ticks(self) -> list[tuple[float, str]]:

@@ -111,3 +111,73 @@ def long_job(requests: int = 1_000_000, days: int = 3) -> dict[str, Any]:
     doc["summary"].update(requests=sent, ok=sent, wall_seconds=float(last - START),
                           busy_seconds=float(busy))
     return doc
+
+
+def showcase() -> dict[str, Any]:
+    """The docs' picture (docs/img/report.png): 150,000 requests at 480 a minute against a
+    limit of 200,000 tokens a minute and 100,000 requests a day, on two endpoints; killed at
+    08:10, resumed at 08:40, out of its day at 09:58, done at 01:44 the next day."""
+    per_day, total = 100_000, 150_000
+    kill, resume = START + 130 * 60, START + 160 * 60
+    series: list[dict[str, Any]] = []
+    east: list[dict[str, Any]] = []
+    west: list[dict[str, Any]] = []
+    sent = used = limited_all = 0
+    t = START
+    while sent < total:
+        if kill <= t < resume:
+            t = resume
+        if used >= per_day:  # the day's requests are spent: the next come at 00:00 UTC
+            series.append(row(t, sent=3, rate_limited=3, rate_limited_day=3,
+                              budget_requests=used, budget_tokens=used * 400))
+            t, used = t - t % 86400 + 86400, 0
+        step = 1 if t - START < 6 * 3600 else 60
+        n = 8 * step
+        burst = t in (START, resume)
+        limited = (4 if (t - START) % 300 < 3 and step == 1 else 0) + (6 if burst else 0)
+        cool = (t - START) % 300 < 30 and step == 1
+        r = row(t, step, sent=n + limited, ok=n - (1 if t % 997 == 0 else 0),
+                failed=1 if t % 997 == 0 else 0, rate_limited=limited,
+                rate_limited_minute=limited, tokens=n * 340, tokens_charged=n * 400,
+                in_flight=18 + (t * 7) % 11, rate_rpm=500.0, rate_tpm=170000.0 if cool
+                else 200000.0, budget_requests=used + n, budget_tokens=(used + n) * 400)
+        series.append(r)
+        share = {k: (round(v * 0.6) if isinstance(v, int) and k not in ("t", "step") else v)
+                 for k, v in r.items()}
+        east.append({**share, "rate_limited": limited})
+        west.append({k: (r[k] - share[k] if isinstance(v, int) and k not in ("t", "step")
+                         else v) for k, v in share.items()} | {"rate_limited": 0})
+        sent, used, limited_all = sent + n, used + n, limited_all + limited
+        t += step
+    end = series[-1]["t"] + 60
+    wall = end - START
+    waits = {"paced at the TPM limit": 0.0, "waiting for the daily reset": 0.0,
+             "not running": float(resume - kill), "in 429 cooldowns": 0.0,
+             "sending below the limits": 0.0}
+    night = series[-1]["t"] - series[-1]["t"] % 86400
+    reset_wait = night - next(r["t"] for r in series if r["rate_limited_day"])
+    waits["waiting for the daily reset"] = float(reset_wait)
+    waits["in 429 cooldowns"] = float(30 * (6 * 3600 // 300) * 0.4)
+    waits["sending below the limits"] = 420.0
+    waits["paced at the TPM limit"] = wall - sum(waits.values())
+    parts = sorted(waits.items(), key=lambda kv: -kv[1])
+    time = [{"what": w, "seconds": s, "share": round(s / wall, 2)} for w, s in parts]
+    sentence = ", ".join(f"{round(s / wall * 100)} % {w}" for w, s in parts
+                         if round(s / wall * 100)) + "."
+    ok = sum(r["ok"] for r in series)
+    failed = sum(r["failed"] for r in series)
+    doc = short_job()
+    doc["job"].update(id="j-20251206-7f3a", input="/data/prompts.jsonl",
+                      output="/data/prompts.results.jsonl", endpoints=["east", "west"],
+                      limits={"gpt-4o-mini": {"rpm": 500, "tpm": 200000, "rpd": per_day,
+                                              "tpd": 0}}, cost_usd=11.42)
+    doc.update(series=series, step=60, by={"model": {}, "endpoint": {"east": east,
+                                                                      "west": west}},
+               sessions=[{"start": START, "end": kill, "ended": "killed"},
+                         {"start": resume, "end": end, "ended": "done"}],
+               time=time, sentence=sentence[0].upper() + sentence[1:])
+    doc["summary"] = {"requests": ok + failed, "ok": ok, "cached": 0, "failed": failed,
+                      "rate_limited": limited_all, "tokens": ok * 340,
+                      "tokens_charged": sent * 400, "wall_seconds": float(wall),
+                      "busy_seconds": float(wall - reset_wait - (resume - kill))}
+    return doc

@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from batchrun.report.html import render
-from tests.helpers.report_docs import SENTENCE, START, long_job, row, short_job, with_job
+from tests.helpers.report_docs import (
+    SENTENCE,
+    START,
+    long_job,
+    row,
+    short_job,
+    showcase,
+    with_job,
+)
 
 SVG = "{http://www.w3.org/2000/svg}"
 HOSTILE = '/data/<script>alert("x")</script> & \'q\'.jsonl'
@@ -202,6 +210,16 @@ def test_sessions_are_bands_and_a_killed_one_is_marked() -> None:
     assert lanes.count("✓ completed") == 2
 
 
+def test_a_break_between_two_sessions_says_the_job_was_not_running() -> None:
+    """The showcase job is killed at 08:10 and resumed at 08:40, and waits 14 hours for its
+    next day from 09:58."""
+    charts = dict(zip(titles(page := render(showcase())), svgs(page), strict=True))
+
+    labels = svg_text(charts["Requests per minute"])
+    assert [t for t in labels if t.endswith(("idle", "running"))] == [
+        "30 min not running", "14 h 2 min idle"]
+
+
 def test_several_models_and_endpoints_get_a_chart_each_with_their_own_limits() -> None:
     charts = dict(zip(titles(page := render(long_job())), svgs(page), strict=True))
 
@@ -221,7 +239,7 @@ def test_nights_waiting_for_the_daily_reset_are_drawn_as_labelled_breaks() -> No
 
     labels = svg_text(charts["Requests per minute"])
     assert [t for t in labels if t.endswith("idle")] == [
-        "49 min 59 s idle", "1 h 49 min idle", "14 h 33 min idle"]
+        "50 min idle", "1 h 50 min idle", "14 h 33 min idle"]
     assert {"Dec 6 06:00", "Dec 7 00:00", "Dec 8 00:00", "time (UTC)"} <= set(labels)
 
 
