@@ -51,6 +51,7 @@ class Page:
     console: list[str] = field(default_factory=list)
     dom: str = ""
     png: bytes = b""
+    probe: Any = None  # what the probe expression evaluated to
 
 
 class _Session:
@@ -125,9 +126,12 @@ async def _devtools_url(port_file: Path, proc: asyncio.subprocess.Process) -> st
     raise AssertionError("chromium did not open its DevTools port in 30 s")
 
 
-async def open_page(path: Path, width: int = 1400, height: int = 1000) -> Page:
+async def open_page(path: Path, width: int = 1400, height: int = 1000, scale: float = 0.25,
+                    media: str = "screen", probe: str = "null") -> Page:
     """Load path (absolute), wait for its load event, and take its DOM and a PNG of the whole
-    page at a quarter of its size."""
+    page at `scale` of its size (a quarter by default: enough to see it is drawn, and small
+    enough to decode in pure Python in a second), as the `media` ("screen", "print") shows it.
+    `probe`, a JavaScript expression, is evaluated in the loaded page."""
     page = Page()
     async with _browser(width, height) as url, aiohttp.ClientSession() as http, \
             http.ws_connect(url, max_msg_size=0) as ws:
@@ -139,16 +143,17 @@ async def open_page(path: Path, width: int = 1400, height: int = 1000) -> Page:
                                   flatten=True))["sessionId"]
             for domain in ("Network", "Runtime", "Log", "Page"):
                 await cdp.call(f"{domain}.enable", sid)
+            await cdp.call("Emulation.setEmulatedMedia", sid, media=media)
             await cdp.call("Page.navigate", sid, url=path.as_uri())
             await asyncio.wait_for(cdp.loaded.wait(), 30)
             dom = await cdp.call("Runtime.evaluate", sid, returnByValue=True,
                                  expression="document.documentElement.outerHTML")
             page.dom = dom["result"]["value"]
+            page.probe = (await cdp.call("Runtime.evaluate", sid, expression=probe,
+                                         returnByValue=True))["result"].get("value")
             size = (await cdp.call("Page.getLayoutMetrics", sid))["cssContentSize"]
-            # The whole page at a quarter of its size: enough to see it is drawn, and small
-            # enough to decode in pure Python in a second.
             clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"],
-                    "scale": 0.25}
+                    "scale": scale}
             shot = await cdp.call("Page.captureScreenshot", sid, format="png", clip=clip,
                                   captureBeyondViewport=True)
             page.png = base64.b64decode(shot["data"])

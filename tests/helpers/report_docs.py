@@ -139,7 +139,7 @@ def showcase() -> dict[str, Any]:
         r = row(t, step, sent=n + limited, ok=n - (1 if t % 997 == 0 else 0),
                 failed=1 if t % 997 == 0 else 0, rate_limited=limited,
                 rate_limited_minute=limited, tokens=n * 340, tokens_charged=n * 400,
-                in_flight=18 + (t * 7) % 11, rate_rpm=500.0, rate_tpm=170000.0 if cool
+                in_flight=20 + (t // 600) % 7, rate_rpm=500.0, rate_tpm=170000.0 if cool
                 else 200000.0, budget_requests=used + n, budget_tokens=(used + n) * 400)
         series.append(r)
         share = {k: (round(v * 0.6) if isinstance(v, int) and k not in ("t", "step") else v)
