@@ -102,3 +102,22 @@ def added(a: list[Steps], b: list[Steps]) -> list[Steps]:
 
 def peak_of(series: Iterable[list[Steps]]) -> float:
     return max((v for steps in series for run in steps for _, _, v in run), default=0.0)
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    """A part of the document that should be an object, or {} (a document from another
+    version, or a hand-edited one, draws as empty rather than failing)."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def rows_of(value: object) -> list[Row]:
+    """The rows of a series that have a time; any other entry is left out."""
+    return [r for r in as_list(value) if isinstance(r, dict) and isinstance(r.get("t"), int)]
+
+
+def int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -210,6 +210,17 @@ def test_sessions_are_bands_and_a_killed_one_is_marked() -> None:
     assert lanes.count("✓ completed") == 2
 
 
+def test_a_session_that_stopped_on_its_own_is_not_marked_killed() -> None:
+    doc = short_job()
+    doc["sessions"] = [{"start": START, "end": START + 100, "ended": "daily limit"},
+                       {"start": START + 160, "end": START + 300, "ended": "done"}]
+    charts = dict(zip(titles(page := render(doc)), svgs(page), strict=True))
+
+    lanes = svg_text(charts["Sessions"])
+    assert {"1 · daily limit", "2 · done", "stopped early", "done"} <= set(lanes)
+    assert "✕ killed" not in lanes and "killed" not in lanes
+
+
 def test_a_break_between_two_sessions_says_the_job_was_not_running() -> None:
     """The showcase job is killed at 08:10 and resumed at 08:40, and waits 14 hours for its
     next day from 09:58."""
