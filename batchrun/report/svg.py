@@ -158,7 +158,7 @@ def _frame(axis: TimeAxis, top: float, bottom: float, shades: list[Band] | None 
         out.append(f'<rect x="{brk.left:.1f}" y="{top:.1f}" width="{brk.right - brk.left:.1f}" '
                    f'height="{bottom - top:.1f}" fill="#f3f3f3" stroke="#bbbbbb" '
                    f'stroke-dasharray="3 3"><title>{esc(label)}</title></rect>')
-        if bottom - top < 90:
+        if bottom - top < 90 or brk.right - brk.left < 12:  # no room for the words
             continue
         out.append(_text(mid + 4, (top + bottom) / 2, label,
                          size=10, anchor="middle", colour=MUTED,

@@ -10,6 +10,7 @@ same axis, so a moment sits at the same x in all of them.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from functools import cached_property
 
 IDLE_GAP = 15 * 60
 BREAK_PX = 30.0
+MAX_BREAKS = 40
 # Nice tick steps in seconds, and the least room a tick label needs.
 TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
               43200, 86400)
@@ -59,23 +61,23 @@ class TimeAxis:
             x += px + self.break_px
         return out
 
+    @cached_property
+    def _ends(self) -> list[int]:
+        return [end for _, end in self.spans]
+
     def x(self, t: float) -> float:
         """Where t is drawn; inside a break, proportionally across it, so a bar that crosses it
         stays one bar."""
-        pixels = self._pixels
         if t <= self.spans[0][0]:
             return self.left
-        prev_end, prev_x = self.spans[0][0], self.left
-        for (start, end), (x0, x1) in zip(self.spans, pixels, strict=True):
-            if t < start:  # in the break before this span
-                return prev_x + (x0 - prev_x) * (t - prev_end) / (start - prev_end)
-            if t <= end:
-                return x0 + (x1 - x0) * (t - start) / (end - start)
-            prev_end, prev_x = end, x1
-        return self.left + self.width
-
-    def x_many(self, times: Iterable[float]) -> list[float]:
-        return [self.x(t) for t in times]
+        i = bisect.bisect_left(self._ends, t)  # the first span that ends at or after t
+        if i == len(self.spans):
+            return self.left + self.width
+        (start, end), (x0, x1) = self.spans[i], self._pixels[i]
+        if t < start:  # in the break before span i (i > 0: t is after the first span's start)
+            before, x_before = self.spans[i - 1][1], self._pixels[i - 1][1]
+            return x_before + (x0 - x_before) * (t - before) / (start - before)
+        return x0 + (x1 - x0) * (t - start) / (end - start)
 
     def breaks(self) -> list[Break]:
         pixels = self._pixels
@@ -113,15 +115,20 @@ def tick_step(seconds: int, px: float) -> int:
 def active_spans(intervals: Iterable[tuple[int, int]], gap: int = IDLE_GAP
                  ) -> tuple[tuple[int, int], ...]:
     """The stretches where something happened: intervals merged across idle time shorter than
-    gap. No interval at all gives one second at 0, so an empty report still has an axis."""
-    merged: list[list[int]] = []
-    for start, end in sorted(intervals):
-        end = max(end, start + 1)
-        if merged and start - merged[-1][1] < gap:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return tuple((s, e) for s, e in merged) or ((0, 1),)
+    gap, doubling gap while that leaves more than MAX_BREAKS breaks (a trickle of work every
+    20 minutes for a month keeps only its longest waits as breaks). No interval at all gives
+    one second at 0, so an empty report still has an axis."""
+    ordered = sorted((start, max(end, start + 1)) for start, end in intervals)
+    while True:
+        merged: list[list[int]] = []
+        for start, end in ordered:
+            if merged and start - merged[-1][1] < gap:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        if len(merged) <= MAX_BREAKS + 1:
+            return tuple((s, e) for s, e in merged) or ((0, 1),)
+        gap *= 2
 
 
 def fmt_duration(seconds: float) -> str:

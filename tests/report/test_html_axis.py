@@ -81,3 +81,13 @@ def test_the_bucket_keeps_a_line_to_its_chart_width() -> None:
     b = bucket_for(three_days, 1000)
     assert b == 300 and 3 * 86400 / b <= 1000
     assert bucket_for(TimeAxis(((START, START + 300),), 0, 1000), 1000) == 1
+
+
+def test_a_month_of_rows_twenty_minutes_apart_is_not_two_thousand_breaks() -> None:
+    """Breaks are for the long waits; when there are too many, only the longest ones stay
+    breaks (a report of a trickling job would otherwise be mostly break marks)."""
+    every_20_min = [(START + i * 1200, START + i * 1200 + 1) for i in range(2_000)]
+    nights = [(START + d * 86400, START + d * 86400 + 3600) for d in range(30)]
+
+    assert len(active_spans(every_20_min)) <= 41
+    assert len(active_spans(nights)) == 30  # 29 nights, each its own break
