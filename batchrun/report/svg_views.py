@@ -111,13 +111,13 @@ def over_time(doc: dict[str, Any], spans: tuple[tuple[int, int], ...], rows: lis
          Chart("Requests per minute", "requests / min",
                [Line("sent (HTTP attempts)", per_minute(rows, "sent", axis, b), BLUE),
                 Line("answered", per_minute(rows, "ok", axis, b), ORANGE),
-                Line("limiter's rate", gauge(rows, "rate_rpm", axis, b), GREEN)],
+                *_rate(rows, "rate_rpm", axis, b)],
                _limit(lim, "rpm"), shades, empty)),
         ("Tokens per minute", "charged as the limiter counts them, billed as the server reports",
          Chart("Tokens per minute", "tokens / min",
                [Line("charged", per_minute(rows, "tokens_charged", axis, b), BLUE),
                 Line("billed (usage)", per_minute(rows, "tokens", axis, b), ORANGE),
-                Line("limiter's rate", gauge(rows, "rate_tpm", axis, b), GREEN)],
+                *_rate(rows, "rate_tpm", axis, b)],
                _limit(lim, "tpm"), shades, empty)),
         ("429 answers per minute", "by kind, stacked", _rate_limited(rows, axis, b, shades)),
         ("Requests in flight", "the most at once in each step",
@@ -130,6 +130,13 @@ def over_time(doc: dict[str, Any], spans: tuple[tuple[int, int], ...], rows: lis
     out.append(_budget(rows, lim, spans, shades))
     out.append("</section>")
     return "".join(out)
+
+
+def _rate(rows: list[Row], field: str, axis: TimeAxis, b: int) -> list[Line]:
+    """The limiter's admitting rate, unless it never had one (0 is how an unlimited limiter
+    reports it)."""
+    steps = gauge(rows, field, axis, b)
+    return [Line("limiter's rate", steps, GREEN)] if peak_of([steps]) else []
 
 
 def figure(title: str, sub: str, svg: str) -> str:

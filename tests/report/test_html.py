@@ -184,6 +184,18 @@ def test_any_document_is_drawn_without_error(doc: dict[str, Any]) -> None:
     assert "Where the time went" in Page(page).text
 
 
+def test_an_unlimited_limiter_draws_no_rate_line() -> None:
+    """A limiter without a TPM limit reports its rate as 0: drawn, it would read as a limit of
+    nothing along the bottom of the chart."""
+    doc = short_job()
+    for r in doc["series"]:
+        r["rate_tpm"] = 0.0
+    charts = dict(zip(titles(page := render(doc)), svgs(page), strict=True))
+
+    assert "limiter's rate" not in svg_text(charts["Tokens per minute"])
+    assert "limiter's rate" in svg_text(charts["Requests per minute"])
+
+
 def test_an_empty_series_says_nothing_was_recorded() -> None:
     doc = short_job()
     doc["series"] = []
