@@ -70,7 +70,9 @@ def test_after_a_too_large_refusal_the_small_requests_spend_the_bucket_at_once(
     assert stop is None and strict.refused == 1
     first_small = min(t for t, cid in server.sent if cid != "big")
     assert first_small - server.times("big")[0] <= 0.1
-    assert share(strict, server) >= 0.92
+    # 0.950 while each small request was charged 35 where the server charges 34 (its role's
+    # characters in our estimate, and a 1 % margin rounded up to a whole token)
+    assert share(strict, server) >= 0.955
 
 
 def chat(row: dict[str, object]) -> dict[str, Any]:
