@@ -214,18 +214,25 @@ def embedding_input_tokens(inp: Any, model: str) -> int:
     return prompt_tokens("/v1/embeddings", {"model": model, "input": inp})
 
 
+# A message's form, not its text: tiktoken's chat formula charges it per message; what a
+# server's characters estimate counts of it is not documented (SERVERS.md), and one that counts
+# it says so in its first 429's "Requested R", which the calibration then follows.
+_FORM_KEYS = frozenset({"role", "type"})
+
+
 def _chars(value: Any) -> int:
     if isinstance(value, str):
         return len(value)
     if isinstance(value, dict):
-        return sum(_chars(v) for v in value.values())
+        return sum(_chars(v) for k, v in value.items() if k not in _FORM_KEYS)
     if isinstance(value, list):
         return sum(_chars(v) for v in value)
     return 0
 
 
 def char_estimate(body: dict[str, Any]) -> int:
-    """The server's admission estimate: about one token per four characters of the prompt."""
+    """The server's admission estimate: about one token per four characters of the prompt's
+    texts (contents, names, tool calls), not of its form (roles, part types)."""
     prompt = body.get("messages", body.get("input"))
     if isinstance(prompt, list) and prompt and all(isinstance(x, int) for x in prompt):
         return len(prompt)

@@ -176,12 +176,12 @@ def test_it_starts_from_the_learned_ratio_and_this_runs_429s_overrule_it() -> No
     cal = Calibration()
     cal.start(Learned(CHARS, 1.0))
     visible, body = sample(rng)
-    assert cal.charge(visible) == math.ceil(visible.chars * 1.03) + visible.output
+    assert cal.charge(visible) == round(visible.chars * 1.03) + visible.output
     assert cal.learned() == Learned(CHARS, 1.0)
     for _ in range(10):
         visible, body = sample(rng)
         cal.observe(Source.USAGE, visible, visible.tokens)
-    assert cal.charge(visible) == math.ceil(visible.chars * 1.03) + visible.output
+    assert cal.charge(visible) == round(visible.chars * 1.03) + visible.output
     for _ in range(5):
         visible, body = sample(rng)
         cal.observe(Source.EXACT, visible, by_chars(body, per_token=2))
@@ -234,3 +234,31 @@ def test_the_basis_does_not_flip_with_noise_when_both_explain_the_charges_alike(
             bases.append(learned.basis)
     changes = sum(a != b for a, b in itertools.pairwise(bases))
     assert changes <= 1, bases
+
+
+def test_after_a_too_large_refusal_small_requests_are_charged_as_the_server_does() -> None:
+    """Bench cell T: "Request too large ... Requested 3030" (120 characters and max_tokens 3000
+    on a characters/4 server) is the one exact figure; the 18 small requests after it ("word "
+    x 11, max_tokens 20) cost the server 34 each. A 1 % margin on a 14-token prompt rounded up
+    to a whole token charged 35: 3 % of the taught limit, every request."""
+    big, big_body = request("x" * 120, max_tokens=3000)
+    cal = Calibration()
+    cal.observe(Source.EXACT, big, by_chars(big_body))
+    small, small_body = request("word " * 11)
+    assert by_chars(small_body) == 34
+    assert cal.charge(small) == 34
+
+
+def test_the_margin_is_whole_tokens_where_it_is_at_least_half_a_token() -> None:
+    """The margin rounds to the nearest whole token, the fit's own prediction up: a server's
+    charge is whole tokens, and a hundredth of a 14-token prompt cannot be charged without
+    charging a whole token (7 %)."""
+    cal = Calibration()
+    cal.observe(Source.EXACT, Visible(1000, 1000, 0), 1000)  # k = 1 on characters
+    assert cal.charge(Visible(14, 14, 0)) == 14
+    assert cal.charge(Visible(1000, 1000, 0)) == 1010  # 1 %: ten tokens, kept
+    half = Calibration()
+    half.observe(Source.EXACT, Visible(1000, 1000, 0), 1030)  # k = 1.03
+    assert half.charge(Visible(14, 14, 0)) == 15  # 14.42 rounds up, whatever the margin
+    assert half.charge(Visible(50, 50, 0)) == 52  # 51.5 (52.02 with the margin) up to 52
+    assert half.charge(Visible(1000, 1000, 0)) == 1040  # 1030 and its 10.3 of margin

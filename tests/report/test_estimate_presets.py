@@ -12,7 +12,7 @@ from tests.helpers.cli import estimate, run_cli, submit
 from tests.helpers.jsonl import write_jsonl
 from tests.helpers.sim import RunningSim
 
-# 1,027 characters of English prose: a charge of 258 tokens (characters/4 > tiktoken's count).
+# 1,027 characters of English prose: a charge of 257 tokens (characters/4 > tiktoken's count).
 PROSE = ("The quick brown fox jumps over the lazy dog while the farmer counts his sheep. "
          * 13)
 
@@ -32,8 +32,8 @@ def one(tmp_path: Path, model: str, max_tokens: int, *args: str) -> dict[str, An
 def test_tier1_gpt4o_job_of_1_2m_tokens_finishes_in_one_day(tmp_path: Path) -> None:
     # 2,000 requests of ~600 tokens: 1.2M tokens, about 40 minutes at 30K TPM. The batch queue
     # figure of 90,000 is no daily cap: it once made this 14 days.
-    m = one(tmp_path, "gpt-4o", 342)
-    assert m["limit_tokens"] == 2_000 * (258 + 342) == 1_200_000
+    m = one(tmp_path, "gpt-4o", 343)
+    assert m["limit_tokens"] == 2_000 * (257 + 343) == 1_200_000
     assert m["binding"] == "tpm" and m["minutes_to_finish"] == 40
     assert m["days"] == 1
     assert m["limits"]["tpd"] == 0 and m["daily"] == {
@@ -45,8 +45,8 @@ def test_tier1_gpt4o_job_of_1_2m_tokens_finishes_in_one_day(tmp_path: Path) -> N
 def test_tier1_gpt4o_mini_job_of_2_4m_tokens_finishes_in_one_day(tmp_path: Path) -> None:
     # 2,000 requests of ~1,200 tokens: 2.4M tokens, 12 minutes at 200K TPM, 2,000 of the
     # 10,000 requests a day the server allows. The "2M TPD" of the guides once made this 2 days.
-    m = one(tmp_path, "gpt-4o-mini", 942)
-    assert m["limit_tokens"] == 2_000 * (258 + 942) == 2_400_000
+    m = one(tmp_path, "gpt-4o-mini", 943)
+    assert m["limit_tokens"] == 2_000 * (257 + 943) == 2_400_000
     assert m["binding"] == "tpm" and m["minutes_to_finish"] == 12
     assert m["days"] == 1
     assert m["daily"]["binds"] == "rpd" and m["daily"]["limit"] == 10_000
@@ -70,13 +70,13 @@ def test_the_text_says_which_daily_limit_binds_and_where_it_comes_from(tmp_path:
 ])
 def test_a_users_own_daily_limit_binds_and_says_so(tmp_path: Path, args: tuple[str, ...],
                                                   binds: str, source: str, days: int) -> None:
-    m = one(tmp_path, "gpt-4o-mini", 942, *args)
+    m = one(tmp_path, "gpt-4o-mini", 943, *args)
     assert m["daily"]["binds"] == binds and m["daily"]["source"] == source
     assert m["days"] == days
 
 
 def test_the_batch_queue_limit_plans_the_batch_api_not_the_day(tmp_path: Path) -> None:
-    m = one(tmp_path, "gpt-4o", 342, "--via", "batch")
+    m = one(tmp_path, "gpt-4o", 343, "--via", "batch")
     # 2,000 x ~200 prompt tokens (tiktoken) = ~400K enqueued tokens in rounds of 90,000
     assert m["batch"]["queue_tokens"] == 90_000 and m["batch"]["rounds"] == 5
     assert m["days"] == 1
