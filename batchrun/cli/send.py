@@ -28,6 +28,8 @@ from batchrun.cli.options import (
     Jobs,
     Json,
     Limit,
+    CacheOpt,
+    CacheRefresh,
     MaxCost,
     MaxResponseMb,
     MaxRetries,
@@ -96,6 +98,8 @@ def submit(
     service_tier: ServiceTierOpt = None,
     flex_wait: FlexWait = None,
     max_cost: MaxCost = None,
+    cache: CacheOpt = None,
+    cache_refresh: CacheRefresh = False,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     printing.reply.json = json_
@@ -112,7 +116,8 @@ def submit(
         record_endpoint=record_endpoint, state=state, via=via.value if via else None,
         detach=detach, poll_max=poll_max, batch_queue_tokens=batch_queue_tokens,
         service_tier=service_tier.value if service_tier else None, flex_wait=flex_wait,
-        max_cost=max_cost, beside_endpoints=beside_endpoints)
+        max_cost=max_cost, cache=cache, cache_refresh=cache_refresh,
+        beside_endpoints=beside_endpoints)
     printing.reply.about(prepared.manifest.job_id)
     if prepared.finished is not None:
         printing.finished(prepared.finished, prepared.manifest)
@@ -150,6 +155,8 @@ def resume(
         "kept) and send the rest by the sync path")] = False,
     flex_wait: FlexWait = None,
     max_cost: MaxCost = None,
+    cache: CacheOpt = None,
+    cache_refresh: CacheRefresh = False,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     printing.reply.json = json_
@@ -173,7 +180,8 @@ def resume(
         concurrency=concurrency, max_retries=max_retries, timeout=timeout,
         max_response_mb=max_response_mb, wait=wait, cancel_batches=cancel_batches,
         via=via.value if via else None, detach=detach, poll_max=poll_max,
-        batch_queue_tokens=batch_queue_tokens, flex_wait=flex_wait, max_cost=max_cost)
+        batch_queue_tokens=batch_queue_tokens, flex_wait=flex_wait, max_cost=max_cost,
+        cache=cache, cache_refresh=cache_refresh)
     if prepared.finished is not None:
         printing.finished(prepared.finished, manifest)
     launch(prepared, json_, quiet)
