@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun import job, messages
+from batchrun.api.cache import estimate_lookup
 from batchrun.api.options import batch_options, cache_mode, check_tier, flex_options
 from batchrun.backends.batch.parts import forget_open_parts, shown_record
 from batchrun.backends.sync.engine import JobSpec
@@ -253,6 +254,10 @@ def ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
     return known_today(usage, day, host, fingerprint, learned), True
 
 
+ENDPOINTS_CACHE = ("with --endpoints, answers are kept per endpoint's key: estimate each "
+                   "endpoint's cache with --base-url/--azure-endpoint and --api-key-env")
+
+
 def estimate_path(jobs: Path, configs: tuple[EndpointConfig, ...], *, model: str, tier: str,
                   limits: dict[str, int | None], concurrency: int | None, latency: float,
                   assume_output_tokens: int, on_bad_line: str, endpoints_file: Path | None,
@@ -263,13 +268,14 @@ def estimate_path(jobs: Path, configs: tuple[EndpointConfig, ...], *, model: str
     flex_options(service_tier, None, via, None)  # refused as submit refuses it
     # Today's usage is per endpoint and key with --endpoints: not looked up (counted as unused).
     # The key and host whose ledger is read: as submit would send (nothing is sent here).
-    today, known = ((nothing_known, False) if configs else ledger_lookup(
-        state, Endpoint.make(*endpoint, insecure=True)))
+    single = Endpoint.make(*endpoint, insecure=True)
+    today, known = (nothing_known, False) if configs else ledger_lookup(state, single)
+    cache = (ENDPOINTS_CACHE if configs else estimate_lookup(state, single, JobStore().home))
     result = estimate_job(
         jobs, model, tier, limits, concurrency=concurrency, latency_s=latency,
         assumed_output=assume_output_tokens, on_bad_line=on_bad_line, today=today,
         today_known=known, endpoints=configs, via=via or "sync", batch_queue=batch_queue_tokens,
-        service_tier=service_tier,
+        service_tier=service_tier, cache=cache,
     )
     if service_tier is not None and (refused := flex.refusal(
             m["model"] for m in result["models"])) is not None:

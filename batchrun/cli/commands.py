@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from batchrun import __version__, messages
-from batchrun.cli import manage, printing, send
+from batchrun.cli import cache, manage, printing, send
 from batchrun.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, BatchrunError
 
 app = typer.Typer(
@@ -45,6 +45,7 @@ def _root(
 for command in (send.submit, send.resume, manage.cancel, manage.forget, manage.status,
                 manage.estimate):
     app.command()(command)
+app.add_typer(cache.app, name="cache")
 
 
 def run(argv: list[str] | None = None) -> int:

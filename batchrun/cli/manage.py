@@ -34,6 +34,7 @@ from batchrun.errors import BatchrunError, InputError, Interrupted
 from batchrun.events import Stats
 from batchrun.files.jobstore import JobStore, Manifest
 from batchrun.job import cancel_batches, collect_finished
+from batchrun.report.estimate_cache import describe as describe_cache
 from batchrun.routing import EndpointConfig, load_endpoints
 from batchrun.state import SharedStateError, host_lines, parse_state_url, usage_today
 
@@ -152,3 +153,4 @@ def estimate(
         printing.print_json(result)
     else:
         render_estimate(printing.out, result)
+        printing.out.print(describe_cache(result["cache"], result["prices_as_of"]), markup=False)

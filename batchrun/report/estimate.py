@@ -31,6 +31,7 @@ from batchrun.policy.tiers import (
 )
 from batchrun.policy.tokens import choices, prompt_tokens_many
 from batchrun.report.cache_share import PrefixCache
+from batchrun.report.estimate_cache import CacheLookup, CacheTally, not_looked_up
 from batchrun.routing.config import EndpointConfig
 from batchrun.routing.plan import plan
 from batchrun.routing.rules import combined
@@ -131,11 +132,13 @@ def _never_runs(report: _Report, request: Request, reason: str) -> None:
 
 
 def _tally(path: Path, model: str, limits_for: Callable[[str], Limits],
-           assumed_output: int, fits: Fits) -> _Report:
+           assumed_output: int, fits: Fits, answers: CacheTally | None = None) -> _Report:
     report = _Report()
     cache = PrefixCache()
     limits_for = functools.cache(limits_for)
     for chunk in _chunks(path, model, report):
+        if answers is not None:
+            answers.add(chunk)
         counts = prompt_tokens_many([(r.url, r.body) for r in chunk])
         for request, prompt in zip(chunk, counts, strict=True):
             size = Size.of(request, prompt, assumed_output)
@@ -199,9 +202,11 @@ def estimate(
     via: str = "sync",
     batch_queue: int | None = None,
     service_tier: str | None = None,
+    cache: CacheLookup | str = "no cache given",
 ) -> dict[str, Any]:
     """The estimate as a plain dict (the --json schema). Sends nothing. With `endpoints`, each
-    model's limits are those of every priority-1 endpoint serving it together."""
+    model's limits are those of every priority-1 endpoint serving it together. `cache`: the
+    response cache to ask which lines it would answer, or why it is not asked."""
 
     def limits_for(m: str) -> Limits:
         if endpoints:
@@ -218,7 +223,8 @@ def estimate(
             return never_fits_batch(size, m, queue_for(m))
         return never_fits(size, m, lim.tpm, lim.tpd)
 
-    report = _tally(path, model, limits_for, assumed_output, fits)
+    answers = CacheTally(cache) if isinstance(cache, CacheLookup) else None
+    report = _tally(path, model, limits_for, assumed_output, fits, answers)
     if report.bad_total and on_bad_line == "fail":
         raise BadLinesError(str(path), report.bad, report.bad_total)
     models: list[dict[str, Any]] = []
@@ -300,4 +306,5 @@ def estimate(
         "days": max((m["days"] for m in models), default=1),
         "never_run": report.never,
         "never_run_total": report.never_total,
+        "cache": answers.result() if answers is not None else not_looked_up(str(cache)),
     }

@@ -6,6 +6,7 @@ what the runner's `budget_for` returned. The Redis side is imported only when it
 its client is an optional extra (`pip install 'batchrun[redis]'`).
 """
 
+from batchrun.state._cache_redis import RedisCache, open_cache, peek_shared
 from batchrun.state._gate import (
     Budget,
     Gate,
@@ -24,7 +25,7 @@ from batchrun.state._url import (
     state_for_resume,
 )
 
-__all__ = ["Budget", "Gate", "LocalGate", "SharedBudget", "SharedStateError", "StateUrl",
-           "connect", "host_lines", "leaving_shared", "manifest_options", "open_gate",
-           "parse_state_url", "servers_yesterday", "shared_accountings", "state_for_resume",
-           "usage_today"]
+__all__ = ["Budget", "Gate", "LocalGate", "RedisCache", "SharedBudget", "SharedStateError",
+           "StateUrl", "connect", "host_lines", "leaving_shared", "manifest_options",
+           "open_cache", "open_gate", "parse_state_url", "peek_shared", "servers_yesterday",
+           "shared_accountings", "state_for_resume", "usage_today"]

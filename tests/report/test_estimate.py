@@ -119,7 +119,7 @@ def test_json_schema_is_stable(tmp_path: Path) -> None:
     e = estimate(str(jobs))
     assert set(e) == {"input", "tier", "prices_as_of", "requests", "bad_lines", "models",
                       "cost_usd", "batch_api_cost_usd", "minutes_to_finish", "days",
-                      "never_run", "never_run_total", "via"}
+                      "never_run", "never_run_total", "via", "cache"}
     assert set(e["models"][0]) == {
         "model", "known_model", "requests", "prompt_tokens", "predicted_cached_input_tokens",
         "max_output_tokens",
