@@ -51,7 +51,7 @@ from batchrun.errors import (
     StateError,
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
-from batchrun.files.cache import MemoryCache, ResponseCache
+from batchrun.files.cache import ResponseCache
 from batchrun.files.checkpoint import (
     OutputScan,
     check_output_path,
@@ -82,19 +82,11 @@ from batchrun.report.tally import count_endpoint, forget_failed
 from batchrun.routing import EndpointConfig, check_serves
 from batchrun.routing.config import check_unchanged as check_endpoints_unchanged
 from batchrun.routing.config import digest as endpoints_digest
-from batchrun.state import SharedBudget, SharedStateError, StateUrl
+from batchrun.state import SharedBudget, SharedStateError, StateUrl, open_cache
 from batchrun.state import connect as connect_state
 
 SIMULATOR_HOST = "simulator"
 SAVE_EVERY_S = 2.0
-
-# Until the stores land (batchrun.state.open_cache): one cache per home and per simulate, for
-# the life of the process.
-_CACHES: dict[tuple[Path, bool], MemoryCache] = {}
-
-
-def _open_cache(home: Path, simulate: bool) -> ResponseCache:
-    return _CACHES.setdefault((home, simulate), MemoryCache())
 
 
 def cache_flow(spec: JobSpec, cache: ResponseCache, simulate: bool) -> CacheFlow | None:
@@ -444,7 +436,8 @@ async def run(
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
             journal = SpendJournal(spend_path(store.dir, manifest.job_id))
-            cache = _open_cache(store.home, simulate) if spec.cache != OFF else None
+            cache = (open_cache(state, store.home, simulate=simulate, notify=notify)
+                     if spec.cache != OFF else None)
             try:
                 stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
                                    Budgets(budget_for, budget_in, key_for,
