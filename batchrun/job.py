@@ -89,9 +89,10 @@ SIMULATOR_HOST = "simulator"
 SAVE_EVERY_S = 2.0
 
 
-def cache_flow(spec: JobSpec, cache: ResponseCache, simulate: bool) -> CacheFlow | None:
+def cache_flow(spec: JobSpec, cache: ResponseCache | None, simulate: bool,
+               ) -> CacheFlow | None:
     """The job's use of the response cache; None with --no-cache."""
-    if spec.cache == OFF:
+    if cache is None or spec.cache == OFF:
         return None
     return CacheFlow(cache, spec.cache, SIMULATOR_HOST if simulate else None)
 
@@ -444,7 +445,7 @@ async def run(
                                            CostCap(spec.max_cost, journal,
                                                    price_table(spec.endpoints),
                                                    _sync_rate(spec)),
-                                           cache_flow(spec, cache, simulate) if cache is not None else None),
+                                           cache_flow(spec, cache, simulate)),
                                    now_utc, sleep, notify, on_disk)
             finally:
                 journal.close()
