@@ -525,8 +525,8 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
                                           done, budgets, now_utc, sleep, notify, on_disk)
     if spec.via == "batch" or has_batches_on_server(manifest.batch):
         return _phrase(await run_batch(spec, manifest, store, api_key, listener, report, done,
-                                       sleep=sleep, notify=notify,
-                                       cost=_batch_cost(budgets)), spec, manifest)
+                                       sleep=sleep, notify=notify, cost=_batch_cost(budgets),
+                                       cache=budgets.cache), spec, manifest)
     if drop_unsent_parts(manifest.batch) and on_disk:
         store.save(manifest)  # before the sync path sends what they held
     if spec.endpoints:
@@ -541,7 +541,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
                "Batch API now, into the same output.")
         ended = await run_batch(spec, manifest, store, api_key, listener, report,
                                 read_output(spec.output).done, sleep=sleep, notify=notify,
-                                announce=False, cost=_batch_cost(budgets))
+                                announce=False, cost=_batch_cost(budgets), cache=budgets.cache)
     return _phrase(ended, spec, manifest)
 
 
@@ -603,7 +603,8 @@ async def _sync_beside_batches(spec: JobSpec, manifest: Manifest, store: JobStor
             return None
         stop = await run_batch(spec, manifest, store, api_key, listener, report,
                                read_output(spec.output).done, sleep=sleep, notify=notify,
-                               announce=False, collect_only=True, cost=_batch_cost(budgets))
+                               announce=False, collect_only=True, cost=_batch_cost(budgets),
+                               cache=budgets.cache)
         if stop is not None:
             return _phrase(stop, spec, manifest)
         done = read_output(spec.output).done

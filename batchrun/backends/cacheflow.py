@@ -97,6 +97,11 @@ class CacheFlow:
     def asker(self, host: str, key: bytes) -> Asker:
         return Asker(self._host or host, key)
 
+    @property
+    def primary(self) -> Asker:
+        """The job's first endpoint: the one a single-endpoint path (the Batch API) asks."""
+        return self._askers[0]
+
     def serve(self, askers: Sequence[Asker]) -> None:
         """The job's endpoints: each one's answers are the user's own."""
         self._askers = tuple(dict.fromkeys(askers))

@@ -195,3 +195,26 @@ def test_help_names_the_cache_options(word: str) -> None:
     for command in ("submit", "resume"):
         shown = run_cli(command, "--help", env={"COLUMNS": "200"})
         assert word in shown.stdout
+
+
+def test_via_batch_uploads_only_the_distinct_lines_the_cache_has_not_answered(
+        sim: RunningSim, tmp_path: Path) -> None:
+    known = [{"id": f"k{i}", "prompt": f"Question number {i}", "max_tokens": 10}
+             for i in range(10)]
+    assert submit(sim, write_jsonl(tmp_path / "known.jsonl", known), *UNLIMITED).code == 0
+    # 10 answered before (new ids), then 20 lines of 15 distinct new bodies.
+    rows = [{**row, "id": f"b{i}"} for i, row in enumerate(known)] + [
+        {"id": f"n{i}", "prompt": f"New question {i % 15}", "max_tokens": 10}
+        for i in range(20)]
+    run = submit(sim, write_jsonl(tmp_path / "jobs.jsonl", rows), "--via", "batch",
+                 "--poll-max", "1", "--json")
+    assert run.code == 0, run.stderr
+    assert sum(sim.stats.batch.runs.values()) == 15
+    results = assert_each_answers_its_own_body(rows, tmp_path / "jobs.results.jsonl")
+    assert sum(line.get("cached", False) for line in results.values()) == 10 + 5
+    assert orjson.loads(run.stdout)["cache"]["answered"] == 15
+    # What the batches answered is stored: a sync job of the same lines sends nothing.
+    sent = sim.stats.received
+    again = submit(sim, write_jsonl(tmp_path / "again.jsonl", rows), *UNLIMITED)
+    assert again.code == 0, again.stderr
+    assert sim.stats.received == sent
