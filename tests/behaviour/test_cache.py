@@ -15,6 +15,7 @@ import pytest
 import batchrun
 from batchrun.simulator import Faults, SimConfig, reply_text
 from tests.helpers.cli import FAKE_KEY, REPO, UNLIMITED, run_cli, submit
+from tests.helpers.endpoints import KEY_A, KEY_B, openai, toml_file
 from tests.helpers.jsonl import body_as_sent, read_results, write_jsonl
 from tests.helpers.sim import RunningSim
 
@@ -218,3 +219,31 @@ def test_via_batch_uploads_only_the_distinct_lines_the_cache_has_not_answered(
     again = submit(sim, write_jsonl(tmp_path / "again.jsonl", rows), *UNLIMITED)
     assert again.code == 0, again.stderr
     assert sim.stats.received == sent
+
+
+def test_with_endpoints_an_answer_is_stored_under_the_endpoint_that_gave_it(
+        tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_A))
+    b = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_B))
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("KEY_B", KEY_B)
+    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 1200),
+                     openai("b", b.base_url, "KEY_B", 1200))
+    rows = with_duplicates(40, 40)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    first = run_cli("submit", str(jobs), "-o", str(tmp_path / "one.jsonl"), "--endpoints",
+                    str(conf), "-q")
+    assert first.code == 0, first.stderr
+    by_a, by_b = a.stats.ok, b.stats.ok
+    assert by_a > 0 and by_b > 0 and by_a + by_b == 40
+    # Every key of the endpoints file is the user's own: each one's answers are looked up.
+    again = run_cli("submit", str(jobs), "-o", str(tmp_path / "two.jsonl"), "--endpoints",
+                    str(conf), "-q")
+    assert again.code == 0, again.stderr
+    assert a.stats.received + b.stats.received == 40
+    # Endpoint b alone, with its own key, finds only what b answered.
+    alone = run_cli("submit", str(jobs), "-o", str(tmp_path / "three.jsonl"), "--base-url",
+                    b.base_url, "--api-key-env", "KEY_B", *UNLIMITED, "-q")
+    assert alone.code == 0, alone.stderr
+    assert b.stats.received == by_b + by_a
+    assert_each_answers_its_own_body(rows, tmp_path / "three.jsonl")
