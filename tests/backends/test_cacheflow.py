@@ -47,7 +47,7 @@ async def test_an_embedding_answer_is_found_for_an_embeddings_line() -> None:
 
 
 async def test_the_line_of_a_hit_carries_the_stored_bytes_under_its_own_id() -> None:
-    f, cache = flow()
+    f, _ = flow()
     await f.store(chat("first"), f.primary, ANSWER)
     hit = await f.lookup(chat("second"))
     assert hit is not None
