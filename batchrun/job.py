@@ -89,6 +89,15 @@ SIMULATOR_HOST = "simulator"
 SAVE_EVERY_S = 2.0
 
 
+async def _close_cache(cache: ResponseCache, notify: Callable[[str], None]) -> None:
+    """Every line is written by now: answers the cache could not keep cost money on a later
+    run, never this run's results, so its failure is said and the job ends as it ended."""
+    try:
+        await cache.close()
+    except StateError as exc:
+        notify(f"{exc.message} (answers of this run may not be in the response cache)")
+
+
 def cache_flow(spec: JobSpec, cache: ResponseCache | None, simulate: bool,
                ) -> CacheFlow | None:
     """The job's use of the response cache; None with --no-cache."""
@@ -450,7 +459,7 @@ async def run(
             finally:
                 journal.close()
                 if cache is not None:
-                    await cache.close()
+                    await _close_cache(cache, notify)
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False

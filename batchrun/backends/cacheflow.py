@@ -117,12 +117,21 @@ class CacheFlow:
         who = asker or self._askers[0]
         return cache_key(who.host, who.key, request.url, request.body)
 
-    async def lookup(self, request: Request) -> Hit | None:
+    def _key_for(self, request: Request, asker: Asker, known: bytes | None) -> bytes:
+        """`known`: the request's key under the first endpoint, already computed (a digest of
+        the canonical body costs more than the lookup it serves)."""
+        if known is not None and asker == self._askers[0]:
+            return known
+        return self.key(request, asker)
+
+    async def lookup(self, request: Request, key: bytes | None = None) -> Hit | None:
+        """`key`: self.key(request), when the caller has it."""
         for asker in self._askers:
-            stored = await self.cache.get(self.key(request, asker))
+            stored = await self.cache.get(self._key_for(request, asker, key))
             if stored is not None and (hit := answer_of(stored, request.url)) is not None:
                 return hit
         return None
 
-    async def store(self, request: Request, asker: Asker, body: bytes) -> None:
-        await self.cache.put(self.key(request, asker), body)
+    async def store(self, request: Request, asker: Asker, body: bytes,
+                    key: bytes | None = None) -> None:
+        await self.cache.put(self._key_for(request, asker, key), body)

@@ -159,7 +159,10 @@ async def test_a_per_day_429_about_the_servers_yesterday_is_waited_out_not_a_day
     sim = Simulator(SimConfig(SimLimits(rpd=5)), today=lambda: now[0] - dt.timedelta(seconds=2))
     async with SimServer(sim) as server:
         async def host(name: str, lines: int) -> Any:
-            write_jsonl(tmp_path / f"{name}.jsonl", prompts(lines, name))
+            # Its own prompts: b's must not be answered by a's from the shared response cache.
+            write_jsonl(tmp_path / f"{name}.jsonl",
+                        [{**row, "prompt": f"{name} {row['prompt']}"}
+                         for row in prompts(lines, name)])
             spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out",
                            endpoint=Endpoint.make(server.base_url, None, None),
                            overrides={"rpm": 0, "tpm": 0, "rpd": 0})

@@ -231,6 +231,9 @@ class Engine:
             self._halt(Stop(StopKind.INPUT_CHANGED, input=exc.path, change=exc.change),
                        "the input changed: finishing requests in flight")
             return
+        except StateError as exc:  # the response cache could not be read
+            self._cache_failed(exc)
+            return
         self._input_done = True
         for lane in self._lanes.values():
             lane.changed.set()
@@ -259,7 +262,7 @@ class Engine:
                 if key in self._copies:
                     self._copies[key].append(item.custom_id)
                     continue
-                if (hit := await self._cache.lookup(item)) is not None:
+                if (hit := await self._cache.lookup(item, key)) is not None:
                     self._answered(item.custom_id, item.model, hit)
                     continue
             lane = self._lane(item.model)
@@ -439,9 +442,7 @@ class Engine:
             if self._cache is not None and outcome.raw_body is not None:
                 # Stored before its line is written: a kill -9 between the two costs nothing
                 # on resume, where the line comes from the cache.
-                up = route.upstream
-                await self._cache.store(job.request, self._cache.asker(up.host, up.key_digest),
-                                        outcome.raw_body)
+                await self._store(self._cache, route, job, outcome.raw_body)
             self._finish(lane, route, job, ok=True)
         elif action in (Action.FAIL, Action.TOO_LARGE):
             self._finish(lane, route, job, ok=False)
@@ -468,6 +469,19 @@ class Engine:
             assert action is Action.STOP_NO_NETWORK
             self._halt(Stop(StopKind.NO_NETWORK, server_message=outcome.message,
                             host=route.upstream.host), "cannot reach the API")
+
+    async def _store(self, cache: CacheFlow, route: Route, job: Job, body: bytes) -> None:
+        up = route.upstream
+        try:
+            await cache.store(job.request, cache.asker(up.host, up.key_digest), body, job.key)
+        except StateError as exc:
+            # The answer is paid for: its line is written all the same, and the job stops as
+            # when the shared state stops answering.
+            self._cache_failed(exc)
+
+    def _cache_failed(self, exc: StateError) -> None:
+        self._halt(Stop(StopKind.STATE, server_message=exc.message),
+                   "the response cache cannot be used: finishing requests in flight")
 
     def _requeue(self, lane: Lane, job: Job) -> None:
         lane.retries.append(job)
