@@ -66,6 +66,7 @@ def test_a_rerun_with_new_ids_and_30_changed_lines_sends_the_30(
     assert sim.stats.received == 330
     assert_each_answers_its_own_body(again, tmp_path / "again.results.jsonl")
     assert "270 from the cache (saved $" in run.stdout
+    assert "[300/300] done" in run.stderr and "· 270 from cache ·" in run.stderr
 
 
 def test_no_cache_sends_every_line_and_stores_nothing(sim: RunningSim, tmp_path: Path) -> None:
