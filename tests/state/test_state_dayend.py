@@ -45,8 +45,11 @@ async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait
     sim = Simulator(SimConfig(latency_s=0.02))
     async with SimServer(sim) as server:
         async def host(name: str) -> Any:
-            write_jsonl(tmp_path / f"{name}.jsonl",  # no max_tokens
-                        [{"id": f"{name}{i}", "prompt": f"Question {i}"} for i in range(60)])
+            # No max_tokens; each host's own prompts (the shared response cache would answer
+            # one host's from another's).
+            write_jsonl(tmp_path / f"{name}.jsonl",
+                        [{"id": f"{name}{i}", "prompt": f"Question {i} of {name}"}
+                         for i in range(60)])
             spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out",
                            endpoint=Endpoint.make(server.base_url, None, None),
                            overrides={"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 3_000})
