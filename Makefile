@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # 300 requests at a demo limit of 200 a minute: a full bucket's burst, then a minute of pacing
-# with the gauges moving. Its own state dir keeps simulated usage out of your real ledger.
+# with the gauges moving. Its own state dir keeps simulated usage out of your real ledger, and
+# starts its response cache empty: the sample's 300 bodies are distinct, so all 300 are sent.
 demo: $(STAMP)
 	rm -rf .demo-state samples/jobs.results.jsonl samples/.jobs.results.jsonl.batchrun
 	BATCHRUN_HOME=.demo-state $(BIN)/batchrun submit samples/jobs.jsonl --simulate --rpm 200

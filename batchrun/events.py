@@ -57,6 +57,10 @@ class RequestFinished:
     batch: bool = False  # through the Batch API: billed at half the list price
     # The part of tokens_in the server served from its prompt cache, billed at the cached price.
     cached_in: int = 0
+    # Answered from batchrun's response cache (#25): nothing sent, its tokens 0, and what its
+    # stored usage would have cost at the job's rate.
+    from_cache: bool = False
+    saved_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +167,8 @@ class Stats:
     sync_via: Via = Via.SYNC  # the per-minute path's rate (flex: Batch API rates)
     state: str = "starting"
     batch_requests: int = 0  # of ok + failed: the ones the Batch API answered
+    from_cache: int = 0  # of ok: answered from the response cache, not sent
+    saved_usd: float = 0.0
 
     def __call__(self, event: Event) -> None:
         match event:
@@ -177,6 +183,8 @@ class Stats:
                 self.tokens_in[model] += tin
                 self.tokens_out[model] += tout
                 self.cached_in[model] += event.cached_in
+                self.from_cache += event.from_cache
+                self.saved_usd += event.saved_usd
                 if event.batch:
                     self.batch_requests += 1
                     self.batch_in[model] += tin
@@ -233,9 +241,10 @@ class Stats:
                 for m, lim in self.limits.items()
             },
             "rate_limited_429": self.throttled,
+            "cache": {"answered": self.from_cache, "saved_usd": round(self.saved_usd, 6)},
             # --via auto sends part of a job each way, at two prices: what went where.
             "via": {
-                "sync": sync.way(self.ok + self.failed - self.batch_requests,
+                "sync": sync.way(self.ok + self.failed - self.batch_requests - self.from_cache,
                                  _known(sync_cost, sync_unpriced)),
                 "batch": batch.way(self.batch_requests, _known(batch_cost, batch_unpriced)),
             },

@@ -29,6 +29,7 @@ from batchrun.backends.batch.parts import (
     send_failed_again,
 )
 from batchrun.backends.batch.run import Detached
+from batchrun.backends.cacheflow import OFF, CacheFlow
 from batchrun.backends.costcap import (
     CostCap,
     price_table,
@@ -50,6 +51,7 @@ from batchrun.errors import (
     StateError,
 )
 from batchrun.events import Event, JobStarted, Listener, RequestFinished, StateChanged
+from batchrun.files.cache import ResponseCache
 from batchrun.files.checkpoint import (
     OutputScan,
     check_output_path,
@@ -80,11 +82,28 @@ from batchrun.report.tally import count_endpoint, forget_failed
 from batchrun.routing import EndpointConfig, check_serves
 from batchrun.routing.config import check_unchanged as check_endpoints_unchanged
 from batchrun.routing.config import digest as endpoints_digest
-from batchrun.state import SharedBudget, SharedStateError, StateUrl
+from batchrun.state import SharedBudget, SharedStateError, StateUrl, open_cache
 from batchrun.state import connect as connect_state
 
 SIMULATOR_HOST = "simulator"
 SAVE_EVERY_S = 2.0
+
+
+async def _close_cache(cache: ResponseCache, notify: Callable[[str], None]) -> None:
+    """Every line is written by now: answers the cache could not keep cost money on a later
+    run, never this run's results, so its failure is said and the job ends as it ended."""
+    try:
+        await cache.close()
+    except StateError as exc:
+        notify(f"{exc.message} (answers of this run may not be in the response cache)")
+
+
+def cache_flow(spec: JobSpec, cache: ResponseCache | None, simulate: bool,
+               ) -> CacheFlow | None:
+    """The job's use of the response cache; None with --no-cache."""
+    if cache is None or spec.cache == OFF:
+        return None
+    return CacheFlow(cache, spec.cache, SIMULATOR_HOST if simulate else None)
 
 
 def simulator_host(job_id: str) -> str:
@@ -110,6 +129,7 @@ def spec_options(spec: JobSpec, simulate: bool) -> dict[str, Any]:
         "via": spec.via, "poll_max_s": spec.poll_max_s,
         "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost,
         "service_tier": spec.service_tier, "flex_wait_s": spec.flex_wait_s,
+        "cache": spec.cache,
     }
 
 
@@ -132,7 +152,7 @@ def spec_from_manifest(m: Manifest, overrides: dict[str, Any]) -> tuple[JobSpec,
         wait=o.wait, max_response_mb=o.max_response_mb, via=o.via, poll_max_s=o.poll_max_s,
         batch_queue_tokens=o.batch_queue_tokens, detach=bool(o.detach),
         cancel_batches=bool(o.cancel_batches), max_cost=o.max_cost,
-        service_tier=o.service_tier, flex_wait_s=o.flex_wait_s,
+        service_tier=o.service_tier, flex_wait_s=o.flex_wait_s, cache=o.cache,
     )
     if o.endpoints:  # read again: the keys' variables are checked as on submit
         spec = with_endpoints(spec, Path(o.endpoints), o.record_endpoint, m.job_id,
@@ -333,6 +353,7 @@ async def run(
     notify: Callable[[str], None] = lambda message: None,
     state: StateUrl | None = None,
     simulated_hosts: Mapping[str, str] | None = None,
+    simulate: bool = False,
 ) -> BatchrunError | None:
     """Run the job under its output's lock, with the shared ledger; record how it ended.
 
@@ -425,15 +446,20 @@ async def run(
                 send_failed_again(manifest.batch)
             manifest.options["via"] = spec.via
             journal = SpendJournal(spend_path(store.dir, manifest.job_id))
+            cache = (open_cache(state, store.home, simulate=simulate, notify=notify)
+                     if spec.cache != OFF else None)
             try:
                 stop = await _send(spec, manifest, store, api_key, fan_out, report, done,
                                    Budgets(budget_for, budget_in, key_for,
                                            CostCap(spec.max_cost, journal,
                                                    price_table(spec.endpoints),
-                                                   _sync_rate(spec))),
+                                                   _sync_rate(spec)),
+                                           cache_flow(spec, cache, simulate)),
                                    now_utc, sleep, notify, on_disk)
             finally:
                 journal.close()
+                if cache is not None:
+                    await _close_cache(cache, notify)
             crashed = False
         except BatchrunError as exc:
             stop, crashed = exc, False
@@ -491,6 +517,7 @@ class Budgets:
     key_for: Callable[[EndpointConfig], str] | None = None
     # The job's spend beside the daily budget: capped with --max-cost, recorded always
     cost: CostCap | None = None
+    cache: CacheFlow | None = None  # the response cache in the job's mode (None: --no-cache)
 
 
 async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str,
@@ -507,8 +534,8 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
                                           done, budgets, now_utc, sleep, notify, on_disk)
     if spec.via == "batch" or has_batches_on_server(manifest.batch):
         return _phrase(await run_batch(spec, manifest, store, api_key, listener, report, done,
-                                       sleep=sleep, notify=notify,
-                                       cost=_batch_cost(budgets)), spec, manifest)
+                                       sleep=sleep, notify=notify, cost=_batch_cost(budgets),
+                                       cache=budgets.cache), spec, manifest)
     if drop_unsent_parts(manifest.batch) and on_disk:
         store.save(manifest)  # before the sync path sends what they held
     if spec.endpoints:
@@ -523,7 +550,7 @@ async def _send(spec: JobSpec, manifest: Manifest, store: JobStore, api_key: str
                "Batch API now, into the same output.")
         ended = await run_batch(spec, manifest, store, api_key, listener, report,
                                 read_output(spec.output).done, sleep=sleep, notify=notify,
-                                announce=False, cost=_batch_cost(budgets))
+                                announce=False, cost=_batch_cost(budgets), cache=budgets.cache)
     return _phrase(ended, spec, manifest)
 
 
@@ -535,7 +562,7 @@ async def _run_engine(spec: JobSpec, report: InputReport, skip: set[str], api_ke
     engine = Engine(spec, report, skip, api_key, listener, budgets.for_model, now_utc=now_utc,
                     sleep=sleep, upstreams=build_upstreams(spec, budgets.in_scope,
                                                            budgets.key_for),
-                    cost=budgets.cost)
+                    cost=budgets.cost, cache=budgets.cache)
     return await on_signals(engine.interrupt, engine.run())
 
 
@@ -585,7 +612,8 @@ async def _sync_beside_batches(spec: JobSpec, manifest: Manifest, store: JobStor
             return None
         stop = await run_batch(spec, manifest, store, api_key, listener, report,
                                read_output(spec.output).done, sleep=sleep, notify=notify,
-                               announce=False, collect_only=True, cost=_batch_cost(budgets))
+                               announce=False, collect_only=True, cost=_batch_cost(budgets),
+                               cache=budgets.cache)
         if stop is not None:
             return _phrase(stop, spec, manifest)
         done = read_output(spec.output).done
@@ -722,7 +750,7 @@ def plan_resume(manifest: Manifest, retry_failed: bool, force: bool,
         "max_retries": spec.max_retries, "timeout_s": spec.timeout_s, "wait": spec.wait,
         "max_response_mb": spec.max_response_mb, "poll_max_s": spec.poll_max_s,
         "batch_queue_tokens": spec.batch_queue_tokens, "max_cost": spec.max_cost,
-        "flex_wait_s": spec.flex_wait_s})
+        "flex_wait_s": spec.flex_wait_s, "cache": spec.cache})
     return spec, simulate
 
 

@@ -198,6 +198,13 @@ def _cost(s: dict[str, Any], batch: bool) -> str:
             + (f", plus {unpriced}, which has no list price" if unpriced else ""))
 
 
+def from_cache(cache: dict[str, Any] | None) -> str:
+    """' · 270 from the cache (saved $0.0026)': answers the job did not pay for (#25)."""
+    if not cache or not cache["answered"]:
+        return ""
+    return f" · {cache['answered']:,} from the cache (saved {usd(cache['saved_usd'])})"
+
+
 def summary_lines(s: dict[str, Any], output: Path, batch: bool = False) -> list[str]:
     """The summary a run ends with (`s`: the `--json` summary); `batch`: some requests went by
     the Batch API (at half price)."""
@@ -205,6 +212,7 @@ def summary_lines(s: dict[str, Any], output: Path, batch: bool = False) -> list[
     lines = [
         f"{r['ok']:,} ok · {r['failed']:,} failed"
         + (f" ({r['bad_lines']:,} bad input lines)" if r["bad_lines"] else "")
+        + from_cache(s.get("cache"))
         + (f" · {r['already_done']:,} done before" if r["already_done"] else "")
         + (f" ({r['failed_before']:,} of them failed)" if r["failed_before"] else "")
         + (f" · {r['not_done']:,} not done" if r["not_done"] else ""),

@@ -71,11 +71,13 @@ def run_once(rpms: list[int], requests: int, workdir: Path, tpd_first: int) -> d
             server.stdout.readline()  # "listening on ..."
         conf = workdir / "endpoints.toml"
         conf.write_text("\n".join(blocks))
+        # One home for every run (and --no-cache): the routing is measured, not answers
+        # stored by an earlier run.
         env = {**os.environ, "BATCHRUN_HOME": str(workdir / "batchrun-home"),
                **{f"BENCH_KEY_{n}": f"sk-bench-{n}" for n in range(len(rpms))}}
         proc = subprocess.run(
             [sys.executable, "-m", "batchrun", "submit", str(jobs), "--json",
-             "--endpoints", str(conf)],
+             "--endpoints", str(conf), "--no-cache"],
             capture_output=True, text=True, env=env, check=False)
     finally:
         for server in servers:

@@ -47,7 +47,10 @@ def write_jobs(path: Path, n: int) -> None:
             f.write(orjson.dumps({"id": f"r{i}", "prompt": f"Say {i}", "max_tokens": 5}) + b"\n")
 
 
-def run_once(jobs: Path, out: Path, home: Path, with_ledger: bool) -> tuple[float, float, int]:
+def run_once(jobs: Path, out: Path, home: Path, with_ledger: bool,
+             extra: tuple[str, ...] = ()) -> tuple[float, float, int]:
+    """One run in a fresh `home`: its response cache starts empty, so every line is sent and
+    the cache's lookups and stores are part of what is measured."""
     out.unlink(missing_ok=True)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "batchrun.simulator", "--port", str(port)],
@@ -62,7 +65,7 @@ def run_once(jobs: Path, out: Path, home: Path, with_ledger: bool) -> tuple[floa
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", MEASURED, "submit", str(jobs), "-o", str(out), "--json",
-             "--base-url", f"http://127.0.0.1:{port}/v1", *limits],
+             "--base-url", f"http://127.0.0.1:{port}/v1", *limits, *extra],
             capture_output=True, text=True, env=env, check=False)
         wall = time.perf_counter() - start
     finally:

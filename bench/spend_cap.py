@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from batchrun.cli import commands as cli
 from tests.helpers.billing_server import BillingServer, rows
 
-LIMITS = ("--rpm", "0", "--tpm", "0", "--tpd", "0", "--rpd", "0", "--json", "-q")
+# --no-cache: both runs send every request (the second must not be answered by the first's
+# answers, whatever port its server gets), so the bills compare.
+LIMITS = ("--rpm", "0", "--tpm", "0", "--tpd", "0", "--rpd", "0", "--json", "-q", "--no-cache")
 
 
 def run(*args: str) -> tuple[int, dict[str, Any]]:

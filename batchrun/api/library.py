@@ -178,9 +178,9 @@ def submit(jobs: str | os.PathLike[str], *, on_event: EventHook | None = None,
     Options are `batchrun submit`'s (output, model, tier, rpm, tpm, rpd, tpd, concurrency,
     base_url, azure_endpoint, api_key_env, max_retries, timeout, drain, max_response_mb, wait,
     on_bad_line, simulate, insecure, force, endpoints, record_endpoint, state, via, detach,
-    poll_max, batch_queue_tokens, service_tier, flex_wait, max_cost, metrics_port). Works
-    inside a running event loop (Jupyter) too: the job then runs on a worker thread, and
-    `on_event` is called there."""
+    poll_max, batch_queue_tokens, service_tier, flex_wait, max_cost, metrics_port, cache,
+    cache_refresh). Works inside a running event loop (Jupyter) too: the job then runs on a
+    worker thread, and `on_event` is called there."""
     return block(submit_async(jobs, on_event=on_event, progress=progress, **options))
 
 
@@ -206,7 +206,7 @@ async def resume_async(job: Job | str | os.PathLike[str] | None = None, *,
     check_options({**options, "drain": drain})
     known = {"rpm", "tpm", "rpd", "tpd", "concurrency", "max_retries", "timeout",
              "max_response_mb", "wait", "via", "detach", "poll_max", "batch_queue_tokens",
-             "cancel_batches", "flex_wait", "max_cost", "metrics_port"}
+             "cancel_batches", "flex_wait", "max_cost", "metrics_port", "cache", "cache_refresh"}
     refuse_unknown("resume", options, known)
     store = JobStore()
     manifest = _find(job, store, retry_failed)

@@ -41,7 +41,7 @@ TEXT = ("tier", "model", "base_url", "azure_endpoint", "api_key_env", "state", "
         "service_tier")
 PATHS = ("jobs", "output", "endpoints")
 FLAGS = ("simulate", "insecure", "force", "record_endpoint", "detach", "wait", "progress",
-         "retry_failed", "cancel_batches")
+         "retry_failed", "cancel_batches", "cache", "cache_refresh")
 WHOLE = ("rpm", "tpm", "rpd", "tpd", "batch_queue_tokens", "concurrency", "max_retries",
          "assume_output_tokens", "metrics_port")
 NUMBERS = ("timeout", "drain", "poll_max", "max_response_mb", "latency", "flex_wait",
@@ -149,6 +149,21 @@ def flex_options(service_tier: str | None, flex_wait: float | None, via: str | N
     default = FLEX_TIMEOUT_S if service_tier is not None else DEFAULT_TIMEOUT_S
     return {"service_tier": service_tier, "timeout_s": default if timeout is None else timeout,
             "flex_wait_s": DEFAULT_FLEX_WAIT_S if flex_wait is None else flex_wait}
+
+
+def cache_mode(cache: bool | None, refresh: bool | None, given_only: bool = False,
+               ) -> str | None:
+    """--cache/--no-cache and --cache-refresh as the job's cache mode (on, off, refresh);
+    `given_only` (resume): None when neither was given, so the job keeps its own."""
+    check_types({"cache": cache, "cache_refresh": refresh})
+    if refresh and cache is False:
+        raise InputError("--cache-refresh sends every request and stores its answer, and "
+                         "--no-cache stores nothing: they cannot go together. Drop one of them.")
+    if refresh:
+        return "refresh"
+    if cache is None:
+        return None if given_only else "on"
+    return "on" if cache else "off"
 
 
 def batch_options(via: str | None, detach: bool | None, poll_max: float | None,

@@ -12,7 +12,13 @@ from typing import Any
 
 from batchrun import job, messages
 from batchrun.api.cache import estimate_lookup
-from batchrun.api.options import batch_options, check_options, check_tier, flex_options
+from batchrun.api.options import (
+    batch_options,
+    cache_mode,
+    check_options,
+    check_tier,
+    flex_options,
+)
 from batchrun.backends.batch.parts import forget_open_parts, shown_record
 from batchrun.backends.sync.engine import JobSpec
 from batchrun.backends.sync.upstreams import with_endpoints
@@ -74,6 +80,7 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
                    batch_queue_tokens: int | None = None, service_tier: str | None = None,
                    flex_wait: float | None = None, max_cost: float | None = None,
                    metrics_port: int | None = None,
+                   cache: bool | None = None, cache_refresh: bool = False,
                    beside_endpoints: Callable[[Path], None] = lambda _: None) -> Prepared:
     """`submit`'s checks and plan; changes nothing on disk. `beside_endpoints` refuses the
     single endpoint's options given with `endpoints` (the caller knows which were given)."""
@@ -90,6 +97,7 @@ def prepare_submit(jobs: Path, *, output: Path | None = None, model: str = "gpt-
         concurrency=concurrency, max_retries=max_retries,
         max_response_mb=max_response_mb or DEFAULT_MAX_RESPONSE_MB,
         drain_s=drain, on_bad_line=on_bad_line, wait=bool(wait), max_cost=max_cost,
+        cache=cache_mode(cache, cache_refresh) or "on",
         **batch_options(via, detach, poll_max, batch_queue_tokens),
         **flex_options(service_tier, flex_wait, via, timeout),
     )
@@ -126,6 +134,7 @@ def prepare_resume(manifest: Manifest, store: JobStore, *, retry_failed: bool = 
         "wait": given.get("wait"), "cancel_batches": given.get("cancel_batches") or None,
         "max_cost": given.get("max_cost"),
         "flex_wait_s": given.get("flex_wait"),
+        "cache": cache_mode(given.get("cache"), given.get("cache_refresh"), given_only=True),
         **batch_options(given.get("via"), given.get("detach"), given.get("poll_max"),
                         given.get("batch_queue_tokens"), given_only=True),
     })
@@ -204,7 +213,7 @@ async def _execute(p: Prepared, listener: Listener,
         return await job.run(replace(spec, endpoint=endpoint), manifest, store,
                              "sk-simulated", listener, job.simulator_host(manifest.job_id),
                              now_utc=ledger.utc_now, retry_failed=p.retry_failed,
-                             notify=notify, state=p.state)
+                             notify=notify, state=p.state, simulate=True)
 
 
 async def _simulate_endpoints(p: Prepared, listener: Listener,
@@ -230,7 +239,7 @@ async def _simulate_endpoints(p: Prepared, listener: Listener,
             replace(spec, endpoint=configs[0].endpoint, endpoints=tuple(configs)), p.manifest,
             p.store, "sk-simulated", listener, job_host, now_utc=ledger.utc_now,
             retry_failed=p.retry_failed, notify=notify, state=p.state,
-            simulated_hosts=ledger_hosts)
+            simulated_hosts=ledger_hosts, simulate=True)
 
 
 def run_summary(stats: Stats, tally: EndpointTally, manifest: Manifest, store: JobStore,

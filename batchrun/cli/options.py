@@ -67,6 +67,15 @@ MaxCost = Annotated[float | None, typer.Option(
     "--max-cost", min=api_options.MIN_COST, max=api_options.MAX_COST, metavar="USD",
     show_default="none", help="stop before the job's spend (every run, at list prices) could "
     "pass USD: exit 3, resume with a larger cap")]
+CacheOpt = Annotated[bool | None, typer.Option(
+    "--cache/--no-cache", show_default="--cache",
+    help="answer a request whose exact body was answered before from the response cache, and "
+    "send identical lines once; --no-cache sends every line and stores nothing")]
+CacheRefresh = Annotated[bool, typer.Option(
+    "--cache-refresh", help="send every line (no cache lookups) and store each answer over "
+    "the one stored")]
+
+
 class ServiceTier(str, Enum):
     flex = "flex"
 

@@ -20,6 +20,8 @@ from batchrun.cli.options import (
     ApiKeyEnv,
     AzureEndpoint,
     BaseUrl,
+    CacheOpt,
+    CacheRefresh,
     Concurrency,
     Detach,
     Drain,
@@ -98,6 +100,8 @@ def submit(
     flex_wait: FlexWait = None,
     max_cost: MaxCost = None,
     metrics_port: MetricsPort = None,
+    cache: CacheOpt = None,
+    cache_refresh: CacheRefresh = False,
 ) -> None:
     """Send every request in JOBS and write one result line per request."""
     printing.reply.json = json_
@@ -114,7 +118,8 @@ def submit(
         record_endpoint=record_endpoint, state=state, via=via.value if via else None,
         detach=detach, poll_max=poll_max, batch_queue_tokens=batch_queue_tokens,
         service_tier=service_tier.value if service_tier else None, flex_wait=flex_wait,
-        max_cost=max_cost, metrics_port=metrics_port, beside_endpoints=beside_endpoints)
+        max_cost=max_cost, metrics_port=metrics_port, cache=cache, cache_refresh=cache_refresh,
+        beside_endpoints=beside_endpoints)
     printing.reply.about(prepared.manifest.job_id)
     if prepared.finished is not None:
         printing.finished(prepared.finished, prepared.manifest)
@@ -153,6 +158,8 @@ def resume(
     flex_wait: FlexWait = None,
     max_cost: MaxCost = None,
     metrics_port: MetricsPort = None,
+    cache: CacheOpt = None,
+    cache_refresh: CacheRefresh = False,
 ) -> None:
     """Continue a paused, interrupted or crashed job where it stopped."""
     printing.reply.json = json_
@@ -177,7 +184,7 @@ def resume(
         max_response_mb=max_response_mb, wait=wait, cancel_batches=cancel_batches,
         via=via.value if via else None, detach=detach, poll_max=poll_max,
         batch_queue_tokens=batch_queue_tokens, flex_wait=flex_wait, max_cost=max_cost,
-        metrics_port=metrics_port)
+        metrics_port=metrics_port, cache=cache, cache_refresh=cache_refresh)
     if prepared.finished is not None:
         printing.finished(prepared.finished, manifest)
     launch(prepared, json_, quiet)

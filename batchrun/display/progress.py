@@ -243,6 +243,9 @@ class ProgressDisplay:
                 m = self._model(model)
                 m.sent += 1
                 m.charged += cost
+            case RequestFinished(model=model, from_cache=True):
+                # Not sent: no part of the last minute's requests against the limits.
+                self._model(model).finished += 1
             case RequestFinished(model=model, tokens_in=tin, tokens_out=tout):
                 self._rates.add(tin + tout)
                 if event.endpoint:
@@ -333,7 +336,8 @@ class ProgressDisplay:
         when = self._when()
         return " · ".join(part for part in (
             s.state, when, f"in flight {s.in_flight:,}", f"failed {s.failed:,}",
-            f"429s {s.throttled:,}") if part)
+            f"429s {s.throttled:,}", f"{s.from_cache:,} from cache" if s.from_cache else "",
+            ) if part)
 
     def _gauges(self, name: str, m: _Model, units: bool = True) -> tuple[str, str, str]:
         """Requests and tokens of the last minute, and today's budget, against their limits."""

@@ -213,13 +213,19 @@ def result_line(
     body: Any,
     error: tuple[str, str] | None,
     raw_body: bytes | None = None,
+    cached: bool = False,
 ) -> bytes:
-    """One line of the OpenAI Batch API output format.
+    """One line of the OpenAI Batch API output format; `cached`: answered from the response
+    cache, said by a top-level `"cached": true` after the Batch API's fields (readers of Batch
+    API output ignore a key they do not know).
 
     A successful answer's `raw_body` (its exact bytes, checked by the client to be one JSON
     object on one line) goes into the line as it came: parsing and writing it again would turn
     an integer past 64 bits into a float, or refuse a lone surrogate the model wrote.
     """
+    if cached:
+        plain = result_line(custom_id, status, request_id, body, error, raw_body)
+        return plain[:-2] + b',"cached":true}\n'
     if raw_body is not None and error is None and status is not None:
         head = result_line(custom_id, status, request_id, None, None)
         assert head.endswith(_OK_TAIL)

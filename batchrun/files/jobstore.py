@@ -147,6 +147,7 @@ class JobOptions:
     max_cost: float | None = None
     service_tier: str | None = None
     flex_wait_s: float = DEFAULT_FLEX_WAIT_S
+    cache: str = "on"  # the response cache: on | off | refresh
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> JobOptions:
@@ -233,7 +234,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "endpoints": (str, type(None)), "record_endpoint": (bool,),
     "via": (str,), "poll_max_s": (int, float), "batch_queue_tokens": (int, type(None)),
     "max_cost": (int, float, type(None)),
-    "service_tier": (str, type(None)), "flex_wait_s": (int, float),
+    "service_tier": (str, type(None)), "flex_wait_s": (int, float), "cache": (str,),
 }
 
 
@@ -244,6 +245,8 @@ def _wrong_options(options: dict[str, Any]) -> list[tuple[str, Any]]:
     cap = options.get("max_cost")
     if isinstance(cap, int | float) and not isinstance(cap, bool) and not cap > 0:
         wrong.append(("max_cost", cap))  # a cap no request fits under, or NaN
+    if options.get("cache", "on") not in ("on", "off", "refresh"):
+        wrong.append(("cache", options.get("cache")))
     if options.get("on_bad_line") not in ("fail", "skip"):
         wrong.append(("on_bad_line", options.get("on_bad_line")))
     overrides = options.get("overrides")

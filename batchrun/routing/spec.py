@@ -81,6 +81,7 @@ class JobSpec:
     max_cost: float | None = None  # --max-cost: the job's spend cap in USD at list prices
     service_tier: str | None = None  # "flex": set in each chat body that sets none itself
     flex_wait_s: float = DEFAULT_FLEX_WAIT_S  # one request's total wait for flex capacity
+    cache: str = "on"  # the response cache: on | off (--no-cache) | refresh (--cache-refresh)
 
     def limits_for(self, model: str) -> Limits:
         return (preset(model, self.tier) or Limits()).override(**self.overrides)

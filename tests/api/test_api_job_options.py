@@ -35,7 +35,7 @@ def test_keys_it_does_not_know_are_left_to_their_readers() -> None:
 
 def test_a_job_recorded_by_the_oldest_version_resumes(tmp_path: Path) -> None:
     jobs = write_jsonl(tmp_path / "jobs.jsonl",
-                       [{"id": f"o{i}", "prompt": "hi", "max_tokens": 5} for i in range(6)])
+                       [{"id": f"o{i}", "prompt": f"hi {i}", "max_tokens": 5} for i in range(6)])
     first = run_cli("submit", str(jobs), "--simulate", "--rpm", "0", "--tpd", "40")
     assert first.code == 3, first.stderr
     [manifest] = (Path(os.environ["BATCHRUN_HOME"]) / "jobs").glob("*.json")

@@ -51,7 +51,7 @@ def test_the_same_call_twice_pays_once(sim: RunningSim) -> None:
 
 
 def test_a_stopped_run_goes_on_where_it_stopped(sim: RunningSim) -> None:
-    asked = [{"id": f"d{i}", "prompt": "hello there", "max_tokens": 40} for i in range(20)]
+    asked = [{"id": f"d{i}", "prompt": f"hello there {i}", "max_tokens": 40} for i in range(20)]
     paused = batchrun.run(asked, base_url=sim.base_url, tpd=300, concurrency=1, name="daily")
     assert (paused.job.state, paused.job.exit_code) == ("paused-daily", 3)
     have = [a for a in paused if a is not None]

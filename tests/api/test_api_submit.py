@@ -77,7 +77,7 @@ def test_submitting_a_finished_job_again_sends_nothing(sim: RunningSim, tmp_path
 
 def test_the_daily_budget_returns_a_paused_job_with_exit_3(sim: RunningSim,
                                                            tmp_path: Path) -> None:
-    rows = [{"id": f"d{i}", "prompt": "hello there", "max_tokens": 40} for i in range(30)]
+    rows = [{"id": f"d{i}", "prompt": f"hello there {i}", "max_tokens": 40} for i in range(30)]
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     job = batchrun.submit(jobs, base_url=sim.base_url, tpd=300, concurrency=1)
     assert (job.state, job.exit_code) == (batchrun.JobState.PAUSED_DAILY, 3)

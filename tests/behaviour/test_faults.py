@@ -149,10 +149,12 @@ def test_disk_full_is_a_clear_error_and_resume_finishes(sim: RunningSim, tmp_pat
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG, not a kill
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
+    # --no-cache: the response cache's file, under the same limit, would refuse first (its
+    # own exit 5); the output's check is what this shows.
     proc = subprocess.run(
         [sys.executable, "-m", "batchrun", "submit", str(jobs), "--base-url", sim.base_url,
-         *FAST, "-q"], env={**os.environ, **ENV}, cwd=REPO, capture_output=True, text=True,
-        preexec_fn=small_disk, timeout=120, check=False)
+         *FAST, "-q", "--no-cache"], env={**os.environ, **ENV}, cwd=REPO, capture_output=True,
+        text=True, preexec_fn=small_disk, timeout=120, check=False)
     assert proc.returncode == 5, proc.stderr  # local I/O failure, not failed requests
     # The output's room is checked before each request goes (tests/behaviour/test_disk_full.py).
     assert "file-size limit" in proc.stderr and "nothing more was sent" in proc.stderr

@@ -141,7 +141,7 @@ def both_ways(folder: Path, rows: list[dict[str, Any]], options: dict[str, Any],
 ENDINGS: list[tuple[str, list[dict[str, Any]], dict[str, Any], int]] = [
     ("done", prompts(3), {}, 0),
     ("some failed", [*prompts(2), {"id": "bad", "nothing": 1}], {"on_bad_line": "skip"}, 1),
-    ("paused-daily", [{"id": f"d{i}", "prompt": "hello there", "max_tokens": 40}
+    ("paused-daily", [{"id": f"d{i}", "prompt": f"hello there {i}", "max_tokens": 40}
                       for i in range(20)], {"tpd": 300, "concurrency": 1}, 3),
     ("local I/O failure", prompts(20), {"concurrency": 1, "rpm": 0, "tpm": 0}, 5),
 ]

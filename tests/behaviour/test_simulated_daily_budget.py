@@ -26,7 +26,8 @@ def test_each_simulated_job_has_its_own_daily_budget_which_holds_on_resume(
     assert 0 < done_a < 40
     # Another simulated job the same day starts with the whole of its own budget.
     second = write_jsonl(tmp_path / "second.jsonl", prompts(40, "s"))
-    b = run_cli("submit", str(second), "--simulate", "--tpd", "300", "-q")
+    # (Its prompts are the first job's: --no-cache, so that it sends them.)
+    b = run_cli("submit", str(second), "--simulate", "--tpd", "300", "-q", "--no-cache")
     assert b.code == 3, b.stderr
     # (With one row for every simulated run, it started with the first job's day spent: 0.)
     assert 0 < count_lines(tmp_path / "second.results.jsonl") < 40
@@ -47,7 +48,7 @@ def test_the_daily_stop_gives_the_true_usage_and_what_other_jobs_used(
     # 30 requests of the same key used more than this job's whole budget before it started.
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(5))
     run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--tpd", "300", "-q",
-                  env=env)
+                  "--no-cache", env=env)  # its prompts were answered by the other job
     assert run.code == 3, run.stderr
     used, budget = _used(run.stderr)
     assert budget == 300 and used > 300  # the ledger's count, not one capped at the budget

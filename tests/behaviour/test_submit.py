@@ -66,7 +66,9 @@ def test_json_summary(sim: RunningSim, tmp_path: Path) -> None:
                                                 "tpd": 0}
     assert set(summary) == {"job", "state", "requests", "tokens", "cost_usd", "prices_as_of",
                             "wall_seconds", "achieved", "limits", "rate_limited_429", "message",
-                            "results", "unpriced_models", "via", "job_cost_usd", "max_cost_usd"}
+                            "results", "unpriced_models", "via", "job_cost_usd", "max_cost_usd",
+                            "cache"}
+    assert summary["cache"] == {"answered": 0, "saved_usd": 0.0}
     assert summary["via"]["batch"]["requests"] == 0
     assert summary["via"]["sync"]["requests"] == 20
     assert summary["job"].startswith("jobs-")
@@ -164,7 +166,7 @@ def test_insufficient_quota_stops_with_exit_4(sim_factory: Any, tmp_path: Path) 
 def test_server_daily_limit_pauses_with_exit_3_and_keeps_results(sim_factory: Any,
                                                                  tmp_path: Path) -> None:
     sim = sim_factory(SimConfig(SimLimits(tpd=500)))
-    rows = [{"id": f"d{i}", "prompt": "hello there", "max_tokens": 40} for i in range(30)]
+    rows = [{"id": f"d{i}", "prompt": f"hello there {i}", "max_tokens": 40} for i in range(30)]
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     run = submit(sim, jobs, *UNLIMITED, "--concurrency", "1")
     assert run.code == 3, run.stderr
@@ -175,7 +177,7 @@ def test_server_daily_limit_pauses_with_exit_3_and_keeps_results(sim_factory: An
 
 
 def test_local_daily_budget_stops_before_sending_past_it(sim: RunningSim, tmp_path: Path) -> None:
-    rows = [{"id": f"d{i}", "prompt": "hello there", "max_tokens": 40} for i in range(30)]
+    rows = [{"id": f"d{i}", "prompt": f"hello there {i}", "max_tokens": 40} for i in range(30)]
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     run = submit(sim, jobs, "--tpd", "300", "--concurrency", "1")
     assert run.code == 3, run.stderr
@@ -220,7 +222,7 @@ def test_a_request_larger_than_the_tpm_limit_fails_at_once(sim: RunningSim,
                                                            tmp_path: Path) -> None:
     rows = [{"id": "small", "prompt": "hi", "max_tokens": 10},
             {"id": "huge", "prompt": "hi", "max_tokens": 5000},
-            {"id": "small2", "prompt": "hi", "max_tokens": 10}]
+            {"id": "small2", "prompt": "hi there", "max_tokens": 10}]
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     run = submit(sim, jobs, "--tpm", "1000")
     assert run.code == 1

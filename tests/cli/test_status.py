@@ -32,8 +32,9 @@ def test_status_lists_paused_finished_and_crashed_jobs(sim: RunningSim, tmp_path
     assert run_cli("submit", str(paused), *base, "--tpd", "300", "--concurrency", "1",
                    env=ENV).code == 3
     proc = subprocess.Popen(
+        # --no-cache: its first line must be sent (the others' answers would be written at once)
         [sys.executable, "-m", "batchrun", "submit", str(crashed), *base, "--concurrency", "1",
-         "-q"], env={**os.environ, **ENV}, cwd=REPO,
+         "-q", "--no-cache"], env={**os.environ, **ENV}, cwd=REPO,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "crashed.results.jsonl"
     wait_for(lambda: count_lines(out) >= 1)

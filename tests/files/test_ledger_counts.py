@@ -208,7 +208,7 @@ def test_a_server_that_counts_its_charge_per_day_is_learned_from_its_429(
     # The simulator's per-day limit counts what it charges at admission (prompt + max_tokens),
     # about three times what it bills for these short answers.
     sim = sim_factory(SimConfig(SimLimits(tpd=500)))
-    rows = [{"id": f"d{i}", "prompt": "hello there", "max_tokens": 40} for i in range(30)]
+    rows = [{"id": f"d{i}", "prompt": f"hello there {i}", "max_tokens": 40} for i in range(30)]
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     run = submit(sim, jobs, "--concurrency", "1")
     assert run.code == 3, run.stderr
@@ -241,7 +241,7 @@ def test_a_ledger_from_the_first_release_is_read_and_counted_on(
     status = run_cli("status")
     assert status.code == 0, status.stderr
     assert "700" in status.stdout
-    rows = [{"id": f"o{i}", "prompt": "hello there"} for i in range(3)]
+    rows = [{"id": f"o{i}", "prompt": f"hello there {i}"} for i in range(3)]
     run = submit(sim, write_jsonl(tmp_path / "jobs.jsonl", rows), "--tpd", "100000")
     assert run.code == 0, run.stderr
     ledger = Ledger(path)

@@ -171,8 +171,10 @@ def test_a_redis_that_stops_answering_is_asked_once_not_again_and_again(
         silencer.silent.set()
 
     threading.Thread(target=silence, daemon=True).start()
+    # --no-cache: the limiter's and ledger's connection is counted here (the response
+    # cache's own, in Redis too, opens when it first writes)
     run = run_cli("submit", str(jobs), "--base-url", sim.base_url, "--state", silencer.url,
-                  "--rpm", "60000", env=ENV)
+                  "--rpm", "60000", "--no-cache", env=ENV)
     assert run.code == 5, run.stderr
     assert f"{silencer.url} is unavailable (TimeoutError" in run.stderr
     assert 10 <= len(read_results(tmp_path / "jobs.results.jsonl")) == sim.stats.received

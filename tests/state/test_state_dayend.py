@@ -45,8 +45,11 @@ async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait
     sim = Simulator(SimConfig(latency_s=0.02))
     async with SimServer(sim) as server:
         async def host(name: str) -> Any:
-            write_jsonl(tmp_path / f"{name}.jsonl",  # no max_tokens
-                        [{"id": f"{name}{i}", "prompt": f"Question {i}"} for i in range(60)])
+            # No max_tokens; each host's own prompts (the shared response cache would answer
+            # one host's from another's).
+            write_jsonl(tmp_path / f"{name}.jsonl",
+                        [{"id": f"{name}{i}", "prompt": f"Question {i} of {name}"}
+                         for i in range(60)])
             spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out",
                            endpoint=Endpoint.make(server.base_url, None, None),
                            overrides={"rpm": 0, "tpm": 0, "rpd": 0, "tpd": 3_000})
@@ -159,7 +162,10 @@ async def test_a_per_day_429_about_the_servers_yesterday_is_waited_out_not_a_day
     sim = Simulator(SimConfig(SimLimits(rpd=5)), today=lambda: now[0] - dt.timedelta(seconds=2))
     async with SimServer(sim) as server:
         async def host(name: str, lines: int) -> Any:
-            write_jsonl(tmp_path / f"{name}.jsonl", prompts(lines, name))
+            # Its own prompts: b's must not be answered by a's from the shared response cache.
+            write_jsonl(tmp_path / f"{name}.jsonl",
+                        [{**row, "prompt": f"{name} {row['prompt']}"}
+                         for row in prompts(lines, name)])
             spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out",
                            endpoint=Endpoint.make(server.base_url, None, None),
                            overrides={"rpm": 0, "tpm": 0, "rpd": 0})

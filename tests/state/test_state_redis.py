@@ -164,7 +164,9 @@ async def test_four_engines_on_one_redis_keep_each_days_budget_across_midnight(
     async with SimServer(sim) as server:
         names = ("a", "b", "c", "d")
         for name in names:
-            write_jsonl(tmp_path / f"{name}.jsonl", prompts(13, name))
+            # Each host's own prompts: not answered by another's from the shared response cache.
+            write_jsonl(tmp_path / f"{name}.jsonl",
+                        [{**row, "prompt": f"{name} {row['prompt']}"} for row in prompts(13, name)])
 
         async def host(name: str) -> Any:
             spec = JobSpec(input=tmp_path / f"{name}.jsonl", output=tmp_path / f"{name}.out.jsonl",

@@ -119,6 +119,13 @@ class Collector:
         self._done = done
         self._emit = emit
         self._secrets = secrets  # the key's forms: a failure's words may quote it
+        # The response cache (#25): each answer merged, for the job to store (None: no cache)
+        self.answers: dict[str, bytes] | None = None
+
+    def cached(self, cid: str, line: bytes, finished: RequestFinished) -> None:
+        """A line the response cache answered: written, never uploaded."""
+        self._write(cid, line)
+        self._emit(finished)
 
     def fail(self, cid: str, model: str, code: str, message: str, attempts: int) -> None:
         """A final failure line for a request no file answered (e.g. out of retries)."""
@@ -154,6 +161,8 @@ class Collector:
                 # Written as read: one line of the answer's JSON, digits and escapes kept.
                 raw_body = json.dumps(body, separators=(",", ":")).encode() if exact else None
                 self._write(cid, result_line(cid, status, request_id, body, None, raw_body))
+                if self.answers is not None:
+                    self.answers[cid] = raw_body or orjson.dumps(body)
                 tokens = reported_usage(body) or (0, 0)
                 self._emit(RequestFinished(cid, model, True, *tokens, attempts, batch=True,
                                             cached_in=reported_cached(body)))

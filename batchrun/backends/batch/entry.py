@@ -11,6 +11,7 @@ from batchrun.backends.batch.look import Fetched, look
 from batchrun.backends.batch.parts import BatchBook, PartFiles
 from batchrun.backends.batch.remote import cancel_interruptibly
 from batchrun.backends.batch.run import BatchJob, Options
+from batchrun.backends.cacheflow import CacheFlow
 from batchrun.backends.costcap import CostCap
 from batchrun.backends.signals import on_signals
 from batchrun.backends.stop import Stop
@@ -18,6 +19,7 @@ from batchrun.errors import BatchrunError, StateError
 from batchrun.events import Listener
 from batchrun.files.jobs import InputReport
 from batchrun.files.jobstore import JobStore, Manifest
+from batchrun.policy.cachekey import key_digest
 from batchrun.policy.classify import secret_forms
 from batchrun.routing.spec import JobSpec
 
@@ -36,14 +38,17 @@ async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key:
                     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                     notify: Callable[[str], None] = lambda message: None,
                     announce: bool = True, collect_only: bool = False,
-                    cost: CostCap | None = None) -> Stop | None:
+                    cost: CostCap | None = None, cache: CacheFlow | None = None) -> Stop | None:
     """The job's pending requests through the Batch API, into its output (already locked by
     the caller); why it stopped, or None when every request has a line. `collect_only`: wait
-    for the batches on the server and merge them; None when none is left open."""
+    for the batches on the server and merge them; None when none is left open. `cache`: the
+    response cache (None: --no-cache)."""
     options = Options(spec.poll_max_s, spec.detach, spec.max_retries, collect_only)
+    if cache is not None:
+        cache.serve([cache.asker(spec.endpoint.host, key_digest(api_key))])
     async with BatchClient(spec.endpoint, api_key, spec.timeout_s) as api:
         job = BatchJob(spec, manifest, store, api, listener, report, done, options, sleep=sleep,
-                       notify=notify, secrets=secret_forms(api_key), cost=cost)
+                       notify=notify, secrets=secret_forms(api_key), cost=cost, cache=cache)
         return await drive(job, announce)
 
 

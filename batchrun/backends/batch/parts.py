@@ -204,6 +204,12 @@ class PartFiles:
         """The custom_ids of part n, in its file's order."""
         return [str(orjson.loads(raw)["custom_id"]) for raw in self._read(self.lines_path(n))]
 
+    def requests(self, n: int) -> Iterator[tuple[str, dict[str, object]]]:
+        """(custom_id, body) of each request of part n, as uploaded."""
+        for raw in self._read(self.lines_path(n)):
+            line = orjson.loads(raw)
+            yield str(line["custom_id"]), line["body"]
+
     def line_nos(self, n: int) -> list[int]:
         raw = self._read_all(self.map_path(n))
         return [int(x) for x in orjson.loads(raw)]

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from batchrun.backends.batch.cached import Uploaded
 from batchrun.backends.batch.collect import Collector
 from batchrun.backends.batch.done import DoneIds
 from batchrun.backends.batch.parts import COLLECTED, BatchBook, PartFiles
@@ -38,12 +39,15 @@ class Pending:
     def __init__(self, spec: JobSpec, report: InputReport, book: BatchBook, files: PartFiles,
                  done: DoneIds, collector: Collector, endpoint: Callable[[str], str],
                  max_retries: int,
-                 worst: Callable[[str, str, dict[str, Any], int], float] | None = None) -> None:
-        """`worst(model, url, body, prompt tokens)`: a request's worst case under --max-cost."""
+                 worst: Callable[[str, str, dict[str, Any], int], float] | None = None,
+                 uploaded: Uploaded | None = None) -> None:
+        """`worst(model, url, body, prompt tokens)`: a request's worst case under --max-cost.
+        `uploaded`: identical lines go once (the response cache on); None: every line goes."""
         self._spec, self._report, self._book, self._files = spec, report, book, files
         self._done, self._collector, self._endpoint = done, collector, endpoint
         self._max_retries = max_retries
         self._worst = worst
+        self._uploaded = uploaded
         self.attempts: dict[str, int] = {}
 
     def _in_parts(self) -> set[str]:
@@ -76,7 +80,11 @@ class Pending:
                                          item.reason, 0)
                 continue
             cid = item.custom_id
-            if self._done.has(cid, item.line_no) or cid in in_parts:
+            if self._done.has(cid, item.line_no):
+                continue
+            if cid in in_parts:
+                if self._uploaded is not None:
+                    self._uploaded.first(item)  # its copies wait for that part
                 continue
             if cid in tried:
                 attempt, code, message = tried[cid]
@@ -89,6 +97,8 @@ class Pending:
                                      "not sent: the job's batches were cancelled with "
                                      "batchrun cancel", 0)
                 continue
+            if self._uploaded is not None and not self._uploaded.first(item):
+                continue  # a copy: the cache answers it once its first is collected
             batch.append(item)
             if len(batch) >= TOKEN_CHUNK:
                 yield from self._as_items(batch)

@@ -23,6 +23,7 @@ import orjson
 
 from batchrun.backends.batch import words
 from batchrun.backends.batch.api import ApiCallFailed, Transient
+from batchrun.backends.batch.cached import Uploaded, answer_from_cache, store_answers
 from batchrun.backends.batch.calls import FIRST_POLL_S, Caller, CallInterrupted
 from batchrun.backends.batch.collect import Collector, Merged
 from batchrun.backends.batch.done import DoneIds
@@ -32,6 +33,7 @@ from batchrun.backends.batch.parts import DOCUMENTED, DROPPED, SUBMITTED, BatchB
 from batchrun.backends.batch.pending import Pending, queue_limit
 from batchrun.backends.batch.plan import Draft, PartLimits, QueueGate, split
 from batchrun.backends.batch.remote import Api, adopt, find_batch, text, validation_errors
+from batchrun.backends.cacheflow import CacheFlow
 from batchrun.backends.costcap import CostCap
 from batchrun.backends.stop import Stop
 from batchrun.errors import (
@@ -102,8 +104,10 @@ class BatchJob:
                  listener: Listener, report: InputReport, done: set[str], options: Options, *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  notify: Callable[[str], None] = lambda message: None,
-                 secrets: tuple[str, ...] = (), cost: CostCap | None = None) -> None:
+                 secrets: tuple[str, ...] = (), cost: CostCap | None = None,
+                 cache: CacheFlow | None = None) -> None:
         self.spec, self.manifest, self.store, self.api = spec, manifest, store, api
+        self._cache = cache  # the response cache in the job's mode (None: --no-cache)
         self._secrets = secrets  # the key's forms, kept out of what the output records
         self._emit, self._report, self._opt = listener, report, options
         self._done = DoneIds(done)
@@ -146,6 +150,8 @@ class BatchJob:
         writer = OutputWriter(self.spec.output)
         try:
             self.collector = Collector(writer, self._done, self._emit, self._secrets)
+            if self._cache is not None:
+                self.collector.answers = {}
             self._outcome = PartSettler(self.book, self.files, self.collector, self._done,
                                     self.spec.input, self._queue, self._notify)
             return await self._loop()
@@ -239,10 +245,17 @@ class BatchJob:
         return queue_limit(self.spec, model, self._queue.limits.get(model))
 
     async def _plan(self) -> None:
-        """Parts for every request that has no result line and is in no open part."""
+        """Parts for every request that has no result line and is in no open part (and whose
+        answer the response cache does not hold)."""
+        cache = self._cache if self._cache is not None and self._cache.looks else None
+        if cache is not None:
+            in_parts = {cid for p in self.book.parts if p.open for cid in self.files.ids(p.n)}
+            await answer_from_cache(cache, self.spec, self._report, self._done, in_parts,
+                                    self.collector)
         pending = Pending(self.spec, self._report, self.book, self.files, self._done,
                           self.collector, self.api.batch_endpoint, self._opt.max_retries,
-                          self._cost.request_worst if self._cost is not None else None)
+                          self._cost.request_worst if self._cost is not None else None,
+                          Uploaded(cache.key) if cache is not None else None)
         # Under a cap, no part is planned larger than what the cap leaves now.
         left = self._cost.remaining() if self._cost is not None else 0.0
         max_usd = 0.0 if left == float("inf") else max(left, 1e-12)
@@ -435,6 +448,8 @@ class BatchJob:
                 self.collector.merge(dest, id_set, part.model, part.attempt, merged)
             else:
                 gone = file_id
+        if self._cache is not None and self.collector.answers is not None:
+            await store_answers(self._cache, self.files, part, self.collector.answers)
         unread = self._outcome.unread(part, ids, merged) if gone is None else []
         if unread and self._outcome.read_again(part, unread):
             self._save()

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from batchrun.backends.cacheflow import CacheFlow, Hit, cached_line, from_cache
 from batchrun.backends.costcap import CostCap
 from batchrun.backends.stop import Stop
 from batchrun.backends.sync.failover import Failover, too_large
@@ -52,6 +53,7 @@ from batchrun.http.client import ApiClient
 from batchrun.http.endpoint import proxy_for
 from batchrun.pacing.backoff import MAX_BACKOFF_S, backoff_s
 from batchrun.pacing.limiter import Ticket
+from batchrun.policy.cachekey import key_digest
 from batchrun.policy.classify import Kind, Outcome
 from batchrun.policy.decide import (
     MAX_RATE_LIMITED,
@@ -105,11 +107,13 @@ class Engine:
         rng: random.Random | None = None,
         upstreams: list[Upstream] | None = None,
         cost: CostCap | None = None,
+        cache: CacheFlow | None = None,
     ) -> None:
         """`report`: the checking pass (the engine sends only what it saw); `done`: ids that
         already have a line in the output. `clock` defaults to the running loop's.
         `upstreams`: the endpoints of --endpoints; without, the spec's one endpoint through
-        `client` (or an ApiClient with `api_key`) and `budget_for`."""
+        `client` (or an ApiClient with `api_key`) and `budget_for`. `cache`: the response
+        cache (#25) in the job's mode; None: --no-cache."""
         self.spec = spec
         self._report = report
         self._done_ids = done
@@ -118,8 +122,15 @@ class Engine:
             only: Client = client or ApiClient(
                 spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0),
                 max_response_bytes=int(spec.max_response_mb * 2**20))
-            upstreams = [Upstream("", only, spec.endpoint.host, spec.limits_for, budget_for)]
+            upstreams = [Upstream("", only, spec.endpoint.host, spec.limits_for, budget_for,
+                                  key_digest=key_digest(api_key))]
         self._upstreams = upstreams
+        self._cache = cache
+        if cache is not None:
+            cache.serve([cache.asker(u.host, u.key_digest) for u in upstreams])
+        # Identical lines wait for the one sent ("leader"): its key -> the copies' ids. Only
+        # leaders not yet answered are held (at most the queues and what is in flight).
+        self._copies: dict[bytes, list[str]] = {}
         self._cost = cost
         self._clock_given = clock
         self._clock: Callable[[], float] = clock or (lambda: 0.0)
@@ -160,7 +171,7 @@ class Engine:
             base_url=self.spec.endpoint.base_url, models=dict(report.models),
             proxy=proxy_for(self.spec.endpoint.base_url),
             endpoints={u.name: u.host for u in self._upstreams if u.name},
-            via=Via.FLEX if self.spec.service_tier == FLEX else Via.SYNC,
+            via=self._via,
         ))
         self._emit(StateChanged("running"))
         try:
@@ -189,6 +200,10 @@ class Engine:
         self._emit(StateChanged("stopped" if self._stop else "done"))
         return self._final_stop()
 
+    @property
+    def _via(self) -> Via:
+        return Via.FLEX if self.spec.service_tier == FLEX else Via.SYNC
+
     def interrupt(self) -> None:
         """Ctrl-C: the first stops admitting and drains for `drain_s`; the second abandons
         in-flight requests. While the job is already stopping for another reason (the daily
@@ -216,6 +231,9 @@ class Engine:
             self._halt(Stop(StopKind.INPUT_CHANGED, input=exc.path, change=exc.change),
                        "the input changed: finishing requests in flight")
             return
+        except StateError as exc:  # the response cache could not be read
+            self._cache_failed(exc)
+            return
         self._input_done = True
         for lane in self._lanes.values():
             lane.changed.set()
@@ -238,6 +256,15 @@ class Engine:
             if item.custom_id in done:
                 self._accounted += 1
                 continue
+            key = None
+            if self._cache is not None and self._cache.looks:
+                key = self._cache.key(item)
+                if key in self._copies:
+                    self._copies[key].append(item.custom_id)
+                    continue
+                if (hit := await self._cache.lookup(item, key)) is not None:
+                    self._answered(item.custom_id, item.model, hit)
+                    continue
             lane = self._lane(item.model)
             if not lane.routes:  # the endpoints file was checked against the input: a guard
                 self._record(item.custom_id, item.model, None,
@@ -246,6 +273,9 @@ class Engine:
             job = Job(item, size_of(item, lane.mean_output))
             if self._never_fits(lane, job):
                 continue
+            if key is not None:
+                self._copies[key] = []
+                job.key = key
             while len(lane.pending) >= QUEUE_PER_LANE and not self._stop:
                 lane.space.clear()
                 await lane.space.wait()
@@ -285,7 +315,8 @@ class Engine:
                    if route.out not in FOR_THE_RUN] or [None]
         reason = None if None in reasons else reasons[0]
         if reason is not None:
-            self._record(job.request.custom_id, lane.model, None, ("request_too_large", reason))
+            self._record(job.request.custom_id, lane.model, None, ("request_too_large", reason),
+                         copies=job.key)
         return reason is not None
 
     # -- dispatchers ----------------------------------------------------------------------------
@@ -408,6 +439,10 @@ class Engine:
             return
         if action is Action.WRITE:
             lane.learn_output((outcome_usage(outcome) or (0, 0))[1])
+            if self._cache is not None and outcome.raw_body is not None:
+                # Stored before its line is written: a kill -9 between the two costs nothing
+                # on resume, where the line comes from the cache.
+                await self._store(self._cache, route, job, outcome.raw_body)
             self._finish(lane, route, job, ok=True)
         elif action in (Action.FAIL, Action.TOO_LARGE):
             self._finish(lane, route, job, ok=False)
@@ -434,6 +469,19 @@ class Engine:
             assert action is Action.STOP_NO_NETWORK
             self._halt(Stop(StopKind.NO_NETWORK, server_message=outcome.message,
                             host=route.upstream.host), "cannot reach the API")
+
+    async def _store(self, cache: CacheFlow, route: Route, job: Job, body: bytes) -> None:
+        up = route.upstream
+        try:
+            await cache.store(job.request, cache.asker(up.host, up.key_digest), body, job.key)
+        except StateError as exc:
+            # The answer is paid for: its line is written all the same, and the job stops as
+            # when the shared state stops answering.
+            self._cache_failed(exc)
+
+    def _cache_failed(self, exc: StateError) -> None:
+        self._halt(Stop(StopKind.STATE, server_message=exc.message),
+                   "the response cache cannot be used: finishing requests in flight")
 
     def _requeue(self, lane: Lane, job: Job) -> None:
         lane.retries.append(job)
@@ -499,7 +547,8 @@ class Engine:
         # tries counts the retryable outcomes; the last one is among them only if it was one
         sent = job.tries.attempts + (out.kind not in (Kind.RETRY, Kind.RATE_MINUTE,
                                                       Kind.FLEX_UNAVAILABLE))
-        self._record(job.request.custom_id, lane.model, out, error, sent, route.name)
+        self._record(job.request.custom_id, lane.model, out, error, sent, route.name,
+                     copies=job.key)
         self._ended(lane)
 
     def _ended(self, lane: Lane) -> None:
@@ -509,28 +558,57 @@ class Engine:
 
     def _record(
         self, custom_id: str, model: str, out: Outcome | None, error: tuple[str, str] | None,
-        attempts: int = 0, endpoint: str = "",
+        attempts: int = 0, endpoint: str = "", copies: bytes | None = None,
     ) -> None:
+        """Write a request's line; `copies`: its key, whose waiting copies (identical lines)
+        get their own lines with its answer or its failure."""
         body = out.body if out is not None and out.status is not None else None
         line = result_line(
             custom_id, out.status if out else None, out.request_id if out else "", body, error,
             out.raw_body if out is not None else None,
         )
-        try:
-            self._writer.write(with_endpoint(line, endpoint) if self.spec.record_endpoint
-                               else line)
-        except StateError as exc:
-            self._unwritten += out is not None and out.status is not None
-            self._halt(Stop(StopKind.OUTPUT, server_message=_cannot_write(exc)),
-                       "cannot write the output: finishing requests in flight")
+        if not self._write(line, endpoint, out is not None and out.status is not None):
             return
-        self._done += 1
-        self._accounted += 1
         tokens_in, tokens_out = (outcome_usage(out) if out else None) or (0, 0)
         self._emit(RequestFinished(
             custom_id, model, error is None, tokens_in, tokens_out, attempts,
             "" if error is None else error[1], endpoint, cached_in=out.cached_in if out else 0,
         ))
+        if copies is None:
+            return
+        waiting = self._copies.pop(copies, [])
+        hit = None
+        if error is None and out is not None and out.raw_body is not None:
+            hit = Hit(out.raw_body, out.body if isinstance(out.body, dict) else {})
+        for copy_id in waiting:
+            if hit is not None:
+                self._answered(copy_id, model, hit, endpoint)
+            elif not self._write(result_line(copy_id, out.status if out else None,
+                                             out.request_id if out else "", body, error),
+                                 endpoint, False):
+                return
+            else:
+                self._emit(RequestFinished(copy_id, model, False, 0, 0, 0,
+                                           "" if error is None else error[1], endpoint))
+
+    def _answered(self, custom_id: str, model: str, hit: Hit, endpoint: str = "") -> None:
+        """A line answered without sending: from the cache, or its leader's answer."""
+        if self._write(cached_line(custom_id, hit), endpoint, False):
+            self._emit(from_cache(custom_id, model, hit, self._via, endpoint))
+
+    def _write(self, line: bytes, endpoint: str, answered: bool) -> bool:
+        """One line into the output; False when it refused (the job stops)."""
+        try:
+            self._writer.write(with_endpoint(line, endpoint) if self.spec.record_endpoint
+                               else line)
+        except StateError as exc:
+            self._unwritten += answered
+            self._halt(Stop(StopKind.OUTPUT, server_message=_cannot_write(exc)),
+                       "cannot write the output: finishing requests in flight")
+            return False
+        self._done += 1
+        self._accounted += 1
+        return True
 
     # -- stopping -------------------------------------------------------------------------------
 

@@ -62,6 +62,7 @@ class Upstream:
     budget_for: Callable[[str, Limits], DailyBudget | SharedBudget]
     deployment: Callable[[str], str] = _same  # the name this endpoint knows a model by
     priority: int = 1
+    key_digest: bytes = b""  # its key as the response cache knows it (policy.cachekey)
 
 
 @dataclass(slots=True)
@@ -73,6 +74,7 @@ class Job:
     day: dt.date | None = None  # the UTC day its budget reservation was made on
     charged: int | None = None  # what its route admitted it at: the server's charge as learned
     spend: Spend | None = None  # --max-cost: this attempt's hold on the spend cap
+    key: bytes | None = None  # the response cache's key, when identical lines wait for it
 
     @property
     def cost(self) -> int:

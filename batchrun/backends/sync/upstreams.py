@@ -12,6 +12,7 @@ from batchrun.backends.sync.lanes import Upstream
 from batchrun.errors import InputError
 from batchrun.files.ledger import DailyBudget, Scope, key_fingerprint
 from batchrun.http.client import ApiClient
+from batchrun.policy.cachekey import key_digest
 from batchrun.policy.tiers import Limits, family
 from batchrun.routing.config import EndpointConfig, load_endpoints
 from batchrun.routing.spec import JobSpec
@@ -62,7 +63,8 @@ def build_upstreams(spec: JobSpec, budget_in: BudgetIn,
                            max_response_bytes=int(spec.max_response_mb * 2**20))
         upstreams.append(Upstream(
             config.name, client, config.endpoint.host, _limits(config),
-            _budgets(config, budget_in, key_fingerprint(key)), config.deployment, config.priority))
+            _budgets(config, budget_in, key_fingerprint(key)), config.deployment, config.priority,
+            key_digest(key)))
     return upstreams
 
 
