@@ -6,9 +6,10 @@ seconds. A run (a session) writes:
     ["S", t, 1]                              a session starts (format 1); key numbers restart
     ["K", k, model, endpoint]                key k is this (model, --endpoints name)
     ["L", t, {model: [rpm, tpm, rpd, tpd]}]  the limits the run paces to
-    [t, k, sent, ok, cached, failed, 429_minute, 429_day, 429_too_large, 429, tokens, charged]
-                                             counts of second t (trailing zeros left off)
-    ["G", t, k, in_flight, rate_rpm, rate_tpm, burst_tokens, waiting]   gauges, when they move
+    [t, k, in_flight, sent, ok, cached, failed, 429_minute, 429_day, 429_too_large, 429,
+     tokens, charged]                        second t: requests in flight at its end, and its
+                                             counts (trailing zeros left off)
+    ["G", t, k, rate_rpm, rate_tpm, burst_tokens, waiting]   the limiter, when it moves
     ["B", t, k, tokens, requests]            today's daily budget used, when it moves
     ["C", t, k, pause_s]                     a per-minute 429's cooldown
     ["T", t, state]                          the job's state (running, paused-daily, ...)
@@ -18,9 +19,10 @@ seconds. A run (a session) writes:
 A session with no "E" line was killed (kill -9, a power cut): its end is its last line.
 Sparse: a count row only for a second in which something happened. After the job's first
 6 hours a row counts a whole minute (t on the minute, `step` 60 when read), so a job of days
-stays a few MB. Rows are buffered and written about once a second (a timer on the running
-loop, so a quiet job writes too): a kill -9 loses at most the last second or two. A row for a
-second may come in two parts (written mid-second); the reader adds them up.
+stays a few MB. Rows are buffered and written about once a second (every 10 s once rows count
+minutes), on the next event or a timer of the running loop, so a quiet job writes too: a kill -9
+loses at most the last second or two (ten after 6 hours). A row may come in parts (a minute's
+is written every 10 s); the reader adds them up.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from batchrun.events import (
 FORMAT = 1
 PER_SECOND_S = 6 * 3600  # a job's first 6 hours in per-second rows, then per-minute
 FLUSH_S = 1.0
+FLUSH_MINUTES_S = 10.0
 COUNTS = ("sent", "ok", "cached", "failed", "rate_limited_minute", "rate_limited_day",
           "too_large", "rate_limited", "tokens", "tokens_charged")
 GAUGES = ("in_flight", "rate_rpm", "rate_tpm", "burst_tokens", "waiting")
@@ -96,8 +99,9 @@ class _Key:
     n: int
     counts: list[int] = field(default_factory=lambda: [0] * len(COUNTS))
     in_flight: int = 0
+    in_flight_written: int = 0
     paced: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0)  # rpm, tpm, burst, waiting
-    gauges_written: tuple[Any, ...] = ()
+    paced_written: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0)
     budget: tuple[int, int] = (0, 0)
     budget_written: tuple[int, int] = (0, 0)
 
@@ -118,7 +122,8 @@ class Recorder:
         self._state = ""
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        start = int(now())
+        self._flushed_at = now()
+        start = int(self._flushed_at)
         origin = first_start(path)
         self._minutes_from = minute_rows_from(start if origin is None else origin)
         self._lines.append(orjson.dumps(["S", start, FORMAT]))
@@ -126,7 +131,8 @@ class Recorder:
     def __call__(self, event: Event) -> None:
         if self._closed:
             return
-        t = row_time(int(self._now()), self._minutes_from)
+        now = self._now()
+        t = row_time(int(now), self._minutes_from)
         if t != self._row_t:
             self._close_row()
             self._row_t = t
@@ -162,7 +168,7 @@ class Recorder:
                 self._keep = True
                 self._lines.append(orjson.dumps(["L", int(self._now()), {
                     m: [x.rpm, x.tpm, x.rpd, x.tpd] for m, x in limits.items()}]))
-        self._schedule()
+        self._schedule(now, t)
 
     def _attempt_ended(self, key: _Key, event: AttemptEnded) -> None:
         key.in_flight -= 1
@@ -189,37 +195,44 @@ class Recorder:
             return
         for key in self._keys.values():
             counts = key.counts
-            if any(counts):
-                last = max(i for i, c in enumerate(counts) if c)
-                self._lines.append(orjson.dumps([t, key.n, *counts[:last + 1]]))
+            if any(counts) or key.in_flight != key.in_flight_written:
+                last = max((i for i, c in enumerate(counts) if c), default=-1)
+                self._lines.append(orjson.dumps([t, key.n, key.in_flight, *counts[:last + 1]]))
                 key.counts = [0] * len(COUNTS)
-            gauges = (key.in_flight, *key.paced)
-            if gauges != key.gauges_written:
-                key.gauges_written = gauges
-                self._lines.append(orjson.dumps(["G", t, key.n, *gauges]))
+                key.in_flight_written = key.in_flight
+            if key.paced != key.paced_written:
+                key.paced_written = key.paced
+                self._lines.append(orjson.dumps(["G", t, key.n, *key.paced]))
             if key.budget != key.budget_written:
                 key.budget_written = key.budget
                 self._lines.append(orjson.dumps(["B", t, key.n, *key.budget]))
 
-    def _schedule(self) -> None:
-        if self._timer is not None or not self._keep:
+    def _schedule(self, now: float, t: int) -> None:
+        """Write about once a second (every 10 s once rows count minutes: a row per write),
+        on the next event or, when none comes, on a timer of the running loop."""
+        if not self._keep:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # called outside a loop: write now
-            self.flush()
+        every = FLUSH_S if t < self._minutes_from else FLUSH_MINUTES_S
+        if now - self._flushed_at >= every:
+            # A second's row is closed by the next second's event; a minute's is written in parts.
+            self.flush(close_row=t >= self._minutes_from)
             return
-        self._timer = loop.call_later(FLUSH_S, self._on_timer)
+        if self._timer is None:
+            with contextlib.suppress(RuntimeError):  # no loop (a library's own thread): next event
+                self._timer = asyncio.get_running_loop().call_later(every, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         self.flush()
 
-    def flush(self) -> None:
-        """Write what is buffered, the open row too (its second may get a second part)."""
+    def flush(self, close_row: bool = True) -> None:
+        """Write what is buffered; with `close_row` the open row too (it may then come in
+        two parts)."""
         if not self._keep:
             return
-        self._close_row()
+        self._flushed_at = self._now()
+        if close_row:
+            self._close_row()
         if not self._lines:
             return
         data = b"\n".join(self._lines) + b"\n"
@@ -282,16 +295,27 @@ def read(path: Path, running: bool = False) -> Timeline | None:
         return None
     timeline = Timeline()
     keys: dict[int, tuple[str, str]] = {}
+    now: dict[tuple[str, str], list[float]] = {}  # each key's gauges as they stand
     last_t = 0
     for row in _rows(data):
         head = row[0]
         if isinstance(head, int):
-            model, endpoint = keys.get(row[1], ("?", ""))
-            counts = timeline.counts.setdefault((head, model, endpoint), [0] * len(COUNTS))
-            for i, value in enumerate(row[2:2 + len(COUNTS)]):
+            key = keys.get(row[1], ("?", ""))
+            counts = timeline.counts.setdefault((head, *key), [0] * len(COUNTS))
+            for i, value in enumerate(row[3:3 + len(COUNTS)]):
                 counts[i] += value
+            gauges = now.setdefault(key, [0] * len(GAUGES))
+            gauges[0] = row[2]
+            timeline.gauges[head, *key] = list(gauges)
             last_t = max(last_t, head)
             continue
+        if head == "S":
+            now.clear()  # a new process: nothing in flight, its limiter new
+        elif head == "G":
+            key = keys.get(row[2], ("?", ""))
+            gauges = now.setdefault(key, [0] * len(GAUGES))
+            gauges[1:] = row[3:3 + len(GAUGES) - 1]
+            timeline.gauges[row[1], *key] = list(gauges)
         _mark(timeline, keys, row, last_t)
         if head != "K":
             last_t = max(last_t, row[1])
@@ -317,9 +341,6 @@ def _mark(timeline: Timeline, keys: dict[int, tuple[str, str]], row: list[Any],
         keys[row[1]] = (row[2], row[3])
     elif head == "E" and timeline.sessions:
         timeline.sessions[-1].end, timeline.sessions[-1].ended = row[1], row[2]
-    elif head == "G":
-        model, endpoint = keys.get(row[2], ("?", ""))
-        timeline.gauges[row[1], model, endpoint] = row[3:3 + len(GAUGES)]
     elif head == "B":
         model, endpoint = keys.get(row[2], ("?", ""))
         timeline.budget[row[1], model, endpoint] = (row[3], row[4])
