@@ -9,7 +9,6 @@ import typer
 
 from batchrun.api import steps
 from batchrun.cli import printing
-from batchrun.cli.options import Json
 from batchrun.errors import InputError, StateError
 from batchrun.files.jobstore import JobStore
 from batchrun.report.html import render
@@ -20,7 +19,8 @@ def report(
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="the HTML file to write (default: beside the job's output, "
                                "OUT.report.html)")] = None,
-    json_: Json = False,
+    json_: Annotated[bool, typer.Option(
+        "--json", help="print the report's document (its series) as JSON instead")] = False,
 ) -> None:
     """Where a job's time went: requests, tokens, 429s and waits against its limits, per
     second, as one self-contained HTML file (or --json)."""

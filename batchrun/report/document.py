@@ -116,7 +116,7 @@ def _series(tl: Timeline, chosen: Callable[[str, str], bool]) -> list[dict[str, 
         row |= dict(zip(COUNTS, counts, strict=True))
         for i, name in enumerate(GAUGES):
             total = sum(g[i] if i < len(g) else 0 for g in gauges_now.values())
-            row[name] = int(total) if name in ("in_flight", "waiting") else round(total, 1)
+            row[name] = int(total) if name in ("in_flight", "waiting") else float(round(total, 1))
         row["budget_tokens"] = sum(b[0] for b in budget_now.values())
         row["budget_requests"] = sum(b[1] for b in budget_now.values())
         rows.append(row)

@@ -304,7 +304,7 @@ def read(path: Path, running: bool = False) -> Timeline | None:
             counts = timeline.counts.setdefault((head, *key), [0] * len(COUNTS))
             for i, value in enumerate(row[3:3 + len(COUNTS)]):
                 counts[i] += value
-            gauges = now.setdefault(key, [0] * len(GAUGES))
+            gauges = now.get(key) or now.setdefault(key, _first_gauges(timeline, key))
             gauges[0] = row[2]
             timeline.gauges[head, *key] = list(gauges)
             last_t = max(last_t, head)
@@ -313,7 +313,7 @@ def read(path: Path, running: bool = False) -> Timeline | None:
             now.clear()  # a new process: nothing in flight, its limiter new
         elif head == "G":
             key = keys.get(row[2], ("?", ""))
-            gauges = now.setdefault(key, [0] * len(GAUGES))
+            gauges = now.get(key) or now.setdefault(key, _first_gauges(timeline, key))
             gauges[1:] = row[3:3 + len(GAUGES) - 1]
             timeline.gauges[row[1], *key] = list(gauges)
         _mark(timeline, keys, row, last_t)
@@ -325,6 +325,14 @@ def read(path: Path, running: bool = False) -> Timeline | None:
     if timeline.sessions:
         timeline.minutes_from = minute_rows_from(timeline.sessions[0].start)
     return timeline
+
+
+def _first_gauges(timeline: Timeline, key: tuple[str, str]) -> list[float]:
+    """A key's gauges before its limiter first spoke: a new limiter admits at the model's
+    limits (one endpoint's: with --endpoints they are every endpoint's together, so unknown)."""
+    model, endpoint = key
+    rpm, tpm = (timeline.limits.get(model) or [0, 0])[:2] if not endpoint else (0, 0)
+    return [0, float(rpm), float(tpm), 0.0, 0]
 
 
 def _mark(timeline: Timeline, keys: dict[int, tuple[str, str]], row: list[Any],
