@@ -14,6 +14,7 @@ seconds. A run (a session) writes:
     ["C", t, k, pause_s]                     a per-minute 429's cooldown
     ["T", t, state]                          the job's state (running, paused-daily, ...)
     ["P", t, part, batch_id, state, requests]   a Batch API part's state
+    ["A", t]                                 still alive, after a minute with nothing to write
     ["E", t, ended]                          the session ended (done, stopped, ...)
 
 A session with no "E" line was killed (kill -9, a power cut): its end is its last line.
@@ -55,6 +56,7 @@ FORMAT = 1
 PER_SECOND_S = 6 * 3600  # a job's first 6 hours in per-second rows, then per-minute
 FLUSH_S = 1.0
 FLUSH_MINUTES_S = 10.0
+ALIVE_S = 60.0
 COUNTS = ("sent", "ok", "cached", "failed", "rate_limited_minute", "rate_limited_day",
           "too_large", "rate_limited", "tokens", "tokens_charged")
 GAUGES = ("in_flight", "rate_rpm", "rate_tpm", "burst_tokens", "waiting")
@@ -122,7 +124,7 @@ class Recorder:
         self._state = ""
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._flushed_at = now()
+        self._flushed_at = self._written_at = now()
         start = int(self._flushed_at)
         origin = first_start(path)
         self._minutes_from = minute_rows_from(start if origin is None else origin)
@@ -233,8 +235,13 @@ class Recorder:
         self._flushed_at = self._now()
         if close_row:
             self._close_row()
+        if not self._lines and self._flushed_at - self._written_at >= ALIVE_S:
+            # A quiet stretch (a daily wait): a word that the process lives, so a kill -9
+            # during it ends the session where it died, not where it fell quiet.
+            self._lines.append(orjson.dumps(["A", int(self._flushed_at)]))
         if not self._lines:
             return
+        self._written_at = self._flushed_at
         data = b"\n".join(self._lines) + b"\n"
         self._lines = []
         try:

@@ -157,3 +157,22 @@ def test_a_million_request_timeline_is_a_few_mb(tmp_path: Path) -> None:
     tl = read(path)
     assert tl is not None
     assert sum(c[1] for c in tl.counts.values()) == n
+
+
+def test_a_quiet_wait_is_recorded_so_a_kill_during_it_ends_the_session_late(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    clock.now = START
+    path = tmp_path / "j.timeline"
+    rec = Recorder(path, clock)
+    rec(started())
+    one_request(rec)
+    for _ in range(10):  # the engine's once-a-minute word while it waits for 00:00 UTC
+        clock.now += 60
+        rec(StateChanged("paused-daily", "spent"))
+        rec(Paced("m", "", 500.0, 200_000.0, 3333.3, 0, 5))
+    # kill -9: no close
+    tl = read(path)
+    assert tl is not None
+    [session] = tl.sessions
+    assert (session.ended, session.end - int(START)) == ("killed", 600)
