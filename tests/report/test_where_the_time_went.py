@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from batchrun.events import AttemptEnded, JobStarted, RequestFinished, RequestSent
+from batchrun.files.jobstore import Manifest
+from batchrun.policy.tiers import Limits
 from batchrun.report.document import (
     BATCH,
     BELOW,
@@ -11,12 +16,14 @@ from batchrun.report.document import (
     PACED_RPM,
     PACED_TPM,
     Moment,
+    build,
     pace_verdict,
     sentence,
     shares_of,
     time_spent,
 )
-from batchrun.report.timeline import Session
+from batchrun.report.timeline import Recorder, Session, read
+from tests.helpers.fake_clock import FakeClock
 
 FAR = 10**12  # no per-minute rows
 
@@ -54,3 +61,27 @@ def test_the_sentence_names_the_shares_biggest_first() -> None:
     assert sentence(shares_of({PACED_RPM: 999.0, COOLDOWN: 1.0})) == (
         "100 % paced at the RPM limit, <1 % in 429 cooldowns.")
     assert sentence([]) == "No time was recorded for this job."
+
+
+def test_by_endpoint_and_model_add_up_to_the_series(tmp_path: Path) -> None:
+    clock = FakeClock()
+    clock.now = 1_765_000_000.0
+    path = tmp_path / "j.timeline"
+    rec = Recorder(path, clock)
+    rec(JobStarted(input="in", output="out", total=4, already_done=0, bad_lines=0,
+                   limits={"a": Limits(rpm=60), "b": Limits(rpm=60)}, base_url="http://x"))
+    for model, endpoint in (("a", "east"), ("a", "west"), ("b", "east"), ("b", "east")):
+        rec(RequestSent(model, 10, endpoint))
+        rec(AttemptEnded(model, "ok", endpoint, 200))
+        rec(RequestFinished("x", model, True, 3, 2, 1, endpoint=endpoint))
+        clock.now += 1
+    rec.close("done")
+    manifest = Manifest(job_id="j", input="in", output="out", fingerprint={}, options={},
+                        total=4, done=4)
+    doc = build(manifest, read(path), "done")
+    assert doc["job"]["models"] == ["a", "b"] and doc["job"]["endpoints"] == ["east", "west"]
+    for by in ("model", "endpoint"):
+        parts = doc["by"][by].values()
+        assert sum(r["ok"] for rows in parts for r in rows) == sum(r["ok"] for r in doc["series"])
+    assert [sum(r["sent"] for r in rows) for rows in doc["by"]["endpoint"].values()] == [3, 1]
+    assert doc["summary"]["tokens"] == 20
