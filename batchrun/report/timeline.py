@@ -148,8 +148,12 @@ class Recorder:
                 self._attempt_ended(self._key(model, endpoint), event)
             case RequestFinished(model=model, endpoint=endpoint):
                 key = self._key(model, endpoint)
-                key.counts[OK if event.ok else FAILED] += 1
-                key.counts[TOKENS] += event.tokens_in + event.tokens_out
+                # The response cache's answers (#25, from_cache) were billed when first asked.
+                if getattr(event, "from_cache", False):
+                    key.counts[CACHED] += 1
+                else:
+                    key.counts[OK if event.ok else FAILED] += 1
+                    key.counts[TOKENS] += event.tokens_in + event.tokens_out
             case Paced(model=model, endpoint=endpoint):
                 # Rounded: a gauge that moves by a hair is not written again, nor at length.
                 self._key(model, endpoint).paced = (round(event.rate_rpm, 1),
