@@ -98,8 +98,11 @@ def test_a_killed_then_resumed_job_has_two_sessions(sim_factory: Any, tmp_path: 
     assert (first["ended"], second["ended"]) == ("killed", "done")
     assert killed_at - 3 <= first["end"] <= killed_at <= second["start"] + 1
     before = sum(r["ok"] for r in doc["series"] if r["t"] <= first["end"])
-    assert written - 8 <= before <= written  # at most ~2 s of answers lost with the process
-    assert total(doc, "ok") == sim.stats.statuses[200] - (written - before)
+    # Lines still in the writer's buffer died with the process (and were asked again), so the
+    # first session may count more answers than the output kept, never fewer than ~2 s less.
+    assert before >= written - 8
+    answered = sim.stats.statuses[200]
+    assert answered - 8 <= total(doc, "ok") <= answered
 
 
 def test_a_batch_api_job_shows_its_parts_states(sim_factory: Any, tmp_path: Path) -> None:
