@@ -42,6 +42,8 @@ class AttemptEnded:
     model: str
     kind: str
     endpoint: str = ""
+    status: int | None = None  # the HTTP status (None: no answer), so 429s count as the server's
+    code: str = ""  # the error code: "request_too_large" tells that 429 from the per-minute kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,7 @@ class Paced:
     rate_tpm: float  # the tokens per minute it admits at now (the server's charge)
     burst_tokens: float  # the burst it allows now
     in_flight: int
+    waiting: int = 0  # requests of the model queued for admission: was work held back?
 
 
 @dataclass(frozen=True, slots=True)

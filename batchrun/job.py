@@ -79,6 +79,7 @@ from batchrun.policy import flex
 from batchrun.policy.prices import Via
 from batchrun.policy.tiers import Limits, family
 from batchrun.report.tally import count_endpoint, forget_failed
+from batchrun.report.timeline import Recorder, timeline_path
 from batchrun.routing import EndpointConfig, check_serves
 from batchrun.routing.config import check_unchanged as check_endpoints_unchanged
 from batchrun.routing.config import digest as endpoints_digest
@@ -382,6 +383,9 @@ async def run(
             notify(f"No failed results in {manifest.output} to send again.")
         spec = replace(spec, output=Path(manifest.output))
         on_disk = store.exists(manifest.job_id)
+        # The job's record for `batchrun report`, whoever runs it (the CLI, the library).
+        timeline = Recorder(timeline_path(store.dir, manifest.job_id),
+                            lambda: now_utc().timestamp(), keep=on_disk)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
         key_for = ((lambda config: f"{api_key}-{config.name}") if simulated_hosts
@@ -427,6 +431,7 @@ async def run(
 
         def fan_out(event: Event) -> None:
             updater(event)
+            timeline(event)
             listener(event)
 
         stop: BatchrunError | None = None
@@ -481,6 +486,7 @@ async def run(
                     manifest.state = JobState.CRASHED if crashed else _final_state(stop)
                     manifest.message = stop.message if stop else ""
                     store.save(manifest)
+                    timeline.close(str(manifest.state))
         return stop
     finally:
         if not updater.started:

@@ -4,6 +4,7 @@
     run / run_async         dicts -> result dicts, in input order, checkpointed under $BATCHRUN_HOME
     resume / resume_async   a Job, job id or output path -> Job
     estimate, status        what the CLI's `estimate --json` and `status --json` print, as dicts
+    report                  what `report --json` prints: the job's timeline as a dict
 
 Keyword options are the CLI's long options in snake_case. Usage and input errors (the CLI's exit
 2) raise `batchrun.errors.InputError`; once a job has started, every ending comes back as a Job
@@ -20,6 +21,7 @@ typed events of `batchrun.events`, `progress=True` shows the live display on std
 from batchrun.api.job import Answers, Counts, Job, Tokens
 from batchrun.api.library import (
     estimate,
+    report,
     resume,
     resume_async,
     run,
@@ -29,5 +31,5 @@ from batchrun.api.library import (
     submit_async,
 )
 
-__all__ = ["Answers", "Counts", "Job", "Tokens", "estimate", "resume", "resume_async", "run",
-           "run_async", "status", "submit", "submit_async"]
+__all__ = ["Answers", "Counts", "Job", "Tokens", "estimate", "report", "resume", "resume_async",
+           "run", "run_async", "status", "submit", "submit_async"]

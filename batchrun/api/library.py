@@ -31,6 +31,7 @@ from batchrun.api.steps import (
     finished_message,
     prepare_resume,
     prepare_submit,
+    report_document,
     run_summary,
     status_rows,
 )
@@ -438,3 +439,13 @@ def status(job: Job | str | os.PathLike[str] | None = None, *,
     _today, usage = usage_today(state_url, store.home / "ledger.sqlite3")
     return {"jobs": status_rows(store, jobs), "usage": usage,
             **({"state": state_url.shown} if state_url else {})}
+
+
+def report(job: Job | str | os.PathLike[str]) -> dict[str, Any]:
+    """A job's report document (a Job, its id, a unique prefix of it, or its output path): what
+    `batchrun report --json` prints, the shape docs/report.md describes. A job from before
+    timelines were recorded gives what its manifest knows, with `recorded` False."""
+    if not isinstance(job, Job | str | os.PathLike):
+        raise InputError(f"job={job!r} ({type(job).__name__}): give a Job, a job id or the "
+                         "job's output path.")
+    return report_document(JobStore(), job.id if isinstance(job, Job) else str(job))

@@ -36,6 +36,7 @@ from batchrun.http.endpoint import Endpoint
 from batchrun.metrics import MetricsTally, require_metrics_extra
 from batchrun.policy import flex
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
+from batchrun.report import document, timeline
 from batchrun.report.bill import job_bill
 from batchrun.report.estimate import Today, known_today, nothing_known
 from batchrun.report.estimate import estimate as estimate_job
@@ -328,3 +329,12 @@ def status_rows(store: JobStore, jobs: list[Manifest]) -> list[dict[str, Any]]:
                      "resume": m.resume_command, **job_bill(m.billed),
                      **job_spend(store, m)})
     return rows
+
+
+def report_document(store: JobStore, ref: str) -> dict[str, Any]:
+    """`batchrun report`'s document of the job `ref` names (id, prefix or output path): its
+    manifest and its timeline (`recorded` False, with a `note`, for a job that has none)."""
+    manifest = store.find(ref)
+    running = store.is_running(manifest)
+    recorded = timeline.read(timeline.timeline_path(store.dir, manifest.job_id), running)
+    return document.build(manifest, recorded, store.effective_state(manifest))

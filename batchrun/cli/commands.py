@@ -12,7 +12,7 @@ import typer
 from rich.text import Text
 
 from batchrun import __version__, messages
-from batchrun.cli import cache, manage, printing, send
+from batchrun.cli import cache, manage, printing, report, send
 from batchrun.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, BatchrunError
 
 app = typer.Typer(
@@ -43,7 +43,7 @@ def _root(
 
 # Registered in the order `batchrun --help` lists them.
 for command in (send.submit, send.resume, manage.cancel, manage.forget, manage.status,
-                manage.estimate):
+                manage.estimate, report.report):
     app.command()(command)
 app.add_typer(cache.app, name="cache")
 

@@ -26,6 +26,7 @@ PUBLIC = [
     "errors",
     "estimate",
     "events",
+    "report",
     "resume",
     "resume_async",
     "run",

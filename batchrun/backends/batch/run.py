@@ -42,7 +42,7 @@ from batchrun.errors import (
     Interrupted,
     StateError,
 )
-from batchrun.events import JobStarted, Listener, StateChanged
+from batchrun.events import BatchPart, JobStarted, Listener, StateChanged
 from batchrun.files.checkpoint import OutputWriter
 from batchrun.files.jobs import InputReport
 from batchrun.files.jobstore import JobStore, Manifest
@@ -123,6 +123,7 @@ class BatchJob:
         self._cost = cost  # --max-cost (and the job's spend record) at Batch API prices
         self._over_cap: Part | None = None  # a part the cap kept from being created this pass
         self._capped: Stop | None = None
+        self._told: dict[int, str] = {}  # part -> the state its last BatchPart event gave
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -552,3 +553,13 @@ class BatchJob:
     def _save(self) -> None:
         self.manifest.batch = self.book.dump()
         self.store.save(self.manifest)
+        self._tell_parts()
+
+    def _tell_parts(self) -> None:
+        """A BatchPart event for each part whose state moved since the last one: every change
+        of a part is saved, so this sees each (the API's status once its batch exists)."""
+        for part in self.book.parts:
+            state = part.api_status if part.state == SUBMITTED and part.api_status else part.state
+            if self._told.get(part.n) != state:
+                self._told[part.n] = state
+                self._emit(BatchPart(part.n, part.batch_id or "", state, part.count))

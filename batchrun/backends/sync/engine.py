@@ -194,6 +194,7 @@ class Engine:
             route.budget.release()
             route.budget_reported = -math.inf
             self._report_budget(route)
+            self._pace(self._lanes[route.model], route, last=True)
         if self._stop is None and self._accounted < self._total:
             # Nothing stopped it, yet some lines the check counted have no result: never "done".
             self._stop = Stop(StopKind.INCOMPLETE, input=str(self.spec.input))
@@ -427,7 +428,8 @@ class Engine:
         route.streak = route.streak + 1 if kind is Kind.RETRY else 0
         await route.settle(job, ticket, outcome)
         self._report_budget(route)
-        self._emit(AttemptEnded(lane.model, kind.value, route.name))
+        self._emit(AttemptEnded(lane.model, kind.value, route.name, outcome.status, outcome.code))
+        self._pace(lane, route)
         action = decide(outcome, job.tries, self._policy, route.connected)
         if action in (Action.WAIT_DAY, Action.STOP_DAILY) and job.day is not None and \
                 servers_yesterday(job.day, self._now_utc(), outcome.hint_s):
@@ -521,6 +523,15 @@ class Engine:
         tokens, requests = route.budget.used_today()
         self._emit(BudgetUsed(route.model, tokens, route.budget.tpd, requests, route.budget.rpd,
                               route.name))
+
+    def _pace(self, lane: Lane, route: Route, last: bool = False) -> None:
+        """The route's limiter for the timeline and the metrics: at most once a second, on the
+        answers that move it (no timer of its own), and always when asked for the `last` word."""
+        now = self._clock()
+        if not last and now - route.paced_reported < 1.0:
+            return
+        route.paced_reported = now
+        self._emit(route.pacing(len(lane.pending) + len(lane.retries)))
 
     # -- results --------------------------------------------------------------------------------
 
@@ -637,6 +648,8 @@ class Engine:
             spent = "; ".join(r.budget.describe() for r in lane.routes)
             self._emit(StateChanged("paused-daily",
                                     f"{spent}; resuming at 00:00 UTC, in {fmt_wait(left)}"))
+            for route in lane.routes:  # a quiet job's timeline still records its wait
+                self._pace(lane, route, last=True)
             await self._sleep(min(60.0, left.total_seconds() + 0.5))
         self._emit(StateChanged("running"))
 

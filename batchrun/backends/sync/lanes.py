@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from batchrun.backends.costcap import Spend
+from batchrun.events import Paced
 from batchrun.files.ledger import DailyBudget
 from batchrun.pacing.calibrate import Calibration, Learned, Source
 from batchrun.pacing.limiter import Limiter, ServerState, Ticket
@@ -95,6 +96,7 @@ class Route:
         self.gate = gate
         self.settled = asyncio.Event()  # an attempt came back and its reservation settled
         self.budget_reported = -math.inf
+        self.paced_reported = -math.inf  # when its Paced event last went out (engine clock)
         self.connected = False  # has any attempt through this route reached a server?
         self.out: Out | None = None
         self.refusal: Outcome | None = None  # the answer that took it out for the run
@@ -128,6 +130,13 @@ class Route:
         if self.out is Out.FAILING and now >= self.back_at:
             self.out, self.streak = None, 0
         return Standing(self.upstream.priority, self.out)
+
+    def pacing(self, waiting: int) -> Paced:
+        """The limiter as it stands: the rates it admits at now (after any cut by 429s)."""
+        pacer = self.limiter.pacer
+        scale = pacer.rate_scale
+        return Paced(self.model, self.name, pacer.rpm * scale, pacer.tpm * scale,
+                     pacer.tpm / 60 * scale * pacer.burst_s, self.limiter.in_flight, waiting)
 
     def ready_in(self, cost: int, now: float) -> float:
         """Seconds until the limiter would admit `cost` (inf: every slot is taken)."""

@@ -1,0 +1,87 @@
+"""Where a job's time went: pure functions over the timeline's sessions, marks and pacing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batchrun.events import AttemptEnded, JobStarted, RequestFinished, RequestSent
+from batchrun.files.jobstore import Manifest
+from batchrun.policy.tiers import Limits
+from batchrun.report.document import (
+    BATCH,
+    BELOW,
+    COOLDOWN,
+    DAILY,
+    NOT_RUNNING,
+    PACED_RPM,
+    PACED_TPM,
+    Moment,
+    build,
+    pace_verdict,
+    sentence,
+    shares_of,
+    time_spent,
+)
+from batchrun.report.timeline import Recorder, Session, read
+from tests.helpers.fake_clock import FakeClock
+
+FAR = 10**12  # no per-minute rows
+
+
+def test_paced_needs_the_rate_at_the_limit_and_work_waiting() -> None:
+    # gauges: in flight, rate_rpm, rate_tpm, burst, waiting
+    assert pace_verdict(498, 10_000, [3, 500.0, 200_000.0, 3333.0, 40]) == PACED_RPM
+    assert pace_verdict(100, 196_000, [3, 500.0, 200_000.0, 3333.0, 40]) == PACED_TPM
+    assert pace_verdict(498, 10_000, [3, 500.0, 200_000.0, 3333.0, 0]) is None  # nothing waited
+    assert pace_verdict(300, 100_000, [3, 500.0, 200_000.0, 3333.0, 40]) is None  # below both
+    assert pace_verdict(498, 0, [3, 0.0, 0.0, 0.0, 40]) is None  # no limits at all
+    assert pace_verdict(498, 0, []) is None  # no gauges recorded
+
+
+def test_each_second_goes_to_the_strongest_reason_and_gaps_are_not_running() -> None:
+    sessions = [Session(0, 100, "paused-daily"), Session(160, 200, "done")]
+    spans = [(10, 20, COOLDOWN), (50, 100, DAILY), (170, 180, BATCH)]
+    paced = [Moment(0, PACED_TPM), Moment(15, None), Moment(30, PACED_RPM), Moment(40, None)]
+    spent = time_spent(sessions, spans, paced, FAR)
+    assert spent == {PACED_TPM: 10.0, COOLDOWN: 10.0, PACED_RPM: 10.0, DAILY: 50.0,
+                     NOT_RUNNING: 60.0, BATCH: 10.0, BELOW: 20.0 + 30.0}
+    assert sum(spent.values()) == 200  # the whole wall-clock time, once
+
+
+def test_after_the_per_minute_mark_time_goes_by_minutes() -> None:
+    spent = time_spent([Session(0, 300, "done")], [(200, 230, DAILY)], [], 120)
+    assert spent == {BELOW: 240.0, DAILY: 60.0}
+
+
+def test_the_sentence_names_the_shares_biggest_first() -> None:
+    shares = shares_of({COOLDOWN: 15.0, PACED_TPM: 213.0, DAILY: 72.0, BELOW: 0.0})
+    assert [s["what"] for s in shares] == [PACED_TPM, DAILY, COOLDOWN]
+    assert sentence(shares) == ("71 % paced at the TPM limit, 24 % waiting for the daily reset, "
+                                "5 % in 429 cooldowns.")
+    assert sentence(shares_of({PACED_RPM: 999.0, COOLDOWN: 1.0})) == (
+        "100 % paced at the RPM limit, <1 % in 429 cooldowns.")
+    assert sentence([]) == "No time was recorded for this job."
+
+
+def test_by_endpoint_and_model_add_up_to_the_series(tmp_path: Path) -> None:
+    clock = FakeClock()
+    clock.now = 1_765_000_000.0
+    path = tmp_path / "j.timeline"
+    rec = Recorder(path, clock)
+    rec(JobStarted(input="in", output="out", total=4, already_done=0, bad_lines=0,
+                   limits={"a": Limits(rpm=60), "b": Limits(rpm=60)}, base_url="http://x"))
+    for model, endpoint in (("a", "east"), ("a", "west"), ("b", "east"), ("b", "east")):
+        rec(RequestSent(model, 10, endpoint))
+        rec(AttemptEnded(model, "ok", endpoint, 200))
+        rec(RequestFinished("x", model, True, 3, 2, 1, endpoint=endpoint))
+        clock.now += 1
+    rec.close("done")
+    manifest = Manifest(job_id="j", input="in", output="out", fingerprint={}, options={},
+                        total=4, done=4)
+    doc = build(manifest, read(path), "done")
+    assert doc["job"]["models"] == ["a", "b"] and doc["job"]["endpoints"] == ["east", "west"]
+    for by in ("model", "endpoint"):
+        parts = doc["by"][by].values()
+        assert sum(r["ok"] for rows in parts for r in rows) == sum(r["ok"] for r in doc["series"])
+    assert [sum(r["sent"] for r in rows) for rows in doc["by"]["endpoint"].values()] == [3, 1]
+    assert doc["summary"]["tokens"] == 20
