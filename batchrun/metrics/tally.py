@@ -112,7 +112,7 @@ class MetricsTally:
     def _finished(self, event: RequestFinished) -> None:
         lane = self.lane(event.model, event.endpoint)
         # The response cache's answers (#25) carry from_cache: billed when first asked, not now.
-        if getattr(event, "from_cache", False):
+        if event.from_cache:
             lane.requests["cached"] += 1
             return
         lane.requests["ok" if event.ok else "failed"] += 1

@@ -149,7 +149,7 @@ class Recorder:
             case RequestFinished(model=model, endpoint=endpoint):
                 key = self._key(model, endpoint)
                 # The response cache's answers (#25, from_cache) were billed when first asked.
-                if getattr(event, "from_cache", False):
+                if event.from_cache:
                     key.counts[CACHED] += 1
                 else:
                     key.counts[OK if event.ok else FAILED] += 1

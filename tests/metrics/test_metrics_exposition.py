@@ -4,7 +4,6 @@ names, labels and types Prometheus expects (parsed by prometheus_client's own pa
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass
 
 from batchrun.events import (
     AttemptEnded,
@@ -119,16 +118,9 @@ def test_no_limiter_rate_is_shown_before_the_limiter_reports_one() -> None:
     assert "batchrun_requests_total" in names  # every counter of a lane from 0 on
 
 
-@dataclass(frozen=True, slots=True)
-class CachedFinished(RequestFinished):
-    """RequestFinished as the response cache (#25) sends it: with its from_cache field."""
-
-    from_cache: bool = True
-
-
 def test_an_answer_from_the_response_cache_is_counted_cached_and_bills_nothing() -> None:
     tally = MetricsTally("job-1")
-    tally(CachedFinished("q1", M, True, 100, 20, 0))
+    tally(RequestFinished("q1", M, True, 100, 20, 0, from_cache=True))
     found = shown(tally)
     assert value(found, "batchrun_requests_total", **LANE, outcome="cached") == 1
     assert value(found, "batchrun_requests_total", **LANE, outcome="ok") == 0
