@@ -191,17 +191,6 @@ async def test_a_directory_that_cannot_hold_the_cache_is_a_state_error(tmp_path:
     assert "--no-cache" in caught.value.message
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes a chmod 000 directory")
-async def test_an_unwritable_directory_is_a_state_error(tmp_path: Path) -> None:
-    home = tmp_path / "state"
-    home.mkdir(mode=0o000)
-    try:
-        with pytest.raises(StateError, match="cannot open the response cache"):
-            LocalCache(home / "cache.sqlite3")
-    finally:
-        home.chmod(0o700)
-
-
 async def test_a_cache_locked_past_the_busy_timeout_is_a_state_error(tmp_path: Path) -> None:
     path = tmp_path / "cache.sqlite3"
     cache = LocalCache(path, busy_timeout_s=0.05)
