@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.api.blocking import block
+from batchrun.backends.cacheflow import server_name
 from batchrun.files.cache import CacheStats
 from batchrun.files.cachedb import LocalCache, cache_cap_bytes, cache_path, peek_file
 from batchrun.http.endpoint import Endpoint
@@ -86,17 +87,16 @@ async def _shared_clear(state: StateUrl, simulate: bool) -> tuple[str, int]:
 
 
 def estimate_lookup(state: StateUrl | None, endpoint: Endpoint, home: Path) -> CacheLookup | str:
-    """The cache `estimate` asks, read-only, for the key and host a job would send with (the
-    engine files answers under the endpoint's host as given and the key's digest); or why it
-    cannot be asked."""
+    """The cache `estimate` asks, read-only, for the key and server a job would send with (named
+    as the engine names it: cacheflow.server_name); or why it cannot be asked."""
     api_key = os.environ.get(endpoint.key_env, "").strip()
     if not api_key:
         return (f"${endpoint.key_env} is not set, and answers are kept per API key: set it "
                 "(or name its variable with --api-key-env) to count them")
     if state is not None:
         url = state
-        return CacheLookup(endpoint.host, key_digest(api_key), state.shown,
+        return CacheLookup(server_name(endpoint), key_digest(api_key), state.shown,
                            lambda keys: peek_shared(url, False, keys))
     path = cache_path(home, False)
-    return CacheLookup(endpoint.host, key_digest(api_key), str(path),
+    return CacheLookup(server_name(endpoint), key_digest(api_key), str(path),
                        lambda keys: peek_file(path, keys))

@@ -40,7 +40,9 @@ def answer(request: Request) -> bytes:
                          "choices": [{"message": {"content": "stored"}}], "usage": USAGE})
 
 
-def key_of(request: Request, host: str = "api.openai.com", api_key: str = FAKE_KEY) -> bytes:
+# The server as the cache names it (backends/cacheflow.server_name): host and base URL path.
+def key_of(request: Request, host: str = "api.openai.com/v1", api_key: str = FAKE_KEY,
+           ) -> bytes:
     return cache_key(host, key_digest(api_key), request.url, request.body)
 
 
@@ -82,7 +84,7 @@ def test_another_key_or_host_finds_nothing(tmp_path: Path, isolated_env: dict[st
     reqs = requests(jobs)
     store(cache_file(isolated_env), {key_of(r, api_key="sk-someone-else"): answer(r)
                                      for r in reqs} | {
-                                         key_of(r, host="other.example"): answer(r)
+                                         key_of(r, host="other.example/v1"): answer(r)
                                          for r in reqs})
     assert estimate(str(jobs), env=ENV)["cache"]["answered"] == 0
     on_other = estimate(str(jobs), "--base-url", "https://other.example/v1", env=ENV)

@@ -1,0 +1,46 @@
+"""Whose answers (#25): one server is one cache however its URL is typed (case, a default port,
+a trailing slash), and `estimate` names it as the engine does; another base URL on the same
+host is another server (a gateway's paths are different services) and finds nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.helpers.cli import FAKE_KEY, UNLIMITED, estimate, run_cli
+from tests.helpers.jsonl import prompts, write_jsonl
+from tests.helpers.sim import RunningSim
+
+ENV = {"OPENAI_API_KEY": FAKE_KEY}
+
+
+def send(base_url: str, jobs: Path, out: Path) -> None:
+    run = run_cli("submit", str(jobs), "--base-url", base_url, "-o", str(out), "-q",
+                  *UNLIMITED, env=ENV)
+    assert run.code == 0, run.stderr
+
+
+def test_the_same_server_typed_another_way_is_answered_from_the_cache(
+        sim: RunningSim, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(10))
+    send(sim.base_url, jobs, tmp_path / "one.jsonl")
+    assert sim.stats.received == 10
+    port = sim.base_url.split(":")[2].split("/")[0]
+    other_spelling = f"http://LOCALHOST:{port}/v1/"
+    # estimate and the job agree: all 10 from the cache, none sent
+    assert estimate(str(jobs), "--base-url", other_spelling, env=ENV)["cache"]["answered"] == 10
+    send(other_spelling, jobs, tmp_path / "two.jsonl")
+    assert sim.stats.received == 10
+
+
+def test_another_base_url_on_the_same_host_finds_nothing(
+        sim: RunningSim, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(10))
+    send(sim.base_url, jobs, tmp_path / "one.jsonl")
+    elsewhere = sim.base_url.removesuffix("/v1") + "/gateway/other/v1"
+    assert estimate(str(jobs), "--base-url", elsewhere, env=ENV)["cache"]["answered"] == 0
+    # the job does not take the first path's answers either: it sends (and the simulator,
+    # which serves only /v1, refuses every one)
+    run = run_cli("submit", str(jobs), "--base-url", elsewhere, "-o",
+                  str(tmp_path / "two.jsonl"), "-q", *UNLIMITED, env=ENV)
+    assert "cached" not in (tmp_path / "two.jsonl").read_text()
+    assert run.code != 0
