@@ -25,11 +25,12 @@ PeekMany = Callable[[list[bytes]], dict[bytes, bytes]]
 
 @dataclass(frozen=True, slots=True)
 class CacheLookup:
-    """Whose cache and where: the API host as the ledger names it, the key's cache digest
-    (policy/cachekey.key_digest), and a read that counts no use."""
+    """Whose cache and where: each (server, key digest) the job would ask, as the engine names
+    them (backends/cacheflow.server_name, policy/cachekey.key_digest): one, or every endpoint
+    of --endpoints, the first naming a request for the job's dedup; and a read that counts no
+    use."""
 
-    host: str
-    key: bytes
+    askers: tuple[tuple[str, bytes], ...]
     where: str
     peek_many: PeekMany
 
@@ -59,13 +60,14 @@ class CacheTally:
 
     def add(self, requests: Iterable[Request]) -> None:
         look = self.lookup
-        keyed = [(r, cache_key(look.host, look.key, r.url, r.body)) for r in requests]
-        found = look.peek_many(list(dict.fromkeys(k for _, k in keyed)))
-        for request, key in keyed:
+        keyed = [(r, [cache_key(server, key, r.url, r.body) for server, key in look.askers])
+                 for r in requests]
+        found = look.peek_many(list(dict.fromkeys(k for _, keys in keyed for k in keys)))
+        for request, keys in keyed:
             self.lines += 1
-            body = found.get(key)
+            body = next((found[k] for k in keys if k in found), None)
             if body is None:
-                self.to_send.add(int.from_bytes(key[:8], "big"))
+                self.to_send.add(int.from_bytes(keys[0][:8], "big"))
                 continue
             self.answered += 1
             saved = _saving(request, body)

@@ -1,12 +1,18 @@
 """Whose answers (#25): one server is one cache however its URL is typed (case, a default port,
 a trailing slash), and `estimate` names it as the engine does; another base URL on the same
-host is another server (a gateway's paths are different services) and finds nothing."""
+host is another server (a gateway's paths are different services) and finds nothing; with
+--endpoints every key of the file is the user's own, in `estimate` as in the job."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from batchrun.simulator import SimConfig
 from tests.helpers.cli import FAKE_KEY, UNLIMITED, estimate, run_cli
+from tests.helpers.endpoints import KEY_A, KEY_B, openai, toml_file
 from tests.helpers.jsonl import prompts, write_jsonl
 from tests.helpers.sim import RunningSim
 
@@ -44,3 +50,29 @@ def test_another_base_url_on_the_same_host_finds_nothing(
                   str(tmp_path / "two.jsonl"), "-q", *UNLIMITED, env=ENV)
     assert "cached" not in (tmp_path / "two.jsonl").read_text()
     assert run.code != 0
+
+
+def test_with_endpoints_estimate_counts_what_every_endpoint_paid_for_as_the_job_does(
+        tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_A))
+    b = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_B))
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("KEY_B", KEY_B)
+    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 1200),
+                     openai("b", b.base_url, "KEY_B", 1200))
+    # 20 lines answered by endpoint a alone, with its own key
+    known = write_jsonl(tmp_path / "known.jsonl", prompts(20))
+    run = run_cli("submit", str(known), "--base-url", a.base_url, "--api-key-env", "KEY_A",
+                  "-o", str(tmp_path / "one.jsonl"), "-q", *UNLIMITED)
+    assert run.code == 0, run.stderr
+    # the same 20 questions under new ids, and 10 new ones
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(20, "n") + [
+        {"id": f"new{i}", "prompt": f"Another question {i}", "max_tokens": 10}
+        for i in range(10)])
+    cache = estimate(str(jobs), "--endpoints", str(conf))["cache"]
+    assert (cache["answered"], cache["requests_sent"]) == (20, 10)
+    sent = a.stats.received + b.stats.received
+    run = run_cli("submit", str(jobs), "--endpoints", str(conf), "-o",
+                  str(tmp_path / "two.jsonl"), "-q")
+    assert run.code == 0, run.stderr
+    assert a.stats.received + b.stats.received == sent + 10
