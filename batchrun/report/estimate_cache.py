@@ -17,7 +17,7 @@ import orjson
 
 from batchrun.policy.cachekey import cache_key
 from batchrun.policy.classify import reported_cached, reported_usage
-from batchrun.policy.prices import request_cost
+from batchrun.policy.prices import Via, request_cost
 from batchrun.policy.request import Request
 
 PeekMany = Callable[[list[bytes]], dict[bytes, bytes]]
@@ -35,8 +35,17 @@ class CacheLookup:
     peek_many: PeekMany
 
 
-def _saving(request: Request, body: bytes) -> float | None:
-    """What the stored answer was billed, at list price (None: its model has no price)."""
+def job_rate(via: str, service_tier: str | None) -> Via:
+    """The rate a job sent `via` would pay, as its engine counts what the cache saved: --via
+    auto sends what it can at the per-minute rate, so its saving is not overstated."""
+    if via == "batch":
+        return Via.BATCH
+    return Via.FLEX if service_tier == "flex" else Via.SYNC
+
+
+def _saving(request: Request, body: bytes, rate: Via) -> float | None:
+    """What the stored answer would be billed at list price at the job's rate (None: its
+    model has no price)."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -44,12 +53,13 @@ def _saving(request: Request, body: bytes) -> float | None:
     usage = reported_usage(answer)
     if usage is None:
         return 0.0
-    return request_cost(request.model, usage[0], usage[1], reported_cached(answer))
+    return request_cost(request.model, usage[0], usage[1], reported_cached(answer), rate)
 
 
 @dataclass(slots=True)
 class CacheTally:
     lookup: CacheLookup
+    rate: Via = Via.SYNC  # the job's: what it saves is what it would pay (cacheflow.saved_usd)
     lines: int = 0
     answered: int = 0
     saved_usd: float = 0.0
@@ -70,7 +80,7 @@ class CacheTally:
                 self.to_send.add(int.from_bytes(keys[0][:8], "big"))
                 continue
             self.answered += 1
-            saved = _saving(request, body)
+            saved = _saving(request, body, self.rate)
             if saved is None:
                 self.unpriced.add(request.model)
             else:
