@@ -86,17 +86,19 @@ async def _shared_clear(state: StateUrl, simulate: bool) -> tuple[str, int]:
         await cache.close()
 
 
-def estimate_lookup(state: StateUrl | None, endpoints: Sequence[Endpoint],
-                    home: Path) -> CacheLookup | str:
+def estimate_lookup(state: StateUrl | None, endpoints: Sequence[Endpoint], home: Path,
+                    from_file: bool = False) -> CacheLookup | str:
     """The cache `estimate` asks, read-only, for the keys and servers a job would send with
     (each endpoint of --endpoints, as the engine asks them all: every key of the file is the
-    user's own); or why it cannot be asked."""
+    user's own); or why it cannot be asked. `from_file`: the endpoints of --endpoints, whose
+    file names each key's variable."""
     askers = []
     for endpoint in endpoints:
         api_key = os.environ.get(endpoint.key_env, "").strip()
         if not api_key:
+            hint = "" if from_file else " (or name its variable with --api-key-env)"
             return (f"${endpoint.key_env} is not set, and answers are kept per API key: set "
-                    "it (or name its variable with --api-key-env) to count them")
+                    f"it{hint} to count them")
         askers.append((server_name(endpoint), key_digest(api_key)))
     if state is not None:
         url = state

@@ -298,7 +298,8 @@ def estimate_path(jobs: Path, configs: tuple[EndpointConfig, ...], *, model: str
     # The key and host whose ledger is read: as submit would send (nothing is sent here).
     single = Endpoint.make(*endpoint, insecure=True)
     today, known = (nothing_known, False) if configs else ledger_lookup(state, single)
-    cache = estimate_lookup(state, [c.endpoint for c in configs] or [single], JobStore().home)
+    cache = estimate_lookup(state, [c.endpoint for c in configs] or [single], JobStore().home,
+                            from_file=bool(configs))
     result = estimate_job(
         jobs, model, tier, limits, concurrency=concurrency, latency_s=latency,
         assumed_output=assume_output_tokens, on_bad_line=on_bad_line, today=today,

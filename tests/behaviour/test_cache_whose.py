@@ -76,3 +76,17 @@ def test_with_endpoints_estimate_counts_what_every_endpoint_paid_for_as_the_job_
                   str(tmp_path / "two.jsonl"), "-q")
     assert run.code == 0, run.stderr
     assert a.stats.received + b.stats.received == sent + 10
+
+
+def test_with_endpoints_an_unset_key_is_named_with_where_it_is_set(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.delenv("KEY_B", raising=False)
+    conf = toml_file(tmp_path / "endpoints.toml",
+                     openai("a", "https://a.example/v1", "KEY_A", 1200),
+                     openai("b", "https://b.example/v1", "KEY_B", 1200))
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    cache = estimate(str(jobs), "--endpoints", str(conf))["cache"]
+    # the variable is the endpoints file's api_key_env: --api-key-env does not name it here
+    assert cache == {"looked_up": False, "why": "$KEY_B is not set, and answers are kept per "
+                                                "API key: set it to count them"}
