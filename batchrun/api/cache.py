@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from batchrun.api.blocking import block
+from batchrun.backends.cacheflow import server_name
 from batchrun.files.cache import CacheStats
 from batchrun.files.cachedb import LocalCache, cache_cap_bytes, cache_path, peek_file
 from batchrun.http.endpoint import Endpoint
@@ -85,18 +86,23 @@ async def _shared_clear(state: StateUrl, simulate: bool) -> tuple[str, int]:
         await cache.close()
 
 
-def estimate_lookup(state: StateUrl | None, endpoint: Endpoint, home: Path) -> CacheLookup | str:
-    """The cache `estimate` asks, read-only, for the key and host a job would send with (the
-    engine files answers under the endpoint's host as given and the key's digest); or why it
-    cannot be asked."""
-    api_key = os.environ.get(endpoint.key_env, "").strip()
-    if not api_key:
-        return (f"${endpoint.key_env} is not set, and answers are kept per API key: set it "
-                "(or name its variable with --api-key-env) to count them")
+def estimate_lookup(state: StateUrl | None, endpoints: Sequence[Endpoint], home: Path,
+                    from_file: bool = False) -> CacheLookup | str:
+    """The cache `estimate` asks, read-only, for the keys and servers a job would send with
+    (each endpoint of --endpoints, as the engine asks them all: every key of the file is the
+    user's own); or why it cannot be asked. `from_file`: the endpoints of --endpoints, whose
+    file names each key's variable."""
+    askers = []
+    for endpoint in endpoints:
+        api_key = os.environ.get(endpoint.key_env, "").strip()
+        if not api_key:
+            hint = "" if from_file else " (or name its variable with --api-key-env)"
+            return (f"${endpoint.key_env} is not set, and answers are kept per API key: set "
+                    f"it{hint} to count them")
+        askers.append((server_name(endpoint), key_digest(api_key)))
     if state is not None:
         url = state
-        return CacheLookup(endpoint.host, key_digest(api_key), state.shown,
+        return CacheLookup(tuple(askers), state.shown,
                            lambda keys: peek_shared(url, False, keys))
     path = cache_path(home, False)
-    return CacheLookup(endpoint.host, key_digest(api_key), str(path),
-                       lambda keys: peek_file(path, keys))
+    return CacheLookup(tuple(askers), str(path), lambda keys: peek_file(path, keys))

@@ -286,10 +286,6 @@ def ledger_lookup(state: StateUrl | None, endpoint: Endpoint,
     return known_today(usage, day, host, fingerprint, learned), True
 
 
-ENDPOINTS_CACHE = ("with --endpoints, answers are kept per endpoint's key: estimate each "
-                   "endpoint's cache with --base-url/--azure-endpoint and --api-key-env")
-
-
 def estimate_path(jobs: Path, configs: tuple[EndpointConfig, ...], *, model: str, tier: str,
                   limits: dict[str, int | None], concurrency: int | None, latency: float,
                   assume_output_tokens: int, on_bad_line: str, endpoints_file: Path | None,
@@ -302,7 +298,8 @@ def estimate_path(jobs: Path, configs: tuple[EndpointConfig, ...], *, model: str
     # The key and host whose ledger is read: as submit would send (nothing is sent here).
     single = Endpoint.make(*endpoint, insecure=True)
     today, known = (nothing_known, False) if configs else ledger_lookup(state, single)
-    cache = (ENDPOINTS_CACHE if configs else estimate_lookup(state, single, JobStore().home))
+    cache = estimate_lookup(state, [c.endpoint for c in configs] or [single], JobStore().home,
+                            from_file=bool(configs))
     result = estimate_job(
         jobs, model, tier, limits, concurrency=concurrency, latency_s=latency,
         assumed_output=assume_output_tokens, on_bad_line=on_bad_line, today=today,

@@ -16,12 +16,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
 from batchrun.events import RequestFinished
 from batchrun.files.cache import ResponseCache
 from batchrun.files.checkpoint import result_line
+from batchrun.files.ledger import ledger_host
+from batchrun.http.endpoint import Endpoint
 from batchrun.policy.cachekey import cache_key
 from batchrun.policy.classify import reported_cached, reported_usage
 from batchrun.policy.prices import Via, request_cost
@@ -31,9 +34,18 @@ ON, OFF, REFRESH = "on", "off", "refresh"
 MODES = (ON, OFF, REFRESH)
 
 
+def server_name(endpoint: Endpoint) -> str:
+    """The server an answer came from, as the cache files it: the host as the ledger names it
+    (one server however its URL is typed: case, a default port, a loopback address) and the
+    base URL's path, since two paths on one host can be two services (a gateway's providers,
+    a proxy's routes) whose answers are not each other's."""
+    return ledger_host(endpoint.host) + urlsplit(endpoint.base_url).path
+
+
 @dataclass(frozen=True, slots=True)
 class Asker:
-    """One endpoint as the cache knows it: its host and the salted digest of its key."""
+    """One endpoint as the cache knows it: its server (server_name) and the salted digest of
+    its key."""
 
     host: str
     key: bytes

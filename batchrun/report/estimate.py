@@ -31,7 +31,7 @@ from batchrun.policy.tiers import (
 )
 from batchrun.policy.tokens import choices, prompt_tokens_many
 from batchrun.report.cache_share import PrefixCache
-from batchrun.report.estimate_cache import CacheLookup, CacheTally, not_looked_up
+from batchrun.report.estimate_cache import CacheLookup, CacheTally, job_rate, not_looked_up
 from batchrun.routing.config import EndpointConfig
 from batchrun.routing.plan import plan
 from batchrun.routing.rules import combined
@@ -223,7 +223,8 @@ def estimate(
             return never_fits_batch(size, m, queue_for(m))
         return never_fits(size, m, lim.tpm, lim.tpd)
 
-    answers = CacheTally(cache) if isinstance(cache, CacheLookup) else None
+    answers = CacheTally(cache, job_rate(via, service_tier)) \
+        if isinstance(cache, CacheLookup) else None
     report = _tally(path, model, limits_for, assumed_output, fits, answers)
     if report.bad_total and on_bad_line == "fail":
         raise BadLinesError(str(path), report.bad, report.bad_total)

@@ -17,7 +17,7 @@ import orjson
 
 from batchrun.policy.cachekey import cache_key
 from batchrun.policy.classify import reported_cached, reported_usage
-from batchrun.policy.prices import request_cost
+from batchrun.policy.prices import Via, request_cost
 from batchrun.policy.request import Request
 
 PeekMany = Callable[[list[bytes]], dict[bytes, bytes]]
@@ -25,17 +25,27 @@ PeekMany = Callable[[list[bytes]], dict[bytes, bytes]]
 
 @dataclass(frozen=True, slots=True)
 class CacheLookup:
-    """Whose cache and where: the API host as the ledger names it, the key's cache digest
-    (policy/cachekey.key_digest), and a read that counts no use."""
+    """Whose cache and where: each (server, key digest) the job would ask, as the engine names
+    them (backends/cacheflow.server_name, policy/cachekey.key_digest): one, or every endpoint
+    of --endpoints, the first naming a request for the job's dedup; and a read that counts no
+    use."""
 
-    host: str
-    key: bytes
+    askers: tuple[tuple[str, bytes], ...]
     where: str
     peek_many: PeekMany
 
 
-def _saving(request: Request, body: bytes) -> float | None:
-    """What the stored answer was billed, at list price (None: its model has no price)."""
+def job_rate(via: str, service_tier: str | None) -> Via:
+    """The rate a job sent `via` would pay, as its engine counts what the cache saved: --via
+    auto sends what it can at the per-minute rate, so its saving is not overstated."""
+    if via == "batch":
+        return Via.BATCH
+    return Via.FLEX if service_tier == "flex" else Via.SYNC
+
+
+def _saving(request: Request, body: bytes, rate: Via) -> float | None:
+    """What the stored answer would be billed at list price at the job's rate (None: its
+    model has no price)."""
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -43,12 +53,13 @@ def _saving(request: Request, body: bytes) -> float | None:
     usage = reported_usage(answer)
     if usage is None:
         return 0.0
-    return request_cost(request.model, usage[0], usage[1], reported_cached(answer))
+    return request_cost(request.model, usage[0], usage[1], reported_cached(answer), rate)
 
 
 @dataclass(slots=True)
 class CacheTally:
     lookup: CacheLookup
+    rate: Via = Via.SYNC  # the job's: what it saves is what it would pay (cacheflow.saved_usd)
     lines: int = 0
     answered: int = 0
     saved_usd: float = 0.0
@@ -59,16 +70,17 @@ class CacheTally:
 
     def add(self, requests: Iterable[Request]) -> None:
         look = self.lookup
-        keyed = [(r, cache_key(look.host, look.key, r.url, r.body)) for r in requests]
-        found = look.peek_many(list(dict.fromkeys(k for _, k in keyed)))
-        for request, key in keyed:
+        keyed = [(r, [cache_key(server, key, r.url, r.body) for server, key in look.askers])
+                 for r in requests]
+        found = look.peek_many(list(dict.fromkeys(k for _, keys in keyed for k in keys)))
+        for request, keys in keyed:
             self.lines += 1
-            body = found.get(key)
+            body = next((found[k] for k in keys if k in found), None)
             if body is None:
-                self.to_send.add(int.from_bytes(key[:8], "big"))
+                self.to_send.add(int.from_bytes(keys[0][:8], "big"))
                 continue
             self.answered += 1
-            saved = _saving(request, body)
+            saved = _saving(request, body, self.rate)
             if saved is None:
                 self.unpriced.add(request.model)
             else:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from batchrun.backends.cacheflow import ON, Asker, CacheFlow, cached_line, saved_usd
+from batchrun.backends.cacheflow import ON, Asker, CacheFlow, cached_line, saved_usd, server_name
 from batchrun.files.cache import MemoryCache
+from batchrun.http.endpoint import Endpoint
 from batchrun.policy.cachekey import key_digest
 from batchrun.policy.prices import Via
 from batchrun.policy.request import CHAT_URL, EMBEDDINGS_URL, Request
@@ -82,3 +83,16 @@ def test_saved_is_the_stored_usage_at_the_jobs_rate() -> None:
     assert sync > 0
     assert saved_usd("gpt-4o-mini", answer, Via.BATCH) == pytest.approx(sync / 2)
     assert saved_usd("no-such-model", answer, Via.SYNC) == 0.0
+
+
+@pytest.mark.parametrize("typed", ["https://api.openai.com/v1", "https://API.OpenAI.com/v1/",
+                                   "https://api.openai.com:443/v1", " https://api.openai.com/v1"])
+def test_one_server_however_its_url_is_typed(typed: str) -> None:
+    assert server_name(Endpoint.make(typed, None, None)) == "api.openai.com/v1"
+
+
+@pytest.mark.parametrize("other", ["https://api.openai.com:8443/v1",
+                                   "https://api.openai.com/proxy/v1",
+                                   "https://gateway.example/openai/v1"])
+def test_another_port_or_path_is_another_server(other: str) -> None:
+    assert server_name(Endpoint.make(other, None, None)) != "api.openai.com/v1"

@@ -40,7 +40,9 @@ def answer(request: Request) -> bytes:
                          "choices": [{"message": {"content": "stored"}}], "usage": USAGE})
 
 
-def key_of(request: Request, host: str = "api.openai.com", api_key: str = FAKE_KEY) -> bytes:
+# The server as the cache names it (backends/cacheflow.server_name): host and base URL path.
+def key_of(request: Request, host: str = "api.openai.com/v1", api_key: str = FAKE_KEY,
+           ) -> bytes:
     return cache_key(host, key_digest(api_key), request.url, request.body)
 
 
@@ -82,7 +84,7 @@ def test_another_key_or_host_finds_nothing(tmp_path: Path, isolated_env: dict[st
     reqs = requests(jobs)
     store(cache_file(isolated_env), {key_of(r, api_key="sk-someone-else"): answer(r)
                                      for r in reqs} | {
-                                         key_of(r, host="other.example"): answer(r)
+                                         key_of(r, host="other.example/v1"): answer(r)
                                          for r in reqs})
     assert estimate(str(jobs), env=ENV)["cache"]["answered"] == 0
     on_other = estimate(str(jobs), "--base-url", "https://other.example/v1", env=ENV)
@@ -153,3 +155,15 @@ def test_the_shared_cache_in_redis_is_asked_with_state(
     result = estimate(str(jobs), "--state", redis_url, env=ENV)
     assert (result["cache"]["answered"], result["cache"]["requests_sent"]) == (2, 7)
     assert result["cache"]["where"] == redis_url
+
+
+def test_the_saving_is_at_the_rate_the_job_would_pay(
+        tmp_path: Path, isolated_env: dict[str, str]) -> None:
+    """As the job counts what it saved (backends/cacheflow.saved_usd): the Batch API bills
+    half the list price, so the cache saves half."""
+    jobs = jobs_file(tmp_path)
+    reqs = requests(jobs)
+    store(cache_file(isolated_env), {key_of(reqs[i]): answer(reqs[i]) for i in (0, 2)})
+    assert estimate(str(jobs), env=ENV)["cache"]["saved_usd"] == round(3 * BILLED, 6)
+    saved = estimate(str(jobs), "--via", "batch", env=ENV)["cache"]["saved_usd"]
+    assert saved == round(3 * BILLED / 2, 6)

@@ -1,12 +1,15 @@
 """The response cache on the Batch API path (#25): lines it answers are written before any part
 is planned (never uploaded), identical lines are uploaded once, and the answers a part brings
 are stored. A copy of a request in a part gets its line when that part is collected: the next
-planning finds its answer in the cache."""
+planning finds its answer in the cache, or, when that request failed for good, records the
+same failure (`Copies`) instead of being uploaded and billed again."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from batchrun.backends.batch.collect import Collector
 from batchrun.backends.batch.done import DoneIds
@@ -37,23 +40,56 @@ async def answer_from_cache(cache: CacheFlow, spec: JobSpec, report: InputReport
                              from_cache(item.custom_id, item.model, hit, Via.BATCH))
 
 
-class Uploaded:
-    """Identical lines uploaded once in one planning: the keys seen so far, as 8-byte prefixes
-    (a few tens of bytes each, not a whole digest and its object). Two keys that share one are
-    only a copy held back until the next planning, where the cache answers it by its whole key
-    or it is uploaded then: never a wrong answer."""
+# A failure line's parts as the Collector writes them: status, body, code, message, attempts.
+Failure = tuple[int | None, Any, str, str, int]
 
-    def __init__(self, key: Callable[[Request], bytes]) -> None:
+
+def _mark(key: bytes) -> int:
+    """A key's first 8 bytes: a few tens of bytes in a set, not a whole digest and its object."""
+    return int.from_bytes(key[:8], "big")
+
+
+@dataclass(slots=True)
+class Copies:
+    """What a job's plannings share about identical lines: the requests whose copies were held
+    back for them (`waited`), and the failure of each of those that failed for good, which its
+    copies record in the next planning. Only requests with copies are kept: a job where every
+    line fails keeps no record of each."""
+
+    waited: set[int] = field(default_factory=set)
+    failed: dict[int, Failure] = field(default_factory=dict)
+
+
+class Uploaded:
+    """Identical lines uploaded once in one planning: the keys seen so far, as 8-byte prefixes.
+    Two keys that share one are only a copy held back until the next planning, where the cache
+    answers it by its whole key or it is uploaded then: never a wrong answer. (A copy given a
+    failure by a shared prefix gets a failure line: `--retry-failed` sends it.)"""
+
+    def __init__(self, key: Callable[[Request], bytes], copies: Copies | None = None) -> None:
         self._key = key
         self._seen: set[int] = set()
+        self._copies = copies if copies is not None else Copies()
 
     def first(self, request: Request) -> bool:
         """True for the first line of its body (uploaded); False for a copy (it waits)."""
-        mark = int.from_bytes(self._key(request)[:8], "big")
+        mark = _mark(self._key(request))
         if mark in self._seen:
+            self._copies.waited.add(mark)
             return False
         self._seen.add(mark)
         return True
+
+    def failure(self, request: Request) -> Failure | None:
+        """How the request its copies waited for failed for good (None: it did not)."""
+        return self._copies.failed.get(_mark(self._key(request))) if self._copies.failed \
+            else None
+
+    def failed(self, request: Request, failure: Failure) -> None:
+        """`request` failed for good: the copies that wait for it record `failure`."""
+        mark = _mark(self._key(request))
+        if mark in self._copies.waited:
+            self._copies.failed[mark] = failure
 
 
 async def store_answers(cache: CacheFlow, files: PartFiles, part: Part,
@@ -67,6 +103,17 @@ async def store_answers(cache: CacheFlow, files: PartFiles, part: Part,
     answers.clear()
 
 
-def _uploaded(files: PartFiles, part: Part, answers: dict[str, bytes],
+def note_failures(cache: CacheFlow, files: PartFiles, part: Part,
+                  failures: dict[str, Failure], copies: Copies) -> None:
+    """The requests of a part that failed for good (`failures` emptied), for their copies."""
+    if not failures:
+        return
+    uploaded = Uploaded(cache.key, copies)
+    for cid, body in _uploaded(files, part, failures):
+        uploaded.failed(Request(0, cid, part.url, body), failures[cid])
+    failures.clear()
+
+
+def _uploaded(files: PartFiles, part: Part, wanted: dict[str, Any],
               ) -> Iterable[tuple[str, dict[str, object]]]:
-    return ((cid, body) for cid, body in files.requests(part.n) if cid in answers)
+    return ((cid, body) for cid, body in files.requests(part.n) if cid in wanted)

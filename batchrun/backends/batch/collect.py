@@ -121,17 +121,21 @@ class Collector:
         self._secrets = secrets  # the key's forms: a failure's words may quote it
         # The response cache (#25): each answer merged, for the job to store (None: no cache)
         self.answers: dict[str, bytes] | None = None
+        # ... and each failure for good merged, for copies waiting for it (None: no copies wait)
+        self.failures: dict[str, tuple[int | None, Any, str, str, int]] | None = None
 
     def cached(self, cid: str, line: bytes, finished: RequestFinished) -> None:
         """A line the response cache answered: written, never uploaded."""
         self._write(cid, line)
         self._emit(finished)
 
-    def fail(self, cid: str, model: str, code: str, message: str, attempts: int) -> None:
-        """A final failure line for a request no file answered (e.g. out of retries)."""
+    def fail(self, cid: str, model: str, code: str, message: str, attempts: int,
+             status: int | None = None, body: Any = None) -> None:
+        """A final failure line for a request no file answered (e.g. out of retries, or a copy
+        of one that failed for good: `status` and `body` are then that one's)."""
         if cid in self._done:
             return
-        self._write(cid, result_line(cid, None, "", None, (code, message)))
+        self._write(cid, result_line(cid, status, "", body, (code, message)))
         self._emit(RequestFinished(cid, model, False, 0, 0, attempts, message, batch=True))
 
     def merge(self, path: Path, ids: set[str], model: str, attempts: int,
@@ -184,6 +188,8 @@ class Collector:
                 continue
             self._write(cid, result_line(cid, status, request_id, body, (code, message)))
             self._emit(RequestFinished(cid, model, False, 0, 0, attempts, message, batch=True))
+            if self.failures is not None:
+                self.failures[cid] = (status, body, code, message, attempts)
             merged.failed += 1
             merged.left.pop(cid, None)
 

@@ -11,7 +11,7 @@ from batchrun.backends.batch.look import Fetched, look
 from batchrun.backends.batch.parts import BatchBook, PartFiles
 from batchrun.backends.batch.remote import cancel_interruptibly
 from batchrun.backends.batch.run import BatchJob, Options
-from batchrun.backends.cacheflow import CacheFlow
+from batchrun.backends.cacheflow import CacheFlow, server_name
 from batchrun.backends.costcap import CostCap
 from batchrun.backends.signals import on_signals
 from batchrun.backends.stop import Stop
@@ -45,7 +45,7 @@ async def run_batch(spec: JobSpec, manifest: Manifest, store: JobStore, api_key:
     response cache (None: --no-cache)."""
     options = Options(spec.poll_max_s, spec.detach, spec.max_retries, collect_only)
     if cache is not None:
-        cache.serve([cache.asker(spec.endpoint.host, key_digest(api_key))])
+        cache.serve([cache.asker(server_name(spec.endpoint), key_digest(api_key))])
     async with BatchClient(spec.endpoint, api_key, spec.timeout_s) as api:
         job = BatchJob(spec, manifest, store, api, listener, report, done, options, sleep=sleep,
                        notify=notify, secrets=secret_forms(api_key), cost=cost, cache=cache)

@@ -86,10 +86,17 @@ class Pending:
                 if self._uploaded is not None:
                     self._uploaded.first(item)  # its copies wait for that part
                 continue
+            if self._uploaded is not None and (
+                    failure := self._uploaded.failure(item)) is not None:
+                status, body, code, message, attempt = failure
+                self._collector.fail(cid, item.model, code, message, attempt, status, body)
+                continue  # a copy of a request that failed for good: its failure, not a try
             if cid in tried:
                 attempt, code, message = tried[cid]
                 if cancelled or attempt > self._max_retries:
                     self._collector.fail(cid, item.model, code, message, attempt)
+                    if self._uploaded is not None:
+                        self._uploaded.failed(item, (None, None, code, message, attempt))
                     continue
                 self.attempts[cid] = attempt + 1
             elif cancelled:

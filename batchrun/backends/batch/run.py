@@ -23,7 +23,13 @@ import orjson
 
 from batchrun.backends.batch import words
 from batchrun.backends.batch.api import ApiCallFailed, Transient
-from batchrun.backends.batch.cached import Uploaded, answer_from_cache, store_answers
+from batchrun.backends.batch.cached import (
+    Copies,
+    Uploaded,
+    answer_from_cache,
+    note_failures,
+    store_answers,
+)
 from batchrun.backends.batch.calls import FIRST_POLL_S, Caller, CallInterrupted
 from batchrun.backends.batch.collect import Collector, Merged
 from batchrun.backends.batch.done import DoneIds
@@ -108,6 +114,7 @@ class BatchJob:
                  cache: CacheFlow | None = None) -> None:
         self.spec, self.manifest, self.store, self.api = spec, manifest, store, api
         self._cache = cache  # the response cache in the job's mode (None: --no-cache)
+        self._copies = Copies()  # identical lines held back across plannings (the cache on)
         self._secrets = secrets  # the key's forms, kept out of what the output records
         self._emit, self._report, self._opt = listener, report, options
         self._done = DoneIds(done)
@@ -153,6 +160,8 @@ class BatchJob:
             self.collector = Collector(writer, self._done, self._emit, self._secrets)
             if self._cache is not None:
                 self.collector.answers = {}
+                if self._cache.looks:
+                    self.collector.failures = {}
             self._outcome = PartSettler(self.book, self.files, self.collector, self._done,
                                     self.spec.input, self._queue, self._notify)
             return await self._loop()
@@ -256,7 +265,7 @@ class BatchJob:
         pending = Pending(self.spec, self._report, self.book, self.files, self._done,
                           self.collector, self.api.batch_endpoint, self._opt.max_retries,
                           self._cost.request_worst if self._cost is not None else None,
-                          Uploaded(cache.key) if cache is not None else None)
+                          Uploaded(cache.key, self._copies) if cache is not None else None)
         # Under a cap, no part is planned larger than what the cap leaves now.
         left = self._cost.remaining() if self._cost is not None else 0.0
         max_usd = 0.0 if left == float("inf") else max(left, 1e-12)
@@ -451,6 +460,8 @@ class BatchJob:
                 gone = file_id
         if self._cache is not None and self.collector.answers is not None:
             await store_answers(self._cache, self.files, part, self.collector.answers)
+        if self._cache is not None and self.collector.failures is not None:
+            note_failures(self._cache, self.files, part, self.collector.failures, self._copies)
         unread = self._outcome.unread(part, ids, merged) if gone is None else []
         if unread and self._outcome.read_again(part, unread):
             self._save()

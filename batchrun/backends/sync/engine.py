@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
-from batchrun.backends.cacheflow import CacheFlow, Hit, cached_line, from_cache
+from batchrun.backends.cacheflow import CacheFlow, Hit, cached_line, from_cache, server_name
 from batchrun.backends.costcap import CostCap
 from batchrun.backends.stop import Stop
 from batchrun.backends.sync.failover import Failover, too_large
@@ -123,11 +123,12 @@ class Engine:
                 spec.endpoint, api_key, spec.timeout_s, max(512, spec.concurrency or 0),
                 max_response_bytes=int(spec.max_response_mb * 2**20))
             upstreams = [Upstream("", only, spec.endpoint.host, spec.limits_for, budget_for,
-                                  key_digest=key_digest(api_key))]
+                                  key_digest=key_digest(api_key),
+                                  server=server_name(spec.endpoint))]
         self._upstreams = upstreams
         self._cache = cache
         if cache is not None:
-            cache.serve([cache.asker(u.host, u.key_digest) for u in upstreams])
+            cache.serve([cache.asker(u.server or u.host, u.key_digest) for u in upstreams])
         # Identical lines wait for the one sent ("leader"): its key -> the copies' ids. Only
         # leaders not yet answered are held (at most the queues and what is in flight).
         self._copies: dict[bytes, list[str]] = {}
@@ -475,7 +476,8 @@ class Engine:
     async def _store(self, cache: CacheFlow, route: Route, job: Job, body: bytes) -> None:
         up = route.upstream
         try:
-            await cache.store(job.request, cache.asker(up.host, up.key_digest), body, job.key)
+            asker = cache.asker(up.server or up.host, up.key_digest)
+            await cache.store(job.request, asker, body, job.key)
         except StateError as exc:
             # The answer is paid for: its line is written all the same, and the job stops as
             # when the shared state stops answering.

@@ -64,6 +64,7 @@ class Upstream:
     deployment: Callable[[str], str] = _same  # the name this endpoint knows a model by
     priority: int = 1
     key_digest: bytes = b""  # its key as the response cache knows it (policy.cachekey)
+    server: str = ""  # the server as the response cache knows it (cacheflow.server_name)
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from batchrun.backends.cacheflow import server_name
 from batchrun.backends.sync.lanes import Upstream
 from batchrun.errors import InputError
 from batchrun.files.ledger import DailyBudget, Scope, key_fingerprint
@@ -64,7 +65,7 @@ def build_upstreams(spec: JobSpec, budget_in: BudgetIn,
         upstreams.append(Upstream(
             config.name, client, config.endpoint.host, _limits(config),
             _budgets(config, budget_in, key_fingerprint(key)), config.deployment, config.priority,
-            key_digest(key)))
+            key_digest(key), server_name(config.endpoint)))
     return upstreams
 
 
