@@ -91,7 +91,20 @@ def first_start(path: Path) -> int | None:
         head = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    return int(head[1]) if isinstance(head, list) and head[:1] == ["S"] else None
+    return int(head[1]) if isinstance(head, list) and _valid(head) and head[0] == "S" else None
+
+
+def ends_mid_line(path: Path) -> bool:
+    """The file's last line is torn (a kill -9 or a full disk in the middle of a write): what
+    comes next must start on a line of its own, or the torn line swallows it."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, 2) == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 @dataclass(slots=True)
@@ -127,6 +140,7 @@ class Recorder:
         self._flushed_at = self._written_at = now()
         start = int(self._flushed_at)
         origin = first_start(path)
+        self._torn = ends_mid_line(path)
         self._minutes_from = minute_rows_from(start if origin is None else origin)
         self._lines.append(orjson.dumps(["S", start, FORMAT]))
 
@@ -247,14 +261,18 @@ class Recorder:
             return
         self._written_at = self._flushed_at
         data = b"\n".join(self._lines) + b"\n"
+        if self._torn:
+            data = b"\n" + data
         self._lines = []
         try:
             with self._path.open("ab") as f:
                 f.write(data)
+            self._torn = False
         except OSError:
             # The timeline is a record for the report, never a reason to stop a job: a full
-            # disk shows as a gap (the output and the manifest say what was done).
-            pass
+            # disk shows as a gap (the output and the manifest say what was done). A write
+            # may have stopped mid-line.
+            self._torn = True
 
     def close(self, ended: str) -> None:
         """The session ends, saying how (a state of the job: done, stopped, paused-daily...)."""
@@ -359,7 +377,9 @@ def _mark(timeline: Timeline, keys: dict[int, tuple[str, str]], row: list[Any],
     elif head == "K":
         keys[row[1]] = (row[2], row[3])
     elif head == "E" and timeline.sessions:
-        timeline.sessions[-1].end, timeline.sessions[-1].ended = row[1], row[2]
+        # max: a clock set back (NTP) during the session must not end it before it began.
+        session = timeline.sessions[-1]
+        session.end, session.ended = max(session.start, row[1]), row[2]
     elif head == "B":
         model, endpoint = keys.get(row[2], ("?", ""))
         timeline.budget[row[1], model, endpoint] = (row[3], row[4])
@@ -375,8 +395,53 @@ def _mark(timeline: Timeline, keys: dict[int, tuple[str, str]], row: list[Any],
 
 
 def _rows(data: bytes) -> Iterator[list[Any]]:
+    """The lines that are what a Recorder writes; a torn or damaged one is skipped."""
     for line in data.splitlines():
         with contextlib.suppress(orjson.JSONDecodeError):
             row = orjson.loads(line)
-            if isinstance(row, list) and len(row) >= 2:
+            if isinstance(row, list) and _valid(row):
                 yield row
+
+
+_INT, _NUM, _STR = "i", "n", "s"
+# Each kind of line: the types of its fields after the head ("*": as many more of the last).
+_SHAPES = {"S": "ii", "K": "iss", "G": "iin*", "B": "iiii", "C": "iin", "T": "is",
+           "P": "iissi", "A": "i", "E": "is", "": "iii*"}
+
+
+def _valid(row: list[Any]) -> bool:
+    """A line has the shape its kind is written in (pure); "" is a count row's."""
+    if not row:
+        return False
+    head, fields = row[0], row[1:]
+    if head == "L":
+        return len(fields) == 2 and _is(fields[0], _INT) and _limits(fields[1])
+    if _is(head, _INT):
+        head = ""
+        if len(fields) > 2 + len(COUNTS):
+            return False
+    shape = _SHAPES.get(head) if isinstance(head, str) else None
+    if shape is None:
+        return False
+    many = shape.endswith("*")
+    shape = shape.rstrip("*")
+    if len(fields) < len(shape) or (len(fields) > len(shape) and not many):
+        return False
+    kinds = shape + shape[-1] * (len(fields) - len(shape))
+    return all(_is(v, k) for v, k in zip(fields, kinds, strict=True))
+
+
+def _is(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind == _INT:
+        return isinstance(value, int)
+    if kind == _NUM:
+        return isinstance(value, int | float)
+    return isinstance(value, str)
+
+
+def _limits(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, list) and len(v) == 4 and all(_is(x, _INT) for x in v)
+        for v in value.values())
