@@ -7,6 +7,7 @@ that does. Written atomically (temp file, fsync, rename), mode 0600.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -102,6 +103,11 @@ def input_change(before: dict[str, Any], path: Path) -> tuple[dict[str, Any], st
             and before.get("mtime_ns") != now["mtime_ns"]):
         now["sha256"] = content_hash(path)
     return now, describe_change(before, now)
+
+
+def timeline_file(jobs_dir: Path, job_id: str) -> Path:
+    """Where a job's timeline (report/timeline.py) lives: beside its manifest, gone with it."""
+    return jobs_dir / f"{job_id}.timeline"
 
 
 def job_id_for(input_path: Path, output_path: Path) -> str:
@@ -495,6 +501,10 @@ class JobStore:
             raise StateError(
                 f"cannot remove the manifest of job {manifest.job_id}: {exc.strerror}."
             ) from None
+        # The same input and output make the same job id again: a timeline left behind would
+        # give the new job the forgotten one's sessions. Without its manifest it is no one's.
+        with contextlib.suppress(OSError):
+            timeline_file(self.dir, manifest.job_id).unlink(missing_ok=True)
 
     def effective_state(self, manifest: Manifest) -> JobState:
         """A manifest left 'running' by a process that died is a crashed job."""

@@ -51,6 +51,7 @@ from batchrun.events import (
     StateChanged,
     Throttled,
 )
+from batchrun.files.jobstore import timeline_file
 
 FORMAT = 1
 PER_SECOND_S = 6 * 3600  # a job's first 6 hours in per-second rows, then per-minute
@@ -66,7 +67,7 @@ TOO_LARGE_CODE = "request_too_large"
 
 
 def timeline_path(jobs_dir: Path, job_id: str) -> Path:
-    return jobs_dir / f"{job_id}.timeline"
+    return timeline_file(jobs_dir, job_id)
 
 
 def minute_rows_from(origin: float) -> int:

@@ -139,3 +139,19 @@ def test_a_job_without_a_timeline_says_so_and_gives_what_its_manifest_knows(
     assert "has no timeline" in run.stderr and "Traceback" not in run.stderr
     doc = orjson.loads(run.stdout)
     assert (doc["recorded"], doc["series"], doc["summary"]["ok"]) == (False, [], 1)
+
+
+def test_a_job_forgotten_and_submitted_again_reports_only_its_new_run(
+        sim: Any, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "q"}])
+    out = tmp_path / "jobs.results.jsonl"
+    assert submit(sim, jobs, "-q").code == 0
+    job_id = report(out)["job"]["id"]
+    assert run_cli("forget", str(out)).code == 0
+    assert not timeline_path(JobStore().dir, job_id).exists()
+    out.unlink()
+    assert submit(sim, jobs, "-q").code == 0  # the same input and output: the same job id
+    doc = report(out)
+    assert doc["job"]["id"] == job_id
+    assert [s["ended"] for s in doc["sessions"]] == ["done"]
+    assert total(doc, "ok") + total(doc, "cached") == 1  # (the response cache answers it)
