@@ -155,3 +155,13 @@ def test_a_job_forgotten_and_submitted_again_reports_only_its_new_run(
     assert doc["job"]["id"] == job_id
     assert [s["ended"] for s in doc["sessions"]] == ["done"]
     assert total(doc, "ok") + total(doc, "cached") == 1  # (the response cache answers it)
+
+
+def test_json_with_o_is_refused_rather_than_o_ignored(sim: Any, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "q"}])
+    assert submit(sim, jobs, "-q").code == 0
+    chosen = tmp_path / "doc.json"
+    run = run_cli("report", str(tmp_path / "jobs.results.jsonl"), "--json", "-o", str(chosen))
+    assert run.code == 2
+    assert "--json" in run.stderr and "-o" in run.stderr
+    assert not chosen.exists()
