@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from batchrun.errors import StateError
 from batchrun.events import (
     AttemptEnded,
     BatchPart,
@@ -323,6 +324,10 @@ def read(path: Path, running: bool = False) -> Timeline | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise StateError(f"cannot read the timeline {path}: {exc.strerror}. The job's results "
+                         "and `batchrun status` do not depend on it; move it away and "
+                         "`batchrun report` gives what the job's manifest knows.") from None
     timeline = Timeline()
     keys: dict[int, tuple[str, str]] = {}
     now: dict[tuple[str, str], list[float]] = {}  # each key's gauges as they stand

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 import batchrun
-from batchrun.files.jobstore import JobStore
+from batchrun.files.jobstore import JobStore, job_id_for
 from batchrun.report.timeline import timeline_path
 from batchrun.simulator import BatchConfig, SimConfig, SimLimits
 from tests.helpers.cli import FAKE_KEY, REPO, run_cli, submit, wait_for
@@ -165,3 +165,24 @@ def test_json_with_o_is_refused_rather_than_o_ignored(sim: Any, tmp_path: Path) 
     assert run.code == 2
     assert "--json" in run.stderr and "-o" in run.stderr
     assert not chosen.exists()
+
+
+def test_a_timeline_that_cannot_be_written_does_not_stop_the_job(
+        sim: Any, tmp_path: Path) -> None:
+    # The timeline is a record for the report, not the checkpoint: the output and the manifest
+    # say what was done, so a job must not die for it (a full disk shows as a gap in it).
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": f"r{i}", "prompt": f"q{i}"}
+                                                 for i in range(5)])
+    out = tmp_path / "jobs.results.jsonl"
+    store = JobStore()
+    store.dir.mkdir(parents=True, exist_ok=True)
+    blocked = timeline_path(store.dir, job_id_for(jobs, out))
+    blocked.mkdir()  # every open of it for writing fails
+    run = submit(sim, jobs, "--json")
+    assert run.code == 0, run.stderr
+    assert orjson.loads(run.stdout)["state"] == "done"
+    assert len(read_results(out)) == 5
+    # ...and its report says the timeline cannot be read, not "internal error" (exit 70).
+    unread = run_cli("report", str(out))
+    assert unread.code == 5, unread.stderr
+    assert f"cannot read the timeline {blocked}: Is a directory" in unread.stderr
