@@ -32,7 +32,7 @@ PRIORITY = (BELOW, PACED_RPM, PACED_TPM, BATCH, COOLDOWN, DAILY)
 BATCH_WAITING = {"uploaded", "creating", "submitted", "validating", "in_progress", "finalizing",
                  "cancelling"}
 
-Span = tuple[int, int, str]  # [start, end) and what the time went to
+Span = tuple[float, float, str]  # [start, end) and what the time went to
 
 
 def build(manifest: Manifest, timeline: Timeline | None, state: str) -> dict[str, Any]:
@@ -220,7 +220,10 @@ def pace_verdict(rpm: float, tpm: float, gauges: list[Any]) -> str | None:
 
 def _spans(tl: Timeline) -> list[Span]:
     """Daily waits, cooldowns and Batch API waits, as the timeline marks them."""
-    spans = [(t, t + max(1, round(pause)), COOLDOWN) for t, _, _, pause in tl.cooldowns]
+    # A cooldown's own length: rounding it to whole seconds made a job meeting many "try again
+    # in 0.3s" 429s read as mostly cooling down.
+    spans: list[Span] = [(t, t + pause, COOLDOWN) for t, _, _, pause in tl.cooldowns
+                         if pause > 0]
     ends = [s.end for s in tl.sessions]
     daily_from: int | None = None
     for t, state in tl.states:
@@ -257,31 +260,58 @@ def time_spent(sessions: list[Session], spans: list[Span], paced: list[Moment],
                minutes_from: int) -> dict[str, float]:
     """Seconds of the job's wall-clock time by what held it (pure): inside each session the
     marked spans and pacing, by PRIORITY, else BELOW; between sessions NOT_RUNNING. Slots are
-    seconds, and minutes after `minutes_from`, as the rows are."""
+    seconds, and minutes after `minutes_from`, as the rows are; a mark covering part of a slot
+    (a 0.3 s cooldown) takes that part, the rest goes to the next reason down."""
     spent: dict[str, float] = {}
-    rank = {what: i for i, what in enumerate(PRIORITY)}
     for i, session in enumerate(sessions):
         if i and session.start > sessions[i - 1].end:
             spent[NOT_RUNNING] = spent.get(NOT_RUNNING, 0.0) + session.start - sessions[i - 1].end
         slots = _slots(session.start, session.end, minutes_from)
         if not slots:
             continue
-        times = [t for t, _ in slots]
-        painted = [0] * len(slots)
-        marks = [(a, b, what) for a, b, what in spans] + _paced_spans(paced, session)
-        for a, b, what in sorted(marks, key=lambda m: rank[m[2]]):
-            lo = max(0, bisect.bisect_right(times, a) - 1)
-            hi = bisect.bisect_left(times, b)
-            for j in range(lo, max(hi, lo + 1)):
-                if j < len(slots) and slots[j][0] < b and slots[j][0] + slots[j][1] > a:
-                    painted[j] = rank[what]
-        for (_, step), r in zip(slots, painted, strict=True):
-            spent[PRIORITY[r]] = spent.get(PRIORITY[r], 0.0) + step
+        covered = _covered(slots, [*spans, *_paced_spans(paced, session)])
+        for j, (_, step) in enumerate(slots):
+            left = float(step)
+            for what in reversed(PRIORITY[1:]):
+                part = min(left, covered.get(what, {}).get(j, 0.0))
+                if part > 0:
+                    spent[what] = spent.get(what, 0.0) + part
+                    left -= part
+            if left > 0:
+                spent[BELOW] = spent.get(BELOW, 0.0) + left
     return spent
 
 
+def _covered(slots: list[tuple[int, int]], marks: list[Span]) -> dict[str, dict[int, float]]:
+    """Per reason, how much of each slot (by index) its marks cover, overlaps counted once."""
+    times = [t for t, _ in slots]
+    covered: dict[str, dict[int, float]] = {}
+    for what in {m[2] for m in marks}:
+        own = covered.setdefault(what, {})
+        for a, b in _merged(sorted((a, b) for a, b, w in marks if w == what and b > a)):
+            for j in range(max(0, bisect.bisect_right(times, a) - 1), len(slots)):
+                t, step = slots[j]
+                if t >= b:
+                    break
+                part = min(b, t + step) - max(a, t)
+                if part > 0:
+                    own[j] = own.get(j, 0.0) + part
+    return covered
+
+
+def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted intervals with the overlapping ones joined (two 429s' cooldowns at once)."""
+    out: list[tuple[float, float]] = []
+    for a, b in intervals:
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
 def _paced_spans(paced: list[Moment], session: Session) -> list[Span]:
-    spans = []
+    spans: list[Span] = []
     for i, moment in enumerate(paced):
         if moment.what is None:
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun.events import AttemptEnded, JobStarted, RequestFinished, RequestSent
+from batchrun.events import AttemptEnded, JobStarted, RequestFinished, RequestSent, Throttled
 from batchrun.files.jobstore import Manifest
 from batchrun.policy.tiers import Limits
 from batchrun.report.document import (
@@ -50,7 +50,10 @@ def test_each_second_goes_to_the_strongest_reason_and_gaps_are_not_running() -> 
 
 def test_after_the_per_minute_mark_time_goes_by_minutes() -> None:
     spent = time_spent([Session(0, 300, "done")], [(200, 230, DAILY)], [], 120)
-    assert spent == {BELOW: 240.0, DAILY: 60.0}
+    assert spent == {BELOW: 270.0, DAILY: 30.0}  # a mark takes its part of a minute, not all
+    paced = [Moment(130, PACED_RPM), Moment(150, None)]
+    assert time_spent([Session(0, 300, "done")], [], paced, 120) == {BELOW: 280.0,
+                                                                     PACED_RPM: 20.0}
 
 
 def test_the_sentence_names_the_shares_biggest_first() -> None:
@@ -85,3 +88,28 @@ def test_by_endpoint_and_model_add_up_to_the_series(tmp_path: Path) -> None:
         assert sum(r["ok"] for rows in parts for r in rows) == sum(r["ok"] for r in doc["series"])
     assert [sum(r["sent"] for r in rows) for rows in doc["by"]["endpoint"].values()] == [3, 1]
     assert doc["summary"]["tokens"] == 20
+
+
+def test_a_cooldown_counts_its_own_length_not_the_whole_second_it_began_in(
+        tmp_path: Path) -> None:
+    # The server said "try again in 0.3s" three times and "in 2.5s" once, over a 10 s job: the
+    # job cooled down 0.3 + 0.3 (two at once) + 0.3 + 2.5 s, not four whole seconds and more.
+    clock = FakeClock()
+    clock.now = 1_765_000_000.0
+    path = tmp_path / "j.timeline"
+    rec = Recorder(path, clock)
+    rec(JobStarted(input="in", output="out", total=10, already_done=0, bad_lines=0,
+                   limits={"m": Limits(rpm=600)}, base_url="http://x"))
+    pauses = {2: [0.3, 0.3], 4: [0.3], 6: [2.5]}
+    for second in range(10):
+        rec(RequestSent("m", 10))
+        rec(AttemptEnded("m", "ok", "", 200))
+        rec(RequestFinished("x", "m", True, 3, 2, 1))
+        for pause in pauses.get(second, []):
+            rec(Throttled("m", pause))
+        clock.now += 1
+    rec.close("done")
+    manifest = Manifest(job_id="j", input="in", output="out", fingerprint={}, options={},
+                        total=10, done=10)
+    spent = {part["what"]: part["seconds"] for part in build(manifest, read(path), "done")["time"]}
+    assert spent == {COOLDOWN: 3.1, BELOW: 6.9}
