@@ -186,3 +186,18 @@ def test_a_timeline_that_cannot_be_written_does_not_stop_the_job(
     unread = run_cli("report", str(out))
     assert unread.code == 5, unread.stderr
     assert f"cannot read the timeline {blocked}: Is a directory" in unread.stderr
+
+
+def test_answers_from_the_response_cache_are_cached_not_ok_and_bill_no_tokens(
+        sim: Any, tmp_path: Path) -> None:
+    rows = [{"id": f"r{i}", "prompt": f"q{i}", "max_tokens": 5} for i in range(3)]
+    first = write_jsonl(tmp_path / "first.jsonl", rows)
+    assert submit(sim, first, "-q").code == 0
+    asked = sim.stats.received
+    again = write_jsonl(tmp_path / "again.jsonl", rows)  # the same lines: the cache answers
+    assert submit(sim, again, "-q").code == 0
+    assert sim.stats.received == asked  # nothing sent
+    doc = report(tmp_path / "again.results.jsonl")
+    assert [total(doc, k) for k in ("cached", "ok", "sent", "tokens", "tokens_charged")] == [
+        3, 0, 0, 0, 0]
+    assert (doc["summary"]["cached"], doc["summary"]["tokens"]) == (3, 0)
