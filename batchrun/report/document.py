@@ -142,7 +142,8 @@ def _summary(manifest: Manifest, series: list[dict[str, Any]],
     def total(name: str) -> int:
         return sum(int(row[name]) for row in series)
 
-    wall = sessions[-1].end - sessions[0].start if sessions else 0
+    # The first start to the last end, in whatever order a clock set back (NTP) wrote them.
+    wall = max(s.end for s in sessions) - min(s.start for s in sessions) if sessions else 0
     return {"requests": manifest.total, "ok": manifest.done - manifest.failed,
             "cached": total("cached"), "failed": manifest.failed,
             "rate_limited": total(COUNTS[RL]), "tokens": total("tokens"),

@@ -22,7 +22,7 @@ from batchrun.report.document import (
     shares_of,
     time_spent,
 )
-from batchrun.report.timeline import Recorder, Session, read
+from batchrun.report.timeline import Recorder, Session, Timeline, read
 from tests.helpers.fake_clock import FakeClock
 
 FAR = 10**12  # no per-minute rows
@@ -113,3 +113,13 @@ def test_a_cooldown_counts_its_own_length_not_the_whole_second_it_began_in(
                         total=10, done=10)
     spent = {part["what"]: part["seconds"] for part in build(manifest, read(path), "done")["time"]}
     assert spent == {COOLDOWN: 3.1, BELOW: 6.9}
+
+
+def test_a_clock_set_back_between_sessions_gives_no_negative_time() -> None:
+    # The second run started after NTP set the clock an hour back.
+    tl = Timeline(sessions=[Session(10_000, 10_100, "stopped"), Session(6_500, 6_600, "done")])
+    manifest = Manifest(job_id="j", input="in", output="out", fingerprint={}, options={},
+                        total=1, done=1)
+    doc = build(manifest, tl, "done")
+    assert doc["summary"]["wall_seconds"] >= doc["summary"]["busy_seconds"] == 200.0
+    assert all(part["seconds"] > 0 for part in doc["time"])
