@@ -192,19 +192,53 @@ def _key_paced(tl: Timeline, key: tuple[str, str],
     gauges: list[Any] = []
     window: list[tuple[int, int, int]] = []  # (t, sent, charged) of the last minute
     out: list[tuple[int, str | None]] = []
+    row_end: int | None = None
     for t in times:
+        if row_end is not None and out and out[-1][1] is not None:
+            # No row in between: nothing was admitted, so the last minute's rate falls.
+            out.extend(_fading(window, gauges, row_end, t, starts))
         gauges = tl.gauges.get((t, m, e), gauges)
         counts = tl.counts.get((t, m, e))
         if counts is not None:
             window.append((t, counts[SENT], counts[CHARGED]))
-        step = tl.step(t)
-        end = t + step
-        since = starts[max(0, bisect.bisect_right(starts, t) - 1)] if starts else t
-        span = max(step, min(WINDOW_S, end - since))
-        window = [w for w in window if w[0] >= end - span]
-        sent, charged = sum(w[1] for w in window), sum(w[2] for w in window)
-        out.append((t, pace_verdict(sent * 60 / span, charged * 60 / span, gauges)))
+        row_end = t + tl.step(t)
+        window = _last_minute(window, t, row_end, starts)
+        out.append((t, _verdict(window, row_end, t, starts, gauges)))
+    if row_end is not None and out and out[-1][1] is not None:  # after the key's last row
+        out.extend(_fading(window, gauges, row_end, row_end + WINDOW_S + 1, starts))
     return out
+
+
+def _fading(window: list[tuple[int, int, int]], gauges: list[Any], start: int, stop: int,
+            starts: list[int]) -> list[tuple[int, str | None]]:
+    """The seconds from `start` to `stop` had no row: paced until the last minute's rate, its
+    rows ageing out, falls below the limit (a stall of the server is not the limit's)."""
+    for x in range(start, min(stop, start + WINDOW_S + 1)):
+        if _verdict(_last_minute(window, x, x + 1, starts), x + 1, x, starts, gauges) is None:
+            return [(x, None)]
+    return []
+
+
+def _since(t: int, starts: list[int]) -> int:
+    """The start of the session second `t` is in."""
+    return starts[max(0, bisect.bisect_right(starts, t) - 1)] if starts else t
+
+
+def _span(t: int, end: int, starts: list[int]) -> int:
+    return max(1, end - t, min(WINDOW_S, end - _since(t, starts)))
+
+
+def _last_minute(window: list[tuple[int, int, int]], t: int, end: int,
+                 starts: list[int]) -> list[tuple[int, int, int]]:
+    span = _span(t, end, starts)
+    return [w for w in window if w[0] >= end - span]
+
+
+def _verdict(window: list[tuple[int, int, int]], end: int, t: int, starts: list[int],
+             gauges: list[Any]) -> str | None:
+    span = _span(t, end, starts)
+    sent, charged = sum(w[1] for w in window), sum(w[2] for w in window)
+    return pace_verdict(sent * 60 / span, charged * 60 / span, gauges)
 
 
 def pace_verdict(rpm: float, tpm: float, gauges: list[Any]) -> str | None:

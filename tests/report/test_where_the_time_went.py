@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batchrun.events import AttemptEnded, JobStarted, RequestFinished, RequestSent, Throttled
+from batchrun.events import (
+    AttemptEnded,
+    JobStarted,
+    Paced,
+    RequestFinished,
+    RequestSent,
+    StateChanged,
+    Throttled,
+)
 from batchrun.files.jobstore import Manifest
 from batchrun.policy.tiers import Limits
 from batchrun.report.document import (
@@ -123,3 +131,44 @@ def test_a_clock_set_back_between_sessions_gives_no_negative_time() -> None:
     doc = build(manifest, tl, "done")
     assert doc["summary"]["wall_seconds"] >= doc["summary"]["busy_seconds"] == 200.0
     assert all(part["seconds"] > 0 for part in doc["time"])
+
+
+def test_a_stall_after_pacing_is_not_paced_once_the_last_minute_falls_below_the_limit(
+        tmp_path: Path) -> None:
+    # Two minutes admitted at the TPM limit (100 tokens a second of 6,000 a minute) with work
+    # queued; a 429 that imposed 5 s; then the server stalls: nothing is sent or answered for
+    # 5 minutes (no row: nothing moved); then the daily limit: --wait for 10 minutes, the
+    # limiter speaking once a minute meanwhile; then one last second.
+    clock = FakeClock()
+    clock.now = 1_765_000_000.0
+    path = tmp_path / "j.timeline"
+    rec = Recorder(path, clock)
+    rec(JobStarted(input="in", output="out", total=200, already_done=0, bad_lines=0,
+                   limits={"m": Limits(rpm=0, tpm=6000)}, base_url="http://x"))
+    for _ in range(120):
+        rec(RequestSent("m", 100))
+        rec(AttemptEnded("m", "ok", "", 200))
+        rec(RequestFinished("x", "m", True, 90, 10, 1))
+        rec(Paced("m", "", 0.0, 6000.0, 100.0, 0, 50))
+        clock.now += 1
+    rec(RequestSent("m", 100))
+    rec(AttemptEnded("m", "rate_minute", "", 429))
+    rec(Throttled("m", 5.0))
+    clock.now += 300
+    rec(StateChanged("paused-daily"))
+    for _ in range(10):
+        rec(Paced("m", "", 0.0, 6000.0, 100.0, 0, 50))
+        clock.now += 60
+        rec.flush()
+    rec(StateChanged("running"))
+    clock.now += 1
+    rec.close("done")
+    manifest = Manifest(job_id="j", input="in", output="out", fingerprint={}, options={},
+                        total=200, done=120)
+    doc = build(manifest, read(path), "done")
+    spent = {part["what"]: part["seconds"] for part in doc["time"]}
+    # Paced until the last minute's rate fell under 90 % of the limit (second 127), the 429's
+    # 5 s inside it taken by the cooldown; the stall is the server's, not the limit's.
+    assert spent == {DAILY: 600.0, BELOW: 293.0 + 1.0, PACED_TPM: 127.0 - 5.0, COOLDOWN: 5.0}
+    assert doc["sentence"] == ("59 % waiting for the daily reset, 29 % sending below the "
+                               "limits, 12 % paced at the TPM limit, <1 % in 429 cooldowns.")
