@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,12 @@ def report(
     """Where a job's time went: requests, tokens, 429s and waits against its limits, per
     second, as one self-contained HTML file (or --json)."""
     printing.reply.json = json_
+    if json_ and output is not None:
+        # -o names the HTML page; silently printing JSON instead would leave the user's file
+        # missing (or an old one in place).
+        raise InputError("--json prints the report's document on stdout; -o writes the HTML "
+                         "page. Give one of them: "
+                         f"batchrun report {shlex.quote(job)} --json > doc.json")
     store = JobStore()
     doc = steps.report_document(store, job)
     printing.reply.about(doc["job"]["id"])

@@ -7,6 +7,7 @@ that does. Written atomically (temp file, fsync, rename), mode 0600.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -22,6 +23,7 @@ import orjson
 from batchrun.errors import InputError, StateError
 from batchrun.files.fsutil import PRIVATE_FILE, identity, private_dir, write_bytes_atomic
 from batchrun.files.outputlock import is_held, read_owner
+from batchrun.files.spend import spend_path
 from batchrun.policy.classify import DEFAULT_MAX_RESPONSE_MB
 from batchrun.policy.decide import DEFAULT_FLEX_WAIT_S
 
@@ -102,6 +104,11 @@ def input_change(before: dict[str, Any], path: Path) -> tuple[dict[str, Any], st
             and before.get("mtime_ns") != now["mtime_ns"]):
         now["sha256"] = content_hash(path)
     return now, describe_change(before, now)
+
+
+def timeline_file(jobs_dir: Path, job_id: str) -> Path:
+    """Where a job's timeline (report/timeline.py) lives: beside its manifest, gone with it."""
+    return jobs_dir / f"{job_id}.timeline"
 
 
 def job_id_for(input_path: Path, output_path: Path) -> str:
@@ -495,6 +502,13 @@ class JobStore:
             raise StateError(
                 f"cannot remove the manifest of job {manifest.job_id}: {exc.strerror}."
             ) from None
+        # The same input and output make the same job id again: a timeline or spend record
+        # left behind would give the new job the forgotten one's sessions, and count its
+        # dollars against the new one's --max-cost. Without its manifest they are no one's.
+        for record in (timeline_file(self.dir, manifest.job_id),
+                       spend_path(self.dir, manifest.job_id)):
+            with contextlib.suppress(OSError):
+                record.unlink(missing_ok=True)
 
     def effective_state(self, manifest: Manifest) -> JobState:
         """A manifest left 'running' by a process that died is a crashed job."""

@@ -32,7 +32,7 @@ PRIORITY = (BELOW, PACED_RPM, PACED_TPM, BATCH, COOLDOWN, DAILY)
 BATCH_WAITING = {"uploaded", "creating", "submitted", "validating", "in_progress", "finalizing",
                  "cancelling"}
 
-Span = tuple[int, int, str]  # [start, end) and what the time went to
+Span = tuple[float, float, str]  # [start, end) and what the time went to
 
 
 def build(manifest: Manifest, timeline: Timeline | None, state: str) -> dict[str, Any]:
@@ -142,7 +142,8 @@ def _summary(manifest: Manifest, series: list[dict[str, Any]],
     def total(name: str) -> int:
         return sum(int(row[name]) for row in series)
 
-    wall = sessions[-1].end - sessions[0].start if sessions else 0
+    # The first start to the last end, in whatever order a clock set back (NTP) wrote them.
+    wall = max(s.end for s in sessions) - min(s.start for s in sessions) if sessions else 0
     return {"requests": manifest.total, "ok": manifest.done - manifest.failed,
             "cached": total("cached"), "failed": manifest.failed,
             "rate_limited": total(COUNTS[RL]), "tokens": total("tokens"),
@@ -191,19 +192,53 @@ def _key_paced(tl: Timeline, key: tuple[str, str],
     gauges: list[Any] = []
     window: list[tuple[int, int, int]] = []  # (t, sent, charged) of the last minute
     out: list[tuple[int, str | None]] = []
+    row_end: int | None = None
     for t in times:
+        if row_end is not None and out and out[-1][1] is not None:
+            # No row in between: nothing was admitted, so the last minute's rate falls.
+            out.extend(_fading(window, gauges, row_end, t, starts))
         gauges = tl.gauges.get((t, m, e), gauges)
         counts = tl.counts.get((t, m, e))
         if counts is not None:
             window.append((t, counts[SENT], counts[CHARGED]))
-        step = tl.step(t)
-        end = t + step
-        since = starts[max(0, bisect.bisect_right(starts, t) - 1)] if starts else t
-        span = max(step, min(WINDOW_S, end - since))
-        window = [w for w in window if w[0] >= end - span]
-        sent, charged = sum(w[1] for w in window), sum(w[2] for w in window)
-        out.append((t, pace_verdict(sent * 60 / span, charged * 60 / span, gauges)))
+        row_end = t + tl.step(t)
+        window = _last_minute(window, t, row_end, starts)
+        out.append((t, _verdict(window, row_end, t, starts, gauges)))
+    if row_end is not None and out and out[-1][1] is not None:  # after the key's last row
+        out.extend(_fading(window, gauges, row_end, row_end + WINDOW_S + 1, starts))
     return out
+
+
+def _fading(window: list[tuple[int, int, int]], gauges: list[Any], start: int, stop: int,
+            starts: list[int]) -> list[tuple[int, str | None]]:
+    """The seconds from `start` to `stop` had no row: paced until the last minute's rate, its
+    rows ageing out, falls below the limit (a stall of the server is not the limit's)."""
+    for x in range(start, min(stop, start + WINDOW_S + 1)):
+        if _verdict(_last_minute(window, x, x + 1, starts), x + 1, x, starts, gauges) is None:
+            return [(x, None)]
+    return []
+
+
+def _since(t: int, starts: list[int]) -> int:
+    """The start of the session second `t` is in."""
+    return starts[max(0, bisect.bisect_right(starts, t) - 1)] if starts else t
+
+
+def _span(t: int, end: int, starts: list[int]) -> int:
+    return max(1, end - t, min(WINDOW_S, end - _since(t, starts)))
+
+
+def _last_minute(window: list[tuple[int, int, int]], t: int, end: int,
+                 starts: list[int]) -> list[tuple[int, int, int]]:
+    span = _span(t, end, starts)
+    return [w for w in window if w[0] >= end - span]
+
+
+def _verdict(window: list[tuple[int, int, int]], end: int, t: int, starts: list[int],
+             gauges: list[Any]) -> str | None:
+    span = _span(t, end, starts)
+    sent, charged = sum(w[1] for w in window), sum(w[2] for w in window)
+    return pace_verdict(sent * 60 / span, charged * 60 / span, gauges)
 
 
 def pace_verdict(rpm: float, tpm: float, gauges: list[Any]) -> str | None:
@@ -220,7 +255,10 @@ def pace_verdict(rpm: float, tpm: float, gauges: list[Any]) -> str | None:
 
 def _spans(tl: Timeline) -> list[Span]:
     """Daily waits, cooldowns and Batch API waits, as the timeline marks them."""
-    spans = [(t, t + max(1, round(pause)), COOLDOWN) for t, _, _, pause in tl.cooldowns]
+    # A cooldown's own length: rounding it to whole seconds made a job meeting many "try again
+    # in 0.3s" 429s read as mostly cooling down.
+    spans: list[Span] = [(t, t + pause, COOLDOWN) for t, _, _, pause in tl.cooldowns
+                         if pause > 0]
     ends = [s.end for s in tl.sessions]
     daily_from: int | None = None
     for t, state in tl.states:
@@ -257,31 +295,58 @@ def time_spent(sessions: list[Session], spans: list[Span], paced: list[Moment],
                minutes_from: int) -> dict[str, float]:
     """Seconds of the job's wall-clock time by what held it (pure): inside each session the
     marked spans and pacing, by PRIORITY, else BELOW; between sessions NOT_RUNNING. Slots are
-    seconds, and minutes after `minutes_from`, as the rows are."""
+    seconds, and minutes after `minutes_from`, as the rows are; a mark covering part of a slot
+    (a 0.3 s cooldown) takes that part, the rest goes to the next reason down."""
     spent: dict[str, float] = {}
-    rank = {what: i for i, what in enumerate(PRIORITY)}
     for i, session in enumerate(sessions):
         if i and session.start > sessions[i - 1].end:
             spent[NOT_RUNNING] = spent.get(NOT_RUNNING, 0.0) + session.start - sessions[i - 1].end
         slots = _slots(session.start, session.end, minutes_from)
         if not slots:
             continue
-        times = [t for t, _ in slots]
-        painted = [0] * len(slots)
-        marks = [(a, b, what) for a, b, what in spans] + _paced_spans(paced, session)
-        for a, b, what in sorted(marks, key=lambda m: rank[m[2]]):
-            lo = max(0, bisect.bisect_right(times, a) - 1)
-            hi = bisect.bisect_left(times, b)
-            for j in range(lo, max(hi, lo + 1)):
-                if j < len(slots) and slots[j][0] < b and slots[j][0] + slots[j][1] > a:
-                    painted[j] = rank[what]
-        for (_, step), r in zip(slots, painted, strict=True):
-            spent[PRIORITY[r]] = spent.get(PRIORITY[r], 0.0) + step
+        covered = _covered(slots, [*spans, *_paced_spans(paced, session)])
+        for j, (_, step) in enumerate(slots):
+            left = float(step)
+            for what in reversed(PRIORITY[1:]):
+                part = min(left, covered.get(what, {}).get(j, 0.0))
+                if part > 0:
+                    spent[what] = spent.get(what, 0.0) + part
+                    left -= part
+            if left > 0:
+                spent[BELOW] = spent.get(BELOW, 0.0) + left
     return spent
 
 
+def _covered(slots: list[tuple[int, int]], marks: list[Span]) -> dict[str, dict[int, float]]:
+    """Per reason, how much of each slot (by index) its marks cover, overlaps counted once."""
+    times = [t for t, _ in slots]
+    covered: dict[str, dict[int, float]] = {}
+    for what in {m[2] for m in marks}:
+        own = covered.setdefault(what, {})
+        for a, b in _merged(sorted((a, b) for a, b, w in marks if w == what and b > a)):
+            for j in range(max(0, bisect.bisect_right(times, a) - 1), len(slots)):
+                t, step = slots[j]
+                if t >= b:
+                    break
+                part = min(b, t + step) - max(a, t)
+                if part > 0:
+                    own[j] = own.get(j, 0.0) + part
+    return covered
+
+
+def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted intervals with the overlapping ones joined (two 429s' cooldowns at once)."""
+    out: list[tuple[float, float]] = []
+    for a, b in intervals:
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
 def _paced_spans(paced: list[Moment], session: Session) -> list[Span]:
-    spans = []
+    spans: list[Span] = []
     for i, moment in enumerate(paced):
         if moment.what is None:
             continue

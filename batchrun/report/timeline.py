@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from batchrun.errors import StateError
 from batchrun.events import (
     AttemptEnded,
     BatchPart,
@@ -51,6 +52,7 @@ from batchrun.events import (
     StateChanged,
     Throttled,
 )
+from batchrun.files.jobstore import timeline_file
 
 FORMAT = 1
 PER_SECOND_S = 6 * 3600  # a job's first 6 hours in per-second rows, then per-minute
@@ -66,7 +68,7 @@ TOO_LARGE_CODE = "request_too_large"
 
 
 def timeline_path(jobs_dir: Path, job_id: str) -> Path:
-    return jobs_dir / f"{job_id}.timeline"
+    return timeline_file(jobs_dir, job_id)
 
 
 def minute_rows_from(origin: float) -> int:
@@ -91,7 +93,20 @@ def first_start(path: Path) -> int | None:
         head = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    return int(head[1]) if isinstance(head, list) and head[:1] == ["S"] else None
+    return int(head[1]) if isinstance(head, list) and _valid(head) and head[0] == "S" else None
+
+
+def ends_mid_line(path: Path) -> bool:
+    """The file's last line is torn (a kill -9 or a full disk in the middle of a write): what
+    comes next must start on a line of its own, or the torn line swallows it."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, 2) == 0:
+                return False
+            f.seek(-1, 2)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 @dataclass(slots=True)
@@ -127,6 +142,7 @@ class Recorder:
         self._flushed_at = self._written_at = now()
         start = int(self._flushed_at)
         origin = first_start(path)
+        self._torn = ends_mid_line(path)
         self._minutes_from = minute_rows_from(start if origin is None else origin)
         self._lines.append(orjson.dumps(["S", start, FORMAT]))
 
@@ -247,14 +263,18 @@ class Recorder:
             return
         self._written_at = self._flushed_at
         data = b"\n".join(self._lines) + b"\n"
+        if self._torn:
+            data = b"\n" + data
         self._lines = []
         try:
             with self._path.open("ab") as f:
                 f.write(data)
+            self._torn = False
         except OSError:
             # The timeline is a record for the report, never a reason to stop a job: a full
-            # disk shows as a gap (the output and the manifest say what was done).
-            pass
+            # disk shows as a gap (the output and the manifest say what was done). A write
+            # may have stopped mid-line.
+            self._torn = True
 
     def close(self, ended: str) -> None:
         """The session ends, saying how (a state of the job: done, stopped, paused-daily...)."""
@@ -304,6 +324,10 @@ def read(path: Path, running: bool = False) -> Timeline | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise StateError(f"cannot read the timeline {path}: {exc.strerror}. The job's results "
+                         "and `batchrun status` do not depend on it; move it away and "
+                         "`batchrun report` gives what the job's manifest knows.") from None
     timeline = Timeline()
     keys: dict[int, tuple[str, str]] = {}
     now: dict[tuple[str, str], list[float]] = {}  # each key's gauges as they stand
@@ -359,7 +383,9 @@ def _mark(timeline: Timeline, keys: dict[int, tuple[str, str]], row: list[Any],
     elif head == "K":
         keys[row[1]] = (row[2], row[3])
     elif head == "E" and timeline.sessions:
-        timeline.sessions[-1].end, timeline.sessions[-1].ended = row[1], row[2]
+        # max: a clock set back (NTP) during the session must not end it before it began.
+        session = timeline.sessions[-1]
+        session.end, session.ended = max(session.start, row[1]), row[2]
     elif head == "B":
         model, endpoint = keys.get(row[2], ("?", ""))
         timeline.budget[row[1], model, endpoint] = (row[3], row[4])
@@ -375,8 +401,51 @@ def _mark(timeline: Timeline, keys: dict[int, tuple[str, str]], row: list[Any],
 
 
 def _rows(data: bytes) -> Iterator[list[Any]]:
+    """The lines that are what a Recorder writes; a torn or damaged one is skipped."""
     for line in data.splitlines():
         with contextlib.suppress(orjson.JSONDecodeError):
             row = orjson.loads(line)
-            if isinstance(row, list) and len(row) >= 2:
+            if isinstance(row, list) and _valid(row):
                 yield row
+
+
+_INT, _NUM, _STR = "i", "n", "s"
+# Each kind of line: the types of its fields after the head ("*": as many more of the last).
+_SHAPES = {"S": "ii", "K": "iss", "G": "iin*", "B": "iiii", "C": "iin", "T": "is",
+           "P": "iissi", "A": "i", "E": "is"}
+
+
+def _valid(row: list[Any]) -> bool:
+    """A line has the shape its kind is written in (pure)."""
+    if not row:
+        return False
+    head, fields = row[0], row[1:]
+    if head == "L":
+        return len(fields) == 2 and _is(fields[0], _INT) and _limits(fields[1])
+    if type(head) is int:  # a count row, most of the file: checked without a call a field
+        return 2 <= len(fields) <= 2 + len(COUNTS) and all(type(v) is int for v in fields)
+    shape = _SHAPES.get(head) if isinstance(head, str) else None
+    if shape is None:
+        return False
+    many = shape.endswith("*")
+    shape = shape.rstrip("*")
+    if len(fields) < len(shape) or (len(fields) > len(shape) and not many):
+        return False
+    kinds = shape + shape[-1] * (len(fields) - len(shape))
+    return all(_is(v, k) for v, k in zip(fields, kinds, strict=True))
+
+
+def _is(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind == _INT:
+        return isinstance(value, int)
+    if kind == _NUM:
+        return isinstance(value, int | float)
+    return isinstance(value, str)
+
+
+def _limits(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(v, list) and len(v) == 4 and all(_is(x, _INT) for x in v)
+        for v in value.values())

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 import batchrun
-from batchrun.files.jobstore import JobStore
+from batchrun.files.jobstore import JobStore, job_id_for
 from batchrun.report.timeline import timeline_path
 from batchrun.simulator import BatchConfig, SimConfig, SimLimits
 from tests.helpers.cli import FAKE_KEY, REPO, run_cli, submit, wait_for
@@ -139,3 +139,65 @@ def test_a_job_without_a_timeline_says_so_and_gives_what_its_manifest_knows(
     assert "has no timeline" in run.stderr and "Traceback" not in run.stderr
     doc = orjson.loads(run.stdout)
     assert (doc["recorded"], doc["series"], doc["summary"]["ok"]) == (False, [], 1)
+
+
+def test_a_job_forgotten_and_submitted_again_reports_only_its_new_run(
+        sim: Any, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "q"}])
+    out = tmp_path / "jobs.results.jsonl"
+    assert submit(sim, jobs, "-q").code == 0
+    job_id = report(out)["job"]["id"]
+    assert run_cli("forget", str(out)).code == 0
+    assert not timeline_path(JobStore().dir, job_id).exists()
+    out.unlink()
+    assert submit(sim, jobs, "-q").code == 0  # the same input and output: the same job id
+    doc = report(out)
+    assert doc["job"]["id"] == job_id
+    assert [s["ended"] for s in doc["sessions"]] == ["done"]
+    assert total(doc, "ok") + total(doc, "cached") == 1  # (the response cache answers it)
+
+
+def test_json_with_o_is_refused_rather_than_o_ignored(sim: Any, tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "q"}])
+    assert submit(sim, jobs, "-q").code == 0
+    chosen = tmp_path / "doc.json"
+    run = run_cli("report", str(tmp_path / "jobs.results.jsonl"), "--json", "-o", str(chosen))
+    assert run.code == 2
+    assert "--json" in run.stderr and "-o" in run.stderr
+    assert not chosen.exists()
+
+
+def test_a_timeline_that_cannot_be_written_does_not_stop_the_job(
+        sim: Any, tmp_path: Path) -> None:
+    # The timeline is a record for the report, not the checkpoint: the output and the manifest
+    # say what was done, so a job must not die for it (a full disk shows as a gap in it).
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"id": f"r{i}", "prompt": f"q{i}"}
+                                                 for i in range(5)])
+    out = tmp_path / "jobs.results.jsonl"
+    store = JobStore()
+    store.dir.mkdir(parents=True, exist_ok=True)
+    blocked = timeline_path(store.dir, job_id_for(jobs, out))
+    blocked.mkdir()  # every open of it for writing fails
+    run = submit(sim, jobs, "--json")
+    assert run.code == 0, run.stderr
+    assert orjson.loads(run.stdout)["state"] == "done"
+    assert len(read_results(out)) == 5
+    # ...and its report says the timeline cannot be read, not "internal error" (exit 70).
+    unread = run_cli("report", str(out))
+    assert unread.code == 5, unread.stderr
+    assert f"cannot read the timeline {blocked}: Is a directory" in unread.stderr
+
+
+def test_answers_from_the_response_cache_are_cached_not_ok_and_bill_no_tokens(
+        sim: Any, tmp_path: Path) -> None:
+    rows = [{"id": f"r{i}", "prompt": f"q{i}", "max_tokens": 5} for i in range(3)]
+    first = write_jsonl(tmp_path / "first.jsonl", rows)
+    assert submit(sim, first, "-q").code == 0
+    asked = sim.stats.received
+    again = write_jsonl(tmp_path / "again.jsonl", rows)  # the same lines: the cache answers
+    assert submit(sim, again, "-q").code == 0
+    assert sim.stats.received == asked  # nothing sent
+    doc = report(tmp_path / "again.results.jsonl")
+    assert [total(doc, k) for k in ("cached", "ok", "sent", "tokens", "tokens_charged")] == [
+        3, 0, 0, 0, 0]
+    assert (doc["summary"]["cached"], doc["summary"]["tokens"]) == (3, 0)

@@ -176,3 +176,58 @@ def test_a_quiet_wait_is_recorded_so_a_kill_during_it_ends_the_session_late(
     assert tl is not None
     [session] = tl.sessions
     assert (session.ended, session.end - int(START)) == ("killed", 600)
+
+
+def test_a_resume_after_a_torn_last_line_still_starts_its_own_session(tmp_path: Path) -> None:
+    clock = FakeClock()
+    clock.now = START
+    path = tmp_path / "j.timeline"
+    first = Recorder(path, clock)
+    first(started())
+    one_request(first)
+    clock.now += 3
+    one_request(first)
+    first.flush()
+    with path.open("ab") as f:
+        f.write(b"[1765000004,0,1,1")  # kill -9 in the middle of a write
+    clock.now += 100
+    second = Recorder(path, clock)
+    second(started())
+    one_request(second)
+    second.close("done")
+    tl = read(path)
+    assert tl is not None
+    assert [(s.start - int(START), s.end - int(START), s.ended) for s in tl.sessions] == [
+        (0, 3, "killed"), (103, 103, "done")]
+
+
+@pytest.mark.parametrize("garbage", [
+    b"", b"\x00\xff\xfe", b"not json\n", b'[]\n["E"]\n["S", 5, 1]\n["E", 6]\n[7]\n[true, 1]\n',
+    b'["S", "x", 1]\n[1, 0, "a", "b"]\n["K", 0]\n["L", 1, 2]\n["G", 1, 0, "x"]\n{"a": 1}\n',
+    b'["S", 1765000000, 1]\n["K", 0, "m", ""]\n[1765000000, 0, 1, 1, null]\n["E", null, 1]\n',
+])
+def test_a_damaged_timeline_reads_as_what_it_can_without_raising(tmp_path: Path,
+                                                                  garbage: bytes) -> None:
+    path = tmp_path / "j.timeline"
+    path.write_bytes(garbage)
+    tl = read(path)
+    assert tl is not None
+    assert all(isinstance(s.start, int) and s.end >= s.start for s in tl.sessions)
+
+
+def test_a_clock_that_jumps_back_gives_no_session_that_ends_before_it_starts(
+        tmp_path: Path) -> None:
+    clock = FakeClock()
+    clock.now = START
+    path = tmp_path / "j.timeline"
+    rec = Recorder(path, clock)
+    rec(started())
+    one_request(rec)
+    clock.now -= 3600  # NTP sets the clock an hour back
+    one_request(rec)
+    rec.close("done")
+    tl = read(path)
+    assert tl is not None
+    assert [(s.start - int(START), s.end - int(START), s.ended) for s in tl.sessions] == [
+        (0, 0, "done")]
+    assert sum(c[0] for c in tl.counts.values()) == 2
