@@ -385,7 +385,9 @@ async def run(
         on_disk = store.exists(manifest.job_id)
         # The job's record for `batchrun report`, whoever runs it (the CLI, the library).
         timeline = Recorder(timeline_path(store.dir, manifest.job_id),
-                            lambda: now_utc().timestamp(), keep=on_disk)
+                            # time.time is utc_now().timestamp() without a datetime an event
+                            time.time if now_utc is utc_now else lambda: now_utc().timestamp(),
+                            keep=on_disk)
         ledger = Ledger(store.home / "ledger.sqlite3", now_utc)
         keyfp = key_fingerprint(api_key)
         key_for = ((lambda config: f"{api_key}-{config.name}") if simulated_hosts

@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -88,6 +88,11 @@ class Outcome:
     # record byte for byte. `body` is its parsed form, which may differ: ints past 64 bits become
     # floats, lone surrogates U+FFFD, 1e400 inf.
     raw_body: bytes | None = None
+    # What `_reported` found, worked out once: the engine, the limiter, the ledger, the spend
+    # cap and every listener ask an answer's usage, about ten times a request.
+    _usage_memo: tuple[int, int] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    _usage_read: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def usage(self) -> tuple[int, int]:
@@ -120,7 +125,9 @@ class Outcome:
     def _reported(self) -> tuple[int, int] | None:
         if self.status is None or not is_success(self.status):
             return None
-        return reported_usage(self.body)
+        if not self._usage_read:  # an Outcome's status and body are set once, when it is made
+            self._usage_memo, self._usage_read = reported_usage(self.body), True
+        return self._usage_memo
 
 
 def _token_count(value: Any) -> int:
