@@ -65,8 +65,12 @@ async def test_hosts_refused_while_another_hosts_reservations_are_in_flight_wait
     finally:
         await state.close()
     # A request is charged under 300 tokens: every host went on until what was left could not
-    # hold one more, none stopped while other hosts' reservations were still coming back.
-    assert 2_700 < int(str(row["tokens"])) <= 3_000
+    # hold one more, none stopped while other hosts' reservations were still coming back. Past
+    # the budget only by what the last requests in flight answered beyond the running mean
+    # they were reserved at: without max_tokens the cap is not hard (docs/daily-budget.md),
+    # and 3,007 and 3,010 were seen when the suite's other tests shared the machine. Sending
+    # on past the budget would be thousands over (240 requests of about 23 tokens).
+    assert 2_700 < int(str(row["tokens"])) <= 3_000 + 100
     assert any(stops)  # 240 requests of about 23 tokens do not fit in 3,000
     for stop in filter(None, stops):  # (a host may have finished its 60)
         assert isinstance(stop, DailyLimitReached), stop
