@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from batchrun.policy.classify import TOO_LARGE_CODE, Kind
 from batchrun.policy.prices import PRICES_AS_OF, Via, request_cost
 from batchrun.policy.tiers import Limits
 
@@ -44,6 +45,18 @@ class AttemptEnded:
     endpoint: str = ""
     status: int | None = None  # the HTTP status (None: no answer), so 429s count as the server's
     code: str = ""  # the error code: "request_too_large" tells that 429 from the per-minute kind
+
+
+_RATE_KINDS = {Kind.RATE_MINUTE.value: "minute", Kind.RATE_DAY.value: "day"}
+
+
+def rate_limited_kind(event: AttemptEnded) -> str | None:
+    """Which 429 an attempt met, as the timeline and the metrics both name it: "minute",
+    "day" or "too_large" (the server's "Request too large", which fails the request); None for
+    any other answer."""
+    if event.code == TOO_LARGE_CODE:
+        return "too_large"
+    return _RATE_KINDS.get(event.kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,11 @@ from batchrun.events import (
     RequestSent,
     StateChanged,
     Stats,
+    rate_limited_kind,
 )
-from batchrun.policy.classify import Kind
 
 # (model, endpoint): the endpoint is its name in --endpoints, "" without.
 Lane = tuple[str, str]
-# The 429s of AttemptEnded's kinds, as the metric's `kind` label says them.
-RATE_LIMITED = {Kind.RATE_MINUTE.value: "minute", Kind.RATE_DAY.value: "day"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +89,8 @@ class MetricsTally:
                 lane = self.lane(event.model, event.endpoint)
                 lane.in_flight -= 1
                 lane.answered[kind] += 1
-                if kind in RATE_LIMITED:
-                    lane.rate_limited[RATE_LIMITED[kind]] += 1
+                if (limited := rate_limited_kind(event)) is not None:
+                    lane.rate_limited[limited] += 1
             case RequestFinished():
                 self._finished(event)
             case Paced():
@@ -116,8 +114,6 @@ class MetricsTally:
             lane.requests["cached"] += 1
             return
         lane.requests["ok" if event.ok else "failed"] += 1
-        if server_too_large(event):
-            lane.rate_limited["too_large"] += 1
         lane.billed["input"] += event.tokens_in
         lane.billed["output"] += event.tokens_out
         lane.billed["cached_input"] += event.cached_in
@@ -131,11 +127,3 @@ class MetricsTally:
     @property
     def batch_parts(self) -> Counter[str]:
         return Counter(self.parts.values())
-
-
-def server_too_large(event: RequestFinished) -> bool:
-    """The server's 429 "Request too large …" (final for the request, so the engine reports
-    it as a failed request, not as an attempt of its own kind). A request batchrun itself
-    knew could never fit was never sent: no attempt, no 429."""
-    return (not event.ok and event.attempts > 0
-            and event.error.lower().startswith("request too large"))

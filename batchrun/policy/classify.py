@@ -54,6 +54,10 @@ REFUSAL_CODES = frozenset(
 )
 
 
+# The error code of the server's "Request too large": a 429 that fails the request for good.
+TOO_LARGE_CODE = "request_too_large"
+
+
 class Kind(enum.Enum):
     OK = "ok"
     RETRY = "retry"  # 5xx, timeouts, dropped connections, unparseable bodies
@@ -495,7 +499,7 @@ def classify(
         out.hint_s = retry_hint(headers, message)
     elif out.kind is Kind.RATE_MINUTE and message.lower().startswith("request too large"):
         # Final: asking again cannot make it fit (docs/design.md: one over the limit fails fast).
-        out.kind, out.code = Kind.FAIL, "request_too_large"
+        out.kind, out.code = Kind.FAIL, TOO_LARGE_CODE
         limit = _LIMIT.search(message)
         if limit and ("per min" in message or "(TPM)" in message):
             out.server_limit_tokens = int(limit.group(1).replace(",", ""))

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from batchrun.pacing.backoff import MAX_BACKOFF_S, backoff_s
-from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.classify import TOO_LARGE_CODE, Kind, Outcome
 
 # A per-minute 429 is waiting, not failing, so it does not count toward --max-retries. This
 # separate, generous ceiling (the limiter's pauses double up to a minute each: about 25 minutes
@@ -70,7 +70,7 @@ def decide(outcome: Outcome, tries: Tries, policy: Policy, connected: bool = Tru
     if kind is Kind.OK:
         return Action.WRITE
     if kind is Kind.FAIL:
-        return Action.TOO_LARGE if outcome.code == "request_too_large" else Action.FAIL
+        return Action.TOO_LARGE if outcome.code == TOO_LARGE_CODE else Action.FAIL
     if kind is Kind.REFUSED:
         return Action.STOP_REFUSED
     if kind is Kind.RATE_DAY:
@@ -96,7 +96,7 @@ def flex_delay(tries: Tries, ceiling_s: float, hint_s: float | None,
 
 def taught_tpm(outcome: Outcome) -> int | None:
     """The tokens-per-minute limit a request_too_large refusal states, if it states one."""
-    return outcome.server_limit_tokens if outcome.code == "request_too_large" else None
+    return outcome.server_limit_tokens if outcome.code == TOO_LARGE_CODE else None
 
 
 def never_connected(outcome: Outcome) -> bool:

@@ -51,6 +51,7 @@ from batchrun.events import (
     RequestSent,
     StateChanged,
     Throttled,
+    rate_limited_kind,
 )
 from batchrun.files.jobstore import timeline_file
 
@@ -63,8 +64,7 @@ COUNTS = ("sent", "ok", "cached", "failed", "rate_limited_minute", "rate_limited
           "too_large", "rate_limited", "tokens", "tokens_charged")
 GAUGES = ("in_flight", "rate_rpm", "rate_tpm", "burst_tokens", "waiting")
 SENT, OK, CACHED, FAILED, RL_MINUTE, RL_DAY, TOO_LARGE, RL, TOKENS, CHARGED = range(len(COUNTS))
-_RATE_KINDS = {"rate_minute": RL_MINUTE, "rate_day": RL_DAY}
-TOO_LARGE_CODE = "request_too_large"
+_RATE_KINDS = {"minute": RL_MINUTE, "day": RL_DAY, "too_large": TOO_LARGE}
 
 
 def timeline_path(jobs_dir: Path, job_id: str) -> Path:
@@ -195,9 +195,8 @@ class Recorder:
     def _attempt_ended(self, key: _Key, event: AttemptEnded) -> None:
         key.in_flight -= 1
         counts = key.counts
-        kind = _RATE_KINDS.get(event.kind)
-        if event.code == TOO_LARGE_CODE:
-            kind = TOO_LARGE
+        named = rate_limited_kind(event)
+        kind = None if named is None else _RATE_KINDS[named]
         if kind is not None:
             counts[kind] += 1
         if event.status == 429 or (event.status is None and kind is not None):

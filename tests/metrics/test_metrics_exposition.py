@@ -40,9 +40,13 @@ def test_requests_attempts_429s_and_tokens_count_what_the_events_say() -> None:
     tally = MetricsTally("job-1")
     started(tally)
     # q1: a per-minute 429, then an answer; q2: a 400; q3: the server's "request too large"
-    for kind in ("rate_minute", "ok", "fail", "fail", "rate_day"):
+    # (kind, status, code) as the engine reports each attempt
+    for kind, status, code in (("rate_minute", 429, "rate_limit_exceeded"), ("ok", 200, ""),
+                               ("fail", 400, "model_not_found"),
+                               ("fail", 429, "request_too_large"),
+                               ("rate_day", 429, "rate_limit_exceeded")):
         tally(RequestSent(M, 120))
-        tally(AttemptEnded(M, kind))
+        tally(AttemptEnded(M, kind, "", status, code))
     tally(RequestFinished("q1", M, True, 100, 20, 2, cached_in=64))
     tally(RequestFinished("q2", M, False, 0, 0, 1, "invalid model"))
     tally(RequestFinished("q3", M, False, 0, 0, 1, TOO_LARGE))

@@ -54,7 +54,7 @@ from batchrun.http.endpoint import proxy_for
 from batchrun.pacing.backoff import MAX_BACKOFF_S, backoff_s
 from batchrun.pacing.limiter import Ticket
 from batchrun.policy.cachekey import key_digest
-from batchrun.policy.classify import Kind, Outcome
+from batchrun.policy.classify import TOO_LARGE_CODE, Kind, Outcome
 from batchrun.policy.decide import (
     MAX_RATE_LIMITED,
     Action,
@@ -317,7 +317,7 @@ class Engine:
                    if route.out not in FOR_THE_RUN] or [None]
         reason = None if None in reasons else reasons[0]
         if reason is not None:
-            self._record(job.request.custom_id, lane.model, None, ("request_too_large", reason),
+            self._record(job.request.custom_id, lane.model, None, (TOO_LARGE_CODE, reason),
                          copies=job.key)
         return reason is not None
 
