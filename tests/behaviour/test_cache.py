@@ -15,7 +15,7 @@ import pytest
 import batchrun
 from batchrun.simulator import Faults, SimConfig, reply_text
 from tests.helpers.cli import FAKE_KEY, REPO, UNLIMITED, run_cli, submit
-from tests.helpers.endpoints import KEY_A, KEY_B, openai, toml_file
+from tests.helpers.endpoints import two_keyed_endpoints
 from tests.helpers.jsonl import body_as_sent, read_results, write_jsonl
 from tests.helpers.sim import RunningSim
 
@@ -224,12 +224,7 @@ def test_via_batch_uploads_only_the_distinct_lines_the_cache_has_not_answered(
 
 def test_with_endpoints_an_answer_is_stored_under_the_endpoint_that_gave_it(
         tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_A))
-    b = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_B))
-    monkeypatch.setenv("KEY_A", KEY_A)
-    monkeypatch.setenv("KEY_B", KEY_B)
-    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 1200),
-                     openai("b", b.base_url, "KEY_B", 1200))
+    a, b, conf = two_keyed_endpoints(tmp_path, sim_factory, monkeypatch)
     rows = with_duplicates(40, 40)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
     first = run_cli("submit", str(jobs), "-o", str(tmp_path / "one.jsonl"), "--endpoints",

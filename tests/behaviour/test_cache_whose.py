@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from batchrun.simulator import SimConfig
 from tests.helpers.cli import FAKE_KEY, UNLIMITED, estimate, run_cli
-from tests.helpers.endpoints import KEY_A, KEY_B, openai, toml_file
+from tests.helpers.endpoints import KEY_A, openai, toml_file, two_keyed_endpoints
 from tests.helpers.jsonl import prompts, write_jsonl
 from tests.helpers.sim import RunningSim
 
@@ -54,12 +53,7 @@ def test_another_base_url_on_the_same_host_finds_nothing(
 
 def test_with_endpoints_estimate_counts_what_every_endpoint_paid_for_as_the_job_does(
         tmp_path: Path, sim_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_A))
-    b = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_B))
-    monkeypatch.setenv("KEY_A", KEY_A)
-    monkeypatch.setenv("KEY_B", KEY_B)
-    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 1200),
-                     openai("b", b.base_url, "KEY_B", 1200))
+    a, b, conf = two_keyed_endpoints(tmp_path, sim_factory, monkeypatch)
     # 20 lines answered by endpoint a alone, with its own key
     known = write_jsonl(tmp_path / "known.jsonl", prompts(20))
     run = run_cli("submit", str(known), "--base-url", a.base_url, "--api-key-env", "KEY_A",

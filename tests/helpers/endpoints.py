@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from batchrun.backends.stop import Stop
 from batchrun.backends.sync.engine import Engine, JobSpec, Upstream
@@ -20,6 +21,7 @@ from batchrun.files.ledger import DailyBudget, Ledger, Scope
 from batchrun.http.client import Endpoint, Outcome
 from batchrun.policy.request import Request
 from batchrun.policy.tiers import Limits
+from batchrun.simulator import SimConfig
 from tests.helpers.cli import FAKE_KEY
 from tests.helpers.jsonl import read_results, write_jsonl
 from tests.helpers.scripted_server import Answer, Server, ok
@@ -39,6 +41,19 @@ def openai(name: str, url: str, env: str, rpm: int, tpm: int = 0, tpd: int = 0,
     more = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in extra.items())
     return (f'[[endpoint]]\nname = "{name}"\nbase_url = "{url}"\napi_key_env = "{env}"\n{more}'
             f'[endpoint.limits."gpt-4o-mini"]\nrpm = {rpm}\ntpm = {tpm}\ntpd = {tpd}\n')
+
+
+def two_keyed_endpoints(tmp_path: Path, sim_factory: Any,
+                        monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Path]:
+    """Endpoints a and b: two simulators, each refusing all but its own key ($KEY_A, $KEY_B),
+    in one endpoints file."""
+    a = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_A))
+    b = sim_factory(SimConfig(latency_s=0.02, api_key=KEY_B))
+    monkeypatch.setenv("KEY_A", KEY_A)
+    monkeypatch.setenv("KEY_B", KEY_B)
+    conf = toml_file(tmp_path / "endpoints.toml", openai("a", a.base_url, "KEY_A", 1200),
+                     openai("b", b.base_url, "KEY_B", 1200))
+    return a, b, conf
 
 
 def prompts(n: int) -> list[dict[str, Any]]:
